@@ -1,0 +1,160 @@
+//! `out = x · Wᵀ` with W stored row-major `[rows, cols]` in its own dtype (a PyTorch
+//! `nn.Linear` weight), x `[n, cols]` f32, out `[n, rows]` f32.
+//!
+//! Decode (n == 1, bf16) reads each weight byte once and widens it in registers. Prefill
+//! widens a block of weight rows into an f32 tile once and runs the 4×4 micro-kernel over
+//! all tokens, so the weights are read from memory once per call whatever n is.
+//! Work is split across the rayon pool by blocks of rows; each task writes only its rows.
+
+use rayon::prelude::*;
+
+use crate::backend::dtype::{widen_into, DType};
+
+use super::simd;
+
+/// A borrowed weight matrix in its stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub dtype: DType,
+    pub data: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> MatRef<'a> {
+    pub fn row_bytes(&self) -> usize {
+        self.cols * self.dtype.size()
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Rows `start..start+count` as a smaller matrix (for split projections).
+    pub fn slice_rows(&self, start: usize, count: usize) -> MatRef<'a> {
+        let rb = self.row_bytes();
+        MatRef { dtype: self.dtype, data: &self.data[start * rb..(start + count) * rb], rows: count, cols: self.cols }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint row ranges of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Rows per parallel task: small enough to balance two to a few dozen threads, large
+/// enough that the scheduling cost (~µs) stays below the work.
+fn block_rows(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let b = rows.div_ceil(threads * 8);
+    b.clamp(16, 256).div_ceil(4) * 4
+}
+
+pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
+    let (m, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), n * k, "matmul: x has {} values, want {n}×{k}", x.len());
+    assert_eq!(out.len(), n * m, "matmul: out has {} values, want {n}×{m}", out.len());
+    assert_eq!(w.data.len(), m * w.row_bytes(), "matmul: weight bytes");
+    if n == 0 || m == 0 {
+        return;
+    }
+    let br = block_rows(m);
+    let nblocks = m.div_ceil(br);
+    let outp = OutPtr(out.as_mut_ptr());
+    let run = |b: usize| {
+        let r0 = b * br;
+        let r1 = (r0 + br).min(m);
+        let o = outp;
+        if n == 1 && w.dtype == DType::BF16 {
+            gemv_bf16_block(x, w, r0, r1, o);
+        } else {
+            tile_block(x, n, w, r0, r1, o);
+        }
+    };
+    if nblocks == 1 {
+        run(0);
+    } else {
+        (0..nblocks).into_par_iter().for_each(run);
+    }
+}
+
+fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
+    let mut r = r0;
+    while r < r1 {
+        // Pad the last group of rows by repeating the last row; extra results are dropped.
+        let idx = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+        let d = simd::dot_bf16_rows4([w.row(idx[0]), w.row(idx[1]), w.row(idx[2]), w.row(idx[3])], x);
+        for i in 0..4.min(r1 - r) {
+            // SAFETY: row r+i < m belongs to this task only; n == 1 so the index is r+i.
+            unsafe { *o.0.add(r + i) = d[i] };
+        }
+        r += 4;
+    }
+}
+
+fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
+    let (m, k) = (w.rows, w.cols);
+    let nr = r1 - r0;
+    let mut tile = vec![0f32; nr * k];
+    match w.dtype {
+        DType::F32 => widen_into(DType::F32, &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()], &mut tile),
+        dt => widen_into(dt, &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()], &mut tile),
+    }
+    let row = |i: usize| &tile[i * k..(i + 1) * k];
+    let xr = |t: usize| &x[t * k..(t + 1) * k];
+    let mut i = 0;
+    while i < nr {
+        let ri = [i, (i + 1).min(nr - 1), (i + 2).min(nr - 1), (i + 3).min(nr - 1)];
+        let mut t = 0;
+        while t < n {
+            let ti = [t, (t + 1).min(n - 1), (t + 2).min(n - 1), (t + 3).min(n - 1)];
+            let d = simd::dot4x4([row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])], [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])]);
+            for a in 0..4.min(nr - i) {
+                for b in 0..4.min(n - t) {
+                    // SAFETY: rows r0..r1 belong to this task; (t+b) < n, (r0+i+a) < m.
+                    unsafe { *o.0.add((t + b) * m + r0 + i + a) = d[a][b] };
+                }
+            }
+            t += 4;
+        }
+        i += 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::dtype::narrow_into;
+
+    fn naive(x: &[f32], n: usize, w: &[f32], m: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * m];
+        for t in 0..n {
+            for r in 0..m {
+                out[t * m + r] = (0..k).map(|i| x[t * k + i] as f64 * w[r * k + i] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_every_dtype_and_ragged_shapes() {
+        for &(n, m, k) in &[(1, 1, 1), (1, 37, 19), (3, 5, 33), (7, 70, 48), (1, 300, 64), (9, 130, 17)] {
+            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
+            let wf: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0).collect();
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let mut bytes = vec![0u8; m * k * dt.size()];
+                narrow_into(dt, &wf, &mut bytes);
+                let mut wide = vec![0f32; m * k];
+                widen_into(dt, &bytes, &mut wide);
+                let want = naive(&x, n, &wide, m, k);
+                let mut out = vec![0f32; n * m];
+                matmul(&x, n, MatRef { dtype: dt, data: &bytes, rows: m, cols: k }, &mut out);
+                for (a, b) in out.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{dt} n={n} m={m} k={k}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

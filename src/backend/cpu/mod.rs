@@ -1,0 +1,10 @@
+//! The CPU backend: the reference every other backend is tested against, and the fallback.
+//!
+//! Kernels pick their SIMD path at run time (`simd::level()`), never by build flags, so one
+//! shipped binary runs on every x86-64 and aarch64 CPU.
+
+pub mod matmul;
+pub mod ops;
+pub mod simd;
+
+pub use matmul::{matmul, MatRef};

@@ -1,0 +1,101 @@
+//! Element-wise and normalisation ops of the Nemotron-H forward pass, in f32.
+//! Formulas follow transformers' `modeling_nemotron_h.py` (cited per function).
+
+/// RMSNorm (`NemotronHRMSNorm`): `w * x / sqrt(mean(x²) + eps)`, in f32, per row of `dim`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = weight.len();
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = w * (v * inv);
+        }
+    }
+}
+
+/// Gated RMSNorm (`NemotronHRMSNormGated`, norm_before_gate=False):
+/// `y ← y · silu(z)`, then RMS-normalise each group of `group_size` channels, times weight.
+pub fn gated_rms_norm(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) {
+    let dim = weight.len();
+    for (yr, zr) in y.chunks_exact_mut(dim).zip(z.chunks_exact(dim)) {
+        for (v, g) in yr.iter_mut().zip(zr) {
+            *v *= silu(*g);
+        }
+        for (grp, wg) in yr.chunks_exact_mut(group_size).zip(weight.chunks_exact(group_size)) {
+            let ms = grp.iter().map(|v| v * v).sum::<f32>() / group_size as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for (v, w) in grp.iter_mut().zip(wg) {
+                *v = w * (*v * inv);
+            }
+        }
+    }
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// softplus as torch computes it (threshold 20: linear above).
+#[inline]
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// relu² (`mlp_hidden_act = "relu2"`).
+pub fn relu2_inplace(x: &mut [f32]) {
+    for v in x {
+        let r = v.max(0.0);
+        *v = r * r;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax_inplace(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_gives_unit_rms_times_weight() {
+        let x = [1.0, -2.0, 3.0, -4.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &[2.0; 4], 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 2.0).abs() < 1e-5);
+        assert!(out[0] > 0.0 && out[1] < 0.0);
+    }
+
+    #[test]
+    fn gated_norm_normalises_each_group_separately() {
+        let mut y = [1.0, 1.0, 10.0, 10.0];
+        let z = [30.0; 4]; // silu(30) ≈ 30
+        gated_rms_norm(&mut y, &z, &[1.0; 4], 2, 0.0);
+        for v in y {
+            assert!((v - 1.0).abs() < 1e-4, "{v}");
+        }
+    }
+
+    #[test]
+    fn softplus_matches_definition_and_threshold() {
+        assert!((softplus(0.0) - 2f32.ln()).abs() < 1e-6);
+        assert_eq!(softplus(25.0), 25.0);
+        assert!((softplus(-5.0) - (1.0 + (-5f32).exp()).ln()).abs() < 1e-7);
+    }
+}

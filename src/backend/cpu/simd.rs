@@ -1,0 +1,299 @@
+//! Runtime-dispatched inner loops: dot products and the bf16 widening used by matmul and
+//! attention. Each function has a plain-Rust body that is the oracle for its SIMD twin.
+//!
+//! Invariant: results differ from the plain path only by f32 summation order.
+
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+static LEVEL: OnceLock<Level> = OnceLock::new();
+
+/// The best SIMD level this CPU supports; `NEMO_SIMD=scalar|avx2|avx512` lowers it.
+pub fn level() -> Level {
+    *LEVEL.get_or_init(|| {
+        let detected = detect();
+        match std::env::var("NEMO_SIMD").ok().as_deref() {
+            Some("scalar") => Level::Scalar,
+            Some("avx2") if detected != Level::Scalar => Level::Avx2,
+            _ => detected,
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Level {
+    if is_x86_feature_detected!("avx512f") {
+        Level::Avx512
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Level::Avx2
+    } else {
+        Level::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Level {
+    Level::Scalar
+}
+
+/// Widens little-endian bf16 bytes into f32 (exact).
+pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len() * 2);
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: avx512f was detected at run time.
+        unsafe { x86::bf16_to_f32_avx512(src, dst) };
+        return;
+    }
+    for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+    }
+}
+
+/// Plain dot product.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: avx512f was detected at run time.
+        return unsafe { x86::dot_avx512(a, b) };
+    }
+    dot_plain(a, b)
+}
+
+fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[i * 8 + l] * b[i * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// y += a * x
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `out[r][t] = dot(rows[r], xs[t])` for four f32 rows against four f32 vectors of equal length.
+/// The prefill matmul's micro-kernel: 16 accumulators, 8 loads per 16 FMAs.
+pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: avx512f was detected at run time; lengths are checked inside.
+        return unsafe { x86::dot4x4_avx512(rows, xs) };
+    }
+    let mut out = [[0f32; 4]; 4];
+    for r in 0..4 {
+        for t in 0..4 {
+            out[r][t] = dot_plain(rows[r], xs[t]);
+        }
+    }
+    out
+}
+
+/// Dots of four bf16 rows (little-endian bytes) against one f32 vector: the decode GEMV
+/// kernel, widening on the fly so the weights are read once from memory.
+pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: avx512f was detected at run time; lengths are checked inside.
+        return unsafe { x86::dot_bf16_rows4_avx512(rows, x) };
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = [0f32; 8];
+        let row = rows[r];
+        let chunks = x.len() / 8;
+        for i in 0..chunks {
+            for l in 0..8 {
+                let j = i * 8 + l;
+                let w = f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
+                acc[l] += w * x[j];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for j in chunks * 8..x.len() {
+            let w = f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
+            s += w * x[j];
+        }
+        out[r] = s;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn bf16_to_f32_avx512(src: &[u8], dst: &mut [f32]) {
+        let n = dst.len();
+        let s = src.as_ptr() as *const u16;
+        let d = dst.as_mut_ptr();
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(s.add(i) as *const __m256i);
+            let w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            _mm512_storeu_ps(d.add(i), _mm512_castsi512_ps(w));
+            i += 16;
+        }
+        while i < n {
+            *d.add(i) = f32::from_bits((std::ptr::read_unaligned(s.add(i)) as u32) << 16);
+            i += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tail_mask(rem: usize) -> __mmask16 {
+        ((1u32 << rem) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
+            i += 32;
+        }
+        while i < n {
+            let m = tail_mask((n - i).min(16));
+            acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc0);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot4x4_avx512(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let k = rows[0].len();
+        for i in 0..4 {
+            assert!(rows[i].len() == k && xs[i].len() == k);
+        }
+        let r = [rows[0].as_ptr(), rows[1].as_ptr(), rows[2].as_ptr(), rows[3].as_ptr()];
+        let x = [xs[0].as_ptr(), xs[1].as_ptr(), xs[2].as_ptr(), xs[3].as_ptr()];
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i < k {
+            let m = if i + 16 <= k { 0xFFFF } else { tail_mask(k - i) };
+            let xv = [
+                _mm512_maskz_loadu_ps(m, x[0].add(i)),
+                _mm512_maskz_loadu_ps(m, x[1].add(i)),
+                _mm512_maskz_loadu_ps(m, x[2].add(i)),
+                _mm512_maskz_loadu_ps(m, x[3].add(i)),
+            ];
+            for rr in 0..4 {
+                let rv = _mm512_maskz_loadu_ps(m, r[rr].add(i));
+                for t in 0..4 {
+                    acc[rr][t] = _mm512_fmadd_ps(rv, xv[t], acc[rr][t]);
+                }
+            }
+            i += 16;
+        }
+        let mut out = [[0f32; 4]; 4];
+        for rr in 0..4 {
+            for t in 0..4 {
+                out[rr][t] = _mm512_reduce_add_ps(acc[rr][t]);
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_rows4_avx512(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        let k = x.len();
+        for row in rows {
+            assert!(row.len() == 2 * k);
+        }
+        let r = [
+            rows[0].as_ptr() as *const u16,
+            rows[1].as_ptr() as *const u16,
+            rows[2].as_ptr() as *const u16,
+            rows[3].as_ptr() as *const u16,
+        ];
+        let px = x.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= k {
+            let xv = _mm512_loadu_ps(px.add(i));
+            for rr in 0..4 {
+                let h = _mm256_loadu_si256(r[rr].add(i) as *const __m256i);
+                let w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                acc[rr] = _mm512_fmadd_ps(w, xv, acc[rr]);
+            }
+            i += 16;
+        }
+        let mut out = [0f32; 4];
+        for rr in 0..4 {
+            let mut s = _mm512_reduce_add_ps(acc[rr]);
+            for j in i..k {
+                s += f32::from_bits((std::ptr::read_unaligned(r[rr].add(j)) as u32) << 16) * *px.add(j);
+            }
+            out[rr] = s;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn simd_dots_match_plain_sums_for_ragged_lengths() {
+        for k in [1, 7, 16, 17, 33, 100, 257] {
+            let a = data(k, 1);
+            let b = data(k, 2);
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - want).abs() < 1e-4 * k as f64, "k={k}");
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, 10 + r)).collect();
+            let xs: Vec<Vec<f32>> = (0..4).map(|t| data(k, 20 + t)).collect();
+            let got = dot4x4(
+                [&rows[0], &rows[1], &rows[2], &rows[3]],
+                [&xs[0], &xs[1], &xs[2], &xs[3]],
+            );
+            for r in 0..4 {
+                for t in 0..4 {
+                    let w: f64 = rows[r].iter().zip(&xs[t]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    assert!((got[r][t] as f64 - w).abs() < 1e-4 * k as f64);
+                }
+            }
+            let bf: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| r.iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect())
+                .collect();
+            let got = dot_bf16_rows4([&bf[0], &bf[1], &bf[2], &bf[3]], &xs[0]);
+            for r in 0..4 {
+                let mut wide = vec![0f32; k];
+                bf16_to_f32(&bf[r], &mut wide);
+                let w: f64 = wide.iter().zip(&xs[0]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                assert!((got[r] as f64 - w).abs() < 1e-4 * k as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,911 @@
+//! Hugging Face chat templates (Jinja2) rendered with minijinja, the way transformers'
+//! `apply_chat_template` renders them.
+//!
+//! Invariants:
+//! - The environment matches transformers' sandbox: `trim_blocks = true`,
+//!   `lstrip_blocks = true`, `keep_trailing_newline = false`, lenient undefined values,
+//!   Python string/dict/list methods (`.strip()`, `.split()`, `.items()`, `.get()`, ...)
+//!   through `minijinja_contrib::pycompat`, and the globals transformers adds:
+//!   `raise_exception(msg)` (fails the render with `msg`), `strftime_now(fmt)` and a
+//!   `tojson` filter with Python `json.dumps` output (`", "`/`": "` separators,
+//!   `ensure_ascii=False`, `indent`, `separators`, `sort_keys`; no HTML escaping).
+//! - The render context is `bos_token`/`eos_token` (when known), `tools` and
+//!   `documents` (None, as transformers passes them), then every key of
+//!   `extra` (which may override them, as template kwargs do in transformers), then
+//!   `messages` and `add_generation_prompt`, which `extra` cannot override.
+//! - A template that fails to compile is rejected by [`ChatTemplate::new`]; nothing here
+//!   panics on template or file content.
+//! - `strftime_now` formats the current time in UTC (transformers uses local time); it
+//!   supports the common `%` codes and copies unknown ones through unchanged.
+//! - `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature and Python
+//!   dict order in `tojson`/`.items()` needs its `preserve_order` feature (plus
+//!   serde_json's); without them loop controls are a compile error and map keys come out
+//!   sorted.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, Value};
+
+use super::Message;
+
+/// Name under which the template is stored in the environment; shows up in error text.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Why a chat template could not be loaded, compiled or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("chat template does not compile: {0}")]
+    Compile(String),
+    #[error("chat template failed to render: {0}")]
+    Render(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+}
+
+/// A compiled chat template plus the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error is reported here with its line.
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| TemplateError::Compile(describe(&e)))?;
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// Renders the conversation; `extra` adds template variables such as
+    /// `enable_thinking` or `tools`.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, TemplateError> {
+        let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+        if let Some(bos) = &self.bos_token {
+            ctx.insert("bos_token".into(), Value::from(bos.as_str()));
+        }
+        if let Some(eos) = &self.eos_token {
+            ctx.insert("eos_token".into(), Value::from(eos.as_str()));
+        }
+        // transformers always passes `tools` and `documents`, as None when absent.
+        ctx.insert("tools".into(), Value::from(()));
+        ctx.insert("documents".into(), Value::from(()));
+        for (key, value) in extra {
+            ctx.insert(key.clone(), Value::from_serialize(value));
+        }
+        ctx.insert("messages".into(), Value::from_serialize(messages));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TemplateError::Render(describe(&e)))?;
+        template
+            .render(Value::from(ctx))
+            .map_err(|e| TemplateError::Render(describe(&e)))
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+}
+
+/// minijinja's message plus the chain of causes (the display already names the line).
+fn describe(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+fn strftime_now(format: String) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    strftime_utc(&format, secs)
+}
+
+/// A small `strftime` for a UTC timestamp (seconds since the epoch).
+fn strftime_utc(format: &str, unix_secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs_of_day = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (
+        secs_of_day / 3600,
+        (secs_of_day / 60) % 60,
+        secs_of_day % 60,
+    );
+    // 1970-01-01 was a Thursday (index 3 with Monday = 0).
+    let weekday = (days + 3).rem_euclid(7) as usize;
+    let yday = days - days_from_civil(year, 1, 1) + 1;
+    let month_name = MONTHS[(month - 1) as usize];
+    let day_name = DAYS[weekday];
+    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('H') => out.push_str(&format!("{hour:02}")),
+            Some('I') => out.push_str(&format!("{hour12:02}")),
+            Some('M') => out.push_str(&format!("{minute:02}")),
+            Some('S') => out.push_str(&format!("{second:02}")),
+            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('B') => out.push_str(month_name),
+            Some('b') | Some('h') => out.push_str(&month_name[..3]),
+            Some('A') => out.push_str(day_name),
+            Some('a') => out.push_str(&day_name[..3]),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
+            Some('T') => out.push_str(&format!("{hour:02}:{minute:02}:{second:02}")),
+            Some('Z') => out.push_str("UTC"),
+            Some('z') => out.push_str("+0000"),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (year, month, day) to days since 1970-01-01; Howard Hinnant's `days_from_civil`.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Python `json.dumps` layout options, as transformers' `tojson` passes them.
+struct JsonStyle {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    ensure_ascii: bool,
+    sort_keys: bool,
+}
+
+/// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=None,
+/// separators=None, sort_keys=False)`.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match kwargs.get::<Option<Value>>("indent")? {
+        None => None,
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => {
+            if let Some(s) = v.as_str() {
+                Some(s.to_string())
+            } else if let Some(n) = v.as_i64() {
+                Some(" ".repeat(n.max(0) as usize))
+            } else {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an integer or a string",
+                ));
+            }
+        }
+    };
+    let (item_sep, key_sep) = match kwargs.get::<Option<Vec<String>>>("separators")? {
+        Some(seps) if seps.len() == 2 => (seps[0].clone(), seps[1].clone()),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: separators must be a pair of strings",
+            ))
+        }
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
+    let style = JsonStyle {
+        indent,
+        item_sep,
+        key_sep,
+        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+    };
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(&mut out, value, &style, 0)?;
+    Ok(Value::from(out))
+}
+
+fn write_newline_indent(out: &mut String, style: &JsonStyle, depth: usize) {
+    if let Some(indent) = &style.indent {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str(indent);
+        }
+    }
+}
+
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            let text = value.to_string();
+            match text.as_str() {
+                "NaN" | "nan" => out.push_str("NaN"),
+                "inf" => out.push_str("Infinity"),
+                "-inf" => out.push_str("-Infinity"),
+                _ => out.push_str(&text),
+            }
+        }
+        ValueKind::String => {
+            write_json_string(out, value.as_str().unwrap_or(""), style.ensure_ascii)
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            if style.sort_keys {
+                keys.sort();
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                write_newline_indent(out, style, depth + 1);
+                match key.as_str() {
+                    Some(s) => write_json_string(out, s, style.ensure_ascii),
+                    None => write_json_string(out, &key.to_string(), style.ensure_ascii),
+                }
+                out.push_str(&style.key_sep);
+                write_json(out, &value.get_item(key)?, style, depth + 1)?;
+            }
+            write_newline_indent(out, style, depth);
+            out.push('}');
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                write_newline_indent(out, style, depth + 1);
+                write_json(out, item, style, depth + 1)?;
+            }
+            write_newline_indent(out, style, depth);
+            out.push(']');
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: cannot serialize a value of type {}", value.kind()),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A JSON string literal escaped like Python's `json.dumps`.
+fn write_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if ensure_ascii && !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Our own template for Nemotron Nano v2 style chats, used when a model directory
+/// ships none.
+///
+/// - System turn `<SPECIAL_10>System\n{content}\n`; with `enable_thinking` given, the
+///   line `/think` or `/no_think` is appended to the system content (a system turn is
+///   created when there is none). Without it, thinking is on unless the system message
+///   contains `/no_think`.
+/// - User turns `<SPECIAL_11>User\n{content}\n`.
+/// - Assistant turns `<SPECIAL_11>Assistant\n{content}<SPECIAL_12>\n`; turns before the
+///   last user turn keep only the answer (text after the last `</think>`, stripped);
+///   later turns keep `reasoning_content` as `<think>\n..\n</think>\n` before the content.
+/// - Generation prompt `<SPECIAL_11>Assistant\n` then `<think>\n` (thinking on) or
+///   `<think></think>` (off).
+/// - A system message anywhere but first, or any other role, fails the render.
+pub fn nano_v2_fallback() -> &'static str {
+    NANO_V2_FALLBACK
+}
+
+const NANO_V2_FALLBACK: &str = r#"{%- set ns = namespace(system='', has_system=false, last_user=-1, thinking=true) -%}
+{%- if messages and messages[0].role == 'system' -%}
+{%- set ns.system = messages[0].content -%}
+{%- set ns.has_system = true -%}
+{%- endif -%}
+{%- for m in messages -%}
+{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+{%- if enable_thinking is defined and enable_thinking is not none -%}
+{%- set ns.thinking = true if enable_thinking else false -%}
+{%- set switch = '/think' if ns.thinking else '/no_think' -%}
+{%- if ns.system -%}
+{%- set ns.system = ns.system ~ '\n' ~ switch -%}
+{%- else -%}
+{%- set ns.system = switch -%}
+{%- endif -%}
+{%- set ns.has_system = true -%}
+{%- elif '/no_think' in ns.system -%}
+{%- set ns.thinking = false -%}
+{%- endif -%}
+{%- if ns.has_system -%}
+{{- '<SPECIAL_10>System\n' ~ ns.system ~ '\n' -}}
+{%- endif -%}
+{%- for m in messages -%}
+{%- if m.role == 'system' -%}
+{%- if not loop.first -%}
+{{- raise_exception('a system message is only allowed as the first message') -}}
+{%- endif -%}
+{%- elif m.role == 'user' -%}
+{{- '<SPECIAL_11>User\n' ~ m.content ~ '\n' -}}
+{%- elif m.role == 'assistant' -%}
+{%- set content = m.content if m.content is string else '' -%}
+{%- if loop.index0 < ns.last_user -%}
+{%- set content = content.split('</think>')[-1].strip() -%}
+{%- elif m.reasoning_content is defined and m.reasoning_content -%}
+{%- set content = '<think>\n' ~ m.reasoning_content ~ '\n</think>\n' ~ content -%}
+{%- endif -%}
+{{- '<SPECIAL_11>Assistant\n' ~ content ~ '<SPECIAL_12>\n' -}}
+{%- else -%}
+{{- raise_exception('the built-in Nemotron Nano v2 template has no role ' ~ m.role) -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<SPECIAL_11>Assistant\n' ~ ('<think>\n' if ns.thinking else '<think></think>') -}}
+{%- endif -%}"#;
+
+/// A template's source with the model's `bos_token` and `eos_token`.
+pub type TemplateSource = (String, Option<String>, Option<String>);
+
+/// Reads a model directory's chat template: `chat_template.jinja` if present, else the
+/// `chat_template` field of `tokenizer_config.json` (a string, or a list of
+/// `{name, template}` from which `default` is taken). Returns (source, bos, eos) with
+/// bos/eos from `tokenizer_config.json`; `Ok(None)` when no template is found.
+pub fn load_from_dir(dir: &Path) -> Result<Option<TemplateSource>, TemplateError> {
+    let config_path = dir.join("tokenizer_config.json");
+    let config: Option<serde_json::Value> = match std::fs::read_to_string(&config_path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text).map_err(|source| TemplateError::Json {
+                path: config_path.display().to_string(),
+                source,
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(TemplateError::Io {
+                path: config_path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let special = |key: &str| -> Option<String> {
+        match config.as_ref()?.get(key)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(obj) => obj.get("content")?.as_str().map(str::to_string),
+            _ => None,
+        }
+    };
+    let (bos, eos) = (special("bos_token"), special("eos_token"));
+
+    let jinja_path = dir.join("chat_template.jinja");
+    match std::fs::read_to_string(&jinja_path) {
+        Ok(source) => return Ok(Some((source, bos, eos))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(TemplateError::Io {
+                path: jinja_path.display().to_string(),
+                source,
+            })
+        }
+    }
+
+    let Some(field) = config.as_ref().and_then(|c| c.get("chat_template")) else {
+        return Ok(None);
+    };
+    let bad = |message: &str| TemplateError::Config {
+        path: config_path.display().to_string(),
+        message: message.to_string(),
+    };
+    let source = match field {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(list) => {
+            let named = list
+                .iter()
+                .find(|entry| entry.get("name").and_then(|n| n.as_str()) == Some("default"));
+            match named {
+                Some(entry) => entry
+                    .get("template")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| bad("the `default` chat_template has no string `template`"))?
+                    .to_string(),
+                None => return Err(bad("chat_template lists no template named `default`")),
+            }
+        }
+        _ => {
+            return Err(bad(
+                "chat_template must be a string or a list of {name, template}",
+            ))
+        }
+    };
+    Ok(Some((source, bos, eos)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_extra() -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    fn thinking(on: bool) -> serde_json::Map<String, serde_json::Value> {
+        let mut extra = serde_json::Map::new();
+        extra.insert("enable_thinking".into(), serde_json::Value::Bool(on));
+        extra
+    }
+
+    #[test]
+    fn renders_a_simple_template_with_bos_and_generation_prompt() {
+        let source = "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+        let t = ChatTemplate::new(source, Some("<s>".into()), Some("</s>".into())).unwrap();
+        let out = t
+            .render(
+                &[Message::system("be brief"), Message::user("hi")],
+                true,
+                &no_extra(),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<s><|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n"
+        );
+    }
+
+    #[test]
+    fn trim_and_lstrip_blocks_behave_like_transformers() {
+        let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\nU:{{ m.content }}\n    {% endif %}\n{% endfor %}\n";
+        let t = ChatTemplate::new(source, None, None).unwrap();
+        let out = t
+            .render(
+                &[Message::user("a"), Message::user("b")],
+                false,
+                &no_extra(),
+            )
+            .unwrap();
+        assert_eq!(out, "U:a\nU:b\n");
+    }
+
+    #[test]
+    fn trailing_newline_of_the_template_is_dropped() {
+        let t = ChatTemplate::new("x\n", None, None).unwrap();
+        assert_eq!(t.render(&[], false, &no_extra()).unwrap(), "x");
+    }
+
+    #[test]
+    fn extra_variables_reach_the_template_but_cannot_replace_messages() {
+        let t = ChatTemplate::new(
+            "{{ tools | length }}{{ messages | length }}{{ enable_thinking }}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut extra = thinking(false);
+        extra.insert("tools".into(), serde_json::json!([{"a": 1}, {"b": 2}]));
+        extra.insert("messages".into(), serde_json::json!([]));
+        let out = t.render(&[Message::user("x")], false, &extra).unwrap();
+        assert_eq!(out, "21False", "booleans print the Python way");
+    }
+
+    #[test]
+    fn tools_and_documents_are_none_unless_given() {
+        let t = ChatTemplate::new(
+            "{{ tools is defined }} {{ tools is none }} {{ documents is none }}",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false, &no_extra()).unwrap(), "True True True");
+        let mut extra = no_extra();
+        extra.insert("tools".into(), serde_json::json!([]));
+        assert_eq!(t.render(&[], false, &extra).unwrap(), "True False True");
+    }
+
+    #[test]
+    fn break_compiles_only_with_minijinja_loop_controls() {
+        let source = "{% for m in messages %}{{ m.content }}{% break %}{% endfor %}";
+        match ChatTemplate::new(source, None, None) {
+            Ok(t) => {
+                let out = t.render(
+                    &[Message::user("a"), Message::user("b")],
+                    false,
+                    &no_extra(),
+                );
+                assert_eq!(out.unwrap(), "a");
+            }
+            Err(e) => assert!(matches!(e, TemplateError::Compile(_)), "{e}"),
+        }
+    }
+
+    #[test]
+    fn raise_exception_fails_the_render_with_its_message() {
+        let t = ChatTemplate::new(
+            "{% if messages[0].role != 'system' %}{{ raise_exception('need a system prompt') }}{% endif %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let err = t
+            .render(&[Message::user("x")], false, &no_extra())
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::Render(_)));
+        assert!(err.to_string().contains("need a system prompt"), "{err}");
+    }
+
+    #[test]
+    fn python_string_and_dict_methods_work() {
+        let source = "{{ messages[0].content.strip() }}|{{ messages[0].content.split(',') | length }}|\
+{{ messages[0].content.strip().startswith('a') }}|{{ 'x.py'.endswith('.py') }}|\
+{{ messages[0].get('role') }}|{{ messages[0].get('missing', 'dflt') }}|\
+{% for k, v in {'k': 'v'}.items() %}{{ k }}={{ v }}{% endfor %}|{{ 'AB'.lower() }}|{{ ' x '.rstrip() }}.";
+        let t = ChatTemplate::new(source, None, None).unwrap();
+        let out = t
+            .render(&[Message::user("  a,b,c  ")], false, &no_extra())
+            .unwrap();
+        assert_eq!(out, "a,b,c|3|True|True|user|dflt|k=v|ab| x.");
+    }
+
+    #[test]
+    fn namespace_and_loop_variables_work() {
+        let source = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% if loop.last %}{{ ns.n }}:{{ loop.index0 }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(source, None, None).unwrap();
+        let out = t
+            .render(
+                &[
+                    Message::user("a"),
+                    Message::assistant("b"),
+                    Message::user("c"),
+                ],
+                false,
+                &no_extra(),
+            )
+            .unwrap();
+        assert_eq!(out, "3:2");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let t = ChatTemplate::new(
+            "{{ tools | tojson }}\n{{ tools[0] | tojson(indent=2) }}\n{{ 'é\"' | tojson(ensure_ascii=true) }}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut extra = no_extra();
+        extra.insert(
+            "tools".into(),
+            serde_json::json!([{"name": "f<x>", "n": [1, 2.5, true, null], "e": {}}]),
+        );
+        let out = t.render(&[], false, &extra).unwrap();
+        let lines: Vec<&str> = out.splitn(2, '\n').collect();
+        // Key order depends on minijinja's `preserve_order`; check each key/value pair
+        // is rendered with Python's separators and no HTML escaping.
+        assert!(
+            lines[0].starts_with("[{") && lines[0].ends_with("}]"),
+            "{out}"
+        );
+        assert!(lines[0].contains(r#""name": "f<x>""#), "{out}");
+        assert!(lines[0].contains(r#""n": [1, 2.5, true, null]"#), "{out}");
+        assert!(lines[0].contains(r#""e": {}"#), "{out}");
+        assert!(out.contains("{\n  \""), "{out}");
+        assert!(
+            out.contains("\"n\": [\n    1,\n    2.5,\n    true,\n    null\n  ]"),
+            "{out}"
+        );
+        assert!(out.ends_with(r#""\u00e9\"""#), "{out}");
+    }
+
+    #[test]
+    fn strftime_now_renders_a_date() {
+        let t = ChatTemplate::new("{{ strftime_now('%Y-%m-%d') }}", None, None).unwrap();
+        let out = t.render(&[], false, &no_extra()).unwrap();
+        assert_eq!(out.len(), 10);
+        assert!(out.starts_with("20"), "{out}");
+    }
+
+    #[test]
+    fn strftime_formats_known_timestamps() {
+        // 2024-02-29 13:05:09 UTC, a Thursday, day 60 of the year.
+        let ts = 1_709_211_909;
+        assert_eq!(
+            strftime_utc("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %y %%", ts),
+            "2024-02-29 13:05:09 Thu Thursday Feb February 060 01PM 24 %"
+        );
+        assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
+    }
+
+    #[test]
+    fn broken_template_is_a_compile_error_with_a_line() {
+        let err = ChatTemplate::new("ok\n{% for m in messages %}\n{{ m.content }", None, None)
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::Compile(_)));
+        assert!(err.to_string().contains(":3"), "{err}");
+    }
+
+    #[test]
+    fn runtime_type_error_is_a_render_error_not_a_panic() {
+        let t = ChatTemplate::new("{{ messages[0].content + 1 }}{{ foo.bar.baz }}", None, None)
+            .unwrap();
+        assert!(t.render(&[Message::user("x")], false, &no_extra()).is_err());
+    }
+
+    #[test]
+    fn fallback_with_thinking_on_opens_a_think_block() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let out = t
+            .render(
+                &[Message::system("You are nemo."), Message::user("Hi")],
+                true,
+                &thinking(true),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<SPECIAL_10>System\nYou are nemo.\n/think\n<SPECIAL_11>User\nHi\n<SPECIAL_11>Assistant\n<think>\n"
+        );
+    }
+
+    #[test]
+    fn fallback_with_thinking_off_creates_a_system_turn_and_closes_think() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let out = t
+            .render(&[Message::user("Hi")], true, &thinking(false))
+            .unwrap();
+        assert_eq!(
+            out,
+            "<SPECIAL_10>System\n/no_think\n<SPECIAL_11>User\nHi\n<SPECIAL_11>Assistant\n<think></think>"
+        );
+    }
+
+    #[test]
+    fn fallback_without_enable_thinking_reads_no_think_from_the_system_message() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let off = t
+            .render(
+                &[Message::system("/no_think"), Message::user("Hi")],
+                true,
+                &no_extra(),
+            )
+            .unwrap();
+        assert!(
+            off.ends_with("<SPECIAL_11>Assistant\n<think></think>"),
+            "{off}"
+        );
+        let on = t.render(&[Message::user("Hi")], true, &no_extra()).unwrap();
+        assert_eq!(on, "<SPECIAL_11>User\nHi\n<SPECIAL_11>Assistant\n<think>\n");
+    }
+
+    #[test]
+    fn fallback_drops_reasoning_from_earlier_assistant_turns() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let mut with_field = Message::assistant("Four.");
+        with_field.reasoning_content = Some("hidden".into());
+        let messages = [
+            Message::user("2+2?"),
+            Message::assistant("<think>\nadd them\n</think>\n\n 4 \n"),
+            Message::user("and 2+2 again?"),
+            with_field,
+            Message::user("thanks"),
+        ];
+        let out = t.render(&messages, false, &no_extra()).unwrap();
+        assert_eq!(
+            out,
+            "<SPECIAL_11>User\n2+2?\n<SPECIAL_11>Assistant\n4<SPECIAL_12>\n\
+<SPECIAL_11>User\nand 2+2 again?\n<SPECIAL_11>Assistant\nFour.<SPECIAL_12>\n\
+<SPECIAL_11>User\nthanks\n"
+        );
+        assert!(!out.contains("add them") && !out.contains("hidden"));
+    }
+
+    #[test]
+    fn fallback_keeps_reasoning_of_the_turn_after_the_last_user_message() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let mut last = Message::assistant("4");
+        last.reasoning_content = Some("add".into());
+        let out = t
+            .render(&[Message::user("2+2?"), last], false, &no_extra())
+            .unwrap();
+        assert_eq!(
+            out,
+            "<SPECIAL_11>User\n2+2?\n<SPECIAL_11>Assistant\n<think>\nadd\n</think>\n4<SPECIAL_12>\n"
+        );
+    }
+
+    #[test]
+    fn fallback_rejects_unknown_roles() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let odd = Message {
+            role: "narrator".into(),
+            content: "x".into(),
+            reasoning_content: None,
+        };
+        let err = t.render(&[odd], false, &no_extra()).unwrap_err();
+        assert!(err.to_string().contains("narrator"), "{err}");
+    }
+
+    #[test]
+    fn load_from_dir_prefers_the_jinja_file_and_reads_special_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": "C", "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"}"#,
+        )
+        .unwrap();
+        let loaded = load_from_dir(dir.path()).unwrap();
+        assert_eq!(
+            loaded,
+            Some(("J".into(), Some("<s>".into()), Some("</s>".into())))
+        );
+    }
+
+    #[test]
+    fn load_from_dir_picks_the_default_of_a_template_list() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            load_from_dir(dir.path()).unwrap(),
+            Some(("D".into(), None, None))
+        );
+    }
+
+    #[test]
+    fn load_from_dir_without_files_is_none_and_bad_json_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_from_dir(dir.path()).unwrap(), None);
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{not json").unwrap();
+        let err = load_from_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, TemplateError::Json { .. }));
+        assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+    }
+}

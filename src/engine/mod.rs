@@ -1,0 +1,3 @@
+pub mod detokenizer;
+pub mod sampler;
+pub mod stop;

@@ -1,0 +1,533 @@
+//! Next-token sampling from logits.
+//!
+//! Order of operations (the order llama.cpp and HF apply them in):
+//! 1. banned tokens get `-inf`;
+//! 2. repetition penalty, HF semantics (`RepetitionPenaltyLogitsProcessor`): for each
+//!    distinct token in `history`, a positive logit is divided by the penalty and a
+//!    negative one multiplied by it;
+//! 3. presence penalty (OpenAI semantics): subtracted once per distinct token in
+//!    `history`;
+//! 4. `temperature == 0` → greedy argmax;
+//! 5. otherwise logits / temperature, top-k, softmax over what is left, top-p (smallest
+//!    prefix by probability whose mass reaches `top_p`), min-p (drop tokens whose
+//!    probability is below `min_p` × the top probability), renormalise, draw.
+//!
+//! Invariants:
+//! - `sample` writes steps 1-3 into `logits` in place (the caller's buffer is scratch).
+//! - Ties are broken toward the lowest token id, in greedy and in the candidate order,
+//!   so top-k = 1 and a tiny top-p both give exactly the greedy token.
+//! - A banned token or a non-finite logit is never chosen, unless every token is banned
+//!   or non-finite, in which case the lowest id that is not banned is returned (0 when
+//!   all are banned).
+//! - The same seed and the same inputs give the same token sequence; with `seed: None`
+//!   the seed comes from the clock.
+//! - With a vocabulary of ~131k, no full sort happens when `top_k` is set
+//!   (`select_nth_unstable`), and top-p sorts only a bounded head of the candidates
+//!   unless that head holds less than `top_p` of the mass.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// How to pick the next token. Neutral values switch a step off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub repetition_penalty: f32,
+    /// 0 = off.
+    pub presence_penalty: f32,
+    /// None = seeded from the clock.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// Greedy decoding with every filter and penalty off.
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            seed: None,
+        }
+    }
+}
+
+/// How many of the best candidates top-p sorts before falling back to a full sort.
+const TOP_P_HEAD: usize = 1024;
+
+/// Picks tokens according to [`SamplingParams`] with its own seeded PRNG.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Xoshiro256StarStar,
+    /// Scratch: (token id, logit then probability).
+    candidates: Vec<(u32, f32)>,
+    /// Scratch: distinct tokens of the history.
+    seen: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x5eed)
+        });
+        Self {
+            params,
+            rng: Xoshiro256StarStar::seed_from_u64(seed),
+            candidates: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token; `history` is the context the penalties look at.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], banned: &[u32]) -> u32 {
+        for &id in banned {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        self.apply_penalties(logits, history);
+
+        let p = &self.params;
+        if p.temperature.is_nan() || p.temperature <= 0.0 {
+            return greedy(logits, banned);
+        }
+
+        let inv_t = 1.0 / p.temperature;
+        let cands = &mut self.candidates;
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        if cands.is_empty() {
+            return greedy(logits, banned);
+        }
+
+        // Top-k: keep the k best (ties → lower id) without sorting the rest.
+        if p.top_k > 0 && p.top_k < cands.len() {
+            cands.select_nth_unstable_by(p.top_k - 1, by_score_desc);
+            cands.truncate(p.top_k);
+        }
+
+        // Softmax over the survivors.
+        let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let mut sum = 0.0f64;
+        for c in cands.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            sum += f64::from(c.1);
+        }
+        let inv_sum = (1.0 / sum) as f32;
+        for c in cands.iter_mut() {
+            c.1 *= inv_sum;
+        }
+
+        // Top-p over the distribution normalised above.
+        if p.top_p < 1.0 {
+            top_p_filter(cands, p.top_p.max(0.0));
+        }
+
+        // Min-p: relative to the top probability (kept by top-p whatever it does).
+        if p.min_p > 0.0 {
+            let top = cands.iter().fold(0.0f32, |m, c| m.max(c.1));
+            let threshold = p.min_p * top;
+            cands.retain(|c| c.1 >= threshold);
+        }
+
+        // Draw from the renormalised remainder.
+        let total: f64 = cands.iter().map(|c| f64::from(c.1)).sum();
+        let mut r = self.rng.next_f64() * total;
+        for c in cands.iter() {
+            r -= f64::from(c.1);
+            if r < 0.0 {
+                return c.0;
+            }
+        }
+        // Rounding left a sliver: take the last candidate with mass.
+        cands
+            .iter()
+            .rev()
+            .find(|c| c.1 > 0.0)
+            .or(cands.last())
+            .map_or_else(|| greedy(logits, banned), |c| c.0)
+    }
+
+    fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
+        let (rep, presence) = (self.params.repetition_penalty, self.params.presence_penalty);
+        let rep_on = rep != 1.0 && rep > 0.0;
+        let presence_on = presence != 0.0;
+        if history.is_empty() || !(rep_on || presence_on) {
+            return;
+        }
+        self.seen.clear();
+        self.seen.extend_from_slice(history);
+        self.seen.sort_unstable();
+        self.seen.dedup();
+        for &id in &self.seen {
+            let Some(l) = logits.get_mut(id as usize) else {
+                continue;
+            };
+            if rep_on {
+                *l = if *l > 0.0 { *l / rep } else { *l * rep };
+            }
+            if presence_on {
+                *l -= presence;
+            }
+        }
+    }
+}
+
+/// Descending by score, then ascending by id: a total order on finite scores.
+fn by_score_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Keeps the smallest best-first prefix whose probability reaches `top_p` (at least one
+/// token). Sorts only the best `TOP_P_HEAD` unless they fall short of `top_p`.
+fn top_p_filter(cands: &mut Vec<(u32, f32)>, top_p: f32) {
+    if cands.len() > TOP_P_HEAD {
+        cands.select_nth_unstable_by(TOP_P_HEAD - 1, by_score_desc);
+        let head = &mut cands[..TOP_P_HEAD];
+        head.sort_unstable_by(by_score_desc);
+        if let Some(keep) = prefix_reaching(head, top_p) {
+            cands.truncate(keep);
+            return;
+        }
+    }
+    cands.sort_unstable_by(by_score_desc);
+    let keep = prefix_reaching(cands, top_p).unwrap_or(cands.len());
+    cands.truncate(keep);
+}
+
+/// Length of the shortest prefix with mass ≥ `top_p`, if there is one.
+fn prefix_reaching(sorted: &[(u32, f32)], top_p: f32) -> Option<usize> {
+    let mut cum = 0.0f32;
+    for (i, c) in sorted.iter().enumerate() {
+        cum += c.1;
+        if cum >= top_p {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Argmax over finite logits, ties → lowest id; see the module doc for the all-banned case.
+fn greedy(logits: &[f32], banned: &[u32]) -> u32 {
+    let mut best: Option<(u32, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || l == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| l > b) {
+            best = Some((i as u32, l));
+        }
+    }
+    match best {
+        Some((id, _)) => id,
+        None => (0..logits.len() as u32)
+            .find(|id| !banned.contains(id))
+            .unwrap_or(0),
+    }
+}
+
+/// xoshiro256** (Blackman & Vigna), seeded through splitmix64 as its authors advise.
+#[derive(Clone, Debug)]
+struct Xoshiro256StarStar {
+    s: [u64; 4],
+}
+
+impl Xoshiro256StarStar {
+    fn seed_from_u64(seed: u64) -> Self {
+        let mut x = seed;
+        let mut splitmix = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Self {
+            s: [splitmix(), splitmix(), splitmix(), splitmix()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1) with 53 bits.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            seed: Some(7),
+            ..SamplingParams::default()
+        }
+    }
+
+    /// A pseudo-random logit vector of `n` entries.
+    fn logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() as f32) * 8.0 - 4.0)
+            .collect()
+    }
+
+    fn argmax(l: &[f32]) -> u32 {
+        greedy(l, &[])
+    }
+
+    #[test]
+    fn xoshiro_matches_the_reference_sequence() {
+        // Reference: xoshiro256** from state [1, 2, 3, 4] (Vigna's C code).
+        let mut rng = Xoshiro256StarStar { s: [1, 2, 3, 4] };
+        let got: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+        assert_eq!(got, vec![11520, 0, 1509978240]);
+    }
+
+    #[test]
+    fn greedy_picks_the_argmax_and_lowest_id_on_ties() {
+        let mut s = Sampler::new(params(0.0));
+        assert_eq!(s.sample(&mut [0.1, 2.0, -1.0, 1.9], &[], &[]), 1);
+        assert_eq!(s.sample(&mut [0.5, 3.0, 3.0, 1.0], &[], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NAN, 1.0, 0.0], &[], &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_and_inputs_give_the_same_tokens() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 0.9,
+            seed: Some(1234),
+            ..SamplingParams::default()
+        };
+        let base = logits(131_072, 3);
+        let run = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..20)
+                .map(|_| s.sample(&mut base.clone(), &[], &[]))
+                .collect::<Vec<u32>>()
+        };
+        let a = run(&p);
+        assert_eq!(a, run(&p));
+        let distinct: std::collections::BTreeSet<u32> = a.iter().copied().collect();
+        assert!(
+            distinct.len() > 1,
+            "temperature 1 should not be deterministic per step"
+        );
+        let other = SamplingParams {
+            seed: Some(99),
+            ..p
+        };
+        assert_ne!(a, run(&other));
+    }
+
+    #[test]
+    fn top_k_one_equals_greedy() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            ..params(1.0)
+        });
+        for seed in 0..20 {
+            let l = logits(5000, seed);
+            assert_eq!(s.sample(&mut l.clone(), &[], &[]), argmax(&l));
+        }
+        // Ties still resolve to the lowest id.
+        assert_eq!(s.sample(&mut [1.0, 5.0, 0.0, 5.0], &[], &[]), 1);
+    }
+
+    #[test]
+    fn tiny_top_p_equals_greedy() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 1e-6,
+            ..params(1.0)
+        });
+        for seed in 0..20 {
+            // Large enough to go through the bounded-head path.
+            let l = logits(20_000, seed);
+            assert_eq!(s.sample(&mut l.clone(), &[], &[]), argmax(&l));
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_prefix_reaching_the_mass() {
+        // Probabilities 0.5, 0.3, 0.2 (logits = ln p).
+        let base = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            ..params(1.0)
+        });
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            seen[s.sample(&mut base.clone(), &[], &[]) as usize] += 1;
+        }
+        assert_eq!(
+            seen[2], 0,
+            "token outside the top-p set was drawn: {seen:?}"
+        );
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn top_p_falls_back_to_a_full_sort_when_the_head_is_not_enough() {
+        // A flat distribution over 4000 tokens: the best 1024 hold ~25% of the mass.
+        let flat = vec![0.0f32; 4000];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..params(1.0)
+        });
+        let mut max_id = 0;
+        for _ in 0..3000 {
+            max_id = max_id.max(s.sample(&mut flat.clone(), &[], &[]));
+        }
+        // Ties sort by id, so the kept prefix is ids 0..2000.
+        assert!((1024..2000).contains(&max_id), "max id {max_id}");
+    }
+
+    #[test]
+    fn min_p_drops_tokens_far_below_the_top() {
+        // Probabilities ∝ 1.0, 0.5, 0.05: min_p 0.1 removes the last.
+        let base = [0.0f32, 0.5f32.ln(), 0.05f32.ln()];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.1,
+            ..params(1.0)
+        });
+        let mut seen = [0usize; 3];
+        for _ in 0..3000 {
+            seen[s.sample(&mut base.clone(), &[], &[]) as usize] += 1;
+        }
+        assert_eq!(seen[2], 0, "{seen:?}");
+        assert!(seen[1] > 500, "{seen:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_moves_greedy_off_a_repeated_token() {
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(0.0)
+        });
+        // 3.0 / 2 = 1.5 < 2.0
+        let mut l = [3.0, 2.0, -1.0];
+        assert_eq!(s.sample(&mut l, &[0, 0, 0], &[]), 1);
+        assert_eq!(l, [1.5, 2.0, -1.0], "applied once per distinct token");
+        // A negative logit is multiplied, pushing it further down.
+        let mut l = [-1.0, -1.5];
+        assert_eq!(s.sample(&mut l, &[0], &[]), 1);
+        assert_eq!(l[0], -2.0);
+    }
+
+    #[test]
+    fn presence_penalty_subtracts_once_per_seen_token() {
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 1.0,
+            ..params(0.0)
+        });
+        let mut l = [2.0, 1.5, 0.0];
+        assert_eq!(s.sample(&mut l, &[0, 0, 2], &[]), 1);
+        assert_eq!(l, [1.0, 1.5, -1.0]);
+    }
+
+    #[test]
+    fn banned_tokens_are_never_chosen() {
+        let mut s = Sampler::new(params(2.0));
+        let base = [5.0f32, 4.9, 0.0, 4.8];
+        for _ in 0..500 {
+            let t = s.sample(&mut base.clone(), &[], &[0, 3]);
+            assert!(t == 1 || t == 2, "drew banned {t}");
+        }
+        let mut g = Sampler::new(params(0.0));
+        assert_eq!(g.sample(&mut base.clone(), &[], &[0]), 1);
+        // Everything banned: the lowest id not in the list (none here → 0).
+        assert_eq!(g.sample(&mut [1.0, 2.0], &[], &[1, 0]), 0);
+        assert_eq!(
+            g.sample(&mut [f32::NEG_INFINITY, f32::NEG_INFINITY], &[], &[0]),
+            1
+        );
+        // Out-of-range ids are ignored.
+        assert_eq!(g.sample(&mut [1.0, 2.0], &[], &[99]), 1);
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_the_softmax() {
+        let base = [1.0f32, 0.0, -1.0];
+        let temperature = 0.8;
+        let mut s = Sampler::new(SamplingParams {
+            temperature,
+            seed: Some(2024),
+            ..SamplingParams::default()
+        });
+        let n = 30_000;
+        let mut counts = [0f64; 3];
+        for _ in 0..n {
+            counts[s.sample(&mut base.clone(), &[], &[]) as usize] += 1.0;
+        }
+        let exps: Vec<f64> = base
+            .iter()
+            .map(|&l| f64::from(l / temperature).exp())
+            .collect();
+        let z: f64 = exps.iter().sum();
+        let chi2: f64 = (0..3)
+            .map(|i| {
+                let expected = n as f64 * exps[i] / z;
+                (counts[i] - expected).powi(2) / expected
+            })
+            .sum();
+        // 2 degrees of freedom: p = 0.001 at 13.8.
+        assert!(chi2 < 13.8, "chi2 {chi2}, counts {counts:?}");
+    }
+
+    #[test]
+    fn default_params_are_greedy_and_neutral() {
+        let p = SamplingParams::default();
+        assert_eq!(p.temperature, 0.0);
+        let mut s = Sampler::new(p);
+        let l = logits(1000, 5);
+        assert_eq!(s.sample(&mut l.clone(), &[1, 2, 3], &[]), argmax(&l));
+        let json: SamplingParams = serde_json::from_str(r#"{"temperature": 0.6}"#).unwrap();
+        assert_eq!(json.top_p, 1.0);
+    }
+}

@@ -1,0 +1,84 @@
+//! Nemotron-H attention (`NemotronHAttention`): GQA, no positional embedding at all,
+//! causal, softmax scale `head_dim^-0.5`, KV cache appended as tokens arrive.
+
+use rayon::prelude::*;
+
+use super::config::NemotronHConfig;
+use super::weights::{Tensor, WeightStore};
+use super::ModelError;
+use crate::backend::cpu::{matmul, ops, simd};
+use crate::state::KvCache;
+
+pub struct Attention {
+    q_proj: Tensor,
+    k_proj: Tensor,
+    v_proj: Tensor,
+    o_proj: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
+        let (hd, nh, nkv, hs) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size);
+        Ok(Attention {
+            q_proj: w.get(&format!("{p}.q_proj.weight"), &[nh * hd, hs])?,
+            k_proj: w.get(&format!("{p}.k_proj.weight"), &[nkv * hd, hs])?,
+            v_proj: w.get(&format!("{p}.v_proj.weight"), &[nkv * hd, hs])?,
+            o_proj: w.get(&format!("{p}.o_proj.weight"), &[hs, nh * hd])?,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// `n` new tokens at positions `past..past+n`; `cache` holds `past` positions before
+    /// and `past + n` after.
+    pub fn forward(&self, x: &[f32], n: usize, cache: &mut KvCache, out: &mut [f32]) {
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let mut q = vec![0f32; n * nh * hd];
+        let mut k = vec![0f32; n * nkv * hd];
+        let mut v = vec![0f32; n * nkv * hd];
+        matmul(x, n, self.q_proj.mat(), &mut q);
+        matmul(x, n, self.k_proj.mat(), &mut k);
+        matmul(x, n, self.v_proj.mat(), &mut v);
+        let past = cache.len();
+        cache.append(&k, &v);
+        let total = past + n;
+        let group = nh / nkv;
+        let scale = (hd as f32).powf(-0.5);
+        // One task per query head: widen its KV head once, then every query position.
+        let per_head: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let mut kk = vec![0f32; total * hd];
+                let mut vv = vec![0f32; total * hd];
+                cache.read_head(kvh, total, &mut kk, &mut vv);
+                let mut o = vec![0f32; n * hd];
+                let mut scores = vec![0f32; total];
+                for i in 0..n {
+                    let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+                    let visible = past + i + 1;
+                    for t in 0..visible {
+                        scores[t] = simd::dot(qi, &kk[t * hd..(t + 1) * hd]) * scale;
+                    }
+                    ops::softmax_inplace(&mut scores[..visible]);
+                    let oi = &mut o[i * hd..(i + 1) * hd];
+                    for t in 0..visible {
+                        simd::axpy(oi, scores[t], &vv[t * hd..(t + 1) * hd]);
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut attn = vec![0f32; n * nh * hd];
+        for (h, o) in per_head.iter().enumerate() {
+            for i in 0..n {
+                attn[(i * nh + h) * hd..(i * nh + h + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+            }
+        }
+        matmul(&attn, n, self.o_proj.mat(), out);
+    }
+}

@@ -1,0 +1,384 @@
+//! `config.json` of a `NemotronHForCausalLM` checkpoint, in both forms that exist:
+//! the published one (`hybrid_override_pattern`, e.g. Nano 9B v2) and what transformers 5
+//! writes (`layers_block_type` list, MoE keys present even for dense models, `mamba_*`
+//! aliases). Field names keep the HF keys. The layer pattern is parsed once, here.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::ModelError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `M` / `linear_attention`
+    Mamba2,
+    /// `*` / `full_attention`
+    Attention,
+    /// `-` / `mlp`
+    Mlp,
+    /// `E` / `moe`
+    Moe,
+}
+
+impl LayerKind {
+    pub fn symbol(self) -> char {
+        match self {
+            LayerKind::Mamba2 => 'M',
+            LayerKind::Attention => '*',
+            LayerKind::Mlp => '-',
+            LayerKind::Moe => 'E',
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NemotronHConfig {
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub layers: Vec<LayerKind>,
+    pub layer_norm_epsilon: f32,
+    pub tie_word_embeddings: bool,
+    pub max_position_embeddings: usize,
+    // Mamba2
+    pub mamba_num_heads: usize,
+    pub mamba_head_dim: usize,
+    pub ssm_state_size: usize,
+    pub n_groups: usize,
+    pub conv_kernel: usize,
+    pub chunk_size: usize,
+    pub use_conv_bias: bool,
+    /// `in_proj` / `out_proj` bias (`use_bias` in the reference).
+    pub use_bias: bool,
+    /// Lower clamp of dt in the chunked scan. The reference mixer uses
+    /// `(time_step_min, inf)` as its limit, whatever `time_step_limit` says.
+    pub time_step_min: f32,
+    // Attention
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    // MLP
+    pub intermediate_size: usize,
+    pub mlp_bias: bool,
+    // Ids
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Vec<u32>,
+    /// The dtype the checkpoint says it is stored in (`torch_dtype` / `dtype`), informational.
+    pub torch_dtype: Option<String>,
+}
+
+impl NemotronHConfig {
+    pub fn d_inner(&self) -> usize {
+        self.mamba_num_heads * self.mamba_head_dim
+    }
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.n_groups * self.ssm_state_size
+    }
+    pub fn in_proj_dim(&self) -> usize {
+        self.d_inner() + self.conv_dim() + self.mamba_num_heads
+    }
+    pub fn pattern(&self) -> String {
+        self.layers.iter().map(|k| k.symbol()).collect()
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: Value = serde_json::from_str(&python_json_to_strict(&text))
+            .map_err(|e| ModelError::Config { file: path.to_path_buf(), msg: format!("not valid JSON: {e}") })?;
+        Self::from_json(&value, path)
+    }
+
+    pub fn from_json(value: &Value, path: &Path) -> Result<Self, ModelError> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ModelError::Config { file: path.to_path_buf(), msg: "top level is not a JSON object".into() })?;
+        let r = Reader { obj, file: path.to_path_buf() };
+
+        let arch = obj
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .map(str::to_string);
+        let model_type = obj.get("model_type").and_then(|v| v.as_str());
+        let is_nemotron_h = arch.as_deref() == Some("NemotronHForCausalLM") || model_type == Some("nemotron_h");
+        if !is_nemotron_h {
+            return Err(ModelError::UnsupportedArchitecture {
+                file: path.to_path_buf(),
+                arch: arch.or(model_type.map(str::to_string)).unwrap_or_else(|| "(none given)".into()),
+            });
+        }
+
+        let layers = r.layers()?;
+        let hidden_size = r.usize("hidden_size", &[])?;
+        let num_attention_heads = r.usize("num_attention_heads", &[])?;
+        let head_dim = match r.opt_usize("head_dim", &["attention_head_dim"])? {
+            Some(h) => h,
+            None => hidden_size / num_attention_heads.max(1),
+        };
+        let cfg = NemotronHConfig {
+            hidden_size,
+            vocab_size: r.usize("vocab_size", &[])?,
+            layer_norm_epsilon: r.f32_or("layer_norm_epsilon", &["rms_norm_eps"], 1e-5)?,
+            tie_word_embeddings: r.bool_or("tie_word_embeddings", &[], false)?,
+            max_position_embeddings: r.opt_usize("max_position_embeddings", &[])?.unwrap_or(4096),
+            mamba_num_heads: r.usize("mamba_num_heads", &[])?,
+            mamba_head_dim: r.usize("mamba_head_dim", &[])?,
+            ssm_state_size: r.usize("ssm_state_size", &["mamba_d_state"])?,
+            n_groups: r.usize("n_groups", &["mamba_n_groups"])?,
+            conv_kernel: r.usize("conv_kernel", &["mamba_d_conv"])?,
+            chunk_size: r.usize("chunk_size", &["mamba_chunk_size"])?,
+            use_conv_bias: r.bool_or("use_conv_bias", &["mamba_conv_bias"], true)?,
+            use_bias: r.bool_or("use_bias", &["mamba_proj_bias"], false)?,
+            time_step_min: r.f32_or("time_step_min", &["mamba_dt_min"], 0.001)?,
+            num_attention_heads,
+            num_key_value_heads: r.opt_usize("num_key_value_heads", &[])?.unwrap_or(num_attention_heads),
+            head_dim,
+            intermediate_size: r.usize("intermediate_size", &[])?,
+            mlp_bias: r.bool_or("mlp_bias", &[], false)?,
+            bos_token_id: r.opt_usize("bos_token_id", &[])?.map(|v| v as u32),
+            eos_token_id: r.ids("eos_token_id")?,
+            torch_dtype: obj.get("torch_dtype").or(obj.get("dtype")).and_then(|v| v.as_str()).map(str::to_string),
+            layers,
+        };
+        if let Some(act) = obj.get("mlp_hidden_act").and_then(|v| v.as_str()) {
+            if act != "relu2" {
+                return Err(r.err("mlp_hidden_act", format!("`{act}` is not supported (only relu2)")));
+            }
+        }
+        if let Some(act) = obj.get("mamba_hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                return Err(r.err("mamba_hidden_act", format!("`{act}` is not supported (only silu)")));
+            }
+        }
+        cfg.validate(&r)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, r: &Reader<'_>) -> Result<(), ModelError> {
+        if self.layers.is_empty() {
+            return Err(r.err("hybrid_override_pattern", "has no layers".into()));
+        }
+        if let Some(i) = self.layers.iter().position(|k| *k == LayerKind::Moe) {
+            return Err(r.err(
+                "hybrid_override_pattern",
+                format!("layer {i} is a MoE layer (`E`): MoE models are not supported yet"),
+            ));
+        }
+        if self.n_groups == 0 || self.mamba_num_heads % self.n_groups != 0 {
+            return Err(r.err("n_groups", format!("{} does not divide mamba_num_heads {}", self.n_groups, self.mamba_num_heads)));
+        }
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(r.err(
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+            ));
+        }
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("vocab_size", self.vocab_size),
+            ("chunk_size", self.chunk_size),
+            ("conv_kernel", self.conv_kernel),
+            ("mamba_head_dim", self.mamba_head_dim),
+            ("ssm_state_size", self.ssm_state_size),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return Err(r.err(name, "must be greater than 0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Python's `json.dump` writes `Infinity`, `-Infinity` and `NaN` (published Nemotron
+/// configs have `"time_step_limit": [0.0, Infinity]`); strict JSON has no such tokens.
+/// Replaces them, outside string literals, with `null`.
+pub fn python_json_to_strict(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_str = true;
+        } else {
+            let tok = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t));
+            if let Some(t) = tok {
+                out.push_str("null");
+                rest = &rest[t.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+struct Reader<'a> {
+    obj: &'a Map<String, Value>,
+    file: PathBuf,
+}
+
+impl Reader<'_> {
+    fn err(&self, field: &str, msg: String) -> ModelError {
+        ModelError::ConfigField { file: self.file.clone(), field: field.to_string(), msg }
+    }
+
+    fn find(&self, key: &str, aliases: &[&str]) -> Option<&Value> {
+        std::iter::once(key).chain(aliases.iter().copied()).find_map(|k| self.obj.get(k)).filter(|v| !v.is_null())
+    }
+
+    fn opt_usize(&self, key: &str, aliases: &[&str]) -> Result<Option<usize>, ModelError> {
+        match self.find(key, aliases) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}"))),
+        }
+    }
+
+    fn usize(&self, key: &str, aliases: &[&str]) -> Result<usize, ModelError> {
+        self.opt_usize(key, aliases)?.ok_or_else(|| self.err(key, "missing".into()))
+    }
+
+    fn f32_or(&self, key: &str, aliases: &[&str], default: f32) -> Result<f32, ModelError> {
+        match self.find(key, aliases) {
+            None => Ok(default),
+            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn bool_or(&self, key: &str, aliases: &[&str], default: bool) -> Result<bool, ModelError> {
+        match self.find(key, aliases) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    fn ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
+        match self.find(key, &[]) {
+            None => Ok(vec![]),
+            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).ok_or_else(|| self.err(key, format!("bad token id {n}"))),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as u32).ok_or_else(|| self.err(key, format!("bad token id {v}"))))
+                .collect(),
+            Some(v) => Err(self.err(key, format!("expected an id or a list of ids, found {v}"))),
+        }
+    }
+
+    fn layers(&self) -> Result<Vec<LayerKind>, ModelError> {
+        let layers = if let Some(list) = self.find("layers_block_type", &["layer_types"]) {
+            let arr = list.as_array().ok_or_else(|| self.err("layers_block_type", "expected a list".into()))?;
+            arr.iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    Some("linear_attention") | Some("mamba") => Ok(LayerKind::Mamba2),
+                    Some("full_attention") | Some("attention") => Ok(LayerKind::Attention),
+                    Some("mlp") => Ok(LayerKind::Mlp),
+                    Some("moe") => Ok(LayerKind::Moe),
+                    _ => Err(self.err("layers_block_type", format!("entry {i} is {v}, not one of linear_attention, full_attention, mlp, moe"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else if let Some(p) = self.find("hybrid_override_pattern", &[]) {
+            let s = p.as_str().ok_or_else(|| self.err("hybrid_override_pattern", "expected a string".into()))?;
+            s.chars()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    'M' => Ok(LayerKind::Mamba2),
+                    '*' => Ok(LayerKind::Attention),
+                    '-' => Ok(LayerKind::Mlp),
+                    'E' => Ok(LayerKind::Moe),
+                    _ => Err(self.err("hybrid_override_pattern", format!("character {i} is `{c}`, not one of M * - E"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            return Err(self.err("hybrid_override_pattern", "missing (and no `layers_block_type` list either)".into()));
+        };
+        if let Some(n) = self.opt_usize("num_hidden_layers", &[])? {
+            if n != layers.len() && self.find("layers_block_type", &["layer_types"]).is_none() {
+                return Err(self.err(
+                    "num_hidden_layers",
+                    format!("is {n} but hybrid_override_pattern has {} layers", layers.len()),
+                ));
+            }
+        }
+        Ok(layers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn published() -> Value {
+        json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 64, "vocab_size": 512, "hybrid_override_pattern": "M-M*",
+            "num_hidden_layers": 4, "mamba_num_heads": 8, "mamba_head_dim": 16,
+            "ssm_state_size": 16, "n_groups": 2, "conv_kernel": 4, "chunk_size": 16,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "intermediate_size": 96, "eos_token_id": [2, 11], "time_step_limit": [0.0, null]
+        })
+    }
+
+    #[test]
+    fn published_and_transformers5_forms_give_the_same_pattern() {
+        let a = NemotronHConfig::from_json(&published(), Path::new("config.json")).unwrap();
+        let mut v = published();
+        let o = v.as_object_mut().unwrap();
+        o.remove("hybrid_override_pattern");
+        o.remove("num_hidden_layers");
+        o.remove("n_groups");
+        o.insert("layers_block_type".into(), json!(["linear_attention", "mlp", "linear_attention", "full_attention"]));
+        o.insert("mamba_n_groups".into(), json!(2));
+        o.insert("n_routed_experts".into(), json!(8));
+        let b = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.pattern(), "M-M*");
+        assert_eq!(a.eos_token_id, vec![2, 11]);
+        assert_eq!(a.conv_dim(), 128 + 2 * 2 * 16);
+    }
+
+    #[test]
+    fn python_infinity_is_accepted_outside_strings_only() {
+        let t = python_json_to_strict(r#"{"a": [0.0, Infinity, -Infinity, NaN], "s": "Infinity \" NaN"}"#);
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["a"], json!([0.0, null, null, null]));
+        assert_eq!(v["s"], json!("Infinity \" NaN"));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut v = published();
+        v.as_object_mut().unwrap().remove("mamba_head_dim");
+        let e = NemotronHConfig::from_json(&v, Path::new("x/config.json")).unwrap_err().to_string();
+        assert!(e.contains("mamba_head_dim") && e.contains("x/config.json"), "{e}");
+    }
+
+    #[test]
+    fn moe_layers_and_unknown_architectures_are_refused_clearly() {
+        let mut v = published();
+        v["hybrid_override_pattern"] = json!("MEM*");
+        let e = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap_err().to_string();
+        assert!(e.contains("MoE"), "{e}");
+        let mut v = published();
+        v["architectures"] = json!(["GPT2LMHeadModel"]);
+        v["model_type"] = json!("gpt2");
+        let e = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap_err().to_string();
+        assert!(e.contains("GPT2LMHeadModel"), "{e}");
+    }
+}

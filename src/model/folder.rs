@@ -1,0 +1,120 @@
+//! A model folder as the hub ships it: `config.json`, safetensors, `tokenizer.json`,
+//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::config::NemotronHConfig;
+use super::nemotron_h::NemotronH;
+use super::weights::WeightStore;
+use super::ModelError;
+use crate::chat::template::{self, ChatTemplate};
+use crate::engine::sampler::SamplingParams;
+
+/// Defaults from `generation_config.json`.
+#[derive(Clone, Debug, Default)]
+pub struct GenerationDefaults {
+    pub eos_token_ids: Vec<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenerationDefaults {
+    pub fn apply(&self, p: &mut SamplingParams) {
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+        }
+        if let Some(t) = self.top_p {
+            p.top_p = t;
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(r) = self.repetition_penalty {
+            p.repetition_penalty = r;
+        }
+    }
+}
+
+pub struct ModelFolder {
+    pub dir: PathBuf,
+    pub model: Arc<NemotronH>,
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
+    pub template: Option<Arc<ChatTemplate>>,
+    pub generation: GenerationDefaults,
+    /// Ids that end a turn: config + generation_config + the template's eos token.
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError> {
+    if !path.exists() {
+        return Ok(GenerationDefaults::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Config { file: path.to_path_buf(), msg: format!("not valid JSON: {e}") })?;
+    let ids = match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => vec![],
+    };
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
+    Ok(GenerationDefaults {
+        eos_token_ids: ids,
+        temperature: f("temperature"),
+        top_p: f("top_p"),
+        top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
+        repetition_penalty: f("repetition_penalty"),
+        max_new_tokens: v.get("max_new_tokens").and_then(|x| x.as_u64()).map(|x| x as usize),
+    })
+}
+
+impl ModelFolder {
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            });
+        }
+        let config = NemotronHConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightStore::open_dir(dir)?;
+        let model = NemotronH::load(config, &weights)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(ModelError::Tokenizer { file: tok_path, msg: "missing".into() });
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| ModelError::Tokenizer { file: tok_path.clone(), msg: format!("cannot be read: {e}") })?;
+        let template = match template::load_from_dir(dir).map_err(|e| ModelError::Template(e.to_string()))? {
+            Some((src, bos, eos)) => {
+                let t = ChatTemplate::new(&src, bos, eos).map_err(|e| ModelError::Template(e.to_string()))?;
+                Some(Arc::new(t))
+            }
+            None => None,
+        };
+        let generation = read_generation_config(&dir.join("generation_config.json"))?;
+        let mut eos: Vec<u32> = model.config.eos_token_id.clone();
+        eos.extend(&generation.eos_token_ids);
+        if let Some(t) = &template {
+            if let Some(e) = t.eos_token() {
+                if let Some(id) = tokenizer.token_to_id(e) {
+                    eos.push(id);
+                }
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(ModelFolder {
+            dir: dir.to_path_buf(),
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            template,
+            generation,
+            eos_token_ids: eos,
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! Model definitions and loading: config, weights, the Nemotron-H forward pass, and the
+//! files that come with a checkpoint (tokenizer, chat template, generation config).
+
+pub mod attention;
+pub mod config;
+pub mod folder;
+pub mod mamba2;
+pub mod mlp;
+pub mod nemotron_h;
+pub mod synthetic;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{LayerKind, NemotronHConfig};
+pub use folder::{GenerationDefaults, ModelFolder};
+pub use nemotron_h::{Logits, NemotronH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {msg}", file.display())]
+    Config { file: PathBuf, msg: String },
+    #[error("{}: field `{field}` {msg}", file.display())]
+    ConfigField { file: PathBuf, field: String, msg: String },
+    #[error("{}: architecture `{arch}` is not supported (nemo runs NemotronHForCausalLM)", file.display())]
+    UnsupportedArchitecture { file: PathBuf, arch: String },
+    #[error("{}: {msg}", file.display())]
+    Weights { file: PathBuf, msg: String },
+    #[error("weights: tensor `{name}` is missing")]
+    MissingTensor { name: String },
+    #[error("weights: tensor `{name}` has shape {got:?}, expected {want:?}")]
+    TensorShape { name: String, want: Vec<usize>, got: Vec<usize> },
+    #[error("{}: {msg}", file.display())]
+    Tokenizer { file: PathBuf, msg: String },
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io { path: path.to_path_buf(), source }
+    }
+}

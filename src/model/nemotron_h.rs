@@ -1,0 +1,168 @@
+//! Nemotron-H (`NemotronHForCausalLM`): embeddings, a stack of pre-norm residual blocks
+//! `x = x + mixer(rmsnorm(x))` whose mixer the layer pattern picks (Mamba2, attention,
+//! MLP), the final norm and the LM head. Reads top to bottom like the reference.
+//!
+//! Tensor names: the published checkpoints' `backbone.*` and what transformers 5 saves
+//! (`model.*`, `embed_tokens`) are both accepted.
+
+use super::attention::Attention;
+use super::config::{LayerKind, NemotronHConfig};
+use super::mamba2::Mamba2;
+use super::mlp::Mlp;
+use super::weights::{Tensor, WeightStore};
+use super::ModelError;
+use crate::backend::cpu::{matmul, ops};
+use crate::backend::DType;
+use crate::state::{CacheConfig, KvCache, LayerState, MambaState, SequenceState};
+
+enum Mixer {
+    Mamba2(Mamba2),
+    Attention(Attention),
+    Mlp(Mlp),
+}
+
+struct Block {
+    norm: Vec<f32>,
+    mixer: Mixer,
+}
+
+/// Which positions' logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+pub struct NemotronH {
+    pub config: NemotronHConfig,
+    embeddings: Tensor,
+    layers: Vec<Block>,
+    norm_f: Vec<f32>,
+    lm_head: Tensor,
+    /// Dtype most weights are stored in.
+    pub weight_dtype: DType,
+    pub weight_bytes: usize,
+}
+
+fn prefix_of(w: &WeightStore) -> &'static str {
+    if w.names().any(|n| n.starts_with("backbone.")) {
+        "backbone"
+    } else {
+        "model"
+    }
+}
+
+impl NemotronH {
+    pub fn load(config: NemotronHConfig, w: &WeightStore) -> Result<Self, ModelError> {
+        let pre = prefix_of(w);
+        let (hs, vocab) = (config.hidden_size, config.vocab_size);
+        let emb_name = if w.contains(&format!("{pre}.embeddings.weight")) {
+            format!("{pre}.embeddings.weight")
+        } else {
+            format!("{pre}.embed_tokens.weight")
+        };
+        let embeddings = w.get(&emb_name, &[vocab, hs])?;
+        let mut layers = Vec::with_capacity(config.layers.len());
+        for (i, kind) in config.layers.iter().enumerate() {
+            let p = format!("{pre}.layers.{i}");
+            let norm = w.get(&format!("{p}.norm.weight"), &[hs])?.to_f32();
+            let mp = format!("{p}.mixer");
+            let mixer = match kind {
+                LayerKind::Mamba2 => Mixer::Mamba2(Mamba2::load(&config, w, &mp)?),
+                LayerKind::Attention => Mixer::Attention(Attention::load(&config, w, &mp)?),
+                LayerKind::Mlp => Mixer::Mlp(Mlp::load(&config, w, &mp)?),
+                LayerKind::Moe => {
+                    return Err(ModelError::Unsupported(format!("layer {i} is MoE, which is not supported yet")))
+                }
+            };
+            layers.push(Block { norm, mixer });
+        }
+        let norm_name =
+            if w.contains(&format!("{pre}.norm_f.weight")) { format!("{pre}.norm_f.weight") } else { format!("{pre}.norm.weight") };
+        let norm_f = w.get(&norm_name, &[hs])?.to_f32();
+        let lm_head = if w.contains("lm_head.weight") || !config.tie_word_embeddings {
+            w.get("lm_head.weight", &[vocab, hs])?
+        } else {
+            embeddings.clone()
+        };
+        Ok(NemotronH { weight_dtype: w.main_dtype(), weight_bytes: w.total_bytes(), config, embeddings, layers, norm_f, lm_head })
+    }
+
+    pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
+        let c = &self.config;
+        let layers = c
+            .layers
+            .iter()
+            .map(|k| match k {
+                LayerKind::Mamba2 => LayerState::Mamba(MambaState::new(
+                    c.conv_dim(),
+                    c.conv_kernel,
+                    c.mamba_num_heads,
+                    c.mamba_head_dim,
+                    c.ssm_state_size,
+                    cache.ssm_dtype,
+                )),
+                LayerKind::Attention => LayerState::Attention(KvCache::new(cache.kv_dtype, c.num_key_value_heads, c.head_dim)),
+                _ => LayerState::Stateless,
+            })
+            .collect();
+        SequenceState { layers, len: 0, cache }
+    }
+
+    /// Feeds `tokens` after the state's current position. One token uses the recurrent
+    /// (decode) form of the Mamba layers; more use the chunked (prompt) form.
+    /// Returns logits `[positions, vocab]` as `want` asks.
+    pub fn forward(&self, tokens: &[u32], state: &mut SequenceState, want: Logits) -> Result<Vec<f32>, ModelError> {
+        let n = tokens.len();
+        let c = &self.config;
+        let hs = c.hidden_size;
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut x = vec![0f32; n * hs];
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.vocab_size {
+                return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+            }
+            self.embeddings.row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
+        }
+        let mut normed = vec![0f32; n * hs];
+        let mut mixed = vec![0f32; n * hs];
+        for (block, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
+            ops::rms_norm(&x, &block.norm, c.layer_norm_epsilon, &mut normed);
+            match (&block.mixer, layer_state) {
+                (Mixer::Mamba2(m), LayerState::Mamba(s)) => {
+                    if n == 1 {
+                        m.step(&normed, s, &mut mixed)
+                    } else {
+                        m.forward_chunked(&normed, n, s, &mut mixed)
+                    }
+                }
+                (Mixer::Attention(a), LayerState::Attention(kv)) => a.forward(&normed, n, kv, &mut mixed),
+                (Mixer::Mlp(m), _) => m.forward(&normed, n, &mut mixed),
+                _ => return Err(ModelError::Unsupported("sequence state does not match the model's layers".into())),
+            }
+            for (xv, mv) in x.iter_mut().zip(&mixed) {
+                *xv += mv;
+            }
+        }
+        state.len += n;
+        let rows: &[f32] = match want {
+            Logits::None => return Ok(vec![]),
+            Logits::Last => &x[(n - 1) * hs..],
+            Logits::All => &x,
+        };
+        let m = rows.len() / hs;
+        let mut fin = vec![0f32; m * hs];
+        ops::rms_norm(rows, &self.norm_f, c.layer_norm_epsilon, &mut fin);
+        let mut logits = vec![0f32; m * c.vocab_size];
+        matmul(&fin, m, self.lm_head.mat(), &mut logits);
+        Ok(logits)
+    }
+
+    /// Bytes read per decoded token (weights touched by one step), for bandwidth reports.
+    pub fn bytes_per_token(&self) -> usize {
+        self.weight_bytes - self.embeddings.data().len() + self.embeddings.data().len() / self.config.vocab_size
+    }
+}

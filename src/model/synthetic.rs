@@ -1,0 +1,115 @@
+//! Synthetic weights at real model shapes, for benchmarks: speed does not depend on the
+//! values, but values are random (never zeros) and scaled like a trained model's so the
+//! activations stay finite.
+
+use rayon::prelude::*;
+use serde_json::json;
+
+use super::config::NemotronHConfig;
+use super::nemotron_h::NemotronH;
+use super::weights::{Tensor, WeightStore};
+use super::{LayerKind, ModelError};
+use crate::backend::dtype::narrow_into;
+use crate::backend::DType;
+
+/// Named shapes `nemo bench --shape` knows.
+pub const SHAPES: &[&str] = &["nano-9b-v2", "tiny"];
+
+/// config.json of a named shape (published form).
+pub fn shape_config(name: &str) -> Option<serde_json::Value> {
+    match name {
+        // DESIGN.md: Nano 9B v2.
+        "nano-9b-v2" => Some(json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 4480, "vocab_size": 131072,
+            "hybrid_override_pattern": "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-",
+            "mamba_num_heads": 128, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 15680, "layer_norm_epsilon": 1e-5,
+            "max_position_embeddings": 131072, "eos_token_id": 12
+        })),
+        "tiny" => Some(json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 256, "vocab_size": 4096, "hybrid_override_pattern": "M-M*-M-",
+            "mamba_num_heads": 8, "mamba_head_dim": 64, "ssm_state_size": 64, "n_groups": 2,
+            "conv_kernel": 4, "chunk_size": 64, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "head_dim": 32, "intermediate_size": 768, "layer_norm_epsilon": 1e-5, "eos_token_id": 2
+        })),
+        _ => None,
+    }
+}
+
+fn random_bytes(dtype: DType, n: usize, scale: f32, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n * dtype.size()];
+    let chunk = 1 << 16;
+    out.par_chunks_mut(chunk * dtype.size()).enumerate().for_each(|(ci, bytes)| {
+        let mut s = seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        let vals: Vec<f32> = (0..bytes.len() / dtype.size())
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // Uniform in [-scale, scale], never exactly zero.
+                let u = ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * scale
+            })
+            .collect();
+        narrow_into(dtype, &vals, bytes);
+    });
+    out
+}
+
+/// Builds a model of the named shape with `layers` layers of its pattern (all if None).
+pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<NemotronH, ModelError> {
+    let mut v = shape_config(name)
+        .ok_or_else(|| ModelError::Unsupported(format!("unknown shape `{name}` (known: {})", SHAPES.join(", "))))?;
+    if let Some(n) = layers {
+        let p = v["hybrid_override_pattern"].as_str().unwrap_or_default().to_string();
+        let cut: String = p.chars().cycle().take(n.max(1)).collect();
+        v["hybrid_override_pattern"] = json!(cut);
+    }
+    let cfg = NemotronHConfig::from_json(&v, std::path::Path::new(name))?;
+    let mut tensors = Vec::new();
+    let mut seed = 1u64;
+    let mut add = |name: String, shape: Vec<usize>, scale: f32| {
+        seed += 1;
+        let n = shape.iter().product();
+        tensors.push(Tensor::from_owned(&name, dtype, shape, random_bytes(dtype, n, scale, seed)));
+    };
+    let (hs, vocab) = (cfg.hidden_size, cfg.vocab_size);
+    let inv = |k: usize| (3.0 / k as f32).sqrt();
+    add("backbone.embeddings.weight".into(), vec![vocab, hs], 1.0);
+    for (i, kind) in cfg.layers.iter().enumerate() {
+        let p = format!("backbone.layers.{i}");
+        add(format!("{p}.norm.weight"), vec![hs], 1.0);
+        let m = format!("{p}.mixer");
+        match kind {
+            LayerKind::Mamba2 => {
+                let (h, di, cd) = (cfg.mamba_num_heads, cfg.d_inner(), cfg.conv_dim());
+                add(format!("{m}.in_proj.weight"), vec![cfg.in_proj_dim(), hs], inv(hs));
+                add(format!("{m}.conv1d.weight"), vec![cd, 1, cfg.conv_kernel], 0.5);
+                add(format!("{m}.conv1d.bias"), vec![cd], 0.1);
+                add(format!("{m}.dt_bias"), vec![h], 1.0);
+                add(format!("{m}.A_log"), vec![h], 1.0);
+                add(format!("{m}.D"), vec![h], 1.0);
+                add(format!("{m}.norm.weight"), vec![di], 1.0);
+                add(format!("{m}.out_proj.weight"), vec![hs, di], inv(di) / 4.0);
+            }
+            LayerKind::Attention => {
+                let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+                add(format!("{m}.q_proj.weight"), vec![nh * hd, hs], inv(hs));
+                add(format!("{m}.k_proj.weight"), vec![nkv * hd, hs], inv(hs));
+                add(format!("{m}.v_proj.weight"), vec![nkv * hd, hs], inv(hs));
+                add(format!("{m}.o_proj.weight"), vec![hs, nh * hd], inv(nh * hd) / 4.0);
+            }
+            LayerKind::Mlp => {
+                add(format!("{m}.up_proj.weight"), vec![cfg.intermediate_size, hs], inv(hs));
+                add(format!("{m}.down_proj.weight"), vec![hs, cfg.intermediate_size], inv(cfg.intermediate_size) / 4.0);
+            }
+            LayerKind::Moe => return Err(ModelError::Unsupported("MoE shapes are not supported yet".into())),
+        }
+    }
+    add("backbone.norm_f.weight".into(), vec![hs], 1.0);
+    add("lm_head.weight".into(), vec![vocab, hs], inv(hs));
+    NemotronH::load(cfg, &WeightStore::from_tensors(tensors))
+}

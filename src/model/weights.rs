@@ -1,0 +1,204 @@
+//! Memory-mapped safetensors (one file, or shards listed in `model.safetensors.index.json`).
+//!
+//! Tensors stay in the mapped file in their stored dtype; `Tensor` is a view with a shape.
+//! Synthetic weights (benchmarks) use the same type with owned bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::ModelError;
+use crate::backend::cpu::MatRef;
+use crate::backend::dtype::widen_into;
+use crate::backend::DType;
+
+#[derive(Clone)]
+enum Bytes {
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+    Owned(Arc<Vec<u8>>),
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {} {:?})", self.name, self.dtype, self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn from_owned(name: &str, dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>() * dtype.size());
+        Tensor { name: name.to_string(), dtype, shape, bytes: Bytes::Owned(Arc::new(data)) }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(v) => v,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// As a `[rows, cols]` matrix: the first dimension is rows, the rest are flattened.
+    pub fn mat(&self) -> MatRef<'_> {
+        let rows = self.shape.first().copied().unwrap_or(1);
+        MatRef { dtype: self.dtype, data: self.data(), rows, cols: self.numel() / rows.max(1) }
+    }
+
+    /// Widened copy, for the small per-channel tensors (norms, biases, A_log, D, conv).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.numel()];
+        widen_into(self.dtype, self.data(), &mut out);
+        out
+    }
+
+    /// Widened copy of one row (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let rb = self.numel() / self.shape[0] * self.dtype.size();
+        widen_into(self.dtype, &self.data()[r * rb..(r + 1) * rb], out);
+    }
+}
+
+/// Where the checkpoint's tensors live.
+pub struct WeightStore {
+    tensors: HashMap<String, Tensor>,
+    /// Files the tensors came from, for messages.
+    pub files: Vec<PathBuf>,
+}
+
+fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
+    match d {
+        safetensors::Dtype::F32 => Some(DType::F32),
+        safetensors::Dtype::F16 => Some(DType::F16),
+        safetensors::Dtype::BF16 => Some(DType::BF16),
+        safetensors::Dtype::F8_E4M3 => Some(DType::F8E4M3),
+        safetensors::Dtype::F8_E5M2 => Some(DType::F8E5M2),
+        _ => None,
+    }
+}
+
+impl WeightStore {
+    pub fn from_tensors(tensors: Vec<Tensor>) -> Self {
+        WeightStore { tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(), files: vec![] }
+    }
+
+    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`,
+    /// or every `*.safetensors` in the folder when neither exists.
+    pub fn open_dir(dir: &Path) -> Result<Self, ModelError> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Weights { file: index.clone(), msg: format!("not valid JSON: {e}") })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Weights {
+                file: index.clone(),
+                msg: "no `weight_map` object".into(),
+            })?;
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            names.sort();
+            names.dedup();
+            names.iter().map(|n| dir.join(n)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| ModelError::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(ModelError::Weights { file: dir.to_path_buf(), msg: "no *.safetensors file in this folder".into() });
+            }
+            found
+        };
+        let mut tensors = HashMap::new();
+        for file in &files {
+            Self::open_file(file, &mut tensors)?;
+        }
+        Ok(WeightStore { tensors, files })
+    }
+
+    fn open_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<(), ModelError> {
+        let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: the file is opened read-only; a concurrent writer truncating it would fault,
+        // the same contract every mmap-based model loader has.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+        let map = Arc::new(map);
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+            .map_err(|e| ModelError::Weights { file: path.to_path_buf(), msg: format!("not a valid safetensors file: {e}") })?;
+        let base = 8 + header_len;
+        for (name, info) in meta.tensors() {
+            let dtype = map_dtype(info.dtype).ok_or_else(|| ModelError::Weights {
+                file: path.to_path_buf(),
+                msg: format!("tensor `{name}` has dtype {:?}, which nemo does not read", info.dtype),
+            })?;
+            let (s, e) = info.data_offsets;
+            if base + e > map.len() {
+                return Err(ModelError::Weights { file: path.to_path_buf(), msg: format!("file is truncated (tensor `{name}` ends past the end)") });
+            }
+            out.insert(
+                name.clone(),
+                Tensor { name: name.clone(), dtype, shape: info.shape.clone(), bytes: Bytes::Mapped { map: map.clone(), start: base + s, len: e - s } },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// The tensor named `name`, checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        if t.shape != shape {
+            return Err(ModelError::TensorShape { name: name.to_string(), want: shape.to_vec(), got: t.shape.clone() });
+        }
+        Ok(t.clone())
+    }
+
+    /// Like `get`, accepting `[n, 1, k]` for `[n, k]` (conv1d weights) and any shape with
+    /// the same element count for 1-D parameters.
+    pub fn get_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let squeezed: Vec<usize> = t.shape.iter().copied().filter(|d| *d != 1).collect();
+        let want: Vec<usize> = shape.iter().copied().filter(|d| *d != 1).collect();
+        if squeezed != want {
+            return Err(ModelError::TensorShape { name: name.to_string(), want: shape.to_vec(), got: t.shape.clone() });
+        }
+        let mut t = t.clone();
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+
+    /// The dtype most weights are stored in (for `auto` cache dtypes and reports).
+    pub fn main_dtype(&self) -> DType {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for t in self.tensors.values() {
+            *counts.entry(t.dtype).or_default() += t.numel();
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or(DType::F32)
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.data().len()).sum()
+    }
+}

@@ -1,0 +1,1 @@
+//! Events (engine → UI) placeholder

@@ -1,0 +1,136 @@
+//! Per-sequence state of a hybrid model, apart from the weights: Mamba conv + SSM states
+//! and the attention KV cache, with the dtypes the user chose.
+//!
+//! Invariant: `SequenceState::len` tokens have been fed; every attention layer's KV cache
+//! holds exactly `len` positions and every Mamba layer's state is the state after them.
+//! A `Snapshot` restores all of that at once (Mamba state cannot be rolled back token by
+//! token, so snapshots copy it; the KV cache is only truncated).
+
+pub mod kv_cache;
+pub mod ssm_cache;
+
+pub use kv_cache::KvCache;
+pub use ssm_cache::MambaState;
+
+use crate::backend::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// f32 | f16 | bf16
+    pub ssm_dtype: DType,
+    /// f32 | f16 | bf16 | fp8_e4m3 | fp8_e5m2
+    pub kv_dtype: DType,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { ssm_dtype: DType::F32, kv_dtype: DType::F32 }
+    }
+}
+
+/// `--kv-cache-dtype` values: `auto` follows the weights.
+pub fn parse_kv_dtype(s: &str, weights: DType) -> Option<DType> {
+    match s {
+        "auto" => Some(match weights {
+            DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
+            d => d,
+        }),
+        "f32" | "float32" => Some(DType::F32),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        "f16" | "float16" => Some(DType::F16),
+        "fp8_e4m3" | "fp8" => Some(DType::F8E4M3),
+        "fp8_e5m2" => Some(DType::F8E5M2),
+        _ => None,
+    }
+}
+
+/// `--mamba-ssm-cache-dtype` values.
+pub fn parse_ssm_dtype(s: &str) -> Option<DType> {
+    match s {
+        "f32" | "float32" => Some(DType::F32),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        "f16" | "float16" => Some(DType::F16),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum LayerState {
+    Mamba(MambaState),
+    Attention(KvCache),
+    Stateless,
+}
+
+#[derive(Clone, Debug)]
+pub struct SequenceState {
+    pub layers: Vec<LayerState>,
+    pub len: usize,
+    pub cache: CacheConfig,
+}
+
+/// What `SequenceState::restore` needs: the Mamba states (copied) and the length.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    mamba: Vec<Option<MambaState>>,
+    pub len: usize,
+}
+
+impl Snapshot {
+    pub fn bytes(&self) -> usize {
+        self.mamba.iter().flatten().map(|m| m.bytes()).sum()
+    }
+}
+
+impl SequenceState {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            mamba: self
+                .layers
+                .iter()
+                .map(|l| match l {
+                    LayerState::Mamba(m) => Some(m.clone()),
+                    _ => None,
+                })
+                .collect(),
+            len: self.len,
+        }
+    }
+
+    /// Restores a snapshot taken on this sequence at a length ≤ the KV caches' length
+    /// whose tokens are still a prefix of the cached ones (the caller, `engine::Session`,
+    /// guarantees it).
+    pub fn restore(&mut self, snap: &Snapshot) {
+        for (layer, m) in self.layers.iter_mut().zip(&snap.mamba) {
+            match (layer, m) {
+                (LayerState::Mamba(dst), Some(src)) => dst.clone_from(src),
+                (LayerState::Attention(kv), _) => kv.truncate(snap.len),
+                _ => {}
+            }
+        }
+        self.len = snap.len;
+    }
+
+    /// Back to the empty sequence.
+    pub fn reset(&mut self) {
+        for layer in &mut self.layers {
+            match layer {
+                LayerState::Mamba(m) => m.reset(),
+                LayerState::Attention(kv) => kv.truncate(0),
+                LayerState::Stateless => {}
+            }
+        }
+        self.len = 0;
+    }
+
+    /// Bytes held by the caches now.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Mamba(m) => m.bytes(),
+                LayerState::Attention(kv) => kv.bytes(),
+                LayerState::Stateless => 0,
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,87 @@
+//! Shared helpers for the integration tests: fixture paths and the reference logits the
+//! committed script `tests/fixtures/make_fixtures.py` wrote with transformers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub const MODELS: &[&str] = &["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
+
+pub struct Reference {
+    pub json: Value,
+    bin: Vec<u8>,
+}
+
+pub struct Prompt {
+    pub name: String,
+    pub ids: Vec<u32>,
+    /// `[positions][vocab]`
+    pub logits: Vec<Vec<f32>>,
+}
+
+impl Reference {
+    pub fn load(model: &str) -> Reference {
+        let dir = fixture(model);
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let bin = std::fs::read(dir.join(json["logits_file"].as_str().unwrap())).unwrap();
+        Reference { json, bin }
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.json["vocab_size"].as_u64().unwrap() as usize
+    }
+
+    pub fn matrix(&self, spec: &Value) -> Vec<Vec<f32>> {
+        let off = spec["byte_offset"].as_u64().unwrap() as usize;
+        let rows = spec["shape"][0].as_u64().unwrap() as usize;
+        let cols = spec["shape"][1].as_u64().unwrap() as usize;
+        (0..rows)
+            .map(|r| {
+                (0..cols)
+                    .map(|c| {
+                        let i = off + 4 * (r * cols + c);
+                        f32::from_le_bytes([self.bin[i], self.bin[i + 1], self.bin[i + 2], self.bin[i + 3]])
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn prompts(&self) -> Vec<Prompt> {
+        self.json["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Prompt {
+                name: p["name"].as_str().unwrap().to_string(),
+                ids: p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+                logits: self.matrix(&p["logits"]),
+            })
+            .collect()
+    }
+
+    pub fn prompt(&self, name: &str) -> Prompt {
+        self.prompts().into_iter().find(|p| p.name == name).unwrap()
+    }
+}
+
+/// Largest |a - b| over two rows, and the largest |b| (for relative statements).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,123 @@
+//! The CPU forward pass against transformers' `NemotronHForCausalLM` (reference logits
+//! committed by `tests/fixtures/make_fixtures.py`).
+//!
+//! Tolerances, and why:
+//! - `FULL_TOL` (2e-4 absolute on logits of magnitude ~1–10): the reference computes in
+//!   f32 from the same stored weights (half-precision fixtures are upcast to f32 by the
+//!   script, exactly what nemo does: weights widened, f32 math). What remains is f32
+//!   summation order (our SIMD dot products and the chunked scan vs torch's einsums),
+//!   which is ~1e-6 relative per op and grows over a handful of layers to ~1e-5.
+//! - Decode vs one prefill: the same math in another order (recurrent step vs chunked
+//!   scan), so the same bound.
+//! - Cache dtypes vs f32 caches: bf16/f16 SSM state rounds the state to 8/11 mantissa
+//!   bits every step; FP8 KV keeps 3 (e4m3) or 2 (e5m2) bits. The bound is the relative L2
+//!   error of the logits against the format's unit roundoff (see the test).
+
+mod common;
+
+use common::*;
+use nemo::backend::DType;
+use nemo::model::{Logits, ModelFolder};
+use nemo::state::CacheConfig;
+
+const FULL_TOL: f32 = 2e-4;
+
+#[test]
+fn full_prompt_logits_match_transformers_at_every_position() {
+    for model in MODELS {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let reference = Reference::load(model);
+        for p in reference.prompts() {
+            let mut state = folder.model.new_state(CacheConfig::default());
+            let got = folder.model.forward(&p.ids, &mut state, Logits::All).unwrap();
+            let vocab = reference.vocab();
+            let mut worst = 0f32;
+            for (pos, want) in p.logits.iter().enumerate() {
+                let row = &got[pos * vocab..(pos + 1) * vocab];
+                worst = worst.max(max_abs_diff(row, want));
+                assert_eq!(argmax(row), argmax(want), "{model}/{} position {pos}: top token differs", p.name);
+            }
+            assert!(worst < FULL_TOL, "{model}/{}: max |Δlogit| = {worst}", p.name);
+            eprintln!("{model}/{}: {} positions, max |Δlogit| {worst:.2e}", p.name, p.ids.len());
+        }
+    }
+}
+
+#[test]
+fn prefill_then_token_by_token_decode_matches_one_prefill() {
+    for model in MODELS {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let reference = Reference::load(model);
+        let p = reference.prompt("long");
+        let vocab = reference.vocab();
+        for split in [1usize, 7, 20] {
+            let mut state = folder.model.new_state(CacheConfig::default());
+            let first = folder.model.forward(&p.ids[..split], &mut state, Logits::Last).unwrap();
+            let mut worst = max_abs_diff(&first, &p.logits[split - 1]);
+            for pos in split..p.ids.len() {
+                let got = folder.model.forward(&p.ids[pos..pos + 1], &mut state, Logits::Last).unwrap();
+                assert_eq!(got.len(), vocab);
+                worst = worst.max(max_abs_diff(&got, &p.logits[pos]));
+            }
+            assert!(worst < FULL_TOL, "{model} split {split}: max |Δlogit| = {worst}");
+        }
+    }
+}
+
+#[test]
+fn greedy_decode_reproduces_the_reference_generation() {
+    for model in MODELS {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let reference = Reference::load(model);
+        let dec = &reference.json["decode"];
+        let p = reference.prompt(dec["prompt"].as_str().unwrap());
+        let ids: Vec<u32> = dec["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want = reference.matrix(&dec["logits"]);
+        let mut state = folder.model.new_state(CacheConfig::default());
+        let mut logits = folder.model.forward(&p.ids, &mut state, Logits::Last).unwrap();
+        for (step, id) in ids.iter().enumerate() {
+            assert_eq!(argmax(&logits) as u32, *id, "{model}: step {step} picks another token");
+            logits = folder.model.forward(&[*id], &mut state, Logits::Last).unwrap();
+            let d = max_abs_diff(&logits, &want[step]);
+            assert!(d < FULL_TOL, "{model} step {step}: max |Δlogit| = {d}");
+        }
+    }
+}
+
+/// Each cache dtype against f32 caches on the same prompt (30 tokens of prefill, then
+/// decode): the relative L2 error of all logits must stay below the unit roundoff of the
+/// cache format (2^-8 bf16, 2^-11 f16, 2^-4 e4m3, 2^-3 e5m2). Per-element rounding errors
+/// of at most u are partly averaged out by the dot products, so the bound holds with room.
+#[test]
+fn cache_dtypes_stay_within_stated_tolerance_of_f32() {
+    // (ssm dtype, kv dtype, unit roundoff of the coarser format)
+    let cases = [
+        (DType::BF16, DType::F32, 2f32.powi(-8)),
+        (DType::F16, DType::F32, 2f32.powi(-11)),
+        (DType::F32, DType::BF16, 2f32.powi(-8)),
+        (DType::F32, DType::F8E4M3, 2f32.powi(-4)),
+        (DType::F32, DType::F8E5M2, 2f32.powi(-3)),
+        (DType::BF16, DType::F8E4M3, 2f32.powi(-4)),
+    ];
+    for model in MODELS {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let reference = Reference::load(model);
+        let p = reference.prompt("long");
+        let run = |cache: CacheConfig| {
+            let mut state = folder.model.new_state(cache);
+            let mut out = folder.model.forward(&p.ids[..30], &mut state, Logits::All).unwrap();
+            for id in &p.ids[30..] {
+                out.extend(folder.model.forward(&[*id], &mut state, Logits::Last).unwrap());
+            }
+            out
+        };
+        let base = run(CacheConfig::default());
+        let norm = base.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (ssm, kv, u) in cases {
+            let got = run(CacheConfig { ssm_dtype: ssm, kv_dtype: kv });
+            let rel = got.iter().zip(&base).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt() / norm;
+            eprintln!("{model}: ssm {ssm} kv {kv}: relative error {rel:.2e}, unit roundoff {u:.2e}, max |Δlogit| {:.2e}", max_abs_diff(&got, &base));
+            assert!(rel < u, "{model}: ssm {ssm} kv {kv}: relative logit error {rel} ≥ unit roundoff {u}");
+        }
+    }
+}
