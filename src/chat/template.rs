@@ -59,6 +59,7 @@ pub enum TemplateError {
 /// A compiled chat template plus the special tokens it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -91,6 +92,7 @@ impl ChatTemplate {
             .map_err(|e| TemplateError::Compile(describe(&e)))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token,
             eos_token,
         })
@@ -129,6 +131,11 @@ impl ChatTemplate {
         template
             .render(Value::from(ctx))
             .map_err(|e| TemplateError::Render(describe(&e)))
+    }
+
+    /// The template text (to tell which thinking convention the model family uses).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn bos_token(&self) -> Option<&str> {

@@ -1,3 +1,32 @@
+//! The engine: sessions that reuse work across turns, the generation loop with thinking
+//! control, the sampler, and the engine thread that front ends talk to through
+//! `protocol::{Request, Event}`.
+
 pub mod detokenizer;
+pub mod prompt;
 pub mod sampler;
+pub mod session;
 pub mod stop;
+pub mod thinking;
+pub mod worker;
+
+pub use session::{Session, SessionOptions};
+pub use worker::Engine;
+
+use crate::model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error(transparent)]
+    Detokenizer(#[from] detokenizer::DetokError),
+    #[error("the prompt is {prompt} tokens, which does not fit the context of {context} tokens")]
+    ContextOverflow { prompt: usize, context: usize },
+    #[error("cancelled")]
+    Cancelled,
+}

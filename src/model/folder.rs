@@ -89,11 +89,12 @@ impl ModelFolder {
         }
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| ModelError::Tokenizer { file: tok_path.clone(), msg: format!("cannot be read: {e}") })?;
-        let template = match template::load_from_dir(dir).map_err(|e| ModelError::Template(e.to_string()))? {
-            Some((src, bos, eos)) => {
-                let t = ChatTemplate::new(&src, bos, eos).map_err(|e| ModelError::Template(e.to_string()))?;
-                Some(Arc::new(t))
-            }
+        // Name the file the template came from in any error.
+        let template_file =
+            if dir.join("chat_template.jinja").exists() { dir.join("chat_template.jinja") } else { dir.join("tokenizer_config.json") };
+        let template_err = |e: template::TemplateError| ModelError::Template(format!("{}: {e}", template_file.display()));
+        let template = match template::load_from_dir(dir).map_err(template_err)? {
+            Some((src, bos, eos)) => Some(Arc::new(ChatTemplate::new(&src, bos, eos).map_err(template_err)?)),
             None => None,
         };
         let generation = read_generation_config(&dir.join("generation_config.json"))?;

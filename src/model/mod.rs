@@ -28,13 +28,14 @@ pub enum ModelError {
     UnsupportedArchitecture { file: PathBuf, arch: String },
     #[error("{}: {msg}", file.display())]
     Weights { file: PathBuf, msg: String },
-    #[error("weights: tensor `{name}` is missing")]
-    MissingTensor { name: String },
-    #[error("weights: tensor `{name}` has shape {got:?}, expected {want:?}")]
-    TensorShape { name: String, want: Vec<usize>, got: Vec<usize> },
+    #[error("{files}: tensor `{name}` is missing")]
+    MissingTensor { name: String, files: String },
+    #[error("{file}: tensor `{name}` has shape {got:?}, but config.json implies {want:?}")]
+    TensorShape { file: String, name: String, want: Vec<usize>, got: Vec<usize> },
     #[error("{}: {msg}", file.display())]
     Tokenizer { file: PathBuf, msg: String },
-    #[error("chat template: {0}")]
+    /// A chat template that cannot be read or compiled (the message names the file).
+    #[error("{0}")]
     Template(String),
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },

@@ -13,11 +13,21 @@ use crate::backend::dtype::narrow_into;
 use crate::backend::DType;
 
 /// Named shapes `nemo bench --shape` knows.
-pub const SHAPES: &[&str] = &["nano-9b-v2", "tiny"];
+pub const SHAPES: &[&str] = &["nano-9b-v2", "nano-9b-v2-slice", "tiny"];
+
+/// Layers of `nano-9b-v2-slice`: Nano 9B v2's dimensions with one Mamba2, one MLP, one more
+/// Mamba2 and one attention layer, so a short benchmark exercises every kind of mixer at
+/// the real size (the full pattern's first attention layer is its 14th).
+const NANO_SLICE_PATTERN: &str = "M-M*";
 
 /// config.json of a named shape (published form).
 pub fn shape_config(name: &str) -> Option<serde_json::Value> {
     match name {
+        "nano-9b-v2-slice" => {
+            let mut v = shape_config("nano-9b-v2")?;
+            v["hybrid_override_pattern"] = json!(NANO_SLICE_PATTERN);
+            Some(v)
+        }
         // DESIGN.md: Nano 9B v2.
         "nano-9b-v2" => Some(json!({
             "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
@@ -59,15 +69,29 @@ fn random_bytes(dtype: DType, n: usize, scale: f32, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Builds a model of the named shape with `layers` layers of its pattern (all if None).
+/// The layer pattern of a named shape (`hybrid_override_pattern`), one symbol per layer.
+pub fn shape_pattern(name: &str) -> Option<String> {
+    shape_config(name)?["hybrid_override_pattern"].as_str().map(str::to_string)
+}
+
+/// Builds a model of the named shape with the first `layers` layers of its pattern (all if
+/// None; a count past the end repeats the pattern).
 pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<NemotronH, ModelError> {
+    let pattern = shape_pattern(name)
+        .ok_or_else(|| ModelError::Unsupported(format!("unknown shape `{name}` (known: {})", SHAPES.join(", "))))?;
+    let cut: String = match layers {
+        Some(n) => pattern.chars().cycle().take(n.max(1)).collect(),
+        None => pattern,
+    };
+    build_with_pattern(name, dtype, &cut)
+}
+
+/// Builds a model with the named shape's dimensions and the given layer pattern
+/// (`M` Mamba2, `-` MLP, `*` attention), e.g. to time one kind of layer alone.
+pub fn build_with_pattern(name: &str, dtype: DType, pattern: &str) -> Result<NemotronH, ModelError> {
     let mut v = shape_config(name)
         .ok_or_else(|| ModelError::Unsupported(format!("unknown shape `{name}` (known: {})", SHAPES.join(", "))))?;
-    if let Some(n) = layers {
-        let p = v["hybrid_override_pattern"].as_str().unwrap_or_default().to_string();
-        let cut: String = p.chars().cycle().take(n.max(1)).collect();
-        v["hybrid_override_pattern"] = json!(cut);
-    }
+    v["hybrid_override_pattern"] = json!(pattern);
     let cfg = NemotronHConfig::from_json(&v, std::path::Path::new(name))?;
     let mut tensors = Vec::new();
     let mut seed = 1u64;

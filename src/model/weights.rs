@@ -23,6 +23,8 @@ enum Bytes {
 #[derive(Clone)]
 pub struct Tensor {
     pub name: String,
+    /// The file it was read from (None for synthetic weights), for messages.
+    pub file: Option<Arc<PathBuf>>,
     pub dtype: DType,
     pub shape: Vec<usize>,
     bytes: Bytes,
@@ -37,7 +39,7 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     pub fn from_owned(name: &str, dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>() * dtype.size());
-        Tensor { name: name.to_string(), dtype, shape, bytes: Bytes::Owned(Arc::new(data)) }
+        Tensor { name: name.to_string(), file: None, dtype, shape, bytes: Bytes::Owned(Arc::new(data)) }
     }
 
     pub fn data(&self) -> &[u8] {
@@ -86,6 +88,15 @@ fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
         safetensors::Dtype::F8_E4M3 => Some(DType::F8E4M3),
         safetensors::Dtype::F8_E5M2 => Some(DType::F8E5M2),
         _ => None,
+    }
+}
+
+fn shape_error(t: &Tensor, want: &[usize]) -> ModelError {
+    ModelError::TensorShape {
+        file: t.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "synthetic weights".into()),
+        name: t.name.clone(),
+        want: want.to_vec(),
+        got: t.shape.clone(),
     }
 }
 
@@ -138,9 +149,17 @@ impl WeightStore {
         // the same contract every mmap-based model loader has.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
         let map = Arc::new(map);
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
-            .map_err(|e| ModelError::Weights { file: path.to_path_buf(), msg: format!("not a valid safetensors file: {e}") })?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
+            let msg = match e {
+                safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                    format!("file is truncated ({} bytes, fewer than its header describes)", map.len())
+                }
+                e => format!("not a valid safetensors file: {e}"),
+            };
+            ModelError::Weights { file: path.to_path_buf(), msg }
+        })?;
         let base = 8 + header_len;
+        let file = Arc::new(path.to_path_buf());
         for (name, info) in meta.tensors() {
             let dtype = map_dtype(info.dtype).ok_or_else(|| ModelError::Weights {
                 file: path.to_path_buf(),
@@ -152,10 +171,15 @@ impl WeightStore {
             }
             out.insert(
                 name.clone(),
-                Tensor { name: name.clone(), dtype, shape: info.shape.clone(), bytes: Bytes::Mapped { map: map.clone(), start: base + s, len: e - s } },
+                Tensor { name: name.clone(), file: Some(file.clone()), dtype, shape: info.shape.clone(), bytes: Bytes::Mapped { map: map.clone(), start: base + s, len: e - s } },
             );
         }
         Ok(())
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
+        ModelError::MissingTensor { name: name.to_string(), files: if files.is_empty() { "synthetic weights".into() } else { files.join(", ") } }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -168,9 +192,9 @@ impl WeightStore {
 
     /// The tensor named `name`, checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
         if t.shape != shape {
-            return Err(ModelError::TensorShape { name: name.to_string(), want: shape.to_vec(), got: t.shape.clone() });
+            return Err(shape_error(t, shape));
         }
         Ok(t.clone())
     }
@@ -178,11 +202,11 @@ impl WeightStore {
     /// Like `get`, accepting `[n, 1, k]` for `[n, k]` (conv1d weights) and any shape with
     /// the same element count for 1-D parameters.
     pub fn get_squeezed(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
         let squeezed: Vec<usize> = t.shape.iter().copied().filter(|d| *d != 1).collect();
         let want: Vec<usize> = shape.iter().copied().filter(|d| *d != 1).collect();
         if squeezed != want {
-            return Err(ModelError::TensorShape { name: name.to_string(), want: shape.to_vec(), got: t.shape.clone() });
+            return Err(shape_error(t, shape));
         }
         let mut t = t.clone();
         t.shape = shape.to_vec();

@@ -1,0 +1,625 @@
+//! `nemo bench`: load time, prefill and decode speed, per-token latency, memory and the
+//! memory bandwidth decode achieves, on a model folder or on synthetic weights at a named
+//! shape (no download).
+//!
+//! Invariants: every run feeds the same pseudo-random prompt (ids below the vocabulary
+//! size) and decodes greedily (argmax, EOS ignored), so every run does the same work.
+//! `--gen-tokens N` is N decode steps after the prompt; the first sampled token comes from
+//! the prefill logits and is what TTFT waits for. Top-level numbers are medians over runs;
+//! per-token percentiles are nearest-rank within a run. Only stdout carries the report.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use nemo::backend::DType;
+use nemo::model::{synthetic, Logits, ModelFolder, NemotronH};
+use nemo::state::SequenceState;
+
+use super::{usage, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    // Help text built from `synthetic::SHAPES` so the list of names stays in step.
+    #[arg(long, value_name = "NAME", help = shape_help())]
+    pub shape: Option<String>,
+    /// Weight dtype of --shape: bf16 | f16 | f32 [default: bf16].
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Only the first N layers of --shape's layer pattern.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// Prompt length in tokens (pseudo-random ids, the same every run).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Decode steps after the prompt (greedy, EOS ignored).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Runs to take medians over.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub runs: usize,
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also measure this machine's memory copy and read bandwidth (alone when neither
+    /// --model nor --shape is given).
+    #[arg(long)]
+    pub copy_bandwidth: bool,
+}
+
+fn shape_help() -> String {
+    format!("Synthetic random weights at a named shape instead of --model: {}", synthetic::SHAPES.join(", "))
+}
+
+/// Where the weights come from.
+enum Source {
+    Folder(PathBuf),
+    Shape { name: String, dtype: DType, layers: Option<usize> },
+}
+
+/// One run's timings.
+struct Run {
+    prefill_s: f64,
+    ttft_s: f64,
+    /// Per decode step: forward of one token + argmax.
+    step_s: Vec<f64>,
+    cache_bytes: usize,
+    last_token: u32,
+    logits_finite: bool,
+}
+
+impl Run {
+    fn decode_s(&self) -> f64 {
+        self.step_s.iter().sum()
+    }
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let source = source(&a)?;
+    if source.is_some() {
+        if a.prompt_tokens == 0 {
+            return Err(usage("--prompt-tokens must be at least 1"));
+        }
+        if a.gen_tokens == 0 {
+            return Err(usage("--gen-tokens must be at least 1"));
+        }
+        if a.runs == 0 {
+            return Err(usage("--runs must be at least 1"));
+        }
+    }
+    a.model.init_threads()?;
+    let threads = rayon::current_num_threads();
+    let copy = if a.copy_bandwidth {
+        progress("measuring memory bandwidth");
+        Some(copy_bandwidth())
+    } else {
+        None
+    };
+    let Some(source) = source else {
+        // --copy-bandwidth alone.
+        let copy = copy.unwrap_or_default();
+        if a.json {
+            println!("{}", json!({ "threads": threads, "machine": machine(), "copy_bandwidth": copy.json() }));
+        } else {
+            print_machine(threads);
+            print_copy(&copy);
+        }
+        return Ok(());
+    };
+
+    let load_start = Instant::now();
+    let (model, model_json) = match &source {
+        Source::Folder(dir) => {
+            progress(&format!("loading {}", dir.display()));
+            let folder = ModelFolder::open(dir)?;
+            let m = folder.model;
+            let desc = json!({
+                "source": "folder", "path": dir.display().to_string(), "dtype": m.weight_dtype.name(),
+                "layers": m.config.layers.len(), "pattern": m.config.pattern(),
+            });
+            (m, desc)
+        }
+        Source::Shape { name, dtype, layers } => {
+            progress(&format!("generating random {dtype} weights at shape {name}"));
+            let m = Arc::new(synthetic::build(name, *dtype, *layers)?);
+            let full = synthetic::shape_pattern(name).map(|p| p.len()).unwrap_or_default();
+            let desc = json!({
+                "source": "synthetic", "shape": name, "dtype": dtype.name(),
+                "layers": m.config.layers.len(), "of_layers": full, "pattern": m.config.pattern(),
+            });
+            (m, desc)
+        }
+    };
+    let load_s = load_start.elapsed().as_secs_f64();
+
+    let cache = a.model.cache_config(model.weight_dtype)?;
+    let mut state = model.new_state(cache);
+    let prompt = prompt_ids(a.prompt_tokens, model.config.vocab_size);
+    let mut runs = Vec::with_capacity(a.runs);
+    for i in 0..a.runs {
+        progress(&format!("run {}/{}", i + 1, a.runs));
+        runs.push(one_run(&model, &mut state, &prompt, a.gen_tokens)?);
+    }
+
+    let report = Report::new(&a, threads, &model, model_json, load_s, runs, copy);
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+/// Checks the flags and picks the weights' source; None with --copy-bandwidth alone.
+fn source(a: &BenchArgs) -> anyhow::Result<Option<Source>> {
+    let known = synthetic::SHAPES.join(", ");
+    // NEMO_MODEL in the environment does not count against an explicit --shape.
+    let from_env = std::env::var_os("NEMO_MODEL").map(PathBuf::from);
+    let model = match (&a.model.model, &a.shape) {
+        (Some(m), Some(_)) if from_env.as_ref() == Some(m) => None,
+        (m, _) => m.clone(),
+    };
+    match (model, &a.shape) {
+        (Some(_), Some(_)) => Err(usage("give either --model DIR or --shape NAME, not both")),
+        (Some(dir), None) => {
+            if a.layers.is_some() {
+                return Err(usage("--layers only applies to --shape (synthetic weights)"));
+            }
+            if a.dtype.is_some() {
+                return Err(usage("--dtype only applies to --shape; a model folder has its own dtype"));
+            }
+            Ok(Some(Source::Folder(dir)))
+        }
+        (None, Some(name)) => {
+            let Some(pattern) = synthetic::shape_pattern(name) else {
+                return Err(usage(format!("--shape: unknown shape `{name}` (known: {known})")));
+            };
+            let dtype = match a.dtype.as_deref().unwrap_or("bf16") {
+                "bf16" | "bfloat16" => DType::BF16,
+                "f16" | "float16" => DType::F16,
+                "f32" | "float32" => DType::F32,
+                other => return Err(usage(format!("--dtype: `{other}` is not one of bf16, f16, f32"))),
+            };
+            if let Some(n) = a.layers {
+                if n == 0 || n > pattern.len() {
+                    return Err(usage(format!("--layers: `{name}` has layers 1 to {}, got {n}", pattern.len())));
+                }
+            }
+            Ok(Some(Source::Shape { name: name.clone(), dtype, layers: a.layers }))
+        }
+        (None, None) if a.copy_bandwidth => Ok(None),
+        (None, None) => Err(usage(format!("give --model DIR or --shape NAME (known shapes: {known})"))),
+    }
+}
+
+/// Deterministic pseudo-random ids below `vocab` (xorshift64).
+fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
+
+/// First index of the largest logit (NaN never wins).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best_v = v;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn one_run(model: &NemotronH, state: &mut SequenceState, prompt: &[u32], gen: usize) -> anyhow::Result<Run> {
+    state.reset();
+    let t0 = Instant::now();
+    let logits = model.forward(prompt, state, Logits::Last)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut token = argmax(&logits);
+    let ttft_s = t0.elapsed().as_secs_f64();
+    let mut logits_finite = logits.iter().all(|v| v.is_finite());
+    let mut step_s = Vec::with_capacity(gen);
+    for _ in 0..gen {
+        let t = Instant::now();
+        let logits = model.forward(&[token], state, Logits::Last)?;
+        token = argmax(&logits);
+        step_s.push(t.elapsed().as_secs_f64());
+        logits_finite &= logits.iter().all(|v| v.is_finite());
+    }
+    Ok(Run { prefill_s, ttft_s, step_s, cache_bytes: state.bytes(), last_token: token, logits_finite })
+}
+
+/// Median (mean of the middle two for an even count); 0 for none.
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile, `p` in (0, 100].
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// One metric per run, as shown in the table.
+struct Metric {
+    label: &'static str,
+    unit: &'static str,
+    per_run: Vec<f64>,
+}
+
+struct Report {
+    model: Value,
+    threads: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    load_ms: f64,
+    weights_bytes: usize,
+    bytes_per_token: usize,
+    runs: Vec<Run>,
+    peak_rss_bytes: Option<u64>,
+    copy: Option<CopyBandwidth>,
+}
+
+impl Report {
+    fn new(
+        a: &BenchArgs,
+        threads: usize,
+        model: &NemotronH,
+        model_json: Value,
+        load_s: f64,
+        runs: Vec<Run>,
+        copy: Option<CopyBandwidth>,
+    ) -> Self {
+        Report {
+            model: model_json,
+            threads,
+            prompt_tokens: a.prompt_tokens,
+            gen_tokens: a.gen_tokens,
+            load_ms: load_s * 1e3,
+            weights_bytes: model.weight_bytes,
+            bytes_per_token: model.bytes_per_token(),
+            runs,
+            peak_rss_bytes: peak_rss_bytes(),
+            copy,
+        }
+    }
+
+    fn metrics(&self) -> [Metric; 5] {
+        let per = |f: &dyn Fn(&Run) -> f64| self.runs.iter().map(f).collect::<Vec<f64>>();
+        let (p, g) = (self.prompt_tokens as f64, self.gen_tokens as f64);
+        [
+            Metric { label: "prefill", unit: "tok/s", per_run: per(&|r| p / r.prefill_s) },
+            Metric { label: "TTFT", unit: "ms", per_run: per(&|r| r.ttft_s * 1e3) },
+            Metric { label: "decode", unit: "tok/s", per_run: per(&|r| g / r.decode_s()) },
+            Metric { label: "decode p50", unit: "ms/tok", per_run: per(&|r| percentile(&r.step_s, 50.0) * 1e3) },
+            Metric { label: "decode p99", unit: "ms/tok", per_run: per(&|r| percentile(&r.step_s, 99.0) * 1e3) },
+        ]
+    }
+
+    /// Weight bytes one decode step reads over the median step latency.
+    fn bandwidth_gb_s(&self, p50_ms: f64) -> f64 {
+        if p50_ms > 0.0 {
+            self.bytes_per_token as f64 / (p50_ms / 1e3) / 1e9
+        } else {
+            0.0
+        }
+    }
+
+    fn cache_bytes(&self) -> usize {
+        self.runs.last().map(|r| r.cache_bytes).unwrap_or(0)
+    }
+
+    fn json(&self) -> Value {
+        let [prefill, ttft, decode, p50, p99] = self.metrics();
+        let p50_ms = median(&p50.per_run);
+        let runs: Vec<Value> = self
+            .runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "prefill_ms": r.prefill_s * 1e3,
+                    "prefill_tokens_per_s": self.prompt_tokens as f64 / r.prefill_s,
+                    "ttft_ms": r.ttft_s * 1e3,
+                    "decode_ms": r.decode_s() * 1e3,
+                    "decode_tokens_per_s": self.gen_tokens as f64 / r.decode_s(),
+                    "decode_ms_p50": percentile(&r.step_s, 50.0) * 1e3,
+                    "decode_ms_p99": percentile(&r.step_s, 99.0) * 1e3,
+                    "decode_ms_max": r.step_s.iter().copied().fold(0.0, f64::max) * 1e3,
+                    "cache_bytes": r.cache_bytes,
+                    "last_token": r.last_token,
+                    "logits_finite": r.logits_finite,
+                })
+            })
+            .collect();
+        let mut v = json!({
+            "prefill_tokens_per_s": median(&prefill.per_run),
+            "decode_tokens_per_s": median(&decode.per_run),
+            "ttft_ms": median(&ttft.per_run),
+            "decode_ms_p50": p50_ms,
+            "decode_ms_p99": median(&p99.per_run),
+            "load_ms": self.load_ms,
+            "model": self.model,
+            "threads": self.threads,
+            "prompt_tokens": self.prompt_tokens,
+            "gen_tokens": self.gen_tokens,
+            "weights_bytes": self.weights_bytes,
+            "bytes_per_token": self.bytes_per_token,
+            "cache_bytes": self.cache_bytes(),
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "bandwidth_gb_s": self.bandwidth_gb_s(p50_ms),
+            "runs": runs,
+            "machine": machine(),
+        });
+        if let Some(c) = &self.copy {
+            v["copy_bandwidth"] = c.json();
+        }
+        v
+    }
+
+    fn print(&self) {
+        let m = &self.model;
+        let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+        let what = match m["source"].as_str() {
+            Some("synthetic") => format!(
+                "{} (synthetic {}, {} of {} layers: {})",
+                s("shape"),
+                s("dtype"),
+                m["layers"],
+                m["of_layers"],
+                s("pattern")
+            ),
+            _ => format!("{} ({}, {} layers)", s("path"), s("dtype"), m["layers"]),
+        };
+        println!("model    {what}");
+        print_machine(self.threads);
+        println!(
+            "work     {} prompt tokens, {} decode steps, {} run{}",
+            self.prompt_tokens,
+            self.gen_tokens,
+            self.runs.len(),
+            if self.runs.len() == 1 { "" } else { "s" }
+        );
+        println!();
+        let metrics = self.metrics();
+        println!("{:<12} {:<7} {:>10} {:>10} {:>10}", "", "", "median", "min", "max");
+        for mt in &metrics {
+            let (lo, hi) = min_max(&mt.per_run);
+            println!(
+                "{:<12} {:<7} {:>10} {:>10} {:>10}",
+                mt.label,
+                mt.unit,
+                num(median(&mt.per_run)),
+                num(lo),
+                num(hi)
+            );
+        }
+        let p50_ms = median(&metrics[3].per_run);
+        println!();
+        let load_note = if m["source"] == "synthetic" { " (generating random weights)" } else { "" };
+        println!("{:<20} {} ms{load_note}", "load", num(self.load_ms));
+        println!(
+            "{:<20} {} GB/s ({} read per decode step)",
+            "decode bandwidth",
+            num(self.bandwidth_gb_s(p50_ms)),
+            bytes(self.bytes_per_token as u64)
+        );
+        println!("{:<20} {}", "weights", bytes(self.weights_bytes as u64));
+        println!(
+            "{:<20} {} after {} tokens",
+            "cache",
+            bytes(self.cache_bytes() as u64),
+            self.prompt_tokens + self.gen_tokens
+        );
+        match self.peak_rss_bytes {
+            Some(b) => println!("{:<20} {}", "peak RSS", bytes(b)),
+            None => println!("{:<20} unknown on this system", "peak RSS"),
+        }
+        if self.runs.iter().any(|r| !r.logits_finite) {
+            println!("warning: some logits were not finite; the timings may not reflect real work");
+        }
+        if let Some(c) = &self.copy {
+            print_copy(c);
+        }
+    }
+}
+
+/// Three significant-ish digits without scientific notation.
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn progress(msg: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("nemo bench: {msg}");
+    }
+}
+
+fn print_machine(threads: usize) {
+    let cpu = cpu_model().unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = proc_kb("/proc/meminfo", "MemTotal:").map(|b| format!(", {} RAM", bytes(b))).unwrap_or_default();
+    println!("machine  {cpu}, {cores} cores{mem}; {threads} threads");
+}
+
+fn machine() -> Value {
+    json!({
+        "cpu": cpu_model(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_bytes": proc_kb("/proc/meminfo", "MemTotal:"),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// A `NAME:  123 kB` line of a /proc file, in bytes (None where /proc does not exist).
+fn proc_kb(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak resident set size of this process (Linux: VmHWM).
+fn peak_rss_bytes() -> Option<u64> {
+    proc_kb("/proc/self/status", "VmHWM:")
+}
+
+/// Memory bandwidth of this machine, best of several passes over buffers far larger
+/// than any cache; GB are 10^9 bytes. `copy` counts bytes read plus bytes written (the
+/// STREAM convention); `read` is what a decode step does with the weights.
+#[derive(Default)]
+struct CopyBandwidth {
+    buffer_bytes: usize,
+    memcpy_1_thread_gb_s: f64,
+    copy_gb_s: f64,
+    read_gb_s: f64,
+}
+
+impl CopyBandwidth {
+    fn json(&self) -> Value {
+        json!({
+            "buffer_bytes": self.buffer_bytes,
+            "memcpy_1_thread_gb_s": self.memcpy_1_thread_gb_s,
+            "copy_gb_s": self.copy_gb_s,
+            "read_gb_s": self.read_gb_s,
+        })
+    }
+}
+
+fn print_copy(c: &CopyBandwidth) {
+    println!(
+        "{:<20} read {} GB/s, copy {} GB/s (read+write; one-thread memcpy {} GB/s) over {} buffers",
+        "memory bandwidth",
+        num(c.read_gb_s),
+        num(c.copy_gb_s),
+        num(c.memcpy_1_thread_gb_s),
+        bytes(c.buffer_bytes as u64)
+    );
+}
+
+fn copy_bandwidth() -> CopyBandwidth {
+    const BYTES: usize = 512 << 20;
+    const PASSES: usize = 5;
+    let words = BYTES / 8;
+    let src: Vec<u64> = (0..words as u64).collect();
+    let mut dst = vec![1u64; words];
+    let chunk = words.div_ceil(rayon::current_num_threads().max(1) * 4);
+    let best = |f: &mut dyn FnMut()| -> f64 {
+        f(); // warm-up: page faults, frequency ramp
+        (0..PASSES)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let one = best(&mut || {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+    });
+    let par = best(&mut || {
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        std::hint::black_box(&mut dst);
+    });
+    let read = best(&mut || {
+        let sum: u64 = src.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+        std::hint::black_box(sum);
+    });
+    CopyBandwidth {
+        buffer_bytes: BYTES,
+        memcpy_1_thread_gb_s: 2.0 * BYTES as f64 / one / 1e9,
+        copy_gb_s: 2.0 * BYTES as f64 / par / 1e9,
+        read_gb_s: BYTES as f64 / read / 1e9,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank_and_medians_average_the_middle_pair() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+    }
+
+    #[test]
+    fn prompt_ids_are_deterministic_and_inside_the_vocabulary() {
+        let a = prompt_ids(500, 4096);
+        assert_eq!(a, prompt_ids(500, 4096));
+        assert!(a.iter().all(|&t| t < 4096));
+        assert!(a.iter().any(|&t| t != a[0]));
+    }
+
+    #[test]
+    fn argmax_takes_the_first_largest_and_skips_nan() {
+        assert_eq!(argmax(&[0.5, f32::NAN, 2.0, 2.0, -1.0]), 2);
+    }
+}

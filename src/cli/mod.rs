@@ -1,0 +1,151 @@
+//! Subcommands, one file each. Errors become one line on stderr and an exit code:
+//! 0 success, 2 bad usage, 1 model or runtime errors, 130 interrupted.
+
+mod bench;
+mod debug;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use nemo::backend::DType;
+use nemo::model::ModelFolder;
+use nemo::state::{parse_kv_dtype, parse_ssm_dtype, CacheConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "nemo", version, about = "Run NVIDIA Nemotron models on your own machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One shot: prompt from arguments or stdin; the answer on stdout.
+    Run(run::RunArgs),
+    /// Benchmarks: load time, prefill and decode speed.
+    Bench(bench::BenchArgs),
+    /// Tools for checking nemo against other implementations.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long, short = 'm', env = "NEMO_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, env = "NEMO_THREADS")]
+    pub threads: Option<usize>,
+    /// KV cache dtype: auto | f32 | bf16 | f16 | fp8_e4m3 | fp8_e5m2.
+    #[arg(long, default_value = "auto", env = "NEMO_KV_CACHE_DTYPE")]
+    pub kv_cache_dtype: String,
+    /// Mamba SSM state dtype: f32 | f16 | bf16.
+    #[arg(long, default_value = "f32", env = "NEMO_MAMBA_SSM_CACHE_DTYPE")]
+    pub mamba_ssm_cache_dtype: String,
+}
+
+/// A user mistake in flags or arguments: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Generation was interrupted by the user (Ctrl+C): exit code 130.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl ModelArgs {
+    pub fn init_threads(&self) -> anyhow::Result<()> {
+        init_threads(self.threads)
+    }
+
+    pub fn cache_config(&self, weights: DType) -> anyhow::Result<CacheConfig> {
+        let kv = parse_kv_dtype(&self.kv_cache_dtype, weights).ok_or_else(|| {
+            usage(format!(
+                "--kv-cache-dtype: `{}` is not one of auto, f32, bf16, f16, fp8_e4m3, fp8_e5m2",
+                self.kv_cache_dtype
+            ))
+        })?;
+        let ssm = parse_ssm_dtype(&self.mamba_ssm_cache_dtype).ok_or_else(|| {
+            usage(format!("--mamba-ssm-cache-dtype: `{}` is not one of f32, f16, bf16", self.mamba_ssm_cache_dtype))
+        })?;
+        Ok(CacheConfig { ssm_dtype: ssm, kv_dtype: kv })
+    }
+
+    pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
+        self.model.clone().ok_or_else(|| usage("--model DIR is required (or set NEMO_MODEL)"))
+    }
+
+    pub fn load(&self) -> anyhow::Result<ModelFolder> {
+        let dir = self.model_dir()?;
+        Ok(ModelFolder::open(&dir)?)
+    }
+}
+
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(usage("--threads must be at least 1"));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Debug(c) => debug::run(c),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            if e.downcast_ref::<Interrupted>().is_some() {
+                eprintln!("nemo: interrupted");
+                return 130;
+            }
+            // One line: the chain of causes joined.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("nemo: {}", msg.join(": "));
+            if e.downcast_ref::<UsageError>().is_some() {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}

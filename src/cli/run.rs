@@ -1,0 +1,215 @@
+//! `nemo run`: one prompt from the arguments or stdin, the answer on stdout and nothing
+//! else there; reasoning to stderr with `--show-thinking`; `--json` prints one event
+//! object per line instead.
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use nemo::chat::Message;
+use nemo::engine::sampler::SamplingParams;
+use nemo::engine::{Engine, Session, SessionOptions};
+use nemo::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
+
+use super::{usage, Interrupted, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt; read from stdin when absent.
+    pub prompt: Vec<String>,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Reasoning on (the default).
+    #[arg(long, overrides_with = "no_think")]
+    pub think: bool,
+    /// Reasoning off.
+    #[arg(long = "no-think")]
+    pub no_think: bool,
+    /// Most reasoning tokens before the end of thinking is forced (0 = thinking off).
+    #[arg(long, env = "NEMO_BUDGET")]
+    pub budget: Option<usize>,
+    /// The end of thinking is masked until this many reasoning tokens.
+    #[arg(long, default_value_t = 0)]
+    pub min_thinking: usize,
+    /// Soft landing: a short closing line added before the forced end of thinking.
+    #[arg(long)]
+    pub closing_message: Option<String>,
+    /// Soft landing: extra tokens allowed to finish the current sentence at the budget.
+    #[arg(long, default_value_t = 0)]
+    pub grace_tokens: usize,
+    /// Most new tokens, reasoning included.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Same seed, same output.
+    #[arg(long, env = "NEMO_SEED")]
+    pub seed: Option<u64>,
+    /// Stop when the answer contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Context length (default: the model's).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Print the reasoning to stderr.
+    #[arg(long)]
+    pub show_thinking: bool,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> anyhow::Result<()> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(usage(format!("--{name}: {x} is outside {lo}..={hi}"))),
+        _ => Ok(()),
+    }
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    check_range("temperature", a.temperature, 0.0, 100.0)?;
+    check_range("top-p", a.top_p, 0.0, 1.0)?;
+    check_range("min-p", a.min_p, 0.0, 1.0)?;
+    check_range("repetition-penalty", a.repetition_penalty, 0.01, 100.0)?;
+    check_range("presence-penalty", a.presence_penalty, -100.0, 100.0)?;
+    if a.max_tokens == 0 {
+        return Err(usage("--max-tokens must be at least 1"));
+    }
+    let prompt = if a.prompt.is_empty() {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return Err(usage("give a prompt as arguments or on stdin, e.g. `echo \"hi\" | nemo run --model DIR`"));
+        }
+        let mut s = String::new();
+        stdin.lock().read_to_string(&mut s).map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
+        s
+    } else {
+        a.prompt.join(" ")
+    };
+    let prompt = prompt.trim_end_matches(['\n', '\r']).to_string();
+    if prompt.trim().is_empty() {
+        return Err(usage("the prompt is empty"));
+    }
+    a.model.init_threads()?;
+    let dir = a.model.model_dir()?;
+    let t_load = Instant::now();
+    let folder = nemo::model::ModelFolder::open(&dir)?;
+    let cache = a.model.cache_config(folder.model.weight_dtype)?;
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+
+    let mut sampling = SamplingParams::default();
+    folder.generation.apply(&mut sampling);
+    if let Some(v) = a.temperature {
+        sampling.temperature = v;
+    }
+    if let Some(v) = a.top_p {
+        sampling.top_p = v;
+    }
+    if let Some(v) = a.top_k {
+        sampling.top_k = v;
+    }
+    if let Some(v) = a.min_p {
+        sampling.min_p = v;
+    }
+    if let Some(v) = a.repetition_penalty {
+        sampling.repetition_penalty = v;
+    }
+    if let Some(v) = a.presence_penalty {
+        sampling.presence_penalty = v;
+    }
+    sampling.seed = a.seed;
+
+    let session = Session::new(&folder, SessionOptions { cache, context: a.context, ..Default::default() })?;
+    let engine = Engine::spawn(session);
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(Message::system(s.clone()));
+    }
+    messages.push(Message::user(prompt));
+    let thinking = ThinkingOptions {
+        enabled: !a.no_think,
+        budget: a.budget,
+        min_tokens: a.min_thinking,
+        closing_message: a.closing_message.clone(),
+        grace_tokens: a.grace_tokens,
+    };
+    let controls = Controls::new(a.budget);
+    {
+        let c = controls.clone();
+        // A second Ctrl+C after the first one is ignored here; the loop stops within a token.
+        let _ = ctrlc::set_handler(move || c.cancel());
+    }
+    let req = Request { messages, sampling, max_tokens: a.max_tokens, stop: a.stop.clone(), thinking, controls, };
+    let events = engine.submit(req);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut err = std::io::stderr();
+    let mut reasoning_open = false;
+    let mut ended_with_newline = true;
+    for ev in events {
+        match ev {
+            Event::Reasoning(t) => {
+                if a.json {
+                    writeln!(out, "{}", json!({"event": "reasoning", "text": t}))?;
+                } else if a.show_thinking {
+                    reasoning_open = true;
+                    write!(err, "{t}")?;
+                }
+            }
+            Event::Content(t) => {
+                if a.json {
+                    writeln!(out, "{}", json!({"event": "content", "text": t}))?;
+                } else {
+                    if reasoning_open {
+                        writeln!(err)?;
+                        reasoning_open = false;
+                    }
+                    write!(out, "{t}")?;
+                    ended_with_newline = t.ends_with('\n');
+                }
+                out.flush()?;
+            }
+            Event::Done(d) => {
+                if a.json {
+                    let mut v = serde_json::Map::new();
+                    v.insert("event".into(), json!("done"));
+                    if let serde_json::Value::Object(fields) = serde_json::to_value(&d)? {
+                        v.extend(fields);
+                    }
+                    v["timings"]["load_ms"] = json!(load_ms);
+                    writeln!(out, "{}", serde_json::Value::Object(v))?;
+                } else if !ended_with_newline {
+                    writeln!(out)?;
+                }
+                out.flush()?;
+                if d.finish_reason == FinishReason::Cancelled {
+                    return Err(Interrupted.into());
+                }
+                return Ok(());
+            }
+            Event::Error(e) => {
+                if e == "cancelled" {
+                    return Err(Interrupted.into());
+                }
+                return Err(anyhow::anyhow!(e));
+            }
+            Event::Started { .. } | Event::Progress { .. } => {}
+        }
+    }
+    Err(anyhow::anyhow!("the engine stopped without finishing the request"))
+}

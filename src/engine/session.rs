@@ -1,0 +1,353 @@
+//! `Session`: one conversation's sequence state and the generation loop.
+//!
+//! Invariants:
+//! - `tokens` are exactly the tokens fed into `state` (`state.len == tokens.len()`).
+//! - Every checkpoint's tokens are a prefix of `tokens` (checkpoints past a restore point
+//!   are dropped when the sequence goes another way).
+//! - A request renders the whole conversation, restores the longest checkpoint (or the
+//!   live state) whose tokens are a prefix of the new prompt, and feeds only the rest,
+//!   at least one token so the next logits exist. Checkpoints are taken where earlier
+//!   messages end, which stays right when the template drops earlier reasoning.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokenizers::Tokenizer;
+
+use super::detokenizer::Detokenizer;
+use super::prompt::{PromptBuilder, PromptPlan, THINK_END, THINK_START};
+use super::sampler::Sampler;
+use super::stop::StopMatcher;
+use super::thinking::{Action, ThinkingController};
+use super::EngineError;
+use crate::chat::reasoning_parser::{ReasoningParser, Segment};
+use crate::chat::template::{nano_v2_fallback, ChatTemplate};
+use crate::model::{Logits, ModelFolder, NemotronH};
+use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
+use crate::state::{CacheConfig, SequenceState, Snapshot};
+
+struct Checkpoint {
+    snap: Snapshot,
+}
+
+/// Session settings that are not per request.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub cache: CacheConfig,
+    /// Context length; defaults to the model's `max_position_embeddings`.
+    pub context: Option<usize>,
+    /// Tokens per prefill call (a long prompt never needs memory for all of it at once).
+    pub prefill_chunk: usize,
+    /// Checkpoints kept (each holds a copy of the Mamba states).
+    pub max_checkpoints: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { cache: CacheConfig::default(), context: None, prefill_chunk: 512, max_checkpoints: 8 }
+    }
+}
+
+pub struct Session {
+    model: Arc<NemotronH>,
+    tokenizer: Arc<Tokenizer>,
+    prompt: PromptBuilder,
+    eos: Vec<u32>,
+    think_end_id: Option<u32>,
+    state: SequenceState,
+    tokens: Vec<u32>,
+    checkpoints: Vec<Checkpoint>,
+    opts: SessionOptions,
+    /// Tokens fed through the model over the session's life (prompt and generated).
+    fed_total: usize,
+}
+
+impl Session {
+    pub fn new(folder: &ModelFolder, opts: SessionOptions) -> Result<Self, EngineError> {
+        let template = match &folder.template {
+            Some(t) => t.clone(),
+            None => Arc::new(ChatTemplate::new(nano_v2_fallback(), None, None).map_err(|e| EngineError::Template(e.to_string()))?),
+        };
+        let state = folder.model.new_state(opts.cache);
+        Ok(Session {
+            model: folder.model.clone(),
+            tokenizer: folder.tokenizer.clone(),
+            prompt: PromptBuilder { template, tokenizer: folder.tokenizer.clone() },
+            eos: folder.eos_token_ids.clone(),
+            think_end_id: folder.tokenizer.token_to_id(THINK_END),
+            state,
+            tokens: Vec::new(),
+            checkpoints: Vec::new(),
+            opts,
+            fed_total: 0,
+        })
+    }
+
+    pub fn model(&self) -> &NemotronH {
+        &self.model
+    }
+
+    pub fn context(&self) -> usize {
+        self.opts.context.unwrap_or(self.model.config.max_position_embeddings)
+    }
+
+    /// Tokens currently in the sequence state.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Tokens fed through the model since the session began: shows what reuse saved.
+    pub fn fed_total(&self) -> usize {
+        self.fed_total
+    }
+
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// Forgets the sequence state and every checkpoint.
+    pub fn reset(&mut self) {
+        self.state.reset();
+        self.tokens.clear();
+        self.checkpoints.clear();
+    }
+
+    pub fn render(&self, req: &Request) -> Result<PromptPlan, EngineError> {
+        let thinking = req.thinking.enabled && req.thinking.budget != Some(0);
+        self.prompt.build(&req.messages, thinking)
+    }
+
+    /// Restores the best reusable state for `ids`; returns how many tokens are reused.
+    fn restore_for(&mut self, ids: &[u32]) -> usize {
+        let lcp = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let limit = lcp.min(ids.len().saturating_sub(1));
+        if self.tokens.len() <= limit {
+            return self.tokens.len();
+        }
+        let best = self.checkpoints.iter().filter(|c| c.snap.len <= limit).max_by_key(|c| c.snap.len);
+        let reused = match best {
+            Some(c) => {
+                let snap = c.snap.clone();
+                self.state.restore(&snap);
+                snap.len
+            }
+            None => {
+                self.state.reset();
+                0
+            }
+        };
+        self.tokens.truncate(reused);
+        self.checkpoints.retain(|c| c.snap.len <= reused);
+        reused
+    }
+
+    fn checkpoint(&mut self) {
+        if self.opts.max_checkpoints == 0 || self.checkpoints.iter().any(|c| c.snap.len == self.tokens.len()) {
+            return;
+        }
+        if self.checkpoints.len() >= self.opts.max_checkpoints {
+            // Drop the oldest position: recent turns are the ones retry/undo go back to.
+            if let Some(i) = (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len) {
+                self.checkpoints.remove(i);
+            }
+        }
+        self.checkpoints.push(Checkpoint { snap: self.state.snapshot() });
+    }
+
+    /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
+    /// token counts). Returns the last position's logits.
+    fn feed(&mut self, ids: &[u32], boundaries: &[usize], req: &Request) -> Result<Vec<f32>, EngineError> {
+        let mut logits = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            if req.controls.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let pos = self.tokens.len();
+            let next_boundary = boundaries.iter().copied().find(|b| *b > pos).unwrap_or(usize::MAX);
+            let end = (i + self.opts.prefill_chunk).min(ids.len()).min(i + next_boundary.saturating_sub(pos));
+            let last = end == ids.len();
+            logits = self.model.forward(&ids[i..end], &mut self.state, if last { Logits::Last } else { Logits::None })?;
+            self.tokens.extend_from_slice(&ids[i..end]);
+            self.fed_total += end - i;
+            if boundaries.contains(&self.tokens.len()) {
+                self.checkpoint();
+            }
+            i = end;
+        }
+        Ok(logits)
+    }
+
+    /// Runs one request to the end, sending events through `emit`.
+    pub fn generate(&mut self, req: &Request, emit: &mut dyn FnMut(Event)) -> Result<Done, EngineError> {
+        let t0 = Instant::now();
+        let plan = self.render(req)?;
+        let ctx = self.context();
+        if plan.ids.len() >= ctx {
+            return Err(EngineError::ContextOverflow { prompt: plan.ids.len(), context: ctx });
+        }
+        if plan.ids.is_empty() {
+            return Err(EngineError::Template("the rendered prompt is empty".into()));
+        }
+        let reused = self.restore_for(&plan.ids);
+        emit(Event::Started { prompt_tokens: plan.ids.len(), reused_tokens: reused });
+        let t_prefill = Instant::now();
+        let mut logits = self.feed(&plan.ids[reused..], &plan.boundaries, req)?;
+        let prefill_s = t_prefill.elapsed().as_secs_f64();
+        let fed = plan.ids.len() - reused;
+
+        let tail_start = plan.ids.len().saturating_sub(8);
+        let mut detok = Detokenizer::new(self.tokenizer.clone(), &plan.ids[tail_start..]);
+        let mut parser = ReasoningParser::new(THINK_START, THINK_END, plan.starts_in_reasoning);
+        let mut stopper = StopMatcher::new(req.stop.clone());
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut thinking = ThinkingController::new(&req.thinking, plan.starts_in_reasoning);
+        let mut completion = 0usize;
+        let mut ttft = None;
+        let mut t_first = Instant::now();
+        let mut sampled = 0usize;
+        let mut content_seen = false;
+
+        // Text → parser → events; returns true when a stop string matched.
+        let route = |text: &str,
+                         parser: &mut ReasoningParser,
+                         stopper: &mut StopMatcher,
+                         thinking: &mut ThinkingController,
+                         content_seen: &mut bool,
+                         emit: &mut dyn FnMut(Event)|
+         -> bool {
+            for seg in parser.push(text) {
+                match seg {
+                    Segment::Reasoning(r) => {
+                        thinking.reasoning_text(&r);
+                        emit(Event::Reasoning(r));
+                    }
+                    Segment::Content(c) => {
+                        *content_seen = true;
+                        let r = stopper.push(&c);
+                        if !r.emit.is_empty() {
+                            emit(Event::Content(r.emit));
+                        }
+                        if r.stopped {
+                            return true;
+                        }
+                    }
+                }
+            }
+            if parser.in_reasoning() != thinking.in_reasoning() {
+                thinking.set_in_reasoning(parser.in_reasoning());
+            }
+            false
+        };
+
+        let finish = loop {
+            if req.controls.is_cancelled() {
+                break FinishReason::Cancelled;
+            }
+            if completion >= req.max_tokens || self.tokens.len() >= ctx {
+                break FinishReason::Length;
+            }
+            match thinking.before_step(req.controls.budget(), req.controls.wants_wrap_up()) {
+                Action::Force(text) => {
+                    let mut ids = self.prompt.encode(&text)?;
+                    // Within both the context and max_tokens: at the limit a cut-off tag
+                    // is fine, the request ends with `Length` there anyway.
+                    let room = ctx.saturating_sub(self.tokens.len()).min(req.max_tokens - completion);
+                    ids.truncate(room);
+                    if ids.is_empty() {
+                        break FinishReason::Length;
+                    }
+                    logits = self.model.forward(&ids, &mut self.state, Logits::Last)?;
+                    self.tokens.extend_from_slice(&ids);
+                    self.fed_total += ids.len();
+                    thinking.forced_tokens(ids.len());
+                    completion += ids.len();
+                    let mut piece = String::new();
+                    for id in &ids {
+                        piece.push_str(&detok.push(*id)?);
+                    }
+                    if route(&piece, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit) {
+                        break FinishReason::StopString;
+                    }
+                    thinking.set_in_reasoning(false);
+                }
+                Action::Sample { ban_end } => {
+                    let mut banned = Vec::new();
+                    if ban_end {
+                        banned.extend(self.think_end_id);
+                        banned.extend(&self.eos);
+                    }
+                    let id = sampler.sample(&mut logits, &self.tokens, &banned);
+                    sampled += 1;
+                    if ttft.is_none() {
+                        ttft = Some(t0.elapsed().as_secs_f64());
+                        t_first = Instant::now();
+                    }
+                    if self.eos.contains(&id) {
+                        break FinishReason::Stop;
+                    }
+                    completion += 1;
+                    if thinking.in_reasoning() {
+                        thinking.sampled_reasoning_token();
+                    }
+                    let text = detok.push(id)?;
+                    if !content_seen && !thinking.in_reasoning() && Some(id) == self.tokenizer.token_to_id(THINK_START) {
+                        thinking.set_in_reasoning(true);
+                    }
+                    if route(&text, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit) {
+                        break FinishReason::StopString;
+                    }
+                    if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
+                        break FinishReason::Length;
+                    }
+                    logits = self.model.forward(&[id], &mut self.state, Logits::Last)?;
+                    self.tokens.push(id);
+                    self.fed_total += 1;
+                    if sampled % 8 == 0 {
+                        let dt = t_first.elapsed().as_secs_f64();
+                        emit(Event::Progress {
+                            reasoning_tokens: thinking.reasoning_tokens(),
+                            completion_tokens: completion,
+                            tokens_per_s: if dt > 0.0 { (sampled - 1) as f64 / dt } else { 0.0 },
+                        });
+                    }
+                }
+            }
+        };
+        // Flush what the detokenizer, parser and stop matcher still hold.
+        if finish != FinishReason::StopString {
+            let rest = detok.finish()?;
+            route(&rest, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit);
+            for seg in parser.finish() {
+                match seg {
+                    Segment::Reasoning(r) => emit(Event::Reasoning(r)),
+                    Segment::Content(c) => {
+                        let r = stopper.push(&c);
+                        if !r.emit.is_empty() {
+                            emit(Event::Content(r.emit));
+                        }
+                    }
+                }
+            }
+            let held = stopper.finish();
+            if !held.is_empty() {
+                emit(Event::Content(held));
+            }
+        }
+        let decode_s = t_first.elapsed().as_secs_f64();
+        let done = Done {
+            finish_reason: finish,
+            usage: Usage { prompt_tokens: plan.ids.len(), reasoning_tokens: thinking.reasoning_tokens(), completion_tokens: completion },
+            timings: Timings {
+                ttft_ms: ttft.unwrap_or(t0.elapsed().as_secs_f64()) * 1e3,
+                prefill_tokens_per_s: if prefill_s > 0.0 { fed as f64 / prefill_s } else { 0.0 },
+                decode_tokens_per_s: if sampled > 1 && decode_s > 0.0 { (sampled - 1) as f64 / decode_s } else { 0.0 },
+                total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            },
+            reused_tokens: reused,
+            thinking_forced: thinking.forced(),
+        };
+        emit(Event::Done(done.clone()));
+        Ok(done)
+    }
+}
