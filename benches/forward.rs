@@ -47,7 +47,10 @@ fn build(shape: &str) -> NemotronH {
 fn bench_shape(c: &mut Criterion, shape: &str, measurement: Duration) {
     let model = build(shape);
     let vocab = model.config.vocab_size;
-    let cache = CacheConfig { ssm_dtype: DType::F32, kv_dtype: model.weight_dtype };
+    let cache = CacheConfig {
+        ssm_dtype: DType::F32,
+        kv_dtype: model.weight_dtype,
+    };
     let prompt = ids(PREFILL, vocab, 7);
     let mut context = model.new_state(cache);
     if let Err(e) = model.forward(&ids(CONTEXT, vocab, 11), &mut context, Logits::None) {
@@ -57,7 +60,9 @@ fn bench_shape(c: &mut Criterion, shape: &str, measurement: Duration) {
     let next = ids(1, vocab, 13);
 
     let mut g = c.benchmark_group(shape);
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(measurement);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(measurement);
 
     g.throughput(Throughput::Elements(PREFILL as u64));
     g.bench_function(format!("prefill_{PREFILL}"), |b| {
@@ -69,7 +74,10 @@ fn bench_shape(c: &mut Criterion, shape: &str, measurement: Duration) {
     });
 
     g.throughput(Throughput::Elements(1));
-    for (name, want) in [("decode_step", Logits::Last), ("decode_step_no_logits", Logits::None)] {
+    for (name, want) in [
+        ("decode_step", Logits::Last),
+        ("decode_step_no_logits", Logits::None),
+    ] {
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || context.clone(),

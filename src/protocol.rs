@@ -28,7 +28,13 @@ pub struct ThinkingOptions {
 
 impl Default for ThinkingOptions {
     fn default() -> Self {
-        ThinkingOptions { enabled: true, budget: None, min_tokens: 0, closing_message: None, grace_tokens: 0 }
+        ThinkingOptions {
+            enabled: true,
+            budget: None,
+            min_tokens: 0,
+            closing_message: None,
+            grace_tokens: 0,
+        }
     }
 }
 
@@ -64,7 +70,8 @@ impl Controls {
         self.wrap_up.load(Ordering::SeqCst)
     }
     pub fn set_budget(&self, budget: Option<usize>) {
-        self.budget.store(budget.map(|b| b as i64).unwrap_or(-1), Ordering::SeqCst)
+        self.budget
+            .store(budget.map(|b| b as i64).unwrap_or(-1), Ordering::SeqCst)
     }
     pub fn budget(&self) -> Option<usize> {
         let b = self.budget.load(Ordering::SeqCst);
@@ -125,11 +132,18 @@ pub struct Done {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The prompt is rendered and tokenized; prefill starts.
-    Started { prompt_tokens: usize, reused_tokens: usize },
+    Started {
+        prompt_tokens: usize,
+        reused_tokens: usize,
+    },
     Reasoning(String),
     Content(String),
     /// Live numbers during generation (about every few tokens).
-    Progress { reasoning_tokens: usize, completion_tokens: usize, tokens_per_s: f64 },
+    Progress {
+        reasoning_tokens: usize,
+        completion_tokens: usize,
+        tokens_per_s: f64,
+    },
     Done(Done),
     Error(String),
 }

@@ -11,7 +11,13 @@ use common::*;
 
 fn nemo(args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
-    cmd.args(args).env_remove("NEMO_MODEL").stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.args(args)
+        .env_remove("NEMO_MODEL")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(text) = stdin {
@@ -39,7 +45,11 @@ fn fails_with_one_line(out: &Output, code: i32, must_contain: &[&str]) -> String
     for m in must_contain {
         assert!(err.contains(m), "`{m}` missing from: {err}");
     }
-    assert!(out.stdout.is_empty(), "stdout must stay empty: {}", text(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty: {}",
+        text(&out.stdout)
+    );
     err
 }
 
@@ -65,29 +75,109 @@ fn run_on(dir: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn run_prints_only_the_answer_on_stdout() {
-    let out = nemo(&["run", "--model", &tiny(), "--budget", "4", "--max-tokens", "12", "--temperature", "0", "Hi"], None);
+    let out = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--budget",
+            "4",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "Hi",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let with_thinking =
-        nemo(&["run", "--model", &tiny(), "--budget", "4", "--max-tokens", "12", "--temperature", "0", "--show-thinking", "Hi"], None);
-    assert_eq!(text(&out.stdout), text(&with_thinking.stdout), "--show-thinking changed stdout");
-    assert!(out.stderr.is_empty(), "stderr without --show-thinking: {}", text(&out.stderr));
-    assert!(!with_thinking.stderr.is_empty(), "reasoning was not shown on stderr");
+    let with_thinking = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--budget",
+            "4",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--show-thinking",
+            "Hi",
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        text(&with_thinking.stdout),
+        "--show-thinking changed stdout"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "stderr without --show-thinking: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !with_thinking.stderr.is_empty(),
+        "reasoning was not shown on stderr"
+    );
     assert!(!text(&out.stdout).contains("think>"));
 }
 
 #[test]
 fn run_reads_the_prompt_from_stdin() {
-    let a = nemo(&["run", "--model", &tiny(), "--max-tokens", "8", "--temperature", "0", "Why is the sky blue?"], None);
-    let b = nemo(&["run", "--model", &tiny(), "--max-tokens", "8", "--temperature", "0"], Some("Why is the sky blue?\n"));
+    let a = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "Why is the sky blue?",
+        ],
+        None,
+    );
+    let b = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ],
+        Some("Why is the sky blue?\n"),
+    );
     assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
     assert_eq!(text(&a.stdout), text(&b.stdout));
 }
 
 #[test]
 fn run_json_prints_one_event_per_line_ending_with_done() {
-    let out = nemo(&["run", "--model", &tiny(), "--json", "--budget", "3", "--max-tokens", "10", "--temperature", "0", "Hi"], None);
+    let out = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--json",
+            "--budget",
+            "3",
+            "--max-tokens",
+            "10",
+            "--temperature",
+            "0",
+            "Hi",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(lines.iter().any(|l| l["event"] == "reasoning"));
     let done = lines.last().unwrap();
     assert_eq!(done["event"], "done");
@@ -107,16 +197,42 @@ fn debug_logits_matches_the_reference() {
     let reference = Reference::load("nemotron_h_tiny");
     let p = reference.prompt("short");
     let ids: Vec<String> = p.ids.iter().map(|i| i.to_string()).collect();
-    let out = nemo(&["debug", "logits", "--model", &tiny(), "--tokens", &ids.join(",")], None);
+    let out = nemo(
+        &[
+            "debug",
+            "logits",
+            "--model",
+            &tiny(),
+            "--tokens",
+            &ids.join(","),
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"].as_array().unwrap().len(), p.ids.len());
     let rows = v["logits"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
-    let last: Vec<f32> = rows[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let last: Vec<f32> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     assert!(max_abs_diff(&last, p.logits.last().unwrap()) < 2e-4);
 
-    let all = nemo(&["debug", "logits", "--model", &tiny(), "--tokens", &ids.join(","), "--all"], None);
+    let all = nemo(
+        &[
+            "debug",
+            "logits",
+            "--model",
+            &tiny(),
+            "--tokens",
+            &ids.join(","),
+            "--all",
+        ],
+        None,
+    );
     let v: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     assert_eq!(v["logits"].as_array().unwrap().len(), p.ids.len());
 }
@@ -146,16 +262,27 @@ fn truncated_safetensors_is_named() {
     let (_t, dir) = copy_fixture("nemotron_h_tiny");
     let f = dir.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     fails_with_one_line(&run_on(&dir, &[]), 1, &["model.safetensors", "truncated"]);
 }
 
 #[test]
 fn tensor_of_the_wrong_shape_is_named() {
     let (_t, dir) = copy_fixture("nemotron_h_tiny");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
-    fails_with_one_line(&run_on(&dir, &[]), 1, &["up_proj.weight", "[96, 64]", "model.safetensors"]);
+    fails_with_one_line(
+        &run_on(&dir, &[]),
+        1,
+        &["up_proj.weight", "[96, 64]", "model.safetensors"],
+    );
 }
 
 #[test]
@@ -166,14 +293,22 @@ fn unknown_architecture_is_named() {
         .replace("NemotronHForCausalLM", "MistralForCausalLM")
         .replace("\"nemotron_h\"", "\"mistral\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
-    fails_with_one_line(&run_on(&dir, &[]), 1, &["MistralForCausalLM", "config.json"]);
+    fails_with_one_line(
+        &run_on(&dir, &[]),
+        1,
+        &["MistralForCausalLM", "config.json"],
+    );
 }
 
 #[test]
 fn config_missing_a_field_is_named() {
     let (_t, dir) = copy_fixture("nemotron_h_tiny");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap().replace("Infinity", "null")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .unwrap()
+            .replace("Infinity", "null"),
+    )
+    .unwrap();
     v.as_object_mut().unwrap().remove("ssm_state_size");
     std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
     fails_with_one_line(&run_on(&dir, &[]), 1, &["ssm_state_size", "config.json"]);
@@ -182,32 +317,89 @@ fn config_missing_a_field_is_named() {
 #[test]
 fn broken_tokenizer_is_named() {
     let (_t, dir) = copy_fixture("nemotron_h_tiny");
-    std::fs::write(dir.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 42}").unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        "{\"version\": \"1.0\", \"model\": 42}",
+    )
+    .unwrap();
     fails_with_one_line(&run_on(&dir, &[]), 1, &["tokenizer.json"]);
 }
 
 #[test]
 fn broken_template_is_named() {
     let (_t, dir) = copy_fixture("nemotron_h_f16");
-    std::fs::write(dir.join("chat_template.jinja"), "{% for m in messages %}{{ m.content }").unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{% for m in messages %}{{ m.content }",
+    )
+    .unwrap();
     fails_with_one_line(&run_on(&dir, &[]), 1, &["chat_template.jinja"]);
 }
 
 #[test]
 fn prompt_longer_than_the_context_is_refused() {
-    let out = nemo(&["run", "--model", &tiny(), "--context", "8", "a prompt that is clearly longer than eight tokens"], None);
+    let out = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--context",
+            "8",
+            "a prompt that is clearly longer than eight tokens",
+        ],
+        None,
+    );
     fails_with_one_line(&out, 1, &["context of 8 tokens"]);
 }
 
 #[test]
 fn bad_flags_are_usage_errors_with_exit_2() {
-    fails_with_one_line(&nemo(&["run", "--model", &tiny(), "--kv-cache-dtype", "int3", "hi"], None), 2, &["--kv-cache-dtype", "int3"]);
-    fails_with_one_line(&nemo(&["run", "--model", &tiny(), "--mamba-ssm-cache-dtype", "fp8", "hi"], None), 2, &["--mamba-ssm-cache-dtype"]);
-    fails_with_one_line(&nemo(&["run", "--model", &tiny(), "--top-p", "1.5", "hi"], None), 2, &["--top-p"]);
-    fails_with_one_line(&nemo(&["run", "--model", &tiny()], Some("")), 2, &["prompt is empty"]);
+    fails_with_one_line(
+        &nemo(
+            &["run", "--model", &tiny(), "--kv-cache-dtype", "int3", "hi"],
+            None,
+        ),
+        2,
+        &["--kv-cache-dtype", "int3"],
+    );
+    fails_with_one_line(
+        &nemo(
+            &[
+                "run",
+                "--model",
+                &tiny(),
+                "--mamba-ssm-cache-dtype",
+                "fp8",
+                "hi",
+            ],
+            None,
+        ),
+        2,
+        &["--mamba-ssm-cache-dtype"],
+    );
+    fails_with_one_line(
+        &nemo(&["run", "--model", &tiny(), "--top-p", "1.5", "hi"], None),
+        2,
+        &["--top-p"],
+    );
+    fails_with_one_line(
+        &nemo(&["run", "--model", &tiny()], Some("")),
+        2,
+        &["prompt is empty"],
+    );
     fails_with_one_line(&nemo(&["run", "hi"], None), 2, &["--model"]);
-    fails_with_one_line(&nemo(&["debug", "logits", "--model", &tiny(), "--tokens", "1,x"], None), 2, &["--tokens", "`x`"]);
-    let out = nemo(&["debug", "logits", "--model", &tiny(), "--tokens", "1,99999"], None);
+    fails_with_one_line(
+        &nemo(
+            &["debug", "logits", "--model", &tiny(), "--tokens", "1,x"],
+            None,
+        ),
+        2,
+        &["--tokens", "`x`"],
+    );
+    let out = nemo(
+        &["debug", "logits", "--model", &tiny(), "--tokens", "1,99999"],
+        None,
+    );
     fails_with_one_line(&out, 1, &["99999"]);
     let out = nemo(&["run", "--bogus"], None);
     assert_eq!(out.status.code(), Some(2));
@@ -217,8 +409,27 @@ fn bad_flags_are_usage_errors_with_exit_2() {
 fn every_cache_dtype_flag_runs() {
     for kv in ["auto", "f32", "bf16", "f16", "fp8_e4m3", "fp8_e5m2"] {
         for ssm in ["f32", "f16", "bf16"] {
-            let out = nemo(&["run", "--model", &tiny(), "--max-tokens", "3", "--kv-cache-dtype", kv, "--mamba-ssm-cache-dtype", ssm, "hi"], None);
-            assert_eq!(out.status.code(), Some(0), "{kv}/{ssm}: {}", text(&out.stderr));
+            let out = nemo(
+                &[
+                    "run",
+                    "--model",
+                    &tiny(),
+                    "--max-tokens",
+                    "3",
+                    "--kv-cache-dtype",
+                    kv,
+                    "--mamba-ssm-cache-dtype",
+                    ssm,
+                    "hi",
+                ],
+                None,
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{kv}/{ssm}: {}",
+                text(&out.stderr)
+            );
         }
     }
 }

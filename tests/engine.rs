@@ -18,11 +18,22 @@ fn session(model: &str) -> Session {
 
 fn request(messages: Vec<Message>, thinking: ThinkingOptions, max_tokens: usize) -> Request {
     let controls = Controls::new(thinking.budget);
-    Request { messages, sampling: SamplingParams::default(), max_tokens, stop: vec![], thinking, controls }
+    Request {
+        messages,
+        sampling: SamplingParams::default(),
+        max_tokens,
+        stop: vec![],
+        thinking,
+        controls,
+    }
 }
 
 fn think(budget: Option<usize>) -> ThinkingOptions {
-    ThinkingOptions { enabled: true, budget, ..Default::default() }
+    ThinkingOptions {
+        enabled: true,
+        budget,
+        ..Default::default()
+    }
 }
 
 struct Output {
@@ -40,13 +51,21 @@ fn run(s: &mut Session, req: &Request) -> Output {
             _ => {}
         })
         .unwrap();
-    Output { reasoning, content, done }
+    Output {
+        reasoning,
+        content,
+        done,
+    }
 }
 
 fn convo(turns: &[&str]) -> Vec<Message> {
     let mut m = vec![Message::system("You are a tiny test model.")];
     for (i, t) in turns.iter().enumerate() {
-        m.push(if i % 2 == 0 { Message::user(*t) } else { Message::assistant(*t) });
+        m.push(if i % 2 == 0 {
+            Message::user(*t)
+        } else {
+            Message::assistant(*t)
+        });
     }
     m
 }
@@ -56,10 +75,17 @@ fn budget_forces_end_of_thinking_without_reprefill() {
     let mut s = session("nemotron_h_tiny");
     let req = request(convo(&["Why is the sky blue?"]), think(Some(6)), 20);
     let out = run(&mut s, &req);
-    assert!(out.done.thinking_forced, "the budget did not force the end of thinking");
+    assert!(
+        out.done.thinking_forced,
+        "the budget did not force the end of thinking"
+    );
     // 6 sampled reasoning tokens + the forced "\n</think>\n\n" tokens.
     let forced = s.tokens().len() - out.done.usage.prompt_tokens; // everything fed after the prompt
-    assert!(out.done.usage.reasoning_tokens > 6 && out.done.usage.reasoning_tokens < 6 + 8, "{:?}", out.done.usage);
+    assert!(
+        out.done.usage.reasoning_tokens > 6 && out.done.usage.reasoning_tokens < 6 + 8,
+        "{:?}",
+        out.done.usage
+    );
     assert!(!out.reasoning.is_empty());
     assert!(!out.reasoning.contains("</think>") && !out.content.contains("</think>"));
     // The prompt was fed exactly once: every token through the model is prompt or output.
@@ -101,7 +127,11 @@ fn wrap_up_mid_stream_closes_thinking_and_the_answer_follows() {
         .unwrap();
     assert!(done.thinking_forced);
     assert!(done.usage.reasoning_tokens < 12, "{:?}", done.usage);
-    assert!(done.usage.completion_tokens > done.usage.reasoning_tokens, "no answer after wrap-up: {:?}", done.usage);
+    assert!(
+        done.usage.completion_tokens > done.usage.reasoning_tokens,
+        "no answer after wrap-up: {:?}",
+        done.usage
+    );
     assert!(!content.is_empty());
 }
 
@@ -131,7 +161,10 @@ fn live_budget_change_takes_effect_on_the_current_turn() {
 #[test]
 fn second_turn_reuses_checkpoint_and_matches_a_fresh_session() {
     let mut s = session("nemotron_h_tiny");
-    let t1 = run(&mut s, &request(convo(&["What is a tiny model?"]), think(Some(5)), 12));
+    let t1 = run(
+        &mut s,
+        &request(convo(&["What is a tiny model?"]), think(Some(5)), 12),
+    );
     let mut answer = Message::assistant(t1.content.clone());
     answer.reasoning_content = Some(t1.reasoning.clone());
     let mut msgs = convo(&["What is a tiny model?"]);
@@ -141,12 +174,19 @@ fn second_turn_reuses_checkpoint_and_matches_a_fresh_session() {
     let fed_before = s.fed_total();
     let t2 = run(&mut s, &req2);
     assert!(t2.done.reused_tokens > 0, "nothing reused");
-    assert_eq!(s.fed_total() - fed_before, t2.done.usage.prompt_tokens - t2.done.reused_tokens + (s.tokens().len() - t2.done.usage.prompt_tokens));
+    assert_eq!(
+        s.fed_total() - fed_before,
+        t2.done.usage.prompt_tokens - t2.done.reused_tokens
+            + (s.tokens().len() - t2.done.usage.prompt_tokens)
+    );
 
     let mut fresh = session("nemotron_h_tiny");
     let f2 = run(&mut fresh, &req2);
     assert_eq!(f2.done.reused_tokens, 0);
-    assert_eq!((t2.reasoning.as_str(), t2.content.as_str()), (f2.reasoning.as_str(), f2.content.as_str()));
+    assert_eq!(
+        (t2.reasoning.as_str(), t2.content.as_str()),
+        (f2.reasoning.as_str(), f2.content.as_str())
+    );
 }
 
 #[test]
@@ -200,7 +240,11 @@ fn same_seed_same_output_and_another_seed_differs() {
     let sample = |seed: u64| {
         let mut s = session("nemotron_h_f16");
         let mut req = request(convo(&["Hi"]), think(None), 24);
-        req.sampling = SamplingParams { temperature: 1.0, seed: Some(seed), ..Default::default() };
+        req.sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..Default::default()
+        };
         let o = run(&mut s, &req);
         o.reasoning + &o.content
     };
@@ -211,10 +255,24 @@ fn same_seed_same_output_and_another_seed_differs() {
 #[test]
 fn prompt_longer_than_context_is_a_clear_error() {
     let folder = ModelFolder::open(&fixture("nemotron_h_tiny")).unwrap();
-    let mut s = Session::new(&folder, SessionOptions { context: Some(16), ..Default::default() }).unwrap();
-    let req = request(convo(&["a long enough message to overflow sixteen tokens of context"]), think(None), 4);
+    let mut s = Session::new(
+        &folder,
+        SessionOptions {
+            context: Some(16),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let req = request(
+        convo(&["a long enough message to overflow sixteen tokens of context"]),
+        think(None),
+        4,
+    );
     match s.generate(&req, &mut |_| {}) {
-        Err(EngineError::ContextOverflow { prompt, context: 16 }) => assert!(prompt >= 16),
+        Err(EngineError::ContextOverflow {
+            prompt,
+            context: 16,
+        }) => assert!(prompt >= 16),
         other => panic!("expected a context overflow, got {other:?}"),
     }
 }
@@ -222,9 +280,11 @@ fn prompt_longer_than_context_is_a_clear_error() {
 #[test]
 fn engine_thread_streams_events_ending_with_done() {
     let engine = Engine::spawn(session("nemotron_h_tiny"));
-    let events: Vec<Event> = engine.submit(request(convo(&["Hi"]), think(Some(3)), 8)).into_iter().collect();
+    let events: Vec<Event> = engine
+        .submit(request(convo(&["Hi"]), think(Some(3)), 8))
+        .into_iter()
+        .collect();
     assert!(matches!(events.first(), Some(Event::Started { .. })));
     assert!(events.iter().any(|e| matches!(e, Event::Reasoning(_))));
     assert!(matches!(events.last(), Some(Event::Done(_))));
 }
-

@@ -29,16 +29,32 @@ fn full_prompt_logits_match_transformers_at_every_position() {
         let reference = Reference::load(model);
         for p in reference.prompts() {
             let mut state = folder.model.new_state(CacheConfig::default());
-            let got = folder.model.forward(&p.ids, &mut state, Logits::All).unwrap();
+            let got = folder
+                .model
+                .forward(&p.ids, &mut state, Logits::All)
+                .unwrap();
             let vocab = reference.vocab();
             let mut worst = 0f32;
             for (pos, want) in p.logits.iter().enumerate() {
                 let row = &got[pos * vocab..(pos + 1) * vocab];
                 worst = worst.max(max_abs_diff(row, want));
-                assert_eq!(argmax(row), argmax(want), "{model}/{} position {pos}: top token differs", p.name);
+                assert_eq!(
+                    argmax(row),
+                    argmax(want),
+                    "{model}/{} position {pos}: top token differs",
+                    p.name
+                );
             }
-            assert!(worst < FULL_TOL, "{model}/{}: max |Δlogit| = {worst}", p.name);
-            eprintln!("{model}/{}: {} positions, max |Δlogit| {worst:.2e}", p.name, p.ids.len());
+            assert!(
+                worst < FULL_TOL,
+                "{model}/{}: max |Δlogit| = {worst}",
+                p.name
+            );
+            eprintln!(
+                "{model}/{}: {} positions, max |Δlogit| {worst:.2e}",
+                p.name,
+                p.ids.len()
+            );
         }
     }
 }
@@ -52,14 +68,23 @@ fn prefill_then_token_by_token_decode_matches_one_prefill() {
         let vocab = reference.vocab();
         for split in [1usize, 7, 20] {
             let mut state = folder.model.new_state(CacheConfig::default());
-            let first = folder.model.forward(&p.ids[..split], &mut state, Logits::Last).unwrap();
+            let first = folder
+                .model
+                .forward(&p.ids[..split], &mut state, Logits::Last)
+                .unwrap();
             let mut worst = max_abs_diff(&first, &p.logits[split - 1]);
             for pos in split..p.ids.len() {
-                let got = folder.model.forward(&p.ids[pos..pos + 1], &mut state, Logits::Last).unwrap();
+                let got = folder
+                    .model
+                    .forward(&p.ids[pos..pos + 1], &mut state, Logits::Last)
+                    .unwrap();
                 assert_eq!(got.len(), vocab);
                 worst = worst.max(max_abs_diff(&got, &p.logits[pos]));
             }
-            assert!(worst < FULL_TOL, "{model} split {split}: max |Δlogit| = {worst}");
+            assert!(
+                worst < FULL_TOL,
+                "{model} split {split}: max |Δlogit| = {worst}"
+            );
         }
     }
 }
@@ -71,13 +96,28 @@ fn greedy_decode_reproduces_the_reference_generation() {
         let reference = Reference::load(model);
         let dec = &reference.json["decode"];
         let p = reference.prompt(dec["prompt"].as_str().unwrap());
-        let ids: Vec<u32> = dec["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = dec["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let want = reference.matrix(&dec["logits"]);
         let mut state = folder.model.new_state(CacheConfig::default());
-        let mut logits = folder.model.forward(&p.ids, &mut state, Logits::Last).unwrap();
+        let mut logits = folder
+            .model
+            .forward(&p.ids, &mut state, Logits::Last)
+            .unwrap();
         for (step, id) in ids.iter().enumerate() {
-            assert_eq!(argmax(&logits) as u32, *id, "{model}: step {step} picks another token");
-            logits = folder.model.forward(&[*id], &mut state, Logits::Last).unwrap();
+            assert_eq!(
+                argmax(&logits) as u32,
+                *id,
+                "{model}: step {step} picks another token"
+            );
+            logits = folder
+                .model
+                .forward(&[*id], &mut state, Logits::Last)
+                .unwrap();
             let d = max_abs_diff(&logits, &want[step]);
             assert!(d < FULL_TOL, "{model} step {step}: max |Δlogit| = {d}");
         }
@@ -105,19 +145,39 @@ fn cache_dtypes_stay_within_stated_tolerance_of_f32() {
         let p = reference.prompt("long");
         let run = |cache: CacheConfig| {
             let mut state = folder.model.new_state(cache);
-            let mut out = folder.model.forward(&p.ids[..30], &mut state, Logits::All).unwrap();
+            let mut out = folder
+                .model
+                .forward(&p.ids[..30], &mut state, Logits::All)
+                .unwrap();
             for id in &p.ids[30..] {
-                out.extend(folder.model.forward(&[*id], &mut state, Logits::Last).unwrap());
+                out.extend(
+                    folder
+                        .model
+                        .forward(&[*id], &mut state, Logits::Last)
+                        .unwrap(),
+                );
             }
             out
         };
         let base = run(CacheConfig::default());
         let norm = base.iter().map(|x| x * x).sum::<f32>().sqrt();
         for (ssm, kv, u) in cases {
-            let got = run(CacheConfig { ssm_dtype: ssm, kv_dtype: kv });
-            let rel = got.iter().zip(&base).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt() / norm;
+            let got = run(CacheConfig {
+                ssm_dtype: ssm,
+                kv_dtype: kv,
+            });
+            let rel = got
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt()
+                / norm;
             eprintln!("{model}: ssm {ssm} kv {kv}: relative error {rel:.2e}, unit roundoff {u:.2e}, max |Δlogit| {:.2e}", max_abs_diff(&got, &base));
-            assert!(rel < u, "{model}: ssm {ssm} kv {kv}: relative logit error {rel} ≥ unit roundoff {u}");
+            assert!(
+                rel < u,
+                "{model}: ssm {ssm} kv {kv}: relative logit error {rel} ≥ unit roundoff {u}"
+            );
         }
     }
 }

@@ -84,7 +84,10 @@ fn encode_generic(v: f32, ebits: u32, mbits: u32, max: f32) -> u8 {
     }
     let e2 = (val.log2().floor() as i32).max(min_normal_exp);
     let (exp_field, man) = if val < 2f32.powi(min_normal_exp) {
-        (0u32, (val / 2f32.powi(min_normal_exp - mbits as i32)).round() as u32)
+        (
+            0u32,
+            (val / 2f32.powi(min_normal_exp - mbits as i32)).round() as u32,
+        )
     } else {
         let m = (val / 2f32.powi(e2) - 1.0) * (1 << mbits) as f32;
         ((e2 + bias) as u32, m.round() as u32)
@@ -105,7 +108,11 @@ mod tests {
             }
             let back = encode(DType::F8E4M3, v);
             // 0x80 is -0.0, which encodes back to -0.0.
-            assert_eq!(decode_e4m3(back).to_bits(), v.to_bits(), "code {b:#x} value {v}");
+            assert_eq!(
+                decode_e4m3(back).to_bits(),
+                v.to_bits(),
+                "code {b:#x} value {v}"
+            );
         }
     }
 
@@ -117,7 +124,11 @@ mod tests {
                 continue;
             }
             let back = encode(DType::F8E5M2, v);
-            assert_eq!(decode_e5m2(back).to_bits(), v.to_bits(), "code {b:#x} value {v}");
+            assert_eq!(
+                decode_e5m2(back).to_bits(),
+                v.to_bits(),
+                "code {b:#x} value {v}"
+            );
         }
     }
 

@@ -55,13 +55,20 @@ pub struct BenchArgs {
 }
 
 fn shape_help() -> String {
-    format!("Synthetic random weights at a named shape instead of --model: {}", synthetic::SHAPES.join(", "))
+    format!(
+        "Synthetic random weights at a named shape instead of --model: {}",
+        synthetic::SHAPES.join(", ")
+    )
 }
 
 /// Where the weights come from.
 enum Source {
     Folder(PathBuf),
-    Shape { name: String, dtype: DType, layers: Option<usize> },
+    Shape {
+        name: String,
+        dtype: DType,
+        layers: Option<usize>,
+    },
 }
 
 /// One run's timings.
@@ -106,7 +113,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         // --copy-bandwidth alone.
         let copy = copy.unwrap_or_default();
         if a.json {
-            println!("{}", json!({ "threads": threads, "machine": machine(), "copy_bandwidth": copy.json() }));
+            println!(
+                "{}",
+                json!({ "threads": threads, "machine": machine(), "copy_bandwidth": copy.json() })
+            );
         } else {
             print_machine(threads);
             print_copy(&copy);
@@ -126,10 +136,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             });
             (m, desc)
         }
-        Source::Shape { name, dtype, layers } => {
-            progress(&format!("generating random {dtype} weights at shape {name}"));
+        Source::Shape {
+            name,
+            dtype,
+            layers,
+        } => {
+            progress(&format!(
+                "generating random {dtype} weights at shape {name}"
+            ));
             let m = Arc::new(synthetic::build(name, *dtype, *layers)?);
-            let full = synthetic::shape_pattern(name).map(|p| p.len()).unwrap_or_default();
+            let full = synthetic::shape_pattern(name)
+                .map(|p| p.len())
+                .unwrap_or_default();
             let desc = json!({
                 "source": "synthetic", "shape": name, "dtype": dtype.name(),
                 "layers": m.config.layers.len(), "of_layers": full, "pattern": m.config.pattern(),
@@ -170,32 +188,51 @@ fn source(a: &BenchArgs) -> anyhow::Result<Option<Source>> {
         (Some(_), Some(_)) => Err(usage("give either --model DIR or --shape NAME, not both")),
         (Some(dir), None) => {
             if a.layers.is_some() {
-                return Err(usage("--layers only applies to --shape (synthetic weights)"));
+                return Err(usage(
+                    "--layers only applies to --shape (synthetic weights)",
+                ));
             }
             if a.dtype.is_some() {
-                return Err(usage("--dtype only applies to --shape; a model folder has its own dtype"));
+                return Err(usage(
+                    "--dtype only applies to --shape; a model folder has its own dtype",
+                ));
             }
             Ok(Some(Source::Folder(dir)))
         }
         (None, Some(name)) => {
             let Some(pattern) = synthetic::shape_pattern(name) else {
-                return Err(usage(format!("--shape: unknown shape `{name}` (known: {known})")));
+                return Err(usage(format!(
+                    "--shape: unknown shape `{name}` (known: {known})"
+                )));
             };
             let dtype = match a.dtype.as_deref().unwrap_or("bf16") {
                 "bf16" | "bfloat16" => DType::BF16,
                 "f16" | "float16" => DType::F16,
                 "f32" | "float32" => DType::F32,
-                other => return Err(usage(format!("--dtype: `{other}` is not one of bf16, f16, f32"))),
+                other => {
+                    return Err(usage(format!(
+                        "--dtype: `{other}` is not one of bf16, f16, f32"
+                    )))
+                }
             };
             if let Some(n) = a.layers {
                 if n == 0 || n > pattern.len() {
-                    return Err(usage(format!("--layers: `{name}` has layers 1 to {}, got {n}", pattern.len())));
+                    return Err(usage(format!(
+                        "--layers: `{name}` has layers 1 to {}, got {n}",
+                        pattern.len()
+                    )));
                 }
             }
-            Ok(Some(Source::Shape { name: name.clone(), dtype, layers: a.layers }))
+            Ok(Some(Source::Shape {
+                name: name.clone(),
+                dtype,
+                layers: a.layers,
+            }))
         }
         (None, None) if a.copy_bandwidth => Ok(None),
-        (None, None) => Err(usage(format!("give --model DIR or --shape NAME (known shapes: {known})"))),
+        (None, None) => Err(usage(format!(
+            "give --model DIR or --shape NAME (known shapes: {known})"
+        ))),
     }
 }
 
@@ -225,7 +262,12 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-fn one_run(model: &NemotronH, state: &mut SequenceState, prompt: &[u32], gen: usize) -> anyhow::Result<Run> {
+fn one_run(
+    model: &NemotronH,
+    state: &mut SequenceState,
+    prompt: &[u32],
+    gen: usize,
+) -> anyhow::Result<Run> {
     state.reset();
     let t0 = Instant::now();
     let logits = model.forward(prompt, state, Logits::Last)?;
@@ -241,7 +283,14 @@ fn one_run(model: &NemotronH, state: &mut SequenceState, prompt: &[u32], gen: us
         step_s.push(t.elapsed().as_secs_f64());
         logits_finite &= logits.iter().all(|v| v.is_finite());
     }
-    Ok(Run { prefill_s, ttft_s, step_s, cache_bytes: state.bytes(), last_token: token, logits_finite })
+    Ok(Run {
+        prefill_s,
+        ttft_s,
+        step_s,
+        cache_bytes: state.bytes(),
+        last_token: token,
+        logits_finite,
+    })
 }
 
 /// Median (mean of the middle two for an even count); 0 for none.
@@ -271,7 +320,10 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 /// One metric per run, as shown in the table.
@@ -322,11 +374,31 @@ impl Report {
         let per = |f: &dyn Fn(&Run) -> f64| self.runs.iter().map(f).collect::<Vec<f64>>();
         let (p, g) = (self.prompt_tokens as f64, self.gen_tokens as f64);
         [
-            Metric { label: "prefill", unit: "tok/s", per_run: per(&|r| p / r.prefill_s) },
-            Metric { label: "TTFT", unit: "ms", per_run: per(&|r| r.ttft_s * 1e3) },
-            Metric { label: "decode", unit: "tok/s", per_run: per(&|r| g / r.decode_s()) },
-            Metric { label: "decode p50", unit: "ms/tok", per_run: per(&|r| percentile(&r.step_s, 50.0) * 1e3) },
-            Metric { label: "decode p99", unit: "ms/tok", per_run: per(&|r| percentile(&r.step_s, 99.0) * 1e3) },
+            Metric {
+                label: "prefill",
+                unit: "tok/s",
+                per_run: per(&|r| p / r.prefill_s),
+            },
+            Metric {
+                label: "TTFT",
+                unit: "ms",
+                per_run: per(&|r| r.ttft_s * 1e3),
+            },
+            Metric {
+                label: "decode",
+                unit: "tok/s",
+                per_run: per(&|r| g / r.decode_s()),
+            },
+            Metric {
+                label: "decode p50",
+                unit: "ms/tok",
+                per_run: per(&|r| percentile(&r.step_s, 50.0) * 1e3),
+            },
+            Metric {
+                label: "decode p99",
+                unit: "ms/tok",
+                per_run: per(&|r| percentile(&r.step_s, 99.0) * 1e3),
+            },
         ]
     }
 
@@ -415,7 +487,10 @@ impl Report {
         );
         println!();
         let metrics = self.metrics();
-        println!("{:<12} {:<7} {:>10} {:>10} {:>10}", "", "", "median", "min", "max");
+        println!(
+            "{:<12} {:<7} {:>10} {:>10} {:>10}",
+            "", "", "median", "min", "max"
+        );
         for mt in &metrics {
             let (lo, hi) = min_max(&mt.per_run);
             println!(
@@ -429,7 +504,11 @@ impl Report {
         }
         let p50_ms = median(&metrics[3].per_run);
         println!();
-        let load_note = if m["source"] == "synthetic" { " (generating random weights)" } else { "" };
+        let load_note = if m["source"] == "synthetic" {
+            " (generating random weights)"
+        } else {
+            ""
+        };
         println!("{:<20} {} ms{load_note}", "load", num(self.load_ms));
         println!(
             "{:<20} {} GB/s ({} read per decode step)",
@@ -490,8 +569,12 @@ fn progress(msg: &str) {
 
 fn print_machine(threads: usize) {
     let cpu = cpu_model().unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mem = proc_kb("/proc/meminfo", "MemTotal:").map(|b| format!(", {} RAM", bytes(b))).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = proc_kb("/proc/meminfo", "MemTotal:")
+        .map(|b| format!(", {} RAM", bytes(b)))
+        .unwrap_or_default();
     println!("machine  {cpu}, {cores} cores{mem}; {threads} threads");
 }
 
@@ -517,7 +600,12 @@ fn cpu_model() -> Option<String> {
 fn proc_kb(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -581,11 +669,16 @@ fn copy_bandwidth() -> CopyBandwidth {
         std::hint::black_box(&mut dst);
     });
     let par = best(&mut || {
-        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         std::hint::black_box(&mut dst);
     });
     let read = best(&mut || {
-        let sum: u64 = src.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+        let sum: u64 = src
+            .par_chunks(chunk)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .sum();
         std::hint::black_box(sum);
     });
     CopyBandwidth {

@@ -38,15 +38,24 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().map_err(|_| usage(format!("--tokens: `{s}` is not a token id"))))
+        .map(|s| {
+            s.parse::<u32>()
+                .map_err(|_| usage(format!("--tokens: `{s}` is not a token id")))
+        })
         .collect::<Result<_, _>>()?;
     if tokens.is_empty() {
-        return Err(usage("--tokens: give at least one token id, e.g. --tokens 1,2,3"));
+        return Err(usage(
+            "--tokens: give at least one token id, e.g. --tokens 1,2,3",
+        ));
     }
     let folder = a.model.load()?;
     let cache = a.model.cache_config(folder.model.weight_dtype)?;
     let mut state = folder.model.new_state(cache);
-    let out = folder.model.forward(&tokens, &mut state, if a.all { Logits::All } else { Logits::Last })?;
+    let out = folder.model.forward(
+        &tokens,
+        &mut state,
+        if a.all { Logits::All } else { Logits::Last },
+    )?;
     let vocab = folder.model.config.vocab_size;
     let rows: Vec<&[f32]> = out.chunks(vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });

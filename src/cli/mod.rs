@@ -14,7 +14,11 @@ use nemo::model::ModelFolder;
 use nemo::state::{parse_kv_dtype, parse_ssm_dtype, CacheConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "nemo", version, about = "Run NVIDIA Nemotron models on your own machine")]
+#[command(
+    name = "nemo",
+    version,
+    about = "Run NVIDIA Nemotron models on your own machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,13 +93,21 @@ impl ModelArgs {
             ))
         })?;
         let ssm = parse_ssm_dtype(&self.mamba_ssm_cache_dtype).ok_or_else(|| {
-            usage(format!("--mamba-ssm-cache-dtype: `{}` is not one of f32, f16, bf16", self.mamba_ssm_cache_dtype))
+            usage(format!(
+                "--mamba-ssm-cache-dtype: `{}` is not one of f32, f16, bf16",
+                self.mamba_ssm_cache_dtype
+            ))
         })?;
-        Ok(CacheConfig { ssm_dtype: ssm, kv_dtype: kv })
+        Ok(CacheConfig {
+            ssm_dtype: ssm,
+            kv_dtype: kv,
+        })
     }
 
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
-        self.model.clone().ok_or_else(|| usage("--model DIR is required (or set NEMO_MODEL)"))
+        self.model
+            .clone()
+            .ok_or_else(|| usage("--model DIR is required (or set NEMO_MODEL)"))
     }
 
     pub fn load(&self) -> anyhow::Result<ModelFolder> {

@@ -76,7 +76,9 @@ pub struct RunArgs {
 
 fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> anyhow::Result<()> {
     match v {
-        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(usage(format!("--{name}: {x} is outside {lo}..={hi}"))),
+        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
+            Err(usage(format!("--{name}: {x} is outside {lo}..={hi}")))
+        }
         _ => Ok(()),
     }
 }
@@ -93,10 +95,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let prompt = if a.prompt.is_empty() {
         let stdin = std::io::stdin();
         if stdin.is_terminal() {
-            return Err(usage("give a prompt as arguments or on stdin, e.g. `echo \"hi\" | nemo run --model DIR`"));
+            return Err(usage(
+                "give a prompt as arguments or on stdin, e.g. `echo \"hi\" | nemo run --model DIR`",
+            ));
         }
         let mut s = String::new();
-        stdin.lock().read_to_string(&mut s).map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
+        stdin
+            .lock()
+            .read_to_string(&mut s)
+            .map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
         s
     } else {
         a.prompt.join(" ")
@@ -134,7 +141,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     sampling.seed = a.seed;
 
-    let session = Session::new(&folder, SessionOptions { cache, context: a.context, ..Default::default() })?;
+    let session = Session::new(
+        &folder,
+        SessionOptions {
+            cache,
+            context: a.context,
+            ..Default::default()
+        },
+    )?;
     let engine = Engine::spawn(session);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
@@ -154,7 +168,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         // A second Ctrl+C after the first one is ignored here; the loop stops within a token.
         let _ = ctrlc::set_handler(move || c.cancel());
     }
-    let req = Request { messages, sampling, max_tokens: a.max_tokens, stop: a.stop.clone(), thinking, controls, };
+    let req = Request {
+        messages,
+        sampling,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        thinking,
+        controls,
+    };
     let events = engine.submit(req);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -211,5 +232,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             Event::Started { .. } | Event::Progress { .. } => {}
         }
     }
-    Err(anyhow::anyhow!("the engine stopped without finishing the request"))
+    Err(anyhow::anyhow!(
+        "the engine stopped without finishing the request"
+    ))
 }

@@ -53,14 +53,22 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
-    fn with_thinking(&self, messages: &[Message], thinking: bool) -> (Vec<Message>, serde_json::Map<String, serde_json::Value>) {
+    fn with_thinking(
+        &self,
+        messages: &[Message],
+        thinking: bool,
+    ) -> (Vec<Message>, serde_json::Map<String, serde_json::Value>) {
         let mut extra = serde_json::Map::new();
         extra.insert("enable_thinking".into(), serde_json::Value::Bool(thinking));
         let mut msgs = messages.to_vec();
         match thinking_style(&self.template) {
             ThinkingStyle::TemplateVariable => {}
             ThinkingStyle::DetailedThinking => {
-                let flag = if thinking { "detailed thinking on" } else { "detailed thinking off" };
+                let flag = if thinking {
+                    "detailed thinking on"
+                } else {
+                    "detailed thinking off"
+                };
                 match msgs.first_mut() {
                     Some(m) if m.role == "system" => {
                         if !m.content.contains("detailed thinking") {
@@ -75,7 +83,11 @@ impl PromptBuilder {
                 match msgs.first_mut() {
                     Some(m) if m.role == "system" => {
                         if !m.content.contains("/think") && !m.content.contains("/no_think") {
-                            m.content = if m.content.is_empty() { flag.to_string() } else { format!("{}\n{flag}", m.content) };
+                            m.content = if m.content.is_empty() {
+                                flag.to_string()
+                            } else {
+                                format!("{}\n{flag}", m.content)
+                            };
                         }
                     }
                     _ => msgs.insert(0, Message::system(flag)),
@@ -94,7 +106,10 @@ impl PromptBuilder {
 
     pub fn build(&self, messages: &[Message], thinking: bool) -> Result<PromptPlan, EngineError> {
         let (msgs, extra) = self.with_thinking(messages, thinking);
-        let text = self.template.render(&msgs, true, &extra).map_err(|e| EngineError::Template(e.to_string()))?;
+        let text = self
+            .template
+            .render(&msgs, true, &extra)
+            .map_err(|e| EngineError::Template(e.to_string()))?;
         let ids = self.encode(&text)?;
         let mut boundaries = Vec::new();
         for k in 1..=msgs.len() {
@@ -103,13 +118,21 @@ impl PromptBuilder {
             if let Ok(prefix) = self.template.render(&msgs[..k], false, &extra) {
                 if text.starts_with(&prefix) && !prefix.is_empty() {
                     let pids = self.encode(&prefix)?;
-                    if pids.len() < ids.len() && ids.starts_with(&pids) && boundaries.last() != Some(&pids.len()) {
+                    if pids.len() < ids.len()
+                        && ids.starts_with(&pids)
+                        && boundaries.last() != Some(&pids.len())
+                    {
                         boundaries.push(pids.len());
                     }
                 }
             }
         }
         let starts_in_reasoning = text.trim_end().ends_with(THINK_START);
-        Ok(PromptPlan { text, ids, boundaries, starts_in_reasoning })
+        Ok(PromptPlan {
+            text,
+            ids,
+            boundaries,
+            starts_in_reasoning,
+        })
     }
 }

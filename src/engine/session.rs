@@ -44,7 +44,12 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { cache: CacheConfig::default(), context: None, prefill_chunk: 512, max_checkpoints: 8 }
+        SessionOptions {
+            cache: CacheConfig::default(),
+            context: None,
+            prefill_chunk: 512,
+            max_checkpoints: 8,
+        }
     }
 }
 
@@ -66,13 +71,19 @@ impl Session {
     pub fn new(folder: &ModelFolder, opts: SessionOptions) -> Result<Self, EngineError> {
         let template = match &folder.template {
             Some(t) => t.clone(),
-            None => Arc::new(ChatTemplate::new(nano_v2_fallback(), None, None).map_err(|e| EngineError::Template(e.to_string()))?),
+            None => Arc::new(
+                ChatTemplate::new(nano_v2_fallback(), None, None)
+                    .map_err(|e| EngineError::Template(e.to_string()))?,
+            ),
         };
         let state = folder.model.new_state(opts.cache);
         Ok(Session {
             model: folder.model.clone(),
             tokenizer: folder.tokenizer.clone(),
-            prompt: PromptBuilder { template, tokenizer: folder.tokenizer.clone() },
+            prompt: PromptBuilder {
+                template,
+                tokenizer: folder.tokenizer.clone(),
+            },
             eos: folder.eos_token_ids.clone(),
             think_end_id: folder.tokenizer.token_to_id(THINK_END),
             state,
@@ -88,7 +99,9 @@ impl Session {
     }
 
     pub fn context(&self) -> usize {
-        self.opts.context.unwrap_or(self.model.config.max_position_embeddings)
+        self.opts
+            .context
+            .unwrap_or(self.model.config.max_position_embeddings)
     }
 
     /// Tokens currently in the sequence state.
@@ -119,12 +132,21 @@ impl Session {
 
     /// Restores the best reusable state for `ids`; returns how many tokens are reused.
     fn restore_for(&mut self, ids: &[u32]) -> usize {
-        let lcp = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let lcp = self
+            .tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         let limit = lcp.min(ids.len().saturating_sub(1));
         if self.tokens.len() <= limit {
             return self.tokens.len();
         }
-        let best = self.checkpoints.iter().filter(|c| c.snap.len <= limit).max_by_key(|c| c.snap.len);
+        let best = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.snap.len <= limit)
+            .max_by_key(|c| c.snap.len);
         let reused = match best {
             Some(c) => {
                 let snap = c.snap.clone();
@@ -142,21 +164,35 @@ impl Session {
     }
 
     fn checkpoint(&mut self) {
-        if self.opts.max_checkpoints == 0 || self.checkpoints.iter().any(|c| c.snap.len == self.tokens.len()) {
+        if self.opts.max_checkpoints == 0
+            || self
+                .checkpoints
+                .iter()
+                .any(|c| c.snap.len == self.tokens.len())
+        {
             return;
         }
         if self.checkpoints.len() >= self.opts.max_checkpoints {
             // Drop the oldest position: recent turns are the ones retry/undo go back to.
-            if let Some(i) = (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len) {
+            if let Some(i) =
+                (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len)
+            {
                 self.checkpoints.remove(i);
             }
         }
-        self.checkpoints.push(Checkpoint { snap: self.state.snapshot() });
+        self.checkpoints.push(Checkpoint {
+            snap: self.state.snapshot(),
+        });
     }
 
     /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
     /// token counts). Returns the last position's logits.
-    fn feed(&mut self, ids: &[u32], boundaries: &[usize], req: &Request) -> Result<Vec<f32>, EngineError> {
+    fn feed(
+        &mut self,
+        ids: &[u32],
+        boundaries: &[usize],
+        req: &Request,
+    ) -> Result<Vec<f32>, EngineError> {
         let mut logits = Vec::new();
         let mut i = 0;
         while i < ids.len() {
@@ -164,10 +200,20 @@ impl Session {
                 return Err(EngineError::Cancelled);
             }
             let pos = self.tokens.len();
-            let next_boundary = boundaries.iter().copied().find(|b| *b > pos).unwrap_or(usize::MAX);
-            let end = (i + self.opts.prefill_chunk).min(ids.len()).min(i + next_boundary.saturating_sub(pos));
+            let next_boundary = boundaries
+                .iter()
+                .copied()
+                .find(|b| *b > pos)
+                .unwrap_or(usize::MAX);
+            let end = (i + self.opts.prefill_chunk)
+                .min(ids.len())
+                .min(i + next_boundary.saturating_sub(pos));
             let last = end == ids.len();
-            logits = self.model.forward(&ids[i..end], &mut self.state, if last { Logits::Last } else { Logits::None })?;
+            logits = self.model.forward(
+                &ids[i..end],
+                &mut self.state,
+                if last { Logits::Last } else { Logits::None },
+            )?;
             self.tokens.extend_from_slice(&ids[i..end]);
             self.fed_total += end - i;
             if boundaries.contains(&self.tokens.len()) {
@@ -179,18 +225,28 @@ impl Session {
     }
 
     /// Runs one request to the end, sending events through `emit`.
-    pub fn generate(&mut self, req: &Request, emit: &mut dyn FnMut(Event)) -> Result<Done, EngineError> {
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
         let t0 = Instant::now();
         let plan = self.render(req)?;
         let ctx = self.context();
         if plan.ids.len() >= ctx {
-            return Err(EngineError::ContextOverflow { prompt: plan.ids.len(), context: ctx });
+            return Err(EngineError::ContextOverflow {
+                prompt: plan.ids.len(),
+                context: ctx,
+            });
         }
         if plan.ids.is_empty() {
             return Err(EngineError::Template("the rendered prompt is empty".into()));
         }
         let reused = self.restore_for(&plan.ids);
-        emit(Event::Started { prompt_tokens: plan.ids.len(), reused_tokens: reused });
+        emit(Event::Started {
+            prompt_tokens: plan.ids.len(),
+            reused_tokens: reused,
+        });
         let t_prefill = Instant::now();
         let mut logits = self.feed(&plan.ids[reused..], &plan.boundaries, req)?;
         let prefill_s = t_prefill.elapsed().as_secs_f64();
@@ -210,11 +266,11 @@ impl Session {
 
         // Text → parser → events; returns true when a stop string matched.
         let route = |text: &str,
-                         parser: &mut ReasoningParser,
-                         stopper: &mut StopMatcher,
-                         thinking: &mut ThinkingController,
-                         content_seen: &mut bool,
-                         emit: &mut dyn FnMut(Event)|
+                     parser: &mut ReasoningParser,
+                     stopper: &mut StopMatcher,
+                     thinking: &mut ThinkingController,
+                     content_seen: &mut bool,
+                     emit: &mut dyn FnMut(Event)|
          -> bool {
             for seg in parser.push(text) {
                 match seg {
@@ -252,7 +308,9 @@ impl Session {
                     let mut ids = self.prompt.encode(&text)?;
                     // Within both the context and max_tokens: at the limit a cut-off tag
                     // is fine, the request ends with `Length` there anyway.
-                    let room = ctx.saturating_sub(self.tokens.len()).min(req.max_tokens - completion);
+                    let room = ctx
+                        .saturating_sub(self.tokens.len())
+                        .min(req.max_tokens - completion);
                     ids.truncate(room);
                     if ids.is_empty() {
                         break FinishReason::Length;
@@ -266,7 +324,14 @@ impl Session {
                     for id in &ids {
                         piece.push_str(&detok.push(*id)?);
                     }
-                    if route(&piece, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit) {
+                    if route(
+                        &piece,
+                        &mut parser,
+                        &mut stopper,
+                        &mut thinking,
+                        &mut content_seen,
+                        emit,
+                    ) {
                         break FinishReason::StopString;
                     }
                     thinking.set_in_reasoning(false);
@@ -291,10 +356,20 @@ impl Session {
                         thinking.sampled_reasoning_token();
                     }
                     let text = detok.push(id)?;
-                    if !content_seen && !thinking.in_reasoning() && Some(id) == self.tokenizer.token_to_id(THINK_START) {
+                    if !content_seen
+                        && !thinking.in_reasoning()
+                        && Some(id) == self.tokenizer.token_to_id(THINK_START)
+                    {
                         thinking.set_in_reasoning(true);
                     }
-                    if route(&text, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit) {
+                    if route(
+                        &text,
+                        &mut parser,
+                        &mut stopper,
+                        &mut thinking,
+                        &mut content_seen,
+                        emit,
+                    ) {
                         break FinishReason::StopString;
                     }
                     if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
@@ -308,7 +383,11 @@ impl Session {
                         emit(Event::Progress {
                             reasoning_tokens: thinking.reasoning_tokens(),
                             completion_tokens: completion,
-                            tokens_per_s: if dt > 0.0 { (sampled - 1) as f64 / dt } else { 0.0 },
+                            tokens_per_s: if dt > 0.0 {
+                                (sampled - 1) as f64 / dt
+                            } else {
+                                0.0
+                            },
                         });
                     }
                 }
@@ -317,7 +396,14 @@ impl Session {
         // Flush what the detokenizer, parser and stop matcher still hold.
         if finish != FinishReason::StopString {
             let rest = detok.finish()?;
-            route(&rest, &mut parser, &mut stopper, &mut thinking, &mut content_seen, emit);
+            route(
+                &rest,
+                &mut parser,
+                &mut stopper,
+                &mut thinking,
+                &mut content_seen,
+                emit,
+            );
             for seg in parser.finish() {
                 match seg {
                     Segment::Reasoning(r) => emit(Event::Reasoning(r)),
@@ -337,11 +423,23 @@ impl Session {
         let decode_s = t_first.elapsed().as_secs_f64();
         let done = Done {
             finish_reason: finish,
-            usage: Usage { prompt_tokens: plan.ids.len(), reasoning_tokens: thinking.reasoning_tokens(), completion_tokens: completion },
+            usage: Usage {
+                prompt_tokens: plan.ids.len(),
+                reasoning_tokens: thinking.reasoning_tokens(),
+                completion_tokens: completion,
+            },
             timings: Timings {
                 ttft_ms: ttft.unwrap_or(t0.elapsed().as_secs_f64()) * 1e3,
-                prefill_tokens_per_s: if prefill_s > 0.0 { fed as f64 / prefill_s } else { 0.0 },
-                decode_tokens_per_s: if sampled > 1 && decode_s > 0.0 { (sampled - 1) as f64 / decode_s } else { 0.0 },
+                prefill_tokens_per_s: if prefill_s > 0.0 {
+                    fed as f64 / prefill_s
+                } else {
+                    0.0
+                },
+                decode_tokens_per_s: if sampled > 1 && decode_s > 0.0 {
+                    (sampled - 1) as f64 / decode_s
+                } else {
+                    0.0
+                },
                 total_ms: t0.elapsed().as_secs_f64() * 1e3,
             },
             reused_tokens: reused,

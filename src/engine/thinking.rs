@@ -20,7 +20,9 @@ pub enum Action {
 enum Phase {
     Thinking,
     /// Budget reached; waiting for a sentence end, `left` more tokens at most.
-    Grace { left: usize },
+    Grace {
+        left: usize,
+    },
     Closed,
 }
 
@@ -41,9 +43,16 @@ impl ThinkingController {
     pub fn new(opts: &ThinkingOptions, starts_in_reasoning: bool) -> Self {
         ThinkingController {
             min_tokens: opts.min_tokens,
-            closing_message: opts.closing_message.clone().filter(|m| !m.trim().is_empty()),
+            closing_message: opts
+                .closing_message
+                .clone()
+                .filter(|m| !m.trim().is_empty()),
             grace_tokens: opts.grace_tokens,
-            phase: if starts_in_reasoning { Phase::Thinking } else { Phase::Closed },
+            phase: if starts_in_reasoning {
+                Phase::Thinking
+            } else {
+                Phase::Closed
+            },
             in_reasoning: starts_in_reasoning,
             reasoning_tokens: 0,
             forced: false,
@@ -96,7 +105,9 @@ impl ThinkingController {
                 if self.grace_tokens == 0 || self.sentence_ended() {
                     return self.force();
                 }
-                self.phase = Phase::Grace { left: self.grace_tokens };
+                self.phase = Phase::Grace {
+                    left: self.grace_tokens,
+                };
             }
             Phase::Grace { left } => {
                 if !over {
@@ -107,7 +118,9 @@ impl ThinkingController {
             }
             _ => {}
         }
-        Action::Sample { ban_end: self.reasoning_tokens < self.min_tokens }
+        Action::Sample {
+            ban_end: self.reasoning_tokens < self.min_tokens,
+        }
     }
 
     fn force(&mut self) -> Action {
@@ -127,7 +140,9 @@ impl ThinkingController {
     pub fn sampled_reasoning_token(&mut self) {
         self.reasoning_tokens += 1;
         if let Phase::Grace { left } = self.phase {
-            self.phase = Phase::Grace { left: left.saturating_sub(1) };
+            self.phase = Phase::Grace {
+                left: left.saturating_sub(1),
+            };
         }
     }
 
@@ -136,7 +151,9 @@ impl ThinkingController {
         self.tail.push_str(text);
         if self.tail.len() > 64 {
             let cut = self.tail.len() - 32;
-            let cut = (cut..self.tail.len()).find(|i| self.tail.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (cut..self.tail.len())
+                .find(|i| self.tail.is_char_boundary(*i))
+                .unwrap_or(0);
             self.tail.drain(..cut);
         }
     }
@@ -176,12 +193,22 @@ mod tests {
     fn budget_forces_end_of_thinking_exactly_at_the_budget() {
         let mut c = ThinkingController::new(&opts(0, 0, None), true);
         for i in 0..4 {
-            assert_eq!(c.before_step(Some(4), false), Action::Sample { ban_end: false }, "token {i}");
+            assert_eq!(
+                c.before_step(Some(4), false),
+                Action::Sample { ban_end: false },
+                "token {i}"
+            );
             think(&mut c, " word");
         }
-        assert_eq!(c.before_step(Some(4), false), Action::Force("\n</think>\n\n".into()));
+        assert_eq!(
+            c.before_step(Some(4), false),
+            Action::Force("\n</think>\n\n".into())
+        );
         assert!(!c.in_reasoning() && c.forced());
-        assert_eq!(c.before_step(Some(4), false), Action::Sample { ban_end: false });
+        assert_eq!(
+            c.before_step(Some(4), false),
+            Action::Sample { ban_end: false }
+        );
     }
 
     #[test]
@@ -189,7 +216,10 @@ mod tests {
         let mut c = ThinkingController::new(&opts(0, 0, None), true);
         think(&mut c, "a");
         think(&mut c, "b");
-        assert!(matches!(c.before_step(Some(10), false), Action::Sample { .. }));
+        assert!(matches!(
+            c.before_step(Some(10), false),
+            Action::Sample { .. }
+        ));
         // Lowered below what was used: closes now.
         assert!(matches!(c.before_step(Some(1), false), Action::Force(_)));
     }
@@ -198,7 +228,10 @@ mod tests {
     fn wrap_up_closes_at_once_even_within_budget_and_grace() {
         let mut c = ThinkingController::new(&opts(0, 8, Some("Answer now.")), true);
         think(&mut c, "thinking");
-        assert_eq!(c.before_step(None, true), Action::Force("\nAnswer now.\n</think>\n\n".into()));
+        assert_eq!(
+            c.before_step(None, true),
+            Action::Force("\nAnswer now.\n</think>\n\n".into())
+        );
     }
 
     #[test]
@@ -208,7 +241,10 @@ mod tests {
             assert_eq!(c.before_step(None, false), Action::Sample { ban_end: true });
             think(&mut c, "x");
         }
-        assert_eq!(c.before_step(None, false), Action::Sample { ban_end: false });
+        assert_eq!(
+            c.before_step(None, false),
+            Action::Sample { ban_end: false }
+        );
     }
 
     #[test]
@@ -217,20 +253,35 @@ mod tests {
         think(&mut c, "The sky is");
         think(&mut c, " blue");
         // Budget reached mid-sentence: grace.
-        assert!(matches!(c.before_step(Some(2), false), Action::Sample { .. }));
+        assert!(matches!(
+            c.before_step(Some(2), false),
+            Action::Sample { .. }
+        ));
         think(&mut c, " today");
-        assert!(matches!(c.before_step(Some(2), false), Action::Sample { .. }));
+        assert!(matches!(
+            c.before_step(Some(2), false),
+            Action::Sample { .. }
+        ));
         think(&mut c, ".");
-        assert_eq!(c.before_step(Some(2), false), Action::Force("\nTime to answer.\n</think>\n\n".into()));
+        assert_eq!(
+            c.before_step(Some(2), false),
+            Action::Force("\nTime to answer.\n</think>\n\n".into())
+        );
     }
 
     #[test]
     fn soft_landing_gives_up_after_the_grace_window() {
         let mut c = ThinkingController::new(&opts(0, 2, None), true);
         think(&mut c, "no");
-        assert!(matches!(c.before_step(Some(1), false), Action::Sample { .. }));
+        assert!(matches!(
+            c.before_step(Some(1), false),
+            Action::Sample { .. }
+        ));
         think(&mut c, " end");
-        assert!(matches!(c.before_step(Some(1), false), Action::Sample { .. }));
+        assert!(matches!(
+            c.before_step(Some(1), false),
+            Action::Sample { .. }
+        ));
         think(&mut c, " in");
         assert!(matches!(c.before_step(Some(1), false), Action::Force(_)));
     }
@@ -238,7 +289,10 @@ mod tests {
     #[test]
     fn nothing_is_forced_when_not_reasoning() {
         let mut c = ThinkingController::new(&opts(5, 0, None), false);
-        assert_eq!(c.before_step(Some(0), true), Action::Sample { ban_end: false });
+        assert_eq!(
+            c.before_step(Some(0), true),
+            Action::Sample { ban_end: false }
+        );
         assert!(!c.forced());
     }
 }

@@ -39,7 +39,10 @@ impl Engine {
                 }
             })
             .ok();
-        Engine { tx: Some(tx), thread }
+        Engine {
+            tx: Some(tx),
+            thread,
+        }
     }
 
     /// Queues a request; events arrive on the returned receiver, ending with `Done` or `Error`.
@@ -52,7 +55,9 @@ impl Engine {
                 }
             }
             _ => {
-                let _ = etx.send(Event::Error("the engine thread could not be started".into()));
+                let _ = etx.send(Event::Error(
+                    "the engine thread could not be started".into(),
+                ));
             }
         }
         erx

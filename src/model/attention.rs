@@ -21,7 +21,12 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
-        let (hd, nh, nkv, hs) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size);
+        let (hd, nh, nkv, hs) = (
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.hidden_size,
+        );
         Ok(Attention {
             q_proj: w.get(&format!("{p}.q_proj.weight"), &[nh * hd, hs])?,
             k_proj: w.get(&format!("{p}.k_proj.weight"), &[nkv * hd, hs])?,
@@ -76,7 +81,8 @@ impl Attention {
         let mut attn = vec![0f32; n * nh * hd];
         for (h, o) in per_head.iter().enumerate() {
             for i in 0..n {
-                attn[(i * nh + h) * hd..(i * nh + h + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                attn[(i * nh + h) * hd..(i * nh + h + 1) * hd]
+                    .copy_from_slice(&o[i * hd..(i + 1) * hd]);
             }
         }
         matmul(&attn, n, self.o_proj.mat(), out);

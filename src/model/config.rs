@@ -83,16 +83,24 @@ impl NemotronHConfig {
 
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let value: Value = serde_json::from_str(&python_json_to_strict(&text))
-            .map_err(|e| ModelError::Config { file: path.to_path_buf(), msg: format!("not valid JSON: {e}") })?;
+        let value: Value = serde_json::from_str(&python_json_to_strict(&text)).map_err(|e| {
+            ModelError::Config {
+                file: path.to_path_buf(),
+                msg: format!("not valid JSON: {e}"),
+            }
+        })?;
         Self::from_json(&value, path)
     }
 
     pub fn from_json(value: &Value, path: &Path) -> Result<Self, ModelError> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| ModelError::Config { file: path.to_path_buf(), msg: "top level is not a JSON object".into() })?;
-        let r = Reader { obj, file: path.to_path_buf() };
+        let obj = value.as_object().ok_or_else(|| ModelError::Config {
+            file: path.to_path_buf(),
+            msg: "top level is not a JSON object".into(),
+        })?;
+        let r = Reader {
+            obj,
+            file: path.to_path_buf(),
+        };
 
         let arch = obj
             .get("architectures")
@@ -101,11 +109,14 @@ impl NemotronHConfig {
             .and_then(|a| a.as_str())
             .map(str::to_string);
         let model_type = obj.get("model_type").and_then(|v| v.as_str());
-        let is_nemotron_h = arch.as_deref() == Some("NemotronHForCausalLM") || model_type == Some("nemotron_h");
+        let is_nemotron_h =
+            arch.as_deref() == Some("NemotronHForCausalLM") || model_type == Some("nemotron_h");
         if !is_nemotron_h {
             return Err(ModelError::UnsupportedArchitecture {
                 file: path.to_path_buf(),
-                arch: arch.or(model_type.map(str::to_string)).unwrap_or_else(|| "(none given)".into()),
+                arch: arch
+                    .or(model_type.map(str::to_string))
+                    .unwrap_or_else(|| "(none given)".into()),
             });
         }
 
@@ -132,23 +143,35 @@ impl NemotronHConfig {
             use_bias: r.bool_or("use_bias", &["mamba_proj_bias"], false)?,
             time_step_min: r.f32_or("time_step_min", &["mamba_dt_min"], 0.001)?,
             num_attention_heads,
-            num_key_value_heads: r.opt_usize("num_key_value_heads", &[])?.unwrap_or(num_attention_heads),
+            num_key_value_heads: r
+                .opt_usize("num_key_value_heads", &[])?
+                .unwrap_or(num_attention_heads),
             head_dim,
             intermediate_size: r.usize("intermediate_size", &[])?,
             mlp_bias: r.bool_or("mlp_bias", &[], false)?,
             bos_token_id: r.opt_usize("bos_token_id", &[])?.map(|v| v as u32),
             eos_token_id: r.ids("eos_token_id")?,
-            torch_dtype: obj.get("torch_dtype").or(obj.get("dtype")).and_then(|v| v.as_str()).map(str::to_string),
+            torch_dtype: obj
+                .get("torch_dtype")
+                .or(obj.get("dtype"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             layers,
         };
         if let Some(act) = obj.get("mlp_hidden_act").and_then(|v| v.as_str()) {
             if act != "relu2" {
-                return Err(r.err("mlp_hidden_act", format!("`{act}` is not supported (only relu2)")));
+                return Err(r.err(
+                    "mlp_hidden_act",
+                    format!("`{act}` is not supported (only relu2)"),
+                ));
             }
         }
         if let Some(act) = obj.get("mamba_hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(r.err("mamba_hidden_act", format!("`{act}` is not supported (only silu)")));
+                return Err(r.err(
+                    "mamba_hidden_act",
+                    format!("`{act}` is not supported (only silu)"),
+                ));
             }
         }
         cfg.validate(&r)?;
@@ -166,12 +189,22 @@ impl NemotronHConfig {
             ));
         }
         if self.n_groups == 0 || self.mamba_num_heads % self.n_groups != 0 {
-            return Err(r.err("n_groups", format!("{} does not divide mamba_num_heads {}", self.n_groups, self.mamba_num_heads)));
+            return Err(r.err(
+                "n_groups",
+                format!(
+                    "{} does not divide mamba_num_heads {}",
+                    self.n_groups, self.mamba_num_heads
+                ),
+            ));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        {
             return Err(r.err(
                 "num_key_value_heads",
-                format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
             ));
         }
         for (name, v) in [
@@ -215,7 +248,9 @@ pub fn python_json_to_strict(text: &str) -> String {
         if c == '"' {
             in_str = true;
         } else {
-            let tok = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t));
+            let tok = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
             if let Some(t) = tok {
                 out.push_str("null");
                 rest = &rest[t.len()..];
@@ -235,45 +270,67 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn err(&self, field: &str, msg: String) -> ModelError {
-        ModelError::ConfigField { file: self.file.clone(), field: field.to_string(), msg }
+        ModelError::ConfigField {
+            file: self.file.clone(),
+            field: field.to_string(),
+            msg,
+        }
     }
 
     fn find(&self, key: &str, aliases: &[&str]) -> Option<&Value> {
-        std::iter::once(key).chain(aliases.iter().copied()).find_map(|k| self.obj.get(k)).filter(|v| !v.is_null())
+        std::iter::once(key)
+            .chain(aliases.iter().copied())
+            .find_map(|k| self.obj.get(k))
+            .filter(|v| !v.is_null())
     }
 
     fn opt_usize(&self, key: &str, aliases: &[&str]) -> Result<Option<usize>, ModelError> {
         match self.find(key, aliases) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(key, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
 
     fn usize(&self, key: &str, aliases: &[&str]) -> Result<usize, ModelError> {
-        self.opt_usize(key, aliases)?.ok_or_else(|| self.err(key, "missing".into()))
+        self.opt_usize(key, aliases)?
+            .ok_or_else(|| self.err(key, "missing".into()))
     }
 
     fn f32_or(&self, key: &str, aliases: &[&str], default: f32) -> Result<f32, ModelError> {
         match self.find(key, aliases) {
             None => Ok(default),
-            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
         }
     }
 
     fn bool_or(&self, key: &str, aliases: &[&str], default: bool) -> Result<bool, ModelError> {
         match self.find(key, aliases) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
         }
     }
 
     fn ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
         match self.find(key, &[]) {
             None => Ok(vec![]),
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).ok_or_else(|| self.err(key, format!("bad token id {n}"))),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(|x| vec![x as u32])
+                .ok_or_else(|| self.err(key, format!("bad token id {n}"))),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().map(|x| x as u32).ok_or_else(|| self.err(key, format!("bad token id {v}"))))
+                .map(|v| {
+                    v.as_u64()
+                        .map(|x| x as u32)
+                        .ok_or_else(|| self.err(key, format!("bad token id {v}")))
+                })
                 .collect(),
             Some(v) => Err(self.err(key, format!("expected an id or a list of ids, found {v}"))),
         }
@@ -281,7 +338,9 @@ impl Reader<'_> {
 
     fn layers(&self) -> Result<Vec<LayerKind>, ModelError> {
         let layers = if let Some(list) = self.find("layers_block_type", &["layer_types"]) {
-            let arr = list.as_array().ok_or_else(|| self.err("layers_block_type", "expected a list".into()))?;
+            let arr = list
+                .as_array()
+                .ok_or_else(|| self.err("layers_block_type", "expected a list".into()))?;
             arr.iter()
                 .enumerate()
                 .map(|(i, v)| match v.as_str() {
@@ -293,7 +352,9 @@ impl Reader<'_> {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else if let Some(p) = self.find("hybrid_override_pattern", &[]) {
-            let s = p.as_str().ok_or_else(|| self.err("hybrid_override_pattern", "expected a string".into()))?;
+            let s = p
+                .as_str()
+                .ok_or_else(|| self.err("hybrid_override_pattern", "expected a string".into()))?;
             s.chars()
                 .enumerate()
                 .map(|(i, c)| match c {
@@ -301,17 +362,26 @@ impl Reader<'_> {
                     '*' => Ok(LayerKind::Attention),
                     '-' => Ok(LayerKind::Mlp),
                     'E' => Ok(LayerKind::Moe),
-                    _ => Err(self.err("hybrid_override_pattern", format!("character {i} is `{c}`, not one of M * - E"))),
+                    _ => Err(self.err(
+                        "hybrid_override_pattern",
+                        format!("character {i} is `{c}`, not one of M * - E"),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
-            return Err(self.err("hybrid_override_pattern", "missing (and no `layers_block_type` list either)".into()));
+            return Err(self.err(
+                "hybrid_override_pattern",
+                "missing (and no `layers_block_type` list either)".into(),
+            ));
         };
         if let Some(n) = self.opt_usize("num_hidden_layers", &[])? {
             if n != layers.len() && self.find("layers_block_type", &["layer_types"]).is_none() {
                 return Err(self.err(
                     "num_hidden_layers",
-                    format!("is {n} but hybrid_override_pattern has {} layers", layers.len()),
+                    format!(
+                        "is {n} but hybrid_override_pattern has {} layers",
+                        layers.len()
+                    ),
                 ));
             }
         }
@@ -343,7 +413,15 @@ mod tests {
         o.remove("hybrid_override_pattern");
         o.remove("num_hidden_layers");
         o.remove("n_groups");
-        o.insert("layers_block_type".into(), json!(["linear_attention", "mlp", "linear_attention", "full_attention"]));
+        o.insert(
+            "layers_block_type".into(),
+            json!([
+                "linear_attention",
+                "mlp",
+                "linear_attention",
+                "full_attention"
+            ]),
+        );
         o.insert("mamba_n_groups".into(), json!(2));
         o.insert("n_routed_experts".into(), json!(8));
         let b = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap();
@@ -355,7 +433,9 @@ mod tests {
 
     #[test]
     fn python_infinity_is_accepted_outside_strings_only() {
-        let t = python_json_to_strict(r#"{"a": [0.0, Infinity, -Infinity, NaN], "s": "Infinity \" NaN"}"#);
+        let t = python_json_to_strict(
+            r#"{"a": [0.0, Infinity, -Infinity, NaN], "s": "Infinity \" NaN"}"#,
+        );
         let v: Value = serde_json::from_str(&t).unwrap();
         assert_eq!(v["a"], json!([0.0, null, null, null]));
         assert_eq!(v["s"], json!("Infinity \" NaN"));
@@ -365,20 +445,29 @@ mod tests {
     fn missing_field_is_named() {
         let mut v = published();
         v.as_object_mut().unwrap().remove("mamba_head_dim");
-        let e = NemotronHConfig::from_json(&v, Path::new("x/config.json")).unwrap_err().to_string();
-        assert!(e.contains("mamba_head_dim") && e.contains("x/config.json"), "{e}");
+        let e = NemotronHConfig::from_json(&v, Path::new("x/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mamba_head_dim") && e.contains("x/config.json"),
+            "{e}"
+        );
     }
 
     #[test]
     fn moe_layers_and_unknown_architectures_are_refused_clearly() {
         let mut v = published();
         v["hybrid_override_pattern"] = json!("MEM*");
-        let e = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap_err().to_string();
+        let e = NemotronHConfig::from_json(&v, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MoE"), "{e}");
         let mut v = published();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
         v["model_type"] = json!("gpt2");
-        let e = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap_err().to_string();
+        let e = NemotronHConfig::from_json(&v, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("GPT2LMHeadModel"), "{e}");
     }
 }

@@ -54,11 +54,18 @@ fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError>
         return Ok(GenerationDefaults::default());
     }
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config { file: path.to_path_buf(), msg: format!("not valid JSON: {e}") })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: path.to_path_buf(),
+        msg: format!("not valid JSON: {e}"),
+    })?;
     let ids = match v.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => vec![],
     };
     let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
@@ -68,7 +75,10 @@ fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError>
         top_p: f("top_p"),
         top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
         repetition_penalty: f("repetition_penalty"),
-        max_new_tokens: v.get("max_new_tokens").and_then(|x| x.as_u64()).map(|x| x as usize),
+        max_new_tokens: v
+            .get("max_new_tokens")
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize),
     })
 }
 
@@ -85,16 +95,29 @@ impl ModelFolder {
         let model = NemotronH::load(config, &weights)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
-            return Err(ModelError::Tokenizer { file: tok_path, msg: "missing".into() });
+            return Err(ModelError::Tokenizer {
+                file: tok_path,
+                msg: "missing".into(),
+            });
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| ModelError::Tokenizer { file: tok_path.clone(), msg: format!("cannot be read: {e}") })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer {
+                file: tok_path.clone(),
+                msg: format!("cannot be read: {e}"),
+            })?;
         // Name the file the template came from in any error.
-        let template_file =
-            if dir.join("chat_template.jinja").exists() { dir.join("chat_template.jinja") } else { dir.join("tokenizer_config.json") };
-        let template_err = |e: template::TemplateError| ModelError::Template(format!("{}: {e}", template_file.display()));
+        let template_file = if dir.join("chat_template.jinja").exists() {
+            dir.join("chat_template.jinja")
+        } else {
+            dir.join("tokenizer_config.json")
+        };
+        let template_err = |e: template::TemplateError| {
+            ModelError::Template(format!("{}: {e}", template_file.display()))
+        };
         let template = match template::load_from_dir(dir).map_err(template_err)? {
-            Some((src, bos, eos)) => Some(Arc::new(ChatTemplate::new(&src, bos, eos).map_err(template_err)?)),
+            Some((src, bos, eos)) => Some(Arc::new(
+                ChatTemplate::new(&src, bos, eos).map_err(template_err)?,
+            )),
             None => None,
         };
         let generation = read_generation_config(&dir.join("generation_config.json"))?;

@@ -48,7 +48,12 @@ pub struct Mamba2 {
 
 impl Mamba2 {
     pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
-        let (h, di, cd, k) = (cfg.mamba_num_heads, cfg.d_inner(), cfg.conv_dim(), cfg.conv_kernel);
+        let (h, di, cd, k) = (
+            cfg.mamba_num_heads,
+            cfg.d_inner(),
+            cfg.conv_dim(),
+            cfg.conv_kernel,
+        );
         let a_log = w.get_squeezed(&format!("{p}.A_log"), &[h])?.to_f32();
         let bias = |name: &str, n: usize, on: bool| -> Result<Option<Vec<f32>>, ModelError> {
             let full = format!("{p}.{name}");
@@ -59,10 +64,19 @@ impl Mamba2 {
             }
         };
         Ok(Mamba2 {
-            in_proj: w.get(&format!("{p}.in_proj.weight"), &[cfg.in_proj_dim(), cfg.hidden_size])?,
+            in_proj: w.get(
+                &format!("{p}.in_proj.weight"),
+                &[cfg.in_proj_dim(), cfg.hidden_size],
+            )?,
             in_proj_bias: bias("in_proj.bias", cfg.in_proj_dim(), cfg.use_bias)?,
-            conv_w: w.get_squeezed(&format!("{p}.conv1d.weight"), &[cd, 1, k])?.to_f32(),
-            conv_b: if cfg.use_conv_bias { w.get(&format!("{p}.conv1d.bias"), &[cd])?.to_f32() } else { vec![0.0; cd] },
+            conv_w: w
+                .get_squeezed(&format!("{p}.conv1d.weight"), &[cd, 1, k])?
+                .to_f32(),
+            conv_b: if cfg.use_conv_bias {
+                w.get(&format!("{p}.conv1d.bias"), &[cd])?.to_f32()
+            } else {
+                vec![0.0; cd]
+            },
             dt_bias: w.get_squeezed(&format!("{p}.dt_bias"), &[h])?.to_f32(),
             a: a_log.iter().map(|x| -x.exp()).collect(),
             d: w.get_squeezed(&format!("{p}.D"), &[h])?.to_f32(),
@@ -83,12 +97,19 @@ impl Mamba2 {
     }
 
     /// Projection, conv and activations shared by both forms. Returns (z, xBC after conv, dt after softplus).
-    fn project(&self, x: &[f32], n: usize, state: &mut MambaState) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn project(
+        &self,
+        x: &[f32],
+        n: usize,
+        state: &mut MambaState,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let pd = self.in_proj.shape[0];
         let mut zxbcdt = vec![0f32; n * pd];
         matmul(x, n, self.in_proj.mat(), &mut zxbcdt);
         if let Some(b) = &self.in_proj_bias {
-            zxbcdt.chunks_exact_mut(pd).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            zxbcdt
+                .chunks_exact_mut(pd)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
         }
         let (di, cd, h, k) = (self.d_inner, self.conv_dim, self.heads, self.kernel);
         let mut z = vec![0f32; n * di];
@@ -116,7 +137,8 @@ impl Mamba2 {
             for c in 0..cd {
                 let mut acc = self.conv_b[c];
                 for j in 0..k {
-                    acc += self.conv_w[c * k + j] * input(t as isize - past as isize + j as isize, c);
+                    acc +=
+                        self.conv_w[c * k + j] * input(t as isize - past as isize + j as isize, c);
                 }
                 xbc[t * cd + c] = ops::silu(acc);
             }
@@ -134,11 +156,18 @@ impl Mamba2 {
     }
 
     fn finish(&self, mut y: Vec<f32>, z: &[f32], n: usize, out: &mut [f32]) {
-        ops::gated_rms_norm(&mut y, z, &self.norm_w, self.d_inner / self.n_groups, self.eps);
+        ops::gated_rms_norm(
+            &mut y,
+            z,
+            &self.norm_w,
+            self.d_inner / self.n_groups,
+            self.eps,
+        );
         matmul(&y, n, self.out_proj.mat(), out);
         if let Some(b) = &self.out_proj_bias {
             let hdim = b.len();
-            out.chunks_exact_mut(hdim).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            out.chunks_exact_mut(hdim)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
         }
     }
 
@@ -148,7 +177,13 @@ impl Mamba2 {
         for v in dt.iter_mut() {
             *v = v.max(self.dt_min);
         }
-        let (h, p, ns, cd, di) = (self.heads, self.head_dim, self.d_state, self.conv_dim, self.d_inner);
+        let (h, p, ns, cd, di) = (
+            self.heads,
+            self.head_dim,
+            self.d_state,
+            self.conv_dim,
+            self.d_inner,
+        );
         let heads_per_group = h / self.n_groups;
         let cs = self.chunk_size;
         let bc = |t: usize, g: usize, which: usize| -> &[f32] {
@@ -156,66 +191,67 @@ impl Mamba2 {
             &xbc[off..off + ns]
         };
         let per_head: Vec<Vec<f32>> = state.par_heads_map(|hh, st| {
-                let g = hh / heads_per_group;
-                let a = self.a[hh];
-                let mut y = vec![0f32; n * p];
-                let xh = |t: usize| &xbc[t * cd + hh * p..t * cd + (hh + 1) * p];
-                let mut c0 = 0;
-                while c0 < n {
-                    let l = cs.min(n - c0);
-                    // a_l = A·dt_l and its running sum within the chunk.
-                    let da: Vec<f32> = (0..l).map(|i| a * dt[(c0 + i) * h + hh]).collect();
-                    let mut cum = vec![0f32; l];
-                    let mut s = 0.0;
-                    for i in 0..l {
-                        s += da[i];
-                        cum[i] = s;
-                    }
-                    // Diagonal block: y_l += Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s
-                    for li in 0..l {
-                        let cl = bc(c0 + li, g, 1);
-                        let yl = &mut y[(c0 + li) * p..(c0 + li + 1) * p];
-                        let mut seg = 0f32; // Σ_{i=s+1..l} a_i, built from s = l downwards
-                        for si in (0..=li).rev() {
-                            if si < li {
-                                seg += da[si + 1];
-                            }
-                            let w = simd::dot(cl, bc(c0 + si, g, 0)) * seg.exp() * dt[(c0 + si) * h + hh];
-                            simd::axpy(yl, w, xh(c0 + si));
-                        }
-                        // Off-diagonal: exp(cum_l) · (state_prev · C_l)
-                        let decay = cum[li].exp();
-                        for pi in 0..p {
-                            yl[pi] += decay * simd::dot(&st[pi * ns..(pi + 1) * ns], cl);
-                        }
-                    }
-                    // State passing: h ← exp(cum_last) h + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s
-                    let total = cum[l - 1];
-                    let e = total.exp();
-                    st.iter_mut().for_each(|v| *v *= e);
-                    let mut seg = 0f32; // Σ_{i=s+1..last} a_i
-                    for si in (0..l).rev() {
-                        if si + 1 < l {
+            let g = hh / heads_per_group;
+            let a = self.a[hh];
+            let mut y = vec![0f32; n * p];
+            let xh = |t: usize| &xbc[t * cd + hh * p..t * cd + (hh + 1) * p];
+            let mut c0 = 0;
+            while c0 < n {
+                let l = cs.min(n - c0);
+                // a_l = A·dt_l and its running sum within the chunk.
+                let da: Vec<f32> = (0..l).map(|i| a * dt[(c0 + i) * h + hh]).collect();
+                let mut cum = vec![0f32; l];
+                let mut s = 0.0;
+                for i in 0..l {
+                    s += da[i];
+                    cum[i] = s;
+                }
+                // Diagonal block: y_l += Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s
+                for li in 0..l {
+                    let cl = bc(c0 + li, g, 1);
+                    let yl = &mut y[(c0 + li) * p..(c0 + li + 1) * p];
+                    let mut seg = 0f32; // Σ_{i=s+1..l} a_i, built from s = l downwards
+                    for si in (0..=li).rev() {
+                        if si < li {
                             seg += da[si + 1];
                         }
-                        let w = seg.exp() * dt[(c0 + si) * h + hh];
-                        let bs = bc(c0 + si, g, 0);
-                        let xs = xh(c0 + si);
-                        for pi in 0..p {
-                            simd::axpy(&mut st[pi * ns..(pi + 1) * ns], w * xs[pi], bs);
-                        }
+                        let w =
+                            simd::dot(cl, bc(c0 + si, g, 0)) * seg.exp() * dt[(c0 + si) * h + hh];
+                        simd::axpy(yl, w, xh(c0 + si));
                     }
-                    c0 += l;
-                }
-                // D skip
-                for t in 0..n {
-                    let xs = xh(t);
+                    // Off-diagonal: exp(cum_l) · (state_prev · C_l)
+                    let decay = cum[li].exp();
                     for pi in 0..p {
-                        y[t * p + pi] += self.d[hh] * xs[pi];
+                        yl[pi] += decay * simd::dot(&st[pi * ns..(pi + 1) * ns], cl);
                     }
                 }
-                y
-            });
+                // State passing: h ← exp(cum_last) h + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s
+                let total = cum[l - 1];
+                let e = total.exp();
+                st.iter_mut().for_each(|v| *v *= e);
+                let mut seg = 0f32; // Σ_{i=s+1..last} a_i
+                for si in (0..l).rev() {
+                    if si + 1 < l {
+                        seg += da[si + 1];
+                    }
+                    let w = seg.exp() * dt[(c0 + si) * h + hh];
+                    let bs = bc(c0 + si, g, 0);
+                    let xs = xh(c0 + si);
+                    for pi in 0..p {
+                        simd::axpy(&mut st[pi * ns..(pi + 1) * ns], w * xs[pi], bs);
+                    }
+                }
+                c0 += l;
+            }
+            // D skip
+            for t in 0..n {
+                let xs = xh(t);
+                for pi in 0..p {
+                    y[t * p + pi] += self.d[hh] * xs[pi];
+                }
+            }
+            y
+        });
         let mut y = vec![0f32; n * di];
         for (hh, yh) in per_head.iter().enumerate() {
             for t in 0..n {

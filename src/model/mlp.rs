@@ -36,13 +36,15 @@ impl Mlp {
         let mut h = vec![0f32; n * is];
         matmul(x, n, self.up_proj.mat(), &mut h);
         if let Some(b) = &self.up_bias {
-            h.chunks_exact_mut(is).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            h.chunks_exact_mut(is)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
         }
         ops::relu2_inplace(&mut h);
         matmul(&h, n, self.down_proj.mat(), out);
         if let Some(b) = &self.down_bias {
             let hs = b.len();
-            out.chunks_exact_mut(hs).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            out.chunks_exact_mut(hs)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
         }
     }
 }

@@ -19,11 +19,18 @@ pub use nemotron_h::{Logits, NemotronH};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {msg}", file.display())]
     Config { file: PathBuf, msg: String },
     #[error("{}: field `{field}` {msg}", file.display())]
-    ConfigField { file: PathBuf, field: String, msg: String },
+    ConfigField {
+        file: PathBuf,
+        field: String,
+        msg: String,
+    },
     #[error("{}: architecture `{arch}` is not supported (nemo runs NemotronHForCausalLM)", file.display())]
     UnsupportedArchitecture { file: PathBuf, arch: String },
     #[error("{}: {msg}", file.display())]
@@ -31,7 +38,12 @@ pub enum ModelError {
     #[error("{files}: tensor `{name}` is missing")]
     MissingTensor { name: String, files: String },
     #[error("{file}: tensor `{name}` has shape {got:?}, but config.json implies {want:?}")]
-    TensorShape { file: String, name: String, want: Vec<usize>, got: Vec<usize> },
+    TensorShape {
+        file: String,
+        name: String,
+        want: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("{}: {msg}", file.display())]
     Tokenizer { file: PathBuf, msg: String },
     /// A chat template that cannot be read or compiled (the message names the file).
@@ -45,6 +57,9 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.to_path_buf(), source }
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

@@ -73,20 +73,33 @@ impl NemotronH {
                 LayerKind::Attention => Mixer::Attention(Attention::load(&config, w, &mp)?),
                 LayerKind::Mlp => Mixer::Mlp(Mlp::load(&config, w, &mp)?),
                 LayerKind::Moe => {
-                    return Err(ModelError::Unsupported(format!("layer {i} is MoE, which is not supported yet")))
+                    return Err(ModelError::Unsupported(format!(
+                        "layer {i} is MoE, which is not supported yet"
+                    )))
                 }
             };
             layers.push(Block { norm, mixer });
         }
-        let norm_name =
-            if w.contains(&format!("{pre}.norm_f.weight")) { format!("{pre}.norm_f.weight") } else { format!("{pre}.norm.weight") };
+        let norm_name = if w.contains(&format!("{pre}.norm_f.weight")) {
+            format!("{pre}.norm_f.weight")
+        } else {
+            format!("{pre}.norm.weight")
+        };
         let norm_f = w.get(&norm_name, &[hs])?.to_f32();
         let lm_head = if w.contains("lm_head.weight") || !config.tie_word_embeddings {
             w.get("lm_head.weight", &[vocab, hs])?
         } else {
             embeddings.clone()
         };
-        Ok(NemotronH { weight_dtype: w.main_dtype(), weight_bytes: w.total_bytes(), config, embeddings, layers, norm_f, lm_head })
+        Ok(NemotronH {
+            weight_dtype: w.main_dtype(),
+            weight_bytes: w.total_bytes(),
+            config,
+            embeddings,
+            layers,
+            norm_f,
+            lm_head,
+        })
     }
 
     pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
@@ -103,17 +116,30 @@ impl NemotronH {
                     c.ssm_state_size,
                     cache.ssm_dtype,
                 )),
-                LayerKind::Attention => LayerState::Attention(KvCache::new(cache.kv_dtype, c.num_key_value_heads, c.head_dim)),
+                LayerKind::Attention => LayerState::Attention(KvCache::new(
+                    cache.kv_dtype,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                )),
                 _ => LayerState::Stateless,
             })
             .collect();
-        SequenceState { layers, len: 0, cache }
+        SequenceState {
+            layers,
+            len: 0,
+            cache,
+        }
     }
 
     /// Feeds `tokens` after the state's current position. One token uses the recurrent
     /// (decode) form of the Mamba layers; more use the chunked (prompt) form.
     /// Returns logits `[positions, vocab]` as `want` asks.
-    pub fn forward(&self, tokens: &[u32], state: &mut SequenceState, want: Logits) -> Result<Vec<f32>, ModelError> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        want: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
         let n = tokens.len();
         let c = &self.config;
         let hs = c.hidden_size;
@@ -123,9 +149,13 @@ impl NemotronH {
         let mut x = vec![0f32; n * hs];
         for (t, &id) in tokens.iter().enumerate() {
             if id as usize >= c.vocab_size {
-                return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
             }
-            self.embeddings.row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
+            self.embeddings
+                .row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
         }
         let mut normed = vec![0f32; n * hs];
         let mut mixed = vec![0f32; n * hs];
@@ -139,9 +169,15 @@ impl NemotronH {
                         m.forward_chunked(&normed, n, s, &mut mixed)
                     }
                 }
-                (Mixer::Attention(a), LayerState::Attention(kv)) => a.forward(&normed, n, kv, &mut mixed),
+                (Mixer::Attention(a), LayerState::Attention(kv)) => {
+                    a.forward(&normed, n, kv, &mut mixed)
+                }
                 (Mixer::Mlp(m), _) => m.forward(&normed, n, &mut mixed),
-                _ => return Err(ModelError::Unsupported("sequence state does not match the model's layers".into())),
+                _ => {
+                    return Err(ModelError::Unsupported(
+                        "sequence state does not match the model's layers".into(),
+                    ))
+                }
             }
             for (xv, mv) in x.iter_mut().zip(&mixed) {
                 *xv += mv;
@@ -163,6 +199,7 @@ impl NemotronH {
 
     /// Bytes read per decoded token (weights touched by one step), for bandwidth reports.
     pub fn bytes_per_token(&self) -> usize {
-        self.weight_bytes - self.embeddings.data().len() + self.embeddings.data().len() / self.config.vocab_size
+        self.weight_bytes - self.embeddings.data().len()
+            + self.embeddings.data().len() / self.config.vocab_size
     }
 }

@@ -52,33 +52,42 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
 fn random_bytes(dtype: DType, n: usize, scale: f32, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; n * dtype.size()];
     let chunk = 1 << 16;
-    out.par_chunks_mut(chunk * dtype.size()).enumerate().for_each(|(ci, bytes)| {
-        let mut s = seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-        let vals: Vec<f32> = (0..bytes.len() / dtype.size())
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                // Uniform in [-scale, scale], never exactly zero.
-                let u = ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * scale
-            })
-            .collect();
-        narrow_into(dtype, &vals, bytes);
-    });
+    out.par_chunks_mut(chunk * dtype.size())
+        .enumerate()
+        .for_each(|(ci, bytes)| {
+            let mut s =
+                seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+            let vals: Vec<f32> = (0..bytes.len() / dtype.size())
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    // Uniform in [-scale, scale], never exactly zero.
+                    let u = ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+                    (2.0 * u - 1.0) * scale
+                })
+                .collect();
+            narrow_into(dtype, &vals, bytes);
+        });
     out
 }
 
 /// The layer pattern of a named shape (`hybrid_override_pattern`), one symbol per layer.
 pub fn shape_pattern(name: &str) -> Option<String> {
-    shape_config(name)?["hybrid_override_pattern"].as_str().map(str::to_string)
+    shape_config(name)?["hybrid_override_pattern"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Builds a model of the named shape with the first `layers` layers of its pattern (all if
 /// None; a count past the end repeats the pattern).
 pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<NemotronH, ModelError> {
-    let pattern = shape_pattern(name)
-        .ok_or_else(|| ModelError::Unsupported(format!("unknown shape `{name}` (known: {})", SHAPES.join(", "))))?;
+    let pattern = shape_pattern(name).ok_or_else(|| {
+        ModelError::Unsupported(format!(
+            "unknown shape `{name}` (known: {})",
+            SHAPES.join(", ")
+        ))
+    })?;
     let cut: String = match layers {
         Some(n) => pattern.chars().cycle().take(n.max(1)).collect(),
         None => pattern,
@@ -88,9 +97,17 @@ pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<Nemotron
 
 /// Builds a model with the named shape's dimensions and the given layer pattern
 /// (`M` Mamba2, `-` MLP, `*` attention), e.g. to time one kind of layer alone.
-pub fn build_with_pattern(name: &str, dtype: DType, pattern: &str) -> Result<NemotronH, ModelError> {
-    let mut v = shape_config(name)
-        .ok_or_else(|| ModelError::Unsupported(format!("unknown shape `{name}` (known: {})", SHAPES.join(", "))))?;
+pub fn build_with_pattern(
+    name: &str,
+    dtype: DType,
+    pattern: &str,
+) -> Result<NemotronH, ModelError> {
+    let mut v = shape_config(name).ok_or_else(|| {
+        ModelError::Unsupported(format!(
+            "unknown shape `{name}` (known: {})",
+            SHAPES.join(", ")
+        ))
+    })?;
     v["hybrid_override_pattern"] = json!(pattern);
     let cfg = NemotronHConfig::from_json(&v, std::path::Path::new(name))?;
     let mut tensors = Vec::new();
@@ -98,7 +115,12 @@ pub fn build_with_pattern(name: &str, dtype: DType, pattern: &str) -> Result<Nem
     let mut add = |name: String, shape: Vec<usize>, scale: f32| {
         seed += 1;
         let n = shape.iter().product();
-        tensors.push(Tensor::from_owned(&name, dtype, shape, random_bytes(dtype, n, scale, seed)));
+        tensors.push(Tensor::from_owned(
+            &name,
+            dtype,
+            shape,
+            random_bytes(dtype, n, scale, seed),
+        ));
     };
     let (hs, vocab) = (cfg.hidden_size, cfg.vocab_size);
     let inv = |k: usize| (3.0 / k as f32).sqrt();
@@ -110,8 +132,16 @@ pub fn build_with_pattern(name: &str, dtype: DType, pattern: &str) -> Result<Nem
         match kind {
             LayerKind::Mamba2 => {
                 let (h, di, cd) = (cfg.mamba_num_heads, cfg.d_inner(), cfg.conv_dim());
-                add(format!("{m}.in_proj.weight"), vec![cfg.in_proj_dim(), hs], inv(hs));
-                add(format!("{m}.conv1d.weight"), vec![cd, 1, cfg.conv_kernel], 0.5);
+                add(
+                    format!("{m}.in_proj.weight"),
+                    vec![cfg.in_proj_dim(), hs],
+                    inv(hs),
+                );
+                add(
+                    format!("{m}.conv1d.weight"),
+                    vec![cd, 1, cfg.conv_kernel],
+                    0.5,
+                );
                 add(format!("{m}.conv1d.bias"), vec![cd], 0.1);
                 add(format!("{m}.dt_bias"), vec![h], 1.0);
                 add(format!("{m}.A_log"), vec![h], 1.0);
@@ -120,17 +150,37 @@ pub fn build_with_pattern(name: &str, dtype: DType, pattern: &str) -> Result<Nem
                 add(format!("{m}.out_proj.weight"), vec![hs, di], inv(di) / 4.0);
             }
             LayerKind::Attention => {
-                let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+                let (nh, nkv, hd) = (
+                    cfg.num_attention_heads,
+                    cfg.num_key_value_heads,
+                    cfg.head_dim,
+                );
                 add(format!("{m}.q_proj.weight"), vec![nh * hd, hs], inv(hs));
                 add(format!("{m}.k_proj.weight"), vec![nkv * hd, hs], inv(hs));
                 add(format!("{m}.v_proj.weight"), vec![nkv * hd, hs], inv(hs));
-                add(format!("{m}.o_proj.weight"), vec![hs, nh * hd], inv(nh * hd) / 4.0);
+                add(
+                    format!("{m}.o_proj.weight"),
+                    vec![hs, nh * hd],
+                    inv(nh * hd) / 4.0,
+                );
             }
             LayerKind::Mlp => {
-                add(format!("{m}.up_proj.weight"), vec![cfg.intermediate_size, hs], inv(hs));
-                add(format!("{m}.down_proj.weight"), vec![hs, cfg.intermediate_size], inv(cfg.intermediate_size) / 4.0);
+                add(
+                    format!("{m}.up_proj.weight"),
+                    vec![cfg.intermediate_size, hs],
+                    inv(hs),
+                );
+                add(
+                    format!("{m}.down_proj.weight"),
+                    vec![hs, cfg.intermediate_size],
+                    inv(cfg.intermediate_size) / 4.0,
+                );
             }
-            LayerKind::Moe => return Err(ModelError::Unsupported("MoE shapes are not supported yet".into())),
+            LayerKind::Moe => {
+                return Err(ModelError::Unsupported(
+                    "MoE shapes are not supported yet".into(),
+                ))
+            }
         }
     }
     add("backbone.norm_f.weight".into(), vec![hs], 1.0);

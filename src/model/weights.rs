@@ -16,7 +16,11 @@ use crate::backend::DType;
 
 #[derive(Clone)]
 enum Bytes {
-    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -39,7 +43,13 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     pub fn from_owned(name: &str, dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>() * dtype.size());
-        Tensor { name: name.to_string(), file: None, dtype, shape, bytes: Bytes::Owned(Arc::new(data)) }
+        Tensor {
+            name: name.to_string(),
+            file: None,
+            dtype,
+            shape,
+            bytes: Bytes::Owned(Arc::new(data)),
+        }
     }
 
     pub fn data(&self) -> &[u8] {
@@ -56,7 +66,12 @@ impl Tensor {
     /// As a `[rows, cols]` matrix: the first dimension is rows, the rest are flattened.
     pub fn mat(&self) -> MatRef<'_> {
         let rows = self.shape.first().copied().unwrap_or(1);
-        MatRef { dtype: self.dtype, data: self.data(), rows, cols: self.numel() / rows.max(1) }
+        MatRef {
+            dtype: self.dtype,
+            data: self.data(),
+            rows,
+            cols: self.numel() / rows.max(1),
+        }
     }
 
     /// Widened copy, for the small per-channel tensors (norms, biases, A_log, D, conv).
@@ -93,7 +108,11 @@ fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
 
 fn shape_error(t: &Tensor, want: &[usize]) -> ModelError {
     ModelError::TensorShape {
-        file: t.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "synthetic weights".into()),
+        file: t
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "synthetic weights".into()),
         name: t.name.clone(),
         want: want.to_vec(),
         got: t.shape.clone(),
@@ -102,7 +121,10 @@ fn shape_error(t: &Tensor, want: &[usize]) -> ModelError {
 
 impl WeightStore {
     pub fn from_tensors(tensors: Vec<Tensor>) -> Self {
-        WeightStore { tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(), files: vec![] }
+        WeightStore {
+            tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            files: vec![],
+        }
     }
 
     /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`,
@@ -112,13 +134,22 @@ impl WeightStore {
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Weights { file: index.clone(), msg: format!("not valid JSON: {e}") })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Weights {
-                file: index.clone(),
-                msg: "no `weight_map` object".into(),
-            })?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+                    file: index.clone(),
+                    msg: format!("not valid JSON: {e}"),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Weights {
+                    file: index.clone(),
+                    msg: "no `weight_map` object".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
             names.sort();
             names.dedup();
             names.iter().map(|n| dir.join(n)).collect()
@@ -132,7 +163,10 @@ impl WeightStore {
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(ModelError::Weights { file: dir.to_path_buf(), msg: "no *.safetensors file in this folder".into() });
+                return Err(ModelError::Weights {
+                    file: dir.to_path_buf(),
+                    msg: "no *.safetensors file in this folder".into(),
+                });
             }
             found
         };
@@ -149,29 +183,52 @@ impl WeightStore {
         // the same contract every mmap-based model loader has.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
         let map = Arc::new(map);
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
-            let msg = match e {
-                safetensors::SafeTensorError::MetadataIncompleteBuffer => {
-                    format!("file is truncated ({} bytes, fewer than its header describes)", map.len())
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
+                let msg = match e {
+                    safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                        format!(
+                            "file is truncated ({} bytes, fewer than its header describes)",
+                            map.len()
+                        )
+                    }
+                    e => format!("not a valid safetensors file: {e}"),
+                };
+                ModelError::Weights {
+                    file: path.to_path_buf(),
+                    msg,
                 }
-                e => format!("not a valid safetensors file: {e}"),
-            };
-            ModelError::Weights { file: path.to_path_buf(), msg }
-        })?;
+            })?;
         let base = 8 + header_len;
         let file = Arc::new(path.to_path_buf());
         for (name, info) in meta.tensors() {
             let dtype = map_dtype(info.dtype).ok_or_else(|| ModelError::Weights {
                 file: path.to_path_buf(),
-                msg: format!("tensor `{name}` has dtype {:?}, which nemo does not read", info.dtype),
+                msg: format!(
+                    "tensor `{name}` has dtype {:?}, which nemo does not read",
+                    info.dtype
+                ),
             })?;
             let (s, e) = info.data_offsets;
             if base + e > map.len() {
-                return Err(ModelError::Weights { file: path.to_path_buf(), msg: format!("file is truncated (tensor `{name}` ends past the end)") });
+                return Err(ModelError::Weights {
+                    file: path.to_path_buf(),
+                    msg: format!("file is truncated (tensor `{name}` ends past the end)"),
+                });
             }
             out.insert(
                 name.clone(),
-                Tensor { name: name.clone(), file: Some(file.clone()), dtype, shape: info.shape.clone(), bytes: Bytes::Mapped { map: map.clone(), start: base + s, len: e - s } },
+                Tensor {
+                    name: name.clone(),
+                    file: Some(file.clone()),
+                    dtype,
+                    shape: info.shape.clone(),
+                    bytes: Bytes::Mapped {
+                        map: map.clone(),
+                        start: base + s,
+                        len: e - s,
+                    },
+                },
             );
         }
         Ok(())
@@ -179,7 +236,14 @@ impl WeightStore {
 
     fn missing(&self, name: &str) -> ModelError {
         let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
-        ModelError::MissingTensor { name: name.to_string(), files: if files.is_empty() { "synthetic weights".into() } else { files.join(", ") } }
+        ModelError::MissingTensor {
+            name: name.to_string(),
+            files: if files.is_empty() {
+                "synthetic weights".into()
+            } else {
+                files.join(", ")
+            },
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -219,7 +283,11 @@ impl WeightStore {
         for t in self.tensors.values() {
             *counts.entry(t.dtype).or_default() += t.numel();
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or(DType::F32)
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d)
+            .unwrap_or(DType::F32)
     }
 
     pub fn total_bytes(&self) -> usize {

@@ -21,7 +21,16 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(dtype: DType, kv_heads: usize, head_dim: usize) -> Self {
-        KvCache { dtype, kv_heads, head_dim, len: 0, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![] }
+        KvCache {
+            dtype,
+            kv_heads,
+            head_dim,
+            len: 0,
+            k: vec![],
+            v: vec![],
+            k_scale: vec![],
+            v_scale: vec![],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -53,14 +62,21 @@ impl KvCache {
         let n = k.len() / (self.kv_heads * hd);
         let is_fp8 = matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2);
         let sz = self.dtype.size();
-        for (src, dst, scales) in [(k, &mut self.k, &mut self.k_scale), (v, &mut self.v, &mut self.v_scale)] {
+        for (src, dst, scales) in [
+            (k, &mut self.k, &mut self.k_scale),
+            (v, &mut self.v, &mut self.v_scale),
+        ] {
             let start = dst.len();
             dst.resize(start + src.len() * sz, 0);
             for (i, vec) in src.chunks_exact(hd).enumerate() {
                 let out = &mut dst[start + i * hd * sz..start + (i + 1) * hd * sz];
                 if is_fp8 {
                     let amax = vec.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let scale = if amax > 0.0 { amax / fp8::max_finite(self.dtype) } else { 1.0 };
+                    let scale = if amax > 0.0 {
+                        amax / fp8::max_finite(self.dtype)
+                    } else {
+                        1.0
+                    };
                     let scaled: Vec<f32> = vec.iter().map(|x| x / scale).collect();
                     narrow_into(self.dtype, &scaled, out);
                     scales.push(scale);
@@ -80,12 +96,20 @@ impl KvCache {
         for t in 0..len {
             let idx = t * self.kv_heads + head;
             let range = idx * hd * sz..(idx + 1) * hd * sz;
-            widen_into(self.dtype, &self.k[range.clone()], &mut k_out[t * hd..(t + 1) * hd]);
+            widen_into(
+                self.dtype,
+                &self.k[range.clone()],
+                &mut k_out[t * hd..(t + 1) * hd],
+            );
             widen_into(self.dtype, &self.v[range], &mut v_out[t * hd..(t + 1) * hd]);
             if is_fp8 {
                 let (ks, vs) = (self.k_scale[idx], self.v_scale[idx]);
-                k_out[t * hd..(t + 1) * hd].iter_mut().for_each(|x| *x *= ks);
-                v_out[t * hd..(t + 1) * hd].iter_mut().for_each(|x| *x *= vs);
+                k_out[t * hd..(t + 1) * hd]
+                    .iter_mut()
+                    .for_each(|x| *x *= ks);
+                v_out[t * hd..(t + 1) * hd]
+                    .iter_mut()
+                    .for_each(|x| *x *= vs);
             }
         }
     }
@@ -114,8 +138,14 @@ mod tests {
             for t in 0..3 {
                 for d in 0..4 {
                     let want = k[t * 8 + 4 + d];
-                    let amax = k[t * 8 + 4..t * 8 + 8].iter().fold(0f32, |m, x| m.max(x.abs()));
-                    assert!((ko[t * 4 + d] - want).abs() <= rel * amax + 1e-6, "{dt}: {} vs {want}", ko[t * 4 + d]);
+                    let amax = k[t * 8 + 4..t * 8 + 8]
+                        .iter()
+                        .fold(0f32, |m, x| m.max(x.abs()));
+                    assert!(
+                        (ko[t * 4 + d] - want).abs() <= rel * amax + 1e-6,
+                        "{dt}: {} vs {want}",
+                        ko[t * 4 + d]
+                    );
                 }
             }
             c.truncate(1);

@@ -24,7 +24,10 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { ssm_dtype: DType::F32, kv_dtype: DType::F32 }
+        CacheConfig {
+            ssm_dtype: DType::F32,
+            kv_dtype: DType::F32,
+        }
     }
 }
 

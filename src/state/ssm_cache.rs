@@ -24,14 +24,25 @@ pub struct MambaState {
 }
 
 impl MambaState {
-    pub fn new(conv_dim: usize, conv_kernel: usize, heads: usize, head_dim: usize, d_state: usize, dtype: DType) -> Self {
+    pub fn new(
+        conv_dim: usize,
+        conv_kernel: usize,
+        heads: usize,
+        head_dim: usize,
+        d_state: usize,
+        dtype: DType,
+    ) -> Self {
         let n = heads * head_dim * d_state;
         let ssm = match dtype {
             DType::F16 => SsmStore::F16(vec![f16::ZERO; n]),
             DType::BF16 => SsmStore::BF16(vec![bf16::ZERO; n]),
             _ => SsmStore::F32(vec![0.0; n]),
         };
-        MambaState { conv_state: vec![0.0; conv_dim * (conv_kernel - 1)], ssm, head_size: head_dim * d_state }
+        MambaState {
+            conv_state: vec![0.0; conv_dim * (conv_kernel - 1)],
+            ssm,
+            head_size: head_dim * d_state,
+        }
     }
 
     pub fn reset(&mut self) {
@@ -61,7 +72,11 @@ impl MambaState {
     {
         let hs = self.head_size;
         match &mut self.ssm {
-            SsmStore::F32(v) => v.par_chunks_mut(hs).enumerate().map(|(h, s)| f(h, s)).collect(),
+            SsmStore::F32(v) => v
+                .par_chunks_mut(hs)
+                .enumerate()
+                .map(|(h, s)| f(h, s))
+                .collect(),
             SsmStore::F16(v) => v
                 .par_chunks_mut(hs)
                 .enumerate()

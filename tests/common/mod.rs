@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub const MODELS: &[&str] = &["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
@@ -27,7 +29,9 @@ pub struct Prompt {
 impl Reference {
     pub fn load(model: &str) -> Reference {
         let dir = fixture(model);
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
         let bin = std::fs::read(dir.join(json["logits_file"].as_str().unwrap())).unwrap();
         Reference { json, bin }
     }
@@ -45,7 +49,12 @@ impl Reference {
                 (0..cols)
                     .map(|c| {
                         let i = off + 4 * (r * cols + c);
-                        f32::from_le_bytes([self.bin[i], self.bin[i + 1], self.bin[i + 2], self.bin[i + 3]])
+                        f32::from_le_bytes([
+                            self.bin[i],
+                            self.bin[i + 1],
+                            self.bin[i + 2],
+                            self.bin[i + 3],
+                        ])
                     })
                     .collect()
             })
@@ -59,7 +68,12 @@ impl Reference {
             .iter()
             .map(|p| Prompt {
                 name: p["name"].as_str().unwrap().to_string(),
-                ids: p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+                ids: p["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect(),
                 logits: self.matrix(&p["logits"]),
             })
             .collect()
@@ -73,7 +87,10 @@ impl Reference {
 /// Largest |a - b| over two rows, and the largest |b| (for relative statements).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn argmax(v: &[f32]) -> usize {

@@ -34,7 +34,12 @@ impl<'a> MatRef<'a> {
     /// Rows `start..start+count` as a smaller matrix (for split projections).
     pub fn slice_rows(&self, start: usize, count: usize) -> MatRef<'a> {
         let rb = self.row_bytes();
-        MatRef { dtype: self.dtype, data: &self.data[start * rb..(start + count) * rb], rows: count, cols: self.cols }
+        MatRef {
+            dtype: self.dtype,
+            data: &self.data[start * rb..(start + count) * rb],
+            rows: count,
+            cols: self.cols,
+        }
     }
 }
 
@@ -54,8 +59,18 @@ fn block_rows(rows: usize) -> usize {
 
 pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     let (m, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), n * k, "matmul: x has {} values, want {n}×{k}", x.len());
-    assert_eq!(out.len(), n * m, "matmul: out has {} values, want {n}×{m}", out.len());
+    assert_eq!(
+        x.len(),
+        n * k,
+        "matmul: x has {} values, want {n}×{k}",
+        x.len()
+    );
+    assert_eq!(
+        out.len(),
+        n * m,
+        "matmul: out has {} values, want {n}×{m}",
+        out.len()
+    );
     assert_eq!(w.data.len(), m * w.row_bytes(), "matmul: weight bytes");
     if n == 0 || m == 0 {
         return;
@@ -84,8 +99,16 @@ fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
     let mut r = r0;
     while r < r1 {
         // Pad the last group of rows by repeating the last row; extra results are dropped.
-        let idx = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
-        let d = simd::dot_bf16_rows4([w.row(idx[0]), w.row(idx[1]), w.row(idx[2]), w.row(idx[3])], x);
+        let idx = [
+            r,
+            (r + 1).min(r1 - 1),
+            (r + 2).min(r1 - 1),
+            (r + 3).min(r1 - 1),
+        ];
+        let d = simd::dot_bf16_rows4(
+            [w.row(idx[0]), w.row(idx[1]), w.row(idx[2]), w.row(idx[3])],
+            x,
+        );
         for i in 0..4.min(r1 - r) {
             // SAFETY: row r+i < m belongs to this task only; n == 1 so the index is r+i.
             unsafe { *o.0.add(r + i) = d[i] };
@@ -99,18 +122,39 @@ fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPt
     let nr = r1 - r0;
     let mut tile = vec![0f32; nr * k];
     match w.dtype {
-        DType::F32 => widen_into(DType::F32, &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()], &mut tile),
-        dt => widen_into(dt, &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()], &mut tile),
+        DType::F32 => widen_into(
+            DType::F32,
+            &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()],
+            &mut tile,
+        ),
+        dt => widen_into(
+            dt,
+            &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()],
+            &mut tile,
+        ),
     }
     let row = |i: usize| &tile[i * k..(i + 1) * k];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
     let mut i = 0;
     while i < nr {
-        let ri = [i, (i + 1).min(nr - 1), (i + 2).min(nr - 1), (i + 3).min(nr - 1)];
+        let ri = [
+            i,
+            (i + 1).min(nr - 1),
+            (i + 2).min(nr - 1),
+            (i + 3).min(nr - 1),
+        ];
         let mut t = 0;
         while t < n {
-            let ti = [t, (t + 1).min(n - 1), (t + 2).min(n - 1), (t + 3).min(n - 1)];
-            let d = simd::dot4x4([row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])], [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])]);
+            let ti = [
+                t,
+                (t + 1).min(n - 1),
+                (t + 2).min(n - 1),
+                (t + 3).min(n - 1),
+            ];
+            let d = simd::dot4x4(
+                [row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])],
+                [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
+            );
             for a in 0..4.min(nr - i) {
                 for b in 0..4.min(n - t) {
                     // SAFETY: rows r0..r1 belong to this task; (t+b) < n, (r0+i+a) < m.
@@ -132,7 +176,9 @@ mod tests {
         let mut out = vec![0f32; n * m];
         for t in 0..n {
             for r in 0..m {
-                out[t * m + r] = (0..k).map(|i| x[t * k + i] as f64 * w[r * k + i] as f64).sum::<f64>() as f32;
+                out[t * m + r] = (0..k)
+                    .map(|i| x[t * k + i] as f64 * w[r * k + i] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -140,9 +186,20 @@ mod tests {
 
     #[test]
     fn matmul_matches_naive_for_every_dtype_and_ragged_shapes() {
-        for &(n, m, k) in &[(1, 1, 1), (1, 37, 19), (3, 5, 33), (7, 70, 48), (1, 300, 64), (9, 130, 17)] {
-            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0).collect();
-            let wf: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0).collect();
+        for &(n, m, k) in &[
+            (1, 1, 1),
+            (1, 37, 19),
+            (3, 5, 33),
+            (7, 70, 48),
+            (1, 300, 64),
+            (9, 130, 17),
+        ] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0)
+                .collect();
+            let wf: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0)
+                .collect();
             for dt in [DType::F32, DType::BF16, DType::F16] {
                 let mut bytes = vec![0u8; m * k * dt.size()];
                 narrow_into(dt, &wf, &mut bytes);
@@ -150,9 +207,22 @@ mod tests {
                 widen_into(dt, &bytes, &mut wide);
                 let want = naive(&x, n, &wide, m, k);
                 let mut out = vec![0f32; n * m];
-                matmul(&x, n, MatRef { dtype: dt, data: &bytes, rows: m, cols: k }, &mut out);
+                matmul(
+                    &x,
+                    n,
+                    MatRef {
+                        dtype: dt,
+                        data: &bytes,
+                        rows: m,
+                        cols: k,
+                    },
+                    &mut out,
+                );
                 for (a, b) in out.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{dt} n={n} m={m} k={k}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{dt} n={n} m={m} k={k}: {a} vs {b}"
+                    );
                 }
             }
         }

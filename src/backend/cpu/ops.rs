@@ -21,7 +21,10 @@ pub fn gated_rms_norm(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usiz
         for (v, g) in yr.iter_mut().zip(zr) {
             *v *= silu(*g);
         }
-        for (grp, wg) in yr.chunks_exact_mut(group_size).zip(weight.chunks_exact(group_size)) {
+        for (grp, wg) in yr
+            .chunks_exact_mut(group_size)
+            .zip(weight.chunks_exact(group_size))
+        {
             let ms = grp.iter().map(|v| v * v).sum::<f32>() / group_size as f32;
             let inv = 1.0 / (ms + eps).sqrt();
             for (v, w) in grp.iter_mut().zip(wg) {

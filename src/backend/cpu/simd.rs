@@ -51,6 +51,12 @@ pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
         unsafe { x86::bf16_to_f32_avx512(src, dst) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: avx2 and fma were detected at run time.
+        unsafe { x86::bf16_to_f32_avx2(src, dst) };
+        return;
+    }
     for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
     }
@@ -63,6 +69,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     if level() == Level::Avx512 {
         // SAFETY: avx512f was detected at run time.
         return unsafe { x86::dot_avx512(a, b) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: avx2 and fma were detected at run time.
+        return unsafe { x86::dot_avx2(a, b) };
     }
     dot_plain(a, b)
 }
@@ -98,6 +109,11 @@ pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
         // SAFETY: avx512f was detected at run time; lengths are checked inside.
         return unsafe { x86::dot4x4_avx512(rows, xs) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: avx2 and fma were detected at run time; lengths are checked inside.
+        return unsafe { x86::dot4x4_avx2(rows, xs) };
+    }
     let mut out = [[0f32; 4]; 4];
     for r in 0..4 {
         for t in 0..4 {
@@ -115,6 +131,11 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
         // SAFETY: avx512f was detected at run time; lengths are checked inside.
         return unsafe { x86::dot_bf16_rows4_avx512(rows, x) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: avx2 and fma were detected at run time; lengths are checked inside.
+        return unsafe { x86::dot_bf16_rows4_avx2(rows, x) };
+    }
     let mut out = [0f32; 4];
     for r in 0..4 {
         let mut acc = [0f32; 8];
@@ -123,7 +144,8 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
         for i in 0..chunks {
             for l in 0..8 {
                 let j = i * 8 + l;
-                let w = f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
+                let w =
+                    f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
                 acc[l] += w * x[j];
             }
         }
@@ -140,6 +162,135 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16x8(p: *const u16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bf16_to_f32_avx2(src: &[u8], dst: &mut [f32]) {
+        let n = dst.len();
+        let s = src.as_ptr() as *const u16;
+        let d = dst.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(d.add(i), load_bf16x8(s.add(i)));
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = f32::from_bits((std::ptr::read_unaligned(s.add(i)) as u32) << 16);
+            i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        let mut s = hsum256(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    /// 4 rows × 2 vectors per pass (8 accumulators + 6 loads fit the 16 ymm registers).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4x4_avx2(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let k = rows[0].len();
+        for i in 0..4 {
+            assert!(rows[i].len() == k && xs[i].len() == k);
+        }
+        let mut out = [[0f32; 4]; 4];
+        for pair in 0..2 {
+            let x0 = xs[2 * pair].as_ptr();
+            let x1 = xs[2 * pair + 1].as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            let mut i = 0;
+            while i + 8 <= k {
+                let xv0 = _mm256_loadu_ps(x0.add(i));
+                let xv1 = _mm256_loadu_ps(x1.add(i));
+                for r in 0..4 {
+                    let rv = _mm256_loadu_ps(rows[r].as_ptr().add(i));
+                    acc[r][0] = _mm256_fmadd_ps(rv, xv0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(rv, xv1, acc[r][1]);
+                }
+                i += 8;
+            }
+            for r in 0..4 {
+                for t in 0..2 {
+                    let mut s = hsum256(acc[r][t]);
+                    let x = if t == 0 { x0 } else { x1 };
+                    for j in i..k {
+                        s += rows[r][j] * *x.add(j);
+                    }
+                    out[r][2 * pair + t] = s;
+                }
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        let k = x.len();
+        for row in rows {
+            assert!(row.len() == 2 * k);
+        }
+        let r = [
+            rows[0].as_ptr() as *const u16,
+            rows[1].as_ptr() as *const u16,
+            rows[2].as_ptr() as *const u16,
+            rows[3].as_ptr() as *const u16,
+        ];
+        let px = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= k {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for rr in 0..4 {
+                acc[rr] = _mm256_fmadd_ps(load_bf16x8(r[rr].add(i)), xv, acc[rr]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for rr in 0..4 {
+            let mut s = hsum256(acc[rr]);
+            for j in i..k {
+                s += f32::from_bits((std::ptr::read_unaligned(r[rr].add(j)) as u32) << 16)
+                    * *px.add(j);
+            }
+            out[rr] = s;
+        }
+        out
+    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn bf16_to_f32_avx512(src: &[u8], dst: &mut [f32]) {
@@ -174,12 +325,20 @@ mod x86 {
         let mut i = 0;
         while i + 32 <= n {
             acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
+            acc1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                _mm512_loadu_ps(pb.add(i + 16)),
+                acc1,
+            );
             i += 32;
         }
         while i < n {
             let m = tail_mask((n - i).min(16));
-            acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc0);
+            acc0 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                acc0,
+            );
             i += 16;
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
@@ -191,12 +350,26 @@ mod x86 {
         for i in 0..4 {
             assert!(rows[i].len() == k && xs[i].len() == k);
         }
-        let r = [rows[0].as_ptr(), rows[1].as_ptr(), rows[2].as_ptr(), rows[3].as_ptr()];
-        let x = [xs[0].as_ptr(), xs[1].as_ptr(), xs[2].as_ptr(), xs[3].as_ptr()];
+        let r = [
+            rows[0].as_ptr(),
+            rows[1].as_ptr(),
+            rows[2].as_ptr(),
+            rows[3].as_ptr(),
+        ];
+        let x = [
+            xs[0].as_ptr(),
+            xs[1].as_ptr(),
+            xs[2].as_ptr(),
+            xs[3].as_ptr(),
+        ];
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
         let mut i = 0;
         while i < k {
-            let m = if i + 16 <= k { 0xFFFF } else { tail_mask(k - i) };
+            let m = if i + 16 <= k {
+                0xFFFF
+            } else {
+                tail_mask(k - i)
+            };
             let xv = [
                 _mm512_maskz_loadu_ps(m, x[0].add(i)),
                 _mm512_maskz_loadu_ps(m, x[1].add(i)),
@@ -248,7 +421,8 @@ mod x86 {
         for rr in 0..4 {
             let mut s = _mm512_reduce_add_ps(acc[rr]);
             for j in i..k {
-                s += f32::from_bits((std::ptr::read_unaligned(r[rr].add(j)) as u32) << 16) * *px.add(j);
+                s += f32::from_bits((std::ptr::read_unaligned(r[rr].add(j)) as u32) << 16)
+                    * *px.add(j);
             }
             out[rr] = s;
         }
@@ -261,7 +435,72 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// Every SIMD path this CPU has, called directly (the dispatcher only picks the best).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_available_simd_level_matches_the_plain_path() {
+        let has512 = is_x86_feature_detected!("avx512f");
+        let has2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        for k in [1usize, 9, 16, 31, 64, 130] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, 30 + r)).collect();
+            let xs: Vec<Vec<f32>> = (0..4).map(|t| data(k, 40 + t)).collect();
+            let rr = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let xx = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+            let bf: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                        .collect()
+                })
+                .collect();
+            let bb = [&bf[0][..], &bf[1][..], &bf[2][..], &bf[3][..]];
+            let mut want4 = [[0f32; 4]; 4];
+            for r in 0..4 {
+                for t in 0..4 {
+                    want4[r][t] = dot_plain(rr[r], xx[t]);
+                }
+            }
+            let mut wide = vec![0f32; k];
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs()) * k as f32;
+            // SAFETY: each call is guarded by the matching feature check.
+            unsafe {
+                if has2 {
+                    assert!(close(x86::dot_avx2(rr[0], xx[0]), want4[0][0]));
+                    let got = x86::dot4x4_avx2(rr, xx);
+                    for r in 0..4 {
+                        for t in 0..4 {
+                            assert!(close(got[r][t], want4[r][t]), "avx2 dot4x4 k={k}");
+                        }
+                    }
+                    x86::bf16_to_f32_avx2(bb[1], &mut wide);
+                    let got = x86::dot_bf16_rows4_avx2(bb, xx[0]);
+                    assert!(close(got[1], dot_plain(&wide, xx[0])), "avx2 bf16 k={k}");
+                }
+                if has512 {
+                    assert!(close(x86::dot_avx512(rr[0], xx[0]), want4[0][0]));
+                    let got = x86::dot4x4_avx512(rr, xx);
+                    for r in 0..4 {
+                        for t in 0..4 {
+                            assert!(close(got[r][t], want4[r][t]), "avx512 dot4x4 k={k}");
+                        }
+                    }
+                    let mut wide2 = vec![0f32; k];
+                    x86::bf16_to_f32_avx512(bb[1], &mut wide2);
+                    assert_eq!(wide, if has2 { wide2.clone() } else { wide.clone() });
+                    let got = x86::dot_bf16_rows4_avx512(bb, xx[0]);
+                    assert!(close(got[1], dot_plain(&wide2, xx[0])), "avx512 bf16 k={k}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -279,19 +518,31 @@ mod tests {
             );
             for r in 0..4 {
                 for t in 0..4 {
-                    let w: f64 = rows[r].iter().zip(&xs[t]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    let w: f64 = rows[r]
+                        .iter()
+                        .zip(&xs[t])
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum();
                     assert!((got[r][t] as f64 - w).abs() < 1e-4 * k as f64);
                 }
             }
             let bf: Vec<Vec<u8>> = rows
                 .iter()
-                .map(|r| r.iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect())
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                        .collect()
+                })
                 .collect();
             let got = dot_bf16_rows4([&bf[0], &bf[1], &bf[2], &bf[3]], &xs[0]);
             for r in 0..4 {
                 let mut wide = vec![0f32; k];
                 bf16_to_f32(&bf[r], &mut wide);
-                let w: f64 = wide.iter().zip(&xs[0]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let w: f64 = wide
+                    .iter()
+                    .zip(&xs[0])
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum();
                 assert!((got[r] as f64 - w).abs() < 1e-4 * k as f64);
             }
         }
