@@ -91,7 +91,7 @@ fn bench_shape(c: &mut Criterion, shape: &str, measurement: Duration) {
 
 fn forward(c: &mut Criterion) {
     bench_shape(c, "tiny", Duration::from_secs(2));
-    bench_shape(c, "nano-9b-v2-slice", Duration::from_secs(4));
+    bench_shape(c, "nano-9b-v2-slice", Duration::from_secs(7));
 }
 
 criterion_group!(benches, forward);

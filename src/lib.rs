@@ -5,7 +5,9 @@
 
 pub mod backend;
 pub mod chat;
+pub mod config;
 pub mod engine;
 pub mod model;
 pub mod protocol;
 pub mod state;
+pub mod tui;

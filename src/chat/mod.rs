@@ -9,6 +9,7 @@
 //! - Nothing here touches tokens or the model; both modules work on text only.
 
 pub mod reasoning_parser;
+pub mod session_store;
 pub mod template;
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,8 @@
 //! `nemo debug logits`: raw logits for given token ids, as JSON, for parity checks
 //! against other implementations.
 
+use std::io::Write;
+
 use clap::{Args, Subcommand};
 
 use nemo::model::Logits;
@@ -59,6 +61,10 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
     let vocab = folder.model.config.vocab_size;
     let rows: Vec<&[f32]> = out.chunks(vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
-    println!("{json}");
-    Ok(())
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{json}").and_then(|_| out.flush()) {
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -2,6 +2,7 @@
 //! 0 success, 2 bad usage, 1 model or runtime errors, 130 interrupted.
 
 mod bench;
+mod chat;
 mod debug;
 mod run;
 
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The full-screen chat.
+    Chat(chat::ChatArgs),
     /// One shot: prompt from arguments or stdin; the answer on stdout.
     Run(run::RunArgs),
     /// Benchmarks: load time, prefill and decode speed.
@@ -139,6 +142,7 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
+        Command::Chat(a) => chat::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Debug(c) => debug::run(c),
@@ -146,13 +150,17 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return 0; // the reader closed the pipe (`| head`): not an error
+            }
             if e.downcast_ref::<Interrupted>().is_some() {
                 eprintln!("nemo: interrupted");
                 return 130;
             }
-            // One line: the chain of causes joined.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("nemo: {}", msg.join(": "));
+            // One line. Our errors carry their cause in their own message already.
+            eprintln!("nemo: {}", e.to_string().replace('\n', " "));
             if e.downcast_ref::<UsageError>().is_some() {
                 2
             } else {

@@ -74,6 +74,14 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+struct CancelOnDrop(Controls);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> anyhow::Result<()> {
     match v {
         Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
@@ -176,6 +184,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         thinking,
         controls,
     };
+    // If printing fails (a closed pipe), stop generating instead of finishing unseen.
+    let _cancel_on_exit = CancelOnDrop(req.controls.clone());
     let events = engine.submit(req);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -1,0 +1,999 @@
+//! Saved chat sessions: one pretty JSON file per session, holding what is needed to
+//! reproduce the conversation (model identity, sampling, thinking options, system prompt,
+//! every turn with its reasoning and numbers).
+//!
+//! Invariants:
+//! - A session file is `<dir>/<name>.json`, where `name` is the session id (`save`) or a
+//!   name the user chose (`save_as`); both match `[A-Za-z0-9._-]{1,64}` and never start
+//!   with `.`, so no name can leave the directory and temp files never look like sessions.
+//! - Every write goes through [`write_atomic`] (temp file in the same dir, fsync, rename):
+//!   a crash leaves the old file or the new one, never half of one.
+//! - A file that does not parse is reported with its path and line, and is never
+//!   rewritten or deleted; `list` shows it with a marker, `latest` skips it.
+//! - Ids from [`new_id`] sort lexicographically by creation time and are unique within a
+//!   process; timestamps are RFC 3339 UTC with milliseconds (`2025-01-31T09:05:00.123Z`),
+//!   so they sort as strings too.
+//! - `version` is [`SESSION_VERSION`]; a file with another version is refused, not guessed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::chat::Message;
+use crate::engine::sampler::SamplingParams;
+use crate::protocol::{Done, FinishReason, ThinkingOptions};
+
+/// The session file format this build reads and writes.
+pub const SESSION_VERSION: u32 = 1;
+
+/// Longest first-message preview in a [`SessionSummary`], in characters.
+pub const PREVIEW_CHARS: usize = 60;
+
+/// Which model a session ran on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// The model directory as given.
+    pub path: String,
+    /// 16 hex digits: FNV-1a 64 over `config.json`'s bytes, then each weight file
+    /// (`*.safetensors`, `*.gguf`), sorted by name, as name bytes, a 0 byte, and its size
+    /// as little-endian u64. Cheap (no weight bytes read) and stable across machines.
+    pub config_hash: String,
+}
+
+impl ModelIdentity {
+    /// Identifies the model in `dir`; fails if `config.json` or the dir cannot be read.
+    pub fn of_dir(dir: &Path) -> std::io::Result<ModelIdentity> {
+        let config = fs::read(dir.join("config.json"))?;
+        let mut weights = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_weight = name.ends_with(".safetensors") || name.ends_with(".gguf");
+            if is_weight && entry.file_type()?.is_file() {
+                weights.push((name, entry.metadata()?.len()));
+            }
+        }
+        weights.sort();
+        let mut h = Fnv1a64::new();
+        h.write(&config);
+        for (name, size) in &weights {
+            h.write(name.as_bytes());
+            h.write(&[0]);
+            h.write(&size.to_le_bytes());
+        }
+        Ok(ModelIdentity {
+            path: dir.display().to_string(),
+            config_hash: format!("{:016x}", h.0),
+        })
+    }
+}
+
+/// FNV-1a, 64-bit (http://www.isthe.com/chongo/tech/comp/fnv/).
+struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    fn new() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Numbers from one assistant reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TurnStats {
+    pub prompt_tokens: usize,
+    pub reasoning_tokens: usize,
+    pub completion_tokens: usize,
+    pub reused_tokens: usize,
+    pub ttft_ms: f64,
+    pub decode_tokens_per_s: f64,
+    /// `stop`, `stop_string`, `length` or `cancelled`.
+    pub finish_reason: String,
+}
+
+impl From<&Done> for TurnStats {
+    fn from(d: &Done) -> Self {
+        TurnStats {
+            prompt_tokens: d.usage.prompt_tokens,
+            reasoning_tokens: d.usage.reasoning_tokens,
+            completion_tokens: d.usage.completion_tokens,
+            reused_tokens: d.reused_tokens,
+            ttft_ms: d.timings.ttft_ms,
+            decode_tokens_per_s: d.timings.decode_tokens_per_s,
+            finish_reason: finish_reason_name(d.finish_reason).to_string(),
+        }
+    }
+}
+
+fn finish_reason_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::StopString => "stop_string",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}
+
+/// One user message and the reply to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub user: String,
+    #[serde(default)]
+    pub reasoning: String,
+    #[serde(default)]
+    pub answer: String,
+    /// None when the reply never finished (e.g. the process ended mid-turn).
+    #[serde(default)]
+    pub stats: Option<TurnStats>,
+}
+
+/// A saved session, as stored on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionFile {
+    pub version: u32,
+    pub id: String,
+    /// RFC 3339 UTC.
+    pub created: String,
+    /// RFC 3339 UTC.
+    pub updated: String,
+    pub model: ModelIdentity,
+    pub sampling: SamplingParams,
+    pub thinking: ThinkingOptions,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub turns: Vec<Turn>,
+}
+
+impl SessionFile {
+    /// A fresh session with a new id, created and updated now, no turns.
+    pub fn new(
+        model: ModelIdentity,
+        sampling: SamplingParams,
+        thinking: ThinkingOptions,
+        system: Option<String>,
+    ) -> SessionFile {
+        let now = now_rfc3339();
+        SessionFile {
+            version: SESSION_VERSION,
+            id: new_id(),
+            created: now.clone(),
+            updated: now,
+            model,
+            sampling,
+            thinking,
+            system,
+            turns: Vec::new(),
+        }
+    }
+
+    /// Sets `updated` to now.
+    pub fn touch(&mut self) {
+        self.updated = now_rfc3339();
+    }
+
+    /// The conversation as chat messages: the system prompt (if any), then per turn the
+    /// user message and, unless both answer and reasoning are empty (an interrupted turn),
+    /// the assistant message with its reasoning in `reasoning_content`.
+    pub fn messages(&self) -> Vec<Message> {
+        let mut out = Vec::with_capacity(1 + 2 * self.turns.len());
+        if let Some(system) = &self.system {
+            out.push(Message::system(system.clone()));
+        }
+        for turn in &self.turns {
+            out.push(Message::user(turn.user.clone()));
+            if turn.answer.is_empty() && turn.reasoning.is_empty() {
+                continue;
+            }
+            let mut reply = Message::assistant(turn.answer.clone());
+            if !turn.reasoning.is_empty() {
+                reply.reasoning_content = Some(turn.reasoning.clone());
+            }
+            out.push(reply);
+        }
+        out
+    }
+}
+
+/// One line of `list`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSummary {
+    /// The file stem; what [`SessionStore::load`] takes.
+    pub name: String,
+    /// The id inside the file (differs from `name` for `save_as` copies); empty if corrupt.
+    pub id: String,
+    /// RFC 3339; empty if corrupt.
+    pub updated: String,
+    pub turns: usize,
+    /// The first user message on one line, at most [`PREVIEW_CHARS`] characters.
+    pub preview: String,
+    /// Why the file could not be read; such entries come last.
+    pub corrupt: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("session file {} is corrupt (line {line}, column {column}): {message}; it was left as is", path.display())]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("session file {} has version {found}; this nemo reads version {SESSION_VERSION}", path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("invalid session name {0:?}: use 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'")]
+    InvalidName(String),
+    #[error("no session {name:?} in {}", dir.display())]
+    NotFound { name: String, dir: PathBuf },
+    #[error("cannot serialize session: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Checks a session name or id: `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.to_string()))
+    }
+}
+
+/// The session files in one directory.
+#[derive(Clone, Debug)]
+pub struct SessionStore {
+    dir: PathBuf,
+}
+
+impl SessionStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SessionStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `<id>.json` atomically, creating the directory; returns the path.
+    pub fn save(&self, s: &SessionFile) -> Result<PathBuf, StoreError> {
+        self.save_as(s, &s.id)
+    }
+
+    /// Writes `s` as `<name>.json` atomically (the id inside is kept); returns the path.
+    pub fn save_as(&self, s: &SessionFile, name: &str) -> Result<PathBuf, StoreError> {
+        validate_name(name)?;
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.path_of(name);
+        let mut json = serde_json::to_vec_pretty(s)?;
+        json.push(b'\n');
+        write_atomic(&path, &json).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// Reads `<name_or_id>.json` (a trailing `.json` in the argument is accepted).
+    pub fn load(&self, name_or_id: &str) -> Result<SessionFile, StoreError> {
+        let name = name_or_id.strip_suffix(".json").unwrap_or(name_or_id);
+        validate_name(name)?;
+        let path = self.path_of(name);
+        match fs::read(&path) {
+            Ok(bytes) => parse_session(&path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            }),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Every `*.json` in the directory, newest `updated` first; files that cannot be read
+    /// come last with `corrupt` set. A missing directory is an empty list.
+    pub fn list(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        let mut out: Vec<SessionSummary> = self
+            .read_all()?
+            .into_iter()
+            .map(|(name, result)| match result {
+                Ok(s) => SessionSummary {
+                    preview: s
+                        .turns
+                        .first()
+                        .map(|t| preview(&t.user))
+                        .unwrap_or_default(),
+                    name,
+                    id: s.id,
+                    updated: s.updated,
+                    turns: s.turns.len(),
+                    corrupt: None,
+                },
+                Err(e) => SessionSummary {
+                    name,
+                    id: String::new(),
+                    updated: String::new(),
+                    turns: 0,
+                    preview: String::new(),
+                    corrupt: Some(e.to_string()),
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.corrupt.is_some(), &b.updated, &b.name).cmp(&(
+                b.corrupt.is_some(),
+                &a.updated,
+                &a.name,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// The most recently updated session that reads cleanly, for `nemo chat --resume`.
+    pub fn latest(&self) -> Result<Option<SessionFile>, StoreError> {
+        Ok(self
+            .read_all()?
+            .into_iter()
+            .filter_map(|(name, r)| r.ok().map(|s| (name, s)))
+            .max_by(|(an, a), (bn, b)| (&a.updated, an).cmp(&(&b.updated, bn)))
+            .map(|(_, s)| s))
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// (file stem, parsed session) for each session file.
+    fn read_all(&self) -> Result<Vec<StoredEntry>, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = file_name.strip_suffix(".json") else {
+                continue;
+            };
+            if validate_name(stem).is_err() {
+                continue;
+            }
+            let path = entry.path();
+            let parsed = fs::read(&path)
+                .map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|bytes| parse_session(&path, &bytes));
+            out.push((stem.to_string(), parsed));
+        }
+        Ok(out)
+    }
+}
+
+/// A file stem and what reading that file gave.
+type StoredEntry = (String, Result<SessionFile, StoreError>);
+
+fn parse_session(path: &Path, bytes: &[u8]) -> Result<SessionFile, StoreError> {
+    // Read the version first so a future format says so instead of "missing field".
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    };
+    let v: Versioned = serde_json::from_slice(bytes).map_err(corrupt)?;
+    if v.version != SESSION_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: v.version,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(corrupt)
+}
+
+fn preview(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= PREVIEW_CHARS {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(PREVIEW_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// Replaces `path` with `bytes` atomically: writes a temp file beside it, fsyncs it,
+/// renames it over `path`, then fsyncs the directory (best effort). The parent directory
+/// must exist. On failure the temp file is removed and `path` is unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable; not every platform can open a directory.
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A new session id, `YYYYMMDD-HHMMSS-mmm` (UTC, milliseconds). Ids from one process
+/// strictly increase (a clash moves the id a millisecond on), so they are unique and sort
+/// by creation time.
+pub fn new_id() -> String {
+    static LAST_MS: Mutex<u64> = Mutex::new(0);
+    let now = unix_ms(SystemTime::now());
+    let ms = match LAST_MS.lock() {
+        Ok(mut last) => {
+            *last = now.max(*last + 1);
+            *last
+        }
+        // A panic elsewhere while holding the lock; the clock alone still gives an id.
+        Err(poisoned) => {
+            let mut last = poisoned.into_inner();
+            *last = now.max(*last + 1);
+            *last
+        }
+    };
+    let c = Civil::from_unix_ms(ms);
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:03}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+    )
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2025-01-31T09:05:00.123Z`. Times before
+/// 1970 are shown as the epoch.
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let c = Civil::from_unix_ms(unix_ms(t));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+    )
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    millis: u64,
+}
+
+impl Civil {
+    /// Proleptic Gregorian date from Unix milliseconds, after Howard Hinnant's
+    /// `civil_from_days` (https://howardhinnant.github.io/date_algorithms.html).
+    fn from_unix_ms(ms: u64) -> Civil {
+        let secs = ms / 1000;
+        let days = (secs / 86_400) as i64;
+        let sod = secs % 86_400;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Civil {
+            year,
+            month,
+            day,
+            hour: sod / 3600,
+            minute: sod % 3600 / 60,
+            second: sod % 60,
+            millis: ms % 1000,
+        }
+    }
+}
+
+/// The session as a Markdown document: title, model, sampling and thinking settings, then
+/// each turn as `## You`, the reasoning in a `<details>` block, `## Nemotron` and the
+/// answer, with the turn's numbers in italics.
+pub fn export_markdown(s: &SessionFile) -> String {
+    let mut md = String::new();
+    let p = &s.sampling;
+    md.push_str(&format!("# Nemotron chat {}\n\n", s.id));
+    md.push_str(&format!(
+        "- Model: `{}` (identity `{}`)\n",
+        s.model.path, s.model.config_hash
+    ));
+    md.push_str(&format!(
+        "- Created: {} · updated: {}\n",
+        s.created, s.updated
+    ));
+    md.push_str(&format!(
+        "- Sampling: temperature {}, top_p {}, top_k {}, min_p {}, repetition_penalty {}, presence_penalty {}, seed {}\n",
+        p.temperature,
+        p.top_p,
+        p.top_k,
+        p.min_p,
+        p.repetition_penalty,
+        p.presence_penalty,
+        p.seed.map_or("random".to_string(), |s| s.to_string()),
+    ));
+    let budget = match (s.thinking.enabled, s.thinking.budget) {
+        (false, _) | (true, Some(0)) => "off".to_string(),
+        (true, None) => "on, unlimited budget".to_string(),
+        (true, Some(n)) => format!("on, budget {n} tokens"),
+    };
+    md.push_str(&format!("- Thinking: {budget}\n"));
+    if let Some(system) = &s.system {
+        md.push_str("\n**System prompt:**\n\n");
+        md.push_str(system.trim_end());
+        md.push('\n');
+    }
+    for turn in &s.turns {
+        md.push_str("\n## You\n\n");
+        md.push_str(turn.user.trim_end());
+        md.push('\n');
+        md.push_str("\n## Nemotron\n\n");
+        if !turn.reasoning.is_empty() {
+            let summary = match &turn.stats {
+                Some(st) => format!("Reasoning ({} tokens)", st.reasoning_tokens),
+                None => "Reasoning".to_string(),
+            };
+            md.push_str(&format!("<details><summary>{summary}</summary>\n\n"));
+            md.push_str(turn.reasoning.trim_end());
+            md.push_str("\n\n</details>\n\n");
+        }
+        if turn.answer.is_empty() {
+            md.push_str("*(no answer)*\n");
+        } else {
+            md.push_str(turn.answer.trim_end());
+            md.push('\n');
+        }
+        if let Some(st) = &turn.stats {
+            md.push_str(&format!(
+                "\n*{} prompt tokens ({} reused) · {} reasoning · {} answer · first token {:.0} ms · {:.1} tokens/s · {}*\n",
+                st.prompt_tokens,
+                st.reused_tokens,
+                st.reasoning_tokens,
+                st.completion_tokens,
+                st.ttft_ms,
+                st.decode_tokens_per_s,
+                st.finish_reason,
+            ));
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Timings, Usage};
+    use std::time::Duration;
+
+    fn session(id: &str, updated: &str, first_user: &str) -> SessionFile {
+        SessionFile {
+            version: SESSION_VERSION,
+            id: id.to_string(),
+            created: "2025-01-01T00:00:00.000Z".into(),
+            updated: updated.to_string(),
+            model: ModelIdentity {
+                path: "/models/nano".into(),
+                config_hash: "0123456789abcdef".into(),
+            },
+            sampling: SamplingParams {
+                temperature: 0.6,
+                top_p: 0.95,
+                seed: Some(42),
+                ..SamplingParams::default()
+            },
+            thinking: ThinkingOptions {
+                budget: Some(512),
+                ..ThinkingOptions::default()
+            },
+            system: Some("Be brief.".into()),
+            turns: vec![
+                Turn {
+                    user: first_user.to_string(),
+                    reasoning: "Two plus two.".into(),
+                    answer: "4".into(),
+                    stats: Some(TurnStats {
+                        prompt_tokens: 20,
+                        reasoning_tokens: 5,
+                        completion_tokens: 2,
+                        reused_tokens: 0,
+                        ttft_ms: 120.0,
+                        decode_tokens_per_s: 33.3,
+                        finish_reason: "stop".into(),
+                    }),
+                },
+                Turn {
+                    user: "and again?".into(),
+                    ..Turn::default()
+                },
+            ],
+        }
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_creates_the_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path().join("sessions"));
+        let s = session("20250101-000000-000", "2025-01-01T00:00:01.000Z", "2+2?");
+        let path = store.save(&s).unwrap();
+        assert_eq!(path, tmp.path().join("sessions/20250101-000000-000.json"));
+        assert_eq!(store.load("20250101-000000-000").unwrap(), s);
+        assert_eq!(store.load("20250101-000000-000.json").unwrap(), s);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\n  \"version\": 1,"), "pretty JSON: {text}");
+    }
+
+    #[test]
+    fn save_as_uses_the_name_and_keeps_the_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let s = session("20250101-000000-000", "2025-01-01T00:00:01.000Z", "hi");
+        let path = store.save_as(&s, "my-chat_v1.2").unwrap();
+        assert!(path.ends_with("my-chat_v1.2.json"));
+        assert_eq!(store.load("my-chat_v1.2").unwrap().id, s.id);
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out.md");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let store = SessionStore::new(tmp.path().join("s"));
+        let s = session("a", "2025-01-01T00:00:01.000Z", "hi");
+        store.save(&s).unwrap();
+        store.save(&s).unwrap();
+        assert_eq!(dir_names(tmp.path()), vec!["out.md", "s"]);
+        assert_eq!(dir_names(&tmp.path().join("s")), vec!["a.json"]);
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_fails_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(write_atomic(&tmp.path().join("no/such/file"), b"x").is_err());
+        assert!(dir_names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it_and_is_left_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let path = tmp.path().join("broken.json");
+        let junk = b"{\n  \"version\": 1,\n  \"id\": oops\n}";
+        fs::write(&path, junk).unwrap();
+        let err = store.load("broken").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { line: 3, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("broken.json"), "{err}");
+        let _ = store.list().unwrap();
+        let _ = store.latest().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), junk);
+    }
+
+    #[test]
+    fn other_version_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        fs::write(
+            tmp.path().join("future.json"),
+            r#"{"version": 2, "whatever": []}"#,
+        )
+        .unwrap();
+        let err = store.load("future").unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnsupportedVersion { found: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_session_is_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        assert!(matches!(
+            store.load("nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn list_is_newest_first_with_previews_and_marks_corrupt_files_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let long = "word ".repeat(30);
+        store
+            .save(&session(
+                "old",
+                "2025-01-01T00:00:00.000Z",
+                "first\nquestion",
+            ))
+            .unwrap();
+        store
+            .save(&session("new", "2025-03-01T00:00:00.000Z", &long))
+            .unwrap();
+        store
+            .save(&session("mid", "2025-02-01T00:00:00.000Z", "mid"))
+            .unwrap();
+        fs::write(tmp.path().join("bad.json"), "not json").unwrap();
+        fs::write(tmp.path().join("notes.txt"), "ignored").unwrap();
+        fs::write(tmp.path().join(".hidden.json.1.0.tmp"), "ignored").unwrap();
+
+        let list = store.list().unwrap();
+        let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["new", "mid", "old", "bad"]);
+        assert_eq!(list[0].preview.chars().count(), PREVIEW_CHARS);
+        assert!(list[0].preview.ends_with('…'));
+        assert_eq!(list[2].preview, "first question");
+        assert_eq!(list[2].turns, 2);
+        assert_eq!(list[2].updated, "2025-01-01T00:00:00.000Z");
+        assert!(list[0].corrupt.is_none());
+        assert!(list[3]
+            .corrupt
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad.json"));
+    }
+
+    #[test]
+    fn list_and_latest_of_a_missing_dir_are_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path().join("none"));
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.latest().unwrap().is_none());
+    }
+
+    #[test]
+    fn latest_skips_corrupt_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        store
+            .save(&session("a", "2025-01-01T00:00:00.000Z", "a"))
+            .unwrap();
+        store
+            .save(&session("b", "2025-02-01T00:00:00.000Z", "b"))
+            .unwrap();
+        fs::write(tmp.path().join("zzz.json"), "{").unwrap();
+        assert_eq!(store.latest().unwrap().map(|s| s.id), Some("b".to_string()));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["a", "chat-1", "v1.2_final", &"x".repeat(64)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "../up", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let s = session("a", "2025-01-01T00:00:00.000Z", "a");
+        assert!(matches!(
+            store.save_as(&s, "../evil"),
+            Err(StoreError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.load("../evil"),
+            Err(StoreError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn messages_map_turns_and_skip_the_reply_of_an_interrupted_turn() {
+        let s = session("a", "2025-01-01T00:00:00.000Z", "2+2?");
+        let m = s.messages();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0], Message::system("Be brief."));
+        assert_eq!(m[1], Message::user("2+2?"));
+        assert_eq!(m[2].role, "assistant");
+        assert_eq!(m[2].content, "4");
+        assert_eq!(m[2].reasoning_content.as_deref(), Some("Two plus two."));
+        assert_eq!(m[3], Message::user("and again?"));
+
+        let mut no_reasoning = s.clone();
+        no_reasoning.system = None;
+        no_reasoning.turns[0].reasoning.clear();
+        let m = no_reasoning.messages();
+        assert_eq!(m[0], Message::user("2+2?"));
+        assert_eq!(m[1], Message::assistant("4"));
+    }
+
+    #[test]
+    fn export_markdown_has_headings_reasoning_and_stats() {
+        let md = export_markdown(&session("a", "2025-01-01T00:00:00.000Z", "2+2?"));
+        assert!(md.starts_with("# Nemotron chat a\n"), "{md}");
+        assert!(md.contains("`/models/nano`"), "{md}");
+        assert!(md.contains("temperature 0.6, top_p 0.95"), "{md}");
+        assert!(md.contains("seed 42"), "{md}");
+        assert!(md.contains("budget 512 tokens"), "{md}");
+        assert!(md.contains("## You\n\n2+2?\n"), "{md}");
+        assert!(md.contains(
+            "<details><summary>Reasoning (5 tokens)</summary>\n\nTwo plus two.\n\n</details>"
+        ));
+        assert!(md.contains("## Nemotron\n\n<details>"), "{md}");
+        assert!(md.contains("</details>\n\n4\n"), "{md}");
+        assert!(md.contains("\n*20 prompt tokens (0 reused) · 5 reasoning · 2 answer · first token 120 ms · 33.3 tokens/s · stop*\n"), "{md}");
+        assert!(
+            md.contains("## You\n\nand again?\n\n## Nemotron\n\n*(no answer)*\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_000 + 3_723_456);
+        assert_eq!(format_rfc3339(t), "2000-02-29T01:02:03.456Z");
+        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
+        assert_eq!(format_rfc3339(t), "2099-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn new_ids_are_unique_increasing_and_valid_names() {
+        let ids: Vec<String> = (0..50).map(|_| new_id()).collect();
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
+        }
+        assert!(ids
+            .iter()
+            .all(|id| validate_name(id).is_ok() && id.len() == 19));
+    }
+
+    #[test]
+    fn new_session_has_version_and_matching_timestamps() {
+        let s = SessionFile::new(
+            ModelIdentity {
+                path: "m".into(),
+                config_hash: "0".into(),
+            },
+            SamplingParams::default(),
+            ThinkingOptions::default(),
+            None,
+        );
+        assert_eq!(s.version, SESSION_VERSION);
+        assert_eq!(s.created, s.updated);
+        assert!(s.created.ends_with('Z') && s.created.len() == 24);
+    }
+
+    #[test]
+    fn turn_stats_come_from_done() {
+        let d = Done {
+            finish_reason: FinishReason::StopString,
+            usage: Usage {
+                prompt_tokens: 10,
+                reasoning_tokens: 3,
+                completion_tokens: 4,
+            },
+            timings: Timings {
+                ttft_ms: 50.0,
+                decode_tokens_per_s: 20.0,
+                ..Timings::default()
+            },
+            reused_tokens: 6,
+            thinking_forced: false,
+        };
+        let st = TurnStats::from(&d);
+        assert_eq!(st.finish_reason, "stop_string");
+        assert_eq!(
+            (st.prompt_tokens, st.reused_tokens, st.completion_tokens),
+            (10, 6, 4)
+        );
+    }
+
+    #[test]
+    fn model_identity_depends_on_config_and_weight_sizes_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs::write(d.join("config.json"), b"{\"a\":1}").unwrap();
+        fs::write(d.join("model-00001.safetensors"), b"1234").unwrap();
+        fs::write(d.join("README.md"), b"x").unwrap();
+        let a = ModelIdentity::of_dir(d).unwrap();
+        assert_eq!(a.config_hash.len(), 16);
+        fs::write(d.join("README.md"), b"changed").unwrap();
+        fs::write(d.join("model-00001.safetensors"), b"5678").unwrap();
+        assert_eq!(
+            ModelIdentity::of_dir(d).unwrap(),
+            a,
+            "same sizes, same identity"
+        );
+        fs::write(d.join("model-00001.safetensors"), b"12345").unwrap();
+        assert_ne!(ModelIdentity::of_dir(d).unwrap().config_hash, a.config_hash);
+        fs::write(d.join("model-00001.safetensors"), b"1234").unwrap();
+        fs::write(d.join("config.json"), b"{\"a\":2}").unwrap();
+        assert_ne!(ModelIdentity::of_dir(d).unwrap().config_hash, a.config_hash);
+        assert!(ModelIdentity::of_dir(&d.join("missing")).is_err());
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        let mut h = Fnv1a64::new();
+        assert_eq!(h.0, 0xcbf29ce484222325);
+        h.write(b"a");
+        assert_eq!(h.0, 0xaf63dc4c8601ec8c);
+    }
+}

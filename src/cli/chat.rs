@@ -1,0 +1,327 @@
+//! `nemo chat`: the full-screen interface. Sets the terminal up (raw mode, alternate
+//! screen, bracketed paste, mouse), always restores it (on quit, on error, on panic),
+//! shows a loading view while the model loads and an error view if it cannot.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::channel;
+use std::time::Instant;
+
+use clap::Args;
+use crossterm::event::{
+    DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
+    KeyboardEnhancementFlags, PopKeyboardEnhancementFlags, PushKeyboardEnhancementFlags,
+};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::Alignment;
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+use ratatui::Terminal;
+
+use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
+use nemo::config::{parse_budget, Config, Paths};
+use nemo::engine::sampler::SamplingParams;
+use nemo::engine::{Engine, Session, SessionOptions};
+use nemo::model::ModelFolder;
+use nemo::protocol::ThinkingOptions;
+use nemo::tui::app::{App, ModelInfo};
+use nemo::tui::input::History;
+use nemo::tui::runner::{AppMsg, Runner};
+use nemo::tui::theme::Theme;
+
+use super::{usage, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Theme: dark | light | high-contrast | path to a .toml patch.
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// Continue the most recent session.
+    #[arg(long)]
+    pub resume: bool,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Reasoning off at start.
+    #[arg(long = "no-think")]
+    pub no_think: bool,
+    /// Thinking budget: N tokens, `off` or `unlimited`.
+    #[arg(long)]
+    pub budget: Option<String>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+}
+
+fn restore_terminal() {
+    let mut out = std::io::stdout();
+    let _ = crossterm::execute!(out, PopKeyboardEnhancementFlags);
+    let _ = crossterm::execute!(
+        out,
+        DisableBracketedPaste,
+        DisableMouseCapture,
+        LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+    let _ = disable_raw_mode();
+    let _ = out.flush();
+}
+
+/// Restores the terminal when dropped: on return, on `?`, and on unwinding panics.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn centered_message(
+    terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>,
+    title: &str,
+    lines: Vec<Line>,
+) -> std::io::Result<()> {
+    terminal.draw(|f| {
+        let a = f.area();
+        let h = (lines.len() as u16 + 4).min(a.height);
+        let r = ratatui::layout::Rect {
+            x: a.x + 2,
+            y: a.y + a.height.saturating_sub(h) / 2,
+            width: a.width.saturating_sub(4),
+            height: h,
+        };
+        f.render_widget(
+            Paragraph::new(lines)
+                .alignment(Alignment::Center)
+                .wrap(Wrap { trim: false })
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(title.to_string()),
+                ),
+            r,
+        );
+    })?;
+    Ok(())
+}
+
+pub fn run(a: ChatArgs) -> anyhow::Result<()> {
+    let paths = Paths::discover()?;
+    let mut cfg = Config::load(&paths.config_file)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    let theme = Theme::resolve(a.theme.as_deref().or(cfg.theme.as_deref()))?;
+    let dir: PathBuf = match a
+        .model
+        .model
+        .clone()
+        .or(cfg.model.clone().map(PathBuf::from))
+    {
+        Some(d) => d,
+        None => {
+            return Err(usage(
+                "--model DIR is required (or set `model` in config.toml, or NEMO_MODEL)",
+            ))
+        }
+    };
+    let threads = a.model.threads.or(cfg.threads);
+    super::init_threads(threads)?;
+    let budget = match a.budget.as_deref().or(cfg.budget.as_deref()) {
+        Some(s) => parse_budget(s).map_err(|e| usage(format!("--budget: {e}")))?,
+        None => None,
+    };
+    let store = SessionStore::new(paths.sessions_dir.clone());
+    let resumed = if a.resume {
+        match store.latest()? {
+            Some(s) => Some(s),
+            None => return Err(usage("--resume: there is no saved session yet")),
+        }
+    } else {
+        None
+    };
+
+    // Terminal up; the guard and the panic hook put it back whatever happens.
+    enable_raw_mode()?;
+    let _guard = TerminalGuard;
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        prev_hook(info);
+    }));
+    let mut stdout = std::io::stdout();
+    crossterm::execute!(
+        stdout,
+        EnterAlternateScreen,
+        EnableBracketedPaste,
+        EnableMouseCapture
+    )?;
+    // Shift+Enter is only reported with the keyboard enhancement protocol.
+    if crossterm::terminal::supports_keyboard_enhancement().unwrap_or(false) {
+        let _ = crossterm::execute!(
+            stdout,
+            PushKeyboardEnhancementFlags(KeyboardEnhancementFlags::DISAMBIGUATE_ESCAPE_CODES)
+        );
+    }
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+
+    // Load in a thread while the loading view shows progress.
+    let t0 = Instant::now();
+    let load_dir = dir.clone();
+    let loader = std::thread::spawn(move || ModelFolder::open(&load_dir));
+    let mut tick = 0usize;
+    while !loader.is_finished() {
+        let spin = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"][tick % 10];
+        centered_message(
+            &mut terminal,
+            " nemo ",
+            vec![
+                Line::from(format!("{spin} loading {}", dir.display())),
+                Line::from(format!("{:.1} s", t0.elapsed().as_secs_f64())),
+            ],
+        )?;
+        tick += 1;
+        std::thread::sleep(std::time::Duration::from_millis(80));
+    }
+    let folder = match loader.join() {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            centered_message(
+                &mut terminal,
+                " nemo: the model could not be loaded ",
+                vec![
+                    Line::from(e.to_string()).style(theme.error),
+                    Line::from(""),
+                    Line::from("press any key to exit"),
+                ],
+            )?;
+            loop {
+                if let crossterm::event::Event::Key(_) = crossterm::event::read()? {
+                    break;
+                }
+            }
+            return Err(e.into());
+        }
+        Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
+    };
+    let cache = ModelArgs {
+        kv_cache_dtype: cfg
+            .kv_cache_dtype
+            .clone()
+            .filter(|_| a.model.kv_cache_dtype == "auto")
+            .unwrap_or(a.model.kv_cache_dtype.clone()),
+        mamba_ssm_cache_dtype: cfg
+            .mamba_ssm_cache_dtype
+            .clone()
+            .filter(|_| a.model.mamba_ssm_cache_dtype == "f32")
+            .unwrap_or(a.model.mamba_ssm_cache_dtype.clone()),
+        ..a.model.clone()
+    }
+    .cache_config(folder.model.weight_dtype)?;
+    let mc = &folder.model.config;
+    let info = ModelInfo {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string()),
+        backend: "cpu".into(),
+        arch: format!(
+            "NemotronH · hidden {} · {} layers",
+            mc.hidden_size,
+            mc.layers.len()
+        ),
+        dtype: folder.model.weight_dtype.to_string(),
+        pattern: mc.pattern(),
+        params: format!(
+            "{:.2} GB of weights",
+            folder.model.weight_bytes as f64 / 1e9
+        ),
+        context: mc.max_position_embeddings,
+        kv_cache_dtype: cache.kv_dtype.to_string(),
+        ssm_cache_dtype: cache.ssm_dtype.to_string(),
+    };
+
+    let mut sampling = SamplingParams::default();
+    folder.generation.apply(&mut sampling);
+    if let Some(v) = a.temperature.or(cfg.temperature) {
+        sampling.temperature = v;
+    }
+    if let Some(v) = a.top_p.or(cfg.top_p) {
+        sampling.top_p = v;
+    }
+    if let Some(v) = a.top_k.or(cfg.top_k) {
+        sampling.top_k = v;
+    }
+    if let Some(v) = cfg.min_p {
+        sampling.min_p = v;
+    }
+    sampling.seed = a.seed.or(cfg.seed);
+    let thinking = ThinkingOptions {
+        enabled: !(a.no_think || cfg.think == Some(false)),
+        budget,
+        ..Default::default()
+    };
+    let session_file = match resumed {
+        Some(s) => s,
+        None => SessionFile::new(
+            ModelIdentity::of_dir(&dir).unwrap_or(ModelIdentity {
+                path: dir.display().to_string(),
+                config_hash: String::new(),
+            }),
+            sampling.clone(),
+            thinking,
+            a.system.clone(),
+        ),
+    };
+    let history = History::load(&paths.history_file);
+    let history_error = history.load_error().map(str::to_string);
+    let session = Session::new(
+        &folder,
+        SessionOptions {
+            cache,
+            ..Default::default()
+        },
+    )?;
+    let engine = Engine::spawn(session);
+    let mut app = App::new(theme, info, session_file.clone(), history);
+    if !session_file.turns.is_empty() {
+        app.load_session(session_file);
+        app.info("resumed the last session");
+    }
+    if let Some(m) = a.max_tokens.or(cfg.max_tokens) {
+        app.max_tokens = m;
+    }
+    if cfg.show_reasoning == Some(false) {
+        app.show_reasoning = false;
+    }
+    if let Some(e) = history_error {
+        app.warn(e);
+    }
+    let (tx, rx) = channel::<AppMsg>();
+    let term_tx = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(ev) = crossterm::event::read() {
+            if term_tx.send(AppMsg::Term(ev)).is_err() {
+                break;
+            }
+        }
+    });
+    let clipboard = Box::new(|seq: &str| {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(seq.as_bytes());
+        let _ = out.flush();
+    });
+    let mut runner = Runner::new(engine, store, tx, clipboard);
+    runner.run(&mut terminal, &mut app, &rx)?;
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! The user's settings (`config.toml`) and where nemo keeps its files.
+//!
+//! Layering, lowest to highest; each layer only replaces the keys it sets:
+//! 1. built-in defaults (every key `None`; the consumer picks its own default),
+//! 2. `config.toml` in the platform config dir ([`Config::load`]),
+//! 3. `NEMO_<KEY>` environment variables, e.g. `NEMO_TEMPERATURE=0.6`
+//!    ([`Config::apply_env`]),
+//! 4. command-line flags, which the CLI collects into a `Config` and lays on top with
+//!    [`Config::merge_over`].
+//!
+//! Paths: `config.toml` lives in `ProjectDirs::from("", "", "nemo").config_dir()`,
+//! history and sessions in its `data_dir()`. `NEMO_CONFIG` (a file path) and
+//! `NEMO_DATA_DIR` (a directory) override them ([`Paths::discover`]).
+//!
+//! Invariants:
+//! - nemo never writes `config.toml`; a file it cannot read is reported, never replaced.
+//! - A missing config file is the same as an empty one; a corrupt one (bad TOML, unknown
+//!   key, wrong type, bad `budget`) is an error naming the file, the line and the key.
+//! - A bad `NEMO_*` value is an error naming the variable; an empty one counts as unset.
+//! - Every key is listed once, in `for_each_key!`, so the file, the environment and the
+//!   merge cannot drift apart.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
+/// at this layer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Model directory or name.
+    pub model: Option<String>,
+    /// Theme name.
+    pub theme: Option<String>,
+    /// Reasoning on or off.
+    pub think: Option<bool>,
+    /// Thinking budget: `"off"`, `"unlimited"` or a token count; see [`parse_budget`].
+    pub budget: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub max_tokens: Option<usize>,
+    pub kv_cache_dtype: Option<String>,
+    pub mamba_ssm_cache_dtype: Option<String>,
+    pub threads: Option<usize>,
+    pub show_reasoning: Option<bool>,
+}
+
+/// Calls `$m!(field, "ENV_SUFFIX", kind)` for every key; `kind` picks the env parser.
+macro_rules! for_each_key {
+    ($m:ident) => {
+        $m!(model, "MODEL", string);
+        $m!(theme, "THEME", string);
+        $m!(think, "THINK", bool);
+        $m!(budget, "BUDGET", budget);
+        $m!(temperature, "TEMPERATURE", number);
+        $m!(top_p, "TOP_P", number);
+        $m!(top_k, "TOP_K", number);
+        $m!(min_p, "MIN_P", number);
+        $m!(seed, "SEED", number);
+        $m!(max_tokens, "MAX_TOKENS", number);
+        $m!(kv_cache_dtype, "KV_CACHE_DTYPE", string);
+        $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", string);
+        $m!(threads, "THREADS", number);
+        $m!(show_reasoning, "SHOW_REASONING", bool);
+    };
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("no home directory found; set NEMO_CONFIG and NEMO_DATA_DIR")]
+    NoHome,
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}{}{}: {message}",
+        path.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default(),
+        key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        /// 1-based.
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+}
+
+/// Where nemo reads and writes its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    pub config_file: PathBuf,
+    pub data_dir: PathBuf,
+    /// `<data_dir>/history`: the chat input history.
+    pub history_file: PathBuf,
+    /// `<data_dir>/sessions`: saved chat sessions.
+    pub sessions_dir: PathBuf,
+}
+
+impl Paths {
+    /// The platform locations, with `NEMO_CONFIG` and `NEMO_DATA_DIR` taking precedence.
+    pub fn discover() -> Result<Paths, ConfigError> {
+        Self::discover_with(|k| std::env::var(k).ok())
+    }
+
+    /// [`Paths::discover`] with the environment passed in (for tests). The platform dirs
+    /// are only needed for what the overrides leave open.
+    pub fn discover_with(vars: impl Fn(&str) -> Option<String>) -> Result<Paths, ConfigError> {
+        let var = |k: &str| vars(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let (config_override, data_override) = (var("NEMO_CONFIG"), var("NEMO_DATA_DIR"));
+        let dirs = if config_override.is_none() || data_override.is_none() {
+            Some(directories::ProjectDirs::from("", "", "nemo").ok_or(ConfigError::NoHome)?)
+        } else {
+            None
+        };
+        let config_file = match (config_override, &dirs) {
+            (Some(p), _) => p,
+            (None, Some(d)) => d.config_dir().join("config.toml"),
+            (None, None) => return Err(ConfigError::NoHome),
+        };
+        let data_dir = match (data_override, &dirs) {
+            (Some(p), _) => p,
+            (None, Some(d)) => d.data_dir().to_path_buf(),
+            (None, None) => return Err(ConfigError::NoHome),
+        };
+        Ok(Paths {
+            config_file,
+            history_file: data_dir.join("history"),
+            sessions_dir: data_dir.join("sessions"),
+            data_dir,
+        })
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the default. Never writes.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let key = unknown_key(e.message()).or_else(|| line.and_then(|l| key_on_line(text, l)));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        if let Some(b) = &config.budget {
+            parse_budget(b).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: line_of_key(text, "budget"),
+                key: Some("budget".into()),
+                message,
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// Overrides each key from `NEMO_<KEY>` when `vars` has a non-empty value for it.
+    pub fn apply_env(&mut self, vars: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        macro_rules! apply {
+            ($field:ident, $suffix:literal, $kind:ident) => {
+                let var = concat!("NEMO_", $suffix);
+                if let Some(value) = vars(var).filter(|v| !v.trim().is_empty()) {
+                    self.$field = Some(apply!(@parse $kind, value.trim()).map_err(|message| {
+                        ConfigError::Env {
+                            var: var.to_string(),
+                            value: value.clone(),
+                            message,
+                        }
+                    })?);
+                }
+            };
+            (@parse string, $v:expr) => { Ok::<String, String>($v.to_string()) };
+            (@parse bool, $v:expr) => { parse_bool($v) };
+            (@parse budget, $v:expr) => { parse_budget($v).map(|_| $v.to_string()) };
+            (@parse number, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
+        }
+        for_each_key!(apply);
+        Ok(())
+    }
+
+    /// Lays `other` over `self`: every key `other` sets wins.
+    pub fn merge_over(&mut self, other: &Config) {
+        macro_rules! merge {
+            ($field:ident, $suffix:literal, $kind:ident) => {
+                if other.$field.is_some() {
+                    self.$field = other.$field.clone();
+                }
+            };
+        }
+        for_each_key!(merge);
+    }
+
+    /// The names of the environment variables [`Config::apply_env`] reads.
+    pub fn env_vars() -> Vec<&'static str> {
+        let mut names = Vec::new();
+        macro_rules! name {
+            ($field:ident, $suffix:literal, $kind:ident) => {
+                names.push(concat!("NEMO_", $suffix));
+            };
+        }
+        for_each_key!(name);
+        names
+    }
+}
+
+/// A thinking budget: `"off"` → `Some(0)`, `"unlimited"` → `None`, `N` → `Some(N)`.
+pub fn parse_budget(s: &str) -> Result<Option<usize>, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" => Ok(Some(0)),
+        "unlimited" => Ok(None),
+        n => n.parse().map(Some).map_err(|_| {
+            format!("budget must be \"off\", \"unlimited\" or a token count, not {s:?}")
+        }),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true/false, 1/0, yes/no or on/off".into()),
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The key named by serde's "unknown field `x`, expected ..." message.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The bare key assigned on 1-based `line`, if the line is `key = ...`.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let (key, _) = text.lines().nth(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| key.to_string())
+}
+
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    (1..=text.lines().count()).find(|&l| key_on_line(text, l).as_deref() == Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn missing_config_file_gives_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&dir.path().join("nope.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn config_file_sets_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = r#"
+model = "nemotron-nano"
+theme = "dark"
+think = false
+budget = "512"
+temperature = 0.6
+top_p = 0.95
+top_k = 20
+min_p = 0.05
+seed = 7
+max_tokens = 4096
+kv_cache_dtype = "bf16"
+mamba_ssm_cache_dtype = "f32"
+threads = 8
+show_reasoning = true
+"#;
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.model.as_deref(), Some("nemotron-nano"));
+        assert_eq!(c.think, Some(false));
+        assert_eq!(c.budget.as_deref(), Some("512"));
+        assert_eq!(c.temperature, Some(0.6));
+        assert_eq!(c.top_k, Some(20));
+        assert_eq!(c.seed, Some(7));
+        assert_eq!(c.threads, Some(8));
+        assert_eq!(c.show_reasoning, Some(true));
+        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("f32"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_line_and_key_and_the_file_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = "model = \"m\"\n\ntemprature = 0.5\n";
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(&path).unwrap_err();
+        match &err {
+            ConfigError::Parse { line, key, .. } => {
+                assert_eq!(*line, Some(3));
+                assert_eq!(key.as_deref(), Some("temprature"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let shown = err.to_string();
+        assert!(shown.contains("config.toml"), "{shown}");
+        assert!(shown.contains("line 3"), "{shown}");
+        assert!(shown.contains("temprature"), "{shown}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_line_and_key() {
+        let err =
+            Config::parse("top_k = 4\ntemperature = \"hot\"\n", Path::new("c.toml")).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("line 2"), "{shown}");
+        assert!(shown.contains("`temperature`"), "{shown}");
+    }
+
+    #[test]
+    fn bad_toml_is_an_error_with_a_line() {
+        let err = Config::parse("model = \"m\"\nthink = \n", Path::new("c.toml")).unwrap_err();
+        match err {
+            ConfigError::Parse { line, .. } => assert_eq!(line, Some(2)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_budget_in_file_names_the_key_and_line() {
+        let err =
+            Config::parse("think = true\nbudget = \"lots\"\n", Path::new("c.toml")).unwrap_err();
+        match err {
+            ConfigError::Parse { line, key, .. } => {
+                assert_eq!(line, Some(2));
+                assert_eq!(key.as_deref(), Some("budget"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_values_and_leaves_others() {
+        let mut c = Config {
+            model: Some("file-model".into()),
+            temperature: Some(0.1),
+            top_k: Some(5),
+            ..Config::default()
+        };
+        c.apply_env(env(&[
+            ("NEMO_TEMPERATURE", "0.7"),
+            ("NEMO_THINK", "off"),
+            ("NEMO_BUDGET", "unlimited"),
+            ("NEMO_MAMBA_SSM_CACHE_DTYPE", "bf16"),
+            ("NEMO_MODEL", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.temperature, Some(0.7));
+        assert_eq!(c.think, Some(false));
+        assert_eq!(c.budget.as_deref(), Some("unlimited"));
+        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("bf16"));
+        assert_eq!(
+            c.model.as_deref(),
+            Some("file-model"),
+            "empty var counts as unset"
+        );
+        assert_eq!(c.top_k, Some(5));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        for (var, value) in [
+            ("NEMO_TOP_K", "-3"),
+            ("NEMO_THINK", "maybe"),
+            ("NEMO_BUDGET", "lots"),
+            ("NEMO_TEMPERATURE", "warm"),
+        ] {
+            let err = Config::default()
+                .apply_env(env(&[(var, value)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn env_var_names_cover_every_key() {
+        let names = Config::env_vars();
+        assert_eq!(names.len(), 14);
+        assert!(names.contains(&"NEMO_KV_CACHE_DTYPE"));
+        assert!(names.contains(&"NEMO_SHOW_REASONING"));
+    }
+
+    #[test]
+    fn merge_over_lets_set_keys_win() {
+        let mut base = Config {
+            model: Some("a".into()),
+            seed: Some(1),
+            think: Some(true),
+            ..Config::default()
+        };
+        let flags = Config {
+            seed: Some(2),
+            threads: Some(4),
+            ..Config::default()
+        };
+        base.merge_over(&flags);
+        assert_eq!(base.model.as_deref(), Some("a"));
+        assert_eq!(base.seed, Some(2));
+        assert_eq!(base.threads, Some(4));
+        assert_eq!(base.think, Some(true));
+    }
+
+    #[test]
+    fn budget_parses_off_unlimited_and_counts() {
+        assert_eq!(parse_budget("off"), Ok(Some(0)));
+        assert_eq!(parse_budget("Unlimited"), Ok(None));
+        assert_eq!(parse_budget(" 256 "), Ok(Some(256)));
+        assert_eq!(parse_budget("0"), Ok(Some(0)));
+        assert!(parse_budget("-1").is_err());
+        assert!(parse_budget("").is_err());
+    }
+
+    #[test]
+    fn paths_honour_env_overrides() {
+        let p = Paths::discover_with(env(&[
+            ("NEMO_CONFIG", "/tmp/x/my.toml"),
+            ("NEMO_DATA_DIR", "/tmp/y"),
+        ]))
+        .unwrap();
+        assert_eq!(p.config_file, PathBuf::from("/tmp/x/my.toml"));
+        assert_eq!(p.data_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(p.history_file, PathBuf::from("/tmp/y/history"));
+        assert_eq!(p.sessions_dir, PathBuf::from("/tmp/y/sessions"));
+    }
+}

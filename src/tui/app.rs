@@ -1,0 +1,801 @@
+//! The chat interface's state and logic, with no terminal in it: keys, commands and
+//! engine events go in; `Effect`s (submit a request, save, copy, …) come out for the
+//! runner to carry out. Everything here is testable without a terminal.
+//!
+//! Invariants: at most one request runs at a time (`running`); a turn's text only grows
+//! while it streams; the transcript follows the bottom unless the user scrolled up.
+
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+
+use super::commands::{self, BudgetArg, Command, SetArg};
+use super::input::{History, InputAction, InputEditor};
+use super::theme::Theme;
+use crate::chat::session_store::{SessionFile, Turn, TurnStats};
+use crate::chat::Message;
+use crate::engine::sampler::SamplingParams;
+use crate::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
+
+/// What the loaded model is, for the status bar and `/model`.
+#[derive(Clone, Debug, Default)]
+pub struct ModelInfo {
+    pub name: String,
+    pub backend: String,
+    pub arch: String,
+    pub dtype: String,
+    pub pattern: String,
+    pub params: String,
+    pub context: usize,
+    pub kv_cache_dtype: String,
+    pub ssm_cache_dtype: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnState {
+    Streaming,
+    Done,
+    Interrupted,
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct TurnView {
+    pub user: String,
+    pub reasoning: String,
+    pub answer: String,
+    pub state: TurnState,
+    pub stats: Option<TurnStats>,
+    /// Folded to one line once the answer starts; a key unfolds it.
+    pub reasoning_folded: bool,
+    pub reasoning_tokens: usize,
+    pub thinking_ms: Option<u64>,
+    pub thinking_forced: bool,
+}
+
+impl TurnView {
+    fn new(user: String) -> Self {
+        TurnView {
+            user,
+            reasoning: String::new(),
+            answer: String::new(),
+            state: TurnState::Streaming,
+            stats: None,
+            reasoning_folded: false,
+            reasoning_tokens: 0,
+            thinking_ms: None,
+            thinking_forced: false,
+        }
+    }
+}
+
+/// A request in flight.
+#[derive(Clone, Debug)]
+pub struct Running {
+    pub controls: Controls,
+    pub started: Instant,
+    pub reasoning_tokens: usize,
+    pub completion_tokens: usize,
+    pub tokens_per_s: f64,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub answer_started: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Overlay {
+    Help,
+    Model,
+    Sessions(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Work the runner does for the app.
+#[derive(Clone, Debug)]
+pub enum Effect {
+    Submit(Box<Request>),
+    /// Forget the engine's sequence state (`/clear`).
+    ResetEngine,
+    /// Write the current session file (autosave after each turn, and `/save`).
+    Save(Option<String>),
+    Load(String),
+    ListSessions,
+    Export(String),
+    /// Put text on the clipboard (OSC 52).
+    Copy(String),
+    SaveHistory,
+    Quit,
+}
+
+/// The budget slider's stops (Alt+←/→ move along them).
+pub const BUDGET_STEPS: &[Option<usize>] = &[
+    Some(0),
+    Some(64),
+    Some(128),
+    Some(256),
+    Some(512),
+    Some(1024),
+    Some(2048),
+    Some(4096),
+    Some(8192),
+    Some(16384),
+    None,
+];
+
+pub struct App {
+    pub theme: Theme,
+    pub model: ModelInfo,
+    pub turns: Vec<TurnView>,
+    pub system: Option<String>,
+    pub thinking: bool,
+    /// None = unlimited; Some(0) = off.
+    pub budget: Option<usize>,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub input: InputEditor,
+    pub history: History,
+    /// Lines scrolled up from the bottom; 0 follows new output.
+    pub scroll_up: usize,
+    pub overlay: Option<Overlay>,
+    pub message: Option<(String, Level)>,
+    pub running: Option<Running>,
+    pub show_reasoning: bool,
+    pub ctrl_c_at: Option<Instant>,
+    pub should_quit: bool,
+    /// Tokens in the context after the last turn.
+    pub context_used: usize,
+    pub last_ttft_ms: Option<f64>,
+    pub last_tokens_per_s: Option<f64>,
+    /// Session file being written after each turn.
+    pub session: SessionFile,
+    /// Set by the view: lines the transcript area shows (for paging).
+    pub viewport_height: usize,
+    /// Completion popup selection.
+    pub completion_index: usize,
+    /// Rendered answers per turn, keyed by (answer length, width): markdown and syntax
+    /// highlighting run once per change, not once per frame.
+    pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
+}
+
+fn budget_label(b: Option<usize>) -> String {
+    match b {
+        Some(0) => "off".into(),
+        Some(n) => format!("{n}"),
+        None => "unlimited".into(),
+    }
+}
+
+impl App {
+    pub fn new(theme: Theme, model: ModelInfo, session: SessionFile, history: History) -> Self {
+        let thinking = session.thinking.enabled;
+        let budget = session.thinking.budget;
+        App {
+            theme,
+            model,
+            turns: Vec::new(),
+            system: session.system.clone(),
+            thinking,
+            budget,
+            sampling: session.sampling.clone(),
+            max_tokens: 4096,
+            input: InputEditor::default(),
+            history,
+            scroll_up: 0,
+            overlay: None,
+            message: None,
+            running: None,
+            show_reasoning: true,
+            ctrl_c_at: None,
+            should_quit: false,
+            context_used: 0,
+            last_ttft_ms: None,
+            last_tokens_per_s: None,
+            session,
+            viewport_height: 20,
+            completion_index: 0,
+            answer_cache: Vec::new(),
+        }
+    }
+
+    /// Restores the turns of a saved session into the view.
+    pub fn load_session(&mut self, s: SessionFile) {
+        self.turns = s
+            .turns
+            .iter()
+            .map(|t| TurnView {
+                user: t.user.clone(),
+                reasoning: t.reasoning.clone(),
+                answer: t.answer.clone(),
+                state: TurnState::Done,
+                stats: t.stats.clone(),
+                reasoning_folded: true,
+                reasoning_tokens: t.stats.as_ref().map(|s| s.reasoning_tokens).unwrap_or(0),
+                thinking_ms: None,
+                thinking_forced: false,
+            })
+            .collect();
+        self.system = s.system.clone();
+        self.sampling = s.sampling.clone();
+        self.thinking = s.thinking.enabled;
+        self.budget = s.thinking.budget;
+        self.session = s;
+        self.scroll_up = 0;
+    }
+
+    pub fn info(&mut self, msg: impl Into<String>) {
+        self.message = Some((msg.into(), Level::Info));
+    }
+    pub fn warn(&mut self, msg: impl Into<String>) {
+        self.message = Some((msg.into(), Level::Warn));
+    }
+    pub fn error(&mut self, msg: impl Into<String>) {
+        self.message = Some((msg.into(), Level::Error));
+    }
+
+    pub fn thinking_options(&self) -> ThinkingOptions {
+        ThinkingOptions {
+            enabled: self.thinking && self.budget != Some(0),
+            budget: self.budget,
+            min_tokens: 0,
+            closing_message: None,
+            grace_tokens: 0,
+        }
+    }
+
+    /// The conversation as the template sees it, finished turns plus `next_user`.
+    fn messages(&self, upto: usize, next_user: &str) -> Vec<Message> {
+        let mut m = Vec::new();
+        if let Some(s) = &self.system {
+            m.push(Message::system(s.clone()));
+        }
+        for t in &self.turns[..upto] {
+            m.push(Message::user(t.user.clone()));
+            if !t.answer.is_empty() || !t.reasoning.is_empty() {
+                let mut a = Message::assistant(t.answer.clone());
+                if !t.reasoning.is_empty() {
+                    a.reasoning_content = Some(t.reasoning.clone());
+                }
+                m.push(a);
+            }
+        }
+        m.push(Message::user(next_user.to_string()));
+        m
+    }
+
+    fn start_turn(&mut self, user: String) -> Vec<Effect> {
+        let upto = self.turns.len();
+        let messages = self.messages(upto, &user);
+        self.turns.push(TurnView::new(user));
+        let thinking = self.thinking_options();
+        let controls = Controls::new(thinking.budget);
+        self.running = Some(Running {
+            controls: controls.clone(),
+            started: Instant::now(),
+            reasoning_tokens: 0,
+            completion_tokens: 0,
+            tokens_per_s: 0.0,
+            prompt_tokens: 0,
+            reused_tokens: 0,
+            answer_started: false,
+        });
+        self.scroll_up = 0;
+        self.message = None;
+        vec![Effect::Submit(Box::new(Request {
+            messages,
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: vec![],
+            thinking,
+            controls,
+        }))]
+    }
+
+    fn submit(&mut self, text: String) -> Vec<Effect> {
+        let trimmed = text.trim();
+        if trimmed.starts_with('/') {
+            self.history.push(trimmed);
+            let mut fx = vec![Effect::SaveHistory];
+            match commands::parse(trimmed) {
+                Ok(cmd) => fx.extend(self.run_command(cmd)),
+                Err(e) => self.error(e.to_string()),
+            }
+            return fx;
+        }
+        if self.running.is_some() {
+            self.input.set_text(&text);
+            self.warn("a reply is still being generated: Esc stops it, Ctrl+G wraps up thinking");
+            return vec![];
+        }
+        self.history.push(&text);
+        let mut fx = vec![Effect::SaveHistory];
+        fx.extend(self.start_turn(text));
+        fx
+    }
+
+    pub fn set_budget(&mut self, b: Option<usize>) {
+        self.budget = b;
+        if let Some(r) = &self.running {
+            r.controls.set_budget(b);
+        }
+        self.session.thinking = self.thinking_options();
+    }
+
+    fn step_budget(&mut self, up: bool) {
+        let pos = BUDGET_STEPS
+            .iter()
+            .position(|s| *s == self.budget)
+            .unwrap_or_else(|| {
+                // Between stops: the nearest one on the way.
+                let v = self.budget.unwrap_or(usize::MAX);
+                BUDGET_STEPS
+                    .iter()
+                    .position(|s| s.unwrap_or(usize::MAX) >= v)
+                    .unwrap_or(BUDGET_STEPS.len() - 1)
+            });
+        let next = if up {
+            (pos + 1).min(BUDGET_STEPS.len() - 1)
+        } else {
+            pos.saturating_sub(1)
+        };
+        self.set_budget(BUDGET_STEPS[next]);
+        if self.budget != Some(0) {
+            self.thinking = true;
+        }
+        self.info(format!("thinking budget: {}", budget_label(self.budget)));
+    }
+
+    pub fn wrap_up(&mut self) {
+        match &self.running {
+            Some(r) if !r.answer_started => {
+                r.controls.wrap_up();
+                self.info("wrapping up: the model answers from the reasoning so far");
+            }
+            Some(_) => self.info("the answer has already started"),
+            None => self.info("nothing to wrap up: no reply is being generated"),
+        }
+    }
+
+    fn stop_generation(&mut self) {
+        if let Some(r) = &self.running {
+            r.controls.cancel();
+        }
+    }
+
+    pub fn run_command(&mut self, cmd: Command) -> Vec<Effect> {
+        match cmd {
+            Command::Think => {
+                self.thinking = true;
+                if self.budget == Some(0) {
+                    self.budget = None;
+                }
+                self.session.thinking = self.thinking_options();
+                self.info("thinking on");
+            }
+            Command::NoThink => {
+                self.thinking = false;
+                self.session.thinking = self.thinking_options();
+                self.info("thinking off");
+            }
+            Command::Budget(b) => {
+                let b = match b {
+                    BudgetArg::Off => Some(0),
+                    BudgetArg::Unlimited => None,
+                    BudgetArg::Tokens(n) => Some(n),
+                };
+                if b != Some(0) {
+                    self.thinking = true;
+                }
+                self.set_budget(b);
+                self.info(format!("thinking budget: {}", budget_label(b)));
+            }
+            Command::System(s) => {
+                self.system = if s.trim().is_empty() { None } else { Some(s) };
+                self.session.system = self.system.clone();
+                self.info("system message set; it applies from the next turn");
+            }
+            Command::Clear => {
+                self.stop_generation();
+                self.running = None;
+                self.turns.clear();
+                self.context_used = 0;
+                self.session.turns.clear();
+                self.info("conversation cleared");
+                return vec![Effect::ResetEngine, Effect::Save(None)];
+            }
+            Command::Retry => {
+                if self.running.is_some() {
+                    self.warn("wait for the reply to finish (or press Esc) before /retry");
+                } else if let Some(last) = self.turns.pop() {
+                    self.session.turns.truncate(self.turns.len());
+                    return self.start_turn(last.user);
+                } else {
+                    self.warn("nothing to retry yet");
+                }
+            }
+            Command::Undo => {
+                if self.running.is_some() {
+                    self.stop_generation();
+                    self.running = None;
+                }
+                if let Some(t) = self.turns.pop() {
+                    self.session.turns.truncate(self.turns.len());
+                    self.input.set_text(&t.user);
+                    self.info("last exchange removed; its message is back in the input");
+                    return vec![Effect::Save(None)];
+                }
+                self.warn("nothing to undo");
+            }
+            Command::Save(name) => return vec![Effect::Save(name)],
+            Command::Load(name) => {
+                if self.running.is_some() {
+                    self.warn("wait for the reply to finish before /load");
+                } else {
+                    return vec![Effect::Load(name)];
+                }
+            }
+            Command::Sessions => return vec![Effect::ListSessions],
+            Command::Export(file) => return vec![Effect::Export(file)],
+            Command::Model => self.overlay = Some(Overlay::Model),
+            Command::Set(s) => {
+                let msg = match s {
+                    SetArg::Temperature(v) => {
+                        self.sampling.temperature = v;
+                        format!("temperature = {v}")
+                    }
+                    SetArg::TopP(v) => {
+                        self.sampling.top_p = v;
+                        format!("top_p = {v}")
+                    }
+                    SetArg::TopK(v) => {
+                        self.sampling.top_k = v;
+                        format!("top_k = {v}")
+                    }
+                    SetArg::Seed(v) => {
+                        self.sampling.seed = v;
+                        format!(
+                            "seed = {}",
+                            v.map(|s| s.to_string()).unwrap_or_else(|| "random".into())
+                        )
+                    }
+                    SetArg::MaxTokens(v) => {
+                        self.max_tokens = v;
+                        format!("max_tokens = {v}")
+                    }
+                };
+                self.session.sampling = self.sampling.clone();
+                self.info(msg);
+            }
+            Command::Copy => match self.turns.iter().rev().find(|t| !t.answer.is_empty()) {
+                Some(t) => {
+                    let text = t.answer.clone();
+                    self.info("last answer copied to the clipboard");
+                    return vec![Effect::Copy(text)];
+                }
+                None => self.warn("no answer to copy yet"),
+            },
+            Command::Wrap => self.wrap_up(),
+            Command::Help => self.overlay = Some(Overlay::Help),
+            Command::Quit => {
+                self.stop_generation();
+                self.should_quit = true;
+                return vec![Effect::Quit];
+            }
+        }
+        vec![]
+    }
+
+    fn scroll_by(&mut self, lines: isize) {
+        if lines > 0 {
+            self.scroll_up = self.scroll_up.saturating_add(lines as usize);
+        } else {
+            self.scroll_up = self.scroll_up.saturating_sub((-lines) as usize);
+        }
+    }
+
+    /// Completion candidates for the input, when it is a command being typed.
+    pub fn completions(&self) -> Vec<&'static commands::CommandSpec> {
+        let t = self.input.text();
+        if t.starts_with('/') && !t.contains(' ') && !t.contains('\n') {
+            commands::complete(&t[1..])
+        } else {
+            vec![]
+        }
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        use KeyCode::*;
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let alt = key.modifiers.contains(KeyModifiers::ALT);
+        if key.kind == crossterm::event::KeyEventKind::Release {
+            return vec![];
+        }
+        // Overlays take keys first.
+        if self.overlay.is_some() {
+            match key.code {
+                Esc | Char('q') | Enter | F(1) | Char('?') => self.overlay = None,
+                _ if ctrl && key.code == Char('c') => self.overlay = None,
+                _ => {}
+            }
+            return vec![];
+        }
+        if ctrl && key.code != Char('c') {
+            self.ctrl_c_at = None;
+        }
+        match key.code {
+            Char('c') if ctrl => {
+                if self.running.is_some() {
+                    self.stop_generation();
+                    self.info("stopped; the partial answer is kept");
+                    return vec![];
+                }
+                if !self.input.is_empty() {
+                    self.input.clear();
+                    return vec![];
+                }
+                if self
+                    .ctrl_c_at
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+                {
+                    self.should_quit = true;
+                    return vec![Effect::Quit];
+                }
+                self.ctrl_c_at = Some(Instant::now());
+                self.info("press Ctrl+C again to quit (or Ctrl+D)");
+                return vec![];
+            }
+            Char('d') if ctrl => {
+                if self.input.is_empty() {
+                    self.stop_generation();
+                    self.should_quit = true;
+                    return vec![Effect::Quit];
+                }
+            }
+            Esc => {
+                if self.running.is_some() {
+                    self.stop_generation();
+                    self.info("stopped; the partial answer is kept");
+                } else {
+                    self.message = None;
+                }
+                return vec![];
+            }
+            F(1) => {
+                self.overlay = Some(Overlay::Help);
+                return vec![];
+            }
+            Char('?') if self.input.is_empty() => {
+                self.overlay = Some(Overlay::Help);
+                return vec![];
+            }
+            Char('g') if ctrl => {
+                self.wrap_up();
+                return vec![];
+            }
+            Char('o') if ctrl => {
+                if let Some(t) = self
+                    .turns
+                    .iter_mut()
+                    .rev()
+                    .find(|t| !t.reasoning.is_empty())
+                {
+                    t.reasoning_folded = !t.reasoning_folded;
+                }
+                return vec![];
+            }
+            Char('r') if ctrl => {
+                self.show_reasoning = !self.show_reasoning;
+                self.info(if self.show_reasoning {
+                    "reasoning shown"
+                } else {
+                    "reasoning hidden"
+                });
+                return vec![];
+            }
+            Char('l') if ctrl => {
+                self.scroll_up = 0;
+                return vec![];
+            }
+            Left if alt => {
+                self.step_budget(false);
+                return vec![];
+            }
+            Right if alt => {
+                self.step_budget(true);
+                return vec![];
+            }
+            PageUp => {
+                self.scroll_by(self.viewport_height.saturating_sub(2).max(1) as isize);
+                return vec![];
+            }
+            PageDown => {
+                self.scroll_by(-(self.viewport_height.saturating_sub(2).max(1) as isize));
+                return vec![];
+            }
+            Home if ctrl || self.input.is_empty() => {
+                self.scroll_up = usize::MAX / 2;
+                return vec![];
+            }
+            End if ctrl || self.input.is_empty() => {
+                self.scroll_up = 0;
+                return vec![];
+            }
+            Tab => {
+                let c = self.completions();
+                if let Some(spec) = c.get(self.completion_index.min(c.len().saturating_sub(1))) {
+                    let text = if spec.args.is_empty() {
+                        format!("/{}", spec.name)
+                    } else {
+                        format!("/{} ", spec.name)
+                    };
+                    self.input.set_text(&text);
+                    self.completion_index = 0;
+                }
+                return vec![];
+            }
+            Up | Down if !self.completions().is_empty() && self.input.text().len() > 1 => {
+                let n = self.completions().len();
+                self.completion_index = if key.code == Up {
+                    (self.completion_index + n - 1) % n
+                } else {
+                    (self.completion_index + 1) % n
+                };
+                return vec![];
+            }
+            _ => {}
+        }
+        match self.input.handle_key(key) {
+            InputAction::Submit(text) => {
+                self.completion_index = 0;
+                // A command picked from the popup with Enter.
+                let c = self.completions_for(&text);
+                if let Some(spec) = c {
+                    return self.submit(spec);
+                }
+                self.submit(text)
+            }
+            InputAction::HistoryPrev => {
+                let draft = self.input.text();
+                if let Some(h) = self.history.prev(&draft) {
+                    let h = h.to_string();
+                    self.input.set_text(&h);
+                }
+                vec![]
+            }
+            InputAction::HistoryNext => {
+                if let Some(h) = self.history.next() {
+                    self.input.set_text(&h);
+                }
+                vec![]
+            }
+            _ => {
+                self.completion_index = 0;
+                vec![]
+            }
+        }
+    }
+
+    /// When Enter is pressed on a partial command name with the popup open, the selected
+    /// command (if it takes no arguments) runs; otherwise the text is submitted as typed.
+    fn completions_for(&self, text: &str) -> Option<String> {
+        if !text.starts_with('/') || text.contains(' ') || commands::parse(text).is_ok() {
+            return None;
+        }
+        let c = commands::complete(&text[1..]);
+        let spec = c.get(self.completion_index.min(c.len().saturating_sub(1)))?;
+        spec.args.is_empty().then(|| format!("/{}", spec.name))
+    }
+
+    pub fn handle_paste(&mut self, text: &str) {
+        self.input.insert_str(text);
+    }
+
+    pub fn handle_mouse(&mut self, m: MouseEvent) {
+        match m.kind {
+            MouseEventKind::ScrollUp => self.scroll_by(3),
+            MouseEventKind::ScrollDown => self.scroll_by(-3),
+            _ => {}
+        }
+    }
+
+    /// An event from the engine for the running request.
+    pub fn handle_engine(&mut self, ev: Event) -> Vec<Effect> {
+        let Some(turn) = self.turns.last_mut() else {
+            return vec![];
+        };
+        match ev {
+            Event::Started {
+                prompt_tokens,
+                reused_tokens,
+            } => {
+                if let Some(r) = &mut self.running {
+                    r.prompt_tokens = prompt_tokens;
+                    r.reused_tokens = reused_tokens;
+                }
+                self.context_used = prompt_tokens;
+            }
+            Event::Reasoning(t) => {
+                turn.reasoning.push_str(&t);
+            }
+            Event::Content(t) => {
+                if let Some(r) = &mut self.running {
+                    if !r.answer_started {
+                        r.answer_started = true;
+                        turn.reasoning_folded = true;
+                        turn.thinking_ms = Some(r.started.elapsed().as_millis() as u64);
+                        turn.reasoning_tokens = r.reasoning_tokens;
+                    }
+                }
+                turn.answer.push_str(&t);
+            }
+            Event::Progress {
+                reasoning_tokens,
+                completion_tokens,
+                tokens_per_s,
+            } => {
+                if let Some(r) = &mut self.running {
+                    r.reasoning_tokens = reasoning_tokens;
+                    r.completion_tokens = completion_tokens;
+                    r.tokens_per_s = tokens_per_s;
+                }
+                if !self.running.as_ref().is_some_and(|r| r.answer_started) {
+                    turn.reasoning_tokens = reasoning_tokens;
+                }
+            }
+            Event::Done(d) => {
+                turn.state = if d.finish_reason == FinishReason::Cancelled {
+                    TurnState::Interrupted
+                } else {
+                    TurnState::Done
+                };
+                turn.reasoning_tokens = d.usage.reasoning_tokens;
+                turn.thinking_forced = d.thinking_forced;
+                if turn.thinking_ms.is_none() && !turn.reasoning.is_empty() {
+                    turn.thinking_ms = self
+                        .running
+                        .as_ref()
+                        .map(|r| r.started.elapsed().as_millis() as u64);
+                }
+                turn.reasoning_folded = !turn.answer.is_empty();
+                let stats = TurnStats::from(&d);
+                turn.stats = Some(stats.clone());
+                self.context_used = d.usage.prompt_tokens + d.usage.completion_tokens;
+                self.last_ttft_ms = Some(d.timings.ttft_ms);
+                self.last_tokens_per_s = Some(d.timings.decode_tokens_per_s);
+                self.running = None;
+                let turn_record = Turn {
+                    user: turn.user.clone(),
+                    reasoning: turn.reasoning.clone(),
+                    answer: turn.answer.clone(),
+                    stats: Some(stats),
+                };
+                self.session.turns.truncate(self.turns.len() - 1);
+                self.session.turns.push(turn_record);
+                self.check_context();
+                return vec![Effect::Save(None)];
+            }
+            Event::Error(e) => {
+                turn.state = TurnState::Failed(e.clone());
+                self.running = None;
+                self.error(e);
+            }
+        }
+        vec![]
+    }
+
+    fn check_context(&mut self) {
+        let ctx = self.model.context.max(1);
+        let pct = self.context_used * 100 / ctx;
+        if pct >= 85 {
+            self.warn(format!(
+                "context {pct}% full ({}/{ctx} tokens): /clear starts over, /undo drops the last exchange",
+                self.context_used
+            ));
+        }
+    }
+}

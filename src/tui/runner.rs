@@ -1,0 +1,258 @@
+//! The main loop: merges terminal input and engine events on one channel, updates the
+//! `App`, carries out its `Effect`s, and redraws at most ~30 times a second. Generic over
+//! ratatui's `Backend`, so tests drive it with `TestBackend` and the real engine.
+//!
+//! Idle costs nothing: the loop blocks on the channel (waking once a second for timers);
+//! it never polls in a busy loop. Engine events are tagged with their request's number,
+//! and events of a request the user moved away from (cancel, /clear, /undo) are dropped.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use ratatui::backend::Backend;
+use ratatui::Terminal;
+
+use super::app::{App, Effect, Overlay};
+use super::view;
+use crate::chat::session_store::{export_markdown, write_atomic, SessionStore};
+use crate::engine::Engine;
+use crate::protocol::Event;
+
+pub enum AppMsg {
+    Term(crossterm::event::Event),
+    Engine(u64, Event),
+}
+
+const FRAME: Duration = Duration::from_millis(33);
+
+pub struct Runner {
+    pub engine: Engine,
+    pub store: SessionStore,
+    pub tx: Sender<AppMsg>,
+    /// Where `/copy` sends its OSC 52 sequence (the terminal; a buffer in tests).
+    pub clipboard: Box<dyn FnMut(&str)>,
+    request: u64,
+}
+
+/// OSC 52: asks the terminal to put `text` on the system clipboard (works over SSH).
+pub fn osc52(text: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(b.len() * 4 / 3 + 16);
+    out.push_str("\x1b]52;c;");
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out.push('\x07');
+    out
+}
+
+impl Runner {
+    pub fn new(
+        engine: Engine,
+        store: SessionStore,
+        tx: Sender<AppMsg>,
+        clipboard: Box<dyn FnMut(&str)>,
+    ) -> Self {
+        Runner {
+            engine,
+            store,
+            tx,
+            clipboard,
+            request: 0,
+        }
+    }
+
+    fn apply(&mut self, app: &mut App, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Submit(req) => {
+                    self.request += 1;
+                    let id = self.request;
+                    let events = self.engine.submit(*req);
+                    let tx = self.tx.clone();
+                    std::thread::spawn(move || {
+                        for ev in events {
+                            if tx.send(AppMsg::Engine(id, ev)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Effect::ResetEngine => {
+                    self.request += 1;
+                    self.engine.reset();
+                }
+                Effect::Save(name) => {
+                    app.session.touch();
+                    let r = match &name {
+                        Some(n) => self.store.save_as(&app.session, n),
+                        None => self.store.save(&app.session),
+                    };
+                    match (r, name) {
+                        (Ok(p), Some(_)) => app.info(format!("saved {}", p.display())),
+                        (Ok(_), None) => {}
+                        (Err(e), _) => app.error(format!("could not save the session: {e}")),
+                    }
+                }
+                Effect::Load(name) => match self.store.load(&name) {
+                    Ok(s) => {
+                        let n = s.turns.len();
+                        app.load_session(s);
+                        app.answer_cache.clear();
+                        app.info(format!("loaded `{name}` ({n} turns)"));
+                    }
+                    Err(e) => app.error(e.to_string()),
+                },
+                Effect::ListSessions => match self.store.list() {
+                    Ok(list) => {
+                        let rows = list
+                            .iter()
+                            .map(|s| match &s.corrupt {
+                                Some(why) => format!("{:<28} (unreadable: {why})", s.name),
+                                None => format!(
+                                    "{:<28} {:<20} {:>3} turns  {}",
+                                    s.name,
+                                    s.updated.get(..16).unwrap_or(&s.updated),
+                                    s.turns,
+                                    s.preview
+                                ),
+                            })
+                            .collect();
+                        app.overlay = Some(Overlay::Sessions(rows));
+                    }
+                    Err(e) => app.error(e.to_string()),
+                },
+                Effect::Export(file) => {
+                    let path = PathBuf::from(&file);
+                    match write_atomic(&path, export_markdown(&app.session).as_bytes()) {
+                        Ok(()) => app.info(format!("exported to {}", path.display())),
+                        Err(e) => app.error(format!("{}: {e}", path.display())),
+                    }
+                }
+                Effect::Copy(text) => (self.clipboard)(&osc52(&text)),
+                Effect::SaveHistory => {
+                    if let Err(e) = app.history.save() {
+                        app.warn(format!("could not save the input history: {e}"));
+                    }
+                }
+                Effect::Quit => app.should_quit = true,
+            }
+        }
+    }
+
+    fn handle(&mut self, app: &mut App, msg: AppMsg) {
+        let effects = match msg {
+            AppMsg::Term(crossterm::event::Event::Key(k)) => app.handle_key(k),
+            AppMsg::Term(crossterm::event::Event::Paste(p)) => {
+                app.handle_paste(&p);
+                vec![]
+            }
+            AppMsg::Term(crossterm::event::Event::Mouse(m)) => {
+                app.handle_mouse(m);
+                vec![]
+            }
+            AppMsg::Term(_) => vec![], // resize: the redraw picks up the new size
+            AppMsg::Engine(id, ev) => {
+                if id != self.request || app.running.is_none() {
+                    return;
+                }
+                app.handle_engine(ev)
+            }
+        };
+        self.apply(app, effects);
+    }
+
+    /// Runs until the app quits or the channel closes.
+    pub fn run<B: Backend>(
+        &mut self,
+        terminal: &mut Terminal<B>,
+        app: &mut App,
+        rx: &Receiver<AppMsg>,
+    ) -> std::io::Result<()> {
+        let mut dirty = true;
+        let mut last_draw = Instant::now() - FRAME;
+        loop {
+            if dirty && last_draw.elapsed() >= FRAME {
+                terminal.draw(|f| view::draw(f, app))?;
+                dirty = false;
+                last_draw = Instant::now();
+            }
+            if app.should_quit {
+                return Ok(());
+            }
+            let wait = if dirty {
+                FRAME.saturating_sub(last_draw.elapsed())
+            } else {
+                Duration::from_secs(1)
+            };
+            match rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.handle(app, msg);
+                    while let Ok(m) = rx.try_recv() {
+                        self.handle(app, m);
+                    }
+                    dirty = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    /// Feeds messages until none arrive for `idle` (tests: wait for a turn to finish).
+    pub fn pump<B: Backend>(
+        &mut self,
+        terminal: &mut Terminal<B>,
+        app: &mut App,
+        rx: &Receiver<AppMsg>,
+        idle: Duration,
+    ) -> std::io::Result<()> {
+        while let Ok(msg) = rx.recv_timeout(idle) {
+            self.handle(app, msg);
+            if app.running.is_none() {
+                break;
+            }
+        }
+        terminal.draw(|f| view::draw(f, app))?;
+        Ok(())
+    }
+
+    /// One message, as the loop would handle it (tests).
+    pub fn send<B: Backend>(
+        &mut self,
+        terminal: &mut Terminal<B>,
+        app: &mut App,
+        msg: AppMsg,
+    ) -> std::io::Result<()> {
+        self.handle(app, msg);
+        terminal.draw(|f| view::draw(f, app))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::osc52;
+
+    #[test]
+    fn osc52_encodes_base64_with_padding() {
+        assert_eq!(osc52("hi"), "\x1b]52;c;aGk=\x07");
+        assert_eq!(osc52("héllo!"), "\x1b]52;c;aMOpbGxvIQ==\x07");
+    }
+}
