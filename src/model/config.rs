@@ -60,6 +60,17 @@ pub struct NemotronHConfig {
     // MLP
     pub intermediate_size: usize,
     pub mlp_bias: bool,
+    // MoE (`E` layers)
+    pub n_routed_experts: usize,
+    pub num_experts_per_tok: usize,
+    /// Routing groups (not Mamba's `n_groups`).
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub moe_intermediate_size: usize,
+    pub moe_shared_expert_intermediate_size: usize,
+    pub moe_latent_size: Option<usize>,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f32,
     // Ids
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Vec<u32>,
@@ -149,6 +160,19 @@ impl NemotronHConfig {
             head_dim,
             intermediate_size: r.usize("intermediate_size", &[])?,
             mlp_bias: r.bool_or("mlp_bias", &[], false)?,
+            n_routed_experts: r
+                .opt_usize("n_routed_experts", &["num_local_experts"])?
+                .unwrap_or(0),
+            num_experts_per_tok: r.opt_usize("num_experts_per_tok", &[])?.unwrap_or(0),
+            n_group: r.opt_usize("n_group", &[])?.unwrap_or(1),
+            topk_group: r.opt_usize("topk_group", &[])?.unwrap_or(1),
+            moe_intermediate_size: r.opt_usize("moe_intermediate_size", &[])?.unwrap_or(0),
+            moe_shared_expert_intermediate_size: r
+                .opt_usize("moe_shared_expert_intermediate_size", &[])?
+                .unwrap_or(0),
+            moe_latent_size: r.opt_usize("moe_latent_size", &[])?,
+            norm_topk_prob: r.bool_or("norm_topk_prob", &[], true)?,
+            routed_scaling_factor: r.f32_or("routed_scaling_factor", &[], 1.0)?,
             bos_token_id: r.opt_usize("bos_token_id", &[])?.map(|v| v as u32),
             eos_token_id: r.ids("eos_token_id")?,
             torch_dtype: obj
@@ -182,11 +206,47 @@ impl NemotronHConfig {
         if self.layers.is_empty() {
             return Err(r.err("hybrid_override_pattern", "has no layers".into()));
         }
-        if let Some(i) = self.layers.iter().position(|k| *k == LayerKind::Moe) {
-            return Err(r.err(
-                "hybrid_override_pattern",
-                format!("layer {i} is a MoE layer (`E`): MoE models are not supported yet"),
-            ));
+        if self.layers.contains(&LayerKind::Moe) {
+            let e = self.n_routed_experts;
+            if e == 0 {
+                return Err(r.err(
+                    "n_routed_experts",
+                    "must be set for a model with MoE (`E`) layers".into(),
+                ));
+            }
+            if self.num_experts_per_tok == 0 || self.num_experts_per_tok > e {
+                return Err(r.err(
+                    "num_experts_per_tok",
+                    format!("{} is not within 1..={e}", self.num_experts_per_tok),
+                ));
+            }
+            if self.n_group == 0 || e % self.n_group != 0 || e / self.n_group < 2 {
+                return Err(r.err(
+                    "n_group",
+                    format!(
+                        "{} does not split {e} experts into groups of 2 or more",
+                        self.n_group
+                    ),
+                ));
+            }
+            if self.topk_group == 0 || self.topk_group > self.n_group {
+                return Err(r.err(
+                    "topk_group",
+                    format!("{} is not within 1..={}", self.topk_group, self.n_group),
+                ));
+            }
+            if self.topk_group * (e / self.n_group) < self.num_experts_per_tok {
+                return Err(r.err(
+                    "topk_group",
+                    "leaves fewer experts than num_experts_per_tok".into(),
+                ));
+            }
+            if self.moe_intermediate_size == 0 {
+                return Err(r.err(
+                    "moe_intermediate_size",
+                    "must be set for a model with MoE layers".into(),
+                ));
+            }
         }
         if self.n_groups == 0 || self.mamba_num_heads % self.n_groups != 0 {
             return Err(r.err(
@@ -455,13 +515,36 @@ mod tests {
     }
 
     #[test]
-    fn moe_layers_and_unknown_architectures_are_refused_clearly() {
+    fn moe_fields_are_read_and_checked() {
         let mut v = published();
         v["hybrid_override_pattern"] = json!("MEM*");
         let e = NemotronHConfig::from_json(&v, Path::new("config.json"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("MoE"), "{e}");
+        assert!(e.contains("n_routed_experts"), "{e}");
+        v["n_routed_experts"] = json!(8);
+        v["num_experts_per_tok"] = json!(2);
+        v["moe_intermediate_size"] = json!(32);
+        v["n_group"] = json!(3);
+        let e = NemotronHConfig::from_json(&v, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_group"), "{e}");
+        v["n_group"] = json!(2);
+        let c = NemotronHConfig::from_json(&v, Path::new("config.json")).unwrap();
+        assert_eq!(
+            (
+                c.n_routed_experts,
+                c.n_group,
+                c.topk_group,
+                c.routed_scaling_factor
+            ),
+            (8, 2, 1, 1.0)
+        );
+    }
+
+    #[test]
+    fn unknown_architectures_are_refused_clearly() {
         let mut v = published();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
         v["model_type"] = json!("gpt2");

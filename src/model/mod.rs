@@ -6,6 +6,7 @@ pub mod config;
 pub mod folder;
 pub mod mamba2;
 pub mod mlp;
+pub mod moe;
 pub mod nemotron_h;
 pub mod synthetic;
 pub mod weights;

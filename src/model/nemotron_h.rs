@@ -9,6 +9,7 @@ use super::attention::Attention;
 use super::config::{LayerKind, NemotronHConfig};
 use super::mamba2::Mamba2;
 use super::mlp::Mlp;
+use super::moe::Moe;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
 use crate::backend::cpu::{matmul, ops};
@@ -19,6 +20,7 @@ enum Mixer {
     Mamba2(Mamba2),
     Attention(Attention),
     Mlp(Mlp),
+    Moe(Moe),
 }
 
 struct Block {
@@ -72,11 +74,7 @@ impl NemotronH {
                 LayerKind::Mamba2 => Mixer::Mamba2(Mamba2::load(&config, w, &mp)?),
                 LayerKind::Attention => Mixer::Attention(Attention::load(&config, w, &mp)?),
                 LayerKind::Mlp => Mixer::Mlp(Mlp::load(&config, w, &mp)?),
-                LayerKind::Moe => {
-                    return Err(ModelError::Unsupported(format!(
-                        "layer {i} is MoE, which is not supported yet"
-                    )))
-                }
+                LayerKind::Moe => Mixer::Moe(Moe::load(&config, w, &mp)?),
             };
             layers.push(Block { norm, mixer });
         }
@@ -173,6 +171,7 @@ impl NemotronH {
                     a.forward(&normed, n, kv, &mut mixed)
                 }
                 (Mixer::Mlp(m), _) => m.forward(&normed, n, &mut mixed),
+                (Mixer::Moe(m), _) => m.forward(&normed, n, &mut mixed),
                 _ => {
                     return Err(ModelError::Unsupported(
                         "sequence state does not match the model's layers".into(),

@@ -59,6 +59,29 @@ impl Tensor {
         }
     }
 
+    /// Entry `j` along the first dimension as a tensor of its own (stacked MoE experts).
+    pub fn index_first(&self, j: usize) -> Tensor {
+        let n = self.shape.first().copied().unwrap_or(1);
+        let each = self.data().len() / n.max(1);
+        let shape = self.shape[1..].to_vec();
+        let name = format!("{}[{j}]", self.name);
+        let bytes = match &self.bytes {
+            Bytes::Mapped { map, start, .. } => Bytes::Mapped {
+                map: map.clone(),
+                start: start + j * each,
+                len: each,
+            },
+            Bytes::Owned(v) => Bytes::Owned(Arc::new(v[j * each..(j + 1) * each].to_vec())),
+        };
+        Tensor {
+            name,
+            file: self.file.clone(),
+            dtype: self.dtype,
+            shape,
+            bytes,
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -12,7 +12,13 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub const MODELS: &[&str] = &["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
+pub const MODELS: &[&str] = &[
+    "nemotron_h_tiny",
+    "nemotron_h_bf16",
+    "nemotron_h_f16",
+    "nemotron_h_moe",
+    "nemotron_h_moe_latent",
+];
 
 pub struct Reference {
     pub json: Value,

@@ -1,0 +1,279 @@
+//! The MoE mixer of Nemotron-H (`E` layers; transformers `NemotronHMoE`):
+//!
+//! ```text
+//! scores  = sigmoid(x · gateᵀ)                       (f32)
+//! choice  = scores + e_score_correction_bias          (for choosing only)
+//! groups  = n_group groups of experts; a group's score = sum of its top-2 `choice`
+//! keep the topk_group best groups, pick top-k experts by `choice` among them
+//! weights = scores of the picked experts (uncorrected), / their sum if norm_topk_prob,
+//!           × routed_scaling_factor
+//! out     = fc2(Σ_k weights_k · expert_k(fc1(x))) + shared_expert(x)
+//! expert  = down_proj(relu(up_proj(·))²)              (non-gated)
+//! ```
+//! fc1/fc2 are the optional latent projections (`moe_latent_size`). Experts are stored
+//! per expert (published checkpoints) or stacked 3-D; both load. Each token runs only its
+//! chosen experts, so decode touches only those experts' weights.
+
+use super::config::NemotronHConfig;
+use super::weights::{Tensor, WeightStore};
+use super::ModelError;
+use crate::backend::cpu::{matmul, ops};
+
+struct Expert {
+    up: Tensor,
+    down: Tensor,
+}
+
+impl Expert {
+    /// `x` `[n, in]` → `[n, in]`.
+    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let inter = self.up.shape[0];
+        let mut h = vec![0f32; n * inter];
+        matmul(x, n, self.up.mat(), &mut h);
+        ops::relu2_inplace(&mut h);
+        let mut out = vec![0f32; n * self.down.shape[0]];
+        matmul(&h, n, self.down.mat(), &mut out);
+        out
+    }
+}
+
+pub struct Moe {
+    /// Router weight, widened once: `[experts, hidden]`.
+    gate: Vec<f32>,
+    bias: Vec<f32>,
+    experts: Vec<Expert>,
+    shared: Option<Expert>,
+    fc1: Option<Tensor>,
+    fc2: Option<Tensor>,
+    hidden: usize,
+    top_k: usize,
+    n_group: usize,
+    topk_group: usize,
+    norm_topk_prob: bool,
+    scale: f32,
+}
+
+/// Indices of the `k` largest values, ties to the lower index.
+fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|a, b| {
+        v[*b]
+            .partial_cmp(&v[*a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(b))
+    });
+    idx.truncate(k);
+    idx
+}
+
+impl Moe {
+    pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
+        let (hs, e) = (cfg.hidden_size, cfg.n_routed_experts);
+        let inner = cfg.moe_latent_size.unwrap_or(hs);
+        let mi = cfg.moe_intermediate_size;
+        let bias_name = format!("{p}.gate.e_score_correction_bias");
+        let bias = if w.contains(&bias_name) {
+            w.get_squeezed(&bias_name, &[e])?.to_f32()
+        } else {
+            vec![0.0; e]
+        };
+        let stacked_up = format!("{p}.experts.up_proj");
+        let experts = if w.contains(&stacked_up) {
+            let up = w.get(&stacked_up, &[e, mi, inner])?;
+            let down = w.get(&format!("{p}.experts.down_proj"), &[e, inner, mi])?;
+            (0..e)
+                .map(|j| Expert {
+                    up: up.index_first(j),
+                    down: down.index_first(j),
+                })
+                .collect()
+        } else {
+            (0..e)
+                .map(|j| {
+                    Ok(Expert {
+                        up: w.get(&format!("{p}.experts.{j}.up_proj.weight"), &[mi, inner])?,
+                        down: w.get(&format!("{p}.experts.{j}.down_proj.weight"), &[inner, mi])?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ModelError>>()?
+        };
+        let si = cfg.moe_shared_expert_intermediate_size;
+        let shared_up = format!("{p}.shared_experts.up_proj.weight");
+        let shared = if si > 0 || w.contains(&shared_up) {
+            let up = w.get(&shared_up, &[si, hs])?;
+            Some(Expert {
+                down: w.get(
+                    &format!("{p}.shared_experts.down_proj.weight"),
+                    &[hs, up.shape[0]],
+                )?,
+                up,
+            })
+        } else {
+            None
+        };
+        let (fc1, fc2) = match cfg.moe_latent_size {
+            Some(l) => (
+                Some(w.get(&format!("{p}.fc1_latent_proj.weight"), &[l, hs])?),
+                Some(w.get(&format!("{p}.fc2_latent_proj.weight"), &[hs, l])?),
+            ),
+            None => (None, None),
+        };
+        Ok(Moe {
+            gate: w.get(&format!("{p}.gate.weight"), &[e, hs])?.to_f32(),
+            bias,
+            experts,
+            shared,
+            fc1,
+            fc2,
+            hidden: hs,
+            top_k: cfg.num_experts_per_tok,
+            n_group: cfg.n_group,
+            topk_group: cfg.topk_group,
+            norm_topk_prob: cfg.norm_topk_prob,
+            scale: cfg.routed_scaling_factor,
+        })
+    }
+
+    /// The chosen experts and their weights for one token's router scores.
+    pub fn route(&self, logits: &[f32]) -> Vec<(usize, f32)> {
+        let e = logits.len();
+        let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
+        let mut choice: Vec<f32> = scores.iter().zip(&self.bias).map(|(s, b)| s + b).collect();
+        let per = e / self.n_group;
+        if self.topk_group < self.n_group {
+            let group_scores: Vec<f32> = (0..self.n_group)
+                .map(|g| {
+                    top_indices(&choice[g * per..(g + 1) * per], 2)
+                        .iter()
+                        .map(|i| choice[g * per + i])
+                        .sum()
+                })
+                .collect();
+            let keep = top_indices(&group_scores, self.topk_group);
+            for g in 0..self.n_group {
+                if !keep.contains(&g) {
+                    choice[g * per..(g + 1) * per].fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+        let picked = top_indices(&choice, self.top_k);
+        let mut weights: Vec<f32> = picked.iter().map(|i| scores[*i]).collect();
+        if self.norm_topk_prob {
+            let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+            weights.iter_mut().for_each(|w| *w /= sum);
+        }
+        picked
+            .into_iter()
+            .zip(weights.into_iter().map(|w| w * self.scale))
+            .collect()
+    }
+
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        let (hs, e) = (self.hidden, self.experts.len());
+        let mut logits = vec![0f32; n * e];
+        for t in 0..n {
+            let xt = &x[t * hs..(t + 1) * hs];
+            for j in 0..e {
+                logits[t * e + j] =
+                    crate::backend::cpu::simd::dot(xt, &self.gate[j * hs..(j + 1) * hs]);
+            }
+        }
+        let routes: Vec<Vec<(usize, f32)>> = (0..n)
+            .map(|t| self.route(&logits[t * e..(t + 1) * e]))
+            .collect();
+        let latent = match &self.fc1 {
+            Some(fc1) => {
+                let mut l = vec![0f32; n * fc1.shape[0]];
+                matmul(x, n, fc1.mat(), &mut l);
+                l
+            }
+            None => x.to_vec(),
+        };
+        let inner = latent.len() / n;
+        let mut acc = vec![0f32; n * inner];
+        // Expert by expert over the tokens routed to it (one batched matmul per expert).
+        for (j, expert) in self.experts.iter().enumerate() {
+            let users: Vec<(usize, f32)> = routes
+                .iter()
+                .enumerate()
+                .filter_map(|(t, r)| r.iter().find(|(i, _)| *i == j).map(|(_, w)| (t, *w)))
+                .collect();
+            if users.is_empty() {
+                continue;
+            }
+            let mut xin = Vec::with_capacity(users.len() * inner);
+            for (t, _) in &users {
+                xin.extend_from_slice(&latent[t * inner..(t + 1) * inner]);
+            }
+            let y = expert.forward(&xin, users.len());
+            for (k, (t, w)) in users.iter().enumerate() {
+                for (a, v) in acc[t * inner..(t + 1) * inner]
+                    .iter_mut()
+                    .zip(&y[k * inner..(k + 1) * inner])
+                {
+                    *a += w * v;
+                }
+            }
+        }
+        match &self.fc2 {
+            Some(fc2) => matmul(&acc, n, fc2.mat(), out),
+            None => out.copy_from_slice(&acc),
+        }
+        if let Some(shared) = &self.shared {
+            let s = shared.forward(x, n);
+            out.iter_mut().zip(&s).for_each(|(o, v)| *o += v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moe(n_group: usize, topk_group: usize, top_k: usize, norm: bool, bias: Vec<f32>) -> Moe {
+        Moe {
+            gate: vec![],
+            bias,
+            experts: vec![],
+            shared: None,
+            fc1: None,
+            fc2: None,
+            hidden: 0,
+            top_k,
+            n_group,
+            topk_group,
+            norm_topk_prob: norm,
+            scale: 2.0,
+        }
+    }
+
+    fn logit(p: f32) -> f32 {
+        (p / (1.0 - p)).ln()
+    }
+
+    #[test]
+    fn routing_chooses_with_the_bias_but_weighs_without_it() {
+        let probs = [0.9, 0.8, 0.1, 0.2];
+        let m = moe(1, 1, 2, false, vec![0.0, 0.0, 0.0, 1.0]);
+        let r = m.route(&probs.map(logit));
+        // Expert 3 wins the choice through its bias; its weight is its own score × scale.
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![3, 0]);
+        assert!((r[0].1 - 0.2 * 2.0).abs() < 1e-5 && (r[1].1 - 0.9 * 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn grouped_routing_masks_the_weaker_groups_and_normalises() {
+        // Groups {0,1} and {2,3}; the best single expert (0) sits in the weaker group.
+        let probs = [0.95, 0.05, 0.7, 0.7];
+        let m = moe(2, 1, 2, true, vec![0.0; 4]);
+        let r = m.route(&probs.map(logit));
+        let mut ids: Vec<usize> = r.iter().map(|x| x.0).collect();
+        ids.sort();
+        assert_eq!(ids, vec![2, 3]);
+        let total: f32 = r.iter().map(|x| x.1).sum();
+        assert!(
+            (total - 2.0).abs() < 1e-5,
+            "normalised weights × scale 2: {total}"
+        );
+    }
+}
