@@ -288,3 +288,26 @@ fn engine_thread_streams_events_ending_with_done() {
     assert!(events.iter().any(|e| matches!(e, Event::Reasoning(_))));
     assert!(matches!(events.last(), Some(Event::Done(_))));
 }
+
+#[test]
+fn llama_nemotron_reads_detailed_thinking_from_the_system_message() {
+    let mut s = session("llama_tiny");
+    let on = s.render(&request(convo(&["Hi"]), think(None), 4)).unwrap();
+    assert!(on.text.contains("detailed thinking on"), "{}", on.text);
+    assert!(on.starts_in_reasoning);
+    assert!(
+        on.text.starts_with("<s>"),
+        "the template's own BOS: {}",
+        on.text
+    );
+    let off = s
+        .render(&request(convo(&["Hi"]), think(Some(0)), 4))
+        .unwrap();
+    assert!(
+        off.text.contains("detailed thinking off") && !off.starts_in_reasoning,
+        "{}",
+        off.text
+    );
+    let out = run(&mut s, &request(convo(&["Hi"]), think(Some(3)), 10));
+    assert!(out.done.thinking_forced);
+}

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use nemo::backend::DType;
-use nemo::model::{synthetic, Logits, ModelFolder, NemotronH};
+use nemo::model::{synthetic, Logits, Model, ModelFolder};
 use nemo::state::SequenceState;
 
 use super::{usage, ModelArgs};
@@ -125,8 +125,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let folder = ModelFolder::open(dir)?;
             let m = folder.model;
             let desc = json!({
-                "source": "folder", "path": dir.display().to_string(), "dtype": m.weight_dtype.name(),
-                "layers": m.config.layers.len(), "pattern": m.config.pattern(),
+                "source": "folder", "path": dir.display().to_string(), "dtype": m.weight_dtype().name(),
+                "layers": m.layer_count(), "pattern": m.pattern(),
             });
             (m, desc)
         }
@@ -138,22 +138,22 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             progress(&format!(
                 "generating random {dtype} weights at shape {name}"
             ));
-            let m = Arc::new(synthetic::build(name, *dtype, *layers)?);
+            let m = Arc::new(Model::NemotronH(synthetic::build(name, *dtype, *layers)?));
             let full = synthetic::shape_pattern(name)
                 .map(|p| p.len())
                 .unwrap_or_default();
             let desc = json!({
                 "source": "synthetic", "shape": name, "dtype": dtype.name(),
-                "layers": m.config.layers.len(), "of_layers": full, "pattern": m.config.pattern(),
+                "layers": m.layer_count(), "of_layers": full, "pattern": m.pattern(),
             });
             (m, desc)
         }
     };
     let load_s = load_start.elapsed().as_secs_f64();
 
-    let cache = a.model.cache_config(model.weight_dtype)?;
+    let cache = a.model.cache_config(model.weight_dtype())?;
     let mut state = model.new_state(cache);
-    let prompt = prompt_ids(a.prompt_tokens, model.config.vocab_size);
+    let prompt = prompt_ids(a.prompt_tokens, model.vocab_size());
     let mut runs = Vec::with_capacity(a.runs);
     for i in 0..a.runs {
         progress(&format!("run {}/{}", i + 1, a.runs));
@@ -273,7 +273,7 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 fn one_run(
-    model: &NemotronH,
+    model: &Model,
     state: &mut SequenceState,
     prompt: &[u32],
     gen: usize,
@@ -360,7 +360,7 @@ impl Report {
     fn new(
         a: &BenchArgs,
         threads: usize,
-        model: &NemotronH,
+        model: &Model,
         model_json: Value,
         load_s: f64,
         runs: Vec<Run>,
@@ -371,7 +371,7 @@ impl Report {
             prompt_tokens: a.prompt_tokens,
             gen_tokens: a.gen_tokens,
             load_ms: load_s * 1e3,
-            weights_bytes: model.weight_bytes,
+            weights_bytes: model.weight_bytes(),
             bytes_per_token: model.bytes_per_token(),
             runs,
             peak_rss_bytes: peak_rss_bytes(),

@@ -227,26 +227,19 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             .unwrap_or(a.model.mamba_ssm_cache_dtype.clone()),
         ..a.model.clone()
     }
-    .cache_config(folder.model.weight_dtype)?;
-    let mc = &folder.model.config;
+    .cache_config(folder.model.weight_dtype())?;
+    let m = &folder.model;
     let info = ModelInfo {
         name: dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string()),
         backend: "cpu".into(),
-        arch: format!(
-            "NemotronH · hidden {} · {} layers",
-            mc.hidden_size,
-            mc.layers.len()
-        ),
-        dtype: folder.model.weight_dtype.to_string(),
-        pattern: mc.pattern(),
-        params: format!(
-            "{:.2} GB of weights",
-            folder.model.weight_bytes as f64 / 1e9
-        ),
-        context: mc.max_position_embeddings,
+        arch: m.describe(),
+        dtype: folder.model.weight_dtype().to_string(),
+        pattern: m.pattern(),
+        params: format!("{:.2} GB of weights", m.weight_bytes() as f64 / 1e9),
+        context: m.context(),
         kv_cache_dtype: cache.kv_dtype.to_string(),
         ssm_cache_dtype: cache.ssm_dtype.to_string(),
     };

@@ -51,14 +51,14 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
         ));
     }
     let folder = a.model.load()?;
-    let cache = a.model.cache_config(folder.model.weight_dtype)?;
+    let cache = a.model.cache_config(folder.model.weight_dtype())?;
     let mut state = folder.model.new_state(cache);
     let out = folder.model.forward(
         &tokens,
         &mut state,
         if a.all { Logits::All } else { Logits::Last },
     )?;
-    let vocab = folder.model.config.vocab_size;
+    let vocab = folder.model.vocab_size();
     let rows: Vec<&[f32]> = out.chunks(vocab).collect();
     let json = serde_json::json!({ "tokens": tokens, "logits": rows });
     let mut out = std::io::stdout().lock();

@@ -124,7 +124,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let dir = a.model.model_dir()?;
     let t_load = Instant::now();
     let folder = nemo::model::ModelFolder::open(&dir)?;
-    let cache = a.model.cache_config(folder.model.weight_dtype)?;
+    let cache = a.model.cache_config(folder.model.weight_dtype())?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
 
     let mut sampling = SamplingParams::default();

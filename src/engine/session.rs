@@ -22,7 +22,7 @@ use super::thinking::{Action, ThinkingController};
 use super::EngineError;
 use crate::chat::reasoning_parser::{ReasoningParser, Segment};
 use crate::chat::template::{nano_v2_fallback, ChatTemplate};
-use crate::model::{Logits, ModelFolder, NemotronH};
+use crate::model::{Logits, Model, ModelFolder};
 use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
 use crate::state::{CacheConfig, SequenceState, Snapshot};
 
@@ -54,7 +54,7 @@ impl Default for SessionOptions {
 }
 
 pub struct Session {
-    model: Arc<NemotronH>,
+    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     prompt: PromptBuilder,
     eos: Vec<u32>,
@@ -94,14 +94,12 @@ impl Session {
         })
     }
 
-    pub fn model(&self) -> &NemotronH {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
     pub fn context(&self) -> usize {
-        self.opts
-            .context
-            .unwrap_or(self.model.config.max_position_embeddings)
+        self.opts.context.unwrap_or(self.model.context())
     }
 
     /// Tokens currently in the sequence state.

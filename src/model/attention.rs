@@ -9,6 +9,32 @@ use super::ModelError;
 use crate::backend::cpu::{matmul, ops, simd};
 use crate::state::KvCache;
 
+/// Rotary position embedding, rotate-half layout (transformers' `apply_rotary_pos_emb`):
+/// for i < d/2, `(x_i, x_{i+d/2}) ← (x_i cos θ − x_{i+d/2} sin θ, x_{i+d/2} cos θ + x_i sin θ)`,
+/// θ = position · inv_freq_i.
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `x` is `[n, heads, head_dim]` for positions `start..start+n`.
+    pub fn apply(&self, x: &mut [f32], heads: usize, hd: usize, start: usize) {
+        let half = hd / 2;
+        for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let pos = (start + t) as f64;
+            for head in tok.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let theta = pos * self.inv_freq[i] as f64;
+                    let (sin, cos) = (theta.sin() as f32, theta.cos() as f32);
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos - b * sin;
+                    head[i + half] = b * cos + a * sin;
+                }
+            }
+        }
+    }
+}
+
 pub struct Attention {
     q_proj: Tensor,
     k_proj: Tensor,
@@ -21,12 +47,25 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
-        let (hd, nh, nkv, hs) = (
-            cfg.head_dim,
+        Self::load_dims(
+            w,
+            p,
+            cfg.hidden_size,
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
-            cfg.hidden_size,
-        );
+            cfg.head_dim,
+        )
+    }
+
+    /// The four projections `{p}.{q,k,v,o}_proj.weight` of any architecture.
+    pub fn load_dims(
+        w: &WeightStore,
+        p: &str,
+        hs: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<Self, ModelError> {
         Ok(Attention {
             q_proj: w.get(&format!("{p}.q_proj.weight"), &[nh * hd, hs])?,
             k_proj: w.get(&format!("{p}.k_proj.weight"), &[nkv * hd, hs])?,
@@ -41,6 +80,19 @@ impl Attention {
     /// `n` new tokens at positions `past..past+n`; `cache` holds `past` positions before
     /// and `past + n` after.
     pub fn forward(&self, x: &[f32], n: usize, cache: &mut KvCache, out: &mut [f32]) {
+        self.forward_rope(x, n, cache, None, out)
+    }
+
+    /// Like `forward`, rotating q and k with `rope` at their absolute positions first
+    /// (Llama); Nemotron-H attention has no positional embedding and passes None.
+    pub fn forward_rope(
+        &self,
+        x: &[f32],
+        n: usize,
+        cache: &mut KvCache,
+        rope: Option<&Rope>,
+        out: &mut [f32],
+    ) {
         let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
         let mut q = vec![0f32; n * nh * hd];
         let mut k = vec![0f32; n * nkv * hd];
@@ -49,6 +101,10 @@ impl Attention {
         matmul(x, n, self.k_proj.mat(), &mut k);
         matmul(x, n, self.v_proj.mat(), &mut v);
         let past = cache.len();
+        if let Some(r) = rope {
+            r.apply(&mut q, nh, hd, past);
+            r.apply(&mut k, nkv, hd, past);
+        }
         cache.append(&k, &v);
         let total = past + n;
         let group = nh / nkv;

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::arch::Model;
 use super::config::NemotronHConfig;
+use super::llama::{Llama, LlamaConfig};
 use super::nemotron_h::NemotronH;
 use super::weights::WeightStore;
 use super::ModelError;
@@ -41,7 +43,7 @@ impl GenerationDefaults {
 
 pub struct ModelFolder {
     pub dir: PathBuf,
-    pub model: Arc<NemotronH>,
+    pub model: Arc<Model>,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub template: Option<Arc<ChatTemplate>>,
     pub generation: GenerationDefaults,
@@ -82,6 +84,20 @@ fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError>
     })
 }
 
+/// `architectures[0]` of a config.json, if it names one.
+fn architecture(path: &Path) -> Result<Option<String>, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&super::config::python_json_to_strict(&text))
+        .map_err(|e| ModelError::Config {
+        file: path.to_path_buf(),
+        msg: format!("not valid JSON: {e}"),
+    })?;
+    Ok(v.get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .map(str::to_string))
+}
+
 impl ModelFolder {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         if !dir.is_dir() {
@@ -90,9 +106,14 @@ impl ModelFolder {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
             });
         }
-        let config = NemotronHConfig::from_file(&dir.join("config.json"))?;
-        let weights = WeightStore::open_dir(dir)?;
-        let model = NemotronH::load(config, &weights)?;
+        let config_path = dir.join("config.json");
+        let model = if architecture(&config_path)?.as_deref() == Some("LlamaForCausalLM") {
+            let config = LlamaConfig::from_file(&config_path)?;
+            Model::Llama(Llama::load(config, &WeightStore::open_dir(dir)?)?)
+        } else {
+            let config = NemotronHConfig::from_file(&config_path)?;
+            Model::NemotronH(NemotronH::load(config, &WeightStore::open_dir(dir)?)?)
+        };
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(ModelError::Tokenizer {
@@ -121,7 +142,7 @@ impl ModelFolder {
             None => None,
         };
         let generation = read_generation_config(&dir.join("generation_config.json"))?;
-        let mut eos: Vec<u32> = model.config.eos_token_id.clone();
+        let mut eos: Vec<u32> = model.eos_token_ids().to_vec();
         eos.extend(&generation.eos_token_ids);
         if let Some(t) = &template {
             if let Some(e) = t.eos_token() {

@@ -1,9 +1,11 @@
 //! Model definitions and loading: config, weights, the Nemotron-H forward pass, and the
 //! files that come with a checkpoint (tokenizer, chat template, generation config).
 
+pub mod arch;
 pub mod attention;
 pub mod config;
 pub mod folder;
+pub mod llama;
 pub mod mamba2;
 pub mod mlp;
 pub mod moe;
@@ -13,6 +15,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use arch::Model;
 pub use config::{LayerKind, NemotronHConfig};
 pub use folder::{GenerationDefaults, ModelFolder};
 pub use nemotron_h::{Logits, NemotronH};

@@ -18,6 +18,8 @@ pub const MODELS: &[&str] = &[
     "nemotron_h_f16",
     "nemotron_h_moe",
     "nemotron_h_moe_latent",
+    "llama_tiny",
+    "llama_tied",
 ];
 
 pub struct Reference {

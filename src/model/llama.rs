@@ -1,0 +1,354 @@
+//! Llama (`LlamaForCausalLM`): Llama-3.1-Nemotron-Nano and small test models.
+//! `x = x + attn(rmsnorm(x))` with RoPE (llama3 scaling optional) and GQA, then
+//! `x = x + down(silu(gate(x)) · up(x))`; final norm; LM head (or tied embeddings).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::attention::{Attention, Rope};
+use super::config::python_json_to_strict;
+use super::weights::{Tensor, WeightStore};
+use super::ModelError;
+use crate::backend::cpu::{matmul, ops};
+use crate::backend::DType;
+use crate::state::{CacheConfig, KvCache, LayerState, SequenceState};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3Scaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub eos_token_id: Vec<u32>,
+}
+
+/// `rope_scaling` with `rope_type: llama3`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+fn field_err(file: &Path, field: &str, msg: &str) -> ModelError {
+    ModelError::ConfigField {
+        file: file.to_path_buf(),
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let v: Value = serde_json::from_str(&python_json_to_strict(&text)).map_err(|e| {
+            ModelError::Config {
+                file: path.to_path_buf(),
+                msg: format!("not valid JSON: {e}"),
+            }
+        })?;
+        Self::from_json(&v, path)
+    }
+
+    pub fn from_json(v: &Value, file: &Path) -> Result<Self, ModelError> {
+        let req = |k: &str| -> Result<usize, ModelError> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| field_err(file, k, "missing or not an integer"))
+        };
+        let opt = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        let hidden_size = req("hidden_size")?;
+        let heads = req("num_attention_heads")?;
+        if v.get("attention_bias").and_then(Value::as_bool) == Some(true)
+            || v.get("mlp_bias").and_then(Value::as_bool) == Some(true)
+        {
+            return Err(field_err(
+                file,
+                "attention_bias",
+                "biases are not supported for Llama models",
+            ));
+        }
+        // transformers 5 writes `rope_parameters` (theta + scaling together); the hub's
+        // Llama-3.1 configs write `rope_theta` and `rope_scaling`.
+        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_scaling = match v
+            .get("rope_scaling")
+            .filter(|s| !s.is_null())
+            .or(rope_params)
+        {
+            None | Some(Value::Null) => None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or(s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                match kind {
+                    "llama3" => {
+                        let f = |k: &str| {
+                            s.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                                field_err(file, &format!("rope_scaling.{k}"), "missing")
+                            })
+                        };
+                        Some(Llama3Scaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position_embeddings: f(
+                                "original_max_position_embeddings",
+                            )?,
+                        })
+                    }
+                    "default" | "" => None,
+                    other => {
+                        return Err(field_err(
+                            file,
+                            "rope_scaling",
+                            &format!("rope_type `{other}` is not supported (llama3 is)"),
+                        ))
+                    }
+                }
+            }
+        };
+        let eos_token_id = match v.get("eos_token_id") {
+            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
+            _ => vec![],
+        };
+        let cfg = LlamaConfig {
+            hidden_size,
+            vocab_size: req("vocab_size")?,
+            num_hidden_layers: req("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: opt("num_key_value_heads").unwrap_or(heads),
+            head_dim: opt("head_dim").unwrap_or(hidden_size / heads.max(1)),
+            intermediate_size: req("intermediate_size")?,
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5) as f32,
+            rope_theta: v
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .or(rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64))
+                .unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: opt("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            eos_token_id,
+        };
+        if cfg.num_key_value_heads == 0
+            || heads % cfg.num_key_value_heads != 0
+            || cfg.head_dim % 2 != 0
+        {
+            return Err(field_err(
+                file,
+                "num_key_value_heads",
+                "must divide num_attention_heads (and head_dim must be even)",
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// inv_freq_i = θ^(-2i/d), with llama3 scaling: long wavelengths divided by `factor`,
+    /// short ones kept, a smooth blend between (transformers `_compute_llama3_parameters`).
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        (0..d / 2)
+            .map(|i| {
+                let f = 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64);
+                let f = match &self.rope_scaling {
+                    None => f,
+                    Some(s) => {
+                        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+                        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / s.factor
+                        } else {
+                            let smooth = (s.original_max_position_embeddings / wavelen
+                                - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    }
+                };
+                f as f32
+            })
+            .collect()
+    }
+}
+
+struct Layer {
+    input_norm: Vec<f32>,
+    attn: Attention,
+    post_norm: Vec<f32>,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Tensor,
+    rope: Rope,
+    pub weight_dtype: DType,
+    pub weight_bytes: usize,
+}
+
+impl Llama {
+    pub fn load(config: LlamaConfig, w: &WeightStore) -> Result<Self, ModelError> {
+        let c = &config;
+        let (hs, is) = (c.hidden_size, c.intermediate_size);
+        let embed = w.get("model.embed_tokens.weight", &[c.vocab_size, hs])?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Layer {
+                    input_norm: w
+                        .get(&format!("{p}.input_layernorm.weight"), &[hs])?
+                        .to_f32(),
+                    attn: Attention::load_dims(
+                        w,
+                        &format!("{p}.self_attn"),
+                        hs,
+                        c.num_attention_heads,
+                        c.num_key_value_heads,
+                        c.head_dim,
+                    )?,
+                    post_norm: w
+                        .get(&format!("{p}.post_attention_layernorm.weight"), &[hs])?
+                        .to_f32(),
+                    gate: w.get(&format!("{p}.mlp.gate_proj.weight"), &[is, hs])?,
+                    up: w.get(&format!("{p}.mlp.up_proj.weight"), &[is, hs])?,
+                    down: w.get(&format!("{p}.mlp.down_proj.weight"), &[hs, is])?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let lm_head = if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", &[c.vocab_size, hs])?
+        } else if c.tie_word_embeddings {
+            embed.clone()
+        } else {
+            return Err(ModelError::MissingTensor {
+                name: "lm_head.weight".into(),
+                files: "the weights (tie_word_embeddings is false)".into(),
+            });
+        };
+        Ok(Llama {
+            norm: w.get("model.norm.weight", &[hs])?.to_f32(),
+            rope: Rope {
+                inv_freq: config.inv_freq(),
+            },
+            weight_dtype: w.main_dtype(),
+            weight_bytes: w.total_bytes(),
+            embed,
+            layers,
+            lm_head,
+            config,
+        })
+    }
+
+    pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
+        let c = &self.config;
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| {
+                LayerState::Attention(KvCache::new(
+                    cache.kv_dtype,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                ))
+            })
+            .collect();
+        SequenceState {
+            layers,
+            len: 0,
+            cache,
+        }
+    }
+
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut SequenceState,
+        want: super::Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (n, c) = (tokens.len(), &self.config);
+        let hs = c.hidden_size;
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut x = vec![0f32; n * hs];
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.vocab_size {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
+            }
+            self.embed
+                .row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
+        }
+        let mut normed = vec![0f32; n * hs];
+        let mut out = vec![0f32; n * hs];
+        let is = c.intermediate_size;
+        for (layer, st) in self.layers.iter().zip(state.layers.iter_mut()) {
+            let LayerState::Attention(kv) = st else {
+                return Err(ModelError::Unsupported(
+                    "sequence state does not match the model's layers".into(),
+                ));
+            };
+            ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut normed);
+            layer
+                .attn
+                .forward_rope(&normed, n, kv, Some(&self.rope), &mut out);
+            x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+            ops::rms_norm(&x, &layer.post_norm, c.rms_norm_eps, &mut normed);
+            let mut g = vec![0f32; n * is];
+            let mut u = vec![0f32; n * is];
+            matmul(&normed, n, layer.gate.mat(), &mut g);
+            matmul(&normed, n, layer.up.mat(), &mut u);
+            g.iter_mut()
+                .zip(&u)
+                .for_each(|(a, b)| *a = ops::silu(*a) * b);
+            matmul(&g, n, layer.down.mat(), &mut out);
+            x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        }
+        state.len += n;
+        let rows: &[f32] = match want {
+            super::Logits::None => return Ok(vec![]),
+            super::Logits::Last => &x[(n - 1) * hs..],
+            super::Logits::All => &x,
+        };
+        let m = rows.len() / hs;
+        let mut fin = vec![0f32; m * hs];
+        ops::rms_norm(rows, &self.norm, c.rms_norm_eps, &mut fin);
+        let mut logits = vec![0f32; m * c.vocab_size];
+        matmul(&fin, m, self.lm_head.mat(), &mut logits);
+        Ok(logits)
+    }
+}
