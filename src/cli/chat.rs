@@ -32,7 +32,7 @@ use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 
-use super::{usage, ModelArgs};
+use super::{usage, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -53,14 +53,8 @@ pub struct ChatArgs {
     /// Thinking budget: N tokens, `off` or `unlimited`.
     #[arg(long)]
     pub budget: Option<String>,
-    #[arg(long)]
-    pub temperature: Option<f32>,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long)]
     pub max_tokens: Option<usize>,
 }
@@ -118,6 +112,7 @@ fn centered_message(
 }
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
+    a.sampling.check()?;
     let paths = Paths::discover()?;
     let mut cfg = Config::load(&paths.config_file)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
@@ -246,19 +241,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
 
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
-    if let Some(v) = a.temperature.or(cfg.temperature) {
-        sampling.temperature = v;
+    // Layers: generation_config.json < config.toml / NEMO_* < flags.
+    SamplingArgs {
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        top_k: cfg.top_k,
+        min_p: cfg.min_p,
+        repetition_penalty: None,
+        presence_penalty: None,
+        seed: cfg.seed,
     }
-    if let Some(v) = a.top_p.or(cfg.top_p) {
-        sampling.top_p = v;
-    }
-    if let Some(v) = a.top_k.or(cfg.top_k) {
-        sampling.top_k = v;
-    }
-    if let Some(v) = cfg.min_p {
-        sampling.min_p = v;
-    }
-    sampling.seed = a.seed.or(cfg.seed);
+    .apply(&mut sampling);
+    a.sampling.apply(&mut sampling);
     let thinking = ThinkingOptions {
         enabled: !(a.no_think || cfg.think == Some(false)),
         budget,

@@ -55,6 +55,68 @@ pub struct ModelArgs {
     pub mamba_ssm_cache_dtype: String,
 }
 
+/// Sampling flags shared by `run` and `chat`; unset ones keep the lower layer's value.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Same seed, same output.
+    #[arg(long, env = "NEMO_SEED")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// Range checks, each a usage error naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let range = |name: &str, v: Option<f32>, lo: f32, hi: f32| match v {
+            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
+                Err(usage(format!("--{name}: {x} is outside {lo}..={hi}")))
+            }
+            _ => Ok(()),
+        };
+        range("temperature", self.temperature, 0.0, 100.0)?;
+        range("top-p", self.top_p, 0.0, 1.0)?;
+        range("min-p", self.min_p, 0.0, 1.0)?;
+        range("repetition-penalty", self.repetition_penalty, 0.01, 100.0)?;
+        range("presence-penalty", self.presence_penalty, -100.0, 100.0)
+    }
+
+    pub fn apply(&self, p: &mut nemo::engine::sampler::SamplingParams) {
+        if let Some(v) = self.temperature {
+            p.temperature = v;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.top_k {
+            p.top_k = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if let Some(v) = self.presence_penalty {
+            p.presence_penalty = v;
+        }
+        if self.seed.is_some() {
+            p.seed = self.seed;
+        }
+    }
+}
+
 /// A user mistake in flags or arguments: exit code 2.
 #[derive(Debug)]
 pub struct UsageError(pub String);

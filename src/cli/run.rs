@@ -13,7 +13,7 @@ use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, Session, SessionOptions};
 use nemo::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
 
-use super::{usage, Interrupted, ModelArgs};
+use super::{usage, Interrupted, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -45,21 +45,8 @@ pub struct RunArgs {
     /// Most new tokens, reasoning included.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
-    #[arg(long)]
-    pub temperature: Option<f32>,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long)]
-    pub min_p: Option<f32>,
-    #[arg(long)]
-    pub repetition_penalty: Option<f32>,
-    #[arg(long)]
-    pub presence_penalty: Option<f32>,
-    /// Same seed, same output.
-    #[arg(long, env = "NEMO_SEED")]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Stop when the answer contains this text (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -82,21 +69,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> anyhow::Result<()> {
-    match v {
-        Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
-            Err(usage(format!("--{name}: {x} is outside {lo}..={hi}")))
-        }
-        _ => Ok(()),
-    }
-}
-
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    check_range("temperature", a.temperature, 0.0, 100.0)?;
-    check_range("top-p", a.top_p, 0.0, 1.0)?;
-    check_range("min-p", a.min_p, 0.0, 1.0)?;
-    check_range("repetition-penalty", a.repetition_penalty, 0.01, 100.0)?;
-    check_range("presence-penalty", a.presence_penalty, -100.0, 100.0)?;
+    a.sampling.check()?;
     if a.max_tokens == 0 {
         return Err(usage("--max-tokens must be at least 1"));
     }
@@ -129,25 +103,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
-    if let Some(v) = a.temperature {
-        sampling.temperature = v;
-    }
-    if let Some(v) = a.top_p {
-        sampling.top_p = v;
-    }
-    if let Some(v) = a.top_k {
-        sampling.top_k = v;
-    }
-    if let Some(v) = a.min_p {
-        sampling.min_p = v;
-    }
-    if let Some(v) = a.repetition_penalty {
-        sampling.repetition_penalty = v;
-    }
-    if let Some(v) = a.presence_penalty {
-        sampling.presence_penalty = v;
-    }
-    sampling.seed = a.seed;
+    a.sampling.apply(&mut sampling);
 
     let session = Session::new(
         &folder,

@@ -21,9 +21,8 @@
 //!   target, so a crash leaves either the old or the new file, never half of one.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use unicode_width::UnicodeWidthChar;
@@ -608,43 +607,12 @@ fn parse_history(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory: write, fsync, rename,
-/// then fsync the directory (best effort). The temp file is removed on failure.
+/// Writes `bytes` to `path` atomically, creating the directory first.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir)?;
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "history path has no file name")
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(d)?;
     }
-    #[cfg(unix)]
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::chat::session_store::write_atomic(path, bytes)
 }
 
 #[cfg(test)]
