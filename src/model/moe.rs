@@ -134,6 +134,16 @@ impl Moe {
         })
     }
 
+    /// Bytes of the experts one token does not run (all but `top_k` of them).
+    pub fn unread_bytes_per_token(&self) -> usize {
+        let per: usize = self
+            .experts
+            .first()
+            .map(|x| x.up.data().len() + x.down.data().len())
+            .unwrap_or(0);
+        per * self.experts.len().saturating_sub(self.top_k)
+    }
+
     /// The chosen experts and their weights for one token's router scores.
     pub fn route(&self, logits: &[f32]) -> Vec<(usize, f32)> {
         let e = logits.len();

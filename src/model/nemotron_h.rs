@@ -196,9 +196,18 @@ impl NemotronH {
         Ok(logits)
     }
 
-    /// Bytes read per decoded token (weights touched by one step), for bandwidth reports.
+    /// Weight bytes one decoded token reads: everything but the embedding table (one row
+    /// of it) and, in MoE layers, the experts it does not choose.
     pub fn bytes_per_token(&self) -> usize {
-        self.weight_bytes - self.embeddings.data().len()
-            + self.embeddings.data().len() / self.config.vocab_size
+        let emb = self.embeddings.data().len();
+        let unread_experts: usize = self
+            .layers
+            .iter()
+            .map(|b| match &b.mixer {
+                Mixer::Moe(m) => m.unread_bytes_per_token(),
+                _ => 0,
+            })
+            .sum();
+        self.weight_bytes - emb + emb / self.config.vocab_size - unread_experts
     }
 }

@@ -13,7 +13,7 @@ use crate::backend::dtype::narrow_into;
 use crate::backend::DType;
 
 /// Named shapes `nemo bench --shape` knows.
-pub const SHAPES: &[&str] = &["nano-9b-v2", "nano-9b-v2-slice", "tiny"];
+pub const SHAPES: &[&str] = &["nano-9b-v2", "nano-9b-v2-slice", "nano-30b-a3b", "tiny"];
 
 /// Layers of `nano-9b-v2-slice`: Nano 9B v2's dimensions with one Mamba2, one MLP, one more
 /// Mamba2 and one attention layer, so a short benchmark exercises every kind of mixer at
@@ -37,6 +37,22 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
             "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
             "head_dim": 128, "intermediate_size": 15680, "layer_norm_epsilon": 1e-5,
             "max_position_embeddings": 131072, "eos_token_id": 12
+        })),
+        // Nemotron-3-Nano-30B-A3B (MoE): 52 layers, 23 Mamba2 / 23 MoE / 6 attention,
+        // 128 routed experts, top-6, a shared expert. Written from the published model
+        // card and config as we know them, without the hub to check against here: verify
+        // against the real config.json before quoting numbers as that model's.
+        "nano-30b-a3b" => Some(json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 2688, "vocab_size": 131072,
+            "hybrid_override_pattern": "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
+            "mamba_num_heads": 64, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 32, "num_key_value_heads": 2,
+            "head_dim": 128, "intermediate_size": 1856, "layer_norm_epsilon": 1e-5,
+            "n_routed_experts": 128, "num_experts_per_tok": 6, "n_group": 1, "topk_group": 1,
+            "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712,
+            "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+            "max_position_embeddings": 262144, "eos_token_id": 11
         })),
         "tiny" => Some(json!({
             "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
@@ -177,9 +193,35 @@ pub fn build_with_pattern(
                 );
             }
             LayerKind::Moe => {
-                return Err(ModelError::Unsupported(
-                    "MoE shapes are not supported yet".into(),
-                ))
+                let (e, mi, si) = (
+                    cfg.n_routed_experts,
+                    cfg.moe_intermediate_size,
+                    cfg.moe_shared_expert_intermediate_size,
+                );
+                add(format!("{m}.gate.weight"), vec![e, hs], inv(hs));
+                add(format!("{m}.gate.e_score_correction_bias"), vec![e], 0.1);
+                for j in 0..e {
+                    add(
+                        format!("{m}.experts.{j}.up_proj.weight"),
+                        vec![mi, hs],
+                        inv(hs),
+                    );
+                    add(
+                        format!("{m}.experts.{j}.down_proj.weight"),
+                        vec![hs, mi],
+                        inv(mi) / 4.0,
+                    );
+                }
+                add(
+                    format!("{m}.shared_experts.up_proj.weight"),
+                    vec![si, hs],
+                    inv(hs),
+                );
+                add(
+                    format!("{m}.shared_experts.down_proj.weight"),
+                    vec![hs, si],
+                    inv(si) / 4.0,
+                );
             }
         }
     }
