@@ -433,3 +433,65 @@ fn every_cache_dtype_flag_runs() {
         }
     }
 }
+
+#[test]
+fn ctrl_c_stops_generation_cleanly_with_exit_130() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .args([
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "100000",
+            "--no-think",
+            "--temperature",
+            "1",
+            "--seed",
+            "1",
+            "go on",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t0 = std::time::Instant::now();
+    let out = loop {
+        if let Some(_) = child.try_wait().unwrap() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "nemo did not stop after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("interrupted") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_config_is_named_and_left_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(&cfg, "temprature = 0.5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .args(["chat", "--model", &tiny()])
+        .env("NEMO_CONFIG", &cfg)
+        .env("NEMO_DATA_DIR", tmp.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails_with_one_line(&out, 1, &["config.toml", "temprature"]);
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "temprature = 0.5\n");
+}
