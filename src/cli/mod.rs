@@ -41,7 +41,7 @@ enum Command {
 /// Flags shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder (config.json, safetensors, tokenizer.json).
+    /// Model folder (config.json, safetensors, tokenizer.json), or a llama `.gguf` file.
     #[arg(long, short = 'm', env = "NEMO_MODEL")]
     pub model: Option<PathBuf>,
     /// Worker threads (default: all cores).

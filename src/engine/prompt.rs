@@ -5,6 +5,8 @@
 //! the variable; Llama-Nemotron templates get `detailed thinking on|off` as the system
 //! message; otherwise (Nano v2 convention) `/think` or `/no_think` goes into the system
 //! message. The variable is passed in every case; templates ignore what they don't read.
+//! A template that never mentions thinking (SmolLM2 and other plain GGUF chat models) gets
+//! no flag at all: the model would read `/no_think` as part of the system prompt.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ pub enum ThinkingStyle {
     TemplateVariable,
     DetailedThinking,
     SystemFlag,
+    /// The template has no thinking switch; messages go in unchanged.
+    NoThinking,
 }
 
 pub fn thinking_style(template: &ChatTemplate) -> ThinkingStyle {
@@ -30,6 +34,8 @@ pub fn thinking_style(template: &ChatTemplate) -> ThinkingStyle {
         ThinkingStyle::TemplateVariable
     } else if src.contains("detailed thinking") {
         ThinkingStyle::DetailedThinking
+    } else if !src.contains("think") {
+        ThinkingStyle::NoThinking
     } else {
         ThinkingStyle::SystemFlag
     }
@@ -62,7 +68,7 @@ impl PromptBuilder {
         extra.insert("enable_thinking".into(), serde_json::Value::Bool(thinking));
         let mut msgs = messages.to_vec();
         match thinking_style(&self.template) {
-            ThinkingStyle::TemplateVariable => {}
+            ThinkingStyle::TemplateVariable | ThinkingStyle::NoThinking => {}
             ThinkingStyle::DetailedThinking => {
                 let flag = if thinking {
                     "detailed thinking on"
@@ -134,5 +140,18 @@ impl PromptBuilder {
             boundaries,
             starts_in_reasoning,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_without_thinking_gets_no_flag() {
+        let plain = ChatTemplate::new("{{ messages[0].content }}", None, None).unwrap();
+        assert_eq!(thinking_style(&plain), ThinkingStyle::NoThinking);
+        let nano = ChatTemplate::new("{% if '/no_think' in x %}{% endif %}", None, None).unwrap();
+        assert_eq!(thinking_style(&nano), ThinkingStyle::SystemFlag);
     }
 }

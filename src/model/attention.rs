@@ -12,14 +12,34 @@ use crate::state::KvCache;
 /// Rotary position embedding, rotate-half layout (transformers' `apply_rotary_pos_emb`):
 /// for i < d/2, `(x_i, x_{i+d/2}) ← (x_i cos θ − x_{i+d/2} sin θ, x_{i+d/2} cos θ + x_i sin θ)`,
 /// θ = position · inv_freq_i.
+///
+/// `interleaved` rotates adjacent pairs `(x_2i, x_2i+1)` instead (llama.cpp's "NORM" rope):
+/// GGUF Llama files store q/k rows permuted into that order by `convert_hf_to_gguf.py`'s
+/// `permute`, so rotating pairs there computes exactly what rotate-half does on HF rows.
 pub struct Rope {
     pub inv_freq: Vec<f32>,
+    pub interleaved: bool,
 }
 
 impl Rope {
     /// `x` is `[n, heads, head_dim]` for positions `start..start+n`.
     pub fn apply(&self, x: &mut [f32], heads: usize, hd: usize, start: usize) {
         let half = hd / 2;
+        if self.interleaved {
+            for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
+                let pos = (start + t) as f64;
+                for head in tok.chunks_exact_mut(hd) {
+                    for i in 0..half {
+                        let theta = pos * self.inv_freq[i] as f64;
+                        let (sin, cos) = (theta.sin() as f32, theta.cos() as f32);
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        head[2 * i] = a * cos - b * sin;
+                        head[2 * i + 1] = b * cos + a * sin;
+                    }
+                }
+            }
+            return;
+        }
         for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
             let pos = (start + t) as f64;
             for head in tok.chunks_exact_mut(hd) {
@@ -66,11 +86,35 @@ impl Attention {
         nkv: usize,
         hd: usize,
     ) -> Result<Self, ModelError> {
+        Self::load_named(
+            w,
+            [
+                &format!("{p}.q_proj.weight"),
+                &format!("{p}.k_proj.weight"),
+                &format!("{p}.v_proj.weight"),
+                &format!("{p}.o_proj.weight"),
+            ],
+            hs,
+            nh,
+            nkv,
+            hd,
+        )
+    }
+
+    /// The projections under explicit names, q, k, v, o (GGUF's `blk.{i}.attn_q.weight` ...).
+    pub fn load_named(
+        w: &WeightStore,
+        [q, k, v, o]: [&str; 4],
+        hs: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<Self, ModelError> {
         Ok(Attention {
-            q_proj: w.get(&format!("{p}.q_proj.weight"), &[nh * hd, hs])?,
-            k_proj: w.get(&format!("{p}.k_proj.weight"), &[nkv * hd, hs])?,
-            v_proj: w.get(&format!("{p}.v_proj.weight"), &[nkv * hd, hs])?,
-            o_proj: w.get(&format!("{p}.o_proj.weight"), &[hs, nh * hd])?,
+            q_proj: w.get(q, &[nh * hd, hs])?,
+            k_proj: w.get(k, &[nkv * hd, hs])?,
+            v_proj: w.get(v, &[nkv * hd, hs])?,
+            o_proj: w.get(o, &[hs, nh * hd])?,
             heads: nh,
             kv_heads: nkv,
             head_dim: hd,

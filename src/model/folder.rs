@@ -1,11 +1,14 @@
 //! A model folder as the hub ships it: `config.json`, safetensors, `tokenizer.json`,
-//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`.
+//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`; or a single
+//! `.gguf` file, which carries all of that in its metadata.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::arch::Model;
 use super::config::NemotronHConfig;
+use super::gguf::GgufFile;
+use super::gguf_tokenizer;
 use super::llama::{Llama, LlamaConfig};
 use super::nemotron_h::NemotronH;
 use super::weights::WeightStore;
@@ -42,6 +45,7 @@ impl GenerationDefaults {
 }
 
 pub struct ModelFolder {
+    /// The folder, or the `.gguf` file.
     pub dir: PathBuf,
     pub model: Arc<Model>,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
@@ -99,7 +103,15 @@ fn architecture(path: &Path) -> Result<Option<String>, ModelError> {
 }
 
 impl ModelFolder {
+    /// A hub-style folder, or a `.gguf` file (see `open_gguf`).
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::open_gguf(dir);
+        }
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.to_path_buf(),
@@ -159,6 +171,39 @@ impl ModelFolder {
             tokenizer: Arc::new(tokenizer),
             template,
             generation,
+            eos_token_ids: eos,
+        })
+    }
+
+    /// A llama.cpp GGUF file: weights, tokenizer (`tokenizer.ggml.*`), chat template
+    /// (`tokenizer.chat_template`) and end-of-turn id (`tokenizer.ggml.eos_token_id`), all
+    /// from the one file. Generation defaults are not stored in GGUF and stay unset.
+    pub fn open_gguf(path: &Path) -> Result<Self, ModelError> {
+        let g = GgufFile::open(path)?;
+        let model = Model::Llama(Llama::load_gguf(&g)?);
+        let tokenizer = gguf_tokenizer::from_gguf(&g)?;
+        let bos = gguf_tokenizer::token_text(&g, "tokenizer.ggml.bos_token_id");
+        let eos_text = gguf_tokenizer::token_text(&g, "tokenizer.ggml.eos_token_id");
+        let template = match g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(src) => Some(Arc::new(ChatTemplate::new(src, bos, eos_text).map_err(
+                |e| {
+                    ModelError::Template(format!(
+                        "{}: tokenizer.chat_template: {e}",
+                        path.display()
+                    ))
+                },
+            )?)),
+            None => None,
+        };
+        let mut eos: Vec<u32> = model.eos_token_ids().to_vec();
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(ModelFolder {
+            dir: path.to_path_buf(),
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            template,
+            generation: GenerationDefaults::default(),
             eos_token_ids: eos,
         })
     }

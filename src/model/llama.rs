@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::attention::{Attention, Rope};
 use super::config::python_json_to_strict;
+use super::gguf::GgufFile;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
 use crate::backend::cpu::{matmul, ops};
@@ -169,6 +170,77 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// From GGUF `llama.*` metadata (llama.cpp's `llm_load_hparams` keys); the vocabulary
+    /// size is the length of `tokenizer.ggml.tokens`.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g.architecture()?;
+        if arch != "llama" {
+            return Err(field_err(
+                &g.path,
+                "general.architecture",
+                &format!("is `{arch}`; nemo reads GGUF files of the `llama` architecture"),
+            ));
+        }
+        let k = |s: &str| format!("llama.{s}");
+        let hidden_size = g.get_usize(&k("embedding_length"))?;
+        let heads = g.get_usize(&k("attention.head_count"))?;
+        let kv = match g.get(&k("attention.head_count_kv")) {
+            Some(_) => g.get_usize(&k("attention.head_count_kv"))?,
+            None => heads,
+        };
+        let head_dim = match g.get(&k("attention.key_length")) {
+            Some(_) => g.get_usize(&k("attention.key_length"))?,
+            None => hidden_size / heads.max(1),
+        };
+        // Llama-3.1's scaling comes as the `rope_freqs.weight` tensor (see `load_gguf`);
+        // linear scaling as a factor there too; yarn and longrope are not read.
+        let scaling = g.get(&k("rope.scaling.type")).and_then(|v| v.as_str());
+        if scaling.is_some_and(|t| t != "none" && t != "linear") {
+            return Err(field_err(
+                &g.path,
+                "llama.rope.scaling.type",
+                &format!(
+                    "`{}` is not supported (none and linear are)",
+                    scaling.unwrap_or("")
+                ),
+            ));
+        }
+        let eos = g
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| vec![v as u32])
+            .unwrap_or_default();
+        let cfg = LlamaConfig {
+            hidden_size,
+            vocab_size: g.get_array("tokenizer.ggml.tokens")?.len(),
+            num_hidden_layers: g.get_usize(&k("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            intermediate_size: g.get_usize(&k("feed_forward_length"))?,
+            rms_norm_eps: match g.get(&k("attention.layer_norm_rms_epsilon")) {
+                Some(_) => g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
+                None => 1e-5,
+            },
+            rope_theta: match g.get(&k("rope.freq_base")) {
+                Some(_) => g.get_f64(&k("rope.freq_base"))?,
+                None => 10000.0,
+            },
+            rope_scaling: None,
+            max_position_embeddings: g.get_usize(&k("context_length")).unwrap_or(4096),
+            tie_word_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
+            eos_token_id: eos,
+        };
+        if kv == 0 || heads % kv != 0 || head_dim % 2 != 0 {
+            return Err(field_err(
+                &g.path,
+                "llama.attention.head_count_kv",
+                "must divide llama.attention.head_count (and the head size must be even)",
+            ));
+        }
+        Ok(cfg)
+    }
+
     /// inv_freq_i = θ^(-2i/d), with llama3 scaling: long wavelengths divided by `factor`,
     /// short ones kept, a smooth blend between (transformers `_compute_llama3_parameters`).
     pub fn inv_freq(&self) -> Vec<f32> {
@@ -263,6 +335,69 @@ impl Llama {
             norm: w.get("model.norm.weight", &[hs])?.to_f32(),
             rope: Rope {
                 inv_freq: config.inv_freq(),
+                interleaved: false,
+            },
+            weight_dtype: w.main_dtype(),
+            weight_bytes: w.total_bytes(),
+            embed,
+            layers,
+            lm_head,
+            config,
+        })
+    }
+
+    /// A llama.cpp GGUF file (`general.architecture = llama`), tensors named as llama.cpp
+    /// names them (`token_embd`, `blk.{i}.attn_q`, ...; no `output.weight` means tied).
+    /// Its q/k rows are in interleaved-rope order (see `Rope::interleaved`).
+    pub fn load_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let config = LlamaConfig::from_gguf(g)?;
+        let w = g.weights();
+        let c = &config;
+        let (hs, is) = (c.hidden_size, c.intermediate_size);
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let embed = w.get("token_embd.weight", &[c.vocab_size, hs])?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("blk.{i}");
+                let t = |n: &str| format!("{p}.{n}.weight");
+                Ok(Layer {
+                    input_norm: w.get(&t("attn_norm"), &[hs])?.to_f32(),
+                    attn: Attention::load_named(
+                        &w,
+                        [&t("attn_q"), &t("attn_k"), &t("attn_v"), &t("attn_output")],
+                        hs,
+                        nh,
+                        nkv,
+                        hd,
+                    )?,
+                    post_norm: w.get(&t("ffn_norm"), &[hs])?.to_f32(),
+                    gate: w.get(&t("ffn_gate"), &[is, hs])?,
+                    up: w.get(&t("ffn_up"), &[is, hs])?,
+                    down: w.get(&t("ffn_down"), &[hs, is])?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let lm_head = if w.contains("output.weight") {
+            w.get("output.weight", &[c.vocab_size, hs])?
+        } else {
+            embed.clone()
+        };
+        // llama.cpp's rope: θ_i = pos · base^(−2i/d) / freq_factors[i] / linear factor
+        // (`rope_freqs.weight` is how convert_hf_to_gguf.py stores llama3 scaling).
+        let mut inv_freq = config.inv_freq();
+        if w.contains("rope_freqs.weight") {
+            let ff = w.get("rope_freqs.weight", &[hd / 2])?.to_f32();
+            inv_freq.iter_mut().zip(&ff).for_each(|(f, s)| *f /= s);
+        }
+        if g.get("llama.rope.scaling.type").and_then(|v| v.as_str()) == Some("linear") {
+            let factor = g.get_f64("llama.rope.scaling.factor")? as f32;
+            inv_freq.iter_mut().for_each(|f| *f /= factor);
+        }
+        Ok(Llama {
+            norm: w.get("output_norm.weight", &[hs])?.to_f32(),
+            rope: Rope {
+                inv_freq,
+                interleaved: true,
             },
             weight_dtype: w.main_dtype(),
             weight_bytes: w.total_bytes(),

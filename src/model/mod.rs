@@ -5,6 +5,8 @@ pub mod arch;
 pub mod attention;
 pub mod config;
 pub mod folder;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod llama;
 pub mod mamba2;
 pub mod mlp;

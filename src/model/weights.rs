@@ -42,13 +42,36 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     pub fn from_owned(name: &str, dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Self {
-        debug_assert_eq!(data.len(), shape.iter().product::<usize>() * dtype.size());
+        debug_assert_eq!(
+            data.len(),
+            shape.iter().product::<usize>() / shape.last().copied().unwrap_or(1).max(1)
+                * dtype.row_bytes(shape.last().copied().unwrap_or(1))
+        );
         Tensor {
             name: name.to_string(),
             file: None,
             dtype,
             shape,
             bytes: Bytes::Owned(Arc::new(data)),
+        }
+    }
+
+    /// A view of `len` bytes at `start` of a mapped file (GGUF tensors).
+    pub(crate) fn mapped(
+        name: &str,
+        file: Arc<PathBuf>,
+        dtype: DType,
+        shape: Vec<usize>,
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    ) -> Self {
+        Tensor {
+            name: name.to_string(),
+            file: Some(file),
+            dtype,
+            shape,
+            bytes: Bytes::Mapped { map, start, len },
         }
     }
 
@@ -106,7 +129,7 @@ impl Tensor {
 
     /// Widened copy of one row (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let rb = self.numel() / self.shape[0] * self.dtype.size();
+        let rb = self.dtype.row_bytes(self.numel() / self.shape[0]);
         widen_into(self.dtype, &self.data()[r * rb..(r + 1) * rb], out);
     }
 }

@@ -31,11 +31,13 @@ impl Default for CacheConfig {
     }
 }
 
-/// `--kv-cache-dtype` values: `auto` follows the weights.
+/// `--kv-cache-dtype` values: `auto` follows the weights (f16 for block-quantized GGUF
+/// weights, llama.cpp's default KV type).
 pub fn parse_kv_dtype(s: &str, weights: DType) -> Option<DType> {
     match s {
         "auto" => Some(match weights {
             DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
+            d if d.is_quantized() => DType::F16,
             d => d,
         }),
         "f32" | "float32" => Some(DType::F32),

@@ -4,13 +4,15 @@
 //! Decode (n == 1, bf16) reads each weight byte once and widens it in registers. Prefill
 //! widens a block of weight rows into an f32 tile once and runs the 4×4 micro-kernel over
 //! all tokens, so the weights are read from memory once per call whatever n is.
+//! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
+//! prefill dequantizes a block of rows into the same f32 tile.
 //! Work is split across the rayon pool by blocks of rows; each task writes only its rows.
 
 use rayon::prelude::*;
 
 use crate::backend::dtype::{widen_into, DType};
 
-use super::simd;
+use super::{quant, simd};
 
 /// A borrowed weight matrix in its stored dtype.
 #[derive(Clone, Copy, Debug)]
@@ -23,7 +25,7 @@ pub struct MatRef<'a> {
 
 impl<'a> MatRef<'a> {
     pub fn row_bytes(&self) -> usize {
-        self.cols * self.dtype.size()
+        self.dtype.row_bytes(self.cols)
     }
 
     fn row(&self, r: usize) -> &'a [u8] {
@@ -78,12 +80,25 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     let br = block_rows(m);
     let nblocks = m.div_ceil(br);
     let outp = OutPtr(out.as_mut_ptr());
+    // Decode with Q4_0/Q4_1/Q8_0 weights: quantize x once, integer dots per row.
+    let acts =
+        (n == 1 && quant::supports_q8_dot(w.dtype) && k % 32 == 0).then(|| quant::quantize_acts(x));
     let run = |b: usize| {
         let r0 = b * br;
         let r1 = (r0 + br).min(m);
         let o = outp;
         if n == 1 && w.dtype == DType::BF16 {
             gemv_bf16_block(x, w, r0, r1, o);
+        } else if let Some(acts) = &acts {
+            for r in r0..r1 {
+                // SAFETY: row r < m belongs to this task only; n == 1 so the index is r.
+                unsafe { *o.0.add(r) = quant::dot_row_q8(w.dtype, w.row(r), acts) };
+            }
+        } else if n == 1 && w.dtype.is_quantized() {
+            for r in r0..r1 {
+                // SAFETY: row r < m belongs to this task only; n == 1 so the index is r.
+                unsafe { *o.0.add(r) = quant::dot_row(w.dtype, w.row(r), x) };
+            }
         } else {
             tile_block(x, n, w, r0, r1, o);
         }
@@ -185,6 +200,49 @@ mod tests {
     }
 
     #[test]
+    fn quantized_matmul_matches_dequantized_naive_for_decode_and_prefill() {
+        let (m, k) = (45, 64);
+        let wf: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0)
+            .collect();
+        for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            let mut bytes = vec![0u8; m * dt.row_bytes(k)];
+            for (src, dst) in wf.chunks(k).zip(bytes.chunks_mut(dt.row_bytes(k))) {
+                narrow_into(dt, src, dst);
+            }
+            let mut wide = vec![0f32; m * k];
+            for (src, dst) in bytes.chunks(dt.row_bytes(k)).zip(wide.chunks_mut(k)) {
+                widen_into(dt, src, dst);
+            }
+            for n in [1, 5] {
+                let x: Vec<f32> = (0..n * k)
+                    .map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0)
+                    .collect();
+                let want = naive(&x, n, &wide, m, k);
+                let mut out = vec![0f32; n * m];
+                let w = MatRef {
+                    dtype: dt,
+                    data: &bytes,
+                    rows: m,
+                    cols: k,
+                };
+                matmul(&x, n, w, &mut out);
+                // Decode quantizes x to 8 bits (ggml's Q8 activations), an error relative
+                // to the row's scale, not its (possibly cancelling) sum; prefill is exact.
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                for (a, b) in out.iter().zip(&want) {
+                    let tol = if n == 1 {
+                        1e-2 * scale
+                    } else {
+                        1e-4 * (1.0 + b.abs())
+                    };
+                    assert!((a - b).abs() <= tol, "{dt} n={n}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matmul_matches_naive_for_every_dtype_and_ragged_shapes() {
         for &(n, m, k) in &[
             (1, 1, 1),
@@ -201,7 +259,7 @@ mod tests {
                 .map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0)
                 .collect();
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let mut bytes = vec![0u8; m * k * dt.size()];
+                let mut bytes = vec![0u8; m * dt.row_bytes(k)];
                 narrow_into(dt, &wf, &mut bytes);
                 let mut wide = vec![0f32; m * k];
                 widen_into(dt, &bytes, &mut wide);

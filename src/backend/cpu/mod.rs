@@ -5,6 +5,7 @@
 
 pub mod matmul;
 pub mod ops;
+pub mod quant;
 pub mod simd;
 
 pub use matmul::{matmul, MatRef};

@@ -1,0 +1,727 @@
+//! ggml's block-quantized formats (GGUF weights): byte layouts and dequantization as in
+//! ggml's `ggml-quants.c` reference code (`dequantize_row_*`, `quantize_row_*_ref`).
+//!
+//! Invariants: a row is a whole number of blocks; the f16 scales are little-endian.
+//! Decode never copies weights whole into f32. For Q4_0, Q4_1 and Q8_0 matmul quantizes
+//! the activations once per call into 8-bit blocks of 32 (`QuantizedActs`, ggml's Q8_0/Q8_1
+//! trick) and `dot_row_q8` works in integers on the stored bytes, one f32 scale per block
+//! (AVX2 `maddubs` where available, a plain loop as its oracle). Other types go through
+//! `dot_row`, which dequantizes one block at a time into a stack buffer.
+//!
+//! | type | elems | bytes | layout |
+//! |---|---|---|---|
+//! | Q4_0 | 32 | 18 | f16 d, 16 B nibbles; x = (q − 8)·d, low nibbles first half |
+//! | Q4_1 | 32 | 20 | f16 d, f16 m, 16 B nibbles; x = q·d + m |
+//! | Q8_0 | 32 | 34 | f16 d, 32 i8; x = q·d |
+//! | Q4_K | 256 | 144 | f16 d, f16 dmin, 12 B 6-bit scales/mins, 128 B nibbles |
+//! | Q5_K | 256 | 176 | as Q4_K plus 32 B high bits |
+//! | Q6_K | 256 | 210 | 128 B low nibbles, 64 B high 2-bit pairs, 16 i8 scales, f16 d |
+
+use half::f16;
+
+use crate::backend::DType;
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Dequantizes one block `b` of `dtype` into `y` (`dtype.block().0` values).
+pub fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
+    match dtype {
+        DType::Q4_0 => {
+            let d = f16_at(b, 0);
+            let qs = &b[2..18];
+            for j in 0..16 {
+                y[j] = ((qs[j] & 0xF) as i32 - 8) as f32 * d;
+                y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+        DType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let qs = &b[4..20];
+            for j in 0..16 {
+                y[j] = (qs[j] & 0xF) as f32 * d + m;
+                y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+            }
+        }
+        DType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for (o, &q) in y.iter_mut().zip(&b[2..34]) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+        DType::Q4_K => dequant_q4k_q5k(b, None, y),
+        DType::Q5_K => dequant_q4k_q5k(&b[..16], Some((&b[16..48], &b[48..176])), y),
+        DType::Q6_K => dequant_q6k(b, y),
+        _ => unreachable!("dequantize_block on element type {dtype}"),
+    }
+}
+
+/// Scale and min `j` (0..8) of a K-quant super-block (ggml `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K (`high` None: `b` is the whole block) or Q5_K (`b` its first 16 bytes, `high` its
+/// (qh, qs)): eight sub-blocks of 32, x = d·sc·q − dmin·m.
+fn dequant_q4k_q5k(b: &[u8], high: Option<(&[u8], &[u8])>, y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    let (qh, qs) = match high {
+        Some((qh, qs)) => (Some(qh), qs),
+        None => (None, &b[16..144]),
+    };
+    for (g, chunk) in y.chunks_exact_mut(64).enumerate() {
+        let (s1, m1) = scale_min_k4(2 * g, scales);
+        let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+        let q = &qs[32 * g..32 * g + 32];
+        for l in 0..32 {
+            let (mut lo, mut hi) = ((q[l] & 0xF) as u32, (q[l] >> 4) as u32);
+            if let Some(qh) = qh {
+                lo += (((qh[l] >> (2 * g)) & 1) as u32) << 4;
+                hi += (((qh[l] >> (2 * g + 1)) & 1) as u32) << 4;
+            }
+            chunk[l] = d1 * lo as f32 - m1;
+            chunk[l + 32] = d2 * hi as f32 - m2;
+        }
+    }
+}
+
+fn dequant_q6k(b: &[u8], y: &mut [f32]) {
+    let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    for (n, chunk) in y.chunks_exact_mut(128).enumerate() {
+        let (ql, qh, sc) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..]);
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            chunk[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            chunk[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            chunk[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            chunk[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+/// Dequantizes a row: `src` is `dtype.row_bytes(dst.len())` bytes.
+pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    let (e, bytes) = dtype.block();
+    for (b, y) in src.chunks_exact(bytes).zip(dst.chunks_exact_mut(e)) {
+        dequantize_block(dtype, b, y);
+    }
+}
+
+/// Σ row·x for one stored row, block by block.
+pub fn dot_row(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4_0(row, x),
+        DType::Q4_1 => dot_q4_1(row, x),
+        DType::Q8_0 => dot_q8_0(row, x),
+        _ => {
+            let (e, bytes) = dtype.block();
+            let mut buf = [0f32; 256];
+            let mut acc = 0f32;
+            for (b, xs) in row.chunks_exact(bytes).zip(x.chunks_exact(e)) {
+                dequantize_block(dtype, b, &mut buf[..e]);
+                acc += super::simd::dot(&buf[..e], xs);
+            }
+            acc
+        }
+    }
+}
+
+// The three 32-element formats keep the scale out of the inner loop: Σ d·q·x = d·Σ q·x
+// (and Q4_1's offset adds m·Σ x), which the compiler vectorizes over the 32 lanes.
+
+fn dot_q4_0(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xs) in row.chunks_exact(18).zip(x.chunks_exact(32)) {
+        let mut s = [0f32; 16];
+        for j in 0..16 {
+            let q = b[2 + j];
+            s[j] =
+                ((q & 0xF) as i32 - 8) as f32 * xs[j] + ((q >> 4) as i32 - 8) as f32 * xs[j + 16];
+        }
+        acc += f16_at(b, 0) * s.iter().sum::<f32>();
+    }
+    acc
+}
+
+fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xs) in row.chunks_exact(20).zip(x.chunks_exact(32)) {
+        let mut s = [0f32; 16];
+        let mut sx = [0f32; 16];
+        for j in 0..16 {
+            let q = b[4 + j];
+            s[j] = (q & 0xF) as f32 * xs[j] + (q >> 4) as f32 * xs[j + 16];
+            sx[j] = xs[j] + xs[j + 16];
+        }
+        acc += f16_at(b, 0) * s.iter().sum::<f32>() + f16_at(b, 2) * sx.iter().sum::<f32>();
+    }
+    acc
+}
+
+fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+        let mut s = [0f32; 32];
+        for j in 0..32 {
+            s[j] = b[2 + j] as i8 as f32 * xs[j];
+        }
+        acc += f16_at(b, 0) * s.iter().sum::<f32>();
+    }
+    acc
+}
+
+/// Activations quantized to i8 in blocks of 32: `x ≈ d[b] · qs[32b + j]`, with
+/// `sum[b] = Σ_j qs[32b + j]` for the Q4_0 zero point and Q4_1 offset.
+pub struct QuantizedActs {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sum: Vec<i32>,
+}
+
+/// Whether `dot_row_q8` handles `dtype` (the others use `dot_row`).
+pub fn supports_q8_dot(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+    )
+}
+
+/// Quantizes `x` (a multiple of 32 long) per block: d = max|x|/127, q = round(x/d).
+pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
+    let nb = x.len() / 32;
+    let mut a = QuantizedActs {
+        qs: vec![0; nb * 32],
+        d: vec![0.0; nb],
+        sum: vec![0; nb],
+    };
+    for (b, xs) in x.chunks_exact(32).enumerate() {
+        let amax = xs.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (q, &v) in a.qs[32 * b..32 * b + 32].iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            s += *q as i32;
+        }
+        a.d[b] = d;
+        a.sum[b] = s;
+    }
+    a
+}
+
+/// Σ row·x for a row of a `supports_q8_dot` type against quantized activations. The
+/// K-quants' sub-blocks line up with the 32-wide activation blocks: Q4_K has one scale and
+/// min per 32, Q6_K one scale per 16 (two per activation block).
+pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() != super::simd::Level::Scalar {
+        // SAFETY: avx2 and fma were detected at run time (Avx512 implies both here).
+        return unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
+    }
+    dot_row_q8_plain(dtype, row, x)
+}
+
+fn dot_q4k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let (scales, qs) = (&blk[4..16], &blk[16..144]);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let ab = 8 * b + j;
+            let xq = &x.qs[32 * ab..32 * ab + 32];
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let s: i32 = q
+                .iter()
+                .zip(xq)
+                .map(|(&w, &v)| ((w >> shift) & 0xF) as i32 * v as i32)
+                .sum();
+            acc += x.d[ab] * (d * sc as f32 * s as f32 - dmin * m as f32 * x.sum[ab] as f32);
+        }
+    }
+    acc
+}
+
+fn dot_q6k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(210).enumerate() {
+        let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+        let d = f16_at(blk, 208);
+        for n in 0..2 {
+            for qt in 0..4 {
+                let ab = 8 * b + 4 * n + qt;
+                let xq = &x.qs[32 * ab..32 * ab + 32];
+                let mut s = [0i32; 2];
+                for l in 0..32 {
+                    let lo = ql[64 * n + 32 * (qt % 2) + l];
+                    let nib = if qt < 2 { lo & 0xF } else { lo >> 4 };
+                    let hi = (qh[32 * n + l] >> (2 * qt)) & 3;
+                    let q = (nib | (hi << 4)) as i32 - 32;
+                    s[l / 16] += q * xq[l] as i32;
+                }
+                let (s0, s1) = (sc[8 * n + 2 * qt] as i8, sc[8 * n + 2 * qt + 1] as i8);
+                acc += d * x.d[ab] * (s0 as i32 * s[0] + s1 as i32 * s[1]) as f32;
+            }
+        }
+    }
+    acc
+}
+
+fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    match dtype {
+        DType::Q4_K => return dot_q4k_q8_plain(row, x),
+        DType::Q6_K => return dot_q6k_q8_plain(row, x),
+        _ => {}
+    }
+    let bytes = dtype.block().1;
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(bytes).enumerate() {
+        let xq = &x.qs[32 * b..32 * b + 32];
+        let dd = f16_at(blk, 0) * x.d[b];
+        match dtype {
+            DType::Q8_0 => {
+                let s: i32 = blk[2..34]
+                    .iter()
+                    .zip(xq)
+                    .map(|(&w, &q)| w as i8 as i32 * q as i32)
+                    .sum();
+                acc += dd * s as f32;
+            }
+            _ => {
+                let qs = if dtype == DType::Q4_0 {
+                    &blk[2..18]
+                } else {
+                    &blk[4..20]
+                };
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += (qs[j] & 0xF) as i32 * xq[j] as i32
+                        + (qs[j] >> 4) as i32 * xq[j + 16] as i32;
+                }
+                acc += if dtype == DType::Q4_0 {
+                    dd * (s - 8 * x.sum[b]) as f32
+                } else {
+                    dd * s as f32 + f16_at(blk, 2) * x.d[b] * x.sum[b] as f32
+                };
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{f16_at, QuantizedActs};
+    use crate::backend::DType;
+
+    /// Per block: the 32 weight quants as unsigned bytes (nibbles) or |w| with the sign
+    /// moved onto x (Q8_0), `maddubs` into i16 pairs, `madd` into 8 i32, then one FMA with
+    /// the block's two scales. Zero point / offset terms go to a scalar accumulator.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(acc: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(acc, 1);
+        let lo = _mm256_castps256_ps128(acc);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Q4_K: per 64 elements one 32-byte load gives two sub-blocks (low and high nibbles).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q4k(row: &[u8], x: &QuantizedActs) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut off = 0f32;
+        for (b, blk) in row.chunks_exact(144).enumerate() {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            for g in 0..4 {
+                let q = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * g) as *const __m256i);
+                let halves = [
+                    _mm256_and_si256(q, low),
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                ];
+                for (h, w) in halves.into_iter().enumerate() {
+                    let j = 2 * g + h;
+                    let (sc, m) = super::scale_min_k4(j, &blk[4..16]);
+                    let ab = 8 * b + j;
+                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones);
+                    let scale = d * sc as f32 * x.d[ab];
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
+                    off -= dmin * m as f32 * x.d[ab] * x.sum[ab] as f32;
+                }
+            }
+        }
+        hsum(acc) + off
+    }
+
+    /// Q6_K: per 32 elements the 6-bit quants are rebuilt from a nibble and two high bits,
+    /// centred (−32..31), and multiplied with |q| / sign-moved x; `madd` with the two
+    /// 16-element scales as i16 gives scaled i32 sums.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q6k(row: &[u8], x: &QuantizedActs) -> f32 {
+        let low = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let c32 = _mm256_set1_epi8(32);
+        let mut acc = _mm256_setzero_ps();
+        for (b, blk) in row.chunks_exact(210).enumerate() {
+            let d = f16_at(blk, 208);
+            let p = blk.as_ptr();
+            for n in 0..2 {
+                let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
+                for qt in 0..4 {
+                    let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (qt % 2)) as *const __m256i);
+                    let nib = if qt < 2 {
+                        _mm256_and_si256(ql, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                    };
+                    let hi = match qt {
+                        0 => _mm256_and_si256(qh, three),
+                        1 => _mm256_and_si256(_mm256_srli_epi16(qh, 2), three),
+                        2 => _mm256_and_si256(_mm256_srli_epi16(qh, 4), three),
+                        _ => _mm256_and_si256(_mm256_srli_epi16(qh, 6), three),
+                    };
+                    let q = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hi, 4)), c32);
+                    let ab = 8 * b + 4 * n + qt;
+                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
+                    let prod =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+                    let s0 = blk[192 + 8 * n + 2 * qt] as i8 as i16;
+                    let s1 = blk[192 + 8 * n + 2 * qt + 1] as i8 as i16;
+                    let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                    let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, sc));
+                    acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * x.d[ab]), acc);
+                }
+            }
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+        match dtype {
+            DType::Q4_K => return dot_q4k(row, x),
+            DType::Q6_K => return dot_q6k(row, x),
+            _ => {}
+        }
+        let bytes = dtype.block().1;
+        let nb = row.len() / bytes;
+        debug_assert!(x.d.len() >= nb);
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut off = 0f32;
+        let xp = x.qs.as_ptr();
+        for b in 0..nb {
+            let blk = &row[b * bytes..(b + 1) * bytes];
+            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+            let dx = x.d[b];
+            let d = f16_at(blk, 0) * dx;
+            let prod = match dtype {
+                DType::Q8_0 => {
+                    let w = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w))
+                }
+                _ => {
+                    let start = if dtype == DType::Q4_0 { 2 } else { 4 };
+                    let q = _mm_loadu_si128(blk.as_ptr().add(start) as *const __m128i);
+                    let lo = _mm_and_si128(q, low);
+                    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+                    let w = _mm256_set_m128i(hi, lo);
+                    if dtype == DType::Q4_0 {
+                        off -= d * (8 * x.sum[b]) as f32;
+                    } else {
+                        off += f16_at(blk, 2) * dx * x.sum[b] as f32;
+                    }
+                    _mm256_maddubs_epi16(w, xv)
+                }
+            };
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc);
+        }
+        hsum(acc) + off
+    }
+}
+
+/// Quantizes a row as ggml's `quantize_row_*_ref` do (Q4_0, Q4_1, Q8_0; for tests and
+/// synthetic weights). K-quants are only read, never written: their blocks come zeroed.
+pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    let (e, bytes) = dtype.block();
+    for (x, b) in src.chunks(e).zip(dst.chunks_exact_mut(bytes)) {
+        b.fill(0);
+        let put = |b: &mut [u8], i: usize, v: f32| {
+            b[i..i + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes())
+        };
+        match dtype {
+            DType::Q4_0 => {
+                // The value of largest magnitude maps to −8 exactly.
+                let max = x
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(b, 0, d);
+                for j in 0..16 {
+                    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+                    b[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+                }
+            }
+            DType::Q4_1 => {
+                let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(b, 0, d);
+                put(b, 2, min);
+                for j in 0..16 {
+                    let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
+                    b[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+                }
+            }
+            DType::Q8_0 => {
+                let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put(b, 0, d);
+                for j in 0..32 {
+                    b[2 + j] = (x[j] * id).round() as i8 as u8;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn q4_0_block_by_hand() {
+        // d = 0.5; byte j = j | (15−j)<<4 → x[j] = (j−8)/2, x[j+16] = (7−j)/2.
+        let mut b = h(0.5).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut y = [0f32; 32];
+        dequantize_row(DType::Q4_0, &b, &mut y);
+        for j in 0..16 {
+            assert_eq!(y[j], (j as f32 - 8.0) * 0.5);
+            assert_eq!(y[j + 16], (7.0 - j as f32) * 0.5);
+        }
+    }
+
+    #[test]
+    fn q4_1_block_by_hand() {
+        // d = 0.25, m = −1; low nibble j, high nibble 15 − j.
+        let mut b = h(0.25).to_vec();
+        b.extend(h(-1.0));
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut y = [0f32; 32];
+        dequantize_row(DType::Q4_1, &b, &mut y);
+        assert_eq!(y[0], -1.0);
+        assert_eq!(y[5], 0.25);
+        assert_eq!(y[16], 2.75);
+        assert_eq!(y[31], -1.0);
+    }
+
+    #[test]
+    fn q8_0_block_by_hand() {
+        let mut b = h(0.125).to_vec();
+        b.extend((0..32i8).map(|j| (j * 4 - 64) as u8));
+        let mut y = [0f32; 32];
+        dequantize_row(DType::Q8_0, &b, &mut y);
+        for (j, v) in y.iter().enumerate() {
+            assert_eq!(*v, (j as f32 * 4.0 - 64.0) * 0.125);
+        }
+    }
+
+    #[test]
+    fn q4_k_block_by_hand() {
+        // d = 1, dmin = 0.5; sub-block scales 1..=8 and mins 8..=1 (the 6-bit packing of
+        // `get_scale_min_k4`), all nibbles 3 → x = sc·3 − 0.5·m.
+        let (sc, mn): ([u8; 8], [u8; 8]) = ([1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]);
+        let mut s = [0u8; 12];
+        for j in 0..4 {
+            s[j] = sc[j];
+            s[j + 4] = mn[j];
+            s[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+        }
+        let mut b = h(1.0).to_vec();
+        b.extend(h(0.5));
+        b.extend(s);
+        b.extend([0x33u8; 128]);
+        let mut y = [0f32; 256];
+        dequantize_row(DType::Q4_K, &b, &mut y);
+        for (i, v) in y.iter().enumerate() {
+            let j = i / 32;
+            assert_eq!(*v, sc[j] as f32 * 3.0 - 0.5 * mn[j] as f32, "{i}");
+        }
+        // Q5_K with every high bit set adds 16 to each quant.
+        let mut b5 = b[..16].to_vec();
+        b5.extend([0xFFu8; 32]);
+        b5.extend([0x33u8; 128]);
+        dequantize_row(DType::Q5_K, &b5, &mut y);
+        for (i, v) in y.iter().enumerate() {
+            let j = i / 32;
+            assert_eq!(*v, sc[j] as f32 * 19.0 - 0.5 * mn[j] as f32, "{i}");
+        }
+    }
+
+    #[test]
+    fn q6_k_block_by_hand() {
+        // All low nibbles 5, high pairs 2 → q = 5 + 32 − 32 = 5; scales 1..=16, d = 0.5.
+        let mut b = vec![0x55u8; 128];
+        b.extend([0xAAu8; 64]);
+        b.extend((1..=16i8).map(|s| s as u8));
+        b.extend(h(0.5));
+        let mut y = [0f32; 256];
+        dequantize_row(DType::Q6_K, &b, &mut y);
+        for (i, v) in y.iter().enumerate() {
+            // Element i sits in 16-wide group (i / 128)·8 + (i % 128 / 32)·2 + (i % 32) / 16.
+            let g = (i / 128) * 8 + (i % 128 / 32) * 2 + (i % 32) / 16;
+            assert_eq!(*v, 0.5 * (g + 1) as f32 * 5.0, "{i}");
+        }
+    }
+
+    /// Random blocks dequantized by the `gguf` package's numpy reference
+    /// (tests/fixtures/make_quant_vectors.py).
+    #[test]
+    fn dequantize_matches_the_gguf_numpy_reference() {
+        let v: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/quant_vectors.json"
+        )))
+        .unwrap();
+        for (name, dt) in [
+            ("q4_0", DType::Q4_0),
+            ("q4_1", DType::Q4_1),
+            ("q8_0", DType::Q8_0),
+            ("q4_k", DType::Q4_K),
+            ("q5_k", DType::Q5_K),
+            ("q6_k", DType::Q6_K),
+        ] {
+            let hex = v[name]["bytes"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let want: Vec<f32> = v[name]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(bytes.len(), dt.row_bytes(want.len()), "{name}");
+            let mut got = vec![0f32; want.len()];
+            dequantize_row(dt, &bytes, &mut got);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{name}[{i}]: {a} vs {b}"
+                );
+            }
+            // The block-at-a-time dot agrees with the dequantized row.
+            let x: Vec<f32> = (0..want.len())
+                .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let dot: f32 = want.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let got_dot = dot_row(dt, &bytes, &x);
+            if supports_q8_dot(dt) {
+                // Integer path: exact against the reference with quantized x; SIMD = plain.
+                let acts = quantize_acts(&x);
+                let xq: Vec<f32> = (0..x.len())
+                    .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
+                    .collect();
+                let want_q: f32 = want.iter().zip(&xq).map(|(a, b)| a * b).sum();
+                let plain = dot_row_q8_plain(dt, &bytes, &acts);
+                let fast = dot_row_q8(dt, &bytes, &acts);
+                assert!(
+                    (plain - want_q).abs() <= 1e-4 * (1.0 + want_q.abs()),
+                    "{name}: {plain} vs {want_q}"
+                );
+                assert!(
+                    (fast - plain).abs() <= 1e-4 * (1.0 + plain.abs()),
+                    "{name}: {fast} vs {plain}"
+                );
+            }
+            assert!(
+                (got_dot - dot).abs() <= 1e-4 * (1.0 + dot.abs()),
+                "{name}: {got_dot} vs {dot}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_row_matches_dequantized_dot_and_quantize_round_trips() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..96)
+            .map(|i| ((i * 53) % 31) as f32 / 15.0 - 1.0)
+            .collect();
+        for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            let mut q = vec![0u8; dt.row_bytes(96)];
+            quantize_row(dt, &w, &mut q);
+            let mut back = vec![0f32; 96];
+            dequantize_row(dt, &q, &mut back);
+            // Q4_0 maps the largest magnitude to −8, so the other sign reaches only 7·d.
+            let tol = match dt {
+                DType::Q8_0 => 0.01,
+                DType::Q4_1 => 0.08,
+                _ => 0.13,
+            };
+            for (a, b) in w.iter().zip(&back) {
+                assert!((a - b).abs() <= tol, "{dt}: {a} vs {b}");
+            }
+            let want: f32 = back.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let got = dot_row(dt, &q, &x);
+            assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "{dt}");
+            // The integer path: exact against the dequantized dot with quantized x, and
+            // the SIMD twin equal to the plain loop up to summation order.
+            let acts = quantize_acts(&x);
+            let xq: Vec<f32> = (0..96)
+                .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
+                .collect();
+            let want_q: f32 = back.iter().zip(&xq).map(|(a, b)| a * b).sum();
+            let plain = dot_row_q8_plain(dt, &q, &acts);
+            let fast = dot_row_q8(dt, &q, &acts);
+            assert!(
+                (plain - want_q).abs() < 1e-3 * (1.0 + want_q.abs()),
+                "{dt}: {plain} vs {want_q}"
+            );
+            assert!(
+                (fast - plain).abs() < 1e-4 * (1.0 + plain.abs()),
+                "{dt}: {fast} vs {plain}"
+            );
+            assert!(
+                (fast - want).abs() < 0.05 * (1.0 + want.abs()),
+                "{dt}: {fast} vs {want}"
+            );
+        }
+    }
+}
