@@ -153,14 +153,21 @@ impl Attention {
         let total = past + n;
         let group = nh / nkv;
         let scale = (hd as f32).powf(-0.5);
-        // One task per query head: widen its KV head once, then every query position.
-        let per_head: Vec<Vec<f32>> = (0..nh)
+        // Widen each KV head once (shared by its `group` query heads), then one task per
+        // query head over every query position.
+        let widened: Vec<(Vec<f32>, Vec<f32>)> = (0..nkv)
             .into_par_iter()
-            .map(|h| {
-                let kvh = h / group;
+            .map(|kvh| {
                 let mut kk = vec![0f32; total * hd];
                 let mut vv = vec![0f32; total * hd];
                 cache.read_head(kvh, total, &mut kk, &mut vv);
+                (kk, vv)
+            })
+            .collect();
+        let per_head: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let (kk, vv) = &widened[h / group];
                 let mut o = vec![0f32; n * hd];
                 let mut scores = vec![0f32; total];
                 for i in 0..n {

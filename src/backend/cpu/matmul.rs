@@ -52,10 +52,13 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Rows per parallel task: small enough to balance two to a few dozen threads, large
-/// enough that the scheduling cost (~µs) stays below the work.
-fn block_rows(rows: usize) -> usize {
+/// enough that the scheduling cost (~µs) stays below the work: at least 64 KiB of weights
+/// per task (small models' decode was spending a quarter of its time in the scheduler).
+fn block_rows(rows: usize, row_bytes: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let b = rows.div_ceil(threads * 8);
+    let b = rows
+        .div_ceil(threads * 8)
+        .max((64 << 10) / row_bytes.max(1));
     b.clamp(16, 256).div_ceil(4) * 4
 }
 
@@ -77,7 +80,7 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     if n == 0 || m == 0 {
         return;
     }
-    let br = block_rows(m);
+    let br = block_rows(m, w.row_bytes());
     let nblocks = m.div_ceil(br);
     let outp = OutPtr(out.as_mut_ptr());
     // Decode with Q4_0/Q4_1/Q8_0 weights: quantize x once, integer dots per row.

@@ -21,8 +21,11 @@ use half::f16;
 
 use crate::backend::DType;
 
+/// A block's f16 scale. The const (table-free, branch-light) conversion inlines into the
+/// dot loops; half's runtime-dispatched one costs a call per block (21% of decode).
+#[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32_const()
 }
 
 /// Dequantizes one block `b` of `dtype` into `y` (`dtype.block().0` values).
