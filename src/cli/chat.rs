@@ -23,6 +23,7 @@ use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
 use nemo::config::{parse_budget, Config, Paths};
+use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, Session, SessionOptions};
 use nemo::model::ModelFolder;
@@ -237,6 +238,10 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         context: m.context(),
         kv_cache_dtype: cache.kv_dtype.to_string(),
         ssm_cache_dtype: cache.ssm_dtype.to_string(),
+        no_thinking_switch: folder
+            .template
+            .as_ref()
+            .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
     };
 
     let mut sampling = SamplingParams::default();

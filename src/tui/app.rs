@@ -29,6 +29,8 @@ pub struct ModelInfo {
     pub context: usize,
     pub kv_cache_dtype: String,
     pub ssm_cache_dtype: String,
+    /// The model's chat template has no thinking switch (e.g. SmolLM2): the slider says so.
+    pub no_thinking_switch: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -221,6 +221,14 @@ fn budget_text(b: Option<usize>) -> String {
 
 fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
+    if app.model.no_thinking_switch {
+        let line = Line::from(vec![
+            Span::styled(" Thinking ", t.status),
+            Span::styled("  this model has no thinking switch", t.reasoning),
+        ]);
+        f.render_widget(Paragraph::new(line), area);
+        return;
+    }
     if !app.thinking || app.budget == Some(0) {
         let line = Line::from(vec![
             Span::styled(" Thinking off ", t.status),
@@ -543,6 +551,7 @@ mod tests {
             context: 4096,
             kv_cache_dtype: "f32".into(),
             ssm_cache_dtype: "f32".into(),
+            no_thinking_switch: false,
         };
         let session = SessionFile::new(
             ModelIdentity {
@@ -657,6 +666,11 @@ mod tests {
         stream_reasoning(&mut a); // 200 of 512 used
         let s = screen(&mut a, 80, 20);
         shots.push_str(s.lines().nth(15).unwrap_or_default());
+        shots.push('\n');
+        let mut a = app();
+        a.model.no_thinking_switch = true;
+        let s = screen(&mut a, 80, 8);
+        shots.push_str(s.lines().nth(3).unwrap_or_default());
         shots.push('\n');
         insta::assert_snapshot!(shots);
     }
