@@ -437,17 +437,7 @@ impl Llama {
         if n == 0 {
             return Ok(vec![]);
         }
-        let mut x = vec![0f32; n * hs];
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= c.vocab_size {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
-            self.embed
-                .row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
-        }
+        let mut x = super::lm_head::embed(&self.embed, tokens)?;
         let mut normed = vec![0f32; n * hs];
         let mut out = vec![0f32; n * hs];
         let is = c.intermediate_size;
@@ -474,16 +464,12 @@ impl Llama {
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
         }
         state.len += n;
-        let rows: &[f32] = match want {
-            super::Logits::None => return Ok(vec![]),
-            super::Logits::Last => &x[(n - 1) * hs..],
-            super::Logits::All => &x,
-        };
-        let m = rows.len() / hs;
-        let mut fin = vec![0f32; m * hs];
-        ops::rms_norm(rows, &self.norm, c.rms_norm_eps, &mut fin);
-        let mut logits = vec![0f32; m * c.vocab_size];
-        matmul(&fin, m, self.lm_head.mat(), &mut logits);
-        Ok(logits)
+        Ok(super::lm_head::logits(
+            &x,
+            &self.norm,
+            c.rms_norm_eps,
+            &self.lm_head,
+            want,
+        ))
     }
 }

@@ -8,6 +8,7 @@ pub mod folder;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod llama;
+pub mod lm_head;
 pub mod mamba2;
 pub mod mlp;
 pub mod moe;

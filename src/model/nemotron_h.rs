@@ -12,7 +12,7 @@ use super::mlp::Mlp;
 use super::moe::Moe;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
-use crate::backend::cpu::{matmul, ops};
+use crate::backend::cpu::ops;
 use crate::backend::DType;
 use crate::state::{CacheConfig, KvCache, LayerState, MambaState, SequenceState};
 
@@ -144,17 +144,7 @@ impl NemotronH {
         if n == 0 {
             return Ok(vec![]);
         }
-        let mut x = vec![0f32; n * hs];
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= c.vocab_size {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
-            self.embeddings
-                .row_f32(id as usize, &mut x[t * hs..(t + 1) * hs]);
-        }
+        let mut x = super::lm_head::embed(&self.embeddings, tokens)?;
         let mut normed = vec![0f32; n * hs];
         let mut mixed = vec![0f32; n * hs];
         for (block, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
@@ -183,17 +173,13 @@ impl NemotronH {
             }
         }
         state.len += n;
-        let rows: &[f32] = match want {
-            Logits::None => return Ok(vec![]),
-            Logits::Last => &x[(n - 1) * hs..],
-            Logits::All => &x,
-        };
-        let m = rows.len() / hs;
-        let mut fin = vec![0f32; m * hs];
-        ops::rms_norm(rows, &self.norm_f, c.layer_norm_epsilon, &mut fin);
-        let mut logits = vec![0f32; m * c.vocab_size];
-        matmul(&fin, m, self.lm_head.mat(), &mut logits);
-        Ok(logits)
+        Ok(super::lm_head::logits(
+            &x,
+            &self.norm_f,
+            c.layer_norm_epsilon,
+            &self.lm_head,
+            want,
+        ))
     }
 
     /// Weight bytes one decoded token reads: everything but the embedding table (one row
