@@ -26,6 +26,67 @@ use crate::model::{Logits, Model, ModelFolder};
 use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
 use crate::state::{CacheConfig, SequenceState, Snapshot};
 
+/// Generated text on its way out: reasoning/answer split, stop strings on the answer,
+/// events. Keeps the thinking controller in step with what the parser saw.
+struct TextRouter {
+    parser: ReasoningParser,
+    stopper: StopMatcher,
+    content_seen: bool,
+}
+
+impl TextRouter {
+    /// Returns true when a stop string matched (nothing after it is emitted).
+    fn push(
+        &mut self,
+        text: &str,
+        thinking: &mut ThinkingController,
+        emit: &mut dyn FnMut(Event),
+    ) -> bool {
+        for seg in self.parser.push(text) {
+            match seg {
+                Segment::Reasoning(r) => {
+                    thinking.reasoning_text(&r);
+                    emit(Event::Reasoning(r));
+                }
+                Segment::Content(c) => {
+                    self.content_seen = true;
+                    if self.content(&c, emit) {
+                        return true;
+                    }
+                }
+            }
+        }
+        if self.parser.in_reasoning() != thinking.in_reasoning() {
+            thinking.set_in_reasoning(self.parser.in_reasoning());
+        }
+        false
+    }
+
+    fn content(&mut self, c: &str, emit: &mut dyn FnMut(Event)) -> bool {
+        let r = self.stopper.push(c);
+        if !r.emit.is_empty() {
+            emit(Event::Content(r.emit));
+        }
+        r.stopped
+    }
+
+    /// Flushes what the parser and the stop matcher still hold.
+    fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
+        for seg in self.parser.finish() {
+            match seg {
+                Segment::Reasoning(r) => emit(Event::Reasoning(r)),
+                Segment::Content(c) => {
+                    self.content(&c, emit);
+                }
+            }
+        }
+        let held = self.stopper.finish();
+        if !held.is_empty() {
+            emit(Event::Content(held));
+        }
+    }
+}
+
 struct Checkpoint {
     snap: Snapshot,
 }
@@ -252,47 +313,17 @@ impl Session {
 
         let tail_start = plan.ids.len().saturating_sub(8);
         let mut detok = Detokenizer::new(self.tokenizer.clone(), &plan.ids[tail_start..]);
-        let mut parser = ReasoningParser::new(THINK_START, THINK_END, plan.starts_in_reasoning);
-        let mut stopper = StopMatcher::new(req.stop.clone());
+        let mut out = TextRouter {
+            parser: ReasoningParser::new(THINK_START, THINK_END, plan.starts_in_reasoning),
+            stopper: StopMatcher::new(req.stop.clone()),
+            content_seen: false,
+        };
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut thinking = ThinkingController::new(&req.thinking, plan.starts_in_reasoning);
         let mut completion = 0usize;
         let mut ttft = None;
         let mut t_first = Instant::now();
         let mut sampled = 0usize;
-        let mut content_seen = false;
-
-        // Text → parser → events; returns true when a stop string matched.
-        let route = |text: &str,
-                     parser: &mut ReasoningParser,
-                     stopper: &mut StopMatcher,
-                     thinking: &mut ThinkingController,
-                     content_seen: &mut bool,
-                     emit: &mut dyn FnMut(Event)|
-         -> bool {
-            for seg in parser.push(text) {
-                match seg {
-                    Segment::Reasoning(r) => {
-                        thinking.reasoning_text(&r);
-                        emit(Event::Reasoning(r));
-                    }
-                    Segment::Content(c) => {
-                        *content_seen = true;
-                        let r = stopper.push(&c);
-                        if !r.emit.is_empty() {
-                            emit(Event::Content(r.emit));
-                        }
-                        if r.stopped {
-                            return true;
-                        }
-                    }
-                }
-            }
-            if parser.in_reasoning() != thinking.in_reasoning() {
-                thinking.set_in_reasoning(parser.in_reasoning());
-            }
-            false
-        };
 
         let finish = loop {
             if req.controls.is_cancelled() {
@@ -322,14 +353,7 @@ impl Session {
                     for id in &ids {
                         piece.push_str(&detok.push(*id)?);
                     }
-                    if route(
-                        &piece,
-                        &mut parser,
-                        &mut stopper,
-                        &mut thinking,
-                        &mut content_seen,
-                        emit,
-                    ) {
+                    if out.push(&piece, &mut thinking, emit) {
                         break FinishReason::StopString;
                     }
                     thinking.set_in_reasoning(false);
@@ -354,20 +378,13 @@ impl Session {
                         thinking.sampled_reasoning_token();
                     }
                     let text = detok.push(id)?;
-                    if !content_seen
+                    if !out.content_seen
                         && !thinking.in_reasoning()
                         && Some(id) == self.tokenizer.token_to_id(THINK_START)
                     {
                         thinking.set_in_reasoning(true);
                     }
-                    if route(
-                        &text,
-                        &mut parser,
-                        &mut stopper,
-                        &mut thinking,
-                        &mut content_seen,
-                        emit,
-                    ) {
+                    if out.push(&text, &mut thinking, emit) {
                         break FinishReason::StopString;
                     }
                     if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
@@ -394,29 +411,8 @@ impl Session {
         // Flush what the detokenizer, parser and stop matcher still hold.
         if finish != FinishReason::StopString {
             let rest = detok.finish()?;
-            route(
-                &rest,
-                &mut parser,
-                &mut stopper,
-                &mut thinking,
-                &mut content_seen,
-                emit,
-            );
-            for seg in parser.finish() {
-                match seg {
-                    Segment::Reasoning(r) => emit(Event::Reasoning(r)),
-                    Segment::Content(c) => {
-                        let r = stopper.push(&c);
-                        if !r.emit.is_empty() {
-                            emit(Event::Content(r.emit));
-                        }
-                    }
-                }
-            }
-            let held = stopper.finish();
-            if !held.is_empty() {
-                emit(Event::Content(held));
-            }
+            out.push(&rest, &mut thinking, emit);
+            out.finish(emit);
         }
         let decode_s = t_first.elapsed().as_secs_f64();
         let done = Done {

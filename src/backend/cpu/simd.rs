@@ -482,6 +482,11 @@ mod tests {
                         }
                     }
                     x86::bf16_to_f32_avx2(bb[1], &mut wide);
+                    let plain: Vec<f32> = bb[1]
+                        .chunks_exact(2)
+                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                        .collect();
+                    assert_eq!(wide, plain, "avx2 bf16 widening k={k}");
                     let got = x86::dot_bf16_rows4_avx2(bb, xx[0]);
                     assert!(close(got[1], dot_plain(&wide, xx[0])), "avx2 bf16 k={k}");
                 }
@@ -495,7 +500,11 @@ mod tests {
                     }
                     let mut wide2 = vec![0f32; k];
                     x86::bf16_to_f32_avx512(bb[1], &mut wide2);
-                    assert_eq!(wide, if has2 { wide2.clone() } else { wide.clone() });
+                    let plain: Vec<f32> = bb[1]
+                        .chunks_exact(2)
+                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                        .collect();
+                    assert_eq!(wide2, plain, "avx512 bf16 widening k={k}");
                     let got = x86::dot_bf16_rows4_avx512(bb, xx[0]);
                     assert!(close(got[1], dot_plain(&wide2, xx[0])), "avx512 bf16 k={k}");
                 }
