@@ -120,7 +120,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let load_start = Instant::now();
     let (model, model_json) = match &source {
-        Source::Folder(dir) => {
+        Source::Folder(spec) => {
+            let dir = &super::pull::resolve_model(Some(spec), super::pull::Missing::Required)?.path;
             progress(&format!("loading {}", dir.display()));
             let folder = ModelFolder::open(dir)?;
             let m = folder.model;

@@ -118,19 +118,16 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(&paths.config_file)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
     let theme = Theme::resolve(a.theme.as_deref().or(cfg.theme.as_deref()))?;
-    let dir: PathBuf = match a
-        .model
-        .model
-        .clone()
-        .or(cfg.model.clone().map(PathBuf::from))
-    {
-        Some(d) => d,
-        None => {
-            return Err(usage(
-                "--model DIR is required (or set `model` in config.toml, or NEMO_MODEL)",
-            ))
-        }
-    };
+    // Resolved (and any question asked) before the terminal is taken over.
+    let choice = super::pull::resolve_model(
+        a.model
+            .model
+            .clone()
+            .or(cfg.model.clone().map(PathBuf::from))
+            .as_deref(),
+        super::pull::Missing::PickDefault { yes: false },
+    )?;
+    let dir = choice.path.clone();
     let threads = a.model.threads.or(cfg.threads);
     super::init_threads(threads)?;
     let budget = match a.budget.as_deref().or(cfg.budget.as_deref()) {
@@ -226,10 +223,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     .cache_config(folder.model.weight_dtype())?;
     let m = &folder.model;
     let info = ModelInfo {
-        name: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string()),
+        name: choice.name.clone(),
         backend: "cpu".into(),
         arch: m.describe(),
         dtype: folder.model.weight_dtype().to_string(),

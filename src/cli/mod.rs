@@ -4,6 +4,9 @@
 mod bench;
 mod chat;
 mod debug;
+mod list;
+mod pull;
+mod rm;
 mod run;
 
 use std::path::PathBuf;
@@ -33,6 +36,12 @@ enum Command {
     Run(run::RunArgs),
     /// Benchmarks: load time, prefill and decode speed.
     Bench(bench::BenchArgs),
+    /// Download a model from the Hugging Face hub into the shared HF cache.
+    Pull(pull::PullArgs),
+    /// The models in the HF cache that nemo can load.
+    List(list::ListArgs),
+    /// Remove a model from the HF cache.
+    Rm(rm::RmArgs),
     /// Tools for checking nemo against other implementations.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -41,7 +50,9 @@ enum Command {
 /// Flags shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder (config.json, safetensors, tokenizer.json), or a llama `.gguf` file.
+    /// Model: a folder (config.json, safetensors, tokenizer.json), a `.gguf` file, a hub repo
+    /// id (`org/name`, `org/name:file.gguf`) or an alias (`nemo list --aliases`); a hub model
+    /// not in the HF cache is pulled first.
     #[arg(long, short = 'm', env = "NEMO_MODEL")]
     pub model: Option<PathBuf>,
     /// Worker threads (default: all cores).
@@ -169,10 +180,9 @@ impl ModelArgs {
         })
     }
 
+    /// `--model` as a path to open (pulled from the hub if needed); required here.
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
-        self.model
-            .clone()
-            .ok_or_else(|| usage("--model DIR is required (or set NEMO_MODEL)"))
+        Ok(pull::resolve_model(self.model.as_deref(), pull::Missing::Required)?.path)
     }
 
     pub fn load(&self) -> anyhow::Result<ModelFolder> {
@@ -207,6 +217,9 @@ pub fn main() -> i32 {
         Command::Chat(a) => chat::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Pull(a) => pull::run(a),
+        Command::List(a) => list::run(a),
+        Command::Rm(a) => rm::run(a),
         Command::Debug(c) => debug::run(c),
     };
     match result {

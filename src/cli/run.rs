@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// One JSON object per event on stdout.
     #[arg(long)]
     pub json: bool,
+    /// With no --model: download the default model for this machine without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 struct CancelOnDrop(Controls);
@@ -95,7 +98,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         return Err(usage("the prompt is empty"));
     }
     a.model.init_threads()?;
-    let dir = a.model.model_dir()?;
+    let spec = match &a.model.model {
+        Some(m) => Some(m.clone()),
+        None => super::pull::config_model()?.map(std::path::PathBuf::from),
+    };
+    let dir = super::pull::resolve_model(
+        spec.as_deref(),
+        super::pull::Missing::PickDefault { yes: a.yes },
+    )?
+    .path;
     let t_load = Instant::now();
     let folder = nemo::model::ModelFolder::open(&dir)?;
     let cache = a.model.cache_config(folder.model.weight_dtype())?;

@@ -109,7 +109,8 @@ pub const ALIASES: &[Alias] = &[
         file: None,
         kind: Safetensors,
         size_gb: 0.27,
-        description: "SmolLM2 135M Instruct: tiny, for trying nemo out and for tests (not a Nemotron)",
+        description:
+            "SmolLM2 135M Instruct: tiny, for trying nemo out and for tests (not a Nemotron)",
         checked: true,
     },
 ];
@@ -124,7 +125,11 @@ pub fn for_repo(repo: &str) -> Option<&'static Alias> {
 }
 
 pub fn names() -> String {
-    ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+    ALIASES
+        .iter()
+        .map(|a| a.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -141,6 +146,9 @@ mod tests {
                 assert_ne!(a.repo, b.repo);
             }
         }
-        assert_eq!(find("NANO-9B-V2").unwrap().repo, "nvidia/NVIDIA-Nemotron-Nano-9B-v2");
+        assert_eq!(
+            find("NANO-9B-V2").unwrap().repo,
+            "nvidia/NVIDIA-Nemotron-Nano-9B-v2"
+        );
     }
 }

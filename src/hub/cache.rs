@@ -246,7 +246,7 @@ pub fn gguf_quant(path: &Path) -> Option<String> {
 fn describe_config(path: &Path) -> (String, String) {
     let v: serde_json::Value = std::fs::read_to_string(path)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
+        .and_then(|t| serde_json::from_str(&crate::model::config::python_json_to_strict(&t)).ok())
         .unwrap_or_default();
     let arch = v["architectures"][0].as_str().unwrap_or("?").to_string();
     let dtype = v["torch_dtype"]

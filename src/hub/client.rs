@@ -179,16 +179,11 @@ impl Client {
         if from > 0 {
             req = req.set("Range", &format!("bytes={from}-"));
         }
-        req.call().map_err(|e| self.error(e, repo, commit, Some(file)))
+        req.call()
+            .map_err(|e| self.error(e, repo, commit, Some(file)))
     }
 
-    fn error(
-        &self,
-        e: ureq::Error,
-        repo: &str,
-        revision: &str,
-        file: Option<&str>,
-    ) -> HubError {
+    fn error(&self, e: ureq::Error, repo: &str, revision: &str, file: Option<&str>) -> HubError {
         let what = match file {
             Some(f) => format!("{repo}/{f}"),
             None => repo.to_string(),

@@ -157,7 +157,15 @@ fn fetch_blob(
     let mut fetched = 0;
     let mut attempt = 0;
     loop {
-        match fetch_into(client, plan, &f.name, meta.size, &part, progress, &mut fetched) {
+        match fetch_into(
+            client,
+            plan,
+            &f.name,
+            meta.size,
+            &part,
+            progress,
+            &mut fetched,
+        ) {
             Ok(()) => break,
             Err(HubError::Interrupted { got, msg, .. }) if attempt < retries => {
                 attempt += 1;

@@ -44,7 +44,9 @@ pub enum HubError {
         source: std::io::Error,
     },
     /// The bytes we got are not the file the hub described; nothing was placed.
-    #[error("{file}: corrupted download ({msg}); it was not placed in the cache, run the pull again")]
+    #[error(
+        "{file}: corrupted download ({msg}); it was not placed in the cache, run the pull again"
+    )]
     Corrupt { file: String, msg: String },
     /// The connection ended early; the partial file is kept for the next pull to resume.
     #[error("{file}: download interrupted at {got} of {size} bytes ({msg}); run the same command again to resume")]

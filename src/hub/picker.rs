@@ -172,7 +172,10 @@ mod tests {
 
     #[test]
     fn memory_figures_are_parsed() {
-        assert_eq!(parse_nvidia_smi("24564\n81559\n"), Some(81559 * 1024 * 1024));
+        assert_eq!(
+            parse_nvidia_smi("24564\n81559\n"),
+            Some(81559 * 1024 * 1024)
+        );
         assert_eq!(parse_nvidia_smi("No devices were found\n"), None);
         let mi = "MemTotal:       16318480 kB\nMemFree:         1 kB\n";
         assert_eq!(parse_meminfo(mi), Some(16318480 * 1024));

@@ -143,9 +143,11 @@ pub fn cached(cache: &HubCache, repo: &str, revision: &str, file: Option<&str>) 
     GGUF_PREFERENCE
         .iter()
         .find_map(|q| {
-            ggufs
-                .iter()
-                .find(|p| p.to_string_lossy().to_ascii_uppercase().ends_with(&format!("{q}.GGUF")))
+            ggufs.iter().find(|p| {
+                p.to_string_lossy()
+                    .to_ascii_uppercase()
+                    .ends_with(&format!("{q}.GGUF"))
+            })
         })
         .or(ggufs.first())
         .cloned()
@@ -202,7 +204,9 @@ mod tests {
             ModelSpec::parse("./m.gguf", None, None).unwrap(),
             ModelSpec::Path("./m.gguf".into())
         );
-        let e = ModelSpec::parse("nano9b", None, None).unwrap_err().to_string();
+        let e = ModelSpec::parse("nano9b", None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nano-9b-v2"), "{e}");
         assert!(ModelSpec::parse("a/b:x.gguf", None, Some("y.gguf")).is_err());
         match ModelSpec::parse("a/b", Some("v1.0"), None).unwrap() {

@@ -269,7 +269,10 @@ mod tests {
         assert!(p.note.as_deref().unwrap().contains("picked M-Q4_K_M.gguf"));
         assert_eq!(p.entry(), "M-Q4_K_M.gguf");
         let i = info(&["M-Q8_0.gguf", "M-Q6_K.gguf"]);
-        assert_eq!(names(&plan("o/m", "main", &i, None).unwrap()), ["M-Q8_0.gguf"]);
+        assert_eq!(
+            names(&plan("o/m", "main", &i, None).unwrap()),
+            ["M-Q8_0.gguf"]
+        );
     }
 
     #[test]
@@ -278,7 +281,9 @@ mod tests {
         let p = plan("o/m", "main", &i, Some("M-Q8_0.gguf")).unwrap();
         assert_eq!(names(&p), ["M-Q8_0.gguf"]);
         assert!(p.note.is_none());
-        let e = plan("o/m", "main", &i, Some("M-Q3.gguf")).unwrap_err().to_string();
+        let e = plan("o/m", "main", &i, Some("M-Q3.gguf"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("M-Q3.gguf") && e.contains("M-Q8_0.gguf"), "{e}");
     }
 
