@@ -534,3 +534,112 @@ fn model_not_in_the_cache_is_pulled_on_first_use() {
     );
     assert!(env.repo_dir().join("refs/main").is_file());
 }
+
+/// huggingface_hub itself, when Python has it (`pip install huggingface_hub`); else skipped.
+fn python_hf(env: &Env, offline: bool, script: &str, args: &[&str]) -> Option<Output> {
+    let have = Command::new("python3")
+        .args(["-c", "import huggingface_hub"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        eprintln!("skipped: python3 with huggingface_hub is not installed");
+        return None;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .env("HF_HOME", env.home.path().join("hf"))
+        .env("HF_ENDPOINT", &env.endpoint)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_CACHE");
+    if offline {
+        cmd.env("HF_HUB_OFFLINE", "1");
+    } else {
+        cmd.env_remove("HF_HUB_OFFLINE");
+    }
+    Some(cmd.output().unwrap())
+}
+
+const PY_READ: &str = r#"
+import json, sys
+from huggingface_hub import hf_hub_download, scan_cache_dir, try_to_load_from_cache
+repo = sys.argv[1]
+info = scan_cache_dir()
+r = [r for r in info.repos if r.repo_id == repo][0]
+print(json.dumps({
+    "config": try_to_load_from_cache(repo, "config.json"),
+    "weights": hf_hub_download(repo, "model.safetensors"),
+    "warnings": [str(w) for w in info.warnings],
+    "refs": sorted(r.refs.keys()),
+    "files": sorted(f.file_name for rev in r.revisions for f in rev.files),
+    "size_on_disk": r.size_on_disk,
+}))
+"#;
+
+const PY_DOWNLOAD: &str = r#"
+import sys
+from huggingface_hub import snapshot_download
+print(snapshot_download(sys.argv[1], allow_patterns=["*.json", "*.safetensors"]))
+"#;
+
+#[test]
+fn huggingface_hub_reads_what_nemo_pulled() {
+    let srv = server(Faults::default());
+    let env = Env::new(&srv);
+    ok(&env.nemo(&["pull", REPO]));
+    let Some(out) = python_hf(&env, true, PY_READ, &[REPO]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = env.repo_dir().join("snapshots").join(COMMIT);
+    assert_eq!(v["config"], snap.join("config.json").display().to_string());
+    assert_eq!(
+        v["weights"],
+        snap.join("model.safetensors").display().to_string()
+    );
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(v["refs"], serde_json::json!(["main"]));
+    assert_eq!(
+        v["files"],
+        serde_json::json!([
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ])
+    );
+}
+
+#[test]
+fn nemo_runs_what_huggingface_hub_downloaded() {
+    let srv = server(Faults::default());
+    let env = Env::new(&srv);
+    let Some(out) = python_hf(&env, false, PY_DOWNLOAD, &[REPO]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let snap = env.repo_dir().join("snapshots").join(COMMIT);
+    assert_eq!(text(&out.stdout).trim(), snap.display().to_string());
+    srv.clear_log();
+    let run = env.clone_with("HF_HUB_OFFLINE", "1").nemo(&[
+        "run",
+        "--model",
+        REPO,
+        "--max-tokens",
+        "2",
+        "hello",
+    ]);
+    ok(&run);
+    assert!(srv.log().is_empty());
+    let list = env.nemo(&["list", "--json"]);
+    ok(&list);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v[0]["repo"], REPO);
+}

@@ -108,6 +108,10 @@ fn download(
     Ok(report.path)
 }
 
+/// File name, bar, bytes done/total, speed, time left.
+const BAR_TEMPLATE: &str =
+    "{msg:32!} {bar:28.cyan/blue} {bytes:>9}/{total_bytes:<9} {bytes_per_sec:>11} ETA {eta}";
+
 /// indicatif bars on a terminal; a line per file otherwise.
 struct Bars {
     term: bool,
@@ -135,11 +139,9 @@ impl hub::Progress for Bars {
             b.finish_and_clear();
         }
         if self.term {
-            let style = ProgressStyle::with_template(
-                "{msg:32!} {bar:28.cyan/blue} {bytes:>9}/{total_bytes:<9} {bytes_per_sec:>11} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style = ProgressStyle::with_template(BAR_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
             let b = ProgressBar::new(size)
                 .with_style(style)
                 .with_message(file.to_string());
@@ -312,4 +314,14 @@ pub fn confirm(question: &str) -> anyhow::Result<Option<bool>> {
         answer.trim().to_ascii_lowercase().as_str(),
         "y" | "yes"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_template_is_valid() {
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+    }
 }

@@ -78,26 +78,31 @@ pub struct HubServer {
 
 impl HubServer {
     pub fn start(repos: Vec<(&str, Vec<File>)>, faults: Faults) -> HubServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // The CDN is another host (here: another port), as on the real hub, where the
+        // token must not follow the redirect.
+        let hub = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cdn = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://127.0.0.1:{}", hub.local_addr().unwrap().port());
+        let cdn_endpoint = format!("http://127.0.0.1:{}", cdn.local_addr().unwrap().port());
         let state = Arc::new(Mutex::new(State {
             repos: repos.into_iter().map(|(r, f)| (r.to_string(), f)).collect(),
             faults,
             log: vec![],
         }));
-        let st = state.clone();
-        let ep = endpoint.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                let ep = ep.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &st, &ep);
-                });
-            }
-        });
+        for listener in [hub, cdn] {
+            let st = state.clone();
+            let cdn = cdn_endpoint.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let st = st.clone();
+                    let cdn = cdn.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &st, &cdn);
+                    });
+                }
+            });
+        }
         HubServer { endpoint, state }
     }
 
@@ -157,7 +162,7 @@ fn error(status: u16, code: &str) -> Reply {
     r
 }
 
-fn serve(conn: TcpStream, st: &Mutex<State>, endpoint: &str) -> std::io::Result<()> {
+fn serve(conn: TcpStream, st: &Mutex<State>, cdn: &str) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -182,7 +187,7 @@ fn serve(conn: TcpStream, st: &Mutex<State>, endpoint: &str) -> std::io::Result<
             path: target.clone(),
             headers: headers.clone(),
         });
-        route(&mut s, &method, &path, &headers, endpoint)
+        route(&mut s, &method, &path, &headers, cdn)
     };
     let mut out = conn;
     let reason = match r.status {
@@ -227,7 +232,7 @@ fn route(
     method: &str,
     path: &str,
     headers: &HashMap<String, String>,
-    endpoint: &str,
+    cdn: &str,
 ) -> Reply {
     // /api/models/{org}/{name}/revision/{rev}
     if let Some(rest) = path.strip_prefix("/api/models/") {
@@ -235,6 +240,30 @@ fn route(
             return error(401, "RepoNotFound");
         }
         let p: Vec<&str> = rest.split('/').collect();
+        if p.len() == 4 && p[2] == "tree" {
+            // The listing huggingface_hub's snapshot_download reads.
+            let Some(files) = s.repos.get(&format!("{}/{}", p[0], p[1])) else {
+                return error(404, "RepoNotFound");
+            };
+            let entries: Vec<serde_json::Value> = files
+                .iter()
+                .map(|f| {
+                    let mut v = serde_json::json!({
+                        "type": "file", "path": f.name, "size": f.bytes.len(),
+                        "oid": if f.lfs { "f".repeat(40) } else { f.git_sha1() },
+                    });
+                    if f.lfs {
+                        v["lfs"] = serde_json::json!({
+                            "oid": f.sha256(), "size": f.bytes.len(), "pointerSize": 134
+                        });
+                    }
+                    v
+                })
+                .collect();
+            let mut r = reply(200);
+            r.body = serde_json::Value::Array(entries).to_string().into_bytes();
+            return r;
+        }
         if p.len() != 4 || p[2] != "revision" {
             return error(404, "NotFound");
         }
@@ -306,7 +335,7 @@ fn route(
         if f.lfs {
             common.push(("X-Linked-Etag".into(), format!("\"{}\"", f.sha256())));
             common.push(("X-Linked-Size".into(), f.bytes.len().to_string()));
-            common.push(("Location".into(), format!("{endpoint}/cdn/{}", f.sha256())));
+            common.push(("Location".into(), format!("{cdn}/cdn/{}", f.sha256())));
             let mut r = reply(302);
             r.headers = common;
             return r;
