@@ -110,7 +110,7 @@ fn download(
 
 /// File name, bar, bytes done/total, speed, time left.
 const BAR_TEMPLATE: &str =
-    "{msg:32!} {bar:28.cyan/blue} {bytes:>9}/{total_bytes:<9} {bytes_per_sec:>11} ETA {eta}";
+    "{msg:32!} {bar:28.cyan/blue} {decimal_bytes:>9}/{decimal_total_bytes:<9} {decimal_bytes_per_sec:>11} ETA {eta}";
 
 /// indicatif bars on a terminal; a line per file otherwise.
 struct Bars {
