@@ -508,11 +508,28 @@ fn run_without_a_model_and_without_a_terminal_asks_for_yes_and_exits_2() {
     let srv = server(Faults::default());
     let env = Env::new(&srv);
     let out = env.nemo(&["run", "hello"]);
-    let last = fails(&out, 2, &["--yes"]);
-    assert!(
-        text(&out.stderr).contains("no model given; using"),
-        "{last}"
+    // One line: what was picked, why, and how to agree.
+    fails(
+        &out,
+        2,
+        &[
+            "no model given",
+            "default for this machine",
+            "--yes",
+            "--model",
+        ],
     );
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    // Offline, the same question cannot be answered: one line, exit 1, no request.
+    let out = env
+        .clone_with("HF_HUB_OFFLINE", "1")
+        .nemo(&["run", "hello"]);
+    fails(&out, 1, &["no model given", "HF_HUB_OFFLINE"]);
     assert!(
         srv.log().is_empty(),
         "asked the hub before agreeing: {:?}",

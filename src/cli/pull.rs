@@ -251,48 +251,50 @@ fn default_model(yes: bool) -> anyhow::Result<ModelChoice> {
         |a: &hub::aliases::Alias| resolve::cached(&cache, a.repo, "main", a.file).is_some();
     let pick = picker::pick(&Machine::probe(), &cached);
     let a = pick.alias;
-    eprintln!(
-        "nemo: no model given; using {} ({}): {}",
+    let size = format!("about {}", human_size((a.size_gb * 1e9) as u64));
+    let using = format!(
+        "no model given; using {} ({}): {}",
         a.name, a.repo, pick.reason
     );
     if let Some(path) = resolve::cached(&cache, a.repo, "main", a.file) {
+        eprintln!("nemo: {using}");
         return Ok(ModelChoice {
             path,
             name: a.repo.to_string(),
         });
     }
+    // Errors stay one line: what was picked, why, and what to do.
+    let picked = format!(
+        "no model given; the default for this machine is {} ({}, {size}; {})",
+        a.name, a.repo, pick.reason
+    );
     if cfg.offline {
-        return Err(offline_error(
-            &ModelSpec::Hub {
-                repo: a.repo.into(),
-                file: a.file.map(str::to_string),
-                revision: "main".into(),
-            },
-            &cfg,
-        ));
+        return Err(HubError::Offline(format!(
+            "{picked}, which is not in the cache and HF_HUB_OFFLINE is set; give --model"
+        ))
+        .into());
     }
-    let size = format!("about {}", human_size((a.size_gb * 1e9) as u64));
     if !yes {
+        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !interactive {
+            return Err(usage(format!(
+                "{picked}, not downloaded yet: pass --yes to download it, or give --model (a folder, .gguf file, repo id or alias)"
+            )));
+        }
+        eprintln!("nemo: {using}");
         let question = format!(
             "download {} ({size}) into {}?",
             a.name,
             cfg.cache_dir.display()
         );
-        match confirm(&question)? {
-            Some(true) => {}
-            Some(false) => {
-                return Err(usage(format!(
-                    "not downloaded; give --model, or `nemo pull {}` later",
-                    a.name
-                )))
-            }
-            None => {
-                return Err(usage(format!(
-                    "{} ({size}) is not downloaded; pass --yes to download it, run `nemo pull {}` first, or give --model",
-                    a.name, a.name
-                )))
-            }
+        if confirm(&question)? != Some(true) {
+            return Err(usage(format!(
+                "not downloaded; give --model, or `nemo pull {}` later",
+                a.name
+            )));
         }
+    } else {
+        eprintln!("nemo: {using}");
     }
     let path = download(&cfg, a.repo, "main", a.file)?;
     Ok(ModelChoice {
