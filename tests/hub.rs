@@ -456,6 +456,23 @@ fn list_shows_the_pulled_model_and_rm_removes_only_it() {
     let other = env.hub_cache().join("models--other--model");
     std::fs::create_dir_all(other.join("blobs")).unwrap();
     std::fs::write(other.join("blobs/x"), b"keep").unwrap();
+    // A model nemo cannot run is not listed.
+    let bert = env
+        .hub_cache()
+        .join("models--other--bert/snapshots")
+        .join(COMMIT);
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(
+        bert.join("config.json"),
+        r#"{"architectures":["BertModel"]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.hub_cache().join("models--other--bert/refs")).unwrap();
+    std::fs::write(
+        env.hub_cache().join("models--other--bert/refs/main"),
+        COMMIT,
+    )
+    .unwrap();
     std::fs::write(env.home.path().join("hf/token-not"), b"keep").unwrap();
 
     let list = env.nemo(&["list"]);

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use super::HubError;
 
+/// The `architectures` `ModelFolder::open` loads (keep in step with src/model/folder.rs).
+pub const LOADABLE_ARCHS: &[&str] = &["NemotronHForCausalLM", "LlamaForCausalLM"];
+
 #[derive(Clone, Debug)]
 pub struct HubCache {
     pub root: PathBuf,
@@ -114,7 +117,8 @@ impl HubCache {
         std::fs::rename(&tmp, &pointer).map_err(|e| HubError::io(&pointer, e))
     }
 
-    /// Every model folder in the cache that holds something nemo can load.
+    /// Every model in the cache that nemo can load: a snapshot with a config.json of an
+    /// architecture nemo runs, or with a `.gguf` file.
     pub fn models(&self) -> Result<Vec<CachedModel>, HubError> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
@@ -129,7 +133,9 @@ impl HubCache {
             };
             let repo = rest.replacen("--", "/", 1);
             if let Some(m) = self.model(&repo, "main") {
-                out.push(m);
+                if m.arch == "gguf" || LOADABLE_ARCHS.contains(&m.arch.as_str()) {
+                    out.push(m);
+                }
             }
         }
         out.sort_by(|a, b| a.repo.cmp(&b.repo));
