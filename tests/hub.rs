@@ -307,6 +307,43 @@ fn dropped_connection_is_retried_within_one_pull() {
 }
 
 #[test]
+fn two_pulls_at_once_share_the_blob_lock_and_both_succeed() {
+    let srv = server(Faults {
+        slow: true,
+        ..Default::default()
+    });
+    let env = Env::new(&srv);
+    let spawn = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        cmd.args(["pull", REPO])
+            .env("HF_HOME", env.home.path().join("hf"))
+            .env("HF_ENDPOINT", &env.endpoint)
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_CACHE")
+            .env("NO_PROXY", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    ok(&a.wait_with_output().unwrap());
+    ok(&b.wait_with_output().unwrap());
+    let st = file(&tiny_files(), "model.safetensors").clone();
+    let snap = env.repo_dir().join("snapshots").join(COMMIT);
+    assert_eq!(
+        std::fs::read(snap.join("model.safetensors")).unwrap(),
+        st.bytes
+    );
+    // huggingface_hub's lock files, where it keeps them.
+    let locks = env
+        .hub_cache()
+        .join(".locks/models--test-org--nemotron-h-tiny");
+    assert!(locks.join(format!("{}.lock", st.sha256())).is_file());
+}
+
+#[test]
 fn corrupted_download_is_detected_and_not_placed() {
     // An LFS file (checked by sha256) and a small file (checked by git blob sha1).
     for name in ["model.safetensors", "config.json"] {

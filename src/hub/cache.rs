@@ -62,6 +62,15 @@ impl HubCache {
             .join(format!("{etag}.incomplete"))
     }
 
+    /// The lock huggingface_hub takes around a blob's download (`.locks/models--…/<etag>.lock`,
+    /// flock): taking the same one keeps nemo and Python from writing one blob at once.
+    pub fn lock_path(&self, repo: &str, etag: &str) -> PathBuf {
+        self.root
+            .join(".locks")
+            .join(hf_hub::Repo::model(repo.to_string()).folder_name())
+            .join(format!("{etag}.lock"))
+    }
+
     pub fn snapshot_dir(&self, repo: &str, commit: &str) -> PathBuf {
         self.repo_dir(repo).join("snapshots").join(commit)
     }

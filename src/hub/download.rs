@@ -2,7 +2,8 @@
 //! HEAD for commit/etag/size → reuse `blobs/<etag>` if it is there → else download into
 //! `blobs/<etag>.incomplete`, continuing a partial one with `Range: bytes=N-` → check size
 //! and hash → rename to `blobs/<etag>` → symlink from the snapshot. `refs/<revision>` is
-//! written last, once every file is in place.
+//! written last, once every file is in place. Each blob is fetched under huggingface_hub's
+//! lock file (`.locks/models--…/<etag>.lock`), so two pulls of one model do not collide.
 //!
 //! What is checked: the size of every file against the hub's `X-Linked-Size` /
 //! `Content-Length`; the sha256 of LFS files (weights, tokenizer.json) against
@@ -115,6 +116,7 @@ pub fn pull(
     let mut reused = 0;
     for f in &plan.files {
         let meta = client.file_meta(&plan.repo, &plan.commit, &f.name)?;
+        let _lock = lock_blob(cache, &plan.repo, &meta.etag, &f.name, progress)?;
         let blob = cache.blob_path(&plan.repo, &meta.etag);
         let have = std::fs::metadata(&blob).map(|m| m.len()).ok();
         if have == Some(meta.size) {
@@ -138,6 +140,33 @@ pub fn pull(
         downloaded,
         reused,
     })
+}
+
+/// Holds huggingface_hub's lock for one blob until dropped; waits for another process.
+fn lock_blob(
+    cache: &HubCache,
+    repo: &str,
+    etag: &str,
+    name: &str,
+    progress: &mut dyn Progress,
+) -> Result<std::fs::File, HubError> {
+    let path = cache.lock_path(repo, etag);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| HubError::io(&path, e))?;
+    if file.try_lock().is_err() {
+        progress.note(&format!(
+            "{name}: waiting for another download of it to finish"
+        ));
+        file.lock().map_err(|e| HubError::io(&path, e))?;
+    }
+    Ok(file)
 }
 
 /// One blob: download (resuming, retrying a dropped connection), check, place.

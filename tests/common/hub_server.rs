@@ -63,6 +63,8 @@ pub struct Faults {
     pub corrupt: Option<String>,
     /// Answer 401 unless `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Send bodies in 64 kB pieces with a pause between them.
+    pub slow: bool,
 }
 
 struct State {
@@ -180,14 +182,14 @@ fn serve(conn: TcpStream, st: &Mutex<State>, cdn: &str) -> std::io::Result<()> {
         }
     }
     let path = target.split('?').next().unwrap_or("").to_string();
-    let r = {
+    let (r, slow) = {
         let mut s = st.lock().unwrap();
         s.log.push(Logged {
             method: method.clone(),
             path: target.clone(),
             headers: headers.clone(),
         });
-        route(&mut s, &method, &path, &headers, cdn)
+        (route(&mut s, &method, &path, &headers, cdn), s.faults.slow)
     };
     let mut out = conn;
     let reason = match r.status {
@@ -211,7 +213,13 @@ fn serve(conn: TcpStream, st: &Mutex<State>, cdn: &str) -> std::io::Result<()> {
     out.write_all(head.as_bytes())?;
     if method != "HEAD" {
         let end = r.cut_at.unwrap_or(r.body.len()).min(r.body.len());
-        out.write_all(&r.body[..end])?;
+        for piece in r.body[..end].chunks(if slow { 65536 } else { usize::MAX }) {
+            out.write_all(piece)?;
+            if slow {
+                out.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
     out.flush()?;
     if r.cut_at.is_some() {
