@@ -5,20 +5,17 @@
 //! written last, once every file is in place. Each blob is fetched under huggingface_hub's
 //! lock file (`.locks/models--…/<etag>.lock`), so two pulls of one model do not collide.
 //!
-//! What is checked: the size of every file against the hub's `X-Linked-Size` /
-//! `Content-Length`; the sha256 of LFS files (weights, tokenizer.json) against
-//! `X-Linked-Etag` / the listing's `lfs.sha256`; the git blob sha1 of small files against
-//! their ETag when the listing's `blobId` confirms that the ETag is that sha1. A file whose
-//! bytes do not match is deleted and never placed.
+//! The bytes are hashed as they arrive (a resumed file's earlier part first) and checked
+//! as `checksum` says: size always, sha256 for LFS files, git blob sha1 for small ones. A
+//! file whose bytes do not match is deleted and never placed.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha1::Digest;
-
 use super::cache::HubCache;
+use super::checksum::{check_for, Hasher};
 use super::client::{Client, FileMeta};
 use super::selection::{Plan, PlannedFile};
 use super::{HubError, Progress};
@@ -32,75 +29,6 @@ pub struct PullReport {
     pub downloaded: u64,
     /// Files that were already in the cache.
     pub reused: usize,
-}
-
-/// How a downloaded file is checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Check {
-    Sha256(String),
-    /// Git blob id: sha1 of `blob {size}\0` + content.
-    GitSha1(String),
-    SizeOnly,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-pub fn check_for(meta: &FileMeta, planned: &PlannedFile) -> Check {
-    if meta.lfs && is_hex(&meta.etag, 64) {
-        Check::Sha256(meta.etag.to_ascii_lowercase())
-    } else if let Some(s) = planned.lfs_sha256.as_ref().filter(|s| is_hex(s, 64)) {
-        Check::Sha256(s.clone())
-    } else if is_hex(&meta.etag, 40) && planned.blob_id.as_deref() == Some(meta.etag.as_str()) {
-        Check::GitSha1(meta.etag.to_ascii_lowercase())
-    } else {
-        Check::SizeOnly
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Size and hash of a complete file; `Err(reason)` if it is not the file the hub described.
-pub fn verify(path: &Path, size: u64, check: &Check) -> Result<(), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if len != size {
-        return Err(format!("{len} bytes, the hub says {size}"));
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    let mut feed = |update: &mut dyn FnMut(&[u8])| -> Result<(), String> {
-        loop {
-            let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok(());
-            }
-            update(&buf[..n]);
-        }
-    };
-    match check {
-        Check::Sha256(want) => {
-            let mut h = sha2::Sha256::new();
-            feed(&mut |b| h.update(b))?;
-            let got = hex(&h.finalize());
-            if &got != want {
-                return Err(format!("sha256 {got}, the hub says {want}"));
-            }
-        }
-        Check::GitSha1(want) => {
-            let mut h = sha1::Sha1::new();
-            h.update(format!("blob {size}\0").as_bytes());
-            feed(&mut |b| h.update(b))?;
-            let got = hex(&h.finalize());
-            if &got != want {
-                return Err(format!("git sha1 {got}, the hub says {want}"));
-            }
-        }
-        Check::SizeOnly => {}
-    }
-    Ok(())
 }
 
 /// Downloads what `plan` lists that the cache does not hold yet, and points the snapshot
@@ -183,18 +111,25 @@ fn fetch_blob(
     if let Some(dir) = part.parent() {
         std::fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;
     }
+    let check = check_for(meta, f);
+    // Hashed as it arrives; what an earlier, interrupted pull left is hashed first.
+    let mut hasher = Hasher::new(&check, meta.size);
+    if let Ok(mut prefix) = std::fs::File::open(&part) {
+        if prefix.metadata().is_ok_and(|m| m.len() <= meta.size) {
+            hasher
+                .feed_reader(&mut prefix)
+                .map_err(|e| HubError::io(&part, e))?;
+        }
+    }
     let mut fetched = 0;
     let mut attempt = 0;
     loop {
-        match fetch_into(
-            client,
-            plan,
-            &f.name,
-            meta.size,
-            &part,
-            progress,
-            &mut fetched,
-        ) {
+        let mut sink = Sink {
+            hasher: &mut hasher,
+            check: &check,
+            fetched: &mut fetched,
+        };
+        match fetch_into(client, plan, &f.name, meta.size, &part, progress, &mut sink) {
             Ok(()) => break,
             Err(HubError::Interrupted { got, msg, .. }) if attempt < retries => {
                 attempt += 1;
@@ -207,7 +142,10 @@ fn fetch_blob(
             Err(e) => return Err(e),
         }
     }
-    if let Err(msg) = verify(&part, meta.size, &check_for(meta, f)) {
+    let len = std::fs::metadata(&part)
+        .map_err(|e| HubError::io(&part, e))?
+        .len();
+    if let Err(msg) = hasher.verify(len, meta.size) {
         let _ = std::fs::remove_file(&part);
         return Err(HubError::Corrupt {
             file: f.name.clone(),
@@ -219,6 +157,13 @@ fn fetch_blob(
     Ok(fetched)
 }
 
+/// Where the bytes of one download go besides the file.
+struct Sink<'a> {
+    hasher: &'a mut Hasher,
+    check: &'a super::checksum::Check,
+    fetched: &'a mut u64,
+}
+
 /// Brings `part` up to `size` bytes from the hub, continuing from what it holds.
 fn fetch_into(
     client: &Client,
@@ -227,7 +172,7 @@ fn fetch_into(
     size: u64,
     part: &Path,
     progress: &mut dyn Progress,
-    fetched: &mut u64,
+    sink: &mut Sink,
 ) -> Result<(), HubError> {
     let mut file = OpenOptions::new()
         .create(true)
@@ -239,6 +184,7 @@ fn fetch_into(
         // Not a prefix of this file: start over.
         file.set_len(0).map_err(|e| HubError::io(part, e))?;
         have = 0;
+        *sink.hasher = Hasher::new(sink.check, size);
     }
     progress.start(name, size, have);
     if have == size {
@@ -264,6 +210,7 @@ fn fetch_into(
             // The server ignored the Range: take the whole file from the start.
             file.set_len(0).map_err(|e| HubError::io(part, e))?;
             have = 0;
+            *sink.hasher = Hasher::new(sink.check, size);
             progress.start(name, size, 0);
         }
         200 => {}
@@ -289,8 +236,9 @@ fn fetch_into(
                 }
                 file.write_all(&buf[..n])
                     .map_err(|e| HubError::io(part, e))?;
+                sink.hasher.update(&buf[..n]);
                 have += n as u64;
-                *fetched += n as u64;
+                *sink.fetched += n as u64;
                 progress.advance(n as u64);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -315,25 +263,4 @@ fn fetch_into(
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn git_blob_sha1_is_gits() {
-        // `printf 'hello\n' | git hash-object --stdin`
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("f");
-        std::fs::write(&p, b"hello\n").unwrap();
-        let want = "ce013625030ba8dba906f756967f9e9ca394464a";
-        verify(&p, 6, &Check::GitSha1(want.into())).unwrap();
-        assert!(verify(&p, 6, &Check::GitSha1("0".repeat(40))).is_err());
-        // `printf 'hello\n' | sha256sum`
-        let sha = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
-        verify(&p, 6, &Check::Sha256(sha.into())).unwrap();
-        let e = verify(&p, 7, &Check::SizeOnly).unwrap_err();
-        assert!(e.contains("6 bytes"), "{e}");
-    }
 }

@@ -16,6 +16,7 @@
 
 pub mod aliases;
 pub mod cache;
+pub mod checksum;
 pub mod client;
 pub mod download;
 pub mod picker;
