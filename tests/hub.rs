@@ -198,6 +198,13 @@ fn pull_writes_the_huggingface_hub_layout_and_run_loads_it_from_the_cache() {
     ok(&from_dir);
     assert_eq!(events(&from_cache), events(&from_dir));
 
+    // Offline, a pull of a cached model prints its path and asks nothing.
+    srv.clear_log();
+    let offline = env.clone_with("HF_HUB_OFFLINE", "1").nemo(&["pull", REPO]);
+    ok(&offline);
+    assert_eq!(text(&offline.stdout).trim(), snap.display().to_string());
+    assert!(srv.log().is_empty());
+
     // A second pull finds everything in place and downloads nothing.
     srv.clear_log();
     let again = env.nemo(&["pull", REPO]);
@@ -433,6 +440,9 @@ fn missing_repo_revision_or_file_is_one_clear_line() {
     let out = env.nemo(&["pull", "test-org/tiny-GGUF:absent.gguf"]);
     fails(&out, 1, &["absent.gguf", "tiny-Q4_K_M.gguf"]);
     assert_eq!(text(&out.stderr).lines().count(), 1);
+    // `--model org/name` that is neither on the hub nor a local folder says both.
+    let out = env.nemo(&["run", "--model", "test-org/absent", "hi"]);
+    fails(&out, 1, &["test-org/absent", "404", "no local folder"]);
     // Not a repo id nor an alias: a usage error that lists the aliases.
     fails(&env.nemo(&["pull", "nano9b"]), 2, &["nano-9b-v2"]);
     assert!(!env.hub_cache().join("models--test-org--absent").exists());

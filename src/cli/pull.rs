@@ -235,7 +235,15 @@ pub fn resolve_model(spec: Option<&Path>, missing: Missing) -> anyhow::Result<Mo
                 "nemo: {} is not in the cache yet; pulling it",
                 parsed.label()
             );
-            download(&cfg, &repo, &revision, file.as_deref())?
+            download(&cfg, &repo, &revision, file.as_deref()).map_err(|e| {
+                // `org/name` may have been meant as a local folder.
+                match e.downcast_ref::<HubError>() {
+                    Some(HubError::Remote(_)) if hub::aliases::find(&text).is_none() => {
+                        anyhow::anyhow!("{e} (there is no local folder `{text}` either)")
+                    }
+                    _ => e,
+                }
+            })?
         }
     };
     Ok(ModelChoice {
