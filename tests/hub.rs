@@ -724,3 +724,35 @@ fn nemo_runs_what_huggingface_hub_downloaded() {
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(v[0]["repo"], REPO);
 }
+
+#[test]
+fn config_toml_model_may_be_a_repo_id() {
+    let srv = server(Faults::default());
+    let env = Env::new(&srv);
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        format!("model = \"{REPO}\"\n"),
+    )
+    .unwrap();
+    let out = env.nemo(&["run", "--max-tokens", "2", "hello"]);
+    ok(&out);
+    assert!(env.repo_dir().join("refs/main").is_file());
+}
+
+#[test]
+fn pull_at_a_commit_writes_the_snapshot_but_no_ref() {
+    let srv = server(Faults::default());
+    let env = Env::new(&srv);
+    let out = env.nemo(&["pull", REPO, "--revision", COMMIT]);
+    ok(&out);
+    let snap = env.repo_dir().join("snapshots").join(COMMIT);
+    assert_eq!(text(&out.stdout).trim(), snap.display().to_string());
+    assert!(snap.join("model.safetensors").is_file());
+    // huggingface_hub writes refs only for branch or tag names.
+    assert!(!env.repo_dir().join("refs").exists());
+    // Offline, the commit still finds it.
+    let out = env
+        .clone_with("HF_HUB_OFFLINE", "1")
+        .nemo(&["pull", REPO, "--revision", COMMIT]);
+    ok(&out);
+}
