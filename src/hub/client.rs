@@ -56,15 +56,41 @@ pub fn normalize_etag(s: &str) -> String {
         .to_string()
 }
 
+/// Whether `NO_PROXY` (comma-separated hosts or `.domain` suffixes, `*` for all) exempts
+/// the endpoint's host; ureq 2 reads the proxy variables but not this one.
+pub fn no_proxy_for(endpoint: &str, no_proxy: &str) -> bool {
+    let host = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    no_proxy
+        .split(',')
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .any(|e| {
+            let e = e.split(':').next().unwrap_or("").to_string();
+            e == "*"
+                || host == e.trim_start_matches('.')
+                || host.ends_with(&format!(".{}", e.trim_start_matches('.')))
+        })
+}
+
 impl Client {
     pub fn new(cfg: &HubConfig) -> Self {
+        let no_proxy = std::env::var("NO_PROXY")
+            .or_else(|_| std::env::var("no_proxy"))
+            .is_ok_and(|v| no_proxy_for(&cfg.endpoint, &v));
         let build = |redirects| {
             ureq::AgentBuilder::new()
                 .user_agent(USER_AGENT)
                 .redirects(redirects)
                 .timeout_connect(Duration::from_secs(30))
                 .timeout_read(Duration::from_secs(60))
-                .try_proxy_from_env(true)
+                .try_proxy_from_env(!no_proxy)
                 .build()
         };
         Client {
@@ -247,5 +273,18 @@ mod tests {
             "https://h/o/m/resolve/refs%2Fpr%2F1/sub/a%20b.json"
         );
         assert_eq!(normalize_etag("W/\"abc\""), "abc");
+    }
+
+    #[test]
+    fn no_proxy_matches_hosts_and_domains() {
+        assert!(no_proxy_for("http://127.0.0.1:8080", "localhost,127.0.0.1"));
+        assert!(no_proxy_for("https://hub.corp.example", ".example"));
+        assert!(no_proxy_for("https://hub.corp.example", "corp.example"));
+        assert!(no_proxy_for("https://huggingface.co", "*"));
+        assert!(!no_proxy_for(
+            "https://huggingface.co",
+            "localhost,.example"
+        ));
+        assert!(!no_proxy_for("https://huggingface.co", ""));
     }
 }
