@@ -89,7 +89,7 @@ fn download(
         plan.files.len(),
         if plan.files.len() == 1 { "" } else { "s" },
         human_size(plan.total_size()),
-        &plan.commit[..plan.commit.len().min(12)],
+        plan.commit.chars().take(12).collect::<String>(),
         cfg.cache_dir.display()
     );
     let mut bars = Bars::new();

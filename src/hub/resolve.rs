@@ -67,6 +67,11 @@ impl ModelSpec {
             None => (s, None),
         };
         if is_repo_id(repo) {
+            if let Some(f) = in_spec.or(file).filter(|f| !selection::is_safe_path(f)) {
+                return Err(HubError::Spec(format!(
+                    "`{f}` is not a file name inside a repo"
+                )));
+            }
             if let (Some(a), Some(b)) = (in_spec, file) {
                 if a != b {
                     return Err(HubError::Spec(format!(
@@ -209,6 +214,7 @@ mod tests {
             .to_string();
         assert!(e.contains("nano-9b-v2"), "{e}");
         assert!(ModelSpec::parse("a/b:x.gguf", None, Some("y.gguf")).is_err());
+        assert!(ModelSpec::parse("a/b:../../x.gguf", None, None).is_err());
         match ModelSpec::parse("a/b", Some("v1.0"), None).unwrap() {
             ModelSpec::Hub { revision, .. } => assert_eq!(revision, "v1.0"),
             other => panic!("{other:?}"),

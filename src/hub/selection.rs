@@ -104,6 +104,16 @@ pub const GGUF_PREFERENCE: &[&str] = &[
     "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q4_0", "Q4_1", "Q8_0", "Q6_K", "BF16", "F16",
 ];
 
+/// A repo path that stays inside the snapshot folder when joined to it.
+pub fn is_safe_path(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 fn is_gguf(name: &str) -> bool {
     name.to_ascii_lowercase().ends_with(".gguf")
 }
@@ -114,6 +124,22 @@ pub fn plan(
     info: &RepoInfo,
     gguf_file: Option<&str>,
 ) -> Result<Plan, HubError> {
+    if !super::cache::is_commit_hash(&info.sha) {
+        return Err(HubError::Remote(format!(
+            "{repo}: the hub's answer names no commit (`sha` is `{}`)",
+            info.sha.chars().take(60).collect::<String>()
+        )));
+    }
+    // Names that would leave the snapshot folder are ignored.
+    let info = &RepoInfo {
+        sha: info.sha.clone(),
+        siblings: info
+            .siblings
+            .iter()
+            .filter(|f| is_safe_path(&f.name))
+            .cloned()
+            .collect(),
+    };
     let top = |f: &&RepoFile| !f.name.contains('/');
     let safetensors: Vec<&RepoFile> = info
         .siblings
@@ -285,6 +311,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("M-Q3.gguf") && e.contains("M-Q8_0.gguf"), "{e}");
+    }
+
+    #[test]
+    fn names_outside_the_snapshot_and_bad_commits_are_refused() {
+        let i = info(&[
+            "../evil.gguf",
+            "/abs.gguf",
+            "a/../../b.gguf",
+            "ok-Q4_K_M.gguf",
+        ]);
+        let p = plan("o/m", "main", &i, None).unwrap();
+        assert_eq!(names(&p), ["ok-Q4_K_M.gguf"]);
+        assert!(plan("o/m", "main", &i, Some("../evil.gguf")).is_err());
+        let mut bad = info(&["config.json"]);
+        bad.sha = "../../x".into();
+        assert!(plan("o/m", "main", &bad, None).is_err());
     }
 
     #[test]
