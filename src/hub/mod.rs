@@ -29,7 +29,7 @@ use thiserror::Error;
 
 pub use cache::{CachedModel, HubCache};
 pub use download::{pull, PullReport};
-pub use resolve::{ModelSpec, Resolved};
+pub use resolve::ModelSpec;
 pub use selection::{Plan, PlannedFile};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";

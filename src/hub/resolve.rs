@@ -20,15 +20,6 @@ pub enum ModelSpec {
     },
 }
 
-/// A model ready to open.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    /// The folder or `.gguf` file for `ModelFolder::open`.
-    pub path: PathBuf,
-    /// The repo id, for a hub model.
-    pub repo: Option<String>,
-}
-
 fn is_repo_part(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(['.', '-'])
