@@ -368,6 +368,10 @@ pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelErro
             }
             Ok(())
         }
+        Some("fp8") => Err(err(
+            "quant_method",
+            "`fp8` (block-scaled `weight_scale_inv`, the DeepSeek / FineGrainedFP8 layout) is not supported (nemo reads ModelOpt and compressed-tensors FP8)".into(),
+        )),
         Some(other) => Err(err(
             "quant_method",
             format!("`{other}` is not supported (nemo reads FP8 checkpoints made by modelopt or compressed-tensors)"),
@@ -636,6 +640,56 @@ mod tests {
             ),
             (8, 2, 1, 1.0)
         );
+    }
+
+    #[test]
+    fn fp8_quantization_configs_are_accepted_and_others_refused_by_field() {
+        let check = |q: Value| {
+            let mut v = published();
+            v["quantization_config"] = q;
+            NemotronHConfig::from_json(&v, Path::new("x/config.json")).map(|_| ())
+        };
+        for ok in [
+            json!({"quant_method": "modelopt", "quant_algo": "FP8", "ignore": ["lm_head"]}),
+            json!({"quant_method": "modelopt", "quant_algo": "fp8_per_channel_per_token"}),
+            // older ModelOpt exports name the library instead of the method
+            json!({"quant_library": "modelopt", "quant_algo": "FP8", "kv_cache_scheme": "FP8"}),
+            json!({"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}),
+            Value::Null,
+        ] {
+            check(ok.clone()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, field) in [
+            (
+                json!({"quant_method": "modelopt", "quant_algo": "FP8_PB_WO"}),
+                "quantization_config.quant_algo",
+            ),
+            (
+                json!({"quant_method": "modelopt"}),
+                "quantization_config.quant_algo",
+            ),
+            (
+                json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
+                "quantization_config.quant_method",
+            ),
+            (
+                json!({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {}}),
+                "quantization_config.format",
+            ),
+            (
+                json!({"quant_method": "compressed-tensors",
+                    "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "block"}}}}),
+                "quantization_config.config_groups.g.weights",
+            ),
+            (json!("FP8"), "quantization_config"),
+        ] {
+            let e = check(bad.clone()).unwrap_err().to_string();
+            assert!(
+                e.contains(field) && e.contains("x/config.json"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

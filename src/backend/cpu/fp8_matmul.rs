@@ -192,9 +192,9 @@ fn gemv_block(level: Level, x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: O
             row(&w, idx[3]),
         ];
         let d = dot_rows4(level, w.dtype, rows, x);
-        for i in 0..4.min(r1 - r) {
+        for (i, v) in d.iter().enumerate().take(r1 - r) {
             // SAFETY: row r+i < m belongs to this task only; n == 1 so the index is r+i.
-            unsafe { *o.0.add(r + i) = d[i] * w.scale.row(r + i) };
+            unsafe { *o.0.add(r + i) = v * w.scale.row(r + i) };
         }
         r += 4;
     }
@@ -229,10 +229,10 @@ fn tile_block(level: Level, x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: u
                 [trow(ri[0]), trow(ri[1]), trow(ri[2]), trow(ri[3])],
                 [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
             );
-            for a in 0..4.min(nr - i) {
-                for b in 0..4.min(n - t) {
+            for (a, da) in d.iter().enumerate().take(nr - i) {
+                for (b, v) in da.iter().enumerate().take(n - t) {
                     // SAFETY: rows r0..r1 belong to this task; (t+b) < n, (r0+i+a) < m.
-                    unsafe { *o.0.add((t + b) * m + r0 + i + a) = d[a][b] };
+                    unsafe { *o.0.add((t + b) * m + r0 + i + a) = *v };
                 }
             }
             t += 4;
@@ -294,9 +294,9 @@ fn dot_rows4(level: Level, dtype: DType, rows: [&[u8]; 4], x: &[f32]) -> [f32; 4
         let mut acc = [0f32; 8];
         let chunks = x.len() / 8;
         for c in 0..chunks {
-            for l in 0..8 {
+            for (l, a) in acc.iter_mut().enumerate() {
                 let j = c * 8 + l;
-                acc[l] += t[row[j] as usize] * x[j];
+                *a += t[row[j] as usize] * x[j];
             }
         }
         let mut s: f32 = acc.iter().sum();
