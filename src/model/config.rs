@@ -112,6 +112,7 @@ impl NemotronHConfig {
             obj,
             file: path.to_path_buf(),
         };
+        check_quantization_config(value, path)?;
 
         let arch = obj
             .get("architectures")
@@ -281,6 +282,101 @@ impl NemotronHConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a `quantization_config` nemo cannot run, naming the field. nemo runs FP8
+/// weight checkpoints (the tensors themselves say which weights are FP8, see
+/// `weights::attach_fp8_scales`):
+///
+/// - ModelOpt (`quant_method: "modelopt"`; older exports write `quant_library: "modelopt"`
+///   instead, modelopt's `convert_hf_quant_config_format`): `quant_algo` `FP8` (per-tensor
+///   weight scale; what nvidia/NVIDIA-Nemotron-Nano-9B-v2-FP8 and
+///   NVIDIA-Nemotron-3-Nano-30B-A3B-FP8 use) or `FP8_PER_CHANNEL_PER_TOKEN` (per-row
+///   scale). vLLM's `ModelOptQuantConfigBase.from_config` reads the same keys
+///   (`quant_algo`, `kv_cache_quant_algo`, `ignore`) and upper-cases `quant_algo`.
+///   Refused: NVFP4, FP8_PB_WO (128×128 blocks), MIXED_PRECISION, W4A8_AWQ, ...
+/// - compressed-tensors (`quant_method: "compressed-tensors"`, `format:
+///   "float-quantized"`): every `config_groups.*.weights` must be `num_bits: 8, type:
+///   "float"` with `strategy` `tensor` or `channel` (vLLM `CompressedTensorsW8A8Fp8`).
+///   Refused: int and 4-bit schemes, `block` / `group` strategies.
+///
+/// `ignore` / `exclude_modules` and the KV-cache scheme are not needed (see above) and are
+/// not read. No `quantization_config` at all is fine.
+pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelError> {
+    let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) else {
+        return Ok(());
+    };
+    let err = |field: &str, msg: String| ModelError::ConfigField {
+        file: file.to_path_buf(),
+        field: if field.is_empty() {
+            "quantization_config".into()
+        } else {
+            format!("quantization_config.{field}")
+        },
+        msg,
+    };
+    let q = q
+        .as_object()
+        .ok_or_else(|| err("", "expected an object".into()))?;
+    let text = |k: &str| q.get(k).and_then(Value::as_str);
+    let method = text("quant_method")
+        .or(text("quant_library"))
+        .map(str::to_ascii_lowercase);
+    match method.as_deref() {
+        Some("modelopt") => {
+            let algo = text("quant_algo").ok_or_else(|| {
+                err("quant_algo", "missing (a modelopt checkpoint names its algorithm, e.g. FP8)".into())
+            })?;
+            match algo.to_ascii_uppercase().as_str() {
+                "FP8" | "FP8_PER_CHANNEL_PER_TOKEN" => Ok(()),
+                _ => Err(err(
+                    "quant_algo",
+                    format!("`{algo}` is not supported (nemo reads FP8 and FP8_PER_CHANNEL_PER_TOKEN)"),
+                )),
+            }
+        }
+        Some("compressed-tensors") => {
+            let format = text("format").unwrap_or("float-quantized");
+            if format != "float-quantized" && format != "naive-quantized" {
+                return Err(err(
+                    "format",
+                    format!("`{format}` is not supported (nemo reads float-quantized FP8)"),
+                ));
+            }
+            let groups = q
+                .get("config_groups")
+                .and_then(Value::as_object)
+                .ok_or_else(|| err("config_groups", "missing or not an object".into()))?;
+            for (g, group) in groups {
+                let field = format!("config_groups.{g}.weights");
+                let w = group
+                    .get("weights")
+                    .filter(|w| w.is_object())
+                    .ok_or_else(|| err(&field, "missing".into()))?;
+                let bits = w.get("num_bits").and_then(Value::as_u64);
+                let kind = w.get("type").and_then(Value::as_str);
+                let strategy = w.get("strategy").and_then(Value::as_str).unwrap_or("tensor");
+                if bits != Some(8) || kind != Some("float") || !matches!(strategy, "tensor" | "channel") {
+                    return Err(err(
+                        &field,
+                        format!(
+                            "is {w}; nemo reads FP8 weights (num_bits 8, type float, strategy tensor or channel)"
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Some("fp8") => Err(err(
+            "quant_method",
+            "`fp8` (block-scaled `weight_scale_inv`, the DeepSeek / FineGrainedFP8 layout) is not supported (nemo reads ModelOpt and compressed-tensors FP8)".into(),
+        )),
+        Some(other) => Err(err(
+            "quant_method",
+            format!("`{other}` is not supported (nemo reads FP8 checkpoints made by modelopt or compressed-tensors)"),
+        )),
+        None => Err(err("quant_method", "missing".into())),
     }
 }
 
@@ -544,6 +640,56 @@ mod tests {
             ),
             (8, 2, 1, 1.0)
         );
+    }
+
+    #[test]
+    fn fp8_quantization_configs_are_accepted_and_others_refused_by_field() {
+        let check = |q: Value| {
+            let mut v = published();
+            v["quantization_config"] = q;
+            NemotronHConfig::from_json(&v, Path::new("x/config.json")).map(|_| ())
+        };
+        for ok in [
+            json!({"quant_method": "modelopt", "quant_algo": "FP8", "ignore": ["lm_head"]}),
+            json!({"quant_method": "modelopt", "quant_algo": "fp8_per_channel_per_token"}),
+            // older ModelOpt exports name the library instead of the method
+            json!({"quant_library": "modelopt", "quant_algo": "FP8", "kv_cache_scheme": "FP8"}),
+            json!({"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}),
+            Value::Null,
+        ] {
+            check(ok.clone()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, field) in [
+            (
+                json!({"quant_method": "modelopt", "quant_algo": "FP8_PB_WO"}),
+                "quantization_config.quant_algo",
+            ),
+            (
+                json!({"quant_method": "modelopt"}),
+                "quantization_config.quant_algo",
+            ),
+            (
+                json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
+                "quantization_config.quant_method",
+            ),
+            (
+                json!({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {}}),
+                "quantization_config.format",
+            ),
+            (
+                json!({"quant_method": "compressed-tensors",
+                    "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "block"}}}}),
+                "quantization_config.config_groups.g.weights",
+            ),
+            (json!("FP8"), "quantization_config"),
+        ] {
+            let e = check(bad.clone()).unwrap_err().to_string();
+            assert!(
+                e.contains(field) && e.contains("x/config.json"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

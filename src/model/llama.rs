@@ -69,6 +69,7 @@ impl LlamaConfig {
                 .ok_or_else(|| field_err(file, k, "missing or not an integer"))
         };
         let opt = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        super::config::check_quantization_config(v, file)?;
         let hidden_size = req("hidden_size")?;
         let heads = req("num_attention_heads")?;
         if v.get("attention_bias").and_then(Value::as_bool) == Some(true)

@@ -2,6 +2,10 @@
 //!
 //! Tensors stay in the mapped file in their stored dtype; `Tensor` is a view with a shape.
 //! Synthetic weights (benchmarks) use the same type with owned bytes.
+//!
+//! FP8 checkpoints (the published `*-FP8` folders) keep their F8_E4M3 weights as bytes in
+//! the map; each carries its `weight_scale` (per tensor or per row), which the matmul
+//! applies as it multiplies (`backend::cpu::fp8_matmul`). See `attach_fp8_scales`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::ModelError;
-use crate::backend::cpu::MatRef;
+use crate::backend::cpu::{MatRef, WeightScale};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
 
@@ -32,6 +36,8 @@ pub struct Tensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
     bytes: Bytes,
+    /// FP8 weights' `weight_scale`: one value (per tensor) or one per row.
+    scale: Option<Arc<[f32]>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -53,6 +59,7 @@ impl Tensor {
             dtype,
             shape,
             bytes: Bytes::Owned(Arc::new(data)),
+            scale: None,
         }
     }
 
@@ -72,6 +79,7 @@ impl Tensor {
             dtype,
             shape,
             bytes: Bytes::Mapped { map, start, len },
+            scale: None,
         }
     }
 
@@ -96,17 +104,28 @@ impl Tensor {
             },
             Bytes::Owned(v) => Bytes::Owned(Arc::new(v[j * each..(j + 1) * each].to_vec())),
         };
+        // A scaled tensor here is 3-D with one scale for all of it (see attach_fp8_scales).
         Tensor {
             name,
             file: self.file.clone(),
             dtype: self.dtype,
             shape,
             bytes,
+            scale: self.scale.clone(),
         }
     }
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The dequantization factor of an FP8 weight (`WeightScale::None` for other dtypes).
+    pub fn scale(&self) -> WeightScale<'_> {
+        match self.scale.as_deref() {
+            None => WeightScale::None,
+            Some([s]) => WeightScale::Tensor(*s),
+            Some(s) => WeightScale::Rows(s),
+        }
     }
 
     /// As a `[rows, cols]` matrix: the first dimension is rows, the rest are flattened.
@@ -117,20 +136,35 @@ impl Tensor {
             data: self.data(),
             rows,
             cols: self.numel() / rows.max(1),
+            scale: self.scale(),
         }
     }
 
-    /// Widened copy, for the small per-channel tensors (norms, biases, A_log, D, conv).
+    /// Widened copy (dequantized for FP8), for the small per-channel tensors (norms,
+    /// biases, A_log, D, conv).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.numel()];
-        widen_into(self.dtype, self.data(), &mut out);
+        if self.scale.is_none() {
+            widen_into(self.dtype, self.data(), &mut out);
+            return out;
+        }
+        let rows = self.shape.first().copied().unwrap_or(1).max(1);
+        let cols = out.len() / rows;
+        for r in 0..rows {
+            self.row_f32(r, &mut out[r * cols..(r + 1) * cols]);
+        }
         out
     }
 
-    /// Widened copy of one row (embedding lookup).
+    /// Widened copy of one row (embedding lookup), dequantized for FP8.
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let rb = self.dtype.row_bytes(self.numel() / self.shape[0]);
-        widen_into(self.dtype, &self.data()[r * rb..(r + 1) * rb], out);
+        let cols = self.numel() / self.shape.first().copied().unwrap_or(1).max(1);
+        let rb = self.dtype.row_bytes(cols);
+        let src = &self.data()[r * rb..(r + 1) * rb];
+        match self.scale() {
+            WeightScale::None => widen_into(self.dtype, src, out),
+            s => crate::backend::cpu::fp8_matmul::widen_row(self.dtype, src, s.row(r), out),
+        }
     }
 }
 
@@ -220,6 +254,7 @@ impl WeightStore {
         for file in &files {
             Self::open_file(file, &mut tensors)?;
         }
+        attach_fp8_scales(&mut tensors)?;
         Ok(WeightStore { tensors, files })
     }
 
@@ -274,6 +309,7 @@ impl WeightStore {
                         start: base + s,
                         len: e - s,
                     },
+                    scale: None,
                 },
             );
         }
@@ -323,7 +359,8 @@ impl WeightStore {
         Ok(t)
     }
 
-    /// The dtype most weights are stored in (for `auto` cache dtypes and reports).
+    /// The dtype most weights are stored in (for `auto` cache dtypes and reports): for the
+    /// published FP8 checkpoints, `fp8_e4m3`.
     pub fn main_dtype(&self) -> DType {
         let mut counts: HashMap<DType, usize> = HashMap::new();
         for t in self.tensors.values() {
@@ -339,4 +376,103 @@ impl WeightStore {
     pub fn total_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.data().len()).sum()
     }
+}
+
+fn weights_err(t: &Tensor, msg: String) -> ModelError {
+    ModelError::Weights {
+        file: t.file.as_deref().cloned().unwrap_or_default(),
+        msg,
+    }
+}
+
+/// Gives every FP8 weight its dequantization scale, the tensor named `<module>.weight_scale`
+/// next to `<module>.weight` (possibly in another shard). The layouts, and where each fact
+/// comes from:
+///
+/// - NVIDIA ModelOpt export (`quantization_config.quant_method: "modelopt"`, `quant_algo:
+///   "FP8"`; the nvidia/*-FP8 repos, e.g. NVIDIA-Nemotron-Nano-9B-v2-FP8 and
+///   NVIDIA-Nemotron-3-Nano-30B-A3B-FP8): `X.weight` F8_E4M3 `[out, in]`, `X.weight_scale`
+///   F32 with one value (vLLM `ModelOptFp8LinearMethod` reads one per tensor), `X.input_scale`
+///   F32 one value (static activation scale). `quant_algo: "FP8_PER_CHANNEL_PER_TOKEN"`:
+///   `weight_scale` F32 `[out]`, no `input_scale` (vLLM `ModelOptFp8PcPtLinearMethod`).
+///   MoE experts are stored per expert, each with its own scales
+///   (`mixer.experts.{j}.up_proj.weight_scale`). With `kv_cache_quant_algo: "FP8"` the
+///   attention layers also carry `k_proj.k_scale` / `v_proj.v_scale` (one F32 each).
+/// - compressed-tensors (`quant_method: "compressed-tensors"`, `format: "float-quantized"`,
+///   llm-compressor's FP8 recipes): `weight_scale` `[1]` for `strategy: "tensor"`, `[out, 1]`
+///   for `"channel"` (vLLM `CompressedTensorsW8A8Fp8.create_weights`); `input_scale` only
+///   with static activations.
+/// - What stays unquantized (it is simply stored in bf16/f32 and needs nothing here):
+///   embeddings, `lm_head`, every norm, Mamba `conv1d`, `A_log`, `D`, `dt_bias`, the MoE
+///   router `gate` (F32) and its correction bias; in the Nemotron-H FP8 recipes also the
+///   attention projections and (Nemotron-3-Nano) the Mamba layers next to attention. The
+///   model card of Nano-9B-v2-FP8 says attention and conv1d stay BF16; the per-layer list is
+///   the config's `quantization_config.ignore`. nemo does not need that list: a tensor's
+///   stored dtype says whether it is FP8.
+///
+/// Scales stored as BF16/F16 are widened (llm-compressor can write scales in the model's
+/// dtype; not confirmed for a published file). `input_scale`, `k_scale` and `v_scale` are
+/// left unused: activations stay f32 (see `backend::cpu::fp8_matmul`) and the KV cache
+/// runs in the dtype the user picks.
+fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelError> {
+    let fp8: Vec<String> = tensors
+        .values()
+        .filter(|t| matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2))
+        .map(|t| t.name.clone())
+        .collect();
+    for name in fp8 {
+        let t = &tensors[&name];
+        let Some(stem) = name.strip_suffix(".weight") else {
+            return Err(weights_err(
+                t,
+                format!(
+                    "tensor `{name}` is {} but not a `.weight`; nemo reads FP8 only for weights with a `weight_scale`",
+                    t.dtype
+                ),
+            ));
+        };
+        let scale_name = format!("{stem}.weight_scale");
+        let Some(s) = tensors.get(&scale_name) else {
+            return Err(weights_err(
+                t,
+                format!(
+                    "tensor `{name}` is {} but its scale `{scale_name}` is missing",
+                    t.dtype
+                ),
+            ));
+        };
+        if !matches!(s.dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(weights_err(
+                s,
+                format!(
+                    "tensor `{scale_name}` has dtype {}; a weight scale must be f32, bf16 or f16",
+                    s.dtype
+                ),
+            ));
+        }
+        let rows = t.shape.first().copied().unwrap_or(1);
+        let per_row = t.shape.len() == 2 && (s.shape == [rows] || s.shape == [rows, 1]);
+        if s.numel() != 1 && !per_row {
+            return Err(weights_err(
+                s,
+                format!(
+                    "tensor `{scale_name}` has shape {:?}; for `{name}` {:?} it must hold one value \
+                     (per tensor) or be [{rows}] / [{rows}, 1] (per row)",
+                    s.shape, t.shape
+                ),
+            ));
+        }
+        let values = s.to_f32();
+        if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+            return Err(weights_err(
+                s,
+                format!("tensor `{scale_name}` holds {bad}; a weight scale must be finite and ≥ 0"),
+            ));
+        }
+        let values: Arc<[f32]> = values.into();
+        if let Some(t) = tensors.get_mut(&name) {
+            t.scale = Some(values);
+        }
+    }
+    Ok(())
 }

@@ -6,12 +6,14 @@
 //! all tokens, so the weights are read from memory once per call whatever n is.
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
 //! prefill dequantizes a block of rows into the same f32 tile.
+//! FP8 weights (with their `weight_scale`) go to `fp8_matmul`.
 //! Work is split across the rayon pool by blocks of rows; each task writes only its rows.
 
 use rayon::prelude::*;
 
 use crate::backend::dtype::{widen_into, DType};
 
+use super::fp8_matmul::{self, WeightScale};
 use super::{quant, simd};
 
 /// A borrowed weight matrix in its stored dtype.
@@ -21,6 +23,8 @@ pub struct MatRef<'a> {
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    /// FP8 weights' dequantization factor (`weight_scale`); `None` for other dtypes.
+    pub scale: WeightScale<'a>,
 }
 
 impl<'a> MatRef<'a> {
@@ -41,6 +45,7 @@ impl<'a> MatRef<'a> {
             data: &self.data[start * rb..(start + count) * rb],
             rows: count,
             cols: self.cols,
+            scale: self.scale.slice_rows(start, count),
         }
     }
 }
@@ -63,6 +68,9 @@ fn block_rows(rows: usize, row_bytes: usize) -> usize {
 }
 
 pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
+    if fp8_matmul::is_fp8(w.dtype) {
+        return fp8_matmul::matmul_fp8(x, n, w, out);
+    }
     let (m, k) = (w.rows, w.cols);
     assert_eq!(
         x.len(),
@@ -228,6 +236,7 @@ mod tests {
                     data: &bytes,
                     rows: m,
                     cols: k,
+                    scale: WeightScale::None,
                 };
                 matmul(&x, n, w, &mut out);
                 // Decode quantizes x to 8 bits (ggml's Q8 activations), an error relative
@@ -276,6 +285,7 @@ mod tests {
                         data: &bytes,
                         rows: m,
                         cols: k,
+                        scale: WeightScale::None,
                     },
                     &mut out,
                 );
