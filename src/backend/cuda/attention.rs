@@ -14,19 +14,29 @@ pub const MAX_HEAD_DIM: usize = 256;
 const MAX_SPLITS: usize = 128;
 const MIN_SPAN: usize = 128;
 
-pub fn supports(dtype: DType, heads: usize, kv_heads: usize, head_dim: usize) -> Result<(), CudaError> {
+pub fn supports(
+    dtype: DType,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Result<(), CudaError> {
     const OP: &str = "attention";
     ensure(
-        matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2),
+        matches!(
+            dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+        ),
         OP,
         || format!("KV cache dtype {dtype}"),
     )?;
     ensure(head_dim >= 1 && head_dim <= MAX_HEAD_DIM, OP, || {
         format!("head_dim {head_dim} (1..={MAX_HEAD_DIM})")
     })?;
-    ensure(kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535, OP, || {
-        format!("{heads} query heads over {kv_heads} kv heads")
-    })
+    ensure(
+        kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535,
+        OP,
+        || format!("{heads} query heads over {kv_heads} kv heads"),
+    )
 }
 
 fn suffix(dtype: DType) -> &'static str {
@@ -79,7 +89,14 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
-    pub fn new(gpu: &Gpu, dtype: DType, heads: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Result<Self, CudaError> {
+    pub fn new(
+        gpu: &Gpu,
+        dtype: DType,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+    ) -> Result<Self, CudaError> {
         supports(dtype, heads, kv_heads, head_dim)?;
         let elems = capacity * kv_heads * head_dim;
         Ok(GpuKvCache {
@@ -115,12 +132,21 @@ impl GpuKvCache {
     }
 
     /// Appends `n` positions of `k_new`, `v_new` (`[n, kv_heads, head_dim]` f32).
-    pub fn append(&mut self, gpu: &Gpu, k_new: &CudaSlice<f32>, v_new: &CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+    pub fn append(
+        &mut self,
+        gpu: &Gpu,
+        k_new: &CudaSlice<f32>,
+        v_new: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
         const OP: &str = "kv_append";
         if self.len + n > self.capacity {
             return Err(CudaError::Unsupported {
                 op: OP,
-                why: format!("{} + {n} positions exceed the cache's {}", self.len, self.capacity),
+                why: format!(
+                    "{} + {n} positions exceed the cache's {}",
+                    self.len, self.capacity
+                ),
             });
         }
         if n == 0 {
@@ -133,8 +159,10 @@ impl GpuKvCache {
             gpu.ptr(OP, "v_new", v_new, 0, n * kvh * hd)?.into(),
             gpu.ptr(OP, "k_cache", &self.k, 0, cap_bytes)?.into(),
             gpu.ptr(OP, "v_cache", &self.v, 0, cap_bytes)?.into(),
-            gpu.ptr(OP, "k_scale", &self.k_scale, 0, self.capacity * kvh)?.into(),
-            gpu.ptr(OP, "v_scale", &self.v_scale, 0, self.capacity * kvh)?.into(),
+            gpu.ptr(OP, "k_scale", &self.k_scale, 0, self.capacity * kvh)?
+                .into(),
+            gpu.ptr(OP, "v_scale", &self.v_scale, 0, self.capacity * kvh)?
+                .into(),
             Arg::I64(self.len as i64),
             i32_arg(OP, "kv_heads", kvh)?,
             i32_arg(OP, "head_dim", hd)?,
@@ -143,7 +171,13 @@ impl GpuKvCache {
             op: OP,
             why: format!("{n} positions at once"),
         })?;
-        gpu.launch("attention", kernel("kv_append", self.dtype), (rows, 2, 1), 32, &args)?;
+        gpu.launch(
+            "attention",
+            kernel("kv_append", self.dtype),
+            (rows, 2, 1),
+            32,
+            &args,
+        )?;
         self.len += n;
         Ok(())
     }
@@ -154,14 +188,22 @@ impl GpuKvCache {
         Ok([
             gpu.ptr(op, "k_cache", &self.k, 0, cap_bytes)?.into(),
             gpu.ptr(op, "v_cache", &self.v, 0, cap_bytes)?.into(),
-            gpu.ptr(op, "k_scale", &self.k_scale, 0, self.capacity * kvh)?.into(),
-            gpu.ptr(op, "v_scale", &self.v_scale, 0, self.capacity * kvh)?.into(),
+            gpu.ptr(op, "k_scale", &self.k_scale, 0, self.capacity * kvh)?
+                .into(),
+            gpu.ptr(op, "v_scale", &self.v_scale, 0, self.capacity * kvh)?
+                .into(),
         ])
     }
 
     /// One query token `q` `[heads, head_dim]` over every cached position (the new token's
     /// k/v appended first) → `out` `[heads, head_dim]` (and bf16 for the o_proj GEMM).
-    pub fn decode(&mut self, gpu: &Gpu, q: &CudaSlice<f32>, out: &mut CudaSlice<f32>, out_bf16: Option<&mut CudaSlice<bf16>>) -> Result<(), CudaError> {
+    pub fn decode(
+        &mut self,
+        gpu: &Gpu,
+        q: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        out_bf16: Option<&mut CudaSlice<bf16>>,
+    ) -> Result<(), CudaError> {
         const OP: &str = "attn_decode";
         let (nh, hd) = (self.heads, self.head_dim);
         ensure(self.len > 0, OP, || "empty cache".into())?;
@@ -185,24 +227,48 @@ impl GpuKvCache {
             i32_arg(OP, "span", span)?,
             Arg::F32((hd as f32).powf(-0.5)),
         ];
-        gpu.launch("attention", kernel("attn_decode", self.dtype), (nh as u32, nsplit as u32, 1), 128, &args)?;
+        gpu.launch(
+            "attention",
+            kernel("attn_decode", self.dtype),
+            (nh as u32, nsplit as u32, 1),
+            128,
+            &args,
+        )?;
         let args = [
             ml.into(),
             acc.into(),
             gpu.ptr(OP, "out", out, 0, nh * hd)?.into(),
-            out_bf16.map(|o| gpu.ptr(OP, "out_bf16", o, 0, nh * hd)).transpose()?.into(),
+            out_bf16
+                .map(|o| gpu.ptr(OP, "out_bf16", o, 0, nh * hd))
+                .transpose()?
+                .into(),
             i32_arg(OP, "nsplit", nsplit)?,
             i32_arg(OP, "head_dim", hd)?,
         ];
-        gpu.launch("attention", "attn_decode_combine_f32", (nh as u32, 1, 1), 256, &args)
+        gpu.launch(
+            "attention",
+            "attn_decode_combine_f32",
+            (nh as u32, 1, 1),
+            256,
+            &args,
+        )
     }
 
     /// The last `n` cached positions' queries `q` `[n, heads, head_dim]`, causal over the
     /// whole cache → `out` `[n, heads, head_dim]`.
-    pub fn prefill(&mut self, gpu: &Gpu, q: &CudaSlice<f32>, n: usize, out: &mut CudaSlice<f32>, out_bf16: Option<&mut CudaSlice<bf16>>) -> Result<(), CudaError> {
+    pub fn prefill(
+        &mut self,
+        gpu: &Gpu,
+        q: &CudaSlice<f32>,
+        n: usize,
+        out: &mut CudaSlice<f32>,
+        out_bf16: Option<&mut CudaSlice<bf16>>,
+    ) -> Result<(), CudaError> {
         const OP: &str = "attn_prefill";
         let (nh, hd) = (self.heads, self.head_dim);
-        ensure(n <= self.len, OP, || format!("{n} queries but {} cached positions", self.len))?;
+        ensure(n <= self.len, OP, || {
+            format!("{n} queries but {} cached positions", self.len)
+        })?;
         if n == 0 {
             return Ok(());
         }
@@ -216,7 +282,10 @@ impl GpuKvCache {
             ks,
             vs,
             gpu.ptr(OP, "out", out, 0, n * nh * hd)?.into(),
-            out_bf16.map(|o| gpu.ptr(OP, "out_bf16", o, 0, n * nh * hd)).transpose()?.into(),
+            out_bf16
+                .map(|o| gpu.ptr(OP, "out_bf16", o, 0, n * nh * hd))
+                .transpose()?
+                .into(),
             i32_arg(OP, "n", n)?,
             i32_arg(OP, "past", self.len - n)?,
             i32_arg(OP, "heads", nh)?,
@@ -224,7 +293,13 @@ impl GpuKvCache {
             i32_arg(OP, "head_dim", hd)?,
             Arg::F32((hd as f32).powf(-0.5)),
         ];
-        gpu.launch("attention", kernel("attn_prefill", self.dtype), (nh as u32, qblocks as u32, 1), 256, &args)
+        gpu.launch(
+            "attention",
+            kernel("attn_prefill", self.dtype),
+            (nh as u32, qblocks as u32, 1),
+            256,
+            &args,
+        )
     }
 
     /// The cache's raw contents for positions `0..len`: (k bytes, v bytes, k scales, v scales).

@@ -10,9 +10,15 @@ use super::{blocks, ensure, i32_arg, Arg, CudaError, Gpu};
 pub const MAX_KERNEL: usize = 8;
 
 pub fn supports(cd: usize, k: usize, n: usize) -> Result<(), CudaError> {
-    ensure(k >= 1 && k <= MAX_KERNEL, "conv1d", || format!("conv kernel {k} (1..={MAX_KERNEL})"))?;
-    ensure(cd <= i32::MAX as usize, "conv1d", || format!("conv_dim {cd}"))?;
-    ensure(n <= 65535, "conv1d", || format!("{n} tokens in one call (at most 65535)"))
+    ensure(k >= 1 && k <= MAX_KERNEL, "conv1d", || {
+        format!("conv kernel {k} (1..={MAX_KERNEL})")
+    })?;
+    ensure(cd <= i32::MAX as usize, "conv1d", || {
+        format!("conv_dim {cd}")
+    })?;
+    ensure(n <= 65535, "conv1d", || {
+        format!("{n} tokens in one call (at most 65535)")
+    })
 }
 
 /// Prompt: inputs are rows `x[x_offset + t·x_stride ..][..cd]` for t < n; `out` `[n, cd]`;
@@ -49,7 +55,13 @@ pub fn prefill(
         i32_arg(OP, "cd", cd)?,
         i32_arg(OP, "k", k)?,
     ];
-    gpu.launch("conv1d", "conv1d_prefill_f32", (blocks(cd, 256), n as u32, 1), 256, &args)?;
+    gpu.launch(
+        "conv1d",
+        "conv1d_prefill_f32",
+        (blocks(cd, 256), n as u32, 1),
+        256,
+        &args,
+    )?;
     let args = [
         xp.into(),
         Arg::I64(x_stride as i64),
@@ -58,7 +70,13 @@ pub fn prefill(
         i32_arg(OP, "cd", cd)?,
         i32_arg(OP, "k", k)?,
     ];
-    gpu.launch("conv1d", "conv1d_state_f32", (blocks(cd, 256), 1, 1), 256, &args)
+    gpu.launch(
+        "conv1d",
+        "conv1d_state_f32",
+        (blocks(cd, 256), 1, 1),
+        256,
+        &args,
+    )
 }
 
 /// One decode token: input `x[x_offset..][..cd]`, `out` `[cd]`, state shifted in place.
@@ -78,12 +96,19 @@ pub fn update(
     supports(cd, k, 1)?;
     let args = [
         gpu.ptr(OP, "x", x, x_offset, cd)?.into(),
-        gpu.ptr(OP, "conv_state", conv_state, 0, (k - 1) * cd)?.into(),
+        gpu.ptr(OP, "conv_state", conv_state, 0, (k - 1) * cd)?
+            .into(),
         gpu.ptr(OP, "weight", w, 0, cd * k)?.into(),
         gpu.ptr(OP, "bias", b, 0, cd)?.into(),
         gpu.ptr(OP, "out", out, 0, cd)?.into(),
         i32_arg(OP, "cd", cd)?,
         i32_arg(OP, "k", k)?,
     ];
-    gpu.launch("conv1d", "conv1d_update_f32", (blocks(cd, 256), 1, 1), 256, &args)
+    gpu.launch(
+        "conv1d",
+        "conv1d_update_f32",
+        (blocks(cd, 256), 1, 1),
+        256,
+        &args,
+    )
 }

@@ -94,7 +94,10 @@ impl Gpu {
                 .map_err(|e| {
                     let s = format!("{e:?}");
                     if s.contains("NO_BINARY_FOR_GPU") || s.contains("UNSUPPORTED_PTX_VERSION") {
-                        CudaError::NoBinaryForGpu(info.compute_capability.0, info.compute_capability.1)
+                        CudaError::NoBinaryForGpu(
+                            info.compute_capability.0,
+                            info.compute_capability.1,
+                        )
                     } else {
                         CudaError::Driver(format!("loading kernels/{name}.cu: {s}"))
                     }
@@ -112,15 +115,21 @@ impl Gpu {
     }
 
     /// Kernel `name` from `kernels/<module>.cu`.
-    pub fn func(&self, module: &'static str, name: &'static str) -> Result<CudaFunction, CudaError> {
-        let mut cache = self.functions.lock().map_err(|_| CudaError::Driver("poisoned lock".into()))?;
+    pub fn func(
+        &self,
+        module: &'static str,
+        name: &'static str,
+    ) -> Result<CudaFunction, CudaError> {
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());
         }
-        let m = self
-            .modules
-            .get(module)
-            .ok_or_else(|| CudaError::Driver(format!("no kernel module `{module}` in this build")))?;
+        let m = self.modules.get(module).ok_or_else(|| {
+            CudaError::Driver(format!("no kernel module `{module}` in this build"))
+        })?;
         let f = m
             .load_function(name)
             .map_err(|e| CudaError::Driver(format!("kernel `{name}` in {module}.cu: {e:?}")))?;
@@ -130,7 +139,10 @@ impl Gpu {
 
     /// cuBLAS on this GPU's stream (loaded on first use).
     pub fn blas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>, CudaError> {
-        let mut b = self.blas.lock().map_err(|_| CudaError::Driver("poisoned lock".into()))?;
+        let mut b = self
+            .blas
+            .lock()
+            .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
         if let Some(h) = b.as_ref() {
             return Ok(h.clone());
         }
@@ -149,11 +161,17 @@ impl Gpu {
         self.stream.clone_htod(host).map_err(driver_err)
     }
 
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
         self.stream.alloc_zeros(n.max(1)).map_err(driver_err)
     }
 
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>, CudaError> {
         self.stream.clone_dtoh(dev).map_err(driver_err)
     }
 

@@ -19,7 +19,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CudaError {
-    #[error("this build has no CUDA support (rebuild with `cargo build --release --features cuda`)")]
+    #[error(
+        "this build has no CUDA support (rebuild with `cargo build --release --features cuda`)"
+    )]
     NotBuilt,
     #[error("this build has no CUDA kernels (nvcc was not found when it was built)")]
     NoKernels,
@@ -85,7 +87,11 @@ pub mod ssm;
 
 /// Fails with `Unsupported` unless `ok`.
 #[allow(dead_code)]
-pub(crate) fn ensure(ok: bool, op: &'static str, why: impl FnOnce() -> String) -> Result<(), CudaError> {
+pub(crate) fn ensure(
+    ok: bool,
+    op: &'static str,
+    why: impl FnOnce() -> String,
+) -> Result<(), CudaError> {
     if ok {
         Ok(())
     } else {

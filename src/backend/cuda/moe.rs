@@ -19,10 +19,14 @@ pub struct Routing {
 pub fn supports(r: &Routing) -> Result<(), CudaError> {
     const OP: &str = "moe_route";
     let e = r.n_routed_experts;
-    ensure(e >= 1 && e <= 1024, OP, || format!("{e} experts (at most 1024)"))?;
-    ensure(r.n_group >= 1 && r.n_group <= 64 && e % r.n_group == 0, OP, || {
-        format!("{e} experts in {} groups", r.n_group)
+    ensure(e >= 1 && e <= 1024, OP, || {
+        format!("{e} experts (at most 1024)")
     })?;
+    ensure(
+        r.n_group >= 1 && r.n_group <= 64 && e % r.n_group == 0,
+        OP,
+        || format!("{e} experts in {} groups", r.n_group),
+    )?;
     ensure(r.topk_group >= 1 && r.topk_group <= r.n_group, OP, || {
         format!("topk_group {} of {} groups", r.topk_group, r.n_group)
     })?;

@@ -7,7 +7,11 @@ use half::bf16;
 use super::{ensure, i32_arg, Arg, CudaError, Gpu};
 
 pub fn supports_rms(dim: usize) -> Result<(), CudaError> {
-    ensure(dim > 0 && dim <= i32::MAX as usize, "rms_norm_residual", || format!("dim {dim}"))
+    ensure(
+        dim > 0 && dim <= i32::MAX as usize,
+        "rms_norm_residual",
+        || format!("dim {dim}"),
+    )
 }
 
 pub fn supports_gated(dim: usize, group_size: usize) -> Result<(), CudaError> {
@@ -37,10 +41,19 @@ pub fn rms_norm_residual(
     let n = rows * dim;
     let args = [
         gpu.ptr(OP, "residual", residual, 0, n)?.into(),
-        delta.map(|d| gpu.ptr(OP, "delta", d, 0, n)).transpose()?.into(),
+        delta
+            .map(|d| gpu.ptr(OP, "delta", d, 0, n))
+            .transpose()?
+            .into(),
         gpu.ptr(OP, "weight", w, 0, dim)?.into(),
-        out_f32.map(|o| gpu.ptr(OP, "out_f32", o, 0, n)).transpose()?.into(),
-        out_bf16.map(|o| gpu.ptr(OP, "out_bf16", o, 0, n)).transpose()?.into(),
+        out_f32
+            .map(|o| gpu.ptr(OP, "out_f32", o, 0, n))
+            .transpose()?
+            .into(),
+        out_bf16
+            .map(|o| gpu.ptr(OP, "out_bf16", o, 0, n))
+            .transpose()?
+            .into(),
         i32_arg(OP, "dim", dim)?,
         Arg::F32(eps),
     ];
@@ -48,7 +61,13 @@ pub fn rms_norm_residual(
         return Ok(());
     }
     let threads = if dim >= 2048 { 1024 } else { 256 };
-    gpu.launch("norm", "rms_norm_residual_f32", (rows as u32, 1, 1), threads, &args)
+    gpu.launch(
+        "norm",
+        "rms_norm_residual_f32",
+        (rows as u32, 1, 1),
+        threads,
+        &args,
+    )
 }
 
 /// `y ← y · silu(z)`, then RMSNorm per group of `group_size` channels, times `w`; `z` rows
@@ -75,13 +94,20 @@ pub fn gated_rms_norm(
             why: format!("z stride {z_stride} < dim {dim}"),
         });
     }
-    let zneed = if rows == 0 { 0 } else { (rows - 1) * z_stride + dim };
+    let zneed = if rows == 0 {
+        0
+    } else {
+        (rows - 1) * z_stride + dim
+    };
     let args = [
         gpu.ptr(OP, "y", y, 0, rows * dim)?.into(),
         gpu.ptr(OP, "z", z, z_offset, zneed)?.into(),
         Arg::I64(z_stride as i64),
         gpu.ptr(OP, "weight", w, 0, dim)?.into(),
-        out_bf16.map(|o| gpu.ptr(OP, "out_bf16", o, 0, rows * dim)).transpose()?.into(),
+        out_bf16
+            .map(|o| gpu.ptr(OP, "out_bf16", o, 0, rows * dim))
+            .transpose()?
+            .into(),
         i32_arg(OP, "dim", dim)?,
         i32_arg(OP, "group_size", group_size)?,
         Arg::F32(eps),
@@ -90,5 +116,11 @@ pub fn gated_rms_norm(
         return Ok(());
     }
     let groups = (dim / group_size) as u32;
-    gpu.launch("norm", "gated_rms_norm_f32", (groups, rows as u32, 1), 256, &args)
+    gpu.launch(
+        "norm",
+        "gated_rms_norm_f32",
+        (groups, rows as u32, 1),
+        256,
+        &args,
+    )
 }

@@ -17,7 +17,9 @@ pub struct SampleArgs {
 }
 
 pub fn supports(vocab: usize) -> Result<(), CudaError> {
-    ensure(vocab >= 1 && vocab <= i32::MAX as usize, "sample", || format!("vocab {vocab}"))
+    ensure(vocab >= 1 && vocab <= i32::MAX as usize, "sample", || {
+        format!("vocab {vocab}")
+    })
 }
 
 /// Applies bans and penalties to `logits` (in place, like the CPU) and draws one token
@@ -44,7 +46,13 @@ pub fn sample(
             i32_arg(OP, "banned", banned.len())?,
             i32_arg(OP, "vocab", vocab)?,
         ];
-        gpu.launch("sampling", "sample_ban_f32", (blocks(banned.len(), 256), 1, 1), 256, &args)?;
+        gpu.launch(
+            "sampling",
+            "sample_ban_f32",
+            (blocks(banned.len(), 256), 1, 1),
+            256,
+            &args,
+        )?;
     }
     let rep_on = a.repetition_penalty != 1.0 && a.repetition_penalty > 0.0;
     if !history.is_empty() && (rep_on || a.presence_penalty != 0.0) {
@@ -60,9 +68,19 @@ pub fn sample(
             Arg::F32(a.repetition_penalty),
             Arg::F32(a.presence_penalty),
         ];
-        gpu.launch("sampling", "sample_penalties_f32", (blocks(seen.len(), 256), 1, 1), 256, &args)?;
+        gpu.launch(
+            "sampling",
+            "sample_penalties_f32",
+            (blocks(seen.len(), 256), 1, 1),
+            256,
+            &args,
+        )?;
     }
-    let temperature = if a.temperature.is_nan() { 0.0 } else { a.temperature };
+    let temperature = if a.temperature.is_nan() {
+        0.0
+    } else {
+        a.temperature
+    };
     let args = [
         lp.into(),
         i32_arg(OP, "vocab", vocab)?,

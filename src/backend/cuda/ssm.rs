@@ -38,9 +38,11 @@ pub fn supports_update(s: &ScanShape) -> Result<(), CudaError> {
         "ssm_update",
         || format!("{} heads in {} groups", s.heads, s.n_groups),
     )?;
-    ensure(s.heads <= 65535 && s.cd() <= i32::MAX as usize, "ssm_update", || {
-        format!("{} heads", s.heads)
-    })
+    ensure(
+        s.heads <= 65535 && s.cd() <= i32::MAX as usize,
+        "ssm_update",
+        || format!("{} heads", s.heads),
+    )
 }
 
 pub fn supports_scan(s: &ScanShape, chunk: usize) -> Result<(), CudaError> {
@@ -93,7 +95,8 @@ pub fn update<T: KernelDtype>(
         gpu.ptr(OP, "dt_bias", dt_bias, 0, h)?.into(),
         gpu.ptr(OP, "A", a, 0, h)?.into(),
         gpu.ptr(OP, "D", d, 0, h)?.into(),
-        gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?.into(),
+        gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?
+            .into(),
         gpu.ptr(OP, "y", y, 0, s.di())?.into(),
         i32_arg(OP, "heads", h)?,
         i32_arg(OP, "head_dim", s.head_dim)?,
@@ -154,13 +157,15 @@ pub fn chunk_scan<T: KernelDtype>(
     )?;
     let args = [
         xp.into(),
-        gpu.ptr(OP, "dt_raw", dt_raw, dt_offset, (n - 1) * dt_stride + h)?.into(),
+        gpu.ptr(OP, "dt_raw", dt_raw, dt_offset, (n - 1) * dt_stride + h)?
+            .into(),
         Arg::I64(dt_stride as i64),
         gpu.ptr(OP, "dt_bias", dt_bias, 0, h)?.into(),
         gpu.ptr(OP, "A", a, 0, h)?.into(),
         gpu.ptr(OP, "D", d, 0, h)?.into(),
         cbp.into(),
-        gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?.into(),
+        gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?
+            .into(),
         gpu.ptr(OP, "y", y, 0, n * di)?.into(),
         i32_arg(OP, "n", n)?,
         i32_arg(OP, "heads", h)?,
