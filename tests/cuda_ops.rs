@@ -108,13 +108,13 @@ fn device_auto_and_cpu_run_on_the_cpu() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "--device {dev}: {err}");
-        if dev == "cpu" || !cfg!(feature = "cuda") {
+        if dev == "cpu" || !nemo::backend::cuda::driver_present() {
             assert!(
                 !err.contains("running on the CPU"),
-                "no notice when nothing was asked: {err}"
+                "no notice without a driver: {err}"
             );
         } else {
-            // A CUDA build that cannot use the GPU says so once, then runs.
+            // A driver nemo cannot use yet: said once, then it runs.
             assert!(err.contains("nemo: running on the CPU: "), "{err}");
         }
     }
@@ -182,7 +182,7 @@ mod gpu {
         let (mut worst, mut at) = (0f32, 0);
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let d = (g - w).abs();
-            if !(d <= worst) {
+            if d > worst || d.is_nan() {
                 worst = d;
                 at = i;
             }
@@ -1125,10 +1125,7 @@ mod gpu {
                 let u = (r.next() >> 11) as f64 / (1u64 << 53) as f64;
                 // Reference in f64: scaled logits, top-k, softmax, top-p, min-p; the draw
                 // walks kept tokens in id order (as the kernel does).
-                let sc: Vec<f64> = logits
-                    .iter()
-                    .map(|l| (*l * (1.0 / t as f32)) as f64)
-                    .collect();
+                let sc: Vec<f64> = logits.iter().map(|l| (*l * (1.0 / t)) as f64).collect();
                 let mut order: Vec<usize> = (0..vocab).collect();
                 order.sort_by(|a, b| sc[*b].partial_cmp(&sc[*a]).unwrap().then(a.cmp(b)));
                 let kept_k = if k > 0 { k } else { vocab };

@@ -155,8 +155,9 @@ impl ModelArgs {
     }
 
     /// `--device`: `cuda` fails with one line when no usable GPU is there; `auto` runs on
-    /// the CPU, with a one-line notice only when this build was made for CUDA. The model
-    /// forward runs on the CPU for now: the CUDA ops exist, the GPU forward does not yet.
+    /// the CPU, with a one-line notice when there is an NVIDIA driver it could not use
+    /// (silent on machines without one). The model forward runs on the CPU for now: the
+    /// CUDA ops exist, the GPU forward does not yet.
     pub fn check_device(&self) -> anyhow::Result<()> {
         use nemo::backend::cuda;
         match self.device.as_str() {
@@ -169,7 +170,7 @@ impl ModelArgs {
                 )),
             },
             "auto" => {
-                if cfg!(feature = "cuda") {
+                if cuda::driver_present() {
                     match cuda::probe() {
                         Err(e) => eprintln!("nemo: running on the CPU: {e}"),
                         Ok(gpu) => eprintln!(

@@ -29,11 +29,11 @@ pub fn supports(
         OP,
         || format!("KV cache dtype {dtype}"),
     )?;
-    ensure(head_dim >= 1 && head_dim <= MAX_HEAD_DIM, OP, || {
+    ensure((1..=MAX_HEAD_DIM).contains(&head_dim), OP, || {
         format!("head_dim {head_dim} (1..={MAX_HEAD_DIM})")
     })?;
     ensure(
-        kv_heads > 0 && heads % kv_heads == 0 && heads <= 65535,
+        kv_heads > 0 && heads.is_multiple_of(kv_heads) && heads <= 65535,
         OP,
         || format!("{heads} query heads over {kv_heads} kv heads"),
     )

@@ -10,7 +10,7 @@ use super::{blocks, ensure, i32_arg, Arg, CudaError, Gpu};
 pub const MAX_KERNEL: usize = 8;
 
 pub fn supports(cd: usize, k: usize, n: usize) -> Result<(), CudaError> {
-    ensure(k >= 1 && k <= MAX_KERNEL, "conv1d", || {
+    ensure((1..=MAX_KERNEL).contains(&k), "conv1d", || {
         format!("conv kernel {k} (1..={MAX_KERNEL})")
     })?;
     ensure(cd <= i32::MAX as usize, "conv1d", || {

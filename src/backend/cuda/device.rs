@@ -20,6 +20,11 @@ pub fn has_kernels() -> bool {
     !embedded::FATBINS.is_empty()
 }
 
+/// Whether the NVIDIA driver library (libcuda) can be loaded.
+pub fn driver_present() -> bool {
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 fn driver_err(e: impl std::fmt::Debug) -> CudaError {
     CudaError::Driver(format!("{e:?}"))
 }
@@ -30,7 +35,7 @@ pub fn probe() -> Result<DeviceInfo, CudaError> {
         return Err(CudaError::NoKernels);
     }
     // cudarc panics when it cannot load libcuda; look first.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !driver_present() {
         return Err(CudaError::NoDriver);
     }
     let n = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;

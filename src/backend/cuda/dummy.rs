@@ -12,3 +12,8 @@ pub fn probe() -> Result<DeviceInfo, CudaError> {
 pub fn has_kernels() -> bool {
     false
 }
+
+/// Whether an NVIDIA driver library can be loaded (never asked in a build without CUDA).
+pub fn driver_present() -> bool {
+    false
+}

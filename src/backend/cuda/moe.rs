@@ -19,11 +19,11 @@ pub struct Routing {
 pub fn supports(r: &Routing) -> Result<(), CudaError> {
     const OP: &str = "moe_route";
     let e = r.n_routed_experts;
-    ensure(e >= 1 && e <= 1024, OP, || {
+    ensure((1..=1024).contains(&e), OP, || {
         format!("{e} experts (at most 1024)")
     })?;
     ensure(
-        r.n_group >= 1 && r.n_group <= 64 && e % r.n_group == 0,
+        r.n_group >= 1 && r.n_group <= 64 && e.is_multiple_of(r.n_group),
         OP,
         || format!("{e} experts in {} groups", r.n_group),
     )?;

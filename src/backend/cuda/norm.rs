@@ -16,7 +16,7 @@ pub fn supports_rms(dim: usize) -> Result<(), CudaError> {
 
 pub fn supports_gated(dim: usize, group_size: usize) -> Result<(), CudaError> {
     ensure(
-        group_size > 0 && dim % group_size == 0 && dim <= i32::MAX as usize,
+        group_size > 0 && dim.is_multiple_of(group_size) && dim <= i32::MAX as usize,
         "gated_rms_norm",
         || format!("dim {dim} is not a multiple of group size {group_size}"),
     )
@@ -94,6 +94,9 @@ pub fn gated_rms_norm(
             why: format!("z stride {z_stride} < dim {dim}"),
         });
     }
+    ensure(rows <= 65535, OP, || {
+        format!("{rows} rows in one call (at most 65535)")
+    })?;
     let zneed = if rows == 0 {
         0
     } else {

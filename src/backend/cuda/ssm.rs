@@ -34,7 +34,7 @@ impl ScanShape {
 
 pub fn supports_update(s: &ScanShape) -> Result<(), CudaError> {
     ensure(
-        s.n_groups > 0 && s.heads % s.n_groups == 0 && s.head_dim > 0 && s.d_state > 0,
+        s.n_groups > 0 && s.heads.is_multiple_of(s.n_groups) && s.head_dim > 0 && s.d_state > 0,
         "ssm_update",
         || format!("{} heads in {} groups", s.heads, s.n_groups),
     )?;
@@ -50,7 +50,7 @@ pub fn supports_scan(s: &ScanShape, chunk: usize) -> Result<(), CudaError> {
     ensure(s.d_state <= MAX_D_STATE, "ssd_chunk_scan", || {
         format!("d_state {} (at most {MAX_D_STATE})", s.d_state)
     })?;
-    ensure(chunk >= 1 && chunk <= MAX_CHUNK, "ssd_chunk_scan", || {
+    ensure((1..=MAX_CHUNK).contains(&chunk), "ssd_chunk_scan", || {
         format!("chunk_size {chunk} (1..={MAX_CHUNK})")
     })
 }
