@@ -80,9 +80,9 @@ extern "C" __global__ void ssd_chunk_cb_f32(const float* __restrict__ xbc, float
 // ssd_chunk_scan_<T>: n prompt tokens of one head, chunk by chunk (chunk_size cs):
 //   dt_t = max(softplus(dt_raw[t, hh] + dt_bias[hh]), dt_min); a_t = A[hh]·dt_t;
 //   cum_i = Σ_{j≤i} a_j within the chunk
-//   y[t=c0+li, pi] = Σ_{si≤li} cb[li, si]·exp(cum_li − cum_si)·dt_si·x[si, pi]
+//   y[t=c0+li, pi] = Σ_{si≤li} cb[li, si]·exp(Σ_{i=si+1..li} a_i)·dt_si·x[si, pi]
 //                   + exp(cum_li)·(st[pi, :]·C_li) + D[hh]·x[li, pi]
-//   st[pi, s] ← exp(cum_last)·st[pi, s] + Σ_si exp(cum_last − cum_si)·dt_si·x[si, pi]·B_si[s]
+//   st[pi, s] ← exp(cum_last)·st[pi, s] + Σ_si exp(Σ_{i=si+1..last} a_i)·dt_si·x[si, pi]·B_si[s]
 // grid (h, ceil(p / SSD_PT)), block 256. The block keeps its SSD_PT state rows in shared
 // memory as f32 for the whole prompt; chunks run in order inside the block.
 // Reads xbc, dt_raw, dt_bias, A, D, cb (from ssd_chunk_cb_f32); reads and writes ssm_state;
@@ -126,9 +126,13 @@ __device__ void ssd_chunk_scan(const float* __restrict__ xbc, const float* __res
             const int li = idx / SSD_PT, r = idx % SSD_PT, pi = p0 + r;
             if (pi >= p) continue;
             const float* xcol = xbc + c0 * cd + hh * p + pi;  // x[c0+si, pi] = xcol[si·cd]
-            float acc = 0.f;
-            for (int si = 0; si <= li; ++si)
-                acc += cbc[(int64_t)li * cs + si] * expf(cum[li] - cum[si]) * dts[si] * xcol[(int64_t)si * cd];
+            // seg = Σ_{i=si+1..li} a·dt_i, summed from li downwards as the CPU does: the
+            // difference cum_li − cum_si would cancel catastrophically once |cum| is large.
+            float acc = 0.f, seg = 0.f;
+            for (int si = li; si >= 0; --si) {
+                if (si < li) seg += a * dts[si + 1];
+                acc += cbc[(int64_t)li * cs + si] * expf(seg) * dts[si] * xcol[(int64_t)si * cd];
+            }
             const float* C = xbc + (c0 + li) * cd + di + (int64_t)ng * ns + (int64_t)g * ns;
             float dot = 0.f;
             for (int s = 0; s < ns; ++s) dot += st[r * ns + s] * C[s];
@@ -136,16 +140,17 @@ __device__ void ssd_chunk_scan(const float* __restrict__ xbc, const float* __res
             y[(c0 + li) * di + hh * p + pi] = acc;
         }
         __syncthreads();  // every read of st for this chunk is done
-        const float total = cum[l - 1];
-        const float e = expf(total);
+        const float e = expf(cum[l - 1]);
         for (int idx = tid; idx < SSD_PT * ns; idx += nt) {
             const int r = idx / ns, s = idx % ns, pi = p0 + r;
             if (pi >= p) continue;
             const float* xcol = xbc + c0 * cd + hh * p + pi;
             const float* Bcol = xbc + c0 * cd + di + (int64_t)g * ns + s;  // B[c0+si][s]
-            float v = e * st[idx];
-            for (int si = 0; si < l; ++si)
-                v += expf(total - cum[si]) * dts[si] * xcol[(int64_t)si * cd] * Bcol[(int64_t)si * cd];
+            float v = e * st[idx], seg = 0.f;  // seg = Σ_{i=si+1..l-1} a·dt_i
+            for (int si = l - 1; si >= 0; --si) {
+                if (si + 1 < l) seg += a * dts[si + 1];
+                v += expf(seg) * dts[si] * xcol[(int64_t)si * cd] * Bcol[(int64_t)si * cd];
+            }
             st[idx] = v;
         }
         __syncthreads();  // dts/cum/st are rewritten by the next chunk

@@ -173,11 +173,15 @@ impl Gpu {
         self.stream.alloc_zeros(n.max(1)).map_err(driver_err)
     }
 
+    /// Copies to the host once every queued kernel is done.
     pub fn download<T: DeviceRepr + Default + Clone>(
         &self,
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {
-        self.stream.clone_dtoh(dev).map_err(driver_err)
+        // Pageable copies already wait for the stream; the sync makes it explicit.
+        let v = self.stream.clone_dtoh(dev).map_err(driver_err)?;
+        self.sync()?;
+        Ok(v)
     }
 
     pub fn sync(&self) -> Result<(), CudaError> {
