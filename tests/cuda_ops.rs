@@ -1192,6 +1192,144 @@ mod gpu {
         }
     }
 
+    /// Relative L2 error ‖got − want‖ / ‖want‖.
+    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt() as f32
+    }
+
+    #[test]
+    fn mamba2_mixer_on_the_gpu_matches_the_cpu_mixer_for_prompt_and_steps() {
+        use nemo::model::mamba2::Mamba2;
+        use nemo::model::weights::{Tensor, WeightStore};
+        use nemo::model::{LayerKind, NemotronHConfig};
+        use nemo::state::MambaState;
+        let Some(g) = gpu("mamba2 mixer") else { return };
+        let s = seed();
+        let mut r = Rng::new(s);
+        for fixture in ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"] {
+            let dir = super::common::fixture(fixture);
+            let cfg_path = dir.join("config.json");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+            let cfg = NemotronHConfig::from_json(&json, &cfg_path).unwrap();
+            let w = WeightStore::open_dir(&dir).unwrap();
+            let pre = if w.names().any(|n| n.starts_with("backbone.")) {
+                "backbone"
+            } else {
+                "model"
+            };
+            let li = cfg
+                .layers
+                .iter()
+                .position(|k| *k == LayerKind::Mamba2)
+                .unwrap();
+            let p = format!("{pre}.layers.{li}.mixer");
+            let (hs, h, di, cd, k) = (
+                cfg.hidden_size,
+                cfg.mamba_num_heads,
+                cfg.d_inner(),
+                cfg.conv_dim(),
+                cfg.conv_kernel,
+            );
+            let pd = cfg.in_proj_dim();
+            // The projections in bf16 for both sides (the GPU keeps weights in bf16), the
+            // small tensors as stored: the CPU oracle then sees exactly the GPU's weights.
+            let as_bf16 = |t: Tensor| -> (Tensor, Vec<bf16>) {
+                let v = bf16s(&t.to_f32());
+                let bytes = v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+                (
+                    Tensor::from_owned(&t.name, DType::BF16, t.shape.clone(), bytes),
+                    v,
+                )
+            };
+            let (inp, inp_h) = as_bf16(w.get(&format!("{p}.in_proj.weight"), &[pd, hs]).unwrap());
+            let (outp, outp_h) =
+                as_bf16(w.get(&format!("{p}.out_proj.weight"), &[hs, di]).unwrap());
+            let conv_w = w
+                .get_squeezed(&format!("{p}.conv1d.weight"), &[cd, 1, k])
+                .unwrap();
+            let conv_b = w.get(&format!("{p}.conv1d.bias"), &[cd]).unwrap();
+            let dt_bias = w.get_squeezed(&format!("{p}.dt_bias"), &[h]).unwrap();
+            let a_log = w.get_squeezed(&format!("{p}.A_log"), &[h]).unwrap();
+            let d = w.get_squeezed(&format!("{p}.D"), &[h]).unwrap();
+            let norm_w = w.get(&format!("{p}.norm.weight"), &[di]).unwrap();
+            let host_a: Vec<f32> = a_log.to_f32().iter().map(|x| -x.exp()).collect();
+            let (cw, cb, db, dd, nw) = (
+                conv_w.to_f32(),
+                conv_b.to_f32(),
+                dt_bias.to_f32(),
+                d.to_f32(),
+                norm_w.to_f32(),
+            );
+            let store = WeightStore::from_tensors(vec![
+                inp, outp, conv_w, conv_b, dt_bias, a_log, d, norm_w,
+            ]);
+            let cpu = Mamba2::load(&cfg, &store, &p).unwrap();
+            let shape = ScanShape {
+                heads: h,
+                head_dim: cfg.mamba_head_dim,
+                d_state: cfg.ssm_state_size,
+                n_groups: cfg.n_groups,
+            };
+            let host = cuda::mamba2::Mamba2Host {
+                shape,
+                hidden: hs,
+                conv_kernel: k,
+                chunk_size: cfg.chunk_size,
+                time_step_min: cfg.time_step_min,
+                eps: cfg.layer_norm_epsilon,
+                in_proj: &inp_h,
+                in_proj_bias: None,
+                conv_w: &cw,
+                conv_b: &cb,
+                dt_bias: &db,
+                a: &host_a,
+                d: &dd,
+                norm_w: &nw,
+                out_proj: &outp_h,
+                out_proj_bias: None,
+            };
+            let dev = cuda::mamba2::GpuMamba2::new(&g, &host).unwrap();
+            let mut st_cpu =
+                MambaState::new(cd, k, h, cfg.mamba_head_dim, cfg.ssm_state_size, DType::F32);
+            let mut st_gpu = dev.new_state::<f32>(&g).unwrap();
+            // A prompt over several chunks with a ragged tail, then decode steps.
+            for n in [3 * cfg.chunk_size + 5, 1, 1, 1] {
+                let x = widen(&bf16s(&r.vec(n * hs, 1.0)));
+                let mut want = vec![0f32; n * hs];
+                if n == 1 {
+                    cpu.step(&x, &mut st_cpu, &mut want);
+                } else {
+                    cpu.forward_chunked(&x, n, &mut st_cpu, &mut want);
+                }
+                let mut out = g.zeros::<f32>(n * hs).unwrap();
+                dev.forward(&g, &up(&g, &bf16s(&x)), n, &mut st_gpu, &mut out)
+                    .unwrap();
+                let got = g.download(&out).unwrap();
+                // The GPU rounds the normed y to bf16 before out_proj (the CPU keeps f32):
+                // one bf16 rounding, so the bound is bf16's unit roundoff 2^-8.
+                let e = rel_l2(&got, &want);
+                assert!(
+                    e <= 1.0 / 256.0,
+                    "seed {s} {fixture} n {n}: relative L2 error {e}"
+                );
+                assert_close(
+                    &format!("seed {s} {fixture} n {n} conv window"),
+                    &g.download(&st_gpu.conv).unwrap(),
+                    &st_cpu.conv_state,
+                    1e-5,
+                    1.0,
+                );
+            }
+        }
+    }
+
     #[test]
     fn launchers_reject_short_buffers_and_unsupported_shapes() {
         let Some(g) = gpu("bounds") else { return };

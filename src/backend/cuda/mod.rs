@@ -77,6 +77,8 @@ pub mod embedding;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
+pub mod mamba2;
+#[cfg(feature = "cuda")]
 pub mod moe;
 #[cfg(feature = "cuda")]
 pub mod norm;
