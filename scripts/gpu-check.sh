@@ -24,6 +24,12 @@ IFS=',' read -r gpu_name cc driver mem <<<"$gpu_line"
 gpu_name=$(echo "$gpu_name" | xargs); cc=$(echo "$cc" | xargs)
 arch="sm_${cc/./}"
 say "GPU: $gpu_name (compute capability $cc → $arch), driver $(echo "$driver" | xargs), $(echo "$mem" | xargs)"
+# Kernels from nvcc 13 need a driver that supports CUDA 13 (R580+); an older driver needs
+# an older nvcc (set NVCC, e.g. a CUDA 12 toolkit's).
+drv_cuda=$(nvidia-smi | grep -o 'CUDA Version: [0-9.]*' | grep -o '[0-9.]*$' || true)
+if [ -n "$drv_cuda" ] && [ "${drv_cuda%%.*}" -lt 13 ] && [ -z "${NVCC:-}" ]; then
+    say "warning: the driver supports CUDA $drv_cuda; kernels built by nvcc 13 will not load on it: set NVCC to a CUDA ${drv_cuda%%.*} nvcc"
+fi
 
 # cuBLAS from a pip install, when the system has none on the library path.
 for d in .venv-cuda/lib/python3*/site-packages/nvidia/cu13/lib .venv-cuda/lib/python3*/site-packages/nvidia/cublas/lib; do
