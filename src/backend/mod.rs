@@ -5,6 +5,7 @@
 //! widened to f32 inside the kernels, never copied to an f32 model.
 
 pub mod cpu;
+pub mod cuda;
 pub mod dtype;
 pub mod fp8;
 

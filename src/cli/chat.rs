@@ -129,6 +129,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     )?;
     let dir = choice.path.clone();
     let threads = a.model.threads.or(cfg.threads);
+    a.model.check_device()?;
     super::init_threads(threads)?;
     let budget = match a.budget.as_deref().or(cfg.budget.as_deref()) {
         Some(s) => parse_budget(s).map_err(|e| usage(format!("--budget: {e}")))?,

@@ -64,6 +64,9 @@ pub struct ModelArgs {
     /// Mamba SSM state dtype: f32 | f16 | bf16.
     #[arg(long, default_value = "f32", env = "NEMO_MAMBA_SSM_CACHE_DTYPE")]
     pub mamba_ssm_cache_dtype: String,
+    /// Where to run: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda.
+    #[arg(long, default_value = "auto", env = "NEMO_DEVICE")]
+    pub device: String,
 }
 
 /// Sampling flags shared by `run` and `chat`; unset ones keep the lower layer's value.
@@ -158,7 +161,41 @@ impl std::error::Error for Interrupted {}
 
 impl ModelArgs {
     pub fn init_threads(&self) -> anyhow::Result<()> {
+        self.check_device()?;
         init_threads(self.threads)
+    }
+
+    /// `--device`: `cuda` fails with one line when no usable GPU is there; `auto` runs on
+    /// the CPU, with a one-line notice when there is an NVIDIA driver it could not use
+    /// (silent on machines without one). The model forward runs on the CPU for now: the
+    /// CUDA ops exist, the GPU forward does not yet.
+    pub fn check_device(&self) -> anyhow::Result<()> {
+        use nemo::backend::cuda;
+        match self.device.as_str() {
+            "cpu" => Ok(()),
+            "cuda" => match cuda::probe() {
+                Err(e) => Err(anyhow::anyhow!("--device cuda: {e}")),
+                Ok(gpu) => Err(anyhow::anyhow!(
+                    "--device cuda: found {} but the GPU forward pass is not implemented yet; use --device cpu",
+                    gpu.name
+                )),
+            },
+            "auto" => {
+                if cuda::driver_present() {
+                    match cuda::probe() {
+                        Err(e) => eprintln!("nemo: running on the CPU: {e}"),
+                        Ok(gpu) => eprintln!(
+                            "nemo: running on the CPU: the GPU forward pass for {} is not implemented yet",
+                            gpu.name
+                        ),
+                    }
+                }
+                Ok(())
+            }
+            other => Err(usage(format!(
+                "--device: `{other}` is not one of auto, cpu, cuda"
+            ))),
+        }
     }
 
     pub fn cache_config(&self, weights: DType) -> anyhow::Result<CacheConfig> {

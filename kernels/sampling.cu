@@ -1,0 +1,196 @@
+// Logits processing and sampling on the device; only the chosen token id goes back to the
+// host. Oracle: engine::sampler::Sampler::sample (same order of operations: banned tokens,
+// repetition penalty, presence penalty, greedy or temperature → top-k → softmax → top-p →
+// min-p → draw). The uniform number `u` in [0, 1) comes from the host's seeded generator.
+//
+// Differences from the CPU, by design: a draw walks the kept tokens in id order (the CPU
+// walks them in its candidate order; both sample the same distribution), and at a top-k /
+// top-p boundary every token tied with the boundary value is kept.
+#include "common.cuh"
+
+// sample_ban_f32: logits[banned[i]] = -inf. grid (ceil(n / 256)), block 256.
+extern "C" __global__ void sample_ban_f32(float* __restrict__ logits, const uint32_t* __restrict__ banned,
+                                          int n, int vocab) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && banned[i] < (uint32_t)vocab) logits[banned[i]] = -INFINITY;
+}
+
+// sample_penalties_f32: for each DISTINCT token of the history (the launcher dedups):
+// a positive logit is divided by `rep`, a negative one multiplied (rep = 1: off); then
+// `presence` is subtracted (0: off). grid (ceil(n / 256)), block 256, one token per thread.
+extern "C" __global__ void sample_penalties_f32(float* __restrict__ logits, const uint32_t* __restrict__ tokens,
+                                                int n, int vocab, float rep, float presence) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || tokens[i] >= (uint32_t)vocab) return;
+    float l = logits[tokens[i]];
+    if (rep != 1.f && rep > 0.f) l = l > 0.f ? l / rep : l * rep;
+    if (presence != 0.f) l -= presence;
+    logits[tokens[i]] = l;
+}
+
+// Order-preserving map of a float to an unsigned key (larger float → larger key).
+__device__ __forceinline__ uint32_t okey(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+#define SAMPLE_THREADS 1024
+
+// Radix select over the keys of the candidates (finite s_i with key ≥ floor): returns the
+// largest key τ such that Σ_{key ≥ τ} weight ≥ need, where weight is 1 (by_mass = false)
+// or exp(s_i − M) (by_mass = true). If even every candidate falls short (rounding), returns
+// `floor`, i.e. keeps all. Four passes of 8 bits; called by every thread of the block.
+__device__ uint32_t radix_select(const float* __restrict__ logits, int vocab, float inv_t, float M,
+                                 uint32_t floor, bool by_mass, float need, float* hist,
+                                 uint32_t* shared_word) {
+    uint32_t prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0.f;
+        __syncthreads();
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            const float l = logits[i];
+            if (!isfinite(l)) continue;
+            const float s = l * inv_t;
+            const uint32_t k = okey(s);
+            if (k < floor || (k & mask) != prefix) continue;
+            atomicAdd(&hist[(k >> shift) & 255u], by_mass ? expf(s - M) : 1.f);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float cum = 0.f;
+            int chosen = -1;
+            for (int b = 255; b >= 0; --b) {
+                if (cum + hist[b] >= need) {
+                    chosen = b;
+                    break;
+                }
+                cum += hist[b];
+            }
+            if (chosen < 0) {
+                // Short of `need` inside this prefix: keep everything in it.
+                shared_word[0] = 0xffffffffu;
+            } else {
+                shared_word[0] = (uint32_t)chosen;
+                shared_word[1] = __float_as_uint(need - cum);
+            }
+        }
+        __syncthreads();
+        const uint32_t chosen = shared_word[0];
+        if (chosen == 0xffffffffu) {
+            __syncthreads();
+            return prefix > floor ? prefix : floor;  // low bits 0: everything in the prefix
+        }
+        need = __uint_as_float(shared_word[1]);
+        prefix |= chosen << shift;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    return prefix > floor ? prefix : floor;
+}
+
+// sample_f32: one token from `logits` [vocab] (after ban/penalties).
+// grid (1), block 1024. temperature ≤ 0 (or NaN) → argmax over non-NaN, non-(-inf) logits,
+// ties → lowest id (0 if there is none). Otherwise s = logit · (1/T) over finite logits;
+// top_k > 0 keeps the k best; softmax; top_p < 1 keeps the smallest best-first set with
+// mass ≥ top_p; min_p > 0 drops p < min_p · p_max; then draws with u ∈ [0, 1).
+// Writes out[0] = token id.
+extern "C" __global__ void sample_f32(const float* __restrict__ logits, int vocab, float temperature,
+                                      int top_k, float top_p, float min_p, float u,
+                                      uint32_t* __restrict__ out) {
+    __shared__ float scratch[32];
+    __shared__ float hist[256];
+    __shared__ uint32_t word[2];
+    __shared__ float part[SAMPLE_THREADS];
+    __shared__ unsigned long long best;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    if (!(temperature > 0.f)) {
+        // Greedy: pack (key, ~id) so that atomicMax picks the largest value, then lowest id.
+        if (tid == 0) best = 0ull;
+        __syncthreads();
+        unsigned long long mine = 0ull;
+        for (int i = tid; i < vocab; i += nt) {
+            const float l = logits[i];
+            if (isnan(l) || l == -INFINITY) continue;
+            const unsigned long long k = ((unsigned long long)okey(l) << 32) | (0xffffffffu - (uint32_t)i);
+            if (k > mine) mine = k;
+        }
+        atomicMax(&best, mine);
+        __syncthreads();
+        if (tid == 0) out[0] = best == 0ull ? 0u : 0xffffffffu - (uint32_t)(best & 0xffffffffull);
+        return;
+    }
+    const float inv_t = 1.f / temperature;
+    float mx = -INFINITY, cnt = 0.f;
+    for (int i = tid; i < vocab; i += nt) {
+        const float l = logits[i];
+        if (isfinite(l)) {
+            mx = fmaxf(mx, l * inv_t);
+            cnt += 1.f;
+        }
+    }
+    const float M = nemo::block_max(mx, scratch);
+    const float count = nemo::block_sum(cnt, scratch);
+    if (count == 0.f) {  // nothing finite: the CPU falls back to greedy, which gives 0 here
+        if (tid == 0) out[0] = 0u;
+        return;
+    }
+    uint32_t floor = 0;
+    if (top_k > 0 && (float)top_k < count)
+        floor = radix_select(logits, vocab, inv_t, M, 0u, false, (float)top_k, hist, word);
+    // Z over the survivors of top-k.
+    float z = 0.f;
+    for (int i = tid; i < vocab; i += nt) {
+        const float l = logits[i];
+        if (isfinite(l) && okey(l * inv_t) >= floor) z += expf(l * inv_t - M);
+    }
+    const float Z = nemo::block_sum(z, scratch);
+    if (top_p < 1.f) floor = radix_select(logits, vocab, inv_t, M, floor, true, fmaxf(top_p, 0.f) * Z, hist, word);
+    // min-p: p ≥ min_p · p_max  ⇔  exp(s − M) ≥ min_p (p_max = 1/Z).
+    const float minw = min_p > 0.f ? min_p : 0.f;
+    // Draw: thread tid owns the contiguous ids [tid·per, (tid+1)·per).
+    const int per = (vocab + nt - 1) / nt;
+    const int lo = min(vocab, tid * per), hi = min(vocab, lo + per);
+    float local = 0.f;
+    for (int i = lo; i < hi; ++i) {
+        const float l = logits[i];
+        if (!isfinite(l)) continue;
+        const float s = l * inv_t;
+        const float w = expf(s - M);
+        if (okey(s) >= floor && w >= minw) local += w;
+    }
+    part[tid] = local;
+    __syncthreads();
+    if (tid == 0) {
+        float c = 0.f;
+        for (int i = 0; i < nt; ++i) {
+            const float v = part[i];
+            part[i] = c;  // exclusive prefix
+            c += v;
+        }
+        scratch[0] = c;  // total kept mass
+        word[0] = 0xffffffffu;
+        word[1] = 0u;  // the last kept id, if the draw falls past the end
+    }
+    __syncthreads();
+    const float r = u * scratch[0];
+    float c = part[tid];
+    int last = -1;
+    for (int i = lo; i < hi; ++i) {
+        const float l = logits[i];
+        if (!isfinite(l)) continue;
+        const float s = l * inv_t;
+        const float w = expf(s - M);
+        if (okey(s) < floor || w < minw) continue;
+        last = i;
+        if (r < c + w) {
+            atomicMin(&word[0], (uint32_t)i);
+            break;
+        }
+        c += w;
+    }
+    __syncthreads();  // word[0] is final
+    // Rounding left a sliver past the last token: take the last kept one.
+    if (word[0] == 0xffffffffu && last >= 0) atomicMax((int*)&word[1], last);
+    __syncthreads();
+    if (tid == 0) out[0] = word[0] != 0xffffffffu ? word[0] : word[1];
+}

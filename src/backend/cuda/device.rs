@@ -1,0 +1,295 @@
+//! The device context: driver probe, the embedded kernel modules, one stream, cuBLAS.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+
+use super::{CudaError, DeviceInfo};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
+}
+
+/// Whether this build carries compiled kernels (nvcc was found at build time).
+pub fn has_kernels() -> bool {
+    !embedded::FATBINS.is_empty()
+}
+
+/// Whether the NVIDIA driver library (libcuda) can be loaded.
+pub fn driver_present() -> bool {
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn driver_err(e: impl std::fmt::Debug) -> CudaError {
+    CudaError::Driver(format!("{e:?}"))
+}
+
+/// Checks, without panicking, that kernels, driver and a GPU are there; names GPU 0.
+pub fn probe() -> Result<DeviceInfo, CudaError> {
+    if !has_kernels() {
+        return Err(CudaError::NoKernels);
+    }
+    // cudarc panics when it cannot load libcuda; look first.
+    if !driver_present() {
+        return Err(CudaError::NoDriver);
+    }
+    let n = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
+    if n < 1 {
+        return Err(CudaError::NoDevice("the driver sees 0 devices".into()));
+    }
+    let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
+    info(&ctx)
+}
+
+fn info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo, CudaError> {
+    Ok(DeviceInfo {
+        name: ctx.name().map_err(driver_err)?,
+        compute_capability: ctx.compute_capability().map_err(driver_err)?,
+        total_memory: ctx.total_mem().map_err(driver_err)?,
+    })
+}
+
+/// A raw device address of `T` elements; launchers build these from checked slices.
+#[derive(Clone, Copy, Debug)]
+pub struct DPtr<T> {
+    raw: u64,
+    _t: PhantomData<T>,
+}
+
+impl<T> DPtr<T> {
+    pub fn null() -> Self {
+        DPtr {
+            raw: 0,
+            _t: PhantomData,
+        }
+    }
+    pub fn raw(&self) -> u64 {
+        self.raw
+    }
+}
+
+/// One GPU: context, stream, the kernel modules, cuBLAS (loaded on first use).
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub info: DeviceInfo,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    blas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal` and loads every embedded kernel module.
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        probe()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
+        // One stream, so cudarc's per-buffer event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let info = info(&ctx)?;
+        let stream = ctx.default_stream();
+        let mut modules = HashMap::new();
+        for (name, bin) in embedded::FATBINS {
+            let m = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec()))
+                .map_err(|e| {
+                    let s = format!("{e:?}");
+                    if s.contains("NO_BINARY_FOR_GPU") || s.contains("UNSUPPORTED_PTX_VERSION") {
+                        CudaError::NoBinaryForGpu(
+                            info.compute_capability.0,
+                            info.compute_capability.1,
+                        )
+                    } else {
+                        CudaError::Driver(format!("loading kernels/{name}.cu: {s}"))
+                    }
+                })?;
+            modules.insert(*name, m);
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            info,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
+        })
+    }
+
+    /// Kernel `name` from `kernels/<module>.cu`.
+    pub fn func(
+        &self,
+        module: &'static str,
+        name: &'static str,
+    ) -> Result<CudaFunction, CudaError> {
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let m = self.modules.get(module).ok_or_else(|| {
+            CudaError::Driver(format!("no kernel module `{module}` in this build"))
+        })?;
+        let f = m
+            .load_function(name)
+            .map_err(|e| CudaError::Driver(format!("kernel `{name}` in {module}.cu: {e:?}")))?;
+        cache.insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// cuBLAS on this GPU's stream (loaded on first use).
+    pub fn blas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>, CudaError> {
+        let mut b = self
+            .blas
+            .lock()
+            .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
+        if let Some(h) = b.as_ref() {
+            return Ok(h.clone());
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::NoCublas);
+        }
+        let h = Arc::new(
+            cudarc::cublas::CudaBlas::new(self.stream.clone())
+                .map_err(|e| CudaError::Blas(format!("{e:?}")))?,
+        );
+        *b = Some(h.clone());
+        Ok(h)
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.clone_htod(host).map_err(driver_err)
+    }
+
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.alloc_zeros(n.max(1)).map_err(driver_err)
+    }
+
+    /// Copies to the host once every queued kernel is done.
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>, CudaError> {
+        // Pageable copies already wait for the stream; the sync makes it explicit.
+        let v = self.stream.clone_dtoh(dev).map_err(driver_err)?;
+        self.sync()?;
+        Ok(v)
+    }
+
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(driver_err)
+    }
+
+    /// The address of element `offset` of `s`, after checking that `need` elements from
+    /// there are inside it.
+    pub fn ptr<T>(
+        &self,
+        op: &'static str,
+        buf: &'static str,
+        s: &CudaSlice<T>,
+        offset: usize,
+        need: usize,
+    ) -> Result<DPtr<T>, CudaError> {
+        if offset + need > s.len() {
+            return Err(CudaError::BadBuffer {
+                op,
+                buf,
+                have: s.len().saturating_sub(offset),
+                need,
+            });
+        }
+        let (raw, _sync) = s.device_ptr(&self.stream);
+        Ok(DPtr {
+            raw: raw + (offset * std::mem::size_of::<T>()) as u64,
+            _t: PhantomData,
+        })
+    }
+
+    /// Launches `module::name` with `args` (each a plain value: device addresses as u64,
+    /// sizes as i32/i64, scalars as f32), in order.
+    pub fn launch(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let f = self.func(module, name)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::Ptr(p) => b.arg(p),
+                Arg::I32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
+    }
+}
+
+/// A kernel argument, pushed by value.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl<T> From<DPtr<T>> for Arg {
+    fn from(p: DPtr<T>) -> Self {
+        Arg::Ptr(p.raw)
+    }
+}
+
+impl<T> From<Option<DPtr<T>>> for Arg {
+    fn from(p: Option<DPtr<T>>) -> Self {
+        Arg::Ptr(p.map_or(0, |p| p.raw))
+    }
+}
+
+/// `n` as an i32 kernel argument, or an `Unsupported` error naming `what`.
+pub fn i32_arg(op: &'static str, what: &str, n: usize) -> Result<Arg, CudaError> {
+    i32::try_from(n)
+        .map(Arg::I32)
+        .map_err(|_| CudaError::Unsupported {
+            op,
+            why: format!("{what} = {n} does not fit in 32 bits"),
+        })
+}
+
+/// Blocks of `threads` covering `n` items.
+pub fn blocks(n: usize, threads: usize) -> u32 {
+    n.div_ceil(threads).max(1) as u32
+}
+
+/// Element types the kernels are instantiated for, by the suffix of their names.
+pub trait KernelDtype: DeviceRepr {
+    const SUFFIX: &'static str;
+}
+impl KernelDtype for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl KernelDtype for half::f16 {
+    const SUFFIX: &'static str = "f16";
+}
+impl KernelDtype for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
