@@ -11,6 +11,7 @@ use super::gguf::GgufFile;
 use super::gguf_tokenizer;
 use super::llama::{Llama, LlamaConfig};
 use super::nemotron_h::NemotronH;
+use super::nemotron_h_gguf;
 use super::weights::WeightStore;
 use super::ModelError;
 use crate::chat::template::{self, ChatTemplate};
@@ -86,6 +87,21 @@ fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError>
             .and_then(|x| x.as_u64())
             .map(|x| x as usize),
     })
+}
+
+/// Sampling defaults a GGUF file carries (`general.sampling.*`, from the checkpoint's
+/// generation_config.json); eos ids come from the tokenizer metadata instead.
+fn gguf_sampling(g: &GgufFile) -> GenerationDefaults {
+    let f = |k: &str| g.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
+    GenerationDefaults {
+        temperature: f("general.sampling.temp"),
+        top_p: f("general.sampling.top_p"),
+        top_k: g
+            .get("general.sampling.top_k")
+            .and_then(|v| v.as_u64())
+            .map(|x| x as usize),
+        ..GenerationDefaults::default()
+    }
 }
 
 /// `architectures[0]` of a config.json, if it names one.
@@ -177,10 +193,22 @@ impl ModelFolder {
 
     /// A llama.cpp GGUF file: weights, tokenizer (`tokenizer.ggml.*`), chat template
     /// (`tokenizer.chat_template`) and end-of-turn id (`tokenizer.ggml.eos_token_id`), all
-    /// from the one file. Generation defaults are not stored in GGUF and stay unset.
+    /// from the one file. Sampling defaults come from `general.sampling.{temp,top_p,top_k}`
+    /// (where convert_hf_to_gguf.py puts generation_config.json's), when present.
+    /// `general.architecture` picks the model: `llama`, or `nemotron_h` / `nemotron_h_moe`.
     pub fn open_gguf(path: &Path) -> Result<Self, ModelError> {
         let g = GgufFile::open(path)?;
-        let model = Model::Llama(Llama::load_gguf(&g)?);
+        let model = match g.architecture()? {
+            "llama" => Model::Llama(Llama::load_gguf(&g)?),
+            "nemotron_h" | "nemotron_h_moe" => Model::NemotronH(nemotron_h_gguf::load(&g)?),
+            arch => {
+                return Err(ModelError::ConfigField {
+                    file: path.to_path_buf(),
+                    field: "general.architecture".into(),
+                    msg: format!("is `{arch}`; nemo reads GGUF files of the `llama`, `nemotron_h` and `nemotron_h_moe` architectures"),
+                })
+            }
+        };
         let tokenizer = gguf_tokenizer::from_gguf(&g)?;
         let bos = gguf_tokenizer::token_text(&g, "tokenizer.ggml.bos_token_id");
         let eos_text = gguf_tokenizer::token_text(&g, "tokenizer.ggml.eos_token_id");
@@ -203,7 +231,7 @@ impl ModelFolder {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
-            generation: GenerationDefaults::default(),
+            generation: gguf_sampling(&g),
             eos_token_ids: eos,
         })
     }

@@ -46,6 +46,30 @@ pub struct Mamba2 {
     eps: f32,
 }
 
+/// A Mamba2 mixer's parameters as the forward pass uses them, whatever file they came
+/// from: the safetensors names (`Mamba2::load`) or llama.cpp's GGUF names
+/// (`nemotron_h_gguf`, which stores `A` itself rather than `A_log`).
+pub struct Mamba2Weights {
+    /// `[in_proj_dim, hidden]`
+    pub in_proj: Tensor,
+    pub in_proj_bias: Option<Vec<f32>>,
+    /// `[conv_dim, conv_kernel]`, row-major.
+    pub conv_w: Vec<f32>,
+    /// `[conv_dim]` (zeros when the checkpoint has no conv bias).
+    pub conv_b: Vec<f32>,
+    /// `[heads]`
+    pub dt_bias: Vec<f32>,
+    /// `A = -exp(A_log)`, `[heads]`.
+    pub a: Vec<f32>,
+    /// `[heads]`
+    pub d: Vec<f32>,
+    /// Gated RMSNorm weight, `[d_inner]`.
+    pub norm_w: Vec<f32>,
+    /// `[hidden, d_inner]`
+    pub out_proj: Tensor,
+    pub out_proj_bias: Option<Vec<f32>>,
+}
+
 impl Mamba2 {
     pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
         let (h, di, cd, k) = (
@@ -63,7 +87,7 @@ impl Mamba2 {
                 Ok(None)
             }
         };
-        Ok(Mamba2 {
+        let weights = Mamba2Weights {
             in_proj: w.get(
                 &format!("{p}.in_proj.weight"),
                 &[cfg.in_proj_dim(), cfg.hidden_size],
@@ -83,17 +107,34 @@ impl Mamba2 {
             norm_w: w.get(&format!("{p}.norm.weight"), &[di])?.to_f32(),
             out_proj: w.get(&format!("{p}.out_proj.weight"), &[cfg.hidden_size, di])?,
             out_proj_bias: bias("out_proj.bias", cfg.hidden_size, cfg.use_bias)?,
-            heads: h,
+        };
+        Ok(Self::new(cfg, weights))
+    }
+
+    /// The mixer from parameters already checked against `cfg`'s shapes.
+    pub fn new(cfg: &NemotronHConfig, w: Mamba2Weights) -> Self {
+        Mamba2 {
+            in_proj: w.in_proj,
+            in_proj_bias: w.in_proj_bias,
+            conv_w: w.conv_w,
+            conv_b: w.conv_b,
+            dt_bias: w.dt_bias,
+            a: w.a,
+            d: w.d,
+            norm_w: w.norm_w,
+            out_proj: w.out_proj,
+            out_proj_bias: w.out_proj_bias,
+            heads: cfg.mamba_num_heads,
             head_dim: cfg.mamba_head_dim,
             d_state: cfg.ssm_state_size,
             n_groups: cfg.n_groups,
-            d_inner: di,
-            conv_dim: cd,
-            kernel: k,
+            d_inner: cfg.d_inner(),
+            conv_dim: cfg.conv_dim(),
+            kernel: cfg.conv_kernel,
             chunk_size: cfg.chunk_size,
             dt_min: cfg.time_step_min,
             eps: cfg.layer_norm_epsilon,
-        })
+        }
     }
 
     /// Projection, conv and activations shared by both forms. Returns (z, xBC after conv, dt after softplus).

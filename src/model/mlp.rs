@@ -23,12 +23,28 @@ impl Mlp {
                 Ok(None)
             }
         };
-        Ok(Mlp {
-            up_proj: w.get(&format!("{p}.up_proj.weight"), &[is, hs])?,
-            down_proj: w.get(&format!("{p}.down_proj.weight"), &[hs, is])?,
-            up_bias: bias("up_proj.bias", is)?,
-            down_bias: bias("down_proj.bias", hs)?,
-        })
+        Ok(Self::new(
+            w.get(&format!("{p}.up_proj.weight"), &[is, hs])?,
+            w.get(&format!("{p}.down_proj.weight"), &[hs, is])?,
+            bias("up_proj.bias", is)?,
+            bias("down_proj.bias", hs)?,
+        ))
+    }
+
+    /// From tensors already checked to be `[intermediate, hidden]` and `[hidden,
+    /// intermediate]` (and biases of those lengths), whatever they were named.
+    pub fn new(
+        up_proj: Tensor,
+        down_proj: Tensor,
+        up_bias: Option<Vec<f32>>,
+        down_bias: Option<Vec<f32>>,
+    ) -> Self {
+        Mlp {
+            up_proj,
+            down_proj,
+            up_bias,
+            down_bias,
+        }
     }
 
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {

@@ -13,6 +13,7 @@ pub mod mamba2;
 pub mod mlp;
 pub mod moe;
 pub mod nemotron_h;
+pub mod nemotron_h_gguf;
 pub mod synthetic;
 pub mod weights;
 

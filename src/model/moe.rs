@@ -66,6 +66,22 @@ fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// An MoE mixer's parameters, whatever file they came from: the safetensors names
+/// (`Moe::load`) or llama.cpp's GGUF names (`nemotron_h_gguf`).
+pub struct MoeWeights {
+    /// Router, `[experts, hidden]`.
+    pub gate: Tensor,
+    /// `e_score_correction_bias`, `[experts]` (zeros when absent).
+    pub bias: Vec<f32>,
+    /// Per expert: up `[moe_intermediate, inner]`, down `[inner, moe_intermediate]`
+    /// (inner = moe_latent_size or hidden).
+    pub experts: Vec<(Tensor, Tensor)>,
+    /// Shared expert: up `[shared_intermediate, hidden]`, down `[hidden, shared_intermediate]`.
+    pub shared: Option<(Tensor, Tensor)>,
+    /// Latent projections `[latent, hidden]` and `[hidden, latent]`.
+    pub latent: Option<(Tensor, Tensor)>,
+}
+
 impl Moe {
     pub fn load(cfg: &NemotronHConfig, w: &WeightStore, p: &str) -> Result<Self, ModelError> {
         let (hs, e) = (cfg.hidden_size, cfg.n_routed_experts);
@@ -82,18 +98,15 @@ impl Moe {
             let up = w.get(&stacked_up, &[e, mi, inner])?;
             let down = w.get(&format!("{p}.experts.down_proj"), &[e, inner, mi])?;
             (0..e)
-                .map(|j| Expert {
-                    up: up.index_first(j),
-                    down: down.index_first(j),
-                })
+                .map(|j| (up.index_first(j), down.index_first(j)))
                 .collect()
         } else {
             (0..e)
                 .map(|j| {
-                    Ok(Expert {
-                        up: w.get(&format!("{p}.experts.{j}.up_proj.weight"), &[mi, inner])?,
-                        down: w.get(&format!("{p}.experts.{j}.down_proj.weight"), &[inner, mi])?,
-                    })
+                    Ok((
+                        w.get(&format!("{p}.experts.{j}.up_proj.weight"), &[mi, inner])?,
+                        w.get(&format!("{p}.experts.{j}.down_proj.weight"), &[inner, mi])?,
+                    ))
                 })
                 .collect::<Result<Vec<_>, ModelError>>()?
         };
@@ -101,37 +114,55 @@ impl Moe {
         let shared_up = format!("{p}.shared_experts.up_proj.weight");
         let shared = if si > 0 || w.contains(&shared_up) {
             let up = w.get(&shared_up, &[si, hs])?;
-            Some(Expert {
-                down: w.get(
-                    &format!("{p}.shared_experts.down_proj.weight"),
-                    &[hs, up.shape[0]],
-                )?,
-                up,
-            })
+            let down = w.get(
+                &format!("{p}.shared_experts.down_proj.weight"),
+                &[hs, up.shape[0]],
+            )?;
+            Some((up, down))
         } else {
             None
         };
-        let (fc1, fc2) = match cfg.moe_latent_size {
-            Some(l) => (
-                Some(w.get(&format!("{p}.fc1_latent_proj.weight"), &[l, hs])?),
-                Some(w.get(&format!("{p}.fc2_latent_proj.weight"), &[hs, l])?),
-            ),
+        let latent = match cfg.moe_latent_size {
+            Some(l) => Some((
+                w.get(&format!("{p}.fc1_latent_proj.weight"), &[l, hs])?,
+                w.get(&format!("{p}.fc2_latent_proj.weight"), &[hs, l])?,
+            )),
+            None => None,
+        };
+        let gate = w.get(&format!("{p}.gate.weight"), &[e, hs])?;
+        Ok(Self::new(
+            cfg,
+            MoeWeights {
+                gate,
+                bias,
+                experts,
+                shared,
+                latent,
+            },
+        ))
+    }
+
+    /// The mixer from parameters already checked against `cfg`'s shapes.
+    pub fn new(cfg: &NemotronHConfig, w: MoeWeights) -> Self {
+        let expert = |(up, down): (Tensor, Tensor)| Expert { up, down };
+        let (fc1, fc2) = match w.latent {
+            Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        Ok(Moe {
-            gate: w.get(&format!("{p}.gate.weight"), &[e, hs])?.to_f32(),
-            bias,
-            experts,
-            shared,
+        Moe {
+            gate: w.gate.to_f32(),
+            bias: w.bias,
+            experts: w.experts.into_iter().map(expert).collect(),
+            shared: w.shared.map(expert),
             fc1,
             fc2,
-            hidden: hs,
+            hidden: cfg.hidden_size,
             top_k: cfg.num_experts_per_tok,
             n_group: cfg.n_group,
             topk_group: cfg.topk_group,
             norm_topk_prob: cfg.norm_topk_prob,
             scale: cfg.routed_scaling_factor,
-        })
+        }
     }
 
     /// Bytes of the experts one token does not run (all but `top_k` of them).

@@ -16,16 +16,17 @@ use crate::backend::cpu::ops;
 use crate::backend::DType;
 use crate::state::{CacheConfig, KvCache, LayerState, MambaState, SequenceState};
 
-enum Mixer {
+pub(crate) enum Mixer {
     Mamba2(Mamba2),
     Attention(Attention),
     Mlp(Mlp),
     Moe(Moe),
 }
 
-struct Block {
-    norm: Vec<f32>,
-    mixer: Mixer,
+pub(crate) struct Block {
+    /// The pre-norm weight, `[hidden]`.
+    pub(crate) norm: Vec<f32>,
+    pub(crate) mixer: Mixer,
 }
 
 /// Which positions' logits a forward call returns.
@@ -89,7 +90,22 @@ impl NemotronH {
         } else {
             embeddings.clone()
         };
-        Ok(NemotronH {
+        Ok(Self::from_parts(
+            config, embeddings, layers, norm_f, lm_head, w,
+        ))
+    }
+
+    /// The model from loaded parts (`nemotron_h_gguf` names its tensors its own way);
+    /// `w` is the store they came from, for the dtype and size reports.
+    pub(crate) fn from_parts(
+        config: NemotronHConfig,
+        embeddings: Tensor,
+        layers: Vec<Block>,
+        norm_f: Vec<f32>,
+        lm_head: Tensor,
+        w: &WeightStore,
+    ) -> Self {
+        NemotronH {
             weight_dtype: w.main_dtype(),
             weight_bytes: w.total_bytes(),
             config,
@@ -97,7 +113,7 @@ impl NemotronH {
             layers,
             norm_f,
             lm_head,
-        })
+        }
     }
 
     pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
