@@ -361,6 +361,7 @@ mod gpu {
                     data: &wb,
                     rows: out_dim,
                     cols: in_dim,
+                    scale: nemo::backend::cpu::WeightScale::None,
                 },
                 &mut want,
             );
