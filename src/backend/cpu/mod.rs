@@ -7,5 +7,6 @@ pub mod matmul;
 pub mod ops;
 pub mod quant;
 pub mod simd;
+pub mod team;
 
-pub use matmul::{matmul, MatRef};
+pub use matmul::{matmul, matmul_many, MatRef};
