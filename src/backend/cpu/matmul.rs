@@ -6,7 +6,9 @@
 //! all tokens, so the weights are read from memory once per call whatever n is.
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
 //! prefill dequantizes a block of rows into the same f32 tile.
-//! Work is split across the rayon pool by blocks of rows; each task writes only its rows.
+//! Prefill splits work across the rayon pool by blocks of rows; decode (n == 1) runs on the
+//! spinning thread team (`team::par_for`), and `matmul_many` runs several matrices that
+//! share x (q/k/v, gate/up) as one loop with x quantized once. Each task writes only its rows.
 
 use rayon::prelude::*;
 
@@ -141,7 +143,7 @@ thread_local! {
 /// n == 1 over one or more matrices sharing x (checked by the callers), on the team.
 fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
     let k = x.len();
-    let q8 = k % 32 == 0 && parts.iter().all(|(w, _)| quant::supports_q8_dot(w.dtype));
+    let q8 = k.is_multiple_of(32) && parts.iter().all(|(w, _)| quant::supports_q8_dot(w.dtype));
     ACTS.with(|acts| {
         let mut acts = acts.borrow_mut();
         if q8 {

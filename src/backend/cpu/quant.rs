@@ -5,7 +5,8 @@
 //! Decode never copies weights whole into f32. For Q4_0, Q4_1 and Q8_0 matmul quantizes
 //! the activations once per call into 8-bit blocks of 32 (`QuantizedActs`, ggml's Q8_0/Q8_1
 //! trick) and `dot_row_q8` works in integers on the stored bytes, one f32 scale per block
-//! (AVX2 `maddubs` where available, a plain loop as its oracle). Other types go through
+//! (AVX-512 VNNI `vpdpbusd` two blocks at a time for Q4_0/Q4_1/Q8_0, else AVX2 `maddubs`,
+//! a plain loop as the oracle of both). Other types go through
 //! `dot_row`, which dequantizes one block at a time into a stack buffer.
 //!
 //! | type | elems | bytes | layout |

@@ -121,7 +121,7 @@ fn worker(s: &'static Shared) {
         let mut polls = 0u32;
         while gen_of(s.state.load(Ordering::Acquire)) == seen {
             polls = polls.wrapping_add(1);
-            if polls % 256 == 0 {
+            if polls.is_multiple_of(256) {
                 let waited = start.elapsed();
                 if waited > SPIN {
                     let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,7 +201,7 @@ pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut polls = 0u32;
     while s.state.load(Ordering::Acquire) & ACTIVE != 0 {
         polls = polls.wrapping_add(1);
-        if polls % 1024 == 0 {
+        if polls.is_multiple_of(1024) {
             // A joined worker was preempted mid-chunk: let it run.
             std::thread::yield_now();
         }
