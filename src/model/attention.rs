@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::config::NemotronHConfig;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
-use crate::backend::cpu::{matmul, ops, simd};
+use crate::backend::cpu::{matmul, matmul_many, ops, simd, team};
 use crate::state::KvCache;
 
 /// Rotary position embedding, rotate-half layout (transformers' `apply_rotary_pos_emb`):
@@ -141,9 +141,15 @@ impl Attention {
         let mut q = vec![0f32; n * nh * hd];
         let mut k = vec![0f32; n * nkv * hd];
         let mut v = vec![0f32; n * nkv * hd];
-        matmul(x, n, self.q_proj.mat(), &mut q);
-        matmul(x, n, self.k_proj.mat(), &mut k);
-        matmul(x, n, self.v_proj.mat(), &mut v);
+        matmul_many(
+            x,
+            n,
+            &mut [
+                (self.q_proj.mat(), &mut q),
+                (self.k_proj.mat(), &mut k),
+                (self.v_proj.mat(), &mut v),
+            ],
+        );
         let past = cache.len();
         if let Some(r) = rope {
             r.apply(&mut q, nh, hd, past);
@@ -153,6 +159,12 @@ impl Attention {
         let total = past + n;
         let group = nh / nkv;
         let scale = (hd as f32).powf(-0.5);
+        if n == 1 {
+            let mut attn = vec![0f32; nh * hd];
+            decode_heads(&q, cache, nkv, group, hd, scale, &mut attn);
+            matmul(&attn, n, self.o_proj.mat(), out);
+            return;
+        }
         // Widen each KV head once (shared by its `group` query heads), then one task per
         // query head over every query position.
         let widened: Vec<(Vec<f32>, Vec<f32>)> = (0..nkv)
@@ -194,4 +206,55 @@ impl Attention {
         }
         matmul(&attn, n, self.o_proj.mat(), out);
     }
+}
+
+#[derive(Clone, Copy)]
+struct HeadsOut(*mut f32);
+// SAFETY: each task writes only its own KV head's query heads.
+unsafe impl Send for HeadsOut {}
+unsafe impl Sync for HeadsOut {}
+
+thread_local! {
+    /// Widened K and V of one KV head, and one query's scores (decode scratch).
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
+    };
+}
+
+/// One decode position (`q` `[nh, hd]`) against the whole cache: one team task per KV head,
+/// which widens that head once into reused scratch and serves its `group` query heads.
+fn decode_heads(
+    q: &[f32],
+    cache: &KvCache,
+    nkv: usize,
+    group: usize,
+    hd: usize,
+    scale: f32,
+    attn: &mut [f32],
+) {
+    let total = cache.len();
+    let outp = HeadsOut(attn.as_mut_ptr());
+    team::par_for(nkv, &|kvh| {
+        let o = outp;
+        SCRATCH.with(|s| {
+            let [kk, vv, scores] = &mut *s.borrow_mut();
+            kk.resize(total * hd, 0.0);
+            vv.resize(total * hd, 0.0);
+            scores.resize(total, 0.0);
+            cache.read_head(kvh, total, kk, vv);
+            for h in kvh * group..(kvh + 1) * group {
+                let qi = &q[h * hd..(h + 1) * hd];
+                for (t, sc) in scores.iter_mut().enumerate() {
+                    *sc = simd::dot(qi, &kk[t * hd..(t + 1) * hd]) * scale;
+                }
+                ops::softmax_inplace(scores);
+                // SAFETY: query head h belongs to this task (KV head kvh) only.
+                let oi = unsafe { std::slice::from_raw_parts_mut(o.0.add(h * hd), hd) };
+                oi.fill(0.0);
+                for (t, &p) in scores.iter().enumerate() {
+                    simd::axpy(oi, p, &vv[t * hd..(t + 1) * hd]);
+                }
+            }
+        });
+    });
 }

@@ -11,7 +11,7 @@ use super::config::python_json_to_strict;
 use super::gguf::GgufFile;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
-use crate::backend::cpu::{matmul, ops};
+use crate::backend::cpu::{matmul, matmul_many, ops};
 use crate::backend::DType;
 use crate::state::{CacheConfig, KvCache, LayerState, SequenceState};
 
@@ -442,6 +442,8 @@ impl Llama {
         let mut normed = vec![0f32; n * hs];
         let mut out = vec![0f32; n * hs];
         let is = c.intermediate_size;
+        let mut g = vec![0f32; n * is];
+        let mut u = vec![0f32; n * is];
         for (layer, st) in self.layers.iter().zip(state.layers.iter_mut()) {
             let LayerState::Attention(kv) = st else {
                 return Err(ModelError::Unsupported(
@@ -454,10 +456,11 @@ impl Llama {
                 .forward_rope(&normed, n, kv, Some(&self.rope), &mut out);
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
             ops::rms_norm(&x, &layer.post_norm, c.rms_norm_eps, &mut normed);
-            let mut g = vec![0f32; n * is];
-            let mut u = vec![0f32; n * is];
-            matmul(&normed, n, layer.gate.mat(), &mut g);
-            matmul(&normed, n, layer.up.mat(), &mut u);
+            matmul_many(
+                &normed,
+                n,
+                &mut [(layer.gate.mat(), &mut g), (layer.up.mat(), &mut u)],
+            );
             g.iter_mut()
                 .zip(&u)
                 .for_each(|(a, b)| *a = ops::silu(*a) * b);

@@ -7,7 +7,9 @@
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
 //! prefill dequantizes a block of rows into the same f32 tile.
 //! FP8 weights (with their `weight_scale`) go to `fp8_matmul`.
-//! Work is split across the rayon pool by blocks of rows; each task writes only its rows.
+//! Prefill splits work across the rayon pool by blocks of rows; decode (n == 1) runs on the
+//! spinning thread team (`team::par_for`), and `matmul_many` runs several matrices that
+//! share x (q/k/v, gate/up) as one loop with x quantized once. Each task writes only its rows.
 
 use rayon::prelude::*;
 
@@ -67,10 +69,7 @@ fn block_rows(rows: usize, row_bytes: usize) -> usize {
     b.clamp(16, 256).div_ceil(4) * 4
 }
 
-pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
-    if fp8_matmul::is_fp8(w.dtype) {
-        return fp8_matmul::matmul_fp8(x, n, w, out);
-    }
+fn check(x: &[f32], n: usize, w: &MatRef<'_>, out: &[f32]) {
     let (m, k) = (w.rows, w.cols);
     assert_eq!(
         x.len(),
@@ -85,40 +84,113 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
         out.len()
     );
     assert_eq!(w.data.len(), m * w.row_bytes(), "matmul: weight bytes");
-    if n == 0 || m == 0 {
+}
+
+pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
+    check(x, n, &w, out);
+    if fp8_matmul::is_fp8(w.dtype) {
+        return fp8_matmul::matmul_fp8(x, n, w, out);
+    }
+    if n == 0 || w.rows == 0 {
         return;
     }
+    if n == 1 {
+        return gemv_many(x, &[(w, OutPtr(out.as_mut_ptr()))]);
+    }
+    let m = w.rows;
     let br = block_rows(m, w.row_bytes());
     let nblocks = m.div_ceil(br);
     let outp = OutPtr(out.as_mut_ptr());
-    // Decode with Q4_0/Q4_1/Q8_0 weights: quantize x once, integer dots per row.
-    let acts =
-        (n == 1 && quant::supports_q8_dot(w.dtype) && k % 32 == 0).then(|| quant::quantize_acts(x));
     let run = |b: usize| {
         let r0 = b * br;
         let r1 = (r0 + br).min(m);
-        let o = outp;
-        if n == 1 && w.dtype == DType::BF16 {
-            gemv_bf16_block(x, w, r0, r1, o);
-        } else if let Some(acts) = &acts {
-            for r in r0..r1 {
-                // SAFETY: row r < m belongs to this task only; n == 1 so the index is r.
-                unsafe { *o.0.add(r) = quant::dot_row_q8(w.dtype, w.row(r), acts) };
-            }
-        } else if n == 1 && w.dtype.is_quantized() {
-            for r in r0..r1 {
-                // SAFETY: row r < m belongs to this task only; n == 1 so the index is r.
-                unsafe { *o.0.add(r) = quant::dot_row(w.dtype, w.row(r), x) };
-            }
-        } else {
-            tile_block(x, n, w, r0, r1, o);
-        }
+        tile_block(x, n, w, r0, r1, outp);
     };
     if nblocks == 1 {
         run(0);
     } else {
         (0..nblocks).into_par_iter().for_each(run);
     }
+}
+
+/// Several matmuls of the same `x` (q, k and v; gate and up): `parts[i].1 = x · parts[i].0ᵀ`.
+/// Decode (n == 1) quantizes x once for all of them and runs them as one parallel loop.
+pub fn matmul_many(x: &[f32], n: usize, parts: &mut [(MatRef<'_>, &mut [f32])]) {
+    for (w, out) in parts.iter() {
+        check(x, n, w, out);
+    }
+    // FP8 weights have their own kernels (fp8_matmul): run each part on its own.
+    if n != 1 || parts.iter().any(|(w, _)| fp8_matmul::is_fp8(w.dtype)) {
+        for (w, out) in parts.iter_mut() {
+            matmul(x, n, *w, out);
+        }
+        return;
+    }
+    let ps: Vec<(MatRef<'_>, OutPtr)> = parts
+        .iter_mut()
+        .filter(|(w, _)| w.rows > 0)
+        .map(|(w, out)| (*w, OutPtr(out.as_mut_ptr())))
+        .collect();
+    gemv_many(x, &ps);
+}
+
+/// Rows per decode chunk on the team: claiming a chunk costs one atomic add, so chunks are
+/// small (16 KiB of weights, at least 8 per thread) for balance.
+fn gemv_chunk_rows(rows: usize, row_bytes: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let b = rows
+        .div_ceil(threads * 8)
+        .max((16 << 10) / row_bytes.max(1));
+    b.clamp(4, 256).div_ceil(4) * 4
+}
+
+thread_local! {
+    static ACTS: std::cell::RefCell<quant::QuantizedActs> =
+        std::cell::RefCell::new(quant::QuantizedActs::default());
+}
+
+/// n == 1 over one or more matrices sharing x (checked by the callers), on the team.
+fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
+    let k = x.len();
+    let q8 = k.is_multiple_of(32) && parts.iter().all(|(w, _)| quant::supports_q8_dot(w.dtype));
+    ACTS.with(|acts| {
+        let mut acts = acts.borrow_mut();
+        if q8 {
+            quant::quantize_acts_into(x, &mut acts);
+        }
+        let acts = &*acts;
+        // Chunk i of the loop is chunk i - starts[p] of part p.
+        let mut starts = Vec::with_capacity(parts.len() + 1);
+        let mut total = 0;
+        for (w, _) in parts {
+            starts.push(total);
+            total += w.rows.div_ceil(gemv_chunk_rows(w.rows, w.row_bytes()));
+        }
+        starts.push(total);
+        let run = |i: usize| {
+            let p = starts.partition_point(|&s| s <= i) - 1;
+            let (w, o) = (&parts[p].0, parts[p].1);
+            let br = gemv_chunk_rows(w.rows, w.row_bytes());
+            let r0 = (i - starts[p]) * br;
+            let r1 = (r0 + br).min(w.rows);
+            if w.dtype == DType::BF16 {
+                gemv_bf16_block(x, *w, r0, r1, o);
+            } else if q8 {
+                let rb = w.row_bytes();
+                // SAFETY: rows r0..r1 < rows belong to this chunk only; n == 1.
+                let out = unsafe { std::slice::from_raw_parts_mut(o.0.add(r0), r1 - r0) };
+                quant::dot_rows_q8(w.dtype, &w.data[r0 * rb..r1 * rb], acts, out);
+            } else if w.dtype.is_quantized() {
+                for r in r0..r1 {
+                    // SAFETY: row r < rows belongs to this chunk only; n == 1.
+                    unsafe { *o.0.add(r) = quant::dot_row(w.dtype, w.row(r), x) };
+                }
+            } else {
+                tile_block(x, 1, *w, r0, r1, o);
+            }
+        };
+        super::team::par_for(total, &run);
+    });
 }
 
 fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {

@@ -8,6 +8,7 @@ pub mod matmul;
 pub mod ops;
 pub mod quant;
 pub mod simd;
+pub mod team;
 
 pub use fp8_matmul::WeightScale;
-pub use matmul::{matmul, MatRef};
+pub use matmul::{matmul, matmul_many, MatRef};

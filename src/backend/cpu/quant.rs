@@ -5,7 +5,8 @@
 //! Decode never copies weights whole into f32. For Q4_0, Q4_1 and Q8_0 matmul quantizes
 //! the activations once per call into 8-bit blocks of 32 (`QuantizedActs`, ggml's Q8_0/Q8_1
 //! trick) and `dot_row_q8` works in integers on the stored bytes, one f32 scale per block
-//! (AVX2 `maddubs` where available, a plain loop as its oracle). Other types go through
+//! (AVX-512 VNNI `vpdpbusd` two blocks at a time for Q4_0/Q4_1/Q8_0, else AVX2 `maddubs`,
+//! a plain loop as the oracle of both). Other types go through
 //! `dot_row`, which dequantizes one block at a time into a stack buffer.
 //!
 //! | type | elems | bytes | layout |
@@ -191,6 +192,7 @@ fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
 
 /// Activations quantized to i8 in blocks of 32: `x ≈ d[b] · qs[32b + j]`, with
 /// `sum[b] = Σ_j qs[32b + j]` for the Q4_0 zero point and Q4_1 offset.
+#[derive(Default)]
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
@@ -207,12 +209,26 @@ pub fn supports_q8_dot(dtype: DType) -> bool {
 
 /// Quantizes `x` (a multiple of 32 long) per block: d = max|x|/127, q = round(x/d).
 pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
+    let mut a = QuantizedActs::default();
+    quantize_acts_into(x, &mut a);
+    a
+}
+
+/// `quantize_acts` into a reused buffer (decode quantizes once per matmul group).
+pub fn quantize_acts_into(x: &[f32], a: &mut QuantizedActs) {
     let nb = x.len() / 32;
-    let mut a = QuantizedActs {
-        qs: vec![0; nb * 32],
-        d: vec![0.0; nb],
-        sum: vec![0; nb],
-    };
+    a.qs.resize(nb * 32, 0);
+    a.d.resize(nb, 0.0);
+    a.sum.resize(nb, 0);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() {
+        // SAFETY: the AVX-512 features were detected at run time.
+        return unsafe { x86::quantize_acts_avx512(x, a) };
+    }
+    quantize_acts_plain(x, a)
+}
+
+fn quantize_acts_plain(x: &[f32], a: &mut QuantizedActs) {
     for (b, xs) in x.chunks_exact(32).enumerate() {
         let amax = xs.iter().fold(0f32, |m, &v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -225,13 +241,42 @@ pub fn quantize_acts(x: &[f32]) -> QuantizedActs {
         a.d[b] = d;
         a.sum[b] = s;
     }
-    a
+}
+
+/// `out[i] = dot_row_q8(dtype, row i of rows, x)` for consecutive rows, choosing the SIMD
+/// path once.
+pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]) {
+    let rb = rows.len() / out.len().max(1);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+            // SAFETY: the AVX-512 features were detected at run time.
+            *o = unsafe { x86::dot_row_q8_vnni(dtype, row, x) };
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() != super::simd::Level::Scalar {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+            // SAFETY: avx2 and fma were detected at run time (Avx512 implies both here).
+            *o = unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
+        }
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+        *o = dot_row_q8_plain(dtype, row, x);
+    }
 }
 
 /// Σ row·x for a row of a `supports_q8_dot` type against quantized activations. The
 /// K-quants' sub-blocks line up with the 32-wide activation blocks: Q4_K has one scale and
 /// min per 32, Q6_K one scale per 16 (two per activation block).
 pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+        // SAFETY: the AVX-512 features were detected at run time.
+        return unsafe { x86::dot_row_q8_vnni(dtype, row, x) };
+    }
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() != super::simd::Level::Scalar {
         // SAFETY: avx2 and fma were detected at run time (Avx512 implies both here).
@@ -294,39 +339,42 @@ fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
         _ => {}
     }
     let bytes = dtype.block().1;
-    let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(bytes).enumerate() {
-        let xq = &x.qs[32 * b..32 * b + 32];
-        let dd = f16_at(blk, 0) * x.d[b];
-        match dtype {
-            DType::Q8_0 => {
-                let s: i32 = blk[2..34]
-                    .iter()
-                    .zip(xq)
-                    .map(|(&w, &q)| w as i8 as i32 * q as i32)
-                    .sum();
-                acc += dd * s as f32;
+    row.chunks_exact(bytes)
+        .enumerate()
+        .map(|(b, blk)| block_dot_q8_plain(dtype, blk, x, b))
+        .sum()
+}
+
+/// One Q4_0/Q4_1/Q8_0 block `blk` against activation block `b`.
+fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &QuantizedActs, b: usize) -> f32 {
+    let xq = &x.qs[32 * b..32 * b + 32];
+    let dd = f16_at(blk, 0) * x.d[b];
+    match dtype {
+        DType::Q8_0 => {
+            let s: i32 = blk[2..34]
+                .iter()
+                .zip(xq)
+                .map(|(&w, &q)| w as i8 as i32 * q as i32)
+                .sum();
+            dd * s as f32
+        }
+        _ => {
+            let qs = if dtype == DType::Q4_0 {
+                &blk[2..18]
+            } else {
+                &blk[4..20]
+            };
+            let mut s = 0i32;
+            for j in 0..16 {
+                s += (qs[j] & 0xF) as i32 * xq[j] as i32 + (qs[j] >> 4) as i32 * xq[j + 16] as i32;
             }
-            _ => {
-                let qs = if dtype == DType::Q4_0 {
-                    &blk[2..18]
-                } else {
-                    &blk[4..20]
-                };
-                let mut s = 0i32;
-                for j in 0..16 {
-                    s += (qs[j] & 0xF) as i32 * xq[j] as i32
-                        + (qs[j] >> 4) as i32 * xq[j + 16] as i32;
-                }
-                acc += if dtype == DType::Q4_0 {
-                    dd * (s - 8 * x.sum[b]) as f32
-                } else {
-                    dd * s as f32 + f16_at(blk, 2) * x.d[b] * x.sum[b] as f32
-                };
+            if dtype == DType::Q4_0 {
+                dd * (s - 8 * x.sum[b]) as f32
+            } else {
+                dd * s as f32 + f16_at(blk, 2) * x.d[b] * x.sum[b] as f32
             }
         }
     }
-    acc
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -421,6 +469,112 @@ mod x86 {
             }
         }
         hsum(acc)
+    }
+
+    /// Q4_0/Q4_1/Q8_0 with AVX-512 VNNI, two blocks (64 values) per step: the weights of
+    /// both blocks as unsigned bytes (nibbles; |w| with w's sign moved onto x for Q8_0) in
+    /// one zmm against the 64 contiguous activation bytes, `vpdpbusd` into 16 i32 (8 per
+    /// block), then one FMA with the two blocks' scales (F16C) spread over their halves.
+    /// Zero point / offset terms accumulate in a separate 4-lane vector. An odd last block
+    /// goes through the plain block dot.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+        let bytes = dtype.block().1;
+        let nb = row.len() / bytes;
+        assert!(x.d.len() >= nb && x.qs.len() >= 32 * nb && x.sum.len() >= nb);
+        let (rp, xp) = (row.as_ptr(), x.qs.as_ptr());
+        let low = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        // Lane i of the scale vector takes block i / 8 of the pair.
+        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let half = |p: *const u8| (p as *const u16).read_unaligned() as i32;
+        let mut acc = _mm512_setzero_ps();
+        let mut off = _mm_setzero_ps();
+        for b in (0..nb & !1).step_by(2) {
+            let (b0, b1) = (rp.add(b * bytes), rp.add((b + 1) * bytes));
+            let xv = _mm512_loadu_si512(xp.add(32 * b) as *const __m512i);
+            let dots = if dtype == DType::Q8_0 {
+                let w = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(b1.add(2) as *const __m256i),
+                    1,
+                );
+                let xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), zero, xv);
+                _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w), xs)
+            } else {
+                let start = if dtype == DType::Q4_0 { 2 } else { 4 };
+                let q = _mm256_set_m128i(
+                    _mm_loadu_si128(b1.add(start) as *const __m128i),
+                    _mm_loadu_si128(b0.add(start) as *const __m128i),
+                );
+                // [q0, q1, q0 >> 4, q1 >> 4] → [lo0, hi0, lo1, hi1] (128-bit lanes).
+                let both =
+                    _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+                let w = _mm512_and_si512(_mm512_shuffle_i64x2(both, both, 0xD8), low);
+                _mm512_dpbusd_epi32(zero, w, xv)
+            };
+            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(half(b0) | half(b1) << 16));
+            let dx = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
+            let s = _mm_mul_ps(dw, dx);
+            let sv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), sv, acc);
+            if dtype != DType::Q8_0 {
+                let sum = _mm_cvtepi32_ps(_mm_loadl_epi64(x.sum.as_ptr().add(b) as *const __m128i));
+                off = if dtype == DType::Q4_0 {
+                    _mm_fmadd_ps(s, _mm_mul_ps(sum, _mm_set1_ps(-8.0)), off)
+                } else {
+                    let m =
+                        _mm_cvtph_ps(_mm_cvtsi32_si128(half(b0.add(2)) | half(b1.add(2)) << 16));
+                    _mm_fmadd_ps(m, _mm_mul_ps(dx, sum), off)
+                };
+            }
+        }
+        let off = _mm_add_ps(off, _mm_movehl_ps(off, off));
+        let mut total =
+            _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(_mm_add_ss(off, _mm_shuffle_ps(off, off, 1)));
+        if nb % 2 == 1 {
+            total += super::block_dot_q8_plain(dtype, &row[(nb - 1) * bytes..], x, nb - 1);
+        }
+        total
+    }
+
+    /// `quantize_acts_plain` 32 values at a time, bit-identical: the same max, the same
+    /// `v · (1/d)` products, and round-half-away-from-zero (truncate, then step away from
+    /// zero where the exact fraction is at least one half).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    pub unsafe fn quantize_acts_avx512(x: &[f32], a: &mut QuantizedActs) {
+        let nb = x.len() / 32;
+        assert!(a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb);
+        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        let half = _mm512_set1_ps(0.5);
+        let one = _mm512_set1_ps(1.0);
+        for b in 0..nb {
+            let v = [
+                _mm512_loadu_ps(xp.add(32 * b)),
+                _mm512_loadu_ps(xp.add(32 * b + 16)),
+            ];
+            let amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = _mm512_setzero_si512();
+            for (h, &vh) in v.iter().enumerate() {
+                let y = _mm512_mul_ps(vh, _mm512_set1_ps(id));
+                let t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let frac = _mm512_abs_ps(_mm512_sub_ps(y, t));
+                let away = _mm512_cmp_ps_mask(frac, half, _CMP_GE_OQ);
+                // Step |t| + 1 with y's sign: t + copysign(1, y).
+                let step = _mm512_or_ps(one, _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+                let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, step));
+                sum = _mm512_add_epi32(sum, r);
+                _mm_storeu_si128(
+                    qp.add(32 * b + 16 * h) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(r),
+                );
+            }
+            a.d[b] = d;
+            a.sum[b] = _mm512_reduce_add_epi32(sum);
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -726,5 +880,115 @@ mod tests {
                 "{dt}: {fast} vs {want}"
             );
         }
+    }
+
+    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 20001) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Activations whose scaled values hit exact halves (d = 1: the block's max is 127).
+    fn with_ties(n: usize) -> Vec<f32> {
+        let mut x = pseudo(n, 7).iter().map(|v| v * 100.0).collect::<Vec<_>>();
+        for (b, blk) in x.chunks_mut(32).enumerate() {
+            blk[0] = if b % 2 == 0 { 127.0 } else { -127.0 };
+            blk[1] = 0.5;
+            blk[2] = -0.5;
+            blk[3] = 2.5;
+            blk[4] = -3.5;
+            blk[5] = 126.5;
+            blk[6] = 0.0;
+            blk[7] = -0.49999997;
+        }
+        x
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_available_simd_level_of_the_integer_dots_matches_the_plain_path() {
+        let has2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let has_vnni = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c");
+        // Odd and even block counts: the VNNI path takes blocks in pairs plus a tail.
+        for nb in 1..=9 {
+            let k = 32 * nb;
+            for (seed, x) in [(1u64, pseudo(k, 3)), (2, with_ties(k))] {
+                let acts = quantize_acts(&x);
+                let w = pseudo(k, 11 + seed);
+                for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+                    let mut q = vec![0u8; dt.row_bytes(k)];
+                    quantize_row(dt, &w, &mut q);
+                    let plain = dot_row_q8_plain(dt, &q, &acts);
+                    let scale = 1.0 + plain.abs();
+                    if has2 {
+                        // SAFETY: detected above.
+                        let got = unsafe { x86::dot_row_q8_avx2(dt, &q, &acts) };
+                        assert!(
+                            (got - plain).abs() < 1e-5 * scale,
+                            "avx2 {dt} nb={nb}: {got} vs {plain}"
+                        );
+                    }
+                    if has_vnni {
+                        // SAFETY: detected above.
+                        let got = unsafe { x86::dot_row_q8_vnni(dt, &q, &acts) };
+                        assert!(
+                            (got - plain).abs() < 1e-5 * scale,
+                            "vnni {dt} nb={nb}: {got} vs {plain}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_activation_quantization_is_bit_identical_to_the_plain_path() {
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return;
+        }
+        let mut zeros = vec![0f32; 64];
+        zeros[40] = -1e-30;
+        for x in [pseudo(32 * 7, 5), with_ties(32 * 4), zeros] {
+            let mut plain = QuantizedActs::default();
+            let nb = x.len() / 32;
+            plain.qs.resize(32 * nb, 0);
+            plain.d.resize(nb, 0.0);
+            plain.sum.resize(nb, 0);
+            quantize_acts_plain(&x, &mut plain);
+            let mut fast = QuantizedActs {
+                qs: vec![99; 32 * nb],
+                d: vec![9.0; nb],
+                sum: vec![9; nb],
+            };
+            // SAFETY: detected above.
+            unsafe { x86::quantize_acts_avx512(&x, &mut fast) };
+            assert_eq!(fast.qs, plain.qs);
+            assert_eq!(fast.sum, plain.sum);
+            let (fd, pd): (Vec<u32>, Vec<u32>) = (
+                fast.d.iter().map(|v| v.to_bits()).collect(),
+                plain.d.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(fd, pd);
+        }
+        // The ties really are ties: ±0.5 rounds away from zero, as `f32::round` does.
+        let mut a = QuantizedActs::default();
+        quantize_acts_into(&with_ties(32), &mut a);
+        assert_eq!(&a.qs[..8], &[127, 1, -1, 3, -4, 127, 0, 0]);
     }
 }

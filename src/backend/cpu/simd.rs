@@ -26,6 +26,26 @@ pub fn level() -> Level {
     })
 }
 
+/// Whether the AVX-512 level also has the integer extras the quantized decode dots use
+/// (BW, VL, VNNI's `vpdpbusd`) and F16C for the block scales; false below `Level::Avx512`.
+pub fn vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| level() == Level::Avx512 && detect_vnni())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_vnni() -> bool {
+    is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_vnni() -> bool {
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Level {
     if is_x86_feature_detected!("avx512f") {
