@@ -71,51 +71,15 @@ fn fp8_prefill_then_decode_matches_the_reference_and_its_greedy_generation() {
         let reference = Reference::load(model);
         let p = reference.prompt("long");
         for split in [1usize, 7, 20] {
-            let mut state = folder.model.new_state(CacheConfig::default());
-            let first = folder
-                .model
-                .forward(&p.ids[..split], &mut state, Logits::Last)
-                .unwrap();
-            let mut worst = max_abs_diff(&first, &p.logits[split - 1]);
-            for pos in split..p.ids.len() {
-                let got = folder
-                    .model
-                    .forward(&p.ids[pos..pos + 1], &mut state, Logits::Last)
-                    .unwrap();
-                worst = worst.max(max_abs_diff(&got, &p.logits[pos]));
-            }
+            let worst = prefill_then_decode_worst(&folder.model, &p, split);
             assert!(
                 worst < FULL_TOL,
                 "{model} split {split}: max |Δlogit| = {worst}"
             );
         }
         // Cached greedy decode after the whole prompt, against transformers' own.
-        let dec = &reference.json["decode"];
-        let ids: Vec<u32> = dec["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let want = reference.matrix(&dec["logits"]);
-        let mut state = folder.model.new_state(CacheConfig::default());
-        let mut logits = folder
-            .model
-            .forward(&p.ids, &mut state, Logits::Last)
-            .unwrap();
-        for (step, id) in ids.iter().enumerate() {
-            assert_eq!(
-                argmax(&logits) as u32,
-                *id,
-                "{model}: step {step} picks another token"
-            );
-            logits = folder
-                .model
-                .forward(&[*id], &mut state, Logits::Last)
-                .unwrap();
-            let d = max_abs_diff(&logits, &want[step]);
-            assert!(d < FULL_TOL, "{model} step {step}: max |Δlogit| = {d}");
-        }
+        let d = greedy_generation_worst(model, &folder.model, &reference);
+        assert!(d < FULL_TOL, "{model}: max |Δlogit| over the steps = {d}");
     }
 }
 

@@ -129,19 +129,7 @@ fn gguf_prefill_then_decode_matches_transformers() {
         let reference = Reference::load(model);
         let p = reference.prompt("long");
         for split in [1usize, 7, 20] {
-            let mut state = g.model.new_state(CacheConfig::default());
-            let first = g
-                .model
-                .forward(&p.ids[..split], &mut state, Logits::Last)
-                .unwrap();
-            let mut worst = max_abs_diff(&first, &p.logits[split - 1]);
-            for pos in split..p.ids.len() {
-                let got = g
-                    .model
-                    .forward(&p.ids[pos..pos + 1], &mut state, Logits::Last)
-                    .unwrap();
-                worst = worst.max(max_abs_diff(&got, &p.logits[pos]));
-            }
+            let worst = prefill_then_decode_worst(&g.model, &p, split);
             eprintln!("{file} split {split}: max |Δlogit| {worst:.2e}");
             assert!(worst < FULL_TOL, "{file} split {split}: {worst}");
         }
@@ -153,20 +141,8 @@ fn gguf_greedy_decode_reproduces_the_reference_generation() {
     for (file, model) in EXACT {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         let reference = Reference::load(model);
-        let dec = &reference.json["decode"];
-        let p = reference.prompt(dec["prompt"].as_str().unwrap());
-        let ids: Vec<u32> = dec["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let mut state = g.model.new_state(CacheConfig::default());
-        let mut logits = g.model.forward(&p.ids, &mut state, Logits::Last).unwrap();
-        for (step, id) in ids.iter().enumerate() {
-            assert_eq!(argmax(&logits) as u32, *id, "{file}: step {step}");
-            logits = g.model.forward(&[*id], &mut state, Logits::Last).unwrap();
-        }
+        let d = greedy_generation_worst(file, &g.model, &reference);
+        assert!(d < FULL_TOL, "{file}: max |Δlogit| over the steps = {d}");
     }
 }
 

@@ -110,3 +110,50 @@ pub fn argmax(v: &[f32]) -> usize {
     }
     best
 }
+
+/// The largest |Δlogit| against `p`'s reference when its first `split` tokens go in as one
+/// prefill and the rest one token at a time (every position checked).
+pub fn prefill_then_decode_worst(model: &nemo::model::Model, p: &Prompt, split: usize) -> f32 {
+    use nemo::model::Logits;
+    let mut state = model.new_state(nemo::state::CacheConfig::default());
+    let first = model
+        .forward(&p.ids[..split], &mut state, Logits::Last)
+        .unwrap();
+    let mut worst = max_abs_diff(&first, &p.logits[split - 1]);
+    for pos in split..p.ids.len() {
+        let got = model
+            .forward(&p.ids[pos..pos + 1], &mut state, Logits::Last)
+            .unwrap();
+        assert_eq!(got.len(), p.logits[pos].len());
+        worst = worst.max(max_abs_diff(&got, &p.logits[pos]));
+    }
+    worst
+}
+
+/// Greedy decode after the reference's `decode` prompt: asserts every step picks the token
+/// transformers' cached generation picked, and returns the largest |Δlogit| over the steps.
+pub fn greedy_generation_worst(label: &str, model: &nemo::model::Model, r: &Reference) -> f32 {
+    use nemo::model::Logits;
+    let dec = &r.json["decode"];
+    let p = r.prompt(dec["prompt"].as_str().unwrap());
+    let ids: Vec<u32> = dec["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want = r.matrix(&dec["logits"]);
+    let mut state = model.new_state(nemo::state::CacheConfig::default());
+    let mut logits = model.forward(&p.ids, &mut state, Logits::Last).unwrap();
+    let mut worst = 0f32;
+    for (step, id) in ids.iter().enumerate() {
+        assert_eq!(
+            argmax(&logits) as u32,
+            *id,
+            "{label}: step {step} picks another token"
+        );
+        logits = model.forward(&[*id], &mut state, Logits::Last).unwrap();
+        worst = worst.max(max_abs_diff(&logits, &want[step]));
+    }
+    worst
+}
