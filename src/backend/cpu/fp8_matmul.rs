@@ -201,44 +201,13 @@ fn gemv_block(level: Level, x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: O
 }
 
 fn tile_block(level: Level, x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
-    let (m, k) = (w.rows, w.cols);
-    let nr = r1 - r0;
-    let mut tile = vec![0f32; nr * k];
+    let k = w.cols;
+    let mut tile = vec![0f32; (r1 - r0) * k];
     for (i, dst) in tile.chunks_exact_mut(k).enumerate() {
         widen_row_at(level, w.dtype, row(&w, r0 + i), w.scale.row(r0 + i), dst);
     }
-    let trow = |i: usize| &tile[i * k..(i + 1) * k];
-    let xr = |t: usize| &x[t * k..(t + 1) * k];
-    let mut i = 0;
-    while i < nr {
-        let ri = [
-            i,
-            (i + 1).min(nr - 1),
-            (i + 2).min(nr - 1),
-            (i + 3).min(nr - 1),
-        ];
-        let mut t = 0;
-        while t < n {
-            let ti = [
-                t,
-                (t + 1).min(n - 1),
-                (t + 2).min(n - 1),
-                (t + 3).min(n - 1),
-            ];
-            let d = simd::dot4x4(
-                [trow(ri[0]), trow(ri[1]), trow(ri[2]), trow(ri[3])],
-                [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
-            );
-            for (a, da) in d.iter().enumerate().take(nr - i) {
-                for (b, v) in da.iter().enumerate().take(n - t) {
-                    // SAFETY: rows r0..r1 belong to this task; (t+b) < n, (r0+i+a) < m.
-                    unsafe { *o.0.add((t + b) * m + r0 + i + a) = *v };
-                }
-            }
-            t += 4;
-        }
-        i += 4;
-    }
+    // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
+    unsafe { super::matmul::tile_times_x(&tile, x, n, w.rows, r0, o.0) };
 }
 
 /// `dst[j] = fp8(src[j]) · scale`: one dequantized row, bit for bit `value × scale` in f32.

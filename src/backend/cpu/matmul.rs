@@ -216,21 +216,29 @@ fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
 }
 
 fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
-    let (m, k) = (w.rows, w.cols);
-    let nr = r1 - r0;
-    let mut tile = vec![0f32; nr * k];
-    match w.dtype {
-        DType::F32 => widen_into(
-            DType::F32,
-            &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()],
-            &mut tile,
-        ),
-        dt => widen_into(
-            dt,
-            &w.data[r0 * w.row_bytes()..r1 * w.row_bytes()],
-            &mut tile,
-        ),
-    }
+    let rb = w.row_bytes();
+    let mut tile = vec![0f32; (r1 - r0) * w.cols];
+    widen_into(w.dtype, &w.data[r0 * rb..r1 * rb], &mut tile);
+    // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
+    unsafe { tile_times_x(&tile, x, n, w.rows, r0, o.0) };
+}
+
+/// The 4×4 micro-kernel over an f32 tile of weight rows `r0..r0 + tile.len() / k`:
+/// `out[t][r0 + i] = tile[i] · x[t]` for every token t < n (k = `x.len() / n`).
+///
+/// # Safety
+/// `out` is an `[n, m]` buffer whose columns `r0..r0 + rows of the tile` no other thread
+/// touches during the call, with `r0 + rows ≤ m`.
+pub(super) unsafe fn tile_times_x(
+    tile: &[f32],
+    x: &[f32],
+    n: usize,
+    m: usize,
+    r0: usize,
+    out: *mut f32,
+) {
+    let k = x.len() / n;
+    let nr = tile.len() / k;
     let row = |i: usize| &tile[i * k..(i + 1) * k];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
     let mut i = 0;
@@ -253,10 +261,10 @@ fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPt
                 [row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])],
                 [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
             );
-            for a in 0..4.min(nr - i) {
-                for b in 0..4.min(n - t) {
-                    // SAFETY: rows r0..r1 belong to this task; (t+b) < n, (r0+i+a) < m.
-                    unsafe { *o.0.add((t + b) * m + r0 + i + a) = d[a][b] };
+            for (a, da) in d.iter().enumerate().take(nr - i) {
+                for (b, v) in da.iter().enumerate().take(n - t) {
+                    // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
+                    unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
                 }
             }
             t += 4;
