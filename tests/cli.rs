@@ -463,7 +463,7 @@ fn ctrl_c_stops_generation_cleanly_with_exit_130() {
     assert!(killed.success());
     let t0 = std::time::Instant::now();
     let out = loop {
-        if let Some(_) = child.try_wait().unwrap() {
+        if child.try_wait().unwrap().is_some() {
             break child.wait_with_output().unwrap();
         }
         assert!(

@@ -393,7 +393,7 @@ impl Session {
                     logits = self.model.forward(&[id], &mut self.state, Logits::Last)?;
                     self.tokens.push(id);
                     self.fed_total += 1;
-                    if sampled % 8 == 0 {
+                    if sampled.is_multiple_of(8) {
                         let dt = t_first.elapsed().as_secs_f64();
                         emit(Event::Progress {
                             reasoning_tokens: thinking.reasoning_tokens(),

@@ -221,7 +221,7 @@ impl NemotronHConfig {
                     format!("{} is not within 1..={e}", self.num_experts_per_tok),
                 ));
             }
-            if self.n_group == 0 || e % self.n_group != 0 || e / self.n_group < 2 {
+            if self.n_group == 0 || !e.is_multiple_of(self.n_group) || e / self.n_group < 2 {
                 return Err(r.err(
                     "n_group",
                     format!(
@@ -249,7 +249,7 @@ impl NemotronHConfig {
                 ));
             }
         }
-        if self.n_groups == 0 || self.mamba_num_heads % self.n_groups != 0 {
+        if self.n_groups == 0 || !self.mamba_num_heads.is_multiple_of(self.n_groups) {
             return Err(r.err(
                 "n_groups",
                 format!(
@@ -258,7 +258,10 @@ impl NemotronHConfig {
                 ),
             ));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        if self.num_key_value_heads == 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return Err(r.err(
                 "num_key_value_heads",

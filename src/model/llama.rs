@@ -160,7 +160,7 @@ impl LlamaConfig {
         };
         if cfg.num_key_value_heads == 0
             || heads % cfg.num_key_value_heads != 0
-            || cfg.head_dim % 2 != 0
+            || !cfg.head_dim.is_multiple_of(2)
         {
             return Err(field_err(
                 file,

@@ -551,12 +551,10 @@ impl App {
                 self.info("press Ctrl+C again to quit (or Ctrl+D)");
                 return vec![];
             }
-            Char('d') if ctrl => {
-                if self.input.is_empty() {
-                    self.stop_generation();
-                    self.should_quit = true;
-                    return vec![Effect::Quit];
-                }
+            Char('d') if ctrl && self.input.is_empty() => {
+                self.stop_generation();
+                self.should_quit = true;
+                return vec![Effect::Quit];
             }
             Esc => {
                 if self.running.is_some() {
