@@ -47,23 +47,24 @@ pub const ALIASES: &[Alias] = &[
     },
     Alias {
         name: "nemotron-3-nano",
-        // Not confirmed from here: the 30B-A3B bf16 repo's exact name.
+        // Named in SGLang's Nemotron3-Nano cookbook (with the -FP8 twin); ~60 GB in bf16.
         repo: "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
         file: None,
         kind: Safetensors,
         size_gb: 63.2,
         description: "Nemotron 3 Nano 30B-A3B, hybrid MoE (3B active), bf16",
-        checked: false,
+        checked: true,
     },
     Alias {
         name: "nemotron-3-nano-4b",
-        // Not confirmed from here: whether a 4B Nemotron 3 Nano exists under this name.
+        // Seen as a hub repo page (a commit of its README: 3.97e9 parameters, hybrid,
+        // compressed from Nano-9B-v2); the size here is from that count in bf16.
         repo: "nvidia/NVIDIA-Nemotron-3-Nano-4B-BF16",
         file: None,
         kind: Safetensors,
         size_gb: 8.0,
-        description: "Nemotron 3 Nano 4B (unconfirmed repo id), bf16",
-        checked: false,
+        description: "Nemotron 3 Nano 4B, hybrid Mamba-Transformer, bf16",
+        checked: true,
     },
     Alias {
         name: "llama-nemotron-nano-8b",
