@@ -252,8 +252,15 @@ mod gpu {
         let best = logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m });
-        assert_eq!(id as usize, best.0, "logit {} vs {}", logits[id as usize], best.1);
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |m, (i, &v)| if v > m.1 { (i, v) } else { m },
+            );
+        assert_eq!(
+            id as usize, best.0,
+            "logit {} vs {}",
+            logits[id as usize], best.1
+        );
     }
 
     #[test]
@@ -265,9 +272,7 @@ mod gpu {
             max_context: 8,
             prefill_chunk: 4,
         };
-        let mut s = model
-            .new_session(&g, CacheConfig::default(), plan)
-            .unwrap();
+        let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
         let prompt = ids(6, f.cfg.vocab_size, 3);
         let first = model.forward(&g, &mut s, &prompt, Logits::Last).unwrap();
         let e = model
@@ -278,12 +283,17 @@ mod gpu {
         s.reset(&g).unwrap();
         assert!(s.is_empty());
         let again = model.forward(&g, &mut s, &prompt, Logits::Last).unwrap();
-        assert_eq!(first, again, "after reset the same prompt gives the same logits");
+        assert_eq!(
+            first, again,
+            "after reset the same prompt gives the same logits"
+        );
     }
 
     #[test]
     fn fp8_weights_are_refused_with_one_line() {
-        let Some(g) = gpu("gpu fp8 weights") else { return };
+        let Some(g) = gpu("gpu fp8 weights") else {
+            return;
+        };
         let dir = super::common::fixture("nemotron_h_tiny_fp8");
         let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
         let store = WeightStore::open_dir(&dir).unwrap();

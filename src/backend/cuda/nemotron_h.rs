@@ -29,9 +29,7 @@ use thiserror::Error;
 use super::attention::GpuKvCache;
 use super::sampling::{self, SampleArgs};
 use super::ssm::ScanShape;
-use super::{
-    conv1d, elementwise, embedding, gemm, norm, ssm, CudaError, Gpu, KernelDtype,
-};
+use super::{conv1d, elementwise, embedding, gemm, norm, ssm, CudaError, Gpu, KernelDtype};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
 use crate::model::weights::WeightStore;
@@ -119,9 +117,7 @@ impl WeightSource for StoreWeights<'_> {
                 }
             }
             let mut dst = dev.slice_mut(at..at + m);
-            gpu.stream
-                .memcpy_htod(&host[..m], &mut dst)
-                .map_err(drv)?;
+            gpu.stream.memcpy_htod(&host[..m], &mut dst).map_err(drv)?;
             at += m;
         }
         Ok(dev)
@@ -493,13 +489,20 @@ impl GpuNemotronH {
                         },
                         in_proj,
                         in_proj_bias: opt_upload(gpu, in_b)?,
-                        conv_w: gpu
-                            .upload(&w.vector(&format!("{m}.conv1d.weight"), &[cd, 1, k], true)?)?,
+                        conv_w: gpu.upload(&w.vector(
+                            &format!("{m}.conv1d.weight"),
+                            &[cd, 1, k],
+                            true,
+                        )?)?,
                         conv_b: gpu.upload(&conv_b)?,
                         dt_bias: gpu.upload(&w.vector(&format!("{m}.dt_bias"), &[h], true)?)?,
                         a: gpu.upload(&a)?,
                         d: gpu.upload(&w.vector(&format!("{m}.D"), &[h], true)?)?,
-                        norm_w: gpu.upload(&w.vector(&format!("{m}.norm.weight"), &[di], false)?)?,
+                        norm_w: gpu.upload(&w.vector(
+                            &format!("{m}.norm.weight"),
+                            &[di],
+                            false,
+                        )?)?,
                         out_proj,
                         out_proj_bias: opt_upload(gpu, out_b)?,
                     })
@@ -893,7 +896,9 @@ impl GpuNemotronH {
             elementwise::bias_add(gpu, &mut b.zxbcdt, bias, n, pd)?;
         }
         if decode {
-            conv1d::update(gpu, &b.zxbcdt, di, conv, &m.conv_w, &m.conv_b, &mut b.xbc, cd, k)?;
+            conv1d::update(
+                gpu, &b.zxbcdt, di, conv, &m.conv_w, &m.conv_b, &mut b.xbc, cd, k,
+            )?;
             ssm::update(
                 gpu,
                 &m.shape,
