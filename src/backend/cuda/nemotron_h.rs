@@ -281,7 +281,7 @@ struct MlpLayer {
 }
 
 enum GpuMixer {
-    Mamba2(MambaLayer),
+    Mamba2(Box<MambaLayer>),
     Attention(AttentionLayer),
     Mlp(MlpLayer),
 }
@@ -320,7 +320,7 @@ enum SsmBuf {
 
 enum GpuLayerState {
     Mamba { conv: CudaSlice<f32>, ssm: SsmBuf },
-    Attention(GpuKvCache),
+    Attention(Box<GpuKvCache>),
     Stateless,
 }
 
@@ -480,7 +480,7 @@ impl GpuNemotronH {
                     } else {
                         vec![0.0; cd]
                     };
-                    GpuMixer::Mamba2(MambaLayer {
+                    GpuMixer::Mamba2(Box::new(MambaLayer {
                         shape: ScanShape {
                             heads: h,
                             head_dim: cfg.mamba_head_dim,
@@ -505,7 +505,7 @@ impl GpuNemotronH {
                         )?)?,
                         out_proj,
                         out_proj_bias: opt_upload(gpu, out_b)?,
-                    })
+                    }))
                 }
                 LayerKind::Attention => {
                     let (nh, nkv, hd) = (
@@ -644,14 +644,14 @@ impl GpuNemotronH {
                             },
                         }
                     }
-                    LayerKind::Attention => GpuLayerState::Attention(GpuKvCache::new(
+                    LayerKind::Attention => GpuLayerState::Attention(Box::new(GpuKvCache::new(
                         gpu,
                         cache.kv_dtype,
                         c.num_attention_heads,
                         c.num_key_value_heads,
                         c.head_dim,
                         plan.max_context,
-                    )?),
+                    )?)),
                     _ => GpuLayerState::Stateless,
                 })
             })
