@@ -26,6 +26,74 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
+
+/// `nemo bench --device cuda` on a GPU: every figure is there and positive. Elsewhere
+/// (no GPU, no driver, a build without CUDA): exit 1 with one line saying why, nothing on
+/// stdout.
+#[test]
+fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .args([
+            "bench",
+            "--device",
+            "cuda",
+            "--shape",
+            "tiny",
+            "--gen-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .env_remove("NEMO_MODEL")
+        .env_remove("NEMO_DEVICE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let usable = cfg!(feature = "cuda") && nemo::backend::cuda::probe().is_ok();
+    if !usable {
+        if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {err}");
+        }
+        assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.starts_with("nemo: --device cuda: "), "{err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pos = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f > 0.0 && f.is_finite());
+    let ttft = v["ttft"].as_array().unwrap();
+    let sizes: Vec<u64> = ttft
+        .iter()
+        .map(|t| t["prompt_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&sizes[..2], &[128, 1024], "{v}");
+    assert!(ttft.iter().all(|t| pos(&t["ttft_ms"])), "{v}");
+    let d = &v["decode"][0];
+    assert_eq!(d["context"].as_u64(), Some(1024), "{v}");
+    assert_eq!(d["steps"].as_u64(), Some(4), "{v}");
+    for k in [
+        "ms_p50",
+        "ms_p99",
+        "tokens_per_s",
+        "bytes_per_token",
+        "achieved_gb_s",
+    ] {
+        assert!(pos(&d[k]), "decode {k}: {v}");
+    }
+    for k in [
+        "weights_device_bytes",
+        "device_memory_peak_bytes",
+        "copy_bandwidth_gb_s",
+    ] {
+        assert!(pos(&v[k]), "{k}: {v}");
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use half::bf16;
