@@ -296,7 +296,8 @@ pub struct GpuNemotronH {
     embeddings: CudaSlice<bf16>,
     layers: Vec<GpuBlock>,
     norm_f: CudaSlice<f32>,
-    lm_head: CudaSlice<bf16>,
+    /// None when tied to the embedding table (which the head GEMM then reads).
+    lm_head: Option<CudaSlice<bf16>>,
     /// Bytes of weights on the device.
     pub weight_bytes: usize,
 }
@@ -558,9 +559,9 @@ impl GpuNemotronH {
         let lm_head = if w.contains("lm_head.weight") || !cfg.tie_word_embeddings {
             let t = w.matrix(gpu, "lm_head.weight", &[vocab, hs])?;
             bytes += t.len() * 2;
-            t
+            Some(t)
         } else {
-            gpu.stream.clone_dtod(&embeddings).map_err(drv)?
+            None
         };
         Ok(GpuNemotronH {
             config: cfg.clone(),
@@ -604,9 +605,17 @@ impl GpuNemotronH {
         Ok(())
     }
 
-    /// Bytes of weights one decode step reads: all but the embedding table, of which one row.
+    /// Bytes of weights one decode step reads: all but the embedding table, of which one
+    /// row (all of it when it is also the LM head).
     pub fn weight_bytes_per_token(&self) -> usize {
-        self.weight_bytes - self.embeddings.len() * 2 + self.config.hidden_size * 2
+        match self.lm_head {
+            Some(_) => self.weight_bytes - self.embeddings.len() * 2 + self.config.hidden_size * 2,
+            None => self.weight_bytes,
+        }
+    }
+
+    fn head(&self) -> &CudaSlice<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embeddings)
     }
 
     /// A session: state and buffers for `plan`, allocated now and never again.
@@ -725,7 +734,7 @@ impl GpuNemotronH {
                         gpu,
                         &s.bufs.normed,
                         n,
-                        &self.lm_head,
+                        self.head(),
                         vocab,
                         self.config.hidden_size,
                         &mut l,
@@ -784,7 +793,7 @@ impl GpuNemotronH {
             gpu,
             &b.last,
             1,
-            &self.lm_head,
+            self.head(),
             self.config.vocab_size,
             hs,
             &mut b.logits,
