@@ -1005,3 +1005,55 @@ impl GpuNemotronH {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RandomWeights;
+
+    #[test]
+    fn random_weights_are_scaled_like_the_cpu_synthetic_shapes_and_never_zero() {
+        // `model::synthetic`: inputs sqrt(3/in), outputs sqrt(3/in)/4, embeddings 1.
+        let inv = |k: usize| (3.0 / k as f32).sqrt();
+        let cases = [
+            ("backbone.embeddings.weight", [4096, 256], 1.0),
+            (
+                "backbone.layers.0.mixer.in_proj.weight",
+                [1000, 256],
+                inv(256),
+            ),
+            (
+                "backbone.layers.0.mixer.out_proj.weight",
+                [256, 512],
+                inv(512) / 4.0,
+            ),
+            (
+                "backbone.layers.3.mixer.q_proj.weight",
+                [256, 256],
+                inv(256),
+            ),
+            (
+                "backbone.layers.3.mixer.o_proj.weight",
+                [256, 128],
+                inv(128) / 4.0,
+            ),
+            (
+                "backbone.layers.1.mixer.up_proj.weight",
+                [768, 256],
+                inv(256),
+            ),
+            (
+                "backbone.layers.1.mixer.down_proj.weight",
+                [256, 768],
+                inv(768) / 4.0,
+            ),
+            ("lm_head.weight", [4096, 256], inv(256)),
+        ];
+        for (name, shape, want) in cases {
+            assert_eq!(RandomWeights::scale_of(name, &shape), want, "{name}");
+        }
+        let mut r = RandomWeights::new();
+        let v = r.values(10_000, 0.5);
+        assert!(v.iter().all(|x| *x != 0.0 && x.abs() <= 0.5));
+        assert_ne!(v, r.values(10_000, 0.5), "each call draws new values");
+    }
+}
