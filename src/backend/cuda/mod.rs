@@ -88,6 +88,8 @@ pub mod norm;
 pub mod sampling;
 #[cfg(feature = "cuda")]
 pub mod ssm;
+#[cfg(feature = "cuda")]
+pub mod weights;
 
 /// Fails with `Unsupported` unless `ok`.
 #[allow(dead_code)]
