@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # nemo on this machine's NVIDIA GPU, in one command: builds with `--features cuda` for the
-# GPU found here, runs the CUDA op tests (tests/cuda_ops.rs: every kernel against its CPU
-# oracle; a missing GPU is a failure here, not a skip), runs the GPU benchmark, and prints
-# one table.
+# GPU found here, runs the CUDA tests (tests/cuda_ops.rs: every kernel against its CPU
+# oracle; tests/cuda_model.rs: the whole forward against the CPU model; a missing GPU is a
+# failure here, not a skip), runs the GPU benchmark, and prints one table.
 #
 #   scripts/gpu-check.sh              build (release) + tests + bench
 #   NEMO_GPU_CHECK_PREBUILT=1 ...     use target/release/nemo and the newest
-#                                     target/release/deps/cuda_ops-* as they are (built
-#                                     elsewhere with NEMO_CUDA_ARCHS=sm_XY)
+#                                     target/release/deps/cuda_{ops,model}-* as they are
+#                                     (built elsewhere with NEMO_CUDA_ARCHS=sm_XY)
+#   NEMO_GPU_CHECK_SHAPE=nano-9b-v2   the bench's --shape (default nano-9b-v2)
 #
 # nvcc: $NVCC, $CUDA_HOME/bin/nvcc, PATH, or ./.venv-cuda (pip's nvidia-cuda-nvcc; created
 # here with pip when none is found and PyPI is reachable).
@@ -52,32 +53,51 @@ if [ "${NEMO_GPU_CHECK_PREBUILT:-0}" != 1 ]; then
     export NVCC NEMO_REQUIRE_NVCC=1 NEMO_CUDA_ARCHS="${NEMO_CUDA_ARCHS:-$arch}"
     say "building for $NEMO_CUDA_ARCHS with $NVCC"
     cargo build --release --features cuda --bin nemo || die "build failed"
-    cargo test --release --features cuda --test cuda_ops --no-run || die "test build failed"
+    cargo test --release --features cuda --test cuda_ops --test cuda_model --no-run || die "test build failed"
 fi
 
 nemo=target/release/nemo
-tests=$(ls -t target/release/deps/cuda_ops-* 2>/dev/null | grep -v '\.d$' | head -1)
 [ -x "$nemo" ] || die "$nemo is missing"
-[ -n "$tests" ] || die "no cuda_ops test binary under target/release/deps"
-
 log=$(mktemp)
-say "running the CUDA op tests (log: $log)"
-NEMO_REQUIRE_GPU=1 "$tests" --test-threads=1 --nocapture >"$log" 2>&1
-test_rc=$?
+test_rc=0
+for t in cuda_ops cuda_model; do
+    bin=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+    [ -n "$bin" ] || die "no $t test binary under target/release/deps"
+    say "running the $t tests (log: $log)"
+    NEMO_REQUIRE_GPU=1 "$bin" --test-threads=1 --nocapture >>"$log" 2>&1 || test_rc=1
+done
 
+shape=${NEMO_GPU_CHECK_SHAPE:-nano-9b-v2}
 bench_json=$(mktemp)
-say "running nemo bench --device cuda --shape nano-9b-v2"
-"$nemo" bench --device cuda --shape nano-9b-v2 --json >"$bench_json" 2>"$bench_json.err"
+say "running nemo bench --device cuda --shape $shape"
+"$nemo" bench --device cuda --shape "$shape" --json >"$bench_json" 2>"$bench_json.err"
 bench_rc=$?
 
 printf '\n%-72s %s\n' "check" "result"
 printf '%-72s %s\n' "-----" "------"
 grep -E '^test .* \.\.\. ' "$log" | sed -E 's/^test (.*) \.\.\. (.*)$/\1|\2/' |
     while IFS='|' read -r name res; do printf '%-72s %s\n' "$name" "$res"; done
-if [ $bench_rc -eq 0 ]; then
-    printf '%-72s %s\n' "bench nano-9b-v2 (json)" "$(tr -d '\n' <"$bench_json" | cut -c1-200)"
+if [ $bench_rc -eq 0 ] && command -v python3 >/dev/null; then
+    python3 - "$bench_json" "$shape" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); s = sys.argv[2]
+row = lambda k, v: print(f"{k:<72} {v}")
+for t in r["ttft"]:
+    row(f"bench {s}: TTFT, {t['prompt_tokens']} prompt tokens", f"{t['ttft_ms']:.1f} ms")
+for d in r["decode"]:
+    row(f"bench {s}: decode at {d['context']} context (p50 / p99 / tok/s)",
+        f"{d['ms_p50']:.2f} ms / {d['ms_p99']:.2f} ms / {d['tokens_per_s']:.1f}")
+    row(f"bench {s}: decode at {d['context']}: bytes read per token / achieved",
+        f"{d['bytes_per_token']/1e9:.2f} GB / {d['achieved_gb_s']:.0f} GB/s "
+        f"({100*d['achieved_gb_s']/max(r['copy_bandwidth_gb_s'],1e-9):.0f}% of copy)")
+row(f"bench {s}: device copy bandwidth (read + write)", f"{r['copy_bandwidth_gb_s']:.0f} GB/s")
+row(f"bench {s}: device memory peak", f"{r['device_memory_peak_bytes']/1e9:.2f} GB")
+row(f"bench {s}: weights on the device / load", f"{r['weights_device_bytes']/1e9:.2f} GB / {r['load_ms']:.0f} ms")
+PY
+elif [ $bench_rc -eq 0 ]; then
+    printf '%-72s %s\n' "bench $shape (json)" "$(tr -d '\n' <"$bench_json" | cut -c1-200)"
 else
-    printf '%-72s %s\n' "bench nano-9b-v2" "not run: $(head -1 "$bench_json.err")"
+    printf '%-72s %s\n' "bench $shape" "not run: $(head -1 "$bench_json.err")"
 fi
 printf '%-72s %s\n' "GPU" "$gpu_name ($arch)"
 echo
@@ -86,4 +106,4 @@ if [ $test_rc -ne 0 ]; then
     sed -n '/^failures:/,/^test result/p' "$log" >&2
     exit 1
 fi
-say "all CUDA op tests passed on $gpu_name"
+say "all CUDA tests passed on $gpu_name"

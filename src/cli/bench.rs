@@ -24,6 +24,9 @@ use nemo::state::SequenceState;
 
 use super::{usage, ModelArgs};
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -90,6 +93,10 @@ impl Run {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if a.model.device == "cuda" {
+        return cuda::run(&a);
+    }
     let source = source(&a)?;
     if source.is_some() {
         if a.prompt_tokens == 0 {

@@ -167,8 +167,9 @@ impl ModelArgs {
 
     /// `--device`: `cuda` fails with one line when no usable GPU is there; `auto` runs on
     /// the CPU, with a one-line notice when there is an NVIDIA driver it could not use
-    /// (silent on machines without one). The model forward runs on the CPU for now: the
-    /// CUDA ops exist, the GPU forward does not yet.
+    /// (silent on machines without one). `run` and `chat` run on the CPU for now: the GPU
+    /// forward exists (`backend::cuda::nemotron_h`, `nemo bench --device cuda`) but the
+    /// engine does not call it yet.
     pub fn check_device(&self) -> anyhow::Result<()> {
         use nemo::backend::cuda;
         match self.device.as_str() {
@@ -176,7 +177,7 @@ impl ModelArgs {
             "cuda" => match cuda::probe() {
                 Err(e) => Err(anyhow::anyhow!("--device cuda: {e}")),
                 Ok(gpu) => Err(anyhow::anyhow!(
-                    "--device cuda: found {} but the GPU forward pass is not implemented yet; use --device cpu",
+                    "--device cuda: found {} but `run` and `chat` on the GPU are not implemented yet (`nemo bench --device cuda` is); use --device cpu",
                     gpu.name
                 )),
             },
@@ -185,7 +186,7 @@ impl ModelArgs {
                     match cuda::probe() {
                         Err(e) => eprintln!("nemo: running on the CPU: {e}"),
                         Ok(gpu) => eprintln!(
-                            "nemo: running on the CPU: the GPU forward pass for {} is not implemented yet",
+                            "nemo: running on the CPU: `run` and `chat` on {} are not implemented yet",
                             gpu.name
                         ),
                     }

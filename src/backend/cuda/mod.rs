@@ -81,11 +81,15 @@ pub mod mamba2;
 #[cfg(feature = "cuda")]
 pub mod moe;
 #[cfg(feature = "cuda")]
+pub mod nemotron_h;
+#[cfg(feature = "cuda")]
 pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod sampling;
 #[cfg(feature = "cuda")]
 pub mod ssm;
+#[cfg(feature = "cuda")]
+pub mod weights;
 
 /// Fails with `Unsupported` unless `ok`.
 #[allow(dead_code)]

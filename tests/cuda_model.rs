@@ -1,0 +1,397 @@
+//! The whole Nemotron-H forward on the GPU (`backend::cuda::nemotron_h`) against the CPU
+//! model (`model::NemotronH`) on the dense tiny fixtures, for every cache dtype, for a
+//! prompt fed in several prefill chunks and for decode steps after it.
+//!
+//! The CPU reference runs the same bf16 weights as the GPU: every 2-D tensor (the
+//! projections, the embedding table, the LM head — exactly the tensors the GPU keeps in
+//! bf16) is rounded to bf16 the way the upload rounds it, the rest (norms, conv, A, D,
+//! dt_bias) stays as stored on both sides. The GPU itself loads the original files, so the
+//! upload's rounding is checked too.
+//!
+//! Bound (relative L2 error over all compared logits), and why:
+//! - The GPU rounds each GEMM's input activations to bf16 (the normed residual, the gated
+//!   y, the attention output, relu²'s output, the final norm); the CPU keeps them f32. That
+//!   is one bf16 rounding per GEMM operand, the same count and size as rounding every
+//!   weight to bf16, which moves these fixtures' logits by 6.7e-3 to 7.2e-3 relative L2
+//!   (measured on the CPU: original vs bf16-rounded weights, tiny and f16 fixtures). The
+//!   bound is 2^-6 = 1.56e-2, about twice that.
+//! - A rounded cache (bf16/f16 SSM state, FP8 KV) is rounded on both sides, but from
+//!   inputs that differ by ~2^-8: an element near a rounding boundary rounds the other way
+//!   with probability ~2^-8/u, so the per-element RMS difference is √(2^-8·u). That term is
+//!   added for the SSM state (u = 2^-8 bf16, 2^-11 f16) and for the KV cache (u = 2^-4
+//!   e4m3, 2^-3 e5m2, 2^-8 bf16).
+//!
+//! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
+//! that a failure (scripts/gpu-check.sh sets it).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+/// `nemo bench --device cuda` on a GPU: every figure is there and positive. Elsewhere
+/// (no GPU, no driver, a build without CUDA): exit 1 with one line saying why, nothing on
+/// stdout.
+#[test]
+fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .args([
+            "bench",
+            "--device",
+            "cuda",
+            "--shape",
+            "tiny",
+            "--gen-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .env_remove("NEMO_MODEL")
+        .env_remove("NEMO_DEVICE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let usable = cfg!(feature = "cuda") && nemo::backend::cuda::probe().is_ok();
+    if !usable {
+        if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {err}");
+        }
+        assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.starts_with("nemo: --device cuda: "), "{err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pos = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f > 0.0 && f.is_finite());
+    let ttft = v["ttft"].as_array().unwrap();
+    let sizes: Vec<u64> = ttft
+        .iter()
+        .map(|t| t["prompt_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&sizes[..2], &[128, 1024], "{v}");
+    assert!(ttft.iter().all(|t| pos(&t["ttft_ms"])), "{v}");
+    let d = &v["decode"][0];
+    assert_eq!(d["context"].as_u64(), Some(1024), "{v}");
+    assert_eq!(d["steps"].as_u64(), Some(4), "{v}");
+    for k in [
+        "ms_p50",
+        "ms_p99",
+        "tokens_per_s",
+        "bytes_per_token",
+        "achieved_gb_s",
+    ] {
+        assert!(pos(&d[k]), "decode {k}: {v}");
+    }
+    for k in [
+        "weights_device_bytes",
+        "device_memory_peak_bytes",
+        "copy_bandwidth_gb_s",
+    ] {
+        assert!(pos(&v[k]), "{k}: {v}");
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use half::bf16;
+    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, StoreWeights};
+    use nemo::backend::cuda::sampling::SampleArgs;
+    use nemo::backend::cuda::Gpu;
+    use nemo::backend::DType;
+    use nemo::model::weights::{Tensor, WeightStore};
+    use nemo::model::{Logits, NemotronH, NemotronHConfig};
+    use nemo::state::CacheConfig;
+
+    const DENSE: [&str; 3] = ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
+
+    fn gpu(test: &str) -> Option<Gpu> {
+        match Gpu::new(0) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
+                }
+                eprintln!("SKIP {test}: no usable GPU: {e}");
+                None
+            }
+        }
+    }
+
+    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len(), "lengths");
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt() as f32
+    }
+
+    struct Fixture {
+        name: &'static str,
+        cfg: NemotronHConfig,
+        /// As stored.
+        store: WeightStore,
+        /// The CPU reference: 2-D tensors rounded to bf16.
+        cpu: NemotronH,
+    }
+
+    fn fixture(name: &'static str) -> Fixture {
+        let dir = super::common::fixture(name);
+        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+        let store = WeightStore::open_dir(&dir).unwrap();
+        // Every tensor with the shape its file states (read from the safetensors headers).
+        let mut rounded = vec![];
+        for f in &store.files {
+            let bytes = std::fs::read(f).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (tname, view) in st.tensors() {
+                let t = store.get(&tname, view.shape()).unwrap();
+                if t.shape.len() == 2 {
+                    let b: Vec<u8> = t
+                        .to_f32()
+                        .iter()
+                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+                        .collect();
+                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
+                } else {
+                    rounded.push(t);
+                }
+            }
+        }
+        let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+        Fixture {
+            name,
+            cfg,
+            store,
+            cpu,
+        }
+    }
+
+    /// Unit roundoff of a cache format (0 for f32).
+    fn unit_roundoff(d: DType) -> f32 {
+        match d {
+            DType::BF16 => 2f32.powi(-8),
+            DType::F16 => 2f32.powi(-11),
+            DType::F8E4M3 => 2f32.powi(-4),
+            DType::F8E5M2 => 2f32.powi(-3),
+            _ => 0.0,
+        }
+    }
+
+    /// See the module doc.
+    fn bound(c: CacheConfig) -> f32 {
+        let act = 2f32.powi(-8);
+        2f32.powi(-6)
+            + (act * unit_roundoff(c.ssm_dtype)).sqrt()
+            + (act * unit_roundoff(c.kv_dtype)).sqrt()
+    }
+
+    fn caches() -> Vec<CacheConfig> {
+        let mut v = vec![];
+        for ssm in [DType::F32, DType::F16, DType::BF16] {
+            for kv in [DType::BF16, DType::F8E4M3, DType::F8E5M2] {
+                v.push(CacheConfig {
+                    ssm_dtype: ssm,
+                    kv_dtype: kv,
+                });
+            }
+        }
+        v
+    }
+
+    /// Pseudo-random ids below `vocab`.
+    fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % vocab as u64) as u32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prompt_logits_match_the_cpu_model_at_every_position_for_every_cache_dtype() {
+        let Some(g) = gpu("gpu prefill") else { return };
+        for name in DENSE {
+            let f = fixture(name);
+            let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+            // Several prefill chunks, each cutting a Mamba chunk in the middle, and a ragged tail.
+            let chunk = f.cfg.chunk_size + 3;
+            let prompt = ids(3 * chunk + 5, f.cfg.vocab_size, 7);
+            for cache in caches() {
+                let mut st = f.cpu.new_state(cache);
+                let want = f.cpu.forward(&prompt, &mut st, Logits::All).unwrap();
+                let plan = Plan {
+                    max_context: prompt.len() + 4,
+                    prefill_chunk: chunk,
+                };
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                let got = model.forward(&g, &mut s, &prompt, Logits::All).unwrap();
+                assert_eq!(s.len(), prompt.len());
+                let e = rel_l2(&got, &want);
+                let b = bound(cache);
+                eprintln!(
+                    "{} ssm {} kv {}: prompt relative L2 {e:.2e} (bound {b:.2e})",
+                    f.name, cache.ssm_dtype, cache.kv_dtype
+                );
+                assert!(
+                    e <= b,
+                    "{} ssm {} kv {}: relative L2 {e} > {b}",
+                    f.name,
+                    cache.ssm_dtype,
+                    cache.kv_dtype
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decode_steps_after_a_prompt_match_the_cpu_model_for_every_cache_dtype() {
+        let Some(g) = gpu("gpu decode") else { return };
+        for name in DENSE {
+            let f = fixture(name);
+            let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+            let tokens = ids(30, f.cfg.vocab_size, 11);
+            let (prompt, steps) = tokens.split_at(20);
+            for cache in caches() {
+                let mut st = f.cpu.new_state(cache);
+                let mut want = f.cpu.forward(prompt, &mut st, Logits::Last).unwrap();
+                let plan = Plan {
+                    max_context: tokens.len(),
+                    prefill_chunk: 8,
+                };
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                let mut got = model.forward(&g, &mut s, prompt, Logits::Last).unwrap();
+                for t in steps {
+                    want.extend(f.cpu.forward(&[*t], &mut st, Logits::Last).unwrap());
+                    got.extend(model.forward(&g, &mut s, &[*t], Logits::Last).unwrap());
+                }
+                assert_eq!(s.len(), tokens.len());
+                let e = rel_l2(&got, &want);
+                let b = bound(cache);
+                eprintln!(
+                    "{} ssm {} kv {}: decode relative L2 {e:.2e} (bound {b:.2e})",
+                    f.name, cache.ssm_dtype, cache.kv_dtype
+                );
+                assert!(
+                    e <= b,
+                    "{} ssm {} kv {}: relative L2 {e} > {b}",
+                    f.name,
+                    cache.ssm_dtype,
+                    cache.kv_dtype
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_sampling_on_the_device_returns_the_argmax_of_the_logits() {
+        let Some(g) = gpu("gpu greedy") else { return };
+        let f = fixture("nemotron_h_tiny");
+        let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+        let prompt = ids(12, f.cfg.vocab_size, 5);
+        let plan = Plan {
+            max_context: 16,
+            prefill_chunk: 16,
+        };
+        let cache = CacheConfig::default();
+        let greedy = SampleArgs {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+        };
+        let mut a = model.new_session(&g, cache, plan).unwrap();
+        let mut b = model.new_session(&g, cache, plan).unwrap();
+        let logits = model.forward(&g, &mut a, &prompt, Logits::Last).unwrap();
+        let id = model
+            .forward_sample(&g, &mut b, &prompt, &greedy, 0.5)
+            .unwrap();
+        let best = logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |m, (i, &v)| if v > m.1 { (i, v) } else { m },
+            );
+        assert_eq!(
+            id as usize, best.0,
+            "logit {} vs {}",
+            logits[id as usize], best.1
+        );
+    }
+
+    #[test]
+    fn a_session_refuses_positions_past_its_context_and_resets_to_empty() {
+        let Some(g) = gpu("gpu context") else { return };
+        let f = fixture("nemotron_h_tiny");
+        let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+        let plan = Plan {
+            max_context: 8,
+            prefill_chunk: 4,
+        };
+        let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
+        let prompt = ids(6, f.cfg.vocab_size, 3);
+        let first = model.forward(&g, &mut s, &prompt, Logits::Last).unwrap();
+        let e = model
+            .forward(&g, &mut s, &prompt, Logits::Last)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceed the session's context of 8"), "{e}");
+        s.reset(&g).unwrap();
+        assert!(s.is_empty());
+        let again = model.forward(&g, &mut s, &prompt, Logits::Last).unwrap();
+        assert_eq!(
+            first, again,
+            "after reset the same prompt gives the same logits"
+        );
+    }
+
+    #[test]
+    fn fp8_weights_are_refused_with_one_line() {
+        let Some(g) = gpu("gpu fp8 weights") else {
+            return;
+        };
+        let dir = super::common::fixture("nemotron_h_tiny_fp8");
+        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+        let store = WeightStore::open_dir(&dir).unwrap();
+        let e = match GpuNemotronH::load(&g, &cfg, &mut StoreWeights(&store)) {
+            Ok(_) => panic!("FP8 weights were accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("not supported on cuda yet"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    /// Needs no GPU: the check reads only the config.
+    #[test]
+    fn moe_layers_are_refused_with_one_line_naming_the_layer() {
+        for name in ["nemotron_h_moe", "nemotron_h_moe_latent"] {
+            let dir = super::common::fixture(name);
+            let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+            let i = cfg
+                .layers
+                .iter()
+                .position(|k| *k == nemo::model::LayerKind::Moe)
+                .unwrap();
+            let e = GpuNemotronH::check(&cfg).unwrap_err().to_string();
+            assert!(e.contains(&format!("layer {i} is a MoE layer")), "{e}");
+            assert!(e.contains("not supported on cuda yet"), "{e}");
+        }
+        for name in DENSE {
+            let dir = super::common::fixture(name);
+            let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+            GpuNemotronH::check(&cfg).unwrap();
+        }
+    }
+}
