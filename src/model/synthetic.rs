@@ -13,7 +13,13 @@ use crate::backend::dtype::narrow_into;
 use crate::backend::DType;
 
 /// Named shapes `nemo bench --shape` knows.
-pub const SHAPES: &[&str] = &["nano-9b-v2", "nano-9b-v2-slice", "nano-30b-a3b", "tiny"];
+pub const SHAPES: &[&str] = &[
+    "nano-9b-v2",
+    "nano-9b-v2-slice",
+    "nano-12b-v2",
+    "nano-30b-a3b",
+    "tiny",
+];
 
 /// Layers of `nano-9b-v2-slice`: Nano 9B v2's dimensions with one Mamba2, one MLP, one more
 /// Mamba2 and one attention layer, so a short benchmark exercises every kind of mixer at
@@ -36,6 +42,19 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
             "mamba_num_heads": 128, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
             "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
             "head_dim": 128, "intermediate_size": 15680, "layer_norm_epsilon": 1e-5,
+            "max_position_embeddings": 131072, "eos_token_id": 12
+        })),
+        // Nemotron Nano 12B v2 (the base the 9B was pruned from): the config.json values
+        // as quoted in public model notes (hidden 5120, 62 layers = 28 M / 28 MLP / 6
+        // attention, MLP 20480, same Mamba and attention heads as the 9B); n_groups and the
+        // eos id are the Nano v2 family's, not checked against the hub here.
+        "nano-12b-v2" => Some(json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 5120, "vocab_size": 131072,
+            "hybrid_override_pattern": "M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-",
+            "mamba_num_heads": 128, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 20480, "layer_norm_epsilon": 1e-5,
             "max_position_embeddings": 131072, "eos_token_id": 12
         })),
         // Nemotron-3-Nano-30B-A3B (MoE): 52 layers, 23 Mamba2 / 23 MoE / 6 attention,
