@@ -11,6 +11,8 @@ use common::*;
 
 fn nemo(args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+    // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
+    cmd.env("NEMO_DEVICE", "cpu");
     cmd.args(args)
         .env_remove("NEMO_MODEL")
         .stdin(if stdin.is_some() {
@@ -437,6 +439,7 @@ fn every_cache_dtype_flag_runs() {
 #[test]
 fn ctrl_c_stops_generation_cleanly_with_exit_130() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
         .args([
             "run",
             "--model",
@@ -486,6 +489,7 @@ fn corrupt_config_is_named_and_left_untouched() {
     let cfg = tmp.path().join("config.toml");
     std::fs::write(&cfg, "temprature = 0.5\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
         .args(["chat", "--model", &tiny()])
         .env("NEMO_CONFIG", &cfg)
         .env("NEMO_DATA_DIR", tmp.path().join("data"))

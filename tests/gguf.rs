@@ -122,6 +122,7 @@ fn smollm2_gguf_tokenizer_round_trips_text() {
 fn smollm2_gguf_runs_from_the_command_line() {
     let Some(path) = smollm2() else { return };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
         .args(["run", "--model"])
         .arg(&path)
         .args([

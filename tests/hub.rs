@@ -44,6 +44,8 @@ impl Env {
 
     fn nemo(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
+        cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(args)
             .env_remove("NEMO_MODEL")
             .env_remove("HF_TOKEN")
@@ -325,6 +327,8 @@ fn two_pulls_at_once_share_the_blob_lock_and_both_succeed() {
     let env = Env::new(&srv);
     let spawn = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
+        cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(["pull", REPO])
             .env("HF_HOME", env.home.path().join("hf"))
             .env("HF_ENDPOINT", &env.endpoint)
