@@ -225,6 +225,11 @@ pub fn quantize_acts_into(x: &[f32], a: &mut QuantizedActs) {
         // SAFETY: the AVX-512 features were detected at run time.
         return unsafe { x86::quantize_acts_avx512(x, a) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_f16c() {
+        // SAFETY: avx2, fma and f16c were detected at run time.
+        return unsafe { x86::quantize_acts_avx2(x, a) };
+    }
     quantize_acts_plain(x, a)
 }
 
@@ -256,9 +261,9 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() != super::simd::Level::Scalar {
+    if super::simd::avx2_f16c() {
         for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
-            // SAFETY: avx2 and fma were detected at run time (Avx512 implies both here).
+            // SAFETY: avx2, fma and f16c were detected at run time.
             *o = unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
         }
         return;
@@ -278,8 +283,8 @@ pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
         return unsafe { x86::dot_row_q8_vnni(dtype, row, x) };
     }
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() != super::simd::Level::Scalar {
-        // SAFETY: avx2 and fma were detected at run time (Avx512 implies both here).
+    if super::simd::avx2_f16c() {
+        // SAFETY: avx2, fma and f16c were detected at run time.
         return unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
     }
     dot_row_q8_plain(dtype, row, x)
@@ -577,7 +582,76 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// The f16 at byte `i` of `b`, converted by the F16C instruction (`f16_at` in software
+    /// was most of the AVX2 dot's instructions per block).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16c_at(b: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// `quantize_acts_plain` 32 values at a time, bit-identical, for CPUs with AVX2 but not
+    /// AVX-512: the same max, the same `v · (1/d)` products, round half away from zero
+    /// (truncate, then step away from zero where the exact fraction is at least one half).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_acts_avx2(x: &[f32], a: &mut QuantizedActs) {
+        let nb = x.len() / 32;
+        assert!(
+            x.len() >= 32 * nb && a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb
+        );
+        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        let sign = _mm256_set1_ps(-0.0);
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for b in 0..nb {
+            let v = [
+                _mm256_loadu_ps(xp.add(32 * b)),
+                _mm256_loadu_ps(xp.add(32 * b + 8)),
+                _mm256_loadu_ps(xp.add(32 * b + 16)),
+                _mm256_loadu_ps(xp.add(32 * b + 24)),
+            ];
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut r = [_mm256_setzero_si256(); 4];
+            for (h, &vh) in v.iter().enumerate() {
+                let y = _mm256_mul_ps(vh, _mm256_set1_ps(id));
+                let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+                let away = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
+                // Step |t| + 1 with y's sign: t + copysign(1, y), where `away`.
+                let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(y, sign)));
+                r[h] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+            }
+            let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            // |q| ≤ 127, so the saturating packs are exact.
+            let q16 = [
+                _mm256_packs_epi32(r[0], r[1]),
+                _mm256_packs_epi32(r[2], r[3]),
+            ];
+            let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
+            _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, q8);
+            a.d[b] = d;
+            a.sum[b] = _mm_cvtsi128_si32(s);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
         match dtype {
             DType::Q4_K => return dot_q4k(row, x),
@@ -596,7 +670,7 @@ mod x86 {
             let blk = &row[b * bytes..(b + 1) * bytes];
             let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
             let dx = x.d[b];
-            let d = f16_at(blk, 0) * dx;
+            let d = f16c_at(blk, 0) * dx;
             let prod = match dtype {
                 DType::Q8_0 => {
                     let w = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
@@ -611,7 +685,7 @@ mod x86 {
                     if dtype == DType::Q4_0 {
                         off -= d * (8 * x.sum[b]) as f32;
                     } else {
-                        off += f16_at(blk, 2) * dx * x.sum[b] as f32;
+                        off += f16c_at(blk, 2) * dx * x.sum[b] as f32;
                     }
                     _mm256_maddubs_epi16(w, xv)
                 }
@@ -913,7 +987,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_available_simd_level_of_the_integer_dots_matches_the_plain_path() {
-        let has2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let has2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         let has_vnni = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
@@ -947,6 +1023,40 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_activation_quantization_is_bit_identical_to_the_plain_path() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("skipped: no avx2 + fma + f16c on this CPU");
+            return;
+        }
+        for nb in [1usize, 2, 7] {
+            for x in [pseudo(32 * nb, 5), with_ties(32 * nb), vec![0.0; 32 * nb]] {
+                let mut want = QuantizedActs::default();
+                want.qs.resize(32 * nb, 0);
+                want.d.resize(nb, 0.0);
+                want.sum.resize(nb, 0);
+                let mut got = QuantizedActs {
+                    qs: vec![0; 32 * nb],
+                    d: vec![0.0; nb],
+                    sum: vec![0; nb],
+                };
+                quantize_acts_plain(&x, &mut want);
+                // SAFETY: detected above.
+                unsafe { x86::quantize_acts_avx2(&x, &mut got) };
+                assert_eq!(got.qs, want.qs, "nb={nb}");
+                assert_eq!(got.sum, want.sum, "nb={nb}");
+                assert_eq!(
+                    got.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
             }
         }
     }

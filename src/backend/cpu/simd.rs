@@ -33,6 +33,23 @@ pub fn vnni() -> bool {
     *VNNI.get_or_init(|| level() == Level::Avx512 && detect_vnni())
 }
 
+/// Whether the AVX2 level (or above) also has F16C, for the block scales of the quantized
+/// dots (every AVX2 CPU made has it; the check keeps a mislabelled VM on the plain path).
+pub fn avx2_f16c() -> bool {
+    static F16C: OnceLock<bool> = OnceLock::new();
+    *F16C.get_or_init(|| level() != Level::Scalar && detect_f16c())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_f16c() -> bool {
+    is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_f16c() -> bool {
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect_vnni() -> bool {
     is_x86_feature_detected!("avx512bw")
