@@ -303,14 +303,7 @@ mod gpu {
             prefill_chunk: 16,
         };
         let cache = CacheConfig::default();
-        let greedy = SampleArgs {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            presence_penalty: 0.0,
-        };
+        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
         let mut a = model.new_session(&g, cache, plan).unwrap();
         let mut b = model.new_session(&g, cache, plan).unwrap();
         let logits = model.forward(&g, &mut a, &prompt, Logits::Last).unwrap();

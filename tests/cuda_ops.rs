@@ -1029,17 +1029,6 @@ mod gpu {
         }
     }
 
-    fn sample_args(p: &SamplingParams) -> cuda::sampling::SampleArgs {
-        cuda::sampling::SampleArgs {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
-            presence_penalty: p.presence_penalty,
-        }
-    }
-
     #[test]
     fn greedy_sampling_with_penalties_and_bans_matches_the_cpu_sampler() {
         let Some(g) = gpu("sample greedy") else {
@@ -1066,7 +1055,7 @@ mod gpu {
                     &g,
                     &mut dl,
                     vocab,
-                    &sample_args(&p),
+                    &cuda::sampling::SampleArgs::from(&p),
                     &history,
                     &banned,
                     0.5,
@@ -1095,7 +1084,7 @@ mod gpu {
                         &g,
                         &mut dl,
                         vocab,
-                        &sample_args(&q),
+                        &cuda::sampling::SampleArgs::from(&q),
                         &history,
                         &banned,
                         0.999,
@@ -1173,7 +1162,7 @@ mod gpu {
                     &g,
                     &mut dl,
                     vocab,
-                    &sample_args(&p),
+                    &cuda::sampling::SampleArgs::from(&p),
                     &[],
                     &[],
                     u as f32,

@@ -46,17 +46,16 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
         })),
         // Nemotron Nano 12B v2 (the base the 9B was pruned from): the config.json values
         // as quoted in public model notes (hidden 5120, 62 layers = 28 M / 28 MLP / 6
-        // attention, MLP 20480, same Mamba and attention heads as the 9B); n_groups and the
-        // eos id are the Nano v2 family's, not checked against the hub here.
-        "nano-12b-v2" => Some(json!({
-            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
-            "hidden_size": 5120, "vocab_size": 131072,
-            "hybrid_override_pattern": "M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-",
-            "mamba_num_heads": 128, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
-            "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
-            "head_dim": 128, "intermediate_size": 20480, "layer_norm_epsilon": 1e-5,
-            "max_position_embeddings": 131072, "eos_token_id": 12
-        })),
+        // attention, MLP 20480; the rest as the 9B: the same Mamba and attention heads, and
+        // n_groups and the eos id of the Nano v2 family, not checked against the hub here).
+        "nano-12b-v2" => {
+            let mut v = shape_config("nano-9b-v2")?;
+            v["hidden_size"] = json!(5120);
+            v["intermediate_size"] = json!(20480);
+            v["hybrid_override_pattern"] =
+                json!("M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-");
+            Some(v)
+        }
         // Nemotron-3-Nano-30B-A3B (MoE): 52 layers, 23 Mamba2 / 23 MoE / 6 attention,
         // 128 routed experts, top-6, a shared expert. Written from the published model
         // card and config as we know them, without the hub to check against here: verify
@@ -247,4 +246,39 @@ pub fn build_with_pattern(
     add("backbone.norm_f.weight".into(), vec![hs], 1.0);
     add("lm_head.weight".into(), vec![vocab, hs], inv(hs));
     NemotronH::load(cfg, &WeightStore::from_tensors(tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn every_named_shape_is_a_valid_config_and_nano_12b_keeps_the_9b_heads() {
+        for name in SHAPES {
+            let v = shape_config(name).unwrap();
+            NemotronHConfig::from_json(&v, Path::new(name)).unwrap();
+        }
+        let c = NemotronHConfig::from_json(
+            &shape_config("nano-12b-v2").unwrap(),
+            Path::new("nano-12b-v2"),
+        )
+        .unwrap();
+        let count = |k: LayerKind| c.layers.iter().filter(|&&l| l == k).count();
+        assert_eq!(c.layers.len(), 62);
+        assert_eq!(
+            (
+                count(LayerKind::Mamba2),
+                count(LayerKind::Mlp),
+                count(LayerKind::Attention)
+            ),
+            (28, 28, 6)
+        );
+        assert_eq!((c.hidden_size, c.intermediate_size), (5120, 20480));
+        assert_eq!(
+            (c.mamba_num_heads, c.mamba_head_dim, c.num_attention_heads),
+            (128, 80, 40)
+        );
+    }
 }

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matmul::MatRef;
+use super::matmul::{block_rows, MatRef, OutPtr};
 use super::simd::{self, Level};
 use crate::backend::{fp8, DType};
 
@@ -108,20 +108,6 @@ pub fn available_levels() -> Vec<Level> {
     v
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint row ranges of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-/// Rows per parallel task: at least 64 KiB of weights each (the scheduling cost stays
-/// below the work), at most 256, a multiple of 4 (the kernels take rows four at a time).
-fn block_rows(rows: usize, cols: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let b = rows.div_ceil(threads * 8).max((64 << 10) / cols.max(1));
-    b.clamp(16, 256).div_ceil(4) * 4
-}
-
 /// `out = x · (scale ⊙ W)ᵀ` for FP8 `w`, at the CPU's best SIMD level.
 pub fn matmul_fp8(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     matmul_fp8_at(simd::level(), x, n, w, out)
@@ -152,7 +138,7 @@ pub fn matmul_fp8_at(level: Level, x: &[f32], n: usize, w: MatRef<'_>, out: &mut
         return;
     }
     let level = usable(level);
-    let br = block_rows(m, k);
+    let br = block_rows(m, w.row_bytes());
     let nblocks = m.div_ceil(br);
     let outp = OutPtr(out.as_mut_ptr());
     let run = |b: usize| {

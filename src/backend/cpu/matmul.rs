@@ -53,7 +53,7 @@ impl<'a> MatRef<'a> {
 }
 
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint row ranges of the output.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -61,7 +61,7 @@ unsafe impl Sync for OutPtr {}
 /// Rows per parallel task: small enough to balance two to a few dozen threads, large
 /// enough that the scheduling cost (~µs) stays below the work: at least 64 KiB of weights
 /// per task (small models' decode was spending a quarter of its time in the scheduler).
-fn block_rows(rows: usize, row_bytes: usize) -> usize {
+pub(super) fn block_rows(rows: usize, row_bytes: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let b = rows
         .div_ceil(threads * 8)

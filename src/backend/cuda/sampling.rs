@@ -16,6 +16,21 @@ pub struct SampleArgs {
     pub presence_penalty: f32,
 }
 
+impl From<&crate::engine::sampler::SamplingParams> for SampleArgs {
+    /// The device sampler's knobs for the CPU sampler's parameters (the seed stays on the
+    /// host: it drives the uniform draw passed to `sample`).
+    fn from(p: &crate::engine::sampler::SamplingParams) -> Self {
+        SampleArgs {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            presence_penalty: p.presence_penalty,
+        }
+    }
+}
+
 pub fn supports(vocab: usize) -> Result<(), CudaError> {
     ensure(vocab >= 1 && vocab <= i32::MAX as usize, "sample", || {
         format!("vocab {vocab}")

@@ -38,14 +38,10 @@ const PROMPTS: [usize; 4] = [128, 1024, 8192, 32768];
 const DECODE_AT: [usize; 2] = [1024, 32768];
 const PREFILL_CHUNK: usize = 2048;
 
-const GREEDY: SampleArgs = SampleArgs {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    min_p: 0.0,
-    repetition_penalty: 1.0,
-    presence_penalty: 0.0,
-};
+/// Greedy: the CPU sampler's defaults (every filter and penalty off).
+fn greedy() -> SampleArgs {
+    SampleArgs::from(&nemo::engine::sampler::SamplingParams::default())
+}
 
 fn used_bytes(gpu: &Gpu) -> anyhow::Result<usize> {
     let (free, total) = gpu.ctx.mem_get_info().map_err(|e| anyhow!("CUDA: {e:?}"))?;
@@ -253,7 +249,7 @@ fn first_token(
     tokens: &[u32],
 ) -> anyhow::Result<u32> {
     model
-        .forward_sample(gpu, sess, tokens, &GREEDY, 0.5)
+        .forward_sample(gpu, sess, tokens, &greedy(), 0.5)
         .context("--device cuda")
 }
 
