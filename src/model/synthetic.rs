@@ -17,6 +17,7 @@ pub const SHAPES: &[&str] = &[
     "nano-9b-v2",
     "nano-9b-v2-slice",
     "nano-12b-v2",
+    "nemotron-3-nano-4b",
     "nano-30b-a3b",
     "tiny",
 ];
@@ -44,10 +45,10 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
             "head_dim": 128, "intermediate_size": 15680, "layer_norm_epsilon": 1e-5,
             "max_position_embeddings": 131072, "eos_token_id": 12
         })),
-        // Nemotron Nano 12B v2 (the base the 9B was pruned from): the config.json values
-        // as quoted in public model notes (hidden 5120, 62 layers = 28 M / 28 MLP / 6
-        // attention, MLP 20480; the rest as the 9B: the same Mamba and attention heads, and
-        // n_groups and the eos id of the Nano v2 family, not checked against the hub here).
+        // Nemotron Nano 12B v2 (the base the 9B was pruned from): Megatron-Bridge's
+        // `NemotronNanoModelProvider12Bv2` (hidden 5120, 62 layers = 28 M / 28 MLP / 6
+        // attention, MLP 20480, 128 Mamba heads × 80, 40 query heads, 8 KV groups); the eos
+        // id is the Nano v2 family's.
         "nano-12b-v2" => {
             let mut v = shape_config("nano-9b-v2")?;
             v["hidden_size"] = json!(5120);
@@ -56,10 +57,25 @@ pub fn shape_config(name: &str) -> Option<serde_json::Value> {
                 json!("M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-");
             Some(v)
         }
-        // Nemotron-3-Nano-30B-A3B (MoE): 52 layers, 23 Mamba2 / 23 MoE / 6 attention,
-        // 128 routed experts, top-6, a shared expert. Written from the published model
-        // card and config as we know them, without the hub to check against here: verify
-        // against the real config.json before quoting numbers as that model's.
+        // Nemotron Nano 3 4B (dense): Megatron-Bridge's recipe `nemotron_3_nano_4b`
+        // ("the exact dense Nemotron 3 Nano 4B architecture"): 42 layers = 21 M / 17 MLP /
+        // 4 attention, hidden 3136, MLP 12544, 96 Mamba heads × 80, d_state 128, 8 groups,
+        // 40 query / 8 KV heads × 128, untied head. Context and eos id are not in that
+        // recipe: the Nemotron 3 family's (`<|im_end|>`, as the 30B-A3B) are assumed.
+        "nemotron-3-nano-4b" => Some(json!({
+            "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+            "hidden_size": 3136, "vocab_size": 131072,
+            "hybrid_override_pattern": "M-M-M-MM-M-M*-M-M*-M-M-M*-M-M-MM*-MMM-M-M-",
+            "mamba_num_heads": 96, "mamba_head_dim": 80, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "chunk_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 12544, "layer_norm_epsilon": 1e-5,
+            "tie_word_embeddings": false,
+            "max_position_embeddings": 262144, "eos_token_id": 11
+        })),
+        // Nemotron-3-Nano-30B-A3B (MoE): Megatron-Bridge's `Nemotron3NanoProvider` and its
+        // `nemotron_3_nano` recipes: 52 layers = 23 Mamba2 / 23 MoE / 6 attention, hidden
+        // 2688, 64 Mamba heads × 64, 32 query / 2 KV heads × 128, 128 routed experts (1856),
+        // top-6, one group, scaling 2.5, a shared expert (3712).
         "nano-30b-a3b" => Some(json!({
             "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
             "hidden_size": 2688, "vocab_size": 131072,
@@ -280,5 +296,25 @@ mod tests {
             (c.mamba_num_heads, c.mamba_head_dim, c.num_attention_heads),
             (128, 80, 40)
         );
+    }
+
+    #[test]
+    fn nemotron_3_nano_4b_has_the_published_layer_mix() {
+        // Public notes on the released checkpoint: 42 blocks, 21 Mamba2 / 4 attention /
+        // 17 MLP, attention at blocks 12, 17, 24 and 32.
+        let c = NemotronHConfig::from_json(
+            &shape_config("nemotron-3-nano-4b").unwrap(),
+            Path::new("nemotron-3-nano-4b"),
+        )
+        .unwrap();
+        let at: Vec<usize> = (0..c.layers.len())
+            .filter(|&i| c.layers[i] == LayerKind::Attention)
+            .collect();
+        let count = |k: LayerKind| c.layers.iter().filter(|&&l| l == k).count();
+        assert_eq!(c.layers.len(), 42);
+        assert_eq!((count(LayerKind::Mamba2), count(LayerKind::Mlp)), (21, 17));
+        assert_eq!(at, vec![12, 17, 24, 32]);
+        assert!(!c.tie_word_embeddings);
+        assert_eq!(c.d_inner(), 96 * 80);
     }
 }
