@@ -224,75 +224,60 @@ extern "C" __global__ void moe_up_gemv_bf16(const __nv_bfloat16* __restrict__ x,
     up_gemv<MOE_UP_ROWS>(x, up, ids, h, top_k, experts, inter, inner);
 }
 
-// moe_down_gemv_bf16: the chosen experts' down projections, weighted and summed per token.
-//   out[t, c] = Σ_k wts[t, k] · Σ_r down[ids[t, k]][c, r] · h[t·top_k + k, r]
-// grid (ceil(dim / (4·R)), n), block 128, dynamic shared memory inter·4 bytes (one slot's
-// h row at a time; the k loop runs in the same order for every row, so the sum over the
-// slots is in pick order). Warp w takes rows (blockIdx.x·4 + w)·R .. +R.
-// Reads h [n·top_k, inter] f32, down [experts, dim, inter] bf16, ids/wts [n·top_k];
-// writes out [n, dim] f32 and, when out_bf16 is not null, its bf16 rounding. inter % 8 == 0.
+// moe_down_gemv_bf16: the chosen experts' down projections, one (token, pick) pair per
+// blockIdx.y (so the six experts of a decode token stream in parallel; `moe_combine_f32`
+// then weighs and sums them).
+//   ys[p, c] = Σ_r down[ids[p]][c, r] · h[p, r]
+// grid (ceil(dim / (4·R)), n·top_k), block 128, dynamic shared memory inter·4 bytes (the
+// pair's h row). Warp w takes rows (blockIdx.x·4 + w)·R .. +R.
+// Reads h [n·top_k, inter] f32, down [experts, dim, inter] bf16, ids [n·top_k] u32;
+// writes ys [n·top_k, dim] f32. inter % 8 == 0.
 template <int R>
 __device__ __forceinline__ void down_gemv(const float* __restrict__ h, const __nv_bfloat16* __restrict__ down,
-                                          const uint32_t* __restrict__ ids, const float* __restrict__ wts,
-                                          float* __restrict__ out, __nv_bfloat16* __restrict__ out_bf16,
-                                          int top_k, int experts, int dim, int inter) {
+                                          const uint32_t* __restrict__ ids, float* __restrict__ ys, int experts,
+                                          int dim, int inter) {
     extern __shared__ __align__(16) unsigned char moe_smem[];
     float4* hs = reinterpret_cast<float4*>(moe_smem);
-    const int t = blockIdx.y;
+    const int p = blockIdx.y;
+    const uint32_t e = ids[p];
+    const float4* src = reinterpret_cast<const float4*>(h + (int64_t)p * inter);
+    for (int c = threadIdx.x; c < inter / 4; c += blockDim.x) hs[c] = src[c];
+    __syncthreads();
+    if (e >= (uint32_t)experts) return;  // ids come from moe_route: never
     const int warp = threadIdx.x / NEMO_WARP, lane = threadIdx.x % NEMO_WARP;
     const int row0 = (blockIdx.x * MOE_WARPS + warp) * R;
-    const bool active = row0 < dim;
-    const int nc = inter / 8;
+    if (row0 >= dim) return;
+    const uint4* w[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int row = min(row0 + r, dim - 1);
+        w[r] = reinterpret_cast<const uint4*>(down + ((int64_t)e * dim + row) * inter);
+    }
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
-    for (int k = 0; k < top_k; ++k) {
-        const int p = t * top_k + k;
-        const uint32_t e = ids[p];
-        const float wk = wts[p];
-        __syncthreads();  // the previous slot's h is no longer read
-        const float4* src = reinterpret_cast<const float4*>(h + (int64_t)p * inter);
-        for (int c = threadIdx.x; c < inter / 4; c += blockDim.x) hs[c] = src[c];
-        __syncthreads();
-        if (!active || e >= (uint32_t)experts) continue;
-        const uint4* w[R];
+    const int nc = inter / 8;
+    for (int c = lane; c < nc; c += NEMO_WARP) {
+        uint4 wv[R];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const int row = min(row0 + r, dim - 1);
-            w[r] = reinterpret_cast<const uint4*>(down + ((int64_t)e * dim + row) * inter);
-        }
-        float part[R];
+        for (int r = 0; r < R; ++r) wv[r] = ld_weights(w[r] + c);
+        const float4 a = hs[2 * c], b = hs[2 * c + 1];
+        const float hf[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-        for (int r = 0; r < R; ++r) part[r] = 0.f;
-        for (int c = lane; c < nc; c += NEMO_WARP) {
-            uint4 wv[R];
-#pragma unroll
-            for (int r = 0; r < R; ++r) wv[r] = ld_weights(w[r] + c);
-            const float4 a = hs[2 * c], b = hs[2 * c + 1];
-            const float hf[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-            for (int r = 0; r < R; ++r) part[r] += dot8(wv[r], hf);
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = fmaf(wk, part[r], acc[r]);
+        for (int r = 0; r < R; ++r) acc[r] += dot8(wv[r], hf);
     }
-    if (!active) return;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         const float s = nemo::warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < dim) {
-            out[(int64_t)t * dim + row0 + r] = s;
-            if (out_bf16) out_bf16[(int64_t)t * dim + row0 + r] = __float2bfloat16_rn(s);
-        }
+        if (lane == 0 && row0 + r < dim) ys[(int64_t)p * dim + row0 + r] = s;
     }
 }
 
-#define MOE_DOWN_ROWS 2
+#define MOE_DOWN_ROWS 4
 extern "C" __global__ void moe_down_gemv_bf16(const float* __restrict__ h, const __nv_bfloat16* __restrict__ down,
-                                              const uint32_t* __restrict__ ids, const float* __restrict__ wts,
-                                              float* __restrict__ out, __nv_bfloat16* __restrict__ out_bf16,
-                                              int top_k, int experts, int dim, int inter) {
-    down_gemv<MOE_DOWN_ROWS>(h, down, ids, wts, out, out_bf16, top_k, experts, dim, inter);
+                                              const uint32_t* __restrict__ ids, float* __restrict__ ys, int experts,
+                                              int dim, int inter) {
+    down_gemv<MOE_DOWN_ROWS>(h, down, ids, ys, experts, dim, inter);
 }
 
 // moe_gather_bf16: rows of x in expert order for the per-expert GEMMs of a prompt.
@@ -308,7 +293,7 @@ extern "C" __global__ void moe_gather_bf16(const __nv_bfloat16* __restrict__ x, 
 }
 
 // moe_combine_f32: the weighted sum of each token's expert outputs (in pick order).
-//   out[t, c] = Σ_k wts[t, k] · ys[pos[t·top_k + k], c]
+//   out[t, c] = Σ_k wts[t, k] · ys[pos[t·top_k + k], c]     (pos null: pos[p] = p)
 // grid (n), block 256. Reads ys [rows, dim] f32, pos/wts [n·top_k]; writes out [n, dim]
 // f32 and, when out_bf16 is not null, its bf16 rounding.
 extern "C" __global__ void moe_combine_f32(const float* __restrict__ ys, const uint32_t* __restrict__ pos,
@@ -319,7 +304,7 @@ extern "C" __global__ void moe_combine_f32(const float* __restrict__ ys, const u
         float s = 0.f;
         for (int k = 0; k < top_k; ++k) {
             const int p = t * top_k + k;
-            s = fmaf(wts[p], ys[(int64_t)pos[p] * dim + c], s);
+            s = fmaf(wts[p], ys[(int64_t)(pos ? pos[p] : p) * dim + c], s);
         }
         out[(int64_t)t * dim + c] = s;
         if (out_bf16) out_bf16[(int64_t)t * dim + c] = __float2bfloat16_rn(s);

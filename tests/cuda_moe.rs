@@ -541,9 +541,10 @@ mod gpu {
         let s = seed();
         let mut r = Rng::new(s);
         // Ragged row groups (inter 40, inner 24: fewer 8-wide chunks than lanes), repeated
-        // ids (a token may even pick one expert twice here), and the 30B-A3B widths.
+        // ids (a token may even pick one expert twice here), and the 30B-A3B widths (with
+        // 8 experts, to keep the host copies small).
         for (n, experts, top_k, inter, inner) in
-            [(4, 5, 3, 40, 24), (3, 128, 6, 1856, 2688), (16, 7, 2, 8, 8)]
+            [(4, 5, 3, 40, 24), (3, 8, 6, 1856, 2688), (16, 7, 2, 8, 8)]
         {
             let x = rounded(&r.vec(n * inner, 1.0));
             let upw = rounded(&r.vec(experts * inter * inner, (3.0 / inner as f32).sqrt()));
@@ -580,39 +581,59 @@ mod gpu {
                 1e-5,
                 1e-3,
             );
-            // Down, weighted and summed, on the loop's h (independent of the up kernel).
-            let mut out = g.zeros::<f32>(n * inner).unwrap();
-            let mut out_b = g.zeros::<bf16>(n * inner).unwrap();
+            // Down per pair on the loop's h (independent of the up kernel), then the
+            // weighted sum over each token's picks.
+            let mut ys = g.zeros::<f32>(n * top_k * inner).unwrap();
             moe::down_gemv(
                 &g,
                 &sh,
                 &up(&g, &h),
                 &up(&g, &bf16s(&downw)),
                 &ids_d,
+                &mut ys,
+                n,
+            )
+            .unwrap();
+            let mut want_ys = vec![0f32; n * top_k * inner];
+            for p in 0..n * top_k {
+                let e = ids[p] as usize;
+                for row in 0..inner {
+                    let w = &downw[(e * inner + row) * inter..(e * inner + row + 1) * inter];
+                    want_ys[p * inner + row] = (0..inter)
+                        .map(|c| w[c] as f64 * h[p * inter + c] as f64)
+                        .sum::<f64>() as f32;
+                }
+            }
+            let got_ys = g.download(&ys).unwrap();
+            assert_close(&format!("{what} down"), &got_ys, &want_ys, 1e-5, 1e-3);
+            let mut out = g.zeros::<f32>(n * inner).unwrap();
+            let mut out_b = g.zeros::<bf16>(n * inner).unwrap();
+            moe::combine(
+                &g,
+                &ys,
+                n * top_k,
+                None,
                 &up(&g, &wts),
                 &mut out,
                 Some(&mut out_b),
                 n,
+                top_k,
+                inner,
             )
             .unwrap();
             let mut want = vec![0f32; n * inner];
             for t in 0..n {
                 for row in 0..inner {
-                    let mut acc = 0f64;
-                    for k in 0..top_k {
-                        let p = t * top_k + k;
-                        let e = ids[p] as usize;
-                        let w = &downw[(e * inner + row) * inter..(e * inner + row + 1) * inter];
-                        let d: f64 = (0..inter)
-                            .map(|c| w[c] as f64 * h[p * inter + c] as f64)
-                            .sum();
-                        acc += wts[p] as f64 * d;
-                    }
-                    want[t * inner + row] = acc as f32;
+                    want[t * inner + row] = (0..top_k)
+                        .map(|k| {
+                            let p = t * top_k + k;
+                            wts[p] as f64 * got_ys[p * inner + row] as f64
+                        })
+                        .sum::<f64>() as f32;
                 }
             }
             let got = g.download(&out).unwrap();
-            assert_close(&format!("{what} down"), &got, &want, 1e-5, 1e-3);
+            assert_close(&format!("{what} combine"), &got, &want, 1e-6, 1e-3);
             let got_b: Vec<f32> = g
                 .download(&out_b)
                 .unwrap()
@@ -669,7 +690,7 @@ mod gpu {
             &g,
             &up(&g, &ys),
             ys_rows,
-            &up(&g, &pos),
+            Some(&up(&g, &pos)),
             &up(&g, &wts),
             &mut out,
             None,

@@ -79,7 +79,7 @@ pub fn route(
 /// Rows each warp of the grouped GEMVs computes (kernels/moe.cu `MOE_UP_ROWS`,
 /// `MOE_DOWN_ROWS`); warps per block (`MOE_WARPS`).
 const UP_ROWS: usize = 4;
-const DOWN_ROWS: usize = 2;
+const DOWN_ROWS: usize = 4;
 const WARPS: usize = 4;
 /// Dynamic shared memory a block may use without opting in (48 KiB).
 const MAX_SMEM: usize = 48 * 1024;
@@ -251,18 +251,15 @@ pub fn up_gemv(
     )
 }
 
-/// `out[t] = Σ_k wts[t, k] · down[ids[t, k]] · h[t·top_k + k]` for `n` tokens; `down` is
-/// `[experts, inner, inter]`, `out` `[n, inner]` f32 (and its bf16 rounding in `out_bf16`).
-#[allow(clippy::too_many_arguments)]
+/// `ys[p] = down[ids[p]] · h[p]` for the `n·top_k` (token, pick) pairs; `down` is
+/// `[experts, inner, inter]`, `ys` `[n·top_k, inner]` f32 (`combine` weighs and sums them).
 pub fn down_gemv(
     gpu: &Gpu,
     s: &Experts,
     h: &CudaSlice<f32>,
     down: &CudaSlice<bf16>,
     ids: &CudaSlice<u32>,
-    wts: &CudaSlice<f32>,
-    out: &mut CudaSlice<f32>,
-    out_bf16: Option<&mut CudaSlice<bf16>>,
+    ys: &mut CudaSlice<f32>,
     n: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "moe_down_gemv";
@@ -273,13 +270,7 @@ pub fn down_gemv(
         gpu.ptr(OP, "down", down, 0, s.experts * s.inner * s.inter)?
             .into(),
         gpu.ptr(OP, "ids", ids, 0, pairs)?.into(),
-        gpu.ptr(OP, "weights", wts, 0, pairs)?.into(),
-        gpu.ptr(OP, "out", out, 0, n * s.inner)?.into(),
-        out_bf16
-            .map(|o| gpu.ptr(OP, "out_bf16", o, 0, n * s.inner))
-            .transpose()?
-            .into(),
-        i32_arg(OP, "top_k", s.top_k)?,
+        gpu.ptr(OP, "ys", ys, 0, pairs * s.inner)?.into(),
         i32_arg(OP, "experts", s.experts)?,
         i32_arg(OP, "dim", s.inner)?,
         i32_arg(OP, "inter", s.inter)?,
@@ -287,10 +278,12 @@ pub fn down_gemv(
     if n == 0 {
         return Ok(());
     }
-    ensure(n <= 65535, OP, || format!("{n} tokens (at most 65535)"))?;
+    ensure(pairs <= 65535, OP, || {
+        format!("{pairs} token-expert pairs (at most 65535)")
+    })?;
     let grid = (
         u32_grid(OP, "row blocks", s.inner.div_ceil(WARPS * DOWN_ROWS))?,
-        u32_grid(OP, "tokens", n)?,
+        u32_grid(OP, "pairs", pairs)?,
         1,
     );
     launch_smem(
@@ -331,13 +324,14 @@ pub fn gather_rows(
 }
 
 /// `out[t] = Σ_k wts[t, k] · ys[pos[t·top_k + k]]` (rows of `dim` f32), in pick order; also
-/// the bf16 rounding into `out_bf16`. `ys` holds `ys_rows` rows.
+/// the bf16 rounding into `out_bf16`. `ys` holds `ys_rows` rows; without `pos` row
+/// `t·top_k + k` is the pair's own (as `down_gemv` writes them).
 #[allow(clippy::too_many_arguments)]
 pub fn combine(
     gpu: &Gpu,
     ys: &CudaSlice<f32>,
     ys_rows: usize,
-    pos: &CudaSlice<u32>,
+    pos: Option<&CudaSlice<u32>>,
     wts: &CudaSlice<f32>,
     out: &mut CudaSlice<f32>,
     out_bf16: Option<&mut CudaSlice<bf16>>,
@@ -346,9 +340,14 @@ pub fn combine(
     dim: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "moe_combine";
+    ensure(pos.is_some() || ys_rows >= n * top_k, OP, || {
+        format!("{ys_rows} expert rows for {n} tokens × top_k {top_k}")
+    })?;
     let args = [
         gpu.ptr(OP, "ys", ys, 0, ys_rows * dim)?.into(),
-        gpu.ptr(OP, "pos", pos, 0, n * top_k)?.into(),
+        pos.map(|p| gpu.ptr(OP, "pos", p, 0, n * top_k))
+            .transpose()?
+            .into(),
         gpu.ptr(OP, "weights", wts, 0, n * top_k)?.into(),
         gpu.ptr(OP, "out", out, 0, n * dim)?.into(),
         out_bf16

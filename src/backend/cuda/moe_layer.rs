@@ -18,9 +18,11 @@
 //!   stay f32, as the CPU widens them, so both sides choose from the same logits.
 //! - Two ways to run the chosen experts, the same math:
 //!   - `MoePath::Gemv` (decode, `n ≤ GEMV_MAX_TOKENS`): two grouped GEMV kernels read the
-//!     expert ids and weights from device memory, f32 accumulation, relu² in f32 between
-//!     them. No host sync, no allocation, no host branch on the routing: capturable in a
-//!     CUDA graph together with the cuBLAS GEMMs of the shared expert and latent.
+//!     expert ids from device memory (one block row per (token, pick) pair, f32
+//!     accumulation, relu² in f32 between them), and a combine kernel weighs and sums each
+//!     token's picks. No host sync, no allocation, no host branch on the routing:
+//!     capturable in a CUDA graph together with the cuBLAS GEMMs of the shared expert and
+//!     latent projections.
 //!   - `MoePath::Grouped` (prompts): the ids come to the host (ONE host sync per MoE
 //!     layer, so not capturable), the (token, expert) pairs are sorted by expert there, the
 //!     rows gathered in that order, one cuBLAS GEMM per used expert for up and for down
@@ -127,9 +129,10 @@ pub struct MoeBuffers {
     acc_b: CudaSlice<bf16>,
     /// Expert inputs in expert order `[n·top_k, inner]` (grouped path).
     xs: CudaSlice<bf16>,
-    /// Expert hidden `[n·top_k, inter]` f32, then (grouped path) expert outputs
-    /// `[n·top_k, inner]`.
+    /// Expert hidden `[n·top_k, inter]` f32.
     big: CudaSlice<f32>,
+    /// Expert outputs `[n·top_k, inner]` f32, before the weighted sum.
+    ys: CudaSlice<f32>,
     /// relu² rounded to bf16 `[n·top_k, inter]` (grouped path).
     hb: CudaSlice<bf16>,
     /// Sorted row → token, and pair (t·top_k + k) → sorted row (grouped path).
@@ -166,7 +169,8 @@ impl MoeBuffers {
             acc: gpu.zeros(n * l)?,
             acc_b: gpu.zeros(n * l)?,
             xs: gpu.zeros(pairs * inner)?,
-            big: gpu.zeros(pairs * inter.max(inner))?,
+            big: gpu.zeros(pairs * inter)?,
+            ys: gpu.zeros(pairs * inner)?,
             hb: gpu.zeros(pairs * inter)?,
             rows: gpu.zeros(pairs)?,
             pos: gpu.zeros(pairs)?,
@@ -186,6 +190,7 @@ impl MoeBuffers {
             + self.lat.len()
             + self.acc.len()
             + self.big.len()
+            + self.ys.len()
             + self.rows.len()
             + self.pos.len()
             + self.sh.len())
@@ -393,6 +398,7 @@ impl GpuMoe {
             acc_b,
             xs,
             big,
+            ys,
             hb,
             rows,
             pos,
@@ -427,7 +433,8 @@ impl GpuMoe {
         };
         if gemv {
             moe::up_gemv(gpu, x, xin, &self.up, ids, big, n)?;
-            moe::down_gemv(gpu, x, big, &self.down, ids, weights, dest, dest_b, n)?;
+            moe::down_gemv(gpu, x, big, &self.down, ids, ys, n)?;
+            moe::combine(gpu, ys, n * k, None, weights, dest, dest_b, n, k, x.inner)?;
         } else {
             let pairs = n * k;
             // Sort the (token, pick) pairs by expert on the host: the one sync.
@@ -494,10 +501,21 @@ impl GpuMoe {
                     gpu.ptr(OP, "down", &self.down, j * inner * inter, inner * inter)?,
                     inner,
                     inter,
-                    gpu.ptr(OP, "expert_out", big, at * inner, m * inner)?,
+                    gpu.ptr(OP, "expert_out", ys, at * inner, m * inner)?,
                 )?;
             }
-            moe::combine(gpu, big, pairs, pos, weights, dest, dest_b, n, k, inner)?;
+            moe::combine(
+                gpu,
+                ys,
+                pairs,
+                Some(pos),
+                weights,
+                dest,
+                dest_b,
+                n,
+                k,
+                inner,
+            )?;
         }
         if let (Some((_, fc2)), Some(l)) = (&self.latent, s.latent) {
             gemm::matmul_bf16(gpu, acc_b, n, fc2, hs, l, out, 0.0)?;
