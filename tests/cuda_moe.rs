@@ -720,6 +720,32 @@ mod gpu {
     }
 
     #[test]
+    fn moe_forward_rejects_more_tokens_than_planned_and_short_buffers() {
+        let Some(g) = gpu("moe bounds") else { return };
+        let mut r = Rng::new(seed());
+        let c = small(false, 0, None);
+        let cfg = config(&c);
+        let (store, _, _) = weights(&c, &mut r);
+        let dev = GpuMoe::load(&g, &cfg, &mut StoreWeights(&store), P).unwrap();
+        let mut bufs = MoeBuffers::new(&g, &cfg, 4).unwrap();
+        let x = g.zeros::<bf16>(8 * c.hidden).unwrap();
+        let mut out = g.zeros::<f32>(8 * c.hidden).unwrap();
+        let e = dev.forward(&g, &mut bufs, &x, 5, &mut out).unwrap_err();
+        assert!(
+            e.to_string().contains("5 tokens, buffers planned for 4"),
+            "{e}"
+        );
+        let mut short = g.zeros::<f32>(c.hidden).unwrap();
+        let e = dev.forward(&g, &mut bufs, &x, 2, &mut short).unwrap_err();
+        assert!(e.to_string().contains("buffer `out`"), "{e}");
+        // Buffers of another MoE shape are refused, not read out of bounds.
+        let other = config(&small(false, 0, Some(64)));
+        let mut wrong = MoeBuffers::new(&g, &other, 4).unwrap();
+        let e = dev.forward(&g, &mut wrong, &x, 1, &mut out).unwrap_err();
+        assert!(e.to_string().contains("another MoE shape"), "{e}");
+    }
+
+    #[test]
     fn moe_shapes_of_nano_30b_a3b_are_supported_and_bad_ones_are_refused() {
         // No GPU needed: `supports` is the shape check the model load runs first.
         let v = nemo::model::synthetic::shape_config("nano-30b-a3b").unwrap();
