@@ -28,7 +28,9 @@ extern "C" __global__ void moe_route_f32(const float* __restrict__ logits, const
     for (int j = lane; j < e; j += NEMO_WARP) {
         const float s = 1.f / (1.f + expf(-lg[j]));
         scores[j] = s;
-        choice[j] = s + bias[j];
+        // A NaN (from a NaN activation) may never win nor leave the pick unset below.
+        const float c = s + bias[j];
+        choice[j] = c == c ? c : -INFINITY;
         taken[j] = 0;
     }
     __syncwarp();
