@@ -81,6 +81,8 @@ pub mod mamba2;
 #[cfg(feature = "cuda")]
 pub mod moe;
 #[cfg(feature = "cuda")]
+pub mod moe_layer;
+#[cfg(feature = "cuda")]
 pub mod nemotron_h;
 #[cfg(feature = "cuda")]
 pub mod norm;

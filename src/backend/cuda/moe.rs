@@ -1,9 +1,15 @@
-//! MoE routing (kernels/moe.cu): sigmoid, correction bias for the choice, grouped top-k,
-//! weights from the uncorrected scores; oracle `model::moe::Moe::route`.
+//! MoE ops (kernels/moe.cu): the f32 router GEMM; routing (sigmoid, correction bias for
+//! the choice, grouped top-k, weights from the uncorrected scores; oracle
+//! `model::moe::Moe::route`); the chosen experts as grouped GEMVs that read the expert ids
+//! from device memory (decode; capturable in a CUDA graph); the gather / combine of the
+//! per-expert GEMMs of a prompt; and a cuBLAS GEMM on row ranges of stacked weights.
+//! `moe_layer::GpuMoe` composes them into the mixer.
 
-use cudarc::driver::CudaSlice;
+use cudarc::cublas::sys;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
 
-use super::{ensure, i32_arg, Arg, CudaError, Gpu};
+use super::{ensure, i32_arg, Arg, CudaError, DPtr, Gpu};
 
 /// Router configuration (the config's names).
 #[derive(Clone, Copy, Debug)]
@@ -68,4 +74,336 @@ pub fn route(
         why: format!("{n} tokens"),
     })?;
     gpu.launch("moe", "moe_route_f32", (grid, 1, 1), 32, &args)
+}
+
+/// Rows each warp of the grouped GEMVs computes (kernels/moe.cu `MOE_UP_ROWS`,
+/// `MOE_DOWN_ROWS`); warps per block (`MOE_WARPS`).
+const UP_ROWS: usize = 4;
+const DOWN_ROWS: usize = 4;
+const WARPS: usize = 4;
+/// Dynamic shared memory a block may use without opting in (48 KiB).
+const MAX_SMEM: usize = 48 * 1024;
+
+/// Shapes the expert kernels take: `inner` is the experts' input/output width (hidden, or
+/// `moe_latent_size`), `inter` their `moe_intermediate_size`.
+pub fn supports_experts(
+    experts: usize,
+    top_k: usize,
+    inter: usize,
+    inner: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_experts";
+    ensure(experts >= 1 && top_k >= 1 && top_k <= experts, OP, || {
+        format!("top_k {top_k} of {experts} experts")
+    })?;
+    ensure(inner > 0 && inner.is_multiple_of(8), OP, || {
+        format!("expert width {inner} (a multiple of 8)")
+    })?;
+    ensure(inter > 0 && inter.is_multiple_of(8), OP, || {
+        format!("moe_intermediate_size {inter} (a multiple of 8)")
+    })?;
+    ensure(inner * 2 <= MAX_SMEM, OP, || {
+        format!("expert width {inner} (at most {})", MAX_SMEM / 2)
+    })?;
+    ensure(inter * 4 <= MAX_SMEM, OP, || {
+        format!("moe_intermediate_size {inter} (at most {})", MAX_SMEM / 4)
+    })?;
+    ensure(
+        experts
+            .checked_mul(inter)
+            .and_then(|v| v.checked_mul(inner))
+            .is_some_and(|v| v <= i64::MAX as usize),
+        OP,
+        || format!("{experts} experts of {inter}×{inner}"),
+    )
+}
+
+/// Router widths: `hidden % 4 == 0` (the router reads the gate in float4).
+pub fn supports_router(experts: usize, hidden: usize) -> Result<(), CudaError> {
+    ensure(
+        experts >= 1 && hidden > 0 && hidden.is_multiple_of(4),
+        "moe_router",
+        || format!("{experts} experts × hidden {hidden} (hidden a multiple of 4)"),
+    )
+}
+
+fn u32_grid(op: &'static str, what: &str, n: usize) -> Result<u32, CudaError> {
+    u32::try_from(n.max(1)).map_err(|_| CudaError::Unsupported {
+        op,
+        why: format!("{what} = {n} blocks"),
+    })
+}
+
+/// `Gpu::launch` with `smem` bytes of dynamic shared memory.
+fn launch_smem(
+    gpu: &Gpu,
+    name: &'static str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: usize,
+    args: &[Arg],
+) -> Result<(), CudaError> {
+    let f = gpu.func("moe", name)?;
+    let mut b = gpu.stream.launch_builder(&f);
+    for a in args {
+        match a {
+            Arg::Ptr(p) => b.arg(p),
+            Arg::I32(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
+}
+
+/// `logits[n, experts] = x[n, hidden] · gateᵀ` in f32 (x bf16, gate f32), as the CPU.
+pub fn router(
+    gpu: &Gpu,
+    x: &CudaSlice<bf16>,
+    gate: &CudaSlice<f32>,
+    logits: &mut CudaSlice<f32>,
+    n: usize,
+    experts: usize,
+    hidden: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_router";
+    supports_router(experts, hidden)?;
+    let args = [
+        gpu.ptr(OP, "x", x, 0, n * hidden)?.into(),
+        gpu.ptr(OP, "gate", gate, 0, experts * hidden)?.into(),
+        gpu.ptr(OP, "logits", logits, 0, n * experts)?.into(),
+        i32_arg(OP, "n", n)?,
+        i32_arg(OP, "experts", experts)?,
+        i32_arg(OP, "hidden", hidden)?,
+    ];
+    if n == 0 {
+        return Ok(());
+    }
+    let grid = (
+        u32_grid(OP, "experts", experts.div_ceil(WARPS))?,
+        u32_grid(OP, "tokens", n.div_ceil(4))?,
+        1,
+    );
+    gpu.launch("moe", "moe_router_f32", grid, (WARPS * 32) as u32, &args)
+}
+
+/// Expert shapes for the grouped kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct Experts {
+    pub experts: usize,
+    pub top_k: usize,
+    /// `moe_intermediate_size`.
+    pub inter: usize,
+    /// Input width of up, output width of down (hidden or `moe_latent_size`).
+    pub inner: usize,
+}
+
+/// `h[t·top_k + k, :] = relu(up[ids[t, k]] · x[t])²` for `n` tokens; `up` is
+/// `[experts, inter, inner]`, `h` `[n·top_k, inter]` f32. Reads the ids on the device.
+pub fn up_gemv(
+    gpu: &Gpu,
+    s: &Experts,
+    x: &CudaSlice<bf16>,
+    up: &CudaSlice<bf16>,
+    ids: &CudaSlice<u32>,
+    h: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_up_gemv";
+    supports_experts(s.experts, s.top_k, s.inter, s.inner)?;
+    let pairs = n * s.top_k;
+    let args = [
+        gpu.ptr(OP, "x", x, 0, n * s.inner)?.into(),
+        gpu.ptr(OP, "up", up, 0, s.experts * s.inter * s.inner)?
+            .into(),
+        gpu.ptr(OP, "ids", ids, 0, pairs)?.into(),
+        gpu.ptr(OP, "h", h, 0, pairs * s.inter)?.into(),
+        i32_arg(OP, "top_k", s.top_k)?,
+        i32_arg(OP, "experts", s.experts)?,
+        i32_arg(OP, "inter", s.inter)?,
+        i32_arg(OP, "inner", s.inner)?,
+    ];
+    if n == 0 {
+        return Ok(());
+    }
+    let grid = (
+        u32_grid(OP, "row blocks", s.inter.div_ceil(WARPS * UP_ROWS))?,
+        u32_grid(OP, "pairs", pairs)?,
+        1,
+    );
+    ensure(pairs <= 65535, OP, || {
+        format!("{pairs} token-expert pairs (at most 65535)")
+    })?;
+    launch_smem(
+        gpu,
+        "moe_up_gemv_bf16",
+        grid,
+        (WARPS * 32) as u32,
+        s.inner * 2,
+        &args,
+    )
+}
+
+/// `ys[p] = down[ids[p]] · h[p]` for the `n·top_k` (token, pick) pairs; `down` is
+/// `[experts, inner, inter]`, `ys` `[n·top_k, inner]` f32 (`combine` weighs and sums them).
+pub fn down_gemv(
+    gpu: &Gpu,
+    s: &Experts,
+    h: &CudaSlice<f32>,
+    down: &CudaSlice<bf16>,
+    ids: &CudaSlice<u32>,
+    ys: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_down_gemv";
+    supports_experts(s.experts, s.top_k, s.inter, s.inner)?;
+    let pairs = n * s.top_k;
+    let args = [
+        gpu.ptr(OP, "h", h, 0, pairs * s.inter)?.into(),
+        gpu.ptr(OP, "down", down, 0, s.experts * s.inner * s.inter)?
+            .into(),
+        gpu.ptr(OP, "ids", ids, 0, pairs)?.into(),
+        gpu.ptr(OP, "ys", ys, 0, pairs * s.inner)?.into(),
+        i32_arg(OP, "experts", s.experts)?,
+        i32_arg(OP, "dim", s.inner)?,
+        i32_arg(OP, "inter", s.inter)?,
+    ];
+    if n == 0 {
+        return Ok(());
+    }
+    ensure(pairs <= 65535, OP, || {
+        format!("{pairs} token-expert pairs (at most 65535)")
+    })?;
+    let grid = (
+        u32_grid(OP, "row blocks", s.inner.div_ceil(WARPS * DOWN_ROWS))?,
+        u32_grid(OP, "pairs", pairs)?,
+        1,
+    );
+    launch_smem(
+        gpu,
+        "moe_down_gemv_bf16",
+        grid,
+        (WARPS * 32) as u32,
+        s.inter * 4,
+        &args,
+    )
+}
+
+/// `xs[i] = x[rows[i]]` for `count` rows of `dim` bf16 (`dim % 8 == 0`).
+pub fn gather_rows(
+    gpu: &Gpu,
+    x: &CudaSlice<bf16>,
+    x_rows: usize,
+    rows: &CudaSlice<u32>,
+    xs: &mut CudaSlice<bf16>,
+    count: usize,
+    dim: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_gather";
+    ensure(dim.is_multiple_of(8), OP, || {
+        format!("width {dim} (a multiple of 8)")
+    })?;
+    let args = [
+        gpu.ptr(OP, "x", x, 0, x_rows * dim)?.into(),
+        gpu.ptr(OP, "rows", rows, 0, count)?.into(),
+        gpu.ptr(OP, "xs", xs, 0, count * dim)?.into(),
+        i32_arg(OP, "dim", dim)?,
+    ];
+    if count == 0 {
+        return Ok(());
+    }
+    let grid = u32_grid(OP, "rows", count)?;
+    gpu.launch("moe", "moe_gather_bf16", (grid, 1, 1), 128, &args)
+}
+
+/// `out[t] = Σ_k wts[t, k] · ys[pos[t·top_k + k]]` (rows of `dim` f32), in pick order; also
+/// the bf16 rounding into `out_bf16`. `ys` holds `ys_rows` rows; without `pos` row
+/// `t·top_k + k` is the pair's own (as `down_gemv` writes them).
+#[allow(clippy::too_many_arguments)]
+pub fn combine(
+    gpu: &Gpu,
+    ys: &CudaSlice<f32>,
+    ys_rows: usize,
+    pos: Option<&CudaSlice<u32>>,
+    wts: &CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+    out_bf16: Option<&mut CudaSlice<bf16>>,
+    n: usize,
+    top_k: usize,
+    dim: usize,
+) -> Result<(), CudaError> {
+    const OP: &str = "moe_combine";
+    ensure(pos.is_some() || ys_rows >= n * top_k, OP, || {
+        format!("{ys_rows} expert rows for {n} tokens × top_k {top_k}")
+    })?;
+    let args = [
+        gpu.ptr(OP, "ys", ys, 0, ys_rows * dim)?.into(),
+        pos.map(|p| gpu.ptr(OP, "pos", p, 0, n * top_k))
+            .transpose()?
+            .into(),
+        gpu.ptr(OP, "weights", wts, 0, n * top_k)?.into(),
+        gpu.ptr(OP, "out", out, 0, n * dim)?.into(),
+        out_bf16
+            .map(|o| gpu.ptr(OP, "out_bf16", o, 0, n * dim))
+            .transpose()?
+            .into(),
+        i32_arg(OP, "top_k", top_k)?,
+        i32_arg(OP, "dim", dim)?,
+    ];
+    if n == 0 {
+        return Ok(());
+    }
+    let grid = u32_grid(OP, "tokens", n)?;
+    gpu.launch("moe", "moe_combine_f32", (grid, 1, 1), 256, &args)
+}
+
+/// `y[m, out] = x[m, in] · Wᵀ` (bf16 in, f32 out, f32 accumulation) on raw addresses the
+/// caller has checked (`Gpu::ptr`): rows of a larger activation buffer times one expert
+/// of a stacked weight. See `gemm.rs` for the row-major ↔ column-major mapping.
+pub fn gemm_at(
+    gpu: &Gpu,
+    x: DPtr<bf16>,
+    m: usize,
+    w: DPtr<bf16>,
+    out_dim: usize,
+    in_dim: usize,
+    y: DPtr<f32>,
+) -> Result<(), CudaError> {
+    super::gemm::supports(m, out_dim, in_dim)?;
+    if m == 0 || out_dim == 0 {
+        return Ok(());
+    }
+    let blas = gpu.blas()?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            out_dim as i32,
+            m as i32,
+            in_dim as i32,
+            &alpha as *const f32 as *const _,
+            w.raw() as *const _,
+            sys::cudaDataType::CUDA_R_16BF,
+            in_dim as i32,
+            x.raw() as *const _,
+            sys::cudaDataType::CUDA_R_16BF,
+            in_dim as i32,
+            &beta as *const f32 as *const _,
+            y.raw() as *mut _,
+            sys::cudaDataType::CUDA_R_32F,
+            out_dim as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| CudaError::Blas(format!("{e:?}")))
 }
