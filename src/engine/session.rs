@@ -307,13 +307,9 @@ impl Session {
         Ok(logits)
     }
 
-    /// Runs one request to the end, sending events through `emit`.
-    pub fn generate(
-        &mut self,
-        req: &Request,
-        emit: &mut dyn FnMut(Event),
-    ) -> Result<Done, EngineError> {
-        let t0 = Instant::now();
+    /// Renders `req`, checks it fits, and restores the best reusable state for it;
+    /// returns the prompt and how many of its tokens are reused.
+    fn prepare(&mut self, req: &Request) -> Result<(PromptPlan, usize), EngineError> {
         let plan = self.render(req)?;
         let ctx = self.context();
         if plan.ids.len() >= ctx {
@@ -326,6 +322,28 @@ impl Session {
             return Err(EngineError::Template("the rendered prompt is empty".into()));
         }
         let reused = self.restore_for(&plan.ids)?;
+        Ok((plan, reused))
+    }
+
+    /// The prompt step of `generate` alone: restores the best checkpoint for `req`'s
+    /// prompt, feeds the rest (checkpointing at message ends), and returns how many
+    /// prompt tokens were reused and the logits for the first answer token. For checking
+    /// a device against another, or reuse against a fresh session.
+    pub fn prefill(&mut self, req: &Request) -> Result<(usize, Vec<f32>), EngineError> {
+        let (plan, reused) = self.prepare(req)?;
+        let logits = self.feed(&plan.ids[reused..], &plan.boundaries, req)?;
+        Ok((reused, logits))
+    }
+
+    /// Runs one request to the end, sending events through `emit`.
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
+        let t0 = Instant::now();
+        let (plan, reused) = self.prepare(req)?;
+        let ctx = self.context();
         emit(Event::Started {
             prompt_tokens: plan.ids.len(),
             reused_tokens: reused,
