@@ -60,6 +60,10 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Context length (default: the model's; on the GPU at most what fits the free device
+    /// memory).
+    #[arg(long)]
+    pub context: Option<usize>,
 }
 
 fn restore_terminal() {
@@ -289,6 +293,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     // The session on its device; a GPU upload shows its progress in the loading view.
     let opts = SessionOptions {
         cache,
+        context: a.context,
         ..Default::default()
     };
     let uploaded = (AtomicUsize::new(0), AtomicUsize::new(0));
