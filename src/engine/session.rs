@@ -223,15 +223,17 @@ impl Session {
         if self.tokens.len() <= limit {
             return Ok(self.tokens.len());
         }
-        let best = self
-            .checkpoints
-            .iter()
-            .filter(|c| c.snap.len() <= limit)
-            .max_by_key(|c| c.snap.len());
+        let best = (0..self.checkpoints.len())
+            .filter(|i| self.checkpoints[*i].snap.len() <= limit)
+            .max_by_key(|i| self.checkpoints[*i].snap.len());
         let reused = match best {
-            Some(c) => {
-                self.runner.restore(&c.snap)?;
-                c.snap.len()
+            Some(i) => {
+                // A failed restore may have copied part of the state: forget it all.
+                if let Err(e) = self.runner.restore(&self.checkpoints[i].snap) {
+                    self.reset();
+                    return Err(e);
+                }
+                self.checkpoints[i].snap.len()
             }
             None => {
                 self.runner.reset();

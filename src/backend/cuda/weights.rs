@@ -1,7 +1,8 @@
 //! Where the GPU model's weights come from (`nemotron_h::GpuNemotronH::load`): a loaded
 //! checkpoint's `WeightStore` (GEMM operands converted to bf16 on the host in slices and
-//! uploaded; quantized and FP8 tensors refused), or random values for `nemo bench`
-//! (filled on the device from one uploaded pool per scale, never zeros).
+//! uploaded; quantized and FP8 tensors refused; `with_progress` reports the bytes as they
+//! go up, for a progress bar), or random values for `nemo bench` (filled on the device
+//! from one uploaded pool per scale, never zeros).
 
 use std::collections::HashMap;
 
