@@ -192,6 +192,7 @@ mod gpu {
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
     use nemo::chat::Message;
+    use nemo::engine::runner::{check_cuda, load_gpu_model};
     use nemo::engine::sampler::SamplingParams;
     use nemo::engine::{Runner, Session, SessionOptions};
     use nemo::model::weights::{Tensor, WeightStore};
@@ -511,5 +512,49 @@ mod gpu {
             },
         );
         assert_eq!(s.context(), 64);
+    }
+
+    /// Needs no GPU: what `--device cuda|auto` accepts is decided from the folder alone.
+    #[test]
+    fn check_cuda_accepts_dense_nemotron_h_folders_and_refuses_the_rest_in_one_line() {
+        for name in DENSE {
+            let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
+            check_cuda(&folder).unwrap();
+        }
+        let refused = [
+            ("nemotron_h_moe", "MoE layers are not supported on cuda yet"),
+            ("llama_tiny", "Llama models are not supported on cuda yet"),
+            (
+                "nemotron_h_tiny_fp8",
+                "weights are not supported on cuda yet",
+            ),
+            (
+                "gguf/nemotron_h_tiny.f32.gguf",
+                "GGUF files are not supported on cuda yet",
+            ),
+        ];
+        for (name, why) in refused {
+            let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
+            let e = check_cuda(&folder).unwrap_err().to_string();
+            assert!(e.contains(why), "{name}: {e}");
+            assert_eq!(e.lines().count(), 1, "{name}: {e}");
+        }
+    }
+
+    /// The upload reports checkpoint bytes as they go up: never backwards, within the
+    /// total, ending at the checkpoint's size.
+    #[test]
+    fn weight_upload_progress_rises_to_the_checkpoint_size() {
+        let Some(g) = gpu("gpu upload progress") else {
+            return;
+        };
+        let folder = ModelFolder::open(&super::common::fixture("nemotron_h_bf16")).unwrap();
+        let total = WeightStore::open_dir(&folder.dir).unwrap().total_bytes();
+        let mut seen: Vec<(usize, usize)> = vec![];
+        load_gpu_model(&g, &folder, |d, t| seen.push((d, t))).unwrap();
+        assert!(seen.len() > 2, "{seen:?}");
+        assert!(seen.iter().all(|(d, t)| *t == total && d <= t), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(total, total)));
     }
 }

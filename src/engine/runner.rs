@@ -9,7 +9,7 @@
 //! - Logits always come back to the host as f32 and the host `Sampler` picks the token, so
 //!   bans, penalties and thinking-budget forcing are one code path on every device. On the
 //!   GPU that is one copy of `vocab` × 4 bytes per token: 0.5 MiB for Nemotron's 131072
-//!   vocab, ~20 µs over PCIe, under 1% of a ~6 ms Nano-9B decode step. (A CUDA-graph decode
+//!   vocab, 10–50 µs over PCIe 4/5 (pageable copy), under 1% of a ~6 ms Nano-9B decode step. (A CUDA-graph decode
 //!   step with sampling on the device, only the id coming back, is the planned fast path.)
 //! - Snapshots live where the state lives: host copies of the Mamba states for the CPU,
 //!   device copies for the GPU (`backend::cuda::snapshot`); restoring truncates the KV
@@ -192,9 +192,10 @@ mod cuda {
 
     /// The GPU model and one sequence on it.
     pub struct CudaRunner {
-        pub gpu: Arc<Gpu>,
-        pub model: Arc<GpuNemotronH>,
+        // Dropped in this order: the session's buffers, the weights, then the device.
         pub session: GpuSession,
+        pub model: Arc<GpuNemotronH>,
+        pub gpu: Arc<Gpu>,
         /// `reset` cannot fail (the CPU's cannot, and `Session::reset` returns nothing), so
         /// the device reset is done before the next call that reads or writes the state.
         reset_pending: bool,
@@ -264,9 +265,9 @@ mod cuda {
             let plan = plan_for(&gpu, &model.config, opts)?;
             let session = model.new_session(&gpu, opts.cache, plan)?;
             Ok(Runner::Cuda(Box::new(CudaRunner {
-                gpu,
-                model,
                 session,
+                model,
+                gpu,
                 reset_pending: false,
             })))
         }
