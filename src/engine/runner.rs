@@ -206,7 +206,13 @@ mod cuda {
     }
 
     impl CudaRunner {
+        /// Before every device call: the context current on this thread (the engine
+        /// thread is not the one that opened it), and a pending reset done.
         fn settle(&mut self) -> Result<(), EngineError> {
+            self.gpu
+                .ctx
+                .bind_to_thread()
+                .map_err(|e| gpu_err(CudaError::Driver(format!("{e:?}"))))?;
             if self.reset_pending {
                 self.session.reset(&self.gpu).map_err(gpu_err)?;
                 self.reset_pending = false;
@@ -219,11 +225,6 @@ mod cuda {
             tokens: &[u32],
             want: Logits,
         ) -> Result<Vec<f32>, EngineError> {
-            // The engine thread is not the one that opened the context.
-            self.gpu
-                .ctx
-                .bind_to_thread()
-                .map_err(|e| gpu_err(CudaError::Driver(format!("{e:?}"))))?;
             self.settle()?;
             Ok(self
                 .model
