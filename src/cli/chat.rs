@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
 use nemo::config::{parse_budget, Config, Paths};
 use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::sampler::SamplingParams;
-use nemo::engine::{Engine, Session, SessionOptions};
+use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::ThinkingOptions;
 use nemo::tui::app::{App, ModelInfo};
@@ -33,6 +34,7 @@ use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 
+use super::device::place;
 use super::{usage, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -58,6 +60,10 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Context length (default: the model's; on the GPU at most what fits the free device
+    /// memory).
+    #[arg(long)]
+    pub context: Option<usize>,
 }
 
 fn restore_terminal() {
@@ -112,6 +118,43 @@ fn centered_message(
     Ok(())
 }
 
+/// The error view: `msg` under `title`, until a key is pressed.
+fn error_view(
+    terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>,
+    theme: &Theme,
+    title: &str,
+    msg: &str,
+) -> anyhow::Result<()> {
+    centered_message(
+        terminal,
+        title,
+        vec![
+            Line::from(msg.to_string()).style(theme.error),
+            Line::from(""),
+            Line::from("press any key to exit"),
+        ],
+    )?;
+    loop {
+        if let crossterm::event::Event::Key(_) = crossterm::event::read()? {
+            return Ok(());
+        }
+    }
+}
+
+/// `[=====>     ]` for `done` of `total`, `width` cells inside the brackets.
+fn upload_bar(done: usize, total: usize, width: usize) -> String {
+    let fill = (done.min(total) * width).checked_div(total).unwrap_or(0);
+    let mut s = String::with_capacity(width + 2);
+    s.push('[');
+    s.push_str(&"=".repeat(fill));
+    if fill < width {
+        s.push('>');
+        s.push_str(&" ".repeat(width - fill - 1));
+    }
+    s.push(']');
+    s
+}
+
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     a.sampling.check()?;
     let paths = Paths::discover()?;
@@ -129,7 +172,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     )?;
     let dir = choice.path.clone();
     let threads = a.model.threads.or(cfg.threads);
-    a.model.check_device()?;
+    let device = a.model.device()?;
     super::init_threads(threads)?;
     let budget = match a.budget.as_deref().or(cfg.budget.as_deref()) {
         Some(s) => parse_budget(s).map_err(|e| usage(format!("--budget: {e}")))?,
@@ -190,20 +233,12 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let folder = match loader.join() {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => {
-            centered_message(
+            error_view(
                 &mut terminal,
+                &theme,
                 " nemo: the model could not be loaded ",
-                vec![
-                    Line::from(e.to_string()).style(theme.error),
-                    Line::from(""),
-                    Line::from("press any key to exit"),
-                ],
+                &e.to_string(),
             )?;
-            loop {
-                if let crossterm::event::Event::Key(_) = crossterm::event::read()? {
-                    break;
-                }
-            }
             return Err(e.into());
         }
         Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
@@ -222,23 +257,6 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         ..a.model.clone()
     }
     .cache_config(folder.model.weight_dtype())?;
-    let m = &folder.model;
-    let info = ModelInfo {
-        name: choice.name.clone(),
-        backend: "cpu".into(),
-        arch: m.describe(),
-        dtype: folder.model.weight_dtype().to_string(),
-        pattern: m.pattern(),
-        params: format!("{:.2} GB of weights", m.weight_bytes() as f64 / 1e9),
-        context: m.context(),
-        kv_cache_dtype: cache.kv_dtype.to_string(),
-        ssm_cache_dtype: cache.ssm_dtype.to_string(),
-        no_thinking_switch: folder
-            .template
-            .as_ref()
-            .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
-    };
-
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     // Layers: generation_config.json < config.toml / NEMO_* < flags.
@@ -272,15 +290,80 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     };
     let history = History::load(&paths.history_file);
     let history_error = history.load_error().map(str::to_string);
-    let session = Session::new(
-        &folder,
-        SessionOptions {
-            cache,
-            ..Default::default()
-        },
-    )?;
+    // The session on its device; a GPU upload shows its progress in the loading view.
+    let opts = SessionOptions {
+        cache,
+        context: a.context,
+        ..Default::default()
+    };
+    let uploaded = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let placed = std::thread::scope(|sc| -> anyhow::Result<_> {
+        let job = sc.spawn(|| {
+            place(device, &folder, opts, &mut |d, t| {
+                uploaded.0.store(d, Ordering::Relaxed);
+                uploaded.1.store(t, Ordering::Relaxed);
+            })
+        });
+        while !job.is_finished() {
+            let (d, t) = (
+                uploaded.0.load(Ordering::Relaxed),
+                uploaded.1.load(Ordering::Relaxed),
+            );
+            if t > 0 {
+                centered_message(
+                    &mut terminal,
+                    " nemo ",
+                    vec![
+                        Line::from(format!("weights to the GPU: {}", upload_bar(d, t, 28))),
+                        Line::from(format!(
+                            "{:.2} / {:.2} GB · {:.1} s",
+                            d as f64 / 1e9,
+                            t as f64 / 1e9,
+                            t0.elapsed().as_secs_f64()
+                        )),
+                    ],
+                )?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(80));
+        }
+        job.join()
+            .map_err(|_| anyhow::anyhow!("the model loader crashed"))
+    })?;
+    let placed = match placed {
+        Ok(p) => p,
+        Err(e) => {
+            error_view(
+                &mut terminal,
+                &theme,
+                " nemo: the model could not be placed ",
+                &e.to_string(),
+            )?;
+            return Err(e);
+        }
+    };
+    let session = placed.session;
+    let m = &folder.model;
+    let info = ModelInfo {
+        name: choice.name.clone(),
+        backend: placed.device.clone(),
+        arch: m.describe(),
+        dtype: folder.model.weight_dtype().to_string(),
+        pattern: m.pattern(),
+        params: format!("{:.2} GB of weights", m.weight_bytes() as f64 / 1e9),
+        context: session.context(),
+        kv_cache_dtype: cache.kv_dtype.to_string(),
+        ssm_cache_dtype: cache.ssm_dtype.to_string(),
+        no_thinking_switch: folder
+            .template
+            .as_ref()
+            .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
+    };
+
     let engine = Engine::spawn(session);
     let mut app = App::new(theme, info, session_file.clone(), history);
+    if let Some(n) = placed.notice {
+        app.info(n);
+    }
     if !session_file.turns.is_empty() {
         app.load_session(session_file);
         app.info("resumed the last session");

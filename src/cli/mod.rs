@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod debug;
+mod device;
 mod list;
 mod pull;
 mod rm;
@@ -165,37 +166,42 @@ impl ModelArgs {
         init_threads(self.threads)
     }
 
-    /// `--device`: `cuda` fails with one line when no usable GPU is there; `auto` runs on
-    /// the CPU, with a one-line notice when there is an NVIDIA driver it could not use
-    /// (silent on machines without one). `run` and `chat` run on the CPU for now: the GPU
-    /// forward exists (`backend::cuda::nemotron_h`, `nemo bench --device cuda`) but the
-    /// engine does not call it yet.
+    /// `--device` for `run` and `chat` (see `device.rs`): parsed, and `cuda` probed at
+    /// once, so a machine that cannot run it fails in one line before anything loads.
+    pub fn device(&self) -> anyhow::Result<device::Device> {
+        let d = device::Device::parse(&self.device)?;
+        if d == device::Device::Cuda {
+            nemo::backend::cuda::probe().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+        }
+        Ok(d)
+    }
+
+    /// `--device` for the commands that run on the CPU here (`debug`, and `bench` unless
+    /// `--device cuda`, which `bench` handles before this): `cuda` fails with one line;
+    /// `auto` runs on the CPU, with a one-line notice when there is an NVIDIA driver
+    /// (silent on machines without one).
     pub fn check_device(&self) -> anyhow::Result<()> {
         use nemo::backend::cuda;
-        match self.device.as_str() {
-            "cpu" => Ok(()),
-            "cuda" => match cuda::probe() {
+        match device::Device::parse(&self.device)? {
+            device::Device::Cpu => Ok(()),
+            device::Device::Cuda => match cuda::probe() {
                 Err(e) => Err(anyhow::anyhow!("--device cuda: {e}")),
-                Ok(gpu) => Err(anyhow::anyhow!(
-                    "--device cuda: found {} but `run` and `chat` on the GPU are not implemented yet (`nemo bench --device cuda` is); use --device cpu",
-                    gpu.name
+                Ok(_) => Err(anyhow::anyhow!(
+                    "--device cuda: this command runs on the CPU only (`run`, `chat` and `bench` run on the GPU); use --device cpu"
                 )),
             },
-            "auto" => {
+            device::Device::Auto => {
                 if cuda::driver_present() {
                     match cuda::probe() {
                         Err(e) => eprintln!("nemo: running on the CPU: {e}"),
                         Ok(gpu) => eprintln!(
-                            "nemo: running on the CPU: `run` and `chat` on {} are not implemented yet",
+                            "nemo: running on the CPU ({} runs `run`, `chat` and `bench --device cuda`)",
                             gpu.name
                         ),
                     }
                 }
                 Ok(())
             }
-            other => Err(usage(format!(
-                "--device: `{other}` is not one of auto, cpu, cuda"
-            ))),
         }
     }
 

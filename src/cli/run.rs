@@ -10,9 +10,10 @@ use serde_json::json;
 
 use nemo::chat::Message;
 use nemo::engine::sampler::SamplingParams;
-use nemo::engine::{Engine, Session, SessionOptions};
+use nemo::engine::{Engine, SessionOptions};
 use nemo::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
 
+use super::device::{place, UploadBar};
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -50,7 +51,8 @@ pub struct RunArgs {
     /// Stop when the answer contains this text (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Context length (default: the model's).
+    /// Context length (default: the model's; on the GPU at most what fits the free device
+    /// memory).
     #[arg(long)]
     pub context: Option<usize>,
     /// Print the reasoning to stderr.
@@ -97,7 +99,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if prompt.trim().is_empty() {
         return Err(usage("the prompt is empty"));
     }
-    a.model.init_threads()?;
+    let device = a.model.device()?;
+    super::init_threads(a.model.threads)?;
     let spec = match &a.model.model {
         Some(m) => Some(m.clone()),
         None => super::pull::config_model()?.map(std::path::PathBuf::from),
@@ -110,21 +113,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let folder = nemo::model::ModelFolder::open(&dir)?;
     let cache = a.model.cache_config(folder.model.weight_dtype())?;
-    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
 
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     a.sampling.apply(&mut sampling);
 
-    let session = Session::new(
-        &folder,
-        SessionOptions {
-            cache,
-            context: a.context,
-            ..Default::default()
-        },
-    )?;
-    let engine = Engine::spawn(session);
+    let opts = SessionOptions {
+        cache,
+        context: a.context,
+        ..Default::default()
+    };
+    let mut bar = UploadBar::new();
+    let placed = place(device, &folder, opts, &mut |d, t| bar.update(d, t));
+    bar.finish();
+    let placed = placed?;
+    if let Some(n) = &placed.notice {
+        eprintln!("nemo: {n}");
+    }
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    let device_name = placed.device;
+    let engine = Engine::spawn(placed.session);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::system(s.clone()));
@@ -186,6 +194,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 if a.json {
                     let mut v = serde_json::Map::new();
                     v.insert("event".into(), json!("done"));
+                    v.insert("device".into(), json!(device_name));
                     if let serde_json::Value::Object(fields) = serde_json::to_value(&d)? {
                         v.extend(fields);
                     }

@@ -4,12 +4,14 @@
 
 pub mod detokenizer;
 pub mod prompt;
+pub mod runner;
 pub mod sampler;
 pub mod session;
 pub mod stop;
 pub mod thinking;
 pub mod worker;
 
+pub use runner::{Runner, RunnerSnapshot};
 pub use session::{Session, SessionOptions};
 pub use worker::Engine;
 
@@ -29,4 +31,8 @@ pub enum EngineError {
     ContextOverflow { prompt: usize, context: usize },
     #[error("cancelled")]
     Cancelled,
+    /// The GPU model or its session (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] crate::backend::cuda::nemotron_h::GpuModelError),
 }

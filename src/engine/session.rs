@@ -1,7 +1,10 @@
 //! `Session`: one conversation's sequence state and the generation loop.
 //!
+//! The sequence lives in a `Runner` (the CPU model and a host state, or the GPU model and
+//! a device session); everything here is the same on either.
+//!
 //! Invariants:
-//! - `tokens` are exactly the tokens fed into `state` (`state.len == tokens.len()`).
+//! - `tokens` are exactly the tokens fed into the runner (`runner.len() == tokens.len()`).
 //! - Every checkpoint's tokens are a prefix of `tokens` (checkpoints past a restore point
 //!   are dropped when the sequence goes another way).
 //! - A request renders the whole conversation, restores the longest checkpoint (or the
@@ -16,6 +19,7 @@ use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
 use super::prompt::{PromptBuilder, PromptPlan, THINK_END, THINK_START};
+use super::runner::{Runner, RunnerSnapshot};
 use super::sampler::Sampler;
 use super::stop::StopMatcher;
 use super::thinking::{Action, ThinkingController};
@@ -24,7 +28,7 @@ use crate::chat::reasoning_parser::{ReasoningParser, Segment};
 use crate::chat::template::{nano_v2_fallback, ChatTemplate};
 use crate::model::{Logits, Model, ModelFolder};
 use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
-use crate::state::{CacheConfig, SequenceState, Snapshot};
+use crate::state::CacheConfig;
 
 /// Generated text on its way out: reasoning/answer split, stop strings on the answer,
 /// events. Keeps the thinking controller in step with what the parser saw.
@@ -88,14 +92,15 @@ impl TextRouter {
 }
 
 struct Checkpoint {
-    snap: Snapshot,
+    snap: RunnerSnapshot,
 }
 
 /// Session settings that are not per request.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     pub cache: CacheConfig,
-    /// Context length; defaults to the model's `max_position_embeddings`.
+    /// Context length; defaults to the model's `max_position_embeddings` (on the GPU, at
+    /// most what fits the free device memory: `Runner::cuda`).
     pub context: Option<usize>,
     /// Tokens per prefill call (a long prompt never needs memory for all of it at once).
     pub prefill_chunk: usize,
@@ -120,7 +125,7 @@ pub struct Session {
     prompt: PromptBuilder,
     eos: Vec<u32>,
     think_end_id: Option<u32>,
-    state: SequenceState,
+    runner: Runner,
     tokens: Vec<u32>,
     checkpoints: Vec<Checkpoint>,
     opts: SessionOptions,
@@ -129,7 +134,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session on the CPU.
     pub fn new(folder: &ModelFolder, opts: SessionOptions) -> Result<Self, EngineError> {
+        let runner = Runner::cpu(folder.model.clone(), opts.cache);
+        Self::with_runner(folder, runner, opts)
+    }
+
+    /// A session whose sequence lives in `runner` (e.g. `Runner::cuda`), built for
+    /// `folder`'s model with the same `opts`.
+    pub fn with_runner(
+        folder: &ModelFolder,
+        runner: Runner,
+        opts: SessionOptions,
+    ) -> Result<Self, EngineError> {
         let template = match &folder.template {
             Some(t) => t.clone(),
             None => Arc::new(
@@ -137,7 +154,6 @@ impl Session {
                     .map_err(|e| EngineError::Template(e.to_string()))?,
             ),
         };
-        let state = folder.model.new_state(opts.cache);
         Ok(Session {
             model: folder.model.clone(),
             tokenizer: folder.tokenizer.clone(),
@@ -147,7 +163,7 @@ impl Session {
             },
             eos: folder.eos_token_ids.clone(),
             think_end_id: folder.tokenizer.token_to_id(THINK_END),
-            state,
+            runner,
             tokens: Vec::new(),
             checkpoints: Vec::new(),
             opts,
@@ -160,7 +176,13 @@ impl Session {
     }
 
     pub fn context(&self) -> usize {
-        self.opts.context.unwrap_or(self.model.context())
+        let c = self.opts.context.unwrap_or(self.model.context());
+        self.runner.capacity().map_or(c, |cap| c.min(cap))
+    }
+
+    /// Where the sequence runs: `cpu`, or `cuda · <GPU name>`.
+    pub fn device(&self) -> String {
+        self.runner.device()
     }
 
     /// Tokens currently in the sequence state.
@@ -179,7 +201,7 @@ impl Session {
 
     /// Forgets the sequence state and every checkpoint.
     pub fn reset(&mut self) {
-        self.state.reset();
+        self.runner.reset();
         self.tokens.clear();
         self.checkpoints.clear();
     }
@@ -190,7 +212,7 @@ impl Session {
     }
 
     /// Restores the best reusable state for `ids`; returns how many tokens are reused.
-    fn restore_for(&mut self, ids: &[u32]) -> usize {
+    fn restore_for(&mut self, ids: &[u32]) -> Result<usize, EngineError> {
         let lcp = self
             .tokens
             .iter()
@@ -199,49 +221,57 @@ impl Session {
             .count();
         let limit = lcp.min(ids.len().saturating_sub(1));
         if self.tokens.len() <= limit {
-            return self.tokens.len();
+            return Ok(self.tokens.len());
         }
-        let best = self
-            .checkpoints
-            .iter()
-            .filter(|c| c.snap.len <= limit)
-            .max_by_key(|c| c.snap.len);
+        let best = (0..self.checkpoints.len())
+            .filter(|i| self.checkpoints[*i].snap.len() <= limit)
+            .max_by_key(|i| self.checkpoints[*i].snap.len());
         let reused = match best {
-            Some(c) => {
-                let snap = c.snap.clone();
-                self.state.restore(&snap);
-                snap.len
+            Some(i) => {
+                // A failed restore may have copied part of the state: forget it all.
+                if let Err(e) = self.runner.restore(&self.checkpoints[i].snap) {
+                    self.reset();
+                    return Err(e);
+                }
+                self.checkpoints[i].snap.len()
             }
             None => {
-                self.state.reset();
+                self.runner.reset();
                 0
             }
         };
         self.tokens.truncate(reused);
-        self.checkpoints.retain(|c| c.snap.len <= reused);
-        reused
+        self.checkpoints.retain(|c| c.snap.len() <= reused);
+        Ok(reused)
     }
 
-    fn checkpoint(&mut self) {
+    fn checkpoint(&mut self) -> Result<(), EngineError> {
         if self.opts.max_checkpoints == 0
             || self
                 .checkpoints
                 .iter()
-                .any(|c| c.snap.len == self.tokens.len())
+                .any(|c| c.snap.len() == self.tokens.len())
         {
-            return;
+            return Ok(());
         }
         if self.checkpoints.len() >= self.opts.max_checkpoints {
             // Drop the oldest position: recent turns are the ones retry/undo go back to.
             if let Some(i) =
-                (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len)
+                (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len())
             {
                 self.checkpoints.remove(i);
             }
         }
         self.checkpoints.push(Checkpoint {
-            snap: self.state.snapshot(),
+            snap: self.runner.snapshot()?,
         });
+        Ok(())
+    }
+
+    /// One forward call. A failed call may have changed part of the state (some layers
+    /// ran), so the session forgets it all rather than break the tokens ⇔ state invariant.
+    fn forward(&mut self, ids: &[u32], want: Logits) -> Result<Vec<f32>, EngineError> {
+        self.runner.forward(ids, want).inspect_err(|_| self.reset())
     }
 
     /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
@@ -268,28 +298,20 @@ impl Session {
                 .min(ids.len())
                 .min(i + next_boundary.saturating_sub(pos));
             let last = end == ids.len();
-            logits = self.model.forward(
-                &ids[i..end],
-                &mut self.state,
-                if last { Logits::Last } else { Logits::None },
-            )?;
+            logits = self.forward(&ids[i..end], if last { Logits::Last } else { Logits::None })?;
             self.tokens.extend_from_slice(&ids[i..end]);
             self.fed_total += end - i;
             if boundaries.contains(&self.tokens.len()) {
-                self.checkpoint();
+                self.checkpoint()?;
             }
             i = end;
         }
         Ok(logits)
     }
 
-    /// Runs one request to the end, sending events through `emit`.
-    pub fn generate(
-        &mut self,
-        req: &Request,
-        emit: &mut dyn FnMut(Event),
-    ) -> Result<Done, EngineError> {
-        let t0 = Instant::now();
+    /// Renders `req`, checks it fits, and restores the best reusable state for it;
+    /// returns the prompt and how many of its tokens are reused.
+    fn prepare(&mut self, req: &Request) -> Result<(PromptPlan, usize), EngineError> {
         let plan = self.render(req)?;
         let ctx = self.context();
         if plan.ids.len() >= ctx {
@@ -301,7 +323,29 @@ impl Session {
         if plan.ids.is_empty() {
             return Err(EngineError::Template("the rendered prompt is empty".into()));
         }
-        let reused = self.restore_for(&plan.ids);
+        let reused = self.restore_for(&plan.ids)?;
+        Ok((plan, reused))
+    }
+
+    /// The prompt step of `generate` alone: restores the best checkpoint for `req`'s
+    /// prompt, feeds the rest (checkpointing at message ends), and returns how many
+    /// prompt tokens were reused and the logits for the first answer token. For checking
+    /// a device against another, or reuse against a fresh session.
+    pub fn prefill(&mut self, req: &Request) -> Result<(usize, Vec<f32>), EngineError> {
+        let (plan, reused) = self.prepare(req)?;
+        let logits = self.feed(&plan.ids[reused..], &plan.boundaries, req)?;
+        Ok((reused, logits))
+    }
+
+    /// Runs one request to the end, sending events through `emit`.
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
+        let t0 = Instant::now();
+        let (plan, reused) = self.prepare(req)?;
+        let ctx = self.context();
         emit(Event::Started {
             prompt_tokens: plan.ids.len(),
             reused_tokens: reused,
@@ -344,7 +388,7 @@ impl Session {
                     if ids.is_empty() {
                         break FinishReason::Length;
                     }
-                    logits = self.model.forward(&ids, &mut self.state, Logits::Last)?;
+                    logits = self.forward(&ids, Logits::Last)?;
                     self.tokens.extend_from_slice(&ids);
                     self.fed_total += ids.len();
                     thinking.forced_tokens(ids.len());
@@ -390,7 +434,7 @@ impl Session {
                     if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
                         break FinishReason::Length;
                     }
-                    logits = self.model.forward(&[id], &mut self.state, Logits::Last)?;
+                    logits = self.forward(&[id], Logits::Last)?;
                     self.tokens.push(id);
                     self.fed_total += 1;
                     if sampled.is_multiple_of(8) {

@@ -89,6 +89,8 @@ pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod sampling;
 #[cfg(feature = "cuda")]
+pub mod snapshot;
+#[cfg(feature = "cuda")]
 pub mod ssm;
 #[cfg(feature = "cuda")]
 pub mod weights;

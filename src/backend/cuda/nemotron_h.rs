@@ -108,13 +108,13 @@ pub struct Plan {
 
 /// One sequence's device state (`conv` `[k-1, conv_dim]` f32; `ssm` `[heads, head_dim,
 /// d_state]` in the chosen dtype).
-enum SsmBuf {
+pub(super) enum SsmBuf {
     F32(CudaSlice<f32>),
     F16(CudaSlice<f16>),
     BF16(CudaSlice<bf16>),
 }
 
-enum GpuLayerState {
+pub(super) enum GpuLayerState {
     Mamba { conv: CudaSlice<f32>, ssm: SsmBuf },
     Attention(Box<GpuKvCache>),
     Stateless,
@@ -144,9 +144,9 @@ struct Buffers {
 pub struct GpuSession {
     pub plan: Plan,
     pub cache: CacheConfig,
-    layers: Vec<GpuLayerState>,
+    pub(super) layers: Vec<GpuLayerState>,
     bufs: Buffers,
-    len: usize,
+    pub(super) len: usize,
 }
 
 impl GpuSession {

@@ -1,7 +1,8 @@
 //! Where the GPU model's weights come from (`nemotron_h::GpuNemotronH::load`): a loaded
 //! checkpoint's `WeightStore` (GEMM operands converted to bf16 on the host in slices and
-//! uploaded; quantized and FP8 tensors refused), or random values for `nemo bench`
-//! (filled on the device from one uploaded pool per scale, never zeros).
+//! uploaded; quantized and FP8 tensors refused; `with_progress` reports the bytes as they
+//! go up, for a progress bar), or random values for `nemo bench` (filled on the device
+//! from one uploaded pool per scale, never zeros).
 
 use std::collections::HashMap;
 
@@ -55,40 +56,7 @@ impl WeightSource for StoreWeights<'_> {
         name: &str,
         shape: &[usize],
     ) -> Result<CudaSlice<bf16>, GpuModelError> {
-        let t = self.0.get(name, shape)?;
-        if !matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
-            || !matches!(t.scale(), crate::backend::cpu::WeightScale::None)
-        {
-            return Err(GpuModelError::Unsupported(format!(
-                "tensor `{name}` is {}: the GPU backend takes bf16, f16 or f32 weights (quantized and FP8 weights are not supported on cuda yet)",
-                t.dtype
-            )));
-        }
-        let n = t.numel();
-        let sz = t.dtype.size();
-        let bytes = t.data();
-        let mut dev = gpu.zeros::<bf16>(n)?;
-        let mut wide = vec![0f32; UPLOAD_CHUNK.min(n)];
-        let mut host = vec![bf16::ZERO; UPLOAD_CHUNK.min(n)];
-        let mut at = 0;
-        while at < n {
-            let m = UPLOAD_CHUNK.min(n - at);
-            let src = &bytes[at * sz..(at + m) * sz];
-            if t.dtype == DType::BF16 {
-                for (h, b) in host.iter_mut().zip(src.chunks_exact(2)) {
-                    *h = bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
-                }
-            } else {
-                widen_into(t.dtype, src, &mut wide[..m]);
-                for (h, w) in host.iter_mut().zip(&wide[..m]) {
-                    *h = bf16::from_f32(*w);
-                }
-            }
-            let mut dst = dev.slice_mut(at..at + m);
-            gpu.stream.memcpy_htod(&host[..m], &mut dst).map_err(drv)?;
-            at += m;
-        }
-        Ok(dev)
+        upload_matrix(self.0, gpu, name, shape, &mut |_| {})
     }
 
     fn vector(
@@ -97,13 +65,141 @@ impl WeightSource for StoreWeights<'_> {
         shape: &[usize],
         squeeze: bool,
     ) -> Result<Vec<f32>, GpuModelError> {
-        let t = if squeeze {
-            self.0.get_squeezed(name, shape)?
-        } else {
-            self.0.get(name, shape)?
-        };
-        Ok(t.to_f32())
+        Ok(read_vector(self.0, name, shape, squeeze)?.0)
     }
+}
+
+/// `StoreWeights` that reports its progress: `progress(done, total)` after every uploaded
+/// slice and small tensor, in bytes read from the checkpoint (`total` = every tensor's
+/// stored bytes, `WeightStore::total_bytes`), for a progress bar.
+pub struct StoreWeightsProgress<'a> {
+    store: &'a WeightStore,
+    done: usize,
+    total: usize,
+    progress: Box<dyn FnMut(usize, usize) + 'a>,
+}
+
+impl<'a> StoreWeights<'a> {
+    pub fn with_progress(
+        self,
+        progress: impl FnMut(usize, usize) + 'a,
+    ) -> StoreWeightsProgress<'a> {
+        StoreWeightsProgress {
+            store: self.0,
+            done: 0,
+            total: self.0.total_bytes(),
+            progress: Box::new(progress),
+        }
+    }
+}
+
+impl StoreWeightsProgress<'_> {
+    /// Reports the whole checkpoint as read (tensors the model does not use included).
+    pub fn finish(&mut self) {
+        self.done = self.total;
+        (self.progress)(self.total, self.total);
+    }
+
+    fn advance(&mut self, bytes: usize) {
+        self.done = (self.done + bytes).min(self.total);
+        (self.progress)(self.done, self.total);
+    }
+}
+
+impl WeightSource for StoreWeightsProgress<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.store.contains(name)
+    }
+
+    fn matrix(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<CudaSlice<bf16>, GpuModelError> {
+        // Each slice moves the bar as it goes up: a big tensor does not stall it.
+        let (store, done, total) = (self.store, self.done, self.total);
+        let progress = &mut self.progress;
+        let mut read = 0;
+        let t = upload_matrix(store, gpu, name, shape, &mut |b| {
+            read += b;
+            progress((done + read).min(total), total);
+        })?;
+        self.done = (done + read).min(total);
+        Ok(t)
+    }
+
+    fn vector(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        squeeze: bool,
+    ) -> Result<Vec<f32>, GpuModelError> {
+        let (v, bytes) = read_vector(self.store, name, shape, squeeze)?;
+        self.advance(bytes);
+        Ok(v)
+    }
+}
+
+/// Tensor `name` converted to bf16 on the host `UPLOAD_CHUNK` elements at a time and
+/// uploaded; `uploaded(bytes)` is told the stored bytes of each slice once it is queued.
+fn upload_matrix(
+    store: &WeightStore,
+    gpu: &Gpu,
+    name: &str,
+    shape: &[usize],
+    uploaded: &mut dyn FnMut(usize),
+) -> Result<CudaSlice<bf16>, GpuModelError> {
+    let t = store.get(name, shape)?;
+    if !matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+        || !matches!(t.scale(), crate::backend::cpu::WeightScale::None)
+    {
+        return Err(GpuModelError::Unsupported(format!(
+            "tensor `{name}` is {}: the GPU backend takes bf16, f16 or f32 weights (quantized and FP8 weights are not supported on cuda yet)",
+            t.dtype
+        )));
+    }
+    let n = t.numel();
+    let sz = t.dtype.size();
+    let bytes = t.data();
+    let mut dev = gpu.zeros::<bf16>(n)?;
+    let mut wide = vec![0f32; UPLOAD_CHUNK.min(n)];
+    let mut host = vec![bf16::ZERO; UPLOAD_CHUNK.min(n)];
+    let mut at = 0;
+    while at < n {
+        let m = UPLOAD_CHUNK.min(n - at);
+        let src = &bytes[at * sz..(at + m) * sz];
+        if t.dtype == DType::BF16 {
+            for (h, b) in host.iter_mut().zip(src.chunks_exact(2)) {
+                *h = bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+            }
+        } else {
+            widen_into(t.dtype, src, &mut wide[..m]);
+            for (h, w) in host.iter_mut().zip(&wide[..m]) {
+                *h = bf16::from_f32(*w);
+            }
+        }
+        let mut dst = dev.slice_mut(at..at + m);
+        gpu.stream.memcpy_htod(&host[..m], &mut dst).map_err(drv)?;
+        uploaded(m * sz);
+        at += m;
+    }
+    Ok(dev)
+}
+
+/// Tensor `name` widened to f32, and its stored bytes.
+fn read_vector(
+    store: &WeightStore,
+    name: &str,
+    shape: &[usize],
+    squeeze: bool,
+) -> Result<(Vec<f32>, usize), GpuModelError> {
+    let t = if squeeze {
+        store.get_squeezed(name, shape)?
+    } else {
+        store.get(name, shape)?
+    };
+    Ok((t.to_f32(), t.data().len()))
 }
 
 /// Random weights for benchmarks, scaled as `model::synthetic` scales them (so activations

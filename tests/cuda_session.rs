@@ -1,0 +1,560 @@
+//! `run` and `chat` on the GPU: the engine's `Session` on a `Runner::cuda` against the
+//! same `Session` on the CPU, checkpoint reuse across turns on the device, and the real
+//! binary with `--device cuda|auto`.
+//!
+//! The CPU reference runs the same bf16 weights as the GPU (every 2-D tensor rounded to
+//! bf16 as the upload rounds it; tests/cuda_model.rs explains why), and the bound is that
+//! file's: relative L2 error over all compared logits ≤ 2^-6 plus a term per rounded cache
+//! (√(2^-8 · u) for a cache format of unit roundoff u).
+//!
+//! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
+//! that a failure (scripts/gpu-check.sh sets it).
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+fn require_gpu() -> bool {
+    std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Whether this build and machine can run the GPU tests; says `SKIP` (or fails under
+/// `NEMO_REQUIRE_GPU=1`) when not.
+fn usable(test: &str) -> bool {
+    let why = if cfg!(feature = "cuda") {
+        match nemo::backend::cuda::probe() {
+            Ok(_) => return true,
+            Err(e) => e.to_string(),
+        }
+    } else {
+        "this build has no `cuda` feature".to_string()
+    };
+    if require_gpu() {
+        panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {why}");
+    }
+    eprintln!("SKIP {test}: no usable GPU: {why}");
+    false
+}
+
+fn nemo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .args(args)
+        .env_remove("NEMO_MODEL")
+        .env_remove("NEMO_DEVICE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    common::fixture(name).display().to_string()
+}
+
+/// The `done` event of `nemo run --json`.
+fn done_event(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn run_on_cuda_prints_text_and_exits_0() {
+    if !usable("run --device cuda") {
+        return;
+    }
+    let t = fixture("nemotron_h_tiny");
+    let out = nemo(&[
+        "run",
+        "--model",
+        &t,
+        "--device",
+        "cuda",
+        "--max-tokens",
+        "12",
+        "--no-think",
+        "Hi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(!out.stdout.is_empty(), "no text on stdout; stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // No notice, no progress bar (stderr is not a terminal here).
+    assert!(err.trim().is_empty(), "{err}");
+
+    let out = nemo(&[
+        "run",
+        "--model",
+        &t,
+        "--device",
+        "cuda",
+        "--max-tokens",
+        "4",
+        "--json",
+        "Hi",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let d = done_event(&out);
+    assert!(
+        d["device"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("cuda · ")),
+        "{d}"
+    );
+}
+
+#[test]
+fn auto_takes_the_gpu_for_a_dense_model_and_the_cpu_with_a_notice_for_moe() {
+    if !usable("run --device auto") {
+        return;
+    }
+    let out = nemo(&[
+        "run",
+        "--model",
+        &fixture("nemotron_h_bf16"),
+        "--device",
+        "auto",
+        "--max-tokens",
+        "4",
+        "--json",
+        "Hi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.trim().is_empty(), "no notice on the GPU: {err}");
+    let d = done_event(&out);
+    assert!(
+        d["device"].as_str().is_some_and(|s| s.starts_with("cuda")),
+        "{d}"
+    );
+
+    let out = nemo(&[
+        "run",
+        "--model",
+        &fixture("nemotron_h_moe"),
+        "--device",
+        "auto",
+        "--max-tokens",
+        "4",
+        "--json",
+        "Hi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one notice: {err}");
+    assert!(
+        err.starts_with("nemo: running on the CPU: ") && err.contains("MoE"),
+        "{err}"
+    );
+    assert_eq!(done_event(&out)["device"], "cpu");
+}
+
+#[test]
+fn cuda_refuses_what_the_gpu_backend_cannot_run_in_one_line() {
+    if !usable("run --device cuda refusals") {
+        return;
+    }
+    let cases = [
+        (fixture("nemotron_h_moe"), "MoE"),
+        (fixture("llama_tiny"), "Llama"),
+        (fixture("nemotron_h_tiny_fp8"), "not supported on cuda yet"),
+        (fixture("gguf/nemotron_h_tiny.f32.gguf"), "GGUF"),
+    ];
+    for (model, why) in cases {
+        let out = nemo(&[
+            "run",
+            "--model",
+            &model,
+            "--device",
+            "cuda",
+            "--max-tokens",
+            "2",
+            "Hi",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{model}: {err}");
+        assert!(out.stdout.is_empty(), "{model}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{model}: {err}");
+        assert!(
+            err.starts_with("nemo: --device cuda: ") && err.contains(why),
+            "{model}: {err}"
+        );
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::sync::Arc;
+
+    use half::bf16;
+    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, StoreWeights};
+    use nemo::backend::cuda::Gpu;
+    use nemo::backend::DType;
+    use nemo::chat::Message;
+    use nemo::engine::runner::{check_cuda, load_gpu_model};
+    use nemo::engine::sampler::SamplingParams;
+    use nemo::engine::{Runner, Session, SessionOptions};
+    use nemo::model::weights::{Tensor, WeightStore};
+    use nemo::model::{Logits, Model, ModelFolder, NemotronH, NemotronHConfig};
+    use nemo::protocol::{Controls, Event, Request, ThinkingOptions};
+    use nemo::state::CacheConfig;
+
+    const DENSE: [&str; 3] = ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
+
+    fn gpu(test: &str) -> Option<Arc<Gpu>> {
+        match Gpu::new(0) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                if super::require_gpu() {
+                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
+                }
+                eprintln!("SKIP {test}: no usable GPU: {e}");
+                None
+            }
+        }
+    }
+
+    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len(), "lengths");
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt() as f32
+    }
+
+    fn unit_roundoff(d: DType) -> f32 {
+        match d {
+            DType::BF16 => 2f32.powi(-8),
+            DType::F16 => 2f32.powi(-11),
+            DType::F8E4M3 => 2f32.powi(-4),
+            DType::F8E5M2 => 2f32.powi(-3),
+            _ => 0.0,
+        }
+    }
+
+    /// tests/cuda_model.rs's bound (see the module doc).
+    fn bound(c: CacheConfig) -> f32 {
+        let act = 2f32.powi(-8);
+        2f32.powi(-6)
+            + (act * unit_roundoff(c.ssm_dtype)).sqrt()
+            + (act * unit_roundoff(c.kv_dtype)).sqrt()
+    }
+
+    /// Cache pairs covered here (every pair is in tests/cuda_model.rs).
+    fn caches() -> [CacheConfig; 2] {
+        [
+            CacheConfig {
+                ssm_dtype: DType::F32,
+                kv_dtype: DType::BF16,
+            },
+            CacheConfig {
+                ssm_dtype: DType::BF16,
+                kv_dtype: DType::F8E4M3,
+            },
+        ]
+    }
+
+    struct Fixture {
+        /// As stored: the GPU uploads from it.
+        folder: ModelFolder,
+        /// The same folder with the CPU model on bf16-rounded 2-D tensors.
+        cpu: ModelFolder,
+        cfg: NemotronHConfig,
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let dir = super::common::fixture(name);
+        let folder = ModelFolder::open(&dir).unwrap();
+        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+        let store = WeightStore::open_dir(&dir).unwrap();
+        let mut rounded = vec![];
+        for f in &store.files {
+            let bytes = std::fs::read(f).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (tname, view) in st.tensors() {
+                let t = store.get(&tname, view.shape()).unwrap();
+                if t.shape.len() == 2 {
+                    let b: Vec<u8> = t
+                        .to_f32()
+                        .iter()
+                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+                        .collect();
+                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
+                } else {
+                    rounded.push(t);
+                }
+            }
+        }
+        let model = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+        let cpu = ModelFolder {
+            dir: folder.dir.clone(),
+            model: Arc::new(Model::NemotronH(model)),
+            tokenizer: folder.tokenizer.clone(),
+            template: folder.template.clone(),
+            generation: folder.generation.clone(),
+            eos_token_ids: folder.eos_token_ids.clone(),
+        };
+        Fixture { folder, cpu, cfg }
+    }
+
+    fn upload(g: &Gpu, f: &Fixture) -> Arc<GpuNemotronH> {
+        let store = WeightStore::open_dir(&f.folder.dir).unwrap();
+        Arc::new(GpuNemotronH::load(g, &f.cfg, &mut StoreWeights(&store)).unwrap())
+    }
+
+    fn opts(cache: CacheConfig) -> SessionOptions {
+        SessionOptions {
+            cache,
+            // Several prefill calls per message, and the boundaries cut them.
+            prefill_chunk: 8,
+            ..Default::default()
+        }
+    }
+
+    fn gpu_session(g: &Arc<Gpu>, m: &Arc<GpuNemotronH>, f: &Fixture, o: SessionOptions) -> Session {
+        let runner = Runner::cuda(g.clone(), m.clone(), &o).unwrap();
+        Session::with_runner(&f.folder, runner, o).unwrap()
+    }
+
+    fn request(messages: Vec<Message>, budget: Option<usize>, max_tokens: usize) -> Request {
+        Request {
+            messages,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop: vec![],
+            thinking: ThinkingOptions {
+                enabled: true,
+                budget,
+                ..Default::default()
+            },
+            controls: Controls::new(budget),
+        }
+    }
+
+    fn convo(turns: &[&str]) -> Vec<Message> {
+        let mut m = vec![Message::system("You are a tiny test model.")];
+        for (i, t) in turns.iter().enumerate() {
+            m.push(if i % 2 == 0 {
+                Message::user(*t)
+            } else {
+                Message::assistant(*t)
+            });
+        }
+        m
+    }
+
+    /// (a) A chat prompt through `Session` (several messages, checkpoints at their ends,
+    /// prefill in chunks): the GPU's first-token logits against the CPU session's.
+    #[test]
+    fn a_gpu_session_prefills_a_chat_prompt_like_the_cpu_session() {
+        let Some(g) = gpu("gpu session prefill") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let req = request(
+                convo(&["What is a tiny model?", "A small one.", "Why test it?"]),
+                None,
+                8,
+            );
+            for cache in caches() {
+                let mut cpu = Session::new(&f.cpu, opts(cache)).unwrap();
+                let mut gs = gpu_session(&g, &m, &f, opts(cache));
+                let (_, want) = cpu.prefill(&req).unwrap();
+                let (reused, got) = gs.prefill(&req).unwrap();
+                assert_eq!(reused, 0);
+                assert_eq!(gs.tokens(), cpu.tokens());
+                assert!(gs.checkpoint_count() > 0, "no checkpoint at a message end");
+                let (e, b) = (rel_l2(&got, &want), bound(cache));
+                eprintln!(
+                    "{name} ssm {} kv {}: session prefill relative L2 {e:.2e} (bound {b:.2e})",
+                    cache.ssm_dtype, cache.kv_dtype
+                );
+                assert!(e <= b, "{name} {cache:?}: relative L2 {e} > {b}");
+            }
+        }
+    }
+
+    /// (a) Teacher-forced decode through the runners `Session` drives: the same tokens
+    /// fed one at a time on both devices, after the prompt and after a restore.
+    #[test]
+    fn teacher_forced_decode_on_the_gpu_runner_matches_the_cpu_runner() {
+        let Some(g) = gpu("gpu runner decode") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let prompt = Session::new(&f.cpu, SessionOptions::default())
+                .unwrap()
+                .render(&request(convo(&["Count to ten."]), None, 8))
+                .unwrap()
+                .ids;
+            let steps: Vec<u32> = (0..10)
+                .map(|i| (i * 37 + 5) as u32 % f.cfg.vocab_size as u32)
+                .collect();
+            for cache in caches() {
+                let o = opts(cache);
+                let mut cpu = Runner::cpu(f.cpu.model.clone(), cache);
+                let mut gr = Runner::cuda(g.clone(), m.clone(), &o).unwrap();
+                let (mut want, mut got) = (vec![], vec![]);
+                for chunk in prompt.chunks(o.prefill_chunk) {
+                    want.extend(cpu.forward(chunk, Logits::Last).unwrap());
+                    got.extend(gr.forward(chunk, Logits::Last).unwrap());
+                }
+                let snap = gr.snapshot().unwrap();
+                let mut first = vec![];
+                for t in &steps {
+                    want.extend(cpu.forward(&[*t], Logits::Last).unwrap());
+                    first.extend(gr.forward(&[*t], Logits::Last).unwrap());
+                }
+                got.extend(&first);
+                let (e, b) = (rel_l2(&got, &want), bound(cache));
+                eprintln!(
+                    "{name} ssm {} kv {}: runner decode relative L2 {e:.2e} (bound {b:.2e})",
+                    cache.ssm_dtype, cache.kv_dtype
+                );
+                assert!(e <= b, "{name} {cache:?}: relative L2 {e} > {b}");
+                // Restoring puts the same bits back: the same steps give the same logits
+                // (up to the order of any f32 sum the kernels do not fix, far below 1e-5).
+                gr.restore(&snap).unwrap();
+                assert_eq!(gr.len(), prompt.len());
+                let mut again = vec![];
+                for t in &steps {
+                    again.extend(gr.forward(&[*t], Logits::Last).unwrap());
+                }
+                let e = rel_l2(&again, &first);
+                assert!(e <= 1e-5, "{name} {cache:?}: after restore relative L2 {e}");
+            }
+        }
+    }
+
+    /// (b) Turn 2 on the GPU restores turn 1's checkpoint and feeds only the new message;
+    /// its first-token logits equal a fresh GPU session fed the whole prompt, and the CPU.
+    #[test]
+    fn second_turn_on_the_gpu_reuses_the_first_and_matches_a_fresh_session() {
+        let Some(g) = gpu("gpu session reuse") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let cache = caches()[0];
+            let mut s = gpu_session(&g, &m, &f, opts(cache));
+            let (mut reasoning, mut content) = (String::new(), String::new());
+            let t1 = s
+                .generate(
+                    &request(convo(&["What is a tiny model?"]), Some(5), 12),
+                    &mut |e| match e {
+                        Event::Reasoning(t) => reasoning.push_str(&t),
+                        Event::Content(t) => content.push_str(&t),
+                        _ => {}
+                    },
+                )
+                .unwrap();
+            assert!(t1.usage.completion_tokens > 0, "{name}: {t1:?}");
+            let mut answer = Message::assistant(content);
+            answer.reasoning_content = Some(reasoning);
+            let mut msgs = convo(&["What is a tiny model?"]);
+            msgs.push(answer);
+            msgs.push(Message::user("And why test it?"));
+            let req2 = request(msgs, Some(5), 12);
+
+            let fed_before = s.fed_total();
+            let (reused, got) = s.prefill(&req2).unwrap();
+            let prompt = s.tokens().len();
+            assert!(reused > 0, "{name}: nothing reused");
+            assert_eq!(
+                s.fed_total() - fed_before,
+                prompt - reused,
+                "{name}: only the new tokens are fed"
+            );
+
+            let mut fresh = gpu_session(&g, &m, &f, opts(cache));
+            let (r0, whole) = fresh.prefill(&req2).unwrap();
+            assert_eq!((r0, fresh.tokens()), (0, s.tokens()));
+            let (e, b) = (rel_l2(&got, &whole), bound(cache));
+            eprintln!("{name}: restored vs fresh GPU relative L2 {e:.2e} (bound {b:.2e})");
+            assert!(e <= b, "{name}: restored vs fresh GPU {e} > {b}");
+
+            let mut cpu = Session::new(&f.cpu, opts(cache)).unwrap();
+            let (_, want) = cpu.prefill(&req2).unwrap();
+            let e = rel_l2(&got, &want);
+            eprintln!("{name}: restored GPU vs CPU relative L2 {e:.2e} (bound {b:.2e})");
+            assert!(e <= b, "{name}: restored GPU vs CPU {e} > {b}");
+        }
+    }
+
+    /// The session's context is the model's when it fits the device (the tiny models'
+    /// KV caches fit any GPU), and `--context` wins when given.
+    #[test]
+    fn the_gpu_session_context_fits_the_device_and_follows_the_option() {
+        let Some(g) = gpu("gpu session context") else {
+            return;
+        };
+        let f = fixture("nemotron_h_tiny");
+        let m = upload(&g, &f);
+        let s = gpu_session(&g, &m, &f, SessionOptions::default());
+        assert_eq!(s.context(), f.cfg.max_position_embeddings);
+        assert!(s.device().starts_with("cuda · "), "{}", s.device());
+        let s = gpu_session(
+            &g,
+            &m,
+            &f,
+            SessionOptions {
+                context: Some(64),
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.context(), 64);
+    }
+
+    /// Needs no GPU: what `--device cuda|auto` accepts is decided from the folder alone.
+    #[test]
+    fn check_cuda_accepts_dense_nemotron_h_folders_and_refuses_the_rest_in_one_line() {
+        for name in DENSE {
+            let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
+            check_cuda(&folder).unwrap();
+        }
+        let refused = [
+            ("nemotron_h_moe", "MoE layers are not supported on cuda yet"),
+            ("llama_tiny", "Llama models are not supported on cuda yet"),
+            (
+                "nemotron_h_tiny_fp8",
+                "weights are not supported on cuda yet",
+            ),
+            (
+                "gguf/nemotron_h_tiny.f32.gguf",
+                "GGUF files are not supported on cuda yet",
+            ),
+        ];
+        for (name, why) in refused {
+            let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
+            let e = check_cuda(&folder).unwrap_err().to_string();
+            assert!(e.contains(why), "{name}: {e}");
+            assert_eq!(e.lines().count(), 1, "{name}: {e}");
+        }
+    }
+
+    /// The upload reports checkpoint bytes as they go up: never backwards, within the
+    /// total, ending at the checkpoint's size.
+    #[test]
+    fn weight_upload_progress_rises_to_the_checkpoint_size() {
+        let Some(g) = gpu("gpu upload progress") else {
+            return;
+        };
+        let folder = ModelFolder::open(&super::common::fixture("nemotron_h_bf16")).unwrap();
+        let total = WeightStore::open_dir(&folder.dir).unwrap().total_bytes();
+        let mut seen: Vec<(usize, usize)> = vec![];
+        load_gpu_model(&g, &folder, |d, t| seen.push((d, t))).unwrap();
+        assert!(seen.len() > 2, "{seen:?}");
+        assert!(seen.iter().all(|(d, t)| *t == total && d <= t), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(total, total)));
+    }
+}
