@@ -121,8 +121,8 @@ template <typename KV>
 __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
                             const typename KV::T* __restrict__ vc, const float* __restrict__ ks,
                             const float* __restrict__ vs, float* __restrict__ part_ml,
-                            float* __restrict__ part_acc, const int* __restrict__ pos_dev, int nh,
-                            int kvh, int hd, int min_span, float scale) {
+                            float* __restrict__ part_acc, const int* __restrict__ pos_dev,
+                            int capacity, int nh, int kvh, int hd, int min_span, float scale) {
     __shared__ float sm[4], sl[4];
     __shared__ float sacc[4][ATT_MAX_HD];
     const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
@@ -137,7 +137,9 @@ __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* _
         acc[j] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    const int64_t len = (int64_t)*pos_dev + 1;
+    // Clamped to the cache (the launcher checks the host mirror; this keeps a wrong device
+    // value from reading past it).
+    const int64_t len = min((int64_t)*pos_dev + 1, (int64_t)capacity);
     const int64_t used = min((int64_t)nsplit, max((int64_t)1, (len + min_span - 1) / min_span));
     const int64_t span = (len + used - 1) / used;
     const int64_t t0 = split * span, t1 = min(len, t0 + span);
@@ -194,9 +196,10 @@ __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* _
 #define ATT_DECODE(NAME, KV)                                                                        \
     extern "C" __global__ void NAME(const float* q, const KV::T* kc, const KV::T* vc, const float* ks, \
                                     const float* vs, float* part_ml, float* part_acc,                \
-                                    const int* pos_dev, int nh, int kvh, int hd, int min_span,       \
-                                    float scale) {                                                   \
-        attn_decode<KV>(q, kc, vc, ks, vs, part_ml, part_acc, pos_dev, nh, kvh, hd, min_span, scale); \
+                                    const int* pos_dev, int capacity, int nh, int kvh, int hd,       \
+                                    int min_span, float scale) {                                     \
+        attn_decode<KV>(q, kc, vc, ks, vs, part_ml, part_acc, pos_dev, capacity, nh, kvh, hd,       \
+                        min_span, scale);                                                            \
     }
 ATT_DECODE(attn_decode_f32, KvF32)
 ATT_DECODE(attn_decode_f16, KvF16)

@@ -337,6 +337,7 @@ impl GpuKvCache {
             ml.into(),
             acc.into(),
             pos.ptr(gpu, OP)?,
+            i32_arg(OP, "capacity", self.capacity)?,
             i32_arg(OP, "heads", nh)?,
             i32_arg(OP, "kv_heads", self.kv_heads)?,
             i32_arg(OP, "head_dim", hd)?,

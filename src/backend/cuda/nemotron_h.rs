@@ -28,7 +28,10 @@
 //!   which must not happen under capture), the second is captured and launched.
 //!   `NEMO_CUDA_GRAPH=0` (or `GpuSession::set_cuda_graph(false)`) runs every step eagerly
 //!   with the same kernels in the same order, so eager and replayed logits are equal bit
-//!   for bit. Prompt chunks (more than one token) run eagerly.
+//!   for bit. Prompt chunks (more than one token) run eagerly. A graph holds the address
+//!   of every session buffer and model weight: states are restored by copying into the
+//!   session's buffers, never by replacing them, and a session runs only with the model
+//!   that made it (checked).
 //! - The device draw leaves its id in `bufs.sampled`, where the next decode step reads its
 //!   token: decoding after a device draw needs no upload at all. Repetition and presence
 //!   penalties need the token history (host side): the device-sampling entry points refuse
