@@ -217,6 +217,26 @@ mod gpu {
         v
     }
 
+    /// Every SSM state dtype with every KV cache dtype.
+    fn all_caches() -> Vec<CacheConfig> {
+        let mut v = vec![];
+        for ssm in [DType::F32, DType::F16, DType::BF16] {
+            for kv in [
+                DType::F32,
+                DType::F16,
+                DType::BF16,
+                DType::F8E4M3,
+                DType::F8E5M2,
+            ] {
+                v.push(CacheConfig {
+                    ssm_dtype: ssm,
+                    kv_dtype: kv,
+                });
+            }
+        }
+        v
+    }
+
     /// Pseudo-random ids below `vocab`.
     fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         let mut s = seed | 1;
@@ -362,7 +382,7 @@ mod gpu {
                 max_context: tokens.len(),
                 prefill_chunk: 8,
             };
-            for cache in caches() {
+            for cache in all_caches() {
                 let mut graph = model.new_session(&g, cache, plan).unwrap();
                 let mut eager = model.new_session(&g, cache, plan).unwrap();
                 graph.set_cuda_graph(true);
@@ -399,7 +419,7 @@ mod gpu {
                 max_context: prompt.len() + steps + 1,
                 prefill_chunk: 16,
             };
-            for cache in caches() {
+            for cache in all_caches() {
                 let run = |graph: bool| -> Vec<u32> {
                     let mut s = model.new_session(&g, cache, plan).unwrap();
                     s.set_cuda_graph(graph);
@@ -433,6 +453,47 @@ mod gpu {
                 }
             }
         }
+    }
+
+    #[test]
+    fn device_sampling_refuses_penalties_and_a_missing_drawn_token_in_one_line() {
+        let Some(g) = gpu("gpu sampling refusals") else {
+            return;
+        };
+        let f = fixture("nemotron_h_tiny");
+        let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+        let plan = Plan {
+            max_context: 16,
+            prefill_chunk: 8,
+        };
+        let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
+        let prompt = ids(4, f.cfg.vocab_size, 29);
+        model.forward(&g, &mut s, &prompt, Logits::None).unwrap();
+        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        // Nothing was drawn on the device: a token must be given.
+        let e = model
+            .decode_next(&g, &mut s, None, &greedy, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a token drawn on the device"), "{e}");
+        let penalised = SampleArgs {
+            repetition_penalty: 1.2,
+            ..greedy
+        };
+        let e = model
+            .decode_next(&g, &mut s, Some(1), &penalised, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("penalties need the token history"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Neither refusal fed anything.
+        assert_eq!(s.len(), prompt.len());
+        let e = model
+            .decode_next(&g, &mut s, Some(f.cfg.vocab_size as u32), &greedy, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
+        assert_eq!(s.len(), prompt.len());
     }
 
     /// A model with attention and MLP layers only (random weights at the `tiny` shape): no
