@@ -3,7 +3,10 @@
 // repetition penalty, presence penalty, greedy or temperature → top-k → softmax → top-p →
 // min-p → draw). The uniform number `u` in [0, 1) comes from the host's seeded generator,
 // with the knobs, through a small device struct (SampleParams) that the host writes before
-// each launch or graph replay: nothing of a step is baked into a captured graph.
+// each launch or graph replay: nothing of a step is baked into a captured graph. The
+// struct also carries up to SAMPLE_MAX_BANS banned ids (sample_ban_args_f32), so a
+// replayed step can mask tokens (e.g. the end of thinking before a minimum) with no
+// upload of its own.
 //
 // Differences from the CPU, by design: a draw walks the kept tokens in id order (the CPU
 // walks them in its candidate order; both sample the same distribution), and at a top-k /
@@ -38,14 +41,29 @@ __device__ __forceinline__ uint32_t okey(float f) {
 
 #define SAMPLE_THREADS 1024
 
-// The draw's knobs, as `sampling::DrawArgs` lays them out (#[repr(C)], 5 × 4 bytes).
+#define SAMPLE_MAX_BANS 16
+
+// The draw's knobs, as `sampling::DrawArgs` lays them out (#[repr(C)], 4-byte fields).
 struct SampleParams {
     float temperature;
     int top_k;
     float top_p;
     float min_p;
     float u;
+    int n_banned;
+    uint32_t banned[SAMPLE_MAX_BANS];
 };
+static_assert(sizeof(SampleParams) == 88, "SampleParams must match sampling::DrawArgs");
+
+// sample_ban_args_f32: logits[params->banned[i]] = -inf for i < params->n_banned (ids
+// >= vocab ignored). grid (1), block 32. A no-op with n_banned = 0, so a captured step
+// always launches it.
+extern "C" __global__ void sample_ban_args_f32(float* __restrict__ logits, int vocab,
+                                               const SampleParams* __restrict__ params) {
+    const int i = threadIdx.x;
+    const int n = min(params->n_banned, SAMPLE_MAX_BANS);
+    if (i < n && params->banned[i] < (uint32_t)vocab) logits[params->banned[i]] = -INFINITY;
+}
 
 // Radix select over the keys of the candidates (finite s_i with key ≥ floor): returns the
 // largest key τ such that Σ_{key ≥ τ} weight ≥ need, where weight is 1 (by_mass = false)

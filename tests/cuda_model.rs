@@ -420,7 +420,7 @@ mod gpu {
                 prefill_chunk: 16,
             };
             for cache in all_caches() {
-                let run = |graph: bool| -> Vec<u32> {
+                let run = |graph: bool, banned: &[u32]| -> Vec<u32> {
                     let mut s = model.new_session(&g, cache, plan).unwrap();
                     s.set_cuda_graph(graph);
                     let mut out = vec![model
@@ -428,16 +428,27 @@ mod gpu {
                         .unwrap()];
                     for _ in 0..steps {
                         // No token given: the step reads the id the device drew.
-                        out.push(model.decode_next(&g, &mut s, None, &greedy, 0.5).unwrap());
+                        let id = model.decode_next(&g, &mut s, None, &greedy, banned, 0.5);
+                        out.push(id.unwrap());
                     }
                     out
                 };
-                let replayed = run(true);
-                let eager = run(false);
-                assert_eq!(
-                    replayed, eager,
-                    "{name} ssm {} kv {}",
-                    cache.ssm_dtype, cache.kv_dtype
+                let what = format!("{name} ssm {} kv {}", cache.ssm_dtype, cache.kv_dtype);
+                assert_eq!(run(true, &[]), run(false, &[]), "{what}");
+                // Ban the first ids the unbanned run drew after the prompt (the first of
+                // them must then change): bans ride in the device args.
+                let mut banned: Vec<u32> = vec![];
+                for id in &run(false, &[])[1..] {
+                    if banned.len() < 3 && !banned.contains(id) {
+                        banned.push(*id);
+                    }
+                }
+                let replayed = run(true, &banned);
+                let eager = run(false, &banned);
+                assert_eq!(replayed, eager, "{what} banned {banned:?}");
+                assert!(
+                    eager[1..].iter().all(|id| !banned.contains(id)),
+                    "{what}: a banned id was drawn: {eager:?} {banned:?}"
                 );
                 // Feeding the drawn ids back by hand gives the same ids (the draw really
                 // is what the next step read).
@@ -447,7 +458,7 @@ mod gpu {
                     .unwrap();
                 for (i, want) in eager.iter().enumerate().skip(1) {
                     prev = model
-                        .decode_next(&g, &mut s, Some(prev), &greedy, 0.5)
+                        .decode_next(&g, &mut s, Some(prev), &greedy, &banned, 0.5)
                         .unwrap();
                     assert_eq!(prev, *want, "{name} step {i}");
                 }
@@ -472,7 +483,7 @@ mod gpu {
         let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
         // Nothing was drawn on the device: a token must be given.
         let e = model
-            .decode_next(&g, &mut s, None, &greedy, 0.5)
+            .decode_next(&g, &mut s, None, &greedy, &[], 0.5)
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs a token drawn on the device"), "{e}");
@@ -481,7 +492,7 @@ mod gpu {
             ..greedy
         };
         let e = model
-            .decode_next(&g, &mut s, Some(1), &penalised, 0.5)
+            .decode_next(&g, &mut s, Some(1), &penalised, &[], 0.5)
             .unwrap_err()
             .to_string();
         assert!(e.contains("penalties need the token history"), "{e}");
@@ -489,7 +500,7 @@ mod gpu {
         // Neither refusal fed anything.
         assert_eq!(s.len(), prompt.len());
         let e = model
-            .decode_next(&g, &mut s, Some(f.cfg.vocab_size as u32), &greedy, 0.5)
+            .decode_next(&g, &mut s, Some(f.cfg.vocab_size as u32), &greedy, &[], 0.5)
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the vocabulary"), "{e}");

@@ -1182,6 +1182,62 @@ mod gpu {
         }
     }
 
+    /// The draw a captured decode step makes: knobs, uniform and bans from the device
+    /// args struct (one copy), bans masked in place before the draw.
+    #[test]
+    fn device_draw_masks_the_bans_in_its_args_like_the_cpu_sampler() {
+        let Some(g) = gpu("sample device bans") else {
+            return;
+        };
+        let s = seed();
+        let mut r = Rng::new(s);
+        let mut args = g.zeros::<cuda::sampling::DrawArgs>(1).unwrap();
+        let mut out = g.zeros::<u32>(1).unwrap();
+        for vocab in [10, 1000, 131_072] {
+            for nb in [0, 1, 5, cuda::sampling::MAX_DEVICE_BANS] {
+                let logits = r.vec(vocab, 8.0);
+                // Ban the best ids, so that every ban changes the argmax.
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+                let banned: Vec<u32> = order[..nb.min(vocab - 1)]
+                    .iter()
+                    .map(|i| *i as u32)
+                    .collect();
+                let p = SamplingParams::default();
+                let want = Sampler::new(p.clone()).sample(&mut logits.clone(), &[], &banned);
+                for q in [
+                    p.clone(),
+                    SamplingParams {
+                        temperature: 0.8,
+                        top_k: 1,
+                        ..p.clone()
+                    },
+                ] {
+                    let a = cuda::sampling::SampleArgs::from(&q);
+                    let mut dl = up(&g, &logits);
+                    cuda::sampling::write_args(&g, &a, 0.7, &banned, &mut args).unwrap();
+                    cuda::sampling::draw(&g, &mut dl, vocab, &args, &mut out).unwrap();
+                    let got = g.download(&out).unwrap()[0];
+                    assert_eq!(got, want, "seed {s} vocab {vocab} bans {nb} {q:?}");
+                    let after = g.download(&dl).unwrap();
+                    for (i, (x, y)) in after.iter().zip(&logits).enumerate() {
+                        if banned.contains(&(i as u32)) {
+                            assert_eq!(*x, f32::NEG_INFINITY, "seed {s}: banned {i}");
+                        } else {
+                            assert_eq!(x.to_bits(), y.to_bits(), "seed {s}: logit {i}");
+                        }
+                    }
+                }
+            }
+        }
+        let too_many: Vec<u32> = (0..cuda::sampling::MAX_DEVICE_BANS as u32 + 1).collect();
+        let a = cuda::sampling::SampleArgs::from(&SamplingParams::default());
+        let e = cuda::sampling::write_args(&g, &a, 0.5, &too_many, &mut args)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("banned tokens"), "{e}");
+    }
+
     #[test]
     fn sampled_token_is_the_reference_draw_over_the_kept_set() {
         let Some(g) = gpu("sample") else { return };

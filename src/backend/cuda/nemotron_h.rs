@@ -23,7 +23,8 @@
 //!   uniform from `bufs.args`. So the step is captured once per session into a CUDA graph
 //!   (per ending: logits only, or logits + the device draw) and replayed for every later
 //!   token: per token the host queues at most one small copy (the token or the draw's
-//!   args), launches the graph, and reads back the 4-byte id (or the logits). The first
+//!   args, bans included), launches the graph, and reads back the 4-byte id (or the
+//!   logits). The first
 //!   decode step of each ending runs eagerly (it loads cuBLAS's and our kernels lazily,
 //!   which must not happen under capture), the second is captured and launched.
 //!   `NEMO_CUDA_GRAPH=0` (or `GpuSession::set_cuda_graph(false)`) runs every step eagerly
@@ -673,7 +674,7 @@ impl GpuNemotronH {
         embedding::check_ids(tokens, self.config.vocab_size)?;
         if let [token] = tokens {
             self.set_token(gpu, s, *token)?;
-            return self.draw_step(gpu, s, args, u);
+            return self.draw_step(gpu, s, args, &[], u);
         }
         let mut n = 0;
         for chunk in tokens.chunks(s.plan.prefill_chunk) {
@@ -682,10 +683,10 @@ impl GpuNemotronH {
         }
         self.last_logits(gpu, s, n)?;
         let b = &mut s.bufs;
-        sampling::write_args(gpu, args, u, &mut b.args)?;
+        sampling::write_args(gpu, args, u, &[], &mut b.args)?;
         sampling::draw(
             gpu,
-            &b.logits,
+            &mut b.logits,
             self.config.vocab_size,
             &b.args,
             &mut b.sampled,
@@ -695,15 +696,17 @@ impl GpuNemotronH {
     }
 
     /// One decode step that ends in the device draw: feeds `token`, or with `None` the id
-    /// the previous device draw left on the device (no upload), and returns the drawn id.
-    /// Per token the host writes the draw's args (one 20-byte copy; plus 4 bytes for a
-    /// given token), launches the step's graph, and reads back the 4-byte id.
+    /// the previous device draw left on the device (no upload), masks `banned` (at most
+    /// `sampling::MAX_DEVICE_BANS`), and returns the drawn id. Per token the host writes
+    /// the draw's args (one 88-byte copy; plus 4 bytes for a given token), launches the
+    /// step's graph, and reads back the 4-byte id.
     pub fn decode_next(
         &self,
         gpu: &Gpu,
         s: &mut GpuSession,
         token: Option<u32>,
         args: &SampleArgs,
+        banned: &[u32],
         u: f32,
     ) -> Result<u32, GpuModelError> {
         self.check_session(s)?;
@@ -721,7 +724,7 @@ impl GpuNemotronH {
                 ))
             }
         }
-        self.draw_step(gpu, s, args, u)
+        self.draw_step(gpu, s, args, banned, u)
     }
 
     /// One decode step that ends at the logits, for callers that sample on the host:
@@ -759,9 +762,10 @@ impl GpuNemotronH {
         gpu: &Gpu,
         s: &mut GpuSession,
         args: &SampleArgs,
+        banned: &[u32],
         u: f32,
     ) -> Result<u32, GpuModelError> {
-        sampling::write_args(gpu, args, u, &mut s.bufs.args)?;
+        sampling::write_args(gpu, args, u, banned, &mut s.bufs.args)?;
         self.decode(gpu, s, Ending::Draw)?;
         s.drawn = true;
         Ok(self.read_sampled(gpu, s)?)
@@ -876,7 +880,7 @@ impl GpuNemotronH {
             0.0,
         )?;
         if ending == Ending::Draw {
-            sampling::draw(gpu, &b.logits, vocab, &b.args, &mut b.sampled)?;
+            sampling::draw(gpu, &mut b.logits, vocab, &b.args, &mut b.sampled)?;
         }
         s.pos.record_advance(gpu, 1)?;
         Ok(())

@@ -5,8 +5,10 @@
 //! the host writes with one small copy before each launch: `draw` itself depends on no
 //! host value, so a captured decode step samples with whatever the host wrote last. `u`
 //! stays the host's (its seeded generator), so a seed gives the same draws eager or
-//! replayed. Bans and penalties need the token history, which lives on the host: they
-//! are `sample`'s (eager) business, not a captured step's.
+//! replayed. The struct also carries up to `MAX_DEVICE_BANS` banned ids, masked by a
+//! kernel before the draw (a no-op with none), so a captured step can ban tokens too.
+//! Penalties need the token history, which lives on the host: they are `sample`'s
+//! (eager) business, not a captured step's.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
@@ -46,8 +48,11 @@ impl SampleArgs {
     }
 }
 
-/// The draw's knobs and uniform as `sample_f32` reads them (`SampleParams` in
-/// kernels/sampling.cu: the same five 4-byte fields in the same order).
+/// Most banned ids the device args carry (`SAMPLE_MAX_BANS`).
+pub const MAX_DEVICE_BANS: usize = 16;
+
+/// The draw's knobs, uniform and bans as `sample_f32` and `sample_ban_args_f32` read them
+/// (`SampleParams` in kernels/sampling.cu: the same 4-byte fields in the same order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DrawArgs {
@@ -56,16 +61,30 @@ pub struct DrawArgs {
     pub top_p: f32,
     pub min_p: f32,
     pub u: f32,
+    pub n_banned: i32,
+    pub banned: [u32; MAX_DEVICE_BANS],
 }
+
+// The kernel side static_asserts the same size.
+const _: () = assert!(std::mem::size_of::<DrawArgs>() == 88);
 
 // SAFETY: a #[repr(C)] struct of plain 4-byte numbers, for which all-zero bits are valid.
 unsafe impl DeviceRepr for DrawArgs {}
 unsafe impl ValidAsZeroBits for DrawArgs {}
 
 impl DrawArgs {
-    /// `a`'s draw knobs with the uniform `u` (a NaN temperature is greedy, as on the CPU).
-    pub fn new(a: &SampleArgs, u: f32) -> Self {
-        DrawArgs {
+    /// `a`'s draw knobs with the uniform `u` and `banned` (a NaN temperature is greedy,
+    /// as on the CPU); more than `MAX_DEVICE_BANS` bans is an error.
+    pub fn new(a: &SampleArgs, u: f32, banned: &[u32]) -> Result<Self, CudaError> {
+        ensure(banned.len() <= MAX_DEVICE_BANS, "sample", || {
+            format!(
+                "{} banned tokens (the device draw takes at most {MAX_DEVICE_BANS}; take the logits)",
+                banned.len()
+            )
+        })?;
+        let mut b = [0u32; MAX_DEVICE_BANS];
+        b[..banned.len()].copy_from_slice(banned);
+        Ok(DrawArgs {
             temperature: if a.temperature.is_nan() {
                 0.0
             } else {
@@ -75,37 +94,46 @@ impl DrawArgs {
             top_p: a.top_p,
             min_p: a.min_p,
             u,
-        }
+            n_banned: banned.len() as i32,
+            banned: b,
+        })
     }
 }
 
-/// Queues the copy of `a` and `u` into `dev` (one 20-byte host-to-device copy).
+/// Queues the copy of `a`, `u` and `banned` into `dev` (one small host-to-device copy).
 pub fn write_args(
     gpu: &Gpu,
     a: &SampleArgs,
     u: f32,
+    banned: &[u32],
     dev: &mut CudaSlice<DrawArgs>,
 ) -> Result<(), CudaError> {
+    let v = DrawArgs::new(a, u, banned)?;
     gpu.stream
-        .memcpy_htod(&[DrawArgs::new(a, u)], dev)
+        .memcpy_htod(&[v], dev)
         .map_err(|e| CudaError::Driver(format!("{e:?}")))
 }
 
-/// Queues one draw from `logits` with the knobs in `args` (on the device) into `out[0]`.
-/// No allocation, no host value, no sync: a graph can capture it.
+/// Queues the bans in `args` (on the device; `logits` set to -inf in place, like the
+/// CPU) and one draw from `logits` with the knobs in `args` into `out[0]`. No allocation,
+/// no host value, no sync: a graph can capture it.
 pub fn draw(
     gpu: &Gpu,
-    logits: &CudaSlice<f32>,
+    logits: &mut CudaSlice<f32>,
     vocab: usize,
     args: &CudaSlice<DrawArgs>,
     out: &mut CudaSlice<u32>,
 ) -> Result<(), CudaError> {
     const OP: &str = "sample";
     supports(vocab)?;
+    let lp = gpu.ptr(OP, "logits", logits, 0, vocab)?;
+    let ap = gpu.ptr(OP, "args", args, 0, 1)?;
+    let a = [lp.into(), i32_arg(OP, "vocab", vocab)?, ap.into()];
+    gpu.launch("sampling", "sample_ban_args_f32", (1, 1, 1), 32, &a)?;
     let a = [
-        gpu.ptr(OP, "logits", logits, 0, vocab)?.into(),
+        lp.into(),
         i32_arg(OP, "vocab", vocab)?,
-        gpu.ptr(OP, "args", args, 0, 1)?.into(),
+        ap.into(),
         gpu.ptr(OP, "out", out, 0, 1)?.into(),
     ];
     gpu.launch("sampling", "sample_f32", (1, 1, 1), 1024, &a)
@@ -172,7 +200,7 @@ pub fn sample(
         )?;
     }
     let mut dev_args = gpu.zeros::<DrawArgs>(1)?;
-    write_args(gpu, a, u, &mut dev_args)?;
+    write_args(gpu, a, u, &[], &mut dev_args)?;
     draw(gpu, logits, vocab, &dev_args, out)?;
     let id = gpu.download(out)?;
     id.first()

@@ -267,7 +267,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 /// One decode step on the id the device drew last; returns the greedy next id.
 fn next_token(model: &GpuNemotronH, gpu: &Gpu, sess: &mut GpuSession) -> anyhow::Result<u32> {
     model
-        .decode_next(gpu, sess, None, &greedy(), 0.5)
+        .decode_next(gpu, sess, None, &greedy(), &[], 0.5)
         .context("--device cuda")
 }
 
