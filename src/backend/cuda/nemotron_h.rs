@@ -182,6 +182,12 @@ struct StepGraph(CudaGraph);
 // once; it is only reached through `&mut GpuSession`, which rules that out.
 unsafe impl Send for StepGraph {}
 
+// A session (graphs included) may move to the engine's thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<GpuSession>();
+};
+
 pub struct GpuSession {
     pub plan: Plan,
     pub cache: CacheConfig,
