@@ -39,26 +39,36 @@ template <int KIND> struct KvFp8 {
 
 // ---- append ----------------------------------------------------------------------------
 // kv_append_<dtype>: rows r = t·kvh + kh of k_new / v_new [n, kvh, hd] f32 go to cache row
-// pos0·kvh + r. grid (n·kvh, 2: k then v), block 32: one row per warp, lanes over hd.
-// Writes k_cache/v_cache rows (and k_scale/v_scale for FP8).
+// pos·kvh + r, where pos = *pos_dev is the sequence's position on the device (so a captured
+// decode step writes where the sequence is at replay time). A row at or past `capacity`
+// is skipped (the launcher checks the host mirror; this keeps a wrong device value from
+// writing out of bounds). grid (n·kvh, 2: k then v), block 32: one row per warp, lanes
+// over hd. Writes k_cache/v_cache rows (and k_scale/v_scale for FP8).
+__device__ __forceinline__ int64_t kv_row(const int* __restrict__ pos_dev, int capacity, int kvh) {
+    const int64_t r = blockIdx.x;
+    const int64_t p = (int64_t)*pos_dev + r / kvh;
+    return p < capacity ? p * kvh + r % kvh : -1;
+}
+
 template <typename T>
 __device__ void kv_append_plain(const float* __restrict__ k_new, const float* __restrict__ v_new,
-                                T* __restrict__ k_cache, T* __restrict__ v_cache, int64_t pos0, int kvh,
-                                int hd) {
-    const int64_t r = blockIdx.x;
-    const float* src = (blockIdx.y == 0 ? k_new : v_new) + r * hd;
-    T* dst = (blockIdx.y == 0 ? k_cache : v_cache) + (pos0 * kvh + r) * hd;
+                                T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                const int* __restrict__ pos_dev, int capacity, int kvh, int hd) {
+    const int64_t row = kv_row(pos_dev, capacity, kvh);
+    if (row < 0) return;
+    const float* src = (blockIdx.y == 0 ? k_new : v_new) + (int64_t)blockIdx.x * hd;
+    T* dst = (blockIdx.y == 0 ? k_cache : v_cache) + row * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = nemo::from_f32<T>(src[d]);
 }
 
 template <int KIND>
 __device__ void kv_append_fp8(const float* __restrict__ k_new, const float* __restrict__ v_new,
                               uint8_t* __restrict__ k_cache, uint8_t* __restrict__ v_cache,
-                              float* __restrict__ k_scale, float* __restrict__ v_scale, int64_t pos0,
-                              int kvh, int hd) {
-    const int64_t r = blockIdx.x;
-    const float* src = (blockIdx.y == 0 ? k_new : v_new) + r * hd;
-    const int64_t row = pos0 * kvh + r;
+                              float* __restrict__ k_scale, float* __restrict__ v_scale,
+                              const int* __restrict__ pos_dev, int capacity, int kvh, int hd) {
+    const int64_t row = kv_row(pos_dev, capacity, kvh);
+    if (row < 0) return;
+    const float* src = (blockIdx.y == 0 ? k_new : v_new) + (int64_t)blockIdx.x * hd;
     uint8_t* dst = (blockIdx.y == 0 ? k_cache : v_cache) + row * hd;
     float amax = 0.f;
     for (int d = threadIdx.x; d < hd; d += NEMO_WARP) amax = fmaxf(amax, fabsf(src[d]));
@@ -70,8 +80,9 @@ __device__ void kv_append_fp8(const float* __restrict__ k_new, const float* __re
 
 #define KV_APPEND_PLAIN(NAME, T)                                                                   \
     extern "C" __global__ void NAME(const float* k_new, const float* v_new, T* k_cache, T* v_cache, \
-                                    float*, float*, int64_t pos0, int kvh, int hd) {              \
-        kv_append_plain<T>(k_new, v_new, k_cache, v_cache, pos0, kvh, hd);                         \
+                                    float*, float*, const int* pos_dev, int capacity, int kvh,    \
+                                    int hd) {                                                      \
+        kv_append_plain<T>(k_new, v_new, k_cache, v_cache, pos_dev, capacity, kvh, hd);            \
     }
 KV_APPEND_PLAIN(kv_append_f32, float)
 KV_APPEND_PLAIN(kv_append_f16, __half)
@@ -79,26 +90,39 @@ KV_APPEND_PLAIN(kv_append_bf16, __nv_bfloat16)
 
 #define KV_APPEND_FP8(NAME, KIND)                                                                  \
     extern "C" __global__ void NAME(const float* k_new, const float* v_new, uint8_t* k_cache,      \
-                                    uint8_t* v_cache, float* k_scale, float* v_scale, int64_t pos0, \
-                                    int kvh, int hd) {                                             \
-        kv_append_fp8<KIND>(k_new, v_new, k_cache, v_cache, k_scale, v_scale, pos0, kvh, hd);     \
+                                    uint8_t* v_cache, float* k_scale, float* v_scale,              \
+                                    const int* pos_dev, int capacity, int kvh, int hd) {           \
+        kv_append_fp8<KIND>(k_new, v_new, k_cache, v_cache, k_scale, v_scale, pos_dev, capacity,  \
+                            kvh, hd);                                                              \
     }
 KV_APPEND_FP8(kv_append_fp8e4m3, nemo::E4M3)
 KV_APPEND_FP8(kv_append_fp8e5m2, nemo::E5M2)
 
+// seq_position_advance: *pos_dev += n. grid (1), block 1. The last node of a decode step,
+// so a replayed graph moves the sequence on by itself.
+extern "C" __global__ void seq_position_advance(int* pos_dev, int n) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *pos_dev += n;
+}
+
 // ---- decode ----------------------------------------------------------------------------
-// attn_decode_<kv>: one query token q [nh, hd] against cache positions 0 .. len.
-// grid (nh, nsplit), block 128 = 4 warps. Split s covers positions
-// [s·span, min(len, (s+1)·span)); warp w takes every 4th position of it, lanes hold
-// q/acc for d = lane + 32·j (online softmax per warp); the 4 warps merge in shared memory.
-// Writes the split's partial (max m, sum l, unnormalised acc[hd]) to
-// part_ml [nh, nsplit, 2] and part_acc [nh, nsplit, hd]; attn_decode_combine_f32 finishes.
+// attn_decode_<kv>: one query token q [nh, hd] at position pos = *pos_dev (its k/v already
+// appended there) against cache positions 0 ..= pos, i.e. len = pos + 1, read on the
+// device so a captured step attends over the length at replay time.
+// grid (nh, nsplit), block 128 = 4 warps; nsplit is fixed per cache (chosen once from its
+// capacity and the SM count). Of those, the first `used` = min(nsplit, ceil(len /
+// min_span)) splits share the positions, span = ceil(len / used) each: split s covers
+// [s·span, min(len, (s+1)·span)); the rest (and any split that rounding leaves without a
+// position) write the empty partial m = -inf, l = 0, acc = 0, which the combine skips.
+// Warp w takes every 4th position of a split, lanes hold q/acc for d = lane + 32·j (online
+// softmax per warp); the 4 warps merge in shared memory. Writes the split's partial (max m,
+// sum l, unnormalised acc[hd]) to part_ml [nh, nsplit, 2] and part_acc [nh, nsplit, hd];
+// attn_decode_combine_f32 finishes.
 template <typename KV>
 __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* __restrict__ kc,
                             const typename KV::T* __restrict__ vc, const float* __restrict__ ks,
                             const float* __restrict__ vs, float* __restrict__ part_ml,
-                            float* __restrict__ part_acc, int len, int nh, int kvh, int hd, int span,
-                            float scale) {
+                            float* __restrict__ part_acc, const int* __restrict__ pos_dev,
+                            int capacity, int nh, int kvh, int hd, int min_span, float scale) {
     __shared__ float sm[4], sl[4];
     __shared__ float sacc[4][ATT_MAX_HD];
     const int h = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
@@ -113,9 +137,14 @@ __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* _
         acc[j] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    const int t0 = split * span, t1 = min(len, t0 + span);
-    for (int t = t0 + warp; t < t1; t += nwarps) {
-        const int64_t row = (int64_t)t * kvh + kh;
+    // Clamped to the cache (the launcher checks the host mirror; this keeps a wrong device
+    // value from reading past it).
+    const int64_t len = min((int64_t)*pos_dev + 1, (int64_t)capacity);
+    const int64_t used = min((int64_t)nsplit, max((int64_t)1, (len + min_span - 1) / min_span));
+    const int64_t span = (len + used - 1) / used;
+    const int64_t t0 = split * span, t1 = min(len, t0 + span);
+    for (int64_t t = t0 + warp; t < t1; t += nwarps) {
+        const int64_t row = t * kvh + kh;
         float dot = 0.f;
 #pragma unroll
         for (int j = 0; j < ATT_PER_LANE; ++j) {
@@ -166,9 +195,11 @@ __device__ void attn_decode(const float* __restrict__ q, const typename KV::T* _
 
 #define ATT_DECODE(NAME, KV)                                                                        \
     extern "C" __global__ void NAME(const float* q, const KV::T* kc, const KV::T* vc, const float* ks, \
-                                    const float* vs, float* part_ml, float* part_acc, int len,       \
-                                    int nh, int kvh, int hd, int span, float scale) {                \
-        attn_decode<KV>(q, kc, vc, ks, vs, part_ml, part_acc, len, nh, kvh, hd, span, scale);        \
+                                    const float* vs, float* part_ml, float* part_acc,                \
+                                    const int* pos_dev, int capacity, int nh, int kvh, int hd,       \
+                                    int min_span, float scale) {                                     \
+        attn_decode<KV>(q, kc, vc, ks, vs, part_ml, part_acc, pos_dev, capacity, nh, kvh, hd,       \
+                        min_span, scale);                                                            \
     }
 ATT_DECODE(attn_decode_f32, KvF32)
 ATT_DECODE(attn_decode_f16, KvF16)
@@ -176,8 +207,9 @@ ATT_DECODE(attn_decode_bf16, KvBF16)
 ATT_DECODE(attn_decode_fp8e4m3, KvFp8<nemo::E4M3>)
 ATT_DECODE(attn_decode_fp8e5m2, KvFp8<nemo::E5M2>)
 
-// attn_decode_combine_f32: out[h, d] = Σ_s acc_s[d]·e^(m_s − M) / Σ_s l_s·e^(m_s − M).
-// grid (nh), block 256: threads over d. Reads part_ml, part_acc; writes out [nh, hd] f32 and
+// attn_decode_combine_f32: out[h, d] = Σ_s acc_s[d]·e^(m_s − M) / Σ_s l_s·e^(m_s − M) over
+// the splits with m_s > -inf (an empty split adds nothing; split 0 is never empty, as
+// len ≥ 1). grid (nh), block 256: threads over d. Reads part_ml, part_acc; writes out [nh, hd] f32 and
 // out_bf16 (may be null).
 extern "C" __global__ void attn_decode_combine_f32(const float* __restrict__ part_ml,
                                                    const float* __restrict__ part_acc,

@@ -3,8 +3,9 @@
 
 // embedding_gather_<dtype>: out[t, :] = f32(table[ids[t], :]).
 // grid (n tokens), block 256: thread i copies columns i, i+256, ... of one row.
-// Reads table [vocab, hidden] and ids [n]; writes out [n, hidden] f32. An id >= vocab
-// (the launcher rejects those on the host) gives a row of NaN rather than a wild read.
+// Reads table [vocab, hidden] and ids [n] (on the device: a decode step's id may come from
+// the device sampler); writes out [n, hidden] f32. An id >= vocab (host ids are checked
+// before upload) gives a row of NaN rather than a wild read.
 template <typename T>
 __device__ void embedding_gather(const T* __restrict__ table, const uint32_t* __restrict__ ids,
                                  float* __restrict__ out, int hidden, int vocab) {

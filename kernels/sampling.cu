@@ -1,7 +1,12 @@
 // Logits processing and sampling on the device; only the chosen token id goes back to the
 // host. Oracle: engine::sampler::Sampler::sample (same order of operations: banned tokens,
 // repetition penalty, presence penalty, greedy or temperature → top-k → softmax → top-p →
-// min-p → draw). The uniform number `u` in [0, 1) comes from the host's seeded generator.
+// min-p → draw). The uniform number `u` in [0, 1) comes from the host's seeded generator,
+// with the knobs, through a small device struct (SampleParams) that the host writes before
+// each launch or graph replay: nothing of a step is baked into a captured graph. The
+// struct also carries up to SAMPLE_MAX_BANS banned ids (sample_ban_args_f32), so a
+// replayed step can mask tokens (e.g. the end of thinking before a minimum) with no
+// upload of its own.
 //
 // Differences from the CPU, by design: a draw walks the kept tokens in id order (the CPU
 // walks them in its candidate order; both sample the same distribution), and at a top-k /
@@ -35,6 +40,30 @@ __device__ __forceinline__ uint32_t okey(float f) {
 }
 
 #define SAMPLE_THREADS 1024
+
+#define SAMPLE_MAX_BANS 16
+
+// The draw's knobs, as `sampling::DrawArgs` lays them out (#[repr(C)], 4-byte fields).
+struct SampleParams {
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+    float u;
+    int n_banned;
+    uint32_t banned[SAMPLE_MAX_BANS];
+};
+static_assert(sizeof(SampleParams) == 88, "SampleParams must match sampling::DrawArgs");
+
+// sample_ban_args_f32: logits[params->banned[i]] = -inf for i < params->n_banned (ids
+// >= vocab ignored). grid (1), block 32. A no-op with n_banned = 0, so a captured step
+// always launches it.
+extern "C" __global__ void sample_ban_args_f32(float* __restrict__ logits, int vocab,
+                                               const SampleParams* __restrict__ params) {
+    const int i = threadIdx.x;
+    const int n = min(params->n_banned, SAMPLE_MAX_BANS);
+    if (i < n && params->banned[i] < (uint32_t)vocab) logits[params->banned[i]] = -INFINITY;
+}
 
 // Radix select over the keys of the candidates (finite s_i with key ≥ floor): returns the
 // largest key τ such that Σ_{key ≥ τ} weight ≥ need, where weight is 1 (by_mass = false)
@@ -88,15 +117,18 @@ __device__ uint32_t radix_select(const float* __restrict__ logits, int vocab, fl
     return prefix > floor ? prefix : floor;
 }
 
-// sample_f32: one token from `logits` [vocab] (after ban/penalties).
-// grid (1), block 1024. temperature ≤ 0 (or NaN) → argmax over non-NaN, non-(-inf) logits,
-// ties → lowest id (0 if there is none). Otherwise s = logit · (1/T) over finite logits;
+// sample_f32: one token from `logits` [vocab] (after ban/penalties), knobs read from
+// `params` on the device. grid (1), block 1024. temperature ≤ 0 (or NaN) → argmax over
+// non-NaN, non-(-inf) logits, ties → lowest id (0 if there is none). Otherwise s = logit · (1/T) over finite logits;
 // top_k > 0 keeps the k best; softmax; top_p < 1 keeps the smallest best-first set with
 // mass ≥ top_p; min_p > 0 drops p < min_p · p_max; then draws with u ∈ [0, 1).
 // Writes out[0] = token id.
-extern "C" __global__ void sample_f32(const float* __restrict__ logits, int vocab, float temperature,
-                                      int top_k, float top_p, float min_p, float u,
+extern "C" __global__ void sample_f32(const float* __restrict__ logits, int vocab,
+                                      const SampleParams* __restrict__ params,
                                       uint32_t* __restrict__ out) {
+    const float temperature = params->temperature, top_p = params->top_p, min_p = params->min_p;
+    const float u = params->u;
+    const int top_k = params->top_k;
     __shared__ float scratch[32];
     __shared__ float hist[256];
     __shared__ uint32_t word[2];

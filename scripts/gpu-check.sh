@@ -10,6 +10,9 @@
 #                                     (built elsewhere with NEMO_CUDA_ARCHS=sm_XY)
 #   NEMO_GPU_CHECK_SHAPE=nano-9b-v2   the bench's --shape (default nano-9b-v2)
 #
+# The bench's decode runs the session's CUDA graph; its table rows put the eager decode
+# (same kernels launched one by one) beside it.
+#
 # nvcc: $NVCC, $CUDA_HOME/bin/nvcc, PATH, or ./.venv-cuda (pip's nvidia-cuda-nvcc; created
 # here with pip when none is found and PyPI is reachable).
 set -uo pipefail
@@ -87,6 +90,9 @@ for t in r["ttft"]:
 for d in r["decode"]:
     row(f"bench {s}: decode at {d['context']} context (p50 / p99 / tok/s)",
         f"{d['ms_p50']:.2f} ms / {d['ms_p99']:.2f} ms / {d['tokens_per_s']:.1f}")
+    row(f"bench {s}: decode at {d['context']}: tok/s CUDA graph / eager ({d['eager_steps']} steps)",
+        f"{d['tokens_per_s']:.1f} / {d['eager_tokens_per_s']:.1f}"
+        + ("" if d.get("cuda_graph") else " (NEMO_CUDA_GRAPH=0: both eager)"))
     row(f"bench {s}: decode at {d['context']}: bytes read per token / achieved",
         f"{d['bytes_per_token']/1e9:.2f} GB / {d['achieved_gb_s']:.0f} GB/s "
         f"({100*d['achieved_gb_s']/max(r['copy_bandwidth_gb_s'],1e-9):.0f}% of copy)")

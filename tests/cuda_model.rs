@@ -21,6 +21,14 @@
 //!   added for the SSM state (u = 2^-8 bf16, 2^-11 f16) and for the KV cache (u = 2^-4
 //!   e4m3, 2^-3 e5m2, 2^-8 bf16).
 //!
+//! The decode step as a CUDA graph is checked against the same step run eagerly
+//! (`set_cuda_graph(false)`): the graph replays the very kernels the eager step launches,
+//! with the same arguments, in the same order, on the same buffers (the position, token
+//! and draw args are read on the device in both), and none of them depends on timing
+//! (the only float atomics, in the sampler's top-k/top-p histogram, are not on the greedy
+//! path; cuBLAS is deterministic for a given handle, workspace and shape). So logits and
+//! ids must be equal bit for bit, not within a bound.
+//!
 //! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
 //! that a failure (scripts/gpu-check.sh sets it).
 
@@ -48,6 +56,7 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
         ])
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")
+        .env_remove("NEMO_CUDA_GRAPH")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -80,11 +89,15 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
         "ms_p50",
         "ms_p99",
         "tokens_per_s",
+        "eager_tokens_per_s",
+        "eager_ms_p50",
         "bytes_per_token",
         "achieved_gb_s",
     ] {
         assert!(pos(&d[k]), "decode {k}: {v}");
     }
+    assert_eq!(d["eager_steps"].as_u64(), Some(4), "{v}");
+    assert_eq!(d["cuda_graph"].as_bool(), Some(true), "{v}");
     for k in [
         "weights_device_bytes",
         "device_memory_peak_bytes",
@@ -97,7 +110,7 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
 #[cfg(feature = "cuda")]
 mod gpu {
     use half::bf16;
-    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, StoreWeights};
+    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, RandomWeights, StoreWeights};
     use nemo::backend::cuda::sampling::SampleArgs;
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
@@ -195,6 +208,26 @@ mod gpu {
         let mut v = vec![];
         for ssm in [DType::F32, DType::F16, DType::BF16] {
             for kv in [DType::BF16, DType::F8E4M3, DType::F8E5M2] {
+                v.push(CacheConfig {
+                    ssm_dtype: ssm,
+                    kv_dtype: kv,
+                });
+            }
+        }
+        v
+    }
+
+    /// Every SSM state dtype with every KV cache dtype.
+    fn all_caches() -> Vec<CacheConfig> {
+        let mut v = vec![];
+        for ssm in [DType::F32, DType::F16, DType::BF16] {
+            for kv in [
+                DType::F32,
+                DType::F16,
+                DType::BF16,
+                DType::F8E4M3,
+                DType::F8E5M2,
+            ] {
                 v.push(CacheConfig {
                     ssm_dtype: ssm,
                     kv_dtype: kv,
@@ -322,6 +355,205 @@ mod gpu {
             "logit {} vs {}",
             logits[id as usize], best.1
         );
+    }
+
+    /// Bitwise equality of two logit vectors, naming the first difference.
+    fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            panic!(
+                "{what}: logit {i} is {} replayed, {} eager",
+                got[i], want[i]
+            );
+        }
+    }
+
+    #[test]
+    fn graph_replay_gives_the_eager_logits_bit_for_bit_for_every_cache_dtype() {
+        let Some(g) = gpu("gpu graph logits") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+            let tokens = ids(37, f.cfg.vocab_size, 13);
+            let (prompt, steps) = tokens.split_at(12);
+            let plan = Plan {
+                max_context: tokens.len(),
+                prefill_chunk: 8,
+            };
+            for cache in all_caches() {
+                let mut graph = model.new_session(&g, cache, plan).unwrap();
+                let mut eager = model.new_session(&g, cache, plan).unwrap();
+                graph.set_cuda_graph(true);
+                eager.set_cuda_graph(false);
+                let a = model.forward(&g, &mut graph, prompt, Logits::Last).unwrap();
+                let b = model.forward(&g, &mut eager, prompt, Logits::Last).unwrap();
+                let what = format!("{name} ssm {} kv {}", cache.ssm_dtype, cache.kv_dtype);
+                assert_bitwise(&format!("{what} prompt"), &a, &b);
+                // 25 decode steps: the first eager (warm-up), the second captured, the
+                // rest replayed.
+                for (i, t) in steps.iter().enumerate() {
+                    let a = model.decode_logits(&g, &mut graph, *t).unwrap();
+                    let b = model.decode_logits(&g, &mut eager, *t).unwrap();
+                    assert_bitwise(&format!("{what} decode step {i}"), &a, &b);
+                }
+                assert_eq!(graph.len(), tokens.len());
+                assert_eq!(eager.len(), tokens.len());
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_decode_next_on_the_graph_draws_the_eager_greedy_ids() {
+        let Some(g) = gpu("gpu graph greedy") else {
+            return;
+        };
+        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        for name in DENSE {
+            let f = fixture(name);
+            let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+            let prompt = ids(10, f.cfg.vocab_size, 17);
+            let steps = 24;
+            let plan = Plan {
+                max_context: prompt.len() + steps + 1,
+                prefill_chunk: 16,
+            };
+            for cache in all_caches() {
+                let run = |graph: bool, banned: &[u32]| -> Vec<u32> {
+                    let mut s = model.new_session(&g, cache, plan).unwrap();
+                    s.set_cuda_graph(graph);
+                    let mut out = vec![model
+                        .forward_sample(&g, &mut s, &prompt, &greedy, 0.5)
+                        .unwrap()];
+                    for _ in 0..steps {
+                        // No token given: the step reads the id the device drew.
+                        let id = model.decode_next(&g, &mut s, None, &greedy, banned, 0.5);
+                        out.push(id.unwrap());
+                    }
+                    out
+                };
+                let what = format!("{name} ssm {} kv {}", cache.ssm_dtype, cache.kv_dtype);
+                assert_eq!(run(true, &[]), run(false, &[]), "{what}");
+                // Ban the first ids the unbanned run drew after the prompt (the first of
+                // them must then change): bans ride in the device args.
+                let mut banned: Vec<u32> = vec![];
+                for id in &run(false, &[])[1..] {
+                    if banned.len() < 3 && !banned.contains(id) {
+                        banned.push(*id);
+                    }
+                }
+                let replayed = run(true, &banned);
+                let eager = run(false, &banned);
+                assert_eq!(replayed, eager, "{what} banned {banned:?}");
+                assert!(
+                    eager[1..].iter().all(|id| !banned.contains(id)),
+                    "{what}: a banned id was drawn: {eager:?} {banned:?}"
+                );
+                // Feeding the drawn ids back by hand gives the same ids (the draw really
+                // is what the next step read).
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                let mut prev = model
+                    .forward_sample(&g, &mut s, &prompt, &greedy, 0.5)
+                    .unwrap();
+                for (i, want) in eager.iter().enumerate().skip(1) {
+                    prev = model
+                        .decode_next(&g, &mut s, Some(prev), &greedy, &banned, 0.5)
+                        .unwrap();
+                    assert_eq!(prev, *want, "{name} step {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn device_sampling_refuses_penalties_and_a_missing_drawn_token_in_one_line() {
+        let Some(g) = gpu("gpu sampling refusals") else {
+            return;
+        };
+        let f = fixture("nemotron_h_tiny");
+        let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
+        let plan = Plan {
+            max_context: 16,
+            prefill_chunk: 8,
+        };
+        let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
+        let prompt = ids(4, f.cfg.vocab_size, 29);
+        model.forward(&g, &mut s, &prompt, Logits::None).unwrap();
+        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        // Nothing was drawn on the device: a token must be given.
+        let e = model
+            .decode_next(&g, &mut s, None, &greedy, &[], 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a token drawn on the device"), "{e}");
+        let penalised = SampleArgs {
+            repetition_penalty: 1.2,
+            ..greedy
+        };
+        let e = model
+            .decode_next(&g, &mut s, Some(1), &penalised, &[], 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("penalties need the token history"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Neither refusal fed anything.
+        assert_eq!(s.len(), prompt.len());
+        let e = model
+            .decode_next(&g, &mut s, Some(f.cfg.vocab_size as u32), &greedy, &[], 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
+        assert_eq!(s.len(), prompt.len());
+    }
+
+    /// A model with attention and MLP layers only (random weights at the `tiny` shape): no
+    /// Mamba state, so rewinding the KV caches is all a rewind needs.
+    fn attention_only_model(g: &Gpu) -> GpuNemotronH {
+        let mut v = nemo::model::synthetic::shape_config("tiny").unwrap();
+        v["hybrid_override_pattern"] = serde_json::json!("*-*-");
+        let cfg = NemotronHConfig::from_json(&v, std::path::Path::new("tiny")).unwrap();
+        GpuNemotronH::load(g, &cfg, &mut RandomWeights::new()).unwrap()
+    }
+
+    #[test]
+    fn rewind_then_refeed_gives_the_first_logits_again() {
+        let Some(g) = gpu("gpu rewind") else { return };
+        let model = attention_only_model(&g);
+        let vocab = model.config.vocab_size;
+        let tokens = ids(40, vocab, 23);
+        let (prompt, rest) = tokens.split_at(17);
+        let (chunk, steps) = rest.split_at(9);
+        let plan = Plan {
+            max_context: tokens.len(),
+            prefill_chunk: 8,
+        };
+        for kv in [DType::BF16, DType::F8E4M3, DType::F8E5M2, DType::F32] {
+            let cache = CacheConfig {
+                ssm_dtype: DType::F32,
+                kv_dtype: kv,
+            };
+            for graph in [true, false] {
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                s.set_cuda_graph(graph);
+                let feed = |s: &mut nemo::backend::cuda::nemotron_h::GpuSession| {
+                    let mut out = model.forward(&g, s, chunk, Logits::All).unwrap();
+                    for t in steps {
+                        out.extend(model.decode_logits(&g, s, *t).unwrap());
+                    }
+                    out
+                };
+                model.forward(&g, &mut s, prompt, Logits::None).unwrap();
+                let first = feed(&mut s);
+                assert_eq!(s.len(), tokens.len());
+                s.rewind(&g, prompt.len()).unwrap();
+                assert_eq!(s.len(), prompt.len());
+                let again = feed(&mut s);
+                assert_bitwise(&format!("kv {kv} graph {graph}"), &again, &first);
+                // Forward past what is held is refused.
+                assert!(s.rewind(&g, tokens.len() + 1).is_err());
+            }
+        }
     }
 
     #[test]

@@ -33,10 +33,27 @@ fn tiny() -> String {
     common::fixture("nemotron_h_tiny").display().to_string()
 }
 
+/// Whether this build can run on a GPU of this machine (then `--device cuda` runs; its
+/// runs are tested in tests/cuda_session.rs).
+fn gpu_usable() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        nemo::backend::cuda::Gpu::new(0).is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 #[test]
 fn device_cuda_fails_with_one_line_when_this_machine_cannot_run_it() {
-    // Here (no GPU, or a build without CUDA, or the GPU forward still missing) `--device
-    // cuda` must never fall back: exit 1, one line saying why.
+    // Here (no GPU, or a build without CUDA) `--device cuda` must never fall back: exit 1,
+    // one line saying why.
+    if gpu_usable() {
+        eprintln!("SKIP device_cuda_fails_…: this machine runs --device cuda");
+        return;
+    }
     let t = tiny();
     let out = nemo(
         &[
@@ -66,7 +83,6 @@ fn device_cuda_fails_with_one_line_when_this_machine_cannot_run_it() {
             "no CUDA kernels",
             "no NVIDIA driver",
             "no CUDA GPU",
-            "not implemented yet",
         ]
     } else {
         &["this build has no CUDA support"]
@@ -108,13 +124,13 @@ fn device_auto_and_cpu_run_on_the_cpu() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "--device {dev}: {err}");
-        if dev == "cpu" || !nemo::backend::cuda::driver_present() {
+        if dev == "cpu" || !nemo::backend::cuda::driver_present() || gpu_usable() {
             assert!(
                 !err.contains("running on the CPU"),
-                "no notice without a driver: {err}"
+                "no notice on --device cpu, without a driver, or on a usable GPU: {err}"
             );
         } else {
-            // A driver nemo cannot use yet: said once, then it runs.
+            // A driver nemo cannot use: said once, then it runs on the CPU.
             assert!(err.contains("nemo: running on the CPU: "), "{err}");
         }
     }
@@ -125,7 +141,8 @@ mod gpu {
     use cudarc::driver::CudaSlice;
     use half::{bf16, f16};
     use nemo::backend::cpu::{matmul, ops, MatRef};
-    use nemo::backend::cuda::{self, attention::GpuKvCache, ssm::ScanShape, Gpu};
+    use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
+    use nemo::backend::cuda::{self, ssm::ScanShape, Gpu};
     use nemo::backend::{fp8, DType};
     use nemo::engine::sampler::{Sampler, SamplingParams};
     use nemo::state::KvCache;
@@ -219,17 +236,22 @@ mod gpu {
             let dt = up(&g, &table);
             let di = up(&g, &ids);
             let mut out = g.zeros::<f32>(ids.len() * hidden).unwrap();
-            cuda::embedding::gather(&g, &dt, vocab, hidden, &ids, &di, &mut out).unwrap();
+            cuda::embedding::gather(&g, &dt, vocab, hidden, &di, ids.len(), &mut out).unwrap();
             let got = g.download(&out).unwrap();
             let want: Vec<f32> = ids
                 .iter()
                 .flat_map(|&id| widen(&table[id as usize * hidden..(id as usize + 1) * hidden]))
                 .collect();
             assert_eq!(got, want, "seed {s} hidden {hidden}");
-            // An id outside the vocabulary is an error, as on the CPU.
+            // An id outside the vocabulary is an error on the host, as on the CPU; one that
+            // reaches the device (ids are read there) gives a NaN row, not a wild read.
             let bad = [vocab as u32];
+            assert!(cuda::embedding::check_ids(&bad, vocab).is_err());
+            cuda::embedding::check_ids(&ids, vocab).unwrap();
             let db = up(&g, &bad);
-            assert!(cuda::embedding::gather(&g, &dt, vocab, hidden, &bad, &db, &mut out).is_err());
+            cuda::embedding::gather(&g, &dt, vocab, hidden, &db, 1, &mut out).unwrap();
+            let row = g.download(&out).unwrap();
+            assert!(row[..hidden].iter().all(|v| v.is_nan()), "seed {s}");
         }
     }
 
@@ -758,15 +780,17 @@ mod gpu {
             let (kvh, hd) = (2, 128);
             let mut cpu = KvCache::new(dtype, kvh, hd);
             let mut dev = GpuKvCache::new(&g, dtype, 8, kvh, hd, 64).unwrap();
+            let mut pos = DevicePosition::new(&g).unwrap();
             for n in [5, 1, 3] {
                 let k = r.vec(n * kvh * hd, 4.0);
                 let v: Vec<f32> = r.vec(n * kvh * hd, 0.01);
                 cpu.append(&k, &v);
-                dev.append(&g, &up(&g, &k), &up(&g, &v), n).unwrap();
+                dev.append(&g, &up(&g, &k), &up(&g, &v), n, &pos).unwrap();
+                pos.advance(&g, n).unwrap();
             }
             let len = cpu.len();
-            assert_eq!(dev.len(), len);
-            let (kb, vb, ks, vs) = dev.download(&g).unwrap();
+            assert_eq!(pos.get(), len);
+            let (kb, vb, ks, vs) = dev.download(&g, len).unwrap();
             let gk = widen_kv(dtype, &kb, &ks, hd);
             let gv = widen_kv(dtype, &vb, &vs, hd);
             for head in 0..kvh {
@@ -847,13 +871,16 @@ mod gpu {
             ] {
                 let mut cpu = KvCache::new(dtype, kvh, hd);
                 let mut dev = GpuKvCache::new(&g, dtype, heads, kvh, hd, len).unwrap();
+                let mut pos = DevicePosition::new(&g).unwrap();
                 let k = r.vec(len * kvh * hd, 2.0);
                 let v = r.vec(len * kvh * hd, 2.0);
                 cpu.append(&k, &v);
-                dev.append(&g, &up(&g, &k), &up(&g, &v), len).unwrap();
+                dev.append(&g, &up(&g, &k), &up(&g, &v), len, &pos).unwrap();
+                // The query sits at the last position: it sees all `len`.
+                pos.set(&g, len - 1).unwrap();
                 let q = r.vec(heads * hd, 2.0);
                 let mut out = g.zeros::<f32>(heads * hd).unwrap();
-                dev.decode(&g, &up(&g, &q), &mut out, None).unwrap();
+                dev.decode(&g, &up(&g, &q), &mut out, None, &pos).unwrap();
                 let got = g.download(&out).unwrap();
                 let want: Vec<f32> = (0..heads)
                     .flat_map(|h| attend_ref(&cpu, &q[h * hd..(h + 1) * hd], h, heads, len))
@@ -876,6 +903,75 @@ mod gpu {
         }
     }
 
+    /// The decode path of a captured graph: k/v appended one position at a time at the
+    /// device position, decode reading its length on the device, with a fixed split count
+    /// that the lengths do not divide (and that exceeds the shortest ones, leaving splits
+    /// empty), then a rewind of the position: the query sees only what is left.
+    #[test]
+    fn decode_attention_reads_the_device_position_with_a_fixed_split_count() {
+        let Some(g) = gpu("attn_decode device position") else {
+            return;
+        };
+        let s = seed();
+        let mut r = Rng::new(s);
+        for dtype in KV_DTYPES {
+            for (heads, kvh, hd, splits, len) in [
+                (4, 2, 16, 7, 1),
+                (4, 2, 16, 7, 5),
+                (8, 2, 128, 7, 130),
+                (8, 4, 64, 7, 7 * 128 + 3),
+                (6, 1, 256, 16, 16 * 128 + 77),
+                (3, 3, 80, 3, 1000),
+            ] {
+                let mut cpu = KvCache::new(dtype, kvh, hd);
+                let mut dev =
+                    GpuKvCache::with_splits(&g, dtype, heads, kvh, hd, len + 4, splits).unwrap();
+                assert_eq!(dev.splits(), splits);
+                let mut pos = DevicePosition::new(&g).unwrap();
+                // All but the last position in one append, then the last as a decode step
+                // appends it: at the device position, which the step then advances.
+                let k = r.vec(len * kvh * hd, 2.0);
+                let v = r.vec(len * kvh * hd, 2.0);
+                cpu.append(&k, &v);
+                let row = kvh * hd;
+                let (k0, k1) = k.split_at((len - 1) * row);
+                let (v0, v1) = v.split_at((len - 1) * row);
+                if len > 1 {
+                    dev.append(&g, &up(&g, k0), &up(&g, v0), len - 1, &pos)
+                        .unwrap();
+                    pos.advance(&g, len - 1).unwrap();
+                }
+                dev.append(&g, &up(&g, k1), &up(&g, v1), 1, &pos).unwrap();
+                let q = r.vec(heads * hd, 2.0);
+                let dq = up(&g, &q);
+                let mut out = g.zeros::<f32>(heads * hd).unwrap();
+                dev.decode(&g, &dq, &mut out, None, &pos).unwrap();
+                pos.advance(&g, 1).unwrap();
+                assert_eq!(pos.get(), len);
+                let got = g.download(&out).unwrap();
+                let want: Vec<f32> = (0..heads)
+                    .flat_map(|h| attend_ref(&cpu, &q[h * hd..(h + 1) * hd], h, heads, len))
+                    .collect();
+                let rel = if matches!(dtype, DType::F8E4M3 | DType::F8E5M2) {
+                    2e-2
+                } else {
+                    1e-4
+                };
+                let what = format!("seed {s} {dtype} {heads}/{kvh}x{hd} splits {splits} len {len}");
+                assert_close(&what, &got, &want, rel, 0.1);
+                // Rewind to half: a query at the last kept position sees only those.
+                let keep = len.div_ceil(2);
+                pos.set(&g, keep - 1).unwrap();
+                dev.decode(&g, &dq, &mut out, None, &pos).unwrap();
+                let got = g.download(&out).unwrap();
+                let want: Vec<f32> = (0..heads)
+                    .flat_map(|h| attend_ref(&cpu, &q[h * hd..(h + 1) * hd], h, heads, keep))
+                    .collect();
+                assert_close(&format!("{what} rewound to {keep}"), &got, &want, rel, 0.1);
+            }
+        }
+    }
+
     #[test]
     fn prefill_attention_is_causal_and_matches_the_cpu_cache() {
         let Some(g) = gpu("attn_prefill") else { return };
@@ -890,15 +986,20 @@ mod gpu {
             ] {
                 let mut cpu = KvCache::new(dtype, kvh, hd);
                 let mut dev = GpuKvCache::new(&g, dtype, heads, kvh, hd, past + n).unwrap();
+                let mut pos = DevicePosition::new(&g).unwrap();
                 for m in [past, n] {
                     let k = r.vec(m * kvh * hd, 2.0);
                     let v = r.vec(m * kvh * hd, 2.0);
                     cpu.append(&k, &v);
-                    dev.append(&g, &up(&g, &k), &up(&g, &v), m).unwrap();
+                    dev.append(&g, &up(&g, &k), &up(&g, &v), m, &pos).unwrap();
+                    if m == past {
+                        pos.advance(&g, m).unwrap();
+                    }
                 }
                 let q = r.vec(n * heads * hd, 2.0);
                 let mut out = g.zeros::<f32>(n * heads * hd).unwrap();
-                dev.prefill(&g, &up(&g, &q), n, &mut out, None).unwrap();
+                dev.prefill(&g, &up(&g, &q), n, past, &mut out, None)
+                    .unwrap();
                 let got = g.download(&out).unwrap();
                 let mut want = vec![0f32; n * heads * hd];
                 for i in 0..n {
@@ -1095,6 +1196,62 @@ mod gpu {
                 }
             }
         }
+    }
+
+    /// The draw a captured decode step makes: knobs, uniform and bans from the device
+    /// args struct (one copy), bans masked in place before the draw.
+    #[test]
+    fn device_draw_masks_the_bans_in_its_args_like_the_cpu_sampler() {
+        let Some(g) = gpu("sample device bans") else {
+            return;
+        };
+        let s = seed();
+        let mut r = Rng::new(s);
+        let mut args = g.zeros::<cuda::sampling::DrawArgs>(1).unwrap();
+        let mut out = g.zeros::<u32>(1).unwrap();
+        for vocab in [10, 1000, 131_072] {
+            for nb in [0, 1, 5, cuda::sampling::MAX_DEVICE_BANS] {
+                let logits = r.vec(vocab, 8.0);
+                // Ban the best ids, so that every ban changes the argmax.
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+                let banned: Vec<u32> = order[..nb.min(vocab - 1)]
+                    .iter()
+                    .map(|i| *i as u32)
+                    .collect();
+                let p = SamplingParams::default();
+                let want = Sampler::new(p.clone()).sample(&mut logits.clone(), &[], &banned);
+                for q in [
+                    p.clone(),
+                    SamplingParams {
+                        temperature: 0.8,
+                        top_k: 1,
+                        ..p.clone()
+                    },
+                ] {
+                    let a = cuda::sampling::SampleArgs::from(&q);
+                    let mut dl = up(&g, &logits);
+                    cuda::sampling::write_args(&g, &a, 0.7, &banned, &mut args).unwrap();
+                    cuda::sampling::draw(&g, &mut dl, vocab, &args, &mut out).unwrap();
+                    let got = g.download(&out).unwrap()[0];
+                    assert_eq!(got, want, "seed {s} vocab {vocab} bans {nb} {q:?}");
+                    let after = g.download(&dl).unwrap();
+                    for (i, (x, y)) in after.iter().zip(&logits).enumerate() {
+                        if banned.contains(&(i as u32)) {
+                            assert_eq!(*x, f32::NEG_INFINITY, "seed {s}: banned {i}");
+                        } else {
+                            assert_eq!(x.to_bits(), y.to_bits(), "seed {s}: logit {i}");
+                        }
+                    }
+                }
+            }
+        }
+        let too_many: Vec<u32> = (0..cuda::sampling::MAX_DEVICE_BANS as u32 + 1).collect();
+        let a = cuda::sampling::SampleArgs::from(&SamplingParams::default());
+        let e = cuda::sampling::write_args(&g, &a, 0.5, &too_many, &mut args)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("banned tokens"), "{e}");
     }
 
     #[test]

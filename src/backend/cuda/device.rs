@@ -1,4 +1,9 @@
 //! The device context: driver probe, the embedded kernel modules, one stream, cuBLAS.
+//!
+//! The stream is a created (non-blocking) stream, not the legacy default stream: CUDA
+//! cannot capture work on the legacy stream into a graph, and the decode step is captured
+//! (`nemotron_h`). cuBLAS gets a workspace of its own, allocated once with the handle, so
+//! that it never allocates while a graph is being captured.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -78,9 +83,22 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub info: DeviceInfo,
+    /// Streaming multiprocessors (sizes the split-K decode attention).
+    pub sm_count: usize,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
-    blas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
+    /// The handle and the workspace it was given (kept alive as long as the handle).
+    blas: Mutex<Option<(Arc<cudarc::cublas::CudaBlas>, CudaSlice<u8>)>>,
+}
+
+/// cuBLAS workspace: the size the cuBLAS docs recommend for `cublasSetWorkspace` (32 MiB
+/// from Hopper on, 4 MiB before), as PyTorch and MLX give their handles.
+fn blas_workspace_bytes(cc: (i32, i32)) -> usize {
+    if cc.0 >= 9 {
+        32 << 20
+    } else {
+        4 << 20
+    }
 }
 
 impl Gpu {
@@ -91,7 +109,13 @@ impl Gpu {
         // One stream, so cudarc's per-buffer event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
         let info = info(&ctx)?;
-        let stream = ctx.default_stream();
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(driver_err)?
+            .max(1) as usize;
+        let stream = ctx.new_stream().map_err(driver_err)?;
         let mut modules = HashMap::new();
         for (name, bin) in embedded::FATBINS {
             let m = ctx
@@ -113,6 +137,7 @@ impl Gpu {
             ctx,
             stream,
             info,
+            sm_count,
             modules,
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
@@ -142,13 +167,13 @@ impl Gpu {
         Ok(f)
     }
 
-    /// cuBLAS on this GPU's stream (loaded on first use).
+    /// cuBLAS on this GPU's stream (loaded on first use), with its own workspace.
     pub fn blas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>, CudaError> {
         let mut b = self
             .blas
             .lock()
             .map_err(|_| CudaError::Driver("poisoned lock".into()))?;
-        if let Some(h) = b.as_ref() {
+        if let Some((h, _)) = b.as_ref() {
             return Ok(h.clone());
         }
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -158,7 +183,22 @@ impl Gpu {
             cudarc::cublas::CudaBlas::new(self.stream.clone())
                 .map_err(|e| CudaError::Blas(format!("{e:?}")))?,
         );
-        *b = Some(h.clone());
+        // After the handle's cublasSetStream (which resets the workspace to cuBLAS's own
+        // pool): from here on cuBLAS takes its scratch from this buffer and never
+        // allocates, which stream capture requires.
+        let bytes = blas_workspace_bytes(self.info.compute_capability);
+        let ws = self.zeros::<u8>(bytes)?;
+        let ptr = {
+            let (ptr, _sync) = ws.device_ptr(&self.stream);
+            ptr
+        };
+        let status = unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*h.handle(), ptr as *mut _, bytes)
+        };
+        if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(CudaError::Blas(format!("cublasSetWorkspace: {status:?}")));
+        }
+        *b = Some((h.clone(), ws));
         Ok(h)
     }
 

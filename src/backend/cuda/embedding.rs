@@ -1,4 +1,9 @@
 //! Embedding gather (kernels/embedding.cu); oracle `model::lm_head::embed`.
+//!
+//! The ids are read on the device (a decode step's id may be the device sampler's output,
+//! never seen by the host), so they are not checked here: a caller with host ids checks
+//! them (`check_ids`, as the CPU does); an id outside the vocabulary that reaches the
+//! kernel gives a row of NaN, never a read outside the table.
 
 use cudarc::driver::CudaSlice;
 
@@ -12,26 +17,28 @@ pub fn supports(hidden: usize) -> Result<(), CudaError> {
     })
 }
 
-/// `out[t] = table[ids[t]]` widened to f32; `table` is `[vocab, hidden]`. Ids are checked
-/// on the host (`ids_host`), as the CPU does, so an out-of-range id is an error.
-#[allow(clippy::too_many_arguments)]
+/// An error naming the first host id outside the vocabulary.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), CudaError> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(CudaError::Unsupported {
+            op: OP,
+            why: format!("token id {id} is outside the vocabulary ({vocab})"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `out[t] = table[ids[t]]` for `t < n`, widened to f32; `table` is `[vocab, hidden]`.
 pub fn gather<T: KernelDtype>(
     gpu: &Gpu,
     table: &CudaSlice<T>,
     vocab: usize,
     hidden: usize,
-    ids_host: &[u32],
     ids: &CudaSlice<u32>,
+    n: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     supports(hidden)?;
-    let n = ids_host.len();
-    if let Some(&id) = ids_host.iter().find(|&&id| id as usize >= vocab) {
-        return Err(CudaError::Unsupported {
-            op: OP,
-            why: format!("token id {id} is outside the vocabulary ({vocab})"),
-        });
-    }
     let name: &'static str = match T::SUFFIX {
         "bf16" => "embedding_gather_bf16",
         "f32" => "embedding_gather_f32",

@@ -16,16 +16,41 @@
 //!   rule as the CPU, decided on the whole call, not per chunk.
 //! - GEMM inputs are bf16 (the normed residual, the gated y, the attention output, relu²
 //!   output); everything else, the residual stream included, stays f32.
+//! - A decode step (one token) allocates nothing, waits for nothing and branches on no
+//!   device value on the host: its token is read from `bufs.sampled` on the device, the
+//!   sequence position from `pos` on the device (KV append writes there, decode attention
+//!   reads its length there, the step's last kernel advances it), the draw's knobs and
+//!   uniform from `bufs.args`. So the step is captured once per session into a CUDA graph
+//!   (per ending: logits only, or logits + the device draw) and replayed for every later
+//!   token: per token the host queues at most one small copy (the token or the draw's
+//!   args, bans included), launches the graph, and reads back the 4-byte id (or the
+//!   logits). The first
+//!   decode step of each ending runs eagerly (it loads cuBLAS's and our kernels lazily,
+//!   which must not happen under capture), the second is captured and launched.
+//!   `NEMO_CUDA_GRAPH=0` (or `GpuSession::set_cuda_graph(false)`) runs every step eagerly
+//!   with the same kernels in the same order, so eager and replayed logits are equal bit
+//!   for bit. Prompt chunks (more than one token) run eagerly. A graph holds the address
+//!   of every session buffer and model weight: states are restored by copying into the
+//!   session's buffers, never by replacing them, and a session runs only with the model
+//!   that made it (checked).
+//! - The device draw leaves its id in `bufs.sampled`, where the next decode step reads its
+//!   token: decoding after a device draw needs no upload at all. Repetition and presence
+//!   penalties need the token history (host side): the device-sampling entry points refuse
+//!   them; callers that need them take the logits (`decode_logits`) and sample on the host.
 //!
 //! The weights come from a `WeightSource`: a loaded checkpoint's `WeightStore` (the same
 //! tensor names `model::NemotronH::load` reads) or random values for `nemo bench`.
 
-use cudarc::driver::CudaSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
 use half::{bf16, f16};
 use thiserror::Error;
 
-use super::attention::GpuKvCache;
-use super::sampling::{self, SampleArgs};
+use super::attention::{DevicePosition, GpuKvCache};
+use super::mamba2::{GpuMamba2, MambaScratch};
+use super::sampling::{self, DrawArgs, SampleArgs};
 use super::ssm::ScanShape;
 pub use super::weights::{RandomWeights, StoreWeights, WeightSource};
 use super::{conv1d, elementwise, embedding, gemm, norm, ssm, CudaError, Gpu, KernelDtype};
@@ -47,20 +72,6 @@ fn drv(e: impl std::fmt::Debug) -> CudaError {
     CudaError::Driver(format!("{e:?}"))
 }
 
-struct MambaLayer {
-    shape: ScanShape,
-    in_proj: CudaSlice<bf16>,
-    in_proj_bias: Option<CudaSlice<f32>>,
-    conv_w: CudaSlice<f32>,
-    conv_b: CudaSlice<f32>,
-    dt_bias: CudaSlice<f32>,
-    a: CudaSlice<f32>,
-    d: CudaSlice<f32>,
-    norm_w: CudaSlice<f32>,
-    out_proj: CudaSlice<bf16>,
-    out_proj_bias: Option<CudaSlice<f32>>,
-}
-
 struct AttentionLayer {
     q_proj: CudaSlice<bf16>,
     k_proj: CudaSlice<bf16>,
@@ -76,7 +87,7 @@ struct MlpLayer {
 }
 
 enum GpuMixer {
-    Mamba2(Box<MambaLayer>),
+    Mamba2(Box<GpuMamba2>),
     Attention(AttentionLayer),
     Mlp(MlpLayer),
 }
@@ -86,8 +97,13 @@ struct GpuBlock {
     mixer: GpuMixer,
 }
 
+/// Tells models apart, so a session is never run (or its graph replayed) with another
+/// model's weights.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
+
 pub struct GpuNemotronH {
     pub config: NemotronHConfig,
+    id: u64,
     embeddings: CudaSlice<bf16>,
     layers: Vec<GpuBlock>,
     norm_f: CudaSlice<f32>,
@@ -138,25 +154,63 @@ struct Buffers {
     hidden: CudaSlice<f32>,
     last: CudaSlice<bf16>,
     logits: CudaSlice<f32>,
+    /// A decode step's token: the step reads it here and the device draw writes the next
+    /// one here, so decoding after a draw needs no upload.
     sampled: CudaSlice<u32>,
+    /// The draw's knobs and uniform, written by the host before each step that draws.
+    args: CudaSlice<DrawArgs>,
 }
+
+/// How a decode step ends: at the logits, or at the device draw after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Logits = 0,
+    Draw = 1,
+}
+
+/// One ending's decode graph: none run yet, run once eagerly (kernels loaded), captured.
+enum GraphSlot {
+    Cold,
+    Warm,
+    Ready(StepGraph),
+}
+
+/// A captured decode step.
+struct StepGraph(CudaGraph);
+
+// SAFETY: a graph exec may be launched from any thread as long as no two threads use it at
+// once; it is only reached through `&mut GpuSession`, which rules that out.
+unsafe impl Send for StepGraph {}
+
+// A session (graphs included) may move to the engine's thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<GpuSession>();
+};
 
 pub struct GpuSession {
     pub plan: Plan,
     pub cache: CacheConfig,
     pub(super) layers: Vec<GpuLayerState>,
     bufs: Buffers,
-    pub(super) len: usize,
+    /// Positions fed: on the device (what the kernels read) and its host mirror.
+    pub(super) pos: DevicePosition,
+    /// Per `Ending`.
+    graphs: [GraphSlot; 2],
+    use_graph: bool,
+    /// Whether `bufs.sampled` holds a token the device drew and nothing has been fed since.
+    drawn: bool,
+    model_id: u64,
 }
 
 impl GpuSession {
     /// Positions fed so far.
     pub fn len(&self) -> usize {
-        self.len
+        self.pos.get()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Back to the empty sequence (states zeroed, caches emptied).
@@ -172,12 +226,43 @@ impl GpuSession {
                     }
                     .map_err(drv)?;
                 }
-                GpuLayerState::Attention(kv) => kv.truncate(0),
-                GpuLayerState::Stateless => {}
+                GpuLayerState::Attention(_) | GpuLayerState::Stateless => {}
             }
         }
-        self.len = 0;
+        self.pos.set(gpu, 0)?;
+        self.drawn = false;
         Ok(())
+    }
+
+    /// Back to `len` positions: every KV cache keeps positions `0..len` (the device and
+    /// host position are set to `len`; later positions are overwritten as they are fed
+    /// again). The Mamba conv and SSM states are NOT touched: they hold no per-position
+    /// history, so the caller restores the ones it saved at `len`. Captured decode graphs
+    /// stay valid (they read the position on the device).
+    pub fn rewind(&mut self, gpu: &Gpu, len: usize) -> Result<(), CudaError> {
+        if len > self.len() {
+            return Err(CudaError::Unsupported {
+                op: "rewind",
+                why: format!("to {len} positions, but the session holds {}", self.len()),
+            });
+        }
+        self.pos.set(gpu, len)?;
+        self.drawn = false;
+        Ok(())
+    }
+
+    /// Captures and replays decode steps as CUDA graphs (`true`, the default unless
+    /// `NEMO_CUDA_GRAPH=0`) or runs them eagerly; the same kernels either way.
+    pub fn set_cuda_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graphs = [GraphSlot::Cold, GraphSlot::Cold];
+        }
+    }
+
+    /// Whether decode steps run as CUDA graphs.
+    pub fn cuda_graph(&self) -> bool {
+        self.use_graph
     }
 
     /// Bytes of state one decode step reads at the current length: every Mamba layer's
@@ -195,12 +280,13 @@ impl GpuSession {
                         }
                 }
                 GpuLayerState::Attention(kv) => {
+                    let len = self.len();
                     let scales = if matches!(kv.dtype, DType::F8E4M3 | DType::F8E5M2) {
-                        2 * kv.len() * kv.kv_heads * 4
+                        2 * len * kv.kv_heads * 4
                     } else {
                         0
                     };
-                    2 * kv.len() * kv.kv_heads * kv.head_dim * kv.dtype.size() + scales
+                    2 * len * kv.kv_heads * kv.head_dim * kv.dtype.size() + scales
                 }
                 GpuLayerState::Stateless => 0,
             })
@@ -276,32 +362,44 @@ impl GpuNemotronH {
                     } else {
                         vec![0.0; cd]
                     };
-                    GpuMixer::Mamba2(Box::new(MambaLayer {
-                        shape: ScanShape {
-                            heads: h,
-                            head_dim: cfg.mamba_head_dim,
-                            d_state: cfg.ssm_state_size,
-                            n_groups: cfg.n_groups,
-                        },
-                        in_proj,
-                        in_proj_bias: opt_upload(gpu, in_b)?,
-                        conv_w: gpu.upload(&w.vector(
-                            &format!("{m}.conv1d.weight"),
-                            &[cd, 1, k],
-                            true,
-                        )?)?,
-                        conv_b: gpu.upload(&conv_b)?,
-                        dt_bias: gpu.upload(&w.vector(&format!("{m}.dt_bias"), &[h], true)?)?,
-                        a: gpu.upload(&a)?,
-                        d: gpu.upload(&w.vector(&format!("{m}.D"), &[h], true)?)?,
-                        norm_w: gpu.upload(&w.vector(
-                            &format!("{m}.norm.weight"),
-                            &[di],
-                            false,
-                        )?)?,
-                        out_proj,
-                        out_proj_bias: opt_upload(gpu, out_b)?,
-                    }))
+                    GpuMixer::Mamba2(Box::new(
+                        GpuMamba2 {
+                            shape: ScanShape {
+                                heads: h,
+                                head_dim: cfg.mamba_head_dim,
+                                d_state: cfg.ssm_state_size,
+                                n_groups: cfg.n_groups,
+                            },
+                            hidden: hs,
+                            conv_kernel: k,
+                            chunk_size: cfg.chunk_size,
+                            time_step_min: cfg.time_step_min,
+                            eps: cfg.layer_norm_epsilon,
+                            in_proj,
+                            in_proj_bias: opt_upload(gpu, in_b)?,
+                            conv_w: gpu.upload(&w.vector(
+                                &format!("{m}.conv1d.weight"),
+                                &[cd, 1, k],
+                                true,
+                            )?)?,
+                            conv_b: gpu.upload(&conv_b)?,
+                            dt_bias: gpu.upload(&w.vector(
+                                &format!("{m}.dt_bias"),
+                                &[h],
+                                true,
+                            )?)?,
+                            a: gpu.upload(&a)?,
+                            d: gpu.upload(&w.vector(&format!("{m}.D"), &[h], true)?)?,
+                            norm_w: gpu.upload(&w.vector(
+                                &format!("{m}.norm.weight"),
+                                &[di],
+                                false,
+                            )?)?,
+                            out_proj,
+                            out_proj_bias: opt_upload(gpu, out_b)?,
+                        }
+                        .checked()?,
+                    ))
                 }
                 LayerKind::Attention => {
                     let (nh, nkv, hd) = (
@@ -360,6 +458,7 @@ impl GpuNemotronH {
         };
         Ok(GpuNemotronH {
             config: cfg.clone(),
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
             embeddings,
             layers,
             norm_f,
@@ -489,18 +588,25 @@ impl GpuNemotronH {
             last: gpu.zeros(hs)?,
             logits: gpu.zeros(c.vocab_size)?,
             sampled: gpu.zeros(1)?,
+            args: gpu.zeros(1)?,
         };
         Ok(GpuSession {
             plan,
             cache,
             layers,
             bufs,
-            len: 0,
+            pos: DevicePosition::new(gpu)?,
+            graphs: [GraphSlot::Cold, GraphSlot::Cold],
+            use_graph: std::env::var("NEMO_CUDA_GRAPH").map_or(true, |v| v.trim() != "0"),
+            drawn: false,
+            model_id: self.id,
         })
     }
 
     /// Feeds `tokens` after the session's current position (in chunks of
-    /// `plan.prefill_chunk`) and returns logits `[positions, vocab]` as `want` asks.
+    /// `plan.prefill_chunk`) and returns logits `[positions, vocab]` as `want` asks. One
+    /// token is a decode step (a replayed graph unless graphs are off); its logits are
+    /// computed whatever `want` says.
     pub fn forward(
         &self,
         gpu: &Gpu,
@@ -508,13 +614,22 @@ impl GpuNemotronH {
         tokens: &[u32],
         want: Logits,
     ) -> Result<Vec<f32>, GpuModelError> {
+        self.check_session(s)?;
         let vocab = self.config.vocab_size;
+        embedding::check_ids(tokens, vocab)?;
+        if let [token] = tokens {
+            self.set_token(gpu, s, *token)?;
+            self.decode(gpu, s, Ending::Logits)?;
+            return Ok(match want {
+                Logits::None => Vec::new(),
+                Logits::Last | Logits::All => gpu.download(&s.bufs.logits)?,
+            });
+        }
         let mut out = Vec::new();
-        let decode = tokens.len() == 1;
         let chunks: Vec<&[u32]> = tokens.chunks(s.plan.prefill_chunk).collect();
         for (ci, chunk) in chunks.iter().enumerate() {
             let last = ci + 1 == chunks.len();
-            self.step(gpu, s, chunk, decode)?;
+            self.step(gpu, s, chunk, false)?;
             match want {
                 Logits::None => {}
                 Logits::Last if !last => {}
@@ -544,7 +659,9 @@ impl GpuNemotronH {
 
     /// Like `forward` with `Logits::Last`, then draws the next token on the device from
     /// those logits (`u` ∈ [0, 1) from the caller's seeded generator); only the id comes
-    /// back. Temperature 0 is greedy (argmax).
+    /// back, and it stays on the device as the next decode step's token
+    /// (`decode_next(.., None, ..)`). Temperature 0 is greedy (argmax). Penalties are
+    /// refused (see the module doc).
     pub fn forward_sample(
         &self,
         gpu: &Gpu,
@@ -553,29 +670,119 @@ impl GpuNemotronH {
         args: &SampleArgs,
         u: f32,
     ) -> Result<u32, GpuModelError> {
+        self.check_session(s)?;
         if tokens.is_empty() {
             return Err(GpuModelError::Unsupported(
                 "forward_sample needs at least one token".into(),
             ));
         }
-        let decode = tokens.len() == 1;
+        check_device_sampling(args)?;
+        embedding::check_ids(tokens, self.config.vocab_size)?;
+        if let [token] = tokens {
+            self.set_token(gpu, s, *token)?;
+            return self.draw_step(gpu, s, args, &[], u);
+        }
         let mut n = 0;
         for chunk in tokens.chunks(s.plan.prefill_chunk) {
-            self.step(gpu, s, chunk, decode)?;
+            self.step(gpu, s, chunk, false)?;
             n = chunk.len();
         }
         self.last_logits(gpu, s, n)?;
         let b = &mut s.bufs;
-        Ok(sampling::sample(
+        sampling::write_args(gpu, args, u, &[], &mut b.args)?;
+        sampling::draw(
             gpu,
             &mut b.logits,
             self.config.vocab_size,
-            args,
-            &[],
-            &[],
-            u,
+            &b.args,
             &mut b.sampled,
-        )?)
+        )?;
+        s.drawn = true;
+        Ok(self.read_sampled(gpu, s)?)
+    }
+
+    /// One decode step that ends in the device draw: feeds `token`, or with `None` the id
+    /// the previous device draw left on the device (no upload), masks `banned` (at most
+    /// `sampling::MAX_DEVICE_BANS`), and returns the drawn id. Per token the host writes
+    /// the draw's args (one 88-byte copy; plus 4 bytes for a given token), launches the
+    /// step's graph, and reads back the 4-byte id.
+    pub fn decode_next(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        token: Option<u32>,
+        args: &SampleArgs,
+        banned: &[u32],
+        u: f32,
+    ) -> Result<u32, GpuModelError> {
+        self.check_session(s)?;
+        check_device_sampling(args)?;
+        match token {
+            Some(t) => {
+                embedding::check_ids(&[t], self.config.vocab_size)?;
+                self.set_token(gpu, s, t)?;
+            }
+            None if s.drawn => {}
+            None => {
+                return Err(GpuModelError::Unsupported(
+                    "decode_next without a token needs a token drawn on the device just before"
+                        .into(),
+                ))
+            }
+        }
+        self.draw_step(gpu, s, args, banned, u)
+    }
+
+    /// One decode step that ends at the logits, for callers that sample on the host:
+    /// feeds `token` (one 4-byte copy), launches the step's graph, downloads the logits.
+    pub fn decode_logits(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        token: u32,
+    ) -> Result<Vec<f32>, GpuModelError> {
+        self.forward(gpu, s, &[token], Logits::Last)
+    }
+
+    fn check_session(&self, s: &GpuSession) -> Result<(), GpuModelError> {
+        if s.model_id != self.id {
+            return Err(GpuModelError::Unsupported(
+                "this GPU session was made by another model".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queues `token` into `bufs.sampled`, the decode step's input.
+    fn set_token(&self, gpu: &Gpu, s: &mut GpuSession, token: u32) -> Result<(), CudaError> {
+        gpu.stream
+            .memcpy_htod(&[token], &mut s.bufs.sampled)
+            .map_err(drv)?;
+        s.drawn = false;
+        Ok(())
+    }
+
+    /// Writes the draw's args, runs a decode step ending in the draw, returns the id.
+    fn draw_step(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        args: &SampleArgs,
+        banned: &[u32],
+        u: f32,
+    ) -> Result<u32, GpuModelError> {
+        sampling::write_args(gpu, args, u, banned, &mut s.bufs.args)?;
+        self.decode(gpu, s, Ending::Draw)?;
+        s.drawn = true;
+        Ok(self.read_sampled(gpu, s)?)
+    }
+
+    /// The one sync of a step: the 4-byte id.
+    fn read_sampled(&self, gpu: &Gpu, s: &GpuSession) -> Result<u32, CudaError> {
+        gpu.download(&s.bufs.sampled)?
+            .first()
+            .copied()
+            .ok_or_else(|| CudaError::Driver("sample: empty result buffer".into()))
     }
 
     /// Final-normed row `n - 1` of the last chunk through the LM head into `bufs.logits`.
@@ -596,8 +803,98 @@ impl GpuNemotronH {
         )
     }
 
-    /// One chunk of at most `plan.prefill_chunk` tokens through every layer; leaves the
-    /// final-normed rows (bf16) in `bufs.normed`.
+    /// One decode step on the token in `bufs.sampled`, as a graph (captured on the
+    /// second step of this ending, replayed after) or eagerly; then the host mirror of
+    /// the position moves on.
+    fn decode(&self, gpu: &Gpu, s: &mut GpuSession, ending: Ending) -> Result<(), GpuModelError> {
+        if s.len() + 1 > s.plan.max_context {
+            return Err(GpuModelError::Unsupported(format!(
+                "{} + 1 positions exceed the session's context of {}",
+                s.len(),
+                s.plan.max_context
+            )));
+        }
+        let i = ending as usize;
+        if !s.use_graph {
+            self.decode_body(gpu, s, ending)?;
+        } else {
+            let slot = std::mem::replace(&mut s.graphs[i], GraphSlot::Cold);
+            s.graphs[i] = match slot {
+                GraphSlot::Cold => {
+                    self.decode_body(gpu, s, ending)?;
+                    GraphSlot::Warm
+                }
+                GraphSlot::Warm => {
+                    let g = self.capture(gpu, s, ending)?;
+                    g.0.launch().map_err(drv)?;
+                    GraphSlot::Ready(g)
+                }
+                GraphSlot::Ready(g) => {
+                    g.0.launch().map_err(drv)?;
+                    GraphSlot::Ready(g)
+                }
+            };
+        }
+        s.pos.note_advanced(1);
+        Ok(())
+    }
+
+    /// Records one decode step into a graph (nothing runs until it is launched).
+    fn capture(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        ending: Ending,
+    ) -> Result<StepGraph, GpuModelError> {
+        // Thread-local: a call that is illegal under capture (an allocation, a sync) made
+        // by this thread fails the capture instead of slipping in; other threads are free.
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv)?;
+        let body = self.decode_body(gpu, s, ending);
+        let graph = gpu.stream.end_capture(CUgraphInstantiate_flags(0));
+        body?;
+        let graph = graph
+            .map_err(drv)?
+            .ok_or_else(|| CudaError::Driver("the captured decode step is empty".into()))?;
+        Ok(StepGraph(graph))
+    }
+
+    /// The decode step's device work, in order: embedding of `bufs.sampled` → every layer
+    /// (recurrent Mamba step, KV append at `pos` + decode attention over `0..=pos`, MLP) →
+    /// final norm → LM head into `bufs.logits` → (Draw) the device draw into
+    /// `bufs.sampled` → `pos += 1`. Queues work only; touches no host state.
+    fn decode_body(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        ending: Ending,
+    ) -> Result<(), GpuModelError> {
+        let c = &self.config;
+        let (hs, vocab) = (c.hidden_size, c.vocab_size);
+        let b = &mut s.bufs;
+        embedding::gather(gpu, &self.embeddings, vocab, hs, &b.sampled, 1, &mut b.x)?;
+        self.layers_and_norm(gpu, &mut s.layers, b, &s.pos, 1, true)?;
+        gemm::matmul_bf16(
+            gpu,
+            &b.normed,
+            1,
+            self.head(),
+            vocab,
+            hs,
+            &mut b.logits,
+            0.0,
+        )?;
+        if ending == Ending::Draw {
+            sampling::draw(gpu, &mut b.logits, vocab, &b.args, &mut b.sampled)?;
+        }
+        s.pos.record_advance(gpu, 1)?;
+        Ok(())
+    }
+
+    /// One chunk of at most `plan.prefill_chunk` host tokens (already checked against the
+    /// vocabulary) through every layer, eagerly; leaves the final-normed rows (bf16) in
+    /// `bufs.normed` and moves the position on.
     fn step(
         &self,
         gpu: &Gpu,
@@ -606,7 +903,7 @@ impl GpuNemotronH {
         decode: bool,
     ) -> Result<(), GpuModelError> {
         let c = &self.config;
-        let (hs, vocab, eps) = (c.hidden_size, c.vocab_size, c.layer_norm_epsilon);
+        let (hs, vocab) = (c.hidden_size, c.vocab_size);
         let n = tokens.len();
         if n == 0 {
             return Ok(());
@@ -617,10 +914,11 @@ impl GpuNemotronH {
                 s.plan.prefill_chunk
             )));
         }
-        if s.len + n > s.plan.max_context {
+        if s.len() + n > s.plan.max_context {
             return Err(GpuModelError::Unsupported(format!(
                 "{} + {n} positions exceed the session's context of {}",
-                s.len, s.plan.max_context
+                s.len(),
+                s.plan.max_context
             )));
         }
         let b = &mut s.bufs;
@@ -628,8 +926,28 @@ impl GpuNemotronH {
             let mut ids = b.ids.slice_mut(0..n);
             gpu.stream.memcpy_htod(tokens, &mut ids).map_err(drv)?;
         }
-        embedding::gather(gpu, &self.embeddings, vocab, hs, tokens, &b.ids, &mut b.x)?;
-        for (i, (block, state)) in self.layers.iter().zip(s.layers.iter_mut()).enumerate() {
+        embedding::gather(gpu, &self.embeddings, vocab, hs, &b.ids, n, &mut b.x)?;
+        self.layers_and_norm(gpu, &mut s.layers, b, &s.pos, n, decode)?;
+        s.pos.advance(gpu, n)?;
+        s.drawn = false;
+        Ok(())
+    }
+
+    /// `n` rows of `bufs.x` (the embeddings) through every layer (fused residual add +
+    /// RMSNorm, then the mixer) and the final norm into `bufs.normed`, at positions
+    /// `pos ..pos + n`.
+    fn layers_and_norm(
+        &self,
+        gpu: &Gpu,
+        layers: &mut [GpuLayerState],
+        b: &mut Buffers,
+        pos: &DevicePosition,
+        n: usize,
+        decode: bool,
+    ) -> Result<(), GpuModelError> {
+        let c = &self.config;
+        let (hs, eps) = (c.hidden_size, c.layer_norm_epsilon);
+        for (i, (block, state)) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
             // x += previous mixer output; normed = bf16(rmsnorm(x) · w).
             norm::rms_norm_residual(
                 gpu,
@@ -649,7 +967,7 @@ impl GpuNemotronH {
                     SsmBuf::BF16(st) => self.mamba(gpu, m, b, n, decode, conv, st)?,
                 },
                 (GpuMixer::Attention(a), GpuLayerState::Attention(kv)) => {
-                    self.attention(gpu, a, b, n, decode, kv)?
+                    self.attention(gpu, a, b, n, decode, kv, pos)?
                 }
                 (GpuMixer::Mlp(m), _) => self.mlp(gpu, m, b, n)?,
                 _ => {
@@ -670,93 +988,34 @@ impl GpuNemotronH {
             hs,
             eps,
         )?;
-        s.len += n;
         Ok(())
     }
 
-    /// `mixed = out_proj(gated_norm(scan(conv(in_proj(normed)))))`, as `GpuMamba2` but on
-    /// the session's buffers.
+    /// `mixed = mamba2(normed)` on the session's buffers (`GpuMamba2::forward_with`, the
+    /// one composition of the mixer).
     #[allow(clippy::too_many_arguments)]
     fn mamba<T: KernelDtype>(
         &self,
         gpu: &Gpu,
-        m: &MambaLayer,
+        m: &GpuMamba2,
         b: &mut Buffers,
         n: usize,
         decode: bool,
         conv: &mut CudaSlice<f32>,
         st: &mut CudaSlice<T>,
     ) -> Result<(), CudaError> {
-        let c = &self.config;
-        let (hs, di, cd, pd, k) = (
-            c.hidden_size,
-            c.d_inner(),
-            c.conv_dim(),
-            c.in_proj_dim(),
-            c.conv_kernel,
-        );
-        gemm::matmul_bf16(gpu, &b.normed, n, &m.in_proj, pd, hs, &mut b.zxbcdt, 0.0)?;
-        if let Some(bias) = &m.in_proj_bias {
-            elementwise::bias_add(gpu, &mut b.zxbcdt, bias, n, pd)?;
-        }
-        if decode {
-            conv1d::update(
-                gpu, &b.zxbcdt, di, conv, &m.conv_w, &m.conv_b, &mut b.xbc, cd, k,
-            )?;
-            ssm::update(
-                gpu,
-                &m.shape,
-                &b.xbc,
-                &b.zxbcdt,
-                di + cd,
-                &m.dt_bias,
-                &m.a,
-                &m.d,
-                st,
-                &mut b.y,
-            )?;
-        } else {
-            conv1d::prefill(
-                gpu, &b.zxbcdt, di, pd, conv, &m.conv_w, &m.conv_b, &mut b.xbc, n, cd, k,
-            )?;
-            ssm::chunk_scan(
-                gpu,
-                &m.shape,
-                n,
-                c.chunk_size,
-                &b.xbc,
-                &b.zxbcdt,
-                di + cd,
-                pd,
-                &m.dt_bias,
-                &m.a,
-                &m.d,
-                c.time_step_min,
-                st,
-                &mut b.y,
-            )?;
-        }
-        norm::gated_rms_norm(
-            gpu,
-            &mut b.y,
-            &b.zxbcdt,
-            0,
-            pd,
-            &m.norm_w,
-            Some(&mut b.inner),
-            n,
-            di,
-            di / c.n_groups,
-            c.layer_norm_epsilon,
-        )?;
-        gemm::matmul_bf16(gpu, &b.inner, n, &m.out_proj, hs, di, &mut b.mixed, 0.0)?;
-        if let Some(bias) = &m.out_proj_bias {
-            elementwise::bias_add(gpu, &mut b.mixed, bias, n, hs)?;
-        }
-        Ok(())
+        let scratch = MambaScratch {
+            zxbcdt: &mut b.zxbcdt,
+            xbc: &mut b.xbc,
+            y: &mut b.y,
+            inner: &mut b.inner,
+        };
+        m.forward_with(gpu, &b.normed, n, decode, conv, st, scratch, &mut b.mixed)
     }
 
-    /// `mixed = o_proj(attend(q, cache ++ k/v))`; Nemotron-H attention has no RoPE.
+    /// `mixed = o_proj(attend(q, cache ++ k/v))`; Nemotron-H attention has no RoPE. The
+    /// new k/v go to positions `pos ..pos + n`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         gpu: &Gpu,
@@ -765,6 +1024,7 @@ impl GpuNemotronH {
         n: usize,
         decode: bool,
         kv: &mut GpuKvCache,
+        pos: &DevicePosition,
     ) -> Result<(), CudaError> {
         let c = &self.config;
         let hs = c.hidden_size;
@@ -775,11 +1035,11 @@ impl GpuNemotronH {
         gemm::matmul_bf16(gpu, &b.normed, n, &a.q_proj, qd, hs, &mut b.q, 0.0)?;
         gemm::matmul_bf16(gpu, &b.normed, n, &a.k_proj, kvd, hs, &mut b.k, 0.0)?;
         gemm::matmul_bf16(gpu, &b.normed, n, &a.v_proj, kvd, hs, &mut b.v, 0.0)?;
-        kv.append(gpu, &b.k, &b.v, n)?;
+        kv.append(gpu, &b.k, &b.v, n, pos)?;
         if decode {
-            kv.decode(gpu, &b.q, &mut b.attn, Some(&mut b.inner))?;
+            kv.decode(gpu, &b.q, &mut b.attn, Some(&mut b.inner), pos)?;
         } else {
-            kv.prefill(gpu, &b.q, n, &mut b.attn, Some(&mut b.inner))?;
+            kv.prefill(gpu, &b.q, n, pos.get(), &mut b.attn, Some(&mut b.inner))?;
         }
         gemm::matmul_bf16(gpu, &b.inner, n, &a.o_proj, hs, qd, &mut b.mixed, 0.0)
     }
@@ -799,4 +1059,16 @@ impl GpuNemotronH {
         }
         Ok(())
     }
+}
+
+/// The device draw has no token history: penalties are refused, in one line.
+fn check_device_sampling(args: &SampleArgs) -> Result<(), GpuModelError> {
+    if args.has_penalties() {
+        return Err(GpuModelError::Unsupported(
+            "repetition/presence penalties need the token history: take the logits \
+             (decode_logits) and sample on the host"
+                .into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,7 +1,16 @@
 //! Logits processing and sampling on the device (kernels/sampling.cu); oracle
 //! `engine::sampler::Sampler::sample`. Only the chosen id comes back to the host.
+//!
+//! The draw reads its knobs and its uniform `u` from a device struct (`DrawArgs`), which
+//! the host writes with one small copy before each launch: `draw` itself depends on no
+//! host value, so a captured decode step samples with whatever the host wrote last. `u`
+//! stays the host's (its seeded generator), so a seed gives the same draws eager or
+//! replayed. The struct also carries up to `MAX_DEVICE_BANS` banned ids, masked by a
+//! kernel before the draw (a no-op with none), so a captured step can ban tokens too.
+//! Penalties need the token history, which lives on the host: they are `sample`'s
+//! (eager) business, not a captured step's.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use super::{blocks, ensure, i32_arg, Arg, CudaError, Gpu};
 
@@ -31,6 +40,105 @@ impl From<&crate::engine::sampler::SamplingParams> for SampleArgs {
     }
 }
 
+impl SampleArgs {
+    /// Whether a repetition or presence penalty is on (they need the token history).
+    pub fn has_penalties(&self) -> bool {
+        (self.repetition_penalty != 1.0 && self.repetition_penalty > 0.0)
+            || self.presence_penalty != 0.0
+    }
+}
+
+/// Most banned ids the device args carry (`SAMPLE_MAX_BANS`).
+pub const MAX_DEVICE_BANS: usize = 16;
+
+/// The draw's knobs, uniform and bans as `sample_f32` and `sample_ban_args_f32` read them
+/// (`SampleParams` in kernels/sampling.cu: the same 4-byte fields in the same order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DrawArgs {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub u: f32,
+    pub n_banned: i32,
+    pub banned: [u32; MAX_DEVICE_BANS],
+}
+
+// The kernel side static_asserts the same size.
+const _: () = assert!(std::mem::size_of::<DrawArgs>() == 88);
+
+// SAFETY: a #[repr(C)] struct of plain 4-byte numbers, for which all-zero bits are valid.
+unsafe impl DeviceRepr for DrawArgs {}
+unsafe impl ValidAsZeroBits for DrawArgs {}
+
+impl DrawArgs {
+    /// `a`'s draw knobs with the uniform `u` and `banned` (a NaN temperature is greedy,
+    /// as on the CPU); more than `MAX_DEVICE_BANS` bans is an error.
+    pub fn new(a: &SampleArgs, u: f32, banned: &[u32]) -> Result<Self, CudaError> {
+        ensure(banned.len() <= MAX_DEVICE_BANS, "sample", || {
+            format!(
+                "{} banned tokens (the device draw takes at most {MAX_DEVICE_BANS}; take the logits)",
+                banned.len()
+            )
+        })?;
+        let mut b = [0u32; MAX_DEVICE_BANS];
+        b[..banned.len()].copy_from_slice(banned);
+        Ok(DrawArgs {
+            temperature: if a.temperature.is_nan() {
+                0.0
+            } else {
+                a.temperature
+            },
+            top_k: a.top_k.min(i32::MAX as usize) as i32,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            u,
+            n_banned: banned.len() as i32,
+            banned: b,
+        })
+    }
+}
+
+/// Queues the copy of `a`, `u` and `banned` into `dev` (one small host-to-device copy).
+pub fn write_args(
+    gpu: &Gpu,
+    a: &SampleArgs,
+    u: f32,
+    banned: &[u32],
+    dev: &mut CudaSlice<DrawArgs>,
+) -> Result<(), CudaError> {
+    let v = DrawArgs::new(a, u, banned)?;
+    gpu.stream
+        .memcpy_htod(&[v], dev)
+        .map_err(|e| CudaError::Driver(format!("{e:?}")))
+}
+
+/// Queues the bans in `args` (on the device; `logits` set to -inf in place, like the
+/// CPU) and one draw from `logits` with the knobs in `args` into `out[0]`. No allocation,
+/// no host value, no sync: a graph can capture it.
+pub fn draw(
+    gpu: &Gpu,
+    logits: &mut CudaSlice<f32>,
+    vocab: usize,
+    args: &CudaSlice<DrawArgs>,
+    out: &mut CudaSlice<u32>,
+) -> Result<(), CudaError> {
+    const OP: &str = "sample";
+    supports(vocab)?;
+    let lp = gpu.ptr(OP, "logits", logits, 0, vocab)?;
+    let ap = gpu.ptr(OP, "args", args, 0, 1)?;
+    let a = [lp.into(), i32_arg(OP, "vocab", vocab)?, ap.into()];
+    gpu.launch("sampling", "sample_ban_args_f32", (1, 1, 1), 32, &a)?;
+    let a = [
+        lp.into(),
+        i32_arg(OP, "vocab", vocab)?,
+        ap.into(),
+        gpu.ptr(OP, "out", out, 0, 1)?.into(),
+    ];
+    gpu.launch("sampling", "sample_f32", (1, 1, 1), 1024, &a)
+}
+
 pub fn supports(vocab: usize) -> Result<(), CudaError> {
     ensure(vocab >= 1 && vocab <= i32::MAX as usize, "sample", || {
         format!("vocab {vocab}")
@@ -38,7 +146,8 @@ pub fn supports(vocab: usize) -> Result<(), CudaError> {
 }
 
 /// Applies bans and penalties to `logits` (in place, like the CPU) and draws one token
-/// with the uniform `u` ∈ [0, 1) (from the host's seeded generator); returns its id.
+/// with the uniform `u` ∈ [0, 1) (from the host's seeded generator); returns its id. The
+/// eager, standalone form (it uploads the lists and the knobs, and waits for the id).
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
@@ -69,8 +178,7 @@ pub fn sample(
             &args,
         )?;
     }
-    let rep_on = a.repetition_penalty != 1.0 && a.repetition_penalty > 0.0;
-    if !history.is_empty() && (rep_on || a.presence_penalty != 0.0) {
+    if !history.is_empty() && a.has_penalties() {
         let mut seen = history.to_vec();
         seen.sort_unstable();
         seen.dedup();
@@ -91,22 +199,9 @@ pub fn sample(
             &args,
         )?;
     }
-    let temperature = if a.temperature.is_nan() {
-        0.0
-    } else {
-        a.temperature
-    };
-    let args = [
-        lp.into(),
-        i32_arg(OP, "vocab", vocab)?,
-        Arg::F32(temperature),
-        i32_arg(OP, "top_k", a.top_k.min(i32::MAX as usize))?,
-        Arg::F32(a.top_p),
-        Arg::F32(a.min_p),
-        Arg::F32(u),
-        gpu.ptr(OP, "out", out, 0, 1)?.into(),
-    ];
-    gpu.launch("sampling", "sample_f32", (1, 1, 1), 1024, &args)?;
+    let mut dev_args = gpu.zeros::<DrawArgs>(1)?;
+    write_args(gpu, a, u, &[], &mut dev_args)?;
+    draw(gpu, logits, vocab, &dev_args, out)?;
     let id = gpu.download(out)?;
     id.first()
         .copied()

@@ -85,19 +85,6 @@ fn copy_ssm(gpu: &Gpu, src: &SsmBuf, dst: &mut SsmBuf) -> Result<(), CudaError> 
     .map_err(drv)
 }
 
-/// Truncates every KV cache to `len` positions and sets the session's length.
-// Stand-in: replaced by `GpuSession::rewind` (KV truncate + host and device position,
-// from the CUDA-graph work) at merge.
-fn rewind(s: &mut GpuSession, _gpu: &Gpu, len: usize) -> Result<(), CudaError> {
-    for l in &mut s.layers {
-        if let GpuLayerState::Attention(kv) = l {
-            kv.truncate(len);
-        }
-    }
-    s.len = len;
-    Ok(())
-}
-
 impl GpuSession {
     /// Copies every Mamba layer's conv + SSM state on the device, with the length.
     pub fn snapshot(&self, gpu: &Gpu) -> Result<GpuSnapshot, CudaError> {
@@ -114,7 +101,7 @@ impl GpuSession {
             .collect::<Result<Vec<_>, CudaError>>()?;
         Ok(GpuSnapshot {
             mamba,
-            len: self.len,
+            len: self.len(),
         })
     }
 
@@ -131,10 +118,11 @@ impl GpuSession {
                 self.layers.len()
             )));
         }
-        if snap.len > self.len {
+        if snap.len > self.len() {
             return Err(bad(format!(
                 "the snapshot is at {} positions, past the session's {}",
-                snap.len, self.len
+                snap.len,
+                self.len()
             )));
         }
         // Check every layer before copying any, so a refusal changes nothing.
@@ -158,6 +146,6 @@ impl GpuSession {
                 copy_ssm(gpu, &c.ssm, ssm)?;
             }
         }
-        rewind(self, gpu, snap.len)
+        self.rewind(gpu, snap.len)
     }
 }

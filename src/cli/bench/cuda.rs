@@ -8,6 +8,11 @@
 //!   (greedy); the clock stops when its id is on the host.
 //! - Decode at 1k and 32k context: `--gen-tokens` steps after that prompt, each one token
 //!   in, its greedy successor's id out; p50, p99 and tok/s (steps over their total time).
+//!   Each step is the session's CUDA graph (`decode_next`: the token the device drew is
+//!   read on the device, only the new id comes back; the first step of a session runs
+//!   eagerly, the second captures the graph), unless `NEMO_CUDA_GRAPH=0`. After the last
+//!   run a short eager run (`EAGER_STEPS`, same kernels launched one by one) gives
+//!   `eager_tokens_per_s` beside it, so the graph's gain shows.
 //! - Device memory in use (total − free, sampled after loading and after every phase; the
 //!   max) and before loading (the context's own share).
 //! - Bytes one decode step reads (weights but the embedding table, plus every Mamba state
@@ -37,6 +42,8 @@ use super::{emit, median, percentile, progress, prompt_ids, source, usage, Bench
 const PROMPTS: [usize; 4] = [128, 1024, 8192, 32768];
 const DECODE_AT: [usize; 2] = [1024, 32768];
 const PREFILL_CHUNK: usize = 2048;
+/// Most decode steps of the eager comparison run.
+const EAGER_STEPS: usize = 32;
 
 /// Greedy: the CPU sampler's defaults (every filter and penalty off).
 fn greedy() -> SampleArgs {
@@ -161,7 +168,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .copied()
         .filter(|p| p + a.gen_tokens <= ctx_limit)
         .collect();
-    let max_context = prompts.iter().copied().max().unwrap_or(128) + a.gen_tokens;
+    let eager_steps = a.gen_tokens.min(EAGER_STEPS);
+    let max_context = prompts.iter().copied().max().unwrap_or(128) + a.gen_tokens + eager_steps;
     let plan = Plan {
         max_context,
         prefill_chunk: PREFILL_CHUNK,
@@ -171,6 +179,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("--device cuda: {e}"))?;
     let mut peak = used_bytes(&gpu)?;
     let vocab = model.config.vocab_size;
+    let graph = sess.cuda_graph();
 
     let mut ttft = Vec::new();
     let mut decode = Vec::new();
@@ -178,23 +187,33 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let prompt = prompt_ids(p, vocab);
         let mut times = Vec::new();
         let mut steps = Vec::new();
+        let mut eager = Vec::new();
         let mut state_bytes = 0;
         for r in 0..a.runs {
             progress(&format!("prompt {p}: run {}/{}", r + 1, a.runs));
             sess.reset(&gpu)?;
             gpu.sync()?;
             let t0 = Instant::now();
-            let mut token = first_token(&model, &gpu, &mut sess, &prompt)?;
+            first_token(&model, &gpu, &mut sess, &prompt)?;
             times.push(t0.elapsed().as_secs_f64());
             peak = peak.max(used_bytes(&gpu)?);
             if DECODE_AT.contains(&p) {
                 for _ in 0..a.gen_tokens {
                     let t = Instant::now();
-                    token = first_token(&model, &gpu, &mut sess, &[token])?;
+                    next_token(&model, &gpu, &mut sess)?;
                     steps.push(t.elapsed().as_secs_f64());
                 }
                 state_bytes = sess.state_bytes_read();
                 peak = peak.max(used_bytes(&gpu)?);
+                if r + 1 == a.runs {
+                    sess.set_cuda_graph(false);
+                    for _ in 0..eager_steps {
+                        let t = Instant::now();
+                        next_token(&model, &gpu, &mut sess)?;
+                        eager.push(t.elapsed().as_secs_f64());
+                    }
+                    sess.set_cuda_graph(graph);
+                }
             }
         }
         ttft.push(json!({ "prompt_tokens": p, "ttft_ms": median(&times) * 1e3 }));
@@ -207,6 +226,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 "ms_p50": p50 * 1e3,
                 "ms_p99": percentile(&steps, 99.0) * 1e3,
                 "tokens_per_s": steps.len() as f64 / steps.iter().sum::<f64>(),
+                "cuda_graph": graph,
+                "eager_steps": eager.len(),
+                "eager_ms_p50": percentile(&eager, 50.0) * 1e3,
+                "eager_tokens_per_s": eager.len() as f64 / eager.iter().sum::<f64>(),
                 "bytes_per_token": bytes,
                 "achieved_gb_s": bytes as f64 / p50 / 1e9,
             }));
@@ -239,6 +262,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         render(&report)
     };
     emit(&text)
+}
+
+/// One decode step on the id the device drew last; returns the greedy next id.
+fn next_token(model: &GpuNemotronH, gpu: &Gpu, sess: &mut GpuSession) -> anyhow::Result<u32> {
+    model
+        .decode_next(gpu, sess, None, &greedy(), &[], 0.5)
+        .context("--device cuda")
 }
 
 /// Feeds `tokens` and returns the greedy next id, drawn on the device.
@@ -296,11 +326,17 @@ fn render(r: &Value) -> String {
     for d in r["decode"].as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
-            "  decode at {:>6}: p50 {:.2} ms  p99 {:.2} ms  {:.1} tok/s  {:.1} GB/s of {:.2} GB/token ({:.0}% of copy bandwidth)",
+            "  decode at {:>6}: p50 {:.2} ms  p99 {:.2} ms  {:.1} tok/s ({}; eager {:.1} tok/s)  {:.1} GB/s of {:.2} GB/token ({:.0}% of copy bandwidth)",
             d["context"],
             d["ms_p50"].as_f64().unwrap_or(0.0),
             d["ms_p99"].as_f64().unwrap_or(0.0),
             d["tokens_per_s"].as_f64().unwrap_or(0.0),
+            if d["cuda_graph"].as_bool().unwrap_or(false) {
+                "CUDA graph"
+            } else {
+                "eager: NEMO_CUDA_GRAPH=0"
+            },
+            d["eager_tokens_per_s"].as_f64().unwrap_or(0.0),
             d["achieved_gb_s"].as_f64().unwrap_or(0.0),
             gb(&d["bytes_per_token"]),
             if copy > 0.0 {
