@@ -1,6 +1,8 @@
 //! The whole Nemotron-H forward on the GPU (`backend::cuda::nemotron_h`) against the CPU
 //! model (`model::NemotronH`) on the dense tiny fixtures, for every cache dtype, for a
-//! prompt fed in several prefill chunks and for decode steps after it.
+//! prompt fed in several prefill chunks and for decode steps after it; and on the MoE
+//! fixtures (with and without the latent projection) with their routing pinned (see
+//! `moe_fixture`).
 //!
 //! The CPU reference runs the same bf16 weights as the GPU: every 2-D tensor (the
 //! projections, the embedding table, the LM head — exactly the tensors the GPU keeps in
@@ -279,6 +281,100 @@ mod gpu {
                     e <= b,
                     "{} ssm {} kv {}: relative L2 {e} > {b}",
                     f.name,
+                    cache.ssm_dtype,
+                    cache.kv_dtype
+                );
+            }
+        }
+    }
+
+    /// An MoE fixture for the whole-model comparison: every router's
+    /// `e_score_correction_bias` is replaced by 2·j for expert j, so the choice (score in
+    /// (0, 1) + bias) is decided by the bias alone and no activation rounding can flip it
+    /// (a flipped expert would be an O(1) difference, not a rounding one). The routing
+    /// kernel on random, unpinned inputs is tested in tests/cuda_moe.rs. The routing
+    /// weights still come from the input-dependent scores. Returns the store the GPU
+    /// loads (as stored, bias pinned) and the CPU reference (2-D tensors rounded to bf16
+    /// except the router gate, which both sides keep in f32).
+    fn moe_fixture(name: &str) -> (NemotronHConfig, WeightStore, NemotronH) {
+        let dir = super::common::fixture(name);
+        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+        let store = WeightStore::open_dir(&dir).unwrap();
+        let mut as_stored = vec![];
+        let mut rounded = vec![];
+        for f in &store.files {
+            let bytes = std::fs::read(f).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (tname, view) in st.tensors() {
+                let t = store.get(&tname, view.shape()).unwrap();
+                if tname.ends_with(".gate.e_score_correction_bias") {
+                    let e = t.shape[0];
+                    let b: Vec<u8> = (0..e)
+                        .flat_map(|j| (2.0 * j as f32).to_le_bytes())
+                        .collect();
+                    let pinned = Tensor::from_owned(&tname, DType::F32, vec![e], b);
+                    as_stored.push(pinned.clone());
+                    rounded.push(pinned);
+                    continue;
+                }
+                as_stored.push(t.clone());
+                if t.shape.len() == 2 && !tname.ends_with(".gate.weight") {
+                    let b: Vec<u8> = t
+                        .to_f32()
+                        .iter()
+                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+                        .collect();
+                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
+                } else {
+                    rounded.push(t);
+                }
+            }
+        }
+        let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+        (cfg, WeightStore::from_tensors(as_stored), cpu)
+    }
+
+    #[test]
+    fn moe_models_match_the_cpu_model_in_prompt_chunks_and_decode_steps() {
+        let Some(g) = gpu("gpu moe model") else { return };
+        for name in ["nemotron_h_moe", "nemotron_h_moe_latent"] {
+            let (cfg, store, cpu) = moe_fixture(name);
+            let model = GpuNemotronH::load(&g, &cfg, &mut StoreWeights(&store)).unwrap();
+            // Chunks of 40 take the MoE prompt path (per-expert GEMMs), the 5-token tail
+            // and the decode steps the GEMV path the decode graph captures.
+            let tokens = ids(2 * 40 + 5 + 12, cfg.vocab_size, 13);
+            let (prompt, steps) = tokens.split_at(85);
+            for cache in [
+                CacheConfig {
+                    ssm_dtype: DType::F32,
+                    kv_dtype: DType::BF16,
+                },
+                CacheConfig {
+                    ssm_dtype: DType::BF16,
+                    kv_dtype: DType::F8E4M3,
+                },
+            ] {
+                let mut st = cpu.new_state(cache);
+                let mut want = cpu.forward(prompt, &mut st, Logits::All).unwrap();
+                let plan = Plan {
+                    max_context: tokens.len(),
+                    prefill_chunk: 40,
+                };
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                let mut got = model.forward(&g, &mut s, prompt, Logits::All).unwrap();
+                for t in steps {
+                    want.extend(cpu.forward(&[*t], &mut st, Logits::Last).unwrap());
+                    got.extend(model.forward(&g, &mut s, &[*t], Logits::Last).unwrap());
+                }
+                let e = rel_l2(&got, &want);
+                let b = bound(cache);
+                eprintln!(
+                    "{name} ssm {} kv {}: relative L2 {e:.2e} (bound {b:.2e})",
+                    cache.ssm_dtype, cache.kv_dtype
+                );
+                assert!(
+                    e <= b,
+                    "{name} ssm {} kv {}: relative L2 {e} > {b}",
                     cache.ssm_dtype,
                     cache.kv_dtype
                 );
@@ -598,21 +694,24 @@ mod gpu {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 
-    /// Needs no GPU: the check reads only the config.
+    /// Needs no GPU: the check reads only the config. Every fixture and the real MoE
+    /// shape pass; an expert width the GEMV kernels cannot read (16-byte rows: a multiple
+    /// of 8) is refused in one line, never sent to the CPU.
     #[test]
-    fn moe_layers_are_refused_with_one_line_naming_the_layer() {
+    fn moe_shapes_are_checked_before_anything_is_uploaded() {
         for name in ["nemotron_h_moe", "nemotron_h_moe_latent"] {
             let dir = super::common::fixture(name);
             let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
-            let i = cfg
-                .layers
-                .iter()
-                .position(|k| *k == nemo::model::LayerKind::Moe)
-                .unwrap();
-            let e = GpuNemotronH::check(&cfg).unwrap_err().to_string();
-            assert!(e.contains(&format!("layer {i} is a MoE layer")), "{e}");
-            assert!(e.contains("not supported on cuda yet"), "{e}");
+            GpuNemotronH::check(&cfg).unwrap();
         }
+        let mut v = nemo::model::synthetic::shape_config("nano-30b-a3b").unwrap();
+        let real = NemotronHConfig::from_json(&v, std::path::Path::new("nano-30b-a3b")).unwrap();
+        GpuNemotronH::check(&real).unwrap();
+        v["moe_intermediate_size"] = serde_json::json!(1850);
+        let odd = NemotronHConfig::from_json(&v, std::path::Path::new("odd")).unwrap();
+        let e = GpuNemotronH::check(&odd).unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("1850"), "{e}");
         for name in DENSE {
             let dir = super::common::fixture(name);
             let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();

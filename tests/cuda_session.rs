@@ -105,7 +105,7 @@ fn run_on_cuda_prints_text_and_exits_0() {
 }
 
 #[test]
-fn auto_takes_the_gpu_for_a_dense_model_and_the_cpu_with_a_notice_for_moe() {
+fn auto_takes_the_gpu_for_a_nemotron_h_model_and_the_cpu_with_a_notice_for_llama() {
     if !usable("run --device auto") {
         return;
     }
@@ -132,7 +132,7 @@ fn auto_takes_the_gpu_for_a_dense_model_and_the_cpu_with_a_notice_for_moe() {
     let out = nemo(&[
         "run",
         "--model",
-        &fixture("nemotron_h_moe"),
+        &fixture("llama_tiny"),
         "--device",
         "auto",
         "--max-tokens",
@@ -144,7 +144,7 @@ fn auto_takes_the_gpu_for_a_dense_model_and_the_cpu_with_a_notice_for_moe() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one notice: {err}");
     assert!(
-        err.starts_with("nemo: running on the CPU: ") && err.contains("MoE"),
+        err.starts_with("nemo: running on the CPU: ") && err.contains("Llama"),
         "{err}"
     );
     assert_eq!(done_event(&out)["device"], "cpu");
@@ -156,7 +156,6 @@ fn cuda_refuses_what_the_gpu_backend_cannot_run_in_one_line() {
         return;
     }
     let cases = [
-        (fixture("nemotron_h_moe"), "MoE"),
         (fixture("llama_tiny"), "Llama"),
         (fixture("nemotron_h_tiny_fp8"), "not supported on cuda yet"),
         (fixture("gguf/nemotron_h_tiny.f32.gguf"), "GGUF"),
@@ -516,13 +515,12 @@ mod gpu {
 
     /// Needs no GPU: what `--device cuda|auto` accepts is decided from the folder alone.
     #[test]
-    fn check_cuda_accepts_dense_nemotron_h_folders_and_refuses_the_rest_in_one_line() {
-        for name in DENSE {
+    fn check_cuda_accepts_nemotron_h_folders_and_refuses_the_rest_in_one_line() {
+        for name in DENSE.iter().chain(&["nemotron_h_moe", "nemotron_h_moe_latent"]) {
             let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
             check_cuda(&folder).unwrap();
         }
         let refused = [
-            ("nemotron_h_moe", "MoE layers are not supported on cuda yet"),
             ("llama_tiny", "Llama models are not supported on cuda yet"),
             (
                 "nemotron_h_tiny_fp8",

@@ -3,7 +3,7 @@
 //! - `cpu` never touches CUDA.
 //! - `cuda` puts the model on GPU 0, or fails with one line saying why not (exit 1): no
 //!   driver, no GPU, no kernels for this GPU, or a model the GPU backend does not run yet
-//!   (MoE layers, Llama, GGUF or FP8 weights), or not enough device memory.
+//!   (Llama, GGUF or FP8 weights), or not enough device memory.
 //! - `auto` takes the GPU when a driver, a GPU, kernels for it and a supported model are
 //!   all there; otherwise the CPU, with a one-line notice when there is an NVIDIA driver
 //!   (silent on machines without one, and in builds without the `cuda` feature).

@@ -295,6 +295,20 @@ mod cuda {
 
     /// Activation buffers of a session for `n` tokens per step (an upper bound of
     /// `GpuNemotronH::new_session`'s: every buffer as f32).
+    /// f32 words per token of the MoE layers' scratch (router logits, the chosen experts'
+    /// hidden and output rows, the shared expert, the latent rows), generously.
+    fn moe_per_token(c: &NemotronHConfig) -> usize {
+        if !c.layers.contains(&crate::model::LayerKind::Moe) {
+            return 0;
+        }
+        let inner = c.moe_latent_size.unwrap_or(c.hidden_size);
+        c.n_routed_experts
+            + c.num_experts_per_tok * (c.moe_intermediate_size + inner + 2)
+            + c.moe_shared_expert_intermediate_size
+            + 2 * inner
+            + c.hidden_size
+    }
+
     fn activation_bytes(c: &NemotronHConfig, n: usize) -> usize {
         let per_token = 4 * c.hidden_size
             + c.in_proj_dim()
@@ -302,7 +316,8 @@ mod cuda {
             + 2 * c.d_inner()
             + 3 * c.num_attention_heads * c.head_dim
             + 2 * c.num_key_value_heads * c.head_dim
-            + 2 * c.intermediate_size;
+            + 2 * c.intermediate_size
+            + moe_per_token(c);
         4 * (n * per_token + 2 * c.vocab_size)
     }
 

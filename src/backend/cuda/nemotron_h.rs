@@ -1,12 +1,15 @@
 //! The whole Nemotron-H forward pass on the GPU; oracle `model::NemotronH::forward` (same
 //! blocks, same order, same layouts): embedding gather → for each layer the fused residual
-//! add + RMSNorm, then its mixer (Mamba2, attention or relu² MLP) → final norm → LM head.
+//! add + RMSNorm, then its mixer (Mamba2, attention, relu² MLP or MoE) → final norm → LM
+//! head.
 //!
 //! Invariants:
 //! - Weights live on the device as bf16 (GEMM operands: projections, embedding table, LM
 //!   head; f32/f16 checkpoints are rounded to nearest even on upload) and f32 (norms, conv,
-//!   dt_bias, A, D, biases). Quantized (GGUF blocks) and FP8 weights are refused with one
-//!   line; so are MoE (`E`) layers, until their expert GEMMs exist. Never a CPU fallback.
+//!   dt_bias, A, D, biases, the MoE router). Quantized (GGUF blocks) and FP8 weights are
+//!   refused with one line. Never a CPU fallback. MoE (`E`) layers are `moe_layer::GpuMoe`:
+//!   a decode step's experts are read by id on the device (graph-capturable); a prompt
+//!   chunk syncs once per MoE layer to group its tokens by expert.
 //! - A `GpuSession` holds one sequence: the Mamba conv + SSM states (SSM in f32/f16/bf16),
 //!   the KV caches (`[max_context, kv_heads, head_dim]` in f32/f16/bf16/FP8 + scales), and
 //!   every activation buffer, all allocated once for `Plan::prefill_chunk` tokens. Prompts
@@ -50,6 +53,7 @@ use thiserror::Error;
 
 use super::attention::{DevicePosition, GpuKvCache};
 use super::mamba2::{GpuMamba2, MambaScratch};
+use super::moe_layer::{GpuMoe, MoeBuffers};
 use super::sampling::{self, DrawArgs, SampleArgs};
 use super::ssm::ScanShape;
 pub use super::weights::{RandomWeights, StoreWeights, WeightSource};
@@ -90,6 +94,7 @@ enum GpuMixer {
     Mamba2(Box<GpuMamba2>),
     Attention(AttentionLayer),
     Mlp(MlpLayer),
+    Moe(Box<GpuMoe>),
 }
 
 struct GpuBlock {
@@ -111,6 +116,8 @@ pub struct GpuNemotronH {
     lm_head: Option<CudaSlice<bf16>>,
     /// Bytes of weights on the device.
     pub weight_bytes: usize,
+    /// Bytes of MoE weights a decode step does not read (the experts it does not choose).
+    moe_unread: usize,
 }
 
 /// How big a session's buffers are.
@@ -154,6 +161,8 @@ struct Buffers {
     hidden: CudaSlice<f32>,
     last: CudaSlice<bf16>,
     logits: CudaSlice<f32>,
+    /// Scratch of the MoE layers (one set serves them all); None without `E` layers.
+    moe: Option<MoeBuffers>,
     /// A decode step's token: the step reads it here and the device draw writes the next
     /// one here, so decoding after a draw needs no upload.
     sampled: CudaSlice<u32>,
@@ -324,6 +333,7 @@ impl GpuNemotronH {
         };
         let embeddings = w.matrix(gpu, &emb, &[vocab, hs])?;
         let mut bytes = embeddings.len() * 2;
+        let mut moe_unread = 0;
         let mut layers = Vec::with_capacity(cfg.layers.len());
         for (i, kind) in cfg.layers.iter().enumerate() {
             let p = format!("{pre}.layers.{i}");
@@ -436,9 +446,10 @@ impl GpuNemotronH {
                     })
                 }
                 LayerKind::Moe => {
-                    return Err(GpuModelError::Unsupported(format!(
-                        "layer {i} is a MoE layer (`E`): MoE layers are not supported on cuda yet"
-                    )))
+                    let moe = GpuMoe::load(gpu, cfg, w, &m)?;
+                    bytes += moe.weight_bytes();
+                    moe_unread += moe.weight_bytes() - moe.bytes_per_token();
+                    GpuMixer::Moe(Box::new(moe))
                 }
             };
             layers.push(GpuBlock { norm, mixer });
@@ -464,15 +475,14 @@ impl GpuNemotronH {
             norm_f,
             lm_head,
             weight_bytes: bytes,
+            moe_unread,
         })
     }
 
     /// Whether every layer of `cfg` can run on the GPU (kernel limits, layer kinds).
     pub fn check(cfg: &NemotronHConfig) -> Result<(), GpuModelError> {
-        if let Some(i) = cfg.layers.iter().position(|k| *k == LayerKind::Moe) {
-            return Err(GpuModelError::Unsupported(format!(
-                "layer {i} is a MoE layer (`E`): MoE layers are not supported on cuda yet"
-            )));
+        if cfg.layers.contains(&LayerKind::Moe) {
+            GpuMoe::supports(cfg)?;
         }
         embedding::supports(cfg.hidden_size)?;
         norm::supports_rms(cfg.hidden_size)?;
@@ -500,12 +510,14 @@ impl GpuNemotronH {
     }
 
     /// Bytes of weights one decode step reads: all but the embedding table, of which one
-    /// row (all of it when it is also the LM head).
+    /// row (all of it when it is also the LM head), and of the MoE experts only the
+    /// chosen ones.
     pub fn weight_bytes_per_token(&self) -> usize {
-        match self.lm_head {
+        let dense = match self.lm_head {
             Some(_) => self.weight_bytes - self.embeddings.len() * 2 + self.config.hidden_size * 2,
             None => self.weight_bytes,
-        }
+        };
+        dense - self.moe_unread
     }
 
     fn head(&self) -> &CudaSlice<bf16> {
@@ -587,6 +599,9 @@ impl GpuNemotronH {
             hidden: gpu.zeros(f * n * c.intermediate_size)?,
             last: gpu.zeros(hs)?,
             logits: gpu.zeros(c.vocab_size)?,
+            moe: has(LayerKind::Moe)
+                .then(|| MoeBuffers::new(gpu, c, n))
+                .transpose()?,
             sampled: gpu.zeros(1)?,
             args: gpu.zeros(1)?,
         };
@@ -970,6 +985,14 @@ impl GpuNemotronH {
                     self.attention(gpu, a, b, n, decode, kv, pos)?
                 }
                 (GpuMixer::Mlp(m), _) => self.mlp(gpu, m, b, n)?,
+                (GpuMixer::Moe(m), _) => {
+                    let mb = b.moe.as_mut().ok_or_else(|| {
+                        GpuModelError::Unsupported(
+                            "session was planned without MoE buffers".into(),
+                        )
+                    })?;
+                    m.forward(gpu, mb, &b.normed, n, &mut b.mixed)?
+                }
                 _ => {
                     return Err(GpuModelError::Unsupported(
                         "session state does not match the model's layers".into(),
