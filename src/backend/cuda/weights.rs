@@ -243,7 +243,12 @@ impl RandomWeights {
     }
 
     fn scale_of(name: &str, shape: &[usize]) -> f32 {
-        let cols = shape.iter().skip(1).product::<usize>().max(1);
+        // Each output sums over the last dimension (stacked experts `[E, rows, cols]` too).
+        let cols = if shape.len() > 1 {
+            shape[shape.len() - 1].max(1)
+        } else {
+            1
+        };
         let inv = (3.0 / cols as f32).sqrt();
         if name.ends_with("embeddings.weight") {
             1.0
@@ -258,8 +263,12 @@ impl RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn contains(&self, name: &str) -> bool {
-        // The synthetic shapes have no biases and a separate LM head.
-        !name.contains("bias") || name.ends_with("conv1d.bias") || name.ends_with("dt_bias")
+        // The synthetic shapes have no projection biases and a separate LM head; the MoE
+        // router has its correction bias (as `model::synthetic`).
+        !name.contains("bias")
+            || name.ends_with("conv1d.bias")
+            || name.ends_with("dt_bias")
+            || name.ends_with("e_score_correction_bias")
     }
 
     fn matrix(
@@ -307,7 +316,12 @@ impl WeightSource for RandomWeights {
         let n: usize = shape.iter().product();
         let scale = if name.ends_with("conv1d.weight") {
             0.5
-        } else if name.ends_with("conv1d.bias") {
+        } else if name.ends_with("gate.weight") {
+            // The MoE router `[experts, hidden]`: logits of unit size, so sigmoid scores
+            // spread and each token picks its own experts (scale 1 saturated every score
+            // at 1.0 and every token took the same lowest-index experts).
+            (3.0 / shape.last().copied().unwrap_or(1).max(1) as f32).sqrt()
+        } else if name.ends_with("conv1d.bias") || name.ends_with("e_score_correction_bias") {
             0.1
         } else {
             1.0
@@ -318,7 +332,7 @@ impl WeightSource for RandomWeights {
 
 #[cfg(test)]
 mod tests {
-    use super::RandomWeights;
+    use super::{RandomWeights, WeightSource};
 
     #[test]
     fn random_weights_are_scaled_like_the_cpu_synthetic_shapes_and_never_zero() {
@@ -361,6 +375,23 @@ mod tests {
         for (name, shape, want) in cases {
             assert_eq!(RandomWeights::scale_of(name, &shape), want, "{name}");
         }
+        // Stacked experts `[E, rows, cols]` sum over cols, like one expert's matrix.
+        let stacked = "backbone.layers.1.mixer.experts.up_proj.weight";
+        assert_eq!(RandomWeights::scale_of(stacked, &[8, 64, 256]), inv(256));
+        // The router (`model::synthetic`: gate sqrt(3/hidden), correction bias 0.1).
+        let mut r = RandomWeights::new();
+        let gate = r
+            .vector("backbone.layers.1.mixer.gate.weight", &[8, 300], false)
+            .unwrap();
+        assert!(gate.iter().all(|x| x.abs() <= inv(300)));
+        assert!(gate.iter().any(|x| x.abs() > inv(300) / 2.0));
+        let bias = "backbone.layers.1.mixer.gate.e_score_correction_bias";
+        assert!(r.contains(bias));
+        assert!(r
+            .vector(bias, &[8], false)
+            .unwrap()
+            .iter()
+            .all(|x| x.abs() <= 0.1));
         let mut r = RandomWeights::new();
         let v = r.values(10_000, 0.5);
         assert!(v.iter().all(|x| *x != 0.0 && x.abs() <= 0.5));
