@@ -336,7 +336,9 @@ mod gpu {
 
     #[test]
     fn moe_models_match_the_cpu_model_in_prompt_chunks_and_decode_steps() {
-        let Some(g) = gpu("gpu moe model") else { return };
+        let Some(g) = gpu("gpu moe model") else {
+            return;
+        };
         for name in ["nemotron_h_moe", "nemotron_h_moe_latent"] {
             let (cfg, store, cpu) = moe_fixture(name);
             let model = GpuNemotronH::load(&g, &cfg, &mut StoreWeights(&store)).unwrap();

@@ -516,7 +516,10 @@ mod gpu {
     /// Needs no GPU: what `--device cuda|auto` accepts is decided from the folder alone.
     #[test]
     fn check_cuda_accepts_nemotron_h_folders_and_refuses_the_rest_in_one_line() {
-        for name in DENSE.iter().chain(&["nemotron_h_moe", "nemotron_h_moe_latent"]) {
+        for name in DENSE
+            .iter()
+            .chain(&["nemotron_h_moe", "nemotron_h_moe_latent"])
+        {
             let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
             check_cuda(&folder).unwrap();
         }

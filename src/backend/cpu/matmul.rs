@@ -207,9 +207,9 @@ fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
             [w.row(idx[0]), w.row(idx[1]), w.row(idx[2]), w.row(idx[3])],
             x,
         );
-        for i in 0..4.min(r1 - r) {
+        for (i, di) in d.iter().enumerate().take(4.min(r1 - r)) {
             // SAFETY: row r+i < m belongs to this task only; n == 1 so the index is r+i.
-            unsafe { *o.0.add(r + i) = d[i] };
+            unsafe { *o.0.add(r + i) = *di };
         }
         r += 4;
     }

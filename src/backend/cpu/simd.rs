@@ -179,11 +179,11 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
         let row = rows[r];
         let chunks = x.len() / 8;
         for i in 0..chunks {
-            for l in 0..8 {
+            for (l, a) in acc.iter_mut().enumerate() {
                 let j = i * 8 + l;
                 let w =
                     f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
-                acc[l] += w * x[j];
+                *a += w * x[j];
             }
         }
         let mut s: f32 = acc.iter().sum();
@@ -285,8 +285,8 @@ mod x86 {
                 for t in 0..2 {
                     let mut s = hsum256(acc[r][t]);
                     let x = if t == 0 { x0 } else { x1 };
-                    for j in i..k {
-                        s += rows[r][j] * *x.add(j);
+                    for (j, w) in rows[r].iter().enumerate().take(k).skip(i) {
+                        s += w * *x.add(j);
                     }
                     out[r][2 * pair + t] = s;
                 }

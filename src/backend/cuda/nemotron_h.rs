@@ -987,9 +987,7 @@ impl GpuNemotronH {
                 (GpuMixer::Mlp(m), _) => self.mlp(gpu, m, b, n)?,
                 (GpuMixer::Moe(m), _) => {
                     let mb = b.moe.as_mut().ok_or_else(|| {
-                        GpuModelError::Unsupported(
-                            "session was planned without MoE buffers".into(),
-                        )
+                        GpuModelError::Unsupported("session was planned without MoE buffers".into())
                     })?;
                     m.forward(gpu, mb, &b.normed, n, &mut b.mixed)?
                 }
