@@ -52,61 +52,81 @@ SSM_UPDATE(ssm_update_f16, __half)
 SSM_UPDATE(ssm_update_bf16, __nv_bfloat16)
 
 // ---- chunked scan for prompts on tensor cores -----------------------------------------
-// Warp-level MMA (sm_80+): mma.sync m16n8k16, bf16 inputs, f32 accumulators. Fragment
-// layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, q = lane % 4:
-//   A 16x16 row-major: a0 = A[g][2q..2q+1], a1 = A[g+8][2q..], a2 = A[g][2q+8..], a3 = A[g+8][2q+8..]
-//   B 16x8:            b0 = B[2q..2q+1][g], b1 = B[2q+8..2q+9][g]
-//   C 16x8 f32:        c0,c1 = C[g][2q, 2q+1], c2,c3 = C[g+8][2q, 2q+1]
-// Each 32-bit register holds two bf16, the lower index in the low half.
+// Warp-level MMA (sm_80+): mma.sync m16n8k8 with tf32 inputs and f32 accumulators. TF32 has
+// f32's range and 11 significant bits: the sums C·B over d_state and the states are not
+// bounded by anything we control, which rules out f16, and the scan is latency-bound (one
+// chunk after the other), so the 8× smaller input rounding of tf32 against bf16 costs
+// little time. Operands are rounded to tf32 once (cvt.rna) when they are staged in shared
+// memory. Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32),
+// g = lane / 4, q = lane % 4:
+//   A 16x8 row-major: a0 = A[g][q], a1 = A[g+8][q], a2 = A[g][q+4], a3 = A[g+8][q+4]
+//   B 8x8:            b0 = B[q][g], b1 = B[q+4][g]
+//   C 16x8 f32:       c0,c1 = C[g][2q, 2q+1], c2,c3 = C[g+8][2q, 2q+1]
 namespace ssd {
 
-__device__ __forceinline__ uint16_t bits(float x) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+__device__ __forceinline__ uint32_t tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
 }
 
 __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// A fragment of the 16x16 tile at (m0, k0) of s[m][k] (row stride ld, k contiguous).
-__device__ __forceinline__ void load_a(uint32_t a[4], const uint16_t* s, int ld, int m0, int k0) {
+// A fragment of the 16x8 tile at (m0, k0) of s[m][k] (row stride ld, k contiguous).
+__device__ __forceinline__ void load_a(uint32_t a[4], const uint32_t* s, int ld, int m0, int k0) {
     const int lane = threadIdx.x % NEMO_WARP, g = lane >> 2, q = lane & 3;
-    const uint16_t* p = s + (m0 + g) * ld + k0 + 2 * q;
-    a[0] = *reinterpret_cast<const uint32_t*>(p);
-    a[1] = *reinterpret_cast<const uint32_t*>(p + 8 * ld);
-    a[2] = *reinterpret_cast<const uint32_t*>(p + 8);
-    a[3] = *reinterpret_cast<const uint32_t*>(p + 8 * ld + 8);
+    const uint32_t* p = s + (m0 + g) * ld + k0 + q;
+    a[0] = p[0];
+    a[1] = p[8 * ld];
+    a[2] = p[4];
+    a[3] = p[8 * ld + 4];
 }
 
-// A fragment of the 16x16 tile at (m0, k0) of A[m][k] = s[k][m] (stored transposed).
-__device__ __forceinline__ void load_a_trans(uint32_t a[4], const uint16_t* s, int ld, int m0,
+// A fragment of the 16x8 tile at (m0, k0) of A[m][k] = s[k][m] (stored transposed).
+__device__ __forceinline__ void load_a_trans(uint32_t a[4], const uint32_t* s, int ld, int m0,
                                              int k0) {
     const int lane = threadIdx.x % NEMO_WARP, g = lane >> 2, q = lane & 3;
-    const int m = m0 + g, k = k0 + 2 * q;
-    const uint16_t* p = s + k * ld + m;
-    a[0] = (uint32_t)p[0] | ((uint32_t)p[ld] << 16);
-    a[1] = (uint32_t)p[8] | ((uint32_t)p[ld + 8] << 16);
-    a[2] = (uint32_t)p[8 * ld] | ((uint32_t)p[9 * ld] << 16);
-    a[3] = (uint32_t)p[8 * ld + 8] | ((uint32_t)p[9 * ld + 8] << 16);
+    const uint32_t* p = s + (k0 + q) * ld + m0 + g;
+    a[0] = p[0];
+    a[1] = p[8];
+    a[2] = p[4 * ld];
+    a[3] = p[4 * ld + 8];
 }
 
-// B fragment of the 16x8 tile at (k0, n0) of B[k][n] = s[n][k] (k contiguous).
-__device__ __forceinline__ void load_b(uint32_t b[2], const uint16_t* s, int ld, int n0, int k0) {
+// B fragment of the 8x8 tile at (k0, n0) of B[k][n] = s[n][k] (k contiguous).
+__device__ __forceinline__ void load_b(uint32_t b[2], const uint32_t* s, int ld, int n0, int k0) {
     const int lane = threadIdx.x % NEMO_WARP, g = lane >> 2, q = lane & 3;
-    const uint16_t* p = s + (n0 + g) * ld + k0 + 2 * q;
-    b[0] = *reinterpret_cast<const uint32_t*>(p);
-    b[1] = *reinterpret_cast<const uint32_t*>(p + 8);
+    const uint32_t* p = s + (n0 + g) * ld + k0 + q;
+    b[0] = p[0];
+    b[1] = p[4];
+}
+
+__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
+    uint32_t r;
+    asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(r));
+    return r;
 }
 
 }  // namespace ssd
 
 #define SSD_PB 40   // head_dim columns per block (a multiple of 8)
 #define SSD_WARPS 4
-#define SSD_PAD 8   // row padding (bf16): row strides ≡ 4 words mod 32, conflict-free fragments
+#define SSD_PAD 4   // row padding (words): row strides ≡ 4 mod 32, conflict-free fragments
+
+// Dynamic shared memory of ssd_scan_mma<NS, L> (src/backend/cuda/ssm.rs computes the same):
+// cum f64 [L] | dts f32 [L] | Cs, Bs [L][NS+4] | Xt, Wt [SSD_PB][L+4] | Ms [L][L+4] |
+// St [SSD_PB][NS+4], the last five as tf32 words.
+template <int NS, int L> __host__ __device__ constexpr int ssd_smem_bytes() {
+    return 8 * L + 4 * L +
+           4 * (2 * L * (NS + SSD_PAD) + 2 * SSD_PB * (L + SSD_PAD) + L * (L + SSD_PAD) +
+                SSD_PB * (NS + SSD_PAD));
+}
 
 // ssd_scan_mma_ns<NS>_<T>: n prompt tokens of one head through the SSD (chunked) form of
 // the recurrence, per chunk of L tokens (c0 = first token, len = tokens in the chunk):
@@ -114,13 +134,13 @@ __device__ __forceinline__ void load_b(uint32_t b[2], const uint16_t* s, int ld,
 //   M[l, s]  = (C_l · B_s) · exp(cum_l − cum_s) · dt_s   for s ≤ l (0 above the diagonal)
 //   y[l, pi] = Σ_s M[l, s] · x[s, pi] + exp(cum_l) · (C_l · S[pi, :]) + D[hh] · x[l, pi]
 //   S[pi, n] ← exp(cum_last) · S[pi, n] + Σ_s exp(cum_last − cum_s) · dt_s · x[s, pi] · B_s[n]
-// The four products (C·Bᵀ, M·x, C·Sᵀ, Bᵀ·W) run on tensor cores with bf16 inputs and f32
-// accumulation; the state S stays f32 (in registers) from the first chunk to the last and
-// is rounded to T once, at the end. cum is summed in f64 so that cum_l − cum_s does not
-// cancel when |cum| is large (the CPU sums the segment directly for the same reason).
+// The four products (C·Bᵀ, M·x, C·Sᵀ, Bᵀ·W) run on tensor cores (tf32 in, f32 accumulate);
+// the state S stays f32 (in registers) from the first chunk to the last and is rounded to
+// T once, at the end. cum is summed in f64 so that cum_l − cum_s does not cancel when
+// |cum| is large (the CPU sums the segment directly for the same reason).
 // L is the kernel's own chunk length (32 for d_state ≤ 128, 16 up to 256), independent of
-// the model's chunk_size: the chunked form equals the recurrence for any chunk length,
-// and short chunks keep every operand in 48 KB of static shared memory.
+// the model's chunk_size: the chunked form equals the recurrence for any chunk length, and
+// L ≤ 32 lets one warp scan a chunk's dt and keeps shared memory under 99 KB (sm_86/89/120).
 // grid (h, ceil(p / pb)), block 128 = 4 warps; block (hh, j) owns head_dim columns
 // [j·pb, min(p, (j+1)·pb)), pb ≤ SSD_PB a multiple of 8. Warp w holds state rows
 // n ∈ [w·NS/4, (w+1)·NS/4) × all of the block's columns as MMA accumulators.
@@ -135,14 +155,18 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
     constexpr int LDL = L + SSD_PAD;   // rows along the chunk
     constexpr int MT = NS / 16 / SSD_WARPS;  // state m-tiles (16 rows of n) per warp
     constexpr int NT = SSD_PB / 8;           // n-tiles (8 columns of pi) per block
-    __shared__ __align__(16) uint16_t Cs[L * LDN];      // C[l][n]
-    __shared__ __align__(16) uint16_t Bs[L * LDN];      // B[s][n]
-    __shared__ __align__(16) uint16_t Xt[SSD_PB * LDL]; // x[s][pi] at [pi][s]
-    __shared__ __align__(16) uint16_t Wt[SSD_PB * LDL]; // exp(cum_last − cum_s)·dt_s·x[s][pi] at [pi][s]
-    __shared__ __align__(16) uint16_t Ms[L * LDL];      // M[l][s]
-    __shared__ __align__(16) uint16_t St[SSD_PB * LDN]; // S[pi][n] at the chunk's start
-    __shared__ float dts[L];
-    __shared__ double cum[L];
+    static_assert(L <= NEMO_WARP && L % 16 == 0, "one lane per token of a chunk");
+    extern __shared__ __align__(16) unsigned char ssd_smem[];
+    // A launch with less shared memory than the layout needs is a bug in the launcher.
+    if (ssd::dynamic_smem_bytes() < (uint32_t)ssd_smem_bytes<NS, L>()) __trap();
+    double* cum = reinterpret_cast<double*>(ssd_smem);
+    float* dts = reinterpret_cast<float*>(cum + L);
+    uint32_t* Cs = reinterpret_cast<uint32_t*>(dts + L);  // C[l][n]
+    uint32_t* Bs = Cs + L * LDN;                           // B[s][n]
+    uint32_t* Xt = Bs + L * LDN;                           // x[s][pi] at [pi][s]
+    uint32_t* Wt = Xt + SSD_PB * LDL;  // exp(cum_last − cum_s)·dt_s·x[s][pi] at [pi][s]
+    uint32_t* Ms = Wt + SSD_PB * LDL;  // M[l][s]
+    uint32_t* St = Ms + L * LDL;       // S[pi][n] at the chunk's start
 
     const int hh = blockIdx.x, p0 = blockIdx.y * pb;
     const int pw = min(pb, p - p0);
@@ -173,15 +197,20 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
 
     for (int64_t c0 = 0; c0 < n; c0 += L) {
         const int len = (int)min((int64_t)L, n - c0);
-        for (int i = tid; i < L; i += nthr)
-            dts[i] = i < len ? fmaxf(nemo::softplus(dt_raw[(c0 + i) * dt_stride + hh] + bias), dt_min)
-                             : 0.f;
-        __syncthreads();
-        if (tid == 0) {
-            double s = 0.0;
-            for (int i = 0; i < L; ++i) {
-                s += (double)(a * dts[i]);
-                cum[i] = s;
+        if (warp == 0) {
+            // Lane i: token i's dt, then an inclusive scan of A·dt over the lanes (L ≤ 32).
+            const float dv =
+                lane < len ? fmaxf(nemo::softplus(dt_raw[(c0 + lane) * dt_stride + hh] + bias), dt_min)
+                           : 0.f;
+            double s = (double)(a * dv);
+#pragma unroll
+            for (int o = 1; o < NEMO_WARP; o <<= 1) {
+                const double up = __shfl_up_sync(0xffffffffu, s, o);
+                if (lane >= o) s += up;
+            }
+            if (lane < L) {
+                dts[lane] = dv;
+                cum[lane] = s;
             }
         }
         // Operands of this chunk; rows past len, columns past ns / pw are zero.
@@ -192,12 +221,12 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
                 b = bg[(c0 + l) * cd + sn];
                 c = cg[(c0 + l) * cd + sn];
             }
-            Bs[l * LDN + sn] = ssd::bits(b);
-            Cs[l * LDN + sn] = ssd::bits(c);
+            Bs[l * LDN + sn] = ssd::tf32(b);
+            Cs[l * LDN + sn] = ssd::tf32(c);
         }
         for (int i = tid; i < L * SSD_PB; i += nthr) {
             const int s = i / SSD_PB, pi = i % SSD_PB;
-            Xt[pi * LDL + s] = ssd::bits(s < len && pi < pw ? xh[(c0 + s) * cd + pi] : 0.f);
+            Xt[pi * LDL + s] = ssd::tf32(s < len && pi < pw ? xh[(c0 + s) * cd + pi] : 0.f);
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -207,9 +236,9 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
                 for (int r = 0; r < 4; ++r) {
                     const int sn = (warp * MT + mt) * 16 + g + (r >= 2 ? 8 : 0);
                     const int pi = nt * 8 + 2 * q + (r & 1);
-                    St[pi * LDN + sn] = ssd::bits(acc[mt][nt][r]);
+                    St[pi * LDN + sn] = ssd::tf32(acc[mt][nt][r]);
                 }
-        __syncthreads();  // cum, Bs, Cs, Xt, St are ready
+        __syncthreads();  // dts, cum, Bs, Cs, Xt, St are ready
 
         const double last = cum[len - 1];
         const float e = expf((float)last);
@@ -224,7 +253,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
             float w = 0.f;
             if (s < len && pi < pw)
                 w = expf((float)(last - cum[s])) * dts[s] * xh[(c0 + s) * cd + pi];
-            Wt[pi * LDL + s] = ssd::bits(w);
+            Wt[pi * LDL + s] = ssd::tf32(w);
         }
         // M = (C·Bᵀ) ∘ decay: tiles of 16 rows (l) × 8 columns (s); above the diagonal 0.
         for (int tile = warp; tile < (L / 16) * (L / 8); tile += SSD_WARPS) {
@@ -232,7 +261,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
             float cb[4] = {0.f, 0.f, 0.f, 0.f};
             if (n0 <= m0 + 15) {
 #pragma unroll 4
-                for (int k0 = 0; k0 < NS; k0 += 16) {
+                for (int k0 = 0; k0 < NS; k0 += 8) {
                     uint32_t af[4], bf[2];
                     ssd::load_a(af, Cs, LDN, m0, k0);
                     ssd::load_b(bf, Bs, LDN, n0, k0);
@@ -244,7 +273,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
                 const int l = m0 + g + (r >= 2 ? 8 : 0), s = n0 + 2 * q + (r & 1);
                 float v = 0.f;
                 if (s <= l && l < len) v = cb[r] * expf((float)(cum[l] - cum[s])) * dts[s];
-                Ms[l * LDL + s] = ssd::bits(v);
+                Ms[l * LDL + s] = ssd::tf32(v);
             }
         }
         __syncthreads();  // Ms, Wt are ready
@@ -254,14 +283,14 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
             const int m0 = (tile / NT) * 16, n0 = (tile % NT) * 8;
             if (n0 >= pw) continue;
             float yd[4] = {0.f, 0.f, 0.f, 0.f}, yo[4] = {0.f, 0.f, 0.f, 0.f};
-            for (int k0 = 0; k0 <= m0; k0 += 16) {  // s ≤ l: only tiles left of the diagonal
+            for (int k0 = 0; k0 < m0 + 16; k0 += 8) {  // s ≤ l: only tiles left of the diagonal
                 uint32_t af[4], bf[2];
                 ssd::load_a(af, Ms, LDL, m0, k0);
                 ssd::load_b(bf, Xt, LDL, n0, k0);
                 ssd::mma(yd, af, bf);
             }
 #pragma unroll 4
-            for (int k0 = 0; k0 < NS; k0 += 16) {
+            for (int k0 = 0; k0 < NS; k0 += 8) {
                 uint32_t af[4], bf[2];
                 ssd::load_a(af, Cs, LDN, m0, k0);
                 ssd::load_b(bf, St, LDN, n0, k0);
@@ -281,7 +310,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-            for (int k0 = 0; k0 < L; k0 += 16) {
+            for (int k0 = 0; k0 < L; k0 += 8) {
                 uint32_t af[4];
                 ssd::load_a_trans(af, Bs, LDN, (warp * MT + mt) * 16, k0);
 #pragma unroll

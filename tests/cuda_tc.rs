@@ -5,12 +5,15 @@
 //! Built with `--features cuda`; without a usable GPU each test prints `SKIP` and returns,
 //! and with `NEMO_REQUIRE_GPU=1` a missing GPU fails instead (as tests/cuda_ops.rs).
 //!
-//! Both kernels feed bf16 to the MMA and accumulate in f32, so their error against an f32
-//! reference is not "a few f32 ulps": every bound below is derived from the bf16 unit
-//! roundoff u = 2^-8 (round to nearest, 8 significant bits), the number of roundings a
-//! term goes through, and the f32 accumulation lengths (f32 unit roundoff 2^-24), applied
-//! to the sum of the absolute values of the terms (computed by the reference alongside
-//! the value). Nothing here is a tolerance picked to pass.
+//! The scan feeds tf32 to the MMA (u = 2^-11: 11 significant bits, cvt.rna rounds to
+//! nearest), attention bf16 (u = 2^-8), both accumulating in f32, so their error against
+//! an f32 reference is not "a few f32 ulps": every bound below is derived from u, the
+//! number of roundings a term goes through, and the f32 accumulation lengths, applied to
+//! the sum of the absolute values of the terms (computed by the reference alongside the
+//! value). Tensor cores add in f32 with truncation rather than rounding (Fasi, Higham,
+//! Mikaitis, Pranesh 2021, "Numerical behavior of NVIDIA tensor cores"), so each of their
+//! additions counts 2^-23 (two f32 unit roundoffs 2^-24). Nothing here is a tolerance
+//! picked to pass.
 
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -23,6 +26,8 @@ mod gpu {
 
     /// bf16 unit roundoff (round to nearest, 8 significant bits).
     const U_BF16: f64 = 1.0 / 256.0;
+    /// tf32 unit roundoff (11 significant bits).
+    const U_TF32: f64 = 1.0 / 2048.0;
     /// f16 unit roundoff (11 significant bits).
     const U_F16: f64 = 1.0 / 2048.0;
     /// f32 unit roundoff.
@@ -254,7 +259,7 @@ mod gpu {
     }
 
     #[test]
-    fn tensor_core_scan_matches_the_recurrence_within_the_bf16_error_model() {
+    fn tensor_core_scan_matches_the_recurrence_within_the_tf32_error_model() {
         let Some(g) = gpu("ssd_scan_mma") else { return };
         let s = seed();
         let mut r = Rng::new(s);
@@ -286,19 +291,19 @@ mod gpu {
                         let [y, ya, st, sa] = scan_ref(&c, n, dt_stride, 1e-3, &start);
                         let (gy, gst) = run_scan(&g, &c, n, dt_stride, chunk, 1e-3, dtype);
                         // Error model. Each term of y is a product of f32 values; on its
-                        // way to y the kernel rounds it to bf16 at most 4 times: C, B,
+                        // way to y the kernel rounds it to tf32 at most 4 times: C, B,
                         // M = (C·B)·decay·dt and x for a term of the same chunk; W =
                         // decay·dt·x, B, the f32 state rounded for C·S, and C for a term
                         // carried over from an earlier chunk; the state and C for the
-                        // incoming state's own term. Hence, with u the bf16 unit roundoff,
+                        // incoming state's own term. Hence, with u the tf32 unit roundoff,
                         //   |Δy| ≤ ((1+u)^4 (1+γ) − 1) · Σ|terms|   (Σ|terms| = ya),
-                        // γ bounding the f32 work: MMA chains of ≤ d_state + 2·32 products,
-                        // two f32 roundings of the state per chunk (≤ 2n), decays
-                        // exp(Σ a·dt) whose dt differ from the CPU's softplus by ≤ 4 ulps
-                        // (≤ 6·X ulps for a span of X ≤ 88 before f32 underflows, so ≤ 512),
-                        // and the D·x product. γ = (2·d_state + 4·n + 512)·2^-24.
+                        // γ bounding the f32 work: MMA chains of ≤ d_state + 2·32 products
+                        // (2^-23 each), two f32 roundings of the state per chunk (≤ 2n),
+                        // decays exp(Σ a·dt) whose dt differ from the CPU's softplus by ≤ 4
+                        // ulps (≤ 6·X ulps for a span of X ≤ 88 before f32 underflows, so
+                        // ≤ 512), the D·x product. γ = (2·d_state + 4·n + 512)·2^-24.
                         let gamma = (2 * shape.d_state + 4 * n + 512) as f64 * U_F32;
-                        let fy = (1.0 + U_BF16).powi(4) * (1.0 + gamma) - 1.0;
+                        let fy = (1.0 + U_TF32).powi(4) * (1.0 + gamma) - 1.0;
                         let by: Vec<f64> = ya.iter().map(|v| fy * v + 1e-30).collect();
                         let what = format!(
                             "seed {s} {shape:?} chunk {chunk} n {n} state {dtype} positive {positive}"
@@ -306,7 +311,7 @@ mod gpu {
                         assert_within(&what, &gy, &y, &by);
                         // The state's terms pass 2 roundings (W, B); then it is stored in its
                         // dtype (unit u_T) once.
-                        let fs = (1.0 + U_BF16).powi(2) * (1.0 + gamma) - 1.0;
+                        let fs = (1.0 + U_TF32).powi(2) * (1.0 + gamma) - 1.0;
                         let ut = state_unit(dtype);
                         let bs: Vec<f64> = st
                             .iter()
@@ -507,21 +512,23 @@ mod gpu {
         let (mut want_m, mut bound_m) = (vec![0f64; n_el], vec![0f64; n_el]);
         for i in 0..n {
             let visible = start + i + 1;
-            // f32 work of the kernel per output: ≤ visible products and rescalings in P·V
-            // and the normaliser, 2 exp/scale roundings per weight, the division.
+            // f32 work of the kernel per output: ≤ visible tensor-core additions in P·V
+            // (2^-23 each), the rescalings and the normaliser's sum, 2 exp/scale roundings
+            // per weight, the division.
             let gamma_o = (2 * visible + hd + 16) as f64 * U_F32;
             for h in 0..heads {
                 let kh = h / (heads / kvh);
                 let at = (i * heads + h) * hd;
                 let qi = &q[at..at + hd];
                 // 1. Against the exact attention of the cache's values. A score's inputs
-                // carry relative errors rq (q) and rk (k), its f32 sum ≤ (hd + 4)·2^-24:
-                //   |Δs_t| ≤ E = ((1+rq)(1+rk)(1 + (hd+4)·2^-24) − 1)·max_t Σ_d |q_d k_td|·scale.
+                // carry relative errors rq (q) and rk (k); its sum of hd products on the
+                // tensor cores (2^-23 each) and the scale products ≤ (2·hd + 4)·2^-24:
+                //   |Δs_t| ≤ E = ((1+rq)(1+rk)(1 + (2hd+4)·2^-24) − 1)·max_t Σ_d |q_d k_td|·scale.
                 // Softmax weights then move by a factor in [e^-2E, e^2E]; each weight is
                 // rounded to bf16 (u) and each v by rv, so
                 //   |Δo_d| ≤ (e^2E (1+u)(1+rv)(1+γ_o) − 1) · Σ_t p_t |v_td|.
                 let (o, oa, qk) = attend(qi, &kh_w[kh], &vh_w[kh], hd, visible);
-                let e = ((1.0 + rq) * (1.0 + rk) * (1.0 + (hd + 4) as f64 * U_F32) - 1.0) * qk;
+                let e = ((1.0 + rq) * (1.0 + rk) * (1.0 + (2 * hd + 4) as f64 * U_F32) - 1.0) * qk;
                 let f = (2.0 * e).exp() * (1.0 + U_BF16) * (1.0 + rv) * (1.0 + gamma_o) - 1.0;
                 // 2. Against the attention of exactly the values the MMA sees (q and the
                 // cache rounded as the kernel rounds them): only the f32 sums and the
@@ -529,7 +536,7 @@ mod gpu {
                 // wrong mask or a wrong position shows.
                 let qm: Vec<f32> = qi.iter().map(|v| bf16r(*v)).collect();
                 let (om, oam, qkm) = attend(&qm, &kh_m[kh], &vh_m[kh], hd, visible);
-                let em = (hd + 4) as f64 * U_F32 * qkm;
+                let em = (2 * hd + 4) as f64 * U_F32 * qkm;
                 let fm = (2.0 * em).exp() * (1.0 + U_BF16) * (1.0 + gamma_o) - 1.0;
                 for d in 0..hd {
                     want[at + d] = o[d];

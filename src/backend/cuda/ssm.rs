@@ -5,13 +5,14 @@
 //! softplus (`dt_raw[dt_offset + t·dt_stride + head]`), `state` `[heads, head_dim, d_state]`
 //! in f32, f16 or bf16, `y` `[n, heads·head_dim]` f32 (before the gated norm).
 //!
-//! The prompt scan runs the SSD form on tensor cores (bf16 MMA inputs, f32 accumulation,
+//! The prompt scan runs the SSD form on tensor cores (tf32 MMA inputs, f32 accumulation,
 //! the state in f32 from the first token to the last); its chunk length is the kernel's
 //! own (32 tokens for d_state ≤ 128, 16 up to 256): the chunked form equals the
 //! recurrence for any chunk length, so the model's `chunk_size` is checked but does not
 //! change the result beyond rounding.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{ensure, i32_arg, Arg, CudaError, Gpu, KernelDtype};
 
@@ -20,6 +21,19 @@ pub const MAX_D_STATE: usize = 256;
 pub const MAX_CHUNK: usize = 256;
 /// Most head_dim columns one block of `ssd_scan_mma` owns (`SSD_PB`).
 const COLS_PER_BLOCK: usize = 40;
+
+/// Dynamic shared memory of `ssd_scan_mma<NS, L>`, as `ssd_smem_bytes` in kernels/ssm.cu
+/// lays it out (the kernel traps when given less): cum f64 [L], dts f32 [L], then tf32
+/// words C, B [L][NS+4], xᵀ, Wᵀ [SSD_PB][L+4], M [L][L+4], S [SSD_PB][NS+4].
+const fn scan_smem_bytes(ns: usize, l: usize) -> usize {
+    let pad = 4;
+    8 * l
+        + 4 * l
+        + 4 * (2 * l * (ns + pad)
+            + 2 * COLS_PER_BLOCK * (l + pad)
+            + l * (l + pad)
+            + COLS_PER_BLOCK * (ns + pad))
+}
 
 /// Shape of one Mamba2 layer's scan.
 #[derive(Clone, Copy, Debug)]
@@ -170,18 +184,40 @@ pub fn chunk_scan<T: KernelDtype>(
         i32_arg(OP, "columns", cols)?,
         Arg::F32(dt_min),
     ];
-    let prefix = if s.d_state <= 128 {
-        "ssd_scan_mma_ns128"
+    // (kernel, d_state capacity, chunk length) as instantiated in kernels/ssm.cu.
+    let (prefix, ns_max, l) = if s.d_state <= 128 {
+        ("ssd_scan_mma_ns128", 128, 32)
     } else {
-        "ssd_scan_mma_ns256"
+        ("ssd_scan_mma_ns256", 256, 16)
     };
-    gpu.launch(
-        "ssm",
-        state_name::<T>(prefix)?,
-        (h as u32, col_blocks as u32, 1),
-        128,
-        &args,
+    let name = state_name::<T>(prefix)?;
+    let smem = scan_smem_bytes(ns_max, l) as u32;
+    // More than the 48 KB default: opt in per function (every target arch has ≥ 99 KB).
+    let f = gpu.func("ssm", name)?;
+    f.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
     )
+    .map_err(|e| CudaError::Driver(format!("{name}: {smem} B of shared memory: {e:?}")))?;
+    let mut b = gpu.stream.launch_builder(&f);
+    for a in &args {
+        match a {
+            Arg::Ptr(p) => b.arg(p),
+            Arg::I32(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (h as u32, col_blocks as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    // Safety: the arguments match the kernel's signature in kernels/ssm.cu, every buffer
+    // was checked against the shape above, and the shared memory covers its layout.
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
 }
 
 #[cfg(test)]
@@ -203,5 +239,14 @@ mod tests {
         }
         assert_eq!(column_split(80), (2, 40));
         assert_eq!(column_split(64), (2, 32));
+    }
+
+    #[test]
+    fn scan_shared_memory_fits_every_target_arch() {
+        // 99 KB: the most a block may opt into on sm_86, sm_89 and sm_120.
+        for (ns, l, bytes) in [(128, 32, 71_424), (256, 16, 82_752)] {
+            assert_eq!(scan_smem_bytes(ns, l), bytes);
+            assert!(bytes <= 99 * 1024);
+        }
     }
 }
