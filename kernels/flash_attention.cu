@@ -42,6 +42,20 @@ __device__ __forceinline__ void load_b(uint32_t b[2], const uint16_t* s, int ld,
     b[1] = *reinterpret_cast<const uint32_t*>(p + 8);
 }
 
+// B fragment of the 16x8 tile at (k0, n0) of B[k][n] = s[k][n] (n contiguous), by
+// ldmatrix.trans: lanes 0-7 address rows k0 .. k0+7, lanes 8-15 rows k0+8 .. k0+15 (lanes
+// 16-31 repeat them, unused by .x2); each 8x8 matrix arrives transposed, so lane (g, q)
+// gets B[k0+2q .. k0+2q+1][n0+g] from the first and B[k0+8+2q ..][n0+g] from the second,
+// the mma B layout. Rows must be 16-byte aligned.
+__device__ __forceinline__ void load_b_trans(uint32_t b[2], const uint16_t* s, int ld, int n0, int k0) {
+    const int lane = threadIdx.x % NEMO_WARP;
+    const uint16_t* p = s + (k0 + (lane & 15)) * ld + n0;
+    const uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(b[0]), "=r"(b[1])
+                 : "r"(addr));
+}
+
 // Eight consecutive cache elements (d .. d+8 of one row), without the FP8 scale.
 struct KvF32 {
     typedef float T;
@@ -108,7 +122,7 @@ __device__ __forceinline__ float2 q2(const __nv_bfloat16* q, int64_t at) {
 // grid (ceil(n / 64), nh), block 128 = 4 warps; block (j, h) takes queries
 // [i0, i0 + 64), i0 = (gridDim.x − 1 − j)·64 (the longest rows start first), warp w the 16
 // rows i0 + 16w ..; q fragments stay in registers. The block walks the cache in tiles of 64
-// positions: K [t][d] and Vᵀ [d][t] widened to bf16 in shared memory (+ FP8 scales), then
+// positions: K and V [t][d] widened to bf16 in shared memory (+ FP8 scales), then
 // per warp S = Q·Kᵀ (16 × 64, f32), causal mask, online softmax (row max over the 4 lanes
 // that share a row), O = O·corr + P·V with P taken straight from the S accumulators.
 // Writes out [n, nh, HD] f32 and out_bf16 (may be null).
@@ -118,13 +132,12 @@ __device__ void flash_prefill(const Q* __restrict__ q, const typename KV::T* __r
                               const float* __restrict__ vs, float* __restrict__ out,
                               __nv_bfloat16* __restrict__ out_bf16, int n, int start, int nh,
                               int kvh, float scale) {
-    constexpr int LDK = HD + FA_PAD;     // Ks rows (positions), d contiguous
-    constexpr int LDV = FA_BK + FA_PAD;  // Vt rows (d), positions contiguous
+    constexpr int LDK = HD + FA_PAD;  // Ks and Vs rows (positions), d contiguous
     constexpr int KT = HD / 16;          // k-steps of Q·Kᵀ
     constexpr int DT = HD / 8;           // n-tiles of O
     constexpr int ST = FA_BK / 8;        // n-tiles of S
     __shared__ __align__(16) uint16_t Ks[FA_BK * LDK];
-    __shared__ __align__(16) uint16_t Vt[HD * LDV];
+    __shared__ __align__(16) uint16_t Vs[FA_BK * LDK];
     __shared__ float ksc[FA_BK], vsc[FA_BK];
 
     const int h = blockIdx.y, kh = h / (nh / kvh);
@@ -164,14 +177,17 @@ __device__ void flash_prefill(const Q* __restrict__ q, const typename KV::T* __r
 #pragma unroll
                 for (int j = 0; j < 8; ++j) kv[j] = vv[j] = 0.f;
             }
-            uint4 packed;
-            packed.x = fa::pack(kv[0], kv[1]);
-            packed.y = fa::pack(kv[2], kv[3]);
-            packed.z = fa::pack(kv[4], kv[5]);
-            packed.w = fa::pack(kv[6], kv[7]);
-            *reinterpret_cast<uint4*>(&Ks[tt * LDK + d]) = packed;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) Vt[(d + j) * LDV + tt] = fa::bits(vv[j]);
+            uint4 pk, pv;
+            pk.x = fa::pack(kv[0], kv[1]);
+            pk.y = fa::pack(kv[2], kv[3]);
+            pk.z = fa::pack(kv[4], kv[5]);
+            pk.w = fa::pack(kv[6], kv[7]);
+            pv.x = fa::pack(vv[0], vv[1]);
+            pv.y = fa::pack(vv[2], vv[3]);
+            pv.z = fa::pack(vv[4], vv[5]);
+            pv.w = fa::pack(vv[6], vv[7]);
+            *reinterpret_cast<uint4*>(&Ks[tt * LDK + d]) = pk;
+            *reinterpret_cast<uint4*>(&Vs[tt * LDK + d]) = pv;
         }
         if (KV::SCALED) {
             for (int tt = tid; tt < FA_BK; tt += blockDim.x) {
@@ -242,7 +258,7 @@ __device__ void flash_prefill(const Q* __restrict__ q, const typename KV::T* __r
 #pragma unroll
                 for (int dt = 0; dt < DT; ++dt) {
                     uint32_t bf[2];
-                    fa::load_b(bf, Vt, LDV, dt * 8, kt * 16);
+                    fa::load_b_trans(bf, Vs, LDK, dt * 8, kt * 16);
                     fa::mma(o[dt], pa, bf);
                 }
             }

@@ -275,6 +275,9 @@ mod gpu {
             (sh(8, 80, 128, 4), 256, all_n),
             (sh(4, 50, 256, 1), 256, vec![17, 300]),
             (sh(6, 16, 40, 3), 128, vec![33]),
+            // The shapes of tests/cuda_ops.rs's scan test (d_state 16 and 256, chunks 16/256).
+            (sh(8, 16, 16, 2), 16, vec![1, 7, 16, 37]),
+            (sh(4, 24, 256, 1), 256, vec![257]),
         ];
         for (shape, chunk, ns) in cases {
             for n in ns {
