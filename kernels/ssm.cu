@@ -116,7 +116,7 @@ __device__ __forceinline__ uint32_t dynamic_smem_bytes() {
 }  // namespace ssd
 
 #define SSD_PB 40   // head_dim columns per block (a multiple of 8)
-#define SSD_WARPS 4
+#define SSD_WARPS 8
 #define SSD_PAD 4   // row padding (words): row strides ≡ 4 mod 32, conflict-free fragments
 
 // Dynamic shared memory of ssd_scan_mma<NS, L> (src/backend/cuda/ssm.rs computes the same):
@@ -141,9 +141,9 @@ template <int NS, int L> __host__ __device__ constexpr int ssd_smem_bytes() {
 // L is the kernel's own chunk length (32 for d_state ≤ 128, 16 up to 256), independent of
 // the model's chunk_size: the chunked form equals the recurrence for any chunk length, and
 // L ≤ 32 lets one warp scan a chunk's dt and keeps shared memory under 99 KB (sm_86/89/120).
-// grid (h, ceil(p / pb)), block 128 = 4 warps; block (hh, j) owns head_dim columns
+// grid (h, ceil(p / pb)), block 256 = 8 warps; block (hh, j) owns head_dim columns
 // [j·pb, min(p, (j+1)·pb)), pb ≤ SSD_PB a multiple of 8. Warp w holds state rows
-// n ∈ [w·NS/4, (w+1)·NS/4) × all of the block's columns as MMA accumulators.
+// n ∈ [w·NS/8, (w+1)·NS/8) × all of the block's columns as MMA accumulators.
 // Reads xbc, dt_raw, dt_bias, A, D; reads and writes ssm_state; writes y [n, di].
 template <typename T, int NS, int L>
 __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restrict__ dt_raw,
@@ -156,6 +156,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
     constexpr int MT = NS / 16 / SSD_WARPS;  // state m-tiles (16 rows of n) per warp
     constexpr int NT = SSD_PB / 8;           // n-tiles (8 columns of pi) per block
     static_assert(L <= NEMO_WARP && L % 16 == 0, "one lane per token of a chunk");
+    static_assert(MT >= 1 && NS % (16 * SSD_WARPS) == 0, "state rows split evenly over the warps");
     extern __shared__ __align__(16) unsigned char ssd_smem[];
     // A launch with less shared memory than the layout needs is a bug in the launcher.
     if (ssd::dynamic_smem_bytes() < (uint32_t)ssd_smem_bytes<NS, L>()) __trap();
@@ -338,7 +339,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
 }
 
 #define SSD_SCAN_MMA(NAME, T, NS, L)                                                               \
-    extern "C" __global__ void __launch_bounds__(SSD_WARPS * NEMO_WARP)                            \
+    extern "C" __global__ void __launch_bounds__(SSD_WARPS * NEMO_WARP, 1)                         \
         NAME(const float* xbc, const float* dt_raw, int64_t dt_stride, const float* dt_bias,       \
              const float* A, const float* D, T* state, float* y, int64_t n, int h, int p, int ns,  \
              int ng, int pb, float dt_min) {                                                       \

@@ -210,7 +210,7 @@ pub fn chunk_scan<T: KernelDtype>(
     }
     let cfg = LaunchConfig {
         grid_dim: (h as u32, col_blocks as u32, 1),
-        block_dim: (128, 1, 1),
+        block_dim: (256, 1, 1), // SSD_WARPS = 8 warps
         shared_mem_bytes: smem,
     };
     // Safety: the arguments match the kernel's signature in kernels/ssm.cu, every buffer
