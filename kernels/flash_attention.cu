@@ -285,7 +285,7 @@ __device__ void flash_prefill(const Q* __restrict__ q, const typename KV::T* __r
 }
 
 #define FLASH(NAME, Q, KV, HD)                                                                     \
-    extern "C" __global__ void __launch_bounds__(FA_WARPS * NEMO_WARP)                             \
+    extern "C" __global__ void __launch_bounds__(FA_WARPS * NEMO_WARP, 2)                          \
         NAME(const Q* q, const KV::T* kc, const KV::T* vc, const float* ks, const float* vs,       \
              float* out, __nv_bfloat16* out_bf16, int n, int start, int nh, int kvh, float scale) { \
         flash_prefill<Q, KV, HD>(q, kc, vc, ks, vs, out, out_bf16, n, start, nh, kvh, scale);      \

@@ -339,7 +339,7 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
 }
 
 #define SSD_SCAN_MMA(NAME, T, NS, L)                                                               \
-    extern "C" __global__ void __launch_bounds__(SSD_WARPS * NEMO_WARP, 1)                         \
+    extern "C" __global__ void __launch_bounds__(SSD_WARPS * NEMO_WARP, 2)                         \
         NAME(const float* xbc, const float* dt_raw, int64_t dt_stride, const float* dt_bias,       \
              const float* A, const float* D, T* state, float* y, int64_t n, int h, int p, int ns,  \
              int ng, int pb, float dt_min) {                                                       \
