@@ -112,16 +112,16 @@ __device__ __forceinline__ float2 q2(const __nv_bfloat16* q, int64_t at) {
 
 }  // namespace fa
 
-#define FA_BQ 64     // queries per block: 16 per warp
+#define FA_BQ 128    // queries per block: 16 per warp
 #define FA_BK 64     // cache positions per tile
-#define FA_WARPS 4
+#define FA_WARPS 8
 #define FA_PAD 8     // row padding (bf16): row strides ≡ 4 words mod 32, conflict-free fragments
 
 // flash_prefill_<q>_<kv>_hd<HD>: n queries q [n, nh, HD] (f32 or bf16; positions start ..
 // start+n, whose k/v are already in the cache) against cache positions 0 ..= start + i.
-// grid (ceil(n / 64), nh), block 128 = 4 warps; block (j, h) takes queries
-// [i0, i0 + 64), i0 = (gridDim.x − 1 − j)·64 (the longest rows start first), warp w the 16
-// rows i0 + 16w ..; q fragments stay in registers. The block walks the cache in tiles of 64
+// grid (ceil(n / 128), nh), block 256 = 8 warps; block (j, h) takes queries
+// [i0, i0 + 128), i0 = (gridDim.x − 1 − j)·128 (the longest rows start first), warp w the
+// 16 rows i0 + 16w ..; q fragments stay in registers. The block walks the cache in tiles of 64
 // positions: K and V [t][d] widened to bf16 in shared memory (+ FP8 scales), then
 // per warp S = Q·Kᵀ (16 × 64, f32), causal mask, online softmax (row max over the 4 lanes
 // that share a row), O = O·corr + P·V with P taken straight from the S accumulators.
@@ -285,7 +285,7 @@ __device__ void flash_prefill(const Q* __restrict__ q, const typename KV::T* __r
 }
 
 #define FLASH(NAME, Q, KV, HD)                                                                     \
-    extern "C" __global__ void __launch_bounds__(FA_WARPS * NEMO_WARP, 2)                          \
+    extern "C" __global__ void __launch_bounds__(FA_WARPS * NEMO_WARP, 1)                          \
         NAME(const Q* q, const KV::T* kc, const KV::T* vc, const float* ks, const float* vs,       \
              float* out, __nv_bfloat16* out_bf16, int n, int start, int nh, int kvh, float scale) { \
         flash_prefill<Q, KV, HD>(q, kc, vc, ks, vs, out, out_bf16, n, start, nh, kvh, scale);      \

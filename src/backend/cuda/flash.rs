@@ -20,8 +20,9 @@ use crate::backend::DType;
 
 /// Head dims with a compiled kernel (`HD` instantiations).
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
-/// Queries per block (`FA_BQ`).
-const QUERIES_PER_BLOCK: usize = 64;
+/// Queries per block (`FA_BQ`) and threads per block (`FA_WARPS` warps).
+const QUERIES_PER_BLOCK: usize = 128;
+const THREADS: u32 = 256;
 
 /// A KV cache as the kernel reads it: `positions` filled rows of k and v (bytes of
 /// `dtype`) and, for FP8, their scales.
@@ -149,7 +150,7 @@ pub fn prefill(
         "flash_attention",
         kernel(q_bf16, kv.dtype, hd),
         (qblocks, heads as u32, 1),
-        128,
+        THREADS,
         &args,
     )
 }
