@@ -240,11 +240,14 @@ mod gpu {
         }
     }
 
-    fn state_unit(dtype: DType) -> f64 {
+    /// Rounding to the state dtype: (unit roundoff, absolute floor). f16 values below its
+    /// smallest normal (2^-14) are subnormals spaced 2^-24 apart, so they round by up to
+    /// 2^-25 whatever their size; bf16 and f32 subnormals are far below these states.
+    fn state_rounding(dtype: DType) -> (f64, f64) {
         match dtype {
-            DType::F16 => U_F16,
-            DType::BF16 => U_BF16,
-            _ => 0.0,
+            DType::F16 => (U_F16, 1.0 / 33_554_432.0),
+            DType::BF16 => (U_BF16, 0.0),
+            _ => (0.0, 0.0),
         }
     }
 
@@ -313,13 +316,13 @@ mod gpu {
                         );
                         assert_within(&what, &gy, &y, &by);
                         // The state's terms pass 2 roundings (W, B); then it is stored in its
-                        // dtype (unit u_T) once.
+                        // dtype once (unit u_T, plus f16's subnormal floor).
                         let fs = (1.0 + U_TF32).powi(2) * (1.0 + gamma) - 1.0;
-                        let ut = state_unit(dtype);
+                        let (ut, floor) = state_rounding(dtype);
                         let bs: Vec<f64> = st
                             .iter()
                             .zip(&sa)
-                            .map(|(v, a)| ut * v.abs() + (1.0 + ut) * fs * a + 1e-30)
+                            .map(|(v, a)| ut * v.abs() + (1.0 + ut) * fs * a + floor + 1e-30)
                             .collect();
                         assert_within(&format!("{what} state"), &gst, &st, &bs);
                     }
