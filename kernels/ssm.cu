@@ -5,7 +5,8 @@
 // x [di] | B [ng, ns] | C [ng, ns]; dt_raw [n, dt_stride] before softplus (a slice of the
 // in_proj output, one value per head); ssm_state [h, p, ns] in T (f32/f16/bf16);
 // y [n, di] f32. Head hh reads x[hh·p .. hh·p+p] and group g = hh / (h / ng).
-// Arithmetic is f32; a half-precision state is rounded once per step / per prompt.
+// Arithmetic is f32, except that the prompt scan's matrix products take tf32 inputs
+// (see ssd_scan_mma); a half-precision state is rounded once per step / per prompt.
 #include "common.cuh"
 
 // ssm_update_<T>: one token. Per head hh and row pi:
