@@ -75,6 +75,8 @@ pub mod elementwise;
 #[cfg(feature = "cuda")]
 pub mod embedding;
 #[cfg(feature = "cuda")]
+pub mod flash;
+#[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
 pub mod mamba2;

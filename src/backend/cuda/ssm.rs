@@ -4,15 +4,36 @@
 //! `xbc` is `[n, cd]` after conv + silu (x | B | C), `dt_raw` the in_proj columns before
 //! softplus (`dt_raw[dt_offset + t·dt_stride + head]`), `state` `[heads, head_dim, d_state]`
 //! in f32, f16 or bf16, `y` `[n, heads·head_dim]` f32 (before the gated norm).
+//!
+//! The prompt scan runs the SSD form on tensor cores (tf32 MMA inputs, f32 accumulation,
+//! the state in f32 from the first token to the last); its chunk length is the kernel's
+//! own (32 tokens for d_state ≤ 128, 16 up to 256): the chunked form equals the
+//! recurrence for any chunk length, so the model's `chunk_size` is checked but does not
+//! change the result beyond rounding.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{ensure, i32_arg, Arg, CudaError, Gpu, KernelDtype};
 
-/// Limits of `ssd_chunk_scan` (`SSD_MAX_NS`, `SSD_MAX_CS`) and rows per block (`SSD_PT`).
+/// Limits of the prompt scan: d_state (the `ns256` kernels), the model's chunk_size.
 pub const MAX_D_STATE: usize = 256;
 pub const MAX_CHUNK: usize = 256;
-const ROWS_PER_BLOCK: usize = 8;
+/// Most head_dim columns one block of `ssd_scan_mma` owns (`SSD_PB`).
+const COLS_PER_BLOCK: usize = 40;
+
+/// Dynamic shared memory of `ssd_scan_mma<NS, L>`, as `ssd_smem_bytes` in kernels/ssm.cu
+/// lays it out (the kernel traps when given less): cum f64 [L], dts f32 [L], then tf32
+/// words C, B [L][NS+4], xᵀ, Wᵀ [SSD_PB][L+4], M [L][L+4], S [SSD_PB][NS+4].
+const fn scan_smem_bytes(ns: usize, l: usize) -> usize {
+    let pad = 4;
+    8 * l
+        + 4 * l
+        + 4 * (2 * l * (ns + pad)
+            + 2 * COLS_PER_BLOCK * (l + pad)
+            + l * (l + pad)
+            + COLS_PER_BLOCK * (ns + pad))
+}
 
 /// Shape of one Mamba2 layer's scan.
 #[derive(Clone, Copy, Debug)]
@@ -60,9 +81,12 @@ fn state_name<T: KernelDtype>(prefix: &str) -> Result<&'static str, CudaError> {
         ("ssm_update", "f32") => "ssm_update_f32",
         ("ssm_update", "f16") => "ssm_update_f16",
         ("ssm_update", "bf16") => "ssm_update_bf16",
-        ("ssd_chunk_scan", "f32") => "ssd_chunk_scan_f32",
-        ("ssd_chunk_scan", "f16") => "ssd_chunk_scan_f16",
-        ("ssd_chunk_scan", "bf16") => "ssd_chunk_scan_bf16",
+        ("ssd_scan_mma_ns128", "f32") => "ssd_scan_mma_ns128_f32",
+        ("ssd_scan_mma_ns128", "f16") => "ssd_scan_mma_ns128_f16",
+        ("ssd_scan_mma_ns128", "bf16") => "ssd_scan_mma_ns128_bf16",
+        ("ssd_scan_mma_ns256", "f32") => "ssd_scan_mma_ns256_f32",
+        ("ssd_scan_mma_ns256", "f16") => "ssd_scan_mma_ns256_f16",
+        ("ssd_scan_mma_ns256", "bf16") => "ssd_scan_mma_ns256_bf16",
         (_, other) => {
             return Err(CudaError::Unsupported {
                 op: "ssm",
@@ -70,6 +94,14 @@ fn state_name<T: KernelDtype>(prefix: &str) -> Result<&'static str, CudaError> {
             })
         }
     })
+}
+
+/// How `ssd_scan_mma` splits head_dim over blocks: (blocks per head, columns per block),
+/// the columns a multiple of 8 and at most `COLS_PER_BLOCK` (head_dim 80 → 2 × 40, 64 → 2 × 32).
+fn column_split(head_dim: usize) -> (usize, usize) {
+    let blocks = head_dim.div_ceil(COLS_PER_BLOCK);
+    let cols = head_dim.div_ceil(blocks).div_ceil(8) * 8;
+    (head_dim.div_ceil(cols), cols)
 }
 
 /// Decode: one token; `dt_raw[dt_offset + head]`; `y` `[heads·head_dim]`.
@@ -132,52 +164,89 @@ pub fn chunk_scan<T: KernelDtype>(
         return Ok(());
     }
     let (h, cd, di) = (s.heads, s.cd(), s.di());
-    let nchunks = n.div_ceil(chunk);
-    ensure(nchunks <= 65535, OP, || format!("{n} tokens in one call"))?;
-    // Chunk-local C·Bᵀ for every (chunk, group): [nchunks, ng, chunk, chunk].
-    let cb = gpu.zeros::<f32>(nchunks * s.n_groups * chunk * chunk)?;
-    let xp = gpu.ptr(OP, "xbc", xbc, 0, n * cd)?;
-    let cbp = gpu.ptr(OP, "cb", &cb, 0, nchunks * s.n_groups * chunk * chunk)?;
+    let (col_blocks, cols) = column_split(s.head_dim);
     let args = [
-        xp.into(),
-        cbp.into(),
-        i32_arg(OP, "n", n)?,
-        i32_arg(OP, "cd", cd)?,
-        i32_arg(OP, "di", di)?,
-        i32_arg(OP, "d_state", s.d_state)?,
-        i32_arg(OP, "n_groups", s.n_groups)?,
-        i32_arg(OP, "chunk", chunk)?,
-    ];
-    gpu.launch(
-        "ssm",
-        "ssd_chunk_cb_f32",
-        (chunk as u32, s.n_groups as u32, nchunks as u32),
-        128,
-        &args,
-    )?;
-    let args = [
-        xp.into(),
+        gpu.ptr(OP, "xbc", xbc, 0, n * cd)?.into(),
         gpu.ptr(OP, "dt_raw", dt_raw, dt_offset, (n - 1) * dt_stride + h)?
             .into(),
         Arg::I64(dt_stride as i64),
         gpu.ptr(OP, "dt_bias", dt_bias, 0, h)?.into(),
         gpu.ptr(OP, "A", a, 0, h)?.into(),
         gpu.ptr(OP, "D", d, 0, h)?.into(),
-        cbp.into(),
         gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?
             .into(),
         gpu.ptr(OP, "y", y, 0, n * di)?.into(),
-        i32_arg(OP, "n", n)?,
+        Arg::I64(n as i64),
         i32_arg(OP, "heads", h)?,
         i32_arg(OP, "head_dim", s.head_dim)?,
         i32_arg(OP, "d_state", s.d_state)?,
         i32_arg(OP, "n_groups", s.n_groups)?,
-        i32_arg(OP, "chunk", chunk)?,
+        i32_arg(OP, "columns", cols)?,
         Arg::F32(dt_min),
     ];
-    let gy = s.head_dim.div_ceil(ROWS_PER_BLOCK) as u32;
-    gpu.launch("ssm", state_name::<T>(OP)?, (h as u32, gy, 1), 256, &args)?;
-    // cudarc frees device memory stream-ordered, after the kernels queued above.
-    drop(cb);
-    Ok(())
+    // (kernel, d_state capacity, chunk length) as instantiated in kernels/ssm.cu.
+    let (prefix, ns_max, l) = if s.d_state <= 128 {
+        ("ssd_scan_mma_ns128", 128, 32)
+    } else {
+        ("ssd_scan_mma_ns256", 256, 16)
+    };
+    let name = state_name::<T>(prefix)?;
+    let smem = scan_smem_bytes(ns_max, l) as u32;
+    // More than the 48 KB default: opt in per function (every target arch has ≥ 99 KB).
+    let f = gpu.func("ssm", name)?;
+    f.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(|e| CudaError::Driver(format!("{name}: {smem} B of shared memory: {e:?}")))?;
+    let mut b = gpu.stream.launch_builder(&f);
+    for a in &args {
+        match a {
+            Arg::Ptr(p) => b.arg(p),
+            Arg::I32(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (h as u32, col_blocks as u32, 1),
+        block_dim: (256, 1, 1), // SSD_WARPS = 8 warps
+        shared_mem_bytes: smem,
+    };
+    // Safety: the arguments match the kernel's signature in kernels/ssm.cu, every buffer
+    // was checked against the shape above, and the shared memory covers its layout.
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_split_covers_head_dim_in_multiples_of_eight() {
+        for p in 1..=300 {
+            let (blocks, cols) = column_split(p);
+            assert!(
+                cols % 8 == 0 && cols <= COLS_PER_BLOCK,
+                "head_dim {p}: {cols}"
+            );
+            assert!(
+                blocks * cols >= p && (blocks - 1) * cols < p,
+                "head_dim {p}"
+            );
+        }
+        assert_eq!(column_split(80), (2, 40));
+        assert_eq!(column_split(64), (2, 32));
+    }
+
+    #[test]
+    fn scan_shared_memory_fits_every_target_arch() {
+        // 99 KB: the most a block may opt into on sm_86, sm_89 and sm_120.
+        for (ns, l, bytes) in [(128, 32, 71_424), (256, 16, 82_752)] {
+            assert_eq!(scan_smem_bytes(ns, l), bytes);
+            assert!(bytes <= 99 * 1024);
+        }
+    }
 }
