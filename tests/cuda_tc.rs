@@ -20,8 +20,9 @@ mod gpu {
     use cudarc::driver::CudaSlice;
     use half::{bf16, f16};
     use nemo::backend::cpu::ops;
+    use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
     use nemo::backend::cuda::flash::{self, KvView, Queries};
-    use nemo::backend::cuda::{self, attention::GpuKvCache, ssm::ScanShape, Gpu};
+    use nemo::backend::cuda::{self, ssm::ScanShape, Gpu};
     use nemo::backend::DType;
 
     /// bf16 unit roundoff (round to nearest, 8 significant bits).
@@ -441,12 +442,14 @@ mod gpu {
         let len = start + n;
         // The cache as the model fills it: the earlier positions, then the prompt's.
         let mut dev = GpuKvCache::new(g, dtype, heads, kvh, hd, len).unwrap();
+        let mut pos = DevicePosition::new(g).unwrap();
         for m in [start, n] {
             let k = r.vec(m * kvh * hd, 2.0);
             let v = r.vec(m * kvh * hd, 2.0);
-            dev.append(g, &up(g, &k), &up(g, &v), m).unwrap();
+            dev.append(g, &up(g, &k), &up(g, &v), m, &pos).unwrap();
+            pos.advance(g, m).unwrap();
         }
-        let (kb, vb, ks, vs) = dev.download(g).unwrap();
+        let (kb, vb, ks, vs) = dev.download(g, len).unwrap();
         let (kw, kmma) = widen_kv(dtype, &kb, &ks, hd);
         let (vw, vmma) = widen_kv(dtype, &vb, &vs, hd);
         let (kd, vd, ksd, vsd) = (up(g, &kb), up(g, &vb), up(g, &ks), up(g, &vs));

@@ -394,6 +394,29 @@ impl GpuKvCache {
         if n == 0 {
             return Ok(());
         }
+        // Head dims with a tensor-core kernel take it (kernels/flash_attention.cu); the
+        // CUDA-core kernel below serves the others (tests/cuda_ops.rs checks it).
+        if super::flash::supports(self.dtype, nh, self.kv_heads, hd).is_ok() {
+            let kv = super::flash::KvView {
+                dtype: self.dtype,
+                kv_heads: self.kv_heads,
+                head_dim: hd,
+                positions: past + n,
+                k: &self.k,
+                v: &self.v,
+                k_scale: &self.k_scale,
+                v_scale: &self.v_scale,
+            };
+            return super::flash::prefill(
+                gpu,
+                &kv,
+                nh,
+                n,
+                super::flash::Queries::F32(q),
+                out,
+                out_bf16,
+            );
+        }
         let qblocks = n.div_ceil(8);
         ensure(qblocks <= 65535, OP, || format!("{n} queries in one call"))?;
         let [kc, vc, ks, vs] = self.cache_args(gpu, OP)?;
