@@ -70,7 +70,7 @@ fi
 
 nemo=target/release/nemo
 [ -x "$nemo" ] || die "$nemo is missing"
-export NEMO_TEST_BIN="$PWD/$nemo"
+export NEMO_TEST_BIN="$PWD/$nemo" NEMO_TEST_ROOT="$PWD"
 log=$(mktemp)
 test_rc=0
 if [ "${NEMO_GPU_CHECK_TESTS:-1}" != 0 ]; then

@@ -43,7 +43,7 @@ use std::process::{Command, Stdio};
 /// stdout.
 #[test]
 fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = Command::new(common::nemo_bin())
         .args([
             "bench",
             "--device",

@@ -16,7 +16,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 
 fn nemo(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+    let mut cmd = Command::new(common::nemo_bin());
     cmd.args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")

@@ -6,10 +6,26 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+/// The repository root: `NEMO_TEST_ROOT` when set, else the one cargo built from. Test
+/// binaries built on one machine and run on another (scripts/gpu-check.sh with
+/// `NEMO_GPU_CHECK_PREBUILT=1`) carry the build machine's paths; the script sets both
+/// variables to the checkout it runs in.
+pub fn root() -> PathBuf {
+    std::env::var_os("NEMO_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The `nemo` binary under test: `NEMO_TEST_BIN` when set (see `root`), else the one
+/// cargo built for this test run.
+pub fn nemo_bin() -> PathBuf {
+    std::env::var_os("NEMO_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nemo")))
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    root().join("tests/fixtures").join(name)
 }
 
 pub const MODELS: &[&str] = &[
