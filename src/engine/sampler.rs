@@ -98,6 +98,13 @@ impl Sampler {
         &self.params
     }
 
+    /// The next uniform number in [0, 1) from this sampler's seeded generator (24 bits,
+    /// so it is exact as an f32 and never rounds up to 1): what a draw made elsewhere (the
+    /// GPU's `sampling::draw`) takes as its `u`, so a seeded run is reproducible there too.
+    pub fn next_uniform(&mut self) -> f32 {
+        (self.rng.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    }
+
     /// Chooses the next token; `history` is the context the penalties look at.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], banned: &[u32]) -> u32 {
         for &id in banned {
@@ -518,6 +525,30 @@ mod tests {
             .sum();
         // 2 degrees of freedom: p = 0.001 at 13.8.
         assert!(chi2 < 13.8, "chi2 {chi2}, counts {counts:?}");
+    }
+
+    #[test]
+    fn next_uniform_is_reproducible_from_the_seed_and_in_the_unit_interval() {
+        let draws = |seed: u64| {
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                ..params(1.0)
+            });
+            (0..10_000).map(|_| s.next_uniform()).collect::<Vec<f32>>()
+        };
+        let a = draws(11);
+        assert_eq!(a, draws(11));
+        assert_ne!(a, draws(12));
+        assert!(a.iter().all(|u| (0.0..1.0).contains(u)), "outside [0, 1)");
+        // The top 24 bits of xoshiro256** seeded as `Sampler::new` seeds it.
+        let mut rng = Xoshiro256StarStar::seed_from_u64(11);
+        let want = (rng.next_u64() >> 40) as f64 / (1u64 << 24) as f64;
+        assert_eq!(f64::from(a[0]), want);
+        // Spread over the interval: the mean of 10k uniforms is 0.5 ± 0.003 (σ = 0.0029).
+        let mean = a.iter().map(|u| f64::from(*u)).sum::<f64>() / a.len() as f64;
+        assert!((mean - 0.5).abs() < 0.015, "mean {mean}");
+        // The largest value the generator can give stays below 1 as an f32.
+        assert!(((u64::MAX >> 40) as f32 * (1.0 / (1u64 << 24) as f32)) < 1.0);
     }
 
     #[test]
