@@ -83,13 +83,13 @@ __device__ __forceinline__ float key_float(uint32_t k) {
 // Radix select over the keys of the candidates (finite s_i, kept under (fk, cut)): returns
 // the largest key τ such that Σ_{key ≥ τ} weight ≥ need, where weight is 1 (by_mass =
 // false) or exp(s_i − M) (by_mass = true), and sets *left = need − Σ_{key > τ} weight (the
-// part the ties at τ must cover). If every candidate of the prefix reached falls short
+// part the ties at τ must cover) and *tied = Σ_{key = τ} weight. If every candidate of the prefix reached falls short
 // (rounding), returns that prefix (low bits 0) with *left = −1: keep every candidate with a
 // key ≥ it. Only non-empty buckets are chosen, so need ≤ 0 gives the best key. Four passes
 // of 8 bits; called by every thread of the block.
 __device__ uint32_t radix_select(const float* __restrict__ logits, int vocab, float inv_t, float M,
                                  uint32_t fk, int cut, bool by_mass, float need, float* hist,
-                                 uint32_t* shared_word, float* left) {
+                                 uint32_t* shared_word, float* left, float* tied) {
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0.f;
@@ -119,6 +119,7 @@ __device__ uint32_t radix_select(const float* __restrict__ logits, int vocab, fl
             } else {
                 shared_word[0] = (uint32_t)chosen;
                 shared_word[1] = __float_as_uint(need - cum);
+                shared_word[2] = __float_as_uint(hist[chosen]);
             }
         }
         __syncthreads();
@@ -129,6 +130,7 @@ __device__ uint32_t radix_select(const float* __restrict__ logits, int vocab, fl
             return prefix;
         }
         need = __uint_as_float(shared_word[1]);
+        *tied = __uint_as_float(shared_word[2]);
         prefix |= chosen << shift;
         mask |= 255u << shift;
         __syncthreads();
@@ -233,7 +235,7 @@ extern "C" __global__ void sample_f32(const float* __restrict__ logits, int voca
     const int top_k = params->top_k;
     __shared__ float scratch[32];
     __shared__ float hist[256];
-    __shared__ uint32_t word[2];
+    __shared__ uint32_t word[3];
     __shared__ float part[SAMPLE_THREADS];
     __shared__ uint32_t counts[SAMPLE_THREADS];
     __shared__ unsigned long long best;
@@ -261,15 +263,17 @@ extern "C" __global__ void sample_f32(const float* __restrict__ logits, int voca
     uint32_t fk = 0;
     int cut = vocab;
     if (top_k > 0 && (float)top_k < count) {
-        float left;
-        const uint32_t tau = radix_select(logits, vocab, inv_t, M, fk, cut, false, (float)top_k, hist, word, &left);
-        if (left < 0.f) {
+        float left, tied;
+        const uint32_t tau =
+            radix_select(logits, vocab, inv_t, M, fk, cut, false, (float)top_k, hist, word, &left, &tied);
+        if (left < 0.f || tied <= left) {
+            // Every candidate at τ is kept (with real logits, the usual case: no pass more).
             if (tau > fk) {
                 fk = tau;
                 cut = vocab;
             }
         } else {
-            // left = how many of the ties at τ the k best still need (≥ 1).
+            // left = how many of the `tied` ties at τ the k best still need (≥ 1).
             cut = tie_cut(logits, vocab, inv_t, fk, cut, tau, (uint32_t)left, counts, word);
             fk = tau;
         }
@@ -284,17 +288,18 @@ extern "C" __global__ void sample_f32(const float* __restrict__ logits, int voca
     }
     const float Z = nemo::block_sum(z, scratch);
     if (top_p < 1.f) {
-        float left;
+        float left, tied;
         const uint32_t tau =
-            radix_select(logits, vocab, inv_t, M, fk, cut, true, fmaxf(top_p, 0.f) * Z, hist, word, &left);
-        if (left < 0.f) {
+            radix_select(logits, vocab, inv_t, M, fk, cut, true, fmaxf(top_p, 0.f) * Z, hist, word, &left, &tied);
+        // The ties at τ weigh w each (`tied` = their number × w): one alone is kept.
+        const float w = expf(key_float(tau) - M);
+        if (left < 0.f || tied <= 1.5f * w) {
             if (tau > fk) {
                 fk = tau;
                 cut = vocab;
             }
         } else {
-            // The ties at τ weigh w each: the CPU's prefix takes ⌈left / w⌉ of them (≥ 1).
-            const float w = expf(key_float(tau) - M);
+            // The CPU's prefix takes ⌈left / w⌉ of them (≥ 1).
             const float q = w > 0.f ? ceilf(left / w) : 4.0e9f;
             const uint32_t t = q >= 4.0e9f ? 0xffffffffu : (q < 1.f ? 1u : (uint32_t)q);
             cut = tie_cut(logits, vocab, inv_t, fk, cut, tau, t, counts, word);
