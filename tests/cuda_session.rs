@@ -104,6 +104,43 @@ fn run_on_cuda_prints_text_and_exits_0() {
     );
 }
 
+/// `NEMO_DEVICE_SAMPLING=0` takes the host sampler on downloaded logits: the same greedy
+/// text as the device draw, from the real binary.
+#[test]
+fn run_on_cuda_writes_the_same_greedy_text_with_device_sampling_off() {
+    if !usable("run --device cuda, NEMO_DEVICE_SAMPLING=0") {
+        return;
+    }
+    let t = fixture("nemotron_h_bf16");
+    let run = |device_sampling: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+            .args([
+                "run",
+                "--model",
+                &t,
+                "--device",
+                "cuda",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "16",
+                "Hi",
+            ])
+            .env_remove("NEMO_MODEL")
+            .env_remove("NEMO_DEVICE")
+            .env("NEMO_DEVICE_SAMPLING", device_sampling)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        out.stdout
+    };
+    let on = run("1");
+    assert!(!on.is_empty());
+    assert_eq!(on, run("0"));
+}
+
 #[test]
 fn auto_takes_the_gpu_for_a_nemotron_h_model_and_the_cpu_with_a_notice_for_llama() {
     if !usable("run --device auto") {

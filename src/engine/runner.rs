@@ -6,10 +6,10 @@
 //! - `len()` positions have been fed: `forward` appends, `restore` goes back to a
 //!   snapshot's length, `reset` to 0. The token history, and the rule that a snapshot is
 //!   restored only while its tokens are still a prefix of the fed ones, are `Session`'s.
-//! - After `forward_last` the last position's logits are either on the host (the CPU, or
-//!   `StepLogits::Host`) or still on the device (`StepLogits::Device`: the GPU runner
-//!   leaves them in the session's logits buffer, valid until the next call that feeds,
-//!   restores or resets). From device logits, `draw` picks the token on the device (only
+//! - After `forward_last` the last position's logits are on the host
+//!   (`StepLogits::Host`: the CPU runner) or still on the device (`StepLogits::Device`:
+//!   the GPU runner leaves them in the session's logits buffer, valid until the next call
+//!   that feeds, restores or resets, or a draw, which masks its bans there). From device logits, `draw` picks the token on the device (only
 //!   the 4-byte id comes back; `can_draw` says when: no repetition/presence penalty, which
 //!   need the token history, at most `MAX_DEVICE_BANS` bans, device sampling on) and
 //!   `logits_to_host` brings them back for the host `Sampler` (0.5 MiB for a 131072

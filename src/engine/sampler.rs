@@ -20,7 +20,8 @@
 //!   or non-finite, in which case the lowest id that is not banned is returned (0 when
 //!   all are banned).
 //! - The same seed and the same inputs give the same token sequence; with `seed: None`
-//!   the seed comes from the clock.
+//!   the seed comes from the clock. `next_uniform` takes from the same generator (the
+//!   uniform of a draw made on the GPU), so a seeded GPU run repeats too.
 //! - With a vocabulary of ~131k, no full sort happens when `top_k` is set
 //!   (`select_nth_unstable`), and top-p sorts only a bounded head of the candidates
 //!   unless that head holds less than `top_p` of the mass.
