@@ -1277,6 +1277,89 @@ mod gpu {
         }
     }
 
+    /// Ties at a top-k / top-p cut keep the lowest ids, and a draw with nothing finite
+    /// left falls back as the CPU's does: the set of ids the device draw gives over a sweep
+    /// of uniforms is the set the CPU sampler gives over many draws.
+    #[test]
+    fn device_draw_keeps_the_cpu_samplers_set_at_ties_and_when_nothing_is_finite() {
+        let Some(g) = gpu("sample ties") else { return };
+        let s = seed();
+        let mut r = Rng::new(s);
+        let mut args = g.zeros::<cuda::sampling::DrawArgs>(1).unwrap();
+        let mut out = g.zeros::<u32>(1).unwrap();
+        let mut device_set = |logits: &[f32], p: &SamplingParams, banned: &[u32]| {
+            let a = cuda::sampling::SampleArgs::from(p);
+            let mut set = std::collections::BTreeSet::new();
+            for j in 0..200 {
+                let u = j as f32 / 200.0;
+                let mut dl = up(&g, logits);
+                cuda::sampling::write_args(&g, &a, u, banned, &mut args).unwrap();
+                cuda::sampling::draw(&g, &mut dl, logits.len(), &args, &mut out).unwrap();
+                set.insert(g.download(&out).unwrap()[0]);
+            }
+            set
+        };
+        let cpu_set = |logits: &[f32], p: &SamplingParams, banned: &[u32]| {
+            let mut smp = Sampler::new(SamplingParams {
+                seed: Some(s),
+                ..p.clone()
+            });
+            (0..2000)
+                .map(|_| smp.sample(&mut logits.to_vec(), &[], banned))
+                .collect::<std::collections::BTreeSet<u32>>()
+        };
+        let sp = |temperature: f32, top_k: usize, top_p: f32| SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            ..SamplingParams::default()
+        };
+        for vocab in [1000, 131_072] {
+            // Four ids tied at the top, far above the rest.
+            let mut top = r.vec(vocab, 4.0);
+            for i in [7, 300, 512, 900] {
+                top[i] = 10.0;
+            }
+            // One best id, three tied just below it.
+            let mut below = r.vec(vocab, 4.0);
+            below[50] = 12.0;
+            for i in [3, 60, 700] {
+                below[i] = 11.5;
+            }
+            // Four equal ids holding all the mass: top-p 0.6 keeps three of them.
+            let mut flat = vec![-30.0f32; vocab];
+            for i in [5, 6, 7, 8] {
+                flat[i] = 0.0;
+            }
+            let cases: [(&[f32], SamplingParams, &[u32]); 7] = [
+                (&top, sp(1.0, 1, 1.0), &[]),
+                (&top, sp(1.0, 2, 1.0), &[]),
+                (&top, sp(0.7, 0, 0.0), &[]),
+                (&below, sp(1.0, 3, 1.0), &[]),
+                (&below, sp(1.0, 3, 1.0), &[3]),
+                (&flat, sp(1.0, 0, 0.6), &[]),
+                (&flat, sp(1.0, 0, 0.6), &[6]),
+            ];
+            for (logits, p, banned) in cases {
+                let want = cpu_set(logits, &p, banned);
+                let got = device_set(logits, &p, banned);
+                assert_eq!(got, want, "seed {s} vocab {vocab} {p:?} bans {banned:?}");
+            }
+            // Nothing finite: greedy's rule (a +inf id, else the lowest id not banned).
+            let mut none = vec![f32::NEG_INFINITY; vocab];
+            for p in [sp(0.0, 0, 1.0), sp(1.0, 0, 1.0)] {
+                let want = cpu_set(&none, &p, &[0, 1]);
+                assert_eq!(want.len(), 1);
+                assert_eq!(device_set(&none, &p, &[0, 1]), want, "seed {s} {p:?}");
+            }
+            none[9] = f32::INFINITY;
+            let p = sp(1.0, 0, 1.0);
+            let want = cpu_set(&none, &p, &[]);
+            assert_eq!(want, std::collections::BTreeSet::from([9u32]));
+            assert_eq!(device_set(&none, &p, &[]), want, "seed {s}");
+        }
+    }
+
     /// Relative L2 error ‖got − want‖ / ‖want‖.
     fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
         let num: f64 = got

@@ -104,6 +104,43 @@ fn run_on_cuda_prints_text_and_exits_0() {
     );
 }
 
+/// `NEMO_DEVICE_SAMPLING=0` takes the host sampler on downloaded logits: the same greedy
+/// text as the device draw, from the real binary.
+#[test]
+fn run_on_cuda_writes_the_same_greedy_text_with_device_sampling_off() {
+    if !usable("run --device cuda, NEMO_DEVICE_SAMPLING=0") {
+        return;
+    }
+    let t = fixture("nemotron_h_bf16");
+    let run = |device_sampling: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+            .args([
+                "run",
+                "--model",
+                &t,
+                "--device",
+                "cuda",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "16",
+                "Hi",
+            ])
+            .env_remove("NEMO_MODEL")
+            .env_remove("NEMO_DEVICE")
+            .env("NEMO_DEVICE_SAMPLING", device_sampling)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        out.stdout
+    };
+    let on = run("1");
+    assert!(!on.is_empty());
+    assert_eq!(on, run("0"));
+}
+
 #[test]
 fn auto_takes_the_gpu_for_a_nemotron_h_model_and_the_cpu_with_a_notice_for_llama() {
     if !usable("run --device auto") {
@@ -486,6 +523,204 @@ mod gpu {
             let e = rel_l2(&got, &want);
             eprintln!("{name}: restored GPU vs CPU relative L2 {e:.2e} (bound {b:.2e})");
             assert!(e <= b, "{name}: restored GPU vs CPU {e} > {b}");
+        }
+    }
+
+    /// What one `generate` produced: the ids it fed after the prompt, its text (reasoning
+    /// and answer, marked), and how it ended.
+    #[derive(Debug, PartialEq)]
+    struct Generated {
+        ids: Vec<u32>,
+        text: String,
+        finish: nemo::protocol::FinishReason,
+        usage: nemo::protocol::Usage,
+        forced: bool,
+    }
+
+    fn generate(s: &mut Session, req: &Request) -> Generated {
+        let mut text = String::new();
+        let done = s
+            .generate(req, &mut |e| match e {
+                Event::Reasoning(t) => text.push_str(&format!("[r]{t}")),
+                Event::Content(t) => text.push_str(&format!("[c]{t}")),
+                _ => {}
+            })
+            .unwrap();
+        Generated {
+            ids: s.tokens()[done.usage.prompt_tokens..].to_vec(),
+            text,
+            finish: done.finish_reason,
+            usage: done.usage,
+            forced: done.thinking_forced,
+        }
+    }
+
+    fn sampled(sampling: SamplingParams, max_tokens: usize) -> Request {
+        Request {
+            sampling,
+            ..request(convo(&["Tell me about tiny models."]), None, max_tokens)
+        }
+    }
+
+    /// The device draw (greedy: argmax, ties to the lower id) picks the tokens the host
+    /// sampler picks from the same logits downloaded (`set_device_sampling(false)`, what
+    /// `NEMO_DEVICE_SAMPLING=0` does): the same ids, text and ending, token for token.
+    #[test]
+    fn greedy_device_draw_gives_the_host_samplers_tokens() {
+        let Some(g) = gpu("gpu device draw greedy") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            for cache in caches() {
+                let req = sampled(SamplingParams::default(), 24);
+                let mut dev = gpu_session(&g, &m, &f, opts(cache));
+                let got = generate(&mut dev, &req);
+                let mut host = gpu_session(&g, &m, &f, opts(cache));
+                host.set_device_sampling(false);
+                let want = generate(&mut host, &req);
+                assert_eq!(got, want, "{name} {cache:?}");
+                assert!(got.usage.completion_tokens > 0, "{name}: {got:?}");
+                assert!(
+                    dev.device_draws() > 0,
+                    "{name}: nothing drawn on the device"
+                );
+                assert_eq!(host.device_draws(), 0, "{name}");
+            }
+        }
+    }
+
+    /// Temperature 1, top-p 0.9 and a seed: the uniforms come from the seeded host
+    /// generator, so two GPU sessions write the same text; another seed another text.
+    #[test]
+    fn seeded_sampling_on_the_device_is_reproducible() {
+        let Some(g) = gpu("gpu device draw seeded") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let params = |seed| SamplingParams {
+                temperature: 1.0,
+                top_p: 0.9,
+                seed: Some(seed),
+                ..SamplingParams::default()
+            };
+            let run = |seed| {
+                let mut s = gpu_session(&g, &m, &f, opts(caches()[0]));
+                let out = generate(&mut s, &sampled(params(seed), 24));
+                assert!(s.device_draws() > 0, "{name}: nothing drawn on the device");
+                out
+            };
+            let a = run(42);
+            assert!(a.usage.completion_tokens > 0, "{name}: {a:?}");
+            assert_eq!(a, run(42), "{name}: same seed, other text");
+            assert_ne!(a.text, run(7).text, "{name}: the seed changes nothing");
+        }
+    }
+
+    /// A repetition penalty needs the token history: the GPU session downloads the logits
+    /// and the host sampler picks (no device draw), and generation works as on the host
+    /// path.
+    #[test]
+    fn a_repetition_penalty_takes_the_host_path_on_the_gpu() {
+        let Some(g) = gpu("gpu device draw penalty") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let req = sampled(
+                SamplingParams {
+                    repetition_penalty: 1.3,
+                    presence_penalty: 0.5,
+                    ..SamplingParams::default()
+                },
+                16,
+            );
+            let mut s = gpu_session(&g, &m, &f, opts(caches()[0]));
+            let got = generate(&mut s, &req);
+            assert!(got.usage.completion_tokens > 0, "{name}: {got:?}");
+            assert_eq!(s.device_draws(), 0, "{name}: a penalty drawn on the device");
+            let mut host = gpu_session(&g, &m, &f, opts(caches()[0]));
+            host.set_device_sampling(false);
+            assert_eq!(got, generate(&mut host, &req), "{name}");
+        }
+    }
+
+    /// Thinking with a minimum and a budget on the device path: until the minimum (here
+    /// the budget) the end of thinking and EOS are banned in the draw's args. The folder's
+    /// EOS is made the token greedy picks first, so without the ban the answer ends at
+    /// once; with it the device draws other tokens until the budget forces `</think>`, and
+    /// every id matches the host sampler with the same bans.
+    #[test]
+    fn a_thinking_budget_run_bans_the_end_on_the_device_like_the_host() {
+        let Some(g) = gpu("gpu device draw bans") else {
+            return;
+        };
+        for name in DENSE {
+            let f = fixture(name);
+            let m = upload(&g, &f);
+            let thinking = |min_tokens| Request {
+                thinking: ThinkingOptions {
+                    enabled: true,
+                    budget: Some(8),
+                    min_tokens,
+                    grace_tokens: 0,
+                    ..Default::default()
+                },
+                ..request(convo(&["Think, then answer."]), Some(8), 24)
+            };
+            // The first token greedy picks, from the GPU's logits (ties to the lower id).
+            let mut probe = gpu_session(&g, &m, &f, opts(caches()[0]));
+            assert!(probe.render(&thinking(0)).unwrap().starts_in_reasoning);
+            let (_, logits) = probe.prefill(&thinking(0)).unwrap();
+            let first =
+                (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
+            let mut eos = f.folder.eos_token_ids.clone();
+            eos.push(first);
+            let folder = ModelFolder {
+                dir: f.folder.dir.clone(),
+                model: f.folder.model.clone(),
+                tokenizer: f.folder.tokenizer.clone(),
+                template: f.folder.template.clone(),
+                generation: f.folder.generation.clone(),
+                eos_token_ids: eos,
+            };
+            let session = |device: bool| {
+                let runner = Runner::cuda(g.clone(), m.clone(), &opts(caches()[0])).unwrap();
+                let mut s = Session::with_runner(&folder, runner, opts(caches()[0])).unwrap();
+                s.set_device_sampling(device);
+                s
+            };
+            let mut unbanned = session(true);
+            let end = generate(&mut unbanned, &thinking(0));
+            assert_eq!(
+                (end.finish, end.usage.completion_tokens),
+                (nemo::protocol::FinishReason::Stop, 0),
+                "{name}: {end:?}"
+            );
+            let mut dev = session(true);
+            let got = generate(&mut dev, &thinking(8));
+            assert!(
+                dev.device_draws() > 0,
+                "{name}: nothing drawn on the device"
+            );
+            let think_end = f.folder.tokenizer.token_to_id("</think>");
+            assert!(
+                got.ids[..8]
+                    .iter()
+                    .all(|id| *id != first && Some(*id) != think_end),
+                "{name}: a banned token before the minimum: {got:?}"
+            );
+            assert!(
+                got.forced && got.usage.reasoning_tokens > 8,
+                "{name}: {got:?}"
+            );
+            let mut host = session(false);
+            assert_eq!(got, generate(&mut host, &thinking(8)), "{name}");
+            assert_eq!(host.device_draws(), 0);
         }
     }
 

@@ -6,17 +6,23 @@
 //! - `len()` positions have been fed: `forward` appends, `restore` goes back to a
 //!   snapshot's length, `reset` to 0. The token history, and the rule that a snapshot is
 //!   restored only while its tokens are still a prefix of the fed ones, are `Session`'s.
-//! - Logits always come back to the host as f32 and the host `Sampler` picks the token, so
-//!   bans, penalties and thinking-budget forcing are one code path on every device. On the
-//!   GPU that is one copy of `vocab` × 4 bytes per token: 0.5 MiB for Nemotron's 131072
-//!   vocab, 10–50 µs over PCIe 4/5 (pageable copy), under 1% of a ~6 ms Nano-9B decode step. (A CUDA-graph decode
-//!   step with sampling on the device, only the id coming back, is the planned fast path.)
+//! - After `forward_last` the last position's logits are on the host
+//!   (`StepLogits::Host`: the CPU runner) or still on the device (`StepLogits::Device`:
+//!   the GPU runner leaves them in the session's logits buffer, valid until the next call
+//!   that feeds, restores or resets, or a draw, which masks its bans there). From device logits, `draw` picks the token on the device (only
+//!   the 4-byte id comes back; `can_draw` says when: no repetition/presence penalty, which
+//!   need the token history, at most `MAX_DEVICE_BANS` bans, device sampling on) and
+//!   `logits_to_host` brings them back for the host `Sampler` (0.5 MiB for a 131072
+//!   vocab). `NEMO_DEVICE_SAMPLING=0` (or `set_device_sampling(false)`) always takes the
+//!   host path. Both paths sample the same distribution (kernels/sampling.cu's oracle is
+//!   `Sampler::sample`); the device's uniform comes from the host sampler's generator.
 //! - Snapshots live where the state lives: host copies of the Mamba states for the CPU,
 //!   device copies for the GPU (`backend::cuda::snapshot`); restoring truncates the KV
 //!   caches. They are taken at prompt boundaries, never inside a decode step.
 
 use std::sync::Arc;
 
+use super::sampler::SamplingParams;
 use super::EngineError;
 use crate::model::{Logits, Model};
 use crate::state::{CacheConfig, SequenceState, Snapshot};
@@ -31,6 +37,13 @@ pub enum Runner {
     },
     #[cfg(feature = "cuda")]
     Cuda(Box<CudaRunner>),
+}
+
+/// The last position's logits after `Runner::forward_last` (see the module doc).
+pub enum StepLogits {
+    Host(Vec<f32>),
+    /// Left on the device: `Runner::draw` or `Runner::logits_to_host` reads them.
+    Device,
 }
 
 /// A copy of a runner's recurrent state at `len()` positions (see the module doc).
@@ -77,6 +90,81 @@ impl Runner {
             Runner::Cpu { model, state } => Ok(model.forward(tokens, state, want)?),
             #[cfg(feature = "cuda")]
             Runner::Cuda(r) => r.forward(tokens, want),
+        }
+    }
+
+    /// Feeds `tokens` after what was fed; the last position's logits stay where they were
+    /// computed (on the host for the CPU, on the device for the GPU).
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<StepLogits, EngineError> {
+        match self {
+            Runner::Cpu { model, state } => Ok(StepLogits::Host(model.forward(
+                tokens,
+                state,
+                Logits::Last,
+            )?)),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.forward_keep(tokens).map(|()| StepLogits::Device),
+        }
+    }
+
+    /// Whether `draw` can pick the next token with `params` and `banned` on the device
+    /// (see the module doc); false on the CPU.
+    pub fn can_draw(&self, params: &SamplingParams, banned: &[u32]) -> bool {
+        match self {
+            Runner::Cpu { .. } => {
+                let _ = (params, banned);
+                false
+            }
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.can_draw(params, banned),
+        }
+    }
+
+    /// Draws the next token on the device from the logits `forward_last` left there, with
+    /// the uniform `u` ∈ [0, 1) (`Sampler::next_uniform`); only when `can_draw`.
+    pub fn draw(
+        &mut self,
+        params: &SamplingParams,
+        banned: &[u32],
+        u: f32,
+    ) -> Result<u32, EngineError> {
+        match self {
+            Runner::Cpu { .. } => {
+                let _ = (params, banned, u);
+                Err(no_device_logits())
+            }
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.draw(params, banned, u),
+        }
+    }
+
+    /// The logits `forward_last` left on the device, on the host.
+    pub fn logits_to_host(&mut self) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Runner::Cpu { .. } => Err(no_device_logits()),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.logits_to_host(),
+        }
+    }
+
+    /// Device sampling on (the default unless `NEMO_DEVICE_SAMPLING=0`) or off (every
+    /// token picked by the host `Sampler` on downloaded logits). No effect on the CPU.
+    pub fn set_device_sampling(&mut self, on: bool) {
+        match self {
+            Runner::Cpu { .. } => {
+                let _ = on;
+            }
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.device_sampling = on,
+        }
+    }
+
+    /// Tokens drawn on the device since the runner was made.
+    pub fn device_draws(&self) -> usize {
+        match self {
+            Runner::Cpu { .. } => 0,
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(r) => r.draws,
         }
     }
 
@@ -157,6 +245,12 @@ impl Runner {
     }
 }
 
+fn no_device_logits() -> EngineError {
+    EngineError::Model(crate::model::ModelError::Unsupported(
+        "no logits on the device (the CPU runner keeps them on the host)".into(),
+    ))
+}
+
 /// The largest context whose KV cache fits the device: what is free after the weights,
 /// less `reserve` (activation buffers, checkpoints, cuBLAS and allocator slack), with a
 /// tenth of the rest kept free too, over the KV bytes one position takes in every
@@ -179,10 +273,11 @@ pub fn fit_context(
 mod cuda {
     use std::sync::Arc;
 
-    use super::{fit_context, EngineError, Runner};
+    use super::{fit_context, EngineError, Runner, SamplingParams};
     use crate::backend::cuda::nemotron_h::{
         GpuModelError, GpuNemotronH, GpuSession, Plan, StoreWeights,
     };
+    use crate::backend::cuda::sampling::{SampleArgs, MAX_DEVICE_BANS};
     use crate::backend::cuda::snapshot::GpuSnapshot;
     use crate::backend::cuda::{CudaError, Gpu};
     use crate::backend::DType;
@@ -199,6 +294,13 @@ mod cuda {
         /// `reset` cannot fail (the CPU's cannot, and `Session::reset` returns nothing), so
         /// the device reset is done before the next call that reads or writes the state.
         reset_pending: bool,
+        /// Whether tokens may be drawn on the device (`Runner::set_device_sampling`).
+        pub(super) device_sampling: bool,
+        /// Tokens drawn on the device so far.
+        pub(super) draws: usize,
+        /// Whether the session's logits buffer holds the last fed position's logits
+        /// (`forward_keep` was the last call that fed).
+        logits_ready: bool,
     }
 
     fn gpu_err(e: CudaError) -> EngineError {
@@ -226,9 +328,61 @@ mod cuda {
             want: Logits,
         ) -> Result<Vec<f32>, EngineError> {
             self.settle()?;
+            self.logits_ready = false;
             Ok(self
                 .model
                 .forward(&self.gpu, &mut self.session, tokens, want)?)
+        }
+
+        pub(super) fn forward_keep(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+            self.settle()?;
+            self.logits_ready = false;
+            self.model
+                .forward_keep(&self.gpu, &mut self.session, tokens)?;
+            self.logits_ready = true;
+            Ok(())
+        }
+
+        pub(super) fn can_draw(&self, params: &SamplingParams, banned: &[u32]) -> bool {
+            self.device_sampling
+                && !SampleArgs::from(params).has_penalties()
+                && banned.len() <= MAX_DEVICE_BANS
+        }
+
+        fn check_logits(&self) -> Result<(), EngineError> {
+            if self.logits_ready && !self.reset_pending {
+                return Ok(());
+            }
+            Err(EngineError::Gpu(GpuModelError::Unsupported(
+                "no logits on the device for the current position".into(),
+            )))
+        }
+
+        pub(super) fn draw(
+            &mut self,
+            params: &SamplingParams,
+            banned: &[u32],
+            u: f32,
+        ) -> Result<u32, EngineError> {
+            self.check_logits()?;
+            self.settle()?;
+            // The draw masks the bans in place: the buffer no longer holds the raw logits.
+            self.logits_ready = false;
+            let id = self.model.draw(
+                &self.gpu,
+                &mut self.session,
+                &SampleArgs::from(params),
+                banned,
+                u,
+            )?;
+            self.draws += 1;
+            Ok(id)
+        }
+
+        pub(super) fn logits_to_host(&mut self) -> Result<Vec<f32>, EngineError> {
+            self.check_logits()?;
+            self.settle()?;
+            Ok(self.model.last_logits_to_host(&self.gpu, &self.session)?)
         }
 
         pub(super) fn len(&self) -> usize {
@@ -246,11 +400,13 @@ mod cuda {
 
         pub(super) fn restore(&mut self, snap: &GpuSnapshot) -> Result<(), EngineError> {
             self.settle()?;
+            self.logits_ready = false;
             self.session.restore(&self.gpu, snap).map_err(gpu_err)
         }
 
         pub(super) fn reset(&mut self) {
             self.reset_pending = true;
+            self.logits_ready = false;
         }
     }
 
@@ -270,6 +426,10 @@ mod cuda {
                 model,
                 gpu,
                 reset_pending: false,
+                device_sampling: std::env::var("NEMO_DEVICE_SAMPLING")
+                    .map_or(true, |v| v.trim() != "0"),
+                draws: 0,
+                logits_ready: false,
             })))
         }
     }

@@ -20,7 +20,8 @@
 //!   or non-finite, in which case the lowest id that is not banned is returned (0 when
 //!   all are banned).
 //! - The same seed and the same inputs give the same token sequence; with `seed: None`
-//!   the seed comes from the clock.
+//!   the seed comes from the clock. `next_uniform` takes from the same generator (the
+//!   uniform of a draw made on the GPU), so a seeded GPU run repeats too.
 //! - With a vocabulary of ~131k, no full sort happens when `top_k` is set
 //!   (`select_nth_unstable`), and top-p sorts only a bounded head of the candidates
 //!   unless that head holds less than `top_p` of the mass.
@@ -96,6 +97,13 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// The next uniform number in [0, 1) from this sampler's seeded generator (24 bits,
+    /// so it is exact as an f32 and never rounds up to 1): what a draw made elsewhere (the
+    /// GPU's `sampling::draw`) takes as its `u`, so a seeded run is reproducible there too.
+    pub fn next_uniform(&mut self) -> f32 {
+        (self.rng.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
     }
 
     /// Chooses the next token; `history` is the context the penalties look at.
@@ -518,6 +526,30 @@ mod tests {
             .sum();
         // 2 degrees of freedom: p = 0.001 at 13.8.
         assert!(chi2 < 13.8, "chi2 {chi2}, counts {counts:?}");
+    }
+
+    #[test]
+    fn next_uniform_is_reproducible_from_the_seed_and_in_the_unit_interval() {
+        let draws = |seed: u64| {
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                ..params(1.0)
+            });
+            (0..10_000).map(|_| s.next_uniform()).collect::<Vec<f32>>()
+        };
+        let a = draws(11);
+        assert_eq!(a, draws(11));
+        assert_ne!(a, draws(12));
+        assert!(a.iter().all(|u| (0.0..1.0).contains(u)), "outside [0, 1)");
+        // The top 24 bits of xoshiro256** seeded as `Sampler::new` seeds it.
+        let mut rng = Xoshiro256StarStar::seed_from_u64(11);
+        let want = (rng.next_u64() >> 40) as f64 / (1u64 << 24) as f64;
+        assert_eq!(f64::from(a[0]), want);
+        // Spread over the interval: the mean of 10k uniforms is 0.5 ± 0.003 (σ = 0.0029).
+        let mean = a.iter().map(|u| f64::from(*u)).sum::<f64>() / a.len() as f64;
+        assert!((mean - 0.5).abs() < 0.015, "mean {mean}");
+        // The largest value the generator can give stays below 1 as an f32.
+        assert!(((u64::MAX >> 40) as f32 * (1.0 / (1u64 << 24) as f32)) < 1.0);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! - `tokens` are exactly the tokens fed into the runner (`runner.len() == tokens.len()`).
 //! - Every checkpoint's tokens are a prefix of `tokens` (checkpoints past a restore point
 //!   are dropped when the sequence goes another way).
+//! - The next token is drawn where the logits are: on the GPU (no penalty, the bans fit
+//!   the device draw) only its id comes back; otherwise the logits come to the host and
+//!   the host `Sampler` picks (`Runner`'s module doc). Bans, the thinking budget, stop
+//!   strings and EOS are this loop's, the same on either path.
 //! - A request renders the whole conversation, restores the longest checkpoint (or the
 //!   live state) whose tokens are a prefix of the new prompt, and feeds only the rest,
 //!   at least one token so the next logits exist. Checkpoints are taken where earlier
@@ -19,7 +23,7 @@ use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
 use super::prompt::{PromptBuilder, PromptPlan, THINK_END, THINK_START};
-use super::runner::{Runner, RunnerSnapshot};
+use super::runner::{Runner, RunnerSnapshot, StepLogits};
 use super::sampler::Sampler;
 use super::stop::StopMatcher;
 use super::thinking::{Action, ThinkingController};
@@ -180,6 +184,17 @@ impl Session {
         self.runner.capacity().map_or(c, |cap| c.min(cap))
     }
 
+    /// Tokens drawn on the device (the rest were picked by the host `Sampler`).
+    pub fn device_draws(&self) -> usize {
+        self.runner.device_draws()
+    }
+
+    /// Draws tokens on the device when it can (the default) or always on the host; see
+    /// `Runner::set_device_sampling`.
+    pub fn set_device_sampling(&mut self, on: bool) {
+        self.runner.set_device_sampling(on);
+    }
+
     /// Where the sequence runs: `cpu`, or `cuda · <GPU name>`.
     pub fn device(&self) -> String {
         self.runner.device()
@@ -274,6 +289,30 @@ impl Session {
         self.runner.forward(ids, want).inspect_err(|_| self.reset())
     }
 
+    /// `forward` with the last position's logits left where they are computed.
+    fn forward_last(&mut self, ids: &[u32]) -> Result<StepLogits, EngineError> {
+        self.runner.forward_last(ids).inspect_err(|_| self.reset())
+    }
+
+    /// Picks the next token from `logits`: on the device when the runner can draw with
+    /// these parameters and bans, else with the host `sampler` (logits brought over).
+    fn pick(
+        &mut self,
+        logits: StepLogits,
+        sampler: &mut Sampler,
+        banned: &[u32],
+    ) -> Result<u32, EngineError> {
+        let mut host = match logits {
+            StepLogits::Host(l) => l,
+            StepLogits::Device if self.runner.can_draw(sampler.params(), banned) => {
+                let u = sampler.next_uniform();
+                return self.runner.draw(sampler.params(), banned, u);
+            }
+            StepLogits::Device => self.runner.logits_to_host()?,
+        };
+        Ok(sampler.sample(&mut host, &self.tokens, banned))
+    }
+
     /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
     /// token counts). Returns the last position's logits.
     fn feed(
@@ -281,8 +320,8 @@ impl Session {
         ids: &[u32],
         boundaries: &[usize],
         req: &Request,
-    ) -> Result<Vec<f32>, EngineError> {
-        let mut logits = Vec::new();
+    ) -> Result<StepLogits, EngineError> {
+        let mut logits = StepLogits::Host(Vec::new());
         let mut i = 0;
         while i < ids.len() {
             if req.controls.is_cancelled() {
@@ -298,7 +337,11 @@ impl Session {
                 .min(ids.len())
                 .min(i + next_boundary.saturating_sub(pos));
             let last = end == ids.len();
-            logits = self.forward(&ids[i..end], if last { Logits::Last } else { Logits::None })?;
+            if last {
+                logits = self.forward_last(&ids[i..end])?;
+            } else {
+                self.forward(&ids[i..end], Logits::None)?;
+            }
             self.tokens.extend_from_slice(&ids[i..end]);
             self.fed_total += end - i;
             if boundaries.contains(&self.tokens.len()) {
@@ -333,7 +376,10 @@ impl Session {
     /// a device against another, or reuse against a fresh session.
     pub fn prefill(&mut self, req: &Request) -> Result<(usize, Vec<f32>), EngineError> {
         let (plan, reused) = self.prepare(req)?;
-        let logits = self.feed(&plan.ids[reused..], &plan.boundaries, req)?;
+        let logits = match self.feed(&plan.ids[reused..], &plan.boundaries, req)? {
+            StepLogits::Host(l) => l,
+            StepLogits::Device => self.runner.logits_to_host()?,
+        };
         Ok((reused, logits))
     }
 
@@ -388,7 +434,7 @@ impl Session {
                     if ids.is_empty() {
                         break FinishReason::Length;
                     }
-                    logits = self.forward(&ids, Logits::Last)?;
+                    logits = self.forward_last(&ids)?;
                     self.tokens.extend_from_slice(&ids);
                     self.fed_total += ids.len();
                     thinking.forced_tokens(ids.len());
@@ -408,7 +454,8 @@ impl Session {
                         banned.extend(self.think_end_id);
                         banned.extend(&self.eos);
                     }
-                    let id = sampler.sample(&mut logits, &self.tokens, &banned);
+                    let step = std::mem::replace(&mut logits, StepLogits::Host(Vec::new()));
+                    let id = self.pick(step, &mut sampler, &banned)?;
                     sampled += 1;
                     if ttft.is_none() {
                         ttft = Some(t0.elapsed().as_secs_f64());
@@ -434,7 +481,7 @@ impl Session {
                     if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
                         break FinishReason::Length;
                     }
-                    logits = self.forward(&[id], Logits::Last)?;
+                    logits = self.forward_last(&[id])?;
                     self.tokens.push(id);
                     self.fed_total += 1;
                     if sampled.is_multiple_of(8) {

@@ -759,6 +759,72 @@ impl GpuNemotronH {
         self.forward(gpu, s, &[token], Logits::Last)
     }
 
+    /// Like `forward` with `Logits::Last`, but the last position's logits stay on the
+    /// device (`bufs.logits`), for `draw` or `last_logits_to_host`: nothing comes back.
+    /// One token is the decode step's graph with the logits ending (no copy back).
+    pub fn forward_keep(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        tokens: &[u32],
+    ) -> Result<(), GpuModelError> {
+        self.check_session(s)?;
+        embedding::check_ids(tokens, self.config.vocab_size)?;
+        if let [token] = tokens {
+            self.set_token(gpu, s, *token)?;
+            return self.decode(gpu, s, Ending::Logits);
+        }
+        if tokens.is_empty() {
+            return Err(GpuModelError::Unsupported(
+                "forward_keep needs at least one token".into(),
+            ));
+        }
+        let mut n = 0;
+        for chunk in tokens.chunks(s.plan.prefill_chunk) {
+            self.step(gpu, s, chunk, false)?;
+            n = chunk.len();
+        }
+        Ok(self.last_logits(gpu, s, n)?)
+    }
+
+    /// Draws one token on the device from the logits the last `forward_keep` left there:
+    /// writes the draw's args (one 88-byte copy: knobs, `u` ∈ [0, 1) from the caller's
+    /// seeded generator, `banned`, at most `sampling::MAX_DEVICE_BANS`), masks the bans
+    /// (in place, like the CPU), draws, and reads back the 4-byte id. The id also stays on
+    /// the device as the next decode step's token. Penalties are refused (module doc).
+    pub fn draw(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        args: &SampleArgs,
+        banned: &[u32],
+        u: f32,
+    ) -> Result<u32, GpuModelError> {
+        self.check_session(s)?;
+        check_device_sampling(args)?;
+        let b = &mut s.bufs;
+        sampling::write_args(gpu, args, u, banned, &mut b.args)?;
+        sampling::draw(
+            gpu,
+            &mut b.logits,
+            self.config.vocab_size,
+            &b.args,
+            &mut b.sampled,
+        )?;
+        s.drawn = true;
+        Ok(self.read_sampled(gpu, s)?)
+    }
+
+    /// The logits the last `forward_keep` left on the device, copied to the host.
+    pub fn last_logits_to_host(
+        &self,
+        gpu: &Gpu,
+        s: &GpuSession,
+    ) -> Result<Vec<f32>, GpuModelError> {
+        self.check_session(s)?;
+        Ok(gpu.download(&s.bufs.logits)?)
+    }
+
     fn check_session(&self, s: &GpuSession) -> Result<(), GpuModelError> {
         if s.model_id != self.id {
             return Err(GpuModelError::Unsupported(
