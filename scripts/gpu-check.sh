@@ -9,10 +9,11 @@
 # then runs the GPU benchmark for each shape and prints one table with the targets beside.
 #
 #   scripts/gpu-check.sh              build (release) + tests + bench
-#   NEMO_GPU_CHECK_PREBUILT=1 ...     use target/release/nemo and the newest
-#                                     target/release/deps/cuda_*-* as they are (built
-#                                     elsewhere with NEMO_CUDA_ARCHS=sm_XY; the tests find
-#                                     the binary through NEMO_TEST_BIN)
+#   NEMO_GPU_CHECK_PREBUILT=1 ...     use the binaries scripts/gpu-stage.sh put in .gpu/
+#                                     (or target/release/nemo and the newest
+#                                     target/release/deps/cuda_*-*) as they are, built
+#                                     elsewhere; the tests find the binary and the fixtures
+#                                     through NEMO_TEST_BIN / NEMO_TEST_ROOT
 #   NEMO_GPU_CHECK_SHAPES="a b"       the bench's shapes (default: nano-9b-v2
 #                                     nemotron-3-nano-4b nano-12b-v2 nano-30b-a3b; the ones
 #                                     whose weights do not fit the device are skipped)
@@ -69,16 +70,23 @@ if [ "${NEMO_GPU_CHECK_PREBUILT:-0}" != 1 ]; then
 fi
 
 nemo=target/release/nemo
+staged=""
+if [ "${NEMO_GPU_CHECK_PREBUILT:-0}" = 1 ] && [ -x .gpu/nemo ]; then
+    nemo=.gpu/nemo
+    staged=.gpu
+fi
 [ -x "$nemo" ] || die "$nemo is missing"
 export NEMO_TEST_BIN="$PWD/$nemo" NEMO_TEST_ROOT="$PWD"
 log=$(mktemp)
 test_rc=0
 if [ "${NEMO_GPU_CHECK_TESTS:-1}" != 0 ]; then
     for t in cuda_ops cuda_tc cuda_moe cuda_model cuda_session; do
-        bin=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+        if [ -n "$staged" ]; then bin=$staged/$t; else
+            bin=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+        fi
         [ -n "$bin" ] || die "no $t test binary under target/release/deps"
         say "running the $t tests (log: $log)"
-        NEMO_REQUIRE_GPU=1 "$bin" --test-threads=1 --nocapture >>"$log" 2>&1 || test_rc=1
+        NEMO_REQUIRE_GPU=1 "$bin" --test-threads=1 --show-output >>"$log" 2>&1 || test_rc=1
     done
 fi
 

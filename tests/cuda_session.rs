@@ -37,7 +37,7 @@ fn usable(test: &str) -> bool {
 }
 
 fn nemo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nemo"))
+    Command::new(common::nemo_bin())
         .args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")
@@ -113,7 +113,7 @@ fn run_on_cuda_writes_the_same_greedy_text_with_device_sampling_off() {
     }
     let t = fixture("nemotron_h_bf16");
     let run = |device_sampling: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        let out = Command::new(common::nemo_bin())
             .args([
                 "run",
                 "--model",
