@@ -111,6 +111,7 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use super::common::gpu::{gpu, rel_l2};
     use half::bf16;
     use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, RandomWeights, StoreWeights};
     use nemo::backend::cuda::sampling::SampleArgs;
@@ -121,30 +122,6 @@ mod gpu {
     use nemo::state::CacheConfig;
 
     const DENSE: [&str; 3] = ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
-
-    fn gpu(test: &str) -> Option<Gpu> {
-        match Gpu::new(0) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
-                }
-                eprintln!("SKIP {test}: no usable GPU: {e}");
-                None
-            }
-        }
-    }
-
-    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
-        assert_eq!(got.len(), want.len(), "lengths");
-        let num: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt() as f32
-    }
 
     struct Fixture {
         name: &'static str,

@@ -134,7 +134,7 @@ fn device_auto_and_cpu_run_on_the_cpu() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use cudarc::driver::CudaSlice;
+    use super::common::gpu::{gpu, rel_l2, seed, up, Rng};
     use half::{bf16, f16};
     use nemo::backend::cpu::{matmul, ops, MatRef};
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
@@ -142,51 +142,6 @@ mod gpu {
     use nemo::backend::{fp8, DType};
     use nemo::engine::sampler::{Sampler, SamplingParams};
     use nemo::state::KvCache;
-
-    /// The GPU, or None after printing why the test is skipped.
-    fn gpu(test: &str) -> Option<Gpu> {
-        match Gpu::new(0) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
-                }
-                eprintln!("SKIP {test}: no usable GPU: {e}");
-                None
-            }
-        }
-    }
-
-    /// xorshift64*: fresh but reproducible inputs (the seed is printed on failure).
-    struct Rng(u64);
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        /// Uniform in [-a, a).
-        fn f(&mut self, a: f32) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-        }
-        fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-            (0..n).map(|_| self.f(a)).collect()
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn seed() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    }
 
     /// max |a − b| ≤ rel · max(max |b|, floor), with the worst index in the message.
     fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, floor: f32) {
@@ -206,10 +161,6 @@ mod gpu {
             got[at],
             want[at]
         );
-    }
-
-    fn up<T: cudarc::driver::DeviceRepr>(g: &Gpu, v: &[T]) -> CudaSlice<T> {
-        g.upload(v).unwrap()
     }
 
     fn bf16s(v: &[f32]) -> Vec<bf16> {
@@ -1358,17 +1309,6 @@ mod gpu {
             assert_eq!(want, std::collections::BTreeSet::from([9u32]));
             assert_eq!(device_set(&none, &p, &[]), want, "seed {s}");
         }
-    }
-
-    /// Relative L2 error ‖got − want‖ / ‖want‖.
-    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
-        let num: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt() as f32
     }
 
     #[test]

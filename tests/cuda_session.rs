@@ -221,6 +221,7 @@ fn cuda_refuses_what_the_gpu_backend_cannot_run_in_one_line() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use super::common::gpu::rel_l2;
     use std::sync::Arc;
 
     use half::bf16;
@@ -249,17 +250,6 @@ mod gpu {
                 None
             }
         }
-    }
-
-    fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
-        assert_eq!(got.len(), want.len(), "lengths");
-        let num: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt() as f32
     }
 
     fn unit_roundoff(d: DType) -> f32 {

@@ -15,9 +15,11 @@
 //! additions counts 2^-23 (two f32 unit roundoffs 2^-24). Nothing here is a tolerance
 //! picked to pass.
 
+mod common;
+
 #[cfg(feature = "cuda")]
 mod gpu {
-    use cudarc::driver::CudaSlice;
+    use super::common::gpu::{gpu, seed, up, Rng};
     use half::{bf16, f16};
     use nemo::backend::cpu::ops;
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
@@ -33,52 +35,6 @@ mod gpu {
     const U_F16: f64 = 1.0 / 2048.0;
     /// f32 unit roundoff.
     const U_F32: f64 = 1.0 / 16_777_216.0;
-
-    /// The GPU, or None after printing why the test is skipped.
-    fn gpu(test: &str) -> Option<Gpu> {
-        match Gpu::new(0) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                if std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
-                }
-                eprintln!("SKIP {test}: no usable GPU: {e}");
-                None
-            }
-        }
-    }
-
-    /// xorshift64*: fresh but reproducible inputs (the seed is printed on failure).
-    struct Rng(u64);
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        /// Uniform in [-a, a).
-        fn f(&mut self, a: f32) -> f32 {
-            ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-        }
-        fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-            (0..n).map(|_| self.f(a)).collect()
-        }
-    }
-
-    fn seed() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    }
-
-    fn up<T: cudarc::driver::DeviceRepr>(g: &Gpu, v: &[T]) -> CudaSlice<T> {
-        g.upload(v).unwrap()
-    }
 
     fn bf16r(x: f32) -> f32 {
         bf16::from_f32(x).to_f32()

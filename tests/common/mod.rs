@@ -2,6 +2,9 @@
 //! committed script `tests/fixtures/make_fixtures.py` wrote with transformers.
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
