@@ -49,8 +49,11 @@ fn main() {
             "cargo::warning=nvcc not found: building the cuda feature WITHOUT kernels \
              (set NVCC or CUDA_HOME; NEMO_REQUIRE_NVCC=1 makes this an error)"
         );
-        std::fs::write(&rs, "pub const FATBINS: &[(&str, &[u8])] = &[];\n")
-            .expect("write cuda_kernels.rs");
+        std::fs::write(
+            &rs,
+            "pub const FATBINS: &[(&str, &[u8])] = &[];\npub const NVCC_VERSION: &str = \"\";\npub const ARCHS: &str = \"\";\n",
+        )
+        .expect("write cuda_kernels.rs");
         return;
     };
     let archs = archs();
@@ -112,9 +115,24 @@ fn main() {
         ));
     }
     std::fs::write(&log_path, &log).expect("write ptxas.log");
+    // "release 13.0" from `nvcc --version`: the oldest driver CUDA version these kernels
+    // load on (a load error names it).
+    let version = Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let at = out.find("release ")? + "release ".len();
+            Some(out[at..].split(',').next()?.trim().to_string())
+        })
+        .unwrap_or_default();
     std::fs::write(
         &rs,
-        format!("pub const FATBINS: &[(&str, &[u8])] = &[\n{entries}];\n"),
+        format!(
+            "pub const FATBINS: &[(&str, &[u8])] = &[\n{entries}];\npub const NVCC_VERSION: &str = {version:?};\npub const ARCHS: &str = {:?};\n",
+            archs.join(",")
+        ),
     )
     .expect("write cuda_kernels.rs");
     println!("cargo::rustc-cfg=nemo_cuda_kernels");

@@ -392,12 +392,11 @@ mod gpu {
     #[test]
     fn moe_decode_replays_from_a_cuda_graph_with_new_inputs() {
         // The decode path captured once, replayed on new inputs: no host sync, allocation
-        // or host-side routing decision can hide in it. Capture needs a non-default stream
-        // (set before cuBLAS is first used, so its handle is bound to it).
-        let Some(mut g) = gpu("moe graph") else {
+        // or host-side routing decision can hide in it. `Gpu`'s stream is a created one
+        // (capturable) and cuBLAS's handle is bound to it.
+        let Some(g) = gpu("moe graph") else {
             return;
         };
-        g.stream = g.ctx.new_stream().unwrap();
         let s = seed();
         let mut r = Rng::new(s);
         let c = small(false, 160, Some(64));

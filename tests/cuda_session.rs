@@ -221,7 +221,7 @@ fn cuda_refuses_what_the_gpu_backend_cannot_run_in_one_line() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::rel_l2;
+    use super::common::gpu::{rel_l2, GpuGuard};
     use std::sync::Arc;
 
     use half::bf16;
@@ -239,17 +239,9 @@ mod gpu {
 
     const DENSE: [&str; 3] = ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
 
-    fn gpu(test: &str) -> Option<Arc<Gpu>> {
-        match Gpu::new(0) {
-            Ok(g) => Some(Arc::new(g)),
-            Err(e) => {
-                if super::require_gpu() {
-                    panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
-                }
-                eprintln!("SKIP {test}: no usable GPU: {e}");
-                None
-            }
-        }
+    /// The GPU behind an `Arc` (runners share it), one test at a time.
+    fn gpu(test: &str) -> Option<GpuGuard<Arc<Gpu>>> {
+        super::common::gpu::open(test, Arc::new)
     }
 
     fn unit_roundoff(d: DType) -> f32 {

@@ -1,19 +1,40 @@
 //! Helpers of the GPU tests (feature `cuda`): the GPU or a `SKIP` line, reproducible random
 //! inputs, uploads, relative errors.
 
+use std::ops::Deref;
+use std::sync::{Mutex, MutexGuard};
+
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use nemo::backend::cuda::Gpu;
 
-/// Whether a missing GPU must fail the test (`NEMO_REQUIRE_GPU=1`, set by
-/// scripts/gpu-check.sh) instead of skipping it.
-pub fn require_gpu() -> bool {
-    std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1")
+/// One GPU test at a time within a test binary (libtest runs tests on parallel threads):
+/// a test capturing a CUDA graph must not meet another thread's module loading or
+/// allocation on the same context. Held for the test's whole life by `GpuGuard`.
+static GPU_TESTS: Mutex<()> = Mutex::new(());
+
+/// The GPU for one test, with the lock that keeps other GPU tests of this binary waiting.
+pub struct GpuGuard<G> {
+    gpu: G,
+    _turn: MutexGuard<'static, ()>,
 }
 
-/// The GPU, or None after printing why the test is skipped.
-pub fn gpu(test: &str) -> Option<Gpu> {
+impl<G> Deref for GpuGuard<G> {
+    type Target = G;
+    fn deref(&self) -> &G {
+        &self.gpu
+    }
+}
+
+/// Opens GPU 0 for a test, waiting for its turn; None (after a `SKIP` line) when there is
+/// no usable GPU, unless `require_gpu`, which makes that a failure.
+pub fn open<G>(test: &str, wrap: impl FnOnce(Gpu) -> G) -> Option<GpuGuard<G>> {
+    // A test that panicked while holding the lock leaves nothing behind to protect.
+    let turn = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     match Gpu::new(0) {
-        Ok(g) => Some(g),
+        Ok(g) => Some(GpuGuard {
+            gpu: wrap(g),
+            _turn: turn,
+        }),
         Err(e) => {
             if require_gpu() {
                 panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
@@ -22,6 +43,17 @@ pub fn gpu(test: &str) -> Option<Gpu> {
             None
         }
     }
+}
+
+/// Whether a missing GPU must fail the test (`NEMO_REQUIRE_GPU=1`, set by
+/// scripts/gpu-check.sh) instead of skipping it.
+pub fn require_gpu() -> bool {
+    std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The GPU (one test at a time), or None after printing why the test is skipped.
+pub fn gpu(test: &str) -> Option<GpuGuard<Gpu>> {
+    open(test, |g| g)
 }
 
 /// xorshift64*: fresh but reproducible inputs (the seed is printed on failure).

@@ -20,6 +20,40 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
 }
 
+/// The CUDA version the driver supports (`cuDriverGetVersion`: 13000 → (13, 0)).
+pub fn driver_cuda_version() -> Option<(i32, i32)> {
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: one out-parameter, written by the driver; the call needs no context.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v > 0)
+        .then_some((v / 1000, (v % 1000) / 10))
+}
+
+/// Why this build's kernels do not load on a GPU of compute capability `cc` with a driver
+/// for CUDA `driver`: one line naming the fix.
+fn load_failure(cc: (i32, i32), driver: Option<(i32, i32)>) -> String {
+    let arch = format!("sm_{}{}", cc.0, cc.1);
+    let built = embedded::ARCHS;
+    let nvcc = embedded::NVCC_VERSION;
+    let too_old = match (driver, nvcc.split_once('.')) {
+        (Some((dmaj, dmin)), Some((a, b))) => match (a.parse::<i32>(), b.parse::<i32>()) {
+            (Ok(a), Ok(b)) => (dmaj, dmin) < (a, b),
+            _ => false,
+        },
+        _ => false,
+    };
+    let drv = driver.map_or("unknown".to_string(), |(a, b)| format!("{a}.{b}"));
+    if too_old {
+        format!(
+            "the kernels were built by nvcc {nvcc}, but this driver supports CUDA {drv}: update the driver, or rebuild with an nvcc no newer than CUDA {drv} (NVCC=…)"
+        )
+    } else {
+        format!(
+            "the kernels were not built for this GPU ({arch}; this build has {built}): rebuild with NEMO_CUDA_ARCHS={arch}"
+        )
+    }
+}
+
 /// Whether this build carries compiled kernels (nvcc was found at build time).
 pub fn has_kernels() -> bool {
     !embedded::FATBINS.is_empty()
@@ -123,10 +157,10 @@ impl Gpu {
                 .map_err(|e| {
                     let s = format!("{e:?}");
                     if s.contains("NO_BINARY_FOR_GPU") || s.contains("UNSUPPORTED_PTX_VERSION") {
-                        CudaError::NoBinaryForGpu(
-                            info.compute_capability.0,
-                            info.compute_capability.1,
-                        )
+                        CudaError::KernelsDoNotLoad(load_failure(
+                            info.compute_capability,
+                            driver_cuda_version(),
+                        ))
                     } else {
                         CudaError::Driver(format!("loading kernels/{name}.cu: {s}"))
                     }
@@ -332,4 +366,26 @@ impl KernelDtype for half::f16 {
 }
 impl KernelDtype for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_failure;
+
+    #[test]
+    fn a_kernel_load_failure_names_the_driver_or_the_arch() {
+        let nvcc = super::embedded::NVCC_VERSION;
+        if let Some((a, b)) = nvcc.split_once('.') {
+            let (a, b): (i32, i32) = (a.parse().unwrap(), b.parse().unwrap());
+            // A driver older than the nvcc that built the kernels: update it or rebuild.
+            let old = load_failure((9, 0), Some((a - 1, 8)));
+            assert!(old.contains(&format!("nvcc {nvcc}")), "{old}");
+            assert!(old.contains(&format!("CUDA {}.8", a - 1)), "{old}");
+            // A driver new enough: the arch is what is missing.
+            let arch = load_failure((12, 1), Some((a, b)));
+            assert!(arch.contains("NEMO_CUDA_ARCHS=sm_121"), "{arch}");
+        }
+        let unknown = load_failure((8, 6), None);
+        assert!(unknown.contains("NEMO_CUDA_ARCHS=sm_86"), "{unknown}");
+    }
 }

@@ -31,8 +31,10 @@ pub enum CudaError {
     NoDevice(String),
     #[error("cuBLAS could not be loaded (libcublas is not on the library path)")]
     NoCublas,
-    #[error("the kernels were not built for this GPU (sm_{0}{1}); rebuild with NEMO_CUDA_ARCHS=sm_{0}{1}")]
-    NoBinaryForGpu(i32, i32),
+    /// The kernel modules do not load: no code for this GPU's arch, or a driver older than
+    /// the nvcc that built them (the message says which applies).
+    #[error("{0}")]
+    KernelsDoNotLoad(String),
     #[error("CUDA: {0}")]
     Driver(String),
     #[error("cuBLAS: {0}")]
