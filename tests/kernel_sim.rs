@@ -123,3 +123,13 @@ fn flash_prefill_attention_matches_double_reference_for_every_cache_dtype() {
 fn tensor_core_chunked_scan_and_decode_update_match_the_mamba2_recurrence() {
     run_driver("ssm");
 }
+
+#[test]
+fn kv_append_split_decode_and_fallback_prefill_match_references_for_every_cache_dtype() {
+    run_driver("attention");
+}
+
+#[test]
+fn moe_router_route_grouped_gemvs_and_combine_match_references_with_ids_in_device_memory() {
+    run_driver("moe");
+}
