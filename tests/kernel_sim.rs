@@ -1,5 +1,5 @@
 //! The CUDA kernels (kernels/*.cu), run on the CPU: each driver in kernels/sim/ is compiled
-//! with the system C++ compiler against the CUDA simulation kernels/sim/sim.h (one thread
+//! with the system C++ compiler against the CUDA simulation kernels/sim/sim.h (one fiber
 //! per CUDA thread, the PTX fragment layouts as the PTX ISA documents them) and checks the
 //! real kernel file against a double-precision reference written in the driver. Needs no
 //! GPU, no nvcc and no `cuda` feature; a machine without a C++20 compiler prints `SKIP`
@@ -26,7 +26,7 @@ fn cxx() -> String {
         .unwrap_or_else(|| "c++".into())
 }
 
-/// The compiler when it builds C++20 with <barrier> and threads, else why not.
+/// The compiler when it builds C++20 with <ucontext.h> (the simulation's fibers), else why not.
 fn compiler() -> &'static Result<String, String> {
     static PROBE: OnceLock<Result<String, String>> = OnceLock::new();
     PROBE.get_or_init(|| {
@@ -35,8 +35,9 @@ fn compiler() -> &'static Result<String, String> {
         let src = dir.join("probe.cpp");
         std::fs::write(
             &src,
-            "#include <barrier>\n#include <thread>\nint main() { std::barrier<> b(1); \
-             b.arrive_and_wait(); std::thread t([] {}); t.join(); }\n",
+            "#include <ucontext.h>\n#include <span>\ntemplate <typename T> concept Small = \
+             sizeof(T) <= 8;\nint main() { ucontext_t c; int a[2] = {0, 1}; std::span<int> s(a); \
+             return getcontext(&c) != 0 || !Small<double> || s[1] != 1; }\n",
         )
         .map_err(|e| format!("write {}: {e}", src.display()))?;
         let out = Command::new(&cxx)
@@ -49,7 +50,7 @@ fn compiler() -> &'static Result<String, String> {
             Ok(cxx)
         } else {
             Err(format!(
-                "`{cxx}` does not build C++20 with <barrier>: {}",
+                "`{cxx}` does not build C++20 with <ucontext.h>: {}",
                 String::from_utf8_lossy(&out.stderr)
                     .lines()
                     .next()
@@ -79,7 +80,6 @@ fn run_driver(driver: &str) {
         .args([
             "-std=c++20",
             "-O1",
-            "-pthread",
             "-fno-strict-aliasing",
             "-Wall",
             "-Wno-unknown-pragmas",
@@ -132,4 +132,9 @@ fn kv_append_split_decode_and_fallback_prefill_match_references_for_every_cache_
 #[test]
 fn moe_router_route_grouped_gemvs_and_combine_match_references_with_ids_in_device_memory() {
     run_driver("moe");
+}
+
+#[test]
+fn device_sampling_keeps_the_cpu_sampler_set_through_ties_bans_top_k_top_p_and_min_p() {
+    run_driver("sampling");
 }

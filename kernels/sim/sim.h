@@ -4,11 +4,15 @@
 // (the drivers kernels/sim/*.cpp #include the .cu file after this header).
 //
 // Model: `launch` runs a grid's blocks one after another; each CUDA thread of a block is a
-// std::thread (created once per launch and reused for every block). `__shared__` variables
-// are function statics, so the block's threads share them; `__syncthreads` is a barrier of
-// the block's live threads, warp collectives (`__shfl_*_sync`, `__syncwarp`, mma.sync,
-// ldmatrix) a barrier of the warp's live threads. A thread that returns early leaves both
-// (as an exited thread no longer counts for bar.sync on the GPU). Dynamic shared memory is
+// fiber (ucontext, its own stack) on the calling OS thread, scheduled cooperatively: a
+// thread runs until it waits at a barrier or returns. `__shared__` variables are function
+// statics, so the block's threads share them; `__syncthreads` is a barrier of the block's
+// live threads, warp collectives (`__shfl_*_sync`, `__syncwarp`, mma.sync, ldmatrix) a
+// barrier of the warp's live threads. A thread that returns early leaves both (as an exited
+// thread no longer counts for bar.sync on the GPU). When every live thread waits and none
+// can go on (a barrier inside divergent code), the simulation stops with a deadlock message.
+// Released waiters resume in a seeded shuffled order, so a missing barrier between a write
+// and another thread's read tends to show up as a wrong result. Dynamic shared memory is
 // filled with 0xFF bytes (f32 NaN) before every block, so a read of an element the block did
 // not write shows up. What this proves and what it does not: README.md, *CUDA*.
 //
@@ -20,14 +24,16 @@
 #endif
 
 #include <atomic>
-#include <barrier>
+#include <algorithm>
+#include <functional>
+#include <random>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
+#include <ucontext.h>
 #include <type_traits>
 #include <vector>
 
@@ -54,7 +60,7 @@ template <typename A, typename B> inline std::common_type_t<A, B> max(A a, B b) 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 threadIdx, blockIdx;  // of the running fiber
 inline dim3 blockDim, gridDim;
 
 struct float2 { float x, y; };
@@ -122,57 +128,126 @@ inline __half __float2half_rn(float f) {
 inline __half __ushort_as_half(unsigned short s) { return {s}; }
 inline float2 __half22float2(__half2 v) { return {__half2float(v.x), __half2float(v.y)}; }
 
-// ---- atomics and streaming loads --------------------------------------------------------
+// ---- atomics and streaming loads (fibers never interleave inside one) --------------------
 inline float atomicAdd(float* p, float v) {
-    std::atomic_ref<float> a(*p);
-    float old = a.load();
-    while (!a.compare_exchange_weak(old, old + v)) {
-    }
-    return old;
-}
-template <typename T> inline T sim_atomic_max(T* p, T v) {
-    std::atomic_ref<T> a(*p);
-    T old = a.load();
-    while (old < v && !a.compare_exchange_weak(old, v)) {
-    }
-    return old;
-}
-template <typename T> inline T sim_atomic_min(T* p, T v) {
-    std::atomic_ref<T> a(*p);
-    T old = a.load();
-    while (v < old && !a.compare_exchange_weak(old, v)) {
-    }
+    const float old = *p;
+    *p = old + v;
     return old;
 }
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
-    return sim_atomic_max(p, v);
+    const unsigned long long old = *p;
+    *p = std::max(old, v);
+    return old;
 }
-inline int atomicMax(int* p, int v) { return sim_atomic_max(p, v); }
-inline unsigned atomicMin(unsigned* p, unsigned v) { return sim_atomic_min(p, v); }
+inline int atomicMax(int* p, int v) {
+    const int old = *p;
+    *p = std::max(old, v);
+    return old;
+}
+inline unsigned atomicMin(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = std::min(old, v);
+    return old;
+}
 template <typename T> inline T __ldcs(const T* p) { return *p; }
 
-// ---- the block's threads and barriers ----------------------------------------------------
+// ---- the block's threads (fibers) and barriers --------------------------------------------
 namespace nemo_sim {
 
 constexpr int kMaxWarps = 32;
-inline std::unique_ptr<std::barrier<>> block_bar;
-inline std::unique_ptr<std::barrier<>> warp_bar[kMaxWarps];
+constexpr size_t kStack = 256 * 1024;
+
+struct Fiber {
+    ucontext_t ctx;
+    std::unique_ptr<char[]> stack;
+    bool done = false;
+};
+inline std::vector<Fiber> fibers;
+inline ucontext_t scheduler;
+inline int current = -1;
+inline std::vector<int> ready;  // a stack: the last pushed runs next
+inline std::mt19937 order(12345);
+inline const std::function<void()>* body = nullptr;
+
+[[noreturn]] inline void die(const char* what) {
+    std::fprintf(stderr, "kernel sim: %s (block (%u, %u, %u), thread %u)\n", what, blockIdx.x, blockIdx.y,
+                 blockIdx.z, threadIdx.x);
+    std::fflush(stderr);
+    std::abort();
+}
+
+// Gives the CPU back to the scheduler; the caller has queued itself somewhere (a barrier).
+inline void block_current() {
+    if (swapcontext(&fibers[current].ctx, &scheduler) != 0) die("swapcontext failed");
+}
+
+struct Barrier {
+    int expected = 0, arrived = 0;
+    std::vector<int> waiters;
+    void release() {
+        arrived = 0;
+        std::shuffle(waiters.begin(), waiters.end(), order);
+        for (int w : waiters) ready.push_back(w);
+        waiters.clear();
+    }
+    void arrive_and_wait() {
+        waiters.push_back(current);  // the last to arrive is released in the shuffle too
+        if (++arrived == expected) release();
+        block_current();
+    }
+    void arrive_and_drop() {
+        --expected;
+        if (expected > 0 && arrived == expected) release();
+    }
+};
+inline Barrier block_bar;
+inline Barrier warp_bar[kMaxWarps];
 inline uint64_t xchg[kMaxWarps][32];            // shuffle values
 inline const void* ptrs[kMaxWarps][32];         // ldmatrix row addresses
 inline uint32_t frag[kMaxWarps][32][6];         // mma operands
-inline float acc[kMaxWarps][32][4];             // mma accumulators
 inline std::vector<unsigned char> dyn_smem;
 inline uint32_t dyn_smem_bytes = 0;
 
 inline int warp_id() { return (int)threadIdx.x / 32; }
 inline int lane_id() { return (int)threadIdx.x % 32; }
-inline void warp_sync() { warp_bar[warp_id()]->arrive_and_wait(); }
+inline void warp_sync() { warp_bar[warp_id()].arrive_and_wait(); }
 
-inline void reset_block_barriers(unsigned threads) {
-    block_bar = std::make_unique<std::barrier<>>((std::ptrdiff_t)threads);
-    for (unsigned w = 0; w * 32 < threads; ++w)
-        warp_bar[w] = std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, threads - 32 * w));
+inline void fiber_main() {
+    (*body)();
+    const unsigned t = threadIdx.x;
+    fibers[t].done = true;
+    warp_bar[t / 32].arrive_and_drop();
+    block_bar.arrive_and_drop();
+    // returning resumes uc_link = the scheduler
+}
+
+// Runs one block: every thread from the start of `fn` to its return.
+inline void run_block(unsigned threads) {
+    block_bar = Barrier{(int)threads, 0, {}};
+    for (unsigned w = 0; w * 32 < threads; ++w) warp_bar[w] = Barrier{(int)std::min(32u, threads - 32 * w), 0, {}};
     std::memset(dyn_smem.data(), 0xff, dyn_smem.size());
+    ready.clear();
+    for (unsigned t = 0; t < threads; ++t) {
+        Fiber& f = fibers[t];
+        f.done = false;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.get();
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+        ready.push_back((int)(threads - 1 - t));  // thread 0 starts first
+    }
+    while (!ready.empty()) {
+        current = ready.back();
+        ready.pop_back();
+        threadIdx = {(unsigned)current, 0, 0};
+        if (swapcontext(&scheduler, &fibers[current].ctx) != 0) die("swapcontext failed");
+    }
+    for (unsigned t = 0; t < threads; ++t)
+        if (!fibers[t].done) {
+            threadIdx = {t, 0, 0};
+            die("deadlock: threads wait at a barrier that the others never reach");
+        }
 }
 
 template <typename T> inline T shfl(T v, int src_of_lane_fn(int, int), int arg) {
@@ -191,7 +266,7 @@ template <typename T> inline T shfl(T v, int src_of_lane_fn(int, int), int arg) 
 
 }  // namespace nemo_sim
 
-inline void __syncthreads() { nemo_sim::block_bar->arrive_and_wait(); }
+inline void __syncthreads() { nemo_sim::block_bar.arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { nemo_sim::warp_sync(); }
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int m) {
     return nemo_sim::shfl(v, [](int l, int a) { return l ^ a; }, m);
@@ -218,25 +293,19 @@ template <typename F> void launch(dim3 grid, dim3 block, size_t dyn_smem, F&& fn
     const unsigned threads = block.x;
     nemo_sim::dyn_smem.assign(dyn_smem, 0xff);
     nemo_sim::dyn_smem_bytes = (uint32_t)dyn_smem;
-    nemo_sim::reset_block_barriers(threads);
-    std::barrier step((std::ptrdiff_t)threads,
-                      [threads]() noexcept { nemo_sim::reset_block_barriers(threads); });
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
-            for (unsigned z = 0; z < grid.z; ++z)
-                for (unsigned y = 0; y < grid.y; ++y)
-                    for (unsigned x = 0; x < grid.x; ++x) {
-                        blockIdx = {x, y, z};
-                        fn();
-                        nemo_sim::warp_bar[t / 32]->arrive_and_drop();
-                        nemo_sim::block_bar->arrive_and_drop();
-                        step.arrive_and_wait();  // the completion resets the block's barriers
-                    }
-        });
-    for (auto& th : pool) th.join();
+    while (nemo_sim::fibers.size() < threads) {
+        nemo_sim::fibers.emplace_back();
+        nemo_sim::fibers.back().stack.reset(new char[nemo_sim::kStack]);
+    }
+    const std::function<void()> body = [&fn] { fn(); };
+    nemo_sim::body = &body;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = {x, y, z};
+                nemo_sim::run_block(threads);
+            }
+    nemo_sim::body = nullptr;
 }
 
 // ---- The PTX instructions behind kernels/common.cuh's wrappers --------------------------
