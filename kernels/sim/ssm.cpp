@@ -175,12 +175,14 @@ template <typename T> static void update(int h, int p, int ns, int ng) {
 
 int main() {
     // head_dim 64 (2 × 32 columns) and 80 (2 × 40); d_state 128; several chunks of 32 with a
-    // ragged tail; one token; every state dtype; d_state 256 (chunks of 16) once.
+    // ragged tail; one token; every state dtype; d_state 256 (chunks of 16) once; a small
+    // d_state and head_dim (one column block of 16) with three groups.
     scan<float>(2, 64, 128, 1, 100);
     scan<__nv_bfloat16>(2, 80, 128, 2, 70);
     scan<__half>(2, 64, 128, 2, 33);
     scan<float>(2, 80, 128, 1, 1);
     scan<float>(1, 64, 256, 1, 20);
+    scan<float>(3, 16, 40, 3, 33);  // d_state and head_dim below the tile sizes (zero padding)
     update<float>(4, 80, 128, 2);
     update<__half>(2, 64, 128, 1);
     update<__nv_bfloat16>(2, 64, 128, 2);
