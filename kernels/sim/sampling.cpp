@@ -121,7 +121,7 @@ static std::string ids(const std::vector<uint32_t>& v) {
     return v.size() > 12 ? s + ",…" : s;
 }
 
-static void scenario(const char* what, const std::vector<float>& logits, const Knobs& k, int grid = 16) {
+static void scenario(const char* what, const std::vector<float>& logits, const Knobs& k, int grid = 8) {
     const Plan plan = cpu_plan(logits, k);
     if (plan.greedy) {
         std::set<uint32_t> got;
@@ -223,6 +223,27 @@ int main() {
         k.top_p = 0.7f;
         k.bans = {70, 33};
         scenario("top-p 0.7 with two banned ids (one of each tie)", l, k);
+        k.top_p = 1.f;
+        k.bans = {};
+        k.top_k = 12;
+        scenario("top-k 12: the cut at the end of the tie", l, k);
+        k.top_k = 3;
+        k.temperature = 0.25f;
+        k.top_p = 0.999f;
+        scenario("top-k 3 through the tie, temperature 0.25, top-p 0.999", l, k);
+    }
+    // Fewer finite logits than top-k (bans and -inf), and top-p just below 1.
+    {
+        std::vector<float> l(200, -INFINITY);
+        for (int i = 0; i < 200; i += 17) l[i] = check::uniform(-1.f, 1.f);
+        l[100] = NAN;
+        Knobs k;
+        k.top_k = 40;
+        k.bans = {17, 34};
+        scenario("top-k 40 over 10 finite logits, 2 of them banned, a NaN", l, k);
+        k.top_k = 0;
+        k.top_p = std::nextafter(1.f, 0.f);
+        scenario("top-p just below 1", l, k);
     }
     // Min-p and temperature on a spread of logits; vocab 3000 (three ids per thread).
     {
@@ -238,6 +259,20 @@ int main() {
         k.top_p = 0.9f;
         k.min_p = 0.02f;
         scenario("temperature 1.3, top-k 20, top-p 0.9, min-p 0.02", l, k);
+    }
+    // A real vocabulary: 131072 ids, a few strong ones over a long tail.
+    {
+        std::vector<float> l(131072);
+        for (auto& x : l) x = check::uniform(-12.f, 2.f);
+        for (int i = 0; i < 30; ++i) l[check::rng() % l.size()] = check::uniform(4.f, 9.f);
+        Knobs k;
+        k.temperature = 0.7f;
+        k.top_k = 50;
+        k.top_p = 0.9f;
+        scenario("vocab 131072, temperature 0.7, top-k 50, top-p 0.9", l, k, 4);
+        Knobs g;
+        g.temperature = 0.f;
+        scenario("vocab 131072 greedy", l, g);
     }
     return check::finish("sampling");
 }

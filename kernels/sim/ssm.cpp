@@ -182,7 +182,8 @@ int main() {
     scan<__half>(2, 64, 128, 2, 33);
     scan<float>(2, 80, 128, 1, 1);
     scan<float>(1, 64, 256, 1, 20);
-    scan<float>(3, 16, 40, 3, 33);  // d_state and head_dim below the tile sizes (zero padding)
+    scan<float>(3, 16, 40, 3, 33);
+    scan<float>(1, 64, 128, 1, 600);  // 19 chunks: the decay summed in f64 across many  // d_state and head_dim below the tile sizes (zero padding)
     update<float>(4, 80, 128, 2);
     update<__half>(2, 64, 128, 1);
     update<__nv_bfloat16>(2, 64, 128, 2);
