@@ -138,3 +138,8 @@ fn moe_router_route_grouped_gemvs_and_combine_match_references_with_ids_in_devic
 fn device_sampling_keeps_the_cpu_sampler_set_through_ties_bans_top_k_top_p_and_min_p() {
     run_driver("sampling");
 }
+
+#[test]
+fn mamba2_conv1d_window_and_rms_norms_match_references() {
+    run_driver("mixer_ops");
+}
