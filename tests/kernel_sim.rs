@@ -32,7 +32,9 @@ fn compiler() -> &'static Result<String, String> {
     PROBE.get_or_init(|| {
         let cxx = cxx();
         let dir = out_dir();
-        let src = dir.join("probe.cpp");
+        // Per process: `cargo test` runs with and without features may share this folder.
+        let src = dir.join(format!("probe-{}.cpp", std::process::id()));
+        let bin = dir.join(format!("probe-{}", std::process::id()));
         std::fs::write(
             &src,
             "#include <ucontext.h>\n#include <span>\ntemplate <typename T> concept Small = \
@@ -41,11 +43,13 @@ fn compiler() -> &'static Result<String, String> {
         )
         .map_err(|e| format!("write {}: {e}", src.display()))?;
         let out = Command::new(&cxx)
-            .args(["-std=c++20", "-pthread", "-o"])
-            .arg(dir.join("probe"))
+            .args(["-std=c++20", "-o"])
+            .arg(&bin)
             .arg(&src)
             .output()
             .map_err(|e| format!("cannot run `{cxx}`: {e}"))?;
+        let _ = std::fs::remove_file(&src);
+        let _ = std::fs::remove_file(&bin);
         if out.status.success() {
             Ok(cxx)
         } else {
@@ -75,7 +79,7 @@ fn run_driver(driver: &str) {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("kernels/sim").join(format!("{driver}.cpp"));
-    let bin = out_dir().join(driver);
+    let bin = out_dir().join(format!("{driver}-{}", std::process::id()));
     let out = Command::new(cxx)
         .args([
             "-std=c++20",
@@ -101,6 +105,7 @@ fn run_driver(driver: &str) {
     let run = Command::new(&bin)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let _ = std::fs::remove_file(&bin);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&run.stdout),
