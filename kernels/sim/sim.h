@@ -23,17 +23,17 @@
 #error "kernels/sim/sim.h is for -DNEMO_KERNEL_SIM builds"
 #endif
 
-#include <atomic>
+#include <ucontext.h>
+
 #include <algorithm>
-#include <functional>
-#include <random>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <ucontext.h>
+#include <random>
 #include <type_traits>
 #include <vector>
 
