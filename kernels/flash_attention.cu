@@ -25,13 +25,9 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     return (uint32_t)bits(lo) | ((uint32_t)bits(hi) << 16);
 }
 
-// D += A·B, m16n8k16, bf16 in, f32 accumulate (fragment layouts as in kernels/ssm.cu).
+// D += A·B, m16n8k16, bf16 in, f32 accumulate (fragment layouts: kernels/common.cuh).
 __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    nemo::mma_bf16_16816(d, a, b);
 }
 
 // B fragment of the 16x8 tile at (k0, n0) of B[k][n] = s[n][k] (k contiguous).
@@ -50,10 +46,7 @@ __device__ __forceinline__ void load_b(uint32_t b[2], const uint16_t* s, int ld,
 __device__ __forceinline__ void load_b_trans(uint32_t b[2], const uint16_t* s, int ld, int n0, int k0) {
     const int lane = threadIdx.x % NEMO_WARP;
     const uint16_t* p = s + (k0 + (lane & 15)) * ld + n0;
-    const uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(b[0]), "=r"(b[1])
-                 : "r"(addr));
+    nemo::ldmatrix_x2_trans(b, p);
 }
 
 // Eight consecutive cache elements (d .. d+8 of one row), without the FP8 scale.

@@ -182,8 +182,7 @@ template <int R>
 __device__ __forceinline__ void up_gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ up,
                                         const uint32_t* __restrict__ ids, float* __restrict__ h, int top_k,
                                         int experts, int inter, int inner) {
-    extern __shared__ __align__(16) unsigned char moe_smem[];
-    uint4* xs = reinterpret_cast<uint4*>(moe_smem);
+    uint4* xs = reinterpret_cast<uint4*>(nemo::dynamic_smem());
     const int p = blockIdx.y;
     const int t = p / top_k;
     const uint32_t e = ids[p];
@@ -242,8 +241,7 @@ template <int R>
 __device__ __forceinline__ void down_gemv(const float* __restrict__ h, const __nv_bfloat16* __restrict__ down,
                                           const uint32_t* __restrict__ ids, float* __restrict__ ys, int experts,
                                           int dim, int inter) {
-    extern __shared__ __align__(16) unsigned char moe_smem[];
-    float4* hs = reinterpret_cast<float4*>(moe_smem);
+    float4* hs = reinterpret_cast<float4*>(nemo::dynamic_smem());
     const int p = blockIdx.y;
     const uint32_t e = ids[p];
     const float4* src = reinterpret_cast<const float4*>(h + (int64_t)p * inter);

@@ -65,18 +65,10 @@ SSM_UPDATE(ssm_update_bf16, __nv_bfloat16)
 //   C 16x8 f32:       c0,c1 = C[g][2q, 2q+1], c2,c3 = C[g+8][2q, 2q+1]
 namespace ssd {
 
-__device__ __forceinline__ uint32_t tf32(float x) {
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-    return r;
-}
+__device__ __forceinline__ uint32_t tf32(float x) { return nemo::to_tf32(x); }
 
 __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    nemo::mma_tf32_1688(d, a, b);
 }
 
 // A fragment of the 16x8 tile at (m0, k0) of s[m][k] (row stride ld, k contiguous).
@@ -106,12 +98,6 @@ __device__ __forceinline__ void load_b(uint32_t b[2], const uint32_t* s, int ld,
     const uint32_t* p = s + (n0 + g) * ld + k0 + q;
     b[0] = p[0];
     b[1] = p[4];
-}
-
-__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
-    uint32_t r;
-    asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(r));
-    return r;
 }
 
 }  // namespace ssd
@@ -158,9 +144,9 @@ __device__ void ssd_scan_mma(const float* __restrict__ xbc, const float* __restr
     constexpr int NT = SSD_PB / 8;           // n-tiles (8 columns of pi) per block
     static_assert(L <= NEMO_WARP && L % 16 == 0, "one lane per token of a chunk");
     static_assert(MT >= 1 && NS % (16 * SSD_WARPS) == 0, "state rows split evenly over the warps");
-    extern __shared__ __align__(16) unsigned char ssd_smem[];
+    unsigned char* ssd_smem = nemo::dynamic_smem();
     // A launch with less shared memory than the layout needs is a bug in the launcher.
-    if (ssd::dynamic_smem_bytes() < (uint32_t)ssd_smem_bytes<NS, L>()) __trap();
+    if (nemo::dynamic_smem_size() < (uint32_t)ssd_smem_bytes<NS, L>()) __trap();
     double* cum = reinterpret_cast<double*>(ssd_smem);
     float* dts = reinterpret_cast<float*>(cum + L);
     uint32_t* Cs = reinterpret_cast<uint32_t*>(dts + L);  // C[l][n]
