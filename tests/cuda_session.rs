@@ -602,11 +602,12 @@ mod gpu {
         }
     }
 
-    /// A repetition penalty needs the token history: the GPU session downloads the logits
-    /// and the host sampler picks (no device draw), and generation works as on the host
-    /// path.
+    /// Repetition and presence penalties on the device: the eager draw uploads the
+    /// deduplicated token history and applies them to the logits there (only the id comes
+    /// back), and greedy generation picks the same ids as the host sampler on downloaded
+    /// logits.
     #[test]
-    fn a_repetition_penalty_takes_the_host_path_on_the_gpu() {
+    fn a_repetition_penalty_is_applied_on_the_device_like_on_the_host() {
         let Some(g) = gpu("gpu device draw penalty") else {
             return;
         };
@@ -624,7 +625,10 @@ mod gpu {
             let mut s = gpu_session(&g, &m, &f, opts(caches()[0]));
             let got = generate(&mut s, &req);
             assert!(got.usage.completion_tokens > 0, "{name}: {got:?}");
-            assert_eq!(s.device_draws(), 0, "{name}: a penalty drawn on the device");
+            assert!(
+                s.device_draws() > 0,
+                "{name}: the penalty run took the host path"
+            );
             let mut host = gpu_session(&g, &m, &f, opts(caches()[0]));
             host.set_device_sampling(false);
             assert_eq!(got, generate(&mut host, &req), "{name}");

@@ -9,13 +9,17 @@
 //! - After `forward_last` the last position's logits are on the host
 //!   (`StepLogits::Host`: the CPU runner) or still on the device (`StepLogits::Device`:
 //!   the GPU runner leaves them in the session's logits buffer, valid until the next call
-//!   that feeds, restores or resets, or a draw, which masks its bans there). From device logits, `draw` picks the token on the device (only
-//!   the 4-byte id comes back; `can_draw` says when: no repetition/presence penalty, which
-//!   need the token history, at most `MAX_DEVICE_BANS` bans, device sampling on) and
-//!   `logits_to_host` brings them back for the host `Sampler` (0.5 MiB for a 131072
-//!   vocab). `NEMO_DEVICE_SAMPLING=0` (or `set_device_sampling(false)`) always takes the
-//!   host path. Both paths sample the same distribution (kernels/sampling.cu's oracle is
-//!   `Sampler::sample`); the device's uniform comes from the host sampler's generator.
+//!   that feeds, restores or resets, or a draw, which masks its bans there). From device
+//!   logits, `draw` picks the token on the device and only the 4-byte id comes back:
+//!   through the args buffer (knobs, uniform, up to `MAX_DEVICE_BANS` bans; one small
+//!   copy), or, with a repetition/presence penalty or more bans, through the eager draw
+//!   that also uploads the bans and the deduplicated token history (sorted on the host
+//!   each step: O(context log context), a few hundred µs at 32k). `can_draw` is false
+//!   only when device sampling is off: `NEMO_DEVICE_SAMPLING=0` (or
+//!   `set_device_sampling(false)`), which downloads the logits for the host `Sampler`
+//!   (0.5 MiB for a 131072 vocab). Both paths sample the same distribution
+//!   (kernels/sampling.cu's oracle is `Sampler::sample`); the device's uniform comes from
+//!   the host sampler's generator.
 //! - Snapshots live where the state lives: host copies of the Mamba states for the CPU,
 //!   device copies for the GPU (`backend::cuda::snapshot`); restoring truncates the KV
 //!   caches. They are taken at prompt boundaries, never inside a decode step.
@@ -125,16 +129,17 @@ impl Runner {
     pub fn draw(
         &mut self,
         params: &SamplingParams,
+        history: &[u32],
         banned: &[u32],
         u: f32,
     ) -> Result<u32, EngineError> {
         match self {
             Runner::Cpu { .. } => {
-                let _ = (params, banned, u);
+                let _ = (params, history, banned, u);
                 Err(no_device_logits())
             }
             #[cfg(feature = "cuda")]
-            Runner::Cuda(r) => r.draw(params, banned, u),
+            Runner::Cuda(r) => r.draw(params, history, banned, u),
         }
     }
 
@@ -344,9 +349,8 @@ mod cuda {
         }
 
         pub(super) fn can_draw(&self, params: &SamplingParams, banned: &[u32]) -> bool {
+            let _ = (params, banned);
             self.device_sampling
-                && !SampleArgs::from(params).has_penalties()
-                && banned.len() <= MAX_DEVICE_BANS
         }
 
         fn check_logits(&self) -> Result<(), EngineError> {
@@ -361,6 +365,7 @@ mod cuda {
         pub(super) fn draw(
             &mut self,
             params: &SamplingParams,
+            history: &[u32],
             banned: &[u32],
             u: f32,
         ) -> Result<u32, EngineError> {
@@ -368,13 +373,22 @@ mod cuda {
             self.settle()?;
             // The draw masks the bans in place: the buffer no longer holds the raw logits.
             self.logits_ready = false;
-            let id = self.model.draw(
-                &self.gpu,
-                &mut self.session,
-                &SampleArgs::from(params),
-                banned,
-                u,
-            )?;
+            let args = SampleArgs::from(params);
+            // Penalties (which need the history) and long ban lists take the eager draw
+            // that uploads them; the rest the one whose knobs sit in the args buffer.
+            let id = if args.has_penalties() || banned.len() > MAX_DEVICE_BANS {
+                self.model.draw_with_history(
+                    &self.gpu,
+                    &mut self.session,
+                    &args,
+                    history,
+                    banned,
+                    u,
+                )?
+            } else {
+                self.model
+                    .draw(&self.gpu, &mut self.session, &args, banned, u)?
+            };
             self.draws += 1;
             Ok(id)
         }

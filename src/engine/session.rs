@@ -306,7 +306,7 @@ impl Session {
             StepLogits::Host(l) => l,
             StepLogits::Device if self.runner.can_draw(sampler.params(), banned) => {
                 let u = sampler.next_uniform();
-                return self.runner.draw(sampler.params(), banned, u);
+                return self.runner.draw(sampler.params(), &self.tokens, banned, u);
             }
             StepLogits::Device => self.runner.logits_to_host()?,
         };

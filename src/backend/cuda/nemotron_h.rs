@@ -815,6 +815,35 @@ impl GpuNemotronH {
         Ok(self.read_sampled(gpu, s)?)
     }
 
+    /// Like `draw`, for what the graph-capturable draw does not take: repetition/presence
+    /// penalties over `history` (the sequence's tokens; deduplicated and uploaded here) and
+    /// any number of bans (uploaded). Eager: it allocates and uploads, then waits for the
+    /// id. Only the id comes back; the logits stay on the device.
+    pub fn draw_with_history(
+        &self,
+        gpu: &Gpu,
+        s: &mut GpuSession,
+        args: &SampleArgs,
+        history: &[u32],
+        banned: &[u32],
+        u: f32,
+    ) -> Result<u32, GpuModelError> {
+        self.check_session(s)?;
+        let b = &mut s.bufs;
+        let id = sampling::sample(
+            gpu,
+            &mut b.logits,
+            self.config.vocab_size,
+            args,
+            history,
+            banned,
+            u,
+            &mut b.sampled,
+        )?;
+        s.drawn = true;
+        Ok(id)
+    }
+
     /// The logits the last `forward_keep` left on the device, copied to the host.
     pub fn last_logits_to_host(
         &self,
