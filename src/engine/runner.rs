@@ -111,16 +111,13 @@ impl Runner {
         }
     }
 
-    /// Whether `draw` can pick the next token with `params` and `banned` on the device
-    /// (see the module doc); false on the CPU.
-    pub fn can_draw(&self, params: &SamplingParams, banned: &[u32]) -> bool {
+    /// Whether `draw` picks the next token on the device: on the GPU unless device sampling
+    /// is off (see the module doc); never on the CPU.
+    pub fn can_draw(&self) -> bool {
         match self {
-            Runner::Cpu { .. } => {
-                let _ = (params, banned);
-                false
-            }
+            Runner::Cpu { .. } => false,
             #[cfg(feature = "cuda")]
-            Runner::Cuda(r) => r.can_draw(params, banned),
+            Runner::Cuda(r) => r.device_sampling,
         }
     }
 
@@ -346,11 +343,6 @@ mod cuda {
                 .forward_keep(&self.gpu, &mut self.session, tokens)?;
             self.logits_ready = true;
             Ok(())
-        }
-
-        pub(super) fn can_draw(&self, params: &SamplingParams, banned: &[u32]) -> bool {
-            let _ = (params, banned);
-            self.device_sampling
         }
 
         fn check_logits(&self) -> Result<(), EngineError> {

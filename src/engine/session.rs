@@ -304,7 +304,7 @@ impl Session {
     ) -> Result<u32, EngineError> {
         let mut host = match logits {
             StepLogits::Host(l) => l,
-            StepLogits::Device if self.runner.can_draw(sampler.params(), banned) => {
+            StepLogits::Device if self.runner.can_draw() => {
                 let u = sampler.next_uniform();
                 return self.runner.draw(sampler.params(), &self.tokens, banned, u);
             }

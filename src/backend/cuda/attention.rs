@@ -104,6 +104,18 @@ impl DevicePosition {
     }
 }
 
+/// The KV cache formats the attention kernels read (`op` names the caller in the error).
+pub(super) fn supports_cache_dtype(op: &'static str, dtype: DType) -> Result<(), CudaError> {
+    ensure(
+        matches!(
+            dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+        ),
+        op,
+        || format!("KV cache dtype {dtype}"),
+    )
+}
+
 pub fn supports(
     dtype: DType,
     heads: usize,
@@ -111,14 +123,7 @@ pub fn supports(
     head_dim: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "attention";
-    ensure(
-        matches!(
-            dtype,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
-        ),
-        OP,
-        || format!("KV cache dtype {dtype}"),
-    )?;
+    supports_cache_dtype(OP, dtype)?;
     ensure((1..=MAX_HEAD_DIM).contains(&head_dim), OP, || {
         format!("head_dim {head_dim} (1..={MAX_HEAD_DIM})")
     })?;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -297,7 +298,30 @@ impl Gpu {
         block: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
+        self.launch_smem(module, name, grid, block, 0, args)
+    }
+
+    /// `launch` with `smem` bytes of dynamic shared memory; past the 48 KiB every kernel
+    /// gets by default the function opts in first (every target arch has ≥ 99 KiB).
+    pub fn launch_smem(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: usize,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
         let f = self.func(module, name)?;
+        let bytes = u32::try_from(smem)
+            .map_err(|_| CudaError::Driver(format!("{name}: {smem} B of shared memory")))?;
+        if smem > 48 << 10 {
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(|e| CudaError::Driver(format!("{name}: {smem} B of shared memory: {e:?}")))?;
+        }
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -310,8 +334,10 @@ impl Gpu {
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: bytes,
         };
+        // SAFETY: each launcher passes the arguments its kernel's signature takes, checked
+        // against the buffers' lengths (`Gpu::ptr`).
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))

@@ -51,14 +51,7 @@ pub fn supports(
     head_dim: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "flash_prefill";
-    ensure(
-        matches!(
-            dtype,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
-        ),
-        OP,
-        || format!("KV cache dtype {dtype}"),
-    )?;
+    super::attention::supports_cache_dtype(OP, dtype)?;
     ensure(HEAD_DIMS.contains(&head_dim), OP, || {
         format!("head_dim {head_dim} (one of {HEAD_DIMS:?})")
     })?;

@@ -9,7 +9,7 @@ use cudarc::cublas::sys;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use super::{CudaError, Gpu};
+use super::{CudaError, DPtr, Gpu};
 
 pub fn supports(n: usize, out_dim: usize, in_dim: usize) -> Result<(), CudaError> {
     let ok = |v: usize| v <= i32::MAX as usize;
@@ -38,6 +38,26 @@ pub fn matmul_bf16(
     if n == 0 || out_dim == 0 {
         return Ok(());
     }
+    gemm_at(gpu, xp, n, wp, out_dim, in_dim, yp, beta)
+}
+
+/// `y = beta·y + x · Wᵀ` on raw addresses the caller has checked (`Gpu::ptr`), e.g. rows
+/// of a larger activation buffer times one expert of a stacked weight (`moe_layer`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_at(
+    gpu: &Gpu,
+    x: DPtr<bf16>,
+    n: usize,
+    w: DPtr<bf16>,
+    out_dim: usize,
+    in_dim: usize,
+    y: DPtr<f32>,
+    beta: f32,
+) -> Result<(), CudaError> {
+    supports(n, out_dim, in_dim)?;
+    if n == 0 || out_dim == 0 {
+        return Ok(());
+    }
     let blas = gpu.blas()?;
     let alpha = 1.0f32;
     unsafe {
@@ -49,14 +69,14 @@ pub fn matmul_bf16(
             n as i32,
             in_dim as i32,
             &alpha as *const f32 as *const _,
-            wp.raw() as *const _,
+            w.raw() as *const _,
             sys::cudaDataType::CUDA_R_16BF,
             in_dim as i32,
-            xp.raw() as *const _,
+            x.raw() as *const _,
             sys::cudaDataType::CUDA_R_16BF,
             in_dim as i32,
             &beta as *const f32 as *const _,
-            yp.raw() as *mut _,
+            y.raw() as *mut _,
             sys::cudaDataType::CUDA_R_32F,
             out_dim as i32,
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,

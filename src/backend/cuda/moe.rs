@@ -5,11 +5,10 @@
 //! per-expert GEMMs of a prompt; and a cuBLAS GEMM on row ranges of stacked weights.
 //! `moe_layer::GpuMoe` composes them into the mixer.
 
-use cudarc::cublas::sys;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use super::{ensure, i32_arg, Arg, CudaError, DPtr, Gpu};
+use super::{ensure, i32_arg, Arg, CudaError, Gpu};
 
 /// Router configuration (the config's names).
 #[derive(Clone, Copy, Debug)]
@@ -134,35 +133,6 @@ fn u32_grid(op: &'static str, what: &str, n: usize) -> Result<u32, CudaError> {
     })
 }
 
-/// `Gpu::launch` with `smem` bytes of dynamic shared memory.
-fn launch_smem(
-    gpu: &Gpu,
-    name: &'static str,
-    grid: (u32, u32, u32),
-    block: u32,
-    smem: usize,
-    args: &[Arg],
-) -> Result<(), CudaError> {
-    let f = gpu.func("moe", name)?;
-    let mut b = gpu.stream.launch_builder(&f);
-    for a in args {
-        match a {
-            Arg::Ptr(p) => b.arg(p),
-            Arg::I32(v) => b.arg(v),
-            Arg::I64(v) => b.arg(v),
-            Arg::F32(v) => b.arg(v),
-        };
-    }
-    let cfg = LaunchConfig {
-        grid_dim: grid,
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
-}
-
 /// `logits[n, experts] = x[n, hidden] · gateᵀ` in f32 (x bf16, gate f32), as the CPU.
 pub fn router(
     gpu: &Gpu,
@@ -241,8 +211,8 @@ pub fn up_gemv(
     ensure(pairs <= 65535, OP, || {
         format!("{pairs} token-expert pairs (at most 65535)")
     })?;
-    launch_smem(
-        gpu,
+    gpu.launch_smem(
+        "moe",
         "moe_up_gemv_bf16",
         grid,
         (WARPS * 32) as u32,
@@ -286,8 +256,8 @@ pub fn down_gemv(
         u32_grid(OP, "pairs", pairs)?,
         1,
     );
-    launch_smem(
-        gpu,
+    gpu.launch_smem(
+        "moe",
         "moe_down_gemv_bf16",
         grid,
         (WARPS * 32) as u32,
@@ -362,48 +332,4 @@ pub fn combine(
     }
     let grid = u32_grid(OP, "tokens", n)?;
     gpu.launch("moe", "moe_combine_f32", (grid, 1, 1), 256, &args)
-}
-
-/// `y[m, out] = x[m, in] · Wᵀ` (bf16 in, f32 out, f32 accumulation) on raw addresses the
-/// caller has checked (`Gpu::ptr`): rows of a larger activation buffer times one expert
-/// of a stacked weight. See `gemm.rs` for the row-major ↔ column-major mapping.
-pub fn gemm_at(
-    gpu: &Gpu,
-    x: DPtr<bf16>,
-    m: usize,
-    w: DPtr<bf16>,
-    out_dim: usize,
-    in_dim: usize,
-    y: DPtr<f32>,
-) -> Result<(), CudaError> {
-    super::gemm::supports(m, out_dim, in_dim)?;
-    if m == 0 || out_dim == 0 {
-        return Ok(());
-    }
-    let blas = gpu.blas()?;
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    unsafe {
-        cudarc::cublas::result::gemm_ex(
-            *blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            out_dim as i32,
-            m as i32,
-            in_dim as i32,
-            &alpha as *const f32 as *const _,
-            w.raw() as *const _,
-            sys::cudaDataType::CUDA_R_16BF,
-            in_dim as i32,
-            x.raw() as *const _,
-            sys::cudaDataType::CUDA_R_16BF,
-            in_dim as i32,
-            &beta as *const f32 as *const _,
-            y.raw() as *mut _,
-            sys::cudaDataType::CUDA_R_32F,
-            out_dim as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| CudaError::Blas(format!("{e:?}")))
 }

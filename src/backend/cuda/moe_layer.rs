@@ -478,7 +478,7 @@ impl GpuMoe {
                 if m == 0 {
                     continue;
                 }
-                moe::gemm_at(
+                gemm::gemm_at(
                     gpu,
                     gpu.ptr(OP, "xs", xs, at * inner, m * inner)?,
                     m,
@@ -486,6 +486,7 @@ impl GpuMoe {
                     inter,
                     inner,
                     gpu.ptr(OP, "hidden", big, at * inter, m * inter)?,
+                    0.0,
                 )?;
             }
             elementwise::relu2(gpu, big, Some(hb), pairs * inter)?;
@@ -494,7 +495,7 @@ impl GpuMoe {
                 if m == 0 {
                     continue;
                 }
-                moe::gemm_at(
+                gemm::gemm_at(
                     gpu,
                     gpu.ptr(OP, "hidden_bf16", hb, at * inter, m * inter)?,
                     m,
@@ -502,6 +503,7 @@ impl GpuMoe {
                     inner,
                     inter,
                     gpu.ptr(OP, "expert_out", ys, at * inner, m * inner)?,
+                    0.0,
                 )?;
             }
             moe::combine(

@@ -697,23 +697,8 @@ impl GpuNemotronH {
             self.set_token(gpu, s, *token)?;
             return self.draw_step(gpu, s, args, &[], u);
         }
-        let mut n = 0;
-        for chunk in tokens.chunks(s.plan.prefill_chunk) {
-            self.step(gpu, s, chunk, false)?;
-            n = chunk.len();
-        }
-        self.last_logits(gpu, s, n)?;
-        let b = &mut s.bufs;
-        sampling::write_args(gpu, args, u, &[], &mut b.args)?;
-        sampling::draw(
-            gpu,
-            &mut b.logits,
-            self.config.vocab_size,
-            &b.args,
-            &mut b.sampled,
-        )?;
-        s.drawn = true;
-        Ok(self.read_sampled(gpu, s)?)
+        self.forward_keep(gpu, s, tokens)?;
+        self.draw(gpu, s, args, &[], u)
     }
 
     /// One decode step that ends in the device draw: feeds `token`, or with `None` the id

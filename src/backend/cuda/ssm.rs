@@ -11,8 +11,7 @@
 //! recurrence for any chunk length, so the model's `chunk_size` is checked but does not
 //! change the result beyond rounding.
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 use super::{ensure, i32_arg, Arg, CudaError, Gpu, KernelDtype};
 
@@ -191,33 +190,15 @@ pub fn chunk_scan<T: KernelDtype>(
         ("ssd_scan_mma_ns256", 256, 16)
     };
     let name = state_name::<T>(prefix)?;
-    let smem = scan_smem_bytes(ns_max, l) as u32;
-    // More than the 48 KB default: opt in per function (every target arch has ≥ 99 KB).
-    let f = gpu.func("ssm", name)?;
-    f.set_attribute(
-        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
+    // Shape-checked above; the shared memory covers the kernel's layout (`scan_smem_bytes`).
+    gpu.launch_smem(
+        "ssm",
+        name,
+        (h as u32, col_blocks as u32, 1),
+        256, // SSD_WARPS = 8 warps
+        scan_smem_bytes(ns_max, l),
+        &args,
     )
-    .map_err(|e| CudaError::Driver(format!("{name}: {smem} B of shared memory: {e:?}")))?;
-    let mut b = gpu.stream.launch_builder(&f);
-    for a in &args {
-        match a {
-            Arg::Ptr(p) => b.arg(p),
-            Arg::I32(v) => b.arg(v),
-            Arg::I64(v) => b.arg(v),
-            Arg::F32(v) => b.arg(v),
-        };
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (h as u32, col_blocks as u32, 1),
-        block_dim: (256, 1, 1), // SSD_WARPS = 8 warps
-        shared_mem_bytes: smem,
-    };
-    // Safety: the arguments match the kernel's signature in kernels/ssm.cu, every buffer
-    // was checked against the shape above, and the shared memory covers its layout.
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))
 }
 
 #[cfg(test)]
