@@ -111,8 +111,7 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{gpu, rel_l2};
-    use half::bf16;
+    use super::common::gpu::{bf16_reference, gpu, model_bound, rel_l2};
     use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, RandomWeights, StoreWeights};
     use nemo::backend::cuda::sampling::SampleArgs;
     use nemo::backend::cuda::Gpu;
@@ -133,54 +132,13 @@ mod gpu {
     }
 
     fn fixture(name: &'static str) -> Fixture {
-        let dir = super::common::fixture(name);
-        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
-        let store = WeightStore::open_dir(&dir).unwrap();
-        // Every tensor with the shape its file states (read from the safetensors headers).
-        let mut rounded = vec![];
-        for f in &store.files {
-            let bytes = std::fs::read(f).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            for (tname, view) in st.tensors() {
-                let t = store.get(&tname, view.shape()).unwrap();
-                if t.shape.len() == 2 {
-                    let b: Vec<u8> = t
-                        .to_f32()
-                        .iter()
-                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
-                        .collect();
-                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
-                } else {
-                    rounded.push(t);
-                }
-            }
-        }
-        let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+        let (cfg, store, cpu) = bf16_reference(name, |_, t| t, |_| false);
         Fixture {
             name,
             cfg,
             store,
             cpu,
         }
-    }
-
-    /// Unit roundoff of a cache format (0 for f32).
-    fn unit_roundoff(d: DType) -> f32 {
-        match d {
-            DType::BF16 => 2f32.powi(-8),
-            DType::F16 => 2f32.powi(-11),
-            DType::F8E4M3 => 2f32.powi(-4),
-            DType::F8E5M2 => 2f32.powi(-3),
-            _ => 0.0,
-        }
-    }
-
-    /// See the module doc.
-    fn bound(c: CacheConfig) -> f32 {
-        let act = 2f32.powi(-8);
-        2f32.powi(-6)
-            + (act * unit_roundoff(c.ssm_dtype)).sqrt()
-            + (act * unit_roundoff(c.kv_dtype)).sqrt()
     }
 
     fn caches() -> Vec<CacheConfig> {
@@ -249,7 +207,7 @@ mod gpu {
                 let got = model.forward(&g, &mut s, &prompt, Logits::All).unwrap();
                 assert_eq!(s.len(), prompt.len());
                 let e = rel_l2(&got, &want);
-                let b = bound(cache);
+                let b = model_bound(cache);
                 eprintln!(
                     "{} ssm {} kv {}: prompt relative L2 {e:.2e} (bound {b:.2e})",
                     f.name, cache.ssm_dtype, cache.kv_dtype
@@ -274,41 +232,17 @@ mod gpu {
     /// loads (as stored, bias pinned) and the CPU reference (2-D tensors rounded to bf16
     /// except the router gate, which both sides keep in f32).
     fn moe_fixture(name: &str) -> (NemotronHConfig, WeightStore, NemotronH) {
-        let dir = super::common::fixture(name);
-        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
-        let store = WeightStore::open_dir(&dir).unwrap();
-        let mut as_stored = vec![];
-        let mut rounded = vec![];
-        for f in &store.files {
-            let bytes = std::fs::read(f).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            for (tname, view) in st.tensors() {
-                let t = store.get(&tname, view.shape()).unwrap();
-                if tname.ends_with(".gate.e_score_correction_bias") {
-                    let e = t.shape[0];
-                    let b: Vec<u8> = (0..e)
-                        .flat_map(|j| (2.0 * j as f32).to_le_bytes())
-                        .collect();
-                    let pinned = Tensor::from_owned(&tname, DType::F32, vec![e], b);
-                    as_stored.push(pinned.clone());
-                    rounded.push(pinned);
-                    continue;
-                }
-                as_stored.push(t.clone());
-                if t.shape.len() == 2 && !tname.ends_with(".gate.weight") {
-                    let b: Vec<u8> = t
-                        .to_f32()
-                        .iter()
-                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
-                        .collect();
-                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
-                } else {
-                    rounded.push(t);
-                }
+        let pin = |tname: &str, t: Tensor| {
+            if !tname.ends_with(".gate.e_score_correction_bias") {
+                return t;
             }
-        }
-        let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
-        (cfg, WeightStore::from_tensors(as_stored), cpu)
+            let e = t.shape[0];
+            let b: Vec<u8> = (0..e)
+                .flat_map(|j| (2.0 * j as f32).to_le_bytes())
+                .collect();
+            Tensor::from_owned(tname, DType::F32, vec![e], b)
+        };
+        bf16_reference(name, pin, |tname| tname.ends_with(".gate.weight"))
     }
 
     #[test]
@@ -346,7 +280,7 @@ mod gpu {
                     got.extend(model.forward(&g, &mut s, &[*t], Logits::Last).unwrap());
                 }
                 let e = rel_l2(&got, &want);
-                let b = bound(cache);
+                let b = model_bound(cache);
                 eprintln!(
                     "{name} ssm {} kv {}: relative L2 {e:.2e} (bound {b:.2e})",
                     cache.ssm_dtype, cache.kv_dtype
@@ -384,7 +318,7 @@ mod gpu {
                 }
                 assert_eq!(s.len(), tokens.len());
                 let e = rel_l2(&got, &want);
-                let b = bound(cache);
+                let b = model_bound(cache);
                 eprintln!(
                     "{} ssm {} kv {}: decode relative L2 {e:.2e} (bound {b:.2e})",
                     f.name, cache.ssm_dtype, cache.kv_dtype

@@ -221,10 +221,9 @@ fn cuda_refuses_what_the_gpu_backend_cannot_run_in_one_line() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{rel_l2, GpuGuard};
+    use super::common::gpu::{bf16_reference, model_bound, rel_l2, GpuGuard};
     use std::sync::Arc;
 
-    use half::bf16;
     use nemo::backend::cuda::nemotron_h::{GpuNemotronH, StoreWeights};
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
@@ -232,8 +231,8 @@ mod gpu {
     use nemo::engine::runner::{check_cuda, load_gpu_model};
     use nemo::engine::sampler::SamplingParams;
     use nemo::engine::{Runner, Session, SessionOptions};
-    use nemo::model::weights::{Tensor, WeightStore};
-    use nemo::model::{Logits, Model, ModelFolder, NemotronH, NemotronHConfig};
+    use nemo::model::weights::WeightStore;
+    use nemo::model::{Logits, Model, ModelFolder, NemotronHConfig};
     use nemo::protocol::{Controls, Event, Request, ThinkingOptions};
     use nemo::state::CacheConfig;
 
@@ -242,24 +241,6 @@ mod gpu {
     /// The GPU behind an `Arc` (runners share it), one test at a time.
     fn gpu(test: &str) -> Option<GpuGuard<Arc<Gpu>>> {
         super::common::gpu::open(test, Arc::new)
-    }
-
-    fn unit_roundoff(d: DType) -> f32 {
-        match d {
-            DType::BF16 => 2f32.powi(-8),
-            DType::F16 => 2f32.powi(-11),
-            DType::F8E4M3 => 2f32.powi(-4),
-            DType::F8E5M2 => 2f32.powi(-3),
-            _ => 0.0,
-        }
-    }
-
-    /// tests/cuda_model.rs's bound (see the module doc).
-    fn bound(c: CacheConfig) -> f32 {
-        let act = 2f32.powi(-8);
-        2f32.powi(-6)
-            + (act * unit_roundoff(c.ssm_dtype)).sqrt()
-            + (act * unit_roundoff(c.kv_dtype)).sqrt()
     }
 
     /// Cache pairs covered here (every pair is in tests/cuda_model.rs).
@@ -285,29 +266,8 @@ mod gpu {
     }
 
     fn fixture(name: &str) -> Fixture {
-        let dir = super::common::fixture(name);
-        let folder = ModelFolder::open(&dir).unwrap();
-        let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
-        let store = WeightStore::open_dir(&dir).unwrap();
-        let mut rounded = vec![];
-        for f in &store.files {
-            let bytes = std::fs::read(f).unwrap();
-            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-            for (tname, view) in st.tensors() {
-                let t = store.get(&tname, view.shape()).unwrap();
-                if t.shape.len() == 2 {
-                    let b: Vec<u8> = t
-                        .to_f32()
-                        .iter()
-                        .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
-                        .collect();
-                    rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
-                } else {
-                    rounded.push(t);
-                }
-            }
-        }
-        let model = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+        let folder = ModelFolder::open(&super::common::fixture(name)).unwrap();
+        let (cfg, _, model) = bf16_reference(name, |_, t| t, |_| false);
         let cpu = ModelFolder {
             dir: folder.dir.clone(),
             model: Arc::new(Model::NemotronH(model)),
@@ -388,7 +348,7 @@ mod gpu {
                 assert_eq!(reused, 0);
                 assert_eq!(gs.tokens(), cpu.tokens());
                 assert!(gs.checkpoint_count() > 0, "no checkpoint at a message end");
-                let (e, b) = (rel_l2(&got, &want), bound(cache));
+                let (e, b) = (rel_l2(&got, &want), model_bound(cache));
                 eprintln!(
                     "{name} ssm {} kv {}: session prefill relative L2 {e:.2e} (bound {b:.2e})",
                     cache.ssm_dtype, cache.kv_dtype
@@ -432,7 +392,7 @@ mod gpu {
                     first.extend(gr.forward(&[*t], Logits::Last).unwrap());
                 }
                 got.extend(&first);
-                let (e, b) = (rel_l2(&got, &want), bound(cache));
+                let (e, b) = (rel_l2(&got, &want), model_bound(cache));
                 eprintln!(
                     "{name} ssm {} kv {}: runner decode relative L2 {e:.2e} (bound {b:.2e})",
                     cache.ssm_dtype, cache.kv_dtype
@@ -496,7 +456,7 @@ mod gpu {
             let mut fresh = gpu_session(&g, &m, &f, opts(cache));
             let (r0, whole) = fresh.prefill(&req2).unwrap();
             assert_eq!((r0, fresh.tokens()), (0, s.tokens()));
-            let (e, b) = (rel_l2(&got, &whole), bound(cache));
+            let (e, b) = (rel_l2(&got, &whole), model_bound(cache));
             eprintln!("{name}: restored vs fresh GPU relative L2 {e:.2e} (bound {b:.2e})");
             assert!(e <= b, "{name}: restored vs fresh GPU {e} > {b}");
 

@@ -104,3 +104,69 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
     let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt() as f32
 }
+
+/// Unit roundoff of a cache format (0 for f32).
+pub fn unit_roundoff(d: nemo::backend::DType) -> f32 {
+    use nemo::backend::DType;
+    match d {
+        DType::BF16 => 2f32.powi(-8),
+        DType::F16 => 2f32.powi(-11),
+        DType::F8E4M3 => 2f32.powi(-4),
+        DType::F8E5M2 => 2f32.powi(-3),
+        _ => 0.0,
+    }
+}
+
+/// Relative-L2 bound of the whole GPU model's logits against `bf16_reference`'s CPU model
+/// with cache formats `c` (derived in tests/cuda_model.rs's module doc): 2^-6 for the
+/// GPU's bf16 GEMM inputs, plus √(2^-8·u) for each rounded cache.
+pub fn model_bound(c: nemo::state::CacheConfig) -> f32 {
+    let act = 2f32.powi(-8);
+    2f32.powi(-6)
+        + (act * unit_roundoff(c.ssm_dtype)).sqrt()
+        + (act * unit_roundoff(c.kv_dtype)).sqrt()
+}
+
+/// The CPU reference for a GPU run of fixture `name`: the config, the store the GPU
+/// uploads (as stored, after `edit`), and the CPU model on the same weights as the GPU
+/// sees them: every 2-D tensor the GPU keeps in bf16 rounded the way the upload rounds
+/// it, except those `keep_f32` names (which both sides keep in f32). `edit` may replace a
+/// tensor on both sides first (e.g. pin a router bias).
+pub fn bf16_reference(
+    name: &str,
+    edit: impl Fn(&str, nemo::model::weights::Tensor) -> nemo::model::weights::Tensor,
+    keep_f32: impl Fn(&str) -> bool,
+) -> (
+    nemo::model::NemotronHConfig,
+    nemo::model::weights::WeightStore,
+    nemo::model::NemotronH,
+) {
+    use nemo::backend::DType;
+    use nemo::model::weights::{Tensor, WeightStore};
+    use nemo::model::{NemotronH, NemotronHConfig};
+    let dir = super::fixture(name);
+    let cfg = NemotronHConfig::from_file(&dir.join("config.json")).unwrap();
+    let store = WeightStore::open_dir(&dir).unwrap();
+    let (mut as_stored, mut rounded) = (vec![], vec![]);
+    // Every tensor with the shape its file states (read from the safetensors headers).
+    for f in &store.files {
+        let bytes = std::fs::read(f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (tname, view) in st.tensors() {
+            let t = edit(&tname, store.get(&tname, view.shape()).unwrap());
+            if t.shape.len() == 2 && !keep_f32(&tname) {
+                let b: Vec<u8> = t
+                    .to_f32()
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+                    .collect();
+                rounded.push(Tensor::from_owned(&tname, DType::BF16, t.shape.clone(), b));
+            } else {
+                rounded.push(t.clone());
+            }
+            as_stored.push(t);
+        }
+    }
+    let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
+    (cfg, WeightStore::from_tensors(as_stored), cpu)
+}
