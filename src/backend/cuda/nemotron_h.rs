@@ -815,7 +815,7 @@ impl GpuNemotronH {
     ) -> Result<u32, GpuModelError> {
         self.check_session(s)?;
         let b = &mut s.bufs;
-        let id = sampling::sample(
+        let id = sampling::sample_with(
             gpu,
             &mut b.logits,
             self.config.vocab_size,
@@ -823,6 +823,7 @@ impl GpuNemotronH {
             history,
             banned,
             u,
+            &mut b.args,
             &mut b.sampled,
         )?;
         s.drawn = true;

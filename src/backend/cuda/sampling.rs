@@ -159,6 +159,24 @@ pub fn sample(
     u: f32,
     out: &mut CudaSlice<u32>,
 ) -> Result<u32, CudaError> {
+    let mut dev_args = gpu.zeros::<DrawArgs>(1)?;
+    sample_with(gpu, logits, vocab, a, history, banned, u, &mut dev_args, out)
+}
+
+/// `sample` with the draw's args written into `dev_args` (a session's own buffer, so a
+/// draw per token allocates only the uploaded lists).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with(
+    gpu: &Gpu,
+    logits: &mut CudaSlice<f32>,
+    vocab: usize,
+    a: &SampleArgs,
+    history: &[u32],
+    banned: &[u32],
+    u: f32,
+    dev_args: &mut CudaSlice<DrawArgs>,
+    out: &mut CudaSlice<u32>,
+) -> Result<u32, CudaError> {
     const OP: &str = "sample";
     supports(vocab)?;
     let lp = gpu.ptr(OP, "logits", logits, 0, vocab)?;
@@ -199,9 +217,8 @@ pub fn sample(
             &args,
         )?;
     }
-    let mut dev_args = gpu.zeros::<DrawArgs>(1)?;
-    write_args(gpu, a, u, &[], &mut dev_args)?;
-    draw(gpu, logits, vocab, &dev_args, out)?;
+    write_args(gpu, a, u, &[], dev_args)?;
+    draw(gpu, logits, vocab, dev_args, out)?;
     let id = gpu.download(out)?;
     id.first()
         .copied()
