@@ -139,11 +139,11 @@ fn device_auto_and_cpu_run_on_the_cpu() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{gpu, rel_l2, seed, up, Rng};
-    use half::{bf16, f16};
+    use super::common::gpu::{gpu, rel_l2, rounded, run_scan, scan_case, seed, up, Rng};
+    use half::bf16;
     use nemo::backend::cpu::{matmul, ops, MatRef};
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
-    use nemo::backend::cuda::{self, ssm::ScanShape, Gpu};
+    use nemo::backend::cuda::{self, ssm::ScanShape};
     use nemo::backend::{fp8, DType};
     use nemo::engine::sampler::{Sampler, SamplingParams};
     use nemo::state::KvCache;
@@ -501,86 +501,6 @@ mod gpu {
         y
     }
 
-    struct ScanCase {
-        sh: ScanShape,
-        xbc: Vec<f32>,
-        dt_raw: Vec<f32>,
-        dt_bias: Vec<f32>,
-        a: Vec<f32>,
-        d: Vec<f32>,
-        state: Vec<f32>,
-    }
-
-    fn scan_case(r: &mut Rng, sh: ScanShape, n: usize, dt_stride: usize) -> ScanCase {
-        let cd = sh.heads * sh.head_dim + 2 * sh.n_groups * sh.d_state;
-        ScanCase {
-            sh,
-            xbc: r.vec(n * cd, 1.0),
-            dt_raw: r.vec(n * dt_stride, 3.0),
-            dt_bias: r.vec(sh.heads, 1.0),
-            a: (0..sh.heads).map(|_| -(r.f(1.0) + 1.5).exp()).collect(),
-            d: r.vec(sh.heads, 1.0),
-            state: r.vec(sh.heads * sh.head_dim * sh.d_state, 0.5),
-        }
-    }
-
-    fn to_state<T: cudarc::driver::DeviceRepr + Copy>(v: &[f32], f: fn(f32) -> T) -> Vec<T> {
-        v.iter().map(|x| f(*x)).collect()
-    }
-
-    /// Runs one scan (prompt when `chunk` is Some, else a decode step) with the state in
-    /// `dtype`; returns (y, state widened to f32).
-    fn run_scan(
-        g: &Gpu,
-        c: &ScanCase,
-        n: usize,
-        dt_stride: usize,
-        chunk: Option<usize>,
-        dt_min: f32,
-        dtype: DType,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let sh = &c.sh;
-        let (xbc, dt, bias, a, d) = (
-            up(g, &c.xbc),
-            up(g, &c.dt_raw),
-            up(g, &c.dt_bias),
-            up(g, &c.a),
-            up(g, &c.d),
-        );
-        let mut y = g.zeros::<f32>(n * sh.heads * sh.head_dim).unwrap();
-        macro_rules! go {
-            ($st:expr, $back:expr) => {{
-                let mut st = up(g, &$st);
-                match chunk {
-                    Some(cs) => cuda::ssm::chunk_scan(
-                        g, sh, n, cs, &xbc, &dt, 0, dt_stride, &bias, &a, &d, dt_min, &mut st,
-                        &mut y,
-                    )
-                    .unwrap(),
-                    None => cuda::ssm::update(g, sh, &xbc, &dt, 0, &bias, &a, &d, &mut st, &mut y)
-                        .unwrap(),
-                }
-                let back: Vec<f32> = g.download(&st).unwrap().iter().map($back).collect();
-                (g.download(&y).unwrap(), back)
-            }};
-        }
-        match dtype {
-            DType::F16 => go!(to_state(&c.state, f16::from_f32), |v: &f16| v.to_f32()),
-            DType::BF16 => go!(to_state(&c.state, bf16::from_f32), |v: &bf16| v.to_f32()),
-            _ => go!(c.state.clone(), |v: &f32| *v),
-        }
-    }
-
-    fn rounded(dtype: DType, v: &[f32]) -> Vec<f32> {
-        v.iter()
-            .map(|x| match dtype {
-                DType::F16 => f16::from_f32(*x).to_f32(),
-                DType::BF16 => bf16::from_f32(*x).to_f32(),
-                _ => *x,
-            })
-            .collect()
-    }
-
     /// Relative bound for a state kept in `dtype` (rounded once per call).
     fn state_rel(dtype: DType) -> f32 {
         match dtype {
@@ -617,7 +537,7 @@ mod gpu {
         ];
         for sh in shapes {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
-                let c = scan_case(&mut r, sh, 1, sh.heads);
+                let c = scan_case(&mut r, sh, 1, sh.heads, false);
                 let start = rounded(dtype, &c.state);
                 let mut st = start.clone();
                 let want = scan_ref(

@@ -19,12 +19,12 @@ mod common;
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{gpu, seed, up, Rng};
-    use half::{bf16, f16};
+    use super::common::gpu::{gpu, rounded, run_scan, scan_case, seed, up, Rng, ScanCase};
+    use half::bf16;
     use nemo::backend::cpu::ops;
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
     use nemo::backend::cuda::flash::{self, KvView, Queries};
-    use nemo::backend::cuda::{self, ssm::ScanShape, Gpu};
+    use nemo::backend::cuda::{ssm::ScanShape, Gpu};
     use nemo::backend::DType;
 
     /// bf16 unit roundoff (round to nearest, 8 significant bits).
@@ -62,43 +62,6 @@ mod gpu {
     }
 
     // ---- chunked scan ------------------------------------------------------------------
-
-    struct ScanCase {
-        sh: ScanShape,
-        xbc: Vec<f32>,
-        dt_raw: Vec<f32>,
-        dt_bias: Vec<f32>,
-        a: Vec<f32>,
-        d: Vec<f32>,
-        state: Vec<f32>,
-    }
-
-    /// Random inputs; `positive` makes x, B, C and the state positive, so that every term
-    /// of y has the same sign and the error bound (relative to Σ|terms|) is relative to |y|.
-    fn scan_case(
-        r: &mut Rng,
-        sh: ScanShape,
-        n: usize,
-        dt_stride: usize,
-        positive: bool,
-    ) -> ScanCase {
-        let cd = sh.heads * sh.head_dim + 2 * sh.n_groups * sh.d_state;
-        let mut xbc = r.vec(n * cd, 1.0);
-        let mut state = r.vec(sh.heads * sh.head_dim * sh.d_state, 0.5);
-        if positive {
-            xbc.iter_mut().for_each(|v| *v = v.abs());
-            state.iter_mut().for_each(|v| *v = v.abs());
-        }
-        ScanCase {
-            sh,
-            xbc,
-            dt_raw: r.vec(n * dt_stride, 3.0),
-            dt_bias: r.vec(sh.heads, 1.0),
-            a: (0..sh.heads).map(|_| -(r.f(1.0) + 1.5).exp()).collect(),
-            d: r.vec(sh.heads, 1.0),
-            state,
-        }
-    }
 
     /// The plain recurrence over tokens, in f64, from the f32 inputs:
     ///   dt = max(softplus(dt_raw + dt_bias), dt_min), S ← exp(dt·A)·S + dt·x·B, y = C·S + D·x.
@@ -147,56 +110,6 @@ mod gpu {
         [y, ya, st, sa]
     }
 
-    /// Runs `ssm::chunk_scan` with the state in `dtype`; returns (y, state widened to f32).
-    fn run_scan(
-        g: &Gpu,
-        c: &ScanCase,
-        n: usize,
-        dt_stride: usize,
-        chunk: usize,
-        dt_min: f32,
-        dtype: DType,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let sh = &c.sh;
-        let (xbc, dt, bias, a, d) = (
-            up(g, &c.xbc),
-            up(g, &c.dt_raw),
-            up(g, &c.dt_bias),
-            up(g, &c.a),
-            up(g, &c.d),
-        );
-        let mut y = g.zeros::<f32>(n * sh.heads * sh.head_dim).unwrap();
-        macro_rules! go {
-            ($st:expr, $back:expr) => {{
-                let mut st = up(g, &$st);
-                cuda::ssm::chunk_scan(
-                    g, sh, n, chunk, &xbc, &dt, 0, dt_stride, &bias, &a, &d, dt_min, &mut st,
-                    &mut y,
-                )
-                .unwrap();
-                let back: Vec<f32> = g.download(&st).unwrap().iter().map($back).collect();
-                (g.download(&y).unwrap(), back)
-            }};
-        }
-        match dtype {
-            DType::F16 => go!(
-                c.state
-                    .iter()
-                    .map(|v| f16::from_f32(*v))
-                    .collect::<Vec<_>>(),
-                |v: &f16| v.to_f32()
-            ),
-            DType::BF16 => go!(
-                c.state
-                    .iter()
-                    .map(|v| bf16::from_f32(*v))
-                    .collect::<Vec<_>>(),
-                |v: &bf16| v.to_f32()
-            ),
-            _ => go!(c.state.clone(), |v: &f32| *v),
-        }
-    }
-
     /// Rounding to the state dtype: (unit roundoff, absolute floor). f16 values below its
     /// smallest normal (2^-14) are subnormals spaced 2^-24 apart, so they round by up to
     /// 2^-25 whatever their size; bf16 and f32 subnormals are far below these states.
@@ -206,16 +119,6 @@ mod gpu {
             DType::BF16 => (U_BF16, 0.0),
             _ => (0.0, 0.0),
         }
-    }
-
-    fn rounded(dtype: DType, v: &[f32]) -> Vec<f32> {
-        v.iter()
-            .map(|x| match dtype {
-                DType::F16 => f16::from_f32(*x).to_f32(),
-                DType::BF16 => bf16::from_f32(*x).to_f32(),
-                _ => *x,
-            })
-            .collect()
     }
 
     #[test]
@@ -252,7 +155,7 @@ mod gpu {
                         let c = scan_case(&mut r, shape, n, dt_stride, positive);
                         let start = rounded(dtype, &c.state);
                         let [y, ya, st, sa] = scan_ref(&c, n, dt_stride, 1e-3, &start);
-                        let (gy, gst) = run_scan(&g, &c, n, dt_stride, chunk, 1e-3, dtype);
+                        let (gy, gst) = run_scan(&g, &c, n, dt_stride, Some(chunk), 1e-3, dtype);
                         // Error model. Each term of y is a product of f32 values; on its
                         // way to y the kernel rounds it to tf32 at most 4 times: C, B,
                         // M = (C·B)·decay·dt and x for a term of the same chunk; W =

@@ -170,3 +170,100 @@ pub fn bf16_reference(
     let cpu = NemotronH::load(cfg.clone(), &WeightStore::from_tensors(rounded)).unwrap();
     (cfg, WeightStore::from_tensors(as_stored), cpu)
 }
+
+/// Inputs of one Mamba2 scan (`ssm::chunk_scan` / `ssm::update`), shared by the scan tests
+/// of tests/cuda_ops.rs (decode step) and tests/cuda_tc.rs (tensor-core prompt scan).
+pub struct ScanCase {
+    pub sh: nemo::backend::cuda::ssm::ScanShape,
+    pub xbc: Vec<f32>,
+    pub dt_raw: Vec<f32>,
+    pub dt_bias: Vec<f32>,
+    pub a: Vec<f32>,
+    pub d: Vec<f32>,
+    pub state: Vec<f32>,
+}
+
+/// Random inputs for `n` tokens; `positive` makes x, B, C and the state positive, so that
+/// every term of y has the same sign (an error bound relative to Σ|terms| is then relative
+/// to |y|).
+pub fn scan_case(
+    r: &mut Rng,
+    sh: nemo::backend::cuda::ssm::ScanShape,
+    n: usize,
+    dt_stride: usize,
+    positive: bool,
+) -> ScanCase {
+    let cd = sh.heads * sh.head_dim + 2 * sh.n_groups * sh.d_state;
+    let mut xbc = r.vec(n * cd, 1.0);
+    let mut state = r.vec(sh.heads * sh.head_dim * sh.d_state, 0.5);
+    if positive {
+        xbc.iter_mut().for_each(|v| *v = v.abs());
+        state.iter_mut().for_each(|v| *v = v.abs());
+    }
+    ScanCase {
+        sh,
+        xbc,
+        dt_raw: r.vec(n * dt_stride, 3.0),
+        dt_bias: r.vec(sh.heads, 1.0),
+        a: (0..sh.heads).map(|_| -(r.f(1.0) + 1.5).exp()).collect(),
+        d: r.vec(sh.heads, 1.0),
+        state,
+    }
+}
+
+/// Runs one scan on the GPU with the state in `dtype`: the prompt form in chunks of
+/// `chunk` when it is Some, else one decode step. Returns (y, state widened to f32).
+pub fn run_scan(
+    g: &Gpu,
+    c: &ScanCase,
+    n: usize,
+    dt_stride: usize,
+    chunk: Option<usize>,
+    dt_min: f32,
+    dtype: nemo::backend::DType,
+) -> (Vec<f32>, Vec<f32>) {
+    use half::{bf16, f16};
+    use nemo::backend::cuda::ssm;
+    use nemo::backend::DType;
+    let sh = &c.sh;
+    let (xbc, dt, bias, a, d) = (
+        up(g, &c.xbc),
+        up(g, &c.dt_raw),
+        up(g, &c.dt_bias),
+        up(g, &c.a),
+        up(g, &c.d),
+    );
+    let mut y = g.zeros::<f32>(n * sh.heads * sh.head_dim).unwrap();
+    macro_rules! go {
+        ($to:expr, $back:expr) => {{
+            let st0: Vec<_> = c.state.iter().map(|v| $to(*v)).collect();
+            let mut st = up(g, &st0);
+            match chunk {
+                Some(cs) => ssm::chunk_scan(
+                    g, sh, n, cs, &xbc, &dt, 0, dt_stride, &bias, &a, &d, dt_min, &mut st, &mut y,
+                )
+                .unwrap(),
+                None => ssm::update(g, sh, &xbc, &dt, 0, &bias, &a, &d, &mut st, &mut y).unwrap(),
+            }
+            let back: Vec<f32> = g.download(&st).unwrap().iter().map($back).collect();
+            (g.download(&y).unwrap(), back)
+        }};
+    }
+    match dtype {
+        DType::F16 => go!(f16::from_f32, |v: &f16| v.to_f32()),
+        DType::BF16 => go!(bf16::from_f32, |v: &bf16| v.to_f32()),
+        _ => go!(|v: f32| v, |v: &f32| *v),
+    }
+}
+
+/// `v` rounded to `dtype` and widened back (f32 and others: unchanged).
+pub fn rounded(dtype: nemo::backend::DType, v: &[f32]) -> Vec<f32> {
+    use nemo::backend::DType;
+    v.iter()
+        .map(|x| match dtype {
+            DType::F16 => half::f16::from_f32(*x).to_f32(),
+            DType::BF16 => half::bf16::from_f32(*x).to_f32(),
+            _ => *x,
+        })
+        .collect()
+}

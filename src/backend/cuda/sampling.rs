@@ -160,7 +160,17 @@ pub fn sample(
     out: &mut CudaSlice<u32>,
 ) -> Result<u32, CudaError> {
     let mut dev_args = gpu.zeros::<DrawArgs>(1)?;
-    sample_with(gpu, logits, vocab, a, history, banned, u, &mut dev_args, out)
+    sample_with(
+        gpu,
+        logits,
+        vocab,
+        a,
+        history,
+        banned,
+        u,
+        &mut dev_args,
+        out,
+    )
 }
 
 /// `sample` with the draw's args written into `dev_args` (a session's own buffer, so a
