@@ -50,6 +50,21 @@ fn fixture(name: &str) -> String {
     common::fixture(name).display().to_string()
 }
 
+/// `nemo run --model MODEL --device DEVICE --max-tokens 4 --json Hi`.
+fn run_json(model: &str, device: &str) -> Output {
+    nemo(&[
+        "run",
+        "--model",
+        model,
+        "--device",
+        device,
+        "--max-tokens",
+        "4",
+        "--json",
+        "Hi",
+    ])
+}
+
 /// The `done` event of `nemo run --json`.
 fn done_event(out: &Output) -> serde_json::Value {
     String::from_utf8_lossy(&out.stdout)
@@ -83,17 +98,7 @@ fn run_on_cuda_prints_text_and_exits_0() {
     // No notice, no progress bar (stderr is not a terminal here).
     assert!(err.trim().is_empty(), "{err}");
 
-    let out = nemo(&[
-        "run",
-        "--model",
-        &t,
-        "--device",
-        "cuda",
-        "--max-tokens",
-        "4",
-        "--json",
-        "Hi",
-    ]);
+    let out = run_json(&t, "cuda");
     assert_eq!(out.status.code(), Some(0));
     let d = done_event(&out);
     assert!(
@@ -146,17 +151,7 @@ fn auto_takes_the_gpu_for_a_nemotron_h_model_and_the_cpu_with_a_notice_for_llama
     if !usable("run --device auto") {
         return;
     }
-    let out = nemo(&[
-        "run",
-        "--model",
-        &fixture("nemotron_h_bf16"),
-        "--device",
-        "auto",
-        "--max-tokens",
-        "4",
-        "--json",
-        "Hi",
-    ]);
+    let out = run_json(&fixture("nemotron_h_bf16"), "auto");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.trim().is_empty(), "no notice on the GPU: {err}");
@@ -166,17 +161,7 @@ fn auto_takes_the_gpu_for_a_nemotron_h_model_and_the_cpu_with_a_notice_for_llama
         "{d}"
     );
 
-    let out = nemo(&[
-        "run",
-        "--model",
-        &fixture("llama_tiny"),
-        "--device",
-        "auto",
-        "--max-tokens",
-        "4",
-        "--json",
-        "Hi",
-    ]);
+    let out = run_json(&fixture("llama_tiny"), "auto");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one notice: {err}");
