@@ -17,7 +17,7 @@ mod common;
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{gpu, rel_l2, seed, up, Rng};
+    use super::common::gpu::{assert_close, bf16s, gpu, rel_l2, seed, up, Rng};
     use half::bf16;
     use nemo::backend::cuda::moe::{self, Experts};
     use nemo::backend::cuda::moe_layer::{GpuMoe, MoeBuffers, MoePath};
@@ -32,30 +32,6 @@ mod gpu {
     /// Rounded to bf16 and widened back.
     fn rounded(v: &[f32]) -> Vec<f32> {
         v.iter().map(|x| bf16::from_f32(*x).to_f32()).collect()
-    }
-
-    fn bf16s(v: &[f32]) -> Vec<bf16> {
-        v.iter().map(|x| bf16::from_f32(*x)).collect()
-    }
-
-    /// max |a − b| ≤ rel · max(max |b|, floor), with the worst index in the message.
-    fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, floor: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
-        let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
-        let (mut worst, mut at) = (0f32, 0);
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            let d = (g - w).abs();
-            if d > worst || d.is_nan() {
-                worst = d;
-                at = i;
-            }
-        }
-        assert!(
-            worst <= rel * scale,
-            "{what}: |Δ| = {worst} at {at} (got {}, want {}), bound {rel} × {scale}",
-            got[at],
-            want[at]
-        );
     }
 
     const P: &str = "backbone.layers.1.mixer";

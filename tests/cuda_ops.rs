@@ -139,7 +139,9 @@ fn device_auto_and_cpu_run_on_the_cpu() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::gpu::{gpu, rel_l2, rounded, run_scan, scan_case, seed, up, Rng};
+    use super::common::gpu::{
+        assert_close, bf16s, gpu, rel_l2, rounded, run_scan, scan_case, seed, up, Rng,
+    };
     use half::bf16;
     use nemo::backend::cpu::{matmul, ops, MatRef};
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
@@ -147,30 +149,6 @@ mod gpu {
     use nemo::backend::{fp8, DType};
     use nemo::engine::sampler::{Sampler, SamplingParams};
     use nemo::state::KvCache;
-
-    /// max |a − b| ≤ rel · max(max |b|, floor), with the worst index in the message.
-    fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, floor: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
-        let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
-        let (mut worst, mut at) = (0f32, 0);
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            let d = (g - w).abs();
-            if d > worst || d.is_nan() {
-                worst = d;
-                at = i;
-            }
-        }
-        assert!(
-            worst <= rel * scale,
-            "{what}: |Δ| = {worst} at {at} (got {}, want {}), bound {rel} × {scale}",
-            got[at],
-            want[at]
-        );
-    }
-
-    fn bf16s(v: &[f32]) -> Vec<bf16> {
-        v.iter().map(|x| bf16::from_f32(*x)).collect()
-    }
 
     fn widen(v: &[bf16]) -> Vec<f32> {
         v.iter().map(|x| x.to_f32()).collect()

@@ -267,3 +267,28 @@ pub fn rounded(dtype: nemo::backend::DType, v: &[f32]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// max |a − b| ≤ rel · max(max |b|, floor), with the worst index in the message.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, floor: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
+    let (mut worst, mut at) = (0f32, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if d > worst || d.is_nan() {
+            worst = d;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= rel * scale,
+        "{what}: |Δ| = {worst} at {at} (got {}, want {}), bound {rel} × {scale}",
+        got[at],
+        want[at]
+    );
+}
+
+/// `v` rounded to bf16.
+pub fn bf16s(v: &[f32]) -> Vec<half::bf16> {
+    v.iter().map(|x| half::bf16::from_f32(*x)).collect()
+}
