@@ -15,7 +15,10 @@
 //! Invariants:
 //! - nemo never writes `config.toml`; a file it cannot read is reported, never replaced.
 //! - A missing config file is the same as an empty one; a corrupt one (bad TOML, unknown
-//!   key, wrong type, bad `budget`) is an error naming the file, the line and the key.
+//!   key, wrong type, bad `budget`, a sampling value outside its range) is an error naming
+//!   the file, the line and the key.
+//! - Budgets are `protocol::Budget` and sampling ranges are `SamplingParams::validate`'s:
+//!   the same as the flags, `/budget`, `/set` and session files.
 //! - A bad `NEMO_*` value is an error naming the variable; an empty one counts as unset.
 //! - Every key is listed once, in `for_each_key!`, so the file, the environment and the
 //!   merge cannot drift apart.
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::protocol::{Budget, SamplingParams};
 
 /// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
 /// at this layer.
@@ -36,8 +41,8 @@ pub struct Config {
     pub theme: Option<String>,
     /// Reasoning on or off.
     pub think: Option<bool>,
-    /// Thinking budget: `"off"`, `"unlimited"` or a token count; see [`parse_budget`].
-    pub budget: Option<String>,
+    /// Thinking budget: `"off"`, `"unlimited"` or a token count (`Budget`'s text).
+    pub budget: Option<Budget>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
@@ -57,10 +62,10 @@ macro_rules! for_each_key {
         $m!(theme, "THEME", string);
         $m!(think, "THINK", bool);
         $m!(budget, "BUDGET", budget);
-        $m!(temperature, "TEMPERATURE", number);
-        $m!(top_p, "TOP_P", number);
-        $m!(top_k, "TOP_K", number);
-        $m!(min_p, "MIN_P", number);
+        $m!(temperature, "TEMPERATURE", sampling);
+        $m!(top_p, "TOP_P", sampling);
+        $m!(top_k, "TOP_K", sampling);
+        $m!(min_p, "MIN_P", sampling);
         $m!(seed, "SEED", number);
         $m!(max_tokens, "MAX_TOKENS", number);
         $m!(kv_cache_dtype, "KV_CACHE_DTYPE", string);
@@ -173,13 +178,13 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        if let Some(b) = &config.budget {
-            parse_budget(b).map_err(|message| ConfigError::Parse {
+        if let Err(e) = config.sampling_over(SamplingParams::default()).validate() {
+            return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
-                line: line_of_key(text, "budget"),
-                key: Some("budget".into()),
-                message,
-            })?;
+                line: line_of_key(text, e.field),
+                key: Some(e.field.into()),
+                message: e.to_string(),
+            });
         }
         Ok(config)
     }
@@ -201,11 +206,53 @@ impl Config {
             };
             (@parse string, $v:expr) => { Ok::<String, String>($v.to_string()) };
             (@parse bool, $v:expr) => { parse_bool($v) };
-            (@parse budget, $v:expr) => { parse_budget($v).map(|_| $v.to_string()) };
+            (@parse budget, $v:expr) => { $v.parse::<Budget>().map_err(|e| e.to_string()) };
             (@parse number, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
+            (@parse sampling, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
         }
         for_each_key!(apply);
+        // Ranges are checked on the values as they now stand, so the error names the
+        // variable that brought the bad one in.
+        if let Err(e) = self.sampling_over(SamplingParams::default()).validate() {
+            let var = format!("NEMO_{}", e.field.to_ascii_uppercase());
+            if let Some(value) = vars(&var).filter(|v| !v.trim().is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    value,
+                    message: e.to_string(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// `base` with the sampling keys this config sets laid over it.
+    pub fn sampling_over(&self, mut base: SamplingParams) -> SamplingParams {
+        if let Some(v) = self.temperature {
+            base.temperature = v;
+        }
+        if let Some(v) = self.top_p {
+            base.top_p = v;
+        }
+        if let Some(v) = self.top_k {
+            base.top_k = v;
+        }
+        if let Some(v) = self.min_p {
+            base.min_p = v;
+        }
+        if let Some(v) = self.seed {
+            base.seed = Some(v);
+        }
+        base
+    }
+
+    /// The thinking budget these settings ask for: `think = false` is `Off`; otherwise
+    /// `budget`, when set.
+    pub fn thinking_budget(&self) -> Option<Budget> {
+        match self.think {
+            Some(false) => Some(Budget::Off),
+            _ => self.budget,
+        }
     }
 
     /// Lays `other` over `self`: every key `other` sets wins.
@@ -230,17 +277,6 @@ impl Config {
         }
         for_each_key!(name);
         names
-    }
-}
-
-/// A thinking budget: `"off"` → `Some(0)`, `"unlimited"` → `None`, `N` → `Some(N)`.
-pub fn parse_budget(s: &str) -> Result<Option<usize>, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "off" => Ok(Some(0)),
-        "unlimited" => Ok(None),
-        n => n.parse().map(Some).map_err(|_| {
-            format!("budget must be \"off\", \"unlimited\" or a token count, not {s:?}")
-        }),
     }
 }
 
@@ -323,7 +359,7 @@ show_reasoning = true
         let c = Config::load(&path).unwrap();
         assert_eq!(c.model.as_deref(), Some("nemotron-nano"));
         assert_eq!(c.think, Some(false));
-        assert_eq!(c.budget.as_deref(), Some("512"));
+        assert_eq!(c.budget, Some(Budget::tokens(512)));
         assert_eq!(c.temperature, Some(0.6));
         assert_eq!(c.top_k, Some(20));
         assert_eq!(c.seed, Some(7));
@@ -402,7 +438,7 @@ show_reasoning = true
         .unwrap();
         assert_eq!(c.temperature, Some(0.7));
         assert_eq!(c.think, Some(false));
-        assert_eq!(c.budget.as_deref(), Some("unlimited"));
+        assert_eq!(c.budget, Some(Budget::Unlimited));
         assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("bf16"));
         assert_eq!(
             c.model.as_deref(),
@@ -456,13 +492,41 @@ show_reasoning = true
     }
 
     #[test]
-    fn budget_parses_off_unlimited_and_counts() {
-        assert_eq!(parse_budget("off"), Ok(Some(0)));
-        assert_eq!(parse_budget("Unlimited"), Ok(None));
-        assert_eq!(parse_budget(" 256 "), Ok(Some(256)));
-        assert_eq!(parse_budget("0"), Ok(Some(0)));
-        assert!(parse_budget("-1").is_err());
-        assert!(parse_budget("").is_err());
+    fn budget_and_think_give_one_budget() {
+        let c = Config::parse("budget = 256\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.thinking_budget(), Some(Budget::tokens(256)));
+        let c = Config::parse("budget = \"off\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.thinking_budget(), Some(Budget::Off));
+        let c = Config::parse("think = false\nbudget = 256\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.thinking_budget(), Some(Budget::Off));
+        let c = Config::parse("think = true\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.thinking_budget(), None);
+        let err = Config::parse("budget = 2000000\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("`budget`"), "{err}");
+    }
+
+    #[test]
+    fn sampling_out_of_range_in_file_or_env_is_refused_by_name() {
+        let err = Config::parse("top_k = 4\ntemperature = -5\n", Path::new("c.toml")).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("line 2"), "{shown}");
+        assert!(shown.contains("`temperature`"), "{shown}");
+        assert!(
+            shown.contains("temperature: -5 is outside 0..=5"),
+            "{shown}"
+        );
+        let mut c = Config::default();
+        let err = c
+            .apply_env(env(&[("NEMO_TOP_P", "1.5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NEMO_TOP_P"), "{err}");
+        assert!(err.contains("top_p: 1.5 is outside 0..=1"), "{err}");
+        let mut c = Config::default();
+        c.apply_env(env(&[("NEMO_TEMPERATURE", "0.7"), ("NEMO_BUDGET", "off")]))
+            .unwrap();
+        assert_eq!(c.temperature, Some(0.7));
+        assert_eq!(c.budget, Some(Budget::Off));
     }
 
     #[test]

@@ -1,22 +1,392 @@
-//! The only bridge between a front end (`nemo run`, the chat UI) and the engine thread:
-//! `Request` goes in with its `Controls`, `Event`s come out. Plain data, no UI types.
+//! The only bridge between a front end (`nemo run`, the chat UI, later `nemo serve`) and
+//! the engine and agent below it: `Op`s go down (a `Request` with its `Controls`, a reset),
+//! `Event`s come up. Plain data and a few atomics, in the style of codex's protocol.
+//!
+//! Invariants:
+//! - This module is the leaf of the crate's data: it imports nothing from `engine`,
+//!   `chat`, `model`, `agent` or any UI module, so every layer can name these types.
+//! - A `Request` has exactly one live thinking budget: `Request::new` builds its
+//!   `Controls` from the `ThinkingOptions`, and the engine reads the budget from the
+//!   controls only (a front end changes it mid-turn with `Controls::set_budget`).
+//! - [`Budget`] is the one spelling of "how much may the model think": `off`, a token
+//!   count, or `unlimited`, parsed by `FromStr` and printed by `Display` for every front
+//!   end (flags, `/budget`, config.toml, session files).
+//! - [`SamplingParams::validate`] holds the one range of every sampling value; every
+//!   source (flags, `NEMO_*`, config.toml, `/set`, session files, HTTP) goes through it.
+//! - [`Message`] serializes to the shape Hugging Face chat templates expect
+//!   (`{"role", "content", "reasoning_content"?, "tool_calls"?, "tool_call_id"?, "name"?}`);
+//!   absent optional fields are omitted entirely so templates can test them with
+//!   `is defined`. Tool-call arguments are a JSON mapping, as transformers passes them.
 
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::chat::Message;
-use crate::engine::sampler::SamplingParams;
+// ---------------------------------------------------------------------------------------
+// Conversation
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The visible text of the turn (for the assistant: the answer, without reasoning; for
+    /// a tool: its output).
+    #[serde(default)]
+    pub content: String,
+    /// The assistant's reasoning, when it was kept apart from `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The calls an assistant turn made (OpenAI form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` turn: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` turn: the tool's name (some templates read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    fn with_role(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A `system` turn.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::with_role("system", content)
+    }
+
+    /// A `user` turn.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::with_role("user", content)
+    }
+
+    /// An `assistant` turn with no separate reasoning.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::with_role("assistant", content)
+    }
+
+    /// A `tool` turn: the output of the call `call_id` to `name`.
+    pub fn tool(
+        call_id: impl Into<String>,
+        name: impl Into<String>,
+        output: impl Into<String>,
+    ) -> Self {
+        Self {
+            tool_call_id: Some(call_id.into()),
+            name: Some(name.into()),
+            ..Self::with_role("tool", output)
+        }
+    }
+}
+
+/// A call the model made to one of the offered tools, in OpenAI's shape:
+/// `{"id", "type": "function", "function": {"name", "arguments": {…}}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON value (an object for every well-formed call).
+    pub arguments: serde_json::Value,
+}
+
+impl ToolCall {
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: serde_json::Value,
+    ) -> Self {
+        ToolCall {
+            id: id.into(),
+            kind: function_kind(),
+            function: FunctionCall {
+                name: name.into(),
+                arguments,
+            },
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.function.name
+    }
+
+    pub fn arguments(&self) -> &serde_json::Value {
+        &self.function.arguments
+    }
+}
+
+/// What became of a tool call, for the front end and the next model step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The call's id.
+    pub id: String,
+    pub name: String,
+    /// False when the tool failed, was refused or was denied.
+    pub ok: bool,
+    pub output: String,
+    /// The output was cut to the per-result cap (and says so at the cut).
+    pub truncated: bool,
+}
+
+/// A call that waits for the user before it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub call: ToolCall,
+    /// Why it asks (it writes, it runs a command, …).
+    pub reason: String,
+    /// What it would change, when that can be shown (a diff for file edits).
+    pub preview: Option<String>,
+}
+
+/// The user's answer to an [`ApprovalRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDecision {
+    /// Run this call once.
+    Once,
+    /// Run it, and this exact call again without asking for the rest of the session.
+    Session,
+    /// Do not run it; the note (if any) goes back to the model.
+    Deny { note: Option<String> },
+}
+
+// ---------------------------------------------------------------------------------------
+// Sampling
+
+/// How to pick the next token. Neutral values switch a step off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub repetition_penalty: f32,
+    /// 0 = off.
+    pub presence_penalty: f32,
+    /// None = seeded from the clock.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// Greedy decoding with every filter and penalty off.
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            seed: None,
+        }
+    }
+}
+
+/// A sampling value outside its range. `field` is the parameter's name as in
+/// [`SamplingParams`]; front ends spell it their way (`--top-p`, `/set top_p`, …).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {value} is outside {range}")]
+pub struct RangeError {
+    pub field: &'static str,
+    pub value: String,
+    pub range: &'static str,
+}
+
+impl SamplingParams {
+    /// The ranges, as `validate` checks them (closed intervals; NaN is never inside).
+    pub const TEMPERATURE: (f32, f32) = (0.0, 5.0);
+    pub const TOP_P: (f32, f32) = (0.0, 1.0);
+    pub const MIN_P: (f32, f32) = (0.0, 1.0);
+    pub const REPETITION_PENALTY: (f32, f32) = (0.01, 100.0);
+    pub const PRESENCE_PENALTY: (f32, f32) = (-2.0, 2.0);
+    /// Larger than any vocabulary nemo loads; 0 = off.
+    pub const TOP_K_MAX: usize = 1 << 24;
+
+    /// Checks every value against its one range.
+    pub fn validate(&self) -> Result<(), RangeError> {
+        fn check(
+            field: &'static str,
+            v: f32,
+            (lo, hi): (f32, f32),
+            range: &'static str,
+        ) -> Result<(), RangeError> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(RangeError {
+                    field,
+                    value: v.to_string(),
+                    range,
+                })
+            }
+        }
+        check("temperature", self.temperature, Self::TEMPERATURE, "0..=5")?;
+        check("top_p", self.top_p, Self::TOP_P, "0..=1")?;
+        check("min_p", self.min_p, Self::MIN_P, "0..=1")?;
+        check(
+            "repetition_penalty",
+            self.repetition_penalty,
+            Self::REPETITION_PENALTY,
+            "0.01..=100",
+        )?;
+        check(
+            "presence_penalty",
+            self.presence_penalty,
+            Self::PRESENCE_PENALTY,
+            "-2..=2",
+        )?;
+        if self.top_k > Self::TOP_K_MAX {
+            return Err(RangeError {
+                field: "top_k",
+                value: self.top_k.to_string(),
+                range: "0..=16777216",
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Thinking
+
+/// How much the model may think: off, at most N reasoning tokens, or without a limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Budget {
+    /// Thinking off (`--no-think`, `/no_think`, `enable_thinking: false`, budget 0).
+    Off,
+    /// At most this many reasoning tokens, then the end of thinking is forced.
+    Tokens(NonZeroUsize),
+    #[default]
+    Unlimited,
+}
+
+/// Why a budget text was not understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("budget must be `off`, `unlimited` or a token count up to 1000000, not {0:?}")]
+pub struct BudgetError(pub String);
+
+impl Budget {
+    /// The largest token count accepted.
+    pub const MAX_TOKENS: usize = 1_000_000;
+
+    /// `n` tokens; 0 is `Off`.
+    pub const fn tokens(n: usize) -> Budget {
+        match NonZeroUsize::new(n) {
+            Some(n) => Budget::Tokens(n),
+            None => Budget::Off,
+        }
+    }
+
+    /// Whether the model thinks at all.
+    pub fn is_on(self) -> bool {
+        self != Budget::Off
+    }
+
+    /// The reasoning-token limit: `Some(0)` off, `Some(n)`, `None` unlimited.
+    pub fn limit(self) -> Option<usize> {
+        match self {
+            Budget::Off => Some(0),
+            Budget::Tokens(n) => Some(n.get()),
+            Budget::Unlimited => None,
+        }
+    }
+
+    /// The inverse of `limit`.
+    pub fn from_limit(limit: Option<usize>) -> Budget {
+        limit.map_or(Budget::Unlimited, Budget::tokens)
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Budget::Off => f.write_str("off"),
+            Budget::Tokens(n) => write!(f, "{n}"),
+            Budget::Unlimited => f.write_str("unlimited"),
+        }
+    }
+}
+
+impl FromStr for Budget {
+    type Err = BudgetError;
+
+    /// `off` (or `0`), `unlimited` (or `inf`), or a token count up to
+    /// [`Budget::MAX_TOKENS`]; case and surrounding blanks do not matter.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "off" => Ok(Budget::Off),
+            "unlimited" | "inf" => Ok(Budget::Unlimited),
+            _ => match t.parse::<usize>() {
+                Ok(n) if n <= Self::MAX_TOKENS => Ok(Budget::tokens(n)),
+                _ => Err(BudgetError(s.to_string())),
+            },
+        }
+    }
+}
+
+/// Written as its text (`"off"`, `"512"`, `"unlimited"`); read from that, from a number
+/// (0 = off) or from null (unlimited, as session files before `Budget` wrote it).
+impl Serialize for Budget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Count(u64),
+            Text(String),
+            Null(()),
+        }
+        match Option::<Wire>::deserialize(d)? {
+            None | Some(Wire::Null(())) => Ok(Budget::Unlimited),
+            Some(Wire::Count(n)) if n <= Budget::MAX_TOKENS as u64 => {
+                Ok(Budget::tokens(n as usize))
+            }
+            Some(Wire::Count(n)) => Err(serde::de::Error::custom(BudgetError(n.to_string()))),
+            Some(Wire::Text(t)) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
 
 /// How the model should think on this request.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ThinkingOptions {
-    /// Reasoning on or off, passed the way the model family expects.
-    pub enabled: bool,
-    /// Most reasoning tokens before the end of thinking is forced; None = unlimited.
-    /// Budget 0 means thinking off.
-    pub budget: Option<usize>,
+    /// The budget the request starts with (the live one is in its `Controls`).
+    pub budget: Budget,
     /// The end-of-thinking tag (and EOS) are masked until this many reasoning tokens.
     pub min_tokens: usize,
     /// Soft landing: text added before the forced end tag, e.g. "Time to answer.".
@@ -29,8 +399,7 @@ pub struct ThinkingOptions {
 impl Default for ThinkingOptions {
     fn default() -> Self {
         ThinkingOptions {
-            enabled: true,
-            budget: None,
+            budget: Budget::Unlimited,
             min_tokens: 0,
             closing_message: None,
             grace_tokens: 0,
@@ -38,26 +407,83 @@ impl Default for ThinkingOptions {
     }
 }
 
+/// Reads today's form and the one before `Budget` (`enabled` + `budget: N|null`, where
+/// `enabled: false` or budget 0 meant off), so older session files still load.
+impl<'de> Deserialize<'de> for ThinkingOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(default)]
+        struct Wire {
+            enabled: Option<bool>,
+            budget: Budget,
+            min_tokens: usize,
+            closing_message: Option<String>,
+            grace_tokens: usize,
+        }
+        impl Default for Wire {
+            fn default() -> Self {
+                let o = ThinkingOptions::default();
+                Wire {
+                    enabled: None,
+                    budget: o.budget,
+                    min_tokens: o.min_tokens,
+                    closing_message: o.closing_message,
+                    grace_tokens: o.grace_tokens,
+                }
+            }
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(ThinkingOptions {
+            budget: if w.enabled == Some(false) {
+                Budget::Off
+            } else {
+                w.budget
+            },
+            min_tokens: w.min_tokens,
+            closing_message: w.closing_message,
+            grace_tokens: w.grace_tokens,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests and their live controls
+
+/// Approval answers by call id, and the condition variable their waiter sleeps on.
+type Answers = (Mutex<Vec<(String, ApprovalDecision)>>, Condvar);
+
 /// Live handles a front end keeps while a request runs; checked by the engine every step.
 #[derive(Clone, Debug)]
 pub struct Controls {
     cancel: Arc<AtomicBool>,
     wrap_up: Arc<AtomicBool>,
-    /// Current thinking budget; -1 = unlimited. Changing it takes effect on the next token.
+    /// The live budget: -1 unlimited, 0 off, n tokens. Takes effect on the next token.
     budget: Arc<AtomicI64>,
+    /// Answers to `Event::ApprovalNeeded`, by call id, waited for by the agent loop.
+    approvals: Arc<Answers>,
+}
+
+fn budget_code(b: Budget) -> i64 {
+    match b.limit() {
+        None => -1,
+        Some(n) => n as i64,
+    }
 }
 
 impl Controls {
-    pub fn new(budget: Option<usize>) -> Self {
+    fn new(budget: Budget) -> Self {
         Controls {
             cancel: Arc::new(AtomicBool::new(false)),
             wrap_up: Arc::new(AtomicBool::new(false)),
-            budget: Arc::new(AtomicI64::new(budget.map(|b| b as i64).unwrap_or(-1))),
+            budget: Arc::new(AtomicI64::new(budget_code(budget))),
+            approvals: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
         }
     }
     /// Stop generating; what was produced so far is kept.
     pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst)
+        self.cancel.store(true, Ordering::SeqCst);
+        // Wake an agent loop waiting for an approval.
+        self.approvals.1.notify_all();
     }
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
@@ -69,13 +495,50 @@ impl Controls {
     pub fn wants_wrap_up(&self) -> bool {
         self.wrap_up.load(Ordering::SeqCst)
     }
-    pub fn set_budget(&self, budget: Option<usize>) {
-        self.budget
-            .store(budget.map(|b| b as i64).unwrap_or(-1), Ordering::SeqCst)
+    /// Changes the budget of the running request from its next token on.
+    pub fn set_budget(&self, budget: Budget) {
+        self.budget.store(budget_code(budget), Ordering::SeqCst)
     }
-    pub fn budget(&self) -> Option<usize> {
+    pub fn budget(&self) -> Budget {
         let b = self.budget.load(Ordering::SeqCst);
-        (b >= 0).then_some(b as usize)
+        if b < 0 {
+            Budget::Unlimited
+        } else {
+            Budget::tokens(b as usize)
+        }
+    }
+    /// The front end's answer to `Event::ApprovalNeeded` for call `id`.
+    pub fn answer(&self, id: impl Into<String>, decision: ApprovalDecision) {
+        let (lock, cv) = &*self.approvals;
+        if let Ok(mut q) = lock.lock() {
+            q.push((id.into(), decision));
+        }
+        cv.notify_all();
+    }
+    /// Waits for the answer to call `id`; None when the request is cancelled or
+    /// `timeout` passes first.
+    pub fn wait_answer(&self, id: &str, timeout: Option<Duration>) -> Option<ApprovalDecision> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let (lock, cv) = &*self.approvals;
+        let mut q = lock.lock().ok()?;
+        loop {
+            if let Some(i) = q.iter().position(|(k, _)| k == id) {
+                return Some(q.remove(i).1);
+            }
+            if self.is_cancelled() {
+                return None;
+            }
+            // Wake at least every 100 ms to see a cancel made without a notify.
+            let mut wait = Duration::from_millis(100);
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                wait = wait.min(left);
+            }
+            q = cv.wait_timeout(q, wait).ok()?.0;
+        }
     }
 }
 
@@ -86,8 +549,43 @@ pub struct Request {
     /// Most new tokens (reasoning included).
     pub max_tokens: usize,
     pub stop: Vec<String>,
-    pub thinking: ThinkingOptions,
-    pub controls: Controls,
+    thinking: ThinkingOptions,
+    controls: Controls,
+}
+
+impl Request {
+    /// A request for `messages` with `thinking`; its `Controls` start from
+    /// `thinking.budget`. Sampling is greedy, `max_tokens` 4096 and no stop strings until
+    /// the caller sets them.
+    pub fn new(messages: Vec<Message>, thinking: ThinkingOptions) -> Request {
+        let controls = Controls::new(thinking.budget);
+        Request {
+            messages,
+            sampling: SamplingParams::default(),
+            max_tokens: 4096,
+            stop: Vec::new(),
+            thinking,
+            controls,
+        }
+    }
+
+    /// The thinking options (the starting budget among them; the live one is
+    /// `controls().budget()`).
+    pub fn thinking(&self) -> &ThinkingOptions {
+        &self.thinking
+    }
+
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+}
+
+/// What a front end asks of the engine thread.
+pub enum Op {
+    /// Run `Request`; its events go to the sender, ending with `Done` or `Error`.
+    Generate(Box<Request>, Sender<Event>),
+    /// Forget the sequence state and every checkpoint (`/clear`).
+    Reset,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +636,12 @@ pub enum Event {
     },
     Reasoning(String),
     Content(String),
+    /// The model called a tool (parsed whole from its output).
+    ToolCall(ToolCall),
+    /// A call waits for the user: answer with `Controls::answer`.
+    ApprovalNeeded(ApprovalRequest),
+    /// A call ran (or was refused or denied).
+    ToolResult(ToolResult),
     /// Live numbers during generation (about every few tokens).
     Progress {
         reasoning_tokens: usize,
@@ -146,4 +650,172 @@ pub enum Event {
     },
     Done(Done),
     Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_without_optional_fields_omits_them_in_json() {
+        let json = serde_json::to_string(&Message::user("hi")).unwrap();
+        assert_eq!(json, r#"{"role":"user","content":"hi"}"#);
+    }
+
+    #[test]
+    fn message_round_trips_reasoning_and_tool_calls() {
+        let mut m = Message::assistant("42");
+        m.reasoning_content = Some("think".into());
+        m.tool_calls = vec![ToolCall::new(
+            "call_1",
+            "get_weather",
+            serde_json::json!({"city": "Paris"}),
+        )];
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(
+            r#""tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":{"city":"Paris"}}}]"#
+        ));
+        let back: Message = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        let plain: Message = serde_json::from_str(r#"{"role":"system","content":"s"}"#).unwrap();
+        assert_eq!(plain, Message::system("s"));
+        let tool = Message::tool("call_1", "get_weather", "sunny");
+        assert_eq!(
+            serde_json::to_string(&tool).unwrap(),
+            r#"{"role":"tool","content":"sunny","tool_call_id":"call_1","name":"get_weather"}"#
+        );
+    }
+
+    #[test]
+    fn budget_parses_and_prints_one_dialect() {
+        assert_eq!("off".parse(), Ok(Budget::Off));
+        assert_eq!(" 0 ".parse(), Ok(Budget::Off));
+        assert_eq!("Unlimited".parse(), Ok(Budget::Unlimited));
+        assert_eq!("inf".parse(), Ok(Budget::Unlimited));
+        assert_eq!("256".parse(), Ok(Budget::tokens(256)));
+        assert_eq!("1000000".parse(), Ok(Budget::tokens(1_000_000)));
+        for bad in ["", "-1", "1000001", "lots", "none", "2.5"] {
+            assert!(bad.parse::<Budget>().is_err(), "{bad:?} was accepted");
+        }
+        for b in [Budget::Off, Budget::tokens(64), Budget::Unlimited] {
+            assert_eq!(b.to_string().parse(), Ok(b));
+        }
+        assert_eq!(Budget::tokens(0), Budget::Off);
+        assert_eq!(Budget::from_limit(None), Budget::Unlimited);
+        assert_eq!(Budget::from_limit(Some(0)), Budget::Off);
+        assert_eq!(Budget::tokens(5).limit(), Some(5));
+    }
+
+    #[test]
+    fn budget_serializes_as_text_and_reads_older_forms() {
+        assert_eq!(
+            serde_json::to_string(&Budget::tokens(512)).unwrap(),
+            r#""512""#
+        );
+        assert_eq!(serde_json::to_string(&Budget::Off).unwrap(), r#""off""#);
+        let b: Budget = serde_json::from_str("512").unwrap();
+        assert_eq!(b, Budget::tokens(512));
+        let b: Budget = serde_json::from_str("null").unwrap();
+        assert_eq!(b, Budget::Unlimited);
+        assert!(serde_json::from_str::<Budget>(r#""lots""#).is_err());
+    }
+
+    #[test]
+    fn thinking_options_read_the_form_before_budget() {
+        let old: ThinkingOptions =
+            serde_json::from_str(r#"{"enabled":false,"budget":256,"min_tokens":3}"#).unwrap();
+        assert_eq!(old.budget, Budget::Off);
+        assert_eq!(old.min_tokens, 3);
+        let old: ThinkingOptions =
+            serde_json::from_str(r#"{"enabled":true,"budget":null}"#).unwrap();
+        assert_eq!(old.budget, Budget::Unlimited);
+        let old: ThinkingOptions = serde_json::from_str(r#"{"enabled":true,"budget":0}"#).unwrap();
+        assert_eq!(old.budget, Budget::Off);
+        let now = ThinkingOptions {
+            budget: Budget::tokens(100),
+            ..ThinkingOptions::default()
+        };
+        let json = serde_json::to_string(&now).unwrap();
+        assert!(!json.contains("enabled"));
+        assert_eq!(serde_json::from_str::<ThinkingOptions>(&json).unwrap(), now);
+    }
+
+    #[test]
+    fn a_request_carries_one_budget() {
+        let thinking = ThinkingOptions {
+            budget: Budget::tokens(32),
+            ..ThinkingOptions::default()
+        };
+        let req = Request::new(vec![Message::user("hi")], thinking);
+        assert_eq!(req.controls().budget(), Budget::tokens(32));
+        req.controls().set_budget(Budget::Off);
+        assert_eq!(req.controls().budget(), Budget::Off);
+        req.controls().set_budget(Budget::Unlimited);
+        assert_eq!(req.clone().controls().budget(), Budget::Unlimited);
+    }
+
+    #[test]
+    fn sampling_values_have_one_range_each() {
+        assert_eq!(SamplingParams::default().validate(), Ok(()));
+        let bad = |f: fn(&mut SamplingParams)| {
+            let mut p = SamplingParams::default();
+            f(&mut p);
+            p.validate().unwrap_err().field
+        };
+        assert_eq!(bad(|p| p.temperature = -5.0), "temperature");
+        assert_eq!(bad(|p| p.temperature = 5.5), "temperature");
+        assert_eq!(bad(|p| p.temperature = f32::NAN), "temperature");
+        assert_eq!(bad(|p| p.top_p = 1.5), "top_p");
+        assert_eq!(bad(|p| p.min_p = -0.1), "min_p");
+        assert_eq!(bad(|p| p.repetition_penalty = 0.0), "repetition_penalty");
+        assert_eq!(bad(|p| p.presence_penalty = 3.0), "presence_penalty");
+        assert_eq!(bad(|p| p.top_k = usize::MAX), "top_k");
+        let ok = SamplingParams {
+            temperature: 5.0,
+            top_p: 0.0,
+            min_p: 1.0,
+            repetition_penalty: 100.0,
+            presence_penalty: -2.0,
+            top_k: 40,
+            seed: Some(1),
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let e = SamplingParams {
+            temperature: -5.0,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.to_string(), "temperature: -5 is outside 0..=5");
+    }
+
+    #[test]
+    fn an_approval_answer_reaches_the_waiter_and_cancel_wakes_it() {
+        let c = Request::new(vec![], ThinkingOptions::default())
+            .controls()
+            .clone();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.wait_answer("call_1", None));
+        c.answer("call_0", ApprovalDecision::Once);
+        c.answer(
+            "call_1",
+            ApprovalDecision::Deny {
+                note: Some("no".into()),
+            },
+        );
+        assert_eq!(
+            t.join().unwrap(),
+            Some(ApprovalDecision::Deny {
+                note: Some("no".into())
+            })
+        );
+        let c3 = c.clone();
+        let t = std::thread::spawn(move || c3.wait_answer("call_9", None));
+        c.cancel();
+        assert_eq!(t.join().unwrap(), None);
+        assert_eq!(
+            c.wait_answer("call_0", Some(Duration::from_millis(1))),
+            Some(ApprovalDecision::Once)
+        );
+    }
 }

@@ -157,6 +157,34 @@ fn run_reads_the_prompt_from_stdin() {
     assert_eq!(text(&a.stdout), text(&b.stdout));
 }
 
+/// `--budget off`, `--budget 0` and `--no-think` are one thing: no reasoning at all (the
+/// fixture's template opens `<think>` when thinking is on); `unlimited` and a count think.
+#[test]
+fn run_budget_takes_off_unlimited_and_counts() {
+    let reasoning_tokens = |flags: &[&str]| -> u64 {
+        let model = tiny();
+        let mut args = vec!["run", "--model", &model, "--json", "--max-tokens", "6"];
+        args.extend_from_slice(flags);
+        args.push("Hi");
+        let out = nemo(&args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+        let done: serde_json::Value =
+            serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(done["event"], "done");
+        done["usage"]["reasoning_tokens"].as_u64().unwrap()
+    };
+    assert_eq!(reasoning_tokens(&["--budget", "off"]), 0);
+    assert_eq!(reasoning_tokens(&["--budget", "0"]), 0);
+    assert_eq!(reasoning_tokens(&["--no-think"]), 0);
+    assert!(reasoning_tokens(&["--budget", "unlimited"]) > 0);
+    assert!(reasoning_tokens(&["--budget", "3"]) > 0);
+}
+
 #[test]
 fn run_json_prints_one_event_per_line_ending_with_done() {
     let out = nemo(
@@ -382,7 +410,40 @@ fn bad_flags_are_usage_errors_with_exit_2() {
     fails_with_one_line(
         &nemo(&["run", "--model", &tiny(), "--top-p", "1.5", "hi"], None),
         2,
-        &["--top-p"],
+        &["--top-p: 1.5 is outside 0..=1"],
+    );
+    // One range per sampling value (`SamplingParams::validate`), the same as `/set`.
+    fails_with_one_line(
+        &nemo(&["run", "--model", &tiny(), "--temperature=-5", "hi"], None),
+        2,
+        &["--temperature: -5 is outside 0..=5"],
+    );
+    // One budget dialect: off | unlimited | N (up to 1000000).
+    fails_with_one_line(
+        &nemo(&["run", "--model", &tiny(), "--budget", "lots", "hi"], None),
+        2,
+        &["--budget", "lots", "off", "unlimited"],
+    );
+    fails_with_one_line(
+        &nemo(
+            &[
+                "run",
+                "--model",
+                &tiny(),
+                "--no-think",
+                "--budget",
+                "8",
+                "hi",
+            ],
+            None,
+        ),
+        2,
+        &["--no-think", "--budget"],
+    );
+    fails_with_one_line(
+        &nemo(&["run", "--model", &tiny(), "--frobnicate", "hi"], None),
+        2,
+        &["--frobnicate"],
     );
     fails_with_one_line(
         &nemo(&["run", "--model", &tiny()], Some("")),

@@ -345,7 +345,7 @@ mod gpu {
             prefill_chunk: 16,
         };
         let cache = CacheConfig::default();
-        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        let greedy = SampleArgs::from(&nemo::protocol::SamplingParams::default());
         let mut a = model.new_session(&g, cache, plan).unwrap();
         let mut b = model.new_session(&g, cache, plan).unwrap();
         let logits = model.forward(&g, &mut a, &prompt, Logits::Last).unwrap();
@@ -418,7 +418,7 @@ mod gpu {
         let Some(g) = gpu("gpu graph greedy") else {
             return;
         };
-        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        let greedy = SampleArgs::from(&nemo::protocol::SamplingParams::default());
         for name in DENSE {
             let f = fixture(name);
             let model = GpuNemotronH::load(&g, &f.cfg, &mut StoreWeights(&f.store)).unwrap();
@@ -489,7 +489,7 @@ mod gpu {
         let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
         let prompt = ids(4, f.cfg.vocab_size, 29);
         model.forward(&g, &mut s, &prompt, Logits::None).unwrap();
-        let greedy = SampleArgs::from(&nemo::engine::sampler::SamplingParams::default());
+        let greedy = SampleArgs::from(&nemo::protocol::SamplingParams::default());
         // Nothing was drawn on the device: a token must be given.
         let e = model
             .decode_next(&g, &mut s, None, &greedy, &[], 0.5)

@@ -147,7 +147,8 @@ mod gpu {
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
     use nemo::backend::cuda::{self, ssm::ScanShape};
     use nemo::backend::{fp8, DType};
-    use nemo::engine::sampler::{Sampler, SamplingParams};
+    use nemo::engine::sampler::Sampler;
+    use nemo::protocol::SamplingParams;
     use nemo::state::KvCache;
 
     fn widen(v: &[bf16]) -> Vec<f32> {

@@ -212,13 +212,13 @@ mod gpu {
     use nemo::backend::cuda::nemotron_h::{GpuNemotronH, StoreWeights};
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
-    use nemo::chat::Message;
     use nemo::engine::runner::{check_cuda, load_gpu_model};
-    use nemo::engine::sampler::SamplingParams;
     use nemo::engine::{Runner, Session, SessionOptions};
     use nemo::model::weights::WeightStore;
     use nemo::model::{Logits, Model, ModelFolder, NemotronHConfig};
-    use nemo::protocol::{Controls, Event, Request, ThinkingOptions};
+    use nemo::protocol::Message;
+    use nemo::protocol::SamplingParams;
+    use nemo::protocol::{Budget, Event, Request, ThinkingOptions};
     use nemo::state::CacheConfig;
 
     const DENSE: [&str; 3] = ["nemotron_h_tiny", "nemotron_h_bf16", "nemotron_h_f16"];
@@ -284,18 +284,15 @@ mod gpu {
     }
 
     fn request(messages: Vec<Message>, budget: Option<usize>, max_tokens: usize) -> Request {
-        Request {
+        let mut req = Request::new(
             messages,
-            sampling: SamplingParams::default(),
-            max_tokens,
-            stop: vec![],
-            thinking: ThinkingOptions {
-                enabled: true,
-                budget,
+            ThinkingOptions {
+                budget: Budget::from_limit(budget),
                 ..Default::default()
             },
-            controls: Controls::new(budget),
-        }
+        );
+        req.max_tokens = max_tokens;
+        req
     }
 
     fn convo(turns: &[&str]) -> Vec<Message> {
@@ -483,10 +480,9 @@ mod gpu {
     }
 
     fn sampled(sampling: SamplingParams, max_tokens: usize) -> Request {
-        Request {
-            sampling,
-            ..request(convo(&["Tell me about tiny models."]), None, max_tokens)
-        }
+        let mut req = request(convo(&["Tell me about tiny models."]), None, max_tokens);
+        req.sampling = sampling;
+        req
     }
 
     /// The device draw (greedy: argmax, ties to the lower id) picks the tokens the host
@@ -593,15 +589,18 @@ mod gpu {
         for name in DENSE {
             let f = fixture(name);
             let m = upload(&g, &f);
-            let thinking = |min_tokens| Request {
-                thinking: ThinkingOptions {
-                    enabled: true,
-                    budget: Some(8),
-                    min_tokens,
-                    grace_tokens: 0,
-                    ..Default::default()
-                },
-                ..request(convo(&["Think, then answer."]), Some(8), 24)
+            let thinking = |min_tokens| {
+                let mut req = Request::new(
+                    convo(&["Think, then answer."]),
+                    ThinkingOptions {
+                        budget: Budget::tokens(8),
+                        min_tokens,
+                        grace_tokens: 0,
+                        ..Default::default()
+                    },
+                );
+                req.max_tokens = 24;
+                req
             };
             // The first token greedy picks, from the GPU's logits (ties to the lower id).
             let mut probe = gpu_session(&g, &m, &f, opts(caches()[0]));

@@ -5,11 +5,11 @@
 mod common;
 
 use common::fixture;
-use nemo::chat::Message;
-use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, EngineError, Session, SessionOptions};
 use nemo::model::ModelFolder;
-use nemo::protocol::{Controls, Done, Event, FinishReason, Request, ThinkingOptions};
+use nemo::protocol::{
+    Budget, Done, Event, FinishReason, Message, Request, SamplingParams, ThinkingOptions,
+};
 
 fn session(model: &str) -> Session {
     let folder = ModelFolder::open(&fixture(model)).unwrap();
@@ -17,21 +17,14 @@ fn session(model: &str) -> Session {
 }
 
 fn request(messages: Vec<Message>, thinking: ThinkingOptions, max_tokens: usize) -> Request {
-    let controls = Controls::new(thinking.budget);
-    Request {
-        messages,
-        sampling: SamplingParams::default(),
-        max_tokens,
-        stop: vec![],
-        thinking,
-        controls,
-    }
+    let mut req = Request::new(messages, thinking);
+    req.max_tokens = max_tokens;
+    req
 }
 
 fn think(budget: Option<usize>) -> ThinkingOptions {
     ThinkingOptions {
-        enabled: true,
-        budget,
+        budget: Budget::from_limit(budget),
         ..Default::default()
     }
 }
@@ -114,7 +107,7 @@ fn budget_zero_turns_thinking_off() {
 fn wrap_up_mid_stream_closes_thinking_and_the_answer_follows() {
     let mut s = session("nemotron_h_tiny");
     let req = request(convo(&["Tell me a story"]), think(None), 30);
-    let controls = req.controls.clone();
+    let controls = req.controls().clone();
     let mut seen = 0;
     let mut content = String::new();
     let done = s
@@ -143,14 +136,14 @@ fn wrap_up_mid_stream_closes_thinking_and_the_answer_follows() {
 fn live_budget_change_takes_effect_on_the_current_turn() {
     let mut s = session("nemotron_h_tiny");
     let req = request(convo(&["Count"]), think(Some(100)), 40);
-    let controls = req.controls.clone();
+    let controls = req.controls().clone();
     let mut n = 0;
     let done = s
         .generate(&req, &mut |e| {
             if let Event::Reasoning(_) = e {
                 n += 1;
                 if n == 2 {
-                    controls.set_budget(Some(3));
+                    controls.set_budget(Budget::tokens(3));
                 }
             }
         })
@@ -207,7 +200,7 @@ fn retry_restores_a_checkpoint_and_reproduces_the_answer() {
 fn cancel_stops_generation_with_cancelled() {
     let mut s = session("nemotron_h_tiny");
     let req = request(convo(&["Go"]), think(None), 50);
-    let controls = req.controls.clone();
+    let controls = req.controls().clone();
     let mut n = 0;
     let done = s
         .generate(&req, &mut |e| {

@@ -7,11 +7,9 @@
 
 use std::path::PathBuf;
 
-use nemo::chat::Message;
-use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Session, SessionOptions};
 use nemo::model::ModelFolder;
-use nemo::protocol::{Controls, Event, Request, ThinkingOptions};
+use nemo::protocol::{Budget, Event, Message, Request, ThinkingOptions};
 
 fn smollm2() -> Option<PathBuf> {
     let Some(p) = std::env::var_os("NEMO_SMOLLM2_GGUF").map(PathBuf::from) else {
@@ -27,20 +25,18 @@ fn smollm2() -> Option<PathBuf> {
 
 fn request(question: &str) -> Request {
     let thinking = ThinkingOptions {
-        enabled: false,
+        budget: Budget::Off,
         ..Default::default()
     };
-    Request {
-        messages: vec![
+    let mut req = Request::new(
+        vec![
             Message::system("You are a helpful assistant."),
             Message::user(question),
         ],
-        sampling: SamplingParams::default(),
-        max_tokens: 30,
-        stop: vec![],
-        controls: Controls::new(thinking.budget),
         thinking,
-    }
+    );
+    req.max_tokens = 30;
+    req
 }
 
 fn ask(s: &mut Session, question: &str) -> String {

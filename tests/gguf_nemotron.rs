@@ -23,10 +23,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use nemo::chat::Message;
 use nemo::model::gguf::GgufFile;
 use nemo::model::weights::WeightStore;
 use nemo::model::{Logits, ModelFolder};
+use nemo::protocol::Message;
 use nemo::state::CacheConfig;
 
 const FULL_TOL: f32 = 2e-4;

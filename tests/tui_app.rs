@@ -13,10 +13,10 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
-use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, Session, SessionOptions};
 use nemo::model::ModelFolder;
-use nemo::protocol::ThinkingOptions;
+use nemo::protocol::SamplingParams;
+use nemo::protocol::{Budget, ThinkingOptions};
 use nemo::tui::app::{App, Level, ModelInfo, Overlay};
 use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};
@@ -54,7 +54,7 @@ impl Harness {
             },
             SamplingParams::default(),
             ThinkingOptions {
-                budget: Some(8),
+                budget: Budget::tokens(8),
                 ..Default::default()
             },
             None,
@@ -172,21 +172,26 @@ fn retry_reuses_the_checkpoint_and_undo_returns_the_message() {
 fn thinking_commands_and_the_slider_keys() {
     let mut h = Harness::new();
     h.type_line("/no_think");
-    assert!(!h.app.thinking);
+    assert_eq!(h.app.budget(), Budget::Off);
     h.type_line("/think");
-    assert!(h.app.thinking);
+    // Back to the budget the session had before /no_think.
+    assert_eq!(h.app.budget(), Budget::tokens(8));
     h.type_line("/budget 256");
-    assert_eq!(h.app.budget, Some(256));
+    assert_eq!(h.app.budget(), Budget::tokens(256));
     h.key(KeyCode::Right, KeyModifiers::ALT);
-    assert_eq!(h.app.budget, Some(512));
+    assert_eq!(h.app.budget(), Budget::tokens(512));
     h.key(KeyCode::Left, KeyModifiers::ALT);
     h.key(KeyCode::Left, KeyModifiers::ALT);
-    assert_eq!(h.app.budget, Some(128));
+    assert_eq!(h.app.budget(), Budget::tokens(128));
     h.type_line("/budget off");
-    assert_eq!(h.app.budget, Some(0));
+    assert_eq!(h.app.budget(), Budget::Off);
     assert!(h.screen().contains("Thinking off"));
+    h.type_line("/think");
+    assert_eq!(h.app.budget(), Budget::tokens(128));
     h.type_line("/budget unlimited");
-    assert_eq!(h.app.budget, None);
+    assert_eq!(h.app.budget(), Budget::Unlimited);
+    // The session file keeps the one budget.
+    assert_eq!(h.app.session.thinking.budget, Budget::Unlimited);
     h.type_line("/budget lots");
     assert_eq!(h.message().1, Level::Error);
     h.type_line("/wrap");

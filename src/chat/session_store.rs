@@ -25,9 +25,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::chat::Message;
-use crate::engine::sampler::SamplingParams;
-use crate::protocol::{Done, FinishReason, ThinkingOptions};
+use crate::protocol::Message;
+use crate::protocol::SamplingParams;
+use crate::protocol::{Budget, Done, FinishReason, ThinkingOptions};
 
 /// The session file format this build reads and writes.
 pub const SESSION_VERSION: u32 = 1;
@@ -239,6 +239,8 @@ pub enum StoreError {
     },
     #[error("session file {} has version {found}; this nemo reads version {SESSION_VERSION}", path.display())]
     UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("session file {} has a bad value: {message}; it was left as is", path.display())]
+    BadValue { path: PathBuf, message: String },
     #[error("invalid session name {0:?}: use 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'")]
     InvalidName(String),
     #[error("no session {name:?} in {}", dir.display())]
@@ -426,7 +428,14 @@ fn parse_session(path: &Path, bytes: &[u8]) -> Result<SessionFile, StoreError> {
             found: v.version,
         });
     }
-    serde_json::from_slice(bytes).map_err(corrupt)
+    let file: SessionFile = serde_json::from_slice(bytes).map_err(corrupt)?;
+    // The same ranges as the flags and `/set`: a hand-edited file cannot smuggle in a
+    // temperature of -5.
+    file.sampling.validate().map_err(|e| StoreError::BadValue {
+        path: path.to_path_buf(),
+        message: format!("sampling.{e}"),
+    })?;
+    Ok(file)
 }
 
 fn preview(text: &str) -> String {
@@ -587,10 +596,10 @@ pub fn export_markdown(s: &SessionFile) -> String {
         p.presence_penalty,
         p.seed.map_or("random".to_string(), |s| s.to_string()),
     ));
-    let budget = match (s.thinking.enabled, s.thinking.budget) {
-        (false, _) | (true, Some(0)) => "off".to_string(),
-        (true, None) => "on, unlimited budget".to_string(),
-        (true, Some(n)) => format!("on, budget {n} tokens"),
+    let budget = match s.thinking.budget {
+        Budget::Off => "off".to_string(),
+        Budget::Unlimited => "on, unlimited budget".to_string(),
+        Budget::Tokens(n) => format!("on, budget {n} tokens"),
     };
     md.push_str(&format!("- Thinking: {budget}\n"));
     if let Some(system) = &s.system {
@@ -657,7 +666,7 @@ mod tests {
                 ..SamplingParams::default()
             },
             thinking: ThinkingOptions {
-                budget: Some(512),
+                budget: Budget::tokens(512),
                 ..ThinkingOptions::default()
             },
             system: Some("Be brief.".into()),
@@ -770,6 +779,25 @@ mod tests {
             matches!(err, StoreError::UnsupportedVersion { found: 2, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn out_of_range_sampling_in_a_file_is_refused_naming_the_field() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let mut s = session("hot", "2025-01-01T00:00:00.000Z", "hi");
+        s.sampling.temperature = -5.0;
+        let bytes = serde_json::to_vec(&s).unwrap();
+        fs::write(tmp.path().join("hot.json"), &bytes).unwrap();
+        let err = store.load("hot").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("hot.json"), "{text}");
+        assert!(
+            text.contains("sampling.temperature: -5 is outside 0..=5"),
+            "{text}"
+        );
+        // Left as it was.
+        assert_eq!(fs::read(tmp.path().join("hot.json")).unwrap(), bytes);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
-use super::Message;
+use crate::protocol::Message;
 
 /// Name under which the template is stored in the environment; shows up in error text.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -870,7 +870,7 @@ mod tests {
         let odd = Message {
             role: "narrator".into(),
             content: "x".into(),
-            reasoning_content: None,
+            ..Message::default()
         };
         let err = t.render(&[odd], false, &no_extra()).unwrap_err();
         assert!(err.to_string().contains("narrator"), "{err}");

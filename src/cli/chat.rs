@@ -23,12 +23,11 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
-use nemo::config::{parse_budget, Config, Paths};
+use nemo::config::{Config, Paths};
 use nemo::engine::prompt::{thinking_style, ThinkingStyle};
-use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
-use nemo::protocol::ThinkingOptions;
+use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
 use nemo::tui::app::{App, ModelInfo};
 use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};
@@ -50,12 +49,12 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
-    /// Reasoning off at start.
-    #[arg(long = "no-think")]
+    /// Reasoning off at start (the same as `--budget off`).
+    #[arg(long = "no-think", conflicts_with = "budget")]
     pub no_think: bool,
     /// Thinking budget: N tokens, `off` or `unlimited`.
     #[arg(long)]
-    pub budget: Option<String>,
+    pub budget: Option<Budget>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[arg(long)]
@@ -174,9 +173,13 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let threads = a.model.threads.or(cfg.threads);
     let device = a.model.device()?;
     super::init_threads(threads)?;
-    let budget = match a.budget.as_deref().or(cfg.budget.as_deref()) {
-        Some(s) => parse_budget(s).map_err(|e| usage(format!("--budget: {e}")))?,
-        None => None,
+    // Layers: config.toml / NEMO_* < flags; `--no-think` and `think = false` are `off`.
+    let budget = if a.no_think {
+        Budget::Off
+    } else {
+        a.budget
+            .or(cfg.thinking_budget())
+            .unwrap_or(Budget::Unlimited)
     };
     let store = SessionStore::new(paths.sessions_dir.clone());
     let resumed = if a.resume {
@@ -260,19 +263,9 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     // Layers: generation_config.json < config.toml / NEMO_* < flags.
-    SamplingArgs {
-        temperature: cfg.temperature,
-        top_p: cfg.top_p,
-        top_k: cfg.top_k,
-        min_p: cfg.min_p,
-        repetition_penalty: None,
-        presence_penalty: None,
-        seed: cfg.seed,
-    }
-    .apply(&mut sampling);
+    let mut sampling = cfg.sampling_over(sampling);
     a.sampling.apply(&mut sampling);
     let thinking = ThinkingOptions {
-        enabled: !(a.no_think || cfg.think == Some(false)),
         budget,
         ..Default::default()
     };

@@ -92,22 +92,22 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Range checks, each a usage error naming the flag.
+    /// Range checks (`SamplingParams::validate`'s ranges), each a usage error naming the
+    /// flag.
     pub fn check(&self) -> anyhow::Result<()> {
-        let range = |name: &str, v: Option<f32>, lo: f32, hi: f32| match v {
-            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
-                Err(usage(format!("--{name}: {x} is outside {lo}..={hi}")))
-            }
-            _ => Ok(()),
-        };
-        range("temperature", self.temperature, 0.0, 100.0)?;
-        range("top-p", self.top_p, 0.0, 1.0)?;
-        range("min-p", self.min_p, 0.0, 1.0)?;
-        range("repetition-penalty", self.repetition_penalty, 0.01, 100.0)?;
-        range("presence-penalty", self.presence_penalty, -100.0, 100.0)
+        let mut p = nemo::protocol::SamplingParams::default();
+        self.apply(&mut p);
+        p.validate().map_err(|e| {
+            usage(format!(
+                "--{}: {} is outside {}",
+                e.field.replace('_', "-"),
+                e.value,
+                e.range
+            ))
+        })
     }
 
-    pub fn apply(&self, p: &mut nemo::engine::sampler::SamplingParams) {
+    pub fn apply(&self, p: &mut nemo::protocol::SamplingParams) {
         if let Some(v) = self.temperature {
             p.temperature = v;
         }
@@ -251,10 +251,18 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
             let _ = e.print();
-            return code;
+            return 0;
+        }
+        Err(e) => {
+            // One line, like every other error: clap's first line names the flag and the
+            // value; the usage and the "try --help" lines are left out.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad usage");
+            eprintln!("nemo: {}", first.trim_start_matches("error: "));
+            return 2;
         }
     };
     let result = match cli.command {

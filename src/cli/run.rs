@@ -8,10 +8,10 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use nemo::chat::Message;
-use nemo::engine::sampler::SamplingParams;
 use nemo::engine::{Engine, SessionOptions};
-use nemo::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
+use nemo::protocol::Message;
+use nemo::protocol::SamplingParams;
+use nemo::protocol::{Budget, Controls, Event, FinishReason, Request, ThinkingOptions};
 
 use super::device::{place, UploadBar};
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
@@ -28,12 +28,13 @@ pub struct RunArgs {
     /// Reasoning on (the default).
     #[arg(long, overrides_with = "no_think")]
     pub think: bool,
-    /// Reasoning off.
-    #[arg(long = "no-think")]
+    /// Reasoning off (the same as `--budget off`).
+    #[arg(long = "no-think", conflicts_with = "budget")]
     pub no_think: bool,
-    /// Most reasoning tokens before the end of thinking is forced (0 = thinking off).
+    /// Thinking budget: N reasoning tokens before the end of thinking is forced, `off`
+    /// (or 0) or `unlimited`.
     #[arg(long, env = "NEMO_BUDGET")]
-    pub budget: Option<usize>,
+    pub budget: Option<Budget>,
     /// The end of thinking is masked until this many reasoning tokens.
     #[arg(long, default_value_t = 0)]
     pub min_thinking: usize,
@@ -139,28 +140,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     messages.push(Message::user(prompt));
     let thinking = ThinkingOptions {
-        enabled: !a.no_think,
-        budget: a.budget,
+        budget: if a.no_think {
+            Budget::Off
+        } else {
+            a.budget.unwrap_or(Budget::Unlimited)
+        },
         min_tokens: a.min_thinking,
         closing_message: a.closing_message.clone(),
         grace_tokens: a.grace_tokens,
     };
-    let controls = Controls::new(a.budget);
+    let mut req = Request::new(messages, thinking);
+    req.sampling = sampling;
+    req.max_tokens = a.max_tokens;
+    req.stop = a.stop.clone();
     {
-        let c = controls.clone();
+        let c = req.controls().clone();
         // A second Ctrl+C after the first one is ignored here; the loop stops within a token.
         let _ = ctrlc::set_handler(move || c.cancel());
     }
-    let req = Request {
-        messages,
-        sampling,
-        max_tokens: a.max_tokens,
-        stop: a.stop.clone(),
-        thinking,
-        controls,
-    };
     // If printing fails (a closed pipe), stop generating instead of finishing unseen.
-    let _cancel_on_exit = CancelOnDrop(req.controls.clone());
+    let _cancel_on_exit = CancelOnDrop(req.controls().clone());
     let events = engine.submit(req);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -216,6 +215,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!(e));
             }
             Event::Started { .. } | Event::Progress { .. } => {}
+            // `run` offers the model no tools yet.
+            Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
         }
     }
     Err(anyhow::anyhow!(

@@ -14,7 +14,7 @@ use tokenizers::Tokenizer;
 
 use super::EngineError;
 use crate::chat::template::ChatTemplate;
-use crate::chat::Message;
+use crate::protocol::Message;
 
 pub const THINK_START: &str = "<think>";
 pub const THINK_END: &str = "</think>";

@@ -26,9 +26,9 @@
 
 use std::sync::Arc;
 
-use super::sampler::SamplingParams;
 use super::EngineError;
 use crate::model::{Logits, Model};
+use crate::protocol::SamplingParams;
 use crate::state::{CacheConfig, SequenceState, Snapshot};
 
 #[cfg(feature = "cuda")]

@@ -28,42 +28,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-/// How to pick the next token. Neutral values switch a step off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SamplingParams {
-    /// 0 = greedy.
-    pub temperature: f32,
-    /// 0 = off.
-    pub top_k: usize,
-    /// 1 = off.
-    pub top_p: f32,
-    /// 0 = off.
-    pub min_p: f32,
-    /// 1 = off.
-    pub repetition_penalty: f32,
-    /// 0 = off.
-    pub presence_penalty: f32,
-    /// None = seeded from the clock.
-    pub seed: Option<u64>,
-}
-
-impl Default for SamplingParams {
-    /// Greedy decoding with every filter and penalty off.
-    fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            presence_penalty: 0.0,
-            seed: None,
-        }
-    }
-}
+use crate::protocol::SamplingParams;
 
 /// How many of the best candidates top-p sorts before falling back to a full sort.
 const TOP_P_HEAD: usize = 1024;

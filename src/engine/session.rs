@@ -222,8 +222,9 @@ impl Session {
     }
 
     pub fn render(&self, req: &Request) -> Result<PromptPlan, EngineError> {
-        let thinking = req.thinking.enabled && req.thinking.budget != Some(0);
-        self.prompt.build(&req.messages, thinking)
+        // The live budget: a change made before the engine took the request counts.
+        self.prompt
+            .build(&req.messages, req.controls().budget().is_on())
     }
 
     /// Restores the best reusable state for `ids`; returns how many tokens are reused.
@@ -324,7 +325,7 @@ impl Session {
         let mut logits = StepLogits::Host(Vec::new());
         let mut i = 0;
         while i < ids.len() {
-            if req.controls.is_cancelled() {
+            if req.controls().is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
             let pos = self.tokens.len();
@@ -409,20 +410,20 @@ impl Session {
             content_seen: false,
         };
         let mut sampler = Sampler::new(req.sampling.clone());
-        let mut thinking = ThinkingController::new(&req.thinking, plan.starts_in_reasoning);
+        let mut thinking = ThinkingController::new(req.thinking(), plan.starts_in_reasoning);
         let mut completion = 0usize;
         let mut ttft = None;
         let mut t_first = Instant::now();
         let mut sampled = 0usize;
 
         let finish = loop {
-            if req.controls.is_cancelled() {
+            if req.controls().is_cancelled() {
                 break FinishReason::Cancelled;
             }
             if completion >= req.max_tokens || self.tokens.len() >= ctx {
                 break FinishReason::Length;
             }
-            match thinking.before_step(req.controls.budget(), req.controls.wants_wrap_up()) {
+            match thinking.before_step(req.controls().budget(), req.controls().wants_wrap_up()) {
                 Action::Force(text) => {
                     let mut ids = self.prompt.encode(&text)?;
                     // Within both the context and max_tokens: at the limit a cut-off tag

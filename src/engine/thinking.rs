@@ -4,9 +4,9 @@
 //! grace window to finish the sentence), or at once on "wrap up now". The prompt is never
 //! processed again: forced text is fed as ordinary tokens after the ones already there.
 //!
-//! Pure state machine: no model, no tokenizer; the loop in `generate.rs` drives it.
+//! Pure state machine: no model, no tokenizer; `Session::generate` drives it.
 
-use crate::protocol::ThinkingOptions;
+use crate::protocol::{Budget, ThinkingOptions};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -91,12 +91,12 @@ impl ThinkingController {
         s
     }
 
-    /// Called before each token with the live budget (None = unlimited) and wrap-up flag.
-    pub fn before_step(&mut self, budget: Option<usize>, wrap_up: bool) -> Action {
+    /// Called before each token with the live budget and wrap-up flag.
+    pub fn before_step(&mut self, budget: Budget, wrap_up: bool) -> Action {
         if !self.in_reasoning {
             return Action::Sample { ban_end: false };
         }
-        let over = budget.is_some_and(|b| self.reasoning_tokens >= b);
+        let over = budget.limit().is_some_and(|b| self.reasoning_tokens >= b);
         if wrap_up {
             return self.force();
         }
@@ -176,8 +176,7 @@ mod tests {
 
     fn opts(min: usize, grace: usize, msg: Option<&str>) -> ThinkingOptions {
         ThinkingOptions {
-            enabled: true,
-            budget: None,
+            budget: Budget::Unlimited,
             min_tokens: min,
             closing_message: msg.map(str::to_string),
             grace_tokens: grace,
@@ -194,19 +193,19 @@ mod tests {
         let mut c = ThinkingController::new(&opts(0, 0, None), true);
         for i in 0..4 {
             assert_eq!(
-                c.before_step(Some(4), false),
+                c.before_step(Budget::tokens(4), false),
                 Action::Sample { ban_end: false },
                 "token {i}"
             );
             think(&mut c, " word");
         }
         assert_eq!(
-            c.before_step(Some(4), false),
+            c.before_step(Budget::tokens(4), false),
             Action::Force("\n</think>\n\n".into())
         );
         assert!(!c.in_reasoning() && c.forced());
         assert_eq!(
-            c.before_step(Some(4), false),
+            c.before_step(Budget::tokens(4), false),
             Action::Sample { ban_end: false }
         );
     }
@@ -217,11 +216,14 @@ mod tests {
         think(&mut c, "a");
         think(&mut c, "b");
         assert!(matches!(
-            c.before_step(Some(10), false),
+            c.before_step(Budget::tokens(10), false),
             Action::Sample { .. }
         ));
         // Lowered below what was used: closes now.
-        assert!(matches!(c.before_step(Some(1), false), Action::Force(_)));
+        assert!(matches!(
+            c.before_step(Budget::tokens(1), false),
+            Action::Force(_)
+        ));
     }
 
     #[test]
@@ -229,7 +231,7 @@ mod tests {
         let mut c = ThinkingController::new(&opts(0, 8, Some("Answer now.")), true);
         think(&mut c, "thinking");
         assert_eq!(
-            c.before_step(None, true),
+            c.before_step(Budget::Unlimited, true),
             Action::Force("\nAnswer now.\n</think>\n\n".into())
         );
     }
@@ -238,11 +240,14 @@ mod tests {
     fn min_thinking_masks_the_end_until_reached() {
         let mut c = ThinkingController::new(&opts(3, 0, None), true);
         for _ in 0..3 {
-            assert_eq!(c.before_step(None, false), Action::Sample { ban_end: true });
+            assert_eq!(
+                c.before_step(Budget::Unlimited, false),
+                Action::Sample { ban_end: true }
+            );
             think(&mut c, "x");
         }
         assert_eq!(
-            c.before_step(None, false),
+            c.before_step(Budget::Unlimited, false),
             Action::Sample { ban_end: false }
         );
     }
@@ -254,17 +259,17 @@ mod tests {
         think(&mut c, " blue");
         // Budget reached mid-sentence: grace.
         assert!(matches!(
-            c.before_step(Some(2), false),
+            c.before_step(Budget::tokens(2), false),
             Action::Sample { .. }
         ));
         think(&mut c, " today");
         assert!(matches!(
-            c.before_step(Some(2), false),
+            c.before_step(Budget::tokens(2), false),
             Action::Sample { .. }
         ));
         think(&mut c, ".");
         assert_eq!(
-            c.before_step(Some(2), false),
+            c.before_step(Budget::tokens(2), false),
             Action::Force("\nTime to answer.\n</think>\n\n".into())
         );
     }
@@ -274,23 +279,26 @@ mod tests {
         let mut c = ThinkingController::new(&opts(0, 2, None), true);
         think(&mut c, "no");
         assert!(matches!(
-            c.before_step(Some(1), false),
+            c.before_step(Budget::tokens(1), false),
             Action::Sample { .. }
         ));
         think(&mut c, " end");
         assert!(matches!(
-            c.before_step(Some(1), false),
+            c.before_step(Budget::tokens(1), false),
             Action::Sample { .. }
         ));
         think(&mut c, " in");
-        assert!(matches!(c.before_step(Some(1), false), Action::Force(_)));
+        assert!(matches!(
+            c.before_step(Budget::tokens(1), false),
+            Action::Force(_)
+        ));
     }
 
     #[test]
     fn nothing_is_forced_when_not_reasoning() {
         let mut c = ThinkingController::new(&opts(5, 0, None), false);
         assert_eq!(
-            c.before_step(Some(0), true),
+            c.before_step(Budget::tokens(0), true),
             Action::Sample { ban_end: false }
         );
         assert!(!c.forced());

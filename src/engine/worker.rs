@@ -6,12 +6,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::Session;
-use crate::protocol::{Event, Request};
-
-enum Op {
-    Generate(Box<Request>, Sender<Event>),
-    Reset,
-}
+use crate::protocol::{Event, Op, Request};
 
 pub struct Engine {
     tx: Option<Sender<Op>>,

@@ -15,7 +15,7 @@ use super::nemotron_h_gguf;
 use super::weights::WeightStore;
 use super::ModelError;
 use crate::chat::template::{self, ChatTemplate};
-use crate::engine::sampler::SamplingParams;
+use crate::protocol::SamplingParams;
 
 /// Defaults from `generation_config.json`.
 #[derive(Clone, Debug, Default)]

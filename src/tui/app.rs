@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
-use super::commands::{self, BudgetArg, Command, SetArg};
+use super::commands::{self, Command, SetArg};
 use super::input::{History, InputAction, InputEditor};
 use super::theme::Theme;
 use crate::chat::session_store::{SessionFile, Turn, TurnStats};
-use crate::chat::Message;
-use crate::engine::sampler::SamplingParams;
-use crate::protocol::{Controls, Event, FinishReason, Request, ThinkingOptions};
+use crate::protocol::{Budget, Controls, Event, FinishReason, Message, Request, SamplingParams};
 
 /// What the loaded model is, for the status bar and `/model`.
 #[derive(Clone, Debug, Default)]
@@ -116,18 +114,18 @@ pub enum Effect {
 }
 
 /// The budget slider's stops (Alt+←/→ move along them).
-pub const BUDGET_STEPS: &[Option<usize>] = &[
-    Some(0),
-    Some(64),
-    Some(128),
-    Some(256),
-    Some(512),
-    Some(1024),
-    Some(2048),
-    Some(4096),
-    Some(8192),
-    Some(16384),
-    None,
+pub const BUDGET_STEPS: &[Budget] = &[
+    Budget::Off,
+    Budget::tokens(64),
+    Budget::tokens(128),
+    Budget::tokens(256),
+    Budget::tokens(512),
+    Budget::tokens(1024),
+    Budget::tokens(2048),
+    Budget::tokens(4096),
+    Budget::tokens(8192),
+    Budget::tokens(16384),
+    Budget::Unlimited,
 ];
 
 pub struct App {
@@ -135,9 +133,9 @@ pub struct App {
     pub model: ModelInfo,
     pub turns: Vec<TurnView>,
     pub system: Option<String>,
-    pub thinking: bool,
-    /// None = unlimited; Some(0) = off.
-    pub budget: Option<usize>,
+    /// The budget `/think` returns to after `/no_think` (never `Off`). The budget itself
+    /// lives in `session.thinking` (and, for a running turn, in its `Controls`).
+    pub budget_when_on: Budget,
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub input: InputEditor,
@@ -165,25 +163,24 @@ pub struct App {
     pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
 }
 
-fn budget_label(b: Option<usize>) -> String {
-    match b {
-        Some(0) => "off".into(),
-        Some(n) => format!("{n}"),
-        None => "unlimited".into(),
+/// The budget thinking returns to when it is switched back on.
+fn on_budget(b: Budget) -> Budget {
+    if b.is_on() {
+        b
+    } else {
+        Budget::Unlimited
     }
 }
 
 impl App {
     pub fn new(theme: Theme, model: ModelInfo, session: SessionFile, history: History) -> Self {
-        let thinking = session.thinking.enabled;
-        let budget = session.thinking.budget;
+        let budget_when_on = on_budget(session.thinking.budget);
         App {
             theme,
             model,
             turns: Vec::new(),
             system: session.system.clone(),
-            thinking,
-            budget,
+            budget_when_on,
             sampling: session.sampling.clone(),
             max_tokens: 4096,
             input: InputEditor::default(),
@@ -224,8 +221,7 @@ impl App {
             .collect();
         self.system = s.system.clone();
         self.sampling = s.sampling.clone();
-        self.thinking = s.thinking.enabled;
-        self.budget = s.thinking.budget;
+        self.budget_when_on = on_budget(s.thinking.budget);
         self.session = s;
         self.scroll_up = 0;
     }
@@ -240,14 +236,9 @@ impl App {
         self.message = Some((msg.into(), Level::Error));
     }
 
-    pub fn thinking_options(&self) -> ThinkingOptions {
-        ThinkingOptions {
-            enabled: self.thinking && self.budget != Some(0),
-            budget: self.budget,
-            min_tokens: 0,
-            closing_message: None,
-            grace_tokens: 0,
-        }
+    /// The thinking budget for the next turn (and the running one).
+    pub fn budget(&self) -> Budget {
+        self.session.thinking.budget
     }
 
     /// The conversation as the template sees it, finished turns plus `next_user`.
@@ -274,10 +265,11 @@ impl App {
         let upto = self.turns.len();
         let messages = self.messages(upto, &user);
         self.turns.push(TurnView::new(user));
-        let thinking = self.thinking_options();
-        let controls = Controls::new(thinking.budget);
+        let mut req = Request::new(messages, self.session.thinking.clone());
+        req.sampling = self.sampling.clone();
+        req.max_tokens = self.max_tokens;
         self.running = Some(Running {
-            controls: controls.clone(),
+            controls: req.controls().clone(),
             started: Instant::now(),
             reasoning_tokens: 0,
             completion_tokens: 0,
@@ -288,14 +280,7 @@ impl App {
         });
         self.scroll_up = 0;
         self.message = None;
-        vec![Effect::Submit(Box::new(Request {
-            messages,
-            sampling: self.sampling.clone(),
-            max_tokens: self.max_tokens,
-            stop: vec![],
-            thinking,
-            controls,
-        }))]
+        vec![Effect::Submit(Box::new(req))]
     }
 
     fn submit(&mut self, text: String) -> Vec<Effect> {
@@ -320,24 +305,28 @@ impl App {
         fx
     }
 
-    pub fn set_budget(&mut self, b: Option<usize>) {
-        self.budget = b;
+    /// Sets the budget for the next turns and the running one (from its next token).
+    pub fn set_budget(&mut self, b: Budget) {
+        self.session.thinking.budget = b;
+        if b.is_on() {
+            self.budget_when_on = b;
+        }
         if let Some(r) = &self.running {
             r.controls.set_budget(b);
         }
-        self.session.thinking = self.thinking_options();
     }
 
     fn step_budget(&mut self, up: bool) {
+        let now = self.budget();
         let pos = BUDGET_STEPS
             .iter()
-            .position(|s| *s == self.budget)
+            .position(|s| *s == now)
             .unwrap_or_else(|| {
                 // Between stops: the nearest one on the way.
-                let v = self.budget.unwrap_or(usize::MAX);
+                let v = now.limit().unwrap_or(usize::MAX);
                 BUDGET_STEPS
                     .iter()
-                    .position(|s| s.unwrap_or(usize::MAX) >= v)
+                    .position(|s| s.limit().unwrap_or(usize::MAX) >= v)
                     .unwrap_or(BUDGET_STEPS.len() - 1)
             });
         let next = if up {
@@ -346,10 +335,7 @@ impl App {
             pos.saturating_sub(1)
         };
         self.set_budget(BUDGET_STEPS[next]);
-        if self.budget != Some(0) {
-            self.thinking = true;
-        }
-        self.info(format!("thinking budget: {}", budget_label(self.budget)));
+        self.info(format!("thinking budget: {}", self.budget()));
     }
 
     pub fn wrap_up(&mut self) {
@@ -372,29 +358,20 @@ impl App {
     pub fn run_command(&mut self, cmd: Command) -> Vec<Effect> {
         match cmd {
             Command::Think => {
-                self.thinking = true;
-                if self.budget == Some(0) {
-                    self.budget = None;
+                if !self.budget().is_on() {
+                    self.session.thinking.budget = self.budget_when_on;
                 }
-                self.session.thinking = self.thinking_options();
-                self.info("thinking on");
+                self.info(format!("thinking on (budget {})", self.budget()));
             }
             Command::NoThink => {
-                self.thinking = false;
-                self.session.thinking = self.thinking_options();
+                // The running turn keeps its own budget; the next turn starts without
+                // thinking.
+                self.session.thinking.budget = Budget::Off;
                 self.info("thinking off");
             }
             Command::Budget(b) => {
-                let b = match b {
-                    BudgetArg::Off => Some(0),
-                    BudgetArg::Unlimited => None,
-                    BudgetArg::Tokens(n) => Some(n),
-                };
-                if b != Some(0) {
-                    self.thinking = true;
-                }
                 self.set_budget(b);
-                self.info(format!("thinking budget: {}", budget_label(b)));
+                self.info(format!("thinking budget: {b}"));
             }
             Command::System(s) => {
                 self.system = if s.trim().is_empty() { None } else { Some(s) };
@@ -719,6 +696,9 @@ impl App {
                 }
                 self.context_used = prompt_tokens;
             }
+            // The chat offers the model no tools yet, so no call, approval or result
+            // reaches it.
+            Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
             Event::Reasoning(t) => {
                 turn.reasoning.push_str(&t);
             }

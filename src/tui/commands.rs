@@ -7,24 +7,16 @@
 //!   `/exit`, `/q`, `/?`) parse but are not listed, so completion shows each command once.
 //! - [`parse`] never panics and every [`CommandError`] displays as a single line: user
 //!   text echoed back is cut to [`ECHO_MAX`] chars with control characters replaced.
-//! - Numbers are range-checked here, so the app can apply a parsed [`SetArg`] or
-//!   [`BudgetArg`] without checking again.
+//! - Numbers are range-checked here (sampling values by `SamplingParams::validate`, the
+//!   budget by `Budget`'s parser: the same ranges as the flags and config.toml), so the
+//!   app can apply a parsed [`SetArg`] or [`Budget`] without checking again.
 //! - Session names match `[A-Za-z0-9._-]{1,64}` and do not start with `.` (the same rule
 //!   as `chat::session_store::validate_name`), so they can never name a path outside the
 //!   sessions directory.
 
 use thiserror::Error;
 
-/// The thinking budget argument of `/budget`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BudgetArg {
-    /// No thinking tokens (`off` or `0`).
-    Off,
-    /// No cap (`unlimited`, `inf`, `none`).
-    Unlimited,
-    /// At most this many thinking tokens, `1..=`[`MAX_BUDGET`].
-    Tokens(usize),
-}
+use crate::protocol::{Budget, SamplingParams};
 
 /// A sampling setting changed by `/set KEY VALUE`; values are already range-checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,7 +38,7 @@ pub enum SetArg {
 pub enum Command {
     Think,
     NoThink,
-    Budget(BudgetArg),
+    Budget(Budget),
     /// The new system message; empty clears it.
     System(String),
     Clear,
@@ -92,8 +84,6 @@ impl Command {
     }
 }
 
-/// Largest `/budget` in tokens.
-pub const MAX_BUDGET: usize = 1_000_000;
 /// Most chars of user text echoed back in an error.
 pub const ECHO_MAX: usize = 40;
 const SET_KEYS: &str = "temperature, top_p, top_k, seed, max_tokens";
@@ -305,34 +295,20 @@ pub fn parse(input: &str) -> Result<Command, CommandError> {
 }
 
 fn parse_budget(rest: &str) -> Result<Command, CommandError> {
-    const EXPECTED: &str = "a number, `off` or `unlimited`";
-    let arg = match rest.to_lowercase().as_str() {
-        "" => {
-            return Err(CommandError::MissingArgument {
-                command: "budget",
-                expected: EXPECTED,
-            })
-        }
-        "off" | "0" => BudgetArg::Off,
-        "unlimited" | "inf" | "none" => BudgetArg::Unlimited,
-        v => {
-            let n: usize = v.parse().map_err(|_| CommandError::BadNumber {
-                command: "budget",
-                value: echo(rest),
-                expected: EXPECTED,
-            })?;
-            if n > MAX_BUDGET {
-                return Err(CommandError::OutOfRange {
-                    command: "budget",
-                    what: "the budget",
-                    range: "at most 1000000 tokens",
-                    value: n.to_string(),
-                });
-            }
-            BudgetArg::Tokens(n)
-        }
-    };
-    Ok(Command::Budget(arg))
+    const EXPECTED: &str = "a number up to 1000000, `off` or `unlimited`";
+    if rest.trim().is_empty() {
+        return Err(CommandError::MissingArgument {
+            command: "budget",
+            expected: EXPECTED,
+        });
+    }
+    rest.parse::<Budget>()
+        .map(Command::Budget)
+        .map_err(|_| CommandError::BadNumber {
+            command: "budget",
+            value: echo(rest),
+            expected: EXPECTED,
+        })
 }
 
 fn parse_export(rest: &str) -> Result<Command, CommandError> {
@@ -390,20 +366,28 @@ fn parse_set(rest: &str) -> Result<Command, CommandError> {
     let arg = match canonical {
         "temperature" => {
             let v: f32 = value.parse().map_err(|_| bad())?;
-            // `contains` is false for NaN and infinities too.
-            if !(0.0..=5.0).contains(&v) {
-                return Err(out_of_range("temperature", "between 0 and 5"));
-            }
+            in_range(SamplingParams {
+                temperature: v,
+                ..SamplingParams::default()
+            })?;
             SetArg::Temperature(v)
         }
         "top_p" => {
             let v: f32 = value.parse().map_err(|_| bad())?;
-            if !(0.0..=1.0).contains(&v) {
-                return Err(out_of_range("top_p", "between 0 and 1"));
-            }
+            in_range(SamplingParams {
+                top_p: v,
+                ..SamplingParams::default()
+            })?;
             SetArg::TopP(v)
         }
-        "top_k" => SetArg::TopK(value.parse().map_err(|_| bad())?),
+        "top_k" => {
+            let v: usize = value.parse().map_err(|_| bad())?;
+            in_range(SamplingParams {
+                top_k: v,
+                ..SamplingParams::default()
+            })?;
+            SetArg::TopK(v)
+        }
         "seed" => match value.to_lowercase().as_str() {
             "none" | "random" => SetArg::Seed(None),
             _ => SetArg::Seed(Some(value.parse().map_err(|_| bad())?)),
@@ -417,6 +401,16 @@ fn parse_set(rest: &str) -> Result<Command, CommandError> {
         }
     };
     Ok(Command::Set(arg))
+}
+
+/// The one range check of sampling values (`SamplingParams::validate`), as a `/set` error.
+fn in_range(p: SamplingParams) -> Result<(), CommandError> {
+    p.validate().map_err(|e| CommandError::OutOfRange {
+        command: "set",
+        what: e.field,
+        range: e.range,
+        value: echo(&e.value),
+    })
 }
 
 fn set_value_expected(key: &str) -> &'static str {
@@ -536,28 +530,28 @@ mod tests {
 
     #[test]
     fn budget_accepts_numbers_off_and_unlimited() {
-        assert_eq!(ok("/budget 256"), Command::Budget(BudgetArg::Tokens(256)));
+        assert_eq!(ok("/budget 256"), Command::Budget(Budget::tokens(256)));
         assert_eq!(
             ok("/budget 1000000"),
-            Command::Budget(BudgetArg::Tokens(1_000_000))
+            Command::Budget(Budget::tokens(1_000_000))
         );
-        assert_eq!(ok("/budget off"), Command::Budget(BudgetArg::Off));
-        assert_eq!(ok("/budget 0"), Command::Budget(BudgetArg::Off));
-        assert_eq!(
-            ok("/budget Unlimited"),
-            Command::Budget(BudgetArg::Unlimited)
-        );
+        assert_eq!(ok("/budget off"), Command::Budget(Budget::Off));
+        assert_eq!(ok("/budget 0"), Command::Budget(Budget::Off));
+        assert_eq!(ok("/budget Unlimited"), Command::Budget(Budget::Unlimited));
     }
 
     #[test]
     fn budget_rejects_missing_bad_and_huge_values() {
-        assert_err("/budget", "/budget needs a number, `off` or `unlimited`");
+        assert_err(
+            "/budget",
+            "/budget needs a number up to 1000000, `off` or `unlimited`",
+        );
         assert_err(
             "/budget lots",
-            "`lots` is not a number, `off` or `unlimited`",
+            "`lots` is not a number up to 1000000, `off` or `unlimited`",
         );
         assert_err("/budget -5", "is not a number");
-        assert_err("/budget 1000001", "at most 1000000 tokens");
+        assert_err("/budget 1000001", "`1000001` is not a number up to 1000000");
     }
 
     #[test]
@@ -666,13 +660,10 @@ mod tests {
             "/set temperature hot",
             "`hot` is not a temperature between 0 and 5",
         );
-        assert_err(
-            "/set temperature 9",
-            "temperature must be between 0 and 5 (got 9)",
-        );
-        assert_err("/set temperature nan", "must be between 0 and 5");
-        assert_err("/set temperature inf", "must be between 0 and 5");
-        assert_err("/set top_p 1.5", "top_p must be between 0 and 1");
+        assert_err("/set temperature 9", "temperature must be 0..=5 (got 9)");
+        assert_err("/set temperature nan", "must be 0..=5");
+        assert_err("/set temperature inf", "must be 0..=5");
+        assert_err("/set top_p 1.5", "top_p must be 0..=1");
         assert_err("/set top_k -1", "is not a whole number for top_k");
         assert_err("/set seed abc", "seed, or `random`");
         assert_err("/set max_tokens 0", "max_tokens must be at least 1");

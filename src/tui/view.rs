@@ -11,6 +11,7 @@ use ratatui::Frame;
 use super::app::{App, Level, Overlay, TurnState, TurnView, BUDGET_STEPS};
 use super::commands;
 use super::markdown;
+use crate::protocol::Budget;
 
 /// Reasoning lines shown while thinking streams (the tail; the rest is a key away).
 const REASONING_PANE_LINES: usize = 10;
@@ -211,11 +212,10 @@ fn draw_transcript(f: &mut Frame, app: &mut App, area: Rect) {
     }
 }
 
-fn budget_text(b: Option<usize>) -> String {
+fn budget_text(b: Budget) -> String {
     match b {
-        Some(0) => "off".into(),
-        Some(n) => format!("{n} tokens"),
-        None => "unlimited".into(),
+        Budget::Tokens(n) => format!("{n} tokens"),
+        other => other.to_string(),
     }
 }
 
@@ -229,7 +229,7 @@ fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new(line), area);
         return;
     }
-    if !app.thinking || app.budget == Some(0) {
+    if !app.budget().is_on() {
         let line = Line::from(vec![
             Span::styled(" Thinking off ", t.status),
             Span::styled("  /think or Alt+→ turns it on", t.reasoning),
@@ -240,7 +240,7 @@ fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
     let mut spans = vec![Span::styled(" Thinking ", t.status), Span::raw(" ")];
     let running = app.running.as_ref().filter(|r| !r.answer_started);
     let bar_w = 20usize;
-    match (app.budget, running) {
+    match (app.budget().limit(), running) {
         (Some(b), Some(r)) => {
             let used = r.reasoning_tokens;
             let frac = (used as f64 / b.max(1) as f64).min(1.0);
@@ -267,7 +267,11 @@ fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
         }
         (b, None) => {
             // Log scale from 1 to the largest finite stop; unlimited fills the bar.
-            let top = BUDGET_STEPS.iter().rev().find_map(|s| *s).unwrap_or(16384) as f64;
+            let top = BUDGET_STEPS
+                .iter()
+                .rev()
+                .find_map(|s| s.limit())
+                .unwrap_or(16384) as f64;
             let frac = match b {
                 None => 1.0,
                 Some(n) => ((n.max(1) as f64).log2() / top.log2()).clamp(0.0, 1.0),
@@ -276,7 +280,10 @@ fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
             spans.push(Span::styled("━".repeat(filled), t.slider_filled));
             spans.push(Span::styled("●", t.accent));
             spans.push(Span::styled("─".repeat(bar_w - filled), t.slider_empty));
-            spans.push(Span::raw(format!(" budget {}", budget_text(b))));
+            spans.push(Span::raw(format!(
+                " budget {}",
+                budget_text(Budget::from_limit(b))
+            )));
         }
     }
     let used: usize = spans.iter().map(|s| s.width()).sum();
@@ -320,7 +327,7 @@ fn draw_input(f: &mut Frame, app: &App, area: Rect, lines: &[String], cursor: (u
 
 fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
-    let think = if app.thinking && app.budget != Some(0) {
+    let think = if app.budget().is_on() {
         "think on"
     } else {
         "think off"
@@ -338,7 +345,7 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     // Segments by priority: the lowest ones go first when the terminal is narrow.
     let segments = [
         (0, format!("{} · {}", app.model.name, app.model.backend)),
-        (1, format!("{think} · budget {}", budget_text(app.budget))),
+        (1, format!("{think} · budget {}", budget_text(app.budget()))),
         (3, format!("ctx {}/{}", app.context_used, app.model.context)),
         (4, speed),
         (2, state.to_string()),
@@ -534,7 +541,7 @@ mod tests {
 
     use super::*;
     use crate::chat::session_store::{ModelIdentity, SessionFile};
-    use crate::engine::sampler::SamplingParams;
+    use crate::protocol::SamplingParams;
     use crate::protocol::{Done, Event, FinishReason, ThinkingOptions, Timings, Usage};
     use crate::tui::app::ModelInfo;
     use crate::tui::input::History;
@@ -560,7 +567,7 @@ mod tests {
             },
             SamplingParams::default(),
             ThinkingOptions {
-                budget: Some(512),
+                budget: Budget::tokens(512),
                 ..Default::default()
             },
             None,
@@ -654,10 +661,14 @@ mod tests {
     #[test]
     fn slider_at_several_values() {
         let mut shots = String::new();
-        for b in [Some(0), Some(64), Some(1024), None] {
+        for b in [
+            Budget::Off,
+            Budget::tokens(64),
+            Budget::tokens(1024),
+            Budget::Unlimited,
+        ] {
             let mut a = app();
             a.set_budget(b);
-            a.thinking = b != Some(0);
             let s = screen(&mut a, 80, 8);
             shots.push_str(s.lines().nth(3).unwrap_or_default());
             shots.push('\n');

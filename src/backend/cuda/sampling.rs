@@ -25,10 +25,10 @@ pub struct SampleArgs {
     pub presence_penalty: f32,
 }
 
-impl From<&crate::engine::sampler::SamplingParams> for SampleArgs {
+impl From<&crate::protocol::SamplingParams> for SampleArgs {
     /// The device sampler's knobs for the CPU sampler's parameters (the seed stays on the
     /// host: it drives the uniform draw passed to `sample`).
-    fn from(p: &crate::engine::sampler::SamplingParams) -> Self {
+    fn from(p: &crate::protocol::SamplingParams) -> Self {
         SampleArgs {
             temperature: p.temperature,
             top_k: p.top_k,

@@ -47,7 +47,7 @@ const EAGER_STEPS: usize = 32;
 
 /// Greedy: the CPU sampler's defaults (every filter and penalty off).
 fn greedy() -> SampleArgs {
-    SampleArgs::from(&nemo::engine::sampler::SamplingParams::default())
+    SampleArgs::from(&nemo::protocol::SamplingParams::default())
 }
 
 fn used_bytes(gpu: &Gpu) -> anyhow::Result<usize> {
