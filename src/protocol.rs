@@ -138,6 +138,158 @@ impl ToolCall {
     }
 }
 
+/// A tool offered to the model, in OpenAI's function-schema form:
+/// `{"type": "function", "function": {"name", "description", "parameters": <JSON schema>}}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+impl Serialize for ToolSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            }
+        })
+        .serialize(s)
+    }
+}
+
+/// Reads the OpenAI form, and also the bare `{"name", "description", "parameters"}`.
+impl<'de> Deserialize<'de> for ToolSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Function {
+            name: String,
+            #[serde(default)]
+            description: String,
+            #[serde(default = "empty_object_schema")]
+            parameters: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Wrapped { function: Function },
+            Bare(Function),
+        }
+        let f = match Wire::deserialize(d)? {
+            Wire::Wrapped { function } | Wire::Bare(function) => function,
+        };
+        if f.name.trim().is_empty() {
+            return Err(serde::de::Error::custom("a tool needs a non-empty `name`"));
+        }
+        Ok(ToolSpec {
+            name: f.name,
+            description: f.description,
+            parameters: f.parameters,
+        })
+    }
+}
+
+fn empty_object_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+/// Whether the model must, may or must not call a tool (OpenAI's `tool_choice`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// No call: the answer is text.
+    None,
+    /// The answer after reasoning is a call to one of the offered tools.
+    Required,
+    /// The answer after reasoning is a call to this tool.
+    Named(String),
+}
+
+impl fmt::Display for ToolChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ToolChoice::Auto => f.write_str("auto"),
+            ToolChoice::None => f.write_str("none"),
+            ToolChoice::Required => f.write_str("required"),
+            ToolChoice::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+impl FromStr for ToolChoice {
+    type Err = String;
+
+    /// `auto`, `none`, `required`, or a tool's name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" => Err("tool choice must be auto, none, required or a tool name".into()),
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            name => Ok(ToolChoice::Named(name.to_string())),
+        }
+    }
+}
+
+/// The text form of tool calls a model family was trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolFormat {
+    /// Nemotron Nano v2 and Llama-Nemotron:
+    /// `<TOOLCALL>[{"name": …, "arguments": {…}}]</TOOLCALL>`.
+    NanoV2,
+    /// Nemotron 3 (Qwen3-Coder XML): `<tool_call>\n<function=NAME>\n<parameter=P>\nvalue\n
+    /// </parameter>\n</function>\n</tool_call>`.
+    Qwen3Coder,
+    /// The common `<tool_call>{"name": …, "arguments": {…}}</tool_call>`.
+    Hermes,
+}
+
+impl fmt::Display for ToolFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ToolFormat::NanoV2 => "nano-v2",
+            ToolFormat::Qwen3Coder => "qwen3-coder",
+            ToolFormat::Hermes => "hermes",
+        })
+    }
+}
+
+impl FromStr for ToolFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nano-v2" | "nano_v2" => Ok(ToolFormat::NanoV2),
+            "qwen3-coder" | "qwen3_coder" => Ok(ToolFormat::Qwen3Coder),
+            "hermes" => Ok(ToolFormat::Hermes),
+            other => Err(format!(
+                "tool format must be nano-v2, qwen3-coder or hermes, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// What the answer (after any reasoning) must be: structured output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// JSON valid against this schema.
+    JsonSchema(serde_json::Value),
+    /// Text matching this regular expression (whole answer).
+    Regex(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
+    /// A Lark grammar (llguidance's dialect).
+    Lark(String),
+}
+
 /// What became of a tool call, for the front end and the next model step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolResult {
@@ -549,6 +701,13 @@ pub struct Request {
     /// Most new tokens (reasoning included).
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Tools offered to the model (rendered through its chat template).
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
+    /// The tool-call format; None = chosen from the template and vocabulary.
+    pub tool_format: Option<ToolFormat>,
+    /// Structured output for the answer.
+    pub constraint: Option<Constraint>,
     thinking: ThinkingOptions,
     controls: Controls,
 }
@@ -564,6 +723,10 @@ impl Request {
             sampling: SamplingParams::default(),
             max_tokens: 4096,
             stop: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            tool_format: None,
+            constraint: None,
             thinking,
             controls,
         }
@@ -597,6 +760,8 @@ pub enum FinishReason {
     StopString,
     /// `max_tokens` or the context limit was reached.
     Length,
+    /// The model called tools; the turn waits for their results.
+    ToolCalls,
     /// The user cancelled.
     Cancelled,
 }
@@ -787,6 +952,49 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.to_string(), "temperature: -5 is outside 0..=5");
+    }
+
+    #[test]
+    fn tool_specs_read_both_forms_and_write_the_openai_one() {
+        let wrapped: ToolSpec = serde_json::from_str(
+            r#"{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}"#,
+        )
+        .unwrap();
+        let bare: ToolSpec = serde_json::from_str(
+            r#"{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(wrapped, bare);
+        let v = serde_json::to_value(&wrapped).unwrap();
+        assert_eq!(v["type"], "function");
+        assert_eq!(v["function"]["name"], "get_weather");
+        assert_eq!(
+            v["function"]["parameters"]["properties"]["city"]["type"],
+            "string"
+        );
+        let no_params: ToolSpec = serde_json::from_str(r#"{"name":"now"}"#).unwrap();
+        assert_eq!(no_params.parameters["type"], "object");
+        assert!(serde_json::from_str::<ToolSpec>(r#"{"name":""}"#).is_err());
+    }
+
+    #[test]
+    fn tool_choice_and_format_parse_their_words() {
+        assert_eq!("auto".parse(), Ok(ToolChoice::Auto));
+        assert_eq!("none".parse(), Ok(ToolChoice::None));
+        assert_eq!("required".parse(), Ok(ToolChoice::Required));
+        assert_eq!(
+            "get_weather".parse(),
+            Ok(ToolChoice::Named("get_weather".into()))
+        );
+        assert!("".parse::<ToolChoice>().is_err());
+        for f in [
+            ToolFormat::NanoV2,
+            ToolFormat::Qwen3Coder,
+            ToolFormat::Hermes,
+        ] {
+            assert_eq!(f.to_string().parse(), Ok(f));
+        }
+        assert!("xml".parse::<ToolFormat>().is_err());
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn finish_reason_name(r: FinishReason) -> &'static str {
         FinishReason::StopString => "stop_string",
         FinishReason::Length => "length",
         FinishReason::Cancelled => "cancelled",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
