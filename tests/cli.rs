@@ -536,3 +536,20 @@ fn corrupt_config_is_named_and_left_untouched() {
     fails_with_one_line(&out, 1, &["config.toml", "temprature"]);
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "temprature = 0.5\n");
 }
+
+#[test]
+fn chat_without_a_terminal_says_so_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
+        .env("NEMO_CONFIG", tmp.path().join("config.toml"))
+        .env("NEMO_DATA_DIR", tmp.path().join("data"))
+        .env_remove("NEMO_MODEL")
+        .args(["chat", "--model", &tiny()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    fails_with_one_line(&out, 2, &["needs a terminal", "nemo run"]);
+}
