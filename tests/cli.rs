@@ -537,23 +537,6 @@ fn corrupt_config_is_named_and_left_untouched() {
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "temprature = 0.5\n");
 }
 
-#[test]
-fn chat_without_a_terminal_says_so_in_one_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
-        .env("NEMO_DEVICE", "cpu")
-        .env("NEMO_CONFIG", tmp.path().join("config.toml"))
-        .env("NEMO_DATA_DIR", tmp.path().join("data"))
-        .env_remove("NEMO_MODEL")
-        .args(["chat", "--model", &tiny()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    fails_with_one_line(&out, 2, &["needs a terminal", "nemo run"]);
-}
-
 /// `nemo run` with `stdin` (None: a pipe left open), SIGINT sent `delay` after all of
 /// `stdin` was taken; returns the exit code (None: killed by the signal) and stderr.
 /// Panics if nemo is still running 20 s after the signal (no hang).
@@ -619,4 +602,36 @@ fn ctrl_c_while_stdin_is_read_exits_130() {
     let (code, err) = run_interrupted(None, std::time::Duration::from_secs(2));
     assert_eq!(code, Some(130), "stderr: {err}");
     assert_eq!(err.trim_end(), "nemo: interrupted", "{err}");
+}
+
+#[test]
+fn threads_beyond_the_cores_are_clamped_with_one_note() {
+    let out = nemo(
+        &["run", "--model", &tiny(), "--max-tokens", "4", "--threads", "5000", "hi"],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("--threads 5000") && err.contains("using"),
+        "no clamp note: {err}"
+    );
+}
+
+#[test]
+fn chat_without_a_terminal_says_so_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
+        .env("NEMO_CONFIG", tmp.path().join("config.toml"))
+        .env("NEMO_DATA_DIR", tmp.path().join("data"))
+        .env_remove("NEMO_MODEL")
+        .args(["chat", "--model", &tiny()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    fails_with_one_line(&out, 2, &["needs a terminal", "nemo run"]);
 }
