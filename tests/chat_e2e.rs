@@ -127,8 +127,14 @@ impl Chat {
     }
 
     fn alternate_screen_on(&self) -> bool {
-        self.tmux(&["display-message", "-p", "-t", &self.session, "#{alternate_on}"])
-            .trim()
+        self.tmux(&[
+            "display-message",
+            "-p",
+            "-t",
+            &self.session,
+            "#{alternate_on}",
+        ])
+        .trim()
             == "1"
     }
 

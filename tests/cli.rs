@@ -607,7 +607,16 @@ fn ctrl_c_while_stdin_is_read_exits_130() {
 #[test]
 fn threads_beyond_the_cores_are_clamped_with_one_note() {
     let out = nemo(
-        &["run", "--model", &tiny(), "--max-tokens", "4", "--threads", "5000", "hi"],
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "4",
+            "--threads",
+            "5000",
+            "hi",
+        ],
         None,
     );
     let err = text(&out.stderr);

@@ -74,9 +74,8 @@ impl Engine {
                                 *cur = Some(req.controls.clone());
                             }
                             if req.controls.is_cancelled() {
-                                let _ = events.send(Event::Error(
-                                    EngineError::Cancelled.to_string(),
-                                ));
+                                let _ =
+                                    events.send(Event::Error(EngineError::Cancelled.to_string()));
                             } else {
                                 let mut emit = |e: Event| {
                                     let _ = events.send(e);
