@@ -622,6 +622,14 @@ fn budget_code(b: Budget) -> i64 {
     }
 }
 
+impl Default for Controls {
+    /// Fresh controls (not cancelled, budget unlimited), for a front end that must be able
+    /// to cancel before its request exists; `Request::with_controls` sets the budget.
+    fn default() -> Self {
+        Controls::new(Budget::Unlimited)
+    }
+}
+
 impl Controls {
     fn new(budget: Budget) -> Self {
         Controls {
@@ -729,6 +737,21 @@ impl Request {
             constraint: None,
             thinking,
             controls,
+        }
+    }
+
+    /// `Request::new` with controls the caller already holds (e.g. a Ctrl+C handler set
+    /// before the prompt was read); their budget is set from `thinking.budget`, so the
+    /// request still has one budget.
+    pub fn with_controls(
+        messages: Vec<Message>,
+        thinking: ThinkingOptions,
+        controls: Controls,
+    ) -> Request {
+        controls.set_budget(thinking.budget);
+        Request {
+            controls,
+            ..Request::new(messages, thinking)
         }
     }
 

@@ -1,66 +1,209 @@
 //! `nemo chat` end to end: the real binary in a tmux pseudo terminal on a fixture model.
-//! Sets `/budget 16`, sends a message, waits for the turn to finish, quits, and checks the
-//! screen and the exit code. Needs tmux (`.ci/run` installs it); skipped with a message
-//! when it is missing.
+//! One test sets `/budget 16`, sends a message, waits for the turn to finish, quits, and
+//! checks the screen and the exit code. The others run a model whose chat template spins
+//! (a render that would take hours) and check that Esc gives control back, that `/quit`,
+//! Ctrl+D, SIGTERM and SIGHUP end the process with the terminal out of the alternate
+//! screen, and that the interrupted turn is saved. Needs tmux (`.ci/run` installs it);
+//! skipped with a message when it is missing. Each test runs its own tmux server (`-L`,
+//! no config file), so a developer's tmux setup changes nothing.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux").args(args).output().expect("tmux runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A chat template that renders for hours: 10^12 loop iterations, no output.
+const SPINNING_TEMPLATE: &str = "{% for i in range(10000) %}{% for j in range(10000) %}\
+{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}";
+
+/// One tmux server with one session running `nemo chat` under `sh`, which writes nemo's
+/// exit code to `exit` and then stays, so the pane (and its alternate-screen flag) can
+/// be read after nemo ended.
+struct Chat {
+    socket: String,
+    session: String,
+    exit_file: PathBuf,
+    data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
-fn wait_for(session: &str, what: &str, timeout: Duration) -> String {
-    let t0 = Instant::now();
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(what) {
-            return screen;
+impl Chat {
+    /// None when tmux is not installed.
+    fn start(name: &str, model: &Path, flags: &str) -> Option<Chat> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+            return None;
         }
-        if t0.elapsed() > timeout {
-            panic!("`{what}` did not appear within {timeout:?}; the screen:\n{screen}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        let tmp = tempfile::tempdir().unwrap();
+        let exit_file = tmp.path().join("exit");
+        let data_dir = tmp.path().join("data");
+        let cmd = format!(
+            "NEMO_DEVICE=cpu NEMO_CONFIG={cfg} NEMO_DATA_DIR={data} {bin} chat --model {model} {flags}; echo $? > {exit}; sleep 600",
+            cfg = tmp.path().join("config.toml").display(),
+            data = data_dir.display(),
+            bin = common::nemo_bin().display(),
+            model = model.display(),
+            exit = exit_file.display(),
+        );
+        let chat = Chat {
+            socket: format!("nemo-test-{}-{name}", std::process::id()),
+            session: "chat".into(),
+            exit_file,
+            data_dir,
+            _tmp: tmp,
+        };
+        chat.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &chat.session,
+            "-x",
+            "100",
+            "-y",
+            "32",
+            &cmd,
+        ]);
+        Some(chat)
     }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &self.session])
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            if t0.elapsed() > timeout {
+                panic!("`{what}` did not appear within {timeout:?}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+
+    /// Sends a message and waits until its turn runs (the status bar says so).
+    fn send_message(&self, text: &str) {
+        self.wait_for("Type a message", Duration::from_secs(60));
+        self.keys(&[text, "Enter"]);
+        self.wait_for("● generating", Duration::from_secs(10));
+    }
+
+    /// nemo's exit code, once it has exited; panics if that takes longer than `timeout`.
+    fn exit_code(&self, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(code) = std::fs::read_to_string(&self.exit_file) {
+                if code.ends_with('\n') {
+                    return code.trim().to_string();
+                }
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "nemo chat did not exit within {timeout:?}; the screen:\n{}",
+                    self.screen()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alternate_screen_on(&self) -> bool {
+        self.tmux(&[
+            "display-message",
+            "-p",
+            "-t",
+            &self.session,
+            "#{alternate_on}",
+        ])
+        .trim()
+            == "1"
+    }
+
+    /// The pid of nemo: the only child of the pane's shell.
+    fn nemo_pid(&self) -> String {
+        let shell = self
+            .tmux(&["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
+            .trim()
+            .to_string();
+        let children =
+            std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+        let pids: Vec<&str> = children.split_whitespace().collect();
+        assert_eq!(pids.len(), 1, "the pane's shell runs one process: {pids:?}");
+        pids[0].to_string()
+    }
+
+    /// The saved sessions' contents.
+    fn saved_sessions(&self) -> Vec<String> {
+        let dir = self.data_dir.join("sessions");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+        // tmux leaves the socket file behind.
+        if !socket.trim().is_empty() {
+            let _ = std::fs::remove_file(socket.trim());
+        }
+    }
+}
+
+/// A copy of the tiny fixture whose chat template spins.
+fn spinning_model() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("spinning_template");
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(common::fixture("nemotron_h_tiny")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dst.join("chat_template.jinja"), SPINNING_TEMPLATE).unwrap();
+    (tmp, dst)
 }
 
 #[test]
 fn chat_in_a_terminal_with_budget_16_answers_and_quits_cleanly() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+    let Some(chat) = Chat::start(
+        "budget",
+        &common::fixture("nemotron_h_tiny"),
+        "--temperature 0 --max-tokens 40",
+    ) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let exit_file = tmp.path().join("exit");
-    let session = format!("nemo-e2e-{}", std::process::id());
-    let cmd = format!(
-        "NEMO_CONFIG={cfg} NEMO_DATA_DIR={data} {bin} chat --model {model} --temperature 0 --max-tokens 40; echo $? > {exit}",
-        cfg = tmp.path().join("config.toml").display(),
-        data = tmp.path().join("data").display(),
-        bin = env!("CARGO_BIN_EXE_nemo"),
-        model = common::fixture("nemotron_h_tiny").display(),
-        exit = exit_file.display(),
-    );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "100",
-        "-y",
-        "32",
-        &cmd,
-    ]);
-    let guard = scopeguard(&session);
-    wait_for(&session, "Type a message", Duration::from_secs(30));
-    tmux(&["send-keys", "-t", &session, "/budget 16", "Enter"]);
-    wait_for(&session, "budget 16 tokens", Duration::from_secs(10));
-    tmux(&["send-keys", "-t", &session, "Why is the sky blue?", "Enter"]);
-    let screen = wait_for(&session, "prompt tokens", Duration::from_secs(60));
+    };
+    chat.wait_for("Type a message", Duration::from_secs(30));
+    chat.keys(&["/budget 16", "Enter"]);
+    chat.wait_for("budget 16 tokens", Duration::from_secs(10));
+    chat.keys(&["Why is the sky blue?", "Enter"]);
+    let screen = chat.wait_for("prompt tokens", Duration::from_secs(60));
     assert!(screen.contains("You"), "{screen}");
     assert!(screen.contains("Why is the sky blue?"), "{screen}");
     assert!(
@@ -71,40 +214,83 @@ fn chat_in_a_terminal_with_budget_16_answers_and_quits_cleanly() {
         screen.contains("closed by budget"),
         "the budget did not close thinking:\n{screen}"
     );
-    tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
-    let t0 = Instant::now();
-    while !exit_file.exists() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
-    assert_eq!(code.trim(), "0", "nemo chat exit code");
+    chat.keys(&["/quit", "Enter"]);
+    assert_eq!(chat.exit_code(Duration::from_secs(10)), "0", "exit code");
+    assert!(!chat.alternate_screen_on(), "the terminal was not restored");
     // The turn was autosaved.
-    let sessions = tmp.path().join("data").join("sessions");
-    let saved: Vec<_> = std::fs::read_dir(&sessions)
-        .map(|d| d.filter_map(|e| e.ok()).collect())
-        .unwrap_or_default();
-    assert_eq!(
-        saved.len(),
-        1,
-        "no autosaved session in {}",
-        sessions.display()
+    let saved = chat.saved_sessions();
+    assert_eq!(saved.len(), 1, "no autosaved session");
+    assert!(saved[0].contains("Why is the sky blue?"));
+}
+
+#[test]
+fn esc_gives_control_back_and_quit_exits_while_the_template_spins() {
+    let (_model_dir, model) = spinning_model();
+    let Some(chat) = Chat::start("esc", &model, "") else {
+        return;
+    };
+    chat.send_message("first message");
+    chat.keys(&["Escape"]);
+    // The bug: the turn stayed "generating" until the render ended (hours).
+    chat.wait_for("○ idle", Duration::from_secs(5));
+    chat.keys(&["second message", "Enter"]);
+    let screen = chat.wait_for("● generating", Duration::from_secs(10));
+    assert!(
+        !screen.contains("still being generated"),
+        "the input was not accepted:\n{screen}"
     );
-    assert!(std::fs::read_to_string(saved[0].path())
-        .unwrap()
-        .contains("Why is the sky blue?"));
-    drop(guard);
+    // Quitting with that turn queued behind the spinning render.
+    chat.keys(&["/quit", "Enter"]);
+    assert_eq!(chat.exit_code(Duration::from_secs(10)), "0", "exit code");
+    assert!(!chat.alternate_screen_on(), "the terminal was not restored");
+    let saved = chat.saved_sessions();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(
+        saved[0].contains("first message") && saved[0].contains("second message"),
+        "{}",
+        saved[0]
+    );
 }
 
-struct KillSession(String);
+#[test]
+fn ctrl_d_quits_while_the_template_spins_and_saves_the_turn() {
+    let (_model_dir, model) = spinning_model();
+    let Some(chat) = Chat::start("ctrl-d", &model, "") else {
+        return;
+    };
+    chat.send_message("a message to keep");
+    chat.keys(&["C-d"]);
+    assert_eq!(chat.exit_code(Duration::from_secs(10)), "0", "exit code");
+    assert!(!chat.alternate_screen_on(), "the terminal was not restored");
+    let saved = chat.saved_sessions();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].contains("a message to keep"), "{}", saved[0]);
+}
 
-impl Drop for KillSession {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .output();
+#[test]
+fn sigterm_and_sighup_restore_the_terminal_and_save_the_session() {
+    let (_model_dir, model) = spinning_model();
+    for (signal, code) in [("TERM", "143"), ("HUP", "129")] {
+        let Some(chat) = Chat::start(&format!("sig{signal}"), &model, "") else {
+            return;
+        };
+        chat.send_message(&format!("interrupted by SIG{signal}"));
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &chat.nemo_pid()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(chat.exit_code(Duration::from_secs(10)), code, "SIG{signal}");
+        assert!(
+            !chat.alternate_screen_on(),
+            "SIG{signal}: the terminal was left in the alternate screen"
+        );
+        let saved = chat.saved_sessions();
+        assert_eq!(saved.len(), 1, "SIG{signal}: {saved:?}");
+        assert!(
+            saved[0].contains(&format!("interrupted by SIG{signal}")),
+            "{}",
+            saved[0]
+        );
     }
-}
-
-fn scopeguard(session: &str) -> KillSession {
-    KillSession(session.to_string())
 }

@@ -597,3 +597,111 @@ fn corrupt_config_is_named_and_left_untouched() {
     fails_with_one_line(&out, 1, &["config.toml", "temprature"]);
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "temprature = 0.5\n");
 }
+
+/// `nemo run` with `stdin` (None: a pipe left open), SIGINT sent `delay` after all of
+/// `stdin` was taken; returns the exit code (None: killed by the signal) and stderr.
+/// Panics if nemo is still running 20 s after the signal (no hang).
+fn run_interrupted(stdin: Option<Vec<u8>>, delay: std::time::Duration) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
+        .env("NEMO_CONFIG", tmp.path().join("config.toml"))
+        .env("NEMO_DATA_DIR", tmp.path().join("data"))
+        .env_remove("NEMO_MODEL")
+        .args(["run", "--model", &tiny(), "--max-tokens", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    // Kept open until the end when there is nothing to write.
+    let _open = match stdin {
+        Some(bytes) => {
+            // A broken pipe here means nemo exited early; its exit code tells the story.
+            let _ = pipe.write_all(&bytes);
+            drop(pipe);
+            None
+        }
+        None => Some(pipe),
+    };
+    std::thread::sleep(delay);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed().as_secs() >= 20 {
+            let _ = child.kill();
+            panic!("nemo run still running 20 s after SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    (status.code(), text(&err))
+}
+
+#[test]
+fn ctrl_c_while_the_prompt_is_built_exits_130() {
+    // 5 MB of prompt: rendering and tokenizing it takes seconds (it then overflows the
+    // context, which was the exit code 1 the bug gave after those seconds).
+    let prompt = "word ".repeat(1_000_000).into_bytes();
+    let (code, err) = run_interrupted(Some(prompt), std::time::Duration::from_millis(500));
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_eq!(err.trim_end(), "nemo: interrupted", "{err}");
+}
+
+#[test]
+fn ctrl_c_while_stdin_is_read_exits_130() {
+    let (code, err) = run_interrupted(None, std::time::Duration::from_secs(2));
+    assert_eq!(code, Some(130), "stderr: {err}");
+    assert_eq!(err.trim_end(), "nemo: interrupted", "{err}");
+}
+
+#[test]
+fn threads_beyond_the_cores_are_clamped_with_one_note() {
+    let out = nemo(
+        &[
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "4",
+            "--threads",
+            "5000",
+            "hi",
+        ],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("--threads 5000") && err.contains("using"),
+        "no clamp note: {err}"
+    );
+}
+
+#[test]
+fn chat_without_a_terminal_says_so_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
+        .env("NEMO_CONFIG", tmp.path().join("config.toml"))
+        .env("NEMO_DATA_DIR", tmp.path().join("data"))
+        .env_remove("NEMO_MODEL")
+        .args(["chat", "--model", &tiny()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    fails_with_one_line(&out, 2, &["needs a terminal", "nemo run"]);
+}

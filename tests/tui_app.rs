@@ -314,3 +314,52 @@ fn ctrl_c_twice_on_an_empty_prompt_quits() {
     h.key(KeyCode::Char('c'), KeyModifiers::CONTROL);
     assert!(h.app.should_quit);
 }
+
+#[test]
+fn quit_while_a_turn_runs_saves_it_without_waiting_for_the_engine() {
+    let mut h = Harness::new();
+    h.app.max_tokens = 4000;
+    h.type_line("/budget unlimited");
+    h.type_line("keep this turn");
+    assert!(h.app.running.is_some());
+    h.type_line("/quit");
+    assert!(h.app.should_quit);
+    assert!(h.app.running.is_none());
+    let saved = SessionStore::new(h.store_dir.clone())
+        .latest()
+        .unwrap()
+        .expect("the running turn was not saved on quit");
+    assert_eq!(saved.turns.len(), 1);
+    assert_eq!(saved.turns[0].user, "keep this turn");
+    assert!(saved.turns[0].stats.is_none(), "the turn never finished");
+}
+
+#[test]
+fn a_cancelled_request_the_engine_does_not_end_is_abandoned_after_the_grace() {
+    let mut h = Harness::new();
+    h.app.max_tokens = 4000;
+    h.type_line("/budget unlimited");
+    h.type_line("never mind");
+    h.key(KeyCode::Esc, KeyModifiers::NONE);
+    assert!(h.app.running.is_some(), "Esc waits for the engine a moment");
+    // The engine's events are not read, as when it is stuck in a template render.
+    std::thread::sleep(nemo::tui::app::CANCEL_GRACE + Duration::from_millis(20));
+    h.runner.tick(&mut h.app);
+    assert!(h.app.running.is_none(), "control did not come back");
+    let t = h.app.turns.last().unwrap();
+    assert_eq!(t.state, nemo::tui::app::TurnState::Interrupted);
+    assert!(t.stats.is_none());
+    // Its late events are dropped.
+    while let Ok(m) = h.rx.recv_timeout(Duration::from_secs(2)) {
+        h.runner.send(&mut h.term, &mut h.app, m).unwrap();
+    }
+    let t = h.app.turns.last().unwrap();
+    assert_eq!(t.state, nemo::tui::app::TurnState::Interrupted);
+    assert!(t.stats.is_none(), "a late Done was applied");
+    let saved = SessionStore::new(h.store_dir.clone())
+        .latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.turns.len(), 1);
+    assert_eq!(saved.turns[0].user, "never mind");
+}

@@ -1,12 +1,20 @@
-//! `nemo chat`: the full-screen interface. Sets the terminal up (raw mode, alternate
-//! screen, bracketed paste, mouse), always restores it (on quit, on error, on panic),
-//! shows a loading view while the model loads and an error view if it cannot.
+//! `nemo chat`: the full-screen interface. Needs a terminal on stdin and stdout. Sets the
+//! terminal up (raw mode, alternate screen, bracketed paste, mouse) and always restores it:
+//! on quit, on error, on panic, and on SIGTERM / SIGHUP / SIGINT. Shows a loading view while
+//! the model loads and an error view if it cannot.
+//!
+//! Quitting restores the terminal first and never waits on the engine thread (see
+//! `engine::worker`). A termination signal is routed into the app loop as a quit (the
+//! running turn is saved as on `/quit`), and the process exits with 128 + the signal's
+//! number; if the loop does not end within `SIGNAL_GRACE` (stuck somewhere), the signal
+//! thread restores the terminal and exits itself. A second signal exits at once.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::channel;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use crossterm::event::{
@@ -34,7 +42,7 @@ use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 
 use super::device::place;
-use super::{usage, ModelArgs, SamplingArgs};
+use super::{usage, ModelArgs, SamplingArgs, Signalled};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -65,7 +73,15 @@ pub struct ChatArgs {
     pub context: Option<usize>,
 }
 
+/// Whether the terminal is in the state `restore_terminal` undoes.
+static TERMINAL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Leaves raw mode and the alternate screen; does nothing when the terminal is not taken
+/// (so the guard, the panic hook and the signal thread may all call it).
 fn restore_terminal() {
+    if !TERMINAL_TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let mut out = std::io::stdout();
     let _ = crossterm::execute!(out, PopKeyboardEnhancementFlags);
     let _ = crossterm::execute!(
@@ -81,6 +97,80 @@ fn restore_terminal() {
 
 /// Restores the terminal when dropped: on return, on `?`, and on unwinding panics.
 struct TerminalGuard;
+
+/// How long a termination signal waits for the app to quit by itself before the signal
+/// thread restores the terminal and exits.
+const SIGNAL_GRACE: Duration = Duration::from_secs(2);
+
+/// SIGTERM, SIGHUP and SIGINT while the terminal is ours (raw mode makes Ctrl+C a key, so
+/// a SIGINT comes from `kill`). The first is sent to the app loop as `AppMsg::Signal` once
+/// it runs (before that, the loading loops poll `signalled`); if the process is still
+/// there after `SIGNAL_GRACE`, or on a second signal, the signal thread restores the
+/// terminal and exits with 128 + the signal.
+struct SignalWatch {
+    signalled: Arc<AtomicI32>,
+    route: Arc<Mutex<Option<Sender<AppMsg>>>>,
+}
+
+impl SignalWatch {
+    fn start() -> anyhow::Result<SignalWatch> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT])
+            .map_err(|e| anyhow::anyhow!("cannot watch for termination signals: {e}"))?;
+        let signalled = Arc::new(AtomicI32::new(0));
+        let route: Arc<Mutex<Option<Sender<AppMsg>>>> = Arc::new(Mutex::new(None));
+        let (flag, to_app) = (signalled.clone(), route.clone());
+        std::thread::Builder::new()
+            .name("nemo-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if flag.swap(sig, Ordering::SeqCst) != 0 {
+                        exit_now(sig);
+                    }
+                    if let Some(tx) = to_app.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        let _ = tx.send(AppMsg::Signal(sig));
+                    }
+                    let _ = std::thread::Builder::new()
+                        .name("nemo-signal-grace".into())
+                        .spawn(move || {
+                            std::thread::sleep(SIGNAL_GRACE);
+                            exit_now(sig);
+                        });
+                }
+            })?;
+        Ok(SignalWatch { signalled, route })
+    }
+
+    /// The first signal received, if any.
+    fn signalled(&self) -> Option<i32> {
+        match self.signalled.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// From now on signals go to the app loop; one that came before is sent at once.
+    fn route_to(&self, tx: Sender<AppMsg>) {
+        let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sig) = self.signalled() {
+            let _ = tx.send(AppMsg::Signal(sig));
+        }
+        *route = Some(tx);
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match self.signalled() {
+            Some(sig) => Err(Signalled(sig).into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The last resort of a signal the app could not act on in time.
+fn exit_now(sig: i32) -> ! {
+    restore_terminal();
+    std::process::exit(128 + sig)
+}
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
@@ -117,12 +207,13 @@ fn centered_message(
     Ok(())
 }
 
-/// The error view: `msg` under `title`, until a key is pressed.
+/// The error view: `msg` under `title`, until a key is pressed (or a signal comes).
 fn error_view(
     terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>,
     theme: &Theme,
     title: &str,
     msg: &str,
+    signals: &SignalWatch,
 ) -> anyhow::Result<()> {
     centered_message(
         terminal,
@@ -134,8 +225,11 @@ fn error_view(
         ],
     )?;
     loop {
-        if let crossterm::event::Event::Key(_) = crossterm::event::read()? {
-            return Ok(());
+        signals.check()?;
+        if crossterm::event::poll(Duration::from_millis(100))? {
+            if let crossterm::event::Event::Key(_) = crossterm::event::read()? {
+                return Ok(());
+            }
         }
     }
 }
@@ -160,6 +254,11 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(&paths.config_file)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
     let theme = Theme::resolve(a.theme.as_deref().or(cfg.theme.as_deref()))?;
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return Err(usage(
+            "chat needs a terminal on stdin and stdout; use `nemo run` for pipes and scripts",
+        ));
+    }
     // Resolved (and any question asked) before the terminal is taken over.
     let choice = super::pull::resolve_model(
         a.model
@@ -191,8 +290,11 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         None
     };
 
-    // Terminal up; the guard and the panic hook put it back whatever happens.
+    // Terminal up; the guard, the panic hook and the signal watch put it back whatever
+    // happens.
+    let signals = SignalWatch::start()?;
     enable_raw_mode()?;
+    TERMINAL_TAKEN.store(true, Ordering::SeqCst);
     let _guard = TerminalGuard;
     let prev_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -221,6 +323,8 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let loader = std::thread::spawn(move || ModelFolder::open(&load_dir));
     let mut tick = 0usize;
     while !loader.is_finished() {
+        // A signal ends the wait; the loader is left behind (the process exit ends it).
+        signals.check()?;
         let spin = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"][tick % 10];
         centered_message(
             &mut terminal,
@@ -241,6 +345,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 &theme,
                 " nemo: the model could not be loaded ",
                 &e.to_string(),
+                &signals,
             )?;
             return Err(e.into());
         }
@@ -289,15 +394,19 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         context: a.context,
         ..Default::default()
     };
-    let uploaded = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let placed = std::thread::scope(|sc| -> anyhow::Result<_> {
-        let job = sc.spawn(|| {
+    // Not a scoped thread: a signal must be able to leave it behind.
+    let folder = Arc::new(folder);
+    let uploaded = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let placed = {
+        let (folder, up) = (folder.clone(), uploaded.clone());
+        let job = std::thread::spawn(move || {
             place(device, &folder, opts, &mut |d, t| {
-                uploaded.0.store(d, Ordering::Relaxed);
-                uploaded.1.store(t, Ordering::Relaxed);
+                up.0.store(d, Ordering::Relaxed);
+                up.1.store(t, Ordering::Relaxed);
             })
         });
         while !job.is_finished() {
+            signals.check()?;
             let (d, t) = (
                 uploaded.0.load(Ordering::Relaxed),
                 uploaded.1.load(Ordering::Relaxed),
@@ -320,8 +429,8 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(80));
         }
         job.join()
-            .map_err(|_| anyhow::anyhow!("the model loader crashed"))
-    })?;
+            .map_err(|_| anyhow::anyhow!("the model loader crashed"))?
+    };
     let placed = match placed {
         Ok(p) => p,
         Err(e) => {
@@ -330,6 +439,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                 &theme,
                 " nemo: the model could not be placed ",
                 &e.to_string(),
+                &signals,
             )?;
             return Err(e);
         }
@@ -371,6 +481,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         app.warn(e);
     }
     let (tx, rx) = channel::<AppMsg>();
+    signals.route_to(tx.clone());
     let term_tx = tx.clone();
     std::thread::spawn(move || {
         while let Ok(ev) = crossterm::event::read() {
@@ -385,6 +496,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     });
     let mut runner = Runner::new(engine, store, tx, clipboard);
-    runner.run(&mut terminal, &mut app, &rx)?;
+    let result = runner.run(&mut terminal, &mut app, &rx);
+    // The terminal back first; then what quitting saves (if the loop ended another way,
+    // e.g. the terminal went away); the engine is dropped last and never waited for.
+    restore_terminal();
+    runner.quit(&mut app);
+    if let Some(e) = &runner.save_error {
+        // Not eprintln!: after SIGHUP stderr may be a terminal that is gone.
+        let _ = writeln!(std::io::stderr(), "nemo: could not save the session: {e}");
+    }
+    if let Some(sig) = runner.quit_signal {
+        return Err(Signalled(sig).into());
+    }
+    result?;
     Ok(())
 }

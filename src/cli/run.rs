@@ -1,9 +1,17 @@
 //! `nemo run`: one prompt from the arguments or stdin, the answer on stdout and nothing
 //! else there; reasoning to stderr with `--show-thinking`; `--json` prints one event
 //! object per line instead.
+//!
+//! Ctrl+C exits with 130 promptly in every phase: the handler is installed first and only
+//! cancels the request's `Controls`; the main thread never blocks on work it cannot leave.
+//! Reading stdin and loading the model run on threads of their own while the main thread
+//! polls the cancel flag; the engine's events are awaited with a timeout, and a cancelled
+//! request the engine has not ended within `CANCEL_GRACE` (a long template render, one
+//! long forward pass) is left to the process exit. What was printed stays printed.
 
 use std::io::{IsTerminal, Read, Write};
-use std::time::Instant;
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
@@ -13,7 +21,7 @@ use nemo::protocol::Message;
 use nemo::protocol::SamplingParams;
 use nemo::protocol::{Budget, Controls, Event, FinishReason, Request, ThinkingOptions};
 
-use super::device::{place, UploadBar};
+use super::device::{place, Placed, UploadBar};
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -67,32 +75,64 @@ pub struct RunArgs {
     pub yes: bool,
 }
 
-struct CancelOnDrop(Controls);
+/// How often a waiting main thread looks at the cancel flag.
+const POLL: Duration = Duration::from_millis(10);
+/// How long a cancelled request may take to end before `run` stops waiting for it.
+const CANCEL_GRACE: Duration = Duration::from_millis(80);
 
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
+/// Runs `work` on a thread of its own and waits for it; Ctrl+C (`stop` cancelled) returns
+/// `Interrupted` within `POLL`, leaving the thread behind (the process exit ends it).
+fn interruptible<T: Send + 'static>(
+    what: &str,
+    stop: &Controls,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = channel();
+    std::thread::Builder::new()
+        .name(format!("nemo-{what}"))
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the {what} thread: {e}"))?;
+    loop {
+        if stop.is_cancelled() {
+            return Err(Interrupted.into());
+        }
+        match rx.recv_timeout(POLL) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(anyhow::anyhow!("the {what} thread crashed"))
+            }
+        }
     }
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    // First of all, so that Ctrl+C is never ignored; a second Ctrl+C changes nothing.
+    let controls = Controls::default();
+    {
+        let c = controls.clone();
+        let _ = ctrlc::set_handler(move || c.cancel());
+    }
     a.sampling.check()?;
     if a.max_tokens == 0 {
         return Err(usage("--max-tokens must be at least 1"));
     }
     let prompt = if a.prompt.is_empty() {
-        let stdin = std::io::stdin();
-        if stdin.is_terminal() {
+        if std::io::stdin().is_terminal() {
             return Err(usage(
                 "give a prompt as arguments or on stdin, e.g. `echo \"hi\" | nemo run --model DIR`",
             ));
         }
-        let mut s = String::new();
-        stdin
-            .lock()
-            .read_to_string(&mut s)
-            .map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
-        s
+        interruptible("stdin", &controls, || {
+            let mut s = String::new();
+            std::io::stdin()
+                .lock()
+                .read_to_string(&mut s)
+                .map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
+            Ok(s)
+        })?
     } else {
         a.prompt.join(" ")
     };
@@ -100,34 +140,37 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if prompt.trim().is_empty() {
         return Err(usage("the prompt is empty"));
     }
-    let device = a.model.device()?;
     super::init_threads(a.model.threads)?;
     let spec = match &a.model.model {
         Some(m) => Some(m.clone()),
         None => super::pull::config_model()?.map(std::path::PathBuf::from),
     };
-    let dir = super::pull::resolve_model(
-        spec.as_deref(),
-        super::pull::Missing::PickDefault { yes: a.yes },
-    )?
-    .path;
     let t_load = Instant::now();
-    let folder = nemo::model::ModelFolder::open(&dir)?;
-    let cache = a.model.cache_config(folder.model.weight_dtype())?;
-
-    let mut sampling = SamplingParams::default();
-    folder.generation.apply(&mut sampling);
+    let (model_args, yes, context) = (a.model.clone(), a.yes, a.context);
+    let (placed, mut sampling): (Placed, SamplingParams) =
+        interruptible("loader", &controls, move || {
+            // The CUDA probe too: a slow driver must not hold Ctrl+C up.
+            let device = model_args.device()?;
+            let dir = super::pull::resolve_model(
+                spec.as_deref(),
+                super::pull::Missing::PickDefault { yes },
+            )?
+            .path;
+            let folder = nemo::model::ModelFolder::open(&dir)?;
+            let cache = model_args.cache_config(folder.model.weight_dtype())?;
+            let mut sampling = SamplingParams::default();
+            folder.generation.apply(&mut sampling);
+            let opts = SessionOptions {
+                cache,
+                context,
+                ..Default::default()
+            };
+            let mut bar = UploadBar::new();
+            let placed = place(device, &folder, opts, &mut |d, t| bar.update(d, t));
+            bar.finish();
+            Ok((placed?, sampling))
+        })?;
     a.sampling.apply(&mut sampling);
-
-    let opts = SessionOptions {
-        cache,
-        context: a.context,
-        ..Default::default()
-    };
-    let mut bar = UploadBar::new();
-    let placed = place(device, &folder, opts, &mut |d, t| bar.update(d, t));
-    bar.finish();
-    let placed = placed?;
     if let Some(n) = &placed.notice {
         eprintln!("nemo: {n}");
     }
@@ -149,24 +192,39 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         closing_message: a.closing_message.clone(),
         grace_tokens: a.grace_tokens,
     };
-    let mut req = Request::new(messages, thinking);
+    let mut req = Request::with_controls(messages, thinking, controls.clone());
     req.sampling = sampling;
     req.max_tokens = a.max_tokens;
     req.stop = a.stop.clone();
-    {
-        let c = req.controls().clone();
-        // A second Ctrl+C after the first one is ignored here; the loop stops within a token.
-        let _ = ctrlc::set_handler(move || c.cancel());
-    }
-    // If printing fails (a closed pipe), stop generating instead of finishing unseen.
-    let _cancel_on_exit = CancelOnDrop(req.controls().clone());
+    // If printing fails (a closed pipe), returning drops the engine, which cancels the
+    // request instead of finishing it unseen.
     let events = engine.submit(req);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
     let mut reasoning_open = false;
     let mut ended_with_newline = true;
-    for ev in events {
+    let mut cancelled_at: Option<Instant> = None;
+    loop {
+        if controls.is_cancelled()
+            && cancelled_at.get_or_insert_with(Instant::now).elapsed() >= CANCEL_GRACE
+        {
+            // The engine is inside work it cannot leave at once: stop waiting for it.
+            if !a.json && !ended_with_newline {
+                writeln!(out)?;
+            }
+            out.flush()?;
+            return Err(Interrupted.into());
+        }
+        let ev = match events.recv_timeout(POLL) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(anyhow::anyhow!(
+                    "the engine stopped without finishing the request"
+                ))
+            }
+        };
         match ev {
             Event::Reasoning(t) => {
                 if a.json {
@@ -219,7 +277,4 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
         }
     }
-    Err(anyhow::anyhow!(
-        "the engine stopped without finishing the request"
-    ))
 }

@@ -1,35 +1,92 @@
 //! The engine thread: owns the `Session` (weights and state); front ends send requests
 //! and receive events over channels, so a UI never blocks on the model. Each request
 //! carries its own `Controls` (cancel, wrap-up, live budget), checked every step.
+//!
+//! Dropping the `Engine` never waits on a busy thread: it cancels the request in flight,
+//! drops the queued ones, and joins the thread only if it ends within `JOIN_GRACE`;
+//! otherwise the thread is left to finish on its own (or to end with the process). So a
+//! front end that quits returns at once even while the engine is inside work it cannot
+//! interrupt (a chat template that renders for minutes, one long forward pass).
+//!
+//! A request whose controls are already cancelled when its turn comes ends at once with
+//! `Event::Error("cancelled")`, without rendering its prompt.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use super::Session;
-use crate::protocol::{Event, Op, Request};
+use super::{EngineError, Session};
+use crate::protocol::{Controls, Event, Op, Request};
+
+/// How long dropping the `Engine` waits for its thread before leaving it behind.
+pub const JOIN_GRACE: Duration = Duration::from_millis(100);
+
+/// What `Drop` needs to stop the thread's work: set `closing`, cancel `current`.
+#[derive(Default)]
+struct Shared {
+    closing: AtomicBool,
+    /// The controls of the request being generated, if any.
+    current: Mutex<Option<Controls>>,
+}
+
+impl Shared {
+    fn current(&self) -> MutexGuard<'_, Option<Controls>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 pub struct Engine {
     tx: Option<Sender<Op>>,
     thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    /// Disconnected once the thread has ended (it holds the only sender and never sends).
+    ended: Receiver<()>,
 }
 
 impl Engine {
     pub fn spawn(mut session: Session) -> Engine {
         let (tx, rx) = channel::<Op>();
+        let (ended_tx, ended) = channel::<()>();
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("nemo-engine".into())
             .spawn(move || {
+                let _ended = ended_tx;
                 for op in rx {
                     match op {
                         Op::Generate(req, events) => {
-                            let mut emit = |e: Event| {
-                                let _ = events.send(e);
-                            };
-                            if let Err(e) = session.generate(&req, &mut emit) {
-                                let _ = events.send(Event::Error(e.to_string()));
+                            {
+                                // `closing` is read under the lock `Drop` takes after
+                                // setting it: either this request is seen and cancelled
+                                // there, or the thread stops here.
+                                let mut cur = sh.current();
+                                if sh.closing.load(Ordering::SeqCst) {
+                                    break;
+                                }
+                                *cur = Some(req.controls().clone());
                             }
+                            if req.controls().is_cancelled() {
+                                let _ =
+                                    events.send(Event::Error(EngineError::Cancelled.to_string()));
+                            } else {
+                                let mut emit = |e: Event| {
+                                    let _ = events.send(e);
+                                };
+                                if let Err(e) = session.generate(&req, &mut emit) {
+                                    let _ = events.send(Event::Error(e.to_string()));
+                                }
+                            }
+                            *sh.current() = None;
                         }
-                        Op::Reset => session.reset(),
+                        Op::Reset => {
+                            if sh.closing.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            session.reset()
+                        }
                     }
                 }
             })
@@ -37,6 +94,8 @@ impl Engine {
         Engine {
             tx: Some(tx),
             thread,
+            shared,
+            ended,
         }
     }
 
@@ -68,9 +127,16 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        if let Some(c) = self.shared.current().take() {
+            c.cancel();
+        }
         self.tx.take();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Joined only when it has ended; a thread still busy is left behind (detached).
+            if let Err(RecvTimeoutError::Disconnected) = self.ended.recv_timeout(JOIN_GRACE) {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! Invariants: at most one request runs at a time (`running`); a turn's text only grows
 //! while it streams; the transcript follows the bottom unless the user scrolled up.
+//!
+//! Cancel and quit never wait on the engine: a cancelled request the engine has not ended
+//! within `CANCEL_GRACE` (it may be inside work it cannot interrupt, such as a chat
+//! template that renders for minutes) is abandoned by `tick`: the turn is kept as
+//! interrupted with what arrived, saved, and the runner drops the request's later events.
+//! Quitting abandons a running turn the same way, so it is saved before the app exits.
 
 use std::time::{Duration, Instant};
 
@@ -80,7 +86,13 @@ pub struct Running {
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
     pub answer_started: bool,
+    /// When Esc / Ctrl+C cancelled it; `tick` abandons it `CANCEL_GRACE` later.
+    pub cancelled_at: Option<Instant>,
 }
+
+/// How long a cancelled request may take to end before the app stops waiting for it, so
+/// control returns within 100 ms in every phase (template, tokenization, prefill, decode).
+pub const CANCEL_GRACE: Duration = Duration::from_millis(80);
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Overlay {
@@ -277,6 +289,7 @@ impl App {
             prompt_tokens: 0,
             reused_tokens: 0,
             answer_started: false,
+            cancelled_at: None,
         });
         self.scroll_up = 0;
         self.message = None;
@@ -350,9 +363,66 @@ impl App {
     }
 
     fn stop_generation(&mut self) {
-        if let Some(r) = &self.running {
+        if let Some(r) = &mut self.running {
             r.controls.cancel();
+            r.cancelled_at.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// When `tick` next has something to do (a cancelled request's grace ends).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.cancelled_at)
+            .map(|t| t + CANCEL_GRACE)
+    }
+
+    /// Timers: a cancelled request the engine has not ended within `CANCEL_GRACE` is
+    /// abandoned (its turn kept as interrupted and saved).
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        match self.next_deadline() {
+            Some(d) if now >= d => self.abandon_turn(),
+            _ => vec![],
+        }
+    }
+
+    /// Ends the running turn without waiting for the engine: cancelled, kept as interrupted
+    /// with the text that arrived, recorded in the session and saved. The runner drops the
+    /// request's later events (`running` is gone).
+    fn abandon_turn(&mut self) -> Vec<Effect> {
+        self.stop_generation();
+        let Some(r) = self.running.take() else {
+            return vec![];
+        };
+        let Some(turn) = self.turns.last_mut() else {
+            return vec![];
+        };
+        turn.state = TurnState::Interrupted;
+        turn.reasoning_folded = !turn.answer.is_empty();
+        if turn.thinking_ms.is_none() && !turn.reasoning.is_empty() {
+            turn.thinking_ms = Some(r.started.elapsed().as_millis() as u64);
+        }
+        if !r.answer_started {
+            turn.reasoning_tokens = r.reasoning_tokens;
+        }
+        let record = Turn {
+            user: turn.user.clone(),
+            reasoning: turn.reasoning.clone(),
+            answer: turn.answer.clone(),
+            stats: None,
+        };
+        self.session.turns.truncate(self.turns.len() - 1);
+        self.session.turns.push(record);
+        vec![Effect::Save(None)]
+    }
+
+    /// Quit (`/quit`, Ctrl+D, Ctrl+C twice, a termination signal): a running turn is
+    /// abandoned and saved first; nothing waits on the engine.
+    pub fn quit(&mut self) -> Vec<Effect> {
+        let mut fx = self.abandon_turn();
+        self.should_quit = true;
+        fx.push(Effect::Quit);
+        fx
     }
 
     pub fn run_command(&mut self, cmd: Command) -> Vec<Effect> {
@@ -460,11 +530,7 @@ impl App {
             },
             Command::Wrap => self.wrap_up(),
             Command::Help => self.overlay = Some(Overlay::Help),
-            Command::Quit => {
-                self.stop_generation();
-                self.should_quit = true;
-                return vec![Effect::Quit];
-            }
+            Command::Quit => return self.quit(),
         }
         vec![]
     }
@@ -521,18 +587,13 @@ impl App {
                     .ctrl_c_at
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
                 {
-                    self.should_quit = true;
-                    return vec![Effect::Quit];
+                    return self.quit();
                 }
                 self.ctrl_c_at = Some(Instant::now());
                 self.info("press Ctrl+C again to quit (or Ctrl+D)");
                 return vec![];
             }
-            Char('d') if ctrl && self.input.is_empty() => {
-                self.stop_generation();
-                self.should_quit = true;
-                return vec![Effect::Quit];
-            }
+            Char('d') if ctrl && self.input.is_empty() => return self.quit(),
             Esc => {
                 if self.running.is_some() {
                     self.stop_generation();

@@ -2,9 +2,14 @@
 //! `App`, carries out its `Effect`s, and redraws at most ~30 times a second. Generic over
 //! ratatui's `Backend`, so tests drive it with `TestBackend` and the real engine.
 //!
-//! Idle costs nothing: the loop blocks on the channel (waking once a second for timers);
-//! it never polls in a busy loop. Engine events are tagged with their request's number,
-//! and events of a request the user moved away from (cancel, /clear, /undo) are dropped.
+//! Idle costs nothing: the loop blocks on the channel (waking once a second for timers,
+//! or at the app's next deadline); it never polls in a busy loop. Engine events are
+//! tagged with their request's number, and events of a request the user moved away from
+//! (cancel, /clear, /undo, quit) are dropped.
+//!
+//! Nothing here waits on the engine: a cancelled request that does not end within
+//! `app::CANCEL_GRACE` is abandoned by `App::tick`, and quitting (a key, a command, or
+//! `AppMsg::Signal`) returns from `run` before anything else, even a redraw.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -22,6 +27,9 @@ use crate::protocol::Event;
 pub enum AppMsg {
     Term(crossterm::event::Event),
     Engine(u64, Event),
+    /// A termination signal (its number: SIGTERM, SIGHUP, SIGINT from `kill`): quit as
+    /// `/quit` does; `Runner::quit_signal` keeps it for the exit code.
+    Signal(i32),
 }
 
 const FRAME: Duration = Duration::from_millis(33);
@@ -32,6 +40,11 @@ pub struct Runner {
     pub tx: Sender<AppMsg>,
     /// Where `/copy` sends its OSC 52 sequence (the terminal; a buffer in tests).
     pub clipboard: Box<dyn FnMut(&str)>,
+    /// The signal that ended the loop, if one did.
+    pub quit_signal: Option<i32>,
+    /// Why the last save of the session failed (None after a save that worked): the chat
+    /// prints it on exit, when the status line is gone.
+    pub save_error: Option<String>,
     request: u64,
 }
 
@@ -74,6 +87,8 @@ impl Runner {
             store,
             tx,
             clipboard,
+            quit_signal: None,
+            save_error: None,
             request: 0,
         }
     }
@@ -104,6 +119,7 @@ impl Runner {
                         Some(n) => self.store.save_as(&app.session, n),
                         None => self.store.save(&app.session),
                     };
+                    self.save_error = r.as_ref().err().map(|e| e.to_string());
                     match (r, name) {
                         (Ok(p), Some(_)) => app.info(format!("saved {}", p.display())),
                         (Ok(_), None) => {}
@@ -174,8 +190,27 @@ impl Runner {
                 }
                 app.handle_engine(ev)
             }
+            AppMsg::Signal(sig) => {
+                self.quit_signal.get_or_insert(sig);
+                app.quit()
+            }
         };
         self.apply(app, effects);
+    }
+
+    /// Carries out the app's timers (a cancelled request abandoned after its grace).
+    pub fn tick(&mut self, app: &mut App) {
+        let effects = app.tick(Instant::now());
+        self.apply(app, effects);
+    }
+
+    /// Quits as `/quit` does (a running turn saved) unless the app already did: for a loop
+    /// that ended another way (the terminal gone, an error).
+    pub fn quit(&mut self, app: &mut App) {
+        if !app.should_quit {
+            let effects = app.quit();
+            self.apply(app, effects);
+        }
     }
 
     /// Runs until the app quits or the channel closes.
@@ -188,19 +223,23 @@ impl Runner {
         let mut dirty = true;
         let mut last_draw = Instant::now() - FRAME;
         loop {
+            // Quit first: a redraw could block on a terminal that stopped reading.
+            if app.should_quit {
+                return Ok(());
+            }
             if dirty && last_draw.elapsed() >= FRAME {
                 terminal.draw(|f| view::draw(f, app))?;
                 dirty = false;
                 last_draw = Instant::now();
             }
-            if app.should_quit {
-                return Ok(());
-            }
-            let wait = if dirty {
+            let mut wait = if dirty {
                 FRAME.saturating_sub(last_draw.elapsed())
             } else {
                 Duration::from_secs(1)
             };
+            if let Some(d) = app.next_deadline() {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
                     self.handle(app, msg);
@@ -212,10 +251,15 @@ impl Runner {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            if app.next_deadline().is_some_and(|d| Instant::now() >= d) {
+                self.tick(app);
+                dirty = true;
+            }
         }
     }
 
-    /// Feeds messages until none arrive for `idle` (tests: wait for a turn to finish).
+    /// Feeds messages (and the app's timers) until the turn ends or nothing happens for
+    /// `idle` (tests: wait for a turn to finish).
     pub fn pump<B: Backend>(
         &mut self,
         terminal: &mut Terminal<B>,
@@ -223,11 +267,25 @@ impl Runner {
         rx: &Receiver<AppMsg>,
         idle: Duration,
     ) -> std::io::Result<()> {
-        while let Ok(msg) = rx.recv_timeout(idle) {
-            self.handle(app, msg);
-            if app.running.is_none() {
-                break;
+        let mut last = Instant::now();
+        while app.running.is_some() {
+            let mut wait = idle.saturating_sub(last.elapsed());
+            if let Some(d) = app.next_deadline() {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
+            match rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.handle(app, msg);
+                    last = Instant::now();
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if app.next_deadline().is_none() && last.elapsed() >= idle {
+                        break;
+                    }
+                }
+            }
+            self.tick(app);
         }
         terminal.draw(|f| view::draw(f, app))?;
         Ok(())
