@@ -119,6 +119,21 @@ mod tests {
         assert_split_invariant(&parser, &input);
     }
 
+    /// SmolLM2's prompt asks for a list inside the tags: several calls in one block.
+    #[test]
+    fn a_list_in_one_block_gives_one_call_per_element() {
+        let block = "<tool_call>[{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\"}]</tool_call>";
+        let cut = block.find(", {").unwrap();
+        assert_eq!(
+            run(&mut parser(), &[block]),
+            vec![
+                call("call_0", "a", json!({"x": 1}), &block[..cut]),
+                call("call_1", "b", json!({}), &block[cut..]),
+            ]
+        );
+        assert_split_invariant(&parser, block);
+    }
+
     #[test]
     fn malformed_blocks_are_shown_with_a_warning() {
         let cases = [
