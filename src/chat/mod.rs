@@ -1,10 +1,13 @@
 //! Chat-level text handling: turning a conversation into a prompt (`template`) and
-//! splitting the model's streamed output into reasoning and answer (`reasoning_parser`).
+//! splitting the model's streamed output into reasoning, answer and tool calls
+//! (`stream_parser`, over `reasoning_parser` and the per-family `tool_parser`).
 //!
 //! Invariants:
 //! - The conversation record itself is `protocol::Message`, shared by every layer.
-//! - Nothing here touches tokens or the model; both modules work on text only.
+//! - Nothing here touches tokens or the model; these modules work on text only.
 
 pub mod reasoning_parser;
 pub mod session_store;
+pub mod stream_parser;
 pub mod template;
+pub mod tool_parser;

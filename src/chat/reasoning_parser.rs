@@ -10,6 +10,11 @@
 //! - Inside reasoning, the first end tag closes it; reasoning text is emitted verbatim
 //!   (no trimming). Whitespace right after the end tag is dropped, so the answer starts
 //!   at its first non-whitespace character. Later tags in the answer are plain text.
+//! - An *interrupt* tag ([`ReasoningParser::with_interrupts`], e.g. a tool-call open tag)
+//!   seen inside reasoning also ends it, before the end tag would: the interrupt tag is
+//!   not dropped but starts the answer, verbatim (models such as Nemotron 3 sometimes
+//!   open a tool call without closing their reasoning first; the call must reach the
+//!   answer's tool-call parser whole).
 //! - Tags themselves are never emitted. Concatenating all `Reasoning` segments gives the
 //!   reasoning and all `Content` segments the answer, however the text was chunked.
 //! - Segments are never empty, and one call never returns two adjacent segments of the
@@ -37,6 +42,8 @@ enum State {
 pub struct ReasoningParser {
     start_tag: String,
     end_tag: String,
+    /// Tags that also end the reasoning and begin the answer (kept in it).
+    interrupts: Vec<String>,
     state: State,
     /// Text received but not yet emitted (a possible tag prefix or leading whitespace).
     held: String,
@@ -49,6 +56,7 @@ impl ReasoningParser {
         Self {
             start_tag: start_tag.to_string(),
             end_tag: end_tag.to_string(),
+            interrupts: Vec::new(),
             state: if starts_in_reasoning {
                 State::Reasoning
             } else {
@@ -56,6 +64,21 @@ impl ReasoningParser {
             },
             held: String::new(),
         }
+    }
+
+    /// Adds tags that end the reasoning where they appear and start the answer with
+    /// themselves (see the module invariants). Empty tags are ignored.
+    pub fn with_interrupts<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.interrupts.extend(
+            tags.into_iter()
+                .map(Into::into)
+                .filter(|t: &String| !t.is_empty()),
+        );
+        self
     }
 
     /// Whether text now being generated belongs to the reasoning.
@@ -119,25 +142,53 @@ impl ReasoningParser {
     }
 
     fn step_reasoning(&mut self, out: &mut Vec<Segment>) -> bool {
-        if self.end_tag.is_empty() {
-            let rest = std::mem::take(&mut self.held);
-            emit(out, Segment::Reasoning(rest));
-            return false;
+        // The earliest end or interrupt tag; at equal positions the end tag wins.
+        let end = if self.end_tag.is_empty() {
+            None
+        } else {
+            self.held.find(self.end_tag.as_str()).map(|pos| (pos, None))
+        };
+        let interrupt = self
+            .interrupts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, tag)| self.held.find(tag.as_str()).map(|pos| (pos, Some(i))))
+            .min_by_key(|&(pos, _)| pos);
+        let first = match (end, interrupt) {
+            (Some(e), Some(i)) if i.0 < e.0 => Some(i),
+            (Some(e), _) => Some(e),
+            (None, i) => i,
+        };
+        match first {
+            Some((pos, None)) => {
+                let after = self.held[pos + self.end_tag.len()..].to_string();
+                self.held.truncate(pos);
+                let before = std::mem::replace(&mut self.held, after);
+                emit(out, Segment::Reasoning(before));
+                self.state = State::AfterEnd;
+                true
+            }
+            Some((pos, Some(_))) => {
+                // The interrupt tag stays: it is the first text of the answer.
+                let rest = self.held.split_off(pos);
+                let before = std::mem::replace(&mut self.held, rest);
+                emit(out, Segment::Reasoning(before));
+                self.state = State::Content;
+                true
+            }
+            None => {
+                let keep = std::iter::once(&self.end_tag)
+                    .chain(&self.interrupts)
+                    .map(|tag| partial_suffix_len(&self.held, tag))
+                    .max()
+                    .unwrap_or(0);
+                let ready = self.held.len() - keep;
+                let rest = self.held.split_off(ready);
+                let ready_text = std::mem::replace(&mut self.held, rest);
+                emit(out, Segment::Reasoning(ready_text));
+                false
+            }
         }
-        if let Some(pos) = self.held.find(self.end_tag.as_str()) {
-            let after = self.held[pos + self.end_tag.len()..].to_string();
-            self.held.truncate(pos);
-            let before = std::mem::replace(&mut self.held, after);
-            emit(out, Segment::Reasoning(before));
-            self.state = State::AfterEnd;
-            return true;
-        }
-        let keep = partial_suffix_len(&self.held, &self.end_tag);
-        let ready = self.held.len() - keep;
-        let rest = self.held.split_off(ready);
-        let ready_text = std::mem::replace(&mut self.held, rest);
-        emit(out, Segment::Reasoning(ready_text));
-        false
     }
 
     fn step_after_end(&mut self) -> bool {
@@ -153,7 +204,7 @@ impl ReasoningParser {
 }
 
 /// Length of the longest proper suffix of `text` that is a prefix of `tag`.
-fn partial_suffix_len(text: &str, tag: &str) -> usize {
+pub(super) fn partial_suffix_len(text: &str, tag: &str) -> usize {
     let longest = text.len().min(tag.len().saturating_sub(1));
     (1..=longest)
         .rev()
@@ -331,5 +382,60 @@ mod tests {
             );
         }
         assert_eq!(seen, text);
+    }
+
+    fn think_or_call(starts_in_reasoning: bool) -> ReasoningParser {
+        think(starts_in_reasoning).with_interrupts(["<tool_call>"])
+    }
+
+    #[test]
+    fn an_interrupt_tag_ends_the_reasoning_and_starts_the_answer() {
+        let (r, c, _) = run(
+            &mut think_or_call(true),
+            &["I will call it.\n<tool_call>\n<function=f>\n</function>\n</tool_call>"],
+        );
+        assert_eq!(r, "I will call it.\n");
+        assert_eq!(c, "<tool_call>\n<function=f>\n</function>\n</tool_call>");
+        // After a leading <think> too, and a later end tag is then plain answer text.
+        let (r, c, _) = run(
+            &mut think_or_call(false),
+            &["<think>plan<tool_call>x</think> y"],
+        );
+        assert_eq!((r.as_str(), c.as_str()), ("plan", "<tool_call>x</think> y"));
+    }
+
+    #[test]
+    fn the_end_tag_still_wins_over_a_later_interrupt() {
+        let (r, c, _) = run(&mut think_or_call(true), &["a</think>\n<tool_call>b"]);
+        assert_eq!((r.as_str(), c.as_str()), ("a", "<tool_call>b"));
+    }
+
+    #[test]
+    fn without_interrupts_a_tool_tag_stays_in_the_reasoning() {
+        let (r, c, _) = run(&mut think(true), &["a<tool_call>b</think>c"]);
+        assert_eq!((r.as_str(), c.as_str()), ("a<tool_call>b", "c"));
+    }
+
+    #[test]
+    fn a_possible_interrupt_prefix_is_held_back_at_every_split() {
+        let text = "x <tool_ y </thi <tool_call>z";
+        let boundaries: Vec<usize> = (0..=text.len()).collect();
+        for &i in &boundaries {
+            for &j in boundaries.iter().filter(|&&j| j >= i) {
+                let mut p = think_or_call(true);
+                let chunks = [&text[..i], &text[i..j], &text[j..]];
+                let (r, c, _) = run(&mut p, &chunks);
+                assert_eq!(
+                    (r.as_str(), c.as_str()),
+                    ("x <tool_ y </thi ", "<tool_call>z"),
+                    "split at {i},{j}"
+                );
+            }
+        }
+        let mut p = think_or_call(true);
+        assert_eq!(p.push("a <tool_c"), vec![Segment::Reasoning("a ".into())]);
+        assert!(p.in_reasoning());
+        assert_eq!(p.push("all>"), vec![Segment::Content("<tool_call>".into())]);
+        assert!(!p.in_reasoning());
     }
 }
