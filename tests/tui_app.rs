@@ -51,6 +51,7 @@ impl Harness {
             ModelIdentity {
                 path: "tiny".into(),
                 config_hash: "0".into(),
+                weights: None,
             },
             SamplingParams::default(),
             ThinkingOptions {

@@ -272,9 +272,10 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let session_file = match resumed {
         Some(s) => s,
         None => SessionFile::new(
-            ModelIdentity::of_dir(&dir).unwrap_or(ModelIdentity {
+            ModelIdentity::of(&dir).unwrap_or(ModelIdentity {
                 path: dir.display().to_string(),
                 config_hash: String::new(),
+                weights: None,
             }),
             sampling.clone(),
             thinking,
