@@ -12,7 +12,7 @@ use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
-use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
+use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore, Turn};
 use nemo::engine::{Engine, Session, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::SamplingParams;
@@ -48,10 +48,7 @@ impl Harness {
             Box::new(move |s: &str| c.borrow_mut().push(s.to_string())),
         );
         let session = SessionFile::new(
-            ModelIdentity {
-                path: "tiny".into(),
-                config_hash: "0".into(),
-            },
+            ModelIdentity::of(&common::fixture("nemotron_h_tiny")).unwrap(),
             SamplingParams::default(),
             ThinkingOptions {
                 budget: Budget::tokens(8),
@@ -362,4 +359,173 @@ fn a_cancelled_request_the_engine_does_not_end_is_abandoned_after_the_grace() {
         .unwrap();
     assert_eq!(saved.turns.len(), 1);
     assert_eq!(saved.turns[0].user, "never mind");
+}
+
+/// A session with one finished turn, as another chat on `model` would have saved it.
+fn saved_session(model: ModelIdentity, user: &str) -> SessionFile {
+    let mut s = SessionFile::new(
+        model,
+        SamplingParams::default(),
+        ThinkingOptions::default(),
+        None,
+    );
+    s.turns.push(Turn {
+        user: user.to_string(),
+        answer: "an answer".into(),
+        ..Turn::default()
+    });
+    s
+}
+
+#[test]
+fn loading_a_session_from_another_model_warns_naming_both_and_goes_on() {
+    let mut h = Harness::new();
+    let store = SessionStore::new(h.store_dir.clone());
+    let llama = ModelIdentity::of(&common::fixture("llama_tiny")).unwrap();
+    store
+        .save_as(&saved_session(llama, "asked llama"), "from-llama")
+        .unwrap();
+    let gguf = ModelIdentity::of(&common::fixture("gguf/nemotron_h_tiny.q8_0.gguf")).unwrap();
+    store
+        .save_as(&saved_session(gguf, "asked the gguf"), "from-gguf")
+        .unwrap();
+    let here = h.app.loaded_model.clone();
+    store
+        .save_as(&saved_session(here.clone(), "asked this one"), "same")
+        .unwrap();
+
+    h.type_line("/load from-llama");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Warn, "{msg}");
+    assert!(
+        msg.contains("it ran on llama_tiny, not on the loaded nemotron_h_tiny"),
+        "{msg}"
+    );
+    assert!(h
+        .screen()
+        .contains("ran on llama_tiny, not on the loaded nemotron_h_tiny"));
+    assert_eq!(h.app.turns[0].user, "asked llama");
+    // It goes on with this model, and says so when saved.
+    assert_eq!(h.app.session.model, here);
+
+    h.type_line("/load from-gguf");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Warn, "{msg}");
+    assert!(msg.contains("nemotron_h_tiny.q8_0.gguf"), "{msg}");
+
+    // The same folder, changed since: told apart by its identity.
+    let changed = ModelIdentity {
+        config_hash: "ffffffffffffffff".into(),
+        ..here.clone()
+    };
+    store
+        .save_as(&saved_session(changed, "asked before"), "changed")
+        .unwrap();
+    h.type_line("/load changed");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Warn, "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "it ran on another nemotron_h_tiny (identity ffffffffffffffff; this one {})",
+            here.config_hash
+        )),
+        "{msg}"
+    );
+
+    h.type_line("/load same");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Info, "{msg}");
+    assert_eq!(msg, "loaded `same` (1 turns)");
+}
+
+#[test]
+fn save_name_over_another_sessions_file_asks_for_save_bang_first() {
+    let mut h = Harness::new();
+    h.turn("mine");
+    let store = SessionStore::new(h.store_dir.clone());
+    let other = saved_session(h.app.loaded_model.clone(), "theirs");
+    let keep = store.save_as(&other, "keep").unwrap();
+    let before = std::fs::read(&keep).unwrap();
+
+    h.type_line("/save keep");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Warn, "{msg}");
+    assert!(msg.contains("/save! keep replaces it"), "{msg}");
+    assert!(msg.contains(&other.id), "names what is there: {msg}");
+    assert!(h
+        .screen()
+        .contains("not saved: keep.json exists; /save! keep replaces it"));
+    assert_eq!(std::fs::read(&keep).unwrap(), before, "left as it was");
+
+    // A file that is no session at all is not written over either.
+    let notes = h.store_dir.join("notes.json");
+    std::fs::write(&notes, "my notes").unwrap();
+    h.type_line("/save notes");
+    assert_eq!(h.message().1, Level::Warn);
+    assert!(
+        h.message().0.contains("not a readable session"),
+        "{:?}",
+        h.message()
+    );
+    assert_eq!(std::fs::read(&notes).unwrap(), b"my notes");
+
+    h.type_line("/save! keep");
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Info, "{msg}");
+    assert!(msg.contains("keep.json"), "{msg}");
+    assert_eq!(store.load("keep").unwrap().id, h.app.session.id);
+
+    // This session's own copy is updated without a question.
+    h.type_line("/save mine");
+    assert_eq!(h.message().1, Level::Info);
+    h.turn("more");
+    h.type_line("/save mine");
+    assert_eq!(h.message().1, Level::Info, "{:?}", h.message());
+    assert_eq!(store.load("mine").unwrap().turns.len(), 2);
+    // And a plain /save says where it went.
+    h.type_line("/save");
+    assert!(h.message().0.starts_with("saved "), "{:?}", h.message());
+}
+
+#[cfg(unix)]
+#[test]
+fn sessions_and_load_never_block_on_a_fifo_in_the_sessions_folder() {
+    let mut h = Harness::new();
+    std::fs::create_dir_all(&h.store_dir).unwrap();
+    let fifo = h.store_dir.join("pipe.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Watchdog: a reader blocked for 10 s is released (opening the FIFO for writing), so
+    // a regression fails the assertions below instead of hanging the test run.
+    let (done, rx) = channel::<()>();
+    let f = fifo.clone();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            use std::os::unix::fs::OpenOptionsExt;
+            for _ in 0..100 {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&f);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    h.type_line("/sessions");
+    let rows = match &h.app.overlay {
+        Some(Overlay::Sessions(rows)) => rows.clone(),
+        other => panic!("no session list: {other:?}"),
+    };
+    h.key(KeyCode::Esc, KeyModifiers::NONE);
+    h.type_line("/load pipe");
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("pipe") && r.contains("is a FIFO, not a regular file")),
+        "{rows:?}"
+    );
+    let (msg, level) = h.message();
+    assert_eq!(level, Level::Error);
+    assert!(msg.contains("pipe.json is a FIFO"), "{msg}");
 }

@@ -9,14 +9,24 @@
 //! - Every write goes through [`write_atomic`] (temp file in the same dir, fsync, rename):
 //!   a crash leaves the old file or the new one, never half of one.
 //! - A file that does not parse is reported with its path and line, and is never
-//!   rewritten or deleted; `list` shows it with a marker, `latest` skips it.
+//!   rewritten or deleted; `list` shows it with a marker, `latest` skips it, and
+//!   [`SessionStore::latest_with_unreadable`] names it when it may be newer than the one
+//!   picked. [`SessionStore::save_named`] (the user's `/save NAME`) never writes over a file
+//!   that holds another session or cannot be read, unless asked to, and never over
+//!   anything but a regular file.
+//! - Only regular files are read (symlinks followed): a FIFO, socket, device or folder
+//!   named `*.json` is reported, never opened, and a file is opened with `O_NONBLOCK` and
+//!   checked again after `open`, so nothing swapped in can block. A file over
+//!   [`MAX_SESSION_BYTES`] is refused without being read whole.
+//! - Parsing never panics and every error displays as one line: text from the file that
+//!   an error echoes is cut to [`ECHO_MAX`] characters, control characters replaced.
 //! - Ids from [`new_id`] sort lexicographically by creation time and are unique within a
 //!   process; timestamps are RFC 3339 UTC with milliseconds (`2025-01-31T09:05:00.123Z`),
 //!   so they sort as strings too.
 //! - `version` is [`SESSION_VERSION`]; a file with another version is refused, not guessed.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -25,69 +35,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::model_identity::{file_kind, open_regular};
 use crate::protocol::Message;
 use crate::protocol::SamplingParams;
 use crate::protocol::{Budget, Done, FinishReason, ThinkingOptions};
 
+pub use super::model_identity::ModelIdentity;
+
 /// The session file format this build reads and writes.
 pub const SESSION_VERSION: u32 = 1;
 
+/// Largest session file read (a long chat with reasoning is a few MB).
+pub const MAX_SESSION_BYTES: u64 = 64 << 20;
+
+/// Most characters of file text an error echoes.
+pub const ECHO_MAX: usize = 160;
+
 /// Longest first-message preview in a [`SessionSummary`], in characters.
 pub const PREVIEW_CHARS: usize = 60;
-
-/// Which model a session ran on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelIdentity {
-    /// The model directory as given.
-    pub path: String,
-    /// 16 hex digits: FNV-1a 64 over `config.json`'s bytes, then each weight file
-    /// (`*.safetensors`, `*.gguf`), sorted by name, as name bytes, a 0 byte, and its size
-    /// as little-endian u64. Cheap (no weight bytes read) and stable across machines.
-    pub config_hash: String,
-}
-
-impl ModelIdentity {
-    /// Identifies the model in `dir`; fails if `config.json` or the dir cannot be read.
-    pub fn of_dir(dir: &Path) -> std::io::Result<ModelIdentity> {
-        let config = fs::read(dir.join("config.json"))?;
-        let mut weights = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_weight = name.ends_with(".safetensors") || name.ends_with(".gguf");
-            if is_weight && entry.file_type()?.is_file() {
-                weights.push((name, entry.metadata()?.len()));
-            }
-        }
-        weights.sort();
-        let mut h = Fnv1a64::new();
-        h.write(&config);
-        for (name, size) in &weights {
-            h.write(name.as_bytes());
-            h.write(&[0]);
-            h.write(&size.to_le_bytes());
-        }
-        Ok(ModelIdentity {
-            path: dir.display().to_string(),
-            config_hash: format!("{:016x}", h.0),
-        })
-    }
-}
-
-/// FNV-1a, 64-bit (http://www.isthe.com/chongo/tech/comp/fnv/).
-struct Fnv1a64(u64);
-
-impl Fnv1a64 {
-    fn new() -> Self {
-        Fnv1a64(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
 
 /// Numbers from one assistant reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,12 +207,56 @@ pub enum StoreError {
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("session file {} has a bad value: {message}; it was left as is", path.display())]
     BadValue { path: PathBuf, message: String },
+    #[error("{} is {kind}, not a regular file; it was not opened", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("session file {} is {size} bytes, over the {MAX_SESSION_BYTES}-byte limit; it was not read", path.display())]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{} already exists and holds {what}", path.display())]
+    Exists { path: PathBuf, what: String },
     #[error("invalid session name {0:?}: use 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'")]
     InvalidName(String),
     #[error("no session {name:?} in {}", dir.display())]
     NotFound { name: String, dir: PathBuf },
     #[error("cannot serialize session: {0}")]
     Serialize(#[from] serde_json::Error),
+}
+
+impl StoreError {
+    /// Why a file could not be read, without its path (for messages that name it once).
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Io { source, .. } => source.to_string(),
+            StoreError::Corrupt {
+                line,
+                column,
+                message,
+                ..
+            } => format!("corrupt at line {line}, column {column}: {message}"),
+            StoreError::UnsupportedVersion { found, .. } => {
+                format!("format version {found}; this nemo reads version {SESSION_VERSION}")
+            }
+            StoreError::BadValue { message, .. } => format!("bad value: {message}"),
+            StoreError::NotRegular { kind, .. } => format!("{kind}, not a regular file"),
+            StoreError::TooLarge { size, .. } => {
+                format!("{size} bytes, over the {MAX_SESSION_BYTES}-byte limit")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The file the error is about, when it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            StoreError::Io { path, .. }
+            | StoreError::Corrupt { path, .. }
+            | StoreError::UnsupportedVersion { path, .. }
+            | StoreError::BadValue { path, .. }
+            | StoreError::NotRegular { path, .. }
+            | StoreError::TooLarge { path, .. }
+            | StoreError::Exists { path, .. } => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// Checks a session name or id: `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
@@ -284,16 +293,10 @@ impl SessionStore {
         self.save_as(s, &s.id)
     }
 
-    /// Writes `s` as `<name>.json` atomically (the id inside is kept); returns the path.
+    /// Writes `s` as `<name>.json` atomically (the id inside is kept), replacing whatever
+    /// file is there; returns the path. For a name the user typed, use [`Self::save_named`].
     pub fn save_as(&self, s: &SessionFile, name: &str) -> Result<PathBuf, StoreError> {
-        validate_name(name)?;
-        fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let path = self.path_of(name);
-        let mut json = serde_json::to_vec_pretty(s)?;
-        json.push(b'\n');
+        let (path, json) = self.prepare(s, name)?;
         write_atomic(&path, &json).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
@@ -301,47 +304,119 @@ impl SessionStore {
         Ok(path)
     }
 
+    /// `/save NAME`: writes `s` as `<name>.json` when no such file exists or the file is
+    /// this session's own copy (same id). A file holding another session, or one that
+    /// cannot be read as a session, is an [`StoreError::Exists`] saying what it holds,
+    /// and is written over only with `replace`. Anything but a regular file there (a
+    /// symlink, a FIFO, a folder) is never replaced. A new file appears atomically and
+    /// never over one created in the meantime.
+    pub fn save_named(
+        &self,
+        s: &SessionFile,
+        name: &str,
+        replace: bool,
+    ) -> Result<PathBuf, StoreError> {
+        let (path, json) = self.prepare(s, name)?;
+        let io = |path: &Path, source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match write_new(&path, &json) {
+                    Ok(()) => Ok(path),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(StoreError::Exists {
+                            path,
+                            what: "a file another program created while this one saved".into(),
+                        })
+                    }
+                    Err(source) => Err(io(&path, source)),
+                };
+            }
+            Err(source) => return Err(io(&path, source)),
+            Ok(m) => m,
+        };
+        if !meta.is_file() {
+            return Err(StoreError::NotRegular {
+                path,
+                kind: file_kind(&meta.file_type()),
+            });
+        }
+        let what = match read_session(&path) {
+            Ok(other) if other.id == s.id => None,
+            Ok(other) => Some(format!(
+                "session {} ({} turns, updated {})",
+                other.id,
+                other.turns.len(),
+                other.updated
+            )),
+            Err(e) => Some(format!(
+                "something that is not a readable session ({})",
+                e.reason()
+            )),
+        };
+        if let (Some(what), false) = (what, replace) {
+            return Err(StoreError::Exists { path, what });
+        }
+        write_atomic(&path, &json).map_err(|source| io(&path, source))?;
+        Ok(path)
+    }
+
+    /// Checks the name, creates the directory, serializes.
+    fn prepare(&self, s: &SessionFile, name: &str) -> Result<(PathBuf, Vec<u8>), StoreError> {
+        validate_name(name)?;
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut json = serde_json::to_vec_pretty(s)?;
+        json.push(b'\n');
+        Ok((self.path_of(name), json))
+    }
+
     /// Reads `<name_or_id>.json` (a trailing `.json` in the argument is accepted).
     pub fn load(&self, name_or_id: &str) -> Result<SessionFile, StoreError> {
         let name = name_or_id.strip_suffix(".json").unwrap_or(name_or_id);
         validate_name(name)?;
-        let path = self.path_of(name);
-        match fs::read(&path) {
-            Ok(bytes) => parse_session(&path, &bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound {
-                name: name.to_string(),
-                dir: self.dir.clone(),
-            }),
-            Err(source) => Err(StoreError::Io { path, source }),
+        match read_session(&self.path_of(name)) {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound {
+                    name: name.to_string(),
+                    dir: self.dir.clone(),
+                })
+            }
+            r => r,
         }
     }
 
     /// Every `*.json` in the directory, newest `updated` first; files that cannot be read
-    /// come last with `corrupt` set. A missing directory is an empty list.
+    /// (not regular files among them) come last with `corrupt` set. A missing directory
+    /// is an empty list.
     pub fn list(&self) -> Result<Vec<SessionSummary>, StoreError> {
         let mut out: Vec<SessionSummary> = self
             .read_all()?
             .into_iter()
-            .map(|(name, result)| match result {
+            .map(|e| match e.parsed {
                 Ok(s) => SessionSummary {
                     preview: s
                         .turns
                         .first()
                         .map(|t| preview(&t.user))
                         .unwrap_or_default(),
-                    name,
+                    name: e.name,
                     id: s.id,
                     updated: s.updated,
                     turns: s.turns.len(),
                     corrupt: None,
                 },
-                Err(e) => SessionSummary {
-                    name,
+                Err(err) => SessionSummary {
+                    name: e.name,
                     id: String::new(),
                     updated: String::new(),
                     turns: 0,
                     preview: String::new(),
-                    corrupt: Some(e.to_string()),
+                    corrupt: Some(err.to_string()),
                 },
             })
             .collect();
@@ -355,21 +430,45 @@ impl SessionStore {
         Ok(out)
     }
 
-    /// The most recently updated session that reads cleanly, for `nemo chat --resume`.
+    /// The most recently updated session that reads cleanly.
     pub fn latest(&self) -> Result<Option<SessionFile>, StoreError> {
-        Ok(self
-            .read_all()?
+        Ok(self.latest_with_unreadable()?.session.map(|(_, s)| s))
+    }
+
+    /// For `nemo chat --resume`: the most recently updated session that reads cleanly,
+    /// and every file that cannot be read and was modified no earlier than that session's
+    /// file (all of them when no session reads), so none is skipped without a word.
+    pub fn latest_with_unreadable(&self) -> Result<Latest, StoreError> {
+        let mut readable = Vec::new();
+        let mut unreadable = Vec::new();
+        for e in self.read_all()? {
+            match e.parsed {
+                Ok(s) => readable.push((e.name, e.modified, s)),
+                Err(err) => unreadable.push((e.modified, err)),
+            }
+        }
+        let best = readable
             .into_iter()
-            .filter_map(|(name, r)| r.ok().map(|s| (name, s)))
-            .max_by(|(an, a), (bn, b)| (&a.updated, an).cmp(&(&b.updated, bn)))
-            .map(|(_, s)| s))
+            .max_by(|(an, _, a), (bn, _, b)| (&a.updated, an).cmp(&(&b.updated, bn)));
+        if let Some((_, Some(t), _)) = &best {
+            unreadable.retain(|(m, _)| m.is_none_or(|m| m >= *t));
+        }
+        // Newest first; unknown times first of all.
+        unreadable.sort_by(|(a, _), (b, _)| match (a, b) {
+            (Some(a), Some(b)) => b.cmp(a),
+            _ => a.is_some().cmp(&b.is_some()),
+        });
+        Ok(Latest {
+            session: best.map(|(name, _, s)| (name, s)),
+            unreadable: unreadable.into_iter().map(|(_, e)| e).collect(),
+        })
     }
 
     fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// (file stem, parsed session) for each session file.
+    /// Each `<name>.json` entry with a valid name, read (or refused) and parsed.
     fn read_all(&self) -> Result<Vec<StoredEntry>, StoreError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -395,22 +494,83 @@ impl SessionStore {
                 continue;
             }
             let path = entry.path();
-            let parsed = fs::read(&path)
-                .map_err(|source| StoreError::Io {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|bytes| parse_session(&path, &bytes));
-            out.push((stem.to_string(), parsed));
+            // The entry's own time (a symlink's, when the target is gone).
+            let modified = fs::metadata(&path)
+                .or_else(|_| fs::symlink_metadata(&path))
+                .and_then(|m| m.modified())
+                .ok();
+            out.push(StoredEntry {
+                name: stem.to_string(),
+                modified,
+                parsed: read_session(&path),
+            });
         }
         Ok(out)
     }
 }
 
-/// A file stem and what reading that file gave.
-type StoredEntry = (String, Result<SessionFile, StoreError>);
+/// What [`SessionStore::latest_with_unreadable`] found.
+#[derive(Debug)]
+pub struct Latest {
+    /// The newest session that reads cleanly, with its file stem.
+    pub session: Option<(String, SessionFile)>,
+    /// Why each unreadable file that may be newer could not be read, newest first.
+    pub unreadable: Vec<StoreError>,
+}
+
+/// One session file, as read.
+struct StoredEntry {
+    /// The file stem.
+    name: String,
+    modified: Option<SystemTime>,
+    parsed: Result<SessionFile, StoreError>,
+}
+
+/// Reads and parses one session file: only a regular file, opened without blocking, at
+/// most [`MAX_SESSION_BYTES`].
+fn read_session(path: &Path) -> Result<SessionFile, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(StoreError::NotRegular {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    let f = open_regular(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    if size > MAX_SESSION_BYTES {
+        return Err(StoreError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // One byte past the limit: a file that grew since the check is still caught.
+    f.take(MAX_SESSION_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    parse_session(path, &bytes)
+}
+
+/// Parses session-file bytes exactly as [`SessionStore::load`] does once it has read them
+/// (size limit, version, fields, value ranges); errors name `session.json`. The entry
+/// point of the session fuzz target and its replay test (`tests/fuzz_session.rs`).
+#[doc(hidden)]
+pub fn parse_session_bytes(bytes: &[u8]) -> Result<SessionFile, StoreError> {
+    parse_session(Path::new("session.json"), bytes)
+}
 
 fn parse_session(path: &Path, bytes: &[u8]) -> Result<SessionFile, StoreError> {
+    if bytes.len() as u64 > MAX_SESSION_BYTES {
+        return Err(StoreError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+        });
+    }
     // Read the version first so a future format says so instead of "missing field".
     #[derive(Deserialize)]
     struct Versioned {
@@ -420,7 +580,7 @@ fn parse_session(path: &Path, bytes: &[u8]) -> Result<SessionFile, StoreError> {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string(),
+        message: echo(&e.to_string()),
     };
     let v: Versioned = serde_json::from_slice(bytes).map_err(corrupt)?;
     if v.version != SESSION_VERSION {
@@ -430,13 +590,33 @@ fn parse_session(path: &Path, bytes: &[u8]) -> Result<SessionFile, StoreError> {
         });
     }
     let file: SessionFile = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let bad = |message: String| StoreError::BadValue {
+        path: path.to_path_buf(),
+        message,
+    };
+    // The autosave writes `<id>.json`: an id that is no file name could never be saved.
+    if validate_name(&file.id).is_err() {
+        return Err(bad(format!("id {:?} is not a session id", echo(&file.id))));
+    }
     // The same ranges as the flags and `/set`: a hand-edited file cannot smuggle in a
     // temperature of -5.
-    file.sampling.validate().map_err(|e| StoreError::BadValue {
-        path: path.to_path_buf(),
-        message: format!("sampling.{e}"),
-    })?;
+    file.sampling
+        .validate()
+        .map_err(|e| bad(format!("sampling.{e}")))?;
     Ok(file)
+}
+
+/// `text` on one line (control characters as spaces), at most [`ECHO_MAX`] characters.
+fn echo(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(ECHO_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(ECHO_MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn preview(text: &str) -> String {
@@ -449,10 +629,8 @@ fn preview(text: &str) -> String {
     cut
 }
 
-/// Replaces `path` with `bytes` atomically: writes a temp file beside it, fsyncs it,
-/// renames it over `path`, then fsyncs the directory (best effort). The parent directory
-/// must exist. On failure the temp file is removed and `path` is unchanged.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A temp file beside `path` holding `bytes`, synced; returns its path and the directory.
+fn write_temp(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, PathBuf)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -473,19 +651,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .create_new(true)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
+    match result {
+        Ok(()) => Ok((tmp, dir)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    // Make the rename itself durable; not every platform can open a directory.
-    if let Ok(d) = fs::File::open(&dir) {
+}
+
+/// Makes a rename or link in `dir` durable; not every platform can open a directory.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Replaces `path` with `bytes` atomically: writes a temp file beside it, fsyncs it,
+/// renames it over `path`, then fsyncs the directory (best effort). The parent directory
+/// must exist. On failure the temp file is removed and `path` is unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, dir) = write_temp(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(&dir);
     Ok(())
+}
+
+/// Creates `path` holding `bytes`, complete or not at all, failing with `AlreadyExists`
+/// if it exists, even when it appears while this runs: the synced temp file is
+/// hard-linked to `path` (which never replaces). Where hard links are not supported, it
+/// falls back to a check and a rename.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, dir) = write_temp(path, bytes)?;
+    let result = match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if fs::symlink_metadata(path).is_ok() => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "file exists",
+        )),
+        Err(_) => fs::rename(&tmp, path),
+    };
+    let _ = fs::remove_file(&tmp);
+    if result.is_ok() {
+        sync_dir(&dir);
+    }
+    result
 }
 
 /// A new session id, `YYYYMMDD-HHMMSS-mmm` (UTC, milliseconds). Ids from one process
@@ -659,6 +875,7 @@ mod tests {
             model: ModelIdentity {
                 path: "/models/nano".into(),
                 config_hash: "0123456789abcdef".into(),
+                weights: None,
             },
             sampling: SamplingParams {
                 temperature: 0.6,
@@ -959,6 +1176,7 @@ mod tests {
             ModelIdentity {
                 path: "m".into(),
                 config_hash: "0".into(),
+                weights: None,
             },
             SamplingParams::default(),
             ThinkingOptions::default(),
@@ -994,35 +1212,213 @@ mod tests {
         );
     }
 
+    /// Runs `f` on another thread and fails (instead of hanging) if it takes over 10 s;
+    /// then opens each FIFO in `fifos` for writing, which releases a reader blocked on it.
+    #[cfg(unix)]
+    fn within_10s<T: Send + 'static>(
+        fifos: &[PathBuf],
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(v) => v,
+            Err(_) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                for p in fifos {
+                    let _ = fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(p);
+                }
+                panic!("blocked for 10 s on a FIFO in the sessions folder");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    fn set_mtime(path: &Path, secs_after_epoch: u64) {
+        let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(secs_after_epoch))
+            .unwrap();
+    }
+
+    #[cfg(unix)]
     #[test]
-    fn model_identity_depends_on_config_and_weight_sizes_only() {
+    fn fifos_and_links_to_them_are_listed_as_not_regular_and_never_opened() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
-        fs::write(d.join("config.json"), b"{\"a\":1}").unwrap();
-        fs::write(d.join("model-00001.safetensors"), b"1234").unwrap();
-        fs::write(d.join("README.md"), b"x").unwrap();
-        let a = ModelIdentity::of_dir(d).unwrap();
-        assert_eq!(a.config_hash.len(), 16);
-        fs::write(d.join("README.md"), b"changed").unwrap();
-        fs::write(d.join("model-00001.safetensors"), b"5678").unwrap();
-        assert_eq!(
-            ModelIdentity::of_dir(d).unwrap(),
-            a,
-            "same sizes, same identity"
+        let dir = tmp.path().to_path_buf();
+        let store = SessionStore::new(&dir);
+        store
+            .save(&session("good", "2025-01-01T00:00:00.000Z", "hi"))
+            .unwrap();
+        let fifo = dir.join("pipe.json");
+        mkfifo(&fifo);
+        std::os::unix::fs::symlink(&fifo, dir.join("link.json")).unwrap();
+        fs::create_dir(dir.join("folder.json")).unwrap();
+        let (list, latest, load_pipe, load_link) =
+            within_10s(std::slice::from_ref(&fifo), move || {
+                let store = SessionStore::new(&dir);
+                (
+                    store.list().unwrap(),
+                    store.latest_with_unreadable().unwrap(),
+                    store.load("pipe").unwrap_err(),
+                    store.load("link").unwrap_err(),
+                )
+            });
+        let names: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["good", "pipe", "link", "folder"]);
+        for row in &list[1..] {
+            let why = row.corrupt.as_deref().unwrap();
+            assert!(why.contains("not a regular file"), "{why}");
+        }
+        assert!(list[1].corrupt.as_deref().unwrap().contains("is a FIFO"));
+        assert_eq!(latest.session.map(|(n, _)| n).as_deref(), Some("good"));
+        assert!(
+            matches!(load_pipe, StoreError::NotRegular { kind: "a FIFO", .. }),
+            "{load_pipe:?}"
         );
-        fs::write(d.join("model-00001.safetensors"), b"12345").unwrap();
-        assert_ne!(ModelIdentity::of_dir(d).unwrap().config_hash, a.config_hash);
-        fs::write(d.join("model-00001.safetensors"), b"1234").unwrap();
-        fs::write(d.join("config.json"), b"{\"a\":2}").unwrap();
-        assert_ne!(ModelIdentity::of_dir(d).unwrap().config_hash, a.config_hash);
-        assert!(ModelIdentity::of_dir(&d.join("missing")).is_err());
+        assert!(
+            load_link.to_string().contains("link.json is a FIFO"),
+            "{load_link}"
+        );
     }
 
     #[test]
-    fn fnv1a_matches_reference_vectors() {
-        let mut h = Fnv1a64::new();
-        assert_eq!(h.0, 0xcbf29ce484222325);
-        h.write(b"a");
-        assert_eq!(h.0, 0xaf63dc4c8601ec8c);
+    fn latest_with_unreadable_names_unreadable_files_not_older_than_its_pick() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let good = store
+            .save(&session("good", "2025-01-02T00:00:00.000Z", "hi"))
+            .unwrap();
+        set_mtime(&good, 2_000_000_000);
+        let newer = tmp.path().join("newer.json");
+        fs::write(&newer, "{\"version\": 1, \"id\": ").unwrap();
+        set_mtime(&newer, 2_000_000_100);
+        let older = tmp.path().join("older.json");
+        fs::write(&older, "not json").unwrap();
+        set_mtime(&older, 1_000_000_000);
+        let future = tmp.path().join("future.json");
+        fs::write(&future, r#"{"version": 7}"#).unwrap();
+        set_mtime(&future, 2_000_000_200);
+
+        let l = store.latest_with_unreadable().unwrap();
+        assert_eq!(l.session.as_ref().map(|(n, _)| n.as_str()), Some("good"));
+        let paths: Vec<_> = l.unreadable.iter().map(|e| e.path().unwrap()).collect();
+        assert_eq!(paths, [future.as_path(), newer.as_path()], "newest first");
+        assert!(l.unreadable[0].reason().contains("format version 7"));
+        assert!(l.unreadable[1].reason().starts_with("corrupt at line 1"));
+
+        // Nothing readable: every unreadable file is named.
+        fs::remove_file(&good).unwrap();
+        let l = store.latest_with_unreadable().unwrap();
+        assert!(l.session.is_none());
+        assert_eq!(l.unreadable.len(), 3);
+        assert!(store.latest().unwrap().is_none());
+    }
+
+    #[test]
+    fn save_named_never_writes_over_another_session_or_an_unreadable_file_unasked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let other = session("other-id", "2025-01-01T00:00:00.000Z", "theirs");
+        let other_path = store.save_as(&other, "keep").unwrap();
+        let other_bytes = fs::read(&other_path).unwrap();
+        let mine = session("my-id", "2025-02-01T00:00:00.000Z", "mine");
+
+        let e = store.save_named(&mine, "keep", false).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Exists { what, .. } if what.contains("session other-id (2 turns")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("keep.json already exists"), "{e}");
+        assert_eq!(fs::read(&other_path).unwrap(), other_bytes);
+
+        // Unreadable: kept as is, and the error says why it is not a session.
+        let junk = tmp.path().join("junk.json");
+        fs::write(&junk, b"my notes, not json").unwrap();
+        let e = store.save_named(&mine, "junk", false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not a readable session (corrupt at line 1"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&junk).unwrap(), b"my notes, not json");
+
+        // A new name; then the same name again is this session's own copy.
+        let p = store.save_named(&mine, "fresh", false).unwrap();
+        assert_eq!(store.load("fresh").unwrap(), mine);
+        let mut later = mine.clone();
+        later.turns.push(Turn::default());
+        assert_eq!(store.save_named(&later, "fresh", false).unwrap(), p);
+        assert_eq!(store.load("fresh").unwrap().turns.len(), 3);
+
+        // Asked to replace: replaced.
+        store.save_named(&mine, "keep", true).unwrap();
+        assert_eq!(store.load("keep").unwrap().id, "my-id");
+        store.save_named(&mine, "junk", true).unwrap();
+        assert_eq!(store.load("junk").unwrap().id, "my-id");
+        assert_eq!(
+            dir_names(tmp.path()),
+            ["fresh.json", "junk.json", "keep.json"]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_named_never_replaces_a_fifo_a_folder_or_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        mkfifo(&dir.join("pipe.json"));
+        fs::create_dir(dir.join("folder.json")).unwrap();
+        fs::write(dir.join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link.json")).unwrap();
+        let errs = within_10s(&[dir.join("pipe.json")], move || {
+            let store = SessionStore::new(&dir);
+            let s = session("a", "2025-01-01T00:00:00.000Z", "a");
+            ["pipe", "folder", "link"].map(|n| store.save_named(&s, n, true).unwrap_err())
+        });
+        for (e, kind) in errs.iter().zip(["a FIFO", "a directory", "a symlink"]) {
+            assert!(
+                matches!(e, StoreError::NotRegular { kind: k, .. } if *k == kind),
+                "{e:?}"
+            );
+        }
+        assert_eq!(fs::read(tmp.path().join("target")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_without_being_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let f = fs::File::create(tmp.path().join("big.json")).unwrap();
+        f.set_len(MAX_SESSION_BYTES + 1).unwrap(); // sparse: no disk used
+        let e = store.load("big").unwrap_err();
+        assert!(matches!(e, StoreError::TooLarge { .. }), "{e:?}");
+        assert!(e.to_string().contains("big.json"), "{e}");
+    }
+
+    #[test]
+    fn errors_echoing_file_text_stay_on_one_short_line() {
+        let mut s = session("a", "2025-01-01T00:00:00.000Z", "hi");
+        s.id = format!("bad\nid{}", "x".repeat(1000));
+        let bytes = serde_json::to_vec(&s).unwrap();
+        let e = parse_session_bytes(&bytes).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::BadValue { .. }), "{e:?}");
+        assert!(!text.contains('\n') && text.chars().count() < 400, "{text}");
+        let mut v = serde_json::to_value(session("a", "2025-01-01T00:00:00.000Z", "hi")).unwrap();
+        v["thinking"]["budget"] =
+            serde_json::Value::String(format!("lots\nof\n{}", "y".repeat(5000)));
+        let e = parse_session_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains('\n') && text.chars().count() < 400, "{text}");
     }
 }

@@ -254,11 +254,6 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(&paths.config_file)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
     let theme = Theme::resolve(a.theme.as_deref().or(cfg.theme.as_deref()))?;
-    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
-        return Err(usage(
-            "chat needs a terminal on stdin and stdout; use `nemo run` for pipes and scripts",
-        ));
-    }
     // Resolved (and any question asked) before the terminal is taken over.
     let choice = super::pull::resolve_model(
         a.model
@@ -282,14 +277,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     };
     let store = SessionStore::new(paths.sessions_dir.clone());
     let resumed = if a.resume {
-        match store.latest()? {
-            Some(s) => Some(s),
-            None => return Err(usage("--resume: there is no saved session yet")),
-        }
+        Some(latest_session(&store)?)
     } else {
         None
     };
 
+    // Everything that can fail in one line on stderr (flags, config, model, sessions)
+    // has been checked; only now must there be a terminal.
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return Err(usage(
+            "chat needs a terminal on stdin and stdout; use `nemo run` for pipes and scripts",
+        ));
+    }
     // Terminal up; the guard, the panic hook and the signal watch put it back whatever
     // happens.
     let signals = SignalWatch::start()?;
@@ -374,18 +373,17 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         budget,
         ..Default::default()
     };
-    let session_file = match resumed {
-        Some(s) => s,
-        None => SessionFile::new(
-            ModelIdentity::of_dir(&dir).unwrap_or(ModelIdentity {
-                path: dir.display().to_string(),
-                config_hash: String::new(),
-            }),
-            sampling.clone(),
-            thinking,
-            a.system.clone(),
-        ),
-    };
+    // The loaded model's identity; a resumed session is checked against it below.
+    let session_file = SessionFile::new(
+        ModelIdentity::of(&dir).unwrap_or(ModelIdentity {
+            path: dir.display().to_string(),
+            config_hash: String::new(),
+            weights: None,
+        }),
+        sampling.clone(),
+        thinking,
+        a.system.clone(),
+    );
     let history = History::load(&paths.history_file);
     let history_error = history.load_error().map(str::to_string);
     // The session on its device; a GPU upload shows its progress in the loading view.
@@ -463,13 +461,24 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     };
 
     let engine = Engine::spawn(session);
-    let mut app = App::new(theme, info, session_file.clone(), history);
+    let mut app = App::new(theme, info, session_file, history);
     if let Some(n) = placed.notice {
         app.info(n);
     }
-    if !session_file.turns.is_empty() {
-        app.load_session(session_file);
-        app.info("resumed the last session");
+    if let Some((name, s, skipped)) = resumed {
+        let mut warnings: Vec<String> = app.load_session(s).into_iter().collect();
+        if let Some(first) = skipped.first() {
+            let more = match skipped.len() {
+                1 => String::new(),
+                n => format!(" (and {} more, listed on stderr)", n - 1),
+            };
+            warnings.push(format!("skipped the newer, unreadable {first}{more}"));
+        }
+        if warnings.is_empty() {
+            app.info("resumed the last session");
+        } else {
+            app.warn(format!("resumed `{name}`, but {}", warnings.join("; ")));
+        }
     }
     if let Some(m) = a.max_tokens.or(cfg.max_tokens) {
         app.max_tokens = m;
@@ -510,4 +519,48 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// `--resume`: the newest session that reads, with its name and a line for each file that
+/// cannot be read and may be newer (each also printed on stderr now, before the terminal
+/// is taken over). With no readable session, the error names every unreadable file and
+/// why.
+fn latest_session(store: &SessionStore) -> anyhow::Result<(String, SessionFile, Vec<String>)> {
+    let latest = store.latest_with_unreadable()?;
+    let lines: Vec<String> = latest
+        .unreadable
+        .iter()
+        .map(|e| match e.path() {
+            Some(p) => format!(
+                "{} ({})",
+                p.file_name().unwrap_or(p.as_os_str()).to_string_lossy(),
+                e.reason()
+            ),
+            None => e.to_string(),
+        })
+        .collect();
+    match latest.session {
+        Some((name, s)) => {
+            for e in &latest.unreadable {
+                eprintln!("nemo: --resume skipped {e}");
+            }
+            Ok((name, s, lines))
+        }
+        None if lines.is_empty() => Err(usage(format!(
+            "--resume: there is no saved session yet in {}",
+            store.dir().display()
+        ))),
+        None => {
+            const SHOWN: usize = 5;
+            let more = match lines.len().saturating_sub(SHOWN) {
+                0 => String::new(),
+                n => format!("; and {n} more"),
+            };
+            Err(anyhow::anyhow!(
+                "--resume: no saved session in {} can be read: {}{more}",
+                store.dir().display(),
+                lines[..lines.len().min(SHOWN)].join("; ")
+            ))
+        }
+    }
 }

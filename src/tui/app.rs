@@ -18,7 +18,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKi
 use super::commands::{self, Command, SetArg};
 use super::input::{History, InputAction, InputEditor};
 use super::theme::Theme;
-use crate::chat::session_store::{SessionFile, Turn, TurnStats};
+use crate::chat::session_store::{ModelIdentity, SessionFile, Turn, TurnStats};
 use crate::protocol::{Budget, Controls, Event, FinishReason, Message, Request, SamplingParams};
 
 /// What the loaded model is, for the status bar and `/model`.
@@ -114,8 +114,14 @@ pub enum Effect {
     Submit(Box<Request>),
     /// Forget the engine's sequence state (`/clear`).
     ResetEngine,
-    /// Write the current session file (autosave after each turn, and `/save`).
-    Save(Option<String>),
+    /// Write the session's own file, `<id>.json` (the autosave); quiet unless it fails.
+    Save,
+    /// `/save [NAME]`: write it as `NAME.json` (own file when `None`) and say where; a
+    /// file holding another session is written over only with `replace` (`/save!`).
+    SaveAs {
+        name: Option<String>,
+        replace: bool,
+    },
     Load(String),
     ListSessions,
     Export(String),
@@ -166,6 +172,9 @@ pub struct App {
     pub last_tokens_per_s: Option<f64>,
     /// Session file being written after each turn.
     pub session: SessionFile,
+    /// The model this chat runs on: what `session.model` says from now on, and what a
+    /// loaded session is checked against.
+    pub loaded_model: ModelIdentity,
     /// Set by the view: lines the transcript area shows (for paging).
     pub viewport_height: usize,
     /// Completion popup selection.
@@ -173,6 +182,24 @@ pub struct App {
     /// Rendered answers per turn, keyed by (answer length, width): markdown and syntax
     /// highlighting run once per change, not once per frame.
     pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
+}
+
+/// "it ran on A, not on the loaded B": both models by short name; by path or identity
+/// when the names are the same.
+fn model_change(was: &ModelIdentity, now: &ModelIdentity) -> String {
+    let (a, b) = (was.short_name(), now.short_name());
+    if a != b {
+        return format!("it ran on {a}, not on the loaded {b}");
+    }
+    let differs = if was.path != now.path {
+        format!("at {}; this one is at {}", was.path, now.path)
+    } else if was.config_hash != now.config_hash {
+        format!("identity {}; this one {}", was.config_hash, now.config_hash)
+    } else {
+        let w = |m: &ModelIdentity| m.weights.clone().unwrap_or_default();
+        format!("weights {}; these are {}", w(was), w(now))
+    };
+    format!("it ran on another {a} ({differs})")
 }
 
 /// The budget thinking returns to when it is switched back on.
@@ -207,6 +234,7 @@ impl App {
             context_used: 0,
             last_ttft_ms: None,
             last_tokens_per_s: None,
+            loaded_model: session.model.clone(),
             session,
             viewport_height: 20,
             completion_index: 0,
@@ -214,8 +242,12 @@ impl App {
         }
     }
 
-    /// Restores the turns of a saved session into the view.
-    pub fn load_session(&mut self, s: SessionFile) {
+    /// Restores a saved session into the view. It goes on with the loaded model and is
+    /// saved with that model's identity from now on; when it ran on another model, the
+    /// returned warning names both (for the caller to show with what it loaded).
+    pub fn load_session(&mut self, s: SessionFile) -> Option<String> {
+        let warning = (!s.model.same_model(&self.loaded_model))
+            .then(|| model_change(&s.model, &self.loaded_model));
         self.turns = s
             .turns
             .iter()
@@ -235,7 +267,9 @@ impl App {
         self.sampling = s.sampling.clone();
         self.budget_when_on = on_budget(s.thinking.budget);
         self.session = s;
+        self.session.model = self.loaded_model.clone();
         self.scroll_up = 0;
+        warning
     }
 
     pub fn info(&mut self, msg: impl Into<String>) {
@@ -413,7 +447,7 @@ impl App {
         };
         self.session.turns.truncate(self.turns.len() - 1);
         self.session.turns.push(record);
-        vec![Effect::Save(None)]
+        vec![Effect::Save]
     }
 
     /// Quit (`/quit`, Ctrl+D, Ctrl+C twice, a termination signal): a running turn is
@@ -455,7 +489,7 @@ impl App {
                 self.context_used = 0;
                 self.session.turns.clear();
                 self.info("conversation cleared");
-                return vec![Effect::ResetEngine, Effect::Save(None)];
+                return vec![Effect::ResetEngine, Effect::Save];
             }
             Command::Retry => {
                 if self.running.is_some() {
@@ -476,11 +510,11 @@ impl App {
                     self.session.turns.truncate(self.turns.len());
                     self.input.set_text(&t.user);
                     self.info("last exchange removed; its message is back in the input");
-                    return vec![Effect::Save(None)];
+                    return vec![Effect::Save];
                 }
                 self.warn("nothing to undo");
             }
-            Command::Save(name) => return vec![Effect::Save(name)],
+            Command::Save { name, replace } => return vec![Effect::SaveAs { name, replace }],
             Command::Load(name) => {
                 if self.running.is_some() {
                     self.warn("wait for the reply to finish before /load");
@@ -818,7 +852,7 @@ impl App {
                 self.session.turns.truncate(self.turns.len() - 1);
                 self.session.turns.push(turn_record);
                 self.check_context();
-                return vec![Effect::Save(None)];
+                return vec![Effect::Save];
             }
             Event::Error(e) => {
                 turn.state = TurnState::Failed(e.clone());

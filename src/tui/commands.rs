@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Every [`Command`] variant has exactly one [`CommandSpec`] in [`specs`], whose `name`
 //!   (without the leading `/`) is what [`Command::name`] returns; aliases (`/nothink`,
-//!   `/exit`, `/q`, `/?`) parse but are not listed, so completion shows each command once.
+//!   `/exit`, `/q`, `/?`, and `/save!`, which is `/save` allowed to replace a file) parse
+//!   but are not listed, so completion shows each command once.
 //! - [`parse`] never panics and every [`CommandError`] displays as a single line: user
 //!   text echoed back is cut to [`ECHO_MAX`] chars with control characters replaced.
 //! - Numbers are range-checked here (sampling values by `SamplingParams::validate`, the
@@ -44,8 +45,12 @@ pub enum Command {
     Clear,
     Retry,
     Undo,
-    /// `None`: save under the session's own id.
-    Save(Option<String>),
+    /// `/save [NAME]`; `None`: under the session's own id. `replace` (`/save! NAME`): write
+    /// over a file of that name that holds another session or is not one.
+    Save {
+        name: Option<String>,
+        replace: bool,
+    },
     /// A session name or id (a trailing `.json` is kept; the store accepts it).
     Load(String),
     Sessions,
@@ -70,7 +75,7 @@ impl Command {
             Command::Clear => "clear",
             Command::Retry => "retry",
             Command::Undo => "undo",
-            Command::Save(_) => "save",
+            Command::Save { .. } => "save",
             Command::Load(_) => "load",
             Command::Sessions => "sessions",
             Command::Export(_) => "export",
@@ -269,8 +274,14 @@ pub fn parse(input: &str) -> Result<Command, CommandError> {
         "clear" => no_args("clear", Command::Clear),
         "retry" => no_args("retry", Command::Retry),
         "undo" => no_args("undo", Command::Undo),
-        "save" if rest.is_empty() => Ok(Command::Save(None)),
-        "save" => session_name("save", rest).map(|n| Command::Save(Some(n))),
+        "save" | "save!" => {
+            let replace = name == "save!";
+            let name = match rest {
+                "" => None,
+                n => Some(session_name("save", n)?),
+            };
+            Ok(Command::Save { name, replace })
+        }
         "load" if rest.is_empty() => Err(CommandError::MissingArgument {
             command: "load",
             expected: "a session NAME (/sessions lists them)",
@@ -575,10 +586,27 @@ mod tests {
 
     #[test]
     fn save_takes_an_optional_safe_name() {
-        assert_eq!(ok("/save"), Command::Save(None));
+        assert_eq!(
+            ok("/save"),
+            Command::Save {
+                name: None,
+                replace: false
+            }
+        );
+        assert_eq!(
+            ok("/save! keep"),
+            Command::Save {
+                name: Some("keep".into()),
+                replace: true
+            }
+        );
+        assert_err("/save! ../x", "is not a session name");
         assert_eq!(
             ok("/save my-chat_1.v2"),
-            Command::Save(Some("my-chat_1.v2".into()))
+            Command::Save {
+                name: Some("my-chat_1.v2".into()),
+                replace: false
+            }
         );
         assert_err("/save ../x", "is not a session name");
         assert_err("/save a/b", "is not a session name");

@@ -20,7 +20,7 @@ use ratatui::Terminal;
 
 use super::app::{App, Effect, Overlay};
 use super::view;
-use crate::chat::session_store::{export_markdown, write_atomic, SessionStore};
+use crate::chat::session_store::{export_markdown, write_atomic, SessionStore, StoreError};
 use crate::engine::Engine;
 use crate::protocol::Event;
 
@@ -113,25 +113,37 @@ impl Runner {
                     self.request += 1;
                     self.engine.reset();
                 }
-                Effect::Save(name) => {
+                Effect::Save => {
+                    app.session.touch();
+                    if let Err(e) = self.store.save(&app.session) {
+                        app.error(format!("could not save the session: {e}"));
+                    }
+                }
+                Effect::SaveAs { name, replace } => {
                     app.session.touch();
                     let r = match &name {
-                        Some(n) => self.store.save_as(&app.session, n),
+                        Some(n) => self.store.save_named(&app.session, n, replace),
                         None => self.store.save(&app.session),
                     };
                     self.save_error = r.as_ref().err().map(|e| e.to_string());
                     match (r, name) {
-                        (Ok(p), Some(_)) => app.info(format!("saved {}", p.display())),
-                        (Ok(_), None) => {}
+                        (Ok(p), _) => app.info(format!("saved {}", p.display())),
+                        // The way on first: a long line is cut at the terminal's edge.
+                        (Err(StoreError::Exists { what, .. }), Some(n)) => app.warn(format!(
+                            "not saved: {n}.json exists; /save! {n} replaces it, or pick another name (it holds {what})"
+                        )),
                         (Err(e), _) => app.error(format!("could not save the session: {e}")),
                     }
                 }
                 Effect::Load(name) => match self.store.load(&name) {
                     Ok(s) => {
                         let n = s.turns.len();
-                        app.load_session(s);
+                        let other_model = app.load_session(s);
                         app.answer_cache.clear();
-                        app.info(format!("loaded `{name}` ({n} turns)"));
+                        match other_model {
+                            Some(w) => app.warn(format!("loaded `{name}` ({n} turns), but {w}")),
+                            None => app.info(format!("loaded `{name}` ({n} turns)")),
+                        }
                     }
                     Err(e) => app.error(e.to_string()),
                 },

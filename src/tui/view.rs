@@ -564,6 +564,7 @@ mod tests {
             ModelIdentity {
                 path: "tests/fixtures/nemotron_h_tiny".into(),
                 config_hash: "0".into(),
+                weights: None,
             },
             SamplingParams::default(),
             ThinkingOptions {

@@ -95,14 +95,16 @@ mod tests {
                 .collect();
             let name = dir.file_name().unwrap().to_string_lossy().to_string();
             let has = |t: &str| vocab.iter().any(|v| v == t);
-            assert_eq!(detect(&template, has), Some(ToolFormat::NanoV2), "{name}");
-            if name.starts_with("nemotron_h") && !template.is_empty() {
+            // Nemotron 3's fixture speaks Qwen3-Coder XML; the others the Nano v2 form.
+            let want = if name.starts_with("nemotron3") {
+                ToolFormat::Qwen3Coder
+            } else {
+                ToolFormat::NanoV2
+            };
+            assert_eq!(detect(&template, has), Some(want), "{name}");
+            if name.starts_with("nemotron") && !template.is_empty() {
                 // The template alone decides, before the vocabulary is asked.
-                assert_eq!(
-                    detect(&template, |_| false),
-                    Some(ToolFormat::NanoV2),
-                    "{name}"
-                );
+                assert_eq!(detect(&template, |_| false), Some(want), "{name}");
             }
             seen += 1;
         }
