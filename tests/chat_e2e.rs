@@ -1,7 +1,7 @@
 //! `nemo chat` end to end: the real binary in a tmux pseudo terminal on a fixture model.
 //! Sets `/budget 16`, sends a message, waits for the turn to finish, quits, and checks the
-//! screen and the exit code. Needs tmux (`.ci/run` installs it); skipped with a message
-//! when it is missing.
+//! screen and the exit code. Needs tmux (`.ci/run` installs it): without it the test says
+//! `SKIP`, and fails under CI (tests/common/skip.rs).
 
 mod common;
 
@@ -30,7 +30,7 @@ fn wait_for(session: &str, what: &str, timeout: Duration) -> String {
 #[test]
 fn chat_in_a_terminal_with_budget_16_answers_and_quits_cleanly() {
     if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+        common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
