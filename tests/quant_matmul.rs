@@ -258,7 +258,7 @@ fn weights(dt: DType, rows: usize, cols: usize, seed: u64) -> Weights {
                     tensor
                 };
             }
-            for r in 0..rows {
+            for &scale in &row_scale {
                 for _ in 0..cols {
                     let (code, v) = loop {
                         let c = rng.byte();
@@ -267,7 +267,7 @@ fn weights(dt: DType, rows: usize, cols: usize, seed: u64) -> Weights {
                         }
                     };
                     bytes.push(code);
-                    w.push(v * row_scale[r] as f64);
+                    w.push(v * scale as f64);
                 }
             }
             off = vec![0.0; n];
