@@ -4,7 +4,8 @@
 //! (a render that would take hours) and check that Esc gives control back, that `/quit`,
 //! Ctrl+D, SIGTERM and SIGHUP end the process with the terminal out of the alternate
 //! screen, and that the interrupted turn is saved. Needs tmux (`.ci/run` installs it);
-//! skipped with a message when it is missing. Each test runs its own tmux server (`-L`,
+//! without it each test says `SKIP`, and fails under CI
+//! (tests/common/skip.rs). Each test runs its own tmux server (`-L`,
 //! no config file), so a developer's tmux setup changes nothing.
 
 mod common;
@@ -32,7 +33,7 @@ impl Chat {
     /// None when tmux is not installed.
     fn start(name: &str, model: &Path, flags: &str) -> Option<Chat> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+            common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
             return None;
         }
         let tmp = tempfile::tempdir().unwrap();

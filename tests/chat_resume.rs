@@ -169,7 +169,7 @@ impl Drop for KillSession {
 #[test]
 fn resume_skips_a_newer_unreadable_file_and_warns_that_the_session_ran_on_another_model() {
     if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+        common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let env = Env::new();

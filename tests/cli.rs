@@ -93,6 +93,12 @@ fn run_prints_only_the_answer_on_stdout() {
         None,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Budget 4 of 12 tokens: the answer is at least 12 − 4 − the forced `</think>` tokens.
+    assert!(
+        !text(&out.stdout).trim().is_empty(),
+        "no answer on stdout: {}",
+        text(&out.stderr)
+    );
     let with_thinking = nemo(
         &[
             "run",
@@ -137,6 +143,7 @@ fn run_reads_the_prompt_from_stdin() {
             "8",
             "--temperature",
             "0",
+            "--no-think",
             "Why is the sky blue?",
         ],
         None,
@@ -150,10 +157,15 @@ fn run_reads_the_prompt_from_stdin() {
             "8",
             "--temperature",
             "0",
+            "--no-think",
         ],
         Some("Why is the sky blue?\n"),
     );
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
     assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    // Two empty answers would be equal too (8 tokens of reasoning would leave none for the
+    // answer, hence --no-think): the greedy run answers something.
+    assert!(!text(&a.stdout).trim().is_empty(), "no answer on stdout");
     assert_eq!(text(&a.stdout), text(&b.stdout));
 }
 
@@ -468,17 +480,168 @@ fn bad_flags_are_usage_errors_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+// ---- Cache dtype flags: each one must change the cache the engine really uses. ----
+
+const KV_DTYPES: [&str; 6] = ["auto", "f32", "bf16", "f16", "fp8_e4m3", "fp8_e5m2"];
+const SSM_DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// Bytes per element of a cache dtype as the flag names it, on a bf16 model (`auto` is the
+/// weights' dtype, README "Caches").
+fn cache_elem_bytes(dtype: &str) -> usize {
+    match dtype {
+        "f32" => 4,
+        "auto" | "bf16" | "f16" => 2,
+        "fp8_e4m3" | "fp8_e5m2" => 1,
+        other => panic!("{other}"),
+    }
+}
+
+/// `nemo bench --json` reports the sequence state's bytes after its run (`cache_bytes`):
+/// with every pair of flags it is what `nemotron_h_bf16`'s config and the two dtypes give —
+/// per Mamba layer an f32 conv window and a heads × head_dim × d_state SSM state in the
+/// SSM dtype; per attention layer K and V for every position in the KV dtype (FP8 adds an
+/// f32 scale per position and KV head for each). A flag that was parsed and ignored leaves
+/// the f32 default's size.
 #[test]
-fn every_cache_dtype_flag_runs() {
-    for kv in ["auto", "f32", "bf16", "f16", "fp8_e4m3", "fp8_e5m2"] {
-        for ssm in ["f32", "f16", "bf16"] {
+fn every_cache_dtype_flag_sets_the_size_of_the_cache_the_engine_allocates() {
+    let dir = fixture("nemotron_h_bf16");
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let u = |k: &str| c[k].as_u64().unwrap() as usize;
+    let kinds: Vec<&str> = c["layers_block_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mamba = kinds.iter().filter(|k| **k == "linear_attention").count();
+    let attention = kinds.iter().filter(|k| **k == "full_attention").count();
+    assert!(mamba > 0 && attention > 0, "{kinds:?}");
+    let d_inner = u("mamba_num_heads") * u("mamba_head_dim");
+    let conv_dim = d_inner + 2 * u("n_groups") * u("ssm_state_size");
+    let ssm_elems = d_inner * u("ssm_state_size");
+    let kv_heads = u("num_key_value_heads");
+    let (prompt, gen) = (16, 8);
+    let positions = prompt + gen;
+    let d = dir.display().to_string();
+    for kv in KV_DTYPES {
+        for ssm in SSM_DTYPES {
+            let out = nemo(
+                &[
+                    "bench",
+                    "--model",
+                    &d,
+                    "--json",
+                    "--runs",
+                    "1",
+                    "--prompt-tokens",
+                    &prompt.to_string(),
+                    "--gen-tokens",
+                    &gen.to_string(),
+                    "--kv-cache-dtype",
+                    kv,
+                    "--mamba-ssm-cache-dtype",
+                    ssm,
+                ],
+                None,
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{kv}/{ssm}: {}",
+                text(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let fp8_scales = if kv.starts_with("fp8") {
+                2 * positions * kv_heads * 4
+            } else {
+                0
+            };
+            let want = mamba
+                * (conv_dim * (u("conv_kernel") - 1) * 4 + ssm_elems * cache_elem_bytes(ssm))
+                + attention
+                    * (2 * positions * kv_heads * u("head_dim") * cache_elem_bytes(kv)
+                        + fp8_scales);
+            assert_eq!(
+                v["cache_bytes"], want,
+                "--kv-cache-dtype {kv} --mamba-ssm-cache-dtype {ssm}"
+            );
+        }
+    }
+}
+
+/// What the engine itself generates with these caches for `nemo run --json --temperature 1
+/// --seed SEED --max-tokens 32 hi` (the request `run` builds).
+fn engine_text(dir: &Path, kv: &str, ssm: &str, seed: u64) -> String {
+    use nemo::engine::{Session, SessionOptions};
+    use nemo::protocol::{Event, Message, Request, SamplingParams, ThinkingOptions};
+    let folder = nemo::model::ModelFolder::open(dir).unwrap();
+    let cache = nemo::state::CacheConfig {
+        kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
+        ssm_dtype: nemo::state::parse_ssm_dtype(ssm).unwrap(),
+    };
+    let mut s = Session::new(
+        &folder,
+        SessionOptions {
+            cache,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut sampling = SamplingParams::default();
+    folder.generation.apply(&mut sampling);
+    sampling.temperature = 1.0;
+    sampling.seed = Some(seed);
+    let mut req = Request::new(vec![Message::user("hi")], ThinkingOptions::default());
+    req.sampling = sampling;
+    req.max_tokens = 32;
+    let mut out = String::new();
+    s.generate(&req, &mut |e| match e {
+        Event::Reasoning(t) => out.push_str(&format!("R{t}")),
+        Event::Content(t) => out.push_str(&format!("C{t}")),
+        _ => {}
+    })
+    .unwrap();
+    out
+}
+
+/// `nemo run` with each pair of cache flags writes exactly what the engine generates with
+/// those caches, with a seed for which the engine's texts with bf16 (`auto`) and FP8 KV
+/// caches and a bf16 SSM state differ from the f32 caches' text, so a flag that `run`
+/// ignored shows.
+#[test]
+fn run_generates_with_the_caches_its_flags_name() {
+    let dir = fixture("nemotron_h_bf16");
+    let d = dir.display().to_string();
+    let telling = [
+        ("auto", "f32"),
+        ("fp8_e4m3", "f32"),
+        ("fp8_e5m2", "f32"),
+        ("f32", "bf16"),
+    ];
+    let seed = (1..=10)
+        .find(|&seed| {
+            let f32_text = engine_text(&dir, "f32", "f32", seed);
+            telling
+                .iter()
+                .all(|(kv, ssm)| engine_text(&dir, kv, ssm, seed) != f32_text)
+        })
+        .expect("no seed in 1..=10 where every telling pair changes the engine's text");
+    let seed_arg = seed.to_string();
+    for kv in KV_DTYPES {
+        for ssm in SSM_DTYPES {
             let out = nemo(
                 &[
                     "run",
                     "--model",
-                    &tiny(),
+                    &d,
+                    "--json",
+                    "--temperature",
+                    "1",
+                    "--seed",
+                    &seed_arg,
                     "--max-tokens",
-                    "3",
+                    "32",
                     "--kv-cache-dtype",
                     kv,
                     "--mamba-ssm-cache-dtype",
@@ -493,18 +656,87 @@ fn every_cache_dtype_flag_runs() {
                 "{kv}/{ssm}: {}",
                 text(&out.stderr)
             );
+            let mut got = String::new();
+            for line in text(&out.stdout).lines() {
+                let e: serde_json::Value = serde_json::from_str(line).unwrap();
+                match e["event"].as_str() {
+                    Some("reasoning") => got.push_str(&format!("R{}", e["text"].as_str().unwrap())),
+                    Some("content") => got.push_str(&format!("C{}", e["text"].as_str().unwrap())),
+                    _ => {}
+                }
+            }
+            assert!(!got.is_empty(), "{kv}/{ssm}: nothing generated");
+            assert_eq!(
+                got,
+                engine_text(&dir, kv, ssm, seed),
+                "--kv-cache-dtype {kv} --mamba-ssm-cache-dtype {ssm} --seed {seed}"
+            );
         }
+    }
+}
+
+/// `nemo debug logits --kv-cache-dtype X`: a prompt's attention reads its keys and values
+/// back from the cache, so the logits are the engine's with a KV cache in X, bit for bit,
+/// and differ between every two formats (`auto` is bf16 for these bf16 weights).
+#[test]
+fn debug_logits_follow_the_kv_cache_dtype_flag() {
+    use nemo::model::Logits;
+    let dir = fixture("nemotron_h_bf16");
+    let folder = nemo::model::ModelFolder::open(&dir).unwrap();
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 500).collect();
+    let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let mut seen: Vec<(&str, Vec<f32>)> = Vec::new();
+    for kv in KV_DTYPES {
+        let out = nemo(
+            &[
+                "debug",
+                "logits",
+                "--model",
+                &dir.display().to_string(),
+                "--tokens",
+                &list.join(","),
+                "--kv-cache-dtype",
+                kv,
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "{kv}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Vec<f32> = v["logits"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let cache = nemo::state::CacheConfig {
+            kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
+            ..Default::default()
+        };
+        let mut state = folder.model.new_state(cache);
+        let want = folder
+            .model
+            .forward(&ids, &mut state, Logits::Last)
+            .unwrap();
+        assert_eq!(got, want, "--kv-cache-dtype {kv}");
+        for (other, logits) in &seen {
+            if (*other, kv) != ("auto", "bf16") {
+                assert_ne!(logits, &got, "{other} and {kv} give the same logits");
+            }
+        }
+        seen.push((kv, got));
     }
 }
 
 #[test]
 fn ctrl_c_stops_generation_cleanly_with_exit_130() {
     use std::io::Read;
-    // SIGINT goes out once the first answer text is on stdout (the handler is in place and
+    // SIGINT goes out once the first answer event is on stdout (the handler is in place and
     // generation is running). The random tiny model may still reach EOS before the signal
-    // lands (a few hundred ms of tokens on a fast machine): such a run exits 0, and it is
-    // tried again with another seed. A handler that ignored SIGINT exits 0 every time and
-    // fails; one that did not exist dies by the signal and fails.
+    // lands (a few hundred ms of tokens on a fast machine): such a run exits 0 with a done
+    // event whose finish_reason is "stop" (a real EOS), and it is tried again with another
+    // seed. Any other run that exits 0 fails at once (a handler that ended generation as if
+    // finished, or ignored SIGINT until max-tokens); one that did not exist dies by the
+    // signal and fails.
     for seed in 1..=6 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
             .env("NEMO_DEVICE", "cpu")
@@ -515,6 +747,7 @@ fn ctrl_c_stops_generation_cleanly_with_exit_130() {
                 "--max-tokens",
                 "100000",
                 "--no-think",
+                "--json",
                 "--temperature",
                 "1",
                 "--seed",
@@ -564,17 +797,67 @@ fn ctrl_c_stops_generation_cleanly_with_exit_130() {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let _ = reader.join();
+        let out = text(&reader.join().unwrap());
         let mut err = Vec::new();
         child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
         let err = text(&err);
+        let done: serde_json::Value = out
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
         if status.code() == Some(0) {
-            continue; // reached EOS before the signal
+            assert_eq!(
+                (&done["event"], &done["finish_reason"]),
+                (&"done".into(), &"stop".into()),
+                "seed {seed}: exit 0 after SIGINT without reaching EOS; stdout ends {done}"
+            );
+            // A real EOS: the same seed without a signal stops at the same token with the
+            // same text (a cancel reported as "stop" would not; a longer limit shows it).
+            let n = done["usage"]["completion_tokens"].as_u64().unwrap();
+            let again = nemo(
+                &[
+                    "run",
+                    "--model",
+                    &tiny(),
+                    "--max-tokens",
+                    &(n + 8).to_string(),
+                    "--no-think",
+                    "--json",
+                    "--temperature",
+                    "1",
+                    "--seed",
+                    &seed.to_string(),
+                    "go on",
+                ],
+                None,
+            );
+            let events = |t: &str| -> Vec<serde_json::Value> {
+                t.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .filter(|e| e["event"] != "done")
+                    .collect()
+            };
+            let again_text = text(&again.stdout);
+            let again_done: serde_json::Value =
+                serde_json::from_str(again_text.lines().last().unwrap()).unwrap();
+            assert_eq!(
+                (&again_done["finish_reason"], &again_done["usage"]),
+                (&done["finish_reason"], &done["usage"]),
+                "seed {seed}: the run that exited 0 after SIGINT did not end at EOS"
+            );
+            assert_eq!(events(&again_text), events(&out), "seed {seed}");
+            continue;
         }
         assert_eq!(status.code(), Some(130), "stderr: {err}");
         assert!(
             err.contains("interrupted") && !err.contains("panicked"),
             "{err}"
+        );
+        assert_eq!(
+            (&done["event"], &done["finish_reason"]),
+            (&"done".into(), &"cancelled".into()),
+            "seed {seed}: stdout ends {done}"
         );
         return;
     }

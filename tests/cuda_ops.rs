@@ -51,7 +51,7 @@ fn device_cuda_fails_with_one_line_when_this_machine_cannot_run_it() {
     // Here (no GPU, or a build without CUDA) `--device cuda` must never fall back: exit 1,
     // one line saying why.
     if gpu_usable() {
-        eprintln!("SKIP device_cuda_fails_…: this machine runs --device cuda");
+        common::skip::skip("this machine runs --device cuda");
         return;
     }
     let t = tiny();

@@ -32,7 +32,7 @@ fn usable(test: &str) -> bool {
     if require_gpu() {
         panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {why}");
     }
-    eprintln!("SKIP {test}: no usable GPU: {why}");
+    common::skip::skip(&format!("no usable GPU ({test}): {why}"));
     false
 }
 

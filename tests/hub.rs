@@ -623,7 +623,8 @@ fn model_not_in_the_cache_is_pulled_on_first_use() {
     assert!(env.repo_dir().join("refs/main").is_file());
 }
 
-/// huggingface_hub itself, when Python has it (`pip install huggingface_hub`); else skipped.
+/// huggingface_hub itself, when Python has it (`pip install huggingface_hub`); else the test
+/// says `SKIP` (and fails under CI, which installs it).
 fn python_hf(env: &Env, offline: bool, script: &str, args: &[&str]) -> Option<Output> {
     let have = Command::new("python3")
         .args(["-c", "import huggingface_hub"])
@@ -631,7 +632,7 @@ fn python_hf(env: &Env, offline: bool, script: &str, args: &[&str]) -> Option<Ou
         .status()
         .is_ok_and(|s| s.success());
     if !have {
-        eprintln!("skipped: python3 with huggingface_hub is not installed");
+        common::skip::require_or_skip("python3 with huggingface_hub is not installed");
         return None;
     }
     let mut cmd = Command::new("python3");

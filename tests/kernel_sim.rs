@@ -5,6 +5,8 @@
 //! GPU, no nvcc and no `cuda` feature; a machine without a C++20 compiler prints `SKIP`
 //! (a failure under NEMO_REQUIRE_KERNEL_SIM=1, which .ci/run sets).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -73,7 +75,7 @@ fn run_driver(driver: &str) {
             if require() {
                 panic!("NEMO_REQUIRE_KERNEL_SIM=1 but {why}");
             }
-            eprintln!("SKIP kernel_sim {driver}: {why}");
+            common::skip::skip(&format!("kernel_sim {driver}: {why}"));
             return;
         }
     };

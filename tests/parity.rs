@@ -142,3 +142,75 @@ fn cache_dtypes_stay_within_stated_tolerance_of_f32() {
         }
     }
 }
+
+/// The Llama fixtures' `chat_cases.json` (transformers' renderings and token ids of their
+/// shared Llama-3.1-Nemotron-style template): nemo's template code renders every case to the
+/// same text and its tokenizer to the same ids, from both folders' template files
+/// (`llama_tiny`: tokenizer_config.json, `llama_tied`: chat_template.jinja); and the
+/// engine's prompt for a user message with thinking on / off is the thinking on / off case.
+#[test]
+fn llama_template_and_tokenizer_reproduce_transformers_chat_cases() {
+    use nemo::engine::{Session, SessionOptions};
+    use nemo::protocol::{Budget, Message, Request, ThinkingOptions};
+
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llama_tiny/chat_cases.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = cases["chat_cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5, "the five cases of tests/fixtures/README.md");
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for model in ["llama_tiny", "llama_tied"] {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let template = folder
+            .template
+            .as_ref()
+            .expect("the fixture has a template");
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let text = template
+                .render(
+                    &messages,
+                    case["add_generation_prompt"].as_bool().unwrap(),
+                    &Default::default(),
+                )
+                .unwrap();
+            assert_eq!(text, case["rendered"].as_str().unwrap(), "{model}/{name}");
+            let got = folder.tokenizer.encode(text.as_str(), false).unwrap();
+            assert_eq!(got.get_ids(), ids(&case["ids"]), "{model}/{name}: ids");
+        }
+        // The engine writes the reasoning switch as the system message itself.
+        let session = Session::new(&folder, SessionOptions::default()).unwrap();
+        for (case_name, user, on) in [
+            (
+                "thinking_on_generation_prompt",
+                "Is a naïve café in 日本 open today?",
+                true,
+            ),
+            ("thinking_off_generation_prompt", "Say hi.", false),
+        ] {
+            let case = cases.iter().find(|c| c["name"] == case_name).unwrap();
+            let thinking = ThinkingOptions {
+                budget: if on { Budget::Unlimited } else { Budget::Off },
+                ..Default::default()
+            };
+            let mut req = Request::new(vec![Message::user(user)], thinking);
+            req.max_tokens = 1;
+            let plan = session.render(&req).unwrap();
+            assert_eq!(
+                plan.text,
+                case["rendered"].as_str().unwrap(),
+                "{model}/{case_name}"
+            );
+            assert_eq!(plan.ids, ids(&case["ids"]), "{model}/{case_name}: ids");
+            assert_eq!(plan.starts_in_reasoning, on, "{model}/{case_name}");
+        }
+    }
+}

@@ -273,8 +273,11 @@ fn esc_stops_generation_and_keeps_the_partial_answer() {
     h.type_line("/budget unlimited");
     // The random tiny model sometimes ends a turn by itself (EOS) within a few tokens, before
     // Esc reaches the engine: such a turn says nothing about Esc, so try again (a broken Esc
-    // fails every attempt).
+    // fails every attempt). Each attempt has its own seed, so an early end can be checked:
+    // it must be a real EOS, which `/retry` (same prompt, same seed) reproduces token for
+    // token; a cancel that ended the turn as if finished would not come back the same.
     for attempt in 0..8 {
+        h.app.sampling.seed = Some(100 + attempt);
         h.type_line("go on forever");
         // Let reasoning arrive, then stop. Wait on content, not on a count of events: under
         // a loaded machine the first events can be status messages only.
@@ -291,13 +294,48 @@ fn esc_stops_generation_and_keeps_the_partial_answer() {
         h.runner
             .pump(&mut h.term, &mut h.app, &h.rx, Duration::from_secs(30))
             .unwrap();
-        let t = h.app.turns.last().unwrap();
+        let t = h.app.turns.last().unwrap().clone();
         if t.state == nemo::tui::app::TurnState::Done {
-            eprintln!("attempt {attempt}: the model ended the turn before Esc; again");
+            let stats = t.stats.clone().expect("a finished turn has stats");
+            assert_eq!(
+                stats.finish_reason, "stop",
+                "attempt {attempt}: the turn ended before Esc without EOS: {stats:?}"
+            );
+            h.type_line("/retry");
+            h.runner
+                .pump(&mut h.term, &mut h.app, &h.rx, Duration::from_secs(60))
+                .unwrap();
+            let again = h.app.turns.last().unwrap();
+            assert_eq!(
+                again.state,
+                nemo::tui::app::TurnState::Done,
+                "attempt {attempt}"
+            );
+            let again_stats = again.stats.clone().unwrap();
+            assert_eq!(
+                (
+                    again_stats.finish_reason.as_str(),
+                    again_stats.completion_tokens,
+                    again.reasoning.as_str(),
+                    again.answer.as_str()
+                ),
+                (
+                    "stop",
+                    stats.completion_tokens,
+                    t.reasoning.as_str(),
+                    t.answer.as_str()
+                ),
+                "attempt {attempt}: the turn that ended before Esc did not end at EOS"
+            );
+            eprintln!("attempt {attempt}: the model ended the turn (EOS) before Esc; again");
             continue;
         }
         assert_eq!(t.state, nemo::tui::app::TurnState::Interrupted);
         assert!(!t.reasoning.is_empty());
+        assert_eq!(
+            t.stats.as_ref().map(|s| s.finish_reason.as_str()),
+            Some("cancelled")
+        );
         return;
     }
     panic!("Esc never interrupted a turn in 8 attempts");

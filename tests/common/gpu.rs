@@ -39,7 +39,7 @@ pub fn open<G>(test: &str, wrap: impl FnOnce(Gpu) -> G) -> Option<GpuGuard<G>> {
             if require_gpu() {
                 panic!("NEMO_REQUIRE_GPU=1 but no usable GPU: {e}");
             }
-            eprintln!("SKIP {test}: no usable GPU: {e}");
+            super::skip::skip(&format!("no usable GPU ({test}): {e}"));
             None
         }
     }

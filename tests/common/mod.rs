@@ -4,6 +4,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod skip;
 
 use std::path::PathBuf;
 

@@ -12,3 +12,32 @@ pub mod team;
 
 pub use fp8_matmul::WeightScale;
 pub use matmul::{matmul, matmul_many, MatRef};
+
+/// Reports the running unit test as skipped, as tests/common/skip.rs does for the
+/// integration tests: `SKIP <binary>::<test>: <why>` on stderr, appended to the file
+/// `NEMO_SKIP_LOG` names (`.ci/run` counts those apart from passed tests).
+#[cfg(test)]
+pub(crate) fn skip_test(why: &str) {
+    use std::io::Write;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = bin
+        .rsplit_once('-')
+        .map_or(bin.as_str(), |(b, _)| b)
+        .to_string();
+    let line = format!(
+        "SKIP {bin}::{}: {why}",
+        std::thread::current().name().unwrap_or("?")
+    );
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("NEMO_SKIP_LOG").filter(|p| !p.is_empty()) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .unwrap_or_else(|e| panic!("NEMO_SKIP_LOG={}: {e}", path.to_string_lossy()));
+    }
+}

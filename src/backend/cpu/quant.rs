@@ -984,47 +984,116 @@ mod tests {
         x
     }
 
+    /// A row of `nb` random blocks of `dt` (random bytes; the f16 scales set so values are
+    /// O(1): quantize_row writes no K-quants).
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn every_available_simd_level_of_the_integer_dots_matches_the_plain_path() {
-        let has2 = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        let has_vnni = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("f16c");
-        // Odd and even block counts: the VNNI path takes blocks in pairs plus a tail.
-        for nb in 1..=9 {
-            let k = 32 * nb;
-            for (seed, x) in [(1u64, pseudo(k, 3)), (2, with_ties(k))] {
-                let acts = quantize_acts(&x);
-                let w = pseudo(k, 11 + seed);
-                for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-                    let mut q = vec![0u8; dt.row_bytes(k)];
-                    quantize_row(dt, &w, &mut q);
+    fn random_row(dt: DType, nb: usize, seed: u64) -> Vec<u8> {
+        let (_, bytes) = dt.block();
+        let mut s = seed | 1;
+        let mut row: Vec<u8> = (0..nb * bytes)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect();
+        for (b, blk) in row.chunks_exact_mut(bytes).enumerate() {
+            let f = 1.0 + (b % 3) as f32;
+            match dt {
+                DType::Q4_K | DType::Q5_K => {
+                    blk[..2].copy_from_slice(&h(0.001 * f));
+                    blk[2..4].copy_from_slice(&h(0.002 * f));
+                }
+                DType::Q6_K => blk[208..210].copy_from_slice(&h(0.0005 * f)),
+                _ => blk[..2].copy_from_slice(&h(0.01 * f)),
+            }
+        }
+        row
+    }
+
+    /// Runs `dot` (one SIMD level's integer dot) against `dot_row_q8_plain` on rows of odd
+    /// and even block counts (the VNNI path takes blocks in pairs plus a tail).
+    #[cfg(target_arch = "x86_64")]
+    fn integer_dots_match_the_plain_path(
+        level: &str,
+        types: &[DType],
+        dot: impl Fn(DType, &[u8], &QuantizedActs) -> f32,
+    ) {
+        for dt in types.iter().copied() {
+            let per = dt.block().0 / 32;
+            for nb in 1..=if per == 1 { 9 } else { 3 } {
+                let k = 32 * per * nb;
+                for (seed, x) in [(1u64, pseudo(k, 3)), (2, with_ties(k))] {
+                    let acts = quantize_acts(&x);
+                    let q = if per == 1 {
+                        let mut q = vec![0u8; dt.row_bytes(k)];
+                        quantize_row(dt, &pseudo(k, 11 + seed), &mut q);
+                        q
+                    } else {
+                        random_row(dt, nb, 31 + seed)
+                    };
+                    // The scale of the terms: Σ|w|·|x̂|.
+                    let mut w = vec![0f32; k];
+                    dequantize_row(dt, &q, &mut w);
+                    let mag: f32 = (0..k)
+                        .map(|i| (w[i] * acts.qs[i] as f32 * acts.d[i / 32]).abs())
+                        .sum();
                     let plain = dot_row_q8_plain(dt, &q, &acts);
-                    let scale = 1.0 + plain.abs();
-                    if has2 {
-                        // SAFETY: detected above.
-                        let got = unsafe { x86::dot_row_q8_avx2(dt, &q, &acts) };
-                        assert!(
-                            (got - plain).abs() < 1e-5 * scale,
-                            "avx2 {dt} nb={nb}: {got} vs {plain}"
-                        );
-                    }
-                    if has_vnni {
-                        // SAFETY: detected above.
-                        let got = unsafe { x86::dot_row_q8_vnni(dt, &q, &acts) };
-                        assert!(
-                            (got - plain).abs() < 1e-5 * scale,
-                            "vnni {dt} nb={nb}: {got} vs {plain}"
-                        );
-                    }
+                    let got = dot(dt, &q, &acts);
+                    assert!(
+                        (got - plain).abs() <= 1e-5 * (1.0 + mag),
+                        "{level} {dt} nb={nb}: {got} vs {plain}"
+                    );
                 }
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_integer_dots_match_the_plain_path() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
+        }
+        let types = [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q6_K,
+        ];
+        // SAFETY: the features were detected above.
+        integer_dots_match_the_plain_path("avx2", &types, |dt, q, a| unsafe {
+            x86::dot_row_q8_avx2(dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_vnni_integer_dots_match_the_plain_path() {
+        if !vnni_detected() {
+            return crate::backend::cpu::skip_test(
+                "this CPU has no AVX-512 F + BW + VL + VNNI + F16C",
+            );
+        }
+        let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+        // SAFETY: the features were detected above.
+        integer_dots_match_the_plain_path("vnni", &types, |dt, q, a| unsafe {
+            x86::dot_row_q8_vnni(dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn vnni_detected() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1034,8 +1103,7 @@ mod tests {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c"))
         {
-            eprintln!("skipped: no avx2 + fma + f16c on this CPU");
-            return;
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
         }
         for nb in [1usize, 2, 7] {
             for x in [pseudo(32 * nb, 5), with_ties(32 * nb), vec![0.0; 32 * nb]] {
@@ -1064,13 +1132,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_activation_quantization_is_bit_identical_to_the_plain_path() {
-        if !(is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("f16c"))
-        {
-            return;
+        if !vnni_detected() {
+            return crate::backend::cpu::skip_test(
+                "this CPU has no AVX-512 F + BW + VL + VNNI + F16C",
+            );
         }
         let mut zeros = vec![0f32; 64];
         zeros[40] = -1e-30;

@@ -480,12 +480,10 @@ mod tests {
             .collect()
     }
 
-    /// Every SIMD path this CPU has, called directly (the dispatcher only picks the best).
+    /// One SIMD level's paths, called directly (the dispatcher only picks the best), against
+    /// the plain ones.
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn every_available_simd_level_matches_the_plain_path() {
-        let has512 = is_x86_feature_detected!("avx512f");
-        let has2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    fn simd_paths_match_the_plain_path(avx512: bool) {
         for k in [1usize, 9, 16, 31, 64, 130] {
             let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, 30 + r)).collect();
             let xs: Vec<Vec<f32>> = (0..4).map(|t| data(k, 40 + t)).collect();
@@ -506,47 +504,61 @@ mod tests {
                     want4[r][t] = dot_plain(rr[r], xx[t]);
                 }
             }
-            let mut wide = vec![0f32; k];
+            let plain: Vec<f32> = bb[1]
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect();
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs()) * k as f32;
-            // SAFETY: each call is guarded by the matching feature check.
-            unsafe {
-                if has2 {
-                    assert!(close(x86::dot_avx2(rr[0], xx[0]), want4[0][0]));
-                    let got = x86::dot4x4_avx2(rr, xx);
-                    for r in 0..4 {
-                        for t in 0..4 {
-                            assert!(close(got[r][t], want4[r][t]), "avx2 dot4x4 k={k}");
-                        }
-                    }
+            let name = if avx512 { "avx512" } else { "avx2" };
+            let mut wide = vec![0f32; k];
+            // SAFETY: the callers checked this level's features.
+            let (dot, got4, bf_rows) = unsafe {
+                if avx512 {
+                    x86::bf16_to_f32_avx512(bb[1], &mut wide);
+                    (
+                        x86::dot_avx512(rr[0], xx[0]),
+                        x86::dot4x4_avx512(rr, xx),
+                        x86::dot_bf16_rows4_avx512(bb, xx[0]),
+                    )
+                } else {
                     x86::bf16_to_f32_avx2(bb[1], &mut wide);
-                    let plain: Vec<f32> = bb[1]
-                        .chunks_exact(2)
-                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                        .collect();
-                    assert_eq!(wide, plain, "avx2 bf16 widening k={k}");
-                    let got = x86::dot_bf16_rows4_avx2(bb, xx[0]);
-                    assert!(close(got[1], dot_plain(&wide, xx[0])), "avx2 bf16 k={k}");
+                    (
+                        x86::dot_avx2(rr[0], xx[0]),
+                        x86::dot4x4_avx2(rr, xx),
+                        x86::dot_bf16_rows4_avx2(bb, xx[0]),
+                    )
                 }
-                if has512 {
-                    assert!(close(x86::dot_avx512(rr[0], xx[0]), want4[0][0]));
-                    let got = x86::dot4x4_avx512(rr, xx);
-                    for r in 0..4 {
-                        for t in 0..4 {
-                            assert!(close(got[r][t], want4[r][t]), "avx512 dot4x4 k={k}");
-                        }
-                    }
-                    let mut wide2 = vec![0f32; k];
-                    x86::bf16_to_f32_avx512(bb[1], &mut wide2);
-                    let plain: Vec<f32> = bb[1]
-                        .chunks_exact(2)
-                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                        .collect();
-                    assert_eq!(wide2, plain, "avx512 bf16 widening k={k}");
-                    let got = x86::dot_bf16_rows4_avx512(bb, xx[0]);
-                    assert!(close(got[1], dot_plain(&wide2, xx[0])), "avx512 bf16 k={k}");
+            };
+            assert!(close(dot, want4[0][0]), "{name} dot k={k}");
+            for r in 0..4 {
+                for t in 0..4 {
+                    assert!(close(got4[r][t], want4[r][t]), "{name} dot4x4 k={k}");
                 }
             }
+            assert_eq!(wide, plain, "{name} bf16 widening k={k}");
+            assert!(
+                close(bf_rows[1], dot_plain(&wide, xx[0])),
+                "{name} bf16 k={k}"
+            );
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_paths_match_the_plain_path() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA");
+        }
+        simd_paths_match_the_plain_path(false);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_paths_match_the_plain_path() {
+        if !is_x86_feature_detected!("avx512f") {
+            return crate::backend::cpu::skip_test("this CPU has no AVX-512F");
+        }
+        simd_paths_match_the_plain_path(true);
     }
 
     #[test]
