@@ -11,6 +11,7 @@
 pub mod reasoning_parser;
 pub mod session_store;
 pub mod template;
+pub mod template_sandbox;
 
 use serde::{Deserialize, Serialize};
 
