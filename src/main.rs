@@ -4,5 +4,9 @@
 mod cli;
 
 fn main() {
+    // Chat templates render in a helper process of this same binary (chat::template_sandbox).
+    if let Some(code) = nemo::chat::template_sandbox::serve_if_helper() {
+        std::process::exit(code);
+    }
     std::process::exit(cli::main());
 }

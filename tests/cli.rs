@@ -892,7 +892,17 @@ fn run_interrupted(stdin: Option<Vec<u8>>, delay: std::time::Duration) -> (Optio
         .env("NEMO_CONFIG", tmp.path().join("config.toml"))
         .env("NEMO_DATA_DIR", tmp.path().join("data"))
         .env_remove("NEMO_MODEL")
-        .args(["run", "--model", &tiny(), "--max-tokens", "4"])
+        // A context the 5 MB prompt fits by its byte bound, so the prompt really is
+        // rendered and tokenized (seconds) instead of refused at once.
+        .args([
+            "run",
+            "--model",
+            &tiny(),
+            "--max-tokens",
+            "4",
+            "--context",
+            "2000000",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -933,8 +943,8 @@ fn run_interrupted(stdin: Option<Vec<u8>>, delay: std::time::Duration) -> (Optio
 
 #[test]
 fn ctrl_c_while_the_prompt_is_built_exits_130() {
-    // 5 MB of prompt: rendering and tokenizing it takes seconds (it then overflows the
-    // context, which was the exit code 1 the bug gave after those seconds).
+    // 5 MB of prompt: rendering and tokenizing it takes seconds (the bug let that finish
+    // and exited 1 seconds later).
     let prompt = "word ".repeat(1_000_000).into_bytes();
     let (code, err) = run_interrupted(Some(prompt), std::time::Duration::from_millis(500));
     assert_eq!(code, Some(130), "stderr: {err}");

@@ -187,7 +187,7 @@ fn llama_template_and_tokenizer_reproduce_transformers_chat_cases() {
             assert_eq!(got.get_ids(), ids(&case["ids"]), "{model}/{name}: ids");
         }
         // The engine writes the reasoning switch as the system message itself.
-        let session = Session::new(&folder, SessionOptions::default()).unwrap();
+        let mut session = Session::new(&folder, SessionOptions::default()).unwrap();
         for (case_name, user, on) in [
             (
                 "thinking_on_generation_prompt",

@@ -13,4 +13,5 @@ pub mod reasoning_parser;
 pub mod session_store;
 pub mod stream_parser;
 pub mod template;
+pub mod template_sandbox;
 pub mod tool_parser;

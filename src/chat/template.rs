@@ -15,6 +15,16 @@
 //!   `messages` and `add_generation_prompt`, which `extra` cannot override.
 //! - A template that fails to compile is rejected by [`ChatTemplate::new`]; nothing here
 //!   panics on template or file content.
+//! - Templates come with downloaded models, so no render is unbounded: every render runs
+//!   on a step budget (minijinja fuel, [`RenderLimits`]: a floor plus a share per message
+//!   value and per input byte, so long real sessions render and a loop that does not end
+//!   stops in well under a second), and a render through [`ChatTemplate::render_prompt`]
+//!   also refuses output past `output_bytes`. The memory cap, the wall-clock limit and
+//!   cancel need a process to kill: `template_sandbox` renders there, and
+//!   [`ChatTemplate::new`] compiles there first (minijinja folds constant expressions
+//!   while compiling, so compiling is running the template too).
+//! - Every render error names the template ([`ChatTemplate::with_name`]: the file it came
+//!   from) in one line.
 //! - `strftime_now` formats the current time in UTC (transformers uses local time); it
 //!   supports the common `%` codes and copies unknown ones through unchanged.
 //! - `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature and Python
@@ -23,7 +33,7 @@
 //!   sorted.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
@@ -33,13 +43,33 @@ use crate::protocol::Message;
 /// Name under which the template is stored in the environment; shows up in error text.
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// Why a chat template could not be loaded, compiled or rendered.
+/// Why a chat template could not be loaded, compiled or rendered. `template` fields hold
+/// the template's label ("chat template `<file>`").
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("chat template does not compile: {0}")]
     Compile(String),
-    #[error("chat template failed to render: {0}")]
+    /// The template itself failed (`raise_exception`, a type error, ...); the text names
+    /// the template.
+    #[error("{0}")]
     Render(String),
+    #[error("{template} exceeded its step budget of {steps} steps (a loop that does not end?)")]
+    StepBudget { template: String, steps: u64 },
+    #[error("{template} exceeded its memory cap of {mib} MiB")]
+    MemoryCap { template: String, mib: u64 },
+    #[error("{template} did not finish within {secs} s")]
+    Timeout { template: String, secs: u64 },
+    #[error("{template} rendered {bytes} bytes, more than the {cap} bytes the context can hold")]
+    OutputTooLarge {
+        template: String,
+        bytes: usize,
+        cap: usize,
+    },
+    /// The helper process that renders templates failed (could not start, crashed).
+    #[error("{template}: {message}")]
+    Renderer { template: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
     #[error("cannot read {path}: {source}")]
     Io {
         path: String,
@@ -56,10 +86,110 @@ pub enum TemplateError {
     Config { path: String, message: String },
 }
 
+/// How far one render may go. Built by [`RenderLimits::for_input`] from the size of what
+/// is rendered, so the budget grows with real sessions and stays small for small ones.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RenderLimits {
+    /// minijinja fuel: instructions one render may execute.
+    pub fuel: u64,
+    /// Memory the renderer may add to its own size (enforced in the helper process only).
+    pub memory_bytes: u64,
+    /// Longest rendered prompt accepted.
+    pub output_bytes: usize,
+    /// Wall-clock limit for a whole request (enforced in the helper process only).
+    pub timeout_ms: u64,
+}
+
+/// Steps every render may take: real templates spend a few hundred per message, so a
+/// short conversation never comes near it, and a loop that does not end stops after
+/// about a second of work.
+const FUEL_FLOOR: u64 = 5_000_000;
+/// Steps per message field and per value in `extra` (tools): templates loop over these.
+const FUEL_PER_VALUE: u64 = 2_000;
+/// Memory every render may use on top of its input and output.
+const MEMORY_FLOOR: u64 = 256 << 20;
+/// Wall-clock floor for a render request, and the rate it grows by with the input
+/// (bytes per second; rendering runs at hundreds of MB/s, this allows for a loaded machine).
+const TIMEOUT_FLOOR_MS: u64 = 10_000;
+const TIMEOUT_BYTES_PER_S: u64 = 4 << 20;
+
+impl RenderLimits {
+    /// Limits for rendering `input` (see [`InputSize`]) into at most `output_bytes`.
+    pub fn for_input(input: InputSize, output_bytes: usize) -> Self {
+        let bytes = input.bytes as u64;
+        RenderLimits {
+            fuel: FUEL_FLOOR
+                .saturating_add(FUEL_PER_VALUE.saturating_mul(input.values as u64))
+                .saturating_add(bytes / 4),
+            memory_bytes: MEMORY_FLOOR
+                .saturating_add(bytes.saturating_mul(4))
+                .saturating_add((output_bytes as u64).saturating_mul(3)),
+            output_bytes,
+            timeout_ms: TIMEOUT_FLOOR_MS.saturating_add(bytes * 1000 / TIMEOUT_BYTES_PER_S),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The size of a render's input: bytes of text and number of values (message fields,
+/// values in `extra`), what a template's work scales with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InputSize {
+    pub bytes: usize,
+    pub values: usize,
+}
+
+impl InputSize {
+    pub fn of(messages: &[Message], extra: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let mut size = InputSize::default();
+        for m in messages {
+            size.bytes += m.role.len()
+                + m.content.len()
+                + m.reasoning_content.as_ref().map_or(0, String::len);
+            size.values += 3;
+        }
+        for (k, v) in extra {
+            size.bytes += k.len();
+            size.add_json(v);
+        }
+        size
+    }
+
+    fn add_json(&mut self, v: &serde_json::Value) {
+        self.values += 1;
+        match v {
+            serde_json::Value::String(s) => self.bytes += s.len(),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| self.add_json(x)),
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    self.bytes += k.len();
+                    self.add_json(x);
+                }
+            }
+            _ => self.bytes += 8,
+        }
+    }
+}
+
+/// A full prompt and which message prefixes it starts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// The conversation with the generation prompt.
+    pub text: String,
+    /// For each requested prefix (a message count): the byte length of that prefix's
+    /// render without a generation prompt, when `text` starts with it (and it is not
+    /// empty); None otherwise, also when the template refused the prefix.
+    pub prefixes: Vec<Option<usize>>,
+}
+
 /// A compiled chat template plus the special tokens it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    name: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -67,6 +197,7 @@ pub struct ChatTemplate {
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatTemplate")
+            .field("name", &self.name)
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
             .finish_non_exhaustive()
@@ -74,8 +205,21 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compiles `source`; a syntax error is reported here with its line.
+    /// Compiles `source`; a syntax error is reported here with its line. Where templates
+    /// render in a helper process, it compiles there first, under a memory cap and a time
+    /// limit (`template_sandbox::check_compile`: minijinja folds constants while compiling).
     pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        super::template_sandbox::check_compile(source)?;
+        Self::compile(source, bos_token, eos_token)
+    }
+
+    /// Compiles `source` in this process, unchecked: for built-in templates and in the
+    /// helper process.
+    pub fn compile(
         source: &str,
         bos_token: Option<String>,
         eos_token: Option<String>,
@@ -93,19 +237,93 @@ impl ChatTemplate {
         Ok(Self {
             env,
             source: source.to_string(),
+            name: None,
             bos_token,
             eos_token,
         })
     }
 
+    /// Names the template (the file it came from) in every render error.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// "chat template `<name>`", or "chat template" when it has no name.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("chat template `{n}`"),
+            None => "chat template".to_string(),
+        }
+    }
+
     /// Renders the conversation; `extra` adds template variables such as
-    /// `enable_thinking` or `tools`.
+    /// `enable_thinking` or `tools`. Runs on the step budget [`RenderLimits::for_input`]
+    /// gives this input.
     pub fn render(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String, TemplateError> {
+        let fuel = RenderLimits::for_input(InputSize::of(messages, extra), usize::MAX).fuel;
+        let ctx = self.context(
+            Value::from_serialize(messages),
+            add_generation_prompt,
+            extra,
+        );
+        self.render_context(ctx, fuel)
+    }
+
+    /// The prompt for `messages` (with the generation prompt) and, for each message count
+    /// in `prefixes`, whether the render of that many messages (without it) starts the
+    /// prompt: the positions a session can checkpoint at. Messages are minijinja values
+    /// (`Value::from_serialize(&Message)`), so a caller that keeps them converts each once.
+    pub fn render_prompt(
+        &self,
+        messages: &[Value],
+        extra: &serde_json::Map<String, serde_json::Value>,
+        prefixes: &[usize],
+        limits: &RenderLimits,
+    ) -> Result<Rendered, TemplateError> {
+        let ctx = self.context(Value::from(messages.to_vec()), true, extra);
+        let text = self.render_context(ctx, limits.fuel)?;
+        if text.len() > limits.output_bytes {
+            return Err(TemplateError::OutputTooLarge {
+                template: self.label(),
+                bytes: text.len(),
+                cap: limits.output_bytes,
+            });
+        }
+        let prefixes = prefixes
+            .iter()
+            .map(|&k| {
+                let ctx = self.context(
+                    Value::from(messages[..k.min(messages.len())].to_vec()),
+                    false,
+                    extra,
+                );
+                // A template may refuse a prefix (e.g. one that must end with a user turn);
+                // then there is simply no checkpoint there.
+                match self.render_context(ctx, limits.fuel) {
+                    Ok(p) if !p.is_empty() && text.starts_with(&p) => Some(p.len()),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok(Rendered { text, prefixes })
+    }
+
+    fn context(
+        &self,
+        messages: Value,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Value {
         let mut ctx = std::collections::BTreeMap::<String, Value>::new();
         if let Some(bos) = &self.bos_token {
             ctx.insert("bos_token".into(), Value::from(bos.as_str()));
@@ -119,18 +337,40 @@ impl ChatTemplate {
         for (key, value) in extra {
             ctx.insert(key.clone(), Value::from_serialize(value));
         }
-        ctx.insert("messages".into(), Value::from_serialize(messages));
+        ctx.insert("messages".into(), messages);
         ctx.insert(
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),
         );
-        let template = self
-            .env
+        Value::from(ctx)
+    }
+
+    /// One render on `fuel` steps. The environment is cloned for its fuel setting (its
+    /// parts are shared, the compiled template too).
+    fn render_context(&self, ctx: Value, fuel: u64) -> Result<String, TemplateError> {
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let template = env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| TemplateError::Render(describe(&e)))?;
+            .map_err(|e| self.render_error(&e, fuel))?;
         template
-            .render(Value::from(ctx))
-            .map_err(|e| TemplateError::Render(describe(&e)))
+            .render(ctx)
+            .map_err(|e| self.render_error(&e, fuel))
+    }
+
+    fn render_error(&self, err: &Error, fuel: u64) -> TemplateError {
+        if err.kind() == ErrorKind::OutOfFuel {
+            TemplateError::StepBudget {
+                template: self.label(),
+                steps: fuel,
+            }
+        } else {
+            TemplateError::Render(format!(
+                "{} failed to render: {}",
+                self.label(),
+                describe(err)
+            ))
+        }
     }
 
     /// The template text (to tell which thinking convention the model family uses).
@@ -586,6 +826,94 @@ mod tests {
         let mut extra = serde_json::Map::new();
         extra.insert("enable_thinking".into(), serde_json::Value::Bool(on));
         extra
+    }
+
+    #[test]
+    fn a_loop_that_never_ends_runs_out_of_steps_naming_the_template() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap()
+        .with_name("m/chat_template.jinja");
+        let t0 = std::time::Instant::now();
+        let err = t
+            .render(&[Message::user("x")], true, &no_extra())
+            .unwrap_err();
+        assert!(matches!(err, TemplateError::StepBudget { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "chat template `m/chat_template.jinja` exceeded its step budget of {} steps (a loop that does not end?)",
+                FUEL_FLOOR + 3 * FUEL_PER_VALUE + 5 / 4
+            )
+        );
+        // Generous: a few million steps take well under a second.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn render_errors_name_the_template() {
+        let t = ChatTemplate::new("{{ raise_exception('no') }}", None, None)
+            .unwrap()
+            .with_name("m/tokenizer_config.json");
+        let err = t.render(&[], true, &no_extra()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("chat template `m/tokenizer_config.json` failed to render: "),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn limits_have_a_floor_and_grow_with_the_input() {
+        let small = RenderLimits::for_input(InputSize::default(), 100);
+        assert_eq!(small.fuel, FUEL_FLOOR);
+        assert_eq!(small.memory_bytes, MEMORY_FLOOR + 300);
+        assert_eq!(small.timeout_ms, TIMEOUT_FLOOR_MS);
+        let msgs: Vec<Message> = (0..1000)
+            .map(|i| Message::user(format!("{i:09}")))
+            .collect();
+        let size = InputSize::of(&msgs, &thinking(true));
+        assert_eq!(size.values, 3001);
+        assert_eq!(size.bytes, 1000 * (4 + 9) + "enable_thinking".len() + 8);
+        let big = RenderLimits::for_input(size, 100);
+        assert!(big.fuel > small.fuel + 1000 * 3 * FUEL_PER_VALUE - 1);
+        assert!(big.memory_bytes > small.memory_bytes && big.timeout_ms >= small.timeout_ms);
+    }
+
+    #[test]
+    fn render_prompt_finds_the_prefixes_the_prompt_starts_with() {
+        let t = ChatTemplate::new(nano_v2_fallback(), None, None).unwrap();
+        let mut answer = Message::assistant("4");
+        answer.reasoning_content = Some("add".into());
+        let msgs = [
+            Message::system("s"),
+            Message::user("2+2?"),
+            answer,
+            Message::user("thanks"),
+        ];
+        let values: Vec<Value> = msgs.iter().map(Value::from_serialize).collect();
+        let limits = RenderLimits::for_input(InputSize::of(&msgs, &no_extra()), 1 << 20);
+        let r = t
+            .render_prompt(&values, &no_extra(), &[1, 2, 3, 4], &limits)
+            .unwrap();
+        assert_eq!(r.text, t.render(&msgs, true, &no_extra()).unwrap());
+        let len = |k: usize| t.render(&msgs[..k], false, &no_extra()).unwrap().len();
+        // Three messages end with the answer and its reasoning, which the whole
+        // conversation drops (it is before the last user message): no prefix there.
+        assert_eq!(r.prefixes, [Some(len(1)), Some(len(2)), None, Some(len(4))]);
+        let tight = RenderLimits {
+            output_bytes: r.text.len() - 1,
+            ..limits
+        };
+        match t.render_prompt(&values, &no_extra(), &[], &tight) {
+            Err(TemplateError::OutputTooLarge { bytes, cap, .. }) => {
+                assert_eq!((bytes, cap), (r.text.len(), r.text.len() - 1))
+            }
+            other => panic!("expected OutputTooLarge, got {other:?}"),
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub use runner::{Runner, RunnerSnapshot};
 pub use session::{Session, SessionOptions};
 pub use worker::Engine;
 
+use crate::chat::template::TemplateError;
 use crate::model::ModelError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +24,36 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error("chat template: {0}")]
     Template(String),
+    /// Rendering the chat template failed or went past its limits; names the template.
+    #[error(transparent)]
+    Render(TemplateError),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error(transparent)]
     Detokenizer(#[from] detokenizer::DetokError),
     #[error("the prompt is {prompt} tokens, which does not fit the context of {context} tokens")]
     ContextOverflow { prompt: usize, context: usize },
+    /// Refused before tokenizing: more bytes than `context` tokens can stand for.
+    #[error("the prompt rendered by the {template} is {bytes} bytes, more than a context of {context} tokens can hold ({max_bytes} bytes at most)")]
+    PromptTooLong {
+        template: String,
+        bytes: usize,
+        context: usize,
+        max_bytes: usize,
+    },
     #[error("cancelled")]
     Cancelled,
     /// The GPU model or its session (feature `cuda`).
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Gpu(#[from] crate::backend::cuda::nemotron_h::GpuModelError),
+}
+
+impl From<TemplateError> for EngineError {
+    fn from(e: TemplateError) -> Self {
+        match e {
+            TemplateError::Cancelled => EngineError::Cancelled,
+            e => EngineError::Render(e),
+        }
+    }
 }

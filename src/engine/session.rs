@@ -15,6 +15,13 @@
 //!   live state) whose tokens are a prefix of the new prompt, and feeds only the rest,
 //!   at least one token so the next logits exist. Checkpoints are taken where earlier
 //!   messages end, which stays right when the template drops earlier reasoning.
+//! - Preparing a request costs one render and the tokens after the last shared turn
+//!   marker (`PromptBuilder`), never a pass per earlier message; the template renders in
+//!   its helper process under a step, memory and time budget (`chat::template_sandbox`).
+//! - A cancel is seen between every step of preparing a request (render, tokenization,
+//!   restore) and while the template renders or a long text is tokenized; what was
+//!   computed is dropped and the request ends with `EngineError::Cancelled`. Once feeding
+//!   starts it is checked before every prefill chunk and every token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +29,7 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
-use super::prompt::{PromptBuilder, PromptPlan, THINK_END, THINK_START};
+use super::prompt::{PromptBuilder, PromptPlan, PromptStats, THINK_END, THINK_START};
 use super::runner::{Runner, RunnerSnapshot, StepLogits};
 use super::sampler::Sampler;
 use super::stop::StopMatcher;
@@ -154,17 +161,15 @@ impl Session {
         let template = match &folder.template {
             Some(t) => t.clone(),
             None => Arc::new(
-                ChatTemplate::new(nano_v2_fallback(), None, None)
-                    .map_err(|e| EngineError::Template(e.to_string()))?,
+                ChatTemplate::compile(nano_v2_fallback(), None, None)
+                    .map_err(|e| EngineError::Template(e.to_string()))?
+                    .with_name("built-in Nemotron Nano v2 template"),
             ),
         };
         Ok(Session {
             model: folder.model.clone(),
             tokenizer: folder.tokenizer.clone(),
-            prompt: PromptBuilder {
-                template,
-                tokenizer: folder.tokenizer.clone(),
-            },
+            prompt: PromptBuilder::new(template, folder.tokenizer.clone()),
             eos: folder.eos_token_ids.clone(),
             think_end_id: folder.tokenizer.token_to_id(THINK_END),
             runner,
@@ -221,10 +226,20 @@ impl Session {
         self.checkpoints.clear();
     }
 
-    pub fn render(&self, req: &Request) -> Result<PromptPlan, EngineError> {
+    /// The prompt for `req` (rendered, tokenized, with its checkpoint boundaries).
+    pub fn render(&mut self, req: &Request) -> Result<PromptPlan, EngineError> {
         // The live budget: a change made before the engine took the request counts.
-        self.prompt
-            .build(&req.messages, req.controls().budget().is_on())
+        let thinking = req.controls().budget().is_on();
+        let context = self.context();
+        let controls = req.controls();
+        self.prompt.build(&req.messages, thinking, context, &|| {
+            controls.is_cancelled()
+        })
+    }
+
+    /// Renders and tokenizations done for this session's prompts so far.
+    pub fn prompt_stats(&self) -> PromptStats {
+        self.prompt.stats()
     }
 
     /// Restores the best reusable state for `ids`; returns how many tokens are reused.
@@ -356,6 +371,9 @@ impl Session {
     /// Renders `req`, checks it fits, and restores the best reusable state for it;
     /// returns the prompt and how many of its tokens are reused.
     fn prepare(&mut self, req: &Request) -> Result<(PromptPlan, usize), EngineError> {
+        if req.controls().is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
         let plan = self.render(req)?;
         let ctx = self.context();
         if plan.ids.len() >= ctx {
@@ -366,6 +384,9 @@ impl Session {
         }
         if plan.ids.is_empty() {
             return Err(EngineError::Template("the rendered prompt is empty".into()));
+        }
+        if req.controls().is_cancelled() {
+            return Err(EngineError::Cancelled);
         }
         let reused = self.restore_for(&plan.ids)?;
         Ok((plan, reused))

@@ -165,7 +165,9 @@ impl ModelFolder {
         };
         let template = match template::load_from_dir(dir).map_err(template_err)? {
             Some((src, bos, eos)) => Some(Arc::new(
-                ChatTemplate::new(&src, bos, eos).map_err(template_err)?,
+                ChatTemplate::new(&src, bos, eos)
+                    .map_err(template_err)?
+                    .with_name(template_file.display().to_string()),
             )),
             None => None,
         };
@@ -213,14 +215,16 @@ impl ModelFolder {
         let bos = gguf_tokenizer::token_text(&g, "tokenizer.ggml.bos_token_id");
         let eos_text = gguf_tokenizer::token_text(&g, "tokenizer.ggml.eos_token_id");
         let template = match g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-            Some(src) => Some(Arc::new(ChatTemplate::new(src, bos, eos_text).map_err(
-                |e| {
-                    ModelError::Template(format!(
-                        "{}: tokenizer.chat_template: {e}",
-                        path.display()
-                    ))
-                },
-            )?)),
+            Some(src) => Some(Arc::new(
+                ChatTemplate::new(src, bos, eos_text)
+                    .map_err(|e| {
+                        ModelError::Template(format!(
+                            "{}: tokenizer.chat_template: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .with_name(format!("{} (tokenizer.chat_template)", path.display())),
+            )),
             None => None,
         };
         let mut eos: Vec<u32> = model.eos_token_ids().to_vec();

@@ -777,6 +777,17 @@ impl App {
 
     /// An event from the engine for the running request.
     pub fn handle_engine(&mut self, ev: Event) -> Vec<Effect> {
+        // A request the user stopped before it produced anything ends with an error
+        // ("cancelled", e.g. from inside the template render): the turn is kept as
+        // interrupted and saved, like one the engine was too slow to end.
+        if matches!(ev, Event::Error(_))
+            && self
+                .running
+                .as_ref()
+                .is_some_and(|r| r.controls.is_cancelled())
+        {
+            return self.abandon_turn();
+        }
         let Some(turn) = self.turns.last_mut() else {
             return vec![];
         };
