@@ -1,0 +1,47 @@
+//! The tools on offer: nemo's built-ins, the user's from config.toml, and each MCP
+//! server's (`server.tool`), by name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Tool, ToolError};
+use crate::protocol::ToolSpec;
+
+#[derive(Clone, Default)]
+pub struct Registry {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds `tool` under its spec's name; a name already taken is an error naming it.
+    pub fn add(&mut self, tool: Arc<dyn Tool>) -> Result<(), ToolError> {
+        let name = tool.spec().name.clone();
+        if self.tools.contains_key(&name) {
+            return Err(ToolError::Failed {
+                tool: name,
+                message: "a tool of this name is already registered".into(),
+            });
+        }
+        self.tools.insert(name, tool);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn Tool>, ToolError> {
+        self.tools
+            .get(name)
+            .ok_or_else(|| ToolError::Unknown(name.to_string()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
+    /// The specs of every tool, in name order (what the model is offered).
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|t| t.spec().clone()).collect()
+    }
+}

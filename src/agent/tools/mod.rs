@@ -1,0 +1,1 @@
+//! nemo's built-in tools, one file each.
