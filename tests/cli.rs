@@ -611,6 +611,39 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_j
 }
 
 #[test]
+fn bench_refuses_a_run_that_cannot_fit_before_allocating() {
+    // 10^11 prompt ids alone are 400 GB: refused in one line, not an allocation abort.
+    let (out, _) = nemo_bounded(
+        &[
+            "bench",
+            "--shape",
+            "tiny",
+            "--prompt-tokens",
+            "100000000000",
+            "--gen-tokens",
+            "1",
+            "--runs",
+            "1",
+        ],
+        60,
+    );
+    fails_with_one_line(&out, 1, &["needs about", "available", "--prompt-tokens"]);
+    let (out, _) = nemo_bounded(
+        &[
+            "bench",
+            "--model",
+            &tiny(),
+            "--prompt-tokens",
+            "100000000000",
+            "--runs",
+            "1",
+        ],
+        60,
+    );
+    fails_with_one_line(&out, 1, &["needs about", "available", "--prompt-tokens"]);
+}
+
+#[test]
 fn fifo_model_files_are_errors_not_hangs() {
     for (fixture_name, file) in [
         ("nemotron_h_tiny", "model.safetensors"),
