@@ -513,3 +513,17 @@ fn gguf_tensors_sharing_bytes_are_refused() {
     let e = open_bytes_err(&b, "overlap.gguf");
     assert!(e.contains("overlaps"), "{e}");
 }
+
+#[test]
+fn gguf_sampling_defaults_that_are_not_usable_numbers_are_named() {
+    let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    let key = "general.sampling.temp";
+    let at = layout(&src).kv_at(key);
+    assert_eq!(src[at..at + 4], 6u32.to_le_bytes(), "an f32 value");
+    for bad in [f32::NAN, f32::INFINITY, -0.5] {
+        let mut b = src.clone();
+        b[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
+        let e = open_bytes_err(&b, "temp.gguf");
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

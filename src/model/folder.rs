@@ -94,18 +94,32 @@ pub fn generation_from_json(
 }
 
 /// Sampling defaults a GGUF file carries (`general.sampling.*`, from the checkpoint's
-/// generation_config.json); eos ids come from the tokenizer metadata instead.
-fn gguf_sampling(g: &GgufFile) -> GenerationDefaults {
-    let f = |k: &str| g.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
-    GenerationDefaults {
-        temperature: f("general.sampling.temp"),
-        top_p: f("general.sampling.top_p"),
-        top_k: g
-            .get("general.sampling.top_k")
-            .and_then(|v| v.as_u64())
-            .map(|x| x as usize),
+/// generation_config.json); eos ids come from the tokenizer metadata instead. A value of
+/// the wrong type, or a negative or non-finite one, is an error naming the key.
+fn gguf_sampling(g: &GgufFile) -> Result<GenerationDefaults, ModelError> {
+    let f = |k: &str| -> Result<Option<f32>, ModelError> {
+        if g.get(k).is_none() {
+            return Ok(None);
+        }
+        let x = g.get_f64(k)?;
+        if !x.is_finite() || x < 0.0 {
+            return Err(ModelError::ConfigField {
+                file: g.path.clone(),
+                field: k.into(),
+                msg: format!("is {x}; it must be a finite number, not negative"),
+            });
+        }
+        Ok(Some(x as f32))
+    };
+    Ok(GenerationDefaults {
+        temperature: f("general.sampling.temp")?,
+        top_p: f("general.sampling.top_p")?,
+        top_k: match g.get("general.sampling.top_k") {
+            Some(_) => Some(g.get_usize("general.sampling.top_k")?),
+            None => None,
+        },
         ..GenerationDefaults::default()
-    }
+    })
 }
 
 /// Refuses weights holding layers past the `n` the config describes (`field` of `file`):
@@ -330,6 +344,7 @@ impl ModelFolder {
             )?)),
             None => None,
         };
+        let generation = gguf_sampling(&g)?;
         let mut eos: Vec<u32> = model.eos_token_ids().to_vec();
         eos.sort_unstable();
         eos.dedup();
@@ -338,7 +353,7 @@ impl ModelFolder {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
-            generation: gguf_sampling(&g),
+            generation,
             eos_token_ids: eos,
         })
     }
