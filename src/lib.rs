@@ -9,6 +9,7 @@ pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod hub;
 pub mod model;
 pub mod protocol;

@@ -646,7 +646,7 @@ mod tests {
     }
 
     fn strings(v: &[&str]) -> Value {
-        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+        Value::array(v.iter().map(|s| Value::String(s.to_string())).collect()).unwrap()
     }
 
     /// A llama.cpp SentencePiece vocabulary (`▁` prefix normalizer, byte fallback) with
@@ -674,8 +674,8 @@ mod tests {
         gguf_tokenizer(vec![
             ("tokenizer.ggml.model", Value::String("llama".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.scores", Value::Array(scores)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.scores", Value::array(scores).unwrap()),
+            ("tokenizer.ggml.token_type", Value::array(types).unwrap()),
             ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
         ])
     }
@@ -694,7 +694,10 @@ mod tests {
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            (
+                "tokenizer.ggml.token_type",
+                Value::array(types.clone()).unwrap(),
+            ),
             (
                 "tokenizer.ggml.merges",
                 strings(&["h e", "l l", "he ll", "hell o", "Ġ w", "Ċ Ċ"]),

@@ -326,6 +326,15 @@ impl Session {
             }
             StepLogits::Device => self.runner.logits_to_host()?,
         };
+        // Broken weights give NaN (or infinite) logits; sampling them would print one
+        // arbitrary token after another until max_tokens.
+        if let Some(&value) = host.iter().find(|v| !v.is_finite()) {
+            return Err(crate::model::ModelError::NonFiniteLogits {
+                position: self.tokens.len(),
+                value,
+            }
+            .into());
+        }
         Ok(sampler.sample(&mut host, &self.tokens, banned))
     }
 
