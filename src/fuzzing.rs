@@ -7,7 +7,11 @@
 //! line, and (checked by the replay, and by libFuzzer's `-rss_limit_mb`) memory follows
 //! the input's size, not the sizes it claims.
 //!
-//! Adding a target (the chat template and the session loader are next): a function
+//! The chat template (`chat_template`, replayed by `tests/fuzz_template.rs`) and the
+//! session loader (`chat::session_store::parse_session_bytes`, `tests/fuzz_session.rs`)
+//! have their own replays.
+//!
+//! Adding a target: a function
 //! `fn(&[u8]) -> Result<(), String>` here, a line in `TARGETS`, a
 //! `fuzz/fuzz_targets/<name>.rs` that calls `check(<name>, data)`, a `[[bin]]` in
 //! `fuzz/Cargo.toml`, and seeds in `fuzz/corpus/<name>/`. The replay test runs every
@@ -109,6 +113,45 @@ pub fn config(data: &[u8]) -> Result<(), String> {
     let generation = folder::generation_from_json(&v, Path::new("generation_config.json"), vocab);
     parsed.map_err(line)?;
     generation.map(|_| ()).map_err(line)
+}
+
+/// A chat template as one arrives with a downloaded model: the bytes up to the first NUL
+/// are its source, the rest (when present and valid) a JSON array of messages, else a short
+/// fixed conversation. It is compiled as `ModelFolder::open` compiles one
+/// (`ChatTemplate::new`: the compile check runs in a helper process when one is
+/// registered) and rendered as a request renders it (`TemplateRenderer`, in its helper,
+/// under `RenderLimits::for_input`). Not in `TARGETS`: without a helper there is no memory
+/// cap, so it is replayed by `tests/fuzz_template.rs`, which registers the `nemo` binary
+/// as the helper; `fuzz/fuzz_targets/chat_template.rs` registers `$NEMO_FUZZ_HELPER`.
+pub fn chat_template(data: &[u8]) -> Result<(), String> {
+    use crate::chat::template::{ChatTemplate, InputSize, RenderLimits};
+    use crate::chat::template_sandbox::TemplateRenderer;
+    use crate::protocol::Message;
+
+    let (src, rest) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let src = std::str::from_utf8(src).map_err(|_| "chat template: not UTF-8 text".to_string())?;
+    let messages: Vec<Message> = serde_json::from_slice(rest).unwrap_or_else(|_| {
+        vec![
+            Message::system("Be brief."),
+            Message::user("What is 2+2?"),
+            Message::assistant("4"),
+            Message::user("And 3+3?"),
+        ]
+    });
+    let t = ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into()))
+        .map_err(|e| e.to_string())?
+        .with_name("fuzz.jinja");
+    let mut extra = serde_json::Map::new();
+    extra.insert("enable_thinking".into(), serde_json::Value::Bool(true));
+    let limits = RenderLimits::for_input(InputSize::of(&messages, &extra), 1 << 20);
+    let prefixes: Vec<usize> = (1..=messages.len()).collect();
+    TemplateRenderer::new(std::sync::Arc::new(t))
+        .render(&messages, &extra, &prefixes, &limits, &|| false)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
