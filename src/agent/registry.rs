@@ -17,6 +17,15 @@ impl Registry {
         Registry::default()
     }
 
+    /// nemo's built-in tools.
+    pub fn builtins() -> Registry {
+        let mut r = Registry::new();
+        for t in super::tools::builtins() {
+            r.tools.insert(t.spec().name.clone(), t);
+        }
+        r
+    }
+
     /// Adds `tool` under its spec's name; a name already taken is an error naming it.
     pub fn add(&mut self, tool: Arc<dyn Tool>) -> Result<(), ToolError> {
         let name = tool.spec().name.clone();
@@ -38,6 +47,22 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tools.keys().map(String::as_str)
+    }
+
+    /// The tools `keep` says yes to.
+    pub fn filtered(&self, keep: impl Fn(&dyn Tool) -> bool) -> Registry {
+        Registry {
+            tools: self
+                .tools
+                .iter()
+                .filter(|(_, t)| keep(t.as_ref()))
+                .map(|(n, t)| (n.clone(), Arc::clone(t)))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
     }
 
     /// The specs of every tool, in name order (what the model is offered).
