@@ -60,6 +60,10 @@ pub fn execute(
             Outcome::Cancelled,
         );
     }
+    if let Err(e) = tool.check(call.arguments(), ctx) {
+        let outcome = outcome_of(&e);
+        return (result(false, e.to_string(), false), outcome);
+    }
     match policy.decide(tool.as_ref(), call, ctx) {
         Decision::Run => {}
         Decision::Refuse(why) => {

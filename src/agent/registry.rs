@@ -12,6 +12,12 @@ pub struct Registry {
     tools: BTreeMap<String, Arc<dyn Tool>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.keys()).finish()
+    }
+}
+
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
