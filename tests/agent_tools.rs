@@ -1173,3 +1173,143 @@ fn debug_tool_reads_user_tools_and_approval_from_the_config_file() {
         "{line}"
     );
 }
+
+/// `nemo debug tool` in a tmux pseudo terminal, answering its approval question. Each
+/// test runs its own tmux server (`-L`, no config file).
+struct Term {
+    socket: String,
+    exit_file: PathBuf,
+}
+
+impl Term {
+    /// None (after a SKIP line) when tmux is not installed.
+    fn start(name: &str, f: &Fixture, args: &str) -> Option<Term> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
+            return None;
+        }
+        let base = f.ws.parent().unwrap();
+        let exit_file = base.join(format!("exit-{name}"));
+        let script = base.join(format!("run-{name}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "cd '{ws}' && NEMO_CONFIG='{base}/none.toml' NEMO_DATA_DIR='{base}/data' '{bin}' debug tool {args}; echo $? > '{exit}'; sleep 600\n",
+                ws = f.ws.display(),
+                base = base.display(),
+                bin = common::nemo_bin().display(),
+                exit = exit_file.display(),
+            ),
+        )
+        .unwrap();
+        let term = Term {
+            socket: format!("nemo-tools-{}-{name}", std::process::id()),
+            exit_file,
+        };
+        let script = format!("sh '{}'", script.display());
+        term.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            &script,
+        ]);
+        Some(term)
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.tmux(&["capture-pane", "-p", "-t", "t"]);
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < until,
+                "`{what}` never appeared; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn answer(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "t", "-l", text]);
+        self.tmux(&["send-keys", "-t", "t", "Enter"]);
+    }
+
+    fn exit_code(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(code) = std::fs::read_to_string(&self.exit_file) {
+                if code.ends_with('\n') {
+                    return code.trim().to_string();
+                }
+            }
+            assert!(Instant::now() < until, "nemo debug tool did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        let socket = self.tmux(&["display-message", "-p", "#{socket_path}"]);
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+        if !socket.trim().is_empty() {
+            let _ = std::fs::remove_file(socket.trim());
+        }
+    }
+}
+
+#[test]
+fn debug_tool_on_a_terminal_shows_the_diff_and_obeys_y_and_n() {
+    let f = Fixture::new();
+    let edit = r#"edit_file '{"path": "inner.txt", "old_text": "inner", "new_text": "outer"}'"#;
+    let Some(t) = Term::start("deny", &f, edit) else {
+        return;
+    };
+    let screen = t.wait_for("Run it?");
+    assert!(
+        screen.contains("It writes files in the workspace."),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("-inner text") && screen.contains("+outer text"),
+        "{screen}"
+    );
+    t.answer("n not this one");
+    assert_eq!(t.exit_code(), "3");
+    t.wait_for("the user denied this call: not this one");
+    assert_eq!(
+        std::fs::read_to_string(f.ws.join("inner.txt")).unwrap(),
+        "inner text\n"
+    );
+    drop(t);
+
+    let Some(t) = Term::start("allow", &f, edit) else {
+        return;
+    };
+    t.wait_for("Run it?");
+    t.answer("y");
+    assert_eq!(t.exit_code(), "0");
+    t.wait_for("edited inner.txt");
+    assert_eq!(
+        std::fs::read_to_string(f.ws.join("inner.txt")).unwrap(),
+        "outer text\n"
+    );
+}

@@ -143,7 +143,12 @@ impl UserTool {
         }
         let first = parse_word(program).map_err(|m| err("command", m))?;
         let program = match first.as_slice() {
-            [] => String::new(),
+            [] => {
+                return Err(err(
+                    "command",
+                    "the program (the first word) is empty".into(),
+                ))
+            }
             [Piece::Text(t)] => t.clone(),
             _ => {
                 return Err(err(
@@ -355,6 +360,7 @@ mod tests {
         assert_eq!(t.argv(&json!({"a": "z"})).unwrap(), ["printf", "{}z"]);
         for (cmd, want) in [
             ("", "empty command"),
+            ("'' x", "is empty"),
             ("echo 'open", "unbalanced quotes"),
             ("{a} x", "program"),
             ("echo {b}", "{b} names no property"),
