@@ -23,11 +23,15 @@
 //! - Every key is listed once, in `for_each_key!`, so the file, the environment and the
 //!   merge cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::agent::policy::ApprovalMode;
+use crate::agent::user_tools::{UserTool, UserToolConfig};
+use crate::agent::Sandbox;
 use crate::protocol::{Budget, SamplingParams};
 
 /// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
@@ -53,6 +57,15 @@ pub struct Config {
     pub mamba_ssm_cache_dtype: Option<String>,
     pub threads: Option<usize>,
     pub show_reasoning: Option<bool>,
+    /// Tool approvals in `nemo chat`: `"ask"`, `"read-only"` or `"auto"` (`nemo run` never
+    /// reads it: it takes `auto` only from its own flag).
+    pub approval: Option<ApprovalMode>,
+    /// How commands are confined: `"landlock"` or `"off"`.
+    pub sandbox: Option<Sandbox>,
+    /// User tools: `[tools.NAME]` tables (`agent::user_tools`). Not a flat key: no
+    /// environment variable or flag sets them, and they are checked when the file is read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, UserToolConfig>,
 }
 
 /// Calls `$m!(field, "ENV_SUFFIX", kind)` for every key; `kind` picks the env parser.
@@ -72,6 +85,8 @@ macro_rules! for_each_key {
         $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", string);
         $m!(threads, "THREADS", number);
         $m!(show_reasoning, "SHOW_REASONING", bool);
+        $m!(approval, "APPROVAL", parsed);
+        $m!(sandbox, "SANDBOX", parsed);
     };
 }
 
@@ -186,6 +201,17 @@ impl Config {
                 message: e.to_string(),
             });
         }
+        for (name, table) in &config.tools {
+            if let Err(e) = UserTool::new(name, table) {
+                let key = format!("tools.{name}.{}", e.field);
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line: line_of_table(text, name, e.field),
+                    key: Some(key),
+                    message: e.message,
+                });
+            }
+        }
         Ok(config)
     }
 
@@ -209,6 +235,7 @@ impl Config {
             (@parse budget, $v:expr) => { $v.parse::<Budget>().map_err(|e| e.to_string()) };
             (@parse number, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
             (@parse sampling, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
+            (@parse parsed, $v:expr) => { $v.parse() };
         }
         for_each_key!(apply);
         // Ranges are checked on the values as they now stand, so the error names the
@@ -265,6 +292,10 @@ impl Config {
             };
         }
         for_each_key!(merge);
+        // User tools come from the file only; another layer's tables add to them.
+        for (name, table) in &other.tools {
+            self.tools.insert(name.clone(), table.clone());
+        }
     }
 
     /// The names of the environment variables [`Config::apply_env`] reads.
@@ -309,6 +340,32 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     let (key, _) = text.lines().nth(line.checked_sub(1)?)?.split_once('=')?;
     let key = key.trim().trim_matches('"');
     (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| key.to_string())
+}
+
+/// The line of `field` inside `[tools.NAME]` (or of the table's header when the field is
+/// not written there).
+fn line_of_table(text: &str, name: &str, field: &str) -> Option<usize> {
+    let header = |l: &str| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(|h| h.trim().replace([' ', '"'], ""))
+    };
+    let want = format!("tools.{name}");
+    let start = text
+        .lines()
+        .position(|l| header(l).as_deref() == Some(want.as_str()))?;
+    let in_table = text
+        .lines()
+        .enumerate()
+        .skip(start + 1)
+        .take_while(|(_, l)| header(l).is_none());
+    for (i, l) in in_table {
+        if l.split_once('=').is_some_and(|(k, _)| k.trim() == field) {
+            return Some(i + 1);
+        }
+    }
+    Some(start + 1)
 }
 
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
@@ -466,7 +523,9 @@ show_reasoning = true
     #[test]
     fn env_var_names_cover_every_key() {
         let names = Config::env_vars();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
+        assert!(names.contains(&"NEMO_APPROVAL"));
+        assert!(names.contains(&"NEMO_SANDBOX"));
         assert!(names.contains(&"NEMO_KV_CACHE_DTYPE"));
         assert!(names.contains(&"NEMO_SHOW_REASONING"));
     }
@@ -527,6 +586,73 @@ show_reasoning = true
             .unwrap();
         assert_eq!(c.temperature, Some(0.7));
         assert_eq!(c.budget, Some(Budget::Off));
+    }
+
+    #[test]
+    fn approval_sandbox_and_user_tools_are_read_from_the_file() {
+        let text = r#"
+approval = "read-only"
+sandbox = "off"
+
+[tools.todo]
+command = "grep -rn -e {pattern} src"
+description = "Find a pattern under src"
+read_only = true
+parameters = { type = "object", properties = { pattern = { type = "string" } }, required = ["pattern"] }
+
+[tools.fmt]
+command = "cargo fmt"
+"#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.approval, Some(ApprovalMode::ReadOnly));
+        assert_eq!(c.sandbox, Some(Sandbox::Off));
+        assert_eq!(c.tools.len(), 2);
+        let todo = &c.tools["todo"];
+        assert_eq!(todo.command, "grep -rn -e {pattern} src");
+        assert!(todo.read_only);
+        assert_eq!(todo.parameters["required"][0], "pattern");
+        assert!(!c.tools["fmt"].read_only, "read_only defaults to false");
+    }
+
+    #[test]
+    fn bad_approval_sandbox_or_tool_table_names_line_and_key() {
+        let err = Config::parse("approval = \"yes\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("`approval`"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = Config::parse("sandbox = \"docker\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("`sandbox`"), "{err}");
+        let text = "model = \"m\"\n[tools.t]\ndescription = \"x\"\ncommand = \"echo {nope}\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("`tools.t.command`"), "{err}");
+        assert!(err.contains("{nope} names no property"), "{err}");
+        let err = Config::parse("[tools.shell]\ncommand = \"ls\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("built-in"), "{err}");
+        let err = Config::parse(
+            "[tools.t]\ncommand = \"ls\"\nreadonly = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("readonly"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn approval_and_sandbox_come_from_the_environment_too() {
+        let mut c = Config::default();
+        c.apply_env(env(&[("NEMO_APPROVAL", "auto"), ("NEMO_SANDBOX", "off")]))
+            .unwrap();
+        assert_eq!(c.approval, Some(ApprovalMode::Auto));
+        assert_eq!(c.sandbox, Some(Sandbox::Off));
+        let err = Config::default()
+            .apply_env(env(&[("NEMO_APPROVAL", "sometimes")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("NEMO_APPROVAL"), "{err}");
     }
 
     #[test]

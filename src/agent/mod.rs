@@ -15,10 +15,18 @@
 //!   panics; `ToolError` is for calls that could not be made at all (bad arguments,
 //!   refused paths) and becomes a failed result too.
 
+pub mod execute;
+pub mod output;
+pub mod policy;
 pub mod registry;
+pub mod sandbox;
+pub mod schema;
 pub mod tools;
+pub mod user_tools;
+mod workspace;
 
-use std::path::{Path, PathBuf};
+pub use workspace::Workspace;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,28 +42,6 @@ pub enum Effect {
     Writes,
     /// Runs a program.
     Executes,
-}
-
-/// The folder file tools may touch: every path is resolved (symlinks included) and must
-/// stay inside `root`.
-#[derive(Clone, Debug)]
-pub struct Workspace {
-    root: PathBuf,
-}
-
-impl Workspace {
-    /// `root` canonicalized; an error names it when it does not exist.
-    pub fn new(root: &Path) -> Result<Workspace, ToolError> {
-        let root = root.canonicalize().map_err(|e| ToolError::Workspace {
-            path: root.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(Workspace { root })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 /// Limits and handles every tool run gets.
@@ -74,17 +60,55 @@ pub struct ToolContext {
 }
 
 impl ToolContext {
+    /// Output cap when none is configured: 32 KiB, about 8k tokens.
+    pub const DEFAULT_OUTPUT_CAP: usize = 32 * 1024;
+    /// Command timeout when none is configured.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The defaults: not cancelled, 32 KiB of output, 120 s per command, Landlock on.
+    pub fn new(workspace: Workspace) -> ToolContext {
+        ToolContext {
+            workspace,
+            cancel: Arc::new(AtomicBool::new(false)),
+            output_cap: Self::DEFAULT_OUTPUT_CAP,
+            timeout: Self::DEFAULT_TIMEOUT,
+            sandbox: Sandbox::Landlock,
+        }
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
     }
 }
 
 /// `--sandbox`: how commands are confined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Sandbox {
     /// Landlock: writes only in the workspace and the temp dir.
     Landlock,
     Off,
+}
+
+impl std::fmt::Display for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sandbox::Landlock => "landlock",
+            Sandbox::Off => "off",
+        })
+    }
+}
+
+impl std::str::FromStr for Sandbox {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "landlock" => Ok(Sandbox::Landlock),
+            "off" => Ok(Sandbox::Off),
+            other => Err(format!("sandbox must be landlock or off, not {other:?}")),
+        }
+    }
 }
 
 /// What a tool gives back to the model.
@@ -97,6 +121,20 @@ pub struct ToolOutput {
     pub truncated: bool,
 }
 
+impl ToolOutput {
+    /// `text` cut to `cap` bytes (`output::Cut::End`), marked where cut.
+    pub fn capped(ok: bool, text: &str, cap: usize) -> ToolOutput {
+        let mut c = output::CappedText::new(cap, output::Cut::End);
+        c.push_str(text);
+        let (text, truncated) = c.finish();
+        ToolOutput {
+            ok,
+            text,
+            truncated,
+        }
+    }
+}
+
 /// Why a call could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -106,6 +144,9 @@ pub enum ToolError {
     BadArguments { tool: String, message: String },
     #[error("{path}: outside the workspace {root}")]
     OutsideWorkspace { path: String, root: String },
+    /// A path that cannot be used (empty, a NUL byte, a file where a folder must be, …).
+    #[error("{path}: {message}")]
+    BadPath { path: String, message: String },
     #[error("workspace {path}: {message}")]
     Workspace { path: String, message: String },
     #[error("{tool}: {message}")]
@@ -120,9 +161,20 @@ pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
     /// What running it can do (decides whether the policy asks).
     fn effect(&self) -> Effect;
+    /// Checks the call before the policy or the user sees it (arguments, paths, an edit
+    /// that cannot apply), so a call that cannot run is answered at once, never asked about.
+    fn check(&self, _args: &serde_json::Value, _ctx: &ToolContext) -> Result<(), ToolError> {
+        Ok(())
+    }
     /// What the call would change, shown when the user is asked (a diff for file edits).
     fn preview(&self, _args: &serde_json::Value, _ctx: &ToolContext) -> Option<String> {
         None
+    }
+    /// Whether it runs a program under the command sandbox (`ToolContext::sandbox`): the
+    /// policy will not run such a tool unconfined in `auto` mode where the kernel has no
+    /// Landlock.
+    fn runs_in_sandbox(&self) -> bool {
+        false
     }
     /// Runs the call.
     fn run(&self, args: &serde_json::Value, ctx: &ToolContext) -> Result<ToolOutput, ToolError>;

@@ -12,9 +12,24 @@ pub struct Registry {
     tools: BTreeMap<String, Arc<dyn Tool>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.keys()).finish()
+    }
+}
+
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// nemo's built-in tools.
+    pub fn builtins() -> Registry {
+        let mut r = Registry::new();
+        for t in super::tools::builtins() {
+            r.tools.insert(t.spec().name.clone(), t);
+        }
+        r
     }
 
     /// Adds `tool` under its spec's name; a name already taken is an error naming it.
@@ -38,6 +53,22 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tools.keys().map(String::as_str)
+    }
+
+    /// The tools `keep` says yes to.
+    pub fn filtered(&self, keep: impl Fn(&dyn Tool) -> bool) -> Registry {
+        Registry {
+            tools: self
+                .tools
+                .iter()
+                .filter(|(_, t)| keep(t.as_ref()))
+                .map(|(n, t)| (n.clone(), Arc::clone(t)))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
     }
 
     /// The specs of every tool, in name order (what the model is offered).
