@@ -29,7 +29,9 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
-use super::prompt::{PromptBuilder, PromptPlan, PromptStats, THINK_END, THINK_START};
+use super::prompt::{
+    PromptBuilder, PromptPlan, PromptStats, PromptTools, ToolSupport, THINK_END, THINK_START,
+};
 use super::runner::{Runner, RunnerSnapshot, StepLogits};
 use super::sampler::Sampler;
 use super::stop::StopMatcher;
@@ -37,8 +39,11 @@ use super::thinking::{Action, ThinkingController};
 use super::EngineError;
 use crate::chat::reasoning_parser::{ReasoningParser, Segment};
 use crate::chat::template::{nano_v2_fallback, ChatTemplate};
+use crate::chat::tool_parser;
 use crate::model::{Logits, Model, ModelFolder};
-use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
+use crate::protocol::{
+    Done, Event, FinishReason, Request, Timings, ToolChoice, ToolFormat, ToolSpec, Usage,
+};
 use crate::state::CacheConfig;
 
 /// Generated text on its way out: reasoning/answer split, stop strings on the answer,
@@ -136,6 +141,8 @@ pub struct Session {
     prompt: PromptBuilder,
     eos: Vec<u32>,
     think_end_id: Option<u32>,
+    /// The tool-call format the template and vocabulary show (`tool_parser::detect`).
+    detected_tool_format: Option<ToolFormat>,
     runner: Runner,
     tokens: Vec<u32>,
     checkpoints: Vec<Checkpoint>,
@@ -166,7 +173,11 @@ impl Session {
                     .with_name("built-in Nemotron Nano v2 template"),
             ),
         };
+        let detected_tool_format = tool_parser::detect(template.source(), |t| {
+            folder.tokenizer.token_to_id(t).is_some()
+        });
         Ok(Session {
+            detected_tool_format,
             model: folder.model.clone(),
             tokenizer: folder.tokenizer.clone(),
             prompt: PromptBuilder::new(template, folder.tokenizer.clone()),
@@ -232,9 +243,43 @@ impl Session {
         let thinking = req.controls().budget().is_on();
         let context = self.context();
         let controls = req.controls();
-        self.prompt.build(&req.messages, thinking, context, &|| {
-            controls.is_cancelled()
-        })
+        let specs = Self::offered_tools(req);
+        let tools = PromptTools {
+            specs,
+            format: self.tool_format(req),
+        };
+        let tools = (!specs.is_empty()).then_some(&tools);
+        self.prompt
+            .build(&req.messages, thinking, tools, context, &|| {
+                controls.is_cancelled()
+            })
+    }
+
+    /// The tools `req` offers the model (none with `tool_choice: none`).
+    fn offered_tools(req: &Request) -> &[ToolSpec] {
+        if req.tool_choice == ToolChoice::None {
+            &[]
+        } else {
+            &req.tools
+        }
+    }
+
+    /// The tool-call format for `req`: its own, or the one the template and vocabulary
+    /// show, or the common `<tool_call>{json}</tool_call>` form.
+    pub fn tool_format(&self, req: &Request) -> ToolFormat {
+        req.tool_format
+            .or(self.detected_tool_format)
+            .unwrap_or(ToolFormat::Hermes)
+    }
+
+    /// How the model's template takes tools (for `/model`).
+    pub fn tool_support(&self) -> ToolSupport {
+        self.prompt.tool_support()
+    }
+
+    /// The tool-call format the template and vocabulary show, if any.
+    pub fn detected_tool_format(&self) -> Option<ToolFormat> {
+        self.detected_tool_format
     }
 
     /// Renders and tokenizations done for this session's prompts so far.
