@@ -41,7 +41,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "folded-constants".into(),
-            format!("{{{{ {} }}}}", vec!["('y' * 50000000)"; 8].join(" ~ ")).into_bytes(),
+            format!("{{{{ {} }}}}", ["('y' * 50000000)"; 8].join(" ~ ")).into_bytes(),
         ),
         (
             "recursive-macro".into(),
