@@ -15,6 +15,7 @@
 //!   panics; `ToolError` is for calls that could not be made at all (bad arguments,
 //!   refused paths) and becomes a failed result too.
 
+pub mod mcp;
 pub mod registry;
 pub mod tools;
 
