@@ -16,6 +16,7 @@
 //!   refused paths) and becomes a failed result too.
 
 pub mod execute;
+pub mod mcp;
 pub mod output;
 pub mod policy;
 pub mod registry;
