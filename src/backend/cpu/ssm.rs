@@ -211,11 +211,12 @@ pub fn ssm_step<T: StateElem>(
 }
 
 /// `n` prompt tokens of the selective scan in the SSD chunked form (kernels/ssm.cu
-/// `ssd_scan_mma_*`), chunks of `chunk` tokens: per head, `dt = max(softplus(dt_raw[dt_offset
-/// + t·dt_stride + head] + dt_bias), dt_min)`; within a chunk `y_l = Σ_{s≤l} (C_l·B_s)
-/// exp(Σ_{i=s+1..l} a_i) dt_s x_s + exp(cum_l) (S·C_l)` with `a_i = A·dt_i`, then the state
-/// passes on: `S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s`; finally
-/// `y += D·x`. `xbc` `[n, cd]`, `y` `[n, d_inner]`. Heads run in parallel.
+/// `ssd_scan_mma_*`), chunks of `chunk` tokens. Per head, with
+/// `dt_t = max(softplus(dt_raw[dt_offset + t·dt_stride + head] + dt_bias), dt_min)` and
+/// `a_t = A·dt_t`: within a chunk
+/// `y_l = Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s + exp(cum_l) (S·C_l)`, then the
+/// state passes on: `S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s`;
+/// finally `y += D·x`. `xbc` `[n, cd]`, `y` `[n, d_inner]`. Heads run in parallel.
 #[allow(clippy::too_many_arguments)]
 pub fn ssd_chunked<T: StateElem>(
     s: &ScanShape,
