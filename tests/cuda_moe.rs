@@ -1,4 +1,4 @@
-//! The MoE mixer on the GPU (`backend::cuda::moe_layer::GpuMoe`) against the CPU mixer
+//! The MoE mixer on the GPU (`model::cuda::moe_layer::GpuMoe`) against the CPU mixer
 //! (`model::moe::Moe`), and its kernels (router, grouped GEMVs, gather, combine) against
 //! plain CPU loops.
 //!
@@ -21,10 +21,10 @@ mod gpu {
     use half::bf16;
     use nemo::backend::cpu::moe::route;
     use nemo::backend::cuda::moe::{self, Experts};
-    use nemo::backend::cuda::moe_layer::{GpuMoe, MoeBuffers, MoePath};
-    use nemo::backend::cuda::weights::StoreWeights;
     use nemo::backend::cuda::{self, Gpu};
     use nemo::backend::DType;
+    use nemo::model::cuda::moe_layer::{GpuMoe, MoeBuffers, MoePath};
+    use nemo::model::cuda::StoreWeights;
     use nemo::model::moe::{routing, Moe};
     use nemo::model::weights::{Tensor, WeightStore};
     use nemo::model::NemotronHConfig;

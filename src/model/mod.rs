@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod attention;
 pub mod config;
+pub mod cuda;
 pub mod folder;
 pub mod gguf;
 pub mod gguf_tokenizer;
