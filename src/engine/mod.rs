@@ -43,10 +43,10 @@ pub enum EngineError {
     },
     #[error("cancelled")]
     Cancelled,
-    /// The GPU model or its session (feature `cuda`).
-    #[cfg(feature = "cuda")]
+    /// The GPU model or its session (`model::cuda`; in a build without the `cuda`
+    /// feature, only "this build has no CUDA support").
     #[error(transparent)]
-    Gpu(#[from] crate::backend::cuda::nemotron_h::GpuModelError),
+    Gpu(#[from] crate::model::cuda::GpuModelError),
 }
 
 impl From<TemplateError> for EngineError {

@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod attention;
 pub mod config;
+pub mod cuda;
 pub mod files;
 pub mod folder;
 pub mod gguf;

@@ -5,9 +5,11 @@
 
 pub mod fp8_matmul;
 pub mod matmul;
+pub mod moe;
 pub mod ops;
 pub mod quant;
 pub mod simd;
+pub mod ssm;
 pub mod team;
 
 pub use fp8_matmul::WeightScale;
