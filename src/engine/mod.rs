@@ -3,6 +3,7 @@
 //! `protocol::{Request, Event}`.
 
 pub mod detokenizer;
+pub mod grammar;
 pub mod prompt;
 pub mod runner;
 pub mod sampler;
@@ -31,6 +32,9 @@ pub enum EngineError {
     ContextOverflow { prompt: usize, context: usize },
     #[error("cancelled")]
     Cancelled,
+    /// Constrained decoding: a grammar that does not compile, or a matcher failure.
+    #[error(transparent)]
+    Grammar(#[from] grammar::GrammarError),
     /// The GPU model or its session (feature `cuda`).
     #[cfg(feature = "cuda")]
     #[error(transparent)]
