@@ -8,10 +8,13 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
+use nemo::engine::grammar::{Grammar, GrammarError, Guide, Vocabulary};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::protocol::Message;
 use nemo::protocol::SamplingParams;
-use nemo::protocol::{Budget, Controls, Event, FinishReason, Request, ThinkingOptions};
+use nemo::protocol::{
+    Budget, Constraint, Controls, Done, Event, FinishReason, Request, ThinkingOptions,
+};
 
 use super::device::{place, UploadBar};
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
@@ -65,6 +68,64 @@ pub struct RunArgs {
     /// With no --model: download the default model for this machine without asking.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// The answer is JSON valid against this schema (a file, or the schema itself); one
+    /// line, `", "` and `": "` separators unless the schema's `x-guidance` says otherwise.
+    #[arg(long, value_name = "FILE|JSON", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// The whole answer matches this regular expression (Rust regex syntax).
+    #[arg(long, value_name = "RE", group = "constraint")]
+    pub regex: Option<String>,
+    /// The answer is exactly one of these comma-separated strings (each trimmed).
+    #[arg(long, value_name = "A,B,C", group = "constraint")]
+    pub choice: Option<String>,
+    /// The answer follows this Lark grammar (llguidance's dialect).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<std::path::PathBuf>,
+}
+
+/// The structured-output flag given, and its constraint.
+fn constraint(a: &RunArgs) -> anyhow::Result<Option<(&'static str, Constraint)>> {
+    if let Some(v) = &a.json_schema {
+        let flag = "--json-schema";
+        let inline = v.trim_start();
+        let (text, origin) = if inline.starts_with('{') || inline == "true" || inline == "false" {
+            (v.clone(), String::new())
+        } else {
+            let text = std::fs::read_to_string(v)
+                .map_err(|e| usage(format!("{flag}: cannot read {v}: {e}")))?;
+            (text, format!(" {v}"))
+        };
+        let schema = serde_json::from_str(&text)
+            .map_err(|e| usage(format!("{flag}{origin}: not JSON: {e}")))?;
+        return Ok(Some((flag, Constraint::JsonSchema(schema))));
+    }
+    if let Some(rx) = &a.regex {
+        return Ok(Some(("--regex", Constraint::Regex(rx.clone()))));
+    }
+    if let Some(c) = &a.choice {
+        let items = c.split(',').map(|s| s.trim().to_string()).collect();
+        return Ok(Some(("--choice", Constraint::Choice(items))));
+    }
+    if let Some(p) = &a.grammar {
+        let src = std::fs::read_to_string(p)
+            .map_err(|e| usage(format!("--grammar: cannot read {}: {e}", p.display())))?;
+        return Ok(Some(("--grammar", Constraint::Lark(src))));
+    }
+    Ok(None)
+}
+
+/// Why a constrained answer stopped short of its grammar, for the one-line error.
+fn cut_short(flag: &str, d: &Done, max_tokens: usize) -> String {
+    let by = match d.finish_reason {
+        FinishReason::Length if d.usage.completion_tokens >= max_tokens => {
+            format!("--max-tokens {max_tokens} cut the answer")
+        }
+        FinishReason::Length => "the context length cut the answer".into(),
+        FinishReason::StopString => "a --stop string cut the answer".into(),
+        FinishReason::Cancelled => "the answer was cancelled".into(),
+        _ => "the answer ended".into(),
+    };
+    format!("{by} before it completed the {flag} constraint (stdout holds what was written)")
 }
 
 struct CancelOnDrop(Controls);
@@ -111,9 +172,28 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         super::pull::Missing::PickDefault { yes: a.yes },
     )?
     .path;
+    let constraint = constraint(&a)?;
     let t_load = Instant::now();
     let folder = nemo::model::ModelFolder::open(&dir)?;
     let cache = a.model.cache_config(folder.model.weight_dtype())?;
+    // A constraint that does not compile for this model is a usage error, found before
+    // the weights go anywhere; the vocabulary built for the check serves the request.
+    let vocabulary = match &constraint {
+        Some((flag, c)) => {
+            let v = std::sync::Arc::new(Vocabulary::from_tokenizer(
+                &folder.tokenizer,
+                folder.model.vocab_size(),
+                &folder.eos_token_ids,
+            )?);
+            let named = |e: GrammarError| match e {
+                GrammarError::Invalid { msg, .. } => usage(format!("{flag}: {msg}")),
+                other => anyhow::anyhow!(other),
+            };
+            Guide::new(v.clone(), &Grammar::from_constraint(c).map_err(named)?).map_err(named)?;
+            Some(v)
+        }
+        None => None,
+    };
 
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
@@ -133,7 +213,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let device_name = placed.device;
-    let engine = Engine::spawn(placed.session);
+    let mut session = placed.session;
+    if let Some(v) = vocabulary {
+        session.set_vocabulary(v);
+    }
+    let engine = Engine::spawn(session);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::system(s.clone()));
@@ -153,6 +237,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     req.sampling = sampling;
     req.max_tokens = a.max_tokens;
     req.stop = a.stop.clone();
+    req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
     {
         let c = req.controls().clone();
         // A second Ctrl+C after the first one is ignored here; the loop stops within a token.
@@ -203,6 +288,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     writeln!(out)?;
                 }
                 out.flush()?;
+                if let (Some((flag, _)), Some(c)) = (&constraint, &d.constraint) {
+                    if !c.complete {
+                        return Err(anyhow::anyhow!(cut_short(flag, &d, a.max_tokens)));
+                    }
+                }
                 if d.finish_reason == FinishReason::Cancelled {
                     return Err(Interrupted.into());
                 }
