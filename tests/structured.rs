@@ -559,3 +559,53 @@ fn smollm2_fills_a_forced_get_weather_call_with_paris() {
         assert_eq!(calls[0].1, json!({"city": "Paris"}), "{content:?}");
     }
 }
+
+#[test]
+fn bench_json_schema_compares_decode_with_and_without_the_grammar() {
+    let schema = common::root().join("benches/person.schema.json");
+    let out = nemo(&[
+        "bench",
+        "--shape",
+        "tiny",
+        "--json-schema",
+        &schema.display().to_string(),
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "24",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vocab_size"], json!(4096), "{v}");
+    assert_eq!(v["vocabulary"]["source"], json!("synthetic"), "{v}");
+    for mode in ["plain", "masked", "fast_forward"] {
+        assert!(
+            v["decode_tokens_per_s"][mode].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+    }
+    let (p50, p99) = (
+        v["grammar_ms_p50"].as_f64().unwrap(),
+        v["grammar_ms_p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{v}");
+    // A schema that does not compile is a usage error naming the flag.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), r#"{"type": "nonsense"}"#).unwrap();
+    let out = nemo(&[
+        "bench",
+        "--shape",
+        "tiny",
+        "--json-schema",
+        &bad.path().display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--json-schema"),
+        "{}",
+        text(&out.stderr)
+    );
+}
