@@ -141,6 +141,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.max_tokens == 0 {
         return Err(usage("--max-tokens must be at least 1"));
     }
+    let constraint = constraint(&a)?;
     let prompt = if a.prompt.is_empty() {
         let stdin = std::io::stdin();
         if stdin.is_terminal() {
@@ -172,7 +173,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         super::pull::Missing::PickDefault { yes: a.yes },
     )?
     .path;
-    let constraint = constraint(&a)?;
     let t_load = Instant::now();
     let folder = nemo::model::ModelFolder::open(&dir)?;
     let cache = a.model.cache_config(folder.model.weight_dtype())?;

@@ -474,7 +474,9 @@ impl Session {
                 break FinishReason::Cancelled;
             }
             // The grammar holds the answer, never the reasoning (engine::grammar).
-            let held = guide.as_mut().filter(|_| !thinking.in_reasoning());
+            let held = guide
+                .as_mut()
+                .filter(|g| g.started() || !thinking.in_reasoning());
             if held.as_ref().map(|g| g.done()).transpose()? == Some(true) {
                 break FinishReason::Stop;
             }
@@ -538,7 +540,9 @@ impl Session {
                         banned.extend(&self.eos);
                     }
                     let step = std::mem::replace(&mut logits, StepLogits::Host(Vec::new()));
-                    let mut held = guide.as_mut().filter(|_| !thinking.in_reasoning());
+                    let mut held = guide
+                        .as_mut()
+                        .filter(|g| g.started() || !thinking.in_reasoning());
                     if let Some(g) = held.as_mut() {
                         if matches!(step, StepLogits::Device) && self.runner.can_draw() {
                             g.host_step();

@@ -167,6 +167,8 @@ pub struct Guide {
     step_s: Vec<f64>,
     forced_tokens: usize,
     host_steps: usize,
+    /// The answer has begun under this grammar (see `started`).
+    started: bool,
 }
 
 impl std::fmt::Debug for Guide {
@@ -203,6 +205,7 @@ impl Guide {
             step_s: Vec::new(),
             forced_tokens: 0,
             host_steps: 0,
+            started: false,
         })
     }
 
@@ -231,6 +234,7 @@ impl Guide {
     /// The tokens the grammar forces next (fast-forward; empty when the model has a
     /// choice). Not consumed: feed them, then `consume` what was fed.
     pub fn forced(&mut self) -> Result<Vec<u32>, GrammarError> {
+        self.started = true;
         let t = Instant::now();
         let ff = self.matcher.compute_ff_tokens();
         self.pending_s += t.elapsed().as_secs_f64();
@@ -240,6 +244,7 @@ impl Guide {
 
     /// The tokens allowed next, a bitset in `Sampler::sample_masked`'s layout.
     pub fn mask(&mut self) -> Result<&[u32], GrammarError> {
+        self.started = true;
         let t = Instant::now();
         let m = self.matcher.compute_mask();
         self.step_s.push(self.pending_s + t.elapsed().as_secs_f64());
@@ -255,6 +260,7 @@ impl Guide {
 
     /// `ids` were emitted (drawn under the mask, or forced and fed).
     pub fn consume(&mut self, ids: &[u32], forced: bool) -> Result<(), GrammarError> {
+        self.started = true;
         let t = Instant::now();
         let r = self.matcher.consume_tokens(ids);
         self.pending_s += t.elapsed().as_secs_f64();
@@ -262,6 +268,12 @@ impl Guide {
             self.forced_tokens += ids.len();
         }
         r.map_err(|e| GrammarError::Matcher(vocab::one_line(&e.to_string())))
+    }
+
+    /// The answer has begun under the grammar: from then on it holds every token, even
+    /// if the text looks like a `<think>` tag to the reasoning parser.
+    pub fn started(&self) -> bool {
+        self.started
     }
 
     /// A masked draw was made on the host by a runner that draws on the device otherwise.
