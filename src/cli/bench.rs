@@ -27,6 +27,7 @@ use super::{usage, ModelArgs};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod grammar;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// (alone when neither --model nor --shape is given).
     #[arg(long)]
     pub copy_bandwidth: bool,
+    /// Decode under this JSON schema too (llguidance): tok/s with and without the mask,
+    /// the grammar's time per token (p50/p99); a --shape uses a synthetic vocabulary.
+    #[arg(long, value_name = "FILE", conflicts_with = "copy_bandwidth")]
+    pub json_schema: Option<PathBuf>,
 }
 
 fn shape_help() -> String {
@@ -94,6 +99,9 @@ impl Run {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.json_schema.is_some() {
+        return grammar::run(&a);
+    }
     #[cfg(feature = "cuda")]
     if a.model.device == "cuda" {
         return cuda::run(&a);

@@ -3,6 +3,7 @@
 //! `protocol::{Request, Event}`.
 
 pub mod detokenizer;
+pub mod grammar;
 pub mod prompt;
 pub mod runner;
 pub mod sampler;
@@ -43,6 +44,9 @@ pub enum EngineError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// Constrained decoding: a grammar that does not compile, or a matcher failure.
+    #[error(transparent)]
+    Grammar(#[from] grammar::GrammarError),
     /// The GPU model or its session (`model::cuda`; in a build without the `cuda`
     /// feature, only "this build has no CUDA support").
     #[error(transparent)]
