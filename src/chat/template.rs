@@ -205,20 +205,10 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compiles `source`; a syntax error is reported here with its line. Where templates
-    /// render in a helper process, it compiles there first, under a memory cap and a time
-    /// limit (`template_sandbox::check_compile`: minijinja folds constants while compiling).
-    pub fn new(
-        source: &str,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self, TemplateError> {
-        super::template_sandbox::check_compile(source)?;
-        Self::compile(source, bos_token, eos_token)
-    }
-
     /// Compiles `source` in this process, unchecked: for built-in templates and in the
-    /// helper process.
+    /// helper process. A template that came with a model goes through
+    /// [`ChatTemplate::new`] instead (in `template_sandbox`: it compiles in a helper process
+    /// first).
     pub fn compile(
         source: &str,
         bos_token: Option<String>,

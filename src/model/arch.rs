@@ -2,7 +2,8 @@
 
 use super::llama::Llama;
 use super::memory::RunBytes;
-use super::nemotron_h::{Logits, NemotronH};
+use super::lm_head::Logits;
+use super::nemotron_h::NemotronH;
 use super::ModelError;
 use crate::backend::DType;
 use crate::state::{CacheConfig, SequenceState};

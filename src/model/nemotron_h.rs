@@ -7,6 +7,7 @@
 
 use super::attention::Attention;
 use super::config::{LayerKind, NemotronHConfig};
+use super::lm_head::Logits;
 use super::mamba2::Mamba2;
 use super::mlp::Mlp;
 use super::moe::Moe;
@@ -27,14 +28,6 @@ pub(crate) struct Block {
     /// The pre-norm weight, `[hidden]`.
     pub(crate) norm: Vec<f32>,
     pub(crate) mixer: Mixer,
-}
-
-/// Which positions' logits a forward call returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    None,
-    Last,
-    All,
 }
 
 pub struct NemotronH {
