@@ -176,15 +176,7 @@ mod gpu {
 
     /// Pseudo-random ids below `vocab`.
     fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % vocab as u64) as u32
-            })
-            .collect()
+        nemo::model::synthetic::token_ids(seed | 1, n, vocab)
     }
 
     #[test]

@@ -322,17 +322,9 @@ fn check_fits(
     ))
 }
 
-/// Deterministic pseudo-random ids below `vocab` (xorshift64).
+/// Deterministic pseudo-random ids below `vocab`.
 fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % vocab.max(1) as u64) as u32
-        })
-        .collect()
+    nemo::model::synthetic::token_ids(0x2545_F491_4F6C_DD1D, n, vocab)
 }
 
 /// First index of the largest logit (NaN never wins).
