@@ -13,7 +13,7 @@ use super::weights::{Tensor, WeightStore};
 use super::{shown, ModelError};
 use crate::backend::cpu::{matmul, matmul_many, ops};
 use crate::backend::DType;
-use crate::state::{CacheConfig, KvCache, LayerState, SequenceState};
+use crate::state::{CacheConfig, LayerShape, LayerState, SequenceState};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -435,20 +435,11 @@ impl Llama {
 
     pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
         let c = &self.config;
-        let layers = (0..c.num_hidden_layers)
-            .map(|_| {
-                LayerState::Attention(KvCache::new(
-                    cache.kv_dtype,
-                    c.num_key_value_heads,
-                    c.head_dim,
-                ))
-            })
-            .collect();
-        SequenceState {
-            layers,
-            len: 0,
-            cache,
-        }
+        let attention = LayerShape::Attention {
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        SequenceState::new(vec![attention; c.num_hidden_layers], cache)
     }
 
     pub fn forward(

@@ -73,6 +73,25 @@ pub struct SequenceState {
     pub cache: CacheConfig,
 }
 
+/// What one layer of a model keeps between tokens, with the sizes its state needs: the
+/// model's side of [`SequenceState::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerShape {
+    /// A Mamba2 mixer: a conv window of `conv_kernel - 1` inputs of `conv_dim` channels and
+    /// an SSM state `[heads, head_dim, d_state]`.
+    Mamba {
+        conv_dim: usize,
+        conv_kernel: usize,
+        heads: usize,
+        head_dim: usize,
+        d_state: usize,
+    },
+    /// An attention layer: a KV cache of `kv_heads` heads of `head_dim`.
+    Attention { kv_heads: usize, head_dim: usize },
+    /// MLP and MoE layers keep nothing.
+    Stateless,
+}
+
 /// What `SequenceState::restore` needs: the Mamba states (copied) and the length.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -87,6 +106,38 @@ impl Snapshot {
 }
 
 impl SequenceState {
+    /// The empty sequence of a model whose layers are `layers`, in `cache`'s dtypes.
+    pub fn new(layers: impl IntoIterator<Item = LayerShape>, cache: CacheConfig) -> Self {
+        let layers = layers
+            .into_iter()
+            .map(|shape| match shape {
+                LayerShape::Mamba {
+                    conv_dim,
+                    conv_kernel,
+                    heads,
+                    head_dim,
+                    d_state,
+                } => LayerState::Mamba(MambaState::new(
+                    conv_dim,
+                    conv_kernel,
+                    heads,
+                    head_dim,
+                    d_state,
+                    cache.ssm_dtype,
+                )),
+                LayerShape::Attention { kv_heads, head_dim } => {
+                    LayerState::Attention(KvCache::new(cache.kv_dtype, kv_heads, head_dim))
+                }
+                LayerShape::Stateless => LayerState::Stateless,
+            })
+            .collect();
+        SequenceState {
+            layers,
+            len: 0,
+            cache,
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             mamba: self
