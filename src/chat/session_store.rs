@@ -34,6 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use time::OffsetDateTime;
 
 use super::model_identity::{file_kind, open_regular};
 use crate::protocol::Message;
@@ -722,10 +723,16 @@ pub fn new_id() -> String {
             *last
         }
     };
-    let c = Civil::from_unix_ms(ms);
+    let t = utc_from_unix_ms(ms);
     format!(
         "{:04}{:02}{:02}-{:02}{:02}{:02}-{:03}",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
@@ -737,10 +744,16 @@ pub fn now_rfc3339() -> String {
 /// `t` as RFC 3339 UTC with milliseconds, e.g. `2025-01-31T09:05:00.123Z`. Times before
 /// 1970 are shown as the epoch.
 pub fn format_rfc3339(t: SystemTime) -> String {
-    let c = Civil::from_unix_ms(unix_ms(t));
+    let t = utc_from_unix_ms(unix_ms(t));
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
@@ -750,42 +763,10 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    millis: u64,
-}
-
-impl Civil {
-    /// Proleptic Gregorian date from Unix milliseconds, after Howard Hinnant's
-    /// `civil_from_days` (https://howardhinnant.github.io/date_algorithms.html).
-    fn from_unix_ms(ms: u64) -> Civil {
-        let secs = ms / 1000;
-        let days = (secs / 86_400) as i64;
-        let sod = secs % 86_400;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Civil {
-            year,
-            month,
-            day,
-            hour: sod / 3600,
-            minute: sod % 3600 / 60,
-            second: sod % 60,
-            millis: ms % 1000,
-        }
-    }
+/// The calendar date and time (UTC) of `ms` milliseconds after the Unix epoch.
+fn utc_from_unix_ms(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The session as a Markdown document: title, model, sampling and thinking settings, then

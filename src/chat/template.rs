@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
+use time::OffsetDateTime;
 
 use crate::protocol::Message;
 
@@ -405,44 +406,14 @@ fn strftime_now(format: String) -> String {
     strftime_utc(&format, secs)
 }
 
-/// A small `strftime` for a UTC timestamp (seconds since the epoch).
+/// A small `strftime` for a UTC timestamp (seconds since the epoch); a time past the
+/// `time` crate's range (±9999 years) is shown as the epoch.
 fn strftime_utc(format: &str, unix_secs: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let secs_of_day = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (
-        secs_of_day / 3600,
-        (secs_of_day / 60) % 60,
-        secs_of_day % 60,
-    );
-    // 1970-01-01 was a Thursday (index 3 with Monday = 0).
-    let weekday = (days + 3).rem_euclid(7) as usize;
-    let yday = days - days_from_civil(year, 1, 1) + 1;
-    let month_name = MONTHS[(month - 1) as usize];
-    let day_name = DAYS[weekday];
+    let t = OffsetDateTime::from_unix_timestamp(unix_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
+    let (hour, minute, second) = (t.hour(), t.minute(), t.second());
+    let month_name = t.month().to_string();
+    let day_name = t.weekday().to_string();
     let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
 
     let mut out = String::with_capacity(format.len() + 16);
@@ -463,11 +434,11 @@ fn strftime_utc(format: &str, unix_secs: i64) -> String {
             Some('M') => out.push_str(&format!("{minute:02}")),
             Some('S') => out.push_str(&format!("{second:02}")),
             Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('B') => out.push_str(month_name),
+            Some('B') => out.push_str(&month_name),
             Some('b') | Some('h') => out.push_str(&month_name[..3]),
-            Some('A') => out.push_str(day_name),
+            Some('A') => out.push_str(&day_name),
             Some('a') => out.push_str(&day_name[..3]),
-            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('j') => out.push_str(&format!("{:03}", t.ordinal())),
             Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
             Some('T') => out.push_str(&format!("{hour:02}:{minute:02}:{second:02}")),
             Some('Z') => out.push_str("UTC"),
@@ -481,31 +452,6 @@ fn strftime_utc(format: &str, unix_secs: i64) -> String {
         }
     }
     out
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// (year, month, day) to days since 1970-01-01; Howard Hinnant's `days_from_civil`.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Python `json.dumps` layout options, as transformers' `tojson` passes them.
