@@ -32,6 +32,7 @@ use thiserror::Error;
 use crate::agent::policy::ApprovalMode;
 use crate::agent::user_tools::{UserTool, UserToolConfig};
 use crate::agent::Sandbox;
+use crate::backend::DType;
 use crate::protocol::{Budget, SamplingParams};
 
 /// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
@@ -53,8 +54,8 @@ pub struct Config {
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
     pub max_tokens: Option<usize>,
-    pub kv_cache_dtype: Option<String>,
-    pub mamba_ssm_cache_dtype: Option<String>,
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+    pub mamba_ssm_cache_dtype: Option<SsmCacheDtype>,
     pub threads: Option<usize>,
     pub show_reasoning: Option<bool>,
     /// Tool approvals in `nemo chat`: `"ask"`, `"read-only"` or `"auto"` (`nemo run` never
@@ -144,6 +145,110 @@ impl McpConfig {
     }
 }
 
+/// `--kv-cache-dtype` / `kv_cache_dtype`: the attention KV cache's dtype, or `auto`,
+/// which follows the weights ([`KvCacheDtype::resolve`]).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheDtype {
+    #[default]
+    Auto,
+    #[value(alias = "float32")]
+    #[serde(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    #[serde(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    #[serde(alias = "float16")]
+    F16,
+    #[value(name = "fp8_e4m3", alias = "fp8")]
+    #[serde(alias = "fp8")]
+    Fp8E4m3,
+    #[value(name = "fp8_e5m2")]
+    Fp8E5m2,
+}
+
+impl KvCacheDtype {
+    /// The dtype for weights of `weights`: `auto` is bf16 for FP8 weights, f16 for
+    /// block-quantized GGUF weights (llama.cpp's default KV type), else the weights' own.
+    pub fn resolve(self, weights: DType) -> DType {
+        match self {
+            KvCacheDtype::Auto => match weights {
+                DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
+                d if d.is_quantized() => DType::F16,
+                d => d,
+            },
+            KvCacheDtype::F32 => DType::F32,
+            KvCacheDtype::Bf16 => DType::BF16,
+            KvCacheDtype::F16 => DType::F16,
+            KvCacheDtype::Fp8E4m3 => DType::F8E4M3,
+            KvCacheDtype::Fp8E5m2 => DType::F8E5M2,
+        }
+    }
+}
+
+/// `--mamba-ssm-cache-dtype` / `mamba_ssm_cache_dtype`: the SSM state's dtype (vLLM's
+/// `mamba_ssm_cache_dtype`); the conv window is always f32.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SsmCacheDtype {
+    #[default]
+    #[value(alias = "float32")]
+    #[serde(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    #[serde(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    #[serde(alias = "float16")]
+    F16,
+}
+
+impl SsmCacheDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            SsmCacheDtype::F32 => DType::F32,
+            SsmCacheDtype::Bf16 => DType::BF16,
+            SsmCacheDtype::F16 => DType::F16,
+        }
+    }
+}
+
+/// The flag's spelling of a value (`fp8_e4m3`), for the two dtype choices above.
+macro_rules! value_enum_text {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match clap::ValueEnum::to_possible_value(self) {
+                    Some(v) => f.write_str(v.get_name()),
+                    None => write!(f, "{self:?}"),
+                }
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$t as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+                    let names: Vec<String> = <$t as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .filter_map(clap::ValueEnum::to_possible_value)
+                        .map(|v| v.get_name().to_string())
+                        .collect();
+                    format!("`{s}` is not one of {}", names.join(", "))
+                })
+            }
+        }
+    };
+}
+value_enum_text!(KvCacheDtype);
+value_enum_text!(SsmCacheDtype);
+
 /// Calls `$m!(field, "ENV_SUFFIX", kind)` for every key; `kind` picks the env parser.
 macro_rules! for_each_key {
     ($m:ident) => {
@@ -157,8 +262,8 @@ macro_rules! for_each_key {
         $m!(min_p, "MIN_P", sampling);
         $m!(seed, "SEED", number);
         $m!(max_tokens, "MAX_TOKENS", number);
-        $m!(kv_cache_dtype, "KV_CACHE_DTYPE", string);
-        $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", string);
+        $m!(kv_cache_dtype, "KV_CACHE_DTYPE", parsed);
+        $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", parsed);
         $m!(threads, "THREADS", number);
         $m!(show_reasoning, "SHOW_REASONING", bool);
         $m!(approval, "APPROVAL", parsed);
@@ -567,7 +672,7 @@ show_reasoning = true
         assert_eq!(c.seed, Some(7));
         assert_eq!(c.threads, Some(8));
         assert_eq!(c.show_reasoning, Some(true));
-        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("f32"));
+        assert_eq!(c.mamba_ssm_cache_dtype, Some(SsmCacheDtype::F32));
     }
 
     #[test]
@@ -641,7 +746,7 @@ show_reasoning = true
         assert_eq!(c.temperature, Some(0.7));
         assert_eq!(c.think, Some(false));
         assert_eq!(c.budget, Some(Budget::Unlimited));
-        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("bf16"));
+        assert_eq!(c.mamba_ssm_cache_dtype, Some(SsmCacheDtype::Bf16));
         assert_eq!(
             c.model.as_deref(),
             Some("file-model"),

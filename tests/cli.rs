@@ -577,8 +577,11 @@ fn engine_text(dir: &Path, kv: &str, ssm: &str, seed: u64) -> String {
     use nemo::protocol::{Event, Message, Request, SamplingParams, ThinkingOptions};
     let folder = nemo::model::ModelFolder::open(dir).unwrap();
     let cache = nemo::state::CacheConfig {
-        kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
-        ssm_dtype: nemo::state::parse_ssm_dtype(ssm).unwrap(),
+        kv_dtype: kv
+            .parse::<nemo::config::KvCacheDtype>()
+            .unwrap()
+            .resolve(folder.model.weight_dtype()),
+        ssm_dtype: ssm.parse::<nemo::config::SsmCacheDtype>().unwrap().dtype(),
     };
     let mut s = Session::new(
         &folder,
@@ -709,7 +712,10 @@ fn debug_logits_follow_the_kv_cache_dtype_flag() {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
         let cache = nemo::state::CacheConfig {
-            kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
+            kv_dtype: kv
+            .parse::<nemo::config::KvCacheDtype>()
+            .unwrap()
+            .resolve(folder.model.weight_dtype()),
             ..Default::default()
         };
         let mut state = folder.model.new_state(cache);

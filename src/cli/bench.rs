@@ -142,7 +142,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } = &source
     {
         let cfg = synthetic::shape(name, *layers)?;
-        let run = RunBytes::nemotron_h(&cfg, a.model.cache_config(*dtype)?);
+        let run = RunBytes::nemotron_h(&cfg, a.model.cache_config(*dtype));
         check_fits(
             &a,
             synthetic::weight_bytes(&cfg, *dtype),
@@ -184,7 +184,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let load_s = load_start.elapsed().as_secs_f64();
 
-    let cache = a.model.cache_config(model.weight_dtype())?;
+    let cache = a.model.cache_config(model.weight_dtype());
     if let Source::Folder(_) = &source {
         // The weights are mapped, not allocated; what the run adds is checked.
         check_fits(&a, 0, model.run_bytes(cache), memory::available())?;

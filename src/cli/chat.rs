@@ -36,6 +36,7 @@ use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
+use nemo::config::{KvCacheDtype, SsmCacheDtype};
 use nemo::tui::app::{App, ModelInfo};
 use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};
@@ -350,20 +351,21 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         }
         Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
     };
+    // config.toml's dtypes apply unless the flag gives another than its default.
     let cache = ModelArgs {
-        kv_cache_dtype: cfg
-            .kv_cache_dtype
-            .clone()
-            .filter(|_| a.model.kv_cache_dtype == "auto")
-            .unwrap_or(a.model.kv_cache_dtype.clone()),
-        mamba_ssm_cache_dtype: cfg
-            .mamba_ssm_cache_dtype
-            .clone()
-            .filter(|_| a.model.mamba_ssm_cache_dtype == "f32")
-            .unwrap_or(a.model.mamba_ssm_cache_dtype.clone()),
+        kv_cache_dtype: match a.model.kv_cache_dtype {
+            None | Some(KvCacheDtype::Auto) => cfg.kv_cache_dtype.or(a.model.kv_cache_dtype),
+            flag => flag,
+        },
+        mamba_ssm_cache_dtype: match a.model.mamba_ssm_cache_dtype {
+            None | Some(SsmCacheDtype::F32) => {
+                cfg.mamba_ssm_cache_dtype.or(a.model.mamba_ssm_cache_dtype)
+            }
+            flag => flag,
+        },
         ..a.model.clone()
     }
-    .cache_config(folder.model.weight_dtype())?;
+    .cache_config(folder.model.weight_dtype());
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     // Layers: generation_config.json < config.toml / NEMO_* < flags.

@@ -260,7 +260,7 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
         ));
     }
     let folder = a.model.load()?;
-    let cache = a.model.cache_config(folder.model.weight_dtype())?;
+    let cache = a.model.cache_config(folder.model.weight_dtype());
     let mut state = folder.model.new_state(cache);
     let out = folder.model.forward(
         &tokens,

@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
 
 use nemo::backend::DType;
 use nemo::model::ModelFolder;
-use nemo::state::{parse_kv_dtype, parse_ssm_dtype, CacheConfig};
+use nemo::config::{KvCacheDtype, SsmCacheDtype};
+use nemo::state::CacheConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,12 +62,12 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(long, env = "NEMO_THREADS")]
     pub threads: Option<usize>,
-    /// KV cache dtype: auto | f32 | bf16 | f16 | fp8_e4m3 | fp8_e5m2.
-    #[arg(long, default_value = "auto", env = "NEMO_KV_CACHE_DTYPE")]
-    pub kv_cache_dtype: String,
-    /// Mamba SSM state dtype: f32 | f16 | bf16.
-    #[arg(long, default_value = "f32", env = "NEMO_MAMBA_SSM_CACHE_DTYPE")]
-    pub mamba_ssm_cache_dtype: String,
+    /// KV cache dtype (default auto: follows the weights).
+    #[arg(long, value_enum, env = "NEMO_KV_CACHE_DTYPE")]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+    /// Mamba SSM state dtype (default f32).
+    #[arg(long, value_enum, env = "NEMO_MAMBA_SSM_CACHE_DTYPE")]
+    pub mamba_ssm_cache_dtype: Option<SsmCacheDtype>,
     /// Where to run: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda.
     #[arg(long, default_value = "auto", env = "NEMO_DEVICE")]
     pub device: String,
@@ -221,23 +222,12 @@ impl ModelArgs {
         }
     }
 
-    pub fn cache_config(&self, weights: DType) -> anyhow::Result<CacheConfig> {
-        let kv = parse_kv_dtype(&self.kv_cache_dtype, weights).ok_or_else(|| {
-            usage(format!(
-                "--kv-cache-dtype: `{}` is not one of auto, f32, bf16, f16, fp8_e4m3, fp8_e5m2",
-                self.kv_cache_dtype
-            ))
-        })?;
-        let ssm = parse_ssm_dtype(&self.mamba_ssm_cache_dtype).ok_or_else(|| {
-            usage(format!(
-                "--mamba-ssm-cache-dtype: `{}` is not one of f32, f16, bf16",
-                self.mamba_ssm_cache_dtype
-            ))
-        })?;
-        Ok(CacheConfig {
-            ssm_dtype: ssm,
-            kv_dtype: kv,
-        })
+    /// The caches' dtypes for weights of `weights` (unset flags take their defaults).
+    pub fn cache_config(&self, weights: DType) -> CacheConfig {
+        CacheConfig {
+            ssm_dtype: self.mamba_ssm_cache_dtype.unwrap_or_default().dtype(),
+            kv_dtype: self.kv_cache_dtype.unwrap_or_default().resolve(weights),
+        }
     }
 
     /// `--model` as a path to open (pulled from the hub if needed); required here.

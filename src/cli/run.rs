@@ -221,7 +221,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             )?
             .path;
             let folder = nemo::model::ModelFolder::open(&dir)?;
-            let cache = model_args.cache_config(folder.model.weight_dtype())?;
+            let cache = model_args.cache_config(folder.model.weight_dtype());
             // A constraint that does not compile for this model is a usage error, found
             // before the weights go anywhere; the vocabulary built for the check serves
             // the request.

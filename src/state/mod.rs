@@ -31,34 +31,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// `--kv-cache-dtype` values: `auto` follows the weights (f16 for block-quantized GGUF
-/// weights, llama.cpp's default KV type).
-pub fn parse_kv_dtype(s: &str, weights: DType) -> Option<DType> {
-    match s {
-        "auto" => Some(match weights {
-            DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        }),
-        "f32" | "float32" => Some(DType::F32),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        "f16" | "float16" => Some(DType::F16),
-        "fp8_e4m3" | "fp8" => Some(DType::F8E4M3),
-        "fp8_e5m2" => Some(DType::F8E5M2),
-        _ => None,
-    }
-}
-
-/// `--mamba-ssm-cache-dtype` values.
-pub fn parse_ssm_dtype(s: &str) -> Option<DType> {
-    match s {
-        "f32" | "float32" => Some(DType::F32),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        "f16" | "float16" => Some(DType::F16),
-        _ => None,
-    }
-}
-
 #[derive(Clone, Debug)]
 pub enum LayerState {
     Mamba(MambaState),

@@ -170,7 +170,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     gpu.sync()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let model = Arc::new(model);
-    let cache = a.model.cache_config(weight_dtype)?;
+    let cache = a.model.cache_config(weight_dtype);
     let ctx_limit = model.config.max_position_embeddings.max(1);
     let prompts: Vec<usize> = PROMPTS
         .iter()

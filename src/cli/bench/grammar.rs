@@ -145,7 +145,7 @@ pub(super) fn run(a: &BenchArgs) -> anyhow::Result<()> {
     Guide::new(vocab.clone(), &grammar).map_err(named)?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let cache = a.model.cache_config(model.weight_dtype())?;
+    let cache = a.model.cache_config(model.weight_dtype());
     let mut state = model.new_state(cache);
     let prompt = prompt_ids(a.prompt_tokens, model.vocab_size());
     let mut runs: Vec<(Mode, Decode)> = Vec::new();
