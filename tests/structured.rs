@@ -516,15 +516,15 @@ fn forced_tokens_are_fed_through_the_model_before_the_next_draw() {
 }
 
 fn smollm2() -> Option<PathBuf> {
-    let Some(p) = std::env::var_os("NEMO_SMOLLM2_GGUF").map(PathBuf::from) else {
-        eprintln!("skipped: NEMO_SMOLLM2_GGUF is not set (see .ci/run)");
-        return None;
-    };
-    if !p.is_file() {
-        eprintln!("skipped: NEMO_SMOLLM2_GGUF={} is not a file", p.display());
-        return None;
+    match std::env::var_os("NEMO_SMOLLM2_GGUF").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        _ => {
+            common::skip::require_or_skip(
+                "NEMO_SMOLLM2_GGUF (the SmolLM2 GGUF) is not set to a file",
+            );
+            None
+        }
     }
-    Some(p)
 }
 
 #[test]

@@ -89,6 +89,7 @@ fn finish_reason_name(r: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::Cancelled => "cancelled",
         FinishReason::ToolCalls => "tool_calls",
+        FinishReason::MaxSteps => "max_steps",
     }
 }
 
@@ -1184,6 +1185,7 @@ mod tests {
             },
             reused_tokens: 6,
             thinking_forced: false,
+            steps: 1,
             constraint: None,
         };
         let st = TurnStats::from(&d);

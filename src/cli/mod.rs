@@ -11,6 +11,7 @@ mod list;
 mod pull;
 mod rm;
 mod run;
+mod tools;
 
 use std::path::PathBuf;
 

@@ -777,6 +777,14 @@ impl App {
 
     /// An event from the engine for the running request.
     pub fn handle_engine(&mut self, ev: Event) -> Vec<Effect> {
+        let ev = match ev {
+            Event::ContextFull(e) => Event::Error(e),
+            Event::Warning(w) => {
+                self.warn(w);
+                return vec![];
+            }
+            ev => ev,
+        };
         // A request the user stopped before it produced anything ends with an error
         // ("cancelled", e.g. from inside the template render): the turn is kept as
         // interrupted and saved, like one the engine was too slow to end.
@@ -804,7 +812,12 @@ impl App {
             }
             // The chat offers the model no tools yet, so no call, approval or result
             // reaches it.
-            Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
+            Event::ToolCall(_)
+            | Event::ApprovalNeeded(_)
+            | Event::ToolResult(_)
+            | Event::Warning(_)
+            | Event::ContextFull(_)
+            | Event::Step { .. } => {}
             Event::Reasoning(t) => {
                 turn.reasoning.push_str(&t);
             }

@@ -631,6 +631,7 @@ mod tests {
             },
             reused_tokens: 23,
             thinking_forced: false,
+            steps: 1,
             constraint: None,
         }));
         if let Some(t) = app.turns.last_mut() {
