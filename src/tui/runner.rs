@@ -20,7 +20,8 @@ use ratatui::Terminal;
 
 use super::app::{App, Effect, Overlay};
 use super::view;
-use crate::chat::session_store::{export_markdown, write_atomic, SessionStore, StoreError};
+use crate::chat::export::export_markdown;
+use crate::chat::session_store::{write_atomic, SessionStore, StoreError};
 use crate::engine::Engine;
 use crate::protocol::Event;
 
