@@ -147,9 +147,7 @@ impl McpConfig {
 
 /// `--kv-cache-dtype` / `kv_cache_dtype`: the attention KV cache's dtype, or `auto`,
 /// which follows the weights ([`KvCacheDtype::resolve`]).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum KvCacheDtype {
     #[default]
@@ -191,9 +189,7 @@ impl KvCacheDtype {
 
 /// `--mamba-ssm-cache-dtype` / `mamba_ssm_cache_dtype`: the SSM state's dtype (vLLM's
 /// `mamba_ssm_cache_dtype`); the conv window is always f32.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum SsmCacheDtype {
     #[default]

@@ -713,9 +713,9 @@ fn debug_logits_follow_the_kv_cache_dtype_flag() {
             .collect();
         let cache = nemo::state::CacheConfig {
             kv_dtype: kv
-            .parse::<nemo::config::KvCacheDtype>()
-            .unwrap()
-            .resolve(folder.model.weight_dtype()),
+                .parse::<nemo::config::KvCacheDtype>()
+                .unwrap()
+                .resolve(folder.model.weight_dtype()),
             ..Default::default()
         };
         let mut state = folder.model.new_state(cache);

@@ -32,11 +32,11 @@ use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
 use nemo::config::{Config, Paths};
+use nemo::config::{KvCacheDtype, SsmCacheDtype};
 use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
-use nemo::config::{KvCacheDtype, SsmCacheDtype};
 use nemo::tui::app::{App, ModelInfo};
 use nemo::tui::input::History;
 use nemo::tui::runner::{AppMsg, Runner};

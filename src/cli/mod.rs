@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use nemo::backend::DType;
-use nemo::model::ModelFolder;
 use nemo::config::{KvCacheDtype, SsmCacheDtype};
+use nemo::model::ModelFolder;
 use nemo::state::CacheConfig;
 
 #[derive(Parser, Debug)]

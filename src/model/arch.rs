@@ -1,8 +1,8 @@
 //! The architectures nemo runs, behind one type the engine and the commands use.
 
 use super::llama::Llama;
-use super::memory::RunBytes;
 use super::lm_head::Logits;
+use super::memory::RunBytes;
 use super::nemotron_h::NemotronH;
 use super::ModelError;
 use crate::backend::DType;

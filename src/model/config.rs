@@ -637,7 +637,9 @@ pub(crate) fn read_fields<T: DeserializeOwned>(
             else {
                 return Some((k.as_str(), v));
             };
-            let first = std::iter::once(key).chain(others.iter()).find(|s| present(s));
+            let first = std::iter::once(key)
+                .chain(others.iter())
+                .find(|s| present(s));
             (first.copied() == Some(k.as_str())).then_some((*key, v))
         });
     let de = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(fields);

@@ -159,7 +159,9 @@ impl LlamaConfig {
             .and_then(|p| p.get("rope_theta"))
             .filter(|t| !t.is_null() && f.rope_theta.is_none());
         let rope_theta = match theta_in_params {
-            Some(t) => check.positive("rope_theta", Some(check.number("rope_theta", t)?), 10000.0)?,
+            Some(t) => {
+                check.positive("rope_theta", Some(check.number("rope_theta", t)?), 10000.0)?
+            }
             None => check.positive("rope_theta", f.rope_theta, 10000.0)?,
         };
         check.ids_below("eos_token_id", &f.eos_token_id, f.vocab_size)?;
