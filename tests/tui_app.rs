@@ -18,7 +18,7 @@ use nemo::model::ModelFolder;
 use nemo::protocol::SamplingParams;
 use nemo::protocol::{Budget, ThinkingOptions};
 use nemo::tui::app::{App, Level, ModelInfo, Overlay};
-use nemo::tui::input::History;
+use nemo::tui::history::History;
 use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 

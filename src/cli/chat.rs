@@ -38,7 +38,7 @@ use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
 use nemo::tui::app::{App, ModelInfo};
-use nemo::tui::input::History;
+use nemo::tui::history::History;
 use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
 use super::commands::{self, Command, SetArg};
-use super::input::{History, InputAction, InputEditor};
+use super::history::History;
+use super::input::{InputAction, InputEditor};
 use super::theme::Theme;
 use crate::chat::session_store::{ModelIdentity, SessionFile, Turn, TurnStats};
 use crate::protocol::{Budget, Controls, Event, FinishReason, Message, Request, SamplingParams};

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod commands;
+pub mod history;
 pub mod input;
 pub mod markdown;
 pub mod runner;

@@ -544,7 +544,7 @@ mod tests {
     use crate::protocol::SamplingParams;
     use crate::protocol::{Done, Event, FinishReason, ThinkingOptions, Timings, Usage};
     use crate::tui::app::ModelInfo;
-    use crate::tui::input::History;
+    use crate::tui::history::History;
     use crate::tui::theme::Theme;
 
     fn app() -> App {
