@@ -19,6 +19,7 @@ use super::commands::{self, Command, SetArg};
 use super::history::History;
 use super::input::{InputAction, InputEditor};
 use super::theme::Theme;
+pub use super::turn::{TurnState, TurnView};
 use crate::chat::session_store::{ModelIdentity, SessionFile, Turn, TurnStats};
 use crate::protocol::{Budget, Controls, Event, FinishReason, Message, Request, SamplingParams};
 
@@ -36,44 +37,6 @@ pub struct ModelInfo {
     pub ssm_cache_dtype: String,
     /// The model's chat template has no thinking switch (e.g. SmolLM2): the slider says so.
     pub no_thinking_switch: bool,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum TurnState {
-    Streaming,
-    Done,
-    Interrupted,
-    Failed(String),
-}
-
-#[derive(Clone, Debug)]
-pub struct TurnView {
-    pub user: String,
-    pub reasoning: String,
-    pub answer: String,
-    pub state: TurnState,
-    pub stats: Option<TurnStats>,
-    /// Folded to one line once the answer starts; a key unfolds it.
-    pub reasoning_folded: bool,
-    pub reasoning_tokens: usize,
-    pub thinking_ms: Option<u64>,
-    pub thinking_forced: bool,
-}
-
-impl TurnView {
-    fn new(user: String) -> Self {
-        TurnView {
-            user,
-            reasoning: String::new(),
-            answer: String::new(),
-            state: TurnState::Streaming,
-            stats: None,
-            reasoning_folded: false,
-            reasoning_tokens: 0,
-            thinking_ms: None,
-            thinking_forced: false,
-        }
-    }
 }
 
 /// A request in flight.
@@ -176,13 +139,10 @@ pub struct App {
     /// The model this chat runs on: what `session.model` says from now on, and what a
     /// loaded session is checked against.
     pub loaded_model: ModelIdentity,
-    /// Set by the view: lines the transcript area shows (for paging).
+    /// Lines the transcript area showed at the last draw (for paging; `set_viewport`).
     pub viewport_height: usize,
     /// Completion popup selection.
     pub completion_index: usize,
-    /// Rendered answers per turn, keyed by (answer length, width): markdown and syntax
-    /// highlighting run once per change, not once per frame.
-    pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
 }
 
 /// "it ran on A, not on the loaded B": both models by short name; by path or identity
@@ -239,8 +199,14 @@ impl App {
             session,
             viewport_height: 20,
             completion_index: 0,
-            answer_cache: Vec::new(),
         }
+    }
+
+    /// What the last draw found (`view::draw`'s `Viewport`): the transcript's height, for
+    /// paging, and how far up it can scroll, which bounds `scroll_up`.
+    pub fn set_viewport(&mut self, height: usize, max_scroll: usize) {
+        self.viewport_height = height;
+        self.scroll_up = self.scroll_up.min(max_scroll);
     }
 
     /// Restores a saved session into the view. It goes on with the loaded model and is
@@ -252,16 +218,13 @@ impl App {
         self.turns = s
             .turns
             .iter()
-            .map(|t| TurnView {
-                user: t.user.clone(),
-                reasoning: t.reasoning.clone(),
-                answer: t.answer.clone(),
-                state: TurnState::Done,
-                stats: t.stats.clone(),
-                reasoning_folded: true,
-                reasoning_tokens: t.stats.as_ref().map(|s| s.reasoning_tokens).unwrap_or(0),
-                thinking_ms: None,
-                thinking_forced: false,
+            .map(|t| {
+                TurnView::restored(
+                    t.user.clone(),
+                    t.reasoning.clone(),
+                    t.answer.clone(),
+                    t.stats.clone(),
+                )
             })
             .collect();
         self.system = s.system.clone();

@@ -9,4 +9,5 @@ pub mod input;
 pub mod markdown;
 pub mod runner;
 pub mod theme;
+pub mod turn;
 pub mod view;

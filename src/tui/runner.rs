@@ -140,7 +140,6 @@ impl Runner {
                     Ok(s) => {
                         let n = s.turns.len();
                         let other_model = app.load_session(s);
-                        app.answer_cache.clear();
                         match other_model {
                             Some(w) => app.warn(format!("loaded `{name}` ({n} turns), but {w}")),
                             None => app.info(format!("loaded `{name}` ({n} turns)")),
@@ -241,7 +240,7 @@ impl Runner {
                 return Ok(());
             }
             if dirty && last_draw.elapsed() >= FRAME {
-                terminal.draw(|f| view::draw(f, app))?;
+                draw(terminal, app)?;
                 dirty = false;
                 last_draw = Instant::now();
             }
@@ -300,7 +299,7 @@ impl Runner {
             }
             self.tick(app);
         }
-        terminal.draw(|f| view::draw(f, app))?;
+        draw(terminal, app)?;
         Ok(())
     }
 
@@ -312,9 +311,18 @@ impl Runner {
         msg: AppMsg,
     ) -> std::io::Result<()> {
         self.handle(app, msg);
-        terminal.draw(|f| view::draw(f, app))?;
+        draw(terminal, app)?;
         Ok(())
     }
+}
+
+/// Draws `app` and hands it what the draw found (the transcript's height and scroll
+/// bound).
+fn draw<B: Backend>(terminal: &mut Terminal<B>, app: &mut App) -> std::io::Result<()> {
+    let mut viewport = view::Viewport::default();
+    terminal.draw(|f| viewport = view::draw(f, app))?;
+    app.set_viewport(viewport.height, viewport.max_scroll);
+    Ok(())
 }
 
 #[cfg(test)]
