@@ -542,7 +542,7 @@ impl App {
     }
 
     /// Completion candidates for the input, when it is a command being typed.
-    pub fn completions(&self) -> Vec<&'static commands::CommandSpec> {
+    pub fn completions(&self) -> Vec<commands::SlashCommand> {
         let t = self.input.text();
         if t.starts_with('/') && !t.contains(' ') && !t.contains('\n') {
             commands::complete(&t[1..])
@@ -663,11 +663,11 @@ impl App {
             }
             Tab => {
                 let c = self.completions();
-                if let Some(spec) = c.get(self.completion_index.min(c.len().saturating_sub(1))) {
-                    let text = if spec.args.is_empty() {
-                        format!("/{}", spec.name)
+                if let Some(command) = c.get(self.completion_index.min(c.len().saturating_sub(1))) {
+                    let text = if command.args().is_empty() {
+                        format!("/{}", command.name())
                     } else {
-                        format!("/{} ", spec.name)
+                        format!("/{} ", command.name())
                     };
                     self.input.set_text(&text);
                     self.completion_index = 0;
@@ -723,8 +723,11 @@ impl App {
             return None;
         }
         let c = commands::complete(&text[1..]);
-        let spec = c.get(self.completion_index.min(c.len().saturating_sub(1)))?;
-        spec.args.is_empty().then(|| format!("/{}", spec.name))
+        let command = c.get(self.completion_index.min(c.len().saturating_sub(1)))?;
+        command
+            .args()
+            .is_empty()
+            .then(|| format!("/{}", command.name()))
     }
 
     pub fn handle_paste(&mut self, text: &str) {

@@ -323,10 +323,10 @@ fn draw_completion(f: &mut Frame, app: &App, input: Rect) {
             };
             Line::from(vec![
                 Span::styled(
-                    format!("/{} {}", s.name, s.args),
+                    format!("/{} {}", s.name(), s.args()),
                     style.add_modifier(Modifier::BOLD),
                 ),
-                Span::styled(format!("  {}", s.help), style),
+                Span::styled(format!("  {}", s.help()), style),
             ])
         })
         .collect();
@@ -389,8 +389,8 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
     lines.push(Line::from(Span::styled("Commands", t.heading)));
     for s in commands::specs() {
         lines.push(Line::from(vec![
-            Span::styled(format!("  /{:<10} {:<14}", s.name, s.args), t.accent),
-            Span::raw(s.help),
+            Span::styled(format!("  /{:<10} {:<14}", s.name(), s.args()), t.accent),
+            Span::raw(s.help()),
         ]));
     }
     let r = centered(area, 90, lines.len() as u16 + 2);
