@@ -114,7 +114,10 @@ fn a_call_to_a_schema_file_tool_ends_the_turn_with_tool_calls() {
         let city = calls[0]["arguments"]["city"].as_str().unwrap();
         assert!(["Paris", "Oslo", "Lima"].contains(&city), "{m}: {city}");
         assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
-        assert!(of_kind(&evs, "tool_result").is_empty(), "nemo has no runner for it");
+        assert!(
+            of_kind(&evs, "tool_result").is_empty(),
+            "nemo has no runner for it"
+        );
         let done = of_kind(&evs, "done");
         assert_eq!(done.len(), 1);
         assert_eq!(done[0]["finish_reason"], "tool_calls", "{m}");
@@ -166,7 +169,10 @@ fn the_loop_runs_a_user_tool_and_the_next_step_feeds_only_what_it_added() {
         let finish = done[0]["finish_reason"].as_str().unwrap();
         // Later steps are `auto`: the model may call again, up to the limit.
         assert_eq!(o.status.success(), finish != "max_steps", "{m}: {finish}");
-        assert!(["stop", "length", "max_steps"].contains(&finish), "{m}: {finish}");
+        assert!(
+            ["stop", "length", "max_steps"].contains(&finish),
+            "{m}: {finish}"
+        );
 
         // The forced first call ran, and its result is the tool's real output.
         let call = of_kind(&evs, "tool_call")[0];
@@ -189,7 +195,10 @@ fn the_loop_runs_a_user_tool_and_the_next_step_feeds_only_what_it_added() {
         let p2 = steps[1]["usage"]["prompt_tokens"].as_u64().unwrap();
         let reused2 = steps[1]["reused_tokens"].as_u64().unwrap();
         assert!(p2 > p1, "{m}");
-        assert!(reused2 + 16 >= p1, "{m}: step 2 reused {reused2} of {p2}; step 1 had {p1}");
+        assert!(
+            reused2 + 16 >= p1,
+            "{m}: step 2 reused {reused2} of {p2}; step 1 had {p1}"
+        );
         let usage_sum: u64 = steps
             .iter()
             .map(|s| s["usage"]["completion_tokens"].as_u64().unwrap())
@@ -269,7 +278,12 @@ read_only = true
         "{evs:?}"
     );
     let steps = of_kind(&evs, "step");
-    assert_eq!(steps.len(), 2, "the step after the elision ran: {}", text(&o.stderr));
+    assert_eq!(
+        steps.len(),
+        2,
+        "the step after the elision ran: {}",
+        text(&o.stderr)
+    );
     assert!(steps[1]["usage"]["prompt_tokens"].as_u64().unwrap() < 1024);
 }
 
@@ -283,13 +297,25 @@ fn bad_tool_flags_exit_2_before_the_model_loads() {
     let bad_file = format!("@{}", bad_file.display());
     for (args, says) in [
         (vec!["--tools", "shell"], "--approval auto"),
-        (vec!["--tools", "pick", "--approval", "ask"], "--approval ask"),
-        (vec!["--tool-choice", "required"], "--tool-choice needs tools"),
+        (
+            vec!["--tools", "pick", "--approval", "ask"],
+            "--approval ask",
+        ),
+        (
+            vec!["--tool-choice", "required"],
+            "--tool-choice needs tools",
+        ),
         (vec!["--tools", "nope"], "no tool `nope`"),
         (vec!["--tools", &bad_file], "not OpenAI function schemas"),
-        (vec!["--tools", "pick", "--tool-choice", "other"], "`other` is not among"),
+        (
+            vec!["--tools", "pick", "--tool-choice", "other"],
+            "`other` is not among",
+        ),
         (vec!["--tools", "pick", "--max-steps", "0"], "--max-steps"),
-        (vec!["--tools", "pick", "--regex", "a"], "exclude each other"),
+        (
+            vec!["--tools", "pick", "--regex", "a"],
+            "exclude each other",
+        ),
     ] {
         let o = s.nemo(&[&["--model", missing.as_str()], &args[..], &["hi"]].concat());
         let err = text(&o.stderr);

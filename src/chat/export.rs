@@ -54,11 +54,29 @@ pub fn export_markdown(s: &SessionFile) -> String {
             md.push_str(turn.reasoning.trim_end());
             md.push_str("\n\n</details>\n\n");
         }
-        if turn.answer.is_empty() {
-            md.push_str("*(no answer)*\n");
-        } else {
+        for t in &turn.tools {
+            let args = serde_json::to_string_pretty(t.call.arguments())
+                .unwrap_or_else(|_| t.call.arguments().to_string());
+            md.push_str(&format!(
+                "**Tool `{}`** ({}):\n\n```json\n{}\n```\n\n",
+                t.call.name(),
+                t.state,
+                args
+            ));
+            if !t.output.is_empty() {
+                let fence = if t.output.contains("```") {
+                    "~~~~"
+                } else {
+                    "```"
+                };
+                md.push_str(&format!("{fence}\n{}\n{fence}\n\n", t.output.trim_end()));
+            }
+        }
+        if !turn.answer.is_empty() {
             md.push_str(turn.answer.trim_end());
             md.push('\n');
+        } else if turn.tools.is_empty() {
+            md.push_str("*(no answer)*\n");
         }
         if let Some(st) = &turn.stats {
             md.push_str(&format!(

@@ -37,9 +37,9 @@ use thiserror::Error;
 
 use super::clock::{new_id, now_rfc3339};
 use super::model_identity::{file_kind, open_regular};
-use crate::protocol::Message;
 use crate::protocol::SamplingParams;
 use crate::protocol::{Done, FinishReason, ThinkingOptions};
+use crate::protocol::{Message, ToolCall};
 
 pub use super::model_identity::ModelIdentity;
 
@@ -104,6 +104,28 @@ pub struct Turn {
     /// None when the reply never finished (e.g. the process ended mid-turn).
     #[serde(default)]
     pub stats: Option<TurnStats>,
+    /// The turn's tool calls and what became of them, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolRecord>,
+}
+
+/// One tool call of a saved turn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub call: ToolCall,
+    /// The model step that made it (1-based).
+    #[serde(default)]
+    pub step: usize,
+    /// `done`, `failed`, `denied`, or where it stood when the turn ended (`queued`,
+    /// `waiting_for_approval`, `running`).
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
 }
 
 /// A saved session, as stored on disk.
@@ -749,6 +771,7 @@ pub(crate) mod tests {
                         decode_tokens_per_s: 33.3,
                         finish_reason: "stop".into(),
                     }),
+                    tools: Vec::new(),
                 },
                 Turn {
                     user: "and again?".into(),

@@ -21,7 +21,8 @@
 use strum::{EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
 use thiserror::Error;
 
-use crate::protocol::{Budget, SamplingParams};
+use crate::agent::policy::ApprovalMode;
+use crate::protocol::{Budget, SamplingParams, ToolChoice};
 
 /// A sampling setting changed by `/set KEY VALUE`; values are already range-checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +62,11 @@ pub enum Command {
     /// A path ending in `.md` (any directory).
     Export(String),
     Model,
+    /// `/tools` lists; `/tools on|off` offers the tools to the next turns or not.
+    Tools(Option<bool>),
+    /// What the first step of the next turns must do.
+    ToolChoice(ToolChoice),
+    Approval(ApprovalMode),
     Set(SetArg),
     Copy,
     Wrap,
@@ -84,6 +90,9 @@ impl Command {
             Command::Sessions => SlashCommand::Sessions,
             Command::Export(_) => SlashCommand::Export,
             Command::Model => SlashCommand::Model,
+            Command::Tools(_) => SlashCommand::Tools,
+            Command::ToolChoice(_) => SlashCommand::ToolChoice,
+            Command::Approval(_) => SlashCommand::Approval,
             Command::Set(_) => SlashCommand::Set,
             Command::Copy => SlashCommand::Copy,
             Command::Wrap => SlashCommand::Wrap,
@@ -119,6 +128,9 @@ pub enum SlashCommand {
     Sessions,
     Export,
     Model,
+    Tools,
+    ToolChoice,
+    Approval,
     Set,
     Copy,
     #[strum(to_string = "help", serialize = "?")]
@@ -141,6 +153,9 @@ impl SlashCommand {
             SlashCommand::Save => "[NAME]",
             SlashCommand::Load => "NAME",
             SlashCommand::Export => "FILE.md",
+            SlashCommand::Tools => "[on|off]",
+            SlashCommand::ToolChoice => "CHOICE",
+            SlashCommand::Approval => "MODE",
             SlashCommand::Set => "KEY VALUE",
             SlashCommand::Think
             | SlashCommand::NoThink
@@ -171,6 +186,9 @@ impl SlashCommand {
             SlashCommand::Sessions => "list saved sessions",
             SlashCommand::Export => "write the conversation as Markdown",
             SlashCommand::Model => "what is loaded: arch, dtype, sizes, caches",
+            SlashCommand::Tools => "list the tools, or offer them (on) or not (off)",
+            SlashCommand::ToolChoice => "auto|none|required|NAME: the first step of each turn",
+            SlashCommand::Approval => "ask|read-only|auto: which calls run without asking",
             SlashCommand::Set => "temperature|top_p|top_k|seed|max_tokens",
             SlashCommand::Copy => "copy the last answer (OSC 52)",
             SlashCommand::Help => "keys and commands (also ? or F1)",
@@ -210,6 +228,12 @@ pub enum CommandError {
         what: &'static str,
         range: &'static str,
         value: String,
+    },
+    #[error("/{command}: `{value}` is not {expected}")]
+    BadValue {
+        command: &'static str,
+        value: String,
+        expected: &'static str,
     },
     #[error("/set: unknown setting `{key}`; valid: {SET_KEYS}")]
     UnknownSetKey { key: String },
@@ -289,6 +313,38 @@ pub fn parse(input: &str) -> Result<Command, CommandError> {
         SlashCommand::Sessions => no_args(command, Command::Sessions),
         SlashCommand::Export => parse_export(rest),
         SlashCommand::Model => no_args(command, Command::Model),
+        SlashCommand::Tools => match rest {
+            "" => Ok(Command::Tools(None)),
+            "on" => Ok(Command::Tools(Some(true))),
+            "off" => Ok(Command::Tools(Some(false))),
+            other => Err(CommandError::BadValue {
+                command,
+                value: echo(other),
+                expected: "on or off",
+            }),
+        },
+        SlashCommand::ToolChoice if rest.is_empty() => Err(CommandError::MissingArgument {
+            command,
+            expected: "auto, none, required or a tool NAME",
+        }),
+        SlashCommand::ToolChoice => {
+            rest.parse()
+                .map(Command::ToolChoice)
+                .map_err(|_| CommandError::BadValue {
+                    command,
+                    value: echo(rest),
+                    expected: "auto, none, required or a tool NAME",
+                })
+        }
+        SlashCommand::Approval => {
+            rest.parse()
+                .map(Command::Approval)
+                .map_err(|_| CommandError::BadValue {
+                    command,
+                    value: echo(rest),
+                    expected: "ask, read-only or auto",
+                })
+        }
         SlashCommand::Set => parse_set(rest),
         SlashCommand::Copy => no_args(command, Command::Copy),
         SlashCommand::Wrap => no_args(command, Command::Wrap),
@@ -747,6 +803,9 @@ mod tests {
             "/sessions",
             "/export a.md",
             "/model",
+            "/tools on",
+            "/tool_choice auto",
+            "/approval ask",
             "/set top_k 1",
             "/copy",
             "/wrap",

@@ -9,5 +9,6 @@ pub mod input;
 pub mod markdown;
 pub mod runner;
 pub mod theme;
+pub mod tool_card;
 pub mod turn;
 pub mod view;

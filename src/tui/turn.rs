@@ -2,9 +2,10 @@
 //! the unit the view stacks, as codex's history cells are.
 //!
 //! Invariants:
-//! - [`TurnView::lines`] is a pure function of the turn's fields, the width, whether
-//!   reasoning is shown and the theme; it keeps its last result and renders again only
-//!   when one of those changed (the theme is fixed for an app's life). Markdown, syntax
+//! - [`TurnView::lines`] is a pure function of the turn's fields (its tool cards
+//!   included), the width, whether reasoning is shown, the approval waiting for an answer
+//!   and the theme; it keeps its last result and renders again only when one of those
+//!   changed (the theme is fixed for an app's life). Markdown, syntax
 //!   highlighting and wrapping so run once per change of the turn, not once per frame, and
 //!   drawing a frame clones only the lines on screen.
 //! - A turn's text only grows while it streams, so the texts are compared by length.
@@ -15,7 +16,9 @@ use ratatui::text::{Line, Span};
 
 use super::markdown;
 use super::theme::Theme;
-use crate::chat::session_store::TurnStats;
+use super::tool_card::{CardState, ToolCard};
+use crate::chat::session_store::{Turn, TurnStats};
+use crate::protocol::ApprovalRequest;
 
 /// Reasoning lines shown while thinking streams (the tail; the rest is a key away).
 const REASONING_PANE_LINES: usize = 10;
@@ -40,6 +43,10 @@ pub struct TurnView {
     pub reasoning_tokens: usize,
     pub thinking_ms: Option<u64>,
     pub thinking_forced: bool,
+    /// The turn's tool calls, in order (shown between the reasoning and the answer).
+    pub tools: Vec<ToolCard>,
+    /// Model steps that have ended (the agent loop runs one per round of calls).
+    pub steps: usize,
     /// The last rendering and what it was rendered from.
     rendered: RefCell<Rendered>,
 }
@@ -51,11 +58,16 @@ struct Rendered {
 }
 
 /// Everything [`TurnView::lines`] depends on besides the theme: the view's width and
-/// reasoning switch, and every field of the turn (texts by length: they only grow).
+/// reasoning switch, the approval preview shown under one of the turn's cards, and every
+/// field of the turn that is drawn (texts by length: they only grow).
 #[derive(Clone, Debug, PartialEq)]
 struct RenderKey {
     width: u16,
     show_reasoning: bool,
+    /// The waiting call's id and preview, when the call is one of this turn's.
+    approval: Option<(String, Option<String>)>,
+    /// Per card: state, output length, truncated, folded, duration.
+    tools: Vec<(CardState, usize, bool, bool, Option<u64>)>,
     user: usize,
     reasoning: usize,
     answer: usize,
@@ -80,39 +92,59 @@ impl TurnView {
             reasoning_tokens: 0,
             thinking_ms: None,
             thinking_forced: false,
+            tools: Vec::new(),
+            steps: 0,
             rendered: RefCell::default(),
         }
     }
 
-    /// A finished turn from a saved session, its reasoning folded.
-    pub fn restored(
-        user: String,
-        reasoning: String,
-        answer: String,
-        stats: Option<TurnStats>,
-    ) -> Self {
+    /// A finished turn from a saved session, its reasoning and tool outputs folded.
+    pub fn restored(t: &Turn) -> Self {
         TurnView {
-            reasoning,
-            answer,
+            reasoning: t.reasoning.clone(),
+            answer: t.answer.clone(),
             state: TurnState::Done,
             reasoning_folded: true,
-            reasoning_tokens: stats.as_ref().map_or(0, |s| s.reasoning_tokens),
-            stats,
-            ..TurnView::new(user)
+            reasoning_tokens: t.stats.as_ref().map_or(0, |s| s.reasoning_tokens),
+            stats: t.stats.clone(),
+            steps: t.tools.iter().map(|r| r.step).max().unwrap_or(0),
+            tools: t.tools.iter().map(ToolCard::from_record).collect(),
+            ..TurnView::new(t.user.clone())
         }
     }
 
-    /// The turn's lines at `width` columns (see the module doc: rendered again only when
-    /// something they depend on changed).
+    /// The turn's lines at `width` columns; `pending` is the call waiting for the user's
+    /// answer, whose preview shows under its card (see the module doc: rendered again only
+    /// when something they depend on changed).
     pub fn lines(
         &self,
         width: u16,
         show_reasoning: bool,
+        pending: Option<&ApprovalRequest>,
         theme: &Theme,
     ) -> Ref<'_, [Line<'static>]> {
+        let pending = pending.filter(|r| {
+            self.tools
+                .iter()
+                .any(|c| c.state == CardState::WaitingApproval && c.call.id == r.call.id)
+        });
         let key = RenderKey {
             width,
             show_reasoning,
+            approval: pending.map(|r| (r.call.id.clone(), r.preview.clone())),
+            tools: self
+                .tools
+                .iter()
+                .map(|c| {
+                    (
+                        c.state,
+                        c.output.len(),
+                        c.truncated,
+                        c.folded,
+                        c.duration_ms,
+                    )
+                })
+                .collect(),
             user: self.user.len(),
             reasoning: self.reasoning.len(),
             answer: self.answer.len(),
@@ -124,7 +156,7 @@ impl TurnView {
             thinking_forced: self.thinking_forced,
         };
         if self.rendered.borrow().key.as_ref() != Some(&key) {
-            let lines = self.render(width, show_reasoning, theme);
+            let lines = self.render(width, show_reasoning, pending, theme);
             *self.rendered.borrow_mut() = Rendered {
                 key: Some(key),
                 lines,
@@ -149,7 +181,13 @@ impl TurnView {
         )
     }
 
-    fn render(&self, width: u16, show_reasoning: bool, theme: &Theme) -> Vec<Line<'static>> {
+    fn render(
+        &self,
+        width: u16,
+        show_reasoning: bool,
+        pending: Option<&ApprovalRequest>,
+        theme: &Theme,
+    ) -> Vec<Line<'static>> {
         let t = self;
         let mut out = Vec::new();
         out.push(Line::from(Span::styled("You", theme.user_label)));
@@ -198,6 +236,26 @@ impl TurnView {
             }
             out.push(Line::from(""));
         }
+        for card in &t.tools {
+            out.extend(card.lines(theme, width));
+            if card.state == CardState::WaitingApproval {
+                if let Some(preview) = pending
+                    .filter(|r| r.call.id == card.call.id)
+                    .and_then(|r| r.preview.as_ref())
+                {
+                    for l in markdown::plain_lines(
+                        preview,
+                        width.saturating_sub(2).max(1),
+                        theme.warning,
+                    ) {
+                        let mut spans = vec![Span::styled("┆ ", theme.warning)];
+                        spans.extend(l.spans);
+                        out.push(Line::from(spans));
+                    }
+                    out.push(Line::from(""));
+                }
+            }
+        }
         if !t.answer.is_empty() {
             out.extend(markdown::render(&t.answer, width, theme));
         } else if streaming && t.reasoning.is_empty() {
@@ -240,11 +298,11 @@ mod tests {
         let fresh = |t: &TurnView, w: u16, show: bool| {
             let mut copy = t.clone();
             copy.rendered = RefCell::default();
-            let lines = text(&copy.lines(w, show, &theme));
+            let lines = text(&copy.lines(w, show, None, &theme));
             lines
         };
         let check = |t: &TurnView, w: u16, show: bool| {
-            assert_eq!(text(&t.lines(w, show, &theme)), fresh(t, w, show));
+            assert_eq!(text(&t.lines(w, show, None, &theme)), fresh(t, w, show));
         };
         check(&t, 40, true);
         t.reasoning.push_str("Rayleigh scattering.");
@@ -260,5 +318,24 @@ mod tests {
         check(&t, 20, true);
         t.thinking_forced = true;
         check(&t, 20, true);
+        let call =
+            crate::protocol::ToolCall::new("c1", "list_dir", serde_json::json!({"path": "."}));
+        t.tools.push(ToolCard::new(call, 1));
+        check(&t, 40, true);
+        t.tools[0].start();
+        check(&t, 40, true);
+        t.tools[0].finish(
+            &crate::protocol::ToolResult {
+                id: "c1".into(),
+                name: "list_dir".into(),
+                ok: true,
+                output: (1..=9).map(|i| format!("f{i}\n")).collect(),
+                truncated: false,
+            },
+            false,
+        );
+        check(&t, 40, true);
+        t.tools[0].folded = false;
+        check(&t, 40, true);
     }
 }
