@@ -10,10 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::skip::require_or_skip;
-use common::{fixture, nemo_bin};
+use common::fixture;
 use serde_json::Value;
 
 const FAMILIES: [&str; 2] = ["nemotron_h_tools", "nemotron3_tiny"];
@@ -36,7 +36,7 @@ impl Setup {
     }
 
     fn nemo(&self, args: &[&str]) -> Output {
-        Command::new(nemo_bin())
+        common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .env("NEMO_CONFIG", self.path("config.toml"))
             .env("NEMO_DATA_DIR", self.path("data"))

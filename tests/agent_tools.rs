@@ -987,7 +987,7 @@ fn nemo_tool(f: &Fixture, config: Option<&str>, args: &[&str]) -> Output {
             let _ = std::fs::remove_file(&cfg);
         }
     }
-    let mut cmd = Command::new(common::nemo_bin());
+    let mut cmd = common::nemo_command();
     cmd.args(["debug", "tool"])
         .args(args)
         .current_dir(&f.ws)

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 
 fn nemo(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+    let mut cmd = common::nemo_command();
     // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
     cmd.env("NEMO_DEVICE", "cpu");
     cmd.args(args)
@@ -570,44 +570,6 @@ fn every_cache_dtype_flag_sets_the_size_of_the_cache_the_engine_allocates() {
     }
 }
 
-/// What the engine itself generates with these caches for `nemo run --json --temperature 1
-/// --seed SEED --max-tokens 32 hi` (the request `run` builds).
-fn engine_text(dir: &Path, kv: &str, ssm: &str, seed: u64) -> String {
-    use nemo::engine::{Session, SessionOptions};
-    use nemo::protocol::{Event, Message, Request, SamplingParams, ThinkingOptions};
-    let folder = nemo::model::ModelFolder::open(dir).unwrap();
-    let cache = nemo::state::CacheConfig {
-        kv_dtype: kv
-            .parse::<nemo::config::KvCacheDtype>()
-            .unwrap()
-            .resolve(folder.model.weight_dtype()),
-        ssm_dtype: ssm.parse::<nemo::config::SsmCacheDtype>().unwrap().dtype(),
-    };
-    let mut s = Session::new(
-        &folder,
-        SessionOptions {
-            cache,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut sampling = SamplingParams::default();
-    folder.generation.apply(&mut sampling);
-    sampling.temperature = 1.0;
-    sampling.seed = Some(seed);
-    let mut req = Request::new(vec![Message::user("hi")], ThinkingOptions::default());
-    req.sampling = sampling;
-    req.max_tokens = 32;
-    let mut out = String::new();
-    s.generate(&req, &mut |e| match e {
-        Event::Reasoning(t) => out.push_str(&format!("R{t}")),
-        Event::Content(t) => out.push_str(&format!("C{t}")),
-        _ => {}
-    })
-    .unwrap();
-    out
-}
-
 /// `nemo run` with each pair of cache flags writes exactly what the engine generates with
 /// those caches, with a seed for which the engine's texts with bf16 (`auto`) and FP8 KV
 /// caches and a bf16 SSM state differ from the f32 caches' text, so a flag that `run`
@@ -744,7 +706,7 @@ fn ctrl_c_stops_generation_cleanly_with_exit_130() {
     // finished, or ignored SIGINT until max-tokens); one that did not exist dies by the
     // signal and fails.
     for seed in 1..=6 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        let mut child = common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .args([
                 "run",
@@ -875,7 +837,7 @@ fn corrupt_config_is_named_and_left_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("config.toml");
     std::fs::write(&cfg, "temprature = 0.5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .args(["chat", "--model", &tiny()])
         .env("NEMO_CONFIG", &cfg)
@@ -893,7 +855,7 @@ fn corrupt_config_is_named_and_left_untouched() {
 fn run_interrupted(stdin: Option<Vec<u8>>, delay: std::time::Duration) -> (Option<i32>, String) {
     use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let mut child = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env("NEMO_CONFIG", tmp.path().join("config.toml"))
         .env("NEMO_DATA_DIR", tmp.path().join("data"))
@@ -991,7 +953,7 @@ fn threads_beyond_the_cores_are_clamped_with_one_note() {
 #[test]
 fn chat_without_a_terminal_says_so_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env("NEMO_CONFIG", tmp.path().join("config.toml"))
         .env("NEMO_DATA_DIR", tmp.path().join("data"))
@@ -1015,7 +977,7 @@ fn chat_without_a_terminal_says_so_in_one_line() {
 fn nemo_bounded(args: &[&str], secs: u64) -> (Output, u64) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let mut child = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")
         .args(args)

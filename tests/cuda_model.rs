@@ -36,14 +36,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// `nemo bench --device cuda` on a GPU: every figure is there and positive. Elsewhere
 /// (no GPU, no driver, a build without CUDA): exit 1 with one line saying why, nothing on
 /// stdout.
 #[test]
 fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
-    let out = Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args([
             "bench",
             "--device",

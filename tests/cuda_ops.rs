@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 fn nemo(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::nemo_bin());
+    let mut cmd = common::nemo_command();
     cmd.args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")
@@ -101,7 +101,7 @@ fn device_from_the_environment_is_honoured_and_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "usage error: {err}");
     assert!(
-        err.contains("--device: `tpu` is not one of auto, cpu, cuda"),
+        err.contains("NEMO_DEVICE") && err.contains("`tpu` is not one of auto, cpu, cuda"),
         "{err}"
     );
 }

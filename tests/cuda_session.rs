@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 fn require_gpu() -> bool {
     std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -37,7 +37,7 @@ fn usable(test: &str) -> bool {
 }
 
 fn nemo(args: &[&str]) -> Output {
-    Command::new(common::nemo_bin())
+    common::nemo_command()
         .args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")
@@ -118,7 +118,7 @@ fn run_on_cuda_writes_the_same_greedy_text_with_device_sampling_off() {
     }
     let t = fixture("nemotron_h_bf16");
     let run = |device_sampling: &str| {
-        let out = Command::new(common::nemo_bin())
+        let out = common::nemo_command()
             .args([
                 "run",
                 "--model",

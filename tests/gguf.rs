@@ -120,7 +120,7 @@ fn smollm2_gguf_tokenizer_round_trips_text() {
 #[test]
 fn smollm2_gguf_runs_from_the_command_line() {
     let Some(path) = smollm2() else { return };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .args(["run", "--model"])
         .arg(&path)

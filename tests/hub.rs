@@ -43,7 +43,7 @@ impl Env {
     }
 
     fn nemo(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        let mut cmd = common::nemo_command();
         // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
         cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(args)
@@ -326,7 +326,7 @@ fn two_pulls_at_once_share_the_blob_lock_and_both_succeed() {
     });
     let env = Env::new(&srv);
     let spawn = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        let mut cmd = common::nemo_command();
         // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
         cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(["pull", REPO])

@@ -8,9 +8,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{fixture, nemo_bin};
+use common::fixture;
 use nemo::engine::grammar::{Grammar, Guide, Vocabulary};
 use nemo::engine::sampler::Sampler;
 use nemo::engine::{Session, SessionOptions};
@@ -23,7 +23,7 @@ use nemo::state::CacheConfig;
 use serde_json::{json, Value};
 
 fn nemo(args: &[&str]) -> Output {
-    Command::new(nemo_bin())
+    common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")
         .args(args)

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
@@ -35,7 +35,7 @@ fn run_json(seed: u64, extra: &[&str]) -> Vec<Value> {
     ];
     args.extend_from_slice(extra);
     args.push("Hi");
-    let out = Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args(&args)
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")

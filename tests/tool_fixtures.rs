@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use nemo::model::{Logits, ModelFolder};
@@ -197,7 +197,7 @@ fn nemo_run_answers_on_the_nemotron3_fixture_with_thinking_on_and_off() {
         args.extend_from_slice(&["--max-tokens", "6"]);
         args.extend_from_slice(extra);
         args.push("Hi");
-        let out = Command::new(nemo_bin())
+        let out = common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .env_remove("NEMO_MODEL")
             .args(&args)

@@ -98,12 +98,19 @@ impl Run {
     }
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    // The settings path (config.toml < NEMO_* < flags); a model from config.toml or
+    // NEMO_MODEL does not count against an explicit --shape.
+    let model_flag = a.model.model.is_some();
+    a.model = a.model.with_settings()?;
+    if a.shape.is_some() && !model_flag {
+        a.model.model = None;
+    }
     if a.json_schema.is_some() {
         return grammar::run(&a);
     }
     #[cfg(feature = "cuda")]
-    if a.model.device == "cuda" {
+    if a.model.device == Some(nemo::config::Device::Cuda) {
         return cuda::run(&a);
     }
     let source = source(&a)?;
@@ -225,13 +232,7 @@ fn emit(text: &str) -> anyhow::Result<()> {
 /// Checks the flags and picks the weights' source; None with --copy-bandwidth alone.
 fn source(a: &BenchArgs) -> anyhow::Result<Option<Source>> {
     let known = synthetic::SHAPES.join(", ");
-    // NEMO_MODEL in the environment does not count against an explicit --shape.
-    let from_env = std::env::var_os("NEMO_MODEL").map(PathBuf::from);
-    let model = match (&a.model.model, &a.shape) {
-        (Some(m), Some(_)) if from_env.as_ref() == Some(m) => None,
-        (m, _) => m.clone(),
-    };
-    match (model, &a.shape) {
+    match (a.model.model.clone(), &a.shape) {
         (Some(_), Some(_)) => Err(usage("give either --model DIR or --shape NAME, not both")),
         (Some(dir), None) => {
             if a.layers.is_some() {

@@ -8,30 +8,9 @@
 //!   all there; otherwise the CPU, with a one-line notice when there is an NVIDIA driver
 //!   (silent on machines without one, and in builds without the `cuda` feature).
 
+use nemo::config::Device;
 use nemo::engine::{Session, SessionOptions};
 use nemo::model::ModelFolder;
-
-use super::usage;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl Device {
-    pub fn parse(s: &str) -> anyhow::Result<Device> {
-        match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda),
-            other => Err(usage(format!(
-                "--device: `{other}` is not one of auto, cpu, cuda"
-            ))),
-        }
-    }
-}
 
 /// A session and where it runs.
 pub struct Placed {

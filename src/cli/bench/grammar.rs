@@ -64,7 +64,7 @@ struct Decode {
 
 pub(super) fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let flag = "--json-schema";
-    if a.model.device == "cuda" {
+    if a.model.device == Some(nemo::config::Device::Cuda) {
         return Err(usage(format!(
             "{flag} is measured on the CPU (the GPU draws a constrained step on the host)"
         )));
