@@ -6,6 +6,7 @@
 pub mod fp8_matmul;
 pub mod matmul;
 pub mod ops;
+pub mod qgemm;
 pub mod quant;
 pub mod simd;
 pub mod team;

@@ -25,7 +25,7 @@ use crate::backend::DType;
 /// A block's f16 scale. The const (table-free, branch-light) conversion inlines into the
 /// dot loops; half's runtime-dispatched one costs a call per block (21% of decode).
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32_const()
 }
 
@@ -62,7 +62,7 @@ pub fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
 }
 
 /// Scale and min `j` (0..8) of a K-quant super-block (ggml `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -199,11 +199,30 @@ pub struct QuantizedActs {
     pub sum: Vec<i32>,
 }
 
+impl QuantizedActs {
+    pub fn view(&self) -> ActsRef<'_> {
+        ActsRef {
+            qs: &self.qs,
+            d: &self.d,
+            sum: &self.sum,
+        }
+    }
+}
+
+/// Quantized activations as the dots read them: `QuantizedActs::view`, or one token's
+/// blocks of a batch (`qgemm`).
+#[derive(Clone, Copy)]
+pub struct ActsRef<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sum: &'a [i32],
+}
+
 /// Whether `dot_row_q8` handles `dtype` (the others use `dot_row`).
 pub fn supports_q8_dot(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K
     )
 }
 
@@ -220,37 +239,45 @@ pub fn quantize_acts_into(x: &[f32], a: &mut QuantizedActs) {
     a.qs.resize(nb * 32, 0);
     a.d.resize(nb, 0.0);
     a.sum.resize(nb, 0);
+    quantize_blocks(&x[..nb * 32], &mut a.qs, &mut a.d, &mut a.sum);
+}
+
+/// The blocks of `x` (a multiple of 32 long) into `qs`, `d` and `sum` (`x.len()`,
+/// `x.len() / 32` and `x.len() / 32` long), choosing the SIMD path.
+pub fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
+    let nb = x.len() / 32;
+    assert!(x.len() == 32 * nb && qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() {
-        // SAFETY: the AVX-512 features were detected at run time.
-        return unsafe { x86::quantize_acts_avx512(x, a) };
+        // SAFETY: the AVX-512 features were detected at run time; lengths checked above.
+        return unsafe { x86::quantize_acts_avx512(x, qs, d, sum) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_f16c() {
-        // SAFETY: avx2, fma and f16c were detected at run time.
-        return unsafe { x86::quantize_acts_avx2(x, a) };
+        // SAFETY: avx2, fma and f16c were detected at run time; lengths checked above.
+        return unsafe { x86::quantize_acts_avx2(x, qs, d, sum) };
     }
-    quantize_acts_plain(x, a)
+    quantize_acts_plain(x, qs, d, sum)
 }
 
-fn quantize_acts_plain(x: &[f32], a: &mut QuantizedActs) {
+fn quantize_acts_plain(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
     for (b, xs) in x.chunks_exact(32).enumerate() {
         let amax = xs.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let db = amax / 127.0;
+        let id = if db != 0.0 { 1.0 / db } else { 0.0 };
         let mut s = 0i32;
-        for (q, &v) in a.qs[32 * b..32 * b + 32].iter_mut().zip(xs) {
+        for (q, &v) in qs[32 * b..32 * b + 32].iter_mut().zip(xs) {
             *q = (v * id).round() as i8;
             s += *q as i32;
         }
-        a.d[b] = d;
-        a.sum[b] = s;
+        d[b] = db;
+        sum[b] = s;
     }
 }
 
 /// `out[i] = dot_row_q8(dtype, row i of rows, x)` for consecutive rows, choosing the SIMD
 /// path once.
-pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]) {
+pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) {
     let rb = rows.len() / out.len().max(1);
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
@@ -277,6 +304,11 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]
 /// K-quants' sub-blocks line up with the 32-wide activation blocks: Q4_K has one scale and
 /// min per 32, Q6_K one scale per 16 (two per activation block).
 pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    dot_row_q8_ref(dtype, row, &x.view())
+}
+
+/// `dot_row_q8` on a view.
+pub fn dot_row_q8_ref(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
         // SAFETY: the AVX-512 features were detected at run time.
@@ -290,7 +322,7 @@ pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
     dot_row_q8_plain(dtype, row, x)
 }
 
-fn dot_q4k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+fn dot_q4k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(144).enumerate() {
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
@@ -312,7 +344,31 @@ fn dot_q4k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
     acc
 }
 
-fn dot_q6k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+/// Q5_K: Q4_K's layout plus a fifth bit per value (`qh`, bit j of byte l for sub-block j).
+fn dot_q5k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(176).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let (scales, qh, qs) = (&blk[4..16], &blk[16..48], &blk[48..176]);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let ab = 8 * b + j;
+            let xq = &x.qs[32 * ab..32 * ab + 32];
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let s: i32 = (0..32)
+                .map(|l| {
+                    let v = ((q[l] >> shift) & 0xF) | (((qh[l] >> j) & 1) << 4);
+                    v as i32 * xq[l] as i32
+                })
+                .sum();
+            acc += x.d[ab] * (d * sc as f32 * s as f32 - dmin * m as f32 * x.sum[ab] as f32);
+        }
+    }
+    acc
+}
+
+fn dot_q6k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(210).enumerate() {
         let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
@@ -337,9 +393,10 @@ fn dot_q6k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
     acc
 }
 
-fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+pub(super) fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     match dtype {
         DType::Q4_K => return dot_q4k_q8_plain(row, x),
+        DType::Q5_K => return dot_q5k_q8_plain(row, x),
         DType::Q6_K => return dot_q6k_q8_plain(row, x),
         _ => {}
     }
@@ -351,7 +408,7 @@ fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
 }
 
 /// One Q4_0/Q4_1/Q8_0 block `blk` against activation block `b`.
-fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &QuantizedActs, b: usize) -> f32 {
+fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &ActsRef<'_>, b: usize) -> f32 {
     let xq = &x.qs[32 * b..32 * b + 32];
     let dd = f16_at(blk, 0) * x.d[b];
     match dtype {
@@ -386,7 +443,7 @@ fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &QuantizedActs, b: usize) -> 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{f16_at, QuantizedActs};
+    use super::{f16_at, ActsRef};
     use crate::backend::DType;
 
     /// Per block: the 32 weight quants as unsigned bytes (nibbles) or |w| with the sign
@@ -403,23 +460,37 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Q4_K: per 64 elements one 32-byte load gives two sub-blocks (low and high nibbles).
+    /// Q4_K (and Q5_K, `five`: its fifth bits from `qh`): per 64 elements one 32-byte load
+    /// gives two sub-blocks (low and high nibbles).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q4k(row: &[u8], x: &QuantizedActs) -> f32 {
+    unsafe fn dot_q4k(row: &[u8], x: &ActsRef<'_>, five: bool) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
+        let sixteen = _mm256_set1_epi8(16);
+        let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
         let mut acc = _mm256_setzero_ps();
         let mut off = 0f32;
-        for (b, blk) in row.chunks_exact(144).enumerate() {
+        for (b, blk) in row.chunks_exact(size).enumerate() {
             let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let qh = if five {
+                _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
             for g in 0..4 {
-                let q = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * g) as *const __m256i);
+                let q = _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * g) as *const __m256i);
                 let halves = [
                     _mm256_and_si256(q, low),
                     _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
                 ];
-                for (h, w) in halves.into_iter().enumerate() {
+                for (h, mut w) in halves.into_iter().enumerate() {
                     let j = 2 * g + h;
+                    if five {
+                        // Bit j of each qh byte: 16 where set.
+                        let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                        w = _mm256_or_si256(w, _mm256_and_si256(set, sixteen));
+                    }
                     let (sc, m) = super::scale_min_k4(j, &blk[4..16]);
                     let ab = 8 * b + j;
                     let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
@@ -437,7 +508,7 @@ mod x86 {
     /// centred (−32..31), and multiplied with |q| / sign-moved x; `madd` with the two
     /// 16-element scales as i16 gives scaled i32 sums.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q6k(row: &[u8], x: &QuantizedActs) -> f32 {
+    unsafe fn dot_q6k(row: &[u8], x: &ActsRef<'_>) -> f32 {
         let low = _mm256_set1_epi8(0x0F);
         let three = _mm256_set1_epi8(3);
         let c32 = _mm256_set1_epi8(32);
@@ -483,7 +554,7 @@ mod x86 {
     /// Zero point / offset terms accumulate in a separate 4-lane vector. An odd last block
     /// goes through the plain block dot.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
         let bytes = dtype.block().1;
         let nb = row.len() / bytes;
         assert!(x.d.len() >= nb && x.qs.len() >= 32 * nb && x.sum.len() >= nb);
@@ -547,10 +618,10 @@ mod x86 {
     /// `v · (1/d)` products, and round-half-away-from-zero (truncate, then step away from
     /// zero where the exact fraction is at least one half).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub unsafe fn quantize_acts_avx512(x: &[f32], a: &mut QuantizedActs) {
+    pub unsafe fn quantize_acts_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
         let nb = x.len() / 32;
-        assert!(a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb);
-        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        assert!(qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
+        let (xp, qp) = (x.as_ptr(), qs.as_mut_ptr());
         let half = _mm512_set1_ps(0.5);
         let one = _mm512_set1_ps(1.0);
         for b in 0..nb {
@@ -560,9 +631,9 @@ mod x86 {
             ];
             let amax =
                 _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = _mm512_setzero_si512();
+            let db = amax / 127.0;
+            let id = if db != 0.0 { 1.0 / db } else { 0.0 };
+            let mut bsum = _mm512_setzero_si512();
             for (h, &vh) in v.iter().enumerate() {
                 let y = _mm512_mul_ps(vh, _mm512_set1_ps(id));
                 let t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
@@ -571,14 +642,14 @@ mod x86 {
                 // Step |t| + 1 with y's sign: t + copysign(1, y).
                 let step = _mm512_or_ps(one, _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
                 let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, step));
-                sum = _mm512_add_epi32(sum, r);
+                bsum = _mm512_add_epi32(bsum, r);
                 _mm_storeu_si128(
                     qp.add(32 * b + 16 * h) as *mut __m128i,
                     _mm512_cvtepi32_epi8(r),
                 );
             }
-            a.d[b] = d;
-            a.sum[b] = _mm512_reduce_add_epi32(sum);
+            d[b] = db;
+            sum[b] = _mm512_reduce_add_epi32(bsum);
         }
     }
 
@@ -595,12 +666,10 @@ mod x86 {
     /// AVX-512: the same max, the same `v · (1/d)` products, round half away from zero
     /// (truncate, then step away from zero where the exact fraction is at least one half).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn quantize_acts_avx2(x: &[f32], a: &mut QuantizedActs) {
+    pub unsafe fn quantize_acts_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
         let nb = x.len() / 32;
-        assert!(
-            x.len() >= 32 * nb && a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb
-        );
-        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        assert!(x.len() >= 32 * nb && qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
+        let (xp, qp) = (x.as_ptr(), qs.as_mut_ptr());
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
@@ -620,8 +689,8 @@ mod x86 {
             let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let db = amax / 127.0;
+            let id = if db != 0.0 { 1.0 / db } else { 0.0 };
             let mut r = [_mm256_setzero_si256(); 4];
             for (h, &vh) in v.iter().enumerate() {
                 let y = _mm256_mul_ps(vh, _mm256_set1_ps(id));
@@ -632,10 +701,11 @@ mod x86 {
                 let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(y, sign)));
                 r[h] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
             }
-            let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
             let s = _mm_add_epi32(
-                _mm256_castsi256_si128(sum),
-                _mm256_extracti128_si256(sum, 1),
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
             );
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -646,15 +716,16 @@ mod x86 {
             ];
             let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
             _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, q8);
-            a.d[b] = d;
-            a.sum[b] = _mm_cvtsi128_si32(s);
+            d[b] = db;
+            sum[b] = _mm_cvtsi128_si32(s);
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
         match dtype {
-            DType::Q4_K => return dot_q4k(row, x),
+            DType::Q4_K => return dot_q4k(row, x, false),
+            DType::Q5_K => return dot_q4k(row, x, true),
             DType::Q6_K => return dot_q6k(row, x),
             _ => {}
         }
@@ -889,7 +960,7 @@ mod tests {
                     .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
                     .collect();
                 let want_q: f32 = want.iter().zip(&xq).map(|(a, b)| a * b).sum();
-                let plain = dot_row_q8_plain(dt, &bytes, &acts);
+                let plain = dot_row_q8_plain(dt, &bytes, &acts.view());
                 let fast = dot_row_q8(dt, &bytes, &acts);
                 assert!(
                     (plain - want_q).abs() <= 1e-4 * (1.0 + want_q.abs()),
@@ -939,7 +1010,7 @@ mod tests {
                 .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
                 .collect();
             let want_q: f32 = back.iter().zip(&xq).map(|(a, b)| a * b).sum();
-            let plain = dot_row_q8_plain(dt, &q, &acts);
+            let plain = dot_row_q8_plain(dt, &q, &acts.view());
             let fast = dot_row_q8(dt, &q, &acts);
             assert!(
                 (plain - want_q).abs() < 1e-3 * (1.0 + want_q.abs()),
@@ -1018,7 +1089,7 @@ mod tests {
     fn integer_dots_match_the_plain_path(
         level: &str,
         types: &[DType],
-        dot: impl Fn(DType, &[u8], &QuantizedActs) -> f32,
+        dot: impl Fn(DType, &[u8], &ActsRef<'_>) -> f32,
     ) {
         for dt in types.iter().copied() {
             let per = dt.block().0 / 32;
@@ -1039,8 +1110,8 @@ mod tests {
                     let mag: f32 = (0..k)
                         .map(|i| (w[i] * acts.qs[i] as f32 * acts.d[i / 32]).abs())
                         .sum();
-                    let plain = dot_row_q8_plain(dt, &q, &acts);
-                    let got = dot(dt, &q, &acts);
+                    let plain = dot_row_q8_plain(dt, &q, &acts.view());
+                    let got = dot(dt, &q, &acts.view());
                     assert!(
                         (got - plain).abs() <= 1e-5 * (1.0 + mag),
                         "{level} {dt} nb={nb}: {got} vs {plain}"
@@ -1064,6 +1135,7 @@ mod tests {
             DType::Q4_1,
             DType::Q8_0,
             DType::Q4_K,
+            DType::Q5_K,
             DType::Q6_K,
         ];
         // SAFETY: the features were detected above.
@@ -1116,9 +1188,9 @@ mod tests {
                     d: vec![0.0; nb],
                     sum: vec![0; nb],
                 };
-                quantize_acts_plain(&x, &mut want);
+                quantize_acts_plain(&x, &mut want.qs, &mut want.d, &mut want.sum);
                 // SAFETY: detected above.
-                unsafe { x86::quantize_acts_avx2(&x, &mut got) };
+                unsafe { x86::quantize_acts_avx2(&x, &mut got.qs, &mut got.d, &mut got.sum) };
                 assert_eq!(got.qs, want.qs, "nb={nb}");
                 assert_eq!(got.sum, want.sum, "nb={nb}");
                 assert_eq!(
@@ -1145,14 +1217,14 @@ mod tests {
             plain.qs.resize(32 * nb, 0);
             plain.d.resize(nb, 0.0);
             plain.sum.resize(nb, 0);
-            quantize_acts_plain(&x, &mut plain);
+            quantize_acts_plain(&x, &mut plain.qs, &mut plain.d, &mut plain.sum);
             let mut fast = QuantizedActs {
                 qs: vec![99; 32 * nb],
                 d: vec![9.0; nb],
                 sum: vec![9; nb],
             };
             // SAFETY: detected above.
-            unsafe { x86::quantize_acts_avx512(&x, &mut fast) };
+            unsafe { x86::quantize_acts_avx512(&x, &mut fast.qs, &mut fast.d, &mut fast.sum) };
             assert_eq!(fast.qs, plain.qs);
             assert_eq!(fast.sum, plain.sum);
             let (fd, pd): (Vec<u32>, Vec<u32>) = (
