@@ -1,5 +1,5 @@
-// Depthwise causal conv1d of the Mamba2 mixer, + bias, then silu (oracle: the conv part
-// of model::mamba2::Mamba2::project). conv_state is [k-1, cd] f32, oldest first.
+// Depthwise causal conv1d of the Mamba2 mixer, + bias, then silu (oracle:
+// backend::cpu::ssm::causal_conv1d). conv_state is [k-1, cd] f32, oldest first.
 #include "common.cuh"
 
 // conv1d_prefill_f32: for t < n, c < cd:

@@ -1,8 +1,8 @@
-// The MoE mixer's kernels (composed by src/backend/cuda/moe_layer.rs; oracle
+// The MoE mixer's kernels (composed by src/model/cuda/moe_layer.rs; oracle
 // model::moe::Moe): the f32 router, routing, the grouped expert GEMVs of decode, and the
 // gather / combine around the per-expert GEMMs of a prompt.
 //
-// MoE routing of Nemotron-H (oracle: model::moe::Moe::route):
+// MoE routing of Nemotron-H (oracle: backend::cpu::moe::route):
 //   scores = sigmoid(logits); choice = scores + correction bias;
 //   group score = sum of the group's top-2 choices; keep the topk_group best groups
 //   (ties → lower index), mask the rest to -inf; pick top_k experts by choice (ties → lower

@@ -1,5 +1,5 @@
 // Mamba2 selective scan: the one-step state update for decode and the chunked (SSD) scan
-// for prompts. Oracle: model::mamba2::Mamba2::{step, forward_chunked}.
+// for prompts. Oracles: backend::cpu::ssm::{ssm_step, ssd_chunked}.
 //
 // Layouts (as the CPU): xbc [n, cd] after conv+silu, cd = di + 2·ng·ns, holding
 // x [di] | B [ng, ns] | C [ng, ns]; dt_raw [n, dt_stride] before softplus (a slice of the

@@ -23,11 +23,15 @@
 //! - Every key is listed once, in `for_each_key!`, so the file, the environment and the
 //!   merge cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::agent::policy::ApprovalMode;
+use crate::agent::user_tools::{UserTool, UserToolConfig};
+use crate::agent::Sandbox;
 use crate::protocol::{Budget, SamplingParams};
 
 /// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
@@ -53,6 +57,91 @@ pub struct Config {
     pub mamba_ssm_cache_dtype: Option<String>,
     pub threads: Option<usize>,
     pub show_reasoning: Option<bool>,
+    /// Tool approvals in `nemo chat`: `"ask"`, `"read-only"` or `"auto"` (`nemo run` never
+    /// reads it: it takes `auto` only from its own flag).
+    pub approval: Option<ApprovalMode>,
+    /// How commands are confined: `"landlock"` or `"off"`.
+    pub sandbox: Option<Sandbox>,
+    /// User tools: `[tools.NAME]` tables (`agent::user_tools`). Not a flat key: no
+    /// environment variable or flag sets them, and they are checked when the file is read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, UserToolConfig>,
+    /// `[mcp.servers.NAME]`: MCP servers whose tools the model is offered (`agent::mcp`).
+    /// Only from the file: no environment variable or flag sets it.
+    pub mcp: McpConfig,
+}
+
+/// The `[mcp]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// By the server's name, which prefixes its tools' names (`NAME.tool`).
+    pub servers: BTreeMap<String, McpServerConfig>,
+}
+
+/// `[mcp.servers.NAME]`: a server nemo starts as a child process and speaks MCP to over its
+/// stdin and stdout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The program, found on `PATH` unless it is a path.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Set for the server on top of nemo's own environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The server's tools (by the server's own names) that run without asking. Every other
+    /// tool asks first; what the server says about its tools (`readOnlyHint`) is not trusted.
+    #[serde(default)]
+    pub read_only_tools: Vec<String>,
+    /// Seconds the server has to start and list its tools (default 30).
+    #[serde(default)]
+    pub startup_timeout_sec: Option<u64>,
+    /// Seconds a call of one of its tools may take (default: the tool timeout every tool gets).
+    #[serde(default)]
+    pub tool_timeout_sec: Option<u64>,
+}
+
+impl McpConfig {
+    /// The first bad server entry: the path of its key (`mcp`, `servers`, NAME[, field]) and
+    /// what is wrong. A server's name becomes the prefix of its tools' names, so it is
+    /// limited to what every function-calling format accepts and has no dot (the dot ends it
+    /// in `NAME.tool`).
+    pub fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        for (name, server) in &self.servers {
+            let key = |field: Option<&str>| {
+                ["mcp", "servers", name.as_str()]
+                    .into_iter()
+                    .chain(field)
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            };
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err((
+                    key(None),
+                    "a server name is 1 to 64 of the characters A-Z a-z 0-9 _ -".into(),
+                ));
+            }
+            if server.command.trim().is_empty() {
+                return Err((key(Some("command")), "is empty".into()));
+            }
+            for (field, value) in [
+                ("startup_timeout_sec", server.startup_timeout_sec),
+                ("tool_timeout_sec", server.tool_timeout_sec),
+            ] {
+                if value == Some(0) {
+                    return Err((key(Some(field)), "must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Calls `$m!(field, "ENV_SUFFIX", kind)` for every key; `kind` picks the env parser.
@@ -72,6 +161,8 @@ macro_rules! for_each_key {
         $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", string);
         $m!(threads, "THREADS", number);
         $m!(show_reasoning, "SHOW_REASONING", bool);
+        $m!(approval, "APPROVAL", parsed);
+        $m!(sandbox, "SANDBOX", parsed);
     };
 }
 
@@ -186,6 +277,25 @@ impl Config {
                 message: e.to_string(),
             });
         }
+        for (name, table) in &config.tools {
+            if let Err(e) = UserTool::new(name, table) {
+                let key = format!("tools.{name}.{}", e.field);
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line: line_of_table(text, name, e.field),
+                    key: Some(key),
+                    message: e.message,
+                });
+            }
+        }
+        if let Err((key, message)) = config.mcp.validate() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: line_of_table_key(text, &key),
+                key: Some(dotted_key(&key)),
+                message,
+            });
+        }
         Ok(config)
     }
 
@@ -209,6 +319,7 @@ impl Config {
             (@parse budget, $v:expr) => { $v.parse::<Budget>().map_err(|e| e.to_string()) };
             (@parse number, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
             (@parse sampling, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
+            (@parse parsed, $v:expr) => { $v.parse() };
         }
         for_each_key!(apply);
         // Ranges are checked on the values as they now stand, so the error names the
@@ -265,6 +376,13 @@ impl Config {
             };
         }
         for_each_key!(merge);
+        // User tools come from the file only; another layer's tables add to them.
+        for (name, table) in &other.tools {
+            self.tools.insert(name.clone(), table.clone());
+        }
+        if other.mcp != McpConfig::default() {
+            self.mcp = other.mcp.clone();
+        }
     }
 
     /// The names of the environment variables [`Config::apply_env`] reads.
@@ -311,8 +429,92 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
+/// The line of `field` inside `[tools.NAME]` (or of the table's header when the field is
+/// not written there).
+fn line_of_table(text: &str, name: &str, field: &str) -> Option<usize> {
+    let header = |l: &str| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(|h| h.trim().replace([' ', '"'], ""))
+    };
+    let want = format!("tools.{name}");
+    let start = text
+        .lines()
+        .position(|l| header(l).as_deref() == Some(want.as_str()))?;
+    let in_table = text
+        .lines()
+        .enumerate()
+        .skip(start + 1)
+        .take_while(|(_, l)| header(l).is_none());
+    for (i, l) in in_table {
+        if l.split_once('=').is_some_and(|(k, _)| k.trim() == field) {
+            return Some(i + 1);
+        }
+    }
+    Some(start + 1)
+}
+
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
     (1..=text.lines().count()).find(|&l| key_on_line(text, l).as_deref() == Some(key))
+}
+
+/// `parts` as a TOML dotted key, each part quoted unless it is a bare key.
+fn dotted_key(parts: &[String]) -> String {
+    let bare = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    parts
+        .iter()
+        .map(|p| if bare(p) { p.clone() } else { format!("{p:?}") })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The parts of a TOML dotted key as written in a table header: split at dots outside
+/// quotes, each part trimmed and unquoted.
+fn key_parts(key: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quote = None;
+    for c in key.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '.') => parts.push(String::new()),
+            (None, c) if c.is_whitespace() => {}
+            (_, c) => parts.last_mut().into_iter().for_each(|p| p.push(c)),
+        }
+    }
+    parts
+}
+
+/// 1-based line of the key at `path` (table names, then maybe a field): the `field = ...`
+/// line under the table's `[...]` header, else the header itself.
+fn line_of_table_key(text: &str, path: &[String]) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header_of = |table: &[String]| {
+        lines.iter().position(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .is_some_and(|t| key_parts(t) == table)
+        })
+    };
+    if let Some(at) = header_of(path) {
+        return Some(at + 1);
+    }
+    let (field, table) = path.split_last()?;
+    let at = header_of(table)?;
+    let field_at = lines[at + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| key_parts(k) == [field.clone()])
+        });
+    Some(field_at.map_or(at, |i| at + 1 + i) + 1)
 }
 
 #[cfg(test)]
@@ -466,7 +668,9 @@ show_reasoning = true
     #[test]
     fn env_var_names_cover_every_key() {
         let names = Config::env_vars();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
+        assert!(names.contains(&"NEMO_APPROVAL"));
+        assert!(names.contains(&"NEMO_SANDBOX"));
         assert!(names.contains(&"NEMO_KV_CACHE_DTYPE"));
         assert!(names.contains(&"NEMO_SHOW_REASONING"));
     }
@@ -527,6 +731,150 @@ show_reasoning = true
             .unwrap();
         assert_eq!(c.temperature, Some(0.7));
         assert_eq!(c.budget, Some(Budget::Off));
+    }
+
+    #[test]
+    fn approval_sandbox_and_user_tools_are_read_from_the_file() {
+        let text = r#"
+approval = "read-only"
+sandbox = "off"
+
+[tools.todo]
+command = "grep -rn -e {pattern} src"
+description = "Find a pattern under src"
+read_only = true
+parameters = { type = "object", properties = { pattern = { type = "string" } }, required = ["pattern"] }
+
+[tools.fmt]
+command = "cargo fmt"
+"#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.approval, Some(ApprovalMode::ReadOnly));
+        assert_eq!(c.sandbox, Some(Sandbox::Off));
+        assert_eq!(c.tools.len(), 2);
+        let todo = &c.tools["todo"];
+        assert_eq!(todo.command, "grep -rn -e {pattern} src");
+        assert!(todo.read_only);
+        assert_eq!(todo.parameters["required"][0], "pattern");
+        assert!(!c.tools["fmt"].read_only, "read_only defaults to false");
+    }
+
+    #[test]
+    fn bad_approval_sandbox_or_tool_table_names_line_and_key() {
+        let err = Config::parse("approval = \"yes\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("`approval`"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = Config::parse("sandbox = \"docker\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("`sandbox`"), "{err}");
+        let text = "model = \"m\"\n[tools.t]\ndescription = \"x\"\ncommand = \"echo {nope}\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("`tools.t.command`"), "{err}");
+        assert!(err.contains("{nope} names no property"), "{err}");
+        let err = Config::parse("[tools.shell]\ncommand = \"ls\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("built-in"), "{err}");
+        let err = Config::parse(
+            "[tools.t]\ncommand = \"ls\"\nreadonly = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("readonly"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn approval_and_sandbox_come_from_the_environment_too() {
+        let mut c = Config::default();
+        c.apply_env(env(&[("NEMO_APPROVAL", "auto"), ("NEMO_SANDBOX", "off")]))
+            .unwrap();
+        assert_eq!(c.approval, Some(ApprovalMode::Auto));
+        assert_eq!(c.sandbox, Some(Sandbox::Off));
+        let err = Config::default()
+            .apply_env(env(&[("NEMO_APPROVAL", "sometimes")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("NEMO_APPROVAL"), "{err}");
+    }
+
+    #[test]
+    fn mcp_servers_are_read_from_their_tables() {
+        let text = r#"
+model = "m"
+
+[mcp.servers.everything]
+command = "npx"
+args = ["-y", "@modelcontextprotocol/server-everything"]
+env = { LOG_LEVEL = "debug" }
+read_only_tools = ["echo"]
+startup_timeout_sec = 60
+
+[mcp.servers.git-tools]
+command = "/usr/local/bin/git-mcp"
+"#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.mcp.servers.len(), 2);
+        let e = &c.mcp.servers["everything"];
+        assert_eq!(e.command, "npx");
+        assert_eq!(e.args, ["-y", "@modelcontextprotocol/server-everything"]);
+        assert_eq!(e.env.get("LOG_LEVEL").map(String::as_str), Some("debug"));
+        assert_eq!(e.read_only_tools, ["echo"]);
+        assert_eq!(e.startup_timeout_sec, Some(60));
+        assert_eq!(e.tool_timeout_sec, None);
+        let g = &c.mcp.servers["git-tools"];
+        assert!(g.args.is_empty() && g.env.is_empty() && g.read_only_tools.is_empty());
+        assert_eq!(
+            Config::parse("", Path::new("c.toml")).unwrap().mcp,
+            McpConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_mcp_server_entries_name_the_line_and_key() {
+        let cases = [
+            // (text, line, key)
+            (
+                "[mcp.servers.\"my.server\"]\ncommand = \"x\"\n",
+                1,
+                "`mcp.servers.\"my.server\"`",
+            ),
+            (
+                "[mcp.servers.a]\ncommand = \"x\"\n\n[mcp.servers.b]\nargs = []\ncommand = \" \"\n",
+                6,
+                "`mcp.servers.b.command`",
+            ),
+            (
+                "[mcp.servers.a]\ncommand = \"x\"\ntool_timeout_sec = 0\n",
+                3,
+                "`mcp.servers.a.tool_timeout_sec`",
+            ),
+            (
+                "[mcp.servers.a]\ncommand = \"x\"\nread_only = [\"echo\"]\n",
+                3,
+                "`read_only`",
+            ),
+            (
+                "[mcp.servers.a]\nargs = [\"x\"]\n",
+                1,
+                "missing field `command`",
+            ),
+            ("[mcp]\nserver = {}\n", 2, "`server`"),
+            (
+                "[mcp.servers.'a b']\ncommand = \"x\"\n",
+                1,
+                "`mcp.servers.\"a b\"`",
+            ),
+        ];
+        for (text, line, key) in cases {
+            let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.contains("c.toml"), "{shown}");
+            assert!(shown.contains(&format!("line {line}")), "{text:?}: {shown}");
+            assert!(shown.contains(key), "{text:?}: {shown}");
+        }
     }
 
     #[test]

@@ -813,6 +813,29 @@ pub struct Done {
     pub reused_tokens: usize,
     /// Whether the end of thinking was forced (budget, wrap-up).
     pub thinking_forced: bool,
+    /// How the grammar went, when the answer was constrained (structured output or tool
+    /// calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<ConstraintStats>,
+}
+
+/// A constrained answer's numbers (`engine::grammar`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConstraintStats {
+    /// The answer as it ended is a sentence of the grammar (false when `max_tokens`, the
+    /// context, a stop string or a cancel cut it first).
+    pub complete: bool,
+    /// Tokens drawn under the grammar's mask.
+    pub masked_tokens: usize,
+    /// Tokens the grammar forced, fed without a draw.
+    pub forced_tokens: usize,
+    /// Masked draws made by the host sampler on a runner that otherwise draws on the
+    /// device (the logits come to the host for the mask).
+    pub host_steps: usize,
+    /// The grammar's time per drawn token (fast-forward check, mask, consume), on the
+    /// decode thread.
+    pub mask_ms_p50: f64,
+    pub mask_ms_p99: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1052,3 +1052,308 @@ fn bench_reports_ttft_at_each_size_fresh_and_as_a_follow_up() {
         );
     }
 }
+// ---- Model files that claim more than they are (issue #10: items 7, 8, 9, 14, 15) ----
+
+/// Like `nemo`, with a deadline: a run still going after `secs` is killed and the test
+/// fails (a hang fails instead of stalling the suite). Also returns the run's peak
+/// resident memory in bytes, from `wait4`.
+// The child is reaped by `wait4` (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
+fn nemo_bounded(args: &[&str], secs: u64) -> (Output, u64) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        .env("NEMO_DEVICE", "cpu")
+        .env_remove("NEMO_MODEL")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id() as libc::pid_t;
+    let t0 = std::time::Instant::now();
+    let (status, maxrss) = loop {
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid out-parameter; `pid` is our own child.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break (status, ru.ru_maxrss as u64 * 1024);
+        }
+        if t0.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            panic!("`nemo {}` did not exit within {secs} s", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, maxrss)
+}
+
+fn run_bounded(model: &Path) -> Output {
+    let m = model.display().to_string();
+    nemo_bounded(&["run", "--model", &m, "--max-tokens", "4", "hello"], 60).0
+}
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("Infinity", "null");
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn bench_refuses_a_run_that_cannot_fit_before_allocating() {
+    // 10^11 prompt ids alone are 400 GB: refused in one line, not an allocation abort.
+    let (out, _) = nemo_bounded(
+        &[
+            "bench",
+            "--shape",
+            "tiny",
+            "--prompt-tokens",
+            "100000000000",
+            "--gen-tokens",
+            "1",
+            "--runs",
+            "1",
+        ],
+        60,
+    );
+    fails_with_one_line(&out, 1, &["needs about", "available", "--prompt-tokens"]);
+    let (out, _) = nemo_bounded(
+        &[
+            "bench",
+            "--model",
+            &tiny(),
+            "--prompt-tokens",
+            "100000000000",
+            "--runs",
+            "1",
+        ],
+        60,
+    );
+    fails_with_one_line(&out, 1, &["needs about", "available", "--prompt-tokens"]);
+}
+
+#[test]
+fn fifo_model_files_are_errors_not_hangs() {
+    for (fixture_name, file) in [
+        ("nemotron_h_tiny", "model.safetensors"),
+        ("nemotron_h_tiny", "config.json"),
+        ("nemotron_h_tiny", "tokenizer.json"),
+        ("nemotron_h_tiny", "tokenizer_config.json"),
+        ("nemotron_h_tiny", "generation_config.json"),
+        ("nemotron_h_f16", "chat_template.jinja"),
+        ("nemotron_h_bf16", "model.safetensors.index.json"),
+        ("nemotron_h_bf16", "model-00002-of-00003.safetensors"),
+    ] {
+        let (_t, dir) = copy_fixture(fixture_name);
+        mkfifo(&dir.join(file));
+        let out = run_bounded(&dir);
+        fails_with_one_line(&out, 1, &[file, "FIFO"]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("model.gguf");
+    mkfifo(&gguf);
+    fails_with_one_line(&run_bounded(&gguf), 1, &["model.gguf", "FIFO"]);
+}
+
+#[test]
+fn index_shards_outside_the_model_folder_are_refused() {
+    let (t, dir) = copy_fixture("nemotron_h_bf16");
+    // The shard moved out of the folder, where `..` or an absolute path would find it.
+    let outside = t.path().join("outside.safetensors");
+    std::fs::rename(dir.join("model-00002-of-00003.safetensors"), &outside).unwrap();
+    let index = dir.join("model.safetensors.index.json");
+    let original = std::fs::read_to_string(&index).unwrap();
+    for target in [
+        "../outside.safetensors".to_string(),
+        outside.display().to_string(),
+    ] {
+        let text = original.replace(
+            "\"model-00002-of-00003.safetensors\"",
+            &serde_json::Value::String(target.clone()).to_string(),
+        );
+        std::fs::write(&index, text).unwrap();
+        let out = run_bounded(&dir);
+        fails_with_one_line(
+            &out,
+            1,
+            &[
+                "model.safetensors.index.json",
+                "weight_map",
+                "outside.safetensors",
+            ],
+        );
+    }
+}
+
+#[test]
+fn bad_epsilon_and_rope_theta_are_named() {
+    // Python writes NaN and Infinity bare; 0 and negative values are as wrong.
+    for (fixture_name, field) in [
+        ("nemotron_h_tiny", "layer_norm_epsilon"),
+        ("llama_tiny", "rms_norm_eps"),
+        ("llama_tiny", "rope_theta"),
+    ] {
+        for bad in ["NaN", "Infinity", "-Infinity", "0", "-1e-5"] {
+            let (_t, dir) = copy_fixture(fixture_name);
+            let cfg = dir.join("config.json");
+            let text = std::fs::read_to_string(&cfg).unwrap();
+            let at = text.find(&format!("\"{field}\"")).unwrap();
+            let end = at + text[at..].find([',', '\n', '}']).unwrap();
+            let text = format!("{}\"{field}\": {bad}{}", &text[..at], &text[end..]);
+            std::fs::write(&cfg, text).unwrap();
+            let e = fails_with_one_line(&run_bounded(&dir), 1, &["config.json", field]);
+            assert!(e.contains("finite number greater than 0"), "{bad}: {e}");
+        }
+    }
+}
+
+#[test]
+fn strings_where_numbers_belong_are_named() {
+    for (fixture_name, file, field) in [
+        ("llama_tiny", "config.json", "rms_norm_eps"),
+        ("llama_tiny", "config.json", "num_key_value_heads"),
+        ("nemotron_h_tiny", "config.json", "layer_norm_epsilon"),
+        ("nemotron_h_tiny", "config.json", "hidden_size"),
+        ("nemotron_h_tiny", "generation_config.json", "temperature"),
+        ("nemotron_h_tiny", "generation_config.json", "top_p"),
+    ] {
+        let (_t, dir) = copy_fixture(fixture_name);
+        edit_json(&dir.join(file), |o| {
+            o.insert(field.into(), serde_json::json!("0.5"));
+        });
+        fails_with_one_line(&run_bounded(&dir), 1, &[file, field]);
+    }
+}
+
+#[test]
+fn token_ids_past_the_vocabulary_are_named() {
+    for (fixture_name, file, field) in [
+        ("nemotron_h_tiny", "config.json", "eos_token_id"),
+        ("nemotron_h_tiny", "config.json", "bos_token_id"),
+        ("llama_tiny", "config.json", "eos_token_id"),
+        ("nemotron_h_tiny", "generation_config.json", "eos_token_id"),
+    ] {
+        let (_t, dir) = copy_fixture(fixture_name);
+        edit_json(&dir.join(file), |o| {
+            o.insert(field.into(), serde_json::json!([2, 512]));
+        });
+        fails_with_one_line(&run_bounded(&dir), 1, &[file, field, "512"]);
+    }
+}
+
+#[test]
+fn layers_past_the_config_are_named() {
+    let (_t, dir) = copy_fixture("nemotron_h_tiny");
+    edit_json(&dir.join("config.json"), |o| {
+        o.insert("hybrid_override_pattern".into(), "M-M*-M*".into());
+        o.insert("num_hidden_layers".into(), 7.into());
+    });
+    fails_with_one_line(
+        &run_bounded(&dir),
+        1,
+        &["config.json", "hybrid_override_pattern", "layer 7"],
+    );
+    let (_t, dir) = copy_fixture("llama_tiny");
+    edit_json(&dir.join("config.json"), |o| {
+        o.insert("num_hidden_layers".into(), 2.into());
+    });
+    fails_with_one_line(
+        &run_bounded(&dir),
+        1,
+        &["config.json", "num_hidden_layers", "layer 2"],
+    );
+}
+
+/// Overwrites the first element of safetensors tensor `name` (F32) with `value`.
+fn poke_f32(file: &Path, name: &str, value: f32) {
+    let mut b = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let at = 8 + n + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    b[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(file, b).unwrap();
+}
+
+#[test]
+fn non_finite_logits_stop_with_an_error() {
+    let (_t, dir) = copy_fixture("nemotron_h_tiny");
+    poke_f32(
+        &dir.join("model.safetensors"),
+        "backbone.norm_f.weight",
+        f32::NAN,
+    );
+    let e = fails_with_one_line(&run_bounded(&dir), 1, &["not finite"]);
+    assert!(!e.contains("<unk>"), "{e}");
+}
+
+#[test]
+fn a_large_gguf_metadata_array_costs_no_more_than_the_file() {
+    // 50 MB of u8 elements: one decoded value per byte was 1.6 GB.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("big.gguf");
+    let mut w = common::gguf_file::Writer::new();
+    w.str("general.architecture", "nemotron_h")
+        .zero_bytes("junk", 50_000_000);
+    std::fs::write(&p, w.header()).unwrap();
+    let m = p.display().to_string();
+    let (out, maxrss) = nemo_bounded(&["run", "--model", &m, "hello"], 60);
+    fails_with_one_line(&out, 1, &["big.gguf", "embedding_length"]);
+    assert!(
+        maxrss < 256 << 20,
+        "peak RSS {} MiB for a 50 MB file",
+        maxrss >> 20
+    );
+}
+
+#[test]
+fn a_sparse_gguf_claiming_a_huge_state_is_refused_before_running() {
+    // Every shape agrees with every other and the data fits the file's (sparse) length,
+    // but 64 heads × 64 × d_state 2^22 make a 64 GiB state per sequence from 400 MB of
+    // claimed weights (a few KB on disk).
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("sparse.gguf");
+    let shape = common::gguf_file::MambaShape {
+        hidden: 8,
+        heads: 64,
+        head_dim: 64,
+        d_state: 1 << 22,
+        groups: 1,
+        vocab: 16,
+        layers: 1,
+    };
+    let w = common::gguf_file::mamba_model(&shape, 1);
+    w.write_sparse(&p);
+    let e = fails_with_one_line(
+        &run_bounded(&p),
+        1,
+        &["sparse.gguf", "nemotron_h.ssm.state_size", "64.1 GiB"],
+    );
+    assert!(!e.contains("memory allocation"), "{e}");
+}

@@ -1,4 +1,4 @@
-//! The whole Nemotron-H forward on the GPU (`backend::cuda::nemotron_h`) against the CPU
+//! The whole Nemotron-H forward on the GPU (`model::cuda::nemotron_h`) against the CPU
 //! model (`model::NemotronH`) on the dense tiny fixtures, for every cache dtype, for a
 //! prompt fed in several prefill chunks and for decode steps after it; and on the MoE
 //! fixtures (with and without the latent projection) with their routing pinned (see
@@ -112,10 +112,10 @@ fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::common::gpu::{bf16_reference, gpu, model_bound, rel_l2};
-    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, Plan, RandomWeights, StoreWeights};
     use nemo::backend::cuda::sampling::SampleArgs;
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
+    use nemo::model::cuda::{GpuNemotronH, GpuSession, Plan, RandomWeights, StoreWeights};
     use nemo::model::weights::{Tensor, WeightStore};
     use nemo::model::{Logits, NemotronH, NemotronHConfig};
     use nemo::state::CacheConfig;
@@ -349,21 +349,26 @@ mod gpu {
         let mut a = model.new_session(&g, cache, plan).unwrap();
         let mut b = model.new_session(&g, cache, plan).unwrap();
         let logits = model.forward(&g, &mut a, &prompt, Logits::Last).unwrap();
-        let id = model
-            .forward_sample(&g, &mut b, &prompt, &greedy, 0.5)
-            .unwrap();
-        let best = logits
+        model.forward_keep(&g, &mut b, &prompt).unwrap();
+        let id = model.draw(&g, &mut b, &greedy, &[], 0.5).unwrap();
+        let best = argmax(&logits);
+        assert_eq!(
+            id, best,
+            "logit {} vs {}",
+            logits[id as usize], logits[best as usize]
+        );
+    }
+
+    /// The first index of the largest logit.
+    fn argmax(logits: &[f32]) -> u32 {
+        logits
             .iter()
             .enumerate()
             .fold(
                 (0, f32::NEG_INFINITY),
                 |m, (i, &v)| if v > m.1 { (i, v) } else { m },
-            );
-        assert_eq!(
-            id as usize, best.0,
-            "logit {} vs {}",
-            logits[id as usize], best.1
-        );
+            )
+            .0 as u32
     }
 
     /// Bitwise equality of two logit vectors, naming the first difference.
@@ -403,8 +408,8 @@ mod gpu {
                 // 25 decode steps: the first eager (warm-up), the second captured, the
                 // rest replayed.
                 for (i, t) in steps.iter().enumerate() {
-                    let a = model.decode_logits(&g, &mut graph, *t).unwrap();
-                    let b = model.decode_logits(&g, &mut eager, *t).unwrap();
+                    let a = model.forward(&g, &mut graph, &[*t], Logits::Last).unwrap();
+                    let b = model.forward(&g, &mut eager, &[*t], Logits::Last).unwrap();
                     assert_bitwise(&format!("{what} decode step {i}"), &a, &b);
                 }
                 assert_eq!(graph.len(), tokens.len());
@@ -413,8 +418,14 @@ mod gpu {
         }
     }
 
+    /// Greedy generation the way the runner does it: `forward_keep` of the last id (the
+    /// device drew it into the decode step's input, so nothing is uploaded), then the
+    /// device draw with the bans in its args. Replayed and eager ids are equal, no banned
+    /// id is drawn, and the ids are the host's argmax of downloaded logits fed back by
+    /// upload (the step really read the drawn id); a token other than the drawn one is
+    /// uploaded (the step reads it, not the drawn id).
     #[test]
-    fn greedy_decode_next_on_the_graph_draws_the_eager_greedy_ids() {
+    fn greedy_device_draws_fed_back_give_the_eager_ids_and_the_host_argmax() {
         let Some(g) = gpu("gpu graph greedy") else {
             return;
         };
@@ -429,25 +440,37 @@ mod gpu {
                 prefill_chunk: 16,
             };
             for cache in all_caches() {
+                let what = format!("{name} ssm {} kv {}", cache.ssm_dtype, cache.kv_dtype);
                 let run = |graph: bool, banned: &[u32]| -> Vec<u32> {
                     let mut s = model.new_session(&g, cache, plan).unwrap();
                     s.set_cuda_graph(graph);
-                    let mut out = vec![model
-                        .forward_sample(&g, &mut s, &prompt, &greedy, 0.5)
-                        .unwrap()];
+                    model.forward_keep(&g, &mut s, &prompt).unwrap();
+                    let mut out = vec![model.draw(&g, &mut s, &greedy, &[], 0.5).unwrap()];
                     for _ in 0..steps {
-                        // No token given: the step reads the id the device drew.
-                        let id = model.decode_next(&g, &mut s, None, &greedy, banned, 0.5);
-                        out.push(id.unwrap());
+                        let prev = out[out.len() - 1];
+                        model.forward_keep(&g, &mut s, &[prev]).unwrap();
+                        out.push(model.draw(&g, &mut s, &greedy, banned, 0.5).unwrap());
                     }
                     out
                 };
-                let what = format!("{name} ssm {} kv {}", cache.ssm_dtype, cache.kv_dtype);
-                assert_eq!(run(true, &[]), run(false, &[]), "{what}");
+                let free = run(true, &[]);
+                assert_eq!(free, run(false, &[]), "{what}");
+                // The host's argmax, every token uploaded (nothing was drawn on the device).
+                let mut s = model.new_session(&g, cache, plan).unwrap();
+                let mut host = vec![argmax(
+                    &model.forward(&g, &mut s, &prompt, Logits::Last).unwrap(),
+                )];
+                for _ in 0..steps {
+                    let prev = host[host.len() - 1];
+                    host.push(argmax(
+                        &model.forward(&g, &mut s, &[prev], Logits::Last).unwrap(),
+                    ));
+                }
+                assert_eq!(free, host, "{what}: device draws fed back vs host argmax");
                 // Ban the first ids the unbanned run drew after the prompt (the first of
                 // them must then change): bans ride in the device args.
                 let mut banned: Vec<u32> = vec![];
-                for id in &run(false, &[])[1..] {
+                for id in &free[1..] {
                     if banned.len() < 3 && !banned.contains(id) {
                         banned.push(*id);
                     }
@@ -459,24 +482,22 @@ mod gpu {
                     eager[1..].iter().all(|id| !banned.contains(id)),
                     "{what}: a banned id was drawn: {eager:?} {banned:?}"
                 );
-                // Feeding the drawn ids back by hand gives the same ids (the draw really
-                // is what the next step read).
-                let mut s = model.new_session(&g, cache, plan).unwrap();
-                let mut prev = model
-                    .forward_sample(&g, &mut s, &prompt, &greedy, 0.5)
-                    .unwrap();
-                for (i, want) in eager.iter().enumerate().skip(1) {
-                    prev = model
-                        .decode_next(&g, &mut s, Some(prev), &greedy, &banned, 0.5)
-                        .unwrap();
-                    assert_eq!(prev, *want, "{name} step {i}");
-                }
+                // After a draw, another token (as a forced one) is uploaded and read.
+                let other = (free[0] + 1) % f.cfg.vocab_size as u32;
+                let mut a = model.new_session(&g, cache, plan).unwrap();
+                model.forward_keep(&g, &mut a, &prompt).unwrap();
+                model.draw(&g, &mut a, &greedy, &[], 0.5).unwrap();
+                let got = model.forward(&g, &mut a, &[other], Logits::Last).unwrap();
+                let mut b = model.new_session(&g, cache, plan).unwrap();
+                model.forward(&g, &mut b, &prompt, Logits::None).unwrap();
+                let want = model.forward(&g, &mut b, &[other], Logits::Last).unwrap();
+                assert_bitwise(&format!("{what}: token {other} after a draw"), &got, &want);
             }
         }
     }
 
     #[test]
-    fn device_sampling_refuses_penalties_and_a_missing_drawn_token_in_one_line() {
+    fn device_draw_refuses_penalties_and_feeding_refuses_ids_outside_the_vocabulary() {
         let Some(g) = gpu("gpu sampling refusals") else {
             return;
         };
@@ -488,31 +509,26 @@ mod gpu {
         };
         let mut s = model.new_session(&g, CacheConfig::default(), plan).unwrap();
         let prompt = ids(4, f.cfg.vocab_size, 29);
-        model.forward(&g, &mut s, &prompt, Logits::None).unwrap();
+        model.forward_keep(&g, &mut s, &prompt).unwrap();
         let greedy = SampleArgs::from(&nemo::protocol::SamplingParams::default());
-        // Nothing was drawn on the device: a token must be given.
-        let e = model
-            .decode_next(&g, &mut s, None, &greedy, &[], 0.5)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("needs a token drawn on the device"), "{e}");
         let penalised = SampleArgs {
             repetition_penalty: 1.2,
             ..greedy
         };
         let e = model
-            .decode_next(&g, &mut s, Some(1), &penalised, &[], 0.5)
+            .draw(&g, &mut s, &penalised, &[], 0.5)
             .unwrap_err()
             .to_string();
         assert!(e.contains("penalties need the token history"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
-        // Neither refusal fed anything.
         assert_eq!(s.len(), prompt.len());
         let e = model
-            .decode_next(&g, &mut s, Some(f.cfg.vocab_size as u32), &greedy, &[], 0.5)
+            .forward_keep(&g, &mut s, &[f.cfg.vocab_size as u32])
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the vocabulary"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Neither refusal fed anything.
         assert_eq!(s.len(), prompt.len());
     }
 
@@ -545,10 +561,10 @@ mod gpu {
             for graph in [true, false] {
                 let mut s = model.new_session(&g, cache, plan).unwrap();
                 s.set_cuda_graph(graph);
-                let feed = |s: &mut nemo::backend::cuda::nemotron_h::GpuSession| {
+                let feed = |s: &mut GpuSession| {
                     let mut out = model.forward(&g, s, chunk, Logits::All).unwrap();
                     for t in steps {
-                        out.extend(model.decode_logits(&g, s, *t).unwrap());
+                        out.extend(model.forward(&g, s, &[*t], Logits::Last).unwrap());
                     }
                     out
                 };

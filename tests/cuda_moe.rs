@@ -1,4 +1,4 @@
-//! The MoE mixer on the GPU (`backend::cuda::moe_layer::GpuMoe`) against the CPU mixer
+//! The MoE mixer on the GPU (`model::cuda::moe_layer::GpuMoe`) against the CPU mixer
 //! (`model::moe::Moe`), and its kernels (router, grouped GEMVs, gather, combine) against
 //! plain CPU loops.
 //!
@@ -19,12 +19,13 @@ mod common;
 mod gpu {
     use super::common::gpu::{assert_close, bf16s, gpu, rel_l2, seed, up, Rng};
     use half::bf16;
+    use nemo::backend::cpu::moe::route;
     use nemo::backend::cuda::moe::{self, Experts};
-    use nemo::backend::cuda::moe_layer::{GpuMoe, MoeBuffers, MoePath};
-    use nemo::backend::cuda::weights::StoreWeights;
     use nemo::backend::cuda::{self, Gpu};
     use nemo::backend::DType;
-    use nemo::model::moe::Moe;
+    use nemo::model::cuda::moe_layer::{GpuMoe, MoeBuffers, MoePath};
+    use nemo::model::cuda::StoreWeights;
+    use nemo::model::moe::{routing, Moe};
     use nemo::model::weights::{Tensor, WeightStore};
     use nemo::model::NemotronHConfig;
     use serde_json::json;
@@ -247,7 +248,8 @@ mod gpu {
     }
 
     /// GpuMoe vs Moe on fresh inputs of each length in `ns`, on both paths: the chosen ids
-    /// and weights (as the CPU's `route` gives them) and each token's output row.
+    /// and weights (as the CPU op `backend::cpu::moe::route` gives them) and each token's
+    /// output row.
     fn compare(g: &Gpu, c: &Case, ns: &[usize], s: u64) {
         let mut r = Rng::new(s);
         let cfg = config(c);
@@ -280,7 +282,13 @@ mod gpu {
                                 .sum()
                         })
                         .collect();
-                    let mut route = cpu.route(&logits);
+                    let (mut rid, mut rw) = (vec![0u32; k], vec![0f32; k]);
+                    route(&routing(&cfg), &logits, &bias, &mut rid, &mut rw, 1);
+                    let mut route: Vec<(usize, f32)> = rid
+                        .iter()
+                        .zip(&rw)
+                        .map(|(i, w)| (*i as usize, *w))
+                        .collect();
                     let mut mine: Vec<(usize, f32)> = (0..k)
                         .map(|i| (ids[t * k + i] as usize, wts[t * k + i]))
                         .collect();

@@ -143,7 +143,7 @@ mod gpu {
         assert_close, bf16s, gpu, rel_l2, rounded, run_scan, scan_case, seed, up, Rng,
     };
     use half::bf16;
-    use nemo::backend::cpu::{matmul, ops, MatRef};
+    use nemo::backend::cpu::{matmul, moe, ops, ssm, MatRef};
     use nemo::backend::cuda::attention::{DevicePosition, GpuKvCache};
     use nemo::backend::cuda::{self, ssm::ScanShape};
     use nemo::backend::{fp8, DType};
@@ -340,46 +340,8 @@ mod gpu {
         }
     }
 
-    /// Reference causal conv (`Mamba2::project`): inputs `[n, cd]`, state `[k-1, cd]`.
-    fn conv_ref(
-        x: &[f32],
-        state: &mut Vec<f32>,
-        w: &[f32],
-        b: &[f32],
-        n: usize,
-        cd: usize,
-        k: usize,
-    ) -> Vec<f32> {
-        let past = k - 1;
-        let input = |st: &Vec<f32>, s: isize, c: usize| {
-            if s < 0 {
-                st[(past as isize + s) as usize * cd + c]
-            } else {
-                x[s as usize * cd + c]
-            }
-        };
-        let mut out = vec![0f32; n * cd];
-        for t in 0..n {
-            for c in 0..cd {
-                let mut acc = b[c];
-                for j in 0..k {
-                    acc += w[c * k + j] * input(state, t as isize - past as isize + j as isize, c);
-                }
-                out[t * cd + c] = ops::silu(acc);
-            }
-        }
-        let mut win = vec![0f32; past * cd];
-        for i in 0..past {
-            for c in 0..cd {
-                win[i * cd + c] = input(state, n as isize - past as isize + i as isize, c);
-            }
-        }
-        *state = win;
-        out
-    }
-
     #[test]
-    fn conv1d_prompt_and_step_match_the_reference_and_carry_the_window() {
+    fn conv1d_prompt_and_step_match_the_cpu_op_and_carry_the_window() {
         let Some(g) = gpu("conv1d") else { return };
         let s = seed();
         let mut r = Rng::new(s);
@@ -392,9 +354,6 @@ mod gpu {
         ] {
             let stride = cd + 11; // rows of a wider projection, offset 3
             let xrow = r.vec(3 + n * stride, 2.0);
-            let x: Vec<f32> = (0..n)
-                .flat_map(|t| xrow[3 + t * stride..3 + t * stride + cd].to_vec())
-                .collect();
             let w = r.vec(cd * k, 0.5);
             let b = r.vec(cd, 0.5);
             let mut st = r.vec((k - 1) * cd, 1.0);
@@ -415,14 +374,17 @@ mod gpu {
                 k,
             )
             .unwrap();
-            let want = conv_ref(&x, &mut st, &w, &b, n, cd, k);
+            // The CPU op reads the same strided rows.
+            let mut want = vec![0f32; n * cd];
+            ssm::causal_conv1d(&xrow, 3, stride, n, &mut st, &w, &b, &mut want, cd, k);
             let what = format!("seed {s} cd {cd} k {k} n {n}");
             assert_close(&what, &g.download(&out).unwrap(), &want, 1e-5, 1.0);
             assert_eq!(g.download(&dst).unwrap(), st, "{what}: window");
             // Then three decode steps on the carried window.
             for _ in 0..3 {
                 let x1 = r.vec(cd, 2.0);
-                let want = conv_ref(&x1, &mut st, &w, &b, 1, cd, k);
+                let mut want = vec![0f32; cd];
+                ssm::causal_conv1d(&x1, 0, cd, 1, &mut st, &w, &b, &mut want, cd, k);
                 let mut o1 = g.zeros::<f32>(cd).unwrap();
                 cuda::conv1d::update(&g, &up(&g, &x1), 0, &mut dst, &dw, &db, &mut o1, cd, k)
                     .unwrap();
@@ -438,48 +400,6 @@ mod gpu {
         }
     }
 
-    /// Reference Mamba2 scan as the plain recurrence over tokens (the chunked form equals it
-    /// up to rounding): returns y `[n, di]`, updates `state` (f32, `[h, p, ns]`).
-    #[allow(clippy::too_many_arguments)]
-    fn scan_ref(
-        sh: &ScanShape,
-        xbc: &[f32],
-        dt_raw: &[f32],
-        dt_stride: usize,
-        dt_bias: &[f32],
-        a: &[f32],
-        d: &[f32],
-        dt_min: f32,
-        state: &mut [f32],
-        n: usize,
-    ) -> Vec<f32> {
-        let (h, p, ns, ng) = (sh.heads, sh.head_dim, sh.d_state, sh.n_groups);
-        let di = h * p;
-        let cd = di + 2 * ng * ns;
-        let mut y = vec![0f32; n * di];
-        for t in 0..n {
-            let row = &xbc[t * cd..(t + 1) * cd];
-            for hh in 0..h {
-                let gidx = hh / (h / ng);
-                let b = &row[di + gidx * ns..di + (gidx + 1) * ns];
-                let c = &row[di + ng * ns + gidx * ns..di + ng * ns + (gidx + 1) * ns];
-                let dt = ops::softplus(dt_raw[t * dt_stride + hh] + dt_bias[hh]).max(dt_min);
-                let da = (dt * a[hh]).exp();
-                for pi in 0..p {
-                    let xs = row[hh * p + pi];
-                    let st = &mut state[(hh * p + pi) * ns..(hh * p + pi + 1) * ns];
-                    let mut acc = 0f32;
-                    for s in 0..ns {
-                        st[s] = st[s] * da + dt * xs * b[s];
-                        acc += st[s] * c[s];
-                    }
-                    y[t * di + hh * p + pi] = acc + d[hh] * xs;
-                }
-            }
-        }
-        y
-    }
-
     /// Relative bound for a state kept in `dtype` (rounded once per call).
     fn state_rel(dtype: DType) -> f32 {
         match dtype {
@@ -490,7 +410,7 @@ mod gpu {
     }
 
     #[test]
-    fn ssm_decode_step_matches_the_recurrence_for_every_state_dtype() {
+    fn ssm_decode_step_matches_the_cpu_step_for_every_state_dtype() {
         let Some(g) = gpu("ssm_update") else { return };
         let s = seed();
         let mut r = Rng::new(s);
@@ -519,17 +439,9 @@ mod gpu {
                 let c = scan_case(&mut r, sh, 1, sh.heads, false);
                 let start = rounded(dtype, &c.state);
                 let mut st = start.clone();
-                let want = scan_ref(
-                    &sh,
-                    &c.xbc,
-                    &c.dt_raw,
-                    sh.heads,
-                    &c.dt_bias,
-                    &c.a,
-                    &c.d,
-                    f32::MIN,
-                    &mut st,
-                    1,
+                let mut want = vec![0f32; sh.heads * sh.head_dim];
+                ssm::ssm_step(
+                    &sh, &c.xbc, &c.dt_raw, 0, &c.dt_bias, &c.a, &c.d, &mut st, &mut want,
                 );
                 let (y, back) = run_scan(&g, &c, 1, sh.heads, None, 0.0, dtype);
                 let what = format!("seed {s} {sh:?} {dtype}");
@@ -814,49 +726,6 @@ mod gpu {
         }
     }
 
-    /// Reference routing, as `model::moe`'s module doc states it.
-    fn route_ref(r: &cuda::moe::Routing, logits: &[f32], bias: &[f32]) -> Vec<(u32, f32)> {
-        let e = logits.len();
-        let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
-        let mut choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
-        let order = |v: &[f32]| {
-            let mut i: Vec<usize> = (0..v.len()).collect();
-            i.sort_by(|a, b| v[*b].partial_cmp(&v[*a]).unwrap().then(a.cmp(b)));
-            i
-        };
-        let per = e / r.n_group;
-        if r.topk_group < r.n_group {
-            let gs: Vec<f32> = (0..r.n_group)
-                .map(|gi| {
-                    order(&choice[gi * per..(gi + 1) * per])
-                        .iter()
-                        .take(2)
-                        .map(|i| choice[gi * per + i])
-                        .sum()
-                })
-                .collect();
-            let keep: Vec<usize> = order(&gs).into_iter().take(r.topk_group).collect();
-            for gi in 0..r.n_group {
-                if !keep.contains(&gi) {
-                    choice[gi * per..(gi + 1) * per].fill(f32::NEG_INFINITY);
-                }
-            }
-        }
-        let picked: Vec<usize> = order(&choice).into_iter().take(r.top_k).collect();
-        let sum: f32 = picked.iter().map(|i| scores[*i]).sum::<f32>() + 1e-20;
-        picked
-            .iter()
-            .map(|&i| {
-                let w = if r.norm_topk_prob {
-                    scores[i] / sum
-                } else {
-                    scores[i]
-                };
-                (i as u32, w * r.routed_scaling_factor)
-            })
-            .collect()
-    }
-
     #[test]
     fn moe_routing_picks_the_same_experts_and_weights_as_the_cpu() {
         let Some(g) = gpu("moe_route") else { return };
@@ -905,15 +774,13 @@ mod gpu {
             )
             .unwrap();
             let (ids, w) = (g.download(&ids).unwrap(), g.download(&w).unwrap());
+            let (mut want_ids, mut want_w) = (vec![0u32; n * rt.top_k], vec![0f32; n * rt.top_k]);
+            moe::route(&rt, &logits, &bias, &mut want_ids, &mut want_w, n);
             for t in 0..n {
-                let want = route_ref(&rt, &logits[t * e..(t + 1) * e], &bias);
-                for (k, (id, wt)) in want.iter().enumerate() {
-                    assert_eq!(
-                        ids[t * rt.top_k + k],
-                        *id,
-                        "seed {s} {rt:?} token {t} pick {k}"
-                    );
-                    let got = w[t * rt.top_k + k];
+                for k in 0..rt.top_k {
+                    let i = t * rt.top_k + k;
+                    assert_eq!(ids[i], want_ids[i], "seed {s} {rt:?} token {t} pick {k}");
+                    let (got, wt) = (w[i], want_w[i]);
                     assert!(
                         (got - wt).abs() <= 1e-5 * wt.abs().max(1.0),
                         "seed {s}: weight {got} vs {wt}"

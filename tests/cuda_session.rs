@@ -209,11 +209,10 @@ mod gpu {
     use super::common::gpu::{bf16_reference, model_bound, rel_l2, GpuGuard};
     use std::sync::Arc;
 
-    use nemo::backend::cuda::nemotron_h::{GpuNemotronH, StoreWeights};
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
-    use nemo::engine::runner::{check_cuda, load_gpu_model};
     use nemo::engine::{Runner, Session, SessionOptions};
+    use nemo::model::cuda::{check_cuda, load_gpu_model, GpuNemotronH, StoreWeights};
     use nemo::model::weights::WeightStore;
     use nemo::model::{Logits, Model, ModelFolder, NemotronHConfig};
     use nemo::protocol::Message;

@@ -370,3 +370,160 @@ fn broken_nemotron_h_gguf_names_the_file_and_the_tensor() {
         );
     }
 }
+
+// ---- Files that claim more than they are (issue #10: items 8, 14, 15) ----
+
+use common::gguf_file::{layout, mamba_model, MambaShape};
+
+fn open_bytes_err(b: &[u8], name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, b).unwrap();
+    let e = open_err(&p);
+    assert!(e.contains(name) && !e.contains('\n'), "{e}");
+    e
+}
+
+#[test]
+fn gguf_tensor_count_one_too_low_is_named() {
+    for file in ["nemotron_h_tiny.q8_0.gguf", "nemotron_h_bf16.bf16.gguf"] {
+        let mut b = std::fs::read(gguf(file)).unwrap();
+        let l = layout(&b);
+        b[l.n_tensors_at..l.n_tensors_at + 8].copy_from_slice(&(l.n_tensors - 1).to_le_bytes());
+        let e = open_bytes_err(&b, "count.gguf");
+        assert!(e.contains("tensor count"), "{file}: {e}");
+    }
+}
+
+#[test]
+fn gguf_block_count_lower_than_its_blocks_is_named() {
+    let shape = MambaShape {
+        hidden: 8,
+        heads: 2,
+        head_dim: 4,
+        d_state: 4,
+        groups: 1,
+        vocab: 16,
+        layers: 2,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("blocks.gguf");
+    // The file as written holds both blocks and opens; a block_count of 1 drops one.
+    let bytes =
+        |count: u32| mamba_model(&shape, count).bytes(|t, e| 0.01 * ((t as u64 + e) % 7) as f32);
+    std::fs::write(&p, bytes(2)).unwrap();
+    ModelFolder::open(&p).unwrap();
+    let e = open_bytes_err(&bytes(1), "blocks.gguf");
+    assert!(
+        e.contains("nemotron_h.block_count") && e.contains("blk.1."),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_epsilon_that_is_not_a_positive_number_is_named() {
+    let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    let key = "nemotron_h.attention.layer_norm_epsilon";
+    let at = layout(&src).kv_at(key);
+    assert_eq!(src[at..at + 4], 6u32.to_le_bytes(), "an f32 value");
+    for bad in [f32::NAN, f32::INFINITY, 0.0, -1e-5] {
+        let mut b = src.clone();
+        b[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
+        let e = open_bytes_err(&b, "eps.gguf");
+        assert!(
+            e.contains(key) && e.contains("greater than 0"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn gguf_token_ids_past_the_vocabulary_are_named() {
+    let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id"] {
+        let at = layout(&src).kv_at(key);
+        assert_eq!(src[at..at + 4], 4u32.to_le_bytes(), "a u32 value");
+        let mut b = src.clone();
+        b[at + 4..at + 8].copy_from_slice(&99999u32.to_le_bytes());
+        let e = open_bytes_err(&b, "ids.gguf");
+        assert!(e.contains(key) && e.contains("99999"), "{e}");
+    }
+}
+
+#[test]
+fn gguf_shape_errors_name_the_files_metadata_not_config_json() {
+    let mut b = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    let at = layout(&b).info_at("blk.0.attn_norm.weight");
+    assert_eq!(b[at..at + 4], 1u32.to_le_bytes(), "one dim");
+    let d = u64::from_le_bytes(b[at + 4..at + 12].try_into().unwrap());
+    b[at + 4..at + 12].copy_from_slice(&(d / 2).to_le_bytes());
+    let e = open_bytes_err(&b, "shape.gguf");
+    assert!(
+        e.contains("blk.0.attn_norm.weight")
+            && e.contains("metadata")
+            && !e.contains("config.json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_cut_at_the_data_start_is_truncated() {
+    // A header small beside its tensors (few tokens, wide matrices), as in real models.
+    let shape = MambaShape {
+        hidden: 1024,
+        heads: 8,
+        head_dim: 16,
+        d_state: 16,
+        groups: 2,
+        vocab: 64,
+        layers: 1,
+    };
+    let made = mamba_model(&shape, 1).bytes(|_, _| 0.5);
+    for (file, b) in [
+        ("mamba_model", made),
+        (
+            "nemotron_h_tiny.q8_0.gguf",
+            std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap(),
+        ),
+    ] {
+        let l = layout(&b);
+        for cut in [l.infos_end, l.data_start, l.data_start + 64] {
+            let e = open_bytes_err(&b[..cut], "cut.gguf");
+            assert!(
+                e.contains("truncated") && !e.contains("impossible"),
+                "{file} at {cut}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gguf_tensors_sharing_bytes_are_refused() {
+    // Two tensors of the same size over the same bytes: the weights would claim more
+    // than the file holds.
+    let mut b = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    let l = layout(&b);
+    let offset_at = |name: &str| l.info_at(name) + 4 + 8 + 4;
+    let (a, c) = (
+        offset_at("blk.0.attn_norm.weight"),
+        offset_at("blk.1.attn_norm.weight"),
+    );
+    let off = b[a..a + 8].to_vec();
+    b[c..c + 8].copy_from_slice(&off);
+    let e = open_bytes_err(&b, "overlap.gguf");
+    assert!(e.contains("overlaps"), "{e}");
+}
+
+#[test]
+fn gguf_sampling_defaults_that_are_not_usable_numbers_are_named() {
+    let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
+    let key = "general.sampling.temp";
+    let at = layout(&src).kv_at(key);
+    assert_eq!(src[at..at + 4], 6u32.to_le_bytes(), "an f32 value");
+    for bad in [f32::NAN, f32::INFINITY, -0.5] {
+        let mut b = src.clone();
+        b[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
+        let e = open_bytes_err(&b, "temp.gguf");
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

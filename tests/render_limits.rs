@@ -103,7 +103,7 @@ fn runaway_templates_stop_with_one_line_naming_the_template() {
         let mut b = builder(source);
         let t0 = Instant::now();
         let err = b
-            .build(&[Message::user("hi")], true, 4096, &never)
+            .build(&[Message::user("hi")], true, None, 4096, &never)
             .unwrap_err()
             .to_string();
         let took = t0.elapsed();
@@ -169,24 +169,28 @@ fn the_helper_renders_each_request_s_own_messages_after_a_failed_one() {
     );
     let m = |texts: &[&str]| -> Vec<Message> { texts.iter().map(|t| Message::user(*t)).collect() };
     assert_eq!(
-        b.build(&m(&["a", "b"]), true, 4096, &never).unwrap().text,
+        b.build(&m(&["a", "b"]), true, None, 4096, &never)
+            .unwrap()
+            .text,
         "a|b|"
     );
-    let err = b.build(&m(&["a", "fail"]), true, 4096, &never).unwrap_err();
+    let err = b
+        .build(&m(&["a", "fail"]), true, None, 4096, &never)
+        .unwrap_err();
     assert!(err.to_string().contains("no"), "{err}");
     assert_eq!(
-        b.build(&m(&["a", "b", "c"]), true, 4096, &never)
+        b.build(&m(&["a", "b", "c"]), true, None, 4096, &never)
             .unwrap()
             .text,
         "a|b|c|"
     );
     let cancel = Instant::now();
-    let spun = b.build(&m(&["a", "spin"]), true, 4096, &|| {
+    let spun = b.build(&m(&["a", "spin"]), true, None, 4096, &|| {
         cancel.elapsed() > Duration::from_millis(50)
     });
     assert!(matches!(spun, Err(EngineError::Cancelled)), "{spun:?}");
     assert_eq!(
-        b.build(&m(&["a", "b", "c", "d"]), true, 4096, &never)
+        b.build(&m(&["a", "b", "c", "d"]), true, None, 4096, &never)
             .unwrap()
             .text,
         "a|b|c|d|"
@@ -241,7 +245,7 @@ fn a_long_session_and_a_large_message_still_render() {
         )));
     }
     msgs.push(Message::user("x ".repeat(1 << 18)));
-    let plan = b.build(&msgs, true, 4 << 20, &never).unwrap();
+    let plan = b.build(&msgs, true, None, 4 << 20, &never).unwrap();
     assert!(plan
         .text
         .starts_with("<SPECIAL_10>System\nYou are a test.\n/think\n"));
@@ -272,7 +276,7 @@ fn turns(mut b: PromptBuilder, tok: &Tokenizer, thinking: bool, turns: usize) {
     for t in 0..turns {
         msgs.push(Message::user(format!("question {t}: why?")));
         let before = b.stats();
-        let plan = b.build(&msgs, thinking, 1 << 20, &never).unwrap();
+        let plan = b.build(&msgs, thinking, None, 1 << 20, &never).unwrap();
         let d = delta(b.stats(), before);
         if t > 0 {
             assert!(d.renders <= 3, "turn {t}: {d:?}");
@@ -335,7 +339,7 @@ fn a_prompt_far_past_the_context_is_refused_without_tokenizing() {
     let mut b = builder(&fixture_template());
     let max = b.max_token_bytes().unwrap();
     let msgs = [Message::user("word ".repeat(1 << 20))];
-    let err = b.build(&msgs, true, 1000, &never).unwrap_err();
+    let err = b.build(&msgs, true, None, 1000, &never).unwrap_err();
     match &err {
         EngineError::PromptTooLong {
             bytes,
@@ -361,7 +365,7 @@ fn cancel_during_a_spinning_render_returns_cancelled_at_once() {
         std::thread::sleep(Duration::from_millis(100));
         c.cancel();
     });
-    let result = b.build(&[Message::user("spin")], true, 4096, &|| {
+    let result = b.build(&[Message::user("spin")], true, None, 4096, &|| {
         controls.is_cancelled()
     });
     let took = t0.elapsed();
@@ -370,7 +374,9 @@ fn cancel_during_a_spinning_render_returns_cancelled_at_once() {
     // The render's own time limit is 10 s; a cancel is seen within 10 ms of polling.
     assert!(took < Duration::from_secs(3), "took {took:?}");
     // The killed helper is replaced on the next request.
-    let plan = b.build(&[Message::user("hi")], true, 4096, &never).unwrap();
+    let plan = b
+        .build(&[Message::user("hi")], true, None, 4096, &never)
+        .unwrap();
     assert_eq!(plan.text, "<SPECIAL_11>User\nhi");
 }
 

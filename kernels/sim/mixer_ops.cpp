@@ -1,9 +1,15 @@
 // Runs the Mamba2 mixer's small kernels on the CPU, kernels/conv1d.cu (causal depthwise conv
 // for a prompt, its window update in place, the one-token step) and kernels/norm.cu (RMSNorm
 // fused with the residual add, the grouped gated RMSNorm), against double references
-// written here from their definitions (model::mamba2, backend::cpu::ops). Bounds: f32 sums of
-// k (conv) or dim (norm) terms, (len + 16)·2^-24 of the sum of absolute terms, propagated
-// through silu / the normalisation; the conv window and the residual are compared exactly.
+// written here from their definitions (backend::cpu::ssm::causal_conv1d,
+// backend::cpu::ops). Bounds: f32 sums of k (conv) or dim (norm) terms, (len + 16)·2^-24 of
+// the sum of absolute terms, propagated through silu / the normalisation; the conv window
+// and the residual are compared exactly.
+//
+// The conv is also checked against its CPU op itself (backend::cpu::ssm::causal_conv1d), on
+// inputs tests/kernel_sim.rs made and ran through it (the cases file, argv[1]): the op
+// within the bound above of the double reference, the kernel within twice that of the
+// op's output, and the windows equal.
 #include "../conv1d.cu"
 #include "../norm.cu"
 
@@ -132,7 +138,62 @@ static void gated(int rows, int groups, int gs) {
                   rows, groups, gs, worst, bad);
 }
 
-int main() {
+// Each case: cd, k, n rows at offset / stride of x, the window before; the CPU op's
+// output rows and window after. n = 1 with `decode` runs conv1d_update_f32, else
+// conv1d_prefill_f32 + conv1d_state_f32.
+static void conv_cases(check::Cases& in) {
+    const int count = in.i32();
+    for (int c = 0; c < count; ++c) {
+        const int cd = in.i32(), k = in.i32(), n = in.i32(), offset = in.i32(), stride = in.i32();
+        const bool decode = in.i32() != 0;
+        const int past = k - 1;
+        const auto x = in.f32s((size_t)offset + (size_t)(n - 1) * stride + cd);
+        auto state = in.f32s((size_t)past * cd);
+        const auto w = in.f32s((size_t)cd * k), b = in.f32s(cd);
+        const auto cpu_out = in.f32s((size_t)n * cd), cpu_state = in.f32s((size_t)past * cd);
+        // The input stream [window ++ rows] for the double reference.
+        std::vector<double> stream((size_t)(past + n) * cd);
+        for (int i = 0; i < past * cd; ++i) stream[i] = state[i];
+        for (int t = 0; t < n; ++t)
+            for (int ch = 0; ch < cd; ++ch) stream[(size_t)(past + t) * cd + ch] = x[offset + (size_t)t * stride + ch];
+        std::vector<float> out((size_t)n * cd, NAN);
+        const unsigned gx = (unsigned)((cd + 255) / 256);
+        const float* xp = x.data() + offset;
+        if (decode && n == 1) {
+            launch({gx, 1, 1}, {256, 1, 1}, 0,
+                   [&] { conv1d_update_f32(xp, state.data(), w.data(), b.data(), out.data(), cd, k); });
+        } else {
+            launch({gx, (unsigned)n, 1}, {256, 1, 1}, 0,
+                   [&] { conv1d_prefill_f32(xp, stride, state.data(), w.data(), b.data(), out.data(), n, cd, k); });
+            launch({gx, 1, 1}, {256, 1, 1}, 0, [&] { conv1d_state_f32(xp, stride, state.data(), n, cd, k); });
+        }
+        double op = 0, kernel = 0;
+        for (int t = 0; t < n; ++t)
+            for (int ch = 0; ch < cd; ++ch) {
+                double acc = b[ch], acca = std::fabs(b[ch]);
+                for (int j = 0; j < k; ++j) {
+                    const double v = w[(size_t)ch * k + j] * stream[(size_t)(t + j) * cd + ch];
+                    acc += v;
+                    acca += std::fabs(v);
+                }
+                const double bound = 1.1 * (k + 16) * U32 * acca + 8 * U32 * std::fabs(silu(acc)) + 1e-30;
+                const size_t i = (size_t)t * cd + ch;
+                op = std::max(op, std::isnan(cpu_out[i]) ? 1e9 : std::fabs(cpu_out[i] - silu(acc)) / bound);
+                kernel = std::max(kernel, std::isnan(out[i]) ? 1e9 : std::fabs(out[i] - cpu_out[i]) / (2 * bound));
+            }
+        int bad_window = 0;
+        for (size_t i = 0; i < state.size(); ++i) bad_window += state[i] != cpu_state[i];
+        check::expect(op <= 1 && kernel <= 1 && bad_window == 0,
+                      "conv1d %s vs backend::cpu::ssm::causal_conv1d: channels %d, k %d, rows %d (stride %d): op vs "
+                      "reference err/bound %.3f, kernel vs op err/bound %.3f, %d window elements differ",
+                      decode ? "update" : "prefill + state", cd, k, n, stride, op, kernel, bad_window);
+    }
+}
+
+int main(int argc, char** argv) {
+    check::Cases cases(argc, argv);
+    conv_cases(cases);
+    cases.done();
     conv(300, 4, 5);   // two channel blocks, ragged; a prompt longer than the window
     conv(40, 4, 2);    // a prompt shorter than the window: the state shifts in place
     conv(33, 2, 1);

@@ -1,12 +1,14 @@
-// Runs kernels/moe.cu on the CPU, stage by stage as src/backend/cuda/moe_layer.rs chains
+// Runs kernels/moe.cu on the CPU, stage by stage as src/model/cuda/moe_layer.rs chains
 // them for a decode step (router → route → up GEMV → down GEMV → combine, the expert ids
 // passed in device memory), plus the prompt path's gather. Each stage is checked on the
-// previous stage's kernel output against a reference written here:
-//  - router, GEMVs: dot products in double; bound (len + 8)·2^-24·Σ|terms| (f32 sums; the
-//    bf16 weights and inputs are exact in f32), relu² propagated;
-//  - route: the CPU's rule (model::moe::Moe::route: sigmoid in f32, group score = sum of the
-//    group's two best choices, best groups then best experts with ties to the lower index,
-//    weights normalised and scaled): the ids exactly, the weights to 4 f32 ulps;
+// previous stage's kernel output:
+//  - router, GEMVs: against dot products in double written here; bound (len + 8)·2^-24·
+//    Σ|terms| (f32 sums; the bf16 weights and inputs are exact in f32), relu² propagated;
+//  - route: against the CPU op itself (backend::cpu::moe::route), on the logits, biases
+//    and routings tests/kernel_sim.rs made and routed (the cases file, argv[1]: random and
+//    tied logits, grouped and not): the ids exactly, the weights to 4 f32 ulps. Its rule
+//    has no rounding to model (sigmoid in f32, sums of two), so the CPU op is the oracle,
+//    not a copy of it here;
 //  - gather / combine: exact rows / f32 sums in pick order.
 #include "../moe.cu"
 
@@ -17,48 +19,6 @@
 
 static const double U32 = 1.0 / 16777216;
 
-// The k best indices of v, by value (descending), ties to the lower index.
-static std::vector<int> top_indices(const std::vector<float>& v, int k) {
-    std::vector<int> idx(v.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return v[a] > v[b]; });
-    idx.resize(k);
-    return idx;
-}
-
-struct Route {
-    std::vector<int> ids;
-    std::vector<float> w;
-};
-static Route route_ref(const float* logits, const std::vector<float>& bias, int e, int n_group, int topk_group,
-                       int top_k, bool norm, float scale) {
-    std::vector<float> scores(e), choice(e);
-    for (int j = 0; j < e; ++j) {
-        scores[j] = 1.f / (1.f + std::exp(-logits[j]));
-        choice[j] = scores[j] + bias[j];
-    }
-    const int per = e / n_group;
-    if (topk_group < n_group) {
-        std::vector<float> gs(n_group);
-        for (int g = 0; g < n_group; ++g) {
-            std::vector<float> part(choice.begin() + g * per, choice.begin() + (g + 1) * per);
-            float s = 0.f;
-            for (int i : top_indices(part, std::min(2, per))) s += part[i];
-            gs[g] = s;
-        }
-        const auto keep = top_indices(gs, topk_group);
-        for (int g = 0; g < n_group; ++g)
-            if (std::find(keep.begin(), keep.end(), g) == keep.end())
-                std::fill(choice.begin() + g * per, choice.begin() + (g + 1) * per, -INFINITY);
-    }
-    Route r;
-    r.ids = top_indices(choice, top_k);
-    float sum = 0.f;
-    for (int i : r.ids) sum += scores[i];
-    for (int i : r.ids) r.w.push_back((norm ? scores[i] / (sum + 1e-20f) : scores[i]) * scale);
-    return r;
-}
-
 static std::vector<__nv_bfloat16> bf16_vec(size_t n, float a) {
     std::vector<__nv_bfloat16> v(n);
     for (auto& x : v) x = __float2bfloat16_rn(check::sym(a));
@@ -68,7 +28,7 @@ static double bf(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // One decode-like step of n tokens.
 static void step(int n, int experts, int n_group, int topk_group, int top_k, bool norm, float scale, int hidden,
-                 int inter, bool ties) {
+                 int inter) {
     // Router.
     auto x = bf16_vec((size_t)n * hidden, 1.f);
     std::vector<float> gate((size_t)experts * hidden), bias(experts), logits((size_t)n * experts, NAN);
@@ -90,30 +50,18 @@ static void step(int n, int experts, int n_group, int topk_group, int top_k, boo
         }
     check::expect(wr <= 1, "moe_router_f32 tokens %d experts %d hidden %d: err/bound %.3f", n, experts, hidden, wr);
 
-    // Route (on the router's logits; with `ties`, equal logits and equal group scores).
-    if (ties) {
-        for (int t = 0; t < n; ++t)
-            for (int e = 0; e < experts; ++e) logits[(size_t)t * experts + e] = (float)((e * 7 + t) % 5) * 0.5f;
-        std::fill(bias.begin(), bias.end(), 0.f);
-    }
+    // Route on the router's logits (checked against the CPU op in `route_cases`): the ids
+    // and weights the next stages read.
     std::vector<uint32_t> ids((size_t)n * top_k, 0xdeadbeefu);
     std::vector<float> wts((size_t)n * top_k, NAN);
     launch({(unsigned)n, 1, 1}, {32, 1, 1}, 0, [&] {
         moe_route_f32(logits.data(), bias.data(), ids.data(), wts.data(), experts, n_group, topk_group, top_k, norm, scale);
     });
-    int wrong_ids = 0;
-    double ww = 0;
-    for (int t = 0; t < n; ++t) {
-        const Route r = route_ref(&logits[(size_t)t * experts], bias, experts, n_group, topk_group, top_k, norm, scale);
-        for (int k = 0; k < top_k; ++k) {
-            const size_t p = (size_t)t * top_k + k;
-            wrong_ids += ids[p] != (uint32_t)r.ids[k];
-            ww = std::max(ww, std::fabs(wts[p] - r.w[k]) / (4 * U32 * 2 * std::fabs(r.w[k]) + 1e-30));
+    for (int p = 0; p < n * top_k; ++p)
+        if (ids[p] >= (uint32_t)experts || std::isnan(wts[p])) {
+            check::expect(false, "moe_route_f32 tokens %d experts %d: pick %d unset", n, experts, p);
+            return;
         }
-    }
-    check::expect(wrong_ids == 0 && ww <= 1,
-                  "moe_route_f32 tokens %d experts %d groups %d keep %d top_k %d norm %d%s: %d wrong ids, weight err/bound %.3f",
-                  n, experts, n_group, topk_group, top_k, (int)norm, ties ? " (tied logits)" : "", wrong_ids, ww);
 
     // Up GEMV + relu² for every (token, pick); the last pick of token 0 gets an id past the
     // experts, which must leave its row untouched.
@@ -195,6 +143,34 @@ static void step(int n, int experts, int n_group, int topk_group, int top_k, boo
     }
 }
 
+// moe_route_f32 on each case of the file against backend::cpu::moe::route's answer.
+static void route_cases(check::Cases& in) {
+    const int count = in.i32();
+    for (int c = 0; c < count; ++c) {
+        const int n = in.i32(), e = in.i32(), n_group = in.i32(), topk_group = in.i32(), top_k = in.i32();
+        const bool norm = in.i32() != 0;
+        const float scale = in.f32();
+        const auto logits = in.f32s((size_t)n * e), bias = in.f32s(e);
+        const auto want_ids = in.u32s((size_t)n * top_k);
+        const auto want_w = in.f32s((size_t)n * top_k);
+        std::vector<uint32_t> ids((size_t)n * top_k, 0xdeadbeefu);
+        std::vector<float> wts((size_t)n * top_k, NAN);
+        launch({(unsigned)n, 1, 1}, {32, 1, 1}, 0, [&] {
+            moe_route_f32(logits.data(), bias.data(), ids.data(), wts.data(), e, n_group, topk_group, top_k, norm, scale);
+        });
+        int wrong_ids = 0;
+        double ww = 0;
+        for (size_t p = 0; p < ids.size(); ++p) {
+            wrong_ids += ids[p] != want_ids[p];
+            ww = std::max(ww, std::isnan(wts[p]) ? 1e9 : std::fabs(wts[p] - want_w[p]) / (4 * U32 * 2 * std::fabs(want_w[p]) + 1e-30));
+        }
+        check::expect(wrong_ids == 0 && ww <= 1,
+                      "moe_route_f32 vs backend::cpu::moe::route, case %d: tokens %d experts %d groups %d keep %d top_k %d norm %d: "
+                      "%d wrong ids, weight err/bound %.3f",
+                      c, n, e, n_group, topk_group, top_k, (int)norm, wrong_ids, ww);
+    }
+}
+
 static void gather(int n, int dim, int count) {
     auto x = bf16_vec((size_t)n * dim, 1.f);
     std::vector<uint32_t> rows(count);
@@ -207,13 +183,16 @@ static void gather(int n, int dim, int count) {
     check::expect(bad == 0, "moe_gather_bf16 rows %d of %d, dim %d: %d elements differ", count, n, dim, bad);
 }
 
-int main() {
-    // Grouped routing (8 groups, keep 4, top 6, normalised, scaled): random and tied logits;
-    // ungrouped routing over 72 experts (not a multiple of the warp), top 8, unnormalised.
-    // inter 40 (ragged over the 16-row blocks), hidden 72 (lanes partly idle).
-    step(3, 64, 8, 4, 6, true, 2.5f, 72, 40, false);
-    step(2, 64, 8, 4, 6, true, 2.5f, 72, 40, true);
-    step(1, 72, 1, 1, 8, false, 1.f, 264, 24, false);
+int main(int argc, char** argv) {
+    check::Cases cases(argc, argv);
+    route_cases(cases);
+    cases.done();
+    // Grouped routing (8 groups, keep 4, top 6, normalised, scaled); ungrouped routing over
+    // 72 experts (not a multiple of the warp), top 8, unnormalised. inter 40 (ragged over
+    // the 16-row blocks), hidden 72 (lanes partly idle).
+    step(3, 64, 8, 4, 6, true, 2.5f, 72, 40);
+    step(2, 64, 8, 4, 6, true, 2.5f, 72, 40);
+    step(1, 72, 1, 1, 8, false, 1.f, 264, 24);
     gather(5, 72, 9);
     return check::finish("moe");
 }

@@ -8,6 +8,13 @@
 // rounding over the sums (γ); a half-precision state adds its own rounding once at the start
 // (the input state is given in T) and once at the end. A wrong chunk edge, decay, group,
 // column block or fragment layout is off by O(1).
+//
+// The double recurrence stays here as the independent oracle: it is exact to ~2^-50, and
+// its run on absolute values is what every bound is relative to. The CPU ops the kernels
+// are the twins of (backend::cpu::ssm::{ssd_chunked, ssm_step}, f32) are checked too, on
+// inputs tests/kernel_sim.rs made and ran through them (the cases file, argv[1]): each op
+// within its own f32 error γ_ref = (2·d_state + 2·chunk + 4·n + 512)·2^-24 of Σ|terms| of the
+// double recurrence, and the kernel within its bound plus γ_ref of the op's answer.
 #include "../ssm.cu"
 
 #include "check.h"
@@ -31,8 +38,9 @@ template <typename T> static double unit_roundoff() {
 static double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 
 struct Problem {
-    int h, p, ns, ng, n, dts;
+    int h = 0, p = 0, ns = 0, ng = 0, n = 0, dts = 0;
     std::vector<float> xbc, dt, bias, A, D, state;
+    Problem() = default;
     Problem(int h_, int p_, int ns_, int ng_, int n_) : h(h_), p(p_), ns(ns_), ng(ng_), n(n_), dts(h_ + 3) {
         const int cd = h * p + 2 * ng * ns;
         xbc.resize((size_t)n * cd);
@@ -173,7 +181,81 @@ template <typename T> static void update(int h, int p, int ns, int ng) {
                   tname<T>(), h, p, ns, ng, wy, ws);
 }
 
-int main() {
+// Each case of the file: shape, whether it is a decode step (ssm_update, dt not clamped)
+// or a prompt (ssd_scan_mma, dt ≥ dt_min), the inputs (f32 state), and the CPU op's y and
+// final state.
+static void cpu_cases(check::Cases& in) {
+    const int count = in.i32();
+    for (int c = 0; c < count; ++c) {
+        Problem pr;
+        pr.h = in.i32();
+        pr.p = in.i32();
+        pr.ns = in.i32();
+        pr.ng = in.i32();
+        pr.n = in.i32();
+        const int chunk = in.i32();
+        const bool decode = in.i32() != 0;
+        pr.dts = in.i32();
+        const float dt_min = in.f32();
+        const int di = pr.di(), n = pr.n, h = pr.h, p = pr.p, ns = pr.ns, ng = pr.ng;
+        pr.xbc = in.f32s((size_t)n * pr.cd());
+        pr.dt = in.f32s((size_t)n * pr.dts);
+        pr.bias = in.f32s(h);
+        pr.A = in.f32s(h);
+        pr.D = in.f32s(h);
+        pr.state = in.f32s((size_t)h * p * ns);
+        const auto cpu_y = in.f32s((size_t)n * di), cpu_s = in.f32s(pr.state.size());
+        std::vector<float> st = pr.state, y((size_t)n * di, NAN);
+        const float *x = pr.xbc.data(), *dt = pr.dt.data(), *b = pr.bias.data(), *A = pr.A.data(), *D = pr.D.data();
+        if (decode) {
+            launch({(unsigned)h, (unsigned)((p + 3) / 4), 1}, {128, 1, 1}, 0,
+                   [&] { ssm_update_f32(x, dt, b, A, D, st.data(), y.data(), h, p, ns, ng); });
+        } else {
+            unsigned blocks;
+            int cols;
+            column_split(p, blocks, cols);
+            const bool big = ns > 128;
+            const size_t smem = big ? ssd_smem_bytes<256, 16>() : ssd_smem_bytes<128, 32>();
+            launch({(unsigned)h, blocks, 1}, {SSD_WARPS * NEMO_WARP, 1, 1}, smem, [&] {
+                (big ? ssd_scan_mma_ns256_f32 : ssd_scan_mma_ns128_f32)(x, dt, pr.dts, b, A, D, st.data(), y.data(), n, h, p,
+                                                                        ns, ng, cols, dt_min);
+            });
+        }
+        std::vector<double> s0(pr.state.begin(), pr.state.end()), yr, ya, S, Sa;
+        reference(pr, s0, decode ? 0.f : dt_min, yr, ya, S, Sa);
+        const double u = 1.0 / 2048, u32 = 1.0 / 16777216;
+        const double g_ref = (2.0 * ns + 2.0 * chunk + 4.0 * n + 512) * u32;
+        double fy, fs;
+        if (decode) {
+            fy = (ns + 16) * u32;
+            fs = 16 * u32;
+        } else {
+            const double gamma = (2.0 * ns + 4.0 * std::min(n, 32) + 512) * u32;
+            fy = std::pow(1 + u, 4) * (1 + gamma) - 1;
+            fs = std::pow(1 + u, 2) * (1 + gamma) - 1;
+        }
+        // The op against the recurrence; the kernel against the op.
+        double oy = 0, os = 0, ky = 0, ks = 0;
+        for (size_t i = 0; i < yr.size(); ++i) {
+            oy = std::max(oy, std::isnan(cpu_y[i]) ? 1e9 : std::fabs(cpu_y[i] - yr[i]) / (g_ref * ya[i] + 1e-30));
+            ky = std::max(ky, std::isnan(y[i]) ? 1e9 : std::fabs(y[i] - cpu_y[i]) / ((fy + g_ref) * (1 + g_ref) * ya[i] + 1e-30));
+        }
+        for (size_t i = 0; i < S.size(); ++i) {
+            os = std::max(os, std::isnan(cpu_s[i]) ? 1e9 : std::fabs(cpu_s[i] - S[i]) / (g_ref * Sa[i] + 1e-30));
+            ks = std::max(ks, std::isnan(st[i]) ? 1e9 : std::fabs(st[i] - cpu_s[i]) / ((fs + g_ref) * (1 + g_ref) * Sa[i] + 1e-30));
+        }
+        check::expect(oy <= 1 && os <= 1 && ky <= 1 && ks <= 1,
+                      "%s vs backend::cpu::ssm::%s, heads %d head_dim %d d_state %d groups %d n %d (op chunk %d): "
+                      "op vs recurrence err/bound y %.3f state %.3f; kernel vs op err/bound y %.3f state %.3f",
+                      decode ? "ssm_update_f32" : (ns > 128 ? "ssd_scan_mma_ns256_f32" : "ssd_scan_mma_ns128_f32"),
+                      decode ? "ssm_step" : "ssd_chunked", h, p, ns, ng, n, chunk, oy, os, ky, ks);
+    }
+}
+
+int main(int argc, char** argv) {
+    check::Cases cases(argc, argv);
+    cpu_cases(cases);
+    cases.done();
     // head_dim 64 (2 × 32 columns) and 80 (2 × 40); d_state 128; several chunks of 32 with a
     // ragged tail; one token; every state dtype; d_state 256 (chunks of 16) once; a small
     // d_state and head_dim (one column block of 16) with three groups.

@@ -1203,6 +1203,7 @@ mod tests {
             },
             reused_tokens: 6,
             thinking_forced: false,
+            constraint: None,
         };
         let st = TurnStats::from(&d);
         assert_eq!(st.finish_reason, "stop_string");

@@ -388,6 +388,8 @@ impl ChatTemplate {
 }
 
 /// minijinja's message plus the chain of causes (the display already names the line).
+/// One line: a template's own text (`raise_exception('…\n…')`) may hold line breaks and
+/// other control characters, which become spaces.
 fn describe(err: &Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
@@ -396,7 +398,9 @@ fn describe(err: &Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {

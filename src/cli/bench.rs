@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use nemo::backend::DType;
+use nemo::model::memory::{self, RunBytes};
 use nemo::model::{synthetic, Logits, Model, ModelFolder};
 use nemo::state::SequenceState;
 
@@ -26,6 +27,7 @@ use super::{usage, ModelArgs};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod grammar;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// The context a follow-up's new tokens come after (see --ttft).
     #[arg(long, value_name = "N", default_value_t = 164)]
     pub follow_up: usize,
+    /// Decode under this JSON schema too (llguidance): tok/s with and without the mask,
+    /// the grammar's time per token (p50/p99); a --shape uses a synthetic vocabulary.
+    #[arg(long, value_name = "FILE", conflicts_with = "copy_bandwidth")]
+    pub json_schema: Option<PathBuf>,
 }
 
 fn shape_help() -> String {
@@ -101,6 +107,9 @@ impl Run {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.json_schema.is_some() {
+        return grammar::run(&a);
+    }
     #[cfg(feature = "cuda")]
     if a.model.device == "cuda" {
         return cuda::run(&a);
@@ -134,6 +143,22 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return emit(&text);
     };
 
+    // Synthetic weights are allocated by `build`: refuse a shape that cannot fit first.
+    if let Source::Shape {
+        name,
+        dtype,
+        layers,
+    } = &source
+    {
+        let cfg = synthetic::shape(name, *layers)?;
+        let run = RunBytes::nemotron_h(&cfg, a.model.cache_config(*dtype)?);
+        check_fits(
+            &a,
+            synthetic::weight_bytes(&cfg, *dtype),
+            run,
+            memory::available(),
+        )?;
+    }
     let load_start = Instant::now();
     let (model, model_json) = match &source {
         Source::Folder(spec) => {
@@ -169,6 +194,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let load_s = load_start.elapsed().as_secs_f64();
 
     let cache = a.model.cache_config(model.weight_dtype())?;
+    if let Source::Folder(_) = &source {
+        // The weights are mapped, not allocated; what the run adds is checked.
+        check_fits(&a, 0, model.run_bytes(cache), memory::available())?;
+    }
     let mut state = model.new_state(cache);
     let prompt = prompt_ids(a.prompt_tokens, model.vocab_size());
     let mut runs = Vec::with_capacity(a.runs);
@@ -267,6 +296,52 @@ fn source(a: &BenchArgs) -> anyhow::Result<Option<Source>> {
             "give --model DIR or --shape NAME (known shapes: {known})"
         ))),
     }
+}
+
+/// Refuses, in one line and before anything is allocated, a run whose weights (`weights`:
+/// synthetic ones, which are allocated; 0 for a mapped folder), prompt ids, state, KV cache
+/// and prefill activations need more than `available` (MemAvailable; no check without
+/// one).
+fn check_fits(
+    a: &BenchArgs,
+    weights: u64,
+    run: RunBytes,
+    available: Option<u64>,
+) -> anyhow::Result<()> {
+    let (p, g) = (a.prompt_tokens as u64, a.gen_tokens as u64);
+    let ids = p.saturating_mul(4);
+    // The --ttft runs feed up to the largest size at once, after --follow-up tokens.
+    let sizes = parse_sizes(&a.ttft).unwrap_or_default();
+    let batch = sizes.iter().map(|&s| s as u64).fold(p, u64::max);
+    let positions = sizes
+        .iter()
+        .map(|&s| (a.follow_up as u64).saturating_add(s as u64 + 1))
+        .fold(p.saturating_add(g), u64::max);
+    let activations = run.run(batch, positions, 1).saturating_add(ids);
+    let need = weights.saturating_add(activations);
+    let Some(free) = available.filter(|&free| need > free) else {
+        return Ok(());
+    };
+    let tokens = format!("{p} prompt + {g} generated tokens (state, KV cache, activations)");
+    Err(anyhow::anyhow!(
+        "this run needs about {}: {} but {} of memory is available; {}",
+        memory::human(need),
+        if weights > 0 {
+            format!(
+                "{} of synthetic weights and {} for {tokens},",
+                memory::human(weights),
+                memory::human(activations)
+            )
+        } else {
+            format!("{tokens},")
+        },
+        memory::human(free),
+        if weights > 0 {
+            "use a smaller --shape, fewer --layers, --dtype bf16 or fewer --prompt-tokens"
+        } else {
+            "use fewer --prompt-tokens or --gen-tokens"
+        }
+    ))
 }
 
 /// Deterministic pseudo-random ids below `vocab` (xorshift64).

@@ -89,8 +89,8 @@ pub fn place(
     }
 }
 
-/// Probe, check the model, upload it, open a session on it.
-#[cfg(feature = "cuda")]
+/// Probe, check the model, upload it, open a session on it (in a build without the
+/// `cuda` feature the probe says so).
 fn gpu_session(
     folder: &ModelFolder,
     opts: SessionOptions,
@@ -99,8 +99,8 @@ fn gpu_session(
     use std::sync::Arc;
 
     use nemo::backend::cuda::{self, Gpu};
-    use nemo::engine::runner::{check_cuda, load_gpu_model};
     use nemo::engine::Runner;
+    use nemo::model::cuda::{check_cuda, load_gpu_model};
 
     cuda::probe()?;
     // The model's kinds first: a model the GPU cannot run is refused before any upload.
@@ -109,15 +109,6 @@ fn gpu_session(
     let model = Arc::new(load_gpu_model(&gpu, folder, progress)?);
     let runner = Runner::cuda(gpu, model, &opts)?;
     Ok(Session::with_runner(folder, runner, opts)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_session(
-    _folder: &ModelFolder,
-    _opts: SessionOptions,
-    _progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<Session> {
-    Err(nemo::backend::cuda::CudaError::NotBuilt.into())
 }
 
 /// A progress bar on stderr for the weight upload, only when stderr is a terminal.

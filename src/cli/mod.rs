@@ -1,5 +1,6 @@
 //! Subcommands, one file each. Errors become one line on stderr and an exit code:
-//! 0 success, 2 bad usage, 1 model or runtime errors, 130 interrupted; `chat` ended by a
+//! 0 success, 2 bad usage, 1 model or runtime errors, 3 a tool call refused (`debug tool`),
+//! 130 interrupted; `chat` ended by a
 //! termination signal exits with 128 + its number, silently.
 
 mod bench;
@@ -309,6 +310,14 @@ pub fn main() -> i32 {
             }
             if let Some(Signalled(sig)) = e.downcast_ref::<Signalled>() {
                 return 128 + sig;
+            }
+            if e.downcast_ref::<debug::ToolFailed>().is_some() {
+                eprintln!("nemo: {e}");
+                return 1;
+            }
+            if e.downcast_ref::<debug::Refused>().is_some() {
+                eprintln!("nemo: {}", e.to_string().replace('\n', " "));
+                return 3;
             }
             if e.downcast_ref::<Interrupted>().is_some() {
                 eprintln!("nemo: interrupted");

@@ -11,15 +11,19 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
 
+use nemo::engine::grammar::{Grammar, GrammarError, Guide, Vocabulary};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::protocol::Message;
 use nemo::protocol::SamplingParams;
-use nemo::protocol::{Budget, Controls, Event, FinishReason, Request, ThinkingOptions};
+use nemo::protocol::{
+    Budget, Constraint, Controls, Done, Event, FinishReason, Request, ThinkingOptions,
+};
 
 use super::device::{place, Placed, UploadBar};
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
@@ -73,6 +77,64 @@ pub struct RunArgs {
     /// With no --model: download the default model for this machine without asking.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// The answer is JSON valid against this schema (a file, or the schema itself); one
+    /// line, `", "` and `": "` separators unless the schema's `x-guidance` says otherwise.
+    #[arg(long, value_name = "FILE|JSON", group = "constraint")]
+    pub json_schema: Option<String>,
+    /// The whole answer matches this regular expression (Rust regex syntax).
+    #[arg(long, value_name = "RE", group = "constraint")]
+    pub regex: Option<String>,
+    /// The answer is exactly one of these comma-separated strings (each trimmed).
+    #[arg(long, value_name = "A,B,C", group = "constraint")]
+    pub choice: Option<String>,
+    /// The answer follows this Lark grammar (llguidance's dialect).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<std::path::PathBuf>,
+}
+
+/// The structured-output flag given, and its constraint.
+fn constraint(a: &RunArgs) -> anyhow::Result<Option<(&'static str, Constraint)>> {
+    if let Some(v) = &a.json_schema {
+        let flag = "--json-schema";
+        let inline = v.trim_start();
+        let (text, origin) = if inline.starts_with('{') || inline == "true" || inline == "false" {
+            (v.clone(), String::new())
+        } else {
+            let text = std::fs::read_to_string(v)
+                .map_err(|e| usage(format!("{flag}: cannot read {v}: {e}")))?;
+            (text, format!(" {v}"))
+        };
+        let schema = serde_json::from_str(&text)
+            .map_err(|e| usage(format!("{flag}{origin}: not JSON: {e}")))?;
+        return Ok(Some((flag, Constraint::JsonSchema(schema))));
+    }
+    if let Some(rx) = &a.regex {
+        return Ok(Some(("--regex", Constraint::Regex(rx.clone()))));
+    }
+    if let Some(c) = &a.choice {
+        let items = c.split(',').map(|s| s.trim().to_string()).collect();
+        return Ok(Some(("--choice", Constraint::Choice(items))));
+    }
+    if let Some(p) = &a.grammar {
+        let src = std::fs::read_to_string(p)
+            .map_err(|e| usage(format!("--grammar: cannot read {}: {e}", p.display())))?;
+        return Ok(Some(("--grammar", Constraint::Lark(src))));
+    }
+    Ok(None)
+}
+
+/// Why a constrained answer stopped short of its grammar, for the one-line error.
+fn cut_short(flag: &str, d: &Done, max_tokens: usize) -> String {
+    let by = match d.finish_reason {
+        FinishReason::Length if d.usage.completion_tokens >= max_tokens => {
+            format!("--max-tokens {max_tokens} cut the answer")
+        }
+        FinishReason::Length => "the context length cut the answer".into(),
+        FinishReason::StopString => "a --stop string cut the answer".into(),
+        FinishReason::Cancelled => "the answer was cancelled".into(),
+        _ => "the answer ended".into(),
+    };
+    format!("{by} before it completed the {flag} constraint (stdout holds what was written)")
 }
 
 /// How often a waiting main thread looks at the cancel flag.
@@ -119,6 +181,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.max_tokens == 0 {
         return Err(usage("--max-tokens must be at least 1"));
     }
+    let constraint = constraint(&a)?;
     let prompt = if a.prompt.is_empty() {
         if std::io::stdin().is_terminal() {
             return Err(usage(
@@ -147,7 +210,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let t_load = Instant::now();
     let (model_args, yes, context) = (a.model.clone(), a.yes, a.context);
-    let (placed, mut sampling): (Placed, SamplingParams) =
+    let constraint_c = constraint.clone();
+    let (placed, mut sampling, vocabulary): (Placed, SamplingParams, Option<Arc<Vocabulary>>) =
         interruptible("loader", &controls, move || {
             // The CUDA probe too: a slow driver must not hold Ctrl+C up.
             let device = model_args.device()?;
@@ -158,6 +222,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             .path;
             let folder = nemo::model::ModelFolder::open(&dir)?;
             let cache = model_args.cache_config(folder.model.weight_dtype())?;
+            // A constraint that does not compile for this model is a usage error, found
+            // before the weights go anywhere; the vocabulary built for the check serves
+            // the request.
+            let vocabulary = match &constraint_c {
+                Some((flag, c)) => {
+                    let v = Arc::new(Vocabulary::from_tokenizer(
+                        &folder.tokenizer,
+                        folder.model.vocab_size(),
+                        &folder.eos_token_ids,
+                    )?);
+                    let named = |e: GrammarError| match e {
+                        GrammarError::Invalid { msg, .. } => usage(format!("{flag}: {msg}")),
+                        other => anyhow::anyhow!(other),
+                    };
+                    Guide::new(v.clone(), &Grammar::from_constraint(c).map_err(named)?)
+                        .map_err(named)?;
+                    Some(v)
+                }
+                None => None,
+            };
             let mut sampling = SamplingParams::default();
             folder.generation.apply(&mut sampling);
             let opts = SessionOptions {
@@ -168,7 +252,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             let mut bar = UploadBar::new();
             let placed = place(device, &folder, opts, &mut |d, t| bar.update(d, t));
             bar.finish();
-            Ok((placed?, sampling))
+            Ok((placed?, sampling, vocabulary))
         })?;
     a.sampling.apply(&mut sampling);
     if let Some(n) = &placed.notice {
@@ -176,7 +260,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let device_name = placed.device;
-    let engine = Engine::spawn(placed.session);
+    let mut session = placed.session;
+    if let Some(v) = vocabulary {
+        session.set_vocabulary(v);
+    }
+    let engine = Engine::spawn(session);
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::system(s.clone()));
@@ -196,6 +284,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     req.sampling = sampling;
     req.max_tokens = a.max_tokens;
     req.stop = a.stop.clone();
+    req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
     // If printing fails (a closed pipe), returning drops the engine, which cancels the
     // request instead of finishing it unseen.
     let events = engine.submit(req);
@@ -261,6 +350,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     writeln!(out)?;
                 }
                 out.flush()?;
+                if let (Some((flag, _)), Some(c)) = (&constraint, &d.constraint) {
+                    if !c.complete {
+                        return Err(anyhow::anyhow!(cut_short(flag, &d, a.max_tokens)));
+                    }
+                }
                 if d.finish_reason == FinishReason::Cancelled {
                     return Err(Interrupted.into());
                 }

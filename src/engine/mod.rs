@@ -3,6 +3,7 @@
 //! `protocol::{Request, Event}`.
 
 pub mod detokenizer;
+pub mod grammar;
 pub mod prompt;
 pub mod runner;
 pub mod sampler;
@@ -43,10 +44,13 @@ pub enum EngineError {
     },
     #[error("cancelled")]
     Cancelled,
-    /// The GPU model or its session (feature `cuda`).
-    #[cfg(feature = "cuda")]
+    /// Constrained decoding: a grammar that does not compile, or a matcher failure.
     #[error(transparent)]
-    Gpu(#[from] crate::backend::cuda::nemotron_h::GpuModelError),
+    Grammar(#[from] grammar::GrammarError),
+    /// The GPU model or its session (`model::cuda`; in a build without the `cuda`
+    /// feature, only "this build has no CUDA support").
+    #[error(transparent)]
+    Gpu(#[from] crate::model::cuda::GpuModelError),
 }
 
 impl From<TemplateError> for EngineError {

@@ -33,7 +33,8 @@ use tokenizers::Tokenizer;
 use super::EngineError;
 use crate::chat::template::{ChatTemplate, InputSize, RenderLimits, TemplateError};
 use crate::chat::template_sandbox::TemplateRenderer;
-use crate::protocol::Message;
+use crate::chat::tool_parser;
+use crate::protocol::{Message, ToolFormat, ToolSpec};
 
 pub const THINK_START: &str = "<think>";
 pub const THINK_END: &str = "</think>";
@@ -112,6 +113,57 @@ struct LastPrompt {
     starts: Vec<usize>,
 }
 
+/// The tools a request offers and the form its model writes calls in.
+#[derive(Clone, Copy, Debug)]
+pub struct PromptTools<'a> {
+    pub specs: &'a [ToolSpec],
+    pub format: ToolFormat,
+}
+
+/// What a chat template does with tools, read from its source: whether it renders the
+/// `tools` variable, assistant `tool_calls`, and `tool` messages. Where it does not, nemo
+/// puts the family's own text in (the tool preamble in the system message, the call's
+/// text in the answer, results as a user turn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToolSupport {
+    pub renders_tools: bool,
+    pub renders_calls: bool,
+    pub has_tool_role: bool,
+}
+
+impl ToolSupport {
+    pub fn of(template: &ChatTemplate) -> ToolSupport {
+        let src = template.source();
+        ToolSupport {
+            renders_tools: src.contains("tools"),
+            renders_calls: src.contains("tool_calls"),
+            has_tool_role: src.contains("'tool'") || src.contains("\"tool\""),
+        }
+    }
+
+    /// For `/model`: how tools reach this model.
+    pub fn describe(&self) -> String {
+        format!(
+            "tools {}, calls {}, results {}",
+            if self.renders_tools {
+                "by the template"
+            } else {
+                "in nemo's preamble"
+            },
+            if self.renders_calls {
+                "by the template"
+            } else {
+                "as raw text"
+            },
+            if self.has_tool_role {
+                "as tool messages"
+            } else {
+                "as a user turn"
+            }
+        )
+    }
+}
+
 pub struct PromptBuilder {
     template: Arc<ChatTemplate>,
     tokenizer: Arc<Tokenizer>,
@@ -149,6 +201,77 @@ impl PromptBuilder {
     /// Most bytes of text one token stands for, when the tokenizer bounds it.
     pub fn max_token_bytes(&self) -> Option<usize> {
         self.facts.max_token_bytes
+    }
+
+    /// How the template takes tools, calls and results.
+    pub fn tool_support(&self) -> ToolSupport {
+        ToolSupport::of(&self.template)
+    }
+
+    /// The messages and template variables as this template must see them: the thinking
+    /// flag the family expects, and tools, calls and results in the template's own way or,
+    /// where it is silent, in the family's text (`ToolSupport`).
+    fn adapt(
+        &self,
+        messages: &[Message],
+        thinking: bool,
+        tools: Option<&PromptTools>,
+    ) -> (Vec<Message>, serde_json::Map<String, serde_json::Value>) {
+        let (mut msgs, mut extra) = self.with_thinking(messages, thinking);
+        let support = self.tool_support();
+        let format = tools.map(|t| t.format).unwrap_or(ToolFormat::Hermes);
+        if let Some(t) = tools.filter(|t| !t.specs.is_empty()) {
+            if support.renders_tools {
+                extra.insert(
+                    "tools".into(),
+                    serde_json::to_value(t.specs).unwrap_or(serde_json::Value::Null),
+                );
+            } else {
+                let text = tool_parser::preamble(t.format, t.specs);
+                match msgs.first_mut() {
+                    Some(m) if m.role == "system" => {
+                        m.content = if m.content.is_empty() {
+                            text
+                        } else {
+                            format!("{}\n\n{text}", m.content)
+                        };
+                    }
+                    _ => msgs.insert(0, Message::system(text)),
+                }
+            }
+        }
+        if !support.renders_calls {
+            for m in msgs.iter_mut().filter(|m| !m.tool_calls.is_empty()) {
+                let calls = tool_parser::render_calls(format, &m.tool_calls);
+                m.content = if m.content.is_empty() {
+                    calls
+                } else {
+                    format!("{}\n{calls}", m.content)
+                };
+                m.tool_calls.clear();
+            }
+        }
+        if !support.has_tool_role && msgs.iter().any(|m| m.role == "tool") {
+            // Consecutive results become one user turn, in call order.
+            let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
+            let mut i = 0;
+            while i < msgs.len() {
+                if msgs[i].role != "tool" {
+                    out.push(msgs[i].clone());
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < msgs.len() && msgs[i].role == "tool" {
+                    i += 1;
+                }
+                let outputs: Vec<&str> =
+                    msgs[start..i].iter().map(|m| m.content.as_str()).collect();
+                out.push(Message::user(tool_parser::render_results(format, &outputs)));
+            }
+            msgs = out;
+        }
+        (msgs, extra)
     }
 
     fn with_thinking(
@@ -208,10 +331,11 @@ impl PromptBuilder {
         &mut self,
         messages: &[Message],
         thinking: bool,
+        tools: Option<&PromptTools>,
         context: usize,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<PromptPlan, EngineError> {
-        let (msgs, extra) = self.with_thinking(messages, thinking);
+        let (msgs, extra) = self.adapt(messages, thinking, tools);
         let n = msgs.len();
         // Message prefixes already rendered for the last prompt.
         let same_prefixes = match &self.last {
@@ -632,6 +756,105 @@ mod tests {
         assert_eq!(thinking_style(&nano), ThinkingStyle::SystemFlag);
     }
 
+    fn weather() -> Vec<ToolSpec> {
+        vec![serde_json::from_value(serde_json::json!({
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}
+        }))
+        .unwrap()]
+    }
+
+    fn agent_turns() -> Vec<Message> {
+        let mut call = Message::assistant("");
+        call.tool_calls = vec![crate::protocol::ToolCall::new(
+            "call_0",
+            "get_weather",
+            serde_json::json!({"city": "Paris"}),
+        )];
+        vec![
+            Message::user("Weather in Paris?"),
+            call,
+            Message::tool("call_0", "get_weather", "sunny"),
+        ]
+    }
+
+    /// A template that knows nothing of tools (SmolLM2's kind) still gets them: the
+    /// family's preamble in a system message, the call as the model's raw text, the
+    /// result as a user turn in the family's result form.
+    #[test]
+    fn a_template_silent_on_tools_gets_the_familys_text() {
+        let t = ChatTemplate::compile(
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut b = PromptBuilder::with_renderer(
+            TemplateRenderer::in_process(Arc::new(t)),
+            Arc::new(fixture_tokenizer()),
+        );
+        assert_eq!(
+            b.tool_support(),
+            ToolSupport {
+                renders_tools: false,
+                renders_calls: false,
+                has_tool_role: false
+            }
+        );
+        let specs = weather();
+        let tools = PromptTools {
+            specs: &specs,
+            format: ToolFormat::Hermes,
+        };
+        let plan = b
+            .build(&agent_turns(), true, Some(&tools), 4096, &|| false)
+            .unwrap();
+        let text = plan.text;
+        assert!(text.starts_with("<|system|># Tools"), "{text}");
+        assert!(text.contains(r#""name": "get_weather""#), "{text}");
+        assert!(
+            text.contains(
+                "<|assistant|><tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("<|user|><tool_response>\nsunny\n</tool_response>"),
+            "{text}"
+        );
+        assert!(!text.contains("<|tool|>"), "{text}");
+    }
+
+    /// A template that renders tools gets them as the `tools` variable, untouched
+    /// messages, and no preamble of nemo's.
+    #[test]
+    fn a_template_that_renders_tools_gets_the_variable() {
+        let t = ChatTemplate::compile(
+            "{% if tools %}[{{ tools[0].function.name }}]{% endif %}{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{{ m.tool_calls[0].function.arguments.city }}{% endif %}{{ m.content }};{% endfor %}{% if false %}'tool'{% endif %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut b = PromptBuilder::with_renderer(
+            TemplateRenderer::in_process(Arc::new(t)),
+            Arc::new(fixture_tokenizer()),
+        );
+        let specs = weather();
+        let tools = PromptTools {
+            specs: &specs,
+            format: ToolFormat::NanoV2,
+        };
+        let plan = b
+            .build(&agent_turns(), true, Some(&tools), 4096, &|| false)
+            .unwrap();
+        assert_eq!(
+            plan.text,
+            "[get_weather]user:Weather in Paris?;assistant:Paris;tool:sunny;"
+        );
+    }
+
     fn fixture_tokenizer() -> Tokenizer {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/nemotron_h_tiny/tokenizer.json");
@@ -646,7 +869,7 @@ mod tests {
     }
 
     fn strings(v: &[&str]) -> Value {
-        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+        Value::array(v.iter().map(|s| Value::String(s.to_string())).collect()).unwrap()
     }
 
     /// A llama.cpp SentencePiece vocabulary (`▁` prefix normalizer, byte fallback) with
@@ -674,8 +897,8 @@ mod tests {
         gguf_tokenizer(vec![
             ("tokenizer.ggml.model", Value::String("llama".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.scores", Value::Array(scores)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.scores", Value::array(scores).unwrap()),
+            ("tokenizer.ggml.token_type", Value::array(types).unwrap()),
             ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
         ])
     }
@@ -694,7 +917,10 @@ mod tests {
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            (
+                "tokenizer.ggml.token_type",
+                Value::array(types.clone()).unwrap(),
+            ),
             (
                 "tokenizer.ggml.merges",
                 strings(&["h e", "l l", "he ll", "hell o", "Ġ w", "Ċ Ċ"]),

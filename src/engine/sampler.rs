@@ -1,6 +1,8 @@
 //! Next-token sampling from logits.
 //!
 //! Order of operations (the order llama.cpp and HF apply them in):
+//! 0. with an allowed-token mask (a grammar's, `sample_masked`), every token outside it
+//!    gets `-inf`;
 //! 1. banned tokens get `-inf`;
 //! 2. repetition penalty, HF semantics (`RepetitionPenaltyLogitsProcessor`): for each
 //!    distinct token in `history`, a positive logit is divided by the penalty and a
@@ -19,6 +21,11 @@
 //! - A banned token or a non-finite logit is never chosen, unless every token is banned
 //!   or non-finite, in which case the lowest id that is not banned is returned (0 when
 //!   all are banned).
+//! - A token outside the allowed mask is never chosen, whatever the temperature, top-k,
+//!   top-p or min-p, and whatever the logits: when no allowed token has a finite logit,
+//!   the lowest allowed id that is not banned is returned (the lowest allowed id when all
+//!   are banned). The mask is a bitset over the vocabulary in 32-bit words (bit `i % 32`
+//!   of word `i / 32`, llguidance's `SimpleVob` layout); ids past its end are outside.
 //! - The same seed and the same inputs give the same token sequence; with `seed: None`
 //!   the seed comes from the clock. `next_uniform` takes from the same generator (the
 //!   uniform of a draw made on the GPU), so a seeded GPU run repeats too.
@@ -73,6 +80,21 @@ impl Sampler {
 
     /// Chooses the next token; `history` is the context the penalties look at.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], banned: &[u32]) -> u32 {
+        self.sample_masked(logits, history, banned, None)
+    }
+
+    /// `sample` restricted to the tokens set in `allowed` (see the module doc).
+    pub fn sample_masked(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        banned: &[u32],
+        allowed: Option<&[u32]>,
+    ) -> u32 {
+        if let Some(mask) = allowed {
+            apply_mask(logits, mask);
+        }
+        let greedy = |logits: &[f32]| greedy(logits, banned, allowed);
         for &id in banned {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
@@ -82,7 +104,7 @@ impl Sampler {
 
         let p = &self.params;
         if p.temperature.is_nan() || p.temperature <= 0.0 {
-            return greedy(logits, banned);
+            return greedy(logits);
         }
 
         let inv_t = 1.0 / p.temperature;
@@ -96,7 +118,7 @@ impl Sampler {
                 .map(|(i, &l)| (i as u32, l * inv_t)),
         );
         if cands.is_empty() {
-            return greedy(logits, banned);
+            return greedy(logits);
         }
 
         // Top-k: keep the k best (ties → lower id) without sorting the rest.
@@ -144,7 +166,7 @@ impl Sampler {
             .rev()
             .find(|c| c.1 > 0.0)
             .or(cands.last())
-            .map_or_else(|| greedy(logits, banned), |c| c.0)
+            .map_or_else(|| greedy(logits), |c| c.0)
     }
 
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
@@ -206,8 +228,31 @@ fn prefix_reaching(sorted: &[(u32, f32)], top_p: f32) -> Option<usize> {
     None
 }
 
-/// Argmax over finite logits, ties → lowest id; see the module doc for the all-banned case.
-fn greedy(logits: &[f32], banned: &[u32]) -> u32 {
+/// Sets every logit outside `mask` to `-inf` (see the module doc for the layout).
+fn apply_mask(logits: &mut [f32], mask: &[u32]) {
+    for (w, chunk) in logits.chunks_mut(32).enumerate() {
+        let bits = mask.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue;
+        }
+        for (b, l) in chunk.iter_mut().enumerate() {
+            if bits & (1 << b) == 0 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+fn is_allowed(mask: Option<&[u32]>, id: u32) -> bool {
+    mask.is_none_or(|m| {
+        m.get(id as usize / 32)
+            .is_some_and(|w| w & (1 << (id % 32)) != 0)
+    })
+}
+
+/// Argmax over finite logits, ties → lowest id; see the module doc for the all-banned and
+/// all-masked cases.
+fn greedy(logits: &[f32], banned: &[u32], allowed: Option<&[u32]>) -> u32 {
     let mut best: Option<(u32, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
         if l.is_nan() || l == f32::NEG_INFINITY {
@@ -217,10 +262,13 @@ fn greedy(logits: &[f32], banned: &[u32]) -> u32 {
             best = Some((i as u32, l));
         }
     }
+    let mut candidates = (0..logits.len() as u32).filter(|id| is_allowed(allowed, *id));
     match best {
         Some((id, _)) => id,
-        None => (0..logits.len() as u32)
+        None => candidates
+            .clone()
             .find(|id| !banned.contains(id))
+            .or_else(|| candidates.next())
             .unwrap_or(0),
     }
 }
@@ -285,7 +333,7 @@ mod tests {
     }
 
     fn argmax(l: &[f32]) -> u32 {
-        greedy(l, &[])
+        greedy(l, &[], None)
     }
 
     #[test]
@@ -462,6 +510,97 @@ mod tests {
         );
         // Out-of-range ids are ignored.
         assert_eq!(g.sample(&mut [1.0, 2.0], &[], &[99]), 1);
+    }
+
+    /// A mask allowing exactly `ids` in a vocabulary of `n`.
+    fn mask_of(n: usize, ids: &[u32]) -> Vec<u32> {
+        let mut m = vec![0u32; n.div_ceil(32)];
+        for &id in ids {
+            m[id as usize / 32] |= 1 << (id % 32);
+        }
+        m
+    }
+
+    #[test]
+    fn masked_out_tokens_are_never_chosen_at_any_temperature() {
+        let n = 5000;
+        // Allowed: a few ids spread over the words, none of them the argmax.
+        let allowed_ids = [3u32, 31, 32, 33, 700, 4095, 4999];
+        let mask = mask_of(n, &allowed_ids);
+        for (t, top_k, top_p, min_p) in [
+            (0.0, 0, 1.0, 0.0),
+            (0.7, 0, 1.0, 0.0),
+            (1.0, 0, 1.0, 0.0),
+            (2.5, 0, 1.0, 0.0),
+            (1.0, 2, 1.0, 0.0),
+            (1.0, 40, 1.0, 0.0),
+            (1.0, 0, 0.9, 0.0),
+            (1.0, 0, 1e-6, 0.0),
+            (1.0, 0, 1.0, 0.5),
+            (1.5, 50, 0.95, 0.05),
+        ] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: 1.3,
+                seed: Some(17),
+                ..SamplingParams::default()
+            });
+            let mut seen = std::collections::BTreeSet::new();
+            for seed in 0..200 {
+                let mut l = logits(n, seed);
+                // The best tokens are all outside the mask.
+                l[0] = 50.0;
+                l[1] = 49.0;
+                let id = s.sample_masked(&mut l, &[3, 0, 1], &[], Some(&mask));
+                assert!(
+                    allowed_ids.contains(&id),
+                    "t {t} top_k {top_k} top_p {top_p} min_p {min_p}: drew masked {id}"
+                );
+                seen.insert(id);
+            }
+            if t >= 1.0 && top_k != 2 && top_p > 0.5 && min_p < 0.1 {
+                assert!(seen.len() > 1, "t {t}: only {seen:?} drawn");
+            }
+        }
+    }
+
+    #[test]
+    fn mask_and_bans_together_and_the_all_masked_fallback() {
+        let mask = mask_of(8, &[2, 5, 6]);
+        let mut g = Sampler::new(params(0.0));
+        // The mask and the bans both apply.
+        let l = [9.0f32, 8.0, 1.0, 7.0, 6.0, 2.0, 3.0, 10.0];
+        assert_eq!(g.sample_masked(&mut l.clone(), &[], &[6], Some(&mask)), 5);
+        // No allowed token has a finite logit: the lowest allowed one that is not banned.
+        let inf = [
+            f32::NAN,
+            1.0,
+            f32::NEG_INFINITY,
+            1.0,
+            1.0,
+            f32::NAN,
+            f32::NAN,
+            1.0,
+        ];
+        assert_eq!(g.sample_masked(&mut inf.clone(), &[], &[2], Some(&mask)), 5);
+        assert_eq!(
+            g.sample_masked(&mut inf.clone(), &[], &[2, 5, 6], Some(&mask)),
+            2
+        );
+        // Ids past the mask's end are outside it.
+        let short = mask_of(32, &[1]);
+        let mut wide = vec![0.0f32; 100];
+        wide[90] = 5.0;
+        assert_eq!(g.sample_masked(&mut wide, &[], &[], Some(&short)), 1);
+        // With temperature too.
+        let mut s = Sampler::new(params(1.0));
+        for _ in 0..200 {
+            let t = s.sample_masked(&mut l.clone(), &[], &[], Some(&mask));
+            assert!([2, 5, 6].contains(&t), "drew masked {t}");
+        }
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   the device draw) only its id comes back; otherwise the logits come to the host and
 //!   the host `Sampler` picks (`Runner`'s module doc). Bans, the thinking budget, stop
 //!   strings and EOS are this loop's, the same on either path.
+//! - A constrained answer (structured output, tool calls) follows `engine::grammar`'s
+//!   `Guide` once reasoning is over: tokens it forces are fed like the budget's forced
+//!   text, and each draw takes its mask, on the host (a masked step downloads the logits
+//!   on the GPU; `ConstraintStats::host_steps` counts them).
 //! - A request renders the whole conversation, restores the longest checkpoint (or the
 //!   live state) whose tokens are a prefix of the new prompt, and feeds only the rest,
 //!   at least one token so the next logits exist. Checkpoints are taken where earlier
@@ -29,7 +33,10 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
-use super::prompt::{PromptBuilder, PromptPlan, PromptStats, THINK_END, THINK_START};
+use super::grammar::{Grammar, Guide, Vocabulary};
+use super::prompt::{
+    PromptBuilder, PromptPlan, PromptStats, PromptTools, ToolSupport, THINK_END, THINK_START,
+};
 use super::runner::{Runner, RunnerSnapshot, StepLogits};
 use super::sampler::Sampler;
 use super::stop::StopMatcher;
@@ -37,8 +44,11 @@ use super::thinking::{Action, ThinkingController};
 use super::EngineError;
 use crate::chat::reasoning_parser::{ReasoningParser, Segment};
 use crate::chat::template::{nano_v2_fallback, ChatTemplate};
+use crate::chat::tool_parser;
 use crate::model::{Logits, Model, ModelFolder};
-use crate::protocol::{Done, Event, FinishReason, Request, Timings, Usage};
+use crate::protocol::{
+    Done, Event, FinishReason, Request, Timings, ToolChoice, ToolFormat, ToolSpec, Usage,
+};
 use crate::state::CacheConfig;
 
 /// Generated text on its way out: reasoning/answer split, stop strings on the answer,
@@ -136,12 +146,17 @@ pub struct Session {
     prompt: PromptBuilder,
     eos: Vec<u32>,
     think_end_id: Option<u32>,
+    /// The tool-call format the template and vocabulary show (`tool_parser::detect`).
+    detected_tool_format: Option<ToolFormat>,
     runner: Runner,
     tokens: Vec<u32>,
     checkpoints: Vec<Checkpoint>,
     opts: SessionOptions,
     /// Tokens fed through the model over the session's life (prompt and generated).
     fed_total: usize,
+    /// The tokens as bytes for constrained decoding, built at the first constrained
+    /// request.
+    vocabulary: Option<Arc<Vocabulary>>,
 }
 
 impl Session {
@@ -166,7 +181,11 @@ impl Session {
                     .with_name("built-in Nemotron Nano v2 template"),
             ),
         };
+        let detected_tool_format = tool_parser::detect(template.source(), |t| {
+            folder.tokenizer.token_to_id(t).is_some()
+        });
         Ok(Session {
+            detected_tool_format,
             model: folder.model.clone(),
             tokenizer: folder.tokenizer.clone(),
             prompt: PromptBuilder::new(template, folder.tokenizer.clone()),
@@ -177,6 +196,7 @@ impl Session {
             checkpoints: Vec::new(),
             opts,
             fed_total: 0,
+            vocabulary: None,
         })
     }
 
@@ -226,15 +246,87 @@ impl Session {
         self.checkpoints.clear();
     }
 
+    /// The model's tokens as llguidance sees them (built once, then shared).
+    pub fn vocabulary(&mut self) -> Result<Arc<Vocabulary>, EngineError> {
+        if let Some(v) = &self.vocabulary {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(Vocabulary::from_tokenizer(
+            &self.tokenizer,
+            self.model.vocab_size(),
+            &self.eos,
+        )?);
+        self.vocabulary = Some(v.clone());
+        Ok(v)
+    }
+
+    /// Uses `v` (built from this session's model and tokenizer, e.g. by a front end that
+    /// checked a constraint before loading) instead of building it again.
+    pub fn set_vocabulary(&mut self, v: Arc<Vocabulary>) {
+        self.vocabulary = Some(v);
+    }
+
+    /// The grammar `req`'s answer is held to: its constraint, else its tools' call format
+    /// (unless the tool choice is `none`); None when there is neither.
+    fn guide(&mut self, req: &Request) -> Result<Option<Guide>, EngineError> {
+        let grammar = match &req.constraint {
+            Some(c) => Grammar::from_constraint(c)?,
+            None if Self::offered_tools(req).is_empty() => return Ok(None),
+            None => {
+                let vocab = self.vocabulary()?;
+                let format = self.tool_format(req);
+                match Grammar::tool_calls(&vocab, format, &req.tools, &req.tool_choice)? {
+                    Some(g) => g,
+                    None => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(Guide::new(self.vocabulary()?, &grammar)?))
+    }
+
     /// The prompt for `req` (rendered, tokenized, with its checkpoint boundaries).
     pub fn render(&mut self, req: &Request) -> Result<PromptPlan, EngineError> {
         // The live budget: a change made before the engine took the request counts.
         let thinking = req.controls().budget().is_on();
         let context = self.context();
         let controls = req.controls();
-        self.prompt.build(&req.messages, thinking, context, &|| {
-            controls.is_cancelled()
-        })
+        let specs = Self::offered_tools(req);
+        let tools = PromptTools {
+            specs,
+            format: self.tool_format(req),
+        };
+        let tools = (!specs.is_empty()).then_some(&tools);
+        self.prompt
+            .build(&req.messages, thinking, tools, context, &|| {
+                controls.is_cancelled()
+            })
+    }
+
+    /// The tools `req` offers the model (none with `tool_choice: none`).
+    fn offered_tools(req: &Request) -> &[ToolSpec] {
+        if req.tool_choice == ToolChoice::None {
+            &[]
+        } else {
+            &req.tools
+        }
+    }
+
+    /// The tool-call format for `req`: its own, or the one the template and vocabulary
+    /// show, or the common `<tool_call>{json}</tool_call>` form.
+    pub fn tool_format(&self, req: &Request) -> ToolFormat {
+        req.tool_format
+            .or(self.detected_tool_format)
+            .unwrap_or(ToolFormat::Hermes)
+    }
+
+    /// How the model's template takes tools (for `/model`).
+    pub fn tool_support(&self) -> ToolSupport {
+        self.prompt.tool_support()
+    }
+
+    /// The tool-call format the template and vocabulary show, if any.
+    pub fn detected_tool_format(&self) -> Option<ToolFormat> {
+        self.detected_tool_format
     }
 
     /// Renders and tokenizations done for this session's prompts so far.
@@ -311,22 +403,33 @@ impl Session {
     }
 
     /// Picks the next token from `logits`: on the device when the runner can draw with
-    /// these parameters and bans, else with the host `sampler` (logits brought over).
+    /// these parameters and bans and there is no grammar mask, else with the host
+    /// `sampler` (logits brought over), restricted to `allowed` when given.
     fn pick(
         &mut self,
         logits: StepLogits,
         sampler: &mut Sampler,
         banned: &[u32],
+        allowed: Option<&[u32]>,
     ) -> Result<u32, EngineError> {
         let mut host = match logits {
             StepLogits::Host(l) => l,
-            StepLogits::Device if self.runner.can_draw() => {
+            StepLogits::Device if self.runner.can_draw() && allowed.is_none() => {
                 let u = sampler.next_uniform();
                 return self.runner.draw(sampler.params(), &self.tokens, banned, u);
             }
             StepLogits::Device => self.runner.logits_to_host()?,
         };
-        Ok(sampler.sample(&mut host, &self.tokens, banned))
+        // Broken weights give NaN (or infinite) logits; sampling them would print one
+        // arbitrary token after another until max_tokens.
+        if let Some(&value) = host.iter().find(|v| !v.is_finite()) {
+            return Err(crate::model::ModelError::NonFiniteLogits {
+                position: self.tokens.len(),
+                value,
+            }
+            .into());
+        }
+        Ok(sampler.sample_masked(&mut host, &self.tokens, banned, allowed))
     }
 
     /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
@@ -412,6 +515,8 @@ impl Session {
         emit: &mut dyn FnMut(Event),
     ) -> Result<Done, EngineError> {
         let t0 = Instant::now();
+        // Before the prefill: a grammar that does not compile fails the request at once.
+        let mut guide = self.guide(req)?;
         let (plan, reused) = self.prepare(req)?;
         let ctx = self.context();
         emit(Event::Started {
@@ -441,8 +546,39 @@ impl Session {
             if req.controls().is_cancelled() {
                 break FinishReason::Cancelled;
             }
+            // The grammar holds the answer, never the reasoning (engine::grammar).
+            let held = guide
+                .as_mut()
+                .filter(|g| g.started() || !thinking.in_reasoning());
+            if held.as_ref().map(|g| g.done()).transpose()? == Some(true) {
+                break FinishReason::Stop;
+            }
             if completion >= req.max_tokens || self.tokens.len() >= ctx {
                 break FinishReason::Length;
+            }
+            if let Some(g) = held {
+                let mut ids = g.forced()?;
+                if !ids.is_empty() {
+                    // Fast-forward: fed like the budget's forced text, within the limits.
+                    let room = ctx
+                        .saturating_sub(self.tokens.len())
+                        .min(req.max_tokens - completion);
+                    ids.truncate(room);
+                    g.consume(&ids, true)?;
+                    logits = self.forward_last(&ids)?;
+                    self.tokens.extend_from_slice(&ids);
+                    self.fed_total += ids.len();
+                    completion += ids.len();
+                    ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                    let mut piece = String::new();
+                    for id in &ids {
+                        piece.push_str(&detok.push(*id)?);
+                    }
+                    if out.push(&piece, &mut thinking, emit) {
+                        break FinishReason::StopString;
+                    }
+                    continue;
+                }
             }
             match thinking.before_step(req.controls().budget(), req.controls().wants_wrap_up()) {
                 Action::Force(text) => {
@@ -477,7 +613,16 @@ impl Session {
                         banned.extend(&self.eos);
                     }
                     let step = std::mem::replace(&mut logits, StepLogits::Host(Vec::new()));
-                    let id = self.pick(step, &mut sampler, &banned)?;
+                    let mut held = guide
+                        .as_mut()
+                        .filter(|g| g.started() || !thinking.in_reasoning());
+                    if let Some(g) = held.as_mut() {
+                        if matches!(step, StepLogits::Device) && self.runner.can_draw() {
+                            g.host_step();
+                        }
+                    }
+                    let allowed = held.as_mut().map(|g| g.mask()).transpose()?;
+                    let id = self.pick(step, &mut sampler, &banned, allowed)?;
                     sampled += 1;
                     if ttft.is_none() {
                         ttft = Some(t0.elapsed().as_secs_f64());
@@ -485,6 +630,9 @@ impl Session {
                     }
                     if self.eos.contains(&id) {
                         break FinishReason::Stop;
+                    }
+                    if let Some(g) = held {
+                        g.consume(&[id], false)?;
                     }
                     completion += 1;
                     if thinking.in_reasoning() {
@@ -499,6 +647,9 @@ impl Session {
                     }
                     if out.push(&text, &mut thinking, emit) {
                         break FinishReason::StopString;
+                    }
+                    if guide.as_ref().map(|g| g.done()).transpose()? == Some(true) {
+                        break FinishReason::Stop; // the grammar is complete
                     }
                     if completion >= req.max_tokens || self.tokens.len() + 1 >= ctx {
                         break FinishReason::Length;
@@ -551,6 +702,7 @@ impl Session {
             },
             reused_tokens: reused,
             thinking_forced: thinking.forced(),
+            constraint: guide.as_mut().map(Guide::stats),
         };
         emit(Event::Done(done.clone()));
         Ok(done)

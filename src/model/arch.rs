@@ -1,6 +1,7 @@
 //! The architectures nemo runs, behind one type the engine and the commands use.
 
 use super::llama::Llama;
+use super::memory::RunBytes;
 use super::nemotron_h::{Logits, NemotronH};
 use super::ModelError;
 use crate::backend::DType;
@@ -73,6 +74,14 @@ impl Model {
         match self {
             Model::NemotronH(m) => m.bytes_per_token(),
             Model::Llama(m) => m.weight_bytes,
+        }
+    }
+
+    /// What runs of this model need in memory, by what it scales with (`memory`).
+    pub fn run_bytes(&self, cache: CacheConfig) -> RunBytes {
+        match self {
+            Model::NemotronH(m) => RunBytes::nemotron_h(&m.config, cache),
+            Model::Llama(m) => RunBytes::llama(&m.config, cache),
         }
     }
 

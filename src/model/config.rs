@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::ModelError;
+use super::{shown, ModelError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
@@ -88,30 +88,43 @@ impl NemotronHConfig {
     pub fn in_proj_dim(&self) -> usize {
         self.d_inner() + self.conv_dim() + self.mamba_num_heads
     }
+    /// The field whose claim makes a derived size (d_inner, conv_dim, in_proj_dim, the
+    /// attention projections' rows) overflow, if any: such a size is no model, and the
+    /// loaders compute with these sizes unchecked once they exist.
+    pub fn overflowing_field(&self) -> Option<&'static str> {
+        let d_inner = self.mamba_num_heads.checked_mul(self.mamba_head_dim);
+        let Some(d_inner) = d_inner else {
+            return Some("mamba_head_dim");
+        };
+        let conv = self
+            .n_groups
+            .checked_mul(self.ssm_state_size)
+            .and_then(|x| x.checked_mul(2))
+            .and_then(|x| x.checked_add(d_inner));
+        let in_proj = conv
+            .and_then(|c| c.checked_add(d_inner))
+            .and_then(|x| x.checked_add(self.mamba_num_heads));
+        if in_proj.is_none() {
+            return Some("ssm_state_size");
+        }
+        let heads = self.num_attention_heads.max(self.num_key_value_heads);
+        if heads.checked_mul(self.head_dim).is_none() {
+            return Some("head_dim");
+        }
+        None
+    }
+
     pub fn pattern(&self) -> String {
         self.layers.iter().map(|k| k.symbol()).collect()
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let value: Value = serde_json::from_str(&python_json_to_strict(&text)).map_err(|e| {
-            ModelError::Config {
-                file: path.to_path_buf(),
-                msg: format!("not valid JSON: {e}"),
-            }
-        })?;
-        Self::from_json(&value, path)
+        Self::from_json(&read_json(path)?, path)
     }
 
     pub fn from_json(value: &Value, path: &Path) -> Result<Self, ModelError> {
-        let obj = value.as_object().ok_or_else(|| ModelError::Config {
-            file: path.to_path_buf(),
-            msg: "top level is not a JSON object".into(),
-        })?;
-        let r = Reader {
-            obj,
-            file: path.to_path_buf(),
-        };
+        let r = Reader::new(value, path)?;
+        let obj = r.obj;
         check_quantization_config(value, path)?;
 
         let arch = obj
@@ -128,6 +141,7 @@ impl NemotronHConfig {
                 file: path.to_path_buf(),
                 arch: arch
                     .or(model_type.map(str::to_string))
+                    .map(|a| shown(&a))
                     .unwrap_or_else(|| "(none given)".into()),
             });
         }
@@ -142,7 +156,8 @@ impl NemotronHConfig {
         let cfg = NemotronHConfig {
             hidden_size,
             vocab_size: r.usize("vocab_size", &[])?,
-            layer_norm_epsilon: r.f32_or("layer_norm_epsilon", &["rms_norm_eps"], 1e-5)?,
+            layer_norm_epsilon: r.positive_or("layer_norm_epsilon", &["rms_norm_eps"], 1e-5)?
+                as f32,
             tie_word_embeddings: r.bool_or("tie_word_embeddings", &[], false)?,
             max_position_embeddings: r.opt_usize("max_position_embeddings", &[])?.unwrap_or(4096),
             mamba_num_heads: r.usize("mamba_num_heads", &[])?,
@@ -153,7 +168,7 @@ impl NemotronHConfig {
             chunk_size: r.usize("chunk_size", &["mamba_chunk_size"])?,
             use_conv_bias: r.bool_or("use_conv_bias", &["mamba_conv_bias"], true)?,
             use_bias: r.bool_or("use_bias", &["mamba_proj_bias"], false)?,
-            time_step_min: r.f32_or("time_step_min", &["mamba_dt_min"], 0.001)?,
+            time_step_min: r.finite_or("time_step_min", &["mamba_dt_min"], 0.001)? as f32,
             num_attention_heads,
             num_key_value_heads: r
                 .opt_usize("num_key_value_heads", &[])?
@@ -173,8 +188,8 @@ impl NemotronHConfig {
                 .unwrap_or(0),
             moe_latent_size: r.opt_usize("moe_latent_size", &[])?,
             norm_topk_prob: r.bool_or("norm_topk_prob", &[], true)?,
-            routed_scaling_factor: r.f32_or("routed_scaling_factor", &[], 1.0)?,
-            bos_token_id: r.opt_usize("bos_token_id", &[])?.map(|v| v as u32),
+            routed_scaling_factor: r.positive_or("routed_scaling_factor", &[], 1.0)? as f32,
+            bos_token_id: r.ids("bos_token_id")?.first().copied(),
             eos_token_id: r.ids("eos_token_id")?,
             torch_dtype: obj
                 .get("torch_dtype")
@@ -187,7 +202,7 @@ impl NemotronHConfig {
             if act != "relu2" {
                 return Err(r.err(
                     "mlp_hidden_act",
-                    format!("`{act}` is not supported (only relu2)"),
+                    format!("`{}` is not supported (only relu2)", shown(act)),
                 ));
             }
         }
@@ -195,7 +210,7 @@ impl NemotronHConfig {
             if act != "silu" {
                 return Err(r.err(
                     "mamba_hidden_act",
-                    format!("`{act}` is not supported (only silu)"),
+                    format!("`{}` is not supported (only silu)", shown(act)),
                 ));
             }
         }
@@ -204,6 +219,9 @@ impl NemotronHConfig {
     }
 
     fn validate(&self, r: &Reader<'_>) -> Result<(), ModelError> {
+        if let Some(field) = self.overflowing_field() {
+            return Err(r.err(field, "makes the model's sizes overflow".into()));
+        }
         if self.layers.is_empty() {
             return Err(r.err("hybrid_override_pattern", "has no layers".into()));
         }
@@ -271,6 +289,8 @@ impl NemotronHConfig {
                 ),
             ));
         }
+        r.ids_below("bos_token_id", self.vocab_size)?;
+        r.ids_below("eos_token_id", self.vocab_size)?;
         for (name, v) in [
             ("hidden_size", self.hidden_size),
             ("vocab_size", self.vocab_size),
@@ -335,7 +355,7 @@ pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelErro
                 "FP8" | "FP8_PER_CHANNEL_PER_TOKEN" => Ok(()),
                 _ => Err(err(
                     "quant_algo",
-                    format!("`{algo}` is not supported (nemo reads FP8 and FP8_PER_CHANNEL_PER_TOKEN)"),
+                    format!("`{}` is not supported (nemo reads FP8 and FP8_PER_CHANNEL_PER_TOKEN)", shown(algo)),
                 )),
             }
         }
@@ -344,7 +364,7 @@ pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelErro
             if format != "float-quantized" && format != "naive-quantized" {
                 return Err(err(
                     "format",
-                    format!("`{format}` is not supported (nemo reads float-quantized FP8)"),
+                    format!("`{}` is not supported (nemo reads float-quantized FP8)", shown(format)),
                 ));
             }
             let groups = q
@@ -352,7 +372,7 @@ pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelErro
                 .and_then(Value::as_object)
                 .ok_or_else(|| err("config_groups", "missing or not an object".into()))?;
             for (g, group) in groups {
-                let field = format!("config_groups.{g}.weights");
+                let field = format!("config_groups.{}.weights", shown(g));
                 let w = group
                     .get("weights")
                     .filter(|w| w.is_object())
@@ -377,15 +397,27 @@ pub fn check_quantization_config(v: &Value, file: &Path) -> Result<(), ModelErro
         )),
         Some(other) => Err(err(
             "quant_method",
-            format!("`{other}` is not supported (nemo reads FP8 checkpoints made by modelopt or compressed-tensors)"),
+            format!("`{}` is not supported (nemo reads FP8 checkpoints made by modelopt or compressed-tensors)", shown(other)),
         )),
         None => Err(err("quant_method", "missing".into())),
     }
 }
 
+/// A model's JSON file (`config.json` and the like): a regular file below
+/// `files::MAX_TEXT_BYTES`, Python's non-finite numbers accepted (`python_json_to_strict`).
+pub fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let text = super::files::read_text(path, super::files::MAX_TEXT_BYTES)?;
+    serde_json::from_str(&python_json_to_strict(&text)).map_err(|e| ModelError::Config {
+        file: path.to_path_buf(),
+        msg: format!("not valid JSON: {e}"),
+    })
+}
+
 /// Python's `json.dump` writes `Infinity`, `-Infinity` and `NaN` (published Nemotron
 /// configs have `"time_step_limit": [0.0, Infinity]`); strict JSON has no such tokens.
-/// Replaces them, outside string literals, with `null`.
+/// Replaces them, outside string literals, with the strings `"Infinity"`, `"-Infinity"`
+/// and `"NaN"`: a field nemo reads as a number then names the value in its error
+/// (`Reader::number`) instead of taking a NaN for "absent".
 pub fn python_json_to_strict(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_str = false;
@@ -411,7 +443,9 @@ pub fn python_json_to_strict(text: &str) -> String {
                 .into_iter()
                 .find(|t| rest.starts_with(t));
             if let Some(t) = tok {
-                out.push_str("null");
+                out.push('"');
+                out.push_str(t);
+                out.push('"');
                 rest = &rest[t.len()..];
                 continue;
             }
@@ -422,13 +456,26 @@ pub fn python_json_to_strict(text: &str) -> String {
     out
 }
 
-struct Reader<'a> {
-    obj: &'a Map<String, Value>,
+/// Reads the fields of a model's JSON file by name; every error names the file and the
+/// field, and a value of the wrong type is an error, never taken as absent.
+pub(crate) struct Reader<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
     file: PathBuf,
 }
 
-impl Reader<'_> {
-    fn err(&self, field: &str, msg: String) -> ModelError {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(value: &'a Value, path: &Path) -> Result<Self, ModelError> {
+        let obj = value.as_object().ok_or_else(|| ModelError::Config {
+            file: path.to_path_buf(),
+            msg: "top level is not a JSON object".into(),
+        })?;
+        Ok(Reader {
+            obj,
+            file: path.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn err(&self, field: &str, msg: String) -> ModelError {
         ModelError::ConfigField {
             file: self.file.clone(),
             field: field.to_string(),
@@ -436,14 +483,18 @@ impl Reader<'_> {
         }
     }
 
-    fn find(&self, key: &str, aliases: &[&str]) -> Option<&Value> {
+    pub(crate) fn find(&self, key: &str, aliases: &[&str]) -> Option<&'a Value> {
         std::iter::once(key)
             .chain(aliases.iter().copied())
             .find_map(|k| self.obj.get(k))
             .filter(|v| !v.is_null())
     }
 
-    fn opt_usize(&self, key: &str, aliases: &[&str]) -> Result<Option<usize>, ModelError> {
+    pub(crate) fn opt_usize(
+        &self,
+        key: &str,
+        aliases: &[&str],
+    ) -> Result<Option<usize>, ModelError> {
         match self.find(key, aliases) {
             None => Ok(None),
             Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
@@ -452,22 +503,77 @@ impl Reader<'_> {
         }
     }
 
-    fn usize(&self, key: &str, aliases: &[&str]) -> Result<usize, ModelError> {
+    pub(crate) fn usize(&self, key: &str, aliases: &[&str]) -> Result<usize, ModelError> {
         self.opt_usize(key, aliases)?
             .ok_or_else(|| self.err(key, "missing".into()))
     }
 
-    fn f32_or(&self, key: &str, aliases: &[&str], default: f32) -> Result<f32, ModelError> {
-        match self.find(key, aliases) {
-            None => Ok(default),
-            Some(v) => v
+    /// `v` (the value of `key`) as a number; Python's `NaN` / `Infinity` (strings after
+    /// `python_json_to_strict`) as the non-finite values they are.
+    pub(crate) fn number(&self, key: &str, v: &Value) -> Result<f64, ModelError> {
+        match v {
+            Value::String(s) if s == "NaN" => Ok(f64::NAN),
+            Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
+            Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+            _ => v
                 .as_f64()
-                .map(|x| x as f32)
                 .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
         }
     }
 
-    fn bool_or(&self, key: &str, aliases: &[&str], default: bool) -> Result<bool, ModelError> {
+    /// A finite number (`default` when absent); NaN or infinity is an error naming `key`.
+    pub(crate) fn finite_or(
+        &self,
+        key: &str,
+        aliases: &[&str],
+        default: f64,
+    ) -> Result<f64, ModelError> {
+        let Some(v) = self.find(key, aliases) else {
+            return Ok(default);
+        };
+        let x = self.number(key, v)?;
+        // Also finite as the f32 the model keeps.
+        if !x.is_finite() || !(x as f32).is_finite() {
+            return Err(self.err(key, format!("is {x}; it must be a finite number")));
+        }
+        Ok(x)
+    }
+
+    /// A finite number, None when absent; NaN or infinity is an error naming `key`.
+    pub(crate) fn opt_finite(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        match self.find(key, &[]) {
+            None => Ok(None),
+            Some(_) => self.finite_or(key, &[], 0.0).map(Some),
+        }
+    }
+
+    /// A finite number greater than 0, also as an f32 (`layer_norm_epsilon`, `rope_theta`):
+    /// NaN, infinity, 0 or a negative value is an error naming `key`.
+    pub(crate) fn positive_or(
+        &self,
+        key: &str,
+        aliases: &[&str],
+        default: f64,
+    ) -> Result<f64, ModelError> {
+        let Some(v) = self.find(key, aliases) else {
+            return Ok(default);
+        };
+        let x = self.number(key, v)?;
+        if !x.is_finite() || !(x as f32).is_finite() || (x as f32) <= 0.0 {
+            return Err(self.err(
+                key,
+                format!("is {x}; it must be a finite number greater than 0"),
+            ));
+        }
+        Ok(x)
+    }
+
+    pub(crate) fn bool_or(
+        &self,
+        key: &str,
+        aliases: &[&str],
+        default: bool,
+    ) -> Result<bool, ModelError> {
         match self.find(key, aliases) {
             None => Ok(default),
             Some(v) => v
@@ -476,22 +582,29 @@ impl Reader<'_> {
         }
     }
 
-    fn ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
+    /// A token id or a list of them (`eos_token_id`); absent or null is none.
+    pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
+        let id = |v: &Value| {
+            v.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| self.err(key, format!("bad token id {v}")))
+        };
         match self.find(key, &[]) {
             None => Ok(vec![]),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(|x| vec![x as u32])
-                .ok_or_else(|| self.err(key, format!("bad token id {n}"))),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .map(|x| x as u32)
-                        .ok_or_else(|| self.err(key, format!("bad token id {v}")))
-                })
-                .collect(),
+            Some(v @ Value::Number(_)) => Ok(vec![id(v)?]),
+            Some(Value::Array(a)) => a.iter().map(id).collect(),
             Some(v) => Err(self.err(key, format!("expected an id or a list of ids, found {v}"))),
+        }
+    }
+
+    /// Refuses a token id in `key` at or past `vocab` (the sampler indexes logits by it).
+    pub(crate) fn ids_below(&self, key: &str, vocab: usize) -> Result<(), ModelError> {
+        match self.ids(key)?.into_iter().find(|&i| i as usize >= vocab) {
+            Some(i) => Err(self.err(
+                key,
+                format!("holds token id {i}, past the vocabulary of {vocab} tokens"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -523,7 +636,7 @@ impl Reader<'_> {
                     'E' => Ok(LayerKind::Moe),
                     _ => Err(self.err(
                         "hybrid_override_pattern",
-                        format!("character {i} is `{c}`, not one of M * - E"),
+                        format!("character {i} is {c:?}, not one of M * - E"),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -599,7 +712,7 @@ mod tests {
             r#"{"a": [0.0, Infinity, -Infinity, NaN], "s": "Infinity \" NaN"}"#,
         );
         let v: Value = serde_json::from_str(&t).unwrap();
-        assert_eq!(v["a"], json!([0.0, null, null, null]));
+        assert_eq!(v["a"], json!([0.0, "Infinity", "-Infinity", "NaN"]));
         assert_eq!(v["s"], json!("Infinity \" NaN"));
     }
 

@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::arch::Model;
-use super::config::NemotronHConfig;
+use super::config::{self, NemotronHConfig, Reader};
+use super::files;
 use super::gguf::GgufFile;
 use super::gguf_tokenizer;
 use super::llama::{Llama, LlamaConfig};
+use super::memory;
 use super::nemotron_h::NemotronH;
 use super::nemotron_h_gguf;
 use super::weights::WeightStore;
-use super::ModelError;
+use super::{shown, ModelError};
 use crate::chat::template::{self, ChatTemplate};
 use crate::protocol::SamplingParams;
+use crate::state::CacheConfig;
 
 /// Defaults from `generation_config.json`.
 #[derive(Clone, Debug, Default)]
@@ -56,112 +59,223 @@ pub struct ModelFolder {
     pub eos_token_ids: Vec<u32>,
 }
 
-fn read_generation_config(path: &Path) -> Result<GenerationDefaults, ModelError> {
-    if !path.exists() {
+/// `generation_config.json`, when there is one. Fields nemo reads must have their type:
+/// a string where a number belongs is an error naming the field, as is an end id past
+/// the vocabulary of `vocab` tokens.
+fn read_generation_config(path: &Path, vocab: usize) -> Result<GenerationDefaults, ModelError> {
+    if files::probe(path, files::MAX_TEXT_BYTES)?.is_none() {
         return Ok(GenerationDefaults::default());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-        file: path.to_path_buf(),
-        msg: format!("not valid JSON: {e}"),
-    })?;
-    let ids = match v.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+    generation_from_json(&config::read_json(path)?, path, vocab)
+}
+
+/// `generation_config.json`'s fields from its parsed JSON (`path` names it in errors).
+pub fn generation_from_json(
+    v: &serde_json::Value,
+    path: &Path,
+    vocab: usize,
+) -> Result<GenerationDefaults, ModelError> {
+    let r = Reader::new(v, path)?;
+    r.ids_below("eos_token_id", vocab)?;
+    let f = |k: &str| -> Result<Option<f32>, ModelError> {
+        match r.opt_finite(k)? {
+            Some(x) if x < 0.0 => Err(r.err(k, format!("is {x}; it must not be negative"))),
+            x => Ok(x.map(|x| x as f32)),
         }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
-        _ => vec![],
     };
-    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
     Ok(GenerationDefaults {
-        eos_token_ids: ids,
-        temperature: f("temperature"),
-        top_p: f("top_p"),
-        top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
-        repetition_penalty: f("repetition_penalty"),
-        max_new_tokens: v
-            .get("max_new_tokens")
-            .and_then(|x| x.as_u64())
-            .map(|x| x as usize),
+        eos_token_ids: r.ids("eos_token_id")?,
+        temperature: f("temperature")?,
+        top_p: f("top_p")?,
+        top_k: r.opt_usize("top_k", &[])?,
+        repetition_penalty: f("repetition_penalty")?,
+        max_new_tokens: r.opt_usize("max_new_tokens", &[])?,
     })
 }
 
 /// Sampling defaults a GGUF file carries (`general.sampling.*`, from the checkpoint's
-/// generation_config.json); eos ids come from the tokenizer metadata instead.
-fn gguf_sampling(g: &GgufFile) -> GenerationDefaults {
-    let f = |k: &str| g.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
-    GenerationDefaults {
-        temperature: f("general.sampling.temp"),
-        top_p: f("general.sampling.top_p"),
-        top_k: g
-            .get("general.sampling.top_k")
-            .and_then(|v| v.as_u64())
-            .map(|x| x as usize),
+/// generation_config.json); eos ids come from the tokenizer metadata instead. A value of
+/// the wrong type, or a negative or non-finite one, is an error naming the key.
+fn gguf_sampling(g: &GgufFile) -> Result<GenerationDefaults, ModelError> {
+    let f = |k: &str| -> Result<Option<f32>, ModelError> {
+        if g.get(k).is_none() {
+            return Ok(None);
+        }
+        let x = g.get_f64(k)?;
+        if !x.is_finite() || x < 0.0 {
+            return Err(ModelError::ConfigField {
+                file: g.path.clone(),
+                field: k.into(),
+                msg: format!("is {x}; it must be a finite number, not negative"),
+            });
+        }
+        Ok(Some(x as f32))
+    };
+    Ok(GenerationDefaults {
+        temperature: f("general.sampling.temp")?,
+        top_p: f("general.sampling.top_p")?,
+        top_k: match g.get("general.sampling.top_k") {
+            Some(_) => Some(g.get_usize("general.sampling.top_k")?),
+            None => None,
+        },
         ..GenerationDefaults::default()
+    })
+}
+
+/// Refuses weights holding layers past the `n` the config describes (`field` of `file`):
+/// they would be silently left out.
+fn check_layer_count(
+    w: &WeightStore,
+    n: usize,
+    file: &Path,
+    field: &str,
+) -> Result<(), ModelError> {
+    match w.last_layer() {
+        Some((i, name)) if i >= n => Err(ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: field.into(),
+            msg: format!(
+                "describes {n} layers, but the weights hold layer {i} (`{}`)",
+                shown(name)
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
-/// `architectures[0]` of a config.json, if it names one.
-fn architecture(path: &Path) -> Result<Option<String>, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&super::config::python_json_to_strict(&text))
-        .map_err(|e| ModelError::Config {
-        file: path.to_path_buf(),
-        msg: format!("not valid JSON: {e}"),
-    })?;
-    Ok(v.get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(|a| a.as_str())
-        .map(str::to_string))
+/// Below this, a sequence's state is small enough whatever the weights (tiny test models).
+const STATE_ALLOWANCE: u64 = 64 << 20;
+
+/// A file's shapes against the architecture's relations, before anything is sized by
+/// them: a Mamba layer's state (heads × head_dim × d_state) grows with claims that add
+/// few weight bytes, so a small (or sparse) file could otherwise make every session
+/// allocate gigabytes. Every published hybrid model's state is a small fraction of its
+/// weights; one larger than all of them is refused, naming `field` of `file`.
+fn check_state_claims(model: &Model, file: &Path, field: &str) -> Result<(), ModelError> {
+    let state = model.run_bytes(CacheConfig::default()).state;
+    let weights = model.weight_bytes() as u64;
+    if state > STATE_ALLOWANCE.max(weights) {
+        return Err(ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: field.into(),
+            msg: format!(
+                "gives each sequence a recurrent state of {}, more than the model's {} of weights; \
+                 the file's shapes claim more than it holds",
+                memory::human(state),
+                memory::human(weights)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The template's end token as an id, refused past the model's vocabulary.
+fn template_eos(
+    t: &ChatTemplate,
+    tokenizer: &tokenizers::Tokenizer,
+    vocab: usize,
+    file: &Path,
+    field: &str,
+) -> Result<Option<u32>, ModelError> {
+    let Some(id) = t.eos_token().and_then(|e| tokenizer.token_to_id(e)) else {
+        return Ok(None);
+    };
+    if id as usize >= vocab {
+        return Err(ModelError::ConfigField {
+            file: file.to_path_buf(),
+            field: field.into(),
+            msg: format!("is token id {id}, past the model's vocabulary of {vocab} tokens"),
+        });
+    }
+    Ok(Some(id))
 }
 
 impl ModelFolder {
-    /// A hub-style folder, or a `.gguf` file (see `open_gguf`).
+    /// A hub-style folder, or a `.gguf` file (see `open_gguf`). Every file is opened only
+    /// if it is a regular file (`files`).
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
-        if dir.is_file()
-            && dir
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            let e = if e.kind() == std::io::ErrorKind::NotFound {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")
+            } else {
+                e
+            };
+            ModelError::io(dir, e)
+        })?;
+        if !meta.is_dir() {
+            if dir
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            return Self::open_gguf(dir);
-        }
-        if !dir.is_dir() {
-            return Err(ModelError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
-            });
+            {
+                return Self::open_gguf(dir);
+            }
+            return Err(ModelError::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is neither a model folder nor a .gguf file",
+                ),
+            ));
         }
         let config_path = dir.join("config.json");
-        let model = if architecture(&config_path)?.as_deref() == Some("LlamaForCausalLM") {
-            let config = LlamaConfig::from_file(&config_path)?;
-            Model::Llama(Llama::load(config, &WeightStore::open_dir(dir)?)?)
+        let config_json = config::read_json(&config_path)?;
+        let is_llama = config_json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            == Some("LlamaForCausalLM");
+        let model = if is_llama {
+            let config = LlamaConfig::from_json(&config_json, &config_path)?;
+            let w = WeightStore::open_dir(dir)?;
+            check_layer_count(
+                &w,
+                config.num_hidden_layers,
+                &config_path,
+                "num_hidden_layers",
+            )?;
+            Model::Llama(Llama::load(config, &w)?)
         } else {
-            let config = NemotronHConfig::from_file(&config_path)?;
-            Model::NemotronH(NemotronH::load(config, &WeightStore::open_dir(dir)?)?)
+            let config = NemotronHConfig::from_json(&config_json, &config_path)?;
+            let w = WeightStore::open_dir(dir)?;
+            let field = if config_json.get("layers_block_type").is_some() {
+                "layers_block_type"
+            } else {
+                "hybrid_override_pattern"
+            };
+            check_layer_count(&w, config.layers.len(), &config_path, field)?;
+            Model::NemotronH(NemotronH::load(config, &w)?)
         };
+        check_state_claims(&model, &config_path, "ssm_state_size")?;
+        let vocab = model.vocab_size();
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.exists() {
+        if files::probe(&tok_path, files::MAX_TOKENIZER_BYTES)?.is_none() {
             return Err(ModelError::Tokenizer {
                 file: tok_path,
                 msg: "missing".into(),
             });
         }
+        let tok_bytes = files::read_bytes(&tok_path, files::MAX_TOKENIZER_BYTES)?;
         let tokenizer =
-            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer {
+            tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| ModelError::Tokenizer {
                 file: tok_path.clone(),
-                msg: format!("cannot be read: {e}"),
+                msg: format!("cannot be read: {}", shown(&e.to_string())),
             })?;
+        drop(tok_bytes);
+        // `template::load_from_dir` reads these two whole: only regular files of a sane size.
+        let jinja = files::probe(&dir.join("chat_template.jinja"), files::MAX_TEXT_BYTES)?;
+        files::probe(&dir.join("tokenizer_config.json"), files::MAX_TEXT_BYTES)?;
         // Name the file the template came from in any error.
-        let template_file = if dir.join("chat_template.jinja").exists() {
+        let template_file = if jinja.is_some() {
             dir.join("chat_template.jinja")
         } else {
             dir.join("tokenizer_config.json")
         };
         let template_err = |e: template::TemplateError| {
-            ModelError::Template(format!("{}: {e}", template_file.display()))
+            ModelError::Template(format!(
+                "{}: {}",
+                template_file.display(),
+                shown(&e.to_string())
+            ))
         };
         let template = match template::load_from_dir(dir).map_err(template_err)? {
             Some((src, bos, eos)) => Some(Arc::new(
@@ -171,15 +285,12 @@ impl ModelFolder {
             )),
             None => None,
         };
-        let generation = read_generation_config(&dir.join("generation_config.json"))?;
+        let generation = read_generation_config(&dir.join("generation_config.json"), vocab)?;
         let mut eos: Vec<u32> = model.eos_token_ids().to_vec();
         eos.extend(&generation.eos_token_ids);
         if let Some(t) = &template {
-            if let Some(e) = t.eos_token() {
-                if let Some(id) = tokenizer.token_to_id(e) {
-                    eos.push(id);
-                }
-            }
+            let file = dir.join("tokenizer_config.json");
+            eos.extend(template_eos(t, &tokenizer, vocab, &file, "eos_token")?);
         }
         eos.sort_unstable();
         eos.dedup();
@@ -199,7 +310,14 @@ impl ModelFolder {
     /// (where convert_hf_to_gguf.py puts generation_config.json's), when present.
     /// `general.architecture` picks the model: `llama`, or `nemotron_h` / `nemotron_h_moe`.
     pub fn open_gguf(path: &Path) -> Result<Self, ModelError> {
-        let g = GgufFile::open(path)?;
+        Self::from_gguf(GgufFile::open(path)?)
+    }
+
+    /// The model, tokenizer and template of a parsed GGUF file (`open_gguf` after the
+    /// read; the fuzz target's entry for files held in memory).
+    pub fn from_gguf(g: GgufFile) -> Result<Self, ModelError> {
+        let path = g.path.clone();
+        let path = path.as_path();
         let model = match g.architecture()? {
             "llama" => Model::Llama(Llama::load_gguf(&g)?),
             "nemotron_h" | "nemotron_h_moe" => Model::NemotronH(nemotron_h_gguf::load(&g)?),
@@ -207,10 +325,12 @@ impl ModelFolder {
                 return Err(ModelError::ConfigField {
                     file: path.to_path_buf(),
                     field: "general.architecture".into(),
-                    msg: format!("is `{arch}`; nemo reads GGUF files of the `llama`, `nemotron_h` and `nemotron_h_moe` architectures"),
+                    msg: format!("is `{}`; nemo reads GGUF files of the `llama`, `nemotron_h` and `nemotron_h_moe` architectures", shown(arch)),
                 })
             }
         };
+        let arch = g.architecture()?;
+        check_state_claims(&model, path, &format!("{arch}.ssm.state_size"))?;
         let tokenizer = gguf_tokenizer::from_gguf(&g)?;
         let bos = gguf_tokenizer::token_text(&g, "tokenizer.ggml.bos_token_id");
         let eos_text = gguf_tokenizer::token_text(&g, "tokenizer.ggml.eos_token_id");
@@ -219,14 +339,16 @@ impl ModelFolder {
                 ChatTemplate::new(src, bos, eos_text)
                     .map_err(|e| {
                         ModelError::Template(format!(
-                            "{}: tokenizer.chat_template: {e}",
-                            path.display()
+                            "{}: tokenizer.chat_template: {}",
+                            path.display(),
+                            shown(&e.to_string())
                         ))
                     })?
                     .with_name(format!("{} (tokenizer.chat_template)", path.display())),
             )),
             None => None,
         };
+        let generation = gguf_sampling(&g)?;
         let mut eos: Vec<u32> = model.eos_token_ids().to_vec();
         eos.sort_unstable();
         eos.dedup();
@@ -235,7 +357,7 @@ impl ModelFolder {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
-            generation: gguf_sampling(&g),
+            generation,
             eos_token_ids: eos,
         })
     }

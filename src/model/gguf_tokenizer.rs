@@ -32,7 +32,7 @@ use tokenizers::{
 };
 
 use super::gguf::{GgufFile, Value};
-use super::ModelError;
+use super::{shown, ModelError};
 
 /// llama.cpp's token types (`llama_token_type`).
 const TOKEN_CONTROL: i64 = 3;
@@ -45,14 +45,13 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 fn err(g: &GgufFile, msg: String) -> ModelError {
     ModelError::Tokenizer {
         file: g.path.clone(),
-        msg,
+        msg: shown(&msg),
     }
 }
 
 fn tokens(g: &GgufFile) -> Result<Vec<&str>, ModelError> {
     g.get_array("tokenizer.ggml.tokens")?
-        .iter()
-        .map(|v| v.as_str())
+        .strs()
         .collect::<Option<_>>()
         .ok_or_else(|| err(g, "tokenizer.ggml.tokens holds a non-string".into()))
 }
@@ -85,7 +84,10 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, ModelError> {
         "llama" => sentencepiece_bpe(g),
         _ => Err(err(
             g,
-            format!("tokenizer.ggml.model `{model}` is not supported (gpt2 and llama are)"),
+            format!(
+                "tokenizer.ggml.model `{}` is not supported (gpt2 and llama are)",
+                shown(model)
+            ),
         )),
     }
 }
@@ -167,9 +169,9 @@ fn byte_level_bpe(g: &GgufFile) -> Result<Tokenizer, ModelError> {
     let tokens = tokens(g)?;
     let merges: Vec<(String, String)> = g
         .get_array("tokenizer.ggml.merges")?
-        .iter()
+        .strs()
         .map(|v| {
-            let (a, b) = v.as_str()?.split_once(' ')?;
+            let (a, b) = v?.split_once(' ')?;
             Some((a.to_string(), b.to_string()))
         })
         .collect::<Option<_>>()
@@ -224,8 +226,7 @@ pub fn token_text(g: &GgufFile, key: &str) -> Option<String> {
     let id = g.get(key)?.as_u64()? as usize;
     g.get("tokenizer.ggml.tokens")?
         .as_array()?
-        .get(id)?
-        .as_str()
+        .str_at(id)
         .map(str::to_string)
 }
 
@@ -243,7 +244,7 @@ mod tests {
     }
 
     fn strings(v: &[&str]) -> Value {
-        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+        Value::array(v.iter().map(|s| Value::String(s.to_string())).collect()).unwrap()
     }
 
     #[test]
@@ -260,7 +261,7 @@ mod tests {
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.token_type", Value::array(types).unwrap()),
             (
                 "tokenizer.ggml.merges",
                 strings(&["h e", "l l", "he ll", "hell o", "Ġ w"]),
@@ -296,8 +297,8 @@ mod tests {
         let (_d, g) = open(vec![
             ("tokenizer.ggml.model", Value::String("llama".into())),
             ("tokenizer.ggml.tokens", strings(&refs)),
-            ("tokenizer.ggml.scores", Value::Array(scores)),
-            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.scores", Value::array(scores).unwrap()),
+            ("tokenizer.ggml.token_type", Value::array(types).unwrap()),
             ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
         ]);
         let tok = from_gguf(&g).unwrap();

@@ -7,10 +7,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::attention::{Attention, Rope};
-use super::config::python_json_to_strict;
+use super::config::Reader;
 use super::gguf::GgufFile;
 use super::weights::{Tensor, WeightStore};
-use super::ModelError;
+use super::{shown, ModelError};
 use crate::backend::cpu::{matmul, matmul_many, ops};
 use crate::backend::DType;
 use crate::state::{CacheConfig, KvCache, LayerState, SequenceState};
@@ -51,30 +51,15 @@ fn field_err(file: &Path, field: &str, msg: &str) -> ModelError {
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let v: Value = serde_json::from_str(&python_json_to_strict(&text)).map_err(|e| {
-            ModelError::Config {
-                file: path.to_path_buf(),
-                msg: format!("not valid JSON: {e}"),
-            }
-        })?;
-        Self::from_json(&v, path)
+        Self::from_json(&super::config::read_json(path)?, path)
     }
 
     pub fn from_json(v: &Value, file: &Path) -> Result<Self, ModelError> {
-        let req = |k: &str| -> Result<usize, ModelError> {
-            v.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| field_err(file, k, "missing or not an integer"))
-        };
-        let opt = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        let r = Reader::new(v, file)?;
         super::config::check_quantization_config(v, file)?;
-        let hidden_size = req("hidden_size")?;
-        let heads = req("num_attention_heads")?;
-        if v.get("attention_bias").and_then(Value::as_bool) == Some(true)
-            || v.get("mlp_bias").and_then(Value::as_bool) == Some(true)
-        {
+        let hidden_size = r.usize("hidden_size", &[])?;
+        let heads = r.usize("num_attention_heads", &[])?;
+        if r.bool_or("attention_bias", &[], false)? || r.bool_or("mlp_bias", &[], false)? {
             return Err(field_err(
                 file,
                 "attention_bias",
@@ -84,12 +69,8 @@ impl LlamaConfig {
         // transformers 5 writes `rope_parameters` (theta + scaling together); the hub's
         // Llama-3.1 configs write `rope_theta` and `rope_scaling`.
         let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
-        let rope_scaling = match v
-            .get("rope_scaling")
-            .filter(|s| !s.is_null())
-            .or(rope_params)
-        {
-            None | Some(Value::Null) => None,
+        let rope_scaling = match r.find("rope_scaling", &[]).or(rope_params) {
+            None => None,
             Some(s) => {
                 let kind = s
                     .get("rope_type")
@@ -98,65 +79,75 @@ impl LlamaConfig {
                     .unwrap_or("");
                 match kind {
                     "llama3" => {
-                        let f = |k: &str| {
-                            s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                                field_err(file, &format!("rope_scaling.{k}"), "missing")
-                            })
+                        let f = |k: &str| -> Result<f64, ModelError> {
+                            let field = format!("rope_scaling.{k}");
+                            let x = match s.get(k).filter(|x| !x.is_null()) {
+                                None => return Err(field_err(file, &field, "missing")),
+                                Some(x) => r.number(&field, x)?,
+                            };
+                            if !x.is_finite() || x <= 0.0 {
+                                return Err(field_err(
+                                    file,
+                                    &field,
+                                    &format!("is {x}; it must be a finite number greater than 0"),
+                                ));
+                            }
+                            Ok(x)
                         };
-                        Some(Llama3Scaling {
+                        let scaling = Llama3Scaling {
                             factor: f("factor")?,
                             low_freq_factor: f("low_freq_factor")?,
                             high_freq_factor: f("high_freq_factor")?,
                             original_max_position_embeddings: f(
                                 "original_max_position_embeddings",
                             )?,
-                        })
+                        };
+                        // The blend divides by their difference.
+                        if scaling.high_freq_factor <= scaling.low_freq_factor {
+                            return Err(field_err(
+                                file,
+                                "rope_scaling.high_freq_factor",
+                                "must be greater than rope_scaling.low_freq_factor",
+                            ));
+                        }
+                        Some(scaling)
                     }
                     "default" | "" => None,
                     other => {
                         return Err(field_err(
                             file,
                             "rope_scaling",
-                            &format!("rope_type `{other}` is not supported (llama3 is)"),
+                            &format!("rope_type `{}` is not supported (llama3 is)", shown(other)),
                         ))
                     }
                 }
             }
         };
-        let eos_token_id = match v.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64().map(|x| x as u32))
-                .collect(),
-            _ => vec![],
+        let theta_in_params = r.find("rope_theta", &[]).is_none()
+            && rope_params.is_some_and(|p| p.get("rope_theta").is_some_and(|t| !t.is_null()));
+        let rope_theta = match rope_params.filter(|_| theta_in_params) {
+            Some(p) => Reader::new(p, file)?.positive_or("rope_theta", &[], 10000.0)?,
+            None => r.positive_or("rope_theta", &[], 10000.0)?,
         };
+        let vocab_size = r.usize("vocab_size", &[])?;
+        r.ids_below("eos_token_id", vocab_size)?;
+        r.ids_below("bos_token_id", vocab_size)?;
         let cfg = LlamaConfig {
             hidden_size,
-            vocab_size: req("vocab_size")?,
-            num_hidden_layers: req("num_hidden_layers")?,
+            vocab_size,
+            num_hidden_layers: r.usize("num_hidden_layers", &[])?,
             num_attention_heads: heads,
-            num_key_value_heads: opt("num_key_value_heads").unwrap_or(heads),
-            head_dim: opt("head_dim").unwrap_or(hidden_size / heads.max(1)),
-            intermediate_size: req("intermediate_size")?,
-            rms_norm_eps: v
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5) as f32,
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(Value::as_f64)
-                .or(rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64))
-                .unwrap_or(10000.0),
+            num_key_value_heads: r.opt_usize("num_key_value_heads", &[])?.unwrap_or(heads),
+            head_dim: r
+                .opt_usize("head_dim", &[])?
+                .unwrap_or(hidden_size / heads.max(1)),
+            intermediate_size: r.usize("intermediate_size", &[])?,
+            rms_norm_eps: r.positive_or("rms_norm_eps", &[], 1e-5)? as f32,
+            rope_theta,
             rope_scaling,
-            max_position_embeddings: opt("max_position_embeddings").unwrap_or(4096),
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            eos_token_id,
+            max_position_embeddings: r.opt_usize("max_position_embeddings", &[])?.unwrap_or(4096),
+            tie_word_embeddings: r.bool_or("tie_word_embeddings", &[], false)?,
+            eos_token_id: r.ids("eos_token_id")?,
         };
         if cfg.num_key_value_heads == 0
             || heads % cfg.num_key_value_heads != 0
@@ -167,6 +158,23 @@ impl LlamaConfig {
                 "num_key_value_heads",
                 "must divide num_attention_heads (and head_dim must be even)",
             ));
+        }
+        if heads.checked_mul(cfg.head_dim).is_none() {
+            return Err(field_err(
+                file,
+                "head_dim",
+                "makes the model's sizes overflow",
+            ));
+        }
+        for (name, v) in [
+            ("hidden_size", cfg.hidden_size),
+            ("vocab_size", cfg.vocab_size),
+            ("num_hidden_layers", cfg.num_hidden_layers),
+            ("head_dim", cfg.head_dim),
+        ] {
+            if v == 0 {
+                return Err(r.err(name, "must be greater than 0".into()));
+            }
         }
         Ok(cfg)
     }
@@ -179,7 +187,10 @@ impl LlamaConfig {
             return Err(field_err(
                 &g.path,
                 "general.architecture",
-                &format!("is `{arch}`; nemo reads GGUF files of the `llama` architecture"),
+                &format!(
+                    "is `{}`; nemo reads GGUF files of the `llama` architecture",
+                    shown(arch)
+                ),
             ));
         }
         let k = |s: &str| format!("llama.{s}");
@@ -206,29 +217,35 @@ impl LlamaConfig {
                 ),
             ));
         }
+        let vocab_size = g.get_array("tokenizer.ggml.tokens")?.len();
         let eos = g
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(|v| v.as_u64())
-            .map(|v| vec![v as u32])
-            .unwrap_or_default();
+            .token_id("tokenizer.ggml.eos_token_id", vocab_size)?
+            .into_iter()
+            .collect();
+        g.token_id("tokenizer.ggml.bos_token_id", vocab_size)?;
+        let num_hidden_layers = g.get_usize(&k("block_count"))?;
+        g.check_block_count(&k("block_count"), num_hidden_layers)?;
         let cfg = LlamaConfig {
             hidden_size,
-            vocab_size: g.get_array("tokenizer.ggml.tokens")?.len(),
-            num_hidden_layers: g.get_usize(&k("block_count"))?,
+            vocab_size,
+            num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: kv,
             head_dim,
             intermediate_size: g.get_usize(&k("feed_forward_length"))?,
             rms_norm_eps: match g.get(&k("attention.layer_norm_rms_epsilon")) {
-                Some(_) => g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
+                Some(_) => g.get_positive(&k("attention.layer_norm_rms_epsilon"))? as f32,
                 None => 1e-5,
             },
             rope_theta: match g.get(&k("rope.freq_base")) {
-                Some(_) => g.get_f64(&k("rope.freq_base"))?,
+                Some(_) => g.get_positive(&k("rope.freq_base"))?,
                 None => 10000.0,
             },
             rope_scaling: None,
-            max_position_embeddings: g.get_usize(&k("context_length")).unwrap_or(4096),
+            max_position_embeddings: match g.get(&k("context_length")) {
+                Some(_) => g.get_usize(&k("context_length"))?,
+                None => 4096,
+            },
             tie_word_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
             eos_token_id: eos,
         };
@@ -237,6 +254,13 @@ impl LlamaConfig {
                 &g.path,
                 "llama.attention.head_count_kv",
                 "must divide llama.attention.head_count (and the head size must be even)",
+            ));
+        }
+        if heads.checked_mul(head_dim).is_none() {
+            return Err(field_err(
+                &g.path,
+                "llama.attention.key_length",
+                "makes the model's sizes overflow",
             ));
         }
         Ok(cfg)
@@ -391,7 +415,7 @@ impl Llama {
             inv_freq.iter_mut().zip(&ff).for_each(|(f, s)| *f /= s);
         }
         if g.get("llama.rope.scaling.type").and_then(|v| v.as_str()) == Some("linear") {
-            let factor = g.get_f64("llama.rope.scaling.factor")? as f32;
+            let factor = g.get_positive("llama.rope.scaling.factor")? as f32;
             inv_freq.iter_mut().for_each(|f| *f /= factor);
         }
         Ok(Llama {

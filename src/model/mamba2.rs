@@ -13,12 +13,16 @@
 //! `forward_chunked` is the SSD chunked form used for prompts (chunk-local quadratic part,
 //! states passed between chunks, the same decomposition as `mamba2_chunk_scan`);
 //! `step` is the one-step recurrence used for decode (`mamba2_selective_state_update`,
-//! which, like the reference, does not clamp dt).
+//! which, like the reference, does not clamp dt). The conv and both scans are the CPU ops
+//! `backend::cpu::ssm::{causal_conv1d, ssd_chunked, ssm_step}`, the oracles of the CUDA
+//! kernels, called on the in_proj output in place (the kernels' layouts).
 
 use super::config::NemotronHConfig;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
-use crate::backend::cpu::{matmul, ops, simd};
+use crate::backend::cpu::ssm::{self, ScanShape};
+use crate::backend::cpu::{matmul, ops};
+use crate::state::ssm_cache::SsmStore;
 use crate::state::MambaState;
 
 pub struct Mamba2 {
@@ -137,7 +141,17 @@ impl Mamba2 {
         }
     }
 
-    /// Projection, conv and activations shared by both forms. Returns (z, xBC after conv, dt after softplus).
+    fn shape(&self) -> ScanShape {
+        ScanShape {
+            heads: self.heads,
+            head_dim: self.head_dim,
+            d_state: self.d_state,
+            n_groups: self.n_groups,
+        }
+    }
+
+    /// Projection and conv shared by both forms: returns (zxbcdt `[n, in_proj_dim]`, z
+    /// `[n, d_inner]`, xBC after the conv + SiLU `[n, conv_dim]`); the conv window moves on.
     fn project(
         &self,
         x: &[f32],
@@ -152,48 +166,25 @@ impl Mamba2 {
                 .chunks_exact_mut(pd)
                 .for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v += b));
         }
-        let (di, cd, h, k) = (self.d_inner, self.conv_dim, self.heads, self.kernel);
+        let (di, cd, k) = (self.d_inner, self.conv_dim, self.kernel);
         let mut z = vec![0f32; n * di];
-        let mut xbc_in = vec![0f32; n * cd];
-        let mut dt = vec![0f32; n * h];
         for t in 0..n {
-            let row = &zxbcdt[t * pd..(t + 1) * pd];
-            z[t * di..(t + 1) * di].copy_from_slice(&row[..di]);
-            xbc_in[t * cd..(t + 1) * cd].copy_from_slice(&row[di..di + cd]);
-            for j in 0..h {
-                dt[t * h + j] = ops::softplus(row[di + cd + j] + self.dt_bias[j]);
-            }
+            z[t * di..(t + 1) * di].copy_from_slice(&zxbcdt[t * pd..t * pd + di]);
         }
-        // Depthwise causal conv over [conv_state (k-1 past inputs) ++ new inputs].
-        let past = k - 1;
         let mut xbc = vec![0f32; n * cd];
-        let input = |s: isize, c: usize| -> f32 {
-            if s < 0 {
-                state.conv_state[(past as isize + s) as usize * cd + c]
-            } else {
-                xbc_in[s as usize * cd + c]
-            }
-        };
-        for t in 0..n {
-            for c in 0..cd {
-                let mut acc = self.conv_b[c];
-                for j in 0..k {
-                    acc +=
-                        self.conv_w[c * k + j] * input(t as isize - past as isize + j as isize, c);
-                }
-                xbc[t * cd + c] = ops::silu(acc);
-            }
-        }
-        // New conv window: the last k-1 inputs.
-        let mut window = vec![0f32; past * cd];
-        for i in 0..past {
-            let s = n as isize - past as isize + i as isize;
-            for c in 0..cd {
-                window[i * cd + c] = input(s, c);
-            }
-        }
-        state.conv_state = window;
-        (z, xbc, dt)
+        ssm::causal_conv1d(
+            &zxbcdt,
+            di,
+            pd,
+            n,
+            &mut state.conv_state,
+            &self.conv_w,
+            &self.conv_b,
+            &mut xbc,
+            cd,
+            k,
+        );
+        (zxbcdt, z, xbc)
     }
 
     fn finish(&self, mut y: Vec<f32>, z: &[f32], n: usize, out: &mut [f32]) {
@@ -214,117 +205,61 @@ impl Mamba2 {
 
     /// Prompt path: `n` tokens `x` `[n, hidden]` → `out` `[n, hidden]`, state updated.
     pub fn forward_chunked(&self, x: &[f32], n: usize, state: &mut MambaState, out: &mut [f32]) {
-        let (z, xbc, mut dt) = self.project(x, n, state);
-        for v in dt.iter_mut() {
-            *v = v.max(self.dt_min);
+        let (zxbcdt, z, xbc) = self.project(x, n, state);
+        let (sh, pd) = (self.shape(), self.in_proj.shape[0]);
+        let mut y = vec![0f32; n * self.d_inner];
+        macro_rules! scan {
+            ($st:expr) => {
+                ssm::ssd_chunked(
+                    &sh,
+                    n,
+                    self.chunk_size,
+                    &xbc,
+                    &zxbcdt,
+                    self.d_inner + self.conv_dim,
+                    pd,
+                    &self.dt_bias,
+                    &self.a,
+                    &self.d,
+                    self.dt_min,
+                    $st,
+                    &mut y,
+                )
+            };
         }
-        let (h, p, ns, cd, di) = (
-            self.heads,
-            self.head_dim,
-            self.d_state,
-            self.conv_dim,
-            self.d_inner,
-        );
-        let heads_per_group = h / self.n_groups;
-        let cs = self.chunk_size;
-        let bc = |t: usize, g: usize, which: usize| -> &[f32] {
-            let off = t * cd + di + which * self.n_groups * ns + g * ns;
-            &xbc[off..off + ns]
-        };
-        let per_head: Vec<Vec<f32>> = state.par_heads_map(|hh, st| {
-            let g = hh / heads_per_group;
-            let a = self.a[hh];
-            let mut y = vec![0f32; n * p];
-            let xh = |t: usize| &xbc[t * cd + hh * p..t * cd + (hh + 1) * p];
-            let mut c0 = 0;
-            while c0 < n {
-                let l = cs.min(n - c0);
-                // a_l = A·dt_l and its running sum within the chunk.
-                let da: Vec<f32> = (0..l).map(|i| a * dt[(c0 + i) * h + hh]).collect();
-                let mut cum = vec![0f32; l];
-                let mut s = 0.0;
-                for i in 0..l {
-                    s += da[i];
-                    cum[i] = s;
-                }
-                // Diagonal block: y_l += Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s
-                for li in 0..l {
-                    let cl = bc(c0 + li, g, 1);
-                    let yl = &mut y[(c0 + li) * p..(c0 + li + 1) * p];
-                    let mut seg = 0f32; // Σ_{i=s+1..l} a_i, built from s = l downwards
-                    for si in (0..=li).rev() {
-                        if si < li {
-                            seg += da[si + 1];
-                        }
-                        let w =
-                            simd::dot(cl, bc(c0 + si, g, 0)) * seg.exp() * dt[(c0 + si) * h + hh];
-                        simd::axpy(yl, w, xh(c0 + si));
-                    }
-                    // Off-diagonal: exp(cum_l) · (state_prev · C_l)
-                    let decay = cum[li].exp();
-                    for pi in 0..p {
-                        yl[pi] += decay * simd::dot(&st[pi * ns..(pi + 1) * ns], cl);
-                    }
-                }
-                // State passing: h ← exp(cum_last) h + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s
-                let total = cum[l - 1];
-                let e = total.exp();
-                st.iter_mut().for_each(|v| *v *= e);
-                let mut seg = 0f32; // Σ_{i=s+1..last} a_i
-                for si in (0..l).rev() {
-                    if si + 1 < l {
-                        seg += da[si + 1];
-                    }
-                    let w = seg.exp() * dt[(c0 + si) * h + hh];
-                    let bs = bc(c0 + si, g, 0);
-                    let xs = xh(c0 + si);
-                    for pi in 0..p {
-                        simd::axpy(&mut st[pi * ns..(pi + 1) * ns], w * xs[pi], bs);
-                    }
-                }
-                c0 += l;
-            }
-            // D skip
-            for t in 0..n {
-                let xs = xh(t);
-                for pi in 0..p {
-                    y[t * p + pi] += self.d[hh] * xs[pi];
-                }
-            }
-            y
-        });
-        let mut y = vec![0f32; n * di];
-        for (hh, yh) in per_head.iter().enumerate() {
-            for t in 0..n {
-                y[t * di + hh * p..t * di + (hh + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);
-            }
+        match &mut state.ssm {
+            SsmStore::F32(st) => scan!(st),
+            SsmStore::F16(st) => scan!(st),
+            SsmStore::BF16(st) => scan!(st),
         }
         self.finish(y, &z, n, out);
     }
 
     /// Decode path: one token.
     pub fn step(&self, x: &[f32], state: &mut MambaState, out: &mut [f32]) {
-        let (z, xbc, dt) = self.project(x, 1, state);
-        let (h, p, ns, di) = (self.heads, self.head_dim, self.d_state, self.d_inner);
-        let heads_per_group = h / self.n_groups;
-        let per_head: Vec<Vec<f32>> = state.par_heads_map(|hh, st| {
-            let g = hh / heads_per_group;
-            let b = &xbc[di + g * ns..di + (g + 1) * ns];
-            let c = &xbc[di + self.n_groups * ns + g * ns..di + self.n_groups * ns + (g + 1) * ns];
-            let xs = &xbc[hh * p..(hh + 1) * p];
-            let dth = dt[hh];
-            let da = (dth * self.a[hh]).exp();
-            let mut yh = vec![0f32; p];
-            for pi in 0..p {
-                let row = &mut st[pi * ns..(pi + 1) * ns];
-                let coef = dth * xs[pi];
-                for (s, bv) in row.iter_mut().zip(b) {
-                    *s = *s * da + coef * bv;
-                }
-                yh[pi] = simd::dot(row, c) + self.d[hh] * xs[pi];
-            }
-            yh
-        });
-        self.finish(per_head.concat(), &z, 1, out);
+        let (zxbcdt, z, xbc) = self.project(x, 1, state);
+        let sh = self.shape();
+        let mut y = vec![0f32; self.d_inner];
+        macro_rules! step {
+            ($st:expr) => {
+                ssm::ssm_step(
+                    &sh,
+                    &xbc,
+                    &zxbcdt,
+                    self.d_inner + self.conv_dim,
+                    &self.dt_bias,
+                    &self.a,
+                    &self.d,
+                    $st,
+                    &mut y,
+                )
+            };
+        }
+        match &mut state.ssm {
+            SsmStore::F32(st) => step!(st),
+            SsmStore::F16(st) => step!(st),
+            SsmStore::BF16(st) => step!(st),
+        }
+        self.finish(y, &z, 1, out);
     }
 }

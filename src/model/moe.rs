@@ -6,7 +6,7 @@
 //! groups  = n_group groups of experts; a group's score = sum of its top-2 `choice`
 //! keep the topk_group best groups, pick top-k experts by `choice` among them
 //! weights = scores of the picked experts (uncorrected), / their sum if norm_topk_prob,
-//!           × routed_scaling_factor
+//!           × routed_scaling_factor                    (`backend::cpu::moe::route`)
 //! out     = fc2(Σ_k weights_k · expert_k(fc1(x))) + shared_expert(x)
 //! expert  = down_proj(relu(up_proj(·))²)              (non-gated)
 //! ```
@@ -17,6 +17,7 @@
 use super::config::NemotronHConfig;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
+use crate::backend::cpu::moe::{route, Routing};
 use crate::backend::cpu::{matmul, ops};
 
 struct Expert {
@@ -46,24 +47,19 @@ pub struct Moe {
     fc1: Option<Tensor>,
     fc2: Option<Tensor>,
     hidden: usize,
-    top_k: usize,
-    n_group: usize,
-    topk_group: usize,
-    norm_topk_prob: bool,
-    scale: f32,
+    routing: Routing,
 }
 
-/// Indices of the `k` largest values, ties to the lower index.
-fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|a, b| {
-        v[*b]
-            .partial_cmp(&v[*a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(b))
-    });
-    idx.truncate(k);
-    idx
+/// The router's configuration in `cfg` (the kernel's and the CPU op's argument).
+pub fn routing(cfg: &NemotronHConfig) -> Routing {
+    Routing {
+        n_routed_experts: cfg.n_routed_experts,
+        n_group: cfg.n_group,
+        topk_group: cfg.topk_group,
+        top_k: cfg.num_experts_per_tok,
+        norm_topk_prob: cfg.norm_topk_prob,
+        routed_scaling_factor: cfg.routed_scaling_factor,
+    }
 }
 
 /// An MoE mixer's parameters, whatever file they came from: the safetensors names
@@ -157,11 +153,7 @@ impl Moe {
             fc1,
             fc2,
             hidden: cfg.hidden_size,
-            top_k: cfg.num_experts_per_tok,
-            n_group: cfg.n_group,
-            topk_group: cfg.topk_group,
-            norm_topk_prob: cfg.norm_topk_prob,
-            scale: cfg.routed_scaling_factor,
+            routing: routing(cfg),
         }
     }
 
@@ -172,41 +164,7 @@ impl Moe {
             .first()
             .map(|x| x.up.data().len() + x.down.data().len())
             .unwrap_or(0);
-        per * self.experts.len().saturating_sub(self.top_k)
-    }
-
-    /// The chosen experts and their weights for one token's router scores.
-    pub fn route(&self, logits: &[f32]) -> Vec<(usize, f32)> {
-        let e = logits.len();
-        let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
-        let mut choice: Vec<f32> = scores.iter().zip(&self.bias).map(|(s, b)| s + b).collect();
-        let per = e / self.n_group;
-        if self.topk_group < self.n_group {
-            let group_scores: Vec<f32> = (0..self.n_group)
-                .map(|g| {
-                    top_indices(&choice[g * per..(g + 1) * per], 2)
-                        .iter()
-                        .map(|i| choice[g * per + i])
-                        .sum()
-                })
-                .collect();
-            let keep = top_indices(&group_scores, self.topk_group);
-            for g in 0..self.n_group {
-                if !keep.contains(&g) {
-                    choice[g * per..(g + 1) * per].fill(f32::NEG_INFINITY);
-                }
-            }
-        }
-        let picked = top_indices(&choice, self.top_k);
-        let mut weights: Vec<f32> = picked.iter().map(|i| scores[*i]).collect();
-        if self.norm_topk_prob {
-            let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
-            weights.iter_mut().for_each(|w| *w /= sum);
-        }
-        picked
-            .into_iter()
-            .zip(weights.into_iter().map(|w| w * self.scale))
-            .collect()
+        per * self.experts.len().saturating_sub(self.routing.top_k)
     }
 
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
@@ -219,8 +177,22 @@ impl Moe {
                     crate::backend::cpu::simd::dot(xt, &self.gate[j * hs..(j + 1) * hs]);
             }
         }
+        let k = self.routing.top_k;
+        let (mut ids, mut weights) = (vec![0u32; n * k], vec![0f32; n * k]);
+        route(
+            &self.routing,
+            &logits,
+            &self.bias,
+            &mut ids,
+            &mut weights,
+            n,
+        );
         let routes: Vec<Vec<(usize, f32)>> = (0..n)
-            .map(|t| self.route(&logits[t * e..(t + 1) * e]))
+            .map(|t| {
+                (t * k..(t + 1) * k)
+                    .map(|i| (ids[i] as usize, weights[i]))
+                    .collect()
+            })
             .collect();
         let latent = match &self.fc1 {
             Some(fc1) => {
@@ -264,57 +236,5 @@ impl Moe {
             let s = shared.forward(x, n);
             out.iter_mut().zip(&s).for_each(|(o, v)| *o += v);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn moe(n_group: usize, topk_group: usize, top_k: usize, norm: bool, bias: Vec<f32>) -> Moe {
-        Moe {
-            gate: vec![],
-            bias,
-            experts: vec![],
-            shared: None,
-            fc1: None,
-            fc2: None,
-            hidden: 0,
-            top_k,
-            n_group,
-            topk_group,
-            norm_topk_prob: norm,
-            scale: 2.0,
-        }
-    }
-
-    fn logit(p: f32) -> f32 {
-        (p / (1.0 - p)).ln()
-    }
-
-    #[test]
-    fn routing_chooses_with_the_bias_but_weighs_without_it() {
-        let probs = [0.9, 0.8, 0.1, 0.2];
-        let m = moe(1, 1, 2, false, vec![0.0, 0.0, 0.0, 1.0]);
-        let r = m.route(&probs.map(logit));
-        // Expert 3 wins the choice through its bias; its weight is its own score × scale.
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![3, 0]);
-        assert!((r[0].1 - 0.2 * 2.0).abs() < 1e-5 && (r[1].1 - 0.9 * 2.0).abs() < 1e-5);
-    }
-
-    #[test]
-    fn grouped_routing_masks_the_weaker_groups_and_normalises() {
-        // Groups {0,1} and {2,3}; the best single expert (0) sits in the weaker group.
-        let probs = [0.95, 0.05, 0.7, 0.7];
-        let m = moe(2, 1, 2, true, vec![0.0; 4]);
-        let r = m.route(&probs.map(logit));
-        let mut ids: Vec<usize> = r.iter().map(|x| x.0).collect();
-        ids.sort();
-        assert_eq!(ids, vec![2, 3]);
-        let total: f32 = r.iter().map(|x| x.1).sum();
-        assert!(
-            (total - 2.0).abs() < 1e-5,
-            "normalised weights × scale 2: {total}"
-        );
     }
 }

@@ -51,7 +51,7 @@ use super::mlp::Mlp;
 use super::moe::{Moe, MoeWeights};
 use super::nemotron_h::{Block, Mixer, NemotronH};
 use super::weights::WeightStore;
-use super::ModelError;
+use super::{shown, ModelError};
 
 /// `chunk_size` of the published checkpoints (not stored in GGUF; see the module doc).
 const CHUNK_SIZE: usize = 128;
@@ -125,7 +125,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<NemotronHConfig, ModelError> {
         return Err(field_err(
             g,
             "general.architecture",
-            format!("is `{arch}`, not `nemotron_h` or `nemotron_h_moe`"),
+            format!("is `{}`, not `nemotron_h` or `nemotron_h_moe`", shown(arch)),
         ));
     }
     let k = |s: &str| format!("{arch}.{s}");
@@ -146,6 +146,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<NemotronHConfig, ModelError> {
             format!("{n} does not fit the file's {} tensors", g.tensors.len()),
         ));
     }
+    g.check_block_count(&k("block_count"), n)?;
     let ff = per_layer(g, &k("feed_forward_length"), n)?;
     let kv = per_layer(g, &k("attention.head_count_kv"), n)?;
     let layers: Vec<LayerKind> = ff
@@ -200,7 +201,6 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<NemotronHConfig, ModelError> {
     } else {
         k("attention.layer_norm_epsilon")
     };
-    let id = |key: &str| g.get(key).and_then(Value::as_u64).map(|v| v as u32);
     let vocab_size = g
         .tensors
         .iter()
@@ -210,11 +210,33 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<NemotronHConfig, ModelError> {
             name: "token_embd.weight".into(),
             files: g.path.display().to_string(),
         })?;
+    // llama.cpp sizes the embedding by the token list (`n_vocab`); a table longer than
+    // the vocabulary is rows no token can reach, and logits no id can name.
+    if let Some(Value::Array(tokens)) = g.get("tokenizer.ggml.tokens") {
+        if tokens.len() != vocab_size {
+            return Err(field_err(
+                g,
+                "tokenizer.ggml.tokens",
+                format!(
+                    "has {} entries, but `token_embd.weight` has {vocab_size} rows",
+                    tokens.len()
+                ),
+            ));
+        }
+    }
+    let id = |key: &str| g.token_id(key, vocab_size);
+    let opt_bool = |key: &str| match g.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| field_err(g, key, "is not true or false".into())),
+    };
     let cfg = NemotronHConfig {
         hidden_size,
         vocab_size,
         layers,
-        layer_norm_epsilon: g.get_f64(&eps_key)? as f32,
+        layer_norm_epsilon: g.get_positive(&eps_key)? as f32,
         tie_word_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
         max_position_embeddings: match g.get(&k("context_length")) {
             Some(_) => g.get_usize(&k("context_length"))?,
@@ -245,18 +267,27 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<NemotronHConfig, ModelError> {
         moe_intermediate_size: opt("expert_feed_forward_length")?.unwrap_or(moe_ff),
         moe_shared_expert_intermediate_size: opt("expert_shared_feed_forward_length")?.unwrap_or(0),
         moe_latent_size: opt("moe_latent_size")?.filter(|&l| l > 0),
-        norm_topk_prob: g
-            .get(&k("expert_weights_norm"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        norm_topk_prob: opt_bool(&k("expert_weights_norm"))?.unwrap_or(false),
         routed_scaling_factor: match g.get(&k("expert_weights_scale")) {
-            Some(_) => g.get_f64(&k("expert_weights_scale"))? as f32,
+            Some(_) => g.get_positive(&k("expert_weights_scale"))? as f32,
             None => 1.0,
         },
-        bos_token_id: id("tokenizer.ggml.bos_token_id"),
-        eos_token_id: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
         torch_dtype: None,
     };
+    if let Some(field) = cfg.overflowing_field() {
+        let key = match field {
+            "mamba_head_dim" => "ssm.inner_size",
+            "ssm_state_size" => "ssm.state_size",
+            _ => "attention.key_length",
+        };
+        return Err(field_err(
+            g,
+            &k(key),
+            "makes the model's sizes overflow".into(),
+        ));
+    }
     for (key, v) in [
         ("ssm.group_count", cfg.n_groups),
         ("ssm.state_size", cfg.ssm_state_size),

@@ -129,20 +129,34 @@ pub fn shape_pattern(name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Builds a model of the named shape with the first `layers` layers of its pattern (all if
-/// None; a count past the end repeats the pattern).
-pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<NemotronH, ModelError> {
-    let pattern = shape_pattern(name).ok_or_else(|| {
-        ModelError::Unsupported(format!(
-            "unknown shape `{name}` (known: {})",
-            SHAPES.join(", ")
-        ))
-    })?;
+/// The config of a named shape with the first `layers` layers of its pattern (all if
+/// None; a count past the end repeats the pattern), as `build` uses it.
+pub fn shape(name: &str, layers: Option<usize>) -> Result<NemotronHConfig, ModelError> {
+    let pattern = shape_pattern(name).ok_or_else(|| unknown(name))?;
     let cut: String = match layers {
         Some(n) => pattern.chars().cycle().take(n.max(1)).collect(),
         None => pattern,
     };
-    build_with_pattern(name, dtype, &cut)
+    shape_with_pattern(name, &cut)
+}
+
+fn unknown(name: &str) -> ModelError {
+    ModelError::Unsupported(format!(
+        "unknown shape `{name}` (known: {})",
+        SHAPES.join(", ")
+    ))
+}
+
+fn shape_with_pattern(name: &str, pattern: &str) -> Result<NemotronHConfig, ModelError> {
+    let mut v = shape_config(name).ok_or_else(|| unknown(name))?;
+    v["hybrid_override_pattern"] = json!(pattern);
+    NemotronHConfig::from_json(&v, std::path::Path::new(name))
+}
+
+/// Builds a model of the named shape with the first `layers` layers of its pattern (all if
+/// None; a count past the end repeats the pattern).
+pub fn build(name: &str, dtype: DType, layers: Option<usize>) -> Result<NemotronH, ModelError> {
+    build_config(shape(name, layers)?, dtype)
 }
 
 /// Builds a model with the named shape's dimensions and the given layer pattern
@@ -152,25 +166,41 @@ pub fn build_with_pattern(
     dtype: DType,
     pattern: &str,
 ) -> Result<NemotronH, ModelError> {
-    let mut v = shape_config(name).ok_or_else(|| {
-        ModelError::Unsupported(format!(
-            "unknown shape `{name}` (known: {})",
-            SHAPES.join(", ")
-        ))
-    })?;
-    v["hybrid_override_pattern"] = json!(pattern);
-    let cfg = NemotronHConfig::from_json(&v, std::path::Path::new(name))?;
+    build_config(shape_with_pattern(name, pattern)?, dtype)
+}
+
+/// Bytes the weights `build` makes for `cfg` take in `dtype`: what a synthetic run
+/// allocates before its first token (`nemo bench` checks it against free memory).
+pub fn weight_bytes(cfg: &NemotronHConfig, dtype: DType) -> u64 {
+    tensor_specs(cfg)
+        .iter()
+        .map(|(_, shape, _)| {
+            shape
+                .iter()
+                .fold(dtype.size() as u64, |a, &d| a.saturating_mul(d as u64))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+fn build_config(cfg: NemotronHConfig, dtype: DType) -> Result<NemotronH, ModelError> {
+    let tensors = tensor_specs(&cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape, scale))| {
+            let n = shape.iter().product();
+            let bytes = random_bytes(dtype, n, scale, i as u64 + 2);
+            Tensor::from_owned(&name, dtype, shape, bytes)
+        })
+        .collect();
+    NemotronH::load(cfg, &WeightStore::from_tensors(tensors))
+}
+
+/// Every tensor of a model with `cfg` as (name, shape, scale of its random values), in
+/// the order their seeds follow.
+fn tensor_specs(cfg: &NemotronHConfig) -> Vec<(String, Vec<usize>, f32)> {
     let mut tensors = Vec::new();
-    let mut seed = 1u64;
     let mut add = |name: String, shape: Vec<usize>, scale: f32| {
-        seed += 1;
-        let n = shape.iter().product();
-        tensors.push(Tensor::from_owned(
-            &name,
-            dtype,
-            shape,
-            random_bytes(dtype, n, scale, seed),
-        ));
+        tensors.push((name, shape, scale));
     };
     let (hs, vocab) = (cfg.hidden_size, cfg.vocab_size);
     let inv = |k: usize| (3.0 / k as f32).sqrt();
@@ -261,7 +291,7 @@ pub fn build_with_pattern(
     }
     add("backbone.norm_f.weight".into(), vec![hs], 1.0);
     add("lm_head.weight".into(), vec![vocab, hs], inv(hs));
-    NemotronH::load(cfg, &WeightStore::from_tensors(tensors))
+    tensors
 }
 
 #[cfg(test)]

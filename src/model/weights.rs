@@ -13,15 +13,44 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::ModelError;
+use super::files;
+use super::{shown, ModelError};
 use crate::backend::cpu::{MatRef, WeightScale};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
 
+/// The bytes tensors are views into: a memory-mapped file, or bytes in memory (a model
+/// parsed from a buffer: the fuzz targets).
+pub(crate) enum Blob {
+    Map(Mmap),
+    Vec(Vec<u8>),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Blob::Map(m) => m,
+            Blob::Vec(v) => v,
+        }
+    }
+}
+
+impl Blob {
+    /// Maps the regular file `path` (see `files::open_regular`).
+    pub(crate) fn map_file(path: &Path) -> Result<Arc<Blob>, ModelError> {
+        let f = files::open_regular(path)?;
+        // SAFETY: the file is opened read-only; a concurrent writer truncating it would
+        // fault, the same contract every mmap-based model loader has.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+        Ok(Arc::new(Blob::Map(map)))
+    }
+}
+
 #[derive(Clone)]
 enum Bytes {
     Mapped {
-        map: Arc<Mmap>,
+        map: Arc<Blob>,
         start: usize,
         len: usize,
     },
@@ -69,7 +98,7 @@ impl Tensor {
         file: Arc<PathBuf>,
         dtype: DType,
         shape: Vec<usize>,
-        map: Arc<Mmap>,
+        map: Arc<Blob>,
         start: usize,
         len: usize,
     ) -> Self {
@@ -187,12 +216,24 @@ fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
 }
 
 fn shape_error(t: &Tensor, want: &[usize]) -> ModelError {
+    let gguf = t
+        .file
+        .as_ref()
+        .and_then(|f| f.extension())
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     ModelError::TensorShape {
         file: t
             .file
             .as_ref()
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "synthetic weights".into()),
+        implied_by: if gguf {
+            "the file's metadata"
+        } else if t.file.is_none() {
+            "the shape's config"
+        } else {
+            "config.json"
+        },
         name: t.name.clone(),
         want: want.to_vec(),
         got: t.shape.clone(),
@@ -208,31 +249,17 @@ impl WeightStore {
     }
 
     /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`,
-    /// or every `*.safetensors` in the folder when neither exists.
+    /// or every `*.safetensors` in the folder when neither exists. Only regular files are
+    /// opened, and an index's shards must lie inside `dir` (`files::shard_path`).
     pub fn open_dir(dir: &Path) -> Result<Self, ModelError> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
-        let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::Weights {
-                    file: index.clone(),
-                    msg: format!("not valid JSON: {e}"),
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Weights {
-                    file: index.clone(),
-                    msg: "no `weight_map` object".into(),
-                })?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            names.sort();
-            names.dedup();
-            names.iter().map(|n| dir.join(n)).collect()
+        let files: Vec<PathBuf> = if files::probe(&index, files::MAX_TEXT_BYTES)?.is_some() {
+            let text = files::read_text(&index, files::MAX_TEXT_BYTES)?;
+            shard_names(&text, &index)?
+                .iter()
+                .map(|n| files::shard_path(dir, &index, n))
+                .collect::<Result<_, _>>()?
         } else if single.exists() {
             vec![single]
         } else {
@@ -252,68 +279,32 @@ impl WeightStore {
         };
         let mut tensors = HashMap::new();
         for file in &files {
-            Self::open_file(file, &mut tensors)?;
+            read_safetensors(Blob::map_file(file)?, file, &mut tensors)?;
         }
         attach_fp8_scales(&mut tensors)?;
         Ok(WeightStore { tensors, files })
     }
 
-    fn open_file(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<(), ModelError> {
-        let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: the file is opened read-only; a concurrent writer truncating it would fault,
-        // the same contract every mmap-based model loader has.
-        let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
-        let map = Arc::new(map);
-        let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                let msg = match e {
-                    safetensors::SafeTensorError::MetadataIncompleteBuffer => {
-                        format!(
-                            "file is truncated ({} bytes, fewer than its header describes)",
-                            map.len()
-                        )
-                    }
-                    e => format!("not a valid safetensors file: {e}"),
-                };
-                ModelError::Weights {
-                    file: path.to_path_buf(),
-                    msg,
-                }
-            })?;
-        let base = 8 + header_len;
-        let file = Arc::new(path.to_path_buf());
-        for (name, info) in meta.tensors() {
-            let dtype = map_dtype(info.dtype).ok_or_else(|| ModelError::Weights {
-                file: path.to_path_buf(),
-                msg: format!(
-                    "tensor `{name}` has dtype {:?}, which nemo does not read",
-                    info.dtype
-                ),
-            })?;
-            let (s, e) = info.data_offsets;
-            if base + e > map.len() {
-                return Err(ModelError::Weights {
-                    file: path.to_path_buf(),
-                    msg: format!("file is truncated (tensor `{name}` ends past the end)"),
-                });
-            }
-            out.insert(
-                name.clone(),
-                Tensor {
-                    name: name.clone(),
-                    file: Some(file.clone()),
-                    dtype,
-                    shape: info.shape.clone(),
-                    bytes: Bytes::Mapped {
-                        map: map.clone(),
-                        start: base + s,
-                        len: e - s,
-                    },
-                    scale: None,
-                },
-            );
-        }
-        Ok(())
+    /// One safetensors file held in memory, `path` naming it in messages (the fuzz
+    /// target's entry: the same checks as `open_dir`).
+    pub fn from_safetensors_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, ModelError> {
+        let mut tensors = HashMap::new();
+        read_safetensors(Arc::new(Blob::Vec(bytes)), path, &mut tensors)?;
+        attach_fp8_scales(&mut tensors)?;
+        Ok(WeightStore {
+            tensors,
+            files: vec![path.to_path_buf()],
+        })
+    }
+
+    /// The highest layer index any tensor name carries (`*.layers.{i}.*`, GGUF's
+    /// `blk.{i}.*`), with that tensor's name: a checkpoint holding layers its config does
+    /// not describe is refused by the loaders.
+    pub fn last_layer(&self) -> Option<(usize, &str)> {
+        self.tensors
+            .keys()
+            .filter_map(|n| layer_index(n).map(|i| (i, n.as_str())))
+            .max()
     }
 
     fn missing(&self, name: &str) -> ModelError {
@@ -378,6 +369,106 @@ impl WeightStore {
     }
 }
 
+/// The layer a tensor belongs to: `{i}` in `backbone.layers.{i}.…` / `model.layers.{i}.…`
+/// or GGUF's `blk.{i}.…`.
+fn layer_index(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    let mut prev = parts.next()?;
+    if prev == "blk" {
+        return parts.next()?.parse().ok();
+    }
+    for p in parts {
+        if prev == "layers" {
+            return p.parse().ok();
+        }
+        prev = p;
+    }
+    None
+}
+
+/// The shard file names `model.safetensors.index.json` lists (its `weight_map` values),
+/// sorted and deduplicated; every value must be a string.
+pub fn shard_names(text: &str, index: &Path) -> Result<Vec<String>, ModelError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Weights {
+        file: index.to_path_buf(),
+        msg: format!("not valid JSON: {e}"),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::ConfigField {
+            file: index.to_path_buf(),
+            field: "weight_map".into(),
+            msg: "is missing or not an object".into(),
+        })?;
+    let mut names = Vec::with_capacity(map.len().min(1 << 16));
+    for (tensor, f) in map {
+        let name = f.as_str().ok_or_else(|| ModelError::ConfigField {
+            file: index.to_path_buf(),
+            field: format!("weight_map.{}", shown(tensor)),
+            msg: format!("is {f}, not a file name"),
+        })?;
+        names.push(name.to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The tensors of one safetensors file (`blob` holds its bytes) into `out`.
+fn read_safetensors(
+    blob: Arc<Blob>,
+    path: &Path,
+    out: &mut HashMap<String, Tensor>,
+) -> Result<(), ModelError> {
+    let werr = |msg: String| ModelError::Weights {
+        file: path.to_path_buf(),
+        msg,
+    };
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&blob[..]).map_err(|e| {
+        werr(match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                "file is truncated ({} bytes, fewer than its header describes)",
+                blob.len()
+            ),
+            e => format!("not a valid safetensors file: {}", shown(&e.to_string())),
+        })
+    })?;
+    let base = 8 + header_len;
+    let file = Arc::new(path.to_path_buf());
+    for (name, info) in meta.tensors() {
+        let name_ = shown(&name);
+        let dtype = map_dtype(info.dtype).ok_or_else(|| {
+            werr(format!(
+                "tensor `{name_}` has dtype {:?}, which nemo does not read",
+                info.dtype
+            ))
+        })?;
+        let (s, e) = info.data_offsets;
+        if base.checked_add(e).is_none_or(|end| end > blob.len()) || s > e {
+            return Err(werr(format!(
+                "file is truncated (tensor `{name_}` ends past the end)"
+            )));
+        }
+        out.insert(
+            name.clone(),
+            Tensor {
+                name: name.clone(),
+                file: Some(file.clone()),
+                dtype,
+                shape: info.shape.clone(),
+                bytes: Bytes::Mapped {
+                    map: blob.clone(),
+                    start: base + s,
+                    len: e - s,
+                },
+                scale: None,
+            },
+        );
+    }
+    Ok(())
+}
+
 fn weights_err(t: &Tensor, msg: String) -> ModelError {
     ModelError::Weights {
         file: t.file.as_deref().cloned().unwrap_or_default(),
@@ -422,21 +513,23 @@ fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelE
         .collect();
     for name in fp8 {
         let t = &tensors[&name];
+        let name_ = shown(&name);
         let Some(stem) = name.strip_suffix(".weight") else {
             return Err(weights_err(
                 t,
                 format!(
-                    "tensor `{name}` is {} but not a `.weight`; nemo reads FP8 only for weights with a `weight_scale`",
+                    "tensor `{name_}` is {} but not a `.weight`; nemo reads FP8 only for weights with a `weight_scale`",
                     t.dtype
                 ),
             ));
         };
         let scale_name = format!("{stem}.weight_scale");
+        let scale_ = shown(&scale_name);
         let Some(s) = tensors.get(&scale_name) else {
             return Err(weights_err(
                 t,
                 format!(
-                    "tensor `{name}` is {} but its scale `{scale_name}` is missing",
+                    "tensor `{name_}` is {} but its scale `{scale_}` is missing",
                     t.dtype
                 ),
             ));
@@ -445,7 +538,7 @@ fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelE
             return Err(weights_err(
                 s,
                 format!(
-                    "tensor `{scale_name}` has dtype {}; a weight scale must be f32, bf16 or f16",
+                    "tensor `{scale_}` has dtype {}; a weight scale must be f32, bf16 or f16",
                     s.dtype
                 ),
             ));
@@ -456,7 +549,7 @@ fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelE
             return Err(weights_err(
                 s,
                 format!(
-                    "tensor `{scale_name}` has shape {:?}; for `{name}` {:?} it must hold one value \
+                    "tensor `{scale_}` has shape {:?}; for `{name_}` {:?} it must hold one value \
                      (per tensor) or be [{rows}] / [{rows}, 1] (per row)",
                     s.shape, t.shape
                 ),
@@ -466,7 +559,7 @@ fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelE
         if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
             return Err(weights_err(
                 s,
-                format!("tensor `{scale_name}` holds {bad}; a weight scale must be finite and ≥ 0"),
+                format!("tensor `{scale_}` holds {bad}; a weight scale must be finite and ≥ 0"),
             ));
         }
         let values: Arc<[f32]> = values.into();

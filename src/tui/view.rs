@@ -631,6 +631,7 @@ mod tests {
             },
             reused_tokens: 23,
             thinking_forced: false,
+            constraint: None,
         }));
         if let Some(t) = app.turns.last_mut() {
             t.thinking_ms = Some(3100); // wall-clock in real runs; fixed for the snapshot

@@ -2,6 +2,7 @@
 //! committed script `tests/fixtures/make_fixtures.py` wrote with transformers.
 #![allow(dead_code)]
 
+pub mod gguf_file;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod skip;

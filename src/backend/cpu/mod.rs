@@ -6,10 +6,12 @@
 pub mod flash;
 pub mod fp8_matmul;
 pub mod matmul;
+pub mod moe;
 pub mod ops;
 pub mod qgemm;
 pub mod quant;
 pub mod simd;
+pub mod ssm;
 pub mod team;
 
 pub use fp8_matmul::WeightScale;

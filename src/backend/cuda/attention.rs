@@ -104,18 +104,6 @@ impl DevicePosition {
     }
 }
 
-/// The KV cache formats the attention kernels read (`op` names the caller in the error).
-pub(super) fn supports_cache_dtype(op: &'static str, dtype: DType) -> Result<(), CudaError> {
-    ensure(
-        matches!(
-            dtype,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
-        ),
-        op,
-        || format!("KV cache dtype {dtype}"),
-    )
-}
-
 pub fn supports(
     dtype: DType,
     heads: usize,
@@ -123,7 +111,7 @@ pub fn supports(
     head_dim: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "attention";
-    supports_cache_dtype(OP, dtype)?;
+    super::flash::supports_cache_dtype(OP, dtype)?;
     ensure((1..=MAX_HEAD_DIM).contains(&head_dim), OP, || {
         format!("head_dim {head_dim} (1..={MAX_HEAD_DIM})")
     })?;

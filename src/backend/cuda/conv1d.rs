@@ -1,6 +1,7 @@
 //! Causal depthwise conv1d + bias + silu of the Mamba2 mixer (kernels/conv1d.cu); oracle
-//! the conv part of `model::mamba2::Mamba2::project`. `conv_state` is `[k-1, cd]` f32,
-//! oldest first, like `state::MambaState::conv_state`.
+//! `backend::cpu::ssm::causal_conv1d` (same arguments: rows read at an offset with a
+//! stride). `conv_state` is `[k-1, cd]` f32, oldest first, like
+//! `state::MambaState::conv_state`.
 
 use cudarc::driver::CudaSlice;
 

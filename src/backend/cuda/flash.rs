@@ -44,6 +44,19 @@ pub enum Queries<'a> {
     BF16(&'a CudaSlice<bf16>),
 }
 
+/// The KV cache formats the attention kernels read, flash prefill here and `attention`'s
+/// decode and fallback prefill alike (`op` names the caller in the error).
+pub(super) fn supports_cache_dtype(op: &'static str, dtype: DType) -> Result<(), CudaError> {
+    ensure(
+        matches!(
+            dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+        ),
+        op,
+        || format!("KV cache dtype {dtype}"),
+    )
+}
+
 pub fn supports(
     dtype: DType,
     heads: usize,
@@ -51,7 +64,7 @@ pub fn supports(
     head_dim: usize,
 ) -> Result<(), CudaError> {
     const OP: &str = "flash_prefill";
-    super::attention::supports_cache_dtype(OP, dtype)?;
+    supports_cache_dtype(OP, dtype)?;
     ensure(HEAD_DIMS.contains(&head_dim), OP, || {
         format!("head_dim {head_dim} (one of {HEAD_DIMS:?})")
     })?;

@@ -8,12 +8,14 @@
 //!   kernel's limits; an unsupported shape is an error, never a silent CPU fallback.
 //! - Every op has a CPU oracle (`backend::cpu`, `model::*`, `state::*`) with the same
 //!   layouts, and `tests/cuda_ops.rs` compares them on the GPU.
+//! - This is the device, its memory and the op launchers (plus the composed Mamba2 mixer
+//!   and the KV cache); the GPU model that composes them lives in `model::cuda`.
 //! - Launchers check every buffer's length against the shape before launching, so a
 //!   wrong shape is an error, not an out-of-bounds access on the device.
 //! - One stream per `Gpu`; all launches are asynchronous on it.
 //!
-//! Without the feature only `probe`, `CudaError` and `DeviceInfo` exist (the dummy
-//! module), so callers need no `cfg`.
+//! Without the feature only `probe`, `CudaError`, `DeviceInfo` and a `Gpu` that cannot be
+//! opened exist (the dummy module), so callers need no `cfg`.
 
 use thiserror::Error;
 
@@ -85,19 +87,11 @@ pub mod mamba2;
 #[cfg(feature = "cuda")]
 pub mod moe;
 #[cfg(feature = "cuda")]
-pub mod moe_layer;
-#[cfg(feature = "cuda")]
-pub mod nemotron_h;
-#[cfg(feature = "cuda")]
 pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod sampling;
 #[cfg(feature = "cuda")]
-pub mod snapshot;
-#[cfg(feature = "cuda")]
 pub mod ssm;
-#[cfg(feature = "cuda")]
-pub mod weights;
 
 /// Fails with `Unsupported` unless `ok`.
 #[allow(dead_code)]

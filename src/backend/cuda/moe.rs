@@ -1,6 +1,6 @@
 //! MoE ops (kernels/moe.cu): the f32 router GEMM; routing (sigmoid, correction bias for
 //! the choice, grouped top-k, weights from the uncorrected scores; oracle
-//! `model::moe::Moe::route`); the chosen experts as grouped GEMVs that read the expert ids
+//! `backend::cpu::moe::route`, same arguments and layouts); the chosen experts as grouped GEMVs that read the expert ids
 //! from device memory (decode; capturable in a CUDA graph); the gather / combine of the
 //! per-expert GEMMs of a prompt; and a cuBLAS GEMM on row ranges of stacked weights.
 //! `moe_layer::GpuMoe` composes them into the mixer.
@@ -10,16 +10,9 @@ use half::bf16;
 
 use super::{ensure, i32_arg, Arg, CudaError, Gpu};
 
-/// Router configuration (the config's names).
-#[derive(Clone, Copy, Debug)]
-pub struct Routing {
-    pub n_routed_experts: usize,
-    pub n_group: usize,
-    pub topk_group: usize,
-    pub top_k: usize,
-    pub norm_topk_prob: bool,
-    pub routed_scaling_factor: f32,
-}
+/// Router configuration (the config's names): the CPU op's (`backend::cpu::moe`), the
+/// oracle.
+pub use crate::backend::cpu::moe::Routing;
 
 pub fn supports(r: &Routing) -> Result<(), CudaError> {
     const OP: &str = "moe_route";

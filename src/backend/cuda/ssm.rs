@@ -1,5 +1,6 @@
 //! Mamba2 selective scan (kernels/ssm.cu): the one-step state update for decode and the
-//! chunked SSD scan for prompts; oracles `model::mamba2::Mamba2::{step, forward_chunked}`.
+//! chunked SSD scan for prompts; oracles `backend::cpu::ssm::{ssm_step, ssd_chunked}` (same
+//! arguments, same layouts).
 //!
 //! `xbc` is `[n, cd]` after conv + silu (x | B | C), `dt_raw` the in_proj columns before
 //! softplus (`dt_raw[dt_offset + t·dt_stride + head]`), `state` `[heads, head_dim, d_state]`
@@ -34,23 +35,8 @@ const fn scan_smem_bytes(ns: usize, l: usize) -> usize {
             + COLS_PER_BLOCK * (ns + pad))
 }
 
-/// Shape of one Mamba2 layer's scan.
-#[derive(Clone, Copy, Debug)]
-pub struct ScanShape {
-    pub heads: usize,
-    pub head_dim: usize,
-    pub d_state: usize,
-    pub n_groups: usize,
-}
-
-impl ScanShape {
-    fn di(&self) -> usize {
-        self.heads * self.head_dim
-    }
-    fn cd(&self) -> usize {
-        self.di() + 2 * self.n_groups * self.d_state
-    }
-}
+/// Shape of one Mamba2 layer's scan: the CPU ops' (`backend::cpu::ssm`), the oracles.
+pub use crate::backend::cpu::ssm::ScanShape;
 
 pub fn supports_update(s: &ScanShape) -> Result<(), CudaError> {
     ensure(
@@ -59,7 +45,7 @@ pub fn supports_update(s: &ScanShape) -> Result<(), CudaError> {
         || format!("{} heads in {} groups", s.heads, s.n_groups),
     )?;
     ensure(
-        s.heads <= 65535 && s.cd() <= i32::MAX as usize,
+        s.heads <= 65535 && s.conv_dim() <= i32::MAX as usize,
         "ssm_update",
         || format!("{} heads", s.heads),
     )
@@ -121,14 +107,14 @@ pub fn update<T: KernelDtype>(
     supports_update(s)?;
     let h = s.heads;
     let args = [
-        gpu.ptr(OP, "xbc", xbc, 0, s.cd())?.into(),
+        gpu.ptr(OP, "xbc", xbc, 0, s.conv_dim())?.into(),
         gpu.ptr(OP, "dt_raw", dt_raw, dt_offset, h)?.into(),
         gpu.ptr(OP, "dt_bias", dt_bias, 0, h)?.into(),
         gpu.ptr(OP, "A", a, 0, h)?.into(),
         gpu.ptr(OP, "D", d, 0, h)?.into(),
         gpu.ptr(OP, "state", state, 0, h * s.head_dim * s.d_state)?
             .into(),
-        gpu.ptr(OP, "y", y, 0, s.di())?.into(),
+        gpu.ptr(OP, "y", y, 0, s.d_inner())?.into(),
         i32_arg(OP, "heads", h)?,
         i32_arg(OP, "head_dim", s.head_dim)?,
         i32_arg(OP, "d_state", s.d_state)?,
@@ -162,7 +148,7 @@ pub fn chunk_scan<T: KernelDtype>(
     if n == 0 {
         return Ok(());
     }
-    let (h, cd, di) = (s.heads, s.cd(), s.di());
+    let (h, cd, di) = (s.heads, s.conv_dim(), s.d_inner());
     let (col_blocks, cols) = column_split(s.head_dim);
     let args = [
         gpu.ptr(OP, "xbc", xbc, 0, n * cd)?.into(),

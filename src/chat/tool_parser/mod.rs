@@ -108,6 +108,60 @@ pub fn render_results(format: ToolFormat, outputs: &[&str]) -> String {
     }
 }
 
+/// The family's tool preamble, for templates that never read `tools` (SmolLM2's and most
+/// GGUFs'): nemo adds it to the system message so the model still learns what it may
+/// call and in which form. Written here for nemo (each says what the family's training
+/// format is: the tool list in the family's tags, then the call shape with an example).
+pub fn preamble(format: ToolFormat, tools: &[ToolSpec]) -> String {
+    let specs: Vec<String> = tools
+        .iter()
+        .map(|t| python_json(&serde_json::to_value(t).unwrap_or(Value::Null)))
+        .collect();
+    match format {
+        ToolFormat::NanoV2 => format!(
+            "You can use these tools when they help:\n<AVAILABLE_TOOLS>[{}]</AVAILABLE_TOOLS>\n\n\
+             To call tools, reply with one list of calls:\n\
+             <TOOLCALL>[{{\"name\": \"tool_name\", \"arguments\": {{\"arg\": \"value\"}}}}]</TOOLCALL>\n\
+             The results come back in the order of the calls:\n\
+             <TOOL_RESPONSE>[result_1, result_2]</TOOL_RESPONSE>",
+            specs.join(", ")
+        ),
+        ToolFormat::Qwen3Coder => {
+            let mut out = String::from(
+                "# Tools\n\nYou can call these functions when they help:\n<tools>\n",
+            );
+            for s in &specs {
+                out.push_str(s);
+                out.push('\n');
+            }
+            out.push_str(
+                "</tools>\n\nTo call a function, write exactly:\n<tool_call>\n<function=NAME>\n\
+                 <parameter=PARAMETER>\nVALUE\n</parameter>\n</function>\n</tool_call>\n\
+                 One <parameter> block per argument; strings as they are, other values as JSON. \
+                 Results come back inside <tool_response></tool_response>.",
+            );
+            out
+        }
+        ToolFormat::Hermes => {
+            let mut out = String::from(
+                "# Tools\n\nYou can call these functions when they help. Their signatures, \
+                 one JSON object per line, inside <tools></tools>:\n<tools>\n",
+            );
+            for s in &specs {
+                out.push_str(s);
+                out.push('\n');
+            }
+            out.push_str(
+                "</tools>\n\nTo call one, write a JSON object with its name and arguments \
+                 inside <tool_call></tool_call>:\n<tool_call>\n\
+                 {\"name\": \"function_name\", \"arguments\": {\"arg\": \"value\"}}\n</tool_call>\n\
+                 Results come back inside <tool_response></tool_response>.",
+            );
+            out
+        }
+    }
+}
+
 /// JSON as Python's `json.dumps` writes it with its default separators (`", "`, `": "`)
 /// and `ensure_ascii=False`: the `tojson` of Hugging Face's template renderer, so the
 /// spacing the models saw in training.

@@ -1,18 +1,23 @@
-//! `nemo bench --device cuda`: the GPU forward (`backend::cuda::nemotron_h`) on a model
-//! folder (safetensors) or on random weights at a named shape, generated on the device.
+//! `nemo bench --device cuda`: the GPU model (`model::cuda`) on a model folder
+//! (safetensors) or on random weights at a named shape, generated on the device, driven
+//! through the runner `nemo run` and `nemo chat` use (`model::cuda::CudaRunner`, the
+//! engine's `Runner::Cuda`): the same calls, the same buffers, the same CUDA graph.
 //!
 //! What it measures, each as a median over `--runs` (per-token figures over every step of
 //! every run):
 //! - TTFT for prompts of 128, 1k, 8k and 32k tokens (those that fit the model's context):
-//!   prompt fed in chunks of `PREFILL_CHUNK`, then the first token drawn on the device
-//!   (greedy); the clock stops when its id is on the host.
+//!   prompt fed in chunks of `PREFILL_CHUNK` with the last position's logits left on the
+//!   device (`forward_keep`), then the first token drawn on the device (greedy); the clock
+//!   stops when its id is on the host.
 //! - Decode at 1k and 32k context: `--gen-tokens` steps after that prompt, each one token
-//!   in, its greedy successor's id out; p50, p99 and tok/s (steps over their total time).
-//!   Each step is the session's CUDA graph (`decode_next`: the token the device drew is
-//!   read on the device, only the new id comes back; the first step of a session runs
-//!   eagerly, the second captures the graph), unless `NEMO_CUDA_GRAPH=0`. After the last
-//!   run a short eager run (`EAGER_STEPS`, same kernels launched one by one) gives
-//!   `eager_tokens_per_s` beside it, so the graph's gain shows.
+//!   in, its greedy successor's id out, as the generation loop does it: `forward_keep` of
+//!   the id the device drew (no upload: it is already where the step reads its token),
+//!   which runs the session's decode step as a CUDA graph (the first step of a session
+//!   runs eagerly, the second captures the graph) unless `NEMO_CUDA_GRAPH=0`, then `draw`
+//!   (its args in one small copy, the draw kernels, the 4-byte id back). p50, p99 and
+//!   tok/s (steps over their total time). After the last run a short eager run
+//!   (`EAGER_STEPS`, same kernels launched one by one) gives `eager_tokens_per_s` beside
+//!   it, so the graph's gain shows.
 //! - Device memory in use (total − free, sampled after loading and after every phase; the
 //!   max) and before loading (the context's own share).
 //! - Bytes one decode step reads (weights but the embedding table, plus every Mamba state
@@ -25,17 +30,17 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context as _};
 use serde_json::{json, Value};
 
-use nemo::backend::cuda::nemotron_h::{
-    GpuNemotronH, GpuSession, Plan, RandomWeights, StoreWeights,
-};
-use nemo::backend::cuda::sampling::SampleArgs;
 use nemo::backend::cuda::Gpu;
 use nemo::backend::DType;
+use nemo::model::cuda::{CudaRunner, GpuNemotronH, RandomWeights, StoreWeights};
 use nemo::model::weights::WeightStore;
 use nemo::model::{synthetic, NemotronHConfig};
+use nemo::protocol::SamplingParams;
 
 use super::{emit, median, percentile, progress, prompt_ids, source, usage, BenchArgs, Source};
 
@@ -46,8 +51,8 @@ const PREFILL_CHUNK: usize = 2048;
 const EAGER_STEPS: usize = 32;
 
 /// Greedy: the CPU sampler's defaults (every filter and penalty off).
-fn greedy() -> SampleArgs {
-    SampleArgs::from(&nemo::protocol::SamplingParams::default())
+fn greedy() -> SamplingParams {
+    SamplingParams::default()
 }
 
 fn used_bytes(gpu: &Gpu) -> anyhow::Result<usize> {
@@ -138,7 +143,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     GpuNemotronH::check(&cfg).map_err(|e| anyhow!("--device cuda: {e}"))?;
-    let gpu = Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
+    let gpu = Arc::new(Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))?);
     let before_load = used_bytes(&gpu)?;
     let load_start = Instant::now();
     let mut model_json = model_json;
@@ -164,6 +169,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     };
     gpu.sync()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let model = Arc::new(model);
     let cache = a.model.cache_config(weight_dtype)?;
     let ctx_limit = model.config.max_position_embeddings.max(1);
     let prompts: Vec<usize> = PROMPTS
@@ -173,16 +179,19 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let eager_steps = a.gen_tokens.min(EAGER_STEPS);
     let max_context = prompts.iter().copied().max().unwrap_or(128) + a.gen_tokens + eager_steps;
-    let plan = Plan {
-        max_context,
-        prefill_chunk: PREFILL_CHUNK,
-    };
-    let mut sess = model
-        .new_session(&gpu, cache, plan)
-        .map_err(|e| anyhow!("--device cuda: {e}"))?;
+    // A fixed context (no free-memory fit) and no checkpoints: nothing else to hold.
+    let mut runner = CudaRunner::new(
+        gpu.clone(),
+        model.clone(),
+        cache,
+        Some(max_context),
+        PREFILL_CHUNK,
+        0,
+    )
+    .map_err(|e| anyhow!("--device cuda: {e}"))?;
     let mut peak = used_bytes(&gpu)?;
     let vocab = model.config.vocab_size;
-    let graph = sess.cuda_graph();
+    let graph = runner.cuda_graph();
 
     let mut ttft = Vec::new();
     let mut decode = Vec::new();
@@ -194,28 +203,28 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let mut state_bytes = 0;
         for r in 0..a.runs {
             progress(&format!("prompt {p}: run {}/{}", r + 1, a.runs));
-            sess.reset(&gpu)?;
-            gpu.sync()?;
+            runner.reset();
+            runner.sync().context("--device cuda")?;
             let t0 = Instant::now();
-            first_token(&model, &gpu, &mut sess, &prompt)?;
+            let mut id = next_token(&mut runner, &prompt)?;
             times.push(t0.elapsed().as_secs_f64());
             peak = peak.max(used_bytes(&gpu)?);
             if DECODE_AT.contains(&p) {
                 for _ in 0..a.gen_tokens {
                     let t = Instant::now();
-                    next_token(&model, &gpu, &mut sess)?;
+                    id = next_token(&mut runner, &[id])?;
                     steps.push(t.elapsed().as_secs_f64());
                 }
-                state_bytes = sess.state_bytes_read();
+                state_bytes = runner.state_bytes_read();
                 peak = peak.max(used_bytes(&gpu)?);
                 if r + 1 == a.runs {
-                    sess.set_cuda_graph(false);
+                    runner.set_cuda_graph(false);
                     for _ in 0..eager_steps {
                         let t = Instant::now();
-                        next_token(&model, &gpu, &mut sess)?;
+                        id = next_token(&mut runner, &[id])?;
                         eager.push(t.elapsed().as_secs_f64());
                     }
-                    sess.set_cuda_graph(graph);
+                    runner.set_cuda_graph(graph);
                 }
             }
         }
@@ -238,7 +247,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             }));
         }
     }
-    drop(sess);
+    drop(runner);
     progress("measuring the device copy bandwidth");
     let copy = copy_bandwidth(&gpu)?;
     let report = json!({
@@ -267,22 +276,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     emit(&text)
 }
 
-/// One decode step on the id the device drew last; returns the greedy next id.
-fn next_token(model: &GpuNemotronH, gpu: &Gpu, sess: &mut GpuSession) -> anyhow::Result<u32> {
-    model
-        .decode_next(gpu, sess, None, &greedy(), &[], 0.5)
-        .context("--device cuda")
-}
-
-/// Feeds `tokens` and returns the greedy next id, drawn on the device.
-fn first_token(
-    model: &GpuNemotronH,
-    gpu: &Gpu,
-    sess: &mut GpuSession,
-    tokens: &[u32],
-) -> anyhow::Result<u32> {
-    model
-        .forward_sample(gpu, sess, tokens, &greedy(), 0.5)
+/// Feeds `tokens` (a prompt, or the id the device drew last: then no upload), leaves the
+/// last position's logits on the device and draws the greedy next id there, as the
+/// generation loop does; returns it. (Greedy has no penalty: the draw reads no history.)
+fn next_token(runner: &mut CudaRunner, tokens: &[u32]) -> anyhow::Result<u32> {
+    runner.forward_keep(tokens).context("--device cuda")?;
+    runner
+        .draw(&greedy(), &[], &[], 0.5)
         .context("--device cuda")
 }
 

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use super::nemotron_h::GpuModelError;
-use super::{CudaError, Gpu};
+use super::GpuModelError;
+use crate::backend::cuda::{CudaError, Gpu};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
 use crate::model::weights::WeightStore;

@@ -14,8 +14,8 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::nemotron_h::{GpuLayerState, GpuSession, SsmBuf};
-use super::{CudaError, Gpu};
+use super::session::{GpuLayerState, GpuSession, SsmBuf};
+use crate::backend::cuda::{CudaError, Gpu};
 
 fn drv(e: impl std::fmt::Debug) -> CudaError {
     CudaError::Driver(format!("{e:?}"))
@@ -31,25 +31,26 @@ struct MambaCopy {
 pub struct GpuSnapshot {
     /// One entry per layer; `Some` for the Mamba layers.
     mamba: Vec<Option<MambaCopy>>,
-    pub len: usize,
+    len: usize,
 }
 
 impl GpuSnapshot {
+    /// Positions the snapshot was taken at.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Device bytes the copies take.
     pub fn bytes(&self) -> usize {
         self.mamba
             .iter()
             .flatten()
-            .map(|m| m.conv.len() * 4 + ssm_bytes(&m.ssm))
+            .map(|m| m.conv.len() * 4 + m.ssm.bytes())
             .sum()
-    }
-}
-
-fn ssm_bytes(s: &SsmBuf) -> usize {
-    match s {
-        SsmBuf::F32(b) => b.len() * 4,
-        SsmBuf::F16(b) => b.len() * 2,
-        SsmBuf::BF16(b) => b.len() * 2,
     }
 }
 

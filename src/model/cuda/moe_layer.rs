@@ -35,10 +35,10 @@
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use super::moe::{self, Experts, Routing};
-use super::nemotron_h::GpuModelError;
 use super::weights::WeightSource;
-use super::{elementwise, ensure, gemm, CudaError, Gpu};
+use super::GpuModelError;
+use crate::backend::cuda::moe::{self, Experts, Routing};
+use crate::backend::cuda::{elementwise, ensure, gemm, CudaError, Gpu};
 use crate::model::NemotronHConfig;
 
 fn drv(e: impl std::fmt::Debug) -> CudaError {
@@ -75,14 +75,7 @@ impl MoeShape {
         let hidden = cfg.hidden_size;
         MoeShape {
             hidden,
-            routing: Routing {
-                n_routed_experts: cfg.n_routed_experts,
-                n_group: cfg.n_group,
-                topk_group: cfg.topk_group,
-                top_k: cfg.num_experts_per_tok,
-                norm_topk_prob: cfg.norm_topk_prob,
-                routed_scaling_factor: cfg.routed_scaling_factor,
-            },
+            routing: crate::model::moe::routing(cfg),
             experts: Experts {
                 experts: cfg.n_routed_experts,
                 top_k: cfg.num_experts_per_tok,
@@ -118,7 +111,7 @@ pub struct MoeBuffers {
     max_tokens: usize,
     shape: MoeShape,
     logits: CudaSlice<f32>,
-    /// The chosen experts `[n, top_k]`, best first (as `model::moe::Moe::route`).
+    /// The chosen experts `[n, top_k]`, best first (as `backend::cpu::moe::route`).
     pub ids: CudaSlice<u32>,
     /// Their weights `[n, top_k]`.
     pub weights: CudaSlice<f32>,

@@ -1,45 +1,38 @@
 //! The whole Nemotron-H forward pass on the GPU; oracle `model::NemotronH::forward` (same
 //! blocks, same order, same layouts): embedding gather → for each layer the fused residual
 //! add + RMSNorm, then its mixer (Mamba2, attention, relu² MLP or MoE) → final norm → LM
-//! head.
+//! head. One sequence's state and buffers are a `session::GpuSession`.
 //!
 //! Invariants:
 //! - Weights live on the device as bf16 (GEMM operands: projections, embedding table, LM
 //!   head; f32/f16 checkpoints are rounded to nearest even on upload) and f32 (norms, conv,
 //!   dt_bias, A, D, biases, the MoE router). Quantized (GGUF blocks) and FP8 weights are
-//!   refused with one line. Never a CPU fallback. MoE (`E`) layers are `moe_layer::GpuMoe`:
-//!   a decode step's experts are read by id on the device (graph-capturable); a prompt
-//!   chunk syncs once per MoE layer to group its tokens by expert.
-//! - A `GpuSession` holds one sequence: the Mamba conv + SSM states (SSM in f32/f16/bf16),
-//!   the KV caches (`[max_context, kv_heads, head_dim]` in f32/f16/bf16/FP8 + scales), and
-//!   every activation buffer, all allocated once for `Plan::prefill_chunk` tokens. Prompts
-//!   are fed in chunks of that many tokens, so a long prompt needs no memory for all of it.
+//!   refused with one line (`check_cuda` decides from the folder alone, before any
+//!   upload). Never a CPU fallback. MoE (`E`) layers are `moe_layer::GpuMoe`: a decode
+//!   step's experts are read by id on the device (graph-capturable); a prompt chunk syncs
+//!   once per MoE layer to group its tokens by expert.
 //! - A call with one token takes the recurrent (decode) form of the Mamba layers and the
 //!   decode attention kernel, more tokens the chunked scan and causal prefill — the same
-//!   rule as the CPU, decided on the whole call, not per chunk.
+//!   rule as the CPU, decided on the whole call, not per chunk. Prompts are fed in chunks
+//!   of the session's `Plan::prefill_chunk` tokens, eagerly.
 //! - GEMM inputs are bf16 (the normed residual, the gated y, the attention output, relu²
 //!   output); everything else, the residual stream included, stays f32.
 //! - A decode step (one token) allocates nothing, waits for nothing and branches on no
-//!   device value on the host: its token is read from `bufs.sampled` on the device, the
+//!   device value on the host: its token is read from the session's `sampled` buffer, the
 //!   sequence position from `pos` on the device (KV append writes there, decode attention
-//!   reads its length there, the step's last kernel advances it), the draw's knobs and
-//!   uniform from `bufs.args`. So the step is captured once per session into a CUDA graph
-//!   (per ending: logits only, or logits + the device draw) and replayed for every later
-//!   token: per token the host queues at most one small copy (the token or the draw's
-//!   args, bans included), launches the graph, and reads back the 4-byte id (or the
-//!   logits). The first
-//!   decode step of each ending runs eagerly (it loads cuBLAS's and our kernels lazily,
-//!   which must not happen under capture), the second is captured and launched.
+//!   reads its length there, the step's last kernel advances it). So the step is captured
+//!   once per session into a CUDA graph and replayed for every later token: per token the
+//!   host queues at most one 4-byte copy (none when the token is the one the device just
+//!   drew), launches the graph, and leaves the logits on the device (`forward_keep`) or
+//!   downloads them. The first decode step runs eagerly (it loads cuBLAS's and our kernels
+//!   lazily, which must not happen under capture), the second is captured and launched.
 //!   `NEMO_CUDA_GRAPH=0` (or `GpuSession::set_cuda_graph(false)`) runs every step eagerly
 //!   with the same kernels in the same order, so eager and replayed logits are equal bit
-//!   for bit. Prompt chunks (more than one token) run eagerly. A graph holds the address
-//!   of every session buffer and model weight: states are restored by copying into the
-//!   session's buffers, never by replacing them, and a session runs only with the model
-//!   that made it (checked).
-//! - The device draw leaves its id in `bufs.sampled`, where the next decode step reads its
-//!   token: decoding after a device draw needs no upload at all. Repetition and presence
-//!   penalties need the token history (host side): the device-sampling entry points refuse
-//!   them; callers that need them take the logits (`decode_logits`) and sample on the host.
+//!   for bit.
+//! - The device draw (`draw`: knobs, uniform and up to `MAX_DEVICE_BANS` bans in one small
+//!   copy) leaves its id where the next decode step reads its token. Repetition and
+//!   presence penalties need the token history: `draw` refuses them, `draw_with_history`
+//!   uploads it.
 //!
 //! The weights come from a `WeightSource`: a loaded checkpoint's `WeightStore` (the same
 //! tensor names `model::NemotronH::load` reads) or random values for `nemo bench`.
@@ -47,30 +40,25 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice};
-use half::{bf16, f16};
-use thiserror::Error;
+use cudarc::driver::CudaSlice;
+use half::bf16;
 
-use super::attention::{DevicePosition, GpuKvCache};
-use super::mamba2::{GpuMamba2, MambaScratch};
-use super::moe_layer::{GpuMoe, MoeBuffers};
-use super::sampling::{self, DrawArgs, SampleArgs};
-use super::ssm::ScanShape;
-pub use super::weights::{RandomWeights, StoreWeights, WeightSource};
-use super::{conv1d, elementwise, embedding, gemm, norm, ssm, CudaError, Gpu, KernelDtype};
+use super::moe_layer::GpuMoe;
+use super::plan::Plan;
+use super::session::{Buffers, GpuLayerState, GpuSession, GraphSlot, SsmBuf, StepGraph};
+use super::weights::{StoreWeights, WeightSource};
+use super::GpuModelError;
+use crate::backend::cuda::attention::{self, DevicePosition, GpuKvCache};
+use crate::backend::cuda::mamba2::{GpuMamba2, MambaScratch};
+use crate::backend::cuda::sampling::{self, SampleArgs};
+use crate::backend::cuda::ssm::ScanShape;
+use crate::backend::cuda::{
+    conv1d, elementwise, embedding, gemm, norm, ssm, CudaError, Gpu, KernelDtype,
+};
 use crate::backend::DType;
-use crate::model::{LayerKind, Logits, ModelError, NemotronHConfig};
+use crate::model::weights::WeightStore;
+use crate::model::{LayerKind, Logits, Model, ModelFolder, NemotronHConfig};
 use crate::state::CacheConfig;
-
-#[derive(Debug, Error)]
-pub enum GpuModelError {
-    #[error(transparent)]
-    Cuda(#[from] CudaError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("{0}")]
-    Unsupported(String),
-}
 
 fn drv(e: impl std::fmt::Debug) -> CudaError {
     CudaError::Driver(format!("{e:?}"))
@@ -118,189 +106,6 @@ pub struct GpuNemotronH {
     pub weight_bytes: usize,
     /// Bytes of MoE weights a decode step does not read (the experts it does not choose).
     moe_unread: usize,
-}
-
-/// How big a session's buffers are.
-#[derive(Clone, Copy, Debug)]
-pub struct Plan {
-    /// Most positions a session holds (KV cache capacity).
-    pub max_context: usize,
-    /// Most tokens one forward step processes (prompts are cut into chunks of this size).
-    pub prefill_chunk: usize,
-}
-
-/// One sequence's device state (`conv` `[k-1, conv_dim]` f32; `ssm` `[heads, head_dim,
-/// d_state]` in the chosen dtype).
-pub(super) enum SsmBuf {
-    F32(CudaSlice<f32>),
-    F16(CudaSlice<f16>),
-    BF16(CudaSlice<bf16>),
-}
-
-pub(super) enum GpuLayerState {
-    Mamba { conv: CudaSlice<f32>, ssm: SsmBuf },
-    Attention(Box<GpuKvCache>),
-    Stateless,
-}
-
-/// Activation buffers, each sized for `Plan::prefill_chunk` tokens.
-struct Buffers {
-    ids: CudaSlice<u32>,
-    x: CudaSlice<f32>,
-    normed: CudaSlice<bf16>,
-    mixed: CudaSlice<f32>,
-    zxbcdt: CudaSlice<f32>,
-    xbc: CudaSlice<f32>,
-    y: CudaSlice<f32>,
-    /// bf16 input of the second GEMM of a mixer (gated y, attention output, relu²).
-    inner: CudaSlice<bf16>,
-    q: CudaSlice<f32>,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-    attn: CudaSlice<f32>,
-    hidden: CudaSlice<f32>,
-    last: CudaSlice<bf16>,
-    logits: CudaSlice<f32>,
-    /// Scratch of the MoE layers (one set serves them all); None without `E` layers.
-    moe: Option<MoeBuffers>,
-    /// A decode step's token: the step reads it here and the device draw writes the next
-    /// one here, so decoding after a draw needs no upload.
-    sampled: CudaSlice<u32>,
-    /// The draw's knobs and uniform, written by the host before each step that draws.
-    args: CudaSlice<DrawArgs>,
-}
-
-/// How a decode step ends: at the logits, or at the device draw after them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    Logits = 0,
-    Draw = 1,
-}
-
-/// One ending's decode graph: none run yet, run once eagerly (kernels loaded), captured.
-enum GraphSlot {
-    Cold,
-    Warm,
-    Ready(StepGraph),
-}
-
-/// A captured decode step.
-struct StepGraph(CudaGraph);
-
-// SAFETY: a graph exec may be launched from any thread as long as no two threads use it at
-// once; it is only reached through `&mut GpuSession`, which rules that out.
-unsafe impl Send for StepGraph {}
-
-// A session (graphs included) may move to the engine's thread.
-const _: fn() = || {
-    fn send<T: Send>() {}
-    send::<GpuSession>();
-};
-
-pub struct GpuSession {
-    pub plan: Plan,
-    pub cache: CacheConfig,
-    pub(super) layers: Vec<GpuLayerState>,
-    bufs: Buffers,
-    /// Positions fed: on the device (what the kernels read) and its host mirror.
-    pub(super) pos: DevicePosition,
-    /// Per `Ending`.
-    graphs: [GraphSlot; 2],
-    use_graph: bool,
-    /// Whether `bufs.sampled` holds a token the device drew and nothing has been fed since.
-    drawn: bool,
-    model_id: u64,
-}
-
-impl GpuSession {
-    /// Positions fed so far.
-    pub fn len(&self) -> usize {
-        self.pos.get()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Back to the empty sequence (states zeroed, caches emptied).
-    pub fn reset(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
-        for l in &mut self.layers {
-            match l {
-                GpuLayerState::Mamba { conv, ssm } => {
-                    gpu.stream.memset_zeros(conv).map_err(drv)?;
-                    match ssm {
-                        SsmBuf::F32(s) => gpu.stream.memset_zeros(s),
-                        SsmBuf::F16(s) => gpu.stream.memset_zeros(s),
-                        SsmBuf::BF16(s) => gpu.stream.memset_zeros(s),
-                    }
-                    .map_err(drv)?;
-                }
-                GpuLayerState::Attention(_) | GpuLayerState::Stateless => {}
-            }
-        }
-        self.pos.set(gpu, 0)?;
-        self.drawn = false;
-        Ok(())
-    }
-
-    /// Back to `len` positions: every KV cache keeps positions `0..len` (the device and
-    /// host position are set to `len`; later positions are overwritten as they are fed
-    /// again). The Mamba conv and SSM states are NOT touched: they hold no per-position
-    /// history, so the caller restores the ones it saved at `len`. Captured decode graphs
-    /// stay valid (they read the position on the device).
-    pub fn rewind(&mut self, gpu: &Gpu, len: usize) -> Result<(), CudaError> {
-        if len > self.len() {
-            return Err(CudaError::Unsupported {
-                op: "rewind",
-                why: format!("to {len} positions, but the session holds {}", self.len()),
-            });
-        }
-        self.pos.set(gpu, len)?;
-        self.drawn = false;
-        Ok(())
-    }
-
-    /// Captures and replays decode steps as CUDA graphs (`true`, the default unless
-    /// `NEMO_CUDA_GRAPH=0`) or runs them eagerly; the same kernels either way.
-    pub fn set_cuda_graph(&mut self, on: bool) {
-        self.use_graph = on;
-        if !on {
-            self.graphs = [GraphSlot::Cold, GraphSlot::Cold];
-        }
-    }
-
-    /// Whether decode steps run as CUDA graphs.
-    pub fn cuda_graph(&self) -> bool {
-        self.use_graph
-    }
-
-    /// Bytes of state one decode step reads at the current length: every Mamba layer's
-    /// conv window and SSM state, every KV cache's `len` positions (and their FP8 scales).
-    pub fn state_bytes_read(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match l {
-                GpuLayerState::Mamba { conv, ssm } => {
-                    conv.len() * 4
-                        + match ssm {
-                            SsmBuf::F32(s) => s.len() * 4,
-                            SsmBuf::F16(s) => s.len() * 2,
-                            SsmBuf::BF16(s) => s.len() * 2,
-                        }
-                }
-                GpuLayerState::Attention(kv) => {
-                    let len = self.len();
-                    let scales = if matches!(kv.dtype, DType::F8E4M3 | DType::F8E5M2) {
-                        2 * len * kv.kv_heads * 4
-                    } else {
-                        0
-                    };
-                    2 * len * kv.kv_heads * kv.head_dim * kv.dtype.size() + scales
-                }
-                GpuLayerState::Stateless => 0,
-            })
-            .sum()
-    }
 }
 
 fn opt_upload(gpu: &Gpu, v: Option<Vec<f32>>) -> Result<Option<CudaSlice<f32>>, CudaError> {
@@ -499,7 +304,7 @@ impl GpuNemotronH {
             norm::supports_gated(cfg.d_inner(), cfg.d_inner() / cfg.n_groups.max(1))?;
         }
         if cfg.layers.contains(&LayerKind::Attention) {
-            super::attention::supports(
+            attention::supports(
                 DType::BF16,
                 cfg.num_attention_heads,
                 cfg.num_key_value_heads,
@@ -531,91 +336,7 @@ impl GpuNemotronH {
         cache: CacheConfig,
         plan: Plan,
     ) -> Result<GpuSession, GpuModelError> {
-        let c = &self.config;
-        if plan.max_context == 0 || plan.prefill_chunk == 0 {
-            return Err(GpuModelError::Unsupported(
-                "a GPU session needs a context and a prefill chunk of at least 1 token".into(),
-            ));
-        }
-        conv1d::supports(c.conv_dim(), c.conv_kernel, plan.prefill_chunk)?;
-        let layers = c
-            .layers
-            .iter()
-            .map(|k| -> Result<GpuLayerState, GpuModelError> {
-                Ok(match k {
-                    LayerKind::Mamba2 => {
-                        let n = c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size;
-                        GpuLayerState::Mamba {
-                            conv: gpu.zeros((c.conv_kernel - 1) * c.conv_dim())?,
-                            ssm: match cache.ssm_dtype {
-                                DType::F32 => SsmBuf::F32(gpu.zeros(n)?),
-                                DType::F16 => SsmBuf::F16(gpu.zeros(n)?),
-                                DType::BF16 => SsmBuf::BF16(gpu.zeros(n)?),
-                                other => {
-                                    return Err(GpuModelError::Unsupported(format!(
-                                        "SSM state dtype {other} (f32, f16 or bf16)"
-                                    )))
-                                }
-                            },
-                        }
-                    }
-                    LayerKind::Attention => GpuLayerState::Attention(Box::new(GpuKvCache::new(
-                        gpu,
-                        cache.kv_dtype,
-                        c.num_attention_heads,
-                        c.num_key_value_heads,
-                        c.head_dim,
-                        plan.max_context,
-                    )?)),
-                    _ => GpuLayerState::Stateless,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let n = plan.prefill_chunk;
-        let has = |k: LayerKind| c.layers.contains(&k);
-        let (hs, di, nh_hd, nkv_hd) = (
-            c.hidden_size,
-            c.d_inner(),
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
-        let m = has(LayerKind::Mamba2) as usize;
-        let a = has(LayerKind::Attention) as usize;
-        let f = has(LayerKind::Mlp) as usize;
-        let inner = (m * di).max(a * nh_hd).max(f * c.intermediate_size);
-        let bufs = Buffers {
-            ids: gpu.zeros(n)?,
-            x: gpu.zeros(n * hs)?,
-            normed: gpu.zeros(n * hs)?,
-            mixed: gpu.zeros(n * hs)?,
-            zxbcdt: gpu.zeros(m * n * c.in_proj_dim())?,
-            xbc: gpu.zeros(m * n * c.conv_dim())?,
-            y: gpu.zeros(m * n * di)?,
-            inner: gpu.zeros(n * inner)?,
-            q: gpu.zeros(a * n * nh_hd)?,
-            k: gpu.zeros(a * n * nkv_hd)?,
-            v: gpu.zeros(a * n * nkv_hd)?,
-            attn: gpu.zeros(a * n * nh_hd)?,
-            hidden: gpu.zeros(f * n * c.intermediate_size)?,
-            last: gpu.zeros(hs)?,
-            logits: gpu.zeros(c.vocab_size)?,
-            moe: has(LayerKind::Moe)
-                .then(|| MoeBuffers::new(gpu, c, n))
-                .transpose()?,
-            sampled: gpu.zeros(1)?,
-            args: gpu.zeros(1)?,
-        };
-        Ok(GpuSession {
-            plan,
-            cache,
-            layers,
-            bufs,
-            pos: DevicePosition::new(gpu)?,
-            graphs: [GraphSlot::Cold, GraphSlot::Cold],
-            use_graph: std::env::var("NEMO_CUDA_GRAPH").map_or(true, |v| v.trim() != "0"),
-            drawn: false,
-            model_id: self.id,
-        })
+        GpuSession::new(gpu, &self.config, cache, plan, self.id)
     }
 
     /// Feeds `tokens` after the session's current position (in chunks of
@@ -633,8 +354,8 @@ impl GpuNemotronH {
         let vocab = self.config.vocab_size;
         embedding::check_ids(tokens, vocab)?;
         if let [token] = tokens {
-            self.set_token(gpu, s, *token)?;
-            self.decode(gpu, s, Ending::Logits)?;
+            s.set_token(gpu, *token)?;
+            self.decode(gpu, s)?;
             return Ok(match want {
                 Logits::None => Vec::new(),
                 Logits::Last | Logits::All => gpu.download(&s.bufs.logits)?,
@@ -672,81 +393,9 @@ impl GpuNemotronH {
         Ok(out)
     }
 
-    /// Like `forward` with `Logits::Last`, then draws the next token on the device from
-    /// those logits (`u` ∈ [0, 1) from the caller's seeded generator); only the id comes
-    /// back, and it stays on the device as the next decode step's token
-    /// (`decode_next(.., None, ..)`). Temperature 0 is greedy (argmax). Penalties are
-    /// refused (see the module doc).
-    pub fn forward_sample(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        tokens: &[u32],
-        args: &SampleArgs,
-        u: f32,
-    ) -> Result<u32, GpuModelError> {
-        self.check_session(s)?;
-        if tokens.is_empty() {
-            return Err(GpuModelError::Unsupported(
-                "forward_sample needs at least one token".into(),
-            ));
-        }
-        check_device_sampling(args)?;
-        embedding::check_ids(tokens, self.config.vocab_size)?;
-        if let [token] = tokens {
-            self.set_token(gpu, s, *token)?;
-            return self.draw_step(gpu, s, args, &[], u);
-        }
-        self.forward_keep(gpu, s, tokens)?;
-        self.draw(gpu, s, args, &[], u)
-    }
-
-    /// One decode step that ends in the device draw: feeds `token`, or with `None` the id
-    /// the previous device draw left on the device (no upload), masks `banned` (at most
-    /// `sampling::MAX_DEVICE_BANS`), and returns the drawn id. Per token the host writes
-    /// the draw's args (one 88-byte copy; plus 4 bytes for a given token), launches the
-    /// step's graph, and reads back the 4-byte id.
-    pub fn decode_next(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        token: Option<u32>,
-        args: &SampleArgs,
-        banned: &[u32],
-        u: f32,
-    ) -> Result<u32, GpuModelError> {
-        self.check_session(s)?;
-        check_device_sampling(args)?;
-        match token {
-            Some(t) => {
-                embedding::check_ids(&[t], self.config.vocab_size)?;
-                self.set_token(gpu, s, t)?;
-            }
-            None if s.drawn => {}
-            None => {
-                return Err(GpuModelError::Unsupported(
-                    "decode_next without a token needs a token drawn on the device just before"
-                        .into(),
-                ))
-            }
-        }
-        self.draw_step(gpu, s, args, banned, u)
-    }
-
-    /// One decode step that ends at the logits, for callers that sample on the host:
-    /// feeds `token` (one 4-byte copy), launches the step's graph, downloads the logits.
-    pub fn decode_logits(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        token: u32,
-    ) -> Result<Vec<f32>, GpuModelError> {
-        self.forward(gpu, s, &[token], Logits::Last)
-    }
-
     /// Like `forward` with `Logits::Last`, but the last position's logits stay on the
     /// device (`bufs.logits`), for `draw` or `last_logits_to_host`: nothing comes back.
-    /// One token is the decode step's graph with the logits ending (no copy back).
+    /// One token is the decode step (its graph, no copy back).
     pub fn forward_keep(
         &self,
         gpu: &Gpu,
@@ -756,8 +405,8 @@ impl GpuNemotronH {
         self.check_session(s)?;
         embedding::check_ids(tokens, self.config.vocab_size)?;
         if let [token] = tokens {
-            self.set_token(gpu, s, *token)?;
-            return self.decode(gpu, s, Ending::Logits);
+            s.set_token(gpu, *token)?;
+            return self.decode(gpu, s);
         }
         if tokens.is_empty() {
             return Err(GpuModelError::Unsupported(
@@ -796,8 +445,7 @@ impl GpuNemotronH {
             &b.args,
             &mut b.sampled,
         )?;
-        s.drawn = true;
-        Ok(self.read_sampled(gpu, s)?)
+        Ok(s.read_sampled(gpu)?)
     }
 
     /// Like `draw`, for what the graph-capturable draw does not take: repetition/presence
@@ -826,7 +474,7 @@ impl GpuNemotronH {
             &mut b.args,
             &mut b.sampled,
         )?;
-        s.drawn = true;
+        s.drawn = Some(id);
         Ok(id)
     }
 
@@ -849,38 +497,6 @@ impl GpuNemotronH {
         Ok(())
     }
 
-    /// Queues `token` into `bufs.sampled`, the decode step's input.
-    fn set_token(&self, gpu: &Gpu, s: &mut GpuSession, token: u32) -> Result<(), CudaError> {
-        gpu.stream
-            .memcpy_htod(&[token], &mut s.bufs.sampled)
-            .map_err(drv)?;
-        s.drawn = false;
-        Ok(())
-    }
-
-    /// Writes the draw's args, runs a decode step ending in the draw, returns the id.
-    fn draw_step(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        args: &SampleArgs,
-        banned: &[u32],
-        u: f32,
-    ) -> Result<u32, GpuModelError> {
-        sampling::write_args(gpu, args, u, banned, &mut s.bufs.args)?;
-        self.decode(gpu, s, Ending::Draw)?;
-        s.drawn = true;
-        Ok(self.read_sampled(gpu, s)?)
-    }
-
-    /// The one sync of a step: the 4-byte id.
-    fn read_sampled(&self, gpu: &Gpu, s: &GpuSession) -> Result<u32, CudaError> {
-        gpu.download(&s.bufs.sampled)?
-            .first()
-            .copied()
-            .ok_or_else(|| CudaError::Driver("sample: empty result buffer".into()))
-    }
-
     /// Final-normed row `n - 1` of the last chunk through the LM head into `bufs.logits`.
     fn last_logits(&self, gpu: &Gpu, s: &mut GpuSession, n: usize) -> Result<(), CudaError> {
         let hs = self.config.hidden_size;
@@ -900,9 +516,9 @@ impl GpuNemotronH {
     }
 
     /// One decode step on the token in `bufs.sampled`, as a graph (captured on the
-    /// second step of this ending, replayed after) or eagerly; then the host mirror of
-    /// the position moves on.
-    fn decode(&self, gpu: &Gpu, s: &mut GpuSession, ending: Ending) -> Result<(), GpuModelError> {
+    /// session's second step, replayed after) or eagerly; then the host mirror of the
+    /// position moves on.
+    fn decode(&self, gpu: &Gpu, s: &mut GpuSession) -> Result<(), GpuModelError> {
         if s.len() + 1 > s.plan.max_context {
             return Err(GpuModelError::Unsupported(format!(
                 "{} + 1 positions exceed the session's context of {}",
@@ -910,18 +526,17 @@ impl GpuNemotronH {
                 s.plan.max_context
             )));
         }
-        let i = ending as usize;
         if !s.use_graph {
-            self.decode_body(gpu, s, ending)?;
+            self.decode_body(gpu, s)?;
         } else {
-            let slot = std::mem::replace(&mut s.graphs[i], GraphSlot::Cold);
-            s.graphs[i] = match slot {
+            let slot = std::mem::replace(&mut s.graph, GraphSlot::Cold);
+            s.graph = match slot {
                 GraphSlot::Cold => {
-                    self.decode_body(gpu, s, ending)?;
+                    self.decode_body(gpu, s)?;
                     GraphSlot::Warm
                 }
                 GraphSlot::Warm => {
-                    let g = self.capture(gpu, s, ending)?;
+                    let g = self.capture(gpu, s)?;
                     g.0.launch().map_err(drv)?;
                     GraphSlot::Ready(g)
                 }
@@ -936,18 +551,13 @@ impl GpuNemotronH {
     }
 
     /// Records one decode step into a graph (nothing runs until it is launched).
-    fn capture(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        ending: Ending,
-    ) -> Result<StepGraph, GpuModelError> {
+    fn capture(&self, gpu: &Gpu, s: &mut GpuSession) -> Result<StepGraph, GpuModelError> {
         // Thread-local: a call that is illegal under capture (an allocation, a sync) made
         // by this thread fails the capture instead of slipping in; other threads are free.
         gpu.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv)?;
-        let body = self.decode_body(gpu, s, ending);
+        let body = self.decode_body(gpu, s);
         let graph = gpu.stream.end_capture(CUgraphInstantiate_flags(0));
         body?;
         let graph = graph
@@ -958,14 +568,9 @@ impl GpuNemotronH {
 
     /// The decode step's device work, in order: embedding of `bufs.sampled` → every layer
     /// (recurrent Mamba step, KV append at `pos` + decode attention over `0..=pos`, MLP) →
-    /// final norm → LM head into `bufs.logits` → (Draw) the device draw into
-    /// `bufs.sampled` → `pos += 1`. Queues work only; touches no host state.
-    fn decode_body(
-        &self,
-        gpu: &Gpu,
-        s: &mut GpuSession,
-        ending: Ending,
-    ) -> Result<(), GpuModelError> {
+    /// final norm → LM head into `bufs.logits` → `pos += 1`. Queues work only; touches no
+    /// host state.
+    fn decode_body(&self, gpu: &Gpu, s: &mut GpuSession) -> Result<(), GpuModelError> {
         let c = &self.config;
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
         let b = &mut s.bufs;
@@ -981,9 +586,6 @@ impl GpuNemotronH {
             &mut b.logits,
             0.0,
         )?;
-        if ending == Ending::Draw {
-            sampling::draw(gpu, &mut b.logits, vocab, &b.args, &mut b.sampled)?;
-        }
         s.pos.record_advance(gpu, 1)?;
         Ok(())
     }
@@ -1025,7 +627,7 @@ impl GpuNemotronH {
         embedding::gather(gpu, &self.embeddings, vocab, hs, &b.ids, n, &mut b.x)?;
         self.layers_and_norm(gpu, &mut s.layers, b, &s.pos, n, decode)?;
         s.pos.advance(gpu, n)?;
-        s.drawn = false;
+        s.drawn = None;
         Ok(())
     }
 
@@ -1163,12 +765,57 @@ impl GpuNemotronH {
     }
 }
 
+/// Whether `folder` can run on the GPU, from its config and weights alone (no GPU
+/// needed): a Nemotron-H safetensors folder in bf16, f16 or f32, each layer within the
+/// kernels' limits (`GpuNemotronH::check`). Each refusal is one line saying what is not
+/// supported.
+pub fn check_cuda(folder: &ModelFolder) -> Result<&NemotronHConfig, GpuModelError> {
+    if folder.dir.is_file() {
+        return Err(GpuModelError::Unsupported(format!(
+            "{}: GGUF files are not supported on cuda yet (a safetensors folder is)",
+            folder.dir.display()
+        )));
+    }
+    let m = match &*folder.model {
+        Model::NemotronH(m) => m,
+        Model::Llama(_) => {
+            return Err(GpuModelError::Unsupported(
+                "Llama models are not supported on cuda yet (Nemotron-H is)".into(),
+            ))
+        }
+    };
+    if !matches!(m.weight_dtype, DType::BF16 | DType::F16 | DType::F32) {
+        return Err(GpuModelError::Unsupported(format!(
+            "{} weights are not supported on cuda yet (bf16, f16 and f32 are)",
+            m.weight_dtype
+        )));
+    }
+    GpuNemotronH::check(&m.config)?;
+    Ok(&m.config)
+}
+
+/// Uploads `folder`'s weights (checked by `check_cuda` first) to `gpu`;
+/// `progress(done, total)` in checkpoint bytes as they go up.
+pub fn load_gpu_model(
+    gpu: &Gpu,
+    folder: &ModelFolder,
+    progress: impl FnMut(usize, usize),
+) -> Result<GpuNemotronH, GpuModelError> {
+    let cfg = check_cuda(folder)?;
+    let store = WeightStore::open_dir(&folder.dir)?;
+    let mut w = StoreWeights(&store).with_progress(progress);
+    let m = GpuNemotronH::load(gpu, cfg, &mut w)?;
+    gpu.sync()?;
+    w.finish();
+    Ok(m)
+}
+
 /// The device draw has no token history: penalties are refused, in one line.
 fn check_device_sampling(args: &SampleArgs) -> Result<(), GpuModelError> {
     if args.has_penalties() {
         return Err(GpuModelError::Unsupported(
-            "repetition/presence penalties need the token history: take the logits \
-             (decode_logits) and sample on the host"
+            "repetition/presence penalties need the token history: draw with it \
+             (draw_with_history) or take the logits to the host"
                 .into(),
         ));
     }
