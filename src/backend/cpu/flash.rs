@@ -15,9 +15,10 @@
 //!
 //! Prefill: one task per KV head and tile of `BQ` positions, over all its visible keys,
 //! largest first. Decode (one position): the keys are split into chunks (flash-decoding),
-//! each task a chunk, and the partial (m, l, o) are merged per head at the end. Keys are
-//! widened to f32 once per call and stored transposed (`[head_dim, keys]`), so that
-//! `q·Kᵀ` is a broadcast-FMA over keys and `p·V` one over head_dim: no horizontal sums.
+//! each task a chunk (a plain softmax of dot products and axpys over its keys, read once),
+//! and the partial (m, l, o) are merged per head at the end. Prefill widens the keys to f32
+//! once per call and stores them transposed (`[head_dim, keys]`), so that `q·Kᵀ` is a
+//! broadcast-FMA over keys and `p·V` one over head_dim: no horizontal sums.
 //! `exp` is `ops::exp`, a vectorisable polynomial (≤ 2 ulp).
 //!
 //! Invariant: each task writes only its own rows (prefill) or its own partial slot (decode).
@@ -67,7 +68,6 @@ struct Scratch {
     l: Vec<f32>,
     o: Vec<f32>,
     k: Vec<f32>,
-    kt: Vec<f32>,
     v: Vec<f32>,
 }
 
@@ -224,23 +224,26 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
             s.v.resize(len * hd, 0.0);
             let (mut k, mut v) = (std::mem::take(&mut s.k), std::mem::take(&mut s.v));
             read(kvh, r.clone(), &mut k, &mut v);
-            s.kt.resize(hd * len, 0.0);
-            for d in 0..hd {
-                for j in 0..len {
-                    s.kt[d * len + j] = k[j * hd + d];
-                }
-            }
-            s.q.resize(group * hd, 0.0);
+            // One query row per head: scores by dot products over the chunk's keys (no
+            // transpose: a decode step reads each key once), then p·V by axpy.
+            s.s.resize(len, 0.0);
+            s.o.resize(hd, 0.0);
             for g in 0..group {
                 let h = kvh * group + g;
-                for d in 0..hd {
-                    s.q[g * hd + d] = q[h * hd + d] * scale;
+                let qh = &q[h * hd..(h + 1) * hd];
+                for (j, sc) in s.s.iter_mut().enumerate() {
+                    *sc = simd::dot(qh, &k[j * hd..(j + 1) * hd]) * scale;
                 }
-            }
-            let kt = std::mem::take(&mut s.kt);
-            run_rows(s, group, hd, &kt, len, &v, 0..len, &|_| len);
-            s.kt = kt;
-            for g in 0..group {
+                let m = s.s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut l = 0f32;
+                for x in s.s.iter_mut() {
+                    *x = ops::exp(*x - m);
+                    l += *x;
+                }
+                s.o.fill(0.0);
+                for (j, &p) in s.s.iter().enumerate() {
+                    simd::axpy(&mut s.o, p, &v[j * hd..(j + 1) * hd]);
+                }
                 // SAFETY: slot (kvh, c, g) belongs to this task only.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -248,9 +251,9 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
                         slot,
                     )
                 };
-                dst[0] = s.m[g];
-                dst[1] = s.l[g];
-                dst[2..].copy_from_slice(&s.o[g * hd..(g + 1) * hd]);
+                dst[0] = m;
+                dst[1] = l;
+                dst[2..].copy_from_slice(&s.o);
             }
             s.k = k;
             s.v = v;
@@ -353,7 +356,7 @@ fn scores(
             Level::Avx512 => return unsafe { scores_avx512(q, rows, hd, kt, stride, j0, bk, s) },
             // SAFETY: as above.
             Level::Avx2 => return unsafe { scores_avx2(q, rows, hd, kt, stride, j0, bk, s) },
-            Level::Scalar => {}
+            Level::Scalar | Level::Neon => {}
         }
     }
     scores_body::<false>(q, rows, hd, kt, stride, j0, bk, s)
@@ -448,7 +451,7 @@ fn accumulate(p: &[f32], rows: usize, hd: usize, v: &[f32], j0: usize, bk: usize
             Level::Avx512 => return unsafe { accumulate_avx512(p, rows, hd, v, j0, bk, o) },
             // SAFETY: as above.
             Level::Avx2 => return unsafe { accumulate_avx2(p, rows, hd, v, j0, bk, o) },
-            Level::Scalar => {}
+            Level::Scalar | Level::Neon => {}
         }
     }
     accumulate_body::<false>(p, rows, hd, v, j0, bk, o)
