@@ -264,6 +264,10 @@ enum Path {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// aarch64: `quant`'s NEON dot (with `sdot` where present) per row and token, on the
+    /// team; no packing yet.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 fn path() -> Path {
@@ -276,6 +280,10 @@ fn path() -> Path {
             return Path::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::level() == super::simd::Level::Neon {
+        return Path::Neon;
+    }
     Path::Plain
 }
 
@@ -287,6 +295,8 @@ fn tile_tokens(path: Path) -> usize {
         Path::Avx2 => 2,
         #[cfg(target_arch = "x86_64")]
         Path::Vnni => 4,
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => 1,
     }
 }
 
@@ -350,12 +360,21 @@ fn task(
     path: Path,
 ) {
     let m = w.rows;
-    if path == Path::Plain {
+    #[cfg(target_arch = "aarch64")]
+    let by_rows = matches!(path, Path::Plain | Path::Neon);
+    #[cfg(not(target_arch = "aarch64"))]
+    let by_rows = path == Path::Plain;
+    if by_rows {
         let rb = w.row_bytes();
         for t in t0..t1 {
             let x = b.view(t);
             for r in r0..r1 {
-                let v = quant::dot_row_q8_plain(w.dtype, &w.data[r * rb..(r + 1) * rb], &x);
+                let row = &w.data[r * rb..(r + 1) * rb];
+                let v = if path == Path::Plain {
+                    quant::dot_row_q8_plain(w.dtype, row, &x)
+                } else {
+                    quant::dot_row_q8_ref(w.dtype, row, &x)
+                };
                 // SAFETY: (t, r) lies in this task's rows and tokens, which no other task writes.
                 unsafe { *out.0.add(t * m + r) = v };
             }
@@ -775,6 +794,15 @@ mod tests {
             return crate::backend::cpu::skip_test("this CPU has no AVX-512 F + BW + VL + VNNI");
         }
         paths_match_the_plain_path(Path::Vnni);
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_prefill_matches_the_plain_path() {
+        if !std::arch::is_aarch64_feature_detected!("neon") {
+            return crate::backend::cpu::skip_test("this CPU has no NEON");
+        }
+        paths_match_the_plain_path(Path::Neon);
     }
 
     #[test]

@@ -295,6 +295,15 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) 
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::level() == super::simd::Level::Neon {
+        let dp = super::simd::dotprod();
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+            // SAFETY: neon (and dotprod where used) was detected at run time.
+            *o = unsafe { arm::dot_row_q8(dp, dtype, row, x) };
+        }
+        return;
+    }
     for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
         *o = dot_row_q8_plain(dtype, row, x);
     }
@@ -318,6 +327,11 @@ pub fn dot_row_q8_ref(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     if super::simd::avx2_f16c() {
         // SAFETY: avx2, fma and f16c were detected at run time.
         return unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::level() == super::simd::Level::Neon {
+        // SAFETY: neon (and dotprod where used) was detected at run time.
+        return unsafe { arm::dot_row_q8(super::simd::dotprod(), dtype, row, x) };
     }
     dot_row_q8_plain(dtype, row, x)
 }
@@ -436,6 +450,195 @@ fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &ActsRef<'_>, b: usize) -> f3
                 dd * s as f32 + f16_at(blk, 2) * x.d[b] * x.sum[b] as f32
             }
         }
+    }
+}
+
+/// aarch64 NEON twins of the plain integer dots: per 32-block the weight quants as two
+/// int8x16 (nibbles unpacked, Q4_0/Q6_K centred), an i8·i8 → i32 dot (`sdot` where the CPU
+/// has the dot product extension, else `smull` + pairwise widening adds), converted and
+/// multiplied by the block's scales into an f32x4 accumulator; zero-point / min terms in a
+/// scalar beside it, as the plain path keeps them.
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::{f16_at, scale_min_k4, ActsRef};
+    use crate::backend::DType;
+
+    /// `acc + Σ a·b` over 16 int8 lanes (4 per i32 lane).
+    #[inline(always)]
+    unsafe fn dot16<const DP: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        if DP {
+            let mut acc = acc;
+            // `sdot` (Armv8.2 FEAT_DotProd): its intrinsic is not stable Rust yet. Only
+            // reached from `dot_row_dotprod`, compiled with the feature.
+            std::arch::asm!(
+                "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+                inout(vreg) acc,
+                in(vreg) a,
+                in(vreg) b,
+                options(pure, nomem, nostack)
+            );
+            acc
+        } else {
+            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let hi = vmull_high_s8(a, b);
+            vpadalq_s16(vpadalq_s16(acc, lo), hi)
+        }
+    }
+
+    /// `dot_row_q8` on NEON, with `sdot` when `dp`.
+    ///
+    /// # Safety
+    /// neon, and dotprod when `dp`; `x` holds the row's blocks.
+    pub unsafe fn dot_row_q8(dp: bool, dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        if dp {
+            dot_row_dotprod(dtype, row, x)
+        } else {
+            dot_row_neon(dtype, row, x)
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn dot_row_dotprod(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        body::<true>(dtype, row, x)
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn dot_row_neon(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        body::<false>(dtype, row, x)
+    }
+
+    #[inline(always)]
+    unsafe fn body<const DP: bool>(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        let (per, bytes) = dtype.block();
+        let nb = row.len() / bytes * (per / 32);
+        assert!(x.qs.len() >= 32 * nb && x.d.len() >= nb && x.sum.len() >= nb);
+        let xp = x.qs.as_ptr();
+        let low = vdupq_n_u8(0x0F);
+        let zero = vdupq_n_s32(0);
+        let mut acc = vdupq_n_f32(0.0);
+        let mut off = 0f32;
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                for (b, blk) in row.chunks_exact(bytes).enumerate() {
+                    let xa = vld1q_s8(xp.add(32 * b));
+                    let xb = vld1q_s8(xp.add(32 * b + 16));
+                    let dx = x.d[b];
+                    let d = f16_at(blk, 0) * dx;
+                    let (w0, w1) = match dtype {
+                        DType::Q8_0 => (
+                            vld1q_s8(blk.as_ptr().add(2) as *const i8),
+                            vld1q_s8(blk.as_ptr().add(18) as *const i8),
+                        ),
+                        _ => {
+                            let start = if dtype == DType::Q4_0 { 2 } else { 4 };
+                            let q = vld1q_u8(blk.as_ptr().add(start));
+                            let lo = vreinterpretq_s8_u8(vandq_u8(q, low));
+                            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                            if dtype == DType::Q4_0 {
+                                off -= d * (8 * x.sum[b]) as f32;
+                            } else {
+                                off += f16_at(blk, 2) * dx * x.sum[b] as f32;
+                            }
+                            (lo, hi)
+                        }
+                    };
+                    let s = dot16::<DP>(dot16::<DP>(zero, w0, xa), w1, xb);
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d);
+                }
+            }
+            DType::Q4_K | DType::Q5_K => {
+                let five = dtype == DType::Q5_K;
+                let qs_at = if five { 48 } else { 16 };
+                let sixteen = vdupq_n_u8(16);
+                for (sb, blk) in row.chunks_exact(bytes).enumerate() {
+                    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                    let (qh0, qh1) = if five {
+                        (
+                            vld1q_u8(blk.as_ptr().add(16)),
+                            vld1q_u8(blk.as_ptr().add(32)),
+                        )
+                    } else {
+                        (vdupq_n_u8(0), vdupq_n_u8(0))
+                    };
+                    for g in 0..4 {
+                        let q0 = vld1q_u8(blk.as_ptr().add(qs_at + 32 * g));
+                        let q1 = vld1q_u8(blk.as_ptr().add(qs_at + 32 * g + 16));
+                        for h in 0..2 {
+                            let j = 2 * g + h;
+                            let (mut w0, mut w1) = if h == 0 {
+                                (vandq_u8(q0, low), vandq_u8(q1, low))
+                            } else {
+                                (vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1))
+                            };
+                            if five {
+                                let bit = vdupq_n_u8(1 << j);
+                                w0 = vorrq_u8(w0, vandq_u8(vtstq_u8(qh0, bit), sixteen));
+                                w1 = vorrq_u8(w1, vandq_u8(vtstq_u8(qh1, bit), sixteen));
+                            }
+                            let (sc, m) = scale_min_k4(j, &blk[4..16]);
+                            let ab = 8 * sb + j;
+                            let xa = vld1q_s8(xp.add(32 * ab));
+                            let xb = vld1q_s8(xp.add(32 * ab + 16));
+                            let s = dot16::<DP>(
+                                dot16::<DP>(zero, vreinterpretq_s8_u8(w0), xa),
+                                vreinterpretq_s8_u8(w1),
+                                xb,
+                            );
+                            let dx = x.d[ab];
+                            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * sc as f32 * dx);
+                            off -= dmin * m as f32 * dx * x.sum[ab] as f32;
+                        }
+                    }
+                }
+            }
+            DType::Q6_K => {
+                let three = vdupq_n_u8(3);
+                let c32 = vdupq_n_s8(32);
+                for (sb, blk) in row.chunks_exact(bytes).enumerate() {
+                    let d = f16_at(blk, 208);
+                    let sc = &blk[192..208];
+                    for n in 0..2 {
+                        let qh0 = vld1q_u8(blk.as_ptr().add(128 + 32 * n));
+                        let qh1 = vld1q_u8(blk.as_ptr().add(128 + 32 * n + 16));
+                        for qt in 0..4 {
+                            let at = 64 * n + 32 * (qt % 2);
+                            let l0 = vld1q_u8(blk.as_ptr().add(at));
+                            let l1 = vld1q_u8(blk.as_ptr().add(at + 16));
+                            let (n0, n1) = if qt < 2 {
+                                (vandq_u8(l0, low), vandq_u8(l1, low))
+                            } else {
+                                (vshrq_n_u8::<4>(l0), vshrq_n_u8::<4>(l1))
+                            };
+                            let shift = vdupq_n_s8(-2 * qt as i8);
+                            let h0 = vandq_u8(vshlq_u8(qh0, shift), three);
+                            let h1 = vandq_u8(vshlq_u8(qh1, shift), three);
+                            let w0 = vsubq_s8(
+                                vreinterpretq_s8_u8(vorrq_u8(n0, vshlq_n_u8::<4>(h0))),
+                                c32,
+                            );
+                            let w1 = vsubq_s8(
+                                vreinterpretq_s8_u8(vorrq_u8(n1, vshlq_n_u8::<4>(h1))),
+                                c32,
+                            );
+                            let ab = 8 * sb + 4 * n + qt;
+                            let xa = vld1q_s8(xp.add(32 * ab));
+                            let xb = vld1q_s8(xp.add(32 * ab + 16));
+                            let s0 = sc[8 * n + 2 * qt] as i8 as i32;
+                            let s1 = sc[8 * n + 2 * qt + 1] as i8 as i32;
+                            let s = vaddq_s32(
+                                vmulq_n_s32(dot16::<DP>(zero, w0, xa), s0),
+                                vmulq_n_s32(dot16::<DP>(zero, w1, xb), s1),
+                            );
+                            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * x.d[ab]);
+                        }
+                    }
+                }
+            }
+            _ => return super::dot_row_q8_plain(dtype, row, x),
+        }
+        vaddvq_f32(acc) + off
     }
 }
 
@@ -1057,7 +1260,7 @@ mod tests {
 
     /// A row of `nb` random blocks of `dt` (random bytes; the f16 scales set so values are
     /// O(1): quantize_row writes no K-quants).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn random_row(dt: DType, nb: usize, seed: u64) -> Vec<u8> {
         let (_, bytes) = dt.block();
         let mut s = seed | 1;
@@ -1085,7 +1288,7 @@ mod tests {
 
     /// Runs `dot` (one SIMD level's integer dot) against `dot_row_q8_plain` on rows of odd
     /// and even block counts (the VNNI path takes blocks in pairs plus a tail).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn integer_dots_match_the_plain_path(
         level: &str,
         types: &[DType],
@@ -1141,6 +1344,42 @@ mod tests {
         // SAFETY: the features were detected above.
         integer_dots_match_the_plain_path("avx2", &types, |dt, q, a| unsafe {
             x86::dot_row_q8_avx2(dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    const NEON_TYPES: [DType; 6] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_integer_dots_match_the_plain_path() {
+        if !std::arch::is_aarch64_feature_detected!("neon") {
+            return crate::backend::cpu::skip_test("this CPU has no NEON");
+        }
+        // SAFETY: neon was detected above.
+        integer_dots_match_the_plain_path("neon", &NEON_TYPES, |dt, q, a| unsafe {
+            arm::dot_row_q8(false, dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_dotprod_integer_dots_match_the_plain_path() {
+        if !(std::arch::is_aarch64_feature_detected!("neon")
+            && std::arch::is_aarch64_feature_detected!("dotprod"))
+        {
+            return crate::backend::cpu::skip_test("this CPU has no NEON dot product (dotprod)");
+        }
+        // SAFETY: neon and dotprod were detected above.
+        integer_dots_match_the_plain_path("dotprod", &NEON_TYPES, |dt, q, a| unsafe {
+            arm::dot_row_q8(true, dt, q, a)
         });
     }
 
