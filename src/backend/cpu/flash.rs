@@ -143,6 +143,8 @@ fn prefill(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     let outp = Ptr(out.as_mut_ptr());
     // Largest tiles (latest positions, most keys) first.
     team::par_for(kv_heads * tiles, &|i| {
+        // The wrapper whole, not its field (closures capture fields since edition 2021).
+        #[allow(clippy::redundant_locals)]
         let outp = outp;
         let tile = tiles - 1 - i / kv_heads;
         let kvh = i % kv_heads;
@@ -214,6 +216,8 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     let mut part = vec![0f32; kv_heads * chunks * group * slot];
     let pp = Ptr(part.as_mut_ptr());
     team::par_for(kv_heads * chunks, &|i| {
+        // The wrapper whole, not its field (closures capture fields since edition 2021).
+        #[allow(clippy::redundant_locals)]
         let pp = pp;
         let (kvh, c) = (i / chunks, i % chunks);
         let r = c * chunk..((c + 1) * chunk).min(total);
@@ -419,6 +423,7 @@ fn scores_body<const FMA: bool>(
         while c0 < bk {
             let w = C.min(bk - c0);
             let mut acc = [[0f32; C]; 4];
+            #[allow(clippy::needless_range_loop)]
             for d in 0..hd {
                 let base = d * stride + j0 + c0;
                 let mut k = [0f32; C];

@@ -231,6 +231,7 @@ fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, sstride: usize, p: &mut
                 continue;
             }
             let row = &w.data[r * rb..(r + 1) * rb];
+            #[allow(clippy::needless_range_loop)]
             for b in 0..2 * nbp {
                 let at = (pi * nbp + b / 2) * PR + i;
                 let h = b % 2;
