@@ -410,7 +410,7 @@ mod gpu {
         }
     }
 
-    /// Greedy generation the way the runner does it: `forward_keep` of the last id (the
+    /// Greedy generation the way `CudaSequence` does it: `forward_keep` of the last id (the
     /// device drew it into the decode step's input, so nothing is uploaded), then the
     /// device draw with the bans in its args. Replayed and eager ids are equal, no banned
     /// id is drawn, and the ids are the host's argmax of downloaded logits fed back by

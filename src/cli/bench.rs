@@ -433,7 +433,7 @@ fn ttft_at(
         if follow_up > 0 {
             model.forward(&ids[..follow_up], state, Logits::None)?;
         }
-        let snap = state.snapshot();
+        let snap = state.checkpoint();
         model.forward(&ids[follow_up..follow_up + 1], state, Logits::Last)?;
         let t = Instant::now();
         state.restore(&snap);

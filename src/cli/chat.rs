@@ -4,7 +4,7 @@
 //! the model loads and an error view if it cannot.
 //!
 //! Quitting restores the terminal first and never waits on the engine thread (see
-//! `engine::worker`). A termination signal is routed into the app loop as a quit (the
+//! `engine::engine_thread`). A termination signal is routed into the app loop as a quit (the
 //! running turn is saved as on `/quit`), and the process exits with 128 + the signal's
 //! number; if the loop does not end within `SIGNAL_GRACE` (stuck somewhere), the signal
 //! thread restores the terminal and exits itself. A second signal exits at once.
@@ -36,8 +36,8 @@ use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
 use nemo::tui::app::{App, ModelInfo};
+use nemo::tui::event_loop::{AppMsg, EventLoop};
 use nemo::tui::history::History;
-use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 
 use super::device::place;
@@ -528,18 +528,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let _ = out.write_all(seq.as_bytes());
         let _ = out.flush();
     });
-    let mut runner = Runner::new(engine, store, tx, clipboard);
-    runner.agent = agent.map(|(agent, _)| std::sync::Arc::new(std::sync::Mutex::new(agent)));
-    let result = runner.run(&mut terminal, &mut app, &rx);
+    let mut event_loop = EventLoop::new(engine, store, tx, clipboard);
+    event_loop.agent = agent.map(|(agent, _)| std::sync::Arc::new(std::sync::Mutex::new(agent)));
+    let result = event_loop.run(&mut terminal, &mut app, &rx);
     // The terminal back first; then what quitting saves (if the loop ended another way,
     // e.g. the terminal went away); the engine is dropped last and never waited for.
     restore_terminal();
-    runner.quit(&mut app);
-    if let Some(e) = &runner.save_error {
+    event_loop.quit(&mut app);
+    if let Some(e) = &event_loop.save_error {
         // Not eprintln!: after SIGHUP stderr may be a terminal that is gone.
         let _ = writeln!(std::io::stderr(), "nemo: could not save the session: {e}");
     }
-    if let Some(sig) = runner.quit_signal {
+    if let Some(sig) = event_loop.quit_signal {
         return Err(Signalled(sig).into());
     }
     result?;

@@ -78,7 +78,7 @@ fn gpu_session(
     use std::sync::Arc;
 
     use nemo::backend::cuda::{self, Gpu};
-    use nemo::engine::Runner;
+    use nemo::engine::Sequence;
     use nemo::model::cuda::{check_cuda, load_gpu_model};
 
     cuda::probe()?;
@@ -86,8 +86,8 @@ fn gpu_session(
     check_cuda(folder)?;
     let gpu = Arc::new(Gpu::new(0)?);
     let model = Arc::new(load_gpu_model(&gpu, folder, progress)?);
-    let runner = Runner::cuda(gpu, model, &opts)?;
-    Ok(Session::with_runner(folder, runner, opts)?)
+    let sequence = Sequence::cuda(gpu, model, &opts)?;
+    Ok(Session::with_sequence(folder, sequence, opts)?)
 }
 
 /// A progress bar on stderr for the weight upload, only when stderr is a terminal.

@@ -3,14 +3,14 @@
 //!
 //! Invariant: `SequenceState::len` tokens have been fed; every attention layer's KV cache
 //! holds exactly `len` positions and every Mamba layer's state is the state after them.
-//! A `Snapshot` restores all of that at once (Mamba state cannot be rolled back token by
-//! token, so snapshots copy it; the KV cache is only truncated).
+//! A `Checkpoint` restores all of that at once (Mamba state cannot be rolled back token by
+//! token, so checkpoints copy it; the KV cache is only truncated).
 
 pub mod kv_cache;
-pub mod ssm_cache;
+pub mod mamba_state;
 
 pub use kv_cache::KvCache;
-pub use ssm_cache::MambaState;
+pub use mamba_state::MambaState;
 
 use crate::backend::DType;
 
@@ -66,12 +66,12 @@ pub enum LayerShape {
 
 /// What `SequenceState::restore` needs: the Mamba states (copied) and the length.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
+pub struct Checkpoint {
     mamba: Vec<Option<MambaState>>,
     pub len: usize,
 }
 
-impl Snapshot {
+impl Checkpoint {
     pub fn bytes(&self) -> usize {
         self.mamba.iter().flatten().map(|m| m.bytes()).sum()
     }
@@ -110,8 +110,8 @@ impl SequenceState {
         }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
             mamba: self
                 .layers
                 .iter()
@@ -124,10 +124,10 @@ impl SequenceState {
         }
     }
 
-    /// Restores a snapshot taken on this sequence at a length ≤ the KV caches' length
+    /// Restores a checkpoint taken on this sequence at a length ≤ the KV caches' length
     /// whose tokens are still a prefix of the cached ones (the caller, `engine::Session`,
     /// guarantees it).
-    pub fn restore(&mut self, snap: &Snapshot) {
+    pub fn restore(&mut self, snap: &Checkpoint) {
         for (layer, m) in self.layers.iter_mut().zip(&snap.mamba) {
             match (layer, m) {
                 (LayerState::Mamba(dst), Some(src)) => dst.clone_from(src),

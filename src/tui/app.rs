@@ -1,6 +1,6 @@
 //! The chat interface's state and logic, with no terminal in it: keys, commands and
 //! engine events go in; `Effect`s (submit a request, save, copy, …) come out for the
-//! runner to carry out. Everything here is testable without a terminal.
+//! event loop to carry out. Everything here is testable without a terminal.
 //!
 //! Invariants: at most one request runs at a time (`running`); a turn's text only grows
 //! while it streams; the transcript follows the bottom unless the user scrolled up.
@@ -8,7 +8,7 @@
 //! Cancel and quit never wait on the engine: a cancelled request the engine has not ended
 //! within `CANCEL_GRACE` (it may be inside work it cannot interrupt, such as a chat
 //! template that renders for minutes) is abandoned by `tick`: the turn is kept as
-//! interrupted with what arrived, saved, and the runner drops the request's later events.
+//! interrupted with what arrived, saved, and the event loop drops the request's later events.
 //! Quitting abandons a running turn the same way, so it is saved before the app exits.
 
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ pub enum Level {
     Error,
 }
 
-/// Work the runner does for the app.
+/// Work the event loop does for the app.
 #[derive(Clone, Debug)]
 pub enum Effect {
     Submit(Box<Request>),
@@ -166,7 +166,7 @@ pub struct ToolsState {
     pub choice: ToolChoice,
     /// `--tool-format` (None: the model's own).
     pub format: Option<crate::protocol::ToolFormat>,
-    /// Shown in `/tools`; the runner applies a change to the agent's policy.
+    /// Shown in `/tools`; the event loop applies a change to the agent's policy.
     pub approval: String,
     /// The call waiting for y / a / n.
     pub pending: Option<ApprovalRequest>,
@@ -431,7 +431,7 @@ impl App {
     }
 
     /// Ends the running turn without waiting for the engine: cancelled, kept as interrupted
-    /// with the text that arrived, recorded in the session and saved. The runner drops the
+    /// with the text that arrived, recorded in the session and saved. The event loop drops the
     /// request's later events (`running` is gone).
     fn abandon_turn(&mut self) -> Vec<Effect> {
         self.stop_generation();

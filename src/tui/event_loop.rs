@@ -33,13 +33,13 @@ pub enum AppMsg {
     Term(crossterm::event::Event),
     Engine(u64, Event),
     /// A termination signal (its number: SIGTERM, SIGHUP, SIGINT from `kill`): quit as
-    /// `/quit` does; `Runner::quit_signal` keeps it for the exit code.
+    /// `/quit` does; `EventLoop::quit_signal` keeps it for the exit code.
     Signal(i32),
 }
 
 const FRAME: Duration = Duration::from_millis(33);
 
-pub struct Runner {
+pub struct EventLoop {
     pub engine: Engine,
     pub store: SessionStore,
     pub tx: Sender<AppMsg>,
@@ -85,14 +85,14 @@ pub fn osc52(text: &str) -> String {
     out
 }
 
-impl Runner {
+impl EventLoop {
     pub fn new(
         engine: Engine,
         store: SessionStore,
         tx: Sender<AppMsg>,
         clipboard: Box<dyn FnMut(&str)>,
     ) -> Self {
-        Runner {
+        EventLoop {
             engine,
             store,
             tx,
