@@ -7,6 +7,10 @@
 //! (`--tool-choice NAME`) and every tool's argument is an `enum`: no test runs text a
 //! random model wrote. With `NEMO_SMOLLM2_GGUF`, a real model fills a forced call.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,10 @@
 //! reference, and bad input — each a one-line error naming the file, field or flag, a
 //! non-zero exit, never a panic.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

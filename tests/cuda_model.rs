@@ -34,6 +34,10 @@
 //! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
 //! that a failure (scripts/gpu-check.sh sets it).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Stdio;

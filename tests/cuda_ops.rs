@@ -11,6 +11,10 @@
 //! that module's doc written out plainly (the sequential recurrence for the chunked scan),
 //! independent of both implementations.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Output, Stdio};

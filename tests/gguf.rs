@@ -6,6 +6,10 @@
 //! that need it say `SKIP` when `NEMO_SMOLLM2_GGUF` is unset or missing, and fail so under
 //! CI (tests/common/skip.rs).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

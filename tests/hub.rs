@@ -3,6 +3,10 @@
 //! The expected bytes and hashes come from the fixture files themselves (sha2/sha1 of the
 //! bytes, `git hash-object` where git is installed), never from nemo's code.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 #[path = "common/hub_server.rs"]
 mod hub_server;

@@ -12,6 +12,10 @@
 //! conv and the scans keep their double references (exact, and what the bounds are
 //! relative to), which check the ops on the same cases.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

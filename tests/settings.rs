@@ -7,6 +7,10 @@
 //! should have used (`common::engine_text`), at a seed for which the cache dtypes involved
 //! give different texts, so a setting that was not applied shows.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,10 @@
 //! format whose arguments validate, forced tokens fed through the model, and (with
 //! `NEMO_SMOLLM2_GGUF`) a real model filling a forced `get_weather` call.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

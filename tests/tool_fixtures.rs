@@ -11,6 +11,10 @@
 //!   tolerances as in `tests/parity.rs`;
 //! - `nemo run` answers on the Nemotron 3 fixture.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Stdio;

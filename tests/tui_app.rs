@@ -1,6 +1,10 @@
 //! The chat app driven like a user drives it — keys in, the real engine on a fixture model,
 //! a `TestBackend` terminal — through every command, including bad arguments.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::cell::RefCell;

@@ -360,7 +360,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     // Layers: generation_config.json < config.toml / NEMO_* < flags.
-    a.sampling.from_settings(&cfg).apply(&mut sampling);
+    a.sampling.with_settings(&cfg).apply(&mut sampling);
     let thinking = ThinkingOptions {
         budget,
         ..Default::default()

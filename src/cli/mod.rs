@@ -112,7 +112,7 @@ impl SamplingArgs {
 
     /// These flags with every settings key taken from `settings` (the flags laid over
     /// config.toml and `NEMO_*`); the penalties are flags only.
-    pub fn from_settings(&self, settings: &Config) -> SamplingArgs {
+    pub fn with_settings(&self, settings: &Config) -> SamplingArgs {
         SamplingArgs {
             temperature: settings.temperature,
             top_p: settings.top_p,

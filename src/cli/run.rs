@@ -215,7 +215,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let model_args = ModelArgs::from_settings(&cfg);
-    let sampling_args = a.sampling.from_settings(&cfg);
+    let sampling_args = a.sampling.with_settings(&cfg);
     let constraint = constraint(&a)?;
     let (agent, _mcp_servers) = match agent_for_run(&a, &cfg, &paths.config_file)? {
         Some((agent, servers)) => (Some(agent), servers),

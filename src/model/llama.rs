@@ -182,7 +182,7 @@ impl LlamaConfig {
             eos_token_id: f.eos_token_id,
         };
         if cfg.num_key_value_heads == 0
-            || heads % cfg.num_key_value_heads != 0
+            || !heads.is_multiple_of(cfg.num_key_value_heads)
             || !cfg.head_dim.is_multiple_of(2)
         {
             return Err(field_err(
