@@ -21,17 +21,9 @@ use nemo::state::CacheConfig;
 const PREFILL: usize = 64;
 const CONTEXT: usize = 64;
 
-/// Deterministic pseudo-random token ids below `vocab` (xorshift64).
+/// Deterministic pseudo-random token ids below `vocab`.
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % vocab as u64) as u32
-        })
-        .collect()
+    synthetic::token_ids(seed | 1, n, vocab)
 }
 
 fn build(shape: &str) -> NemotronH {

@@ -20,10 +20,18 @@ const DEFAULT_ARCHS: &[&str] = &[
 ];
 
 fn main() {
+    // A build script fails by exiting non-zero; cargo shows what it printed on stderr.
+    if let Err(e) = build() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<(), String> {
     println!("cargo::rustc-check-cfg=cfg(nemo_cuda_kernels)");
     println!("cargo::rerun-if-changed=kernels");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
+        return Ok(());
     }
     for v in [
         "NEMO_CUDA_ARCHS",
@@ -34,15 +42,16 @@ fn main() {
     ] {
         println!("cargo::rerun-if-env-changed={v}");
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     let rs = out.join("cuda_kernels.rs");
     let require = std::env::var("NEMO_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let Some(nvcc) = find_nvcc() else {
         if require {
-            panic!(
+            return Err(
                 "NEMO_REQUIRE_NVCC=1 but nvcc was not found (looked at $NVCC, $CUDA_HOME/bin/nvcc, \
                  PATH, and python3's site-packages for nvidia/cu13/bin/nvcc; \
                  `pip install nvidia-cuda-nvcc==13.0.*` provides one)"
+                    .into(),
             );
         }
         println!(
@@ -53,13 +62,13 @@ fn main() {
             &rs,
             "pub const FATBINS: &[(&str, &[u8])] = &[];\npub const NVCC_VERSION: &str = \"\";\npub const ARCHS: &str = \"\";\n",
         )
-        .expect("write cuda_kernels.rs");
-        return;
+        .map_err(|e| format!("write {}: {e}", rs.display()))?;
+        return Ok(());
     };
-    let archs = archs();
+    let archs = archs()?;
     let src_dir = Path::new("kernels");
     let mut cu: Vec<PathBuf> = std::fs::read_dir(src_dir)
-        .expect("kernels/ exists")
+        .map_err(|e| format!("{}: {e}", src_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
@@ -78,7 +87,7 @@ fn main() {
         let stem = file
             .file_stem()
             .and_then(|s| s.to_str())
-            .expect("kernel file names are UTF-8");
+            .ok_or_else(|| format!("{}: a kernel file name must be UTF-8", file.display()))?;
         let dst = out.join(format!("{stem}.fatbin"));
         let mut cmd = Command::new(&nvcc);
         cmd.arg("-fatbin")
@@ -97,24 +106,24 @@ fn main() {
         cmd.arg("-o").arg(&dst).arg(file);
         let res = cmd
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+            .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
         log.push_str(&format!("==== {} ====\n", file.display()));
         log.push_str(&String::from_utf8_lossy(&res.stdout));
         log.push_str(&String::from_utf8_lossy(&res.stderr));
         if !res.status.success() {
             let _ = std::fs::write(&log_path, &log);
-            panic!(
+            return Err(format!(
                 "nvcc failed on {}:\n{}",
                 file.display(),
                 String::from_utf8_lossy(&res.stderr)
-            );
+            ));
         }
         entries.push_str(&format!(
             "    ({stem:?}, include_bytes!({:?})),\n",
             dst.display().to_string()
         ));
     }
-    std::fs::write(&log_path, &log).expect("write ptxas.log");
+    std::fs::write(&log_path, &log).map_err(|e| format!("write {}: {e}", log_path.display()))?;
     // "release 13.0" from `nvcc --version`: the oldest driver CUDA version these kernels
     // load on (a load error names it).
     let version = Command::new(&nvcc)
@@ -134,7 +143,7 @@ fn main() {
             archs.join(",")
         ),
     )
-    .expect("write cuda_kernels.rs");
+    .map_err(|e| format!("write {}: {e}", rs.display()))?;
     println!("cargo::rustc-cfg=nemo_cuda_kernels");
     println!(
         "cargo::warning=CUDA kernels built for {} in {:.0} s with {}; ptxas -v log: {}",
@@ -143,9 +152,10 @@ fn main() {
         nvcc.display(),
         log_path.display()
     );
+    Ok(())
 }
 
-fn archs() -> Vec<String> {
+fn archs() -> Result<Vec<String>, String> {
     match std::env::var("NEMO_CUDA_ARCHS") {
         Ok(s) if !s.trim().is_empty() => {
             let list: Vec<String> = s
@@ -158,12 +168,14 @@ fn archs() -> Vec<String> {
                     .strip_prefix("sm_")
                     .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric()));
                 if !ok {
-                    panic!("NEMO_CUDA_ARCHS: `{a}` is not of the form sm_XY (e.g. sm_90)");
+                    return Err(format!(
+                        "NEMO_CUDA_ARCHS: `{a}` is not of the form sm_XY (e.g. sm_90)"
+                    ));
                 }
             }
-            list
+            Ok(list)
         }
-        _ => DEFAULT_ARCHS.iter().map(|s| s.to_string()).collect(),
+        _ => Ok(DEFAULT_ARCHS.iter().map(|s| s.to_string()).collect()),
     }
 }
 

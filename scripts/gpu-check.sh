@@ -5,7 +5,7 @@
 #   tests/cuda_tc.rs       the tensor-core scan and flash prefill attention against plain oracles
 #   tests/cuda_moe.rs      the MoE layer against the CPU MoE
 #   tests/cuda_model.rs    the whole forward against the CPU model; graph vs eager
-#   tests/cuda_session.rs  run/chat sessions on the GPU (snapshots, device draw, the CLI)
+#   tests/cuda_session.rs  run/chat sessions on the GPU (checkpoints, device draw, the CLI)
 # then runs the GPU benchmark for each shape and prints one table with the targets beside.
 #
 #   scripts/gpu-check.sh              build (release) + tests + bench

@@ -4,9 +4,14 @@
 //! 1. built-in defaults (every key `None`; the consumer picks its own default),
 //! 2. `config.toml` in the platform config dir ([`Config::load`]),
 //! 3. `NEMO_<KEY>` environment variables, e.g. `NEMO_TEMPERATURE=0.6`
-//!    ([`Config::apply_env`]),
+//!    ([`Config::apply_env`]): the one place nemo reads them (clap reads none),
 //! 4. command-line flags, which the CLI collects into a `Config` and lays on top with
-//!    [`Config::merge_over`].
+//!    [`Config::merge_over`] (`cli::settings`, the one path of `run`, `chat`, `bench` and
+//!    `debug`).
+//!
+//! One exception, on purpose: `nemo run` never takes `approval` from this file or the
+//! environment (`agent::policy::run_mode` reads its flag alone), so a file cannot turn a
+//! script into one that runs commands.
 //!
 //! Paths: `config.toml` lives in `ProjectDirs::from("", "", "nemo").config_dir()`,
 //! history and sessions in its `data_dir()`. `NEMO_CONFIG` (a file path) and
@@ -32,6 +37,7 @@ use thiserror::Error;
 use crate::agent::policy::ApprovalMode;
 use crate::agent::user_tools::{UserTool, UserToolConfig};
 use crate::agent::Sandbox;
+use crate::backend::DType;
 use crate::protocol::{Budget, SamplingParams};
 
 /// Settings a user can fix in `config.toml`, the environment or flags. `None` = not set
@@ -39,8 +45,8 @@ use crate::protocol::{Budget, SamplingParams};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Model directory or name.
-    pub model: Option<String>,
+    /// Model: a folder, a `.gguf` file, a repo id or an alias.
+    pub model: Option<PathBuf>,
     /// Theme name.
     pub theme: Option<String>,
     /// Reasoning on or off.
@@ -53,8 +59,10 @@ pub struct Config {
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
     pub max_tokens: Option<usize>,
-    pub kv_cache_dtype: Option<String>,
-    pub mamba_ssm_cache_dtype: Option<String>,
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+    pub mamba_ssm_cache_dtype: Option<SsmCacheDtype>,
+    /// Where the model runs: `"auto"`, `"cpu"` or `"cuda"`.
+    pub device: Option<Device>,
     pub threads: Option<usize>,
     pub show_reasoning: Option<bool>,
     /// Tool approvals in `nemo chat`: `"ask"`, `"read-only"` or `"auto"` (`nemo run` never
@@ -144,10 +152,122 @@ impl McpConfig {
     }
 }
 
+/// `--kv-cache-dtype` / `kv_cache_dtype`: the attention KV cache's dtype, or `auto`,
+/// which follows the weights ([`KvCacheDtype::resolve`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheDtype {
+    #[default]
+    Auto,
+    #[value(alias = "float32")]
+    #[serde(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    #[serde(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    #[serde(alias = "float16")]
+    F16,
+    #[value(name = "fp8_e4m3", alias = "fp8")]
+    #[serde(alias = "fp8")]
+    Fp8E4m3,
+    #[value(name = "fp8_e5m2")]
+    Fp8E5m2,
+}
+
+impl KvCacheDtype {
+    /// The dtype for weights of `weights`: `auto` is bf16 for FP8 weights, f16 for
+    /// block-quantized GGUF weights (llama.cpp's default KV type), else the weights' own.
+    pub fn resolve(self, weights: DType) -> DType {
+        match self {
+            KvCacheDtype::Auto => match weights {
+                DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
+                d if d.is_quantized() => DType::F16,
+                d => d,
+            },
+            KvCacheDtype::F32 => DType::F32,
+            KvCacheDtype::Bf16 => DType::BF16,
+            KvCacheDtype::F16 => DType::F16,
+            KvCacheDtype::Fp8E4m3 => DType::F8E4M3,
+            KvCacheDtype::Fp8E5m2 => DType::F8E5M2,
+        }
+    }
+}
+
+/// `--mamba-ssm-cache-dtype` / `mamba_ssm_cache_dtype`: the SSM state's dtype (vLLM's
+/// `mamba_ssm_cache_dtype`); the conv window is always f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SsmCacheDtype {
+    #[default]
+    #[value(alias = "float32")]
+    #[serde(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    #[serde(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    #[serde(alias = "float16")]
+    F16,
+}
+
+impl SsmCacheDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            SsmCacheDtype::F32 => DType::F32,
+            SsmCacheDtype::Bf16 => DType::BF16,
+            SsmCacheDtype::F16 => DType::F16,
+        }
+    }
+}
+
+/// `--device` / `device`: where the model runs. `auto` takes the GPU when a driver, a GPU,
+/// kernels for it and a supported model are all there, else the CPU (`cli/device.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The flag's spelling of a value (`fp8_e4m3`), for the choices above.
+macro_rules! value_enum_text {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match clap::ValueEnum::to_possible_value(self) {
+                    Some(v) => f.write_str(v.get_name()),
+                    None => write!(f, "{self:?}"),
+                }
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$t as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+                    let names: Vec<String> = <$t as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .filter_map(clap::ValueEnum::to_possible_value)
+                        .map(|v| v.get_name().to_string())
+                        .collect();
+                    format!("`{s}` is not one of {}", names.join(", "))
+                })
+            }
+        }
+    };
+}
+value_enum_text!(KvCacheDtype);
+value_enum_text!(SsmCacheDtype);
+value_enum_text!(Device);
+
 /// Calls `$m!(field, "ENV_SUFFIX", kind)` for every key; `kind` picks the env parser.
 macro_rules! for_each_key {
     ($m:ident) => {
-        $m!(model, "MODEL", string);
+        $m!(model, "MODEL", path);
         $m!(theme, "THEME", string);
         $m!(think, "THINK", bool);
         $m!(budget, "BUDGET", budget);
@@ -157,8 +277,9 @@ macro_rules! for_each_key {
         $m!(min_p, "MIN_P", sampling);
         $m!(seed, "SEED", number);
         $m!(max_tokens, "MAX_TOKENS", number);
-        $m!(kv_cache_dtype, "KV_CACHE_DTYPE", string);
-        $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", string);
+        $m!(kv_cache_dtype, "KV_CACHE_DTYPE", parsed);
+        $m!(mamba_ssm_cache_dtype, "MAMBA_SSM_CACHE_DTYPE", parsed);
+        $m!(device, "DEVICE", parsed);
         $m!(threads, "THREADS", number);
         $m!(show_reasoning, "SHOW_REASONING", bool);
         $m!(approval, "APPROVAL", parsed);
@@ -315,6 +436,7 @@ impl Config {
                 }
             };
             (@parse string, $v:expr) => { Ok::<String, String>($v.to_string()) };
+            (@parse path, $v:expr) => { Ok::<PathBuf, String>(PathBuf::from($v)) };
             (@parse bool, $v:expr) => { parse_bool($v) };
             (@parse budget, $v:expr) => { $v.parse::<Budget>().map_err(|e| e.to_string()) };
             (@parse number, $v:expr) => { $v.parse().map_err(|e| format!("not a valid number ({e})")) };
@@ -559,7 +681,7 @@ show_reasoning = true
 "#;
         std::fs::write(&path, text).unwrap();
         let c = Config::load(&path).unwrap();
-        assert_eq!(c.model.as_deref(), Some("nemotron-nano"));
+        assert_eq!(c.model, Some(PathBuf::from("nemotron-nano")));
         assert_eq!(c.think, Some(false));
         assert_eq!(c.budget, Some(Budget::tokens(512)));
         assert_eq!(c.temperature, Some(0.6));
@@ -567,7 +689,7 @@ show_reasoning = true
         assert_eq!(c.seed, Some(7));
         assert_eq!(c.threads, Some(8));
         assert_eq!(c.show_reasoning, Some(true));
-        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("f32"));
+        assert_eq!(c.mamba_ssm_cache_dtype, Some(SsmCacheDtype::F32));
     }
 
     #[test]
@@ -641,10 +763,10 @@ show_reasoning = true
         assert_eq!(c.temperature, Some(0.7));
         assert_eq!(c.think, Some(false));
         assert_eq!(c.budget, Some(Budget::Unlimited));
-        assert_eq!(c.mamba_ssm_cache_dtype.as_deref(), Some("bf16"));
+        assert_eq!(c.mamba_ssm_cache_dtype, Some(SsmCacheDtype::Bf16));
         assert_eq!(
-            c.model.as_deref(),
-            Some("file-model"),
+            c.model,
+            Some(PathBuf::from("file-model")),
             "empty var counts as unset"
         );
         assert_eq!(c.top_k, Some(5));
@@ -668,8 +790,9 @@ show_reasoning = true
     #[test]
     fn env_var_names_cover_every_key() {
         let names = Config::env_vars();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 17);
         assert!(names.contains(&"NEMO_APPROVAL"));
+        assert!(names.contains(&"NEMO_DEVICE"));
         assert!(names.contains(&"NEMO_SANDBOX"));
         assert!(names.contains(&"NEMO_KV_CACHE_DTYPE"));
         assert!(names.contains(&"NEMO_SHOW_REASONING"));
@@ -689,7 +812,7 @@ show_reasoning = true
             ..Config::default()
         };
         base.merge_over(&flags);
-        assert_eq!(base.model.as_deref(), Some("a"));
+        assert_eq!(base.model, Some(PathBuf::from("a")));
         assert_eq!(base.seed, Some(2));
         assert_eq!(base.threads, Some(4));
         assert_eq!(base.think, Some(true));

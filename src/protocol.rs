@@ -843,7 +843,7 @@ pub struct ConstraintStats {
     pub masked_tokens: usize,
     /// Tokens the grammar forced, fed without a draw.
     pub forced_tokens: usize,
-    /// Masked draws made by the host sampler on a runner that otherwise draws on the
+    /// Masked draws made by the host sampler on a sequence that otherwise draws on the
     /// device (the logits come to the host for the mask).
     pub host_steps: usize,
     /// The grammar's time per drawn token (fast-forward check, mask, consume), on the

@@ -7,13 +7,17 @@
 //! (`--tool-choice NAME`) and every tool's argument is an `enum`: no test runs text a
 //! random model wrote. With `NEMO_SMOLLM2_GGUF`, a real model fills a forced call.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::skip::require_or_skip;
-use common::{fixture, nemo_bin};
+use common::fixture;
 use serde_json::Value;
 
 const FAMILIES: [&str; 2] = ["nemotron_h_tools", "nemotron3_tiny"];
@@ -36,7 +40,7 @@ impl Setup {
     }
 
     fn nemo(&self, args: &[&str]) -> Output {
-        Command::new(nemo_bin())
+        common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .env("NEMO_CONFIG", self.path("config.toml"))
             .env("NEMO_DATA_DIR", self.path("data"))

@@ -4,6 +4,10 @@
 //! The servers are configured through config.toml, as a user would. Without the server the
 //! tests say `SKIP`, and fail under CI (tests/common/skip.rs).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,10 @@
 //! config file, the approval policy table and flow, `nemo run`'s tool rules, and
 //! `nemo debug tool` through the binary. Every command run here is written by the test.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -987,7 +991,7 @@ fn nemo_tool(f: &Fixture, config: Option<&str>, args: &[&str]) -> Output {
             let _ = std::fs::remove_file(&cfg);
         }
     }
-    let mut cmd = Command::new(common::nemo_bin());
+    let mut cmd = common::nemo_command();
     cmd.args(["debug", "tool"])
         .args(args)
         .current_dir(&f.ws)

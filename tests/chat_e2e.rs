@@ -8,6 +8,10 @@
 //! (tests/common/skip.rs). Each test runs its own tmux server (`-L`,
 //! no config file), so a developer's tmux setup changes nothing.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,10 @@
 //! the session ran on another model. The screen tests run the binary in a tmux pseudo
 //! terminal and are skipped with a message when tmux is missing (`.ci/run` installs it).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

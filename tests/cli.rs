@@ -2,6 +2,10 @@
 //! reference, and bad input — each a one-line error naming the file, field or flag, a
 //! non-zero exit, never a panic.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 
 fn nemo(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+    let mut cmd = common::nemo_command();
     // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
     cmd.env("NEMO_DEVICE", "cpu");
     cmd.args(args)
@@ -570,41 +574,6 @@ fn every_cache_dtype_flag_sets_the_size_of_the_cache_the_engine_allocates() {
     }
 }
 
-/// What the engine itself generates with these caches for `nemo run --json --temperature 1
-/// --seed SEED --max-tokens 32 hi` (the request `run` builds).
-fn engine_text(dir: &Path, kv: &str, ssm: &str, seed: u64) -> String {
-    use nemo::engine::{Session, SessionOptions};
-    use nemo::protocol::{Event, Message, Request, SamplingParams, ThinkingOptions};
-    let folder = nemo::model::ModelFolder::open(dir).unwrap();
-    let cache = nemo::state::CacheConfig {
-        kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
-        ssm_dtype: nemo::state::parse_ssm_dtype(ssm).unwrap(),
-    };
-    let mut s = Session::new(
-        &folder,
-        SessionOptions {
-            cache,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut sampling = SamplingParams::default();
-    folder.generation.apply(&mut sampling);
-    sampling.temperature = 1.0;
-    sampling.seed = Some(seed);
-    let mut req = Request::new(vec![Message::user("hi")], ThinkingOptions::default());
-    req.sampling = sampling;
-    req.max_tokens = 32;
-    let mut out = String::new();
-    s.generate(&req, &mut |e| match e {
-        Event::Reasoning(t) => out.push_str(&format!("R{t}")),
-        Event::Content(t) => out.push_str(&format!("C{t}")),
-        _ => {}
-    })
-    .unwrap();
-    out
-}
-
 /// `nemo run` with each pair of cache flags writes exactly what the engine generates with
 /// those caches, with a seed for which the engine's texts with bf16 (`auto`) and FP8 KV
 /// caches and a bf16 SSM state differ from the f32 caches' text, so a flag that `run`
@@ -709,7 +678,10 @@ fn debug_logits_follow_the_kv_cache_dtype_flag() {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
         let cache = nemo::state::CacheConfig {
-            kv_dtype: nemo::state::parse_kv_dtype(kv, folder.model.weight_dtype()).unwrap(),
+            kv_dtype: kv
+                .parse::<nemo::config::KvCacheDtype>()
+                .unwrap()
+                .resolve(folder.model.weight_dtype()),
             ..Default::default()
         };
         let mut state = folder.model.new_state(cache);
@@ -738,7 +710,7 @@ fn ctrl_c_stops_generation_cleanly_with_exit_130() {
     // finished, or ignored SIGINT until max-tokens); one that did not exist dies by the
     // signal and fails.
     for seed in 1..=6 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+        let mut child = common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .args([
                 "run",
@@ -869,7 +841,7 @@ fn corrupt_config_is_named_and_left_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("config.toml");
     std::fs::write(&cfg, "temprature = 0.5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .args(["chat", "--model", &tiny()])
         .env("NEMO_CONFIG", &cfg)
@@ -887,7 +859,7 @@ fn corrupt_config_is_named_and_left_untouched() {
 fn run_interrupted(stdin: Option<Vec<u8>>, delay: std::time::Duration) -> (Option<i32>, String) {
     use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let mut child = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env("NEMO_CONFIG", tmp.path().join("config.toml"))
         .env("NEMO_DATA_DIR", tmp.path().join("data"))
@@ -985,7 +957,7 @@ fn threads_beyond_the_cores_are_clamped_with_one_note() {
 #[test]
 fn chat_without_a_terminal_says_so_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env("NEMO_CONFIG", tmp.path().join("config.toml"))
         .env("NEMO_DATA_DIR", tmp.path().join("data"))
@@ -1062,7 +1034,7 @@ fn bench_reports_ttft_at_each_size_fresh_and_as_a_follow_up() {
 fn nemo_bounded(args: &[&str], secs: u64) -> (Output, u64) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let mut child = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")
         .args(args)

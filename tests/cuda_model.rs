@@ -34,16 +34,20 @@
 //! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
 //! that a failure (scripts/gpu-check.sh sets it).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// `nemo bench --device cuda` on a GPU: every figure is there and positive. Elsewhere
 /// (no GPU, no driver, a build without CUDA): exit 1 with one line saying why, nothing on
 /// stdout.
 #[test]
 fn bench_on_cuda_reports_every_figure_or_says_in_one_line_why_not() {
-    let out = Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args([
             "bench",
             "--device",
@@ -176,15 +180,7 @@ mod gpu {
 
     /// Pseudo-random ids below `vocab`.
     fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % vocab as u64) as u32
-            })
-            .collect()
+        nemo::model::synthetic::token_ids(seed | 1, n, vocab)
     }
 
     #[test]
@@ -418,7 +414,7 @@ mod gpu {
         }
     }
 
-    /// Greedy generation the way the runner does it: `forward_keep` of the last id (the
+    /// Greedy generation the way `CudaSequence` does it: `forward_keep` of the last id (the
     /// device drew it into the decode step's input, so nothing is uploaded), then the
     /// device draw with the bans in its args. Replayed and eager ids are equal, no banned
     /// id is drawn, and the ids are the host's argmax of downloaded logits fed back by

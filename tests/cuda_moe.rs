@@ -13,6 +13,10 @@
 //! input row is drawn with a clear margin between the last chosen and the first unchosen
 //! expert (and group): a near-tie, which summation order could flip, is redrawn.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 #[cfg(feature = "cuda")]

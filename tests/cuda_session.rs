@@ -1,4 +1,4 @@
-//! `run` and `chat` on the GPU: the engine's `Session` on a `Runner::cuda` against the
+//! `run` and `chat` on the GPU: the engine's `Session` on a `Sequence::cuda` against the
 //! same `Session` on the CPU, checkpoint reuse across turns on the device, and the real
 //! binary with `--device cuda|auto`.
 //!
@@ -10,9 +10,13 @@
 //! Without a usable GPU each test prints `SKIP` and returns; `NEMO_REQUIRE_GPU=1` makes
 //! that a failure (scripts/gpu-check.sh sets it).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 fn require_gpu() -> bool {
     std::env::var("NEMO_REQUIRE_GPU").is_ok_and(|v| v == "1")
@@ -37,7 +41,7 @@ fn usable(test: &str) -> bool {
 }
 
 fn nemo(args: &[&str]) -> Output {
-    Command::new(common::nemo_bin())
+    common::nemo_command()
         .args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_DEVICE")
@@ -118,7 +122,7 @@ fn run_on_cuda_writes_the_same_greedy_text_with_device_sampling_off() {
     }
     let t = fixture("nemotron_h_bf16");
     let run = |device_sampling: &str| {
-        let out = Command::new(common::nemo_bin())
+        let out = common::nemo_command()
             .args([
                 "run",
                 "--model",
@@ -211,7 +215,7 @@ mod gpu {
 
     use nemo::backend::cuda::Gpu;
     use nemo::backend::DType;
-    use nemo::engine::{Runner, Session, SessionOptions};
+    use nemo::engine::{Sequence, Session, SessionOptions};
     use nemo::model::cuda::{check_cuda, load_gpu_model, GpuNemotronH, StoreWeights};
     use nemo::model::weights::WeightStore;
     use nemo::model::{Logits, Model, ModelFolder, NemotronHConfig};
@@ -278,8 +282,8 @@ mod gpu {
     }
 
     fn gpu_session(g: &Arc<Gpu>, m: &Arc<GpuNemotronH>, f: &Fixture, o: SessionOptions) -> Session {
-        let runner = Runner::cuda(g.clone(), m.clone(), &o).unwrap();
-        Session::with_runner(&f.folder, runner, o).unwrap()
+        let sequence = Sequence::cuda(g.clone(), m.clone(), &o).unwrap();
+        Session::with_sequence(&f.folder, sequence, o).unwrap()
     }
 
     fn request(messages: Vec<Message>, budget: Option<usize>, max_tokens: usize) -> Request {
@@ -342,8 +346,8 @@ mod gpu {
     /// (a) Teacher-forced decode through the runners `Session` drives: the same tokens
     /// fed one at a time on both devices, after the prompt and after a restore.
     #[test]
-    fn teacher_forced_decode_on_the_gpu_runner_matches_the_cpu_runner() {
-        let Some(g) = gpu("gpu runner decode") else {
+    fn teacher_forced_decode_on_the_gpu_sequence_matches_the_cpu_sequence() {
+        let Some(g) = gpu("gpu sequence decode") else {
             return;
         };
         for name in DENSE {
@@ -359,14 +363,14 @@ mod gpu {
                 .collect();
             for cache in caches() {
                 let o = opts(cache);
-                let mut cpu = Runner::cpu(f.cpu.model.clone(), cache);
-                let mut gr = Runner::cuda(g.clone(), m.clone(), &o).unwrap();
+                let mut cpu = Sequence::cpu(f.cpu.model.clone(), cache);
+                let mut gr = Sequence::cuda(g.clone(), m.clone(), &o).unwrap();
                 let (mut want, mut got) = (vec![], vec![]);
                 for chunk in prompt.chunks(o.prefill_chunk) {
                     want.extend(cpu.forward(chunk, Logits::Last).unwrap());
                     got.extend(gr.forward(chunk, Logits::Last).unwrap());
                 }
-                let snap = gr.snapshot().unwrap();
+                let snap = gr.checkpoint().unwrap();
                 let mut first = vec![];
                 for t in &steps {
                     want.extend(cpu.forward(&[*t], Logits::Last).unwrap());
@@ -375,7 +379,7 @@ mod gpu {
                 got.extend(&first);
                 let (e, b) = (rel_l2(&got, &want), model_bound(cache));
                 eprintln!(
-                    "{name} ssm {} kv {}: runner decode relative L2 {e:.2e} (bound {b:.2e})",
+                    "{name} ssm {} kv {}: sequence decode relative L2 {e:.2e} (bound {b:.2e})",
                     cache.ssm_dtype, cache.kv_dtype
                 );
                 assert!(e <= b, "{name} {cache:?}: relative L2 {e} > {b}");
@@ -618,8 +622,8 @@ mod gpu {
                 eos_token_ids: eos,
             };
             let session = |device: bool| {
-                let runner = Runner::cuda(g.clone(), m.clone(), &opts(caches()[0])).unwrap();
-                let mut s = Session::with_runner(&folder, runner, opts(caches()[0])).unwrap();
+                let sequence = Sequence::cuda(g.clone(), m.clone(), &opts(caches()[0])).unwrap();
+                let mut s = Session::with_sequence(&folder, sequence, opts(caches()[0])).unwrap();
                 s.set_device_sampling(device);
                 s
             };

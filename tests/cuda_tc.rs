@@ -16,6 +16,10 @@
 //! additions counts 2^-23 (two f32 unit roundoffs 2^-24). Nothing here is a tolerance
 //! picked to pass.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 #[cfg(feature = "cuda")]

@@ -2,6 +2,10 @@
 //! checkpoint reuse across turns (checked against a fresh session's output), retry,
 //! cancel, stop strings, seeds, and the context limit.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::fixture;

@@ -9,6 +9,10 @@
 //! (prefill: the tile holds exactly `fp8 × scale`; decode: `scale × Σ fp8·x`, one rounding
 //! more per row, ~1e-7 relative), so what is left is f32 summation order.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -9,6 +9,10 @@
 //! load back unchanged with its sampling values in range. A failure prints the input's
 //! origin (file, mutation seed) and its first bytes, so it can be added to the corpus.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

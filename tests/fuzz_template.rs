@@ -11,6 +11,10 @@
 //! `seeds()` (regenerate with `cargo test --test fuzz_template -- --ignored write_seeds`);
 //! other files there (what `cargo fuzz run` adds) are replayed as they are.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

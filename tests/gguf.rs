@@ -6,6 +6,10 @@
 //! that need it say `SKIP` when `NEMO_SMOLLM2_GGUF` is unset or missing, and fail so under
 //! CI (tests/common/skip.rs).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -120,7 +124,7 @@ fn smollm2_gguf_tokenizer_round_trips_text() {
 #[test]
 fn smollm2_gguf_runs_from_the_command_line() {
     let Some(path) = smollm2() else { return };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nemo"))
+    let out = common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .args(["run", "--model"])
         .arg(&path)

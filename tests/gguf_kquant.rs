@@ -26,6 +26,10 @@
 //! per position (maxima over the vocabulary): llama.cpp's own activation rounding
 //! (0.14–0.18 here) plus its f32 arithmetic.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use nemo::backend::DType;

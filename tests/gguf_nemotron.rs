@@ -18,6 +18,10 @@
 //!   f32 rounding, the same kind and size as the folder's against transformers.
 //! - Q8_0 GGUF: see `q8_0_gguf_stays_within_the_quantization_bound`.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,10 @@
 //! The expected bytes and hashes come from the fixture files themselves (sha2/sha1 of the
 //! bytes, `git hash-object` where git is installed), never from nemo's code.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 #[path = "common/hub_server.rs"]
 mod hub_server;
@@ -43,7 +47,7 @@ impl Env {
     }
 
     fn nemo(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        let mut cmd = common::nemo_command();
         // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
         cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(args)
@@ -326,7 +330,7 @@ fn two_pulls_at_once_share_the_blob_lock_and_both_succeed() {
     });
     let env = Env::new(&srv);
     let spawn = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemo"));
+        let mut cmd = common::nemo_command();
         // On a machine with an NVIDIA driver, `--device auto` adds a notice line to stderr.
         cmd.env("NEMO_DEVICE", "cpu");
         cmd.args(["pull", REPO])

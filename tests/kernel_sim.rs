@@ -12,11 +12,17 @@
 //! conv and the scans keep their double references (exact, and what the bounds are
 //! relative to), which check the ops on the same cases.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use nemo::model::synthetic::XorShift64;
 
 fn require() -> bool {
     std::env::var("NEMO_REQUIRE_KERNEL_SIM").is_ok_and(|v| v == "1")
@@ -114,15 +120,12 @@ impl Cases {
     }
 }
 
-/// xorshift64: reproducible inputs, uniform in [-a, a).
-struct Rng(u64);
+/// Reproducible inputs, uniform in [-a, a).
+struct Rng(XorShift64);
 
 impl Rng {
     fn f(&mut self, a: f32) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+        ((self.0.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
     }
     fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
         (0..n).map(|_| self.f(a)).collect()
@@ -203,7 +206,7 @@ fn flash_prefill_attention_matches_double_reference_for_every_cache_dtype() {
 /// a single token) and decode steps through `ssm_step`, f32 state.
 fn scan_cases() -> Cases {
     use nemo::backend::cpu::ssm::{ssd_chunked, ssm_step, ScanShape};
-    let mut r = Rng(0x5ca9);
+    let mut r = Rng(XorShift64::new(0x5ca9));
     let mut cases = Cases::default();
     // (heads, head_dim, d_state, groups, tokens, op chunk, decode)
     let shapes = [
@@ -277,7 +280,7 @@ fn kv_append_split_decode_and_fallback_prefill_match_references_for_every_cache_
 /// logits and tied ones (equal logits, equal group scores: ties go to the lower index).
 fn route_cases() -> Cases {
     use nemo::backend::cpu::moe::{route, Routing};
-    let mut r = Rng(0x40e);
+    let mut r = Rng(XorShift64::new(0x40e));
     let mut cases = Cases::default();
     // (tokens, experts, groups, kept groups, top_k, normalised, scale, tied)
     let configs = [
@@ -337,7 +340,7 @@ fn device_sampling_keeps_the_cpu_sampler_set_through_ties_bans_top_k_top_p_and_m
 /// and fewer than the window), and single decode rows.
 fn conv_cases() -> Cases {
     use nemo::backend::cpu::ssm::causal_conv1d;
-    let mut r = Rng(0xc0417);
+    let mut r = Rng(XorShift64::new(0xc0417));
     let mut cases = Cases::default();
     // (channels, taps, rows, offset, extra stride, decode)
     let shapes = [

@@ -13,6 +13,10 @@
 //!   bits every step; FP8 KV keeps 3 (e4m3) or 2 (e5m2) bits. The bound is the relative L2
 //!   error of the logits against the format's unit roundoff (see the test).
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

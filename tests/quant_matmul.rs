@@ -32,6 +32,10 @@
 //!   same decode is therefore also held to the f64 dot with x rounded by ggml's rule itself
 //!   (computed here in f32 as `quantize_row_q8_0_ref` does), within E alone.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Command;

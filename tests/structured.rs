@@ -5,12 +5,16 @@
 //! format whose arguments validate, forced tokens fed through the model, and (with
 //! `NEMO_SMOLLM2_GGUF`) a real model filling a forced `get_weather` call.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{fixture, nemo_bin};
+use common::fixture;
 use nemo::engine::grammar::{Grammar, Guide, Vocabulary};
 use nemo::engine::sampler::Sampler;
 use nemo::engine::{Session, SessionOptions};
@@ -23,7 +27,7 @@ use nemo::state::CacheConfig;
 use serde_json::{json, Value};
 
 fn nemo(args: &[&str]) -> Output {
-    Command::new(nemo_bin())
+    common::nemo_command()
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")
         .args(args)

@@ -10,9 +10,13 @@
 //! then runs the same seed with the flag. The same seed draws the same tokens up to the
 //! first step the flag changes.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
@@ -35,7 +39,7 @@ fn run_json(seed: u64, extra: &[&str]) -> Vec<Value> {
     ];
     args.extend_from_slice(extra);
     args.push("Hi");
-    let out = Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args(&args)
         .env("NEMO_DEVICE", "cpu")
         .env_remove("NEMO_MODEL")

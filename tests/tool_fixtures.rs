@@ -11,9 +11,13 @@
 //!   tolerances as in `tests/parity.rs`;
 //! - `nemo run` answers on the Nemotron 3 fixture.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use nemo::model::{Logits, ModelFolder};
@@ -197,7 +201,7 @@ fn nemo_run_answers_on_the_nemotron3_fixture_with_thinking_on_and_off() {
         args.extend_from_slice(&["--max-tokens", "6"]);
         args.extend_from_slice(extra);
         args.push("Hi");
-        let out = Command::new(nemo_bin())
+        let out = common::nemo_command()
             .env("NEMO_DEVICE", "cpu")
             .env_remove("NEMO_MODEL")
             .args(&args)

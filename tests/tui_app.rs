@@ -1,6 +1,10 @@
 //! The chat app driven like a user drives it — keys in, the real engine on a fixture model,
 //! a `TestBackend` terminal — through every command, including bad arguments.
 
+// Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
+// covers #[test] functions; this covers the helpers beside them, in every test crate.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::cell::RefCell;
@@ -18,13 +22,13 @@ use nemo::model::ModelFolder;
 use nemo::protocol::SamplingParams;
 use nemo::protocol::{Budget, ThinkingOptions};
 use nemo::tui::app::{App, Level, ModelInfo, Overlay};
-use nemo::tui::input::History;
-use nemo::tui::runner::{AppMsg, Runner};
+use nemo::tui::event_loop::{AppMsg, EventLoop};
+use nemo::tui::history::History;
 use nemo::tui::theme::Theme;
 
 struct Harness {
     app: App,
-    runner: Runner,
+    event_loop: EventLoop,
     rx: Receiver<AppMsg>,
     term: Terminal<TestBackend>,
     clipboard: Rc<RefCell<Vec<String>>>,
@@ -41,7 +45,7 @@ impl Harness {
         let (tx, rx) = channel();
         let clipboard = Rc::new(RefCell::new(Vec::new()));
         let c = clipboard.clone();
-        let runner = Runner::new(
+        let event_loop = EventLoop::new(
             engine,
             SessionStore::new(store_dir.clone()),
             tx,
@@ -71,7 +75,7 @@ impl Harness {
         app.max_tokens = 20;
         Harness {
             app,
-            runner,
+            event_loop,
             rx,
             term: Terminal::new(TestBackend::new(100, 30)).unwrap(),
             clipboard,
@@ -81,7 +85,7 @@ impl Harness {
     }
 
     fn key(&mut self, code: KeyCode, m: KeyModifiers) {
-        self.runner
+        self.event_loop
             .send(
                 &mut self.term,
                 &mut self.app,
@@ -98,7 +102,7 @@ impl Harness {
     /// Sends a message and waits for the turn to finish.
     fn turn(&mut self, s: &str) {
         self.type_line(s);
-        self.runner
+        self.event_loop
             .pump(
                 &mut self.term,
                 &mut self.app,
@@ -151,7 +155,7 @@ fn retry_reuses_the_checkpoint_and_undo_returns_the_message() {
     let reused_second = h.app.turns[1].stats.as_ref().unwrap().reused_tokens;
     assert!(reused_second > 0, "turn 2 reused nothing");
     h.type_line("/retry");
-    h.runner
+    h.event_loop
         .pump(&mut h.term, &mut h.app, &h.rx, Duration::from_secs(30))
         .unwrap();
     assert_eq!(h.app.turns.len(), 2);
@@ -287,11 +291,11 @@ fn esc_stops_generation_and_keeps_the_partial_answer() {
             && std::time::Instant::now() < deadline
         {
             if let Ok(m) = h.rx.recv_timeout(Duration::from_secs(1)) {
-                h.runner.send(&mut h.term, &mut h.app, m).unwrap();
+                h.event_loop.send(&mut h.term, &mut h.app, m).unwrap();
             }
         }
         h.key(KeyCode::Esc, KeyModifiers::NONE);
-        h.runner
+        h.event_loop
             .pump(&mut h.term, &mut h.app, &h.rx, Duration::from_secs(30))
             .unwrap();
         let t = h.app.turns.last().unwrap().clone();
@@ -302,7 +306,7 @@ fn esc_stops_generation_and_keeps_the_partial_answer() {
                 "attempt {attempt}: the turn ended before Esc without EOS: {stats:?}"
             );
             h.type_line("/retry");
-            h.runner
+            h.event_loop
                 .pump(&mut h.term, &mut h.app, &h.rx, Duration::from_secs(60))
                 .unwrap();
             let again = h.app.turns.last().unwrap();
@@ -379,14 +383,14 @@ fn a_cancelled_request_the_engine_does_not_end_is_abandoned_after_the_grace() {
     assert!(h.app.running.is_some(), "Esc waits for the engine a moment");
     // The engine's events are not read, as when it is stuck in a template render.
     std::thread::sleep(nemo::tui::app::CANCEL_GRACE + Duration::from_millis(20));
-    h.runner.tick(&mut h.app);
+    h.event_loop.tick(&mut h.app);
     assert!(h.app.running.is_none(), "control did not come back");
     let t = h.app.turns.last().unwrap();
     assert_eq!(t.state, nemo::tui::app::TurnState::Interrupted);
     assert!(t.stats.is_none());
     // Its late events are dropped.
     while let Ok(m) = h.rx.recv_timeout(Duration::from_secs(2)) {
-        h.runner.send(&mut h.term, &mut h.app, m).unwrap();
+        h.event_loop.send(&mut h.term, &mut h.app, m).unwrap();
     }
     let t = h.app.turns.last().unwrap();
     assert_eq!(t.state, nemo::tui::app::TurnState::Interrupted);

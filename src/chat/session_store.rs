@@ -20,24 +20,25 @@
 //!   [`MAX_SESSION_BYTES`] is refused without being read whole.
 //! - Parsing never panics and every error displays as one line: text from the file that
 //!   an error echoes is cut to [`ECHO_MAX`] characters, control characters replaced.
-//! - Ids from [`new_id`] sort lexicographically by creation time and are unique within a
-//!   process; timestamps are RFC 3339 UTC with milliseconds (`2025-01-31T09:05:00.123Z`),
-//!   so they sort as strings too.
+//! - Ids from `clock::new_id` sort lexicographically by creation time and are unique
+//!   within a process; timestamps are RFC 3339 UTC with milliseconds
+//!   (`2025-01-31T09:05:00.123Z`, `clock::now_rfc3339`), so they sort as strings too.
+//! - The Markdown export of a session is `export.rs`.
 //! - `version` is [`SESSION_VERSION`]; a file with another version is refused, not guessed.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::clock::{new_id, now_rfc3339};
 use super::model_identity::{file_kind, open_regular};
 use crate::protocol::SamplingParams;
-use crate::protocol::{Budget, Done, FinishReason, ThinkingOptions};
+use crate::protocol::{Done, FinishReason, ThinkingOptions};
 use crate::protocol::{Message, ToolCall};
 
 pub use super::model_identity::ModelIdentity;
@@ -727,187 +728,14 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// A new session id, `YYYYMMDD-HHMMSS-mmm` (UTC, milliseconds). Ids from one process
-/// strictly increase (a clash moves the id a millisecond on), so they are unique and sort
-/// by creation time.
-pub fn new_id() -> String {
-    static LAST_MS: Mutex<u64> = Mutex::new(0);
-    let now = unix_ms(SystemTime::now());
-    let ms = match LAST_MS.lock() {
-        Ok(mut last) => {
-            *last = now.max(*last + 1);
-            *last
-        }
-        // A panic elsewhere while holding the lock; the clock alone still gives an id.
-        Err(poisoned) => {
-            let mut last = poisoned.into_inner();
-            *last = now.max(*last + 1);
-            *last
-        }
-    };
-    let c = Civil::from_unix_ms(ms);
-    format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:03}",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    )
-}
-
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    format_rfc3339(SystemTime::now())
-}
-
-/// `t` as RFC 3339 UTC with milliseconds, e.g. `2025-01-31T09:05:00.123Z`. Times before
-/// 1970 are shown as the epoch.
-pub fn format_rfc3339(t: SystemTime) -> String {
-    let c = Civil::from_unix_ms(unix_ms(t));
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    )
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    millis: u64,
-}
-
-impl Civil {
-    /// Proleptic Gregorian date from Unix milliseconds, after Howard Hinnant's
-    /// `civil_from_days` (https://howardhinnant.github.io/date_algorithms.html).
-    fn from_unix_ms(ms: u64) -> Civil {
-        let secs = ms / 1000;
-        let days = (secs / 86_400) as i64;
-        let sod = secs % 86_400;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Civil {
-            year,
-            month,
-            day,
-            hour: sod / 3600,
-            minute: sod % 3600 / 60,
-            second: sod % 60,
-            millis: ms % 1000,
-        }
-    }
-}
-
-/// The session as a Markdown document: title, model, sampling and thinking settings, then
-/// each turn as `## You`, the reasoning in a `<details>` block, `## Nemotron` and the
-/// answer, with the turn's numbers in italics.
-pub fn export_markdown(s: &SessionFile) -> String {
-    let mut md = String::new();
-    let p = &s.sampling;
-    md.push_str(&format!("# Nemotron chat {}\n\n", s.id));
-    md.push_str(&format!(
-        "- Model: `{}` (identity `{}`)\n",
-        s.model.path, s.model.config_hash
-    ));
-    md.push_str(&format!(
-        "- Created: {} · updated: {}\n",
-        s.created, s.updated
-    ));
-    md.push_str(&format!(
-        "- Sampling: temperature {}, top_p {}, top_k {}, min_p {}, repetition_penalty {}, presence_penalty {}, seed {}\n",
-        p.temperature,
-        p.top_p,
-        p.top_k,
-        p.min_p,
-        p.repetition_penalty,
-        p.presence_penalty,
-        p.seed.map_or("random".to_string(), |s| s.to_string()),
-    ));
-    let budget = match s.thinking.budget {
-        Budget::Off => "off".to_string(),
-        Budget::Unlimited => "on, unlimited budget".to_string(),
-        Budget::Tokens(n) => format!("on, budget {n} tokens"),
-    };
-    md.push_str(&format!("- Thinking: {budget}\n"));
-    if let Some(system) = &s.system {
-        md.push_str("\n**System prompt:**\n\n");
-        md.push_str(system.trim_end());
-        md.push('\n');
-    }
-    for turn in &s.turns {
-        md.push_str("\n## You\n\n");
-        md.push_str(turn.user.trim_end());
-        md.push('\n');
-        md.push_str("\n## Nemotron\n\n");
-        if !turn.reasoning.is_empty() {
-            let summary = match &turn.stats {
-                Some(st) => format!("Reasoning ({} tokens)", st.reasoning_tokens),
-                None => "Reasoning".to_string(),
-            };
-            md.push_str(&format!("<details><summary>{summary}</summary>\n\n"));
-            md.push_str(turn.reasoning.trim_end());
-            md.push_str("\n\n</details>\n\n");
-        }
-        for t in &turn.tools {
-            let args = serde_json::to_string_pretty(t.call.arguments())
-                .unwrap_or_else(|_| t.call.arguments().to_string());
-            md.push_str(&format!(
-                "**Tool `{}`** ({}):\n\n```json\n{}\n```\n\n",
-                t.call.name(),
-                t.state,
-                args
-            ));
-            if !t.output.is_empty() {
-                let fence = if t.output.contains("```") {
-                    "~~~~"
-                } else {
-                    "```"
-                };
-                md.push_str(&format!("{fence}\n{}\n{fence}\n\n", t.output.trim_end()));
-            }
-        }
-        if !turn.answer.is_empty() {
-            md.push_str(turn.answer.trim_end());
-            md.push('\n');
-        } else if turn.tools.is_empty() {
-            md.push_str("*(no answer)*\n");
-        }
-        if let Some(st) = &turn.stats {
-            md.push_str(&format!(
-                "\n*{} prompt tokens ({} reused) · {} reasoning · {} answer · first token {:.0} ms · {:.1} tokens/s · {}*\n",
-                st.prompt_tokens,
-                st.reused_tokens,
-                st.reasoning_tokens,
-                st.completion_tokens,
-                st.ttft_ms,
-                st.decode_tokens_per_s,
-                st.finish_reason,
-            ));
-        }
-    }
-    md
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::protocol::{Timings, Usage};
-    use std::time::Duration;
+    use crate::protocol::{Budget, Timings, Usage};
+    use std::time::{Duration, UNIX_EPOCH};
 
-    fn session(id: &str, updated: &str, first_user: &str) -> SessionFile {
+    /// A two-turn session (the second turn unanswered), for this file's and `export`'s tests.
+    pub(crate) fn session(id: &str, updated: &str, first_user: &str) -> SessionFile {
         SessionFile {
             version: SESSION_VERSION,
             id: id.to_string(),
@@ -1169,47 +997,6 @@ mod tests {
         let m = no_reasoning.messages();
         assert_eq!(m[0], Message::user("2+2?"));
         assert_eq!(m[1], Message::assistant("4"));
-    }
-
-    #[test]
-    fn export_markdown_has_headings_reasoning_and_stats() {
-        let md = export_markdown(&session("a", "2025-01-01T00:00:00.000Z", "2+2?"));
-        assert!(md.starts_with("# Nemotron chat a\n"), "{md}");
-        assert!(md.contains("`/models/nano`"), "{md}");
-        assert!(md.contains("temperature 0.6, top_p 0.95"), "{md}");
-        assert!(md.contains("seed 42"), "{md}");
-        assert!(md.contains("budget 512 tokens"), "{md}");
-        assert!(md.contains("## You\n\n2+2?\n"), "{md}");
-        assert!(md.contains(
-            "<details><summary>Reasoning (5 tokens)</summary>\n\nTwo plus two.\n\n</details>"
-        ));
-        assert!(md.contains("## Nemotron\n\n<details>"), "{md}");
-        assert!(md.contains("</details>\n\n4\n"), "{md}");
-        assert!(md.contains("\n*20 prompt tokens (0 reused) · 5 reasoning · 2 answer · first token 120 ms · 33.3 tokens/s · stop*\n"), "{md}");
-        assert!(
-            md.contains("## You\n\nand again?\n\n## Nemotron\n\n*(no answer)*\n"),
-            "{md}"
-        );
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_000 + 3_723_456);
-        assert_eq!(format_rfc3339(t), "2000-02-29T01:02:03.456Z");
-        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
-        assert_eq!(format_rfc3339(t), "2099-12-31T23:59:59.000Z");
-    }
-
-    #[test]
-    fn new_ids_are_unique_increasing_and_valid_names() {
-        let ids: Vec<String> = (0..50).map(|_| new_id()).collect();
-        for w in ids.windows(2) {
-            assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
-        }
-        assert!(ids
-            .iter()
-            .all(|id| validate_name(id).is_ok() && id.len() == 19));
     }
 
     #[test]

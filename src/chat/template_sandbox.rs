@@ -434,7 +434,7 @@ fn start_helper(
 /// constant expressions while compiling (`'x' * 100000000` becomes a 100 MB string, and a
 /// chain of them as much as the chain holds), so an untrusted template is compiled here
 /// only once a helper compiled it within [`COMPILE_MEMORY`] and [`COMPILE_TIMEOUT`].
-pub(crate) fn check_compile(source: &str) -> Result<(), TemplateError> {
+fn check_compile(source: &str) -> Result<(), TemplateError> {
     let Some(exe) = helper_exe() else {
         return Ok(());
     };
@@ -450,6 +450,21 @@ pub(crate) fn check_compile(source: &str) -> Result<(), TemplateError> {
         COMPILE_TIMEOUT.as_millis() as u64,
     );
     start_helper(&exe, &init, "chat template", limit, &|| false).map(drop)
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error is reported here with its line. Where templates
+    /// render in a helper process, it compiles there first, under a memory cap and a time
+    /// limit ([`check_compile`]: minijinja folds constants while compiling). It lives here,
+    /// not in `template`, so that `template` does not depend on the process that runs it.
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        check_compile(source)?;
+        Self::compile(source, bos_token, eos_token)
+    }
 }
 
 /// Reaps a helper that stopped answering and says why it ended: an allocation past

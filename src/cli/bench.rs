@@ -106,12 +106,19 @@ impl Run {
     }
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    // The settings path (config.toml < NEMO_* < flags); a model from config.toml or
+    // NEMO_MODEL does not count against an explicit --shape.
+    let model_flag = a.model.model.is_some();
+    a.model = a.model.with_settings()?;
+    if a.shape.is_some() && !model_flag {
+        a.model.model = None;
+    }
     if a.json_schema.is_some() {
         return grammar::run(&a);
     }
     #[cfg(feature = "cuda")]
-    if a.model.device == "cuda" {
+    if a.model.device == Some(nemo::config::Device::Cuda) {
         return cuda::run(&a);
     }
     let source = source(&a)?;
@@ -151,7 +158,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } = &source
     {
         let cfg = synthetic::shape(name, *layers)?;
-        let run = RunBytes::nemotron_h(&cfg, a.model.cache_config(*dtype)?);
+        let run = RunBytes::nemotron_h(&cfg, a.model.cache_config(*dtype));
         check_fits(
             &a,
             synthetic::weight_bytes(&cfg, *dtype),
@@ -193,7 +200,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let load_s = load_start.elapsed().as_secs_f64();
 
-    let cache = a.model.cache_config(model.weight_dtype())?;
+    let cache = a.model.cache_config(model.weight_dtype());
     if let Source::Folder(_) = &source {
         // The weights are mapped, not allocated; what the run adds is checked.
         check_fits(&a, 0, model.run_bytes(cache), memory::available())?;
@@ -240,13 +247,7 @@ fn emit(text: &str) -> anyhow::Result<()> {
 /// Checks the flags and picks the weights' source; None with --copy-bandwidth alone.
 fn source(a: &BenchArgs) -> anyhow::Result<Option<Source>> {
     let known = synthetic::SHAPES.join(", ");
-    // NEMO_MODEL in the environment does not count against an explicit --shape.
-    let from_env = std::env::var_os("NEMO_MODEL").map(PathBuf::from);
-    let model = match (&a.model.model, &a.shape) {
-        (Some(m), Some(_)) if from_env.as_ref() == Some(m) => None,
-        (m, _) => m.clone(),
-    };
-    match (model, &a.shape) {
+    match (a.model.model.clone(), &a.shape) {
         (Some(_), Some(_)) => Err(usage("give either --model DIR or --shape NAME, not both")),
         (Some(dir), None) => {
             if a.layers.is_some() {
@@ -344,17 +345,9 @@ fn check_fits(
     ))
 }
 
-/// Deterministic pseudo-random ids below `vocab` (xorshift64).
+/// Deterministic pseudo-random ids below `vocab`.
 fn prompt_ids(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % vocab.max(1) as u64) as u32
-        })
-        .collect()
+    nemo::model::synthetic::token_ids(0x2545_F491_4F6C_DD1D, n, vocab)
 }
 
 /// First index of the largest logit (NaN never wins).
@@ -440,7 +433,7 @@ fn ttft_at(
         if follow_up > 0 {
             model.forward(&ids[..follow_up], state, Logits::None)?;
         }
-        let snap = state.snapshot();
+        let snap = state.checkpoint();
         model.forward(&ids[follow_up..follow_up + 1], state, Logits::Last)?;
         let t = Instant::now();
         state.restore(&snap);

@@ -4,13 +4,12 @@
 //! the model loads and an error view if it cannot.
 //!
 //! Quitting restores the terminal first and never waits on the engine thread (see
-//! `engine::worker`). A termination signal is routed into the app loop as a quit (the
+//! `engine::engine_thread`). A termination signal is routed into the app loop as a quit (the
 //! running turn is saved as on `/quit`), and the process exits with 128 + the signal's
 //! number; if the loop does not end within `SIGNAL_GRACE` (stuck somewhere), the signal
 //! thread restores the terminal and exits itself. A second signal exits at once.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -31,14 +30,14 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
-use nemo::config::{Config, Paths};
+use nemo::config::Config;
 use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
 use nemo::tui::app::{App, ModelInfo};
-use nemo::tui::input::History;
-use nemo::tui::runner::{AppMsg, Runner};
+use nemo::tui::event_loop::{AppMsg, EventLoop};
+use nemo::tui::history::History;
 use nemo::tui::theme::Theme;
 
 use super::device::place;
@@ -253,33 +252,34 @@ fn upload_bar(done: usize, total: usize, width: usize) -> String {
     s
 }
 
+/// The flags that are settings keys (config.toml, `NEMO_*`), as the layer over them:
+/// `--no-think` is `think = false`.
+fn settings_layer(a: &ChatArgs) -> Config {
+    let mut layer = a.model.layer();
+    layer.merge_over(&a.sampling.layer());
+    layer.theme = a.theme.clone();
+    layer.think = a.no_think.then_some(false);
+    layer.budget = a.budget;
+    layer.max_tokens = a.max_tokens;
+    layer
+}
+
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     a.sampling.check()?;
-    let paths = Paths::discover()?;
-    let mut cfg = Config::load(&paths.config_file)?;
-    cfg.apply_env(|k| std::env::var(k).ok())?;
-    let theme = Theme::resolve(a.theme.as_deref().or(cfg.theme.as_deref()))?;
+    // The one settings path: config.toml < NEMO_* < these flags.
+    let (paths, cfg) = super::settings(&settings_layer(&a))?;
+    let model_args = ModelArgs::from_settings(&cfg);
+    let theme = Theme::resolve(cfg.theme.as_deref())?;
     // Resolved (and any question asked) before the terminal is taken over.
     let choice = super::pull::resolve_model(
-        a.model
-            .model
-            .clone()
-            .or(cfg.model.clone().map(PathBuf::from))
-            .as_deref(),
+        model_args.model.as_deref(),
         super::pull::Missing::PickDefault { yes: false },
     )?;
     let dir = choice.path.clone();
-    let threads = a.model.threads.or(cfg.threads);
-    let device = a.model.device()?;
-    super::init_threads(threads)?;
-    // Layers: config.toml / NEMO_* < flags; `--no-think` and `think = false` are `off`.
-    let budget = if a.no_think {
-        Budget::Off
-    } else {
-        a.budget
-            .or(cfg.thinking_budget())
-            .unwrap_or(Budget::Unlimited)
-    };
+    let device = model_args.device()?;
+    super::init_threads(model_args.threads)?;
+    // `--no-think` and `think = false` are `off`.
+    let budget = cfg.thinking_budget().unwrap_or(Budget::Unlimited);
     let (agent, _mcp_servers) = agent_for_chat(&a.tools, &cfg, &paths.config_file)?;
     let store = SessionStore::new(paths.sessions_dir.clone());
     let resumed = if a.resume {
@@ -356,25 +356,11 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         }
         Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
     };
-    let cache = ModelArgs {
-        kv_cache_dtype: cfg
-            .kv_cache_dtype
-            .clone()
-            .filter(|_| a.model.kv_cache_dtype == "auto")
-            .unwrap_or(a.model.kv_cache_dtype.clone()),
-        mamba_ssm_cache_dtype: cfg
-            .mamba_ssm_cache_dtype
-            .clone()
-            .filter(|_| a.model.mamba_ssm_cache_dtype == "f32")
-            .unwrap_or(a.model.mamba_ssm_cache_dtype.clone()),
-        ..a.model.clone()
-    }
-    .cache_config(folder.model.weight_dtype())?;
+    let cache = model_args.cache_config(folder.model.weight_dtype());
     let mut sampling = SamplingParams::default();
     folder.generation.apply(&mut sampling);
     // Layers: generation_config.json < config.toml / NEMO_* < flags.
-    let mut sampling = cfg.sampling_over(sampling);
-    a.sampling.apply(&mut sampling);
+    a.sampling.with_settings(&cfg).apply(&mut sampling);
     let thinking = ThinkingOptions {
         budget,
         ..Default::default()
@@ -508,7 +494,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             app.warn(format!("resumed `{name}`, but {}", warnings.join("; ")));
         }
     }
-    if let Some(m) = a.max_tokens.or(cfg.max_tokens) {
+    if let Some(m) = cfg.max_tokens {
         app.max_tokens = m;
     }
     if cfg.show_reasoning == Some(false) {
@@ -542,18 +528,18 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let _ = out.write_all(seq.as_bytes());
         let _ = out.flush();
     });
-    let mut runner = Runner::new(engine, store, tx, clipboard);
-    runner.agent = agent.map(|(agent, _)| std::sync::Arc::new(std::sync::Mutex::new(agent)));
-    let result = runner.run(&mut terminal, &mut app, &rx);
+    let mut event_loop = EventLoop::new(engine, store, tx, clipboard);
+    event_loop.agent = agent.map(|(agent, _)| std::sync::Arc::new(std::sync::Mutex::new(agent)));
+    let result = event_loop.run(&mut terminal, &mut app, &rx);
     // The terminal back first; then what quitting saves (if the loop ended another way,
     // e.g. the terminal went away); the engine is dropped last and never waited for.
     restore_terminal();
-    runner.quit(&mut app);
-    if let Some(e) = &runner.save_error {
+    event_loop.quit(&mut app);
+    if let Some(e) = &event_loop.save_error {
         // Not eprintln!: after SIGHUP stderr may be a terminal that is gone.
         let _ = writeln!(std::io::stderr(), "nemo: could not save the session: {e}");
     }
-    if let Some(sig) = runner.quit_signal {
+    if let Some(sig) = event_loop.quit_signal {
         return Err(Signalled(sig).into());
     }
     result?;
@@ -687,4 +673,48 @@ fn agent_for_chat(
         interactive: true,
     };
     Ok((Some((agent, notice.map(|n| n.to_string()))), servers))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use nemo::config::{Config, KvCacheDtype};
+    use nemo::protocol::Budget;
+
+    use super::{settings_layer, ChatArgs};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        chat: ChatArgs,
+    }
+
+    /// The chat's flags over a config.toml / `NEMO_*` layer, as `run` lays them (`settings`).
+    fn over_file(args: &[&str], file: &Config) -> Config {
+        let argv = std::iter::once("chat").chain(args.iter().copied());
+        let a = Cli::try_parse_from(argv).unwrap().chat;
+        let mut merged = file.clone();
+        merged.merge_over(&settings_layer(&a));
+        merged
+    }
+
+    #[test]
+    fn chat_flags_win_over_the_file_even_at_their_default_values() {
+        let file = Config {
+            kv_cache_dtype: Some(KvCacheDtype::Fp8E5m2),
+            budget: Some(Budget::tokens(512)),
+            temperature: Some(0.3),
+            max_tokens: Some(100),
+            ..Config::default()
+        };
+        let c = over_file(&["--kv-cache-dtype", "auto", "--no-think"], &file);
+        assert_eq!(c.kv_cache_dtype, Some(KvCacheDtype::Auto));
+        assert_eq!(c.thinking_budget(), Some(Budget::Off));
+        assert_eq!(c.temperature, Some(0.3), "no flag: the file's");
+        let c = over_file(&["--temperature", "0", "--max-tokens", "7"], &file);
+        assert_eq!(
+            (c.kv_cache_dtype, c.temperature, c.max_tokens),
+            (Some(KvCacheDtype::Fp8E5m2), Some(0.0), Some(7))
+        );
+    }
 }

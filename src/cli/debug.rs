@@ -21,7 +21,6 @@ use nemo::agent::execute::{execute, Outcome};
 use nemo::agent::policy::{ApprovalMode, Policy};
 use nemo::agent::registry::Registry;
 use nemo::agent::{sandbox, user_tools, Sandbox, ToolContext, Workspace};
-use nemo::config::{Config, Paths};
 use nemo::model::Logits;
 use nemo::protocol::{ApprovalDecision, ApprovalRequest, ToolCall};
 
@@ -124,9 +123,7 @@ fn tool(a: ToolArgs) -> anyhow::Result<()> {
             a.timeout
         )));
     }
-    let paths = Paths::discover()?;
-    let mut cfg = Config::load(&paths.config_file)?;
-    cfg.apply_env(|k| std::env::var(k).ok())?;
+    let (paths, cfg) = super::file_and_env()?;
     let mode = a.approval.or(cfg.approval).unwrap_or(ApprovalMode::Ask);
     let sandbox_mode = a.sandbox.or(cfg.sandbox).unwrap_or(Sandbox::Landlock);
     let root = match &a.workspace {
@@ -242,7 +239,8 @@ fn ask_on_terminal(req: &ApprovalRequest) -> Option<ApprovalDecision> {
     }
 }
 
-fn logits(a: LogitsArgs) -> anyhow::Result<()> {
+fn logits(mut a: LogitsArgs) -> anyhow::Result<()> {
+    a.model = a.model.with_settings()?;
     a.model.init_threads()?;
     let tokens: Vec<u32> = a
         .tokens
@@ -260,7 +258,7 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
         ));
     }
     let folder = a.model.load()?;
-    let cache = a.model.cache_config(folder.model.weight_dtype())?;
+    let cache = a.model.cache_config(folder.model.weight_dtype());
     let mut state = folder.model.new_state(cache);
     let out = folder.model.forward(
         &tokens,

@@ -8,30 +8,9 @@
 //!   all there; otherwise the CPU, with a one-line notice when there is an NVIDIA driver
 //!   (silent on machines without one, and in builds without the `cuda` feature).
 
+use nemo::config::Device;
 use nemo::engine::{Session, SessionOptions};
 use nemo::model::ModelFolder;
-
-use super::usage;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl Device {
-    pub fn parse(s: &str) -> anyhow::Result<Device> {
-        match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda),
-            other => Err(usage(format!(
-                "--device: `{other}` is not one of auto, cpu, cuda"
-            ))),
-        }
-    }
-}
 
 /// A session and where it runs.
 pub struct Placed {
@@ -99,7 +78,7 @@ fn gpu_session(
     use std::sync::Arc;
 
     use nemo::backend::cuda::{self, Gpu};
-    use nemo::engine::Runner;
+    use nemo::engine::Sequence;
     use nemo::model::cuda::{check_cuda, load_gpu_model};
 
     cuda::probe()?;
@@ -107,8 +86,8 @@ fn gpu_session(
     check_cuda(folder)?;
     let gpu = Arc::new(Gpu::new(0)?);
     let model = Arc::new(load_gpu_model(&gpu, folder, progress)?);
-    let runner = Runner::cuda(gpu, model, &opts)?;
-    Ok(Session::with_runner(folder, runner, opts)?)
+    let sequence = Sequence::cuda(gpu, model, &opts)?;
+    Ok(Session::with_sequence(folder, sequence, opts)?)
 }
 
 /// A progress bar on stderr for the weight upload, only when stderr is a terminal.

@@ -18,8 +18,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use nemo::backend::DType;
+use nemo::config::{Config, ConfigError, Device, KvCacheDtype, Paths, SsmCacheDtype};
 use nemo::model::ModelFolder;
-use nemo::state::{parse_kv_dtype, parse_ssm_dtype, CacheConfig};
+use nemo::state::CacheConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,26 +52,28 @@ enum Command {
     Debug(debug::DebugCommand),
 }
 
-/// Flags shared by every command that loads a model.
-#[derive(Args, Debug, Clone)]
+/// Flags shared by every command that loads a model. Each is also a config.toml key and a
+/// `NEMO_*` variable; a command reads them through [`settings`] ([`ModelArgs::with_settings`]),
+/// so an unset flag takes the lower layers' value and a set one always wins.
+#[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
     /// Model: a folder (config.json, safetensors, tokenizer.json), a `.gguf` file, a hub repo
     /// id (`org/name`, `org/name:file.gguf`) or an alias (`nemo list --aliases`); a hub model
     /// not in the HF cache is pulled first.
-    #[arg(long, short = 'm', env = "NEMO_MODEL")]
+    #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
     /// Worker threads (default: all cores).
-    #[arg(long, env = "NEMO_THREADS")]
+    #[arg(long)]
     pub threads: Option<usize>,
-    /// KV cache dtype: auto | f32 | bf16 | f16 | fp8_e4m3 | fp8_e5m2.
-    #[arg(long, default_value = "auto", env = "NEMO_KV_CACHE_DTYPE")]
-    pub kv_cache_dtype: String,
-    /// Mamba SSM state dtype: f32 | f16 | bf16.
-    #[arg(long, default_value = "f32", env = "NEMO_MAMBA_SSM_CACHE_DTYPE")]
-    pub mamba_ssm_cache_dtype: String,
-    /// Where to run: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda.
-    #[arg(long, default_value = "auto", env = "NEMO_DEVICE")]
-    pub device: String,
+    /// KV cache dtype (default auto: follows the weights).
+    #[arg(long, value_enum)]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+    /// Mamba SSM state dtype (default f32).
+    #[arg(long, value_enum)]
+    pub mamba_ssm_cache_dtype: Option<SsmCacheDtype>,
+    /// Where to run (default auto: a CUDA GPU when it can run the model, else the CPU).
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
 }
 
 /// Sampling flags shared by `run` and `chat`; unset ones keep the lower layer's value.
@@ -90,11 +93,36 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub presence_penalty: Option<f32>,
     /// Same seed, same output.
-    #[arg(long, env = "NEMO_SEED")]
+    #[arg(long)]
     pub seed: Option<u64>,
 }
 
 impl SamplingArgs {
+    /// The flags that are settings keys (config.toml, `NEMO_*`), as a layer over them.
+    pub fn layer(&self) -> Config {
+        Config {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            seed: self.seed,
+            ..Config::default()
+        }
+    }
+
+    /// These flags with every settings key taken from `settings` (the flags laid over
+    /// config.toml and `NEMO_*`); the penalties are flags only.
+    pub fn with_settings(&self, settings: &Config) -> SamplingArgs {
+        SamplingArgs {
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            top_k: settings.top_k,
+            min_p: settings.min_p,
+            seed: settings.seed,
+            ..self.clone()
+        }
+    }
+
     /// Range checks (`SamplingParams::validate`'s ranges), each a usage error naming the
     /// flag.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -177,7 +205,60 @@ impl std::fmt::Display for Signalled {
 
 impl std::error::Error for Signalled {}
 
+/// config.toml and the `NEMO_*` environment: the layers under a command's flags. A bad
+/// `NEMO_*` value is a usage error naming the variable; a bad file is an error naming the
+/// file, the line and the key.
+pub fn file_and_env() -> anyhow::Result<(Paths, Config)> {
+    let paths = Paths::discover()?;
+    let mut cfg = Config::load(&paths.config_file)?;
+    cfg.apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| match e {
+            e @ ConfigError::Env { .. } => usage(e.to_string()),
+            e => e.into(),
+        })?;
+    Ok((paths, cfg))
+}
+
+/// The settings a command runs with: built-in defaults < config.toml < `NEMO_*` < `flags`
+/// (the keys the command's flags set, as a `Config`). The one path `run`, `chat`, `bench`
+/// and `debug` take.
+pub fn settings(flags: &Config) -> anyhow::Result<(Paths, Config)> {
+    let (paths, mut cfg) = file_and_env()?;
+    cfg.merge_over(flags);
+    Ok((paths, cfg))
+}
+
 impl ModelArgs {
+    /// The flags given, as a layer over config.toml and `NEMO_*`.
+    pub fn layer(&self) -> Config {
+        Config {
+            model: self.model.clone(),
+            threads: self.threads,
+            kv_cache_dtype: self.kv_cache_dtype,
+            mamba_ssm_cache_dtype: self.mamba_ssm_cache_dtype,
+            device: self.device,
+            ..Config::default()
+        }
+    }
+
+    /// The model settings in `settings` (flags already laid over the lower layers).
+    pub fn from_settings(settings: &Config) -> ModelArgs {
+        ModelArgs {
+            model: settings.model.clone(),
+            threads: settings.threads,
+            kv_cache_dtype: settings.kv_cache_dtype,
+            mamba_ssm_cache_dtype: settings.mamba_ssm_cache_dtype,
+            device: settings.device,
+        }
+    }
+
+    /// These flags over config.toml and `NEMO_*` ([`settings`]), for the commands whose
+    /// other flags are not settings (`bench`, `debug logits`).
+    pub fn with_settings(&self) -> anyhow::Result<ModelArgs> {
+        let (_, cfg) = settings(&self.layer())?;
+        Ok(ModelArgs::from_settings(&cfg))
+    }
+
     pub fn init_threads(&self) -> anyhow::Result<()> {
         self.check_device()?;
         init_threads(self.threads)
@@ -185,9 +266,9 @@ impl ModelArgs {
 
     /// `--device` for `run` and `chat` (see `device.rs`): parsed, and `cuda` probed at
     /// once, so a machine that cannot run it fails in one line before anything loads.
-    pub fn device(&self) -> anyhow::Result<device::Device> {
-        let d = device::Device::parse(&self.device)?;
-        if d == device::Device::Cuda {
+    pub fn device(&self) -> anyhow::Result<Device> {
+        let d = self.device.unwrap_or_default();
+        if d == Device::Cuda {
             nemo::backend::cuda::probe().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
         }
         Ok(d)
@@ -199,15 +280,15 @@ impl ModelArgs {
     /// (silent on machines without one).
     pub fn check_device(&self) -> anyhow::Result<()> {
         use nemo::backend::cuda;
-        match device::Device::parse(&self.device)? {
-            device::Device::Cpu => Ok(()),
-            device::Device::Cuda => match cuda::probe() {
+        match self.device.unwrap_or_default() {
+            Device::Cpu => Ok(()),
+            Device::Cuda => match cuda::probe() {
                 Err(e) => Err(anyhow::anyhow!("--device cuda: {e}")),
                 Ok(_) => Err(anyhow::anyhow!(
                     "--device cuda: this command runs on the CPU only (`run`, `chat` and `bench` run on the GPU); use --device cpu"
                 )),
             },
-            device::Device::Auto => {
+            Device::Auto => {
                 if cuda::driver_present() {
                     match cuda::probe() {
                         Err(e) => eprintln!("nemo: running on the CPU: {e}"),
@@ -222,23 +303,12 @@ impl ModelArgs {
         }
     }
 
-    pub fn cache_config(&self, weights: DType) -> anyhow::Result<CacheConfig> {
-        let kv = parse_kv_dtype(&self.kv_cache_dtype, weights).ok_or_else(|| {
-            usage(format!(
-                "--kv-cache-dtype: `{}` is not one of auto, f32, bf16, f16, fp8_e4m3, fp8_e5m2",
-                self.kv_cache_dtype
-            ))
-        })?;
-        let ssm = parse_ssm_dtype(&self.mamba_ssm_cache_dtype).ok_or_else(|| {
-            usage(format!(
-                "--mamba-ssm-cache-dtype: `{}` is not one of f32, f16, bf16",
-                self.mamba_ssm_cache_dtype
-            ))
-        })?;
-        Ok(CacheConfig {
-            ssm_dtype: ssm,
-            kv_dtype: kv,
-        })
+    /// The caches' dtypes for weights of `weights` (unset flags take their defaults).
+    pub fn cache_config(&self, weights: DType) -> CacheConfig {
+        CacheConfig {
+            ssm_dtype: self.mamba_ssm_cache_dtype.unwrap_or_default().dtype(),
+            kv_dtype: self.kv_cache_dtype.unwrap_or_default().resolve(weights),
+        }
     }
 
     /// `--model` as a path to open (pulled from the hub if needed); required here.

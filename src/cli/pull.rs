@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use nemo::config::{Config, Paths};
 use nemo::hub::client::Client;
 use nemo::hub::picker::{self, Machine};
 use nemo::hub::{self, human_size, resolve, HubConfig, HubError, ModelSpec};
@@ -188,14 +187,6 @@ pub enum Missing {
 pub struct ModelChoice {
     pub path: PathBuf,
     pub name: String,
-}
-
-/// `config.toml`'s `model` (for `nemo run`, which reads the config only for this).
-pub fn config_model() -> anyhow::Result<Option<String>> {
-    let paths = Paths::discover()?;
-    let mut cfg = Config::load(&paths.config_file)?;
-    cfg.apply_env(|k| std::env::var(k).ok())?;
-    Ok(cfg.model)
 }
 
 /// `--model` (or config's `model`) to a path: a folder or `.gguf` file as is; a repo id or

@@ -10,6 +10,7 @@
 //! long forward pass) is left to the process exit. What was printed stays printed.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use serde_json::json;
 
 use nemo::agent::mcp::McpServers;
 use nemo::agent::turn::Agent;
+use nemo::config::Config;
 use nemo::engine::grammar::{Grammar, GrammarError, Guide, Vocabulary};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::protocol::Message;
@@ -48,7 +50,7 @@ pub struct RunArgs {
     pub no_think: bool,
     /// Thinking budget: N reasoning tokens before the end of thinking is forced, `off`
     /// (or 0) or `unlimited`.
-    #[arg(long, env = "NEMO_BUDGET")]
+    #[arg(long)]
     pub budget: Option<Budget>,
     /// The end of thinking is masked until this many reasoning tokens.
     #[arg(long, default_value_t = 0)]
@@ -59,9 +61,9 @@ pub struct RunArgs {
     /// Soft landing: extra tokens allowed to finish the current sentence at the budget.
     #[arg(long, default_value_t = 0)]
     pub grace_tokens: usize,
-    /// Most new tokens, reasoning included.
-    #[arg(long, default_value_t = 4096)]
-    pub max_tokens: usize,
+    /// Most new tokens, reasoning included (default 4096).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Stop when the answer contains this text (repeatable).
@@ -128,6 +130,23 @@ fn constraint(a: &RunArgs) -> anyhow::Result<Option<(&'static str, Constraint)>>
     Ok(None)
 }
 
+/// The flags that are settings keys (config.toml, `NEMO_*`), as the layer over them:
+/// `--no-think` is `think = false`, `--think` `think = true`.
+fn settings_layer(a: &RunArgs) -> Config {
+    let mut layer = a.model.layer();
+    layer.merge_over(&a.sampling.layer());
+    layer.think = if a.no_think {
+        Some(false)
+    } else if a.think {
+        Some(true)
+    } else {
+        None
+    };
+    layer.budget = a.budget;
+    layer.max_tokens = a.max_tokens;
+    layer
+}
+
 /// Why a constrained answer stopped short of its grammar, for the one-line error.
 fn cut_short(flag: &str, d: &Done, max_tokens: usize) -> String {
     let by = match d.finish_reason {
@@ -183,11 +202,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let _ = ctrlc::set_handler(move || c.cancel());
     }
     a.sampling.check()?;
-    if a.max_tokens == 0 {
+    if a.max_tokens == Some(0) {
         return Err(usage("--max-tokens must be at least 1"));
     }
+    // The one settings path: config.toml < NEMO_* < these flags. `approval` is not read
+    // from it: `run_mode` takes the flag alone (agent_for_run).
+    let (paths, cfg) = super::settings(&settings_layer(&a))?;
+    let max_tokens = cfg.max_tokens.unwrap_or(4096);
+    if max_tokens == 0 {
+        return Err(usage(
+            "max_tokens (config.toml or NEMO_MAX_TOKENS) must be at least 1",
+        ));
+    }
+    let model_args = ModelArgs::from_settings(&cfg);
+    let sampling_args = a.sampling.with_settings(&cfg);
     let constraint = constraint(&a)?;
-    let (agent, _mcp_servers) = match agent_for_run(&a)? {
+    let (agent, _mcp_servers) = match agent_for_run(&a, &cfg, &paths.config_file)? {
         Some((agent, servers)) => (Some(agent), servers),
         None => (None, None),
     };
@@ -212,13 +242,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if prompt.trim().is_empty() {
         return Err(usage("the prompt is empty"));
     }
-    super::init_threads(a.model.threads)?;
-    let spec = match &a.model.model {
-        Some(m) => Some(m.clone()),
-        None => super::pull::config_model()?.map(std::path::PathBuf::from),
-    };
+    super::init_threads(model_args.threads)?;
+    let spec = model_args.model.clone();
     let t_load = Instant::now();
-    let (model_args, yes, context) = (a.model.clone(), a.yes, a.context);
+    let (yes, context) = (a.yes, a.context);
     let constraint_c = constraint.clone();
     let (placed, mut sampling, vocabulary): (Placed, SamplingParams, Option<Arc<Vocabulary>>) =
         interruptible("loader", &controls, move || {
@@ -230,7 +257,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             )?
             .path;
             let folder = nemo::model::ModelFolder::open(&dir)?;
-            let cache = model_args.cache_config(folder.model.weight_dtype())?;
+            let cache = model_args.cache_config(folder.model.weight_dtype());
             // A constraint that does not compile for this model is a usage error, found
             // before the weights go anywhere; the vocabulary built for the check serves
             // the request.
@@ -263,7 +290,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             bar.finish();
             Ok((placed?, sampling, vocabulary))
         })?;
-    a.sampling.apply(&mut sampling);
+    sampling_args.apply(&mut sampling);
     if let Some(n) = &placed.notice {
         eprintln!("nemo: {n}");
     }
@@ -280,18 +307,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     messages.push(Message::user(prompt));
     let thinking = ThinkingOptions {
-        budget: if a.no_think {
-            Budget::Off
-        } else {
-            a.budget.unwrap_or(Budget::Unlimited)
-        },
+        budget: cfg.thinking_budget().unwrap_or(Budget::Unlimited),
         min_tokens: a.min_thinking,
         closing_message: a.closing_message.clone(),
         grace_tokens: a.grace_tokens,
     };
     let mut req = Request::with_controls(messages, thinking, controls.clone());
     req.sampling = sampling;
-    req.max_tokens = a.max_tokens;
+    req.max_tokens = max_tokens;
     req.stop = a.stop.clone();
     req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
     if let Some(agent) = &agent {
@@ -452,7 +475,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 out.flush()?;
                 if let (Some((flag, _)), Some(c)) = (&constraint, &d.constraint) {
                     if !c.complete {
-                        return Err(anyhow::anyhow!(cut_short(flag, &d, a.max_tokens)));
+                        return Err(anyhow::anyhow!(cut_short(flag, &d, max_tokens)));
                     }
                 }
                 if d.finish_reason == FinishReason::Cancelled {
@@ -481,7 +504,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 /// The agent for `--tools`, checked before the model loads (a tool that could never run
 /// under the approval mode, an unknown name or a bad schema file exits 2); None when no
 /// tool is offered. The MCP servers whose tools it offers run until they are dropped.
-fn agent_for_run(a: &RunArgs) -> anyhow::Result<Option<(Agent, Option<McpServers>)>> {
+fn agent_for_run(
+    a: &RunArgs,
+    cfg: &Config,
+    config_file: &Path,
+) -> anyhow::Result<Option<(Agent, Option<McpServers>)>> {
     use nemo::agent::policy::{offer_for_run, run_mode, Policy, ToolSelection};
     let flags = &a.tools;
     flags.check()?;
@@ -499,9 +526,6 @@ fn agent_for_run(a: &RunArgs) -> anyhow::Result<Option<(Agent, Option<McpServers
         ));
     }
     let mode = run_mode(flags.approval).map_err(usage)?;
-    let paths = nemo::config::Paths::discover()?;
-    let mut cfg = nemo::config::Config::load(&paths.config_file)?;
-    cfg.apply_env(|k| std::env::var(k).ok())?;
     let sandbox = flags
         .sandbox
         .or(cfg.sandbox)
@@ -513,7 +537,7 @@ fn agent_for_run(a: &RunArgs) -> anyhow::Result<Option<(Agent, Option<McpServers
         ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
         ToolSelection::None => false,
     };
-    let (all, servers) = super::tools::registry(&cfg, &paths.config_file, wants_mcp)?;
+    let (all, servers) = super::tools::registry(cfg, config_file, wants_mcp)?;
     let registry = offer_for_run(&all, &selection, &policy).map_err(usage)?;
     for t in &treq.external {
         if registry.get(&t.name).is_ok() {

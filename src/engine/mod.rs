@@ -3,18 +3,18 @@
 //! `protocol::{Request, Event}`.
 
 pub mod detokenizer;
+pub mod engine_thread;
 pub mod grammar;
 pub mod prompt;
-pub mod runner;
 pub mod sampler;
+pub mod sequence;
 pub mod session;
 pub mod stop;
 pub mod thinking;
-pub mod worker;
 
-pub use runner::{Runner, RunnerSnapshot};
+pub use engine_thread::{Engine, Submitter};
+pub use sequence::{Checkpoint, Sequence};
 pub use session::{Session, SessionOptions};
-pub use worker::{Engine, Submitter};
 
 use crate::chat::template::TemplateError;
 use crate::model::ModelError;

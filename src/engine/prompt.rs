@@ -942,13 +942,8 @@ mod tests {
             atoms.push(s[..s.len() / 2].to_string());
             atoms.push(s[s.len() / 2..].to_string());
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::model::synthetic::XorShift64::new(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next_u64();
         (0..300)
             .map(|_| {
                 let n = 2 + (next() % 24) as usize;

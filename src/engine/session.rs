@@ -1,15 +1,15 @@
 //! `Session`: one conversation's sequence state and the generation loop.
 //!
-//! The sequence lives in a `Runner` (the CPU model and a host state, or the GPU model and
+//! The sequence lives in a `Sequence` (the CPU model and a host state, or the GPU model and
 //! a device session); everything here is the same on either.
 //!
 //! Invariants:
-//! - `tokens` are exactly the tokens fed into the runner (`runner.len() == tokens.len()`).
+//! - `tokens` are exactly the tokens fed into the sequence (`sequence.len() == tokens.len()`).
 //! - Every checkpoint's tokens are a prefix of `tokens` (checkpoints past a restore point
 //!   are dropped when the sequence goes another way).
 //! - The next token is drawn where the logits are: on the GPU (no penalty, the bans fit
 //!   the device draw) only its id comes back; otherwise the logits come to the host and
-//!   the host `Sampler` picks (`Runner`'s module doc). Bans, the thinking budget, stop
+//!   the host `Sampler` picks (`Sequence`'s module doc). Bans, the thinking budget, stop
 //!   strings and EOS are this loop's, the same on either path.
 //! - A constrained answer (structured output, tool calls) follows `engine::grammar`'s
 //!   `Guide` once reasoning is over: tokens it forces are fed like the budget's forced
@@ -37,8 +37,8 @@ use super::grammar::{Grammar, Guide, Vocabulary};
 use super::prompt::{
     PromptBuilder, PromptPlan, PromptStats, PromptTools, ToolSupport, THINK_END, THINK_START,
 };
-use super::runner::{Runner, RunnerSnapshot, StepLogits};
 use super::sampler::Sampler;
+use super::sequence::{Checkpoint, Sequence, StepLogits};
 use super::stop::StopMatcher;
 use super::thinking::{Action, ThinkingController};
 use super::EngineError;
@@ -153,16 +153,12 @@ fn call_id_prefix() -> String {
     format!("call_{:08x}_", (nanos as u64 ^ (nanos >> 64) as u64) as u32)
 }
 
-struct Checkpoint {
-    snap: RunnerSnapshot,
-}
-
 /// Session settings that are not per request.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     pub cache: CacheConfig,
     /// Context length; defaults to the model's `max_position_embeddings` (on the GPU, at
-    /// most what fits the free device memory: `Runner::cuda`).
+    /// most what fits the free device memory: `Sequence::cuda`).
     pub context: Option<usize>,
     /// Tokens per prefill call (a long prompt never needs memory for all of it at once).
     pub prefill_chunk: usize,
@@ -189,7 +185,7 @@ pub struct Session {
     think_end_id: Option<u32>,
     /// The tool-call format the template and vocabulary show (`tool_parser::detect`).
     detected_tool_format: Option<ToolFormat>,
-    runner: Runner,
+    sequence: Sequence,
     tokens: Vec<u32>,
     checkpoints: Vec<Checkpoint>,
     opts: SessionOptions,
@@ -203,15 +199,15 @@ pub struct Session {
 impl Session {
     /// A session on the CPU.
     pub fn new(folder: &ModelFolder, opts: SessionOptions) -> Result<Self, EngineError> {
-        let runner = Runner::cpu(folder.model.clone(), opts.cache);
-        Self::with_runner(folder, runner, opts)
+        let sequence = Sequence::cpu(folder.model.clone(), opts.cache);
+        Self::with_sequence(folder, sequence, opts)
     }
 
-    /// A session whose sequence lives in `runner` (e.g. `Runner::cuda`), built for
+    /// A session whose sequence lives in `sequence` (e.g. `Sequence::cuda`), built for
     /// `folder`'s model with the same `opts`.
-    pub fn with_runner(
+    pub fn with_sequence(
         folder: &ModelFolder,
-        runner: Runner,
+        sequence: Sequence,
         opts: SessionOptions,
     ) -> Result<Self, EngineError> {
         let template = match &folder.template {
@@ -232,7 +228,7 @@ impl Session {
             prompt: PromptBuilder::new(template, folder.tokenizer.clone()),
             eos: folder.eos_token_ids.clone(),
             think_end_id: folder.tokenizer.token_to_id(THINK_END),
-            runner,
+            sequence,
             tokens: Vec::new(),
             checkpoints: Vec::new(),
             opts,
@@ -247,23 +243,23 @@ impl Session {
 
     pub fn context(&self) -> usize {
         let c = self.opts.context.unwrap_or(self.model.context());
-        self.runner.capacity().map_or(c, |cap| c.min(cap))
+        self.sequence.capacity().map_or(c, |cap| c.min(cap))
     }
 
     /// Tokens drawn on the device (the rest were picked by the host `Sampler`).
     pub fn device_draws(&self) -> usize {
-        self.runner.device_draws()
+        self.sequence.device_draws()
     }
 
     /// Draws tokens on the device when it can (the default) or always on the host; see
-    /// `Runner::set_device_sampling`.
+    /// `Sequence::set_device_sampling`.
     pub fn set_device_sampling(&mut self, on: bool) {
-        self.runner.set_device_sampling(on);
+        self.sequence.set_device_sampling(on);
     }
 
     /// Where the sequence runs: `cpu`, or `cuda · <GPU name>`.
     pub fn device(&self) -> String {
-        self.runner.device()
+        self.sequence.device()
     }
 
     /// Tokens currently in the sequence state.
@@ -282,7 +278,7 @@ impl Session {
 
     /// Forgets the sequence state and every checkpoint.
     pub fn reset(&mut self) {
-        self.runner.reset();
+        self.sequence.reset();
         self.tokens.clear();
         self.checkpoints.clear();
     }
@@ -388,24 +384,24 @@ impl Session {
             return Ok(self.tokens.len());
         }
         let best = (0..self.checkpoints.len())
-            .filter(|i| self.checkpoints[*i].snap.len() <= limit)
-            .max_by_key(|i| self.checkpoints[*i].snap.len());
+            .filter(|i| self.checkpoints[*i].len() <= limit)
+            .max_by_key(|i| self.checkpoints[*i].len());
         let reused = match best {
             Some(i) => {
                 // A failed restore may have copied part of the state: forget it all.
-                if let Err(e) = self.runner.restore(&self.checkpoints[i].snap) {
+                if let Err(e) = self.sequence.restore(&self.checkpoints[i]) {
                     self.reset();
                     return Err(e);
                 }
-                self.checkpoints[i].snap.len()
+                self.checkpoints[i].len()
             }
             None => {
-                self.runner.reset();
+                self.sequence.reset();
                 0
             }
         };
         self.tokens.truncate(reused);
-        self.checkpoints.retain(|c| c.snap.len() <= reused);
+        self.checkpoints.retain(|c| c.len() <= reused);
         Ok(reused)
     }
 
@@ -414,36 +410,37 @@ impl Session {
             || self
                 .checkpoints
                 .iter()
-                .any(|c| c.snap.len() == self.tokens.len())
+                .any(|c| c.len() == self.tokens.len())
         {
             return Ok(());
         }
         if self.checkpoints.len() >= self.opts.max_checkpoints {
             // Drop the oldest position: recent turns are the ones retry/undo go back to.
-            if let Some(i) =
-                (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].snap.len())
+            if let Some(i) = (0..self.checkpoints.len()).min_by_key(|i| self.checkpoints[*i].len())
             {
                 self.checkpoints.remove(i);
             }
         }
-        self.checkpoints.push(Checkpoint {
-            snap: self.runner.snapshot()?,
-        });
+        self.checkpoints.push(self.sequence.checkpoint()?);
         Ok(())
     }
 
     /// One forward call. A failed call may have changed part of the state (some layers
     /// ran), so the session forgets it all rather than break the tokens ⇔ state invariant.
     fn forward(&mut self, ids: &[u32], want: Logits) -> Result<Vec<f32>, EngineError> {
-        self.runner.forward(ids, want).inspect_err(|_| self.reset())
+        self.sequence
+            .forward(ids, want)
+            .inspect_err(|_| self.reset())
     }
 
     /// `forward` with the last position's logits left where they are computed.
     fn forward_last(&mut self, ids: &[u32]) -> Result<StepLogits, EngineError> {
-        self.runner.forward_last(ids).inspect_err(|_| self.reset())
+        self.sequence
+            .forward_last(ids)
+            .inspect_err(|_| self.reset())
     }
 
-    /// Picks the next token from `logits`: on the device when the runner can draw with
+    /// Picks the next token from `logits`: on the device when the sequence can draw with
     /// these parameters and bans and there is no grammar mask, else with the host
     /// `sampler` (logits brought over), restricted to `allowed` when given.
     fn pick(
@@ -455,11 +452,13 @@ impl Session {
     ) -> Result<u32, EngineError> {
         let mut host = match logits {
             StepLogits::Host(l) => l,
-            StepLogits::Device if self.runner.can_draw() && allowed.is_none() => {
+            StepLogits::Device if self.sequence.can_draw() && allowed.is_none() => {
                 let u = sampler.next_uniform();
-                return self.runner.draw(sampler.params(), &self.tokens, banned, u);
+                return self
+                    .sequence
+                    .draw(sampler.params(), &self.tokens, banned, u);
             }
-            StepLogits::Device => self.runner.logits_to_host()?,
+            StepLogits::Device => self.sequence.logits_to_host()?,
         };
         // Broken weights give NaN (or infinite) logits; sampling them would print one
         // arbitrary token after another until max_tokens.
@@ -544,7 +543,7 @@ impl Session {
         let (plan, reused) = self.prepare(req)?;
         let logits = match self.feed(&plan.ids[reused..], &plan.boundaries, req)? {
             StepLogits::Host(l) => l,
-            StepLogits::Device => self.runner.logits_to_host()?,
+            StepLogits::Device => self.sequence.logits_to_host()?,
         };
         Ok((reused, logits))
     }
@@ -664,7 +663,7 @@ impl Session {
                         .as_mut()
                         .filter(|g| g.started() || !thinking.in_reasoning());
                     if let Some(g) = held.as_mut() {
-                        if matches!(step, StepLogits::Device) && self.runner.can_draw() {
+                        if matches!(step, StepLogits::Device) && self.sequence.can_draw() {
                             g.host_step();
                         }
                     }

@@ -1,8 +1,9 @@
 //! The architectures nemo runs, behind one type the engine and the commands use.
 
 use super::llama::Llama;
+use super::lm_head::Logits;
 use super::memory::RunBytes;
-use super::nemotron_h::{Logits, NemotronH};
+use super::nemotron_h::NemotronH;
 use super::ModelError;
 use crate::backend::DType;
 use crate::state::{CacheConfig, SequenceState};

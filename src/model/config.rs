@@ -1,11 +1,19 @@
 //! `config.json` of a `NemotronHForCausalLM` checkpoint, in both forms that exist:
 //! the published one (`hybrid_override_pattern`, e.g. Nano 9B v2) and what transformers 5
 //! writes (`layers_block_type` list, MoE keys present even for dense models, `mamba_*`
-//! aliases). Field names keep the HF keys. The layer pattern is parsed once, here.
+//! spellings). Field names keep the HF keys. The layer pattern is parsed once, here.
+//!
+//! serde reads the fields (`ConfigFile`); code of our own is left for what serde cannot
+//! say: other spellings of a key that may stand beside it (`SPELLINGS`), Python's bare
+//! `NaN` / `Infinity` ([`python_json_to_strict`], [`number`]), the layer pattern, and
+//! validation ([`Check`]). Invariant: every error names the file and the field, and a
+//! value of the wrong type is an error, never taken as absent; `null` is absent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::{shown, ModelError};
 
@@ -123,17 +131,16 @@ impl NemotronHConfig {
     }
 
     pub fn from_json(value: &Value, path: &Path) -> Result<Self, ModelError> {
-        let r = Reader::new(value, path)?;
-        let obj = r.obj;
+        let check = Check::new(path);
         check_quantization_config(value, path)?;
 
-        let arch = obj
+        let arch = value
             .get("architectures")
             .and_then(|a| a.as_array())
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
             .map(str::to_string);
-        let model_type = obj.get("model_type").and_then(|v| v.as_str());
+        let model_type = value.get("model_type").and_then(|v| v.as_str());
         let is_nemotron_h =
             arch.as_deref() == Some("NemotronHForCausalLM") || model_type == Some("nemotron_h");
         if !is_nemotron_h {
@@ -146,151 +153,150 @@ impl NemotronHConfig {
             });
         }
 
-        let layers = r.layers()?;
-        let hidden_size = r.usize("hidden_size", &[])?;
-        let num_attention_heads = r.usize("num_attention_heads", &[])?;
-        let head_dim = match r.opt_usize("head_dim", &["attention_head_dim"])? {
-            Some(h) => h,
-            None => hidden_size / num_attention_heads.max(1),
-        };
+        let f: ConfigFile = read_fields(value, path, SPELLINGS)?;
+        let layers = f.layers(&check)?;
+        for (field, act, want) in [
+            ("mlp_hidden_act", &f.mlp_hidden_act, "relu2"),
+            ("mamba_hidden_act", &f.mamba_hidden_act, "silu"),
+        ] {
+            if let Some(act) = act.as_ref().and_then(Value::as_str) {
+                if act != want {
+                    return Err(check.err(
+                        field,
+                        format!("`{}` is not supported (only {want})", shown(act)),
+                    ));
+                }
+            }
+        }
         let cfg = NemotronHConfig {
-            hidden_size,
-            vocab_size: r.usize("vocab_size", &[])?,
-            layer_norm_epsilon: r.positive_or("layer_norm_epsilon", &["rms_norm_eps"], 1e-5)?
+            hidden_size: f.hidden_size,
+            vocab_size: f.vocab_size,
+            layer_norm_epsilon: check.positive("layer_norm_epsilon", f.layer_norm_epsilon, 1e-5)?
                 as f32,
-            tie_word_embeddings: r.bool_or("tie_word_embeddings", &[], false)?,
-            max_position_embeddings: r.opt_usize("max_position_embeddings", &[])?.unwrap_or(4096),
-            mamba_num_heads: r.usize("mamba_num_heads", &[])?,
-            mamba_head_dim: r.usize("mamba_head_dim", &[])?,
-            ssm_state_size: r.usize("ssm_state_size", &["mamba_d_state"])?,
-            n_groups: r.usize("n_groups", &["mamba_n_groups"])?,
-            conv_kernel: r.usize("conv_kernel", &["mamba_d_conv"])?,
-            chunk_size: r.usize("chunk_size", &["mamba_chunk_size"])?,
-            use_conv_bias: r.bool_or("use_conv_bias", &["mamba_conv_bias"], true)?,
-            use_bias: r.bool_or("use_bias", &["mamba_proj_bias"], false)?,
-            time_step_min: r.finite_or("time_step_min", &["mamba_dt_min"], 0.001)? as f32,
-            num_attention_heads,
-            num_key_value_heads: r
-                .opt_usize("num_key_value_heads", &[])?
-                .unwrap_or(num_attention_heads),
-            head_dim,
-            intermediate_size: r.usize("intermediate_size", &[])?,
-            mlp_bias: r.bool_or("mlp_bias", &[], false)?,
-            n_routed_experts: r
-                .opt_usize("n_routed_experts", &["num_local_experts"])?
-                .unwrap_or(0),
-            num_experts_per_tok: r.opt_usize("num_experts_per_tok", &[])?.unwrap_or(0),
-            n_group: r.opt_usize("n_group", &[])?.unwrap_or(1),
-            topk_group: r.opt_usize("topk_group", &[])?.unwrap_or(1),
-            moe_intermediate_size: r.opt_usize("moe_intermediate_size", &[])?.unwrap_or(0),
-            moe_shared_expert_intermediate_size: r
-                .opt_usize("moe_shared_expert_intermediate_size", &[])?
-                .unwrap_or(0),
-            moe_latent_size: r.opt_usize("moe_latent_size", &[])?,
-            norm_topk_prob: r.bool_or("norm_topk_prob", &[], true)?,
-            routed_scaling_factor: r.positive_or("routed_scaling_factor", &[], 1.0)? as f32,
-            bos_token_id: r.ids("bos_token_id")?.first().copied(),
-            eos_token_id: r.ids("eos_token_id")?,
-            torch_dtype: obj
+            tie_word_embeddings: f.tie_word_embeddings,
+            max_position_embeddings: f.max_position_embeddings,
+            mamba_num_heads: f.mamba_num_heads,
+            mamba_head_dim: f.mamba_head_dim,
+            ssm_state_size: f.ssm_state_size,
+            n_groups: f.n_groups,
+            conv_kernel: f.conv_kernel,
+            chunk_size: f.chunk_size,
+            use_conv_bias: f.use_conv_bias,
+            use_bias: f.use_bias,
+            time_step_min: check.finite("time_step_min", f.time_step_min, 0.001)? as f32,
+            num_attention_heads: f.num_attention_heads,
+            num_key_value_heads: f.num_key_value_heads.unwrap_or(f.num_attention_heads),
+            head_dim: f
+                .head_dim
+                .unwrap_or(f.hidden_size / f.num_attention_heads.max(1)),
+            intermediate_size: f.intermediate_size,
+            mlp_bias: f.mlp_bias,
+            n_routed_experts: f.n_routed_experts,
+            num_experts_per_tok: f.num_experts_per_tok,
+            n_group: f.n_group,
+            topk_group: f.topk_group,
+            moe_intermediate_size: f.moe_intermediate_size,
+            moe_shared_expert_intermediate_size: f.moe_shared_expert_intermediate_size,
+            moe_latent_size: f.moe_latent_size,
+            norm_topk_prob: f.norm_topk_prob,
+            routed_scaling_factor: check.positive(
+                "routed_scaling_factor",
+                f.routed_scaling_factor,
+                1.0,
+            )? as f32,
+            bos_token_id: f.bos_token_id.first().copied(),
+            eos_token_id: f.eos_token_id.clone(),
+            torch_dtype: value
                 .get("torch_dtype")
-                .or(obj.get("dtype"))
+                .or(value.get("dtype"))
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
             layers,
         };
-        if let Some(act) = obj.get("mlp_hidden_act").and_then(|v| v.as_str()) {
-            if act != "relu2" {
-                return Err(r.err(
-                    "mlp_hidden_act",
-                    format!("`{}` is not supported (only relu2)", shown(act)),
-                ));
-            }
-        }
-        if let Some(act) = obj.get("mamba_hidden_act").and_then(|v| v.as_str()) {
-            if act != "silu" {
-                return Err(r.err(
-                    "mamba_hidden_act",
-                    format!("`{}` is not supported (only silu)", shown(act)),
-                ));
-            }
-        }
-        cfg.validate(&r)?;
+        cfg.validate(&check)?;
+        check.ids_below("bos_token_id", &f.bos_token_id, cfg.vocab_size)?;
+        check.ids_below("eos_token_id", &f.eos_token_id, cfg.vocab_size)?;
+        cfg.check_sizes(&check)?;
         Ok(cfg)
     }
 
-    fn validate(&self, r: &Reader<'_>) -> Result<(), ModelError> {
+    fn validate(&self, check: &Check<'_>) -> Result<(), ModelError> {
+        let err = |field: &str, msg: String| Err(check.err(field, msg));
         if let Some(field) = self.overflowing_field() {
-            return Err(r.err(field, "makes the model's sizes overflow".into()));
+            return err(field, "makes the model's sizes overflow".into());
         }
         if self.layers.is_empty() {
-            return Err(r.err("hybrid_override_pattern", "has no layers".into()));
+            return err("hybrid_override_pattern", "has no layers".into());
         }
         if self.layers.contains(&LayerKind::Moe) {
             let e = self.n_routed_experts;
             if e == 0 {
-                return Err(r.err(
+                return err(
                     "n_routed_experts",
                     "must be set for a model with MoE (`E`) layers".into(),
-                ));
+                );
             }
             if self.num_experts_per_tok == 0 || self.num_experts_per_tok > e {
-                return Err(r.err(
+                return err(
                     "num_experts_per_tok",
                     format!("{} is not within 1..={e}", self.num_experts_per_tok),
-                ));
+                );
             }
             if self.n_group == 0 || !e.is_multiple_of(self.n_group) || e / self.n_group < 2 {
-                return Err(r.err(
+                return err(
                     "n_group",
                     format!(
                         "{} does not split {e} experts into groups of 2 or more",
                         self.n_group
                     ),
-                ));
+                );
             }
             if self.topk_group == 0 || self.topk_group > self.n_group {
-                return Err(r.err(
+                return err(
                     "topk_group",
                     format!("{} is not within 1..={}", self.topk_group, self.n_group),
-                ));
+                );
             }
             if self.topk_group * (e / self.n_group) < self.num_experts_per_tok {
-                return Err(r.err(
+                return err(
                     "topk_group",
                     "leaves fewer experts than num_experts_per_tok".into(),
-                ));
+                );
             }
             if self.moe_intermediate_size == 0 {
-                return Err(r.err(
+                return err(
                     "moe_intermediate_size",
                     "must be set for a model with MoE layers".into(),
-                ));
+                );
             }
         }
         if self.n_groups == 0 || !self.mamba_num_heads.is_multiple_of(self.n_groups) {
-            return Err(r.err(
+            return err(
                 "n_groups",
                 format!(
                     "{} does not divide mamba_num_heads {}",
                     self.n_groups, self.mamba_num_heads
                 ),
-            ));
+            );
         }
         if self.num_key_value_heads == 0
             || !self
                 .num_attention_heads
                 .is_multiple_of(self.num_key_value_heads)
         {
-            return Err(r.err(
+            return err(
                 "num_key_value_heads",
                 format!(
                     "{} does not divide num_attention_heads {}",
                     self.num_key_value_heads, self.num_attention_heads
                 ),
-            ));
+            );
         }
-        r.ids_below("bos_token_id", self.vocab_size)?;
-        r.ids_below("eos_token_id", self.vocab_size)?;
+        Ok(())
+    }
+
+    /// Sizes that must not be 0 (checked after the token ids, as the reader always has).
+    fn check_sizes(&self, check: &Check<'_>) -> Result<(), ModelError> {
         for (name, v) in [
             ("hidden_size", self.hidden_size),
             ("vocab_size", self.vocab_size),
@@ -301,10 +307,161 @@ impl NemotronHConfig {
             ("head_dim", self.head_dim),
         ] {
             if v == 0 {
-                return Err(r.err(name, "must be greater than 0".into()));
+                return Err(check.err(name, "must be greater than 0".into()));
             }
         }
         Ok(())
+    }
+}
+
+/// Other spellings of HF keys, as configs in the wild write them (transformers 5's
+/// `mamba_*` names, `rms_norm_eps`, `layer_types`, ...), each after the key it stands for.
+/// The first spelling present (and not null) is the value. They are not serde `alias`es
+/// because a config may hold two spellings at once (published ones write both `head_dim`
+/// and `attention_head_dim`, and `use_bias` beside `mamba_proj_bias`), which serde refuses
+/// as a duplicate field.
+const SPELLINGS: &[(&str, &[&str])] = &[
+    ("head_dim", &["attention_head_dim"]),
+    ("layer_norm_epsilon", &["rms_norm_eps"]),
+    ("ssm_state_size", &["mamba_d_state"]),
+    ("n_groups", &["mamba_n_groups"]),
+    ("conv_kernel", &["mamba_d_conv"]),
+    ("chunk_size", &["mamba_chunk_size"]),
+    ("use_conv_bias", &["mamba_conv_bias"]),
+    ("use_bias", &["mamba_proj_bias"]),
+    ("time_step_min", &["mamba_dt_min"]),
+    ("n_routed_experts", &["num_local_experts"]),
+    ("layers_block_type", &["layer_types"]),
+];
+
+/// config.json's fields as serde reads them (after [`SPELLINGS`]), with the reference's
+/// defaults (transformers' `NemotronHConfig`); numbers that may be Python's `NaN` /
+/// `Infinity` and the defaults derived from other fields are settled in
+/// [`NemotronHConfig::from_json`].
+#[derive(Deserialize)]
+struct ConfigFile {
+    layers_block_type: Option<Vec<String>>,
+    hybrid_override_pattern: Option<String>,
+    num_hidden_layers: Option<usize>,
+    hidden_size: usize,
+    vocab_size: usize,
+    #[serde(default, deserialize_with = "number")]
+    layer_norm_epsilon: Option<f64>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_max_position_embeddings")]
+    max_position_embeddings: usize,
+    mamba_num_heads: usize,
+    mamba_head_dim: usize,
+    ssm_state_size: usize,
+    n_groups: usize,
+    conv_kernel: usize,
+    chunk_size: usize,
+    #[serde(default = "yes")]
+    use_conv_bias: bool,
+    #[serde(default)]
+    use_bias: bool,
+    #[serde(default, deserialize_with = "number")]
+    time_step_min: Option<f64>,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    intermediate_size: usize,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default)]
+    n_routed_experts: usize,
+    #[serde(default)]
+    num_experts_per_tok: usize,
+    #[serde(default = "one")]
+    n_group: usize,
+    #[serde(default = "one")]
+    topk_group: usize,
+    #[serde(default)]
+    moe_intermediate_size: usize,
+    #[serde(default)]
+    moe_shared_expert_intermediate_size: usize,
+    moe_latent_size: Option<usize>,
+    #[serde(default = "yes")]
+    norm_topk_prob: bool,
+    #[serde(default, deserialize_with = "number")]
+    routed_scaling_factor: Option<f64>,
+    #[serde(default, deserialize_with = "token_ids")]
+    bos_token_id: Vec<u32>,
+    #[serde(default, deserialize_with = "token_ids")]
+    eos_token_id: Vec<u32>,
+    /// Checked only when a string (`relu2` is the one nemo runs).
+    mlp_hidden_act: Option<Value>,
+    /// Checked only when a string (`silu`).
+    mamba_hidden_act: Option<Value>,
+}
+
+/// `max_position_embeddings` when a config leaves it out.
+pub(crate) fn default_max_position_embeddings() -> usize {
+    4096
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> usize {
+    1
+}
+
+impl ConfigFile {
+    /// The layer pattern: the `layers_block_type` list (transformers 5), else the
+    /// `hybrid_override_pattern` string (published), one symbol per layer.
+    fn layers(&self, check: &Check<'_>) -> Result<Vec<LayerKind>, ModelError> {
+        let layers = if let Some(list) = &self.layers_block_type {
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    "linear_attention" | "mamba" => Ok(LayerKind::Mamba2),
+                    "full_attention" | "attention" => Ok(LayerKind::Attention),
+                    "mlp" => Ok(LayerKind::Mlp),
+                    "moe" => Ok(LayerKind::Moe),
+                    _ => Err(check.err(
+                        "layers_block_type",
+                        format!(
+                            "entry {i} is {}, not one of linear_attention, full_attention, mlp, moe",
+                            Value::from(v.as_str())
+                        ),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else if let Some(p) = &self.hybrid_override_pattern {
+            p.chars()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    'M' => Ok(LayerKind::Mamba2),
+                    '*' => Ok(LayerKind::Attention),
+                    '-' => Ok(LayerKind::Mlp),
+                    'E' => Ok(LayerKind::Moe),
+                    _ => Err(check.err(
+                        "hybrid_override_pattern",
+                        format!("character {i} is {c:?}, not one of M * - E"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            return Err(check.err(
+                "hybrid_override_pattern",
+                "missing (and no `layers_block_type` list either)".into(),
+            ));
+        };
+        if let Some(n) = self.num_hidden_layers {
+            if n != layers.len() && self.layers_block_type.is_none() {
+                return Err(check.err(
+                    "num_hidden_layers",
+                    format!(
+                        "is {n} but hybrid_override_pattern has {} layers",
+                        layers.len()
+                    ),
+                ));
+            }
+        }
+        Ok(layers)
     }
 }
 
@@ -417,7 +574,7 @@ pub fn read_json(path: &Path) -> Result<Value, ModelError> {
 /// configs have `"time_step_limit": [0.0, Infinity]`); strict JSON has no such tokens.
 /// Replaces them, outside string literals, with the strings `"Infinity"`, `"-Infinity"`
 /// and `"NaN"`: a field nemo reads as a number then names the value in its error
-/// (`Reader::number`) instead of taking a NaN for "absent".
+/// ([`number`]) instead of taking a NaN for "absent".
 pub fn python_json_to_strict(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_str = false;
@@ -456,208 +613,161 @@ pub fn python_json_to_strict(text: &str) -> String {
     out
 }
 
-/// Reads the fields of a model's JSON file by name; every error names the file and the
-/// field, and a value of the wrong type is an error, never taken as absent.
-pub(crate) struct Reader<'a> {
-    pub(crate) obj: &'a Map<String, Value>,
-    file: PathBuf,
+/// The fields of a model's JSON file (`value`, read from `file`) as `T`: `null` values
+/// are left out (absent), the first present spelling of each `spellings` entry stands for
+/// its key, and an error names the file and the field (`rope_scaling.factor`,
+/// `layers_block_type[2]`); a missing required field is named by serde's message.
+pub(crate) fn read_fields<T: DeserializeOwned>(
+    value: &Value,
+    file: &Path,
+    spellings: &[(&str, &[&str])],
+) -> Result<T, ModelError> {
+    let obj = value.as_object().ok_or_else(|| ModelError::Config {
+        file: file.to_path_buf(),
+        msg: "top level is not a JSON object".into(),
+    })?;
+    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    let fields = obj
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .filter_map(|(k, v)| {
+            let Some((key, others)) = spellings
+                .iter()
+                .find(|(key, others)| *key == k.as_str() || others.contains(&k.as_str()))
+            else {
+                return Some((k.as_str(), v));
+            };
+            let first = std::iter::once(key)
+                .chain(others.iter())
+                .find(|s| present(s));
+            (first.copied() == Some(k.as_str())).then_some((*key, v))
+        });
+    let de = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(fields);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        if field == "." {
+            ModelError::Config {
+                file: file.to_path_buf(),
+                msg,
+            }
+        } else {
+            ModelError::ConfigField {
+                file: file.to_path_buf(),
+                field,
+                msg,
+            }
+        }
+    })
 }
 
-impl<'a> Reader<'a> {
-    pub(crate) fn new(value: &'a Value, path: &Path) -> Result<Self, ModelError> {
-        let obj = value.as_object().ok_or_else(|| ModelError::Config {
-            file: path.to_path_buf(),
-            msg: "top level is not a JSON object".into(),
-        })?;
-        Ok(Reader {
-            obj,
-            file: path.to_path_buf(),
-        })
+/// A number, or Python's `NaN` / `Infinity` / `-Infinity` (strings after
+/// [`python_json_to_strict`]) as the non-finite values they are: for `deserialize_with` on
+/// an `Option<f64>` field (with `default`), whose range the reader then checks ([`Check`]).
+pub(crate) fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = Value::deserialize(d)?;
+    number_of(&v).map(Some).map_err(D::Error::custom)
+}
+
+/// `v` as a number (see [`number`]), else the message saying what it is.
+pub(crate) fn number_of(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::String(s) if s == "NaN" => Ok(f64::NAN),
+        Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
+        Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+        _ => v
+            .as_f64()
+            .ok_or_else(|| format!("expected a number, found {v}")),
+    }
+}
+
+/// A token id or a list of them (`eos_token_id`): for `deserialize_with` (with `default`:
+/// absent is none).
+pub(crate) fn token_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    let v = Value::deserialize(d)?;
+    let id = |v: &Value| {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| D::Error::custom(format!("bad token id {v}")))
+    };
+    match &v {
+        Value::Number(_) => Ok(vec![id(&v)?]),
+        Value::Array(a) => a.iter().map(id).collect(),
+        _ => Err(D::Error::custom(format!(
+            "expected an id or a list of ids, found {v}"
+        ))),
+    }
+}
+
+/// Range checks on a model file's values, each error naming the file and the field.
+pub(crate) struct Check<'a> {
+    file: &'a Path,
+}
+
+impl<'a> Check<'a> {
+    pub(crate) fn new(file: &'a Path) -> Self {
+        Check { file }
     }
 
     pub(crate) fn err(&self, field: &str, msg: String) -> ModelError {
         ModelError::ConfigField {
-            file: self.file.clone(),
+            file: self.file.to_path_buf(),
             field: field.to_string(),
             msg,
         }
     }
 
-    pub(crate) fn find(&self, key: &str, aliases: &[&str]) -> Option<&'a Value> {
-        std::iter::once(key)
-            .chain(aliases.iter().copied())
-            .find_map(|k| self.obj.get(k))
-            .filter(|v| !v.is_null())
+    /// `x` as a number ([`number_of`]), the error naming `field`.
+    pub(crate) fn number(&self, field: &str, x: &Value) -> Result<f64, ModelError> {
+        number_of(x).map_err(|msg| self.err(field, msg))
     }
 
-    pub(crate) fn opt_usize(
+    /// A finite number (`default` when absent), also finite as the f32 the model keeps.
+    pub(crate) fn finite(
         &self,
-        key: &str,
-        aliases: &[&str],
-    ) -> Result<Option<usize>, ModelError> {
-        match self.find(key, aliases) {
-            None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                self.err(key, format!("expected a non-negative integer, found {v}"))
-            }),
-        }
-    }
-
-    pub(crate) fn usize(&self, key: &str, aliases: &[&str]) -> Result<usize, ModelError> {
-        self.opt_usize(key, aliases)?
-            .ok_or_else(|| self.err(key, "missing".into()))
-    }
-
-    /// `v` (the value of `key`) as a number; Python's `NaN` / `Infinity` (strings after
-    /// `python_json_to_strict`) as the non-finite values they are.
-    pub(crate) fn number(&self, key: &str, v: &Value) -> Result<f64, ModelError> {
-        match v {
-            Value::String(s) if s == "NaN" => Ok(f64::NAN),
-            Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
-            Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
-            _ => v
-                .as_f64()
-                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
-        }
-    }
-
-    /// A finite number (`default` when absent); NaN or infinity is an error naming `key`.
-    pub(crate) fn finite_or(
-        &self,
-        key: &str,
-        aliases: &[&str],
+        field: &str,
+        x: Option<f64>,
         default: f64,
     ) -> Result<f64, ModelError> {
-        let Some(v) = self.find(key, aliases) else {
-            return Ok(default);
-        };
-        let x = self.number(key, v)?;
-        // Also finite as the f32 the model keeps.
+        let x = x.unwrap_or(default);
         if !x.is_finite() || !(x as f32).is_finite() {
-            return Err(self.err(key, format!("is {x}; it must be a finite number")));
+            return Err(self.err(field, format!("is {x}; it must be a finite number")));
         }
         Ok(x)
     }
 
-    /// A finite number, None when absent; NaN or infinity is an error naming `key`.
-    pub(crate) fn opt_finite(&self, key: &str) -> Result<Option<f64>, ModelError> {
-        match self.find(key, &[]) {
-            None => Ok(None),
-            Some(_) => self.finite_or(key, &[], 0.0).map(Some),
-        }
-    }
-
-    /// A finite number greater than 0, also as an f32 (`layer_norm_epsilon`, `rope_theta`):
-    /// NaN, infinity, 0 or a negative value is an error naming `key`.
-    pub(crate) fn positive_or(
+    /// A finite number greater than 0 (`default` when absent), also as an f32
+    /// (`layer_norm_epsilon`, `rope_theta`).
+    pub(crate) fn positive(
         &self,
-        key: &str,
-        aliases: &[&str],
+        field: &str,
+        x: Option<f64>,
         default: f64,
     ) -> Result<f64, ModelError> {
-        let Some(v) = self.find(key, aliases) else {
-            return Ok(default);
-        };
-        let x = self.number(key, v)?;
+        let x = x.unwrap_or(default);
         if !x.is_finite() || !(x as f32).is_finite() || (x as f32) <= 0.0 {
             return Err(self.err(
-                key,
+                field,
                 format!("is {x}; it must be a finite number greater than 0"),
             ));
         }
         Ok(x)
     }
 
-    pub(crate) fn bool_or(
+    /// Refuses a token id at or past `vocab` (the sampler indexes logits by it).
+    pub(crate) fn ids_below(
         &self,
-        key: &str,
-        aliases: &[&str],
-        default: bool,
-    ) -> Result<bool, ModelError> {
-        match self.find(key, aliases) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-
-    /// A token id or a list of them (`eos_token_id`); absent or null is none.
-    pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>, ModelError> {
-        let id = |v: &Value| {
-            v.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .ok_or_else(|| self.err(key, format!("bad token id {v}")))
-        };
-        match self.find(key, &[]) {
-            None => Ok(vec![]),
-            Some(v @ Value::Number(_)) => Ok(vec![id(v)?]),
-            Some(Value::Array(a)) => a.iter().map(id).collect(),
-            Some(v) => Err(self.err(key, format!("expected an id or a list of ids, found {v}"))),
-        }
-    }
-
-    /// Refuses a token id in `key` at or past `vocab` (the sampler indexes logits by it).
-    pub(crate) fn ids_below(&self, key: &str, vocab: usize) -> Result<(), ModelError> {
-        match self.ids(key)?.into_iter().find(|&i| i as usize >= vocab) {
+        field: &str,
+        ids: &[u32],
+        vocab: usize,
+    ) -> Result<(), ModelError> {
+        match ids.iter().find(|&&i| i as usize >= vocab) {
             Some(i) => Err(self.err(
-                key,
+                field,
                 format!("holds token id {i}, past the vocabulary of {vocab} tokens"),
             )),
             None => Ok(()),
         }
-    }
-
-    fn layers(&self) -> Result<Vec<LayerKind>, ModelError> {
-        let layers = if let Some(list) = self.find("layers_block_type", &["layer_types"]) {
-            let arr = list
-                .as_array()
-                .ok_or_else(|| self.err("layers_block_type", "expected a list".into()))?;
-            arr.iter()
-                .enumerate()
-                .map(|(i, v)| match v.as_str() {
-                    Some("linear_attention") | Some("mamba") => Ok(LayerKind::Mamba2),
-                    Some("full_attention") | Some("attention") => Ok(LayerKind::Attention),
-                    Some("mlp") => Ok(LayerKind::Mlp),
-                    Some("moe") => Ok(LayerKind::Moe),
-                    _ => Err(self.err("layers_block_type", format!("entry {i} is {v}, not one of linear_attention, full_attention, mlp, moe"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        } else if let Some(p) = self.find("hybrid_override_pattern", &[]) {
-            let s = p
-                .as_str()
-                .ok_or_else(|| self.err("hybrid_override_pattern", "expected a string".into()))?;
-            s.chars()
-                .enumerate()
-                .map(|(i, c)| match c {
-                    'M' => Ok(LayerKind::Mamba2),
-                    '*' => Ok(LayerKind::Attention),
-                    '-' => Ok(LayerKind::Mlp),
-                    'E' => Ok(LayerKind::Moe),
-                    _ => Err(self.err(
-                        "hybrid_override_pattern",
-                        format!("character {i} is {c:?}, not one of M * - E"),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            return Err(self.err(
-                "hybrid_override_pattern",
-                "missing (and no `layers_block_type` list either)".into(),
-            ));
-        };
-        if let Some(n) = self.opt_usize("num_hidden_layers", &[])? {
-            if n != layers.len() && self.find("layers_block_type", &["layer_types"]).is_none() {
-                return Err(self.err(
-                    "num_hidden_layers",
-                    format!(
-                        "is {n} but hybrid_override_pattern has {} layers",
-                        layers.len()
-                    ),
-                ));
-            }
-        }
-        Ok(layers)
     }
 }
 

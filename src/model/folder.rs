@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::arch::Model;
-use super::config::{self, NemotronHConfig, Reader};
+use super::config::{self, Check, NemotronHConfig};
 use super::files;
 use super::gguf::GgufFile;
 use super::gguf_tokenizer;
@@ -75,21 +75,38 @@ pub fn generation_from_json(
     path: &Path,
     vocab: usize,
 ) -> Result<GenerationDefaults, ModelError> {
-    let r = Reader::new(v, path)?;
-    r.ids_below("eos_token_id", vocab)?;
-    let f = |k: &str| -> Result<Option<f32>, ModelError> {
-        match r.opt_finite(k)? {
-            Some(x) if x < 0.0 => Err(r.err(k, format!("is {x}; it must not be negative"))),
-            x => Ok(x.map(|x| x as f32)),
+    /// The fields nemo reads, as serde reads them.
+    #[derive(serde::Deserialize)]
+    struct GenerationFile {
+        #[serde(default, deserialize_with = "config::token_ids")]
+        eos_token_id: Vec<u32>,
+        #[serde(default, deserialize_with = "config::number")]
+        temperature: Option<f64>,
+        #[serde(default, deserialize_with = "config::number")]
+        top_p: Option<f64>,
+        top_k: Option<usize>,
+        #[serde(default, deserialize_with = "config::number")]
+        repetition_penalty: Option<f64>,
+        max_new_tokens: Option<usize>,
+    }
+    let g: GenerationFile = config::read_fields(v, path, &[])?;
+    let check = Check::new(path);
+    check.ids_below("eos_token_id", &g.eos_token_id, vocab)?;
+    let f = |k: &str, x: Option<f64>| -> Result<Option<f32>, ModelError> {
+        let Some(x) = x else { return Ok(None) };
+        let x = check.finite(k, Some(x), 0.0)?;
+        if x < 0.0 {
+            return Err(check.err(k, format!("is {x}; it must not be negative")));
         }
+        Ok(Some(x as f32))
     };
     Ok(GenerationDefaults {
-        eos_token_ids: r.ids("eos_token_id")?,
-        temperature: f("temperature")?,
-        top_p: f("top_p")?,
-        top_k: r.opt_usize("top_k", &[])?,
-        repetition_penalty: f("repetition_penalty")?,
-        max_new_tokens: r.opt_usize("max_new_tokens", &[])?,
+        temperature: f("temperature", g.temperature)?,
+        top_p: f("top_p", g.top_p)?,
+        top_k: g.top_k,
+        repetition_penalty: f("repetition_penalty", g.repetition_penalty)?,
+        max_new_tokens: g.max_new_tokens,
+        eos_token_ids: g.eos_token_id,
     })
 }
 

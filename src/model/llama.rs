@@ -4,16 +4,17 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::attention::{Attention, Rope};
-use super::config::Reader;
+use super::config::{self, read_fields, Check};
 use super::gguf::GgufFile;
 use super::weights::{Tensor, WeightStore};
 use super::{shown, ModelError};
 use crate::backend::cpu::{matmul, matmul_many, ops};
 use crate::backend::DType;
-use crate::state::{CacheConfig, KvCache, LayerState, SequenceState};
+use crate::state::{CacheConfig, LayerShape, LayerState, SequenceState};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -41,6 +42,37 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// config.json's fields as serde reads them; `rope_scaling` / `rope_parameters` are read
+/// by hand (their form depends on `rope_type`).
+#[derive(Deserialize)]
+struct LlamaConfigFile {
+    hidden_size: usize,
+    vocab_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    intermediate_size: usize,
+    #[serde(default, deserialize_with = "config::number")]
+    rms_norm_eps: Option<f64>,
+    #[serde(default, deserialize_with = "config::number")]
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    #[serde(default = "config::default_max_position_embeddings")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default, deserialize_with = "config::token_ids")]
+    eos_token_id: Vec<u32>,
+    #[serde(default, deserialize_with = "config::token_ids")]
+    bos_token_id: Vec<u32>,
+}
+
 fn field_err(file: &Path, field: &str, msg: &str) -> ModelError {
     ModelError::ConfigField {
         file: file.to_path_buf(),
@@ -51,15 +83,15 @@ fn field_err(file: &Path, field: &str, msg: &str) -> ModelError {
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        Self::from_json(&super::config::read_json(path)?, path)
+        Self::from_json(&config::read_json(path)?, path)
     }
 
     pub fn from_json(v: &Value, file: &Path) -> Result<Self, ModelError> {
-        let r = Reader::new(v, file)?;
-        super::config::check_quantization_config(v, file)?;
-        let hidden_size = r.usize("hidden_size", &[])?;
-        let heads = r.usize("num_attention_heads", &[])?;
-        if r.bool_or("attention_bias", &[], false)? || r.bool_or("mlp_bias", &[], false)? {
+        let check = Check::new(file);
+        config::check_quantization_config(v, file)?;
+        let f: LlamaConfigFile = read_fields(v, file, &[])?;
+        let heads = f.num_attention_heads;
+        if f.attention_bias || f.mlp_bias {
             return Err(field_err(
                 file,
                 "attention_bias",
@@ -68,8 +100,8 @@ impl LlamaConfig {
         }
         // transformers 5 writes `rope_parameters` (theta + scaling together); the hub's
         // Llama-3.1 configs write `rope_theta` and `rope_scaling`.
-        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
-        let rope_scaling = match r.find("rope_scaling", &[]).or(rope_params) {
+        let rope_params = f.rope_parameters.as_ref().filter(|p| p.is_object());
+        let rope_scaling = match f.rope_scaling.as_ref().or(rope_params) {
             None => None,
             Some(s) => {
                 let kind = s
@@ -83,7 +115,7 @@ impl LlamaConfig {
                             let field = format!("rope_scaling.{k}");
                             let x = match s.get(k).filter(|x| !x.is_null()) {
                                 None => return Err(field_err(file, &field, "missing")),
-                                Some(x) => r.number(&field, x)?,
+                                Some(x) => check.number(&field, x)?,
                             };
                             if !x.is_finite() || x <= 0.0 {
                                 return Err(field_err(
@@ -123,34 +155,34 @@ impl LlamaConfig {
                 }
             }
         };
-        let theta_in_params = r.find("rope_theta", &[]).is_none()
-            && rope_params.is_some_and(|p| p.get("rope_theta").is_some_and(|t| !t.is_null()));
-        let rope_theta = match rope_params.filter(|_| theta_in_params) {
-            Some(p) => Reader::new(p, file)?.positive_or("rope_theta", &[], 10000.0)?,
-            None => r.positive_or("rope_theta", &[], 10000.0)?,
+        let theta_in_params = rope_params
+            .and_then(|p| p.get("rope_theta"))
+            .filter(|t| !t.is_null() && f.rope_theta.is_none());
+        let rope_theta = match theta_in_params {
+            Some(t) => {
+                check.positive("rope_theta", Some(check.number("rope_theta", t)?), 10000.0)?
+            }
+            None => check.positive("rope_theta", f.rope_theta, 10000.0)?,
         };
-        let vocab_size = r.usize("vocab_size", &[])?;
-        r.ids_below("eos_token_id", vocab_size)?;
-        r.ids_below("bos_token_id", vocab_size)?;
+        check.ids_below("eos_token_id", &f.eos_token_id, f.vocab_size)?;
+        check.ids_below("bos_token_id", &f.bos_token_id, f.vocab_size)?;
         let cfg = LlamaConfig {
-            hidden_size,
-            vocab_size,
-            num_hidden_layers: r.usize("num_hidden_layers", &[])?,
+            hidden_size: f.hidden_size,
+            vocab_size: f.vocab_size,
+            num_hidden_layers: f.num_hidden_layers,
             num_attention_heads: heads,
-            num_key_value_heads: r.opt_usize("num_key_value_heads", &[])?.unwrap_or(heads),
-            head_dim: r
-                .opt_usize("head_dim", &[])?
-                .unwrap_or(hidden_size / heads.max(1)),
-            intermediate_size: r.usize("intermediate_size", &[])?,
-            rms_norm_eps: r.positive_or("rms_norm_eps", &[], 1e-5)? as f32,
+            num_key_value_heads: f.num_key_value_heads.unwrap_or(heads),
+            head_dim: f.head_dim.unwrap_or(f.hidden_size / heads.max(1)),
+            intermediate_size: f.intermediate_size,
+            rms_norm_eps: check.positive("rms_norm_eps", f.rms_norm_eps, 1e-5)? as f32,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: r.opt_usize("max_position_embeddings", &[])?.unwrap_or(4096),
-            tie_word_embeddings: r.bool_or("tie_word_embeddings", &[], false)?,
-            eos_token_id: r.ids("eos_token_id")?,
+            max_position_embeddings: f.max_position_embeddings,
+            tie_word_embeddings: f.tie_word_embeddings,
+            eos_token_id: f.eos_token_id,
         };
         if cfg.num_key_value_heads == 0
-            || heads % cfg.num_key_value_heads != 0
+            || !heads.is_multiple_of(cfg.num_key_value_heads)
             || !cfg.head_dim.is_multiple_of(2)
         {
             return Err(field_err(
@@ -173,7 +205,7 @@ impl LlamaConfig {
             ("head_dim", cfg.head_dim),
         ] {
             if v == 0 {
-                return Err(r.err(name, "must be greater than 0".into()));
+                return Err(check.err(name, "must be greater than 0".into()));
             }
         }
         Ok(cfg)
@@ -435,20 +467,11 @@ impl Llama {
 
     pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
         let c = &self.config;
-        let layers = (0..c.num_hidden_layers)
-            .map(|_| {
-                LayerState::Attention(KvCache::new(
-                    cache.kv_dtype,
-                    c.num_key_value_heads,
-                    c.head_dim,
-                ))
-            })
-            .collect();
-        SequenceState {
-            layers,
-            len: 0,
-            cache,
-        }
+        let attention = LayerShape::Attention {
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        SequenceState::new(vec![attention; c.num_hidden_layers], cache)
     }
 
     pub fn forward(

@@ -1,10 +1,17 @@
 //! The two ends every architecture shares: token embedding lookup, and final norm + LM
 //! head for the positions a caller wants.
 
-use super::nemotron_h::Logits;
 use super::weights::Tensor;
 use super::ModelError;
 use crate::backend::cpu::{matmul, ops};
+
+/// Which positions' logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
 
 /// Rows of `table` (`[vocab, hidden]`) for `tokens`, widened to f32: `[n, hidden]`.
 pub fn embed(table: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {

@@ -22,7 +22,7 @@ use super::weights::{Tensor, WeightStore};
 use super::ModelError;
 use crate::backend::cpu::ssm::{self, ScanShape};
 use crate::backend::cpu::{matmul, ops};
-use crate::state::ssm_cache::SsmStore;
+use crate::state::mamba_state::SsmStore;
 use crate::state::MambaState;
 
 pub struct Mamba2 {

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 pub use arch::Model;
 pub use config::{LayerKind, NemotronHConfig};
 pub use folder::{GenerationDefaults, ModelFolder};
-pub use nemotron_h::{Logits, NemotronH};
+pub use lm_head::Logits;
+pub use nemotron_h::NemotronH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -7,6 +7,7 @@
 
 use super::attention::Attention;
 use super::config::{LayerKind, NemotronHConfig};
+use super::lm_head::Logits;
 use super::mamba2::Mamba2;
 use super::mlp::Mlp;
 use super::moe::Moe;
@@ -14,7 +15,7 @@ use super::weights::{Tensor, WeightStore};
 use super::ModelError;
 use crate::backend::cpu::ops;
 use crate::backend::DType;
-use crate::state::{CacheConfig, KvCache, LayerState, MambaState, SequenceState};
+use crate::state::{CacheConfig, LayerShape, LayerState, SequenceState};
 
 pub(crate) enum Mixer {
     Mamba2(Mamba2),
@@ -27,14 +28,6 @@ pub(crate) struct Block {
     /// The pre-norm weight, `[hidden]`.
     pub(crate) norm: Vec<f32>,
     pub(crate) mixer: Mixer,
-}
-
-/// Which positions' logits a forward call returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    None,
-    Last,
-    All,
 }
 
 pub struct NemotronH {
@@ -118,31 +111,21 @@ impl NemotronH {
 
     pub fn new_state(&self, cache: CacheConfig) -> SequenceState {
         let c = &self.config;
-        let layers = c
-            .layers
-            .iter()
-            .map(|k| match k {
-                LayerKind::Mamba2 => LayerState::Mamba(MambaState::new(
-                    c.conv_dim(),
-                    c.conv_kernel,
-                    c.mamba_num_heads,
-                    c.mamba_head_dim,
-                    c.ssm_state_size,
-                    cache.ssm_dtype,
-                )),
-                LayerKind::Attention => LayerState::Attention(KvCache::new(
-                    cache.kv_dtype,
-                    c.num_key_value_heads,
-                    c.head_dim,
-                )),
-                _ => LayerState::Stateless,
-            })
-            .collect();
-        SequenceState {
-            layers,
-            len: 0,
-            cache,
-        }
+        let shape = |k: &LayerKind| match k {
+            LayerKind::Mamba2 => LayerShape::Mamba {
+                conv_dim: c.conv_dim(),
+                conv_kernel: c.conv_kernel,
+                heads: c.mamba_num_heads,
+                head_dim: c.mamba_head_dim,
+                d_state: c.ssm_state_size,
+            },
+            LayerKind::Attention => LayerShape::Attention {
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            LayerKind::Mlp | LayerKind::Moe => LayerShape::Stateless,
+        };
+        SequenceState::new(c.layers.iter().map(shape), cache)
     }
 
     /// Feeds `tokens` after the state's current position. One token uses the recurrent

@@ -12,6 +12,51 @@ use super::{LayerKind, ModelError};
 use crate::backend::dtype::narrow_into;
 use crate::backend::DType;
 
+/// xorshift64 (Marsaglia 2003, shifts 13, 7, 17): the one generator of nemo's synthetic
+/// data (bench weights and prompt ids, the bench's synthetic vocabulary, test inputs).
+/// Reproducible from its seed and fast; not the sampler's generator (`engine::sampler`
+/// keeps xoshiro256**, whose draws the GPU sampler must reproduce).
+#[derive(Clone, Debug)]
+pub struct XorShift64(u64);
+
+impl XorShift64 {
+    /// A generator from `seed`; 0 (xorshift's one fixed point) is taken as 1.
+    pub fn new(seed: u64) -> Self {
+        XorShift64(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Below `n` (0 for `n` = 0), by the remainder: the bias is far below what
+    /// synthetic data can notice.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in [-scale, scale], never exactly zero (the top 24 bits, centred).
+    pub fn uniform(&mut self, scale: f32) -> f32 {
+        let u = ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+        (2.0 * u - 1.0) * scale
+    }
+}
+
+/// `n` values uniform in [-scale, scale], never exactly zero, from `seed`.
+pub fn uniform(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut rng = XorShift64::new(seed);
+    (0..n).map(|_| rng.uniform(scale)).collect()
+}
+
+/// `n` token ids below `vocab`, from `seed` (bench prompts).
+pub fn token_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut rng = XorShift64::new(seed);
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
 /// Named shapes `nemo bench --shape` knows.
 pub const SHAPES: &[&str] = &[
     "nano-9b-v2",
@@ -105,18 +150,9 @@ fn random_bytes(dtype: DType, n: usize, scale: f32, seed: u64) -> Vec<u8> {
     out.par_chunks_mut(chunk * dtype.size())
         .enumerate()
         .for_each(|(ci, bytes)| {
-            let mut s =
+            let chunk_seed =
                 seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-            let vals: Vec<f32> = (0..bytes.len() / dtype.size())
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    // Uniform in [-scale, scale], never exactly zero.
-                    let u = ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                    (2.0 * u - 1.0) * scale
-                })
-                .collect();
+            let vals = uniform(chunk_seed, bytes.len() / dtype.size(), scale);
             narrow_into(dtype, &vals, bytes);
         });
     out

@@ -3,14 +3,14 @@
 //!
 //! Invariant: `SequenceState::len` tokens have been fed; every attention layer's KV cache
 //! holds exactly `len` positions and every Mamba layer's state is the state after them.
-//! A `Snapshot` restores all of that at once (Mamba state cannot be rolled back token by
-//! token, so snapshots copy it; the KV cache is only truncated).
+//! A `Checkpoint` restores all of that at once (Mamba state cannot be rolled back token by
+//! token, so checkpoints copy it; the KV cache is only truncated).
 
 pub mod kv_cache;
-pub mod ssm_cache;
+pub mod mamba_state;
 
 pub use kv_cache::KvCache;
-pub use ssm_cache::MambaState;
+pub use mamba_state::MambaState;
 
 use crate::backend::DType;
 
@@ -31,34 +31,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// `--kv-cache-dtype` values: `auto` follows the weights (f16 for block-quantized GGUF
-/// weights, llama.cpp's default KV type).
-pub fn parse_kv_dtype(s: &str, weights: DType) -> Option<DType> {
-    match s {
-        "auto" => Some(match weights {
-            DType::F8E4M3 | DType::F8E5M2 => DType::BF16,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        }),
-        "f32" | "float32" => Some(DType::F32),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        "f16" | "float16" => Some(DType::F16),
-        "fp8_e4m3" | "fp8" => Some(DType::F8E4M3),
-        "fp8_e5m2" => Some(DType::F8E5M2),
-        _ => None,
-    }
-}
-
-/// `--mamba-ssm-cache-dtype` values.
-pub fn parse_ssm_dtype(s: &str) -> Option<DType> {
-    match s {
-        "f32" | "float32" => Some(DType::F32),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        "f16" | "float16" => Some(DType::F16),
-        _ => None,
-    }
-}
-
 #[derive(Clone, Debug)]
 pub enum LayerState {
     Mamba(MambaState),
@@ -73,22 +45,73 @@ pub struct SequenceState {
     pub cache: CacheConfig,
 }
 
+/// What one layer of a model keeps between tokens, with the sizes its state needs: the
+/// model's side of [`SequenceState::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerShape {
+    /// A Mamba2 mixer: a conv window of `conv_kernel - 1` inputs of `conv_dim` channels and
+    /// an SSM state `[heads, head_dim, d_state]`.
+    Mamba {
+        conv_dim: usize,
+        conv_kernel: usize,
+        heads: usize,
+        head_dim: usize,
+        d_state: usize,
+    },
+    /// An attention layer: a KV cache of `kv_heads` heads of `head_dim`.
+    Attention { kv_heads: usize, head_dim: usize },
+    /// MLP and MoE layers keep nothing.
+    Stateless,
+}
+
 /// What `SequenceState::restore` needs: the Mamba states (copied) and the length.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
+pub struct Checkpoint {
     mamba: Vec<Option<MambaState>>,
     pub len: usize,
 }
 
-impl Snapshot {
+impl Checkpoint {
     pub fn bytes(&self) -> usize {
         self.mamba.iter().flatten().map(|m| m.bytes()).sum()
     }
 }
 
 impl SequenceState {
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    /// The empty sequence of a model whose layers are `layers`, in `cache`'s dtypes.
+    pub fn new(layers: impl IntoIterator<Item = LayerShape>, cache: CacheConfig) -> Self {
+        let layers = layers
+            .into_iter()
+            .map(|shape| match shape {
+                LayerShape::Mamba {
+                    conv_dim,
+                    conv_kernel,
+                    heads,
+                    head_dim,
+                    d_state,
+                } => LayerState::Mamba(MambaState::new(
+                    conv_dim,
+                    conv_kernel,
+                    heads,
+                    head_dim,
+                    d_state,
+                    cache.ssm_dtype,
+                )),
+                LayerShape::Attention { kv_heads, head_dim } => {
+                    LayerState::Attention(KvCache::new(cache.kv_dtype, kv_heads, head_dim))
+                }
+                LayerShape::Stateless => LayerState::Stateless,
+            })
+            .collect();
+        SequenceState {
+            layers,
+            len: 0,
+            cache,
+        }
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
             mamba: self
                 .layers
                 .iter()
@@ -101,10 +124,10 @@ impl SequenceState {
         }
     }
 
-    /// Restores a snapshot taken on this sequence at a length ≤ the KV caches' length
+    /// Restores a checkpoint taken on this sequence at a length ≤ the KV caches' length
     /// whose tokens are still a prefix of the cached ones (the caller, `engine::Session`,
     /// guarantees it).
-    pub fn restore(&mut self, snap: &Snapshot) {
+    pub fn restore(&mut self, snap: &Checkpoint) {
         for (layer, m) in self.layers.iter_mut().zip(&snap.mamba) {
             match (layer, m) {
                 (LayerState::Mamba(dst), Some(src)) => dst.clone_from(src),

@@ -1,6 +1,6 @@
 //! The chat interface's state and logic, with no terminal in it: keys, commands and
 //! engine events go in; `Effect`s (submit a request, save, copy, …) come out for the
-//! runner to carry out. Everything here is testable without a terminal.
+//! event loop to carry out. Everything here is testable without a terminal.
 //!
 //! Invariants: at most one request runs at a time (`running`); a turn's text only grows
 //! while it streams; the transcript follows the bottom unless the user scrolled up.
@@ -8,7 +8,7 @@
 //! Cancel and quit never wait on the engine: a cancelled request the engine has not ended
 //! within `CANCEL_GRACE` (it may be inside work it cannot interrupt, such as a chat
 //! template that renders for minutes) is abandoned by `tick`: the turn is kept as
-//! interrupted with what arrived, saved, and the runner drops the request's later events.
+//! interrupted with what arrived, saved, and the event loop drops the request's later events.
 //! Quitting abandons a running turn the same way, so it is saved before the app exits.
 
 use std::time::{Duration, Instant};
@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
 use super::commands::{self, Command, SetArg};
-use super::input::{History, InputAction, InputEditor};
+use super::history::History;
+use super::input::{InputAction, InputEditor};
 use super::theme::Theme;
 use super::tool_card::{CardState, ToolCard};
+pub use super::turn::{TurnState, TurnView};
 use crate::chat::session_store::{ModelIdentity, SessionFile, Turn, TurnStats};
 use crate::protocol::{
     ApprovalDecision, ApprovalRequest, Budget, Controls, Event, FinishReason, Message, Request,
@@ -41,50 +43,6 @@ pub struct ModelInfo {
     pub no_thinking_switch: bool,
     /// How tools reach the model: the call format and what its template renders.
     pub tools: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum TurnState {
-    Streaming,
-    Done,
-    Interrupted,
-    Failed(String),
-}
-
-#[derive(Clone, Debug)]
-pub struct TurnView {
-    pub user: String,
-    pub reasoning: String,
-    pub answer: String,
-    pub state: TurnState,
-    pub stats: Option<TurnStats>,
-    /// Folded to one line once the answer starts; a key unfolds it.
-    pub reasoning_folded: bool,
-    pub reasoning_tokens: usize,
-    pub thinking_ms: Option<u64>,
-    pub thinking_forced: bool,
-    /// The turn's tool calls, in order (shown between the reasoning and the answer).
-    pub tools: Vec<ToolCard>,
-    /// Model steps that have ended (the agent loop runs one per round of calls).
-    pub steps: usize,
-}
-
-impl TurnView {
-    fn new(user: String) -> Self {
-        TurnView {
-            user,
-            reasoning: String::new(),
-            answer: String::new(),
-            state: TurnState::Streaming,
-            stats: None,
-            reasoning_folded: false,
-            reasoning_tokens: 0,
-            thinking_ms: None,
-            thinking_forced: false,
-            tools: Vec::new(),
-            steps: 0,
-        }
-    }
 }
 
 /// A request in flight.
@@ -120,7 +78,7 @@ pub enum Level {
     Error,
 }
 
-/// Work the runner does for the app.
+/// Work the event loop does for the app.
 #[derive(Clone, Debug)]
 pub enum Effect {
     Submit(Box<Request>),
@@ -189,13 +147,10 @@ pub struct App {
     /// The model this chat runs on: what `session.model` says from now on, and what a
     /// loaded session is checked against.
     pub loaded_model: ModelIdentity,
-    /// Set by the view: lines the transcript area shows (for paging).
+    /// Lines the transcript area showed at the last draw (for paging; `set_viewport`).
     pub viewport_height: usize,
     /// Completion popup selection.
     pub completion_index: usize,
-    /// Rendered answers per turn, keyed by (answer length, width): markdown and syntax
-    /// highlighting run once per change, not once per frame.
-    pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
     pub tools: ToolsState,
 }
 
@@ -211,7 +166,7 @@ pub struct ToolsState {
     pub choice: ToolChoice,
     /// `--tool-format` (None: the model's own).
     pub format: Option<crate::protocol::ToolFormat>,
-    /// Shown in `/tools`; the runner applies a change to the agent's policy.
+    /// Shown in `/tools`; the event loop applies a change to the agent's policy.
     pub approval: String,
     /// The call waiting for y / a / n.
     pub pending: Option<ApprovalRequest>,
@@ -273,9 +228,15 @@ impl App {
             session,
             viewport_height: 20,
             completion_index: 0,
-            answer_cache: Vec::new(),
             tools: ToolsState::default(),
         }
+    }
+
+    /// What the last draw found (`view::draw`'s `Viewport`): the transcript's height, for
+    /// paging, and how far up it can scroll, which bounds `scroll_up`.
+    pub fn set_viewport(&mut self, height: usize, max_scroll: usize) {
+        self.viewport_height = height;
+        self.scroll_up = self.scroll_up.min(max_scroll);
     }
 
     /// Restores a saved session into the view. It goes on with the loaded model and is
@@ -284,23 +245,7 @@ impl App {
     pub fn load_session(&mut self, s: SessionFile) -> Option<String> {
         let warning = (!s.model.same_model(&self.loaded_model))
             .then(|| model_change(&s.model, &self.loaded_model));
-        self.turns = s
-            .turns
-            .iter()
-            .map(|t| TurnView {
-                user: t.user.clone(),
-                reasoning: t.reasoning.clone(),
-                answer: t.answer.clone(),
-                state: TurnState::Done,
-                stats: t.stats.clone(),
-                reasoning_folded: true,
-                reasoning_tokens: t.stats.as_ref().map(|s| s.reasoning_tokens).unwrap_or(0),
-                thinking_ms: None,
-                thinking_forced: false,
-                steps: t.tools.iter().map(|r| r.step).max().unwrap_or(0),
-                tools: t.tools.iter().map(ToolCard::from_record).collect(),
-            })
-            .collect();
+        self.turns = s.turns.iter().map(TurnView::restored).collect();
         self.system = s.system.clone();
         self.sampling = s.sampling.clone();
         self.budget_when_on = on_budget(s.thinking.budget);
@@ -486,7 +431,7 @@ impl App {
     }
 
     /// Ends the running turn without waiting for the engine: cancelled, kept as interrupted
-    /// with the text that arrived, recorded in the session and saved. The runner drops the
+    /// with the text that arrived, recorded in the session and saved. The event loop drops the
     /// request's later events (`running` is gone).
     fn abandon_turn(&mut self) -> Vec<Effect> {
         self.stop_generation();
@@ -704,7 +649,7 @@ impl App {
     }
 
     /// Completion candidates for the input, when it is a command being typed.
-    pub fn completions(&self) -> Vec<&'static commands::CommandSpec> {
+    pub fn completions(&self) -> Vec<commands::SlashCommand> {
         let t = self.input.text();
         if t.starts_with('/') && !t.contains(' ') && !t.contains('\n') {
             commands::complete(&t[1..])
@@ -853,11 +798,11 @@ impl App {
             }
             Tab => {
                 let c = self.completions();
-                if let Some(spec) = c.get(self.completion_index.min(c.len().saturating_sub(1))) {
-                    let text = if spec.args.is_empty() {
-                        format!("/{}", spec.name)
+                if let Some(command) = c.get(self.completion_index.min(c.len().saturating_sub(1))) {
+                    let text = if command.args().is_empty() {
+                        format!("/{}", command.name())
                     } else {
-                        format!("/{} ", spec.name)
+                        format!("/{} ", command.name())
                     };
                     self.input.set_text(&text);
                     self.completion_index = 0;
@@ -913,8 +858,11 @@ impl App {
             return None;
         }
         let c = commands::complete(&text[1..]);
-        let spec = c.get(self.completion_index.min(c.len().saturating_sub(1)))?;
-        spec.args.is_empty().then(|| format!("/{}", spec.name))
+        let command = c.get(self.completion_index.min(c.len().saturating_sub(1)))?;
+        command
+            .args()
+            .is_empty()
+            .then(|| format!("/{}", command.name()))
     }
 
     pub fn handle_paste(&mut self, text: &str) {

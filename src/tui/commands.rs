@@ -1,11 +1,14 @@
-//! Slash commands: one enum, a spec table (name, arguments, help) that the help overlay
-//! and the completion popup read, and a parser whose errors are one helpful line.
+//! Slash commands: the table of them ([`SlashCommand`]: names and aliases through strum,
+//! as codex does, with each one's arguments and help) that the help overlay and the
+//! completion popup read, the parsed command with typed arguments ([`Command`]), and a
+//! parser whose errors are one helpful line.
 //!
 //! Invariants:
-//! - Every [`Command`] variant has exactly one [`CommandSpec`] in [`specs`], whose `name`
-//!   (without the leading `/`) is what [`Command::name`] returns; aliases (`/nothink`,
-//!   `/exit`, `/q`, `/?`, and `/save!`, which is `/save` allowed to replace a file) parse
-//!   but are not listed, so completion shows each command once.
+//! - Every [`Command`] is of exactly one [`SlashCommand`] ([`Command::kind`], an
+//!   exhaustive match), whose name (without the leading `/`) is what [`Command::name`]
+//!   returns; aliases (`/nothink`, `/exit`, `/q`, `/?`, and `/save!`, which is `/save`
+//!   allowed to replace a file) parse but are not listed, so completion shows each
+//!   command once.
 //! - [`parse`] never panics and every [`CommandError`] displays as a single line: user
 //!   text echoed back is cut to [`ECHO_MAX`] chars with control characters replaced.
 //! - Numbers are range-checked here (sampling values by `SamplingParams::validate`, the
@@ -15,6 +18,7 @@
 //!   as `chat::session_store::validate_name`), so they can never name a path outside the
 //!   sessions directory.
 
+use strum::{EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
 use thiserror::Error;
 
 use crate::agent::policy::ApprovalMode;
@@ -71,29 +75,124 @@ pub enum Command {
 }
 
 impl Command {
-    /// The canonical name (without `/`), as listed in [`specs`].
-    pub fn name(&self) -> &'static str {
+    /// The command this is, as the table lists it.
+    pub fn kind(&self) -> SlashCommand {
         match self {
-            Command::Think => "think",
-            Command::NoThink => "no_think",
-            Command::Budget(_) => "budget",
-            Command::System(_) => "system",
-            Command::Clear => "clear",
-            Command::Retry => "retry",
-            Command::Undo => "undo",
-            Command::Save { .. } => "save",
-            Command::Load(_) => "load",
-            Command::Sessions => "sessions",
-            Command::Export(_) => "export",
-            Command::Model => "model",
-            Command::Tools(_) => "tools",
-            Command::ToolChoice(_) => "tool_choice",
-            Command::Approval(_) => "approval",
-            Command::Set(_) => "set",
-            Command::Copy => "copy",
-            Command::Wrap => "wrap",
-            Command::Help => "help",
-            Command::Quit => "quit",
+            Command::Think => SlashCommand::Think,
+            Command::NoThink => SlashCommand::NoThink,
+            Command::Budget(_) => SlashCommand::Budget,
+            Command::System(_) => SlashCommand::System,
+            Command::Clear => SlashCommand::Clear,
+            Command::Retry => SlashCommand::Retry,
+            Command::Undo => SlashCommand::Undo,
+            Command::Save { .. } => SlashCommand::Save,
+            Command::Load(_) => SlashCommand::Load,
+            Command::Sessions => SlashCommand::Sessions,
+            Command::Export(_) => SlashCommand::Export,
+            Command::Model => SlashCommand::Model,
+            Command::Tools(_) => SlashCommand::Tools,
+            Command::ToolChoice(_) => SlashCommand::ToolChoice,
+            Command::Approval(_) => SlashCommand::Approval,
+            Command::Set(_) => SlashCommand::Set,
+            Command::Copy => SlashCommand::Copy,
+            Command::Wrap => SlashCommand::Wrap,
+            Command::Help => SlashCommand::Help,
+            Command::Quit => SlashCommand::Quit,
+        }
+    }
+
+    /// The canonical name (without `/`), as listed in the table.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+/// The slash commands, in the order the help overlay and completion list them. strum
+/// gives the names (snake_case; an alias is a further `serialize`), parsing a name and
+/// iterating the table; [`SlashCommand::args`] and [`SlashCommand::help`] the rest of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, EnumString, IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum SlashCommand {
+    Think,
+    #[strum(to_string = "no_think", serialize = "nothink")]
+    NoThink,
+    Budget,
+    Wrap,
+    System,
+    Retry,
+    Undo,
+    Clear,
+    #[strum(to_string = "save", serialize = "save!")]
+    Save,
+    Load,
+    Sessions,
+    Export,
+    Model,
+    Tools,
+    ToolChoice,
+    Approval,
+    Set,
+    Copy,
+    #[strum(to_string = "help", serialize = "?")]
+    Help,
+    #[strum(to_string = "quit", serialize = "exit", serialize = "q")]
+    Quit,
+}
+
+impl SlashCommand {
+    /// Without the leading `/`.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// Argument synopsis, empty when the command takes none.
+    pub fn args(self) -> &'static str {
+        match self {
+            SlashCommand::Budget => "N|off|unlimited",
+            SlashCommand::System => "TEXT",
+            SlashCommand::Save => "[NAME]",
+            SlashCommand::Load => "NAME",
+            SlashCommand::Export => "FILE.md",
+            SlashCommand::Tools => "[on|off]",
+            SlashCommand::ToolChoice => "CHOICE",
+            SlashCommand::Approval => "MODE",
+            SlashCommand::Set => "KEY VALUE",
+            SlashCommand::Think
+            | SlashCommand::NoThink
+            | SlashCommand::Wrap
+            | SlashCommand::Retry
+            | SlashCommand::Undo
+            | SlashCommand::Clear
+            | SlashCommand::Sessions
+            | SlashCommand::Model
+            | SlashCommand::Copy
+            | SlashCommand::Help
+            | SlashCommand::Quit => "",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            SlashCommand::Think => "reasoning on",
+            SlashCommand::NoThink => "reasoning off (alias /nothink)",
+            SlashCommand::Budget => "thinking budget in tokens (also Alt+←/→)",
+            SlashCommand::Wrap => "wrap up now: end thinking, answer from it (Ctrl+G)",
+            SlashCommand::System => "set the system message (empty clears it)",
+            SlashCommand::Retry => "regenerate the last answer",
+            SlashCommand::Undo => "drop the last exchange",
+            SlashCommand::Clear => "start over",
+            SlashCommand::Save => "save the session (it also autosaves)",
+            SlashCommand::Load => "load a saved session",
+            SlashCommand::Sessions => "list saved sessions",
+            SlashCommand::Export => "write the conversation as Markdown",
+            SlashCommand::Model => "what is loaded: arch, dtype, sizes, caches",
+            SlashCommand::Tools => "list the tools, or offer them (on) or not (off)",
+            SlashCommand::ToolChoice => "auto|none|required|NAME: the first step of each turn",
+            SlashCommand::Approval => "ask|read-only|auto: which calls run without asking",
+            SlashCommand::Set => "temperature|top_p|top_k|seed|max_tokens",
+            SlashCommand::Copy => "copy the last answer (OSC 52)",
+            SlashCommand::Help => "keys and commands (also ? or F1)",
+            SlashCommand::Quit => "leave (also Ctrl+D)",
         }
     }
 }
@@ -146,132 +245,16 @@ pub enum CommandError {
     BadExportPath { path: String },
 }
 
-/// One row of the help overlay and the completion popup.
-#[derive(Debug, PartialEq, Eq)]
-pub struct CommandSpec {
-    /// Without the leading `/`.
-    pub name: &'static str,
-    /// Argument synopsis, empty when the command takes none.
-    pub args: &'static str,
-    pub help: &'static str,
-}
-
-const SPECS: &[CommandSpec] = &[
-    CommandSpec {
-        name: "think",
-        args: "",
-        help: "reasoning on",
-    },
-    CommandSpec {
-        name: "no_think",
-        args: "",
-        help: "reasoning off (alias /nothink)",
-    },
-    CommandSpec {
-        name: "budget",
-        args: "N|off|unlimited",
-        help: "thinking budget in tokens (also Alt+←/→)",
-    },
-    CommandSpec {
-        name: "wrap",
-        args: "",
-        help: "wrap up now: end thinking, answer from it (Ctrl+G)",
-    },
-    CommandSpec {
-        name: "system",
-        args: "TEXT",
-        help: "set the system message (empty clears it)",
-    },
-    CommandSpec {
-        name: "retry",
-        args: "",
-        help: "regenerate the last answer",
-    },
-    CommandSpec {
-        name: "undo",
-        args: "",
-        help: "drop the last exchange",
-    },
-    CommandSpec {
-        name: "clear",
-        args: "",
-        help: "start over",
-    },
-    CommandSpec {
-        name: "save",
-        args: "[NAME]",
-        help: "save the session (it also autosaves)",
-    },
-    CommandSpec {
-        name: "load",
-        args: "NAME",
-        help: "load a saved session",
-    },
-    CommandSpec {
-        name: "sessions",
-        args: "",
-        help: "list saved sessions",
-    },
-    CommandSpec {
-        name: "export",
-        args: "FILE.md",
-        help: "write the conversation as Markdown",
-    },
-    CommandSpec {
-        name: "model",
-        args: "",
-        help: "what is loaded: arch, dtype, sizes, caches",
-    },
-    CommandSpec {
-        name: "tools",
-        args: "[on|off]",
-        help: "list the tools, or offer them (on) or not (off)",
-    },
-    CommandSpec {
-        name: "tool_choice",
-        args: "CHOICE",
-        help: "auto|none|required|NAME: the first step of each turn",
-    },
-    CommandSpec {
-        name: "approval",
-        args: "MODE",
-        help: "ask|read-only|auto: which calls run without asking",
-    },
-    CommandSpec {
-        name: "set",
-        args: "KEY VALUE",
-        help: "temperature|top_p|top_k|seed|max_tokens",
-    },
-    CommandSpec {
-        name: "copy",
-        args: "",
-        help: "copy the last answer (OSC 52)",
-    },
-    CommandSpec {
-        name: "help",
-        args: "",
-        help: "keys and commands (also ? or F1)",
-    },
-    CommandSpec {
-        name: "quit",
-        args: "",
-        help: "leave (also Ctrl+D)",
-    },
-];
-
 /// Every command, in the order the help overlay and completion show them.
-pub fn specs() -> &'static [CommandSpec] {
-    SPECS
+pub fn specs() -> impl Iterator<Item = SlashCommand> {
+    SlashCommand::iter()
 }
 
 /// Commands whose name starts with `prefix` (the text typed after `/`; a leading `/` is
 /// also accepted), in [`specs`] order. Case-insensitive; an empty prefix lists all.
-pub fn complete(prefix: &str) -> Vec<&'static CommandSpec> {
+pub fn complete(prefix: &str) -> Vec<SlashCommand> {
     let prefix = prefix.strip_prefix('/').unwrap_or(prefix).to_lowercase();
-    SPECS
-        .iter()
-        .filter(|s| s.name.starts_with(&prefix))
-        .collect()
+    specs().filter(|c| c.name().starts_with(&prefix)).collect()
 }
 
 /// Parses a line that starts with `/` (surrounding whitespace is ignored; the command
@@ -296,73 +279,77 @@ pub fn parse(input: &str) -> Result<Command, CommandError> {
             })
         }
     };
-    match name.as_str() {
-        "think" => no_args("think", Command::Think),
-        "no_think" | "nothink" => no_args("no_think", Command::NoThink),
-        "budget" => parse_budget(rest),
-        "system" => Ok(Command::System(rest.to_string())),
-        "clear" => no_args("clear", Command::Clear),
-        "retry" => no_args("retry", Command::Retry),
-        "undo" => no_args("undo", Command::Undo),
-        "save" | "save!" => {
+    let Ok(kind) = name.parse::<SlashCommand>() else {
+        return Err(CommandError::Unknown {
+            hint: suggestion(&name),
+            name: echo(&name),
+        });
+    };
+    let command = kind.name();
+    match kind {
+        SlashCommand::Think => no_args(command, Command::Think),
+        SlashCommand::NoThink => no_args(command, Command::NoThink),
+        SlashCommand::Budget => parse_budget(rest),
+        SlashCommand::System => Ok(Command::System(rest.to_string())),
+        SlashCommand::Clear => no_args(command, Command::Clear),
+        SlashCommand::Retry => no_args(command, Command::Retry),
+        SlashCommand::Undo => no_args(command, Command::Undo),
+        SlashCommand::Save => {
             let replace = name == "save!";
             let name = match rest {
                 "" => None,
-                n => Some(session_name("save", n)?),
+                n => Some(session_name(command, n)?),
             };
             Ok(Command::Save { name, replace })
         }
-        "load" if rest.is_empty() => Err(CommandError::MissingArgument {
-            command: "load",
+        SlashCommand::Load if rest.is_empty() => Err(CommandError::MissingArgument {
+            command,
             expected: "a session NAME (/sessions lists them)",
         }),
-        "load" => {
+        SlashCommand::Load => {
             let stem = rest.strip_suffix(".json").unwrap_or(rest);
-            session_name("load", stem).map(|_| Command::Load(rest.to_string()))
+            session_name(command, stem).map(|_| Command::Load(rest.to_string()))
         }
-        "sessions" => no_args("sessions", Command::Sessions),
-        "export" => parse_export(rest),
-        "model" => no_args("model", Command::Model),
-        "tools" => match rest {
+        SlashCommand::Sessions => no_args(command, Command::Sessions),
+        SlashCommand::Export => parse_export(rest),
+        SlashCommand::Model => no_args(command, Command::Model),
+        SlashCommand::Tools => match rest {
             "" => Ok(Command::Tools(None)),
             "on" => Ok(Command::Tools(Some(true))),
             "off" => Ok(Command::Tools(Some(false))),
             other => Err(CommandError::BadValue {
-                command: "tools",
+                command,
                 value: echo(other),
                 expected: "on or off",
             }),
         },
-        "tool_choice" if rest.is_empty() => Err(CommandError::MissingArgument {
-            command: "tool_choice",
+        SlashCommand::ToolChoice if rest.is_empty() => Err(CommandError::MissingArgument {
+            command,
             expected: "auto, none, required or a tool NAME",
         }),
-        "tool_choice" => {
+        SlashCommand::ToolChoice => {
             rest.parse()
                 .map(Command::ToolChoice)
                 .map_err(|_| CommandError::BadValue {
-                    command: "tool_choice",
+                    command,
                     value: echo(rest),
                     expected: "auto, none, required or a tool NAME",
                 })
         }
-        "approval" => rest
-            .parse()
-            .map(Command::Approval)
-            .map_err(|_| CommandError::BadValue {
-                command: "approval",
-                value: echo(rest),
-                expected: "ask, read-only or auto",
-            }),
-        "set" => parse_set(rest),
-        "copy" => no_args("copy", Command::Copy),
-        "wrap" => no_args("wrap", Command::Wrap),
-        "help" | "?" => no_args("help", Command::Help),
-        "quit" | "exit" | "q" => no_args("quit", Command::Quit),
-        _ => Err(CommandError::Unknown {
-            hint: suggestion(&name),
-            name: echo(&name),
-        }),
+        SlashCommand::Approval => {
+            rest.parse()
+                .map(Command::Approval)
+                .map_err(|_| CommandError::BadValue {
+                    command,
+                    value: echo(rest),
+                    expected: "ask, read-only or auto",
+                })
+        }
+        SlashCommand::Set => parse_set(rest),
+        SlashCommand::Copy => no_args(command, Command::Copy),
+        SlashCommand::Wrap => no_args(command, Command::Wrap),
+        SlashCommand::Help => no_args(command, Command::Help),
+        SlashCommand::Quit => no_args(command, Command::Quit),
     }
 }
 
@@ -518,10 +505,9 @@ fn session_name(command: &'static str, name: &str) -> Result<String, CommandErro
 fn suggestion(name: &str) -> String {
     let by_prefix = complete(name);
     let best = match by_prefix.as_slice() {
-        [only] if !name.is_empty() => Some(only.name),
-        _ => SPECS
-            .iter()
-            .map(|s| (edit_distance(name, s.name), s.name))
+        [only] if !name.is_empty() => Some(only.name()),
+        _ => specs()
+            .map(|c| (edit_distance(name, c.name()), c.name()))
             .min()
             .filter(|&(d, _)| d <= 2 && d < name.chars().count())
             .map(|(_, n)| n),
@@ -826,24 +812,20 @@ mod tests {
             "/help",
             "/quit",
         ];
-        assert_eq!(samples.len(), specs().len());
+        assert_eq!(samples.len(), specs().count());
         for s in samples {
             let name = ok(s).name();
-            assert_eq!(
-                specs().iter().filter(|sp| sp.name == name).count(),
-                1,
-                "{name}"
-            );
+            assert_eq!(specs().filter(|c| c.name() == name).count(), 1, "{name}");
         }
     }
 
     #[test]
     fn completion_lists_commands_by_prefix_in_spec_order() {
-        let names = |p: &str| complete(p).iter().map(|s| s.name).collect::<Vec<_>>();
+        let names = |p: &str| complete(p).iter().map(|c| c.name()).collect::<Vec<_>>();
         assert_eq!(names("s"), ["system", "save", "sessions", "set"]);
         assert_eq!(names("/se"), ["sessions", "set"]);
         assert_eq!(names("Th"), ["think"]);
-        assert_eq!(complete("").len(), specs().len());
+        assert_eq!(complete("").len(), specs().count());
         assert!(complete("zz").is_empty());
         assert!(complete("set t").is_empty());
     }

@@ -29,12 +29,12 @@ use std::sync::{Mutex, OnceLock};
 use pulldown_cmark::{Alignment, CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use syntect::highlighting::{FontStyle, HighlightIterator, HighlightState, Highlighter, ThemeSet};
+use syntect::highlighting::{FontStyle, HighlightIterator, HighlightState, Highlighter};
 use syntect::parsing::{ParseState, ScopeStack, SyntaxSet};
 use syntect::util::LinesWithEndings;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use super::theme::Theme;
+use super::theme::{syntect_themes, Theme};
 
 /// Code blocks larger than this are shown without highlighting (syntect is the slow part).
 const MAX_HIGHLIGHT_BYTES: usize = 256 * 1024;
@@ -44,26 +44,16 @@ const TAB: &str = "    ";
 const BULLETS: [&str; 3] = ["•", "◦", "▪"];
 
 static SYNTAXES: OnceLock<SyntaxSet> = OnceLock::new();
-static THEMES: OnceLock<ThemeSet> = OnceLock::new();
 
 fn syntaxes() -> &'static SyntaxSet {
     SYNTAXES.get_or_init(SyntaxSet::load_defaults_newlines)
-}
-
-fn themes() -> &'static ThemeSet {
-    THEMES.get_or_init(ThemeSet::load_defaults)
 }
 
 /// Loads the syntect syntax and theme sets now (tens of ms), e.g. on a background thread
 /// at start-up, so the first code block does not pay for it.
 pub fn warm_up() {
     syntaxes();
-    themes();
-}
-
-/// Names of the syntect themes a [`Theme::syntect_theme`] may use, sorted.
-pub fn syntect_theme_names() -> Vec<String> {
-    themes().themes.keys().cloned().collect()
+    syntect_themes();
 }
 
 /// Renders markdown `text` as lines at most `width` columns wide.
@@ -924,7 +914,7 @@ fn highlight(syntect_theme: &str, lang: &str, text: &str) -> Option<Vec<Tokens>>
         return None;
     }
     let syntax = syntaxes().find_syntax_by_token(lang)?;
-    let theme = themes().themes.get(syntect_theme)?;
+    let theme = syntect_themes().themes.get(syntect_theme)?;
     let highlighter = Highlighter::new(theme);
     let complete_len = text.rfind('\n').map_or(0, |i| i + 1);
     let (complete, partial) = text.split_at(complete_len);
@@ -1257,7 +1247,7 @@ mod tests {
     fn cached_highlighting_matches_highlighting_from_scratch() {
         let code = "/// doc\nfn main() {\n    let s = \"a\\\"b\";\n    /* multi\n       line */ let x = 1;\n}\n";
         let ss = syntaxes();
-        let theme = &themes().themes["base16-ocean.dark"];
+        let theme = &syntect_themes().themes["base16-ocean.dark"];
         let syntax = ss.find_syntax_by_token("rust").map(|s| s.name.clone());
         assert_eq!(syntax.as_deref(), Some("Rust"));
         // Every prefix, as a stream would deliver it, including ones that end mid-line.

@@ -13,7 +13,7 @@
 //!   underline = true, reversed = true, crossed_out = true }`. A patch replaces the whole
 //!   style of a key it sets; unset fields inherit from the widget's surrounding style.
 //! - `syntect_theme`: a theme name from syntect's default set (see
-//!   [`crate::tui::markdown::syntect_theme_names`]), or `""` for no highlighting.
+//!   [`syntect_theme_names`]), or `""` for no highlighting.
 //!
 //! Invariants:
 //! - Every key of [`Theme`] appears in each embedded file (a test checks it), so built-in
@@ -24,8 +24,10 @@
 //!   reversed, which `NO_COLOR` allows and without which a selection would be invisible).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use ratatui::style::{Color, Modifier, Style};
+use syntect::highlighting::ThemeSet;
 
 /// The default theme, embedded.
 const DARK_TOML: &str = include_str!("../../themes/dark.toml");
@@ -34,6 +36,18 @@ const HIGH_CONTRAST_TOML: &str = include_str!("../../themes/high-contrast.toml")
 
 /// Names accepted by [`Theme::builtin`].
 pub const BUILTIN_THEMES: &[&str] = &["dark", "light", "high-contrast"];
+
+static SYNTECT_THEMES: OnceLock<ThemeSet> = OnceLock::new();
+
+/// syntect's default theme set, loaded once on first use (`markdown::warm_up` preloads it).
+pub(crate) fn syntect_themes() -> &'static ThemeSet {
+    SYNTECT_THEMES.get_or_init(ThemeSet::load_defaults)
+}
+
+/// Names of the syntect themes a [`Theme::syntect_theme`] may use, sorted.
+pub fn syntect_theme_names() -> Vec<String> {
+    syntect_themes().themes.keys().cloned().collect()
+}
 
 /// Errors from parsing or loading a theme.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +328,7 @@ fn parse_syntect_theme(value: &toml::Value) -> Result<String, ThemeError> {
             format!("expected a string, found {}", value.type_str()),
         ));
     };
-    let names = crate::tui::markdown::syntect_theme_names();
+    let names = syntect_theme_names();
     if !name.is_empty() && !names.iter().any(|n| n == name) {
         return Err(bad(
             key,
@@ -419,7 +433,7 @@ mod tests {
 
     #[test]
     fn builtin_syntect_themes_exist() {
-        let names = crate::tui::markdown::syntect_theme_names();
+        let names = syntect_theme_names();
         for name in BUILTIN_THEMES {
             let theme = Theme::builtin(name).expect("builtin");
             assert!(

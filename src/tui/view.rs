@@ -1,6 +1,8 @@
-//! Drawing the chat screen from `App` state: transcript (with the reasoning pane per
-//! turn), thinking-budget slider, input editor with the command popup, status bar, and
-//! overlays. Pure function of the state and the frame size (snapshot-tested).
+//! Drawing the chat screen from `App` state: transcript (each turn renders its own lines,
+//! `turn.rs`), thinking-budget slider, input editor with the command popup, status bar, and
+//! overlays. A pure function of `&App` and the frame size (snapshot-tested): what the
+//! app needs back from a draw (the transcript's height, how far it can scroll) is returned
+//! as a [`Viewport`] for the loop to hand over (`App::set_viewport`).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -8,16 +10,20 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{App, Level, Overlay, TurnState, TurnView, BUDGET_STEPS};
+use super::app::{App, Level, Overlay, BUDGET_STEPS};
 use super::commands;
-use super::markdown;
-use super::tool_card::CardState;
 use crate::protocol::Budget;
 
-/// Reasoning lines shown while thinking streams (the tail; the rest is a key away).
-const REASONING_PANE_LINES: usize = 10;
+/// What a draw found that the app's paging needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Viewport {
+    /// Lines the transcript area shows.
+    pub height: usize,
+    /// Lines the transcript can scroll up from the bottom.
+    pub max_scroll: usize,
+}
 
-pub fn draw(f: &mut Frame, app: &mut App) {
+pub fn draw(f: &mut Frame, app: &App) -> Viewport {
     let area = f.area();
     f.render_widget(
         Block::default().style(
@@ -46,7 +52,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         Constraint::Length(1),
     ])
     .areas(area);
-    draw_transcript(f, app, transcript);
+    let viewport = draw_transcript(f, app, transcript);
     draw_slider(f, app, slider);
     if let Some((m, level)) = &app.message {
         let style = match level {
@@ -62,137 +68,17 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     draw_input(f, app, input, &input_lines, cursor);
     draw_status(f, app, status);
     draw_completion(f, app, input);
-    match app.overlay.clone() {
+    match &app.overlay {
         Some(Overlay::Help) => draw_help(f, app, area),
         Some(Overlay::Model) => draw_model(f, app, area),
-        Some(Overlay::Sessions(list)) => draw_list(f, app, area, " Sessions (/load NAME) ", &list),
+        Some(Overlay::Sessions(list)) => draw_list(f, app, area, " Sessions (/load NAME) ", list),
         None => {}
     }
+    viewport
 }
 
-fn thought_summary(t: &TurnView) -> String {
-    let secs = t
-        .thinking_ms
-        .map(|ms| format!(", {:.1} s", ms as f64 / 1000.0))
-        .unwrap_or_default();
-    let forced = if t.thinking_forced {
-        ", closed by budget"
-    } else {
-        ""
-    };
-    format!(
-        "▸ thought for {} tokens{secs}{forced}  (Ctrl+O unfolds)",
-        t.reasoning_tokens
-    )
-}
-
-fn turn_lines(app: &mut App, i: usize, width: u16) -> Vec<Line<'static>> {
-    let theme = app.theme.clone();
-    let t = app.turns[i].clone();
-    let mut out = Vec::new();
-    out.push(Line::from(Span::styled("You", theme.user_label)));
-    for l in markdown::plain_lines(&t.user, width.saturating_sub(2).max(1), theme.user_text) {
-        let mut spans = vec![Span::raw("  ")];
-        spans.extend(l.spans);
-        out.push(Line::from(spans));
-    }
-    out.push(Line::from(""));
-    let streaming = t.state == TurnState::Streaming;
-    if app.show_reasoning && !t.reasoning.trim().is_empty() {
-        if t.reasoning_folded {
-            out.extend(markdown::plain_lines(
-                &thought_summary(&t),
-                width,
-                theme.reasoning,
-            ));
-        } else {
-            let header = if streaming && t.answer.is_empty() {
-                format!("▾ thinking… {} tokens", t.reasoning_tokens)
-            } else {
-                format!("▾ reasoning, {} tokens  (Ctrl+O folds)", t.reasoning_tokens)
-            };
-            out.push(Line::from(Span::styled(header, theme.reasoning)));
-            let lines = markdown::plain_lines(
-                t.reasoning.trim(),
-                width.saturating_sub(2).max(1),
-                theme.reasoning,
-            );
-            let skip = if streaming && t.answer.is_empty() {
-                lines.len().saturating_sub(REASONING_PANE_LINES)
-            } else {
-                0
-            };
-            if skip > 0 {
-                out.push(Line::from(Span::styled(
-                    format!("│ … {skip} earlier lines"),
-                    theme.reasoning,
-                )));
-            }
-            for l in lines.into_iter().skip(skip) {
-                let mut spans = vec![Span::styled("│ ", theme.reasoning)];
-                spans.extend(l.spans);
-                out.push(Line::from(spans));
-            }
-        }
-        out.push(Line::from(""));
-    }
-    for card in &t.tools {
-        out.extend(card.lines(&theme, width));
-        if card.state == CardState::WaitingApproval {
-            if let Some(preview) = app
-                .tools
-                .pending
-                .as_ref()
-                .filter(|r| r.call.id == card.call.id)
-                .and_then(|r| r.preview.as_ref())
-            {
-                for l in
-                    markdown::plain_lines(preview, width.saturating_sub(2).max(1), theme.warning)
-                {
-                    let mut spans = vec![Span::styled("┆ ", theme.warning)];
-                    spans.extend(l.spans);
-                    out.push(Line::from(spans));
-                }
-                out.push(Line::from(""));
-            }
-        }
-    }
-    if !t.answer.is_empty() {
-        if app.answer_cache.len() <= i {
-            app.answer_cache.resize(i + 1, None);
-        }
-        let cached = match &app.answer_cache[i] {
-            Some((len, w, lines)) if *len == t.answer.len() && *w == width => lines.clone(),
-            _ => {
-                let lines = markdown::render(&t.answer, width, &theme);
-                app.answer_cache[i] = Some((t.answer.len(), width, lines.clone()));
-                lines
-            }
-        };
-        out.extend(cached);
-    } else if streaming && t.reasoning.is_empty() {
-        out.push(Line::from(Span::styled("…", theme.reasoning)));
-    }
-    match &t.state {
-        TurnState::Interrupted => out.push(Line::from(Span::styled("[stopped]", theme.warning))),
-        TurnState::Failed(e) => {
-            out.push(Line::from(Span::styled(format!("error: {e}"), theme.error)))
-        }
-        _ => {}
-    }
-    if let Some(s) = &t.stats {
-        let line = format!(
-            "TTFT {:.0} ms · {:.1} tok/s · {} tokens ({} reasoning) · reused {} of {} prompt tokens",
-            s.ttft_ms, s.decode_tokens_per_s, s.completion_tokens, s.reasoning_tokens, s.reused_tokens, s.prompt_tokens
-        );
-        out.extend(markdown::plain_lines(&line, width, theme.reasoning));
-    }
-    out.push(Line::from(""));
-    out
-}
-
-fn draw_transcript(f: &mut Frame, app: &mut App, area: Rect) {
-    app.viewport_height = area.height as usize;
+fn draw_transcript(f: &mut Frame, app: &App, area: Rect) -> Viewport {
+    let h = area.height as usize;
     let width = area.width.saturating_sub(2).max(1);
     if app.turns.is_empty() {
         let t = &app.theme;
@@ -211,23 +97,40 @@ fn draw_transcript(f: &mut Frame, app: &mut App, area: Rect) {
             Paragraph::new(lines).wrap(Wrap { trim: false }),
             area.inner(ratatui::layout::Margin::new(1, 0)),
         );
-        return;
+        return Viewport {
+            height: h,
+            max_scroll: 0,
+        };
     }
-    let mut lines = Vec::new();
-    for i in 0..app.turns.len() {
-        lines.extend(turn_lines(app, i, width));
-    }
-    let h = area.height as usize;
-    let max_up = lines.len().saturating_sub(h);
-    app.scroll_up = app.scroll_up.min(max_up);
-    let start = lines.len().saturating_sub(h + app.scroll_up);
-    let visible: Vec<Line> = lines.into_iter().skip(start).take(h).collect();
+    let turns: Vec<_> = app
+        .turns
+        .iter()
+        .map(|t| {
+            t.lines(
+                width,
+                app.show_reasoning,
+                app.tools.pending.as_ref(),
+                &app.theme,
+            )
+        })
+        .collect();
+    let total: usize = turns.iter().map(|l| l.len()).sum();
+    let max_scroll = total.saturating_sub(h);
+    let scroll_up = app.scroll_up.min(max_scroll);
+    let start = total.saturating_sub(h + scroll_up);
+    let visible: Vec<Line> = turns
+        .iter()
+        .flat_map(|l| l.iter())
+        .skip(start)
+        .take(h)
+        .cloned()
+        .collect();
     f.render_widget(
         Paragraph::new(visible),
         area.inner(ratatui::layout::Margin::new(1, 0)),
     );
-    if app.scroll_up > 0 {
-        let tag = format!(" ↑ {} more lines · End to follow ", app.scroll_up);
+    if scroll_up > 0 {
+        let tag = format!(" ↑ {scroll_up} more lines · End to follow ");
         let w = tag.chars().count() as u16;
         if area.width > w {
             let r = Rect {
@@ -238,6 +141,10 @@ fn draw_transcript(f: &mut Frame, app: &mut App, area: Rect) {
             };
             f.render_widget(Paragraph::new(Span::styled(tag, app.theme.accent)), r);
         }
+    }
+    Viewport {
+        height: h,
+        max_scroll,
     }
 }
 
@@ -434,10 +341,10 @@ fn draw_completion(f: &mut Frame, app: &App, input: Rect) {
             };
             Line::from(vec![
                 Span::styled(
-                    format!("/{} {}", s.name, s.args),
+                    format!("/{} {}", s.name(), s.args()),
                     style.add_modifier(Modifier::BOLD),
                 ),
-                Span::styled(format!("  {}", s.help), style),
+                Span::styled(format!("  {}", s.help()), style),
             ])
         })
         .collect();
@@ -501,8 +408,8 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
     lines.push(Line::from(Span::styled("Commands", t.heading)));
     for s in commands::specs() {
         lines.push(Line::from(vec![
-            Span::styled(format!("  /{:<10} {:<14}", s.name, s.args), t.accent),
-            Span::raw(s.help),
+            Span::styled(format!("  /{:<10} {:<14}", s.name(), s.args()), t.accent),
+            Span::raw(s.help()),
         ]));
     }
     let r = centered(area, 90, lines.len() as u16 + 2);
@@ -579,8 +486,9 @@ mod tests {
     use crate::protocol::SamplingParams;
     use crate::protocol::{Done, Event, FinishReason, ThinkingOptions, Timings, Usage};
     use crate::tui::app::ModelInfo;
-    use crate::tui::input::History;
+    use crate::tui::history::History;
     use crate::tui::theme::Theme;
+    use crate::tui::tool_card::CardState;
 
     fn app() -> App {
         let model = ModelInfo {
@@ -614,7 +522,10 @@ mod tests {
 
     fn screen(app: &mut App, w: u16, h: u16) -> String {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| draw(f, app)).unwrap();
+        t.draw(|f| {
+            draw(f, app);
+        })
+        .unwrap();
         let buf = t.backend().buffer().clone();
         let mut out = String::new();
         for y in 0..h {

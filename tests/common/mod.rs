@@ -29,6 +29,30 @@ pub fn nemo_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nemo")))
 }
 
+/// The `nemo` binary ([`nemo_bin`]) with settings of the test's own: `NEMO_CONFIG` names a
+/// config.toml that does not exist (so the built-in defaults hold) and `NEMO_DATA_DIR` a
+/// folder of its own, both under the temp dir and unique to this call, and every other
+/// `NEMO_*` settings variable (`Config::env_vars`) is removed from the environment. So a
+/// developer's config.toml, chat data or exported settings cannot change what a test sees;
+/// a test that wants settings writes its own file and sets `NEMO_CONFIG` (or a variable)
+/// after this. Nothing is created unless nemo writes its data.
+pub fn nemo_command() -> std::process::Command {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nemo-test-settings-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut cmd = std::process::Command::new(nemo_bin());
+    for var in nemo::config::Config::env_vars() {
+        cmd.env_remove(var);
+    }
+    cmd.env("NEMO_CONFIG", dir.join("config.toml"))
+        .env("NEMO_DATA_DIR", dir.join("data"));
+    cmd
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
@@ -177,4 +201,43 @@ pub fn greedy_generation_worst(label: &str, model: &nemo::model::Model, r: &Refe
         worst = worst.max(max_abs_diff(&logits, &want[step]));
     }
     worst
+}
+
+/// What the engine itself generates with these caches for `nemo run --json --temperature 1
+/// --seed SEED --max-tokens 32 hi` (the request `run` builds), reasoning as `R<text>` and
+/// the answer as `C<text>`.
+pub fn engine_text(dir: &std::path::Path, kv: &str, ssm: &str, seed: u64) -> String {
+    use nemo::engine::{Session, SessionOptions};
+    use nemo::protocol::{Event, Message, Request, SamplingParams, ThinkingOptions};
+    let folder = nemo::model::ModelFolder::open(dir).unwrap();
+    let cache = nemo::state::CacheConfig {
+        kv_dtype: kv
+            .parse::<nemo::config::KvCacheDtype>()
+            .unwrap()
+            .resolve(folder.model.weight_dtype()),
+        ssm_dtype: ssm.parse::<nemo::config::SsmCacheDtype>().unwrap().dtype(),
+    };
+    let mut s = Session::new(
+        &folder,
+        SessionOptions {
+            cache,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut sampling = SamplingParams::default();
+    folder.generation.apply(&mut sampling);
+    sampling.temperature = 1.0;
+    sampling.seed = Some(seed);
+    let mut req = Request::new(vec![Message::user("hi")], ThinkingOptions::default());
+    req.sampling = sampling;
+    req.max_tokens = 32;
+    let mut out = String::new();
+    s.generate(&req, &mut |e| match e {
+        Event::Reasoning(t) => out.push_str(&format!("R{t}")),
+        Event::Content(t) => out.push_str(&format!("C{t}")),
+        _ => {}
+    })
+    .unwrap();
+    out
 }

@@ -31,40 +31,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matmul::{block_rows, MatRef, OutPtr};
+use super::matrix::{block_rows, tile_times_x, MatRef, OutPtr, WeightScale};
 use super::simd::{self, Level};
 use crate::backend::{fp8, DType};
-
-/// The dequantization factor of a weight matrix (`weight_scale` in a checkpoint).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum WeightScale<'a> {
-    /// The stored values are the weights (every dtype but FP8).
-    None,
-    /// One factor for the whole matrix (modelopt `quant_algo: FP8`, compressed-tensors
-    /// `strategy: tensor`).
-    Tensor(f32),
-    /// One factor per row, i.e. per output channel (modelopt `FP8_PER_CHANNEL_PER_TOKEN`,
-    /// compressed-tensors `strategy: channel`).
-    Rows(&'a [f32]),
-}
-
-impl<'a> WeightScale<'a> {
-    pub fn row(&self, r: usize) -> f32 {
-        match self {
-            WeightScale::None => 1.0,
-            WeightScale::Tensor(s) => *s,
-            WeightScale::Rows(s) => s[r],
-        }
-    }
-
-    /// The scale of rows `start..start+count` (for `MatRef::slice_rows`).
-    pub fn slice_rows(&self, start: usize, count: usize) -> WeightScale<'a> {
-        match self {
-            WeightScale::Rows(s) => WeightScale::Rows(&s[start..start + count]),
-            other => *other,
-        }
-    }
-}
 
 pub fn is_fp8(dtype: DType) -> bool {
     matches!(dtype, DType::F8E4M3 | DType::F8E5M2)
@@ -193,7 +162,7 @@ fn tile_block(level: Level, x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: u
         widen_row_at(level, w.dtype, row(&w, r0 + i), w.scale.row(r0 + i), dst);
     }
     // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
-    unsafe { super::matmul::tile_times_x(&tile, x, n, w.rows, r0, o.0) };
+    unsafe { tile_times_x(&tile, x, n, w.rows, r0, o.0) };
 }
 
 /// `dst[j] = fp8(src[j]) · scale`: one dequantized row, bit for bit `value × scale` in f32.

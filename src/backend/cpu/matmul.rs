@@ -15,59 +15,9 @@ use rayon::prelude::*;
 
 use crate::backend::dtype::{widen_into, DType};
 
-use super::fp8_matmul::{self, WeightScale};
+use super::fp8_matmul;
+use super::matrix::{block_rows, tile_times_x, MatRef, OutPtr};
 use super::{qgemm, quant, simd};
-
-/// A borrowed weight matrix in its stored dtype.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    pub dtype: DType,
-    pub data: &'a [u8],
-    pub rows: usize,
-    pub cols: usize,
-    /// FP8 weights' dequantization factor (`weight_scale`); `None` for other dtypes.
-    pub scale: WeightScale<'a>,
-}
-
-impl<'a> MatRef<'a> {
-    pub fn row_bytes(&self) -> usize {
-        self.dtype.row_bytes(self.cols)
-    }
-
-    fn row(&self, r: usize) -> &'a [u8] {
-        let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
-    }
-
-    /// Rows `start..start+count` as a smaller matrix (for split projections).
-    pub fn slice_rows(&self, start: usize, count: usize) -> MatRef<'a> {
-        let rb = self.row_bytes();
-        MatRef {
-            dtype: self.dtype,
-            data: &self.data[start * rb..(start + count) * rb],
-            rows: count,
-            cols: self.cols,
-            scale: self.scale.slice_rows(start, count),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
-// SAFETY: tasks write disjoint row ranges of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-/// Rows per parallel task: small enough to balance two to a few dozen threads, large
-/// enough that the scheduling cost (~µs) stays below the work: at least 64 KiB of weights
-/// per task (small models' decode was spending a quarter of its time in the scheduler).
-pub(super) fn block_rows(rows: usize, row_bytes: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let b = rows
-        .div_ceil(threads * 8)
-        .max((64 << 10) / row_bytes.max(1));
-    b.clamp(16, 256).div_ceil(4) * 4
-}
 
 fn check(x: &[f32], n: usize, w: &MatRef<'_>, out: &[f32]) {
     let (m, k) = (w.rows, w.cols);
@@ -239,59 +189,10 @@ fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPt
     unsafe { tile_times_x(&tile, x, n, w.rows, r0, o.0) };
 }
 
-/// The 4×4 micro-kernel over an f32 tile of weight rows `r0..r0 + tile.len() / k`:
-/// `out[t][r0 + i] = tile[i] · x[t]` for every token t < n (k = `x.len() / n`).
-///
-/// # Safety
-/// `out` is an `[n, m]` buffer whose columns `r0..r0 + rows of the tile` no other thread
-/// touches during the call, with `r0 + rows ≤ m`.
-pub(super) unsafe fn tile_times_x(
-    tile: &[f32],
-    x: &[f32],
-    n: usize,
-    m: usize,
-    r0: usize,
-    out: *mut f32,
-) {
-    let k = x.len() / n;
-    let nr = tile.len() / k;
-    let row = |i: usize| &tile[i * k..(i + 1) * k];
-    let xr = |t: usize| &x[t * k..(t + 1) * k];
-    let mut i = 0;
-    while i < nr {
-        let ri = [
-            i,
-            (i + 1).min(nr - 1),
-            (i + 2).min(nr - 1),
-            (i + 3).min(nr - 1),
-        ];
-        let mut t = 0;
-        while t < n {
-            let ti = [
-                t,
-                (t + 1).min(n - 1),
-                (t + 2).min(n - 1),
-                (t + 3).min(n - 1),
-            ];
-            let d = simd::dot4x4(
-                [row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])],
-                [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
-            );
-            for (a, da) in d.iter().enumerate().take(nr - i) {
-                for (b, v) in da.iter().enumerate().take(n - t) {
-                    // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
-                    unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
-                }
-            }
-            t += 4;
-        }
-        i += 4;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::WeightScale;
     use crate::backend::dtype::narrow_into;
 
     fn naive(x: &[f32], n: usize, w: &[f32], m: usize, k: usize) -> Vec<f32> {

@@ -6,6 +6,7 @@
 pub mod flash;
 pub mod fp8_matmul;
 pub mod matmul;
+pub mod matrix;
 pub mod moe;
 pub mod ops;
 pub mod qgemm;
@@ -14,8 +15,8 @@ pub mod simd;
 pub mod ssm;
 pub mod team;
 
-pub use fp8_matmul::WeightScale;
-pub use matmul::{matmul, matmul_many, MatRef};
+pub use matmul::{matmul, matmul_many};
+pub use matrix::{MatRef, WeightScale};
 
 /// Reports the running unit test as skipped, as tests/common/skip.rs does for the
 /// integration tests: `SKIP <binary>::<test>: <why>` on stderr, appended to the file

@@ -27,7 +27,7 @@
 
 use std::cell::RefCell;
 
-use super::matmul::{MatRef, OutPtr};
+use super::matrix::{MatRef, OutPtr};
 use super::quant::{self, ActsRef};
 use super::team;
 use crate::backend::DType;
@@ -660,7 +660,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::fp8_matmul::WeightScale;
+    use crate::backend::cpu::WeightScale;
 
     fn xorshift(s: &mut u64) -> u64 {
         *s ^= *s << 13;

@@ -1,7 +1,7 @@
 //! `nemo bench --device cuda`: the GPU model (`model::cuda`) on a model folder
 //! (safetensors) or on random weights at a named shape, generated on the device, driven
-//! through the runner `nemo run` and `nemo chat` use (`model::cuda::CudaRunner`, the
-//! engine's `Runner::Cuda`): the same calls, the same buffers, the same CUDA graph.
+//! through the sequence `nemo run` and `nemo chat` use (`model::cuda::CudaSequence`, the
+//! engine's `Sequence::Cuda`): the same calls, the same buffers, the same CUDA graph.
 //!
 //! What it measures, each as a median over `--runs` (per-token figures over every step of
 //! every run):
@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use nemo::backend::cuda::Gpu;
 use nemo::backend::DType;
-use nemo::model::cuda::{CudaRunner, GpuNemotronH, RandomWeights, StoreWeights};
+use nemo::model::cuda::{CudaSequence, GpuNemotronH, RandomWeights, StoreWeights};
 use nemo::model::weights::WeightStore;
 use nemo::model::{synthetic, NemotronHConfig};
 use nemo::protocol::SamplingParams;
@@ -170,7 +170,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     gpu.sync()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let model = Arc::new(model);
-    let cache = a.model.cache_config(weight_dtype)?;
+    let cache = a.model.cache_config(weight_dtype);
     let ctx_limit = model.config.max_position_embeddings.max(1);
     let prompts: Vec<usize> = PROMPTS
         .iter()
@@ -180,7 +180,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let eager_steps = a.gen_tokens.min(EAGER_STEPS);
     let max_context = prompts.iter().copied().max().unwrap_or(128) + a.gen_tokens + eager_steps;
     // A fixed context (no free-memory fit) and no checkpoints: nothing else to hold.
-    let mut runner = CudaRunner::new(
+    let mut sequence = CudaSequence::new(
         gpu.clone(),
         model.clone(),
         cache,
@@ -191,7 +191,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow!("--device cuda: {e}"))?;
     let mut peak = used_bytes(&gpu)?;
     let vocab = model.config.vocab_size;
-    let graph = runner.cuda_graph();
+    let graph = sequence.cuda_graph();
 
     let mut ttft = Vec::new();
     let mut decode = Vec::new();
@@ -203,28 +203,28 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let mut state_bytes = 0;
         for r in 0..a.runs {
             progress(&format!("prompt {p}: run {}/{}", r + 1, a.runs));
-            runner.reset();
-            runner.sync().context("--device cuda")?;
+            sequence.reset();
+            sequence.sync().context("--device cuda")?;
             let t0 = Instant::now();
-            let mut id = next_token(&mut runner, &prompt)?;
+            let mut id = next_token(&mut sequence, &prompt)?;
             times.push(t0.elapsed().as_secs_f64());
             peak = peak.max(used_bytes(&gpu)?);
             if DECODE_AT.contains(&p) {
                 for _ in 0..a.gen_tokens {
                     let t = Instant::now();
-                    id = next_token(&mut runner, &[id])?;
+                    id = next_token(&mut sequence, &[id])?;
                     steps.push(t.elapsed().as_secs_f64());
                 }
-                state_bytes = runner.state_bytes_read();
+                state_bytes = sequence.state_bytes_read();
                 peak = peak.max(used_bytes(&gpu)?);
                 if r + 1 == a.runs {
-                    runner.set_cuda_graph(false);
+                    sequence.set_cuda_graph(false);
                     for _ in 0..eager_steps {
                         let t = Instant::now();
-                        id = next_token(&mut runner, &[id])?;
+                        id = next_token(&mut sequence, &[id])?;
                         eager.push(t.elapsed().as_secs_f64());
                     }
-                    runner.set_cuda_graph(graph);
+                    sequence.set_cuda_graph(graph);
                 }
             }
         }
@@ -247,7 +247,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             }));
         }
     }
-    drop(runner);
+    drop(sequence);
     progress("measuring the device copy bandwidth");
     let copy = copy_bandwidth(&gpu)?;
     let report = json!({
@@ -279,9 +279,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
 /// Feeds `tokens` (a prompt, or the id the device drew last: then no upload), leaves the
 /// last position's logits on the device and draws the greedy next id there, as the
 /// generation loop does; returns it. (Greedy has no penalty: the draw reads no history.)
-fn next_token(runner: &mut CudaRunner, tokens: &[u32]) -> anyhow::Result<u32> {
-    runner.forward_keep(tokens).context("--device cuda")?;
-    runner
+fn next_token(sequence: &mut CudaSequence, tokens: &[u32]) -> anyhow::Result<u32> {
+    sequence.forward_keep(tokens).context("--device cuda")?;
+    sequence
         .draw(&greedy(), &[], &[], 0.5)
         .context("--device cuda")
 }

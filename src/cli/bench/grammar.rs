@@ -64,7 +64,7 @@ struct Decode {
 
 pub(super) fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let flag = "--json-schema";
-    if a.model.device == "cuda" {
+    if a.model.device == Some(nemo::config::Device::Cuda) {
         return Err(usage(format!(
             "{flag} is measured on the CPU (the GPU draws a constrained step on the host)"
         )));
@@ -145,7 +145,7 @@ pub(super) fn run(a: &BenchArgs) -> anyhow::Result<()> {
     Guide::new(vocab.clone(), &grammar).map_err(named)?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let cache = a.model.cache_config(model.weight_dtype())?;
+    let cache = a.model.cache_config(model.weight_dtype());
     let mut state = model.new_state(cache);
     let prompt = prompt_ids(a.prompt_tokens, model.vocab_size());
     let mut runs: Vec<(Mode, Decode)> = Vec::new();
@@ -338,13 +338,8 @@ pub(super) fn synthetic_vocabulary(n: usize) -> Vec<Vec<u8>> {
         }
     }
     let mut seen: std::collections::HashSet<Vec<u8>> = words.iter().cloned().collect();
-    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut rnd = move |m: u64| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s % m
-    };
+    let mut rng = nemo::model::synthetic::XorShift64::new(0x9E37_79B9_7F4A_7C15);
+    let mut rnd = move |m: u64| rng.below(m);
     // Byte lengths 2..=16, weights peaking at 4-6 bytes.
     const LEN_WEIGHTS: [u64; 15] = [5, 12, 16, 16, 14, 11, 9, 6, 4, 3, 2, 1, 1, 1, 1];
     let total: u64 = LEN_WEIGHTS.iter().sum();

@@ -276,7 +276,7 @@ impl Guide {
         self.started
     }
 
-    /// A masked draw was made on the host by a runner that draws on the device otherwise.
+    /// A masked draw was made on the host by a sequence that draws on the device otherwise.
     pub fn host_step(&mut self) {
         self.host_steps += 1;
     }

@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 use super::*;
 use crate::model::gguf::{GgufFile, Value as GgufValue};
 use crate::model::gguf_tokenizer;
+use crate::model::synthetic::XorShift64;
 
 // ---------------------------------------------------------------------------------------
 // Token bytes
@@ -246,24 +247,12 @@ fn plain_byte_vocab() -> Arc<Vocabulary> {
     Arc::new(Vocabulary::from_token_bytes(words, &[256]).unwrap())
 }
 
-/// A tiny xorshift for the walks.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Walks `grammar` the way `Session::generate` does (forced tokens, then a draw under
 /// the mask), drawing uniformly among the allowed tokens; EOS is taken when allowed with
 /// probability 1/2. Returns the text (special tokens as their names) and the ids.
 fn walk(vocab: &Arc<Vocabulary>, grammar: &Grammar, seed: u64) -> (String, Vec<u32>) {
     let mut g = Guide::new(vocab.clone(), grammar).unwrap();
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = XorShift64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let eos = vocab.size() as u32 - 1;
     let mut ids = Vec::new();
     for _ in 0..3000 {
@@ -281,7 +270,7 @@ fn walk(vocab: &Arc<Vocabulary>, grammar: &Grammar, seed: u64) -> (String, Vec<u
             .filter(|&i| mask[i as usize / 32] & (1 << (i % 32)) != 0)
             .collect();
         assert!(!allowed.is_empty());
-        if allowed.contains(&eos) && rng.next().is_multiple_of(2) {
+        if allowed.contains(&eos) && rng.next_u64().is_multiple_of(2) {
             break;
         }
         let choices: Vec<u32> = allowed.iter().copied().filter(|&i| i != eos).collect();
@@ -290,10 +279,10 @@ fn walk(vocab: &Arc<Vocabulary>, grammar: &Grammar, seed: u64) -> (String, Vec<u
         }
         // Prefer short strings: a closing quote, when allowed, a quarter of the time.
         let quote = 34u32;
-        let id = if choices.contains(&quote) && rng.next().is_multiple_of(4) {
+        let id = if choices.contains(&quote) && rng.next_u64().is_multiple_of(4) {
             quote
         } else {
-            choices[(rng.next() % choices.len() as u64) as usize]
+            choices[(rng.next_u64() % choices.len() as u64) as usize]
         };
         g.consume(&[id], false).unwrap();
         ids.push(id);

@@ -1,7 +1,7 @@
 //! Stand-ins when nemo is built without the `cuda` feature: the GPU model's types and
 //! entry points with the same names and signatures. The types have no values (nothing
 //! can make one), and every entry point that would make one says that this build has no
-//! CUDA support, so `engine::Runner` and the CLI need no `cfg`.
+//! CUDA support, so `engine::Sequence` and the CLI need no `cfg`.
 
 use std::sync::Arc;
 
@@ -19,9 +19,9 @@ fn not_built() -> GpuModelError {
 pub enum GpuNemotronH {}
 
 /// A device checkpoint (none in this build).
-pub enum GpuSnapshot {}
+pub enum GpuCheckpoint {}
 
-impl GpuSnapshot {
+impl GpuCheckpoint {
     pub fn len(&self) -> usize {
         match *self {}
     }
@@ -52,9 +52,9 @@ pub fn load_gpu_model(
 }
 
 /// The GPU model and one session on it (none in this build).
-pub enum CudaRunner {}
+pub enum CudaSequence {}
 
-impl CudaRunner {
+impl CudaSequence {
     pub fn new(
         gpu: Arc<Gpu>,
         model: Arc<GpuNemotronH>,
@@ -130,11 +130,11 @@ impl CudaRunner {
         match *self {}
     }
 
-    pub fn snapshot(&mut self) -> Result<GpuSnapshot, GpuModelError> {
+    pub fn checkpoint(&mut self) -> Result<GpuCheckpoint, GpuModelError> {
         match *self {}
     }
 
-    pub fn restore(&mut self, snap: &GpuSnapshot) -> Result<(), GpuModelError> {
+    pub fn restore(&mut self, snap: &GpuCheckpoint) -> Result<(), GpuModelError> {
         let _ = snap;
         match *self {}
     }

@@ -8,12 +8,12 @@
 //! - `moe_layer`: the MoE mixer; `weights`: where the weights come from (a checkpoint,
 //!   or random values for `nemo bench`).
 //! - `session`: one sequence's device state and buffers (`GpuSession`); `plan`: how big
-//!   they are (the memory plan, no device needed); `snapshot`: device checkpoints.
-//! - `runner`: the model and one session driven the way `engine::Runner` drives the CPU
-//!   model (forward, draw, snapshot, restore, reset).
+//!   they are (the memory plan, no device needed); `checkpoint`: device checkpoints.
+//! - `sequence`: the model and one session driven the way `engine::Sequence` drives the
+//!   CPU model (forward, draw, checkpoint, restore, reset).
 //!
-//! Without the feature, `dummy` stands in for the types (`GpuNemotronH`, `CudaRunner`,
-//! `GpuSnapshot`) and entry points, each saying that this build has no CUDA support, so
+//! Without the feature, `dummy` stands in for the types (`GpuNemotronH`, `CudaSequence`,
+//! `GpuCheckpoint`) and entry points, each saying that this build has no CUDA support, so
 //! callers need no `cfg` (candle's `dummy_cuda_backend`). `GpuModelError` and `plan` are
 //! the same in both builds.
 
@@ -26,7 +26,7 @@ pub mod plan;
 
 pub use plan::Plan;
 
-/// Every error of the GPU model, its session and its runner.
+/// Every error of the GPU model, its session and its sequence.
 #[derive(Debug, Error)]
 pub enum GpuModelError {
     #[error(transparent)]
@@ -38,26 +38,26 @@ pub enum GpuModelError {
 }
 
 #[cfg(feature = "cuda")]
+pub mod checkpoint;
+#[cfg(feature = "cuda")]
 pub mod moe_layer;
 #[cfg(feature = "cuda")]
 pub mod nemotron_h;
 #[cfg(feature = "cuda")]
-pub mod runner;
+pub mod sequence;
 #[cfg(feature = "cuda")]
 pub mod session;
-#[cfg(feature = "cuda")]
-pub mod snapshot;
 #[cfg(feature = "cuda")]
 pub mod weights;
 
 #[cfg(feature = "cuda")]
+pub use checkpoint::GpuCheckpoint;
+#[cfg(feature = "cuda")]
 pub use nemotron_h::{check_cuda, load_gpu_model, GpuNemotronH};
 #[cfg(feature = "cuda")]
-pub use runner::CudaRunner;
+pub use sequence::CudaSequence;
 #[cfg(feature = "cuda")]
 pub use session::GpuSession;
-#[cfg(feature = "cuda")]
-pub use snapshot::GpuSnapshot;
 #[cfg(feature = "cuda")]
 pub use weights::{RandomWeights, StoreWeights, WeightSource};
 

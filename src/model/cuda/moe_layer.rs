@@ -466,39 +466,25 @@ impl GpuMoe {
             }
             let (inter, inner) = (x.inter, x.inner);
             moe::gather_rows(gpu, xin, n, rows, xs, pairs, inner)?;
-            for j in 0..e {
-                let (at, m) = (offsets[j], offsets[j + 1] - offsets[j]);
-                if m == 0 {
-                    continue;
-                }
-                gemm::gemm_at(
-                    gpu,
-                    gpu.ptr(OP, "xs", xs, at * inner, m * inner)?,
-                    m,
-                    gpu.ptr(OP, "up", &self.up, j * inter * inner, inter * inner)?,
-                    inter,
-                    inner,
-                    gpu.ptr(OP, "hidden", big, at * inter, m * inter)?,
-                    0.0,
-                )?;
-            }
+            grouped_gemm(
+                gpu,
+                &offsets,
+                (&*xs, "xs"),
+                (&self.up, "up"),
+                inter,
+                inner,
+                (&*big, "hidden"),
+            )?;
             elementwise::relu2(gpu, big, Some(hb), pairs * inter)?;
-            for j in 0..e {
-                let (at, m) = (offsets[j], offsets[j + 1] - offsets[j]);
-                if m == 0 {
-                    continue;
-                }
-                gemm::gemm_at(
-                    gpu,
-                    gpu.ptr(OP, "hidden_bf16", hb, at * inter, m * inter)?,
-                    m,
-                    gpu.ptr(OP, "down", &self.down, j * inner * inter, inner * inter)?,
-                    inner,
-                    inter,
-                    gpu.ptr(OP, "expert_out", ys, at * inner, m * inner)?,
-                    0.0,
-                )?;
-            }
+            grouped_gemm(
+                gpu,
+                &offsets,
+                (&*hb, "hidden_bf16"),
+                (&self.down, "down"),
+                inner,
+                inter,
+                (&*ys, "expert_out"),
+            )?;
             moe::combine(
                 gpu,
                 ys,
@@ -523,4 +509,37 @@ impl GpuMoe {
         }
         Ok(())
     }
+}
+
+/// One GEMM per expert over its rows of a host-sorted batch: rows
+/// `offsets[j]..offsets[j + 1]` of `x` (`[rows, in_dim]` bf16) times expert `j`'s matrix in
+/// the stacked `w` (`[experts, out_dim, in_dim]`) into the same rows of `y` (`[rows, out_dim]`
+/// f32); an expert no row chose is skipped. Buffers come with their names for errors.
+fn grouped_gemm(
+    gpu: &Gpu,
+    offsets: &[usize],
+    (x, x_name): (&CudaSlice<bf16>, &'static str),
+    (w, w_name): (&CudaSlice<bf16>, &'static str),
+    out_dim: usize,
+    in_dim: usize,
+    (y, y_name): (&CudaSlice<f32>, &'static str),
+) -> Result<(), CudaError> {
+    const OP: &str = "moe";
+    for (j, rows) in offsets.windows(2).enumerate() {
+        let (at, m) = (rows[0], rows[1] - rows[0]);
+        if m == 0 {
+            continue;
+        }
+        gemm::gemm_at(
+            gpu,
+            gpu.ptr(OP, x_name, x, at * in_dim, m * in_dim)?,
+            m,
+            gpu.ptr(OP, w_name, w, j * out_dim * in_dim, out_dim * in_dim)?,
+            out_dim,
+            in_dim,
+            gpu.ptr(OP, y_name, y, at * out_dim, m * out_dim)?,
+            0.0,
+        )?;
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //!
 //! Invariant: the byte counts here are upper bounds of what `GpuSession::new` allocates
 //! for the same config and plan (KV caches, activation buffers) and of what a
-//! `GpuSnapshot` copies; when they grow there, they grow here.
+//! `GpuCheckpoint` copies; when they grow there, they grow here.
 
 use super::GpuModelError;
 use crate::backend::DType;
@@ -36,9 +36,9 @@ pub fn kv_bytes_per_position(c: &NemotronHConfig, kv: DType) -> usize {
     attn * 2 * c.num_key_value_heads * (c.head_dim * kv.size() + 4)
 }
 
-/// Device bytes of one checkpoint (`GpuSnapshot`): every Mamba layer's conv window and
+/// Device bytes of one checkpoint (`GpuCheckpoint`): every Mamba layer's conv window and
 /// SSM state.
-pub fn snapshot_bytes(c: &NemotronHConfig, ssm: DType) -> usize {
+pub fn checkpoint_bytes(c: &NemotronHConfig, ssm: DType) -> usize {
     let mamba = c.layers.iter().filter(|k| **k == LayerKind::Mamba2).count();
     mamba
         * ((c.conv_kernel - 1) * c.conv_dim() * 4
@@ -111,7 +111,7 @@ pub fn plan_for(
         None => {
             let free = free()?;
             let reserve = activation_bytes(c, prefill_chunk)
-                + max_checkpoints * snapshot_bytes(c, cache.ssm_dtype)
+                + max_checkpoints * checkpoint_bytes(c, cache.ssm_dtype)
                 + SLACK;
             let per_pos = kv_bytes_per_position(c, cache.kv_dtype);
             let n = fit_context(free, reserve, per_pos, c.max_position_embeddings);
@@ -175,7 +175,7 @@ mod tests {
         let plan = plan_for(&c, cache, None, 8, 4, || Ok(64 << 30)).unwrap();
         assert_eq!(plan.max_context, c.max_position_embeddings);
         // The reserve alone does not fit: refused, naming what was free.
-        let reserve = activation_bytes(&c, 8) + 4 * snapshot_bytes(&c, cache.ssm_dtype);
+        let reserve = activation_bytes(&c, 8) + 4 * checkpoint_bytes(&c, cache.ssm_dtype);
         let e = plan_for(&c, cache, None, 8, 4, || Ok(reserve))
             .unwrap_err()
             .to_string();

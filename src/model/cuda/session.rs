@@ -10,7 +10,7 @@
 //!   that many tokens, so a long prompt needs no memory for all of it.
 //! - `len()` positions have been fed: on the device (what the kernels read) and its host
 //!   mirror. `reset` zeroes the states; `rewind` moves only the position (the Mamba states
-//!   are restored by the caller, `snapshot::GpuSnapshot`).
+//!   are restored by the caller, `checkpoint::GpuCheckpoint`).
 //! - The decode step is captured once into a CUDA graph that holds the address of every
 //!   buffer here and every weight of the model that made the session: states are restored
 //!   by copying into these buffers, never by replacing them, and a session runs only with

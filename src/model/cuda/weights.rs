@@ -13,6 +13,7 @@ use super::GpuModelError;
 use crate::backend::cuda::{CudaError, Gpu};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
+use crate::model::synthetic::XorShift64;
 use crate::model::weights::WeightStore;
 
 fn drv(e: impl std::fmt::Debug) -> CudaError {
@@ -207,7 +208,7 @@ fn read_vector(
 /// random bf16 per scale: speed does not depend on the values.
 pub struct RandomWeights {
     pools: HashMap<u32, CudaSlice<bf16>>,
-    seed: u64,
+    rng: XorShift64,
 }
 
 const POOL: usize = 1 << 22;
@@ -222,24 +223,13 @@ impl RandomWeights {
     pub fn new() -> Self {
         RandomWeights {
             pools: HashMap::new(),
-            seed: 0x9E37_79B9_7F4A_7C15,
+            rng: XorShift64::new(0x9E37_79B9_7F4A_7C15),
         }
     }
 
-    /// Uniform in [-scale, scale], never exactly zero (xorshift64).
+    /// Uniform in [-scale, scale], never exactly zero.
     fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = self.seed;
-        let v = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let u = ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * scale
-            })
-            .collect();
-        self.seed = s;
-        v
+        (0..n).map(|_| self.rng.uniform(scale)).collect()
     }
 
     fn scale_of(name: &str, shape: &[usize]) -> f32 {

@@ -1,6 +1,6 @@
-//! `CudaRunner`: the GPU model and one session on it, driven the way `engine::Runner`
-//! drives the CPU model and its host state (feed, draw, snapshot, restore, reset): the
-//! engine's `Runner::Cuda` holds one, and `nemo bench --device cuda` times one.
+//! `CudaSequence`: the GPU model and one session on it, driven the way `engine::Sequence`
+//! drives the CPU model and its host state (feed, draw, checkpoint, restore, reset): the
+//! engine's `Sequence::Cuda` holds one, and `nemo bench --device cuda` times one.
 //!
 //! Invariants:
 //! - Every device call first makes the device context current on the calling thread (the
@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
+use super::checkpoint::GpuCheckpoint;
 use super::nemotron_h::GpuNemotronH;
 use super::plan::plan_for;
 use super::session::GpuSession;
-use super::snapshot::GpuSnapshot;
 use super::GpuModelError;
 use crate::backend::cuda::sampling::{SampleArgs, MAX_DEVICE_BANS};
 use crate::backend::cuda::{CudaError, Gpu};
@@ -33,7 +33,7 @@ fn drv(e: impl std::fmt::Debug) -> GpuModelError {
 }
 
 /// The GPU model and one sequence on it.
-pub struct CudaRunner {
+pub struct CudaSequence {
     // Dropped in this order: the session's buffers, the weights, then the device.
     session: GpuSession,
     model: Arc<GpuNemotronH>,
@@ -50,11 +50,11 @@ pub struct CudaRunner {
     logits_ready: bool,
 }
 
-impl CudaRunner {
+impl CudaSequence {
     /// A session of `model` on `gpu` with caches `cache`: KV caches for `context`
     /// positions, or for the most that fit the free device memory (`plan::plan_for`),
     /// capped by the model's `max_position_embeddings`; prompts fed in chunks of
-    /// `prefill_chunk`, room kept for `max_checkpoints` snapshots. Device sampling is on
+    /// `prefill_chunk`, room kept for `max_checkpoints` checkpoints. Device sampling is on
     /// unless `NEMO_DEVICE_SAMPLING=0`.
     pub fn new(
         gpu: Arc<Gpu>,
@@ -73,7 +73,7 @@ impl CudaRunner {
             || Ok(gpu.ctx.mem_get_info().map_err(drv)?.0),
         )?;
         let session = model.new_session(&gpu, cache, plan)?;
-        Ok(CudaRunner {
+        Ok(CudaSequence {
             session,
             model,
             gpu,
@@ -164,7 +164,7 @@ impl CudaRunner {
         self.device_sampling = on;
     }
 
-    /// Tokens drawn on the device since the runner was made.
+    /// Tokens drawn on the device since the sequence was made.
     pub fn device_draws(&self) -> usize {
         self.draws
     }
@@ -205,14 +205,14 @@ impl CudaRunner {
     }
 
     /// A device copy of the recurrent state now.
-    pub fn snapshot(&mut self) -> Result<GpuSnapshot, GpuModelError> {
+    pub fn checkpoint(&mut self) -> Result<GpuCheckpoint, GpuModelError> {
         self.settle()?;
-        Ok(self.session.snapshot(&self.gpu)?)
+        Ok(self.session.checkpoint(&self.gpu)?)
     }
 
-    /// Back to `snap`, taken on this runner at a length ≤ `len()` whose tokens are still a
+    /// Back to `snap`, taken on this sequence at a length ≤ `len()` whose tokens are still a
     /// prefix of the fed ones (the caller guarantees it).
-    pub fn restore(&mut self, snap: &GpuSnapshot) -> Result<(), GpuModelError> {
+    pub fn restore(&mut self, snap: &GpuCheckpoint) -> Result<(), GpuModelError> {
         self.settle()?;
         self.logits_ready = false;
         Ok(self.session.restore(&self.gpu, snap)?)

@@ -1,16 +1,16 @@
-//! Checkpoints of a `GpuSession` on the device, the GPU twin of `state::Snapshot`: the
+//! Checkpoints of a `GpuSession` on the device, the GPU twin of `state::Checkpoint`: the
 //! engine keeps them at prompt boundaries so a follow-up turn feeds only its new tokens.
 //!
 //! Invariants:
-//! - A `GpuSnapshot` holds a device copy of every Mamba layer's conv window and SSM state
+//! - A `GpuCheckpoint` holds a device copy of every Mamba layer's conv window and SSM state
 //!   (in the session's SSM dtype) and the length they belong to; attention layers hold
 //!   nothing, because the KV cache is append-only: restoring truncates it to that length.
-//! - The copies are allocated when the snapshot is taken (the engine takes them at prompt
+//! - The copies are allocated when the checkpoint is taken (the engine takes them at prompt
 //!   boundaries, never inside a decode step) and freed when it is dropped; copies are
 //!   device-to-device on the session's stream, so they are ordered with the forward.
-//! - `restore` is right only on the session the snapshot came from, while its tokens up to
+//! - `restore` is right only on the session the checkpoint came from, while its tokens up to
 //!   `len` are still the ones fed (the caller, `engine::Session`, guarantees it): the KV
-//!   positions below `len` must still be there. A snapshot of another shape is refused.
+//!   positions below `len` must still be there. A checkpoint of another shape is refused.
 
 use cudarc::driver::CudaSlice;
 
@@ -28,14 +28,14 @@ struct MambaCopy {
 }
 
 /// A device copy of a session's recurrent state at `len` positions.
-pub struct GpuSnapshot {
+pub struct GpuCheckpoint {
     /// One entry per layer; `Some` for the Mamba layers.
     mamba: Vec<Option<MambaCopy>>,
     len: usize,
 }
 
-impl GpuSnapshot {
-    /// Positions the snapshot was taken at.
+impl GpuCheckpoint {
+    /// Positions the checkpoint was taken at.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -75,7 +75,7 @@ fn clone_ssm(gpu: &Gpu, s: &SsmBuf) -> Result<SsmBuf, CudaError> {
 fn copy_ssm(gpu: &Gpu, src: &SsmBuf, dst: &mut SsmBuf) -> Result<(), CudaError> {
     let mismatch = || CudaError::Unsupported {
         op: "restore",
-        why: "the snapshot's SSM state has another dtype or size than the session's".into(),
+        why: "the checkpoint's SSM state has another dtype or size than the session's".into(),
     };
     match (src, dst) {
         (SsmBuf::F32(s), SsmBuf::F32(d)) if s.len() == d.len() => gpu.stream.memcpy_dtod(s, d),
@@ -88,7 +88,7 @@ fn copy_ssm(gpu: &Gpu, src: &SsmBuf, dst: &mut SsmBuf) -> Result<(), CudaError> 
 
 impl GpuSession {
     /// Copies every Mamba layer's conv + SSM state on the device, with the length.
-    pub fn snapshot(&self, gpu: &Gpu) -> Result<GpuSnapshot, CudaError> {
+    pub fn checkpoint(&self, gpu: &Gpu) -> Result<GpuCheckpoint, CudaError> {
         let mamba = self
             .layers
             .iter()
@@ -100,28 +100,28 @@ impl GpuSession {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, CudaError>>()?;
-        Ok(GpuSnapshot {
+        Ok(GpuCheckpoint {
             mamba,
             len: self.len(),
         })
     }
 
     /// Puts the Mamba states of `snap` back and truncates the KV caches to its length.
-    /// The snapshot must come from this session at a length ≤ the current one, its tokens
+    /// The checkpoint must come from this session at a length ≤ the current one, its tokens
     /// still a prefix of the fed ones (see the module doc); one of another shape, or from
     /// past the current length, is refused and the session is left as it was.
-    pub fn restore(&mut self, gpu: &Gpu, snap: &GpuSnapshot) -> Result<(), CudaError> {
+    pub fn restore(&mut self, gpu: &Gpu, snap: &GpuCheckpoint) -> Result<(), CudaError> {
         let bad = |why: String| CudaError::Unsupported { op: "restore", why };
         if snap.mamba.len() != self.layers.len() {
             return Err(bad(format!(
-                "the snapshot has {} layers, the session {}",
+                "the checkpoint has {} layers, the session {}",
                 snap.mamba.len(),
                 self.layers.len()
             )));
         }
         if snap.len > self.len() {
             return Err(bad(format!(
-                "the snapshot is at {} positions, past the session's {}",
+                "the checkpoint is at {} positions, past the session's {}",
                 snap.len,
                 self.len()
             )));
@@ -137,7 +137,7 @@ impl GpuSession {
             };
             if !ok {
                 return Err(bad(
-                    "the snapshot's layers do not match the session's".into()
+                    "the checkpoint's layers do not match the session's".into()
                 ));
             }
         }

@@ -20,7 +20,8 @@ use ratatui::Terminal;
 
 use super::app::{App, Effect, Overlay};
 use super::view;
-use crate::chat::session_store::{export_markdown, write_atomic, SessionStore, StoreError};
+use crate::chat::export::export_markdown;
+use crate::chat::session_store::{write_atomic, SessionStore, StoreError};
 use std::sync::{Arc, Mutex};
 
 use crate::agent::policy::ApprovalMode;
@@ -32,13 +33,13 @@ pub enum AppMsg {
     Term(crossterm::event::Event),
     Engine(u64, Event),
     /// A termination signal (its number: SIGTERM, SIGHUP, SIGINT from `kill`): quit as
-    /// `/quit` does; `Runner::quit_signal` keeps it for the exit code.
+    /// `/quit` does; `EventLoop::quit_signal` keeps it for the exit code.
     Signal(i32),
 }
 
 const FRAME: Duration = Duration::from_millis(33);
 
-pub struct Runner {
+pub struct EventLoop {
     pub engine: Engine,
     pub store: SessionStore,
     pub tx: Sender<AppMsg>,
@@ -84,14 +85,14 @@ pub fn osc52(text: &str) -> String {
     out
 }
 
-impl Runner {
+impl EventLoop {
     pub fn new(
         engine: Engine,
         store: SessionStore,
         tx: Sender<AppMsg>,
         clipboard: Box<dyn FnMut(&str)>,
     ) -> Self {
-        Runner {
+        EventLoop {
             engine,
             store,
             tx,
@@ -175,7 +176,6 @@ impl Runner {
                     Ok(s) => {
                         let n = s.turns.len();
                         let other_model = app.load_session(s);
-                        app.answer_cache.clear();
                         match other_model {
                             Some(w) => app.warn(format!("loaded `{name}` ({n} turns), but {w}")),
                             None => app.info(format!("loaded `{name}` ({n} turns)")),
@@ -276,7 +276,7 @@ impl Runner {
                 return Ok(());
             }
             if dirty && last_draw.elapsed() >= FRAME {
-                terminal.draw(|f| view::draw(f, app))?;
+                draw(terminal, app)?;
                 dirty = false;
                 last_draw = Instant::now();
             }
@@ -335,7 +335,7 @@ impl Runner {
             }
             self.tick(app);
         }
-        terminal.draw(|f| view::draw(f, app))?;
+        draw(terminal, app)?;
         Ok(())
     }
 
@@ -347,9 +347,18 @@ impl Runner {
         msg: AppMsg,
     ) -> std::io::Result<()> {
         self.handle(app, msg);
-        terminal.draw(|f| view::draw(f, app))?;
+        draw(terminal, app)?;
         Ok(())
     }
+}
+
+/// Draws `app` and hands it what the draw found (the transcript's height and scroll
+/// bound).
+fn draw<B: Backend>(terminal: &mut Terminal<B>, app: &mut App) -> std::io::Result<()> {
+    let mut viewport = view::Viewport::default();
+    terminal.draw(|f| viewport = view::draw(f, app))?;
+    app.set_viewport(viewport.height, viewport.max_scroll);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! A weight matrix as the CPU kernels read it (`MatRef`: stored bytes, dtype, shape and
+//! FP8 `WeightScale`), and what the kernels of every weight type share for prefill: rows per
+//! parallel task (`block_rows`) and the 4×4 f32 micro-kernel over a widened tile of rows
+//! (`tile_times_x`). `matmul` dispatches on the dtype to `fp8_matmul`, `quant` or its own
+//! loops; each of those reads its matrix through this file, never through `matmul`.
+
+use crate::backend::dtype::DType;
+
+use super::simd;
+
+/// The dequantization factor of a weight matrix (`weight_scale` in a checkpoint).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightScale<'a> {
+    /// The stored values are the weights (every dtype but FP8).
+    None,
+    /// One factor for the whole matrix (modelopt `quant_algo: FP8`, compressed-tensors
+    /// `strategy: tensor`).
+    Tensor(f32),
+    /// One factor per row, i.e. per output channel (modelopt `FP8_PER_CHANNEL_PER_TOKEN`,
+    /// compressed-tensors `strategy: channel`).
+    Rows(&'a [f32]),
+}
+
+impl<'a> WeightScale<'a> {
+    pub fn row(&self, r: usize) -> f32 {
+        match self {
+            WeightScale::None => 1.0,
+            WeightScale::Tensor(s) => *s,
+            WeightScale::Rows(s) => s[r],
+        }
+    }
+
+    /// The scale of rows `start..start+count` (for `MatRef::slice_rows`).
+    pub fn slice_rows(&self, start: usize, count: usize) -> WeightScale<'a> {
+        match self {
+            WeightScale::Rows(s) => WeightScale::Rows(&s[start..start + count]),
+            other => *other,
+        }
+    }
+}
+
+/// A borrowed weight matrix in its stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub dtype: DType,
+    pub data: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+    /// FP8 weights' dequantization factor (`weight_scale`); `None` for other dtypes.
+    pub scale: WeightScale<'a>,
+}
+
+impl<'a> MatRef<'a> {
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.row_bytes(self.cols)
+    }
+
+    pub(super) fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Rows `start..start+count` as a smaller matrix (for split projections).
+    pub fn slice_rows(&self, start: usize, count: usize) -> MatRef<'a> {
+        let rb = self.row_bytes();
+        MatRef {
+            dtype: self.dtype,
+            data: &self.data[start * rb..(start + count) * rb],
+            rows: count,
+            cols: self.cols,
+            scale: self.scale.slice_rows(start, count),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: tasks write disjoint row ranges of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Rows per parallel task: small enough to balance two to a few dozen threads, large
+/// enough that the scheduling cost (~µs) stays below the work: at least 64 KiB of weights
+/// per task (small models' decode was spending a quarter of its time in the scheduler).
+pub(super) fn block_rows(rows: usize, row_bytes: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let b = rows
+        .div_ceil(threads * 8)
+        .max((64 << 10) / row_bytes.max(1));
+    b.clamp(16, 256).div_ceil(4) * 4
+}
+
+/// The 4×4 micro-kernel over an f32 tile of weight rows `r0..r0 + tile.len() / k`:
+/// `out[t][r0 + i] = tile[i] · x[t]` for every token t < n (k = `x.len() / n`).
+///
+/// # Safety
+/// `out` is an `[n, m]` buffer whose columns `r0..r0 + rows of the tile` no other thread
+/// touches during the call, with `r0 + rows ≤ m`.
+pub(super) unsafe fn tile_times_x(
+    tile: &[f32],
+    x: &[f32],
+    n: usize,
+    m: usize,
+    r0: usize,
+    out: *mut f32,
+) {
+    let k = x.len() / n;
+    let nr = tile.len() / k;
+    let row = |i: usize| &tile[i * k..(i + 1) * k];
+    let xr = |t: usize| &x[t * k..(t + 1) * k];
+    let mut i = 0;
+    while i < nr {
+        let ri = [
+            i,
+            (i + 1).min(nr - 1),
+            (i + 2).min(nr - 1),
+            (i + 3).min(nr - 1),
+        ];
+        let mut t = 0;
+        while t < n {
+            let ti = [
+                t,
+                (t + 1).min(n - 1),
+                (t + 2).min(n - 1),
+                (t + 3).min(n - 1),
+            ];
+            let d = simd::dot4x4(
+                [row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])],
+                [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
+            );
+            for (a, da) in d.iter().enumerate().take(nr - i) {
+                for (b, v) in da.iter().enumerate().take(n - t) {
+                    // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
+                    unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
+                }
+            }
+            t += 4;
+        }
+        i += 4;
+    }
+}
