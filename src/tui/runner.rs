@@ -21,8 +21,8 @@ use ratatui::Terminal;
 use super::app::{App, Effect, Overlay};
 use super::view;
 use crate::chat::session_store::{export_markdown, write_atomic, SessionStore, StoreError};
-use crate::engine::Engine;
 use crate::protocol::Event;
+use crate::remote::Backend as EngineBackend;
 
 pub enum AppMsg {
     Term(crossterm::event::Event),
@@ -35,7 +35,8 @@ pub enum AppMsg {
 const FRAME: Duration = Duration::from_millis(33);
 
 pub struct Runner {
-    pub engine: Engine,
+    /// The in-process engine, or a remote endpoint (`--endpoint`).
+    pub engine: EngineBackend,
     pub store: SessionStore,
     pub tx: Sender<AppMsg>,
     /// Where `/copy` sends its OSC 52 sequence (the terminal; a buffer in tests).
@@ -77,13 +78,13 @@ pub fn osc52(text: &str) -> String {
 
 impl Runner {
     pub fn new(
-        engine: Engine,
+        engine: impl Into<EngineBackend>,
         store: SessionStore,
         tx: Sender<AppMsg>,
         clipboard: Box<dyn FnMut(&str)>,
     ) -> Self {
         Runner {
-            engine,
+            engine: engine.into(),
             store,
             tx,
             clipboard,

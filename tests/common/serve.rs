@@ -59,6 +59,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!(
                         "nemo serve did not start: {:?}",
                         log.lock().unwrap().join("\n")
