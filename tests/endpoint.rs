@@ -379,7 +379,10 @@ fn a_round_trip_through_nemo_serve_carries_tools_and_the_budget_field() {
 
 #[test]
 fn a_dropped_connection_ends_the_turn_with_a_message_and_keeps_the_partial_answer() {
-    let mut server = Server::start(&common::fixture("nemotron_h_tiny"), &[]);
+    let mut server = Server::start(
+        &common::fixture("nemotron_h_tiny"),
+        &["--context", "200000"],
+    );
     let base = server.base.clone();
     let child = Command::new(common::nemo_bin())
         .args([

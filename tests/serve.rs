@@ -409,7 +409,8 @@ fn long_stream(server: &Server) -> TcpStream {
 
 #[test]
 fn a_full_queue_answers_429_and_a_client_that_leaves_cancels_its_generation() {
-    let server = Server::start(&tiny(), &["--max-queue", "0"]);
+    // A context far past the 60000 letters, so only a cancel ends the request early.
+    let server = Server::start(&tiny(), &["--max-queue", "0", "--context", "200000"]);
     let running = long_stream(&server);
     assert_eq!(server.metric("nemo_requests_running"), 1.0);
     let (s, b) = http(
@@ -446,7 +447,7 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_cancels_its_generation() {
 
 #[test]
 fn a_client_that_leaves_a_plain_request_cancels_it_too() {
-    let server = Server::start(&tiny(), &[]);
+    let server = Server::start(&tiny(), &["--context", "200000"]);
     let addr = server.origin().trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
     let body = r#"{"messages": [{"role": "user", "content": "go"}], "max_tokens": 100000,
