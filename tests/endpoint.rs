@@ -8,6 +8,8 @@
 //! both. Without them the tests say SKIP (and fail under CI).
 
 mod common;
+#[path = "common/hub_server.rs"]
+mod hub_server;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -44,6 +46,11 @@ struct LlamaServer {
 
 impl LlamaServer {
     fn start(gguf: &std::path::Path) -> Option<LlamaServer> {
+        Self::start_as(gguf, None)
+    }
+
+    /// `alias`: the model name `/v1/models` lists (`--model_alias`).
+    fn start_as(gguf: &std::path::Path, alias: Option<&str>) -> Option<LlamaServer> {
         let Some(py) = python_with("NEMO_LLAMA_CPP_PYTHON", "llama_cpp.server") else {
             require_or_skip("a Python with llama-cpp-python[server] (NEMO_LLAMA_CPP_PYTHON)");
             return None;
@@ -60,6 +67,7 @@ impl LlamaServer {
             .arg(gguf)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--n_ctx", "2048", "--n_threads", "1", "--verbose", "false"])
+            .args(alias.map(|a| ["--model_alias", a]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -428,5 +436,98 @@ fn a_dropped_connection_ends_the_turn_with_a_message_and_keeps_the_partial_answe
     assert!(
         !text(&out.stdout).trim().is_empty(),
         "the partial answer is gone"
+    );
+}
+
+#[test]
+fn without_tokenizer_a_repo_ids_template_comes_from_the_hub_for_two_requests() {
+    let Some(gguf) = smollm2() else { return };
+    // llama.cpp serves SmolLM2 under a repo id; the stand-in hub has that repo's small
+    // files (the fixture's tokenizer and template: any model's do for the path).
+    let repo = "test-org/tiny-chat";
+    let Some(server) = LlamaServer::start_as(&gguf, Some(repo)) else {
+        return;
+    };
+    let tiny = common::fixture("nemotron_h_tiny");
+    let files: Vec<hub_server::File> = ["tokenizer.json", "tokenizer_config.json"]
+        .iter()
+        .map(|n| hub_server::File {
+            name: n.to_string(),
+            bytes: std::fs::read(tiny.join(n)).unwrap(),
+            lfs: *n == "tokenizer.json",
+        })
+        .collect();
+    let hub = hub_server::HubServer::start(vec![(repo, files)], hub_server::Faults::default());
+    let home = tempfile::tempdir().unwrap();
+    let home_s = home.path().to_string_lossy().into_owned();
+    let extra = think_grammar(false);
+    let env = [
+        ("HF_HOME", home_s.as_str()),
+        ("HF_ENDPOINT", hub.endpoint.as_str()),
+        ("NEMO_ENDPOINT_EXTRA_BODY", extra.as_str()),
+    ];
+    let base = server.base.clone();
+    let args = [
+        "run",
+        "--json",
+        "--endpoint",
+        &base,
+        "--budget",
+        "6",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        PROMPT,
+    ];
+    let out = nemo(&args, &env);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        server.log()
+    );
+    let (_, content, done) = events(&out);
+    assert_eq!(
+        done["budget_path"],
+        "two_request",
+        "{done}\n{}",
+        text(&out.stderr)
+    );
+    assert!(!content.trim().is_empty(), "{}", text(&out.stdout));
+    assert!(server.log().contains("POST /v1/completions"));
+    let fetched: Vec<String> = hub.log().into_iter().map(|l| l.path).collect();
+    assert!(
+        fetched.iter().any(|p| p.ends_with("/tokenizer.json")),
+        "{fetched:?}"
+    );
+    // In the shared cache, as huggingface_hub lays it out; the next run needs no network.
+    let snap = home
+        .path()
+        .join("hub/models--test-org--tiny-chat/snapshots")
+        .join(hub_server::COMMIT);
+    assert!(snap.join("tokenizer_config.json").is_file());
+    hub.clear_log();
+    let out = nemo(&args, &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(events(&out).2["budget_path"], "two_request");
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+    // Without the hub and the cache: no path, said once on stderr.
+    let empty = tempfile::tempdir().unwrap();
+    let empty_s = empty.path().to_string_lossy().into_owned();
+    let out = nemo(
+        &args,
+        &[
+            ("HF_HOME", empty_s.as_str()),
+            ("HF_HUB_OFFLINE", "1"),
+            ("NEMO_ENDPOINT_EXTRA_BODY", extra.as_str()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(events(&out).2["budget_path"], "none");
+    assert!(
+        text(&out.stderr).contains("--tokenizer"),
+        "{}",
+        text(&out.stderr)
     );
 }

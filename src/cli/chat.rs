@@ -581,7 +581,10 @@ fn remote_setup(
         arch: format!("remote model `{}` at {}", remote.model(), remote.host()),
         dtype: "(the server's)".into(),
         pattern: String::new(),
-        params: format!("thinking budget path: {path}"),
+        params: match remote.template_source() {
+            Some(t) => format!("thinking budget path: {path} (template: {})", t.display()),
+            None => format!("thinking budget path: {path}"),
+        },
         context: a.context.or(remote.context()).unwrap_or(131_072),
         kv_cache_dtype: "(the server's)".into(),
         ssm_cache_dtype: "(the server's)".into(),
@@ -599,11 +602,14 @@ fn remote_setup(
     );
     let history = History::load(&paths.history_file);
     let history_error = history.load_error().map(str::to_string);
-    let notice = Some(format!(
-        "{} on {} · thinking budget: {path}",
-        remote.model(),
-        remote.device()
-    ));
+    let notice = Some(match remote.notice() {
+        Some(n) => format!("{} on {}: {n}", remote.model(), remote.device()),
+        None => format!(
+            "{} on {} · thinking budget: {path}",
+            remote.model(),
+            remote.device()
+        ),
+    });
     (
         Backend::Remote(remote),
         info,

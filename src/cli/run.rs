@@ -368,6 +368,9 @@ fn run_remote(
     let t_load = Instant::now();
     let opts = a.endpoint.options(url, a.model.model.as_deref())?;
     let remote = interruptible("connect", &controls, move || Ok(Remote::connect(&opts)?))?;
+    if let Some(n) = remote.notice() {
+        eprintln!("nemo: {n}");
+    }
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let mut sampling = SamplingParams::default();
     a.sampling.apply(&mut sampling);

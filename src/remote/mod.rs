@@ -5,7 +5,7 @@
 //!
 //! Files: `body.rs` (Request → JSON), `turn.rs` (one turn: the stream, its parsing, the
 //! budget paths), `local_template.rs` (the remote model's tokenizer and template, held
-//! here for the two-request path).
+//! here for the two-request path), `hub_template.rs` (those files from the hub).
 //!
 //! Invariants:
 //! - Each turn runs on a thread of its own with blocking HTTP (`ureq`); a cancel is seen
@@ -22,6 +22,7 @@
 //!   own template), else none.
 
 mod body;
+mod hub_template;
 pub mod local_template;
 mod turn;
 
@@ -138,6 +139,8 @@ pub(crate) struct Inner {
     /// The model's context, when `/v1/models` says (`max_model_len`: vLLM, nemo serve).
     context: Option<usize>,
     extra_body: serde_json::Map<String, Value>,
+    /// A one-line remark for the front end (why no budget path is available).
+    notice: Option<String>,
 }
 
 /// A connected endpoint; cheap to share.
@@ -247,11 +250,28 @@ impl Remote {
                     msg: "/models lists no model; name one with --model".into(),
                 })?,
         };
-        let local = opts
-            .tokenizer
-            .as_deref()
-            .map(LocalTemplate::open)
-            .transpose()?;
+        let kind = ServerKind::from_owner(&owner);
+        // The template the two-request path renders with: --tokenizer, else the model's
+        // own small files from the hub when the server has no budget field of its own.
+        let mut notice = None;
+        let local = match opts.tokenizer.as_deref() {
+            Some(p) => Some(LocalTemplate::open(p)?),
+            None if kind.budget_field().is_none() && crate::hub::resolve::is_repo_id(&model) => {
+                match hub_template::fetch(&model)
+                    .map_err(|e| e.to_string())
+                    .and_then(|dir| LocalTemplate::open(&dir).map_err(|e| e.to_string()))
+                {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        notice = Some(format!(
+                            "the thinking budget cannot be applied on this server ({e}); give --tokenizer DIR|FILE.gguf"
+                        ));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let style = local
             .as_ref()
             .map(|l| l.style())
@@ -264,7 +284,8 @@ impl Remote {
                 agent,
                 api_key,
                 model,
-                kind: ServerKind::from_owner(&owner),
+                kind,
+                notice,
                 local,
                 style,
                 context,
@@ -292,6 +313,16 @@ impl Remote {
     /// The remote model's context length, when the server says.
     pub fn context(&self) -> Option<usize> {
         self.inner.context
+    }
+
+    /// A one-line remark for the user (why the budget cannot be applied), if any.
+    pub fn notice(&self) -> Option<&str> {
+        self.inner.notice.as_deref()
+    }
+
+    /// Where the model's tokenizer and template were read from, when they are here.
+    pub fn template_source(&self) -> Option<&std::path::Path> {
+        self.inner.local.as_ref().map(|l| l.path())
     }
 
     pub fn kind(&self) -> ServerKind {
