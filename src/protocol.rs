@@ -645,6 +645,11 @@ impl Controls {
         // Wake an agent loop waiting for an approval.
         self.approvals.1.notify_all();
     }
+    /// The cancel flag itself, for work that checks it outside the engine (a tool run).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
     }
@@ -785,6 +790,8 @@ pub enum FinishReason {
     Length,
     /// The model called tools; the turn waits for their results.
     ToolCalls,
+    /// The agent loop reached its step limit with the model still calling tools.
+    MaxSteps,
     /// The user cancelled.
     Cancelled,
 }
@@ -813,10 +820,17 @@ pub struct Done {
     pub reused_tokens: usize,
     /// Whether the end of thinking was forced (budget, wrap-up).
     pub thinking_forced: bool,
+    /// Model steps in the turn (the agent loop runs one per round of tool calls).
+    #[serde(default = "one_step")]
+    pub steps: usize,
     /// How the grammar went, when the answer was constrained (structured output or tool
     /// calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraint: Option<ConstraintStats>,
+}
+
+fn one_step() -> usize {
+    1
 }
 
 /// A constrained answer's numbers (`engine::grammar`).
@@ -849,6 +863,18 @@ pub enum Event {
     Content(String),
     /// The model called a tool (parsed whole from its output).
     ToolCall(ToolCall),
+    /// One model step of an agent turn ended (its own `Done`); the turn goes on with the
+    /// calls' results, or ends with `Done`.
+    Step {
+        step: usize,
+        done: Done,
+    },
+    /// The prompt does not fit the context (like `Error`, but the agent loop can make
+    /// room by eliding old tool outputs and try again).
+    ContextFull(String),
+    /// Something the user should know that does not end the request (text that opened a
+    /// tool call but is not one: it is shown as content too).
+    Warning(String),
     /// A call waits for the user: answer with `Controls::answer`.
     ApprovalNeeded(ApprovalRequest),
     /// A call ran (or was refused or denied).

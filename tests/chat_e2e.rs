@@ -32,11 +32,17 @@ struct Chat {
 impl Chat {
     /// None when tmux is not installed.
     fn start(name: &str, model: &Path, flags: &str) -> Option<Chat> {
+        Chat::start_with_config(name, model, flags, "")
+    }
+
+    /// `start` with `config` as the chat's config.toml.
+    fn start_with_config(name: &str, model: &Path, flags: &str, config: &str) -> Option<Chat> {
         if Command::new("tmux").arg("-V").output().is_err() {
             common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
             return None;
         }
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("config.toml"), config).unwrap();
         let exit_file = tmp.path().join("exit");
         let data_dir = tmp.path().join("data");
         let cmd = format!(
@@ -294,4 +300,87 @@ fn sigterm_and_sighup_restore_the_terminal_and_save_the_session() {
             saved[0]
         );
     }
+}
+
+/// Two user tools that create a file each (so they ask first), with an `enum` argument so
+/// the random-weight model's forced calls are harmless and known.
+const MARK_TOOLS: &str = r#"
+[tools.mark_a]
+command = "touch {file}"
+description = "Create a.txt"
+parameters = { type = "object", properties = { file = { type = "string", enum = ["a.txt"] } }, required = ["file"], additionalProperties = false }
+read_only = false
+
+[tools.mark_b]
+command = "touch {file}"
+description = "Create b.txt"
+parameters = { type = "object", properties = { file = { type = "string", enum = ["b.txt"] } }, required = ["file"], additionalProperties = false }
+read_only = false
+"#;
+
+#[test]
+fn chat_asks_before_a_tool_runs_and_obeys_y_and_n() {
+    let ws = tempfile::tempdir().unwrap();
+    let flags = format!(
+        "--tools mark_a,mark_b --approval ask --max-steps 1 --no-think --max-tokens 80 --workspace {}",
+        ws.path().display()
+    );
+    let Some(chat) = Chat::start_with_config(
+        "approve",
+        &common::fixture("nemotron3_tiny"),
+        &flags,
+        MARK_TOOLS,
+    ) else {
+        return;
+    };
+    chat.wait_for("Type a message", Duration::from_secs(30));
+    chat.keys(&["/tool_choice mark_a", "Enter"]);
+    chat.wait_for(
+        "tool choice for the next turns: mark_a",
+        Duration::from_secs(10),
+    );
+    chat.keys(&["mark it", "Enter"]);
+    let screen = chat.wait_for("Approve?", Duration::from_secs(60));
+    assert!(screen.contains("mark_a  waiting for approval"), "{screen}");
+    assert!(
+        !ws.path().join("a.txt").exists(),
+        "it ran before the answer"
+    );
+    chat.keys(&["y"]);
+    let screen = chat.wait_for("mark_a  done", Duration::from_secs(30));
+    assert!(
+        ws.path().join("a.txt").exists(),
+        "y did not run it:\n{screen}"
+    );
+
+    chat.wait_for("Message · Enter sends", Duration::from_secs(30));
+    chat.keys(&["/tool_choice mark_b", "Enter"]);
+    chat.wait_for(
+        "tool choice for the next turns: mark_b",
+        Duration::from_secs(10),
+    );
+    chat.keys(&["and the other", "Enter"]);
+    chat.wait_for("Approve?", Duration::from_secs(60));
+    chat.keys(&["n"]);
+    chat.wait_for("a note for the model", Duration::from_secs(10));
+    chat.keys(&["not today", "Enter"]);
+    let screen = chat.wait_for("mark_b  denied", Duration::from_secs(30));
+    assert!(
+        screen.contains("not today"),
+        "the note is in the result:\n{screen}"
+    );
+    assert!(!ws.path().join("b.txt").exists(), "n ran it anyway");
+
+    chat.wait_for("Message · Enter sends", Duration::from_secs(30));
+    chat.keys(&["/quit", "Enter"]);
+    assert_eq!(chat.exit_code(Duration::from_secs(10)), "0", "exit code");
+    // Both calls are in the saved session, with what became of them.
+    let saved = chat.saved_sessions();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(
+        saved[0].contains("\"mark_a\"") && saved[0].contains("\"done\""),
+        "{}",
+        saved[0]
+    );
+    assert!(saved[0].contains("\"denied\""), "{}", saved[0]);
 }

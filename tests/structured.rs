@@ -16,8 +16,8 @@ use nemo::engine::sampler::Sampler;
 use nemo::engine::{Session, SessionOptions};
 use nemo::model::{Logits, ModelFolder};
 use nemo::protocol::{
-    Budget, Constraint, Done, Event, Message, Request, SamplingParams, ThinkingOptions, ToolChoice,
-    ToolFormat, ToolSpec,
+    Budget, Constraint, Done, Event, FinishReason, Message, Request, SamplingParams,
+    ThinkingOptions, ToolChoice, ToolFormat, ToolSpec,
 };
 use nemo::state::CacheConfig;
 use serde_json::{json, Value};
@@ -298,15 +298,22 @@ fn request(question: &str) -> Request {
 }
 
 fn generate(s: &mut Session, req: &Request) -> (String, Done) {
+    let (content, _, done) = generate_calls(s, req);
+    (content, done)
+}
+
+/// The answer's text, the calls the session parsed from it (`Event::ToolCall`), and Done.
+fn generate_calls(s: &mut Session, req: &Request) -> (String, Vec<(String, Value)>, Done) {
     let mut content = String::new();
+    let mut calls = Vec::new();
     let done = s
-        .generate(req, &mut |e| {
-            if let Event::Content(t) = e {
-                content.push_str(&t)
-            }
+        .generate(req, &mut |e| match e {
+            Event::Content(t) => content.push_str(&t),
+            Event::ToolCall(c) => calls.push((c.name().to_string(), c.arguments().clone())),
+            _ => {}
         })
         .unwrap();
-    (content, done)
+    (content, calls, done)
 }
 
 fn tools() -> Vec<ToolSpec> {
@@ -345,76 +352,6 @@ fn check_args(name: &str, args: &Value) {
     }
 }
 
-/// The calls in `text`, read in the shape `engine::grammar::tools` documents.
-fn parse_calls(format: ToolFormat, text: &str) -> Vec<(String, Value)> {
-    let t = text.trim_start_matches([' ', '\n']);
-    let call = |s: &str| -> (String, Value) {
-        let v: Value = serde_json::from_str(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
-        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["name", "arguments"], "{s}");
-        (v["name"].as_str().unwrap().into(), v["arguments"].clone())
-    };
-    match format {
-        ToolFormat::NanoV2 => {
-            let inner = t
-                .strip_prefix("<TOOLCALL>")
-                .and_then(|t| t.strip_suffix("</TOOLCALL>"))
-                .unwrap_or_else(|| panic!("{text:?}"));
-            let v: Value = serde_json::from_str(inner).unwrap_or_else(|e| panic!("{inner:?}: {e}"));
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| call(&c.to_string()))
-                .collect()
-        }
-        ToolFormat::Hermes => t
-            .strip_suffix('\n')
-            .unwrap_or(t)
-            .split('\n')
-            .map(|b| {
-                call(
-                    b.strip_prefix("<tool_call>")
-                        .and_then(|b| b.strip_suffix("</tool_call>"))
-                        .unwrap_or_else(|| panic!("{text:?}")),
-                )
-            })
-            .collect(),
-        ToolFormat::Qwen3Coder => {
-            let mut calls = Vec::new();
-            let mut rest = t;
-            loop {
-                rest = rest
-                    .strip_prefix("<tool_call>\n<function=")
-                    .unwrap_or_else(|| panic!("{text:?}"));
-                let (name, r) = rest.split_once(">\n").unwrap();
-                rest = r;
-                let mut args = serde_json::Map::new();
-                while let Some(r) = rest.strip_prefix("<parameter=") {
-                    let (p, r) = r.split_once(">\n").unwrap();
-                    let (value, r) = r.split_once("\n</parameter>\n").unwrap();
-                    let v = if name == "get_weather" {
-                        Value::String(value.into())
-                    } else {
-                        serde_json::from_str(value).unwrap_or_else(|e| panic!("{value:?}: {e}"))
-                    };
-                    args.insert(p.into(), v);
-                    rest = r;
-                }
-                rest = rest
-                    .strip_prefix("</function>\n</tool_call>")
-                    .unwrap_or_else(|| panic!("{text:?}"));
-                calls.push((name.to_string(), Value::Object(args)));
-                match rest.strip_prefix('\n') {
-                    Some("") | None => break,
-                    Some(r) => rest = r,
-                }
-            }
-            assert!(rest.is_empty() || rest == "\n", "{text:?}");
-            calls
-        }
-    }
-}
-
 #[test]
 fn forced_tool_calls_in_each_format_have_valid_arguments() {
     for model in ["nemotron_h_tiny", "llama_tiny"] {
@@ -440,13 +377,17 @@ fn forced_tool_calls_in_each_format_have_valid_arguments() {
                     seed: Some(seed),
                     ..SamplingParams::default()
                 };
-                let (content, done) = generate(&mut s, &req);
+                // The grammar writes the calls in the format's text shape (checked byte for
+                // byte in engine::grammar's tests); the session's parser for the same
+                // format reads them back as calls, leaving no text.
+                let (content, calls, done) = generate_calls(&mut s, &req);
                 let c = done.constraint.clone().unwrap();
                 assert!(
                     c.complete,
                     "{model} {format} {choice}: {content:?} {done:?}"
                 );
-                let calls = parse_calls(format, &content);
+                assert_eq!(done.finish_reason, FinishReason::ToolCalls, "{content:?}");
+                assert!(content.trim().is_empty(), "{model} {format}: {content:?}");
                 assert!(!calls.is_empty(), "{content:?}");
                 for (name, args) in &calls {
                     if let ToolChoice::Named(n) = &choice {
@@ -516,15 +457,15 @@ fn forced_tokens_are_fed_through_the_model_before_the_next_draw() {
 }
 
 fn smollm2() -> Option<PathBuf> {
-    let Some(p) = std::env::var_os("NEMO_SMOLLM2_GGUF").map(PathBuf::from) else {
-        eprintln!("skipped: NEMO_SMOLLM2_GGUF is not set (see .ci/run)");
-        return None;
-    };
-    if !p.is_file() {
-        eprintln!("skipped: NEMO_SMOLLM2_GGUF={} is not a file", p.display());
-        return None;
+    match std::env::var_os("NEMO_SMOLLM2_GGUF").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        _ => {
+            common::skip::require_or_skip(
+                "NEMO_SMOLLM2_GGUF (the SmolLM2 GGUF) is not set to a file",
+            );
+            None
+        }
     }
-    Some(p)
 }
 
 #[test]
@@ -550,10 +491,10 @@ fn smollm2_fills_a_forced_get_weather_call_with_paris() {
         req.tools = vec![tool.clone()];
         req.tool_choice = choice;
         req.max_tokens = 60;
-        let (content, done) = generate(&mut s, &req);
+        let (content, calls, done) = generate_calls(&mut s, &req);
         assert!(done.constraint.as_ref().unwrap().complete, "{content:?}");
         // SmolLM2 has no `<TOOLCALL>` token and no Qwen3-Coder template: Hermes.
-        let calls = parse_calls(ToolFormat::Hermes, &content);
+        assert_eq!(s.tool_format(&req), ToolFormat::Hermes);
         assert_eq!(calls.len(), 1, "{content:?}");
         assert_eq!(calls[0].0, "get_weather");
         assert_eq!(calls[0].1, json!({"city": "Paris"}), "{content:?}");

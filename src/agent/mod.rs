@@ -23,6 +23,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod schema;
 pub mod tools;
+pub mod turn;
 pub mod user_tools;
 mod workspace;
 

@@ -36,9 +36,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::model_identity::{file_kind, open_regular};
-use crate::protocol::Message;
 use crate::protocol::SamplingParams;
 use crate::protocol::{Budget, Done, FinishReason, ThinkingOptions};
+use crate::protocol::{Message, ToolCall};
 
 pub use super::model_identity::ModelIdentity;
 
@@ -88,6 +88,7 @@ fn finish_reason_name(r: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::Cancelled => "cancelled",
         FinishReason::ToolCalls => "tool_calls",
+        FinishReason::MaxSteps => "max_steps",
     }
 }
 
@@ -102,6 +103,28 @@ pub struct Turn {
     /// None when the reply never finished (e.g. the process ended mid-turn).
     #[serde(default)]
     pub stats: Option<TurnStats>,
+    /// The turn's tool calls and what became of them, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolRecord>,
+}
+
+/// One tool call of a saved turn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub call: ToolCall,
+    /// The model step that made it (1-based).
+    #[serde(default)]
+    pub step: usize,
+    /// `done`, `failed`, `denied`, or where it stood when the turn ended (`queued`,
+    /// `waiting_for_approval`, `running`).
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
 }
 
 /// A saved session, as stored on disk.
@@ -838,11 +861,29 @@ pub fn export_markdown(s: &SessionFile) -> String {
             md.push_str(turn.reasoning.trim_end());
             md.push_str("\n\n</details>\n\n");
         }
-        if turn.answer.is_empty() {
-            md.push_str("*(no answer)*\n");
-        } else {
+        for t in &turn.tools {
+            let args = serde_json::to_string_pretty(t.call.arguments())
+                .unwrap_or_else(|_| t.call.arguments().to_string());
+            md.push_str(&format!(
+                "**Tool `{}`** ({}):\n\n```json\n{}\n```\n\n",
+                t.call.name(),
+                t.state,
+                args
+            ));
+            if !t.output.is_empty() {
+                let fence = if t.output.contains("```") {
+                    "~~~~"
+                } else {
+                    "```"
+                };
+                md.push_str(&format!("{fence}\n{}\n{fence}\n\n", t.output.trim_end()));
+            }
+        }
+        if !turn.answer.is_empty() {
             md.push_str(turn.answer.trim_end());
             md.push('\n');
+        } else if turn.tools.is_empty() {
+            md.push_str("*(no answer)*\n");
         }
         if let Some(st) = &turn.stats {
             md.push_str(&format!(
@@ -902,6 +943,7 @@ mod tests {
                         decode_tokens_per_s: 33.3,
                         finish_reason: "stop".into(),
                     }),
+                    tools: Vec::new(),
                 },
                 Turn {
                     user: "and again?".into(),
@@ -1203,6 +1245,7 @@ mod tests {
             },
             reused_tokens: 6,
             thinking_forced: false,
+            steps: 1,
             constraint: None,
         };
         let st = TurnStats::from(&d);

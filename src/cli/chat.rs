@@ -43,7 +43,10 @@ use nemo::tui::runner::{AppMsg, Runner};
 use nemo::tui::theme::Theme;
 
 use super::device::place;
+use super::tools::ToolFlags;
 use super::{usage, ModelArgs, SamplingArgs, Signalled};
+use nemo::agent::mcp::McpServers;
+use nemo::agent::turn::Agent;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -72,6 +75,8 @@ pub struct ChatArgs {
     /// memory).
     #[arg(long)]
     pub context: Option<usize>,
+    #[command(flatten)]
+    pub tools: ToolFlags,
     #[command(flatten)]
     pub endpoint: super::run::EndpointArgs,
 }
@@ -292,6 +297,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             .or(cfg.thinking_budget())
             .unwrap_or(Budget::Unlimited)
     };
+    let (agent, _mcp_servers) = agent_for_chat(&a.tools, &cfg, &paths.config_file)?;
     let store = SessionStore::new(paths.sessions_dir.clone());
     let resumed = if a.resume {
         Some(latest_session(&store)?)
@@ -464,6 +470,27 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             };
             let session = placed.session;
             let m = &folder.model;
+            let tools_line = format!(
+                "{} format{}; {}{}",
+                a.tools
+                    .tool_format
+                    .and_then(|f| f.0)
+                    .or(session.detected_tool_format())
+                    .unwrap_or(nemo::protocol::ToolFormat::Hermes),
+                if a.tools.tool_format.and_then(|f| f.0).is_some() {
+                    " (--tool-format)"
+                } else if session.detected_tool_format().is_some() {
+                    " (detected)"
+                } else {
+                    " (the default)"
+                },
+                session.tool_support().describe(),
+                if session.device().starts_with("cuda") {
+                    "; a draw held to a grammar (tool calls, structured output) is made by the host sampler"
+                } else {
+                    ""
+                }
+            );
             let info = ModelInfo {
                 name: choice.name.clone(),
                 backend: placed.device.clone(),
@@ -478,6 +505,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
                     .template
                     .as_ref()
                     .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
+                tools: tools_line,
             };
 
             (
@@ -518,6 +546,16 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     if let Some(e) = history_error {
         app.warn(e);
     }
+    if let Some((agent, notice)) = &agent {
+        app.tools.available = agent.offered();
+        app.tools.on = !app.tools.available.is_empty();
+        app.tools.choice = a.tools.tool_choice.clone().unwrap_or_default();
+        app.tools.format = a.tools.tool_format.and_then(|f| f.0);
+        app.tools.approval = agent.policy.mode().to_string();
+        if let Some(n) = notice {
+            app.warn(n.clone());
+        }
+    }
     let (tx, rx) = channel::<AppMsg>();
     signals.route_to(tx.clone());
     let term_tx = tx.clone();
@@ -534,6 +572,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         let _ = out.flush();
     });
     let mut runner = Runner::new(engine, store, tx, clipboard);
+    runner.agent = agent.map(|(agent, _)| std::sync::Arc::new(std::sync::Mutex::new(agent)));
     let result = runner.run(&mut terminal, &mut app, &rx);
     // The terminal back first; then what quitting saves (if the loop ended another way,
     // e.g. the terminal went away); the engine is dropped last and never waited for.
@@ -589,6 +628,13 @@ fn remote_setup(
         kv_cache_dtype: "(the server's)".into(),
         ssm_cache_dtype: "(the server's)".into(),
         no_thinking_switch: false,
+        tools: format!(
+            "calls as the server returns them (tool_calls), or read from the text as {} calls",
+            a.tools
+                .tool_format
+                .and_then(|f| f.0)
+                .unwrap_or(nemo::protocol::ToolFormat::Hermes)
+        ),
     };
     let session_file = SessionFile::new(
         ModelIdentity {
@@ -662,4 +708,89 @@ fn latest_session(store: &SessionStore) -> anyhow::Result<(String, SessionFile, 
             ))
         }
     }
+}
+
+/// The chat's agent: the tools `--tools` names (default all; in `read-only` mode only the
+/// read-only ones), the approval mode (flag, else config.toml, else `ask`), the sandbox
+/// and the workspace; with the Landlock notice to show, if any. None with `--tools none`.
+/// The MCP servers whose tools it offers run until they are dropped.
+#[allow(clippy::type_complexity)]
+fn agent_for_chat(
+    flags: &ToolFlags,
+    cfg: &Config,
+    config_file: &std::path::Path,
+) -> anyhow::Result<(Option<(Agent, Option<String>)>, Option<McpServers>)> {
+    use nemo::agent::policy::{ApprovalMode, Policy, ToolSelection};
+    use nemo::agent::Effect;
+    flags.check()?;
+    let treq = flags.request()?;
+    if !treq.external.is_empty() {
+        return Err(usage(
+            "--tools @FILE: chat runs the tools it offers; tools without a runner are for nemo run",
+        ));
+    }
+    let selection = treq.selection.unwrap_or(ToolSelection::All);
+    if selection == ToolSelection::None {
+        if flags.tool_choice.is_some() {
+            return Err(usage("--tool-choice needs tools: give --tools"));
+        }
+        return Ok((None, None));
+    }
+    let mode = ApprovalMode::for_chat(flags.approval, cfg.approval);
+    let sandbox = flags
+        .sandbox
+        .or(cfg.sandbox)
+        .unwrap_or(nemo::agent::Sandbox::Landlock);
+    let wants_mcp = match &selection {
+        ToolSelection::All => true,
+        ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
+        ToolSelection::None => false,
+    };
+    let (all, servers) = super::tools::registry(cfg, config_file, wants_mcp)?;
+    let registry = match &selection {
+        ToolSelection::Named(names) => {
+            for n in names {
+                if all.get(n).is_err() {
+                    let known: Vec<&str> = all.names().collect();
+                    return Err(usage(format!(
+                        "--tools: no tool `{n}` (known: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+            all.filtered(|t| names.iter().any(|n| n == &t.spec().name))
+        }
+        _ if mode == ApprovalMode::ReadOnly => all.filtered(|t| t.effect() == Effect::ReadOnly),
+        _ => all,
+    };
+    if let Some(nemo::protocol::ToolChoice::Named(n)) = &flags.tool_choice {
+        if registry.get(n).is_err() {
+            return Err(usage(format!(
+                "--tool-choice: `{n}` is not among the offered tools"
+            )));
+        }
+    }
+    let notice = if sandbox == nemo::agent::Sandbox::Landlock {
+        nemo::agent::sandbox::notice_once()
+    } else {
+        None
+    };
+    let root = match &flags.workspace {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()?,
+    };
+    let workspace =
+        nemo::agent::Workspace::new(&root).map_err(|e| usage(format!("--workspace: {e}")))?;
+    let mut ctx = nemo::agent::ToolContext::new(workspace);
+    ctx.sandbox = sandbox;
+    let policy = Policy::new(mode, sandbox, nemo::agent::sandbox::support());
+    let agent = Agent {
+        registry,
+        external: Vec::new(),
+        policy,
+        ctx,
+        max_steps: flags.max_steps,
+        interactive: true,
+    };
+    Ok((Some((agent, notice.map(|n| n.to_string()))), servers))
 }

@@ -12,6 +12,7 @@ mod pull;
 mod rm;
 mod run;
 mod serve;
+mod tools;
 
 use std::path::PathBuf;
 

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
+use nemo::agent::mcp::McpServers;
+use nemo::agent::turn::Agent;
 use nemo::engine::grammar::{Grammar, GrammarError, Guide, Vocabulary};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::protocol::Message;
@@ -28,6 +30,7 @@ use nemo::protocol::{
 use nemo::remote::{Backend, Remote, RemoteOptions};
 
 use super::device::{place, Placed, UploadBar};
+use super::tools::ToolFlags;
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
@@ -92,6 +95,8 @@ pub struct RunArgs {
     /// The answer follows this Lark grammar (llguidance's dialect).
     #[arg(long, value_name = "FILE", group = "constraint")]
     pub grammar: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tools: ToolFlags,
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 }
@@ -243,6 +248,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         return Err(usage("--max-tokens must be at least 1"));
     }
     let constraint = constraint(&a)?;
+    let (agent, _mcp_servers) = match agent_for_run(&a)? {
+        Some((agent, servers)) => (Some(agent), servers),
+        None => (None, None),
+    };
     let prompt = if a.prompt.is_empty() {
         if std::io::stdin().is_terminal() {
             return Err(usage(
@@ -265,7 +274,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         return Err(usage("the prompt is empty"));
     }
     if let Some(url) = a.endpoint.endpoint.clone() {
-        return run_remote(&a, &url, prompt, controls, constraint);
+        return run_remote(&a, &url, prompt, controls, constraint, agent);
     }
     super::init_threads(a.model.threads)?;
     let spec = match &a.model.model {
@@ -349,21 +358,37 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     req.max_tokens = a.max_tokens;
     req.stop = a.stop.clone();
     req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
+    if let Some(agent) = &agent {
+        req.tools = agent.offered();
+        req.tool_choice = a.tools.tool_choice.clone().unwrap_or_default();
+        req.tool_format = a.tools.tool_format.and_then(|f| f.0);
+    }
     // If printing fails (a closed pipe), returning drops the engine, which cancels the
     // request instead of finishing it unseen.
     let backend = Backend::Local(engine);
     let mut extra = serde_json::Map::new();
     extra.insert("device".into(), json!(device_name));
-    print_events(&a, &backend, req, &controls, &constraint, extra, load_ms)
+    let (events, external) = start(&backend, agent, req)?;
+    print_events(
+        &a,
+        events,
+        &external,
+        &controls,
+        &constraint,
+        extra,
+        load_ms,
+    )
 }
 
-/// `run --endpoint`: the same request and printing, on the remote server.
+/// `run --endpoint`: the same request (and agent loop, with the tools run here) and the
+/// same printing, on the remote server.
 fn run_remote(
     a: &RunArgs,
     url: &str,
     prompt: String,
     controls: Controls,
     constraint: Option<(&'static str, Constraint)>,
+    agent: Option<Agent>,
 ) -> anyhow::Result<()> {
     let t_load = Instant::now();
     let opts = a.endpoint.options(url, a.model.model.as_deref())?;
@@ -395,26 +420,63 @@ fn run_remote(
     req.max_tokens = a.max_tokens;
     req.stop = a.stop.clone();
     req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
+    if let Some(agent) = &agent {
+        req.tools = agent.offered();
+        req.tool_choice = a.tools.tool_choice.clone().unwrap_or_default();
+        req.tool_format = a.tools.tool_format.and_then(|f| f.0);
+    }
     let mut extra = serde_json::Map::new();
     extra.insert("device".into(), json!(remote.device()));
     extra.insert("model".into(), json!(remote.model()));
     extra.insert("budget_path".into(), json!(budget_path.to_string()));
     let backend = Backend::Remote(remote);
-    print_events(a, &backend, req, &controls, &constraint, extra, load_ms)
+    let (events, external) = start(&backend, agent, req)?;
+    print_events(a, events, &external, &controls, &constraint, extra, load_ms)
 }
 
-/// Submits `req` and prints its events (`--json`: one object per line, the done event
-/// with `extra` and `timings.load_ms`).
+/// Submits `req`, through the agent loop when tools are offered; returns the events and
+/// the tools nemo does not run (their calls are the script's to answer).
+fn start(
+    backend: &Backend,
+    agent: Option<Agent>,
+    req: Request,
+) -> anyhow::Result<(std::sync::mpsc::Receiver<Event>, Vec<String>)> {
+    let external: Vec<String> = agent
+        .as_ref()
+        .map(|ag| ag.external.iter().map(|t| t.name.clone()).collect())
+        .unwrap_or_default();
+    let events = match agent {
+        None => backend.submit(req),
+        Some(mut agent) => {
+            // The loop runs beside this thread, which prints and watches for Ctrl+C.
+            let (tx, rx) = channel();
+            let submitter = backend.submitter();
+            std::thread::Builder::new()
+                .name("nemo-agent".into())
+                .spawn(move || {
+                    let mut emit = |e: Event| {
+                        let _ = tx.send(e);
+                    };
+                    let _ = agent.run_turn(&submitter, req, &mut emit);
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start the agent thread: {e}"))?;
+            rx
+        }
+    };
+    Ok((events, external))
+}
+
+/// Prints the events (`--json`: one object per line, the done event with `extra` and
+/// `timings.load_ms`).
 fn print_events(
     a: &RunArgs,
-    backend: &Backend,
-    req: Request,
+    events: std::sync::mpsc::Receiver<Event>,
+    external: &[String],
     controls: &Controls,
     constraint: &Option<(&'static str, Constraint)>,
     extra: serde_json::Map<String, serde_json::Value>,
     load_ms: f64,
 ) -> anyhow::Result<()> {
-    let events = backend.submit(req);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
@@ -463,6 +525,71 @@ fn print_events(
                 }
                 out.flush()?;
             }
+            Event::ToolCall(c) => {
+                if a.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"event": "tool_call", "id": c.id, "name": c.name(), "arguments": c.arguments()})
+                    )?;
+                } else if external.iter().any(|n| n == c.name()) {
+                    // A tool nemo does not run: the call is the script's to answer.
+                    if !ended_with_newline {
+                        writeln!(out)?;
+                        ended_with_newline = true;
+                    }
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"id": c.id, "name": c.name(), "arguments": c.arguments()})
+                    )?;
+                } else {
+                    writeln!(err, "nemo: tool {} {}", c.name(), c.arguments())?;
+                }
+                out.flush()?;
+            }
+            Event::ToolResult(r) => {
+                if a.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"event": "tool_result", "id": r.id, "name": r.name, "ok": r.ok, "output": r.output, "truncated": r.truncated})
+                    )?;
+                    out.flush()?;
+                } else {
+                    let first = r.output.lines().next().unwrap_or("");
+                    let state = if r.ok { "ok" } else { "failed" };
+                    writeln!(
+                        err,
+                        "nemo: tool {} {state} ({} lines){}",
+                        r.name,
+                        r.output.lines().count(),
+                        if r.ok {
+                            String::new()
+                        } else {
+                            format!(": {first}")
+                        }
+                    )?;
+                }
+            }
+            Event::Step { step, done } => {
+                if a.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"event": "step", "step": step, "finish_reason": done.finish_reason, "usage": done.usage, "reused_tokens": done.reused_tokens})
+                    )?;
+                    out.flush()?;
+                }
+            }
+            Event::Warning(w) => {
+                if a.json {
+                    writeln!(out, "{}", json!({"event": "warning", "text": w}))?;
+                    out.flush()?;
+                } else {
+                    writeln!(err, "nemo: warning: {w}")?;
+                }
+            }
             Event::Done(d) => {
                 if a.json {
                     let mut v = serde_json::Map::new();
@@ -485,17 +612,100 @@ fn print_events(
                 if d.finish_reason == FinishReason::Cancelled {
                     return Err(Interrupted.into());
                 }
+                if d.finish_reason == FinishReason::MaxSteps {
+                    return Err(anyhow::anyhow!(
+                        "the model was still calling tools after --max-steps {} steps",
+                        a.tools.max_steps
+                    ));
+                }
                 return Ok(());
             }
-            Event::Error(e) => {
+            Event::Error(e) | Event::ContextFull(e) => {
                 if e == "cancelled" {
                     return Err(Interrupted.into());
                 }
                 return Err(anyhow::anyhow!(e));
             }
-            Event::Started { .. } | Event::Progress { .. } => {}
-            // `run` offers the model no tools yet.
-            Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
+            // `run` asks no one: a call that would ask is refused by the agent loop.
+            Event::Started { .. } | Event::Progress { .. } | Event::ApprovalNeeded(_) => {}
         }
     }
+}
+
+/// The agent for `--tools`, checked before the model loads (a tool that could never run
+/// under the approval mode, an unknown name or a bad schema file exits 2); None when no
+/// tool is offered. The MCP servers whose tools it offers run until they are dropped.
+fn agent_for_run(a: &RunArgs) -> anyhow::Result<Option<(Agent, Option<McpServers>)>> {
+    use nemo::agent::policy::{offer_for_run, run_mode, Policy, ToolSelection};
+    let flags = &a.tools;
+    flags.check()?;
+    let treq = flags.request()?;
+    let selection = treq.selection.clone().unwrap_or(ToolSelection::None);
+    if selection == ToolSelection::None && treq.external.is_empty() {
+        if flags.tool_choice.is_some() {
+            return Err(usage("--tool-choice needs tools: give --tools"));
+        }
+        return Ok(None);
+    }
+    if a.json_schema.is_some() || a.regex.is_some() || a.choice.is_some() || a.grammar.is_some() {
+        return Err(usage(
+            "--tools and the structured-output flags exclude each other (the tool calls have their own grammar)",
+        ));
+    }
+    let mode = run_mode(flags.approval).map_err(usage)?;
+    let paths = nemo::config::Paths::discover()?;
+    let mut cfg = nemo::config::Config::load(&paths.config_file)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    let sandbox = flags
+        .sandbox
+        .or(cfg.sandbox)
+        .unwrap_or(nemo::agent::Sandbox::Landlock);
+    let support = nemo::agent::sandbox::support();
+    let policy = Policy::new(mode, sandbox, support);
+    let wants_mcp = match &selection {
+        ToolSelection::All => true,
+        ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
+        ToolSelection::None => false,
+    };
+    let (all, servers) = super::tools::registry(&cfg, &paths.config_file, wants_mcp)?;
+    let registry = offer_for_run(&all, &selection, &policy).map_err(usage)?;
+    for t in &treq.external {
+        if registry.get(&t.name).is_ok() {
+            return Err(usage(format!(
+                "--tools: `{}` from a schema file has the name of a tool nemo runs",
+                t.name
+            )));
+        }
+    }
+    if let Some(nemo::protocol::ToolChoice::Named(n)) = &flags.tool_choice {
+        if registry.get(n).is_err() && !treq.external.iter().any(|t| &t.name == n) {
+            return Err(usage(format!(
+                "--tool-choice: `{n}` is not among the offered tools"
+            )));
+        }
+    }
+    if sandbox == nemo::agent::Sandbox::Landlock && !registry.is_empty() {
+        if let Some(notice) = nemo::agent::sandbox::notice_once() {
+            eprintln!("nemo: {notice}");
+        }
+    }
+    let root = match &flags.workspace {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()?,
+    };
+    let workspace =
+        nemo::agent::Workspace::new(&root).map_err(|e| usage(format!("--workspace: {e}")))?;
+    let mut ctx = nemo::agent::ToolContext::new(workspace);
+    ctx.sandbox = sandbox;
+    Ok(Some((
+        Agent {
+            registry,
+            external: treq.external,
+            policy,
+            ctx,
+            max_steps: flags.max_steps,
+            interactive: false,
+        },
+        servers,
+    )))
 }

@@ -14,7 +14,7 @@ pub mod worker;
 
 pub use runner::{Runner, RunnerSnapshot};
 pub use session::{Session, SessionOptions};
-pub use worker::Engine;
+pub use worker::{Engine, Submitter};
 
 use crate::chat::template::TemplateError;
 use crate::model::ModelError;

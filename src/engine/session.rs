@@ -42,21 +42,24 @@ use super::sampler::Sampler;
 use super::stop::StopMatcher;
 use super::thinking::{Action, ThinkingController};
 use super::EngineError;
-use crate::chat::reasoning_parser::{ReasoningParser, Segment};
+use crate::chat::reasoning_parser::ReasoningParser;
+use crate::chat::stream_parser::{Piece, StreamParser};
 use crate::chat::template::{nano_v2_fallback, ChatTemplate};
-use crate::chat::tool_parser;
+use crate::chat::tool_parser::{self, ToolParser};
 use crate::model::{Logits, Model, ModelFolder};
 use crate::protocol::{
     Done, Event, FinishReason, Request, Timings, ToolChoice, ToolFormat, ToolSpec, Usage,
 };
 use crate::state::CacheConfig;
 
-/// Generated text on its way out: reasoning/answer split, stop strings on the answer,
-/// events. Keeps the thinking controller in step with what the parser saw.
+/// Generated text on its way out: reasoning / answer / tool calls split, stop strings on
+/// the answer, events. Keeps the thinking controller in step with what the parser saw.
 struct TextRouter {
-    parser: ReasoningParser,
+    parser: StreamParser,
     stopper: StopMatcher,
     content_seen: bool,
+    /// Tool calls parsed whole so far.
+    calls: usize,
 }
 
 impl TextRouter {
@@ -67,22 +70,54 @@ impl TextRouter {
         thinking: &mut ThinkingController,
         emit: &mut dyn FnMut(Event),
     ) -> bool {
-        for seg in self.parser.push(text) {
-            match seg {
-                Segment::Reasoning(r) => {
-                    thinking.reasoning_text(&r);
+        let pieces = self.parser.push(text);
+        if self.route(pieces, Some(thinking), emit) {
+            return true;
+        }
+        if self.parser.in_reasoning() != thinking.in_reasoning() {
+            thinking.set_in_reasoning(self.parser.in_reasoning());
+        }
+        false
+    }
+
+    fn route(
+        &mut self,
+        pieces: Vec<Piece>,
+        mut thinking: Option<&mut ThinkingController>,
+        emit: &mut dyn FnMut(Event),
+    ) -> bool {
+        for piece in pieces {
+            match piece {
+                Piece::Reasoning(r) => {
+                    if let Some(t) = thinking.as_deref_mut() {
+                        t.reasoning_text(&r);
+                    }
                     emit(Event::Reasoning(r));
                 }
-                Segment::Content(c) => {
+                Piece::Content(c) => {
                     self.content_seen = true;
                     if self.content(&c, emit) {
                         return true;
                     }
                 }
+                Piece::Call { call, .. } => {
+                    self.content_seen = true;
+                    // Text held for a possible stop string goes out before the call.
+                    let held = self.stopper.finish();
+                    if !held.is_empty() {
+                        emit(Event::Content(held));
+                    }
+                    self.calls += 1;
+                    emit(Event::ToolCall(call));
+                }
+                Piece::Malformed { text, warning } => {
+                    self.content_seen = true;
+                    emit(Event::Warning(warning));
+                    if self.content(&text, emit) {
+                        return true;
+                    }
+                }
             }
-        }
-        if self.parser.in_reasoning() != thinking.in_reasoning() {
-            thinking.set_in_reasoning(self.parser.in_reasoning());
         }
         false
     }
@@ -95,21 +130,27 @@ impl TextRouter {
         r.stopped
     }
 
-    /// Flushes what the parser and the stop matcher still hold.
+    /// Flushes what the parsers and the stop matcher still hold.
     fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
-        for seg in self.parser.finish() {
-            match seg {
-                Segment::Reasoning(r) => emit(Event::Reasoning(r)),
-                Segment::Content(c) => {
-                    self.content(&c, emit);
-                }
-            }
+        let pieces = self.parser.finish();
+        if self.route(pieces, None, emit) {
+            return;
         }
         let held = self.stopper.finish();
         if !held.is_empty() {
             emit(Event::Content(held));
         }
     }
+}
+
+/// A prefix for this request's tool-call ids, so ids stay unique across the turns of a
+/// conversation (the parser numbers the calls within one answer).
+fn call_id_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("call_{:08x}_", (nanos as u64 ^ (nanos >> 64) as u64) as u32)
 }
 
 struct Checkpoint {
@@ -530,10 +571,16 @@ impl Session {
 
         let tail_start = plan.ids.len().saturating_sub(8);
         let mut detok = Detokenizer::new(self.tokenizer.clone(), &plan.ids[tail_start..]);
+        let offered = Self::offered_tools(req);
+        let tools = (!offered.is_empty()).then(|| {
+            ToolParser::new(self.tool_format(req), offered).with_id_prefix(call_id_prefix())
+        });
+        let reasoning = ReasoningParser::new(THINK_START, THINK_END, plan.starts_in_reasoning);
         let mut out = TextRouter {
-            parser: ReasoningParser::new(THINK_START, THINK_END, plan.starts_in_reasoning),
+            parser: StreamParser::new(reasoning, tools),
             stopper: StopMatcher::new(req.stop.clone()),
             content_seen: false,
+            calls: 0,
         };
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut thinking = ThinkingController::new(req.thinking(), plan.starts_in_reasoning);
@@ -678,6 +725,11 @@ impl Session {
             out.push(&rest, &mut thinking, emit);
             out.finish(emit);
         }
+        // The model ended its turn having called tools: the turn waits for their results.
+        let finish = match finish {
+            FinishReason::Stop if out.calls > 0 => FinishReason::ToolCalls,
+            f => f,
+        };
         let decode_s = t_first.elapsed().as_secs_f64();
         let done = Done {
             finish_reason: finish,
@@ -702,6 +754,7 @@ impl Session {
             },
             reused_tokens: reused,
             thinking_forced: thinking.forced(),
+            steps: 1,
             constraint: guide.as_mut().map(Guide::stats),
         };
         emit(Event::Done(done.clone()));

@@ -75,8 +75,17 @@ impl Engine {
                                 let mut emit = |e: Event| {
                                     let _ = events.send(e);
                                 };
-                                if let Err(e) = session.generate(&req, &mut emit) {
-                                    let _ = events.send(Event::Error(e.to_string()));
+                                match session.generate(&req, &mut emit) {
+                                    Ok(_) => {}
+                                    Err(
+                                        e @ (EngineError::ContextOverflow { .. }
+                                        | EngineError::PromptTooLong { .. }),
+                                    ) => {
+                                        let _ = events.send(Event::ContextFull(e.to_string()));
+                                    }
+                                    Err(e) => {
+                                        let _ = events.send(Event::Error(e.to_string()));
+                                    }
                                 }
                             }
                             *sh.current() = None;
@@ -101,20 +110,16 @@ impl Engine {
 
     /// Queues a request; events arrive on the returned receiver, ending with `Done` or `Error`.
     pub fn submit(&self, req: Request) -> Receiver<Event> {
-        let (etx, erx) = channel();
-        match &self.tx {
-            Some(tx) if self.thread.is_some() => {
-                if tx.send(Op::Generate(Box::new(req), etx.clone())).is_err() {
-                    let _ = etx.send(Event::Error("the engine thread has stopped".into()));
-                }
-            }
-            _ => {
-                let _ = etx.send(Event::Error(
-                    "the engine thread could not be started".into(),
-                ));
-            }
+        self.submitter().submit(req)
+    }
+
+    /// A handle that queues requests from another thread (the agent loop's). Dropping the
+    /// `Engine` still cancels what runs and stops the thread at the next request; a
+    /// submitter only keeps an idle thread waiting until it is dropped too.
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            tx: self.tx.clone().filter(|_| self.thread.is_some()),
         }
-        erx
     }
 
     /// Forgets the sequence state and checkpoints (e.g. `/clear`).
@@ -122,6 +127,38 @@ impl Engine {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Op::Reset);
         }
+    }
+}
+
+/// Queues requests on an [`Engine`] (see `Engine::submitter`).
+#[derive(Clone)]
+pub struct Submitter {
+    tx: Option<Sender<Op>>,
+}
+
+impl Submitter {
+    /// Queues on whatever serves `Op`s from the other end of `tx` the way the engine
+    /// thread does (e.g. `remote::Remote`, so the agent loop drives a remote endpoint).
+    pub fn from_ops(tx: Sender<Op>) -> Submitter {
+        Submitter { tx: Some(tx) }
+    }
+
+    /// As `Engine::submit`.
+    pub fn submit(&self, req: Request) -> Receiver<Event> {
+        let (etx, erx) = channel();
+        match &self.tx {
+            Some(tx) => {
+                if tx.send(Op::Generate(Box::new(req), etx.clone())).is_err() {
+                    let _ = etx.send(Event::Error("the engine thread has stopped".into()));
+                }
+            }
+            None => {
+                let _ = etx.send(Event::Error(
+                    "the engine thread could not be started".into(),
+                ));
+            }
+        }
+        erx
     }
 }
 

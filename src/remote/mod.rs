@@ -28,15 +28,15 @@ mod turn;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::engine::prompt::ThinkingStyle;
-use crate::engine::Engine;
-use crate::protocol::{Budget, Event, Request};
+use crate::engine::{Engine, Submitter};
+use crate::protocol::{Budget, Event, Op, Request};
 pub use local_template::LocalTemplate;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,10 +143,12 @@ pub(crate) struct Inner {
     notice: Option<String>,
 }
 
-/// A connected endpoint; cheap to share.
+/// A connected endpoint; cheap to share. Its `Op`s are served by a thread of its own,
+/// as the engine thread serves the local model's (each turn on a thread of its own).
 #[derive(Clone)]
 pub struct Remote {
     inner: Arc<Inner>,
+    ops: Sender<Op>,
 }
 
 /// `host:port` of a URL, for the status bar and messages.
@@ -277,21 +279,46 @@ impl Remote {
             .map(|l| l.style())
             .unwrap_or_else(|| local_template::style_from_name(&model));
         let context = context_of(&model);
-        Ok(Remote {
-            inner: Arc::new(Inner {
-                base,
-                host,
-                agent,
-                api_key,
-                model,
-                kind,
-                notice,
-                local,
-                style,
-                context,
-                extra_body: opts.extra_body.clone(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            base,
+            host,
+            agent,
+            api_key,
+            model,
+            kind,
+            notice,
+            local,
+            style,
+            context,
+            extra_body: opts.extra_body.clone(),
+        });
+        let (ops, rx) = channel::<Op>();
+        let served = inner.clone();
+        std::thread::Builder::new()
+            .name("nemo-remote".into())
+            .spawn(move || {
+                for op in rx {
+                    if let Op::Generate(req, events) = op {
+                        let inner = served.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("nemo-remote-turn".into())
+                            .spawn({
+                                let events = events.clone();
+                                move || turn::run(&inner, *req, &events)
+                            });
+                        if let Err(e) = spawned {
+                            let _ = events.send(Event::Error(format!(
+                                "cannot start the request thread: {e}"
+                            )));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RemoteError::Endpoint {
+                url: opts.endpoint.clone(),
+                msg: format!("cannot start the request thread: {e}"),
+            })?;
+        Ok(Remote { inner, ops })
     }
 
     /// The remote model's name.
@@ -336,20 +363,13 @@ impl Remote {
 
     /// Runs `req` on its own thread; events as the engine sends them.
     pub fn submit(&self, req: Request) -> Receiver<Event> {
-        let (tx, rx) = channel();
-        let inner = self.inner.clone();
-        let spawned = std::thread::Builder::new()
-            .name("nemo-remote".into())
-            .spawn({
-                let tx = tx.clone();
-                move || turn::run(&inner, req, &tx)
-            });
-        if let Err(e) = spawned {
-            let _ = tx.send(Event::Error(format!(
-                "cannot start the request thread: {e}"
-            )));
-        }
-        rx
+        self.submitter().submit(req)
+    }
+
+    /// A handle that queues requests from another thread (the agent loop's), as
+    /// `Engine::submitter`.
+    pub fn submitter(&self) -> Submitter {
+        Submitter::from_ops(self.ops.clone())
     }
 }
 
@@ -398,6 +418,14 @@ impl Backend {
         match self {
             Backend::Local(e) => e.submit(req),
             Backend::Remote(r) => r.submit(req),
+        }
+    }
+
+    /// A handle that queues requests from another thread (the agent loop's).
+    pub fn submitter(&self) -> Submitter {
+        match self {
+            Backend::Local(e) => e.submitter(),
+            Backend::Remote(r) => r.submitter(),
         }
     }
 

@@ -367,6 +367,11 @@ fn parser(inner: &Inner, req: &Request, starts_in_reasoning: bool) -> StreamPars
 
 /// Runs one turn, sending its events to `tx`.
 pub(crate) fn run(inner: &Inner, req: Request, tx: &Sender<Event>) {
+    // As the engine does: a request cancelled before its turn ends at once.
+    if req.controls().is_cancelled() {
+        let _ = tx.send(Event::Error("cancelled".into()));
+        return;
+    }
     match run_turn(inner, &req, tx) {
         Ok(done) => {
             let _ = tx.send(Event::Done(done));
@@ -557,5 +562,6 @@ fn run_turn(inner: &Inner, req: &Request, tx: &Sender<Event>) -> Result<Done, Re
         reused_tokens: reused,
         thinking_forced: forced,
         constraint: None,
+        steps: 1,
     })
 }

@@ -18,8 +18,12 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKi
 use super::commands::{self, Command, SetArg};
 use super::input::{History, InputAction, InputEditor};
 use super::theme::Theme;
+use super::tool_card::{CardState, ToolCard};
 use crate::chat::session_store::{ModelIdentity, SessionFile, Turn, TurnStats};
-use crate::protocol::{Budget, Controls, Event, FinishReason, Message, Request, SamplingParams};
+use crate::protocol::{
+    ApprovalDecision, ApprovalRequest, Budget, Controls, Event, FinishReason, Message, Request,
+    SamplingParams, ToolChoice, ToolSpec,
+};
 
 /// What the loaded model is, for the status bar and `/model`.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +39,8 @@ pub struct ModelInfo {
     pub ssm_cache_dtype: String,
     /// The model's chat template has no thinking switch (e.g. SmolLM2): the slider says so.
     pub no_thinking_switch: bool,
+    /// How tools reach the model: the call format and what its template renders.
+    pub tools: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +63,10 @@ pub struct TurnView {
     pub reasoning_tokens: usize,
     pub thinking_ms: Option<u64>,
     pub thinking_forced: bool,
+    /// The turn's tool calls, in order (shown between the reasoning and the answer).
+    pub tools: Vec<ToolCard>,
+    /// Model steps that have ended (the agent loop runs one per round of calls).
+    pub steps: usize,
 }
 
 impl TurnView {
@@ -71,6 +81,8 @@ impl TurnView {
             reasoning_tokens: 0,
             thinking_ms: None,
             thinking_forced: false,
+            tools: Vec::new(),
+            steps: 0,
         }
     }
 }
@@ -128,6 +140,8 @@ pub enum Effect {
     /// Put text on the clipboard (OSC 52).
     Copy(String),
     SaveHistory,
+    /// `/approval`: the agent's policy changes mode (from the next call).
+    SetApproval(crate::agent::policy::ApprovalMode),
     Quit,
 }
 
@@ -182,6 +196,27 @@ pub struct App {
     /// Rendered answers per turn, keyed by (answer length, width): markdown and syntax
     /// highlighting run once per change, not once per frame.
     pub answer_cache: Vec<Option<(usize, u16, Vec<ratatui::text::Line<'static>>)>>,
+    pub tools: ToolsState,
+}
+
+/// The tools side of the chat: what is offered, the next turn's tool choice, the
+/// approval mode, and the call waiting for the user's answer.
+#[derive(Clone, Debug, Default)]
+pub struct ToolsState {
+    /// Every tool the agent can run (empty: the chat has no agent).
+    pub available: Vec<ToolSpec>,
+    /// Whether turns offer them (`/tools on|off`).
+    pub on: bool,
+    /// The first step of each turn (`/tool_choice`).
+    pub choice: ToolChoice,
+    /// `--tool-format` (None: the model's own).
+    pub format: Option<crate::protocol::ToolFormat>,
+    /// Shown in `/tools`; the runner applies a change to the agent's policy.
+    pub approval: String,
+    /// The call waiting for y / a / n.
+    pub pending: Option<ApprovalRequest>,
+    /// After `n`: the input holds an optional note for the model; Enter denies.
+    pub deny_note: bool,
 }
 
 /// "it ran on A, not on the loaded B": both models by short name; by path or identity
@@ -239,6 +274,7 @@ impl App {
             viewport_height: 20,
             completion_index: 0,
             answer_cache: Vec::new(),
+            tools: ToolsState::default(),
         }
     }
 
@@ -261,6 +297,8 @@ impl App {
                 reasoning_tokens: t.stats.as_ref().map(|s| s.reasoning_tokens).unwrap_or(0),
                 thinking_ms: None,
                 thinking_forced: false,
+                steps: t.tools.iter().map(|r| r.step).max().unwrap_or(0),
+                tools: t.tools.iter().map(ToolCard::from_record).collect(),
             })
             .collect();
         self.system = s.system.clone();
@@ -295,6 +333,28 @@ impl App {
         }
         for t in &self.turns[..upto] {
             m.push(Message::user(t.user.clone()));
+            // Each step's calls as an assistant message, then their results.
+            let mut step = 0;
+            for card in &t.tools {
+                if card.step != step {
+                    step = card.step;
+                    let mut a = Message::assistant(String::new());
+                    a.tool_calls = t
+                        .tools
+                        .iter()
+                        .filter(|c| c.step == step)
+                        .map(|c| c.call.clone())
+                        .collect();
+                    m.push(a);
+                    for c in t.tools.iter().filter(|c| c.step == step) {
+                        m.push(Message::tool(
+                            c.call.id.clone(),
+                            c.call.name().to_string(),
+                            c.output.clone(),
+                        ));
+                    }
+                }
+            }
             if !t.answer.is_empty() || !t.reasoning.is_empty() {
                 let mut a = Message::assistant(t.answer.clone());
                 if !t.reasoning.is_empty() {
@@ -314,6 +374,11 @@ impl App {
         let mut req = Request::new(messages, self.session.thinking.clone());
         req.sampling = self.sampling.clone();
         req.max_tokens = self.max_tokens;
+        if self.tools.on {
+            req.tools = self.tools.available.clone();
+            req.tool_choice = self.tools.choice.clone();
+            req.tool_format = self.tools.format;
+        }
         self.running = Some(Running {
             controls: req.controls().clone(),
             started: Instant::now(),
@@ -425,6 +490,8 @@ impl App {
     /// request's later events (`running` is gone).
     fn abandon_turn(&mut self) -> Vec<Effect> {
         self.stop_generation();
+        self.tools.pending = None;
+        self.tools.deny_note = false;
         let Some(r) = self.running.take() else {
             return vec![];
         };
@@ -444,6 +511,7 @@ impl App {
             reasoning: turn.reasoning.clone(),
             answer: turn.answer.clone(),
             stats: None,
+            tools: turn.tools.iter().map(ToolCard::record).collect(),
         };
         self.session.turns.truncate(self.turns.len() - 1);
         self.session.turns.push(record);
@@ -505,11 +573,23 @@ impl App {
                 if self.running.is_some() {
                     self.stop_generation();
                     self.running = None;
+                    self.tools.pending = None;
+                    self.tools.deny_note = false;
                 }
                 if let Some(t) = self.turns.pop() {
                     self.session.turns.truncate(self.turns.len());
                     self.input.set_text(&t.user);
-                    self.info("last exchange removed; its message is back in the input");
+                    let wrote = t.tools.iter().any(|c| {
+                        matches!(
+                            c.state,
+                            CardState::Done | CardState::Failed | CardState::Running
+                        )
+                    });
+                    self.info(if wrote {
+                        "last exchange removed; its message is back in the input (the tools it ran are not undone: files stay as they are)"
+                    } else {
+                        "last exchange removed; its message is back in the input"
+                    });
                     return vec![Effect::Save];
                 }
                 self.warn("nothing to undo");
@@ -525,6 +605,52 @@ impl App {
             Command::Sessions => return vec![Effect::ListSessions],
             Command::Export(file) => return vec![Effect::Export(file)],
             Command::Model => self.overlay = Some(Overlay::Model),
+            Command::Tools(None) => {
+                if self.tools.available.is_empty() {
+                    self.info("no tools: this chat was started with --tools none");
+                } else {
+                    let names: Vec<&str> = self
+                        .tools
+                        .available
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect();
+                    self.info(format!(
+                        "tools {} · choice {} · approval {}: {}",
+                        if self.tools.on { "on" } else { "off" },
+                        self.tools.choice,
+                        self.tools.approval,
+                        names.join(", ")
+                    ));
+                }
+            }
+            Command::Tools(Some(on)) => {
+                if on && self.tools.available.is_empty() {
+                    self.warn("no tools to offer: this chat was started with --tools none");
+                } else {
+                    self.tools.on = on;
+                    self.info(if on {
+                        "tools on: the next turns offer them"
+                    } else {
+                        "tools off: the next turns offer none"
+                    });
+                }
+            }
+            Command::ToolChoice(c) => {
+                if let ToolChoice::Named(n) = &c {
+                    if !self.tools.available.iter().any(|t| &t.name == n) {
+                        self.error(format!("/tool_choice: no tool `{n}` (/tools lists them)"));
+                        return vec![];
+                    }
+                }
+                self.info(format!("tool choice for the next turns: {c}"));
+                self.tools.choice = c;
+            }
+            Command::Approval(mode) => {
+                self.tools.approval = mode.to_string();
+                self.info(format!("approval: {mode}"));
+                return vec![Effect::SetApproval(mode)];
+            }
             Command::Set(s) => {
                 let msg = match s {
                     SetArg::Temperature(v) => {
@@ -606,6 +732,41 @@ impl App {
         if ctrl && key.code != Char('c') {
             self.ctrl_c_at = None;
         }
+        // A call waiting for approval takes y / a / n (then an optional note and Enter).
+        if self.tools.pending.is_some() && !ctrl && !alt {
+            if self.tools.deny_note {
+                if key.code == Enter {
+                    let note = self.input.text().trim().to_string();
+                    self.input.clear();
+                    self.answer_approval(ApprovalDecision::Deny {
+                        note: (!note.is_empty()).then_some(note),
+                    });
+                    return vec![];
+                }
+                if key.code != Esc {
+                    self.input.handle_key(key);
+                    return vec![];
+                }
+            } else {
+                match key.code {
+                    Char('y') | Char('Y') => {
+                        self.answer_approval(ApprovalDecision::Once);
+                        return vec![];
+                    }
+                    Char('a') | Char('A') => {
+                        self.answer_approval(ApprovalDecision::Session);
+                        return vec![];
+                    }
+                    Char('n') | Char('N') => {
+                        self.tools.deny_note = true;
+                        self.input.clear();
+                        return vec![];
+                    }
+                    Esc => {}
+                    _ => return vec![],
+                }
+            }
+        }
         match key.code {
             Char('c') if ctrl => {
                 if self.running.is_some() {
@@ -650,14 +811,7 @@ impl App {
                 return vec![];
             }
             Char('o') if ctrl => {
-                if let Some(t) = self
-                    .turns
-                    .iter_mut()
-                    .rev()
-                    .find(|t| !t.reasoning.is_empty())
-                {
-                    t.reasoning_folded = !t.reasoning_folded;
-                }
+                self.toggle_latest_fold();
                 return vec![];
             }
             Char('r') if ctrl => {
@@ -777,6 +931,14 @@ impl App {
 
     /// An event from the engine for the running request.
     pub fn handle_engine(&mut self, ev: Event) -> Vec<Effect> {
+        let ev = match ev {
+            Event::ContextFull(e) => Event::Error(e),
+            Event::Warning(w) => {
+                self.warn(w);
+                return vec![];
+            }
+            ev => ev,
+        };
         // A request the user stopped before it produced anything ends with an error
         // ("cancelled", e.g. from inside the template render): the turn is kept as
         // interrupted and saved, like one the engine was too slow to end.
@@ -804,7 +966,39 @@ impl App {
             }
             // The chat offers the model no tools yet, so no call, approval or result
             // reaches it.
-            Event::ToolCall(_) | Event::ApprovalNeeded(_) | Event::ToolResult(_) => {}
+            Event::ToolCall(c) => {
+                // A call ends the reasoning as the answer's start does.
+                if let Some(r) = &mut self.running {
+                    if !r.answer_started {
+                        r.answer_started = true;
+                        turn.reasoning_folded = true;
+                        turn.thinking_ms = Some(r.started.elapsed().as_millis() as u64);
+                        turn.reasoning_tokens = r.reasoning_tokens;
+                    }
+                }
+                let step = turn.steps + 1;
+                turn.tools.push(ToolCard::new(c, step));
+            }
+            Event::Step { .. } => {
+                turn.steps += 1;
+                start_next_card(turn);
+            }
+            Event::ApprovalNeeded(r) => {
+                if let Some(card) = turn.tools.iter_mut().find(|c| c.call.id == r.call.id) {
+                    card.state = CardState::WaitingApproval;
+                }
+                self.tools.pending = Some(r);
+                self.tools.deny_note = false;
+                self.scroll_up = 0;
+            }
+            Event::ToolResult(r) => {
+                if let Some(card) = turn.tools.iter_mut().find(|c| c.call.id == r.id) {
+                    let denied = card.state == CardState::Denied;
+                    card.finish(&r, denied);
+                }
+                start_next_card(turn);
+            }
+            Event::Warning(_) | Event::ContextFull(_) => {}
             Event::Reasoning(t) => {
                 turn.reasoning.push_str(&t);
             }
@@ -834,6 +1028,8 @@ impl App {
                 }
             }
             Event::Done(d) => {
+                self.tools.pending = None;
+                self.tools.deny_note = false;
                 turn.state = if d.finish_reason == FinishReason::Cancelled {
                     TurnState::Interrupted
                 } else {
@@ -859,6 +1055,7 @@ impl App {
                     reasoning: turn.reasoning.clone(),
                     answer: turn.answer.clone(),
                     stats: Some(stats),
+                    tools: turn.tools.iter().map(ToolCard::record).collect(),
                 };
                 self.session.turns.truncate(self.turns.len() - 1);
                 self.session.turns.push(turn_record);
@@ -866,12 +1063,50 @@ impl App {
                 return vec![Effect::Save];
             }
             Event::Error(e) => {
+                self.tools.pending = None;
+                self.tools.deny_note = false;
                 turn.state = TurnState::Failed(e.clone());
                 self.running = None;
                 self.error(e);
             }
         }
         vec![]
+    }
+
+    /// Ctrl+O: folds or unfolds the most recent foldable cell: a tool output, or the
+    /// reasoning of the latest turn that has one.
+    fn toggle_latest_fold(&mut self) {
+        for t in self.turns.iter_mut().rev() {
+            if let Some(c) = t.tools.iter_mut().rev().find(|c| c.foldable()) {
+                c.folded = !c.folded;
+                return;
+            }
+            if !t.reasoning.is_empty() {
+                t.reasoning_folded = !t.reasoning_folded;
+                return;
+            }
+        }
+    }
+
+    /// The user's answer to the pending approval (y / a / n [note]).
+    fn answer_approval(&mut self, decision: ApprovalDecision) {
+        let Some(req) = self.tools.pending.take() else {
+            return;
+        };
+        self.tools.deny_note = false;
+        if let Some(card) = self
+            .turns
+            .last_mut()
+            .and_then(|t| t.tools.iter_mut().find(|c| c.call.id == req.call.id))
+        {
+            match decision {
+                ApprovalDecision::Deny { .. } => card.state = CardState::Denied,
+                _ => card.start(),
+            }
+        }
+        if let Some(r) = &self.running {
+            r.controls.answer(req.call.id.clone(), decision);
+        }
     }
 
     fn check_context(&mut self) {
@@ -883,5 +1118,20 @@ impl App {
                 self.context_used
             ));
         }
+    }
+}
+
+/// The first queued call of the turn starts running (calls run one at a time, in order),
+/// unless one is waiting for the user or running.
+fn start_next_card(turn: &mut TurnView) {
+    if turn
+        .tools
+        .iter()
+        .any(|c| matches!(c.state, CardState::WaitingApproval | CardState::Running))
+    {
+        return;
+    }
+    if let Some(c) = turn.tools.iter_mut().find(|c| c.state == CardState::Queued) {
+        c.start();
     }
 }

@@ -17,7 +17,8 @@
 
 use thiserror::Error;
 
-use crate::protocol::{Budget, SamplingParams};
+use crate::agent::policy::ApprovalMode;
+use crate::protocol::{Budget, SamplingParams, ToolChoice};
 
 /// A sampling setting changed by `/set KEY VALUE`; values are already range-checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +58,11 @@ pub enum Command {
     /// A path ending in `.md` (any directory).
     Export(String),
     Model,
+    /// `/tools` lists; `/tools on|off` offers the tools to the next turns or not.
+    Tools(Option<bool>),
+    /// What the first step of the next turns must do.
+    ToolChoice(ToolChoice),
+    Approval(ApprovalMode),
     Set(SetArg),
     Copy,
     Wrap,
@@ -80,6 +86,9 @@ impl Command {
             Command::Sessions => "sessions",
             Command::Export(_) => "export",
             Command::Model => "model",
+            Command::Tools(_) => "tools",
+            Command::ToolChoice(_) => "tool_choice",
+            Command::Approval(_) => "approval",
             Command::Set(_) => "set",
             Command::Copy => "copy",
             Command::Wrap => "wrap",
@@ -120,6 +129,12 @@ pub enum CommandError {
         what: &'static str,
         range: &'static str,
         value: String,
+    },
+    #[error("/{command}: `{value}` is not {expected}")]
+    BadValue {
+        command: &'static str,
+        value: String,
+        expected: &'static str,
     },
     #[error("/set: unknown setting `{key}`; valid: {SET_KEYS}")]
     UnknownSetKey { key: String },
@@ -208,6 +223,21 @@ const SPECS: &[CommandSpec] = &[
         help: "what is loaded: arch, dtype, sizes, caches",
     },
     CommandSpec {
+        name: "tools",
+        args: "[on|off]",
+        help: "list the tools, or offer them (on) or not (off)",
+    },
+    CommandSpec {
+        name: "tool_choice",
+        args: "CHOICE",
+        help: "auto|none|required|NAME: the first step of each turn",
+    },
+    CommandSpec {
+        name: "approval",
+        args: "MODE",
+        help: "ask|read-only|auto: which calls run without asking",
+    },
+    CommandSpec {
         name: "set",
         args: "KEY VALUE",
         help: "temperature|top_p|top_k|seed|max_tokens",
@@ -293,6 +323,37 @@ pub fn parse(input: &str) -> Result<Command, CommandError> {
         "sessions" => no_args("sessions", Command::Sessions),
         "export" => parse_export(rest),
         "model" => no_args("model", Command::Model),
+        "tools" => match rest {
+            "" => Ok(Command::Tools(None)),
+            "on" => Ok(Command::Tools(Some(true))),
+            "off" => Ok(Command::Tools(Some(false))),
+            other => Err(CommandError::BadValue {
+                command: "tools",
+                value: echo(other),
+                expected: "on or off",
+            }),
+        },
+        "tool_choice" if rest.is_empty() => Err(CommandError::MissingArgument {
+            command: "tool_choice",
+            expected: "auto, none, required or a tool NAME",
+        }),
+        "tool_choice" => {
+            rest.parse()
+                .map(Command::ToolChoice)
+                .map_err(|_| CommandError::BadValue {
+                    command: "tool_choice",
+                    value: echo(rest),
+                    expected: "auto, none, required or a tool NAME",
+                })
+        }
+        "approval" => rest
+            .parse()
+            .map(Command::Approval)
+            .map_err(|_| CommandError::BadValue {
+                command: "approval",
+                value: echo(rest),
+                expected: "ask, read-only or auto",
+            }),
         "set" => parse_set(rest),
         "copy" => no_args("copy", Command::Copy),
         "wrap" => no_args("wrap", Command::Wrap),
@@ -756,6 +817,9 @@ mod tests {
             "/sessions",
             "/export a.md",
             "/model",
+            "/tools on",
+            "/tool_choice auto",
+            "/approval ask",
             "/set top_k 1",
             "/copy",
             "/wrap",

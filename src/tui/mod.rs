@@ -8,4 +8,5 @@ pub mod input;
 pub mod markdown;
 pub mod runner;
 pub mod theme;
+pub mod tool_card;
 pub mod view;

@@ -21,6 +21,10 @@ use ratatui::Terminal;
 use super::app::{App, Effect, Overlay};
 use super::view;
 use crate::chat::session_store::{export_markdown, write_atomic, SessionStore, StoreError};
+use std::sync::{Arc, Mutex};
+
+use crate::agent::policy::ApprovalMode;
+use crate::agent::turn::Agent;
 use crate::protocol::Event;
 use crate::remote::Backend as EngineBackend;
 
@@ -46,6 +50,11 @@ pub struct Runner {
     /// Why the last save of the session failed (None after a save that worked): the chat
     /// prints it on exit, when the status line is gone.
     pub save_error: Option<String>,
+    /// The agent that runs a turn offering tools (None: the chat has no tools). A turn's
+    /// thread holds it for the turn.
+    pub agent: Option<Arc<Mutex<Agent>>>,
+    /// An `/approval` change, applied when the next turn takes the agent.
+    approval: Arc<Mutex<Option<ApprovalMode>>>,
     request: u64,
 }
 
@@ -90,6 +99,8 @@ impl Runner {
             clipboard,
             quit_signal: None,
             save_error: None,
+            agent: None,
+            approval: Arc::default(),
             request: 0,
         }
     }
@@ -97,6 +108,31 @@ impl Runner {
     fn apply(&mut self, app: &mut App, effects: Vec<Effect>) {
         for e in effects {
             match e {
+                Effect::Submit(req) if !req.tools.is_empty() && self.agent.is_some() => {
+                    self.request += 1;
+                    let id = self.request;
+                    let tx = self.tx.clone();
+                    let submitter = self.engine.submitter();
+                    let agent = self.agent.clone();
+                    let approval = self.approval.clone();
+                    // The loop runs tools and waits for approvals: never on this thread.
+                    std::thread::spawn(move || {
+                        let Some(agent) = agent else { return };
+                        let mut agent = agent.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(mode) =
+                            approval.lock().unwrap_or_else(|e| e.into_inner()).take()
+                        {
+                            agent.policy.set_mode(mode);
+                        }
+                        let mut emit = |ev: Event| {
+                            let _ = tx.send(AppMsg::Engine(id, ev));
+                        };
+                        let _ = agent.run_turn(&submitter, *req, &mut emit);
+                    });
+                }
+                Effect::SetApproval(mode) => {
+                    *self.approval.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+                }
                 Effect::Submit(req) => {
                     self.request += 1;
                     let id = self.request;

@@ -11,6 +11,7 @@ use ratatui::Frame;
 use super::app::{App, Level, Overlay, TurnState, TurnView, BUDGET_STEPS};
 use super::commands;
 use super::markdown;
+use super::tool_card::CardState;
 use crate::protocol::Budget;
 
 /// Reasoning lines shown while thinking streams (the tail; the rest is a key away).
@@ -27,7 +28,14 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         area,
     );
     let width = area.width.saturating_sub(2).max(1);
-    let (input_lines, cursor) = app.input.render_lines(width);
+    let (input_lines, cursor) = match &app.tools.pending {
+        // The approval prompt takes the input area until it is answered.
+        Some(req) if !app.tools.deny_note => {
+            let lines = vec![format!("`{}` {} — run it?", req.call.name(), req.reason)];
+            (lines, (0, 0))
+        }
+        _ => app.input.render_lines(width),
+    };
     let input_h = (input_lines.len().clamp(1, 8) + 2) as u16;
     let msg_h = u16::from(app.message.is_some());
     let [transcript, slider, message, input, status] = Layout::vertical([
@@ -127,6 +135,27 @@ fn turn_lines(app: &mut App, i: usize, width: u16) -> Vec<Line<'static>> {
             }
         }
         out.push(Line::from(""));
+    }
+    for card in &t.tools {
+        out.extend(card.lines(&theme, width));
+        if card.state == CardState::WaitingApproval {
+            if let Some(preview) = app
+                .tools
+                .pending
+                .as_ref()
+                .filter(|r| r.call.id == card.call.id)
+                .and_then(|r| r.preview.as_ref())
+            {
+                for l in
+                    markdown::plain_lines(preview, width.saturating_sub(2).max(1), theme.warning)
+                {
+                    let mut spans = vec![Span::styled("┆ ", theme.warning)];
+                    spans.extend(l.spans);
+                    out.push(Line::from(spans));
+                }
+                out.push(Line::from(""));
+            }
+        }
     }
     if !t.answer.is_empty() {
         if app.answer_cache.len() <= i {
@@ -298,7 +327,11 @@ fn draw_slider(f: &mut Frame, app: &App, area: Rect) {
 
 fn draw_input(f: &mut Frame, app: &App, area: Rect, lines: &[String], cursor: (u16, u16)) {
     let t = &app.theme;
-    let title = if app.running.is_some() {
+    let title = if app.tools.pending.is_some() && app.tools.deny_note {
+        " Denied · a note for the model (optional) · Enter sends · Esc stops the turn "
+    } else if app.tools.pending.is_some() {
+        " Approve? y once · a this call, whole session · n deny (with a note) · Esc stops "
+    } else if app.running.is_some() {
         " Generating… Esc stops · Ctrl+G wraps up thinking "
     } else {
         " Message · Enter sends · Shift+Enter new line · ? help "
@@ -446,7 +479,8 @@ pub const KEYS: &[(&str, &str)] = &[
         "WRAP UP NOW: end thinking, answer from what it has",
     ),
     ("Alt+← / Alt+→", "thinking budget down / up"),
-    ("Ctrl+O", "fold / unfold the last reasoning"),
+    ("Ctrl+O", "fold / unfold the last tool output or reasoning"),
+    ("y / a / n", "approve a call once / for the session / deny"),
     ("Ctrl+R", "hide / show reasoning"),
     ("PgUp / PgDn, wheel", "scroll"),
     ("Home / End", "top / follow the bottom"),
@@ -494,6 +528,7 @@ fn draw_model(f: &mut Frame, app: &App, area: Rect) {
         ("context", format!("{} tokens", m.context)),
         ("KV cache", m.kv_cache_dtype.clone()),
         ("SSM state", m.ssm_cache_dtype.clone()),
+        ("tools", m.tools.clone()),
     ];
     let lines: Vec<Line> = rows
         .iter()
@@ -559,6 +594,7 @@ mod tests {
             kv_cache_dtype: "f32".into(),
             ssm_cache_dtype: "f32".into(),
             no_thinking_switch: false,
+            tools: "hermes format; tools in nemo's preamble".into(),
         };
         let session = SessionFile::new(
             ModelIdentity {
@@ -631,6 +667,7 @@ mod tests {
             },
             reused_tokens: 23,
             thinking_forced: false,
+            steps: 1,
             constraint: None,
         }));
         if let Some(t) = app.turns.last_mut() {
@@ -703,5 +740,137 @@ mod tests {
         stream_reasoning(&mut a);
         finish(&mut a, ANSWER);
         insta::assert_snapshot!(screen(&mut a, 40, 30));
+    }
+
+    fn call(id: &str, name: &str, args: serde_json::Value) -> crate::protocol::ToolCall {
+        crate::protocol::ToolCall::new(id, name, args)
+    }
+
+    fn result(id: &str, name: &str, ok: bool, output: &str) -> crate::protocol::ToolResult {
+        crate::protocol::ToolResult {
+            id: id.into(),
+            name: name.into(),
+            ok,
+            output: output.into(),
+            truncated: false,
+        }
+    }
+
+    /// A turn whose first step called four tools: one ran (long output, folded), one
+    /// failed, one was denied, and one waits for approval with its diff; the input area
+    /// holds the approval prompt. Then y runs it, and its card says so.
+    #[test]
+    fn tool_cards_in_each_state_and_the_approval_prompt() {
+        use crate::protocol::ApprovalRequest;
+        use serde_json::json;
+        let mut a = app();
+        a.tools.available = vec![];
+        a.tools.on = true;
+        stream_reasoning(&mut a);
+        a.handle_engine(Event::ToolCall(call(
+            "c1",
+            "list_dir",
+            json!({"path": "src"}),
+        )));
+        a.handle_engine(Event::ToolCall(call(
+            "c2",
+            "read_file",
+            json!({"path": "nope.txt"}),
+        )));
+        a.handle_engine(Event::ToolCall(call(
+            "c3",
+            "shell",
+            json!({"command": "rm -rf build"}),
+        )));
+        a.handle_engine(Event::ToolCall(call(
+            "c4",
+            "write_file",
+            json!({"path": "a.txt", "content": "hi"}),
+        )));
+        let step = Done {
+            finish_reason: FinishReason::ToolCalls,
+            usage: Usage::default(),
+            timings: Timings::default(),
+            reused_tokens: 0,
+            thinking_forced: false,
+            steps: 1,
+            constraint: None,
+        };
+        a.handle_engine(Event::Step {
+            step: 1,
+            done: step,
+        });
+        assert_eq!(a.turns[0].tools[0].state, CardState::Running);
+        let listing: String = (1..=9).map(|i| format!("file  {i}0  f{i}.rs\n")).collect();
+        a.handle_engine(Event::ToolResult(result("c1", "list_dir", true, &listing)));
+        a.handle_engine(Event::ToolResult(result(
+            "c2",
+            "read_file",
+            false,
+            "nope.txt: no such file",
+        )));
+        a.handle_engine(Event::ApprovalNeeded(ApprovalRequest {
+            call: call("c3", "shell", json!({"command": "rm -rf build"})),
+            reason: "runs a command".into(),
+            preview: Some("$ rm -rf build".into()),
+        }));
+        assert_eq!(a.turns[0].tools[2].state, CardState::WaitingApproval);
+        // n, a note, Enter: denied, and the note goes with the answer.
+        a.handle_key(crossterm::event::KeyEvent::from(
+            crossterm::event::KeyCode::Char('n'),
+        ));
+        assert!(a.tools.deny_note);
+        for ch in "not now".chars() {
+            a.handle_key(crossterm::event::KeyEvent::from(
+                crossterm::event::KeyCode::Char(ch),
+            ));
+        }
+        a.handle_key(crossterm::event::KeyEvent::from(
+            crossterm::event::KeyCode::Enter,
+        ));
+        assert!(a.tools.pending.is_none());
+        let controls = a.running.as_ref().unwrap().controls.clone();
+        assert_eq!(
+            controls.wait_answer("c3", Some(std::time::Duration::ZERO)),
+            Some(crate::protocol::ApprovalDecision::Deny {
+                note: Some("not now".into())
+            })
+        );
+        a.handle_engine(Event::ToolResult(result(
+            "c3",
+            "shell",
+            false,
+            "the user denied this call: not now",
+        )));
+        assert_eq!(a.turns[0].tools[2].state, CardState::Denied);
+        a.handle_engine(Event::ApprovalNeeded(ApprovalRequest {
+            call: call(
+                "c4",
+                "write_file",
+                json!({"path": "a.txt", "content": "hi"}),
+            ),
+            reason: "writes a.txt".into(),
+            preview: Some("--- a.txt\n+++ a.txt\n@@ -0,0 +1 @@\n+hi".into()),
+        }));
+        for c in a.turns[0].tools.iter_mut() {
+            c.duration_ms = c.duration_ms.map(|_| 1200); // wall-clock in real runs
+        }
+        a.turns[0].thinking_ms = Some(3100);
+        insta::assert_snapshot!("tool_cards_waiting", screen(&mut a, 80, 48));
+        a.handle_key(crossterm::event::KeyEvent::from(
+            crossterm::event::KeyCode::Char('y'),
+        ));
+        assert_eq!(a.turns[0].tools[3].state, CardState::Running);
+        assert_eq!(
+            controls.wait_answer("c4", Some(std::time::Duration::ZERO)),
+            Some(crate::protocol::ApprovalDecision::Once)
+        );
+        // Ctrl+O unfolds the most recent folded output (list_dir's).
+        assert!(a.turns[0].tools[0].folded);
+        a.handle_key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('o'),
+            crossterm::event::KeyModifiers::CONTROL,
+        ));
+        assert!(!a.turns[0].tools[0].folded);
     }
 }

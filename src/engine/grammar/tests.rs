@@ -34,8 +34,7 @@ fn sentencepiece_gguf() -> (tempfile::TempDir, Tokenizer) {
     ];
     toks.extend(pieces.iter().map(|s| s.to_string()));
     let n = toks.len();
-    let strings =
-        |v: &[String]| {
+    let strings = |v: &[String]| {
         GgufValue::array(v.iter().map(|s| GgufValue::String(s.clone())).collect()).unwrap()
     };
     let scores: Vec<GgufValue> = toks
@@ -49,7 +48,10 @@ fn sentencepiece_gguf() -> (tempfile::TempDir, Tokenizer) {
         ("tokenizer.ggml.model", GgufValue::String("llama".into())),
         ("tokenizer.ggml.tokens", strings(&toks)),
         ("tokenizer.ggml.scores", GgufValue::array(scores).unwrap()),
-        ("tokenizer.ggml.token_type", GgufValue::array(types).unwrap()),
+        (
+            "tokenizer.ggml.token_type",
+            GgufValue::array(types).unwrap(),
+        ),
         ("tokenizer.ggml.unknown_token_id", GgufValue::U32(0)),
     ];
     let dir = tempfile::tempdir().unwrap();
