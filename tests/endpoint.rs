@@ -531,3 +531,67 @@ fn without_tokenizer_a_repo_ids_template_comes_from_the_hub_for_two_requests() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn tools_asked_of_a_remote_model_run_here_in_the_agent_loop() {
+    let server = Server::start(&common::fixture("nemotron_h_tiny"), &[]);
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("notes.txt"), "hello").unwrap();
+    let ws_s = ws.path().to_string_lossy().into_owned();
+    let out = nemo(
+        &[
+            "run",
+            "--json",
+            "--endpoint",
+            &server.base,
+            "--no-think",
+            "--tools",
+            "list_dir",
+            "--tool-choice",
+            "list_dir",
+            "--workspace",
+            &ws_s,
+            "--max-steps",
+            "2",
+            "--max-tokens",
+            "80",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "1",
+            "What is here?",
+        ],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let call = lines
+        .iter()
+        .find(|v| v["event"] == "tool_call")
+        .unwrap_or_else(|| panic!("no call: {stdout}\n{}", text(&out.stderr)));
+    assert_eq!(call["name"], "list_dir");
+    // The result comes from the agent loop here: the server never runs a tool.
+    let result = lines
+        .iter()
+        .find(|v| v["event"] == "tool_result")
+        .unwrap_or_else(|| panic!("no result: {stdout}\n{}", text(&out.stderr)));
+    assert_eq!(result["id"], call["id"]);
+    // The second step went to the server with the result as a `tool` message.
+    let done = lines.iter().find(|v| v["event"] == "done");
+    if let Some(d) = done {
+        assert!(d["steps"].as_u64().unwrap() >= 2, "{d}");
+    } else {
+        assert!(
+            text(&out.stderr).contains("--max-steps"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        server.metric("nemo_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}")
+            >= 2.0
+    );
+}
