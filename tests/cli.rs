@@ -999,6 +999,59 @@ fn chat_without_a_terminal_says_so_in_one_line() {
     fails_with_one_line(&out, 2, &["needs a terminal", "nemo run"]);
 }
 
+/// `nemo bench` times the first token after each `--ttft` size, fresh and as a follow-up
+/// restoring a checkpoint, every run kept; a size that is no count is refused in one line
+/// naming the flag.
+#[test]
+fn bench_reports_ttft_at_each_size_fresh_and_as_a_follow_up() {
+    let d = fixture("nemotron_h_tiny").display().to_string();
+    let base = [
+        "bench",
+        "--model",
+        d.as_str(),
+        "--json",
+        "--runs",
+        "2",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--ttft", "3,16", "--follow-up", "5"]);
+    let out = nemo(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["follow_up_tokens"], 5);
+    let sizes = v["ttft_sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 2, "{v}");
+    for (t, want) in sizes.iter().zip([3, 16]) {
+        assert_eq!(t["new_tokens"], want);
+        for k in ["fresh", "follow_up"] {
+            let runs = t[format!("{k}_runs_ms")].as_array().unwrap();
+            assert_eq!(runs.len(), 2, "{k}: {t}");
+            assert!(runs.iter().all(|r| r.as_f64().unwrap() > 0.0), "{k}: {t}");
+            assert!(t[format!("{k}_ms")].as_f64().unwrap() > 0.0, "{k}: {t}");
+        }
+    }
+    let mut args = base.to_vec();
+    args.extend(["--ttft", ""]);
+    let out = nemo(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.get("ttft_sizes").is_none(), "{v}");
+    for bad in ["0", "16,x", "2.5"] {
+        let mut args = base.to_vec();
+        args.extend(["--ttft", bad]);
+        let out = nemo(&args, None);
+        let err = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "--ttft {bad}");
+        assert!(
+            err.contains("--ttft") && err.trim().lines().count() == 1,
+            "--ttft {bad}: {err}"
+        );
+    }
+}
 // ---- Model files that claim more than they are (issue #10: items 7, 8, 9, 14, 15) ----
 
 /// Like `nemo`, with a deadline: a run still going after `secs` is killed and the test

@@ -22,8 +22,8 @@
 //!   (|dmin·m| for Q4_K/Q5_K, |m| for Q4_1, 0 otherwise: Q4_1/Q4_K keep the offset in a
 //!   term of its own) and x̂ the activation used. So
 //!   `E = (k + 16)·u·Σ (|w_i| + 2·off_i)·(|x_i| + d_i)` (d_i = 0 where x is not rounded).
-//! - Activation rounding. Decode with an integer-dot type (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
-//!   first rounds x to 8 bits in blocks of 32, as ggml's Q8_0: d_b = max|x_b|/127,
+//! - Activation rounding. Decode and prefill with an integer-dot type (Q8_0, Q4_0, Q4_1,
+//!   Q4_K, Q5_K, Q6_K) first round x to 8 bits in blocks of 32, as ggml's Q8_0: d_b = max|x_b|/127,
 //!   q = round(x/d_b), x̂ = d_b·q. Exactly rounded, |x − x̂| ≤ d_b/2; with x·(1/d_b) and d_b
 //!   themselves rounded in f32 (|x/d_b| ≤ 127), |x − x̂| ≤ d_b·(1/2 + 256u). Hence
 //!   `R = Σ |w_i|·d_b(i)·(1/2 + 256u)`, and |matmul − Σ w·x| ≤ R + E.
@@ -339,11 +339,12 @@ fn ggml_q8_rounding(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
     (xq, ds)
 }
 
-/// The types whose decode rounds activations to 8 bits (integer dot products).
+/// The types whose matmuls round activations to 8 bits (integer dot products), decode and
+/// prefill alike.
 fn rounds_activations(dt: DType) -> bool {
     matches!(
         dt,
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4_K | DType::Q6_K
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4_K | DType::Q5_K | DType::Q6_K
     )
 }
 
@@ -420,12 +421,13 @@ fn check_every_type(level: &str) {
                 let mut out = vec![f32::NAN; n * w.rows];
                 matmul(&x, n, w.mat(), &mut out);
                 let label = format!("{level}: matmul {dt} n={n} k={k}");
-                check(&label, &w, &x, n, &out, n == 1 && rounds_activations(dt));
+                check(&label, &w, &x, n, &out, rounds_activations(dt));
             }
         }
     }
-    // matmul_many at decode: q/k/v of a Q4_K_M file (Q4_K, Q4_K, Q6_K), Q4_0 with Q8_0,
-    // and a part without an integer dot (Q5_K) beside one with (everything stays f32).
+    // matmul_many at decode and prefill: q/k/v of a Q4_K_M file (Q4_K, Q4_K, Q6_K), Q4_0
+    // with Q8_0, Q4_K with Q5_K, and a part without an integer dot (BF16: x stays f32 for it)
+    // beside one with.
     for (j, group) in [
         &[DType::Q4_K, DType::Q4_K, DType::Q6_K][..],
         &[DType::Q4_0, DType::Q8_0][..],
@@ -441,22 +443,21 @@ fn check_every_type(level: &str) {
             .enumerate()
             .map(|(p, &dt)| weights(dt, 24 + 16 * p, k, 5000 + 10 * j as u64 + p as u64))
             .collect();
-        let x = activations(1, k, 900 + j as u64);
-        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; w.rows]).collect();
-        {
-            let mut parts: Vec<(MatRef<'_>, &mut [f32])> = ws
-                .iter()
-                .zip(outs.iter_mut())
-                .map(|(w, o)| (w.mat(), o.as_mut_slice()))
-                .collect();
-            matmul_many(&x, 1, &mut parts);
-        }
-        // x is rounded once for all parts, and only when every part has an integer dot.
-        let all = group.iter().all(|dt| rounds_activations(*dt));
-        for (w, out) in ws.iter().zip(&outs) {
-            let label = format!("{level}: matmul_many {group:?} part {}", w.dt);
-            let rounded = all && rounds_activations(w.dt);
-            check(&label, w, &x, 1, out, rounded);
+        for n in [1usize, 3] {
+            let x = activations(n, k, 900 + j as u64);
+            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+            {
+                let mut parts: Vec<(MatRef<'_>, &mut [f32])> = ws
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|(w, o)| (w.mat(), o.as_mut_slice()))
+                    .collect();
+                matmul_many(&x, n, &mut parts);
+            }
+            for (w, out) in ws.iter().zip(&outs) {
+                let label = format!("{level}: matmul_many {group:?} n={n} part {}", w.dt);
+                check(&label, w, &x, n, out, rounds_activations(w.dt));
+            }
         }
     }
 }

@@ -58,6 +58,14 @@ pub struct BenchArgs {
     /// (alone when neither --model nor --shape is given).
     #[arg(long)]
     pub copy_bandwidth: bool,
+    /// Also time the first token after N new tokens, for each N of this comma-separated
+    /// list (empty: none): fresh (an empty context) and as a chat follow-up (restoring the
+    /// checkpoint after --follow-up tokens, as a chat's next turn does).
+    #[arg(long, value_name = "N,N,...", default_value = "16,30,200")]
+    pub ttft: String,
+    /// The context a follow-up's new tokens come after (see --ttft).
+    #[arg(long, value_name = "N", default_value_t = 164)]
+    pub follow_up: usize,
     /// Decode under this JSON schema too (llguidance): tok/s with and without the mask,
     /// the grammar's time per token (p50/p99); a --shape uses a synthetic vocabulary.
     #[arg(long, value_name = "FILE", conflicts_with = "copy_bandwidth")]
@@ -107,6 +115,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return cuda::run(&a);
     }
     let source = source(&a)?;
+    let ttft_sizes = parse_sizes(&a.ttft)?;
     if source.is_some() {
         if a.prompt_tokens == 0 {
             return Err(usage("--prompt-tokens must be at least 1"));
@@ -196,8 +205,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         progress(&format!("run {}/{}", i + 1, a.runs));
         runs.push(one_run(&model, &mut state, &prompt, a.gen_tokens)?);
     }
+    let mut ttft = Vec::with_capacity(ttft_sizes.len());
+    for &size in &ttft_sizes {
+        progress(&format!("TTFT after {size} new tokens"));
+        ttft.push(ttft_at(&model, &mut state, size, a.follow_up, a.runs)?);
+    }
 
     let mut report = Report::new(&a, threads, &model, model_json, load_s, runs);
+    report.ttft = ttft;
     // After the runs, so that peak RSS is the model's and not the copy buffers'.
     if a.copy_bandwidth {
         progress("measuring memory bandwidth");
@@ -295,7 +310,14 @@ fn check_fits(
 ) -> anyhow::Result<()> {
     let (p, g) = (a.prompt_tokens as u64, a.gen_tokens as u64);
     let ids = p.saturating_mul(4);
-    let activations = run.run(p, p.saturating_add(g), 1).saturating_add(ids);
+    // The --ttft runs feed up to the largest size at once, after --follow-up tokens.
+    let sizes = parse_sizes(&a.ttft).unwrap_or_default();
+    let batch = sizes.iter().map(|&s| s as u64).fold(p, u64::max);
+    let positions = sizes
+        .iter()
+        .map(|&s| (a.follow_up as u64).saturating_add(s as u64 + 1))
+        .fold(p.saturating_add(g), u64::max);
+    let activations = run.run(batch, positions, 1).saturating_add(ids);
     let need = weights.saturating_add(activations);
     let Some(free) = available.filter(|&free| need > free) else {
         return Ok(());
@@ -379,6 +401,71 @@ fn one_run(
     })
 }
 
+/// `--ttft`: a comma-separated list of token counts, each at least 1 (empty: none).
+fn parse_sizes(list: &str) -> anyhow::Result<Vec<usize>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(usage(format!(
+                "--ttft: `{v}` is not a token count (a comma-separated list of numbers ≥ 1, e.g. 16,30,200)"
+            ))),
+        })
+        .collect()
+}
+
+/// Time to the first token after `size` new tokens, medians over `runs` runs: fresh (an
+/// empty context), and as a chat follow-up: the state after `follow_up` tokens is
+/// checkpointed, one more token is decoded (the state moves on, as an answer does), then
+/// the checkpoint is restored and the `size` new tokens fed. Both end at the argmax of the
+/// last position's logits, as TTFT in `one_run` does.
+fn ttft_at(
+    model: &Model,
+    state: &mut SequenceState,
+    size: usize,
+    follow_up: usize,
+    runs: usize,
+) -> anyhow::Result<Ttft> {
+    let ids = prompt_ids(follow_up + size, model.vocab_size());
+    let (mut fresh, mut follow) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        state.reset();
+        let t = Instant::now();
+        let logits = model.forward(&ids[..size], state, Logits::Last)?;
+        std::hint::black_box(argmax(&logits));
+        fresh.push(t.elapsed().as_secs_f64());
+
+        state.reset();
+        if follow_up > 0 {
+            model.forward(&ids[..follow_up], state, Logits::None)?;
+        }
+        let snap = state.snapshot();
+        model.forward(&ids[follow_up..follow_up + 1], state, Logits::Last)?;
+        let t = Instant::now();
+        state.restore(&snap);
+        let logits = model.forward(&ids[follow_up..follow_up + size], state, Logits::Last)?;
+        std::hint::black_box(argmax(&logits));
+        follow.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Ttft {
+        new_tokens: size,
+        fresh_ms: median(&fresh) * 1e3,
+        follow_up_ms: median(&follow) * 1e3,
+        fresh_runs_ms: fresh.iter().map(|s| s * 1e3).collect(),
+        follow_up_runs_ms: follow.iter().map(|s| s * 1e3).collect(),
+    })
+}
+
+/// TTFT after a number of new tokens (`ttft_at`).
+struct Ttft {
+    new_tokens: usize,
+    fresh_ms: f64,
+    follow_up_ms: f64,
+    fresh_runs_ms: Vec<f64>,
+    follow_up_runs_ms: Vec<f64>,
+}
+
 /// Median (mean of the middle two for an even count); 0 for none.
 fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -430,6 +517,8 @@ struct Report {
     runs: Vec<Run>,
     peak_rss_bytes: Option<u64>,
     copy: Option<CopyBandwidth>,
+    follow_up: usize,
+    ttft: Vec<Ttft>,
 }
 
 impl Report {
@@ -452,6 +541,8 @@ impl Report {
             runs,
             peak_rss_bytes: peak_rss_bytes(),
             copy: None,
+            follow_up: a.follow_up,
+            ttft: Vec::new(),
         }
     }
 
@@ -544,6 +635,20 @@ impl Report {
         if let Some(c) = &self.copy {
             v["copy_bandwidth"] = c.json();
         }
+        if !self.ttft.is_empty() {
+            v["follow_up_tokens"] = json!(self.follow_up);
+            v["ttft_sizes"] = self
+                .ttft
+                .iter()
+                .map(|t| {
+                    json!({
+                        "new_tokens": t.new_tokens, "fresh_ms": t.fresh_ms,
+                        "follow_up_ms": t.follow_up_ms, "fresh_runs_ms": t.fresh_runs_ms,
+                        "follow_up_runs_ms": t.follow_up_runs_ms,
+                    })
+                })
+                .collect();
+        }
         v
     }
 
@@ -589,6 +694,18 @@ impl Report {
                 num(median(&mt.per_run)),
                 num(lo),
                 num(hi)
+            );
+        }
+        for t in &self.ttft {
+            let _ = writeln!(
+                o,
+                "{:<12} {:<7} {:>10}   after {} new tokens; follow-up (after {} tokens): {} ms",
+                "TTFT",
+                "ms",
+                num(t.fresh_ms),
+                t.new_tokens,
+                self.follow_up,
+                num(t.follow_up_ms)
             );
         }
         let p50_ms = median(&metrics[3].per_run);

@@ -1,12 +1,12 @@
 //! Nemotron-H attention (`NemotronHAttention`): GQA, no positional embedding at all,
-//! causal, softmax scale `head_dim^-0.5`, KV cache appended as tokens arrive.
-
-use rayon::prelude::*;
+//! causal, softmax scale `head_dim^-0.5`, KV cache appended as tokens arrive. The
+//! attention itself is the CPU backend's flash op (`backend::cpu::flash`), for prompts
+//! and decode alike.
 
 use super::config::NemotronHConfig;
 use super::weights::{Tensor, WeightStore};
 use super::ModelError;
-use crate::backend::cpu::{matmul, matmul_many, ops, simd, team};
+use crate::backend::cpu::{flash, matmul, matmul_many};
 use crate::state::KvCache;
 
 /// Rotary position embedding, rotate-half layout (transformers' `apply_rotary_pos_emb`):
@@ -156,105 +156,22 @@ impl Attention {
             r.apply(&mut k, nkv, hd, past);
         }
         cache.append(&k, &v);
-        let total = past + n;
-        let group = nh / nkv;
-        let scale = (hd as f32).powf(-0.5);
-        if n == 1 {
-            let mut attn = vec![0f32; nh * hd];
-            decode_heads(&q, cache, nkv, group, hd, scale, &mut attn);
-            matmul(&attn, n, self.o_proj.mat(), out);
-            return;
-        }
-        // Widen each KV head once (shared by its `group` query heads), then one task per
-        // query head over every query position.
-        let widened: Vec<(Vec<f32>, Vec<f32>)> = (0..nkv)
-            .into_par_iter()
-            .map(|kvh| {
-                let mut kk = vec![0f32; total * hd];
-                let mut vv = vec![0f32; total * hd];
-                cache.read_head(kvh, total, &mut kk, &mut vv);
-                (kk, vv)
-            })
-            .collect();
-        let per_head: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let (kk, vv) = &widened[h / group];
-                let mut o = vec![0f32; n * hd];
-                let mut scores = vec![0f32; total];
-                for i in 0..n {
-                    let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-                    let visible = past + i + 1;
-                    for t in 0..visible {
-                        scores[t] = simd::dot(qi, &kk[t * hd..(t + 1) * hd]) * scale;
-                    }
-                    ops::softmax_inplace(&mut scores[..visible]);
-                    let oi = &mut o[i * hd..(i + 1) * hd];
-                    for t in 0..visible {
-                        simd::axpy(oi, scores[t], &vv[t * hd..(t + 1) * hd]);
-                    }
-                }
-                o
-            })
-            .collect();
         let mut attn = vec![0f32; n * nh * hd];
-        for (h, o) in per_head.iter().enumerate() {
-            for i in 0..n {
-                attn[(i * nh + h) * hd..(i * nh + h + 1) * hd]
-                    .copy_from_slice(&o[i * hd..(i + 1) * hd]);
-            }
-        }
+        let shape = flash::Shape {
+            n,
+            past,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: (hd as f32).powf(-0.5),
+        };
+        let kv: &KvCache = cache;
+        flash::attention(
+            &q,
+            shape,
+            &|h, range, k, v| kv.read_head_range(h, range, k, v),
+            &mut attn,
+        );
         matmul(&attn, n, self.o_proj.mat(), out);
     }
-}
-
-#[derive(Clone, Copy)]
-struct HeadsOut(*mut f32);
-// SAFETY: each task writes only its own KV head's query heads.
-unsafe impl Send for HeadsOut {}
-unsafe impl Sync for HeadsOut {}
-
-thread_local! {
-    /// Widened K and V of one KV head, and one query's scores (decode scratch).
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const {
-        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
-    };
-}
-
-/// One decode position (`q` `[nh, hd]`) against the whole cache: one team task per KV head,
-/// which widens that head once into reused scratch and serves its `group` query heads.
-fn decode_heads(
-    q: &[f32],
-    cache: &KvCache,
-    nkv: usize,
-    group: usize,
-    hd: usize,
-    scale: f32,
-    attn: &mut [f32],
-) {
-    let total = cache.len();
-    let outp = HeadsOut(attn.as_mut_ptr());
-    team::par_for(nkv, &|kvh| {
-        let o = outp;
-        SCRATCH.with(|s| {
-            let [kk, vv, scores] = &mut *s.borrow_mut();
-            kk.resize(total * hd, 0.0);
-            vv.resize(total * hd, 0.0);
-            scores.resize(total, 0.0);
-            cache.read_head(kvh, total, kk, vv);
-            for h in kvh * group..(kvh + 1) * group {
-                let qi = &q[h * hd..(h + 1) * hd];
-                for (t, sc) in scores.iter_mut().enumerate() {
-                    *sc = simd::dot(qi, &kk[t * hd..(t + 1) * hd]) * scale;
-                }
-                ops::softmax_inplace(scores);
-                // SAFETY: query head h belongs to this task (KV head kvh) only.
-                let oi = unsafe { std::slice::from_raw_parts_mut(o.0.add(h * hd), hd) };
-                oi.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
-                    simd::axpy(oi, p, &vv[t * hd..(t + 1) * hd]);
-                }
-            }
-        });
-    });
 }

@@ -90,11 +90,25 @@ impl KvCache {
 
     /// Widens positions `0..len` of one kv head into `k_out` and `v_out` (`[len, head_dim]`).
     pub fn read_head(&self, head: usize, len: usize, k_out: &mut [f32], v_out: &mut [f32]) {
+        self.read_head_range(head, 0..len, k_out, v_out)
+    }
+
+    /// Widens positions `range` of one kv head into `k_out` and `v_out`
+    /// (`[range.len(), head_dim]`).
+    pub fn read_head_range(
+        &self,
+        head: usize,
+        range: std::ops::Range<usize>,
+        k_out: &mut [f32],
+        v_out: &mut [f32],
+    ) {
         let hd = self.head_dim;
         let sz = self.dtype.size();
         let is_fp8 = matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2);
-        for t in 0..len {
-            let idx = t * self.kv_heads + head;
+        let start = range.start;
+        for pos in range {
+            let t = pos - start;
+            let idx = pos * self.kv_heads + head;
             let range = idx * hd * sz..(idx + 1) * hd * sz;
             widen_into(
                 self.dtype,

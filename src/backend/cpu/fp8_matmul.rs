@@ -215,7 +215,7 @@ fn widen_row_at(level: Level, dtype: DType, src: &[u8], scale: f32, dst: &mut [f
             Level::Avx2 if e4m3 => return unsafe { x86::widen_avx2::<true>(src, scale, dst) },
             // SAFETY: as above.
             Level::Avx2 => return unsafe { x86::widen_avx2::<false>(src, scale, dst) },
-            Level::Scalar => {}
+            Level::Scalar | Level::Neon => {}
         }
     }
     let _ = level;
@@ -239,7 +239,7 @@ fn dot_rows4(level: Level, dtype: DType, rows: [&[u8]; 4], x: &[f32]) -> [f32; 4
             Level::Avx2 if e4m3 => return unsafe { x86::dot_rows4_avx2::<true>(rows, x) },
             // SAFETY: as above.
             Level::Avx2 => return unsafe { x86::dot_rows4_avx2::<false>(rows, x) },
-            Level::Scalar => {}
+            Level::Scalar | Level::Neon => {}
         }
     }
     let _ = level;

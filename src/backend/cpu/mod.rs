@@ -3,10 +3,12 @@
 //! Kernels pick their SIMD path at run time (`simd::level()`), never by build flags, so one
 //! shipped binary runs on every x86-64 and aarch64 CPU.
 
+pub mod flash;
 pub mod fp8_matmul;
 pub mod matmul;
 pub mod moe;
 pub mod ops;
+pub mod qgemm;
 pub mod quant;
 pub mod simd;
 pub mod ssm;

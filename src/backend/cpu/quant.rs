@@ -25,7 +25,7 @@ use crate::backend::DType;
 /// A block's f16 scale. The const (table-free, branch-light) conversion inlines into the
 /// dot loops; half's runtime-dispatched one costs a call per block (21% of decode).
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32_const()
 }
 
@@ -62,7 +62,7 @@ pub fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
 }
 
 /// Scale and min `j` (0..8) of a K-quant super-block (ggml `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -199,11 +199,30 @@ pub struct QuantizedActs {
     pub sum: Vec<i32>,
 }
 
+impl QuantizedActs {
+    pub fn view(&self) -> ActsRef<'_> {
+        ActsRef {
+            qs: &self.qs,
+            d: &self.d,
+            sum: &self.sum,
+        }
+    }
+}
+
+/// Quantized activations as the dots read them: `QuantizedActs::view`, or one token's
+/// blocks of a batch (`qgemm`).
+#[derive(Clone, Copy)]
+pub struct ActsRef<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sum: &'a [i32],
+}
+
 /// Whether `dot_row_q8` handles `dtype` (the others use `dot_row`).
 pub fn supports_q8_dot(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K
     )
 }
 
@@ -220,37 +239,45 @@ pub fn quantize_acts_into(x: &[f32], a: &mut QuantizedActs) {
     a.qs.resize(nb * 32, 0);
     a.d.resize(nb, 0.0);
     a.sum.resize(nb, 0);
+    quantize_blocks(&x[..nb * 32], &mut a.qs, &mut a.d, &mut a.sum);
+}
+
+/// The blocks of `x` (a multiple of 32 long) into `qs`, `d` and `sum` (`x.len()`,
+/// `x.len() / 32` and `x.len() / 32` long), choosing the SIMD path.
+pub fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
+    let nb = x.len() / 32;
+    assert!(x.len() == 32 * nb && qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() {
-        // SAFETY: the AVX-512 features were detected at run time.
-        return unsafe { x86::quantize_acts_avx512(x, a) };
+        // SAFETY: the AVX-512 features were detected at run time; lengths checked above.
+        return unsafe { x86::quantize_acts_avx512(x, qs, d, sum) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_f16c() {
-        // SAFETY: avx2, fma and f16c were detected at run time.
-        return unsafe { x86::quantize_acts_avx2(x, a) };
+        // SAFETY: avx2, fma and f16c were detected at run time; lengths checked above.
+        return unsafe { x86::quantize_acts_avx2(x, qs, d, sum) };
     }
-    quantize_acts_plain(x, a)
+    quantize_acts_plain(x, qs, d, sum)
 }
 
-fn quantize_acts_plain(x: &[f32], a: &mut QuantizedActs) {
+fn quantize_acts_plain(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
     for (b, xs) in x.chunks_exact(32).enumerate() {
         let amax = xs.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let db = amax / 127.0;
+        let id = if db != 0.0 { 1.0 / db } else { 0.0 };
         let mut s = 0i32;
-        for (q, &v) in a.qs[32 * b..32 * b + 32].iter_mut().zip(xs) {
+        for (q, &v) in qs[32 * b..32 * b + 32].iter_mut().zip(xs) {
             *q = (v * id).round() as i8;
             s += *q as i32;
         }
-        a.d[b] = d;
-        a.sum[b] = s;
+        d[b] = db;
+        sum[b] = s;
     }
 }
 
 /// `out[i] = dot_row_q8(dtype, row i of rows, x)` for consecutive rows, choosing the SIMD
 /// path once.
-pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]) {
+pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) {
     let rb = rows.len() / out.len().max(1);
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
@@ -268,6 +295,15 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::level() == super::simd::Level::Neon {
+        let dp = super::simd::dotprod();
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+            // SAFETY: neon (and dotprod where used) was detected at run time.
+            *o = unsafe { arm::dot_row_q8(dp, dtype, row, x) };
+        }
+        return;
+    }
     for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
         *o = dot_row_q8_plain(dtype, row, x);
     }
@@ -277,6 +313,11 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &QuantizedActs, out: &mut [f32]
 /// K-quants' sub-blocks line up with the 32-wide activation blocks: Q4_K has one scale and
 /// min per 32, Q6_K one scale per 16 (two per activation block).
 pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    dot_row_q8_ref(dtype, row, &x.view())
+}
+
+/// `dot_row_q8` on a view.
+pub fn dot_row_q8_ref(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
         // SAFETY: the AVX-512 features were detected at run time.
@@ -287,10 +328,15 @@ pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
         // SAFETY: avx2, fma and f16c were detected at run time.
         return unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::level() == super::simd::Level::Neon {
+        // SAFETY: neon (and dotprod where used) was detected at run time.
+        return unsafe { arm::dot_row_q8(super::simd::dotprod(), dtype, row, x) };
+    }
     dot_row_q8_plain(dtype, row, x)
 }
 
-fn dot_q4k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+fn dot_q4k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(144).enumerate() {
         let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
@@ -312,7 +358,31 @@ fn dot_q4k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
     acc
 }
 
-fn dot_q6k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
+/// Q5_K: Q4_K's layout plus a fifth bit per value (`qh`, bit j of byte l for sub-block j).
+fn dot_q5k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(176).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let (scales, qh, qs) = (&blk[4..16], &blk[16..48], &blk[48..176]);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let ab = 8 * b + j;
+            let xq = &x.qs[32 * ab..32 * ab + 32];
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let s: i32 = (0..32)
+                .map(|l| {
+                    let v = ((q[l] >> shift) & 0xF) | (((qh[l] >> j) & 1) << 4);
+                    v as i32 * xq[l] as i32
+                })
+                .sum();
+            acc += x.d[ab] * (d * sc as f32 * s as f32 - dmin * m as f32 * x.sum[ab] as f32);
+        }
+    }
+    acc
+}
+
+fn dot_q6k_q8_plain(row: &[u8], x: &ActsRef<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(210).enumerate() {
         let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
@@ -337,9 +407,10 @@ fn dot_q6k_q8_plain(row: &[u8], x: &QuantizedActs) -> f32 {
     acc
 }
 
-fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+pub(super) fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     match dtype {
         DType::Q4_K => return dot_q4k_q8_plain(row, x),
+        DType::Q5_K => return dot_q5k_q8_plain(row, x),
         DType::Q6_K => return dot_q6k_q8_plain(row, x),
         _ => {}
     }
@@ -351,7 +422,7 @@ fn dot_row_q8_plain(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
 }
 
 /// One Q4_0/Q4_1/Q8_0 block `blk` against activation block `b`.
-fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &QuantizedActs, b: usize) -> f32 {
+fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &ActsRef<'_>, b: usize) -> f32 {
     let xq = &x.qs[32 * b..32 * b + 32];
     let dd = f16_at(blk, 0) * x.d[b];
     match dtype {
@@ -382,11 +453,200 @@ fn block_dot_q8_plain(dtype: DType, blk: &[u8], x: &QuantizedActs, b: usize) -> 
     }
 }
 
+/// aarch64 NEON twins of the plain integer dots: per 32-block the weight quants as two
+/// int8x16 (nibbles unpacked, Q4_0/Q6_K centred), an i8·i8 → i32 dot (`sdot` where the CPU
+/// has the dot product extension, else `smull` + pairwise widening adds), converted and
+/// multiplied by the block's scales into an f32x4 accumulator; zero-point / min terms in a
+/// scalar beside it, as the plain path keeps them.
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::{f16_at, scale_min_k4, ActsRef};
+    use crate::backend::DType;
+
+    /// `acc + Σ a·b` over 16 int8 lanes (4 per i32 lane).
+    #[inline(always)]
+    unsafe fn dot16<const DP: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        if DP {
+            let mut acc = acc;
+            // `sdot` (Armv8.2 FEAT_DotProd): its intrinsic is not stable Rust yet. Only
+            // reached from `dot_row_dotprod`, compiled with the feature.
+            std::arch::asm!(
+                "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+                inout(vreg) acc,
+                in(vreg) a,
+                in(vreg) b,
+                options(pure, nomem, nostack)
+            );
+            acc
+        } else {
+            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let hi = vmull_high_s8(a, b);
+            vpadalq_s16(vpadalq_s16(acc, lo), hi)
+        }
+    }
+
+    /// `dot_row_q8` on NEON, with `sdot` when `dp`.
+    ///
+    /// # Safety
+    /// neon, and dotprod when `dp`; `x` holds the row's blocks.
+    pub unsafe fn dot_row_q8(dp: bool, dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        if dp {
+            dot_row_dotprod(dtype, row, x)
+        } else {
+            dot_row_neon(dtype, row, x)
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn dot_row_dotprod(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        body::<true>(dtype, row, x)
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn dot_row_neon(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        body::<false>(dtype, row, x)
+    }
+
+    #[inline(always)]
+    unsafe fn body<const DP: bool>(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        let (per, bytes) = dtype.block();
+        let nb = row.len() / bytes * (per / 32);
+        assert!(x.qs.len() >= 32 * nb && x.d.len() >= nb && x.sum.len() >= nb);
+        let xp = x.qs.as_ptr();
+        let low = vdupq_n_u8(0x0F);
+        let zero = vdupq_n_s32(0);
+        let mut acc = vdupq_n_f32(0.0);
+        let mut off = 0f32;
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                for (b, blk) in row.chunks_exact(bytes).enumerate() {
+                    let xa = vld1q_s8(xp.add(32 * b));
+                    let xb = vld1q_s8(xp.add(32 * b + 16));
+                    let dx = x.d[b];
+                    let d = f16_at(blk, 0) * dx;
+                    let (w0, w1) = match dtype {
+                        DType::Q8_0 => (
+                            vld1q_s8(blk.as_ptr().add(2) as *const i8),
+                            vld1q_s8(blk.as_ptr().add(18) as *const i8),
+                        ),
+                        _ => {
+                            let start = if dtype == DType::Q4_0 { 2 } else { 4 };
+                            let q = vld1q_u8(blk.as_ptr().add(start));
+                            let lo = vreinterpretq_s8_u8(vandq_u8(q, low));
+                            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                            if dtype == DType::Q4_0 {
+                                off -= d * (8 * x.sum[b]) as f32;
+                            } else {
+                                off += f16_at(blk, 2) * dx * x.sum[b] as f32;
+                            }
+                            (lo, hi)
+                        }
+                    };
+                    let s = dot16::<DP>(dot16::<DP>(zero, w0, xa), w1, xb);
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d);
+                }
+            }
+            DType::Q4_K | DType::Q5_K => {
+                let five = dtype == DType::Q5_K;
+                let qs_at = if five { 48 } else { 16 };
+                let sixteen = vdupq_n_u8(16);
+                for (sb, blk) in row.chunks_exact(bytes).enumerate() {
+                    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                    let (qh0, qh1) = if five {
+                        (
+                            vld1q_u8(blk.as_ptr().add(16)),
+                            vld1q_u8(blk.as_ptr().add(32)),
+                        )
+                    } else {
+                        (vdupq_n_u8(0), vdupq_n_u8(0))
+                    };
+                    for g in 0..4 {
+                        let q0 = vld1q_u8(blk.as_ptr().add(qs_at + 32 * g));
+                        let q1 = vld1q_u8(blk.as_ptr().add(qs_at + 32 * g + 16));
+                        for h in 0..2 {
+                            let j = 2 * g + h;
+                            let (mut w0, mut w1) = if h == 0 {
+                                (vandq_u8(q0, low), vandq_u8(q1, low))
+                            } else {
+                                (vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1))
+                            };
+                            if five {
+                                let bit = vdupq_n_u8(1 << j);
+                                w0 = vorrq_u8(w0, vandq_u8(vtstq_u8(qh0, bit), sixteen));
+                                w1 = vorrq_u8(w1, vandq_u8(vtstq_u8(qh1, bit), sixteen));
+                            }
+                            let (sc, m) = scale_min_k4(j, &blk[4..16]);
+                            let ab = 8 * sb + j;
+                            let xa = vld1q_s8(xp.add(32 * ab));
+                            let xb = vld1q_s8(xp.add(32 * ab + 16));
+                            let s = dot16::<DP>(
+                                dot16::<DP>(zero, vreinterpretq_s8_u8(w0), xa),
+                                vreinterpretq_s8_u8(w1),
+                                xb,
+                            );
+                            let dx = x.d[ab];
+                            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * sc as f32 * dx);
+                            off -= dmin * m as f32 * dx * x.sum[ab] as f32;
+                        }
+                    }
+                }
+            }
+            DType::Q6_K => {
+                let three = vdupq_n_u8(3);
+                let c32 = vdupq_n_s8(32);
+                for (sb, blk) in row.chunks_exact(bytes).enumerate() {
+                    let d = f16_at(blk, 208);
+                    let sc = &blk[192..208];
+                    for n in 0..2 {
+                        let qh0 = vld1q_u8(blk.as_ptr().add(128 + 32 * n));
+                        let qh1 = vld1q_u8(blk.as_ptr().add(128 + 32 * n + 16));
+                        for qt in 0..4 {
+                            let at = 64 * n + 32 * (qt % 2);
+                            let l0 = vld1q_u8(blk.as_ptr().add(at));
+                            let l1 = vld1q_u8(blk.as_ptr().add(at + 16));
+                            let (n0, n1) = if qt < 2 {
+                                (vandq_u8(l0, low), vandq_u8(l1, low))
+                            } else {
+                                (vshrq_n_u8::<4>(l0), vshrq_n_u8::<4>(l1))
+                            };
+                            let shift = vdupq_n_s8(-2 * qt as i8);
+                            let h0 = vandq_u8(vshlq_u8(qh0, shift), three);
+                            let h1 = vandq_u8(vshlq_u8(qh1, shift), three);
+                            let w0 = vsubq_s8(
+                                vreinterpretq_s8_u8(vorrq_u8(n0, vshlq_n_u8::<4>(h0))),
+                                c32,
+                            );
+                            let w1 = vsubq_s8(
+                                vreinterpretq_s8_u8(vorrq_u8(n1, vshlq_n_u8::<4>(h1))),
+                                c32,
+                            );
+                            let ab = 8 * sb + 4 * n + qt;
+                            let xa = vld1q_s8(xp.add(32 * ab));
+                            let xb = vld1q_s8(xp.add(32 * ab + 16));
+                            let s0 = sc[8 * n + 2 * qt] as i8 as i32;
+                            let s1 = sc[8 * n + 2 * qt + 1] as i8 as i32;
+                            let s = vaddq_s32(
+                                vmulq_n_s32(dot16::<DP>(zero, w0, xa), s0),
+                                vmulq_n_s32(dot16::<DP>(zero, w1, xb), s1),
+                            );
+                            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * x.d[ab]);
+                        }
+                    }
+                }
+            }
+            _ => return super::dot_row_q8_plain(dtype, row, x),
+        }
+        vaddvq_f32(acc) + off
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{f16_at, QuantizedActs};
+    use super::{f16_at, ActsRef};
     use crate::backend::DType;
 
     /// Per block: the 32 weight quants as unsigned bytes (nibbles) or |w| with the sign
@@ -403,23 +663,37 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Q4_K: per 64 elements one 32-byte load gives two sub-blocks (low and high nibbles).
+    /// Q4_K (and Q5_K, `five`: its fifth bits from `qh`): per 64 elements one 32-byte load
+    /// gives two sub-blocks (low and high nibbles).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q4k(row: &[u8], x: &QuantizedActs) -> f32 {
+    unsafe fn dot_q4k(row: &[u8], x: &ActsRef<'_>, five: bool) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
+        let sixteen = _mm256_set1_epi8(16);
+        let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
         let mut acc = _mm256_setzero_ps();
         let mut off = 0f32;
-        for (b, blk) in row.chunks_exact(144).enumerate() {
+        for (b, blk) in row.chunks_exact(size).enumerate() {
             let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let qh = if five {
+                _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
             for g in 0..4 {
-                let q = _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * g) as *const __m256i);
+                let q = _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * g) as *const __m256i);
                 let halves = [
                     _mm256_and_si256(q, low),
                     _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
                 ];
-                for (h, w) in halves.into_iter().enumerate() {
+                for (h, mut w) in halves.into_iter().enumerate() {
                     let j = 2 * g + h;
+                    if five {
+                        // Bit j of each qh byte: 16 where set.
+                        let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                        w = _mm256_or_si256(w, _mm256_and_si256(set, sixteen));
+                    }
                     let (sc, m) = super::scale_min_k4(j, &blk[4..16]);
                     let ab = 8 * b + j;
                     let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
@@ -437,7 +711,7 @@ mod x86 {
     /// centred (−32..31), and multiplied with |q| / sign-moved x; `madd` with the two
     /// 16-element scales as i16 gives scaled i32 sums.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q6k(row: &[u8], x: &QuantizedActs) -> f32 {
+    unsafe fn dot_q6k(row: &[u8], x: &ActsRef<'_>) -> f32 {
         let low = _mm256_set1_epi8(0x0F);
         let three = _mm256_set1_epi8(3);
         let c32 = _mm256_set1_epi8(32);
@@ -483,7 +757,7 @@ mod x86 {
     /// Zero point / offset terms accumulate in a separate 4-lane vector. An odd last block
     /// goes through the plain block dot.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
         let bytes = dtype.block().1;
         let nb = row.len() / bytes;
         assert!(x.d.len() >= nb && x.qs.len() >= 32 * nb && x.sum.len() >= nb);
@@ -547,10 +821,10 @@ mod x86 {
     /// `v · (1/d)` products, and round-half-away-from-zero (truncate, then step away from
     /// zero where the exact fraction is at least one half).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub unsafe fn quantize_acts_avx512(x: &[f32], a: &mut QuantizedActs) {
+    pub unsafe fn quantize_acts_avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
         let nb = x.len() / 32;
-        assert!(a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb);
-        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        assert!(qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
+        let (xp, qp) = (x.as_ptr(), qs.as_mut_ptr());
         let half = _mm512_set1_ps(0.5);
         let one = _mm512_set1_ps(1.0);
         for b in 0..nb {
@@ -560,9 +834,9 @@ mod x86 {
             ];
             let amax =
                 _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = _mm512_setzero_si512();
+            let db = amax / 127.0;
+            let id = if db != 0.0 { 1.0 / db } else { 0.0 };
+            let mut bsum = _mm512_setzero_si512();
             for (h, &vh) in v.iter().enumerate() {
                 let y = _mm512_mul_ps(vh, _mm512_set1_ps(id));
                 let t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
@@ -571,14 +845,14 @@ mod x86 {
                 // Step |t| + 1 with y's sign: t + copysign(1, y).
                 let step = _mm512_or_ps(one, _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
                 let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, step));
-                sum = _mm512_add_epi32(sum, r);
+                bsum = _mm512_add_epi32(bsum, r);
                 _mm_storeu_si128(
                     qp.add(32 * b + 16 * h) as *mut __m128i,
                     _mm512_cvtepi32_epi8(r),
                 );
             }
-            a.d[b] = d;
-            a.sum[b] = _mm512_reduce_add_epi32(sum);
+            d[b] = db;
+            sum[b] = _mm512_reduce_add_epi32(bsum);
         }
     }
 
@@ -595,12 +869,10 @@ mod x86 {
     /// AVX-512: the same max, the same `v · (1/d)` products, round half away from zero
     /// (truncate, then step away from zero where the exact fraction is at least one half).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn quantize_acts_avx2(x: &[f32], a: &mut QuantizedActs) {
+    pub unsafe fn quantize_acts_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
         let nb = x.len() / 32;
-        assert!(
-            x.len() >= 32 * nb && a.qs.len() >= 32 * nb && a.d.len() >= nb && a.sum.len() >= nb
-        );
-        let (xp, qp) = (x.as_ptr(), a.qs.as_mut_ptr());
+        assert!(x.len() >= 32 * nb && qs.len() >= 32 * nb && d.len() >= nb && sum.len() >= nb);
+        let (xp, qp) = (x.as_ptr(), qs.as_mut_ptr());
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
@@ -620,8 +892,8 @@ mod x86 {
             let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let db = amax / 127.0;
+            let id = if db != 0.0 { 1.0 / db } else { 0.0 };
             let mut r = [_mm256_setzero_si256(); 4];
             for (h, &vh) in v.iter().enumerate() {
                 let y = _mm256_mul_ps(vh, _mm256_set1_ps(id));
@@ -632,10 +904,11 @@ mod x86 {
                 let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(y, sign)));
                 r[h] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
             }
-            let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
             let s = _mm_add_epi32(
-                _mm256_castsi256_si128(sum),
-                _mm256_extracti128_si256(sum, 1),
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
             );
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -646,15 +919,16 @@ mod x86 {
             ];
             let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
             _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, q8);
-            a.d[b] = d;
-            a.sum[b] = _mm_cvtsi128_si32(s);
+            d[b] = db;
+            sum[b] = _mm_cvtsi128_si32(s);
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
+    pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
         match dtype {
-            DType::Q4_K => return dot_q4k(row, x),
+            DType::Q4_K => return dot_q4k(row, x, false),
+            DType::Q5_K => return dot_q4k(row, x, true),
             DType::Q6_K => return dot_q6k(row, x),
             _ => {}
         }
@@ -889,7 +1163,7 @@ mod tests {
                     .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
                     .collect();
                 let want_q: f32 = want.iter().zip(&xq).map(|(a, b)| a * b).sum();
-                let plain = dot_row_q8_plain(dt, &bytes, &acts);
+                let plain = dot_row_q8_plain(dt, &bytes, &acts.view());
                 let fast = dot_row_q8(dt, &bytes, &acts);
                 assert!(
                     (plain - want_q).abs() <= 1e-4 * (1.0 + want_q.abs()),
@@ -939,7 +1213,7 @@ mod tests {
                 .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
                 .collect();
             let want_q: f32 = back.iter().zip(&xq).map(|(a, b)| a * b).sum();
-            let plain = dot_row_q8_plain(dt, &q, &acts);
+            let plain = dot_row_q8_plain(dt, &q, &acts.view());
             let fast = dot_row_q8(dt, &q, &acts);
             assert!(
                 (plain - want_q).abs() < 1e-3 * (1.0 + want_q.abs()),
@@ -986,7 +1260,7 @@ mod tests {
 
     /// A row of `nb` random blocks of `dt` (random bytes; the f16 scales set so values are
     /// O(1): quantize_row writes no K-quants).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn random_row(dt: DType, nb: usize, seed: u64) -> Vec<u8> {
         let (_, bytes) = dt.block();
         let mut s = seed | 1;
@@ -1014,11 +1288,11 @@ mod tests {
 
     /// Runs `dot` (one SIMD level's integer dot) against `dot_row_q8_plain` on rows of odd
     /// and even block counts (the VNNI path takes blocks in pairs plus a tail).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn integer_dots_match_the_plain_path(
         level: &str,
         types: &[DType],
-        dot: impl Fn(DType, &[u8], &QuantizedActs) -> f32,
+        dot: impl Fn(DType, &[u8], &ActsRef<'_>) -> f32,
     ) {
         for dt in types.iter().copied() {
             let per = dt.block().0 / 32;
@@ -1039,8 +1313,8 @@ mod tests {
                     let mag: f32 = (0..k)
                         .map(|i| (w[i] * acts.qs[i] as f32 * acts.d[i / 32]).abs())
                         .sum();
-                    let plain = dot_row_q8_plain(dt, &q, &acts);
-                    let got = dot(dt, &q, &acts);
+                    let plain = dot_row_q8_plain(dt, &q, &acts.view());
+                    let got = dot(dt, &q, &acts.view());
                     assert!(
                         (got - plain).abs() <= 1e-5 * (1.0 + mag),
                         "{level} {dt} nb={nb}: {got} vs {plain}"
@@ -1064,11 +1338,48 @@ mod tests {
             DType::Q4_1,
             DType::Q8_0,
             DType::Q4_K,
+            DType::Q5_K,
             DType::Q6_K,
         ];
         // SAFETY: the features were detected above.
         integer_dots_match_the_plain_path("avx2", &types, |dt, q, a| unsafe {
             x86::dot_row_q8_avx2(dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    const NEON_TYPES: [DType; 6] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_integer_dots_match_the_plain_path() {
+        if !std::arch::is_aarch64_feature_detected!("neon") {
+            return crate::backend::cpu::skip_test("this CPU has no NEON");
+        }
+        // SAFETY: neon was detected above.
+        integer_dots_match_the_plain_path("neon", &NEON_TYPES, |dt, q, a| unsafe {
+            arm::dot_row_q8(false, dt, q, a)
+        });
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_dotprod_integer_dots_match_the_plain_path() {
+        if !(std::arch::is_aarch64_feature_detected!("neon")
+            && std::arch::is_aarch64_feature_detected!("dotprod"))
+        {
+            return crate::backend::cpu::skip_test("this CPU has no NEON dot product (dotprod)");
+        }
+        // SAFETY: neon and dotprod were detected above.
+        integer_dots_match_the_plain_path("dotprod", &NEON_TYPES, |dt, q, a| unsafe {
+            arm::dot_row_q8(true, dt, q, a)
         });
     }
 
@@ -1116,9 +1427,9 @@ mod tests {
                     d: vec![0.0; nb],
                     sum: vec![0; nb],
                 };
-                quantize_acts_plain(&x, &mut want);
+                quantize_acts_plain(&x, &mut want.qs, &mut want.d, &mut want.sum);
                 // SAFETY: detected above.
-                unsafe { x86::quantize_acts_avx2(&x, &mut got) };
+                unsafe { x86::quantize_acts_avx2(&x, &mut got.qs, &mut got.d, &mut got.sum) };
                 assert_eq!(got.qs, want.qs, "nb={nb}");
                 assert_eq!(got.sum, want.sum, "nb={nb}");
                 assert_eq!(
@@ -1145,14 +1456,14 @@ mod tests {
             plain.qs.resize(32 * nb, 0);
             plain.d.resize(nb, 0.0);
             plain.sum.resize(nb, 0);
-            quantize_acts_plain(&x, &mut plain);
+            quantize_acts_plain(&x, &mut plain.qs, &mut plain.d, &mut plain.sum);
             let mut fast = QuantizedActs {
                 qs: vec![99; 32 * nb],
                 d: vec![9.0; nb],
                 sum: vec![9; nb],
             };
             // SAFETY: detected above.
-            unsafe { x86::quantize_acts_avx512(&x, &mut fast) };
+            unsafe { x86::quantize_acts_avx512(&x, &mut fast.qs, &mut fast.d, &mut fast.sum) };
             assert_eq!(fast.qs, plain.qs);
             assert_eq!(fast.sum, plain.sum);
             let (fd, pd): (Vec<u32>, Vec<u32>) = (

@@ -10,20 +10,45 @@ pub enum Level {
     Scalar,
     Avx2,
     Avx512,
+    /// aarch64's Advanced SIMD (every aarch64 CPU has it); `dotprod()` says whether the
+    /// quantized dots also use `sdot`.
+    Neon,
 }
 
 static LEVEL: OnceLock<Level> = OnceLock::new();
 
-/// The best SIMD level this CPU supports; `NEMO_SIMD=scalar|avx2|avx512` lowers it.
+/// The best SIMD level this CPU supports; `NEMO_SIMD=scalar|avx2|avx512` (x86-64) or
+/// `scalar|neon|dotprod` (aarch64) lowers it.
 pub fn level() -> Level {
     *LEVEL.get_or_init(|| {
         let detected = detect();
         match std::env::var("NEMO_SIMD").ok().as_deref() {
             Some("scalar") => Level::Scalar,
-            Some("avx2") if detected != Level::Scalar => Level::Avx2,
+            Some("avx2") if matches!(detected, Level::Avx2 | Level::Avx512) => Level::Avx2,
             _ => detected,
         }
     })
+}
+
+/// Whether the NEON level also has the Armv8.2 dot product (`sdot`) for the quantized
+/// dots, chosen at run time; `NEMO_SIMD=neon` turns it off. False below `Level::Neon`.
+pub fn dotprod() -> bool {
+    static DOTPROD: OnceLock<bool> = OnceLock::new();
+    *DOTPROD.get_or_init(|| {
+        level() == Level::Neon
+            && detect_dotprod()
+            && std::env::var("NEMO_SIMD").ok().as_deref() != Some("neon")
+    })
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn detect_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+pub(crate) fn detect_dotprod() -> bool {
+    false
 }
 
 /// Whether the AVX-512 level also has the integer extras the quantized decode dots use
@@ -74,7 +99,16 @@ fn detect() -> Level {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn detect() -> Level {
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        Level::Neon
+    } else {
+        Level::Scalar
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect() -> Level {
     Level::Scalar
 }
@@ -94,6 +128,12 @@ pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
         unsafe { x86::bf16_to_f32_avx2(src, dst) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if level() == Level::Neon {
+        // SAFETY: neon was detected at run time.
+        unsafe { arm::bf16_to_f32_neon(src, dst) };
+        return;
+    }
     for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
     }
@@ -111,6 +151,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     if level() == Level::Avx2 {
         // SAFETY: avx2 and fma were detected at run time.
         return unsafe { x86::dot_avx2(a, b) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level() == Level::Neon {
+        // SAFETY: neon was detected at run time.
+        return unsafe { arm::dot_neon(a, b) };
     }
     dot_plain(a, b)
 }
@@ -151,6 +196,11 @@ pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
         // SAFETY: avx2 and fma were detected at run time; lengths are checked inside.
         return unsafe { x86::dot4x4_avx2(rows, xs) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if level() == Level::Neon {
+        // SAFETY: neon was detected at run time.
+        return unsafe { arm::dot4x4_neon(rows, xs) };
+    }
     let mut out = [[0f32; 4]; 4];
     for r in 0..4 {
         for t in 0..4 {
@@ -172,6 +222,11 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
     if level() == Level::Avx2 {
         // SAFETY: avx2 and fma were detected at run time; lengths are checked inside.
         return unsafe { x86::dot_bf16_rows4_avx2(rows, x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level() == Level::Neon {
+        // SAFETY: neon was detected at run time.
+        return unsafe { arm::dot_bf16_rows4_neon(rows, x) };
     }
     let mut out = [0f32; 4];
     for r in 0..4 {
@@ -467,6 +522,129 @@ mod x86 {
     }
 }
 
+/// aarch64 NEON twins of the plain paths (four f32 lanes per vector, four accumulators).
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// 8 bf16 (little-endian bytes at `p`) widened to two f32x4: the bits shifted up 16.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_bf16x8(p: *const u8) -> (float32x4_t, float32x4_t) {
+        let h = vld1q_u16(p as *const u16);
+        (
+            vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+            vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+        )
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn bf16_to_f32_neon(src: &[u8], dst: &mut [f32]) {
+        let n = dst.len();
+        assert!(src.len() >= 2 * n);
+        let mut i = 0;
+        while i + 8 <= n {
+            let (a, b) = load_bf16x8(src.as_ptr().add(2 * i));
+            vst1q_f32(dst.as_mut_ptr().add(i), a);
+            vst1q_f32(dst.as_mut_ptr().add(i + 4), b);
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] =
+                f32::from_bits((u16::from_le_bytes([src[2 * j], src[2 * j + 1]]) as u32) << 16);
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_neon(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, c) in acc.iter_mut().enumerate() {
+                *c = vfmaq_f32(
+                    *c,
+                    vld1q_f32(pa.add(i + 4 * k)),
+                    vld1q_f32(pb.add(i + 4 * k)),
+                );
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+            i += 4;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot4x4_neon(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let k = rows[0].len();
+        assert!(rows.iter().chain(xs.iter()).all(|v| v.len() == k));
+        let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+        let mut i = 0;
+        while i + 4 <= k {
+            let xv: [float32x4_t; 4] = std::array::from_fn(|t| vld1q_f32(xs[t].as_ptr().add(i)));
+            for r in 0..4 {
+                let w = vld1q_f32(rows[r].as_ptr().add(i));
+                for t in 0..4 {
+                    acc[r][t] = vfmaq_f32(acc[r][t], w, xv[t]);
+                }
+            }
+            i += 4;
+        }
+        let mut out = [[0f32; 4]; 4];
+        for r in 0..4 {
+            for t in 0..4 {
+                let mut s = vaddvq_f32(acc[r][t]);
+                for j in i..k {
+                    s += rows[r][j] * xs[t][j];
+                }
+                out[r][t] = s;
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_bf16_rows4_neon(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        let k = x.len();
+        assert!(rows.iter().all(|r| r.len() >= 2 * k));
+        let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+        let mut i = 0;
+        while i + 8 <= k {
+            let x0 = vld1q_f32(x.as_ptr().add(i));
+            let x1 = vld1q_f32(x.as_ptr().add(i + 4));
+            for r in 0..4 {
+                let (w0, w1) = load_bf16x8(rows[r].as_ptr().add(2 * i));
+                acc[r][0] = vfmaq_f32(acc[r][0], w0, x0);
+                acc[r][1] = vfmaq_f32(acc[r][1], w1, x1);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            let mut s = vaddvq_f32(vaddq_f32(acc[r][0], acc[r][1]));
+            for j in i..k {
+                let w = f32::from_bits(
+                    (u16::from_le_bytes([rows[r][2 * j], rows[r][2 * j + 1]]) as u32) << 16,
+                );
+                s += w * x[j];
+            }
+            out[r] = s;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +737,62 @@ mod tests {
             return crate::backend::cpu::skip_test("this CPU has no AVX-512F");
         }
         simd_paths_match_the_plain_path(true);
+    }
+
+    /// The NEON paths, called directly, against the plain ones (as the x86 levels above).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_paths_match_the_plain_path() {
+        if !std::arch::is_aarch64_feature_detected!("neon") {
+            return crate::backend::cpu::skip_test("this CPU has no NEON");
+        }
+        for k in [1usize, 9, 16, 31, 64, 130] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, 30 + r)).collect();
+            let xs: Vec<Vec<f32>> = (0..4).map(|t| data(k, 40 + t)).collect();
+            let rr = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let xx = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+            let bf: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                        .collect()
+                })
+                .collect();
+            let bb = [&bf[0][..], &bf[1][..], &bf[2][..], &bf[3][..]];
+            let plain: Vec<f32> = bb[1]
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect();
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs()) * k as f32;
+            let mut wide = vec![0f32; k];
+            // SAFETY: neon was detected above.
+            let (dot, got4, bf_rows) = unsafe {
+                arm::bf16_to_f32_neon(bb[1], &mut wide);
+                (
+                    arm::dot_neon(rr[0], xx[0]),
+                    arm::dot4x4_neon(rr, xx),
+                    arm::dot_bf16_rows4_neon(bb, xx[0]),
+                )
+            };
+            assert!(close(dot, dot_plain(rr[0], xx[0])), "neon dot k={k}");
+            for r in 0..4 {
+                for t in 0..4 {
+                    assert!(
+                        close(got4[r][t], dot_plain(rr[r], xx[t])),
+                        "neon dot4x4 k={k}"
+                    );
+                }
+            }
+            assert_eq!(wide, plain, "neon bf16 widening k={k}");
+            for r in 0..4 {
+                let w: Vec<f32> = bb[r]
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect();
+                assert!(close(bf_rows[r], dot_plain(&w, xx[0])), "neon bf16 k={k}");
+            }
+        }
     }
 
     #[test]
