@@ -165,6 +165,29 @@ fn answers_through_llama_cpp_equal_the_servers_own_plain_and_streamed() {
         .unwrap()
         .to_string();
     assert!(!own.trim().is_empty());
+    // The server's own streamed answer is the same text (greedy).
+    let sse = ureq::post(&format!("{}/chat/completions", server.base))
+        .set("Content-Type", "application/json")
+        .send_string(
+            &json!({"messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": 24, "temperature": 0, "seed": 1, "stream": true})
+            .to_string(),
+        )
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let own_streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(own_streamed, own);
     let base = server.base.clone();
     let args = [
         "run",
