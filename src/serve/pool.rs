@@ -41,9 +41,15 @@ impl Pool {
         self.parked.iter().map(ParkedSequence::bytes).sum()
     }
 
+    /// Whether there is a choice to make (more than one conversation is kept, and the
+    /// runner can park them); without one the prompt need not be rendered first.
+    pub fn chooses(&self, session: &Session) -> bool {
+        self.max_sessions > 1 && session.can_park()
+    }
+
     /// Makes the best sequence for the prompt `ids` the session's live one.
     pub fn select(&mut self, session: &mut Session, ids: &[u32]) -> Result<(), EngineError> {
-        if self.max_sessions <= 1 || !session.can_park() {
+        if !self.chooses(session) {
             return Ok(());
         }
         let live = session.reusable(ids);

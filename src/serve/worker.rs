@@ -176,8 +176,12 @@ fn run_one(
     replies: &UnboundedSender<Reply>,
     metrics: &Metrics,
 ) -> Result<(), EngineError> {
-    let plan = session.render(req)?;
-    pool.select(session, &plan.ids)?;
+    // The prompt is rendered here to pick the conversation, and again (its tokens
+    // reused) by `generate`: the price of keeping the generation loop as it is.
+    if pool.chooses(session) {
+        let plan = session.render(req)?;
+        pool.select(session, &plan.ids)?;
+    }
     let mut last: Option<Instant> = None;
     let mut emit = |ev: Event| {
         match &ev {
