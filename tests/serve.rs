@@ -587,3 +587,50 @@ fn a_public_address_without_a_key_is_refused_in_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_answers_waiting_requests_503_and_finishes_the_running_one() {
+    let mut server = Server::start(&tiny(), &["--context", "200000"]);
+    let running = long_stream(&server);
+    // A second request waits behind it.
+    let origin = server.origin();
+    let waiting = std::thread::spawn(move || {
+        let r = ureq::post(&format!("{origin}/v1/chat/completions"))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}"#);
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    let t0 = Instant::now();
+    while server.metric("nemo_queue_depth") != 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.terminate();
+    let t0 = Instant::now();
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    // At once, not after the running request's 60000 letters (a minute or more here).
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "the waiting request was answered after {:?}",
+        t0.elapsed()
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    check_error(&v, None);
+    // The running one is not cut: it is still streaming (its client then leaves, which
+    // ends it, and the server exits).
+    let mut s = running;
+    let mut buf = [0u8; 4096];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "exited mid-request"
+    );
+    drop(s);
+    let status = server.wait(Duration::from_secs(30)).expect("did not exit");
+    assert!(status.success(), "{status:?}: {}", server.log());
+}

@@ -9,6 +9,8 @@
 //!   not, because the answer's head waits for the engine's first word.
 //! - Each request holds a `CancelGuard`: dropped with the handler (client gone while
 //!   waiting) or with the SSE task (client gone while streaming), it cancels the request.
+//! - At SIGTERM a request the engine has not taken yet is answered 503 at once; the one
+//!   running goes on to its end.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +45,8 @@ pub struct AppState {
     created: u64,
     next_id: AtomicU64,
     closing: AtomicBool,
+    /// Flips to true at SIGTERM: requests still waiting for the engine answer 503 at once.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -62,6 +66,7 @@ impl AppState {
             created: now(),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -69,6 +74,7 @@ impl AppState {
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.worker.close();
+        self.shutdown.send_replace(true);
     }
 
     pub fn join(&self) {
@@ -392,6 +398,7 @@ async fn generate(
         raw_text: String::new(),
     };
     let guard = CancelGuard(req.controls().clone());
+    let mut shutdown = s.shutdown.subscribe();
     let (tx, mut rx) = unbounded_channel();
     let job = Job {
         req,
@@ -404,31 +411,47 @@ async fn generate(
         return ApiError::shutting_down().into_response();
     }
     // The head waits for the engine's first word: an error before any token gets its
-    // own status.
-    let first = match rx.recv().await {
-        Some(Reply::Event(ev)) => ev,
-        Some(Reply::Failed(e)) => return e.into_response(),
-        None => return ApiError::engine("the engine stopped without answering").into_response(),
+    // own status. A request still waiting when SIGTERM comes is answered 503 (its guard
+    // then cancels the job, which the engine skips).
+    let mut running = false;
+    let first = loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(Reply::Running) => running = true,
+                Some(Reply::Event(ev)) => break ev,
+                Some(Reply::Failed(e)) => return e.into_response(),
+                None => {
+                    return ApiError::engine("the engine stopped without answering")
+                        .into_response()
+                }
+            },
+            _ = shutdown.wait_for(|closing| *closing), if !running => {
+                return ApiError::shutting_down().into_response();
+            }
+        }
     };
     if stream {
         return sse(answer, first, rx, guard, include_usage);
     }
     let _guard = guard;
-    let mut ev = first;
+    let mut next = Some(Reply::Event(first));
     loop {
-        if let Event::Done(d) = &ev {
-            answer.finish();
-            return Json(answer.response(d)).into_response();
-        }
-        answer.push(&ev);
-        ev = match rx.recv().await {
-            Some(Reply::Event(ev)) => ev,
+        match next {
+            Some(Reply::Event(Event::Done(d))) => {
+                answer.finish();
+                return Json(answer.response(&d)).into_response();
+            }
+            Some(Reply::Event(ev)) => {
+                answer.push(&ev);
+            }
+            Some(Reply::Running) => {}
             Some(Reply::Failed(e)) => return e.into_response(),
             None => {
                 return ApiError::engine("the engine stopped without finishing the request")
                     .into_response()
             }
-        };
+        }
+        next = rx.recv().await;
     }
 }
 
@@ -474,6 +497,7 @@ fn sse(
                     let _ = btx.send(Ok(SseEvent::default().data("[DONE]"))).await;
                     return;
                 }
+                Some(Reply::Running) => {}
                 Some(Reply::Event(ev)) => {
                     for delta in answer.push(&ev) {
                         for dj in delta_json(&delta) {

@@ -5,7 +5,8 @@
 //! - Jobs run in the order they were submitted; a job whose controls were cancelled
 //!   before its turn (its client left) is dropped without rendering anything.
 //! - Once `closing` is set (SIGTERM), jobs not yet started are answered 503; the one
-//!   running finishes.
+//!   running finishes. `Reply::Running` tells a job's handler it has started, so the
+//!   handler can answer 503 itself at SIGTERM while its job still waits.
 //! - Every job ends with exactly one of: its events up to `Done`, or one `Reply::Failed`
 //!   (a cancelled job's client is gone and gets nothing). Dropping the job's `Ticket`
 //!   frees its place in the queue, whatever happened.
@@ -35,6 +36,8 @@ const RAW_TEMPLATE: &str = "{{ messages[0]['content'] }}";
 /// What the engine thread sends back for a job.
 #[derive(Debug)]
 pub enum Reply {
+    /// The engine took the job (it is no longer waiting in the queue).
+    Running,
     Event(Event),
     Failed(ApiError),
 }
@@ -111,6 +114,7 @@ impl Worker {
                         continue;
                     }
                     metrics.running.store(1, Ordering::SeqCst);
+                    let _ = replies.send(Reply::Running);
                     let mut prev = None;
                     if raw {
                         if let Some(b) = raw_builder.take() {
