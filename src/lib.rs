@@ -13,5 +13,7 @@ pub mod fuzzing;
 pub mod hub;
 pub mod model;
 pub mod protocol;
+pub mod remote;
+pub mod serve;
 pub mod state;
 pub mod tui;

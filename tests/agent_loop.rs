@@ -16,8 +16,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use common::skip::require_or_skip;
 use common::fixture;
+use common::skip::require_or_skip;
 use serde_json::Value;
 
 const FAMILIES: [&str; 2] = ["nemotron_h_tools", "nemotron3_tiny"];

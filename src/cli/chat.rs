@@ -10,6 +10,7 @@
 //! thread restores the terminal and exits itself. A second signal exits at once.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -30,11 +31,12 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Terminal;
 
 use nemo::chat::session_store::{ModelIdentity, SessionFile, SessionStore};
-use nemo::config::Config;
+use nemo::config::{Config, Paths};
 use nemo::engine::prompt::{thinking_style, ThinkingStyle};
 use nemo::engine::{Engine, SessionOptions};
 use nemo::model::ModelFolder;
 use nemo::protocol::{Budget, SamplingParams, ThinkingOptions};
+use nemo::remote::{Backend, Remote};
 use nemo::tui::app::{App, ModelInfo};
 use nemo::tui::event_loop::{AppMsg, EventLoop};
 use nemo::tui::history::History;
@@ -75,6 +77,8 @@ pub struct ChatArgs {
     pub context: Option<usize>,
     #[command(flatten)]
     pub tools: ToolFlags,
+    #[command(flatten)]
+    pub endpoint: super::run::EndpointArgs,
 }
 
 /// Whether the terminal is in the state `restore_terminal` undoes.
@@ -270,11 +274,25 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let (paths, cfg) = super::settings(&settings_layer(&a))?;
     let model_args = ModelArgs::from_settings(&cfg);
     let theme = Theme::resolve(cfg.theme.as_deref())?;
+    // `--endpoint`: the server is asked which model it serves before the terminal is
+    // taken over; no model loads here.
+    let remote = match &a.endpoint.endpoint {
+        Some(url) => Some(Remote::connect(
+            &a.endpoint.options(url, a.model.model.as_deref())?,
+        )?),
+        None => None,
+    };
     // Resolved (and any question asked) before the terminal is taken over.
-    let choice = super::pull::resolve_model(
-        model_args.model.as_deref(),
-        super::pull::Missing::PickDefault { yes: false },
-    )?;
+    let choice = match &remote {
+        Some(r) => super::pull::ModelChoice {
+            path: PathBuf::new(),
+            name: r.model().to_string(),
+        },
+        None => super::pull::resolve_model(
+            model_args.model.as_deref(),
+            super::pull::Missing::PickDefault { yes: false },
+        )?,
+    };
     let dir = choice.path.clone();
     let device = model_args.device()?;
     super::init_threads(model_args.threads)?;
@@ -322,161 +340,173 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     }
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
 
-    // Load in a thread while the loading view shows progress.
-    let t0 = Instant::now();
-    let load_dir = dir.clone();
-    let loader = std::thread::spawn(move || ModelFolder::open(&load_dir));
-    let mut tick = 0usize;
-    while !loader.is_finished() {
-        // A signal ends the wait; the loader is left behind (the process exit ends it).
-        signals.check()?;
-        let spin = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"][tick % 10];
-        centered_message(
-            &mut terminal,
-            " nemo ",
-            vec![
-                Line::from(format!("{spin} loading {}", dir.display())),
-                Line::from(format!("{:.1} s", t0.elapsed().as_secs_f64())),
-            ],
-        )?;
-        tick += 1;
-        std::thread::sleep(std::time::Duration::from_millis(80));
-    }
-    let folder = match loader.join() {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            error_view(
-                &mut terminal,
-                &theme,
-                " nemo: the model could not be loaded ",
-                &e.to_string(),
-                &signals,
-            )?;
-            return Err(e.into());
-        }
-        Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
-    };
-    let cache = model_args.cache_config(folder.model.weight_dtype());
-    let mut sampling = SamplingParams::default();
-    folder.generation.apply(&mut sampling);
-    // Layers: generation_config.json < config.toml / NEMO_* < flags.
-    a.sampling.with_settings(&cfg).apply(&mut sampling);
-    let thinking = ThinkingOptions {
-        budget,
-        ..Default::default()
-    };
-    // The loaded model's identity; a resumed session is checked against it below.
-    let session_file = SessionFile::new(
-        ModelIdentity::of(&dir).unwrap_or(ModelIdentity {
-            path: dir.display().to_string(),
-            config_hash: String::new(),
-            weights: None,
-        }),
-        sampling.clone(),
-        thinking,
-        a.system.clone(),
-    );
-    let history = History::load(&paths.history_file);
-    let history_error = history.load_error().map(str::to_string);
-    // The session on its device; a GPU upload shows its progress in the loading view.
-    let opts = SessionOptions {
-        cache,
-        context: a.context,
-        ..Default::default()
-    };
-    // Not a scoped thread: a signal must be able to leave it behind.
-    let folder = Arc::new(folder);
-    let uploaded = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-    let placed = {
-        let (folder, up) = (folder.clone(), uploaded.clone());
-        let job = std::thread::spawn(move || {
-            place(device, &folder, opts, &mut |d, t| {
-                up.0.store(d, Ordering::Relaxed);
-                up.1.store(t, Ordering::Relaxed);
-            })
-        });
-        while !job.is_finished() {
-            signals.check()?;
-            let (d, t) = (
-                uploaded.0.load(Ordering::Relaxed),
-                uploaded.1.load(Ordering::Relaxed),
-            );
-            if t > 0 {
+    let (engine, info, session_file, history, history_error, notice) = match remote {
+        Some(remote) => remote_setup(&a, &cfg, remote, budget, &paths),
+        None => {
+            // Load in a thread while the loading view shows progress.
+            let t0 = Instant::now();
+            let load_dir = dir.clone();
+            let loader = std::thread::spawn(move || ModelFolder::open(&load_dir));
+            let mut tick = 0usize;
+            while !loader.is_finished() {
+                // A signal ends the wait; the loader is left behind (the process exit ends it).
+                signals.check()?;
+                let spin = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"][tick % 10];
                 centered_message(
                     &mut terminal,
                     " nemo ",
                     vec![
-                        Line::from(format!("weights to the GPU: {}", upload_bar(d, t, 28))),
-                        Line::from(format!(
-                            "{:.2} / {:.2} GB · {:.1} s",
-                            d as f64 / 1e9,
-                            t as f64 / 1e9,
-                            t0.elapsed().as_secs_f64()
-                        )),
+                        Line::from(format!("{spin} loading {}", dir.display())),
+                        Line::from(format!("{:.1} s", t0.elapsed().as_secs_f64())),
                     ],
                 )?;
+                tick += 1;
+                std::thread::sleep(std::time::Duration::from_millis(80));
             }
-            std::thread::sleep(std::time::Duration::from_millis(80));
-        }
-        job.join()
-            .map_err(|_| anyhow::anyhow!("the model loader crashed"))?
-    };
-    let placed = match placed {
-        Ok(p) => p,
-        Err(e) => {
-            error_view(
-                &mut terminal,
-                &theme,
-                " nemo: the model could not be placed ",
-                &e.to_string(),
-                &signals,
-            )?;
-            return Err(e);
-        }
-    };
-    let session = placed.session;
-    let m = &folder.model;
-    let tools_line = format!(
-        "{} format{}; {}{}",
-        a.tools
-            .tool_format
-            .and_then(|f| f.0)
-            .or(session.detected_tool_format())
-            .unwrap_or(nemo::protocol::ToolFormat::Hermes),
-        if a.tools.tool_format.and_then(|f| f.0).is_some() {
-            " (--tool-format)"
-        } else if session.detected_tool_format().is_some() {
-            " (detected)"
-        } else {
-            " (the default)"
-        },
-        session.tool_support().describe(),
-        if session.device().starts_with("cuda") {
-            "; a draw held to a grammar (tool calls, structured output) is made by the host sampler"
-        } else {
-            ""
-        }
-    );
-    let info = ModelInfo {
-        name: choice.name.clone(),
-        backend: placed.device.clone(),
-        arch: m.describe(),
-        dtype: folder.model.weight_dtype().to_string(),
-        pattern: m.pattern(),
-        params: format!("{:.2} GB of weights", m.weight_bytes() as f64 / 1e9),
-        context: session.context(),
-        kv_cache_dtype: cache.kv_dtype.to_string(),
-        ssm_cache_dtype: cache.ssm_dtype.to_string(),
-        no_thinking_switch: folder
-            .template
-            .as_ref()
-            .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
-        tools: tools_line,
-    };
+            let folder = match loader.join() {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    error_view(
+                        &mut terminal,
+                        &theme,
+                        " nemo: the model could not be loaded ",
+                        &e.to_string(),
+                        &signals,
+                    )?;
+                    return Err(e.into());
+                }
+                Err(_) => return Err(anyhow::anyhow!("the model loader crashed")),
+            };
+            let cache = model_args.cache_config(folder.model.weight_dtype());
+            let mut sampling = SamplingParams::default();
+            folder.generation.apply(&mut sampling);
+            // Layers: generation_config.json < config.toml / NEMO_* < flags.
+            a.sampling.with_settings(&cfg).apply(&mut sampling);
+            let thinking = ThinkingOptions {
+                budget,
+                ..Default::default()
+            };
+            // The loaded model's identity; a resumed session is checked against it below.
+            let session_file = SessionFile::new(
+                ModelIdentity::of(&dir).unwrap_or(ModelIdentity {
+                    path: dir.display().to_string(),
+                    config_hash: String::new(),
+                    weights: None,
+                }),
+                sampling.clone(),
+                thinking,
+                a.system.clone(),
+            );
+            let history = History::load(&paths.history_file);
+            let history_error = history.load_error().map(str::to_string);
+            // The session on its device; a GPU upload shows its progress in the loading view.
+            let opts = SessionOptions {
+                cache,
+                context: a.context,
+                ..Default::default()
+            };
+            // Not a scoped thread: a signal must be able to leave it behind.
+            let folder = Arc::new(folder);
+            let uploaded = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+            let placed = {
+                let (folder, up) = (folder.clone(), uploaded.clone());
+                let job = std::thread::spawn(move || {
+                    place(device, &folder, opts, &mut |d, t| {
+                        up.0.store(d, Ordering::Relaxed);
+                        up.1.store(t, Ordering::Relaxed);
+                    })
+                });
+                while !job.is_finished() {
+                    signals.check()?;
+                    let (d, t) = (
+                        uploaded.0.load(Ordering::Relaxed),
+                        uploaded.1.load(Ordering::Relaxed),
+                    );
+                    if t > 0 {
+                        centered_message(
+                            &mut terminal,
+                            " nemo ",
+                            vec![
+                                Line::from(format!("weights to the GPU: {}", upload_bar(d, t, 28))),
+                                Line::from(format!(
+                                    "{:.2} / {:.2} GB · {:.1} s",
+                                    d as f64 / 1e9,
+                                    t as f64 / 1e9,
+                                    t0.elapsed().as_secs_f64()
+                                )),
+                            ],
+                        )?;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(80));
+                }
+                job.join()
+                    .map_err(|_| anyhow::anyhow!("the model loader crashed"))?
+            };
+            let placed = match placed {
+                Ok(p) => p,
+                Err(e) => {
+                    error_view(
+                        &mut terminal,
+                        &theme,
+                        " nemo: the model could not be placed ",
+                        &e.to_string(),
+                        &signals,
+                    )?;
+                    return Err(e);
+                }
+            };
+            let session = placed.session;
+            let m = &folder.model;
+            let tools_line = format!(
+                "{} format{}; {}{}",
+                a.tools
+                    .tool_format
+                    .and_then(|f| f.0)
+                    .or(session.detected_tool_format())
+                    .unwrap_or(nemo::protocol::ToolFormat::Hermes),
+                if a.tools.tool_format.and_then(|f| f.0).is_some() {
+                    " (--tool-format)"
+                } else if session.detected_tool_format().is_some() {
+                    " (detected)"
+                } else {
+                    " (the default)"
+                },
+                session.tool_support().describe(),
+                if session.device().starts_with("cuda") {
+                    "; a draw held to a grammar (tool calls, structured output) is made by the host sampler"
+                } else {
+                    ""
+                }
+            );
+            let info = ModelInfo {
+                name: choice.name.clone(),
+                backend: placed.device.clone(),
+                arch: m.describe(),
+                dtype: folder.model.weight_dtype().to_string(),
+                pattern: m.pattern(),
+                params: format!("{:.2} GB of weights", m.weight_bytes() as f64 / 1e9),
+                context: session.context(),
+                kv_cache_dtype: cache.kv_dtype.to_string(),
+                ssm_cache_dtype: cache.ssm_dtype.to_string(),
+                no_thinking_switch: folder
+                    .template
+                    .as_ref()
+                    .is_some_and(|t| thinking_style(t) == ThinkingStyle::NoThinking),
+                tools: tools_line,
+            };
 
-    let engine = Engine::spawn(session);
+            (
+                Backend::Local(Engine::spawn(session)),
+                info,
+                session_file,
+                history,
+                history_error,
+                placed.notice,
+            )
+        }
+    };
     let mut app = App::new(theme, info, session_file, history);
-    if let Some(n) = placed.notice {
+    if let Some(n) = notice {
         app.info(n);
     }
     if let Some((name, s, skipped)) = resumed {
@@ -544,6 +574,83 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     }
     result?;
     Ok(())
+}
+
+/// `chat --endpoint`: what the interface shows and saves for a remote model, and the
+/// backend that sends its turns there. Sampling: config.toml / NEMO_* < flags, over
+/// nemo's neutral defaults (the server's generation config is not known here).
+#[allow(clippy::type_complexity)]
+fn remote_setup(
+    a: &ChatArgs,
+    cfg: &Config,
+    remote: Remote,
+    budget: Budget,
+    paths: &Paths,
+) -> (
+    Backend,
+    ModelInfo,
+    SessionFile,
+    History,
+    Option<String>,
+    Option<String>,
+) {
+    let mut sampling = SamplingParams::default();
+    a.sampling.with_settings(cfg).apply(&mut sampling);
+    let thinking = ThinkingOptions {
+        budget,
+        ..Default::default()
+    };
+    let path = remote.budget_path(Budget::tokens(512));
+    let info = ModelInfo {
+        name: remote.model().to_string(),
+        backend: remote.device(),
+        arch: format!("remote model `{}` at {}", remote.model(), remote.host()),
+        dtype: "(the server's)".into(),
+        pattern: String::new(),
+        params: match remote.template_source() {
+            Some(t) => format!("thinking budget path: {path} (template: {})", t.display()),
+            None => format!("thinking budget path: {path}"),
+        },
+        context: a.context.or(remote.context()).unwrap_or(131_072),
+        kv_cache_dtype: "(the server's)".into(),
+        ssm_cache_dtype: "(the server's)".into(),
+        no_thinking_switch: false,
+        tools: format!(
+            "calls as the server returns them (tool_calls), or read from the text as {} calls",
+            a.tools
+                .tool_format
+                .and_then(|f| f.0)
+                .unwrap_or(nemo::protocol::ToolFormat::Hermes)
+        ),
+    };
+    let session_file = SessionFile::new(
+        ModelIdentity {
+            path: format!("{} at {}", remote.model(), remote.device()),
+            config_hash: String::new(),
+            weights: None,
+        },
+        sampling,
+        thinking,
+        a.system.clone(),
+    );
+    let history = History::load(&paths.history_file);
+    let history_error = history.load_error().map(str::to_string);
+    let notice = Some(match remote.notice() {
+        Some(n) => format!("{} on {}: {n}", remote.model(), remote.device()),
+        None => format!(
+            "{} on {} · thinking budget: {path}",
+            remote.model(),
+            remote.device()
+        ),
+    });
+    (
+        Backend::Remote(remote),
+        info,
+        session_file,
+        history,
+        history_error,
+        notice,
+    )
 }
 
 /// `--resume`: the newest session that reads, with its name and a line for each file that
@@ -674,7 +781,6 @@ fn agent_for_chat(
     };
     Ok((Some((agent, notice.map(|n| n.to_string()))), servers))
 }
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -11,6 +11,7 @@ mod list;
 mod pull;
 mod rm;
 mod run;
+mod serve;
 mod tools;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// One shot: prompt from arguments or stdin; the answer on stdout.
     Run(run::RunArgs),
+    /// The OpenAI API (chat and completions) over this engine, for other tools.
+    Serve(serve::ServeArgs),
     /// Benchmarks: load time, prefill and decode speed.
     Bench(bench::BenchArgs),
     /// Download a model from the Hugging Face hub into the shared HF cache.
@@ -365,6 +368,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Chat(a) => chat::run(a),
         Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => pull::run(a),
         Command::List(a) => list::run(a),

@@ -29,6 +29,8 @@ use nemo::protocol::{
     Budget, Constraint, Controls, Done, Event, FinishReason, Request, ThinkingOptions,
 };
 
+use nemo::remote::{Backend, Remote, RemoteOptions};
+
 use super::device::{place, Placed, UploadBar};
 use super::tools::ToolFlags;
 use super::{usage, Interrupted, ModelArgs, SamplingArgs};
@@ -97,6 +99,65 @@ pub struct RunArgs {
     pub grammar: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tools: ToolFlags,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+/// `--endpoint` and its companions, shared by `run` and `chat`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EndpointArgs {
+    /// Run on an OpenAI-compatible server instead of in this process (vLLM, NIM,
+    /// llama.cpp's server, `nemo serve`), e.g. http://host:8000/v1. Only an explicit
+    /// --model names the remote model (default: the first it lists).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// The endpoint's API key (else NEMO_API_KEY, else OPENAI_API_KEY).
+    #[arg(long, value_name = "KEY", requires = "endpoint")]
+    pub api_key: Option<String>,
+    /// The remote model's tokenizer and chat template here (a folder or a .gguf), for the
+    /// two-request thinking budget.
+    #[arg(long, value_name = "DIR|FILE.gguf", requires = "endpoint")]
+    pub tokenizer: Option<std::path::PathBuf>,
+}
+
+impl EndpointArgs {
+    /// The connection options: the key from the flag or the environment (never the serve
+    /// key), the model only from an explicit --model flag (not NEMO_MODEL or config).
+    pub fn options(
+        &self,
+        url: &str,
+        model: Option<&std::path::Path>,
+    ) -> anyhow::Result<RemoteOptions> {
+        let flag_given = std::env::args().any(|a| {
+            a == "--model" || a == "-m" || a.starts_with("--model=") || a.starts_with("-m=")
+        });
+        let api_key = self
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("NEMO_API_KEY").ok())
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+            .filter(|k| !k.is_empty());
+        let extra_body = match std::env::var("NEMO_ENDPOINT_EXTRA_BODY") {
+            Ok(text) if !text.trim().is_empty() => match serde_json::from_str(&text) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => {
+                    return Err(usage(
+                        "NEMO_ENDPOINT_EXTRA_BODY: must be a JSON object, e.g. {\"top_k\": 20}",
+                    ))
+                }
+            },
+            _ => serde_json::Map::new(),
+        };
+        Ok(RemoteOptions {
+            endpoint: url.to_string(),
+            api_key,
+            model: model
+                .filter(|_| flag_given)
+                .map(|m| m.to_string_lossy().into_owned()),
+            tokenizer: self.tokenizer.clone(),
+            extra_body,
+        })
+    }
 }
 
 /// The structured-output flag given, and its constraint.
@@ -242,6 +303,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if prompt.trim().is_empty() {
         return Err(usage("the prompt is empty"));
     }
+    if let Some(url) = a.endpoint.endpoint.clone() {
+        let mut sampling = SamplingParams::default();
+        sampling_args.apply(&mut sampling);
+        let settings = RemoteSettings {
+            sampling,
+            max_tokens,
+            budget: cfg.thinking_budget().unwrap_or(Budget::Unlimited),
+        };
+        return run_remote(&a, &url, prompt, controls, constraint, agent, settings);
+    }
     super::init_threads(model_args.threads)?;
     let spec = model_args.model.clone();
     let t_load = Instant::now();
@@ -322,18 +393,116 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         req.tool_choice = a.tools.tool_choice.clone().unwrap_or_default();
         req.tool_format = a.tools.tool_format.and_then(|f| f.0);
     }
+    // If printing fails (a closed pipe), returning drops the engine, which cancels the
+    // request instead of finishing it unseen.
+    let backend = Backend::Local(engine);
+    let mut extra = serde_json::Map::new();
+    extra.insert("device".into(), json!(device_name));
+    let (events, external) = start(&backend, agent, req)?;
+    print_events(
+        &a,
+        events,
+        &external,
+        &controls,
+        &constraint,
+        extra,
+        Printed {
+            load_ms,
+            max_tokens,
+        },
+    )
+}
+
+/// What the one settings path gave `run` (flags over config.toml and `NEMO_*`), for the
+/// remote request.
+struct RemoteSettings {
+    sampling: SamplingParams,
+    max_tokens: usize,
+    budget: Budget,
+}
+
+/// `run --endpoint`: the same request (and agent loop, with the tools run here) and the
+/// same printing, on the remote server.
+fn run_remote(
+    a: &RunArgs,
+    url: &str,
+    prompt: String,
+    controls: Controls,
+    constraint: Option<(&'static str, Constraint)>,
+    agent: Option<Agent>,
+    settings: RemoteSettings,
+) -> anyhow::Result<()> {
+    let t_load = Instant::now();
+    let opts = a.endpoint.options(url, a.model.model.as_deref())?;
+    let remote = interruptible("connect", &controls, move || Ok(Remote::connect(&opts)?))?;
+    if let Some(n) = remote.notice() {
+        eprintln!("nemo: {n}");
+    }
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    let RemoteSettings {
+        sampling,
+        max_tokens,
+        budget,
+    } = settings;
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(Message::system(s.clone()));
+    }
+    messages.push(Message::user(prompt));
+    let thinking = ThinkingOptions {
+        budget,
+        min_tokens: a.min_thinking,
+        closing_message: a.closing_message.clone(),
+        grace_tokens: a.grace_tokens,
+    };
+    let budget_path = remote.budget_path(thinking.budget);
+    let mut req = Request::with_controls(messages, thinking, controls.clone());
+    req.sampling = sampling;
+    req.max_tokens = max_tokens;
+    req.stop = a.stop.clone();
+    req.constraint = constraint.as_ref().map(|(_, c)| c.clone());
+    if let Some(agent) = &agent {
+        req.tools = agent.offered();
+        req.tool_choice = a.tools.tool_choice.clone().unwrap_or_default();
+        req.tool_format = a.tools.tool_format.and_then(|f| f.0);
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("device".into(), json!(remote.device()));
+    extra.insert("model".into(), json!(remote.model()));
+    extra.insert("budget_path".into(), json!(budget_path.to_string()));
+    let backend = Backend::Remote(remote);
+    let (events, external) = start(&backend, agent, req)?;
+    print_events(
+        a,
+        events,
+        &external,
+        &controls,
+        &constraint,
+        extra,
+        Printed {
+            load_ms,
+            max_tokens,
+        },
+    )
+}
+
+/// Submits `req`, through the agent loop when tools are offered; returns the events and
+/// the tools nemo does not run (their calls are the script's to answer).
+fn start(
+    backend: &Backend,
+    agent: Option<Agent>,
+    req: Request,
+) -> anyhow::Result<(std::sync::mpsc::Receiver<Event>, Vec<String>)> {
     let external: Vec<String> = agent
         .as_ref()
         .map(|ag| ag.external.iter().map(|t| t.name.clone()).collect())
         .unwrap_or_default();
-    // If printing fails (a closed pipe), returning drops the engine, which cancels the
-    // request instead of finishing it unseen.
     let events = match agent {
-        None => engine.submit(req),
+        None => backend.submit(req),
         Some(mut agent) => {
             // The loop runs beside this thread, which prints and watches for Ctrl+C.
             let (tx, rx) = channel();
-            let submitter = engine.submitter();
+            let submitter = backend.submitter();
             std::thread::Builder::new()
                 .name("nemo-agent".into())
                 .spawn(move || {
@@ -346,6 +515,30 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             rx
         }
     };
+    Ok((events, external))
+}
+
+/// Prints the events (`--json`: one object per line, the done event with `extra` and
+/// `timings.load_ms`).
+/// What the done event and the cut-short line report beside the events.
+struct Printed {
+    load_ms: f64,
+    max_tokens: usize,
+}
+
+fn print_events(
+    a: &RunArgs,
+    events: std::sync::mpsc::Receiver<Event>,
+    external: &[String],
+    controls: &Controls,
+    constraint: &Option<(&'static str, Constraint)>,
+    extra: serde_json::Map<String, serde_json::Value>,
+    limits: Printed,
+) -> anyhow::Result<()> {
+    let Printed {
+        load_ms,
+        max_tokens,
+    } = limits;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
@@ -463,7 +656,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                 if a.json {
                     let mut v = serde_json::Map::new();
                     v.insert("event".into(), json!("done"));
-                    v.insert("device".into(), json!(device_name));
+                    v.extend(extra.clone());
                     if let serde_json::Value::Object(fields) = serde_json::to_value(&d)? {
                         v.extend(fields);
                     }
@@ -473,7 +666,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
                     writeln!(out)?;
                 }
                 out.flush()?;
-                if let (Some((flag, _)), Some(c)) = (&constraint, &d.constraint) {
+                if let (Some((flag, _)), Some(c)) = (constraint, &d.constraint) {
                     if !c.complete {
                         return Err(anyhow::anyhow!(cut_short(flag, &d, max_tokens)));
                     }

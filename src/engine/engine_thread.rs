@@ -137,6 +137,12 @@ pub struct Submitter {
 }
 
 impl Submitter {
+    /// Queues on whatever serves `Op`s from the other end of `tx` the way the engine
+    /// thread does (e.g. `remote::Remote`, so the agent loop drives a remote endpoint).
+    pub fn from_ops(tx: Sender<Op>) -> Submitter {
+        Submitter { tx: Some(tx) }
+    }
+
     /// As `Engine::submit`.
     pub fn submit(&self, req: Request) -> Receiver<Event> {
         let (etx, erx) = channel();

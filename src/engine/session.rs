@@ -760,3 +760,150 @@ impl Session {
         Ok(done)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Several conversations on one session (`nemo serve`)
+//
+// A session holds one live sequence. A server with many clients keeps the others parked:
+// each `ParkedSequence` owns its whole sequence state (Mamba states and KV rows), its
+// tokens and its checkpoints, so swapping one in is a move, and a parked conversation's
+// checkpoints stay valid while another runs. Which conversation serves a request is the
+// caller's choice (`serve::pool`); `reusable` says how much of a prompt each one saves,
+// by the same rule `restore_for` applies. The CPU runner only: a GPU session's caches are
+// allocated once on the device (`can_park` is false there).
+
+/// One conversation's sequence, off the session while another one runs.
+pub struct ParkedSequence {
+    state: crate::state::SequenceState,
+    tokens: Vec<u32>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// How many leading tokens of `ids` a sequence with these tokens and checkpoints gives
+/// without feeding them again: its whole length when it is a prefix of what can be
+/// reused, else its longest checkpoint that is (`Session::restore_for`'s rule).
+fn reusable_len(tokens: &[u32], checkpoints: &[Checkpoint], ids: &[u32]) -> usize {
+    let lcp = tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+    let limit = lcp.min(ids.len().saturating_sub(1));
+    if tokens.len() <= limit {
+        return tokens.len();
+    }
+    checkpoints
+        .iter()
+        .map(|c| c.len())
+        .filter(|l| *l <= limit)
+        .max()
+        .unwrap_or(0)
+}
+
+impl ParkedSequence {
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Leading tokens of `ids` this sequence would not feed again.
+    pub fn reusable(&self, ids: &[u32]) -> usize {
+        reusable_len(&self.tokens, &self.checkpoints, ids)
+    }
+
+    /// Whether serving `ids` from this sequence would drop checkpoints it has past what is
+    /// reused (another conversation's turns): then fork it instead.
+    pub fn would_lose(&self, ids: &[u32]) -> bool {
+        let keep = self.reusable(ids);
+        self.checkpoints.iter().any(|c| c.len() > keep)
+    }
+
+    /// A copy cut back to what `ids` can reuse (state restored to that checkpoint, the KV
+    /// rows past it dropped); None when nothing is reusable.
+    pub fn fork(&self, ids: &[u32]) -> Option<ParkedSequence> {
+        let keep = self.reusable(ids);
+        if keep == 0 {
+            return None;
+        }
+        let mut state = self.state.clone();
+        let mut checkpoints = Vec::new();
+        for c in self.checkpoints.iter().filter(|c| c.len() <= keep) {
+            if let Checkpoint::Cpu(s) = c {
+                checkpoints.push(Checkpoint::Cpu(s.clone()));
+            }
+        }
+        if keep < self.tokens.len() {
+            let Checkpoint::Cpu(s) = checkpoints.iter().find(|c| c.len() == keep)? else {
+                return None;
+            };
+            state.restore(s);
+        }
+        Some(ParkedSequence {
+            state,
+            tokens: self.tokens[..keep].to_vec(),
+            checkpoints,
+        })
+    }
+
+    /// Host bytes held: the state's caches and the checkpoints' copies.
+    pub fn bytes(&self) -> usize {
+        self.state.bytes() + self.checkpoints.iter().map(|c| c.bytes()).sum::<usize>()
+    }
+}
+
+impl Session {
+    /// Whether the live sequence can be parked (the CPU runner).
+    pub fn can_park(&self) -> bool {
+        matches!(self.sequence, Sequence::Cpu { .. })
+    }
+
+    /// Leading tokens of `ids` the live sequence would not feed again.
+    pub fn reusable(&self, ids: &[u32]) -> usize {
+        reusable_len(&self.tokens, &self.checkpoints, ids)
+    }
+
+    /// Takes the live sequence off the session and leaves an empty one in its place;
+    /// None on a runner that cannot park (`can_park`).
+    pub fn park(&mut self) -> Option<ParkedSequence> {
+        let Sequence::Cpu { model, state } = &mut self.sequence else {
+            return None;
+        };
+        let fresh = model.new_state(state.cache);
+        Some(ParkedSequence {
+            state: std::mem::replace(state, fresh),
+            tokens: std::mem::take(&mut self.tokens),
+            checkpoints: std::mem::take(&mut self.checkpoints),
+        })
+    }
+
+    /// Makes `p` (parked from this session) the live sequence; the live one is dropped
+    /// (park it first to keep it).
+    pub fn unpark(&mut self, p: ParkedSequence) -> Result<(), EngineError> {
+        let Sequence::Cpu { state, .. } = &mut self.sequence else {
+            return Err(EngineError::Gpu(
+                crate::model::cuda::GpuModelError::Unsupported(
+                    "parking a sequence on the GPU".into(),
+                ),
+            ));
+        };
+        *state = p.state;
+        self.tokens = p.tokens;
+        self.checkpoints = p.checkpoints;
+        Ok(())
+    }
+
+    /// Host bytes of the live sequence's caches and checkpoints.
+    pub fn sequence_bytes(&self) -> usize {
+        let state = match &self.sequence {
+            Sequence::Cpu { state, .. } => state.bytes(),
+            Sequence::Cuda(_) => 0,
+        };
+        state + self.checkpoints.iter().map(|c| c.bytes()).sum::<usize>()
+    }
+
+    /// Puts `builder` in place of the session's prompt builder and returns the one it had
+    /// (e.g. a raw template for `/v1/completions`, swapped in for one request).
+    pub fn swap_prompt_builder(&mut self, builder: PromptBuilder) -> PromptBuilder {
+        std::mem::replace(&mut self.prompt, builder)
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+}

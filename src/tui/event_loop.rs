@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::agent::policy::ApprovalMode;
 use crate::agent::turn::Agent;
-use crate::engine::Engine;
 use crate::protocol::Event;
+use crate::remote::Backend as EngineBackend;
 
 pub enum AppMsg {
     Term(crossterm::event::Event),
@@ -40,7 +40,8 @@ pub enum AppMsg {
 const FRAME: Duration = Duration::from_millis(33);
 
 pub struct EventLoop {
-    pub engine: Engine,
+    /// The in-process engine, or a remote endpoint (`--endpoint`).
+    pub engine: EngineBackend,
     pub store: SessionStore,
     pub tx: Sender<AppMsg>,
     /// Where `/copy` sends its OSC 52 sequence (the terminal; a buffer in tests).
@@ -87,13 +88,13 @@ pub fn osc52(text: &str) -> String {
 
 impl EventLoop {
     pub fn new(
-        engine: Engine,
+        engine: impl Into<EngineBackend>,
         store: SessionStore,
         tx: Sender<AppMsg>,
         clipboard: Box<dyn FnMut(&str)>,
     ) -> Self {
         EventLoop {
-            engine,
+            engine: engine.into(),
             store,
             tx,
             clipboard,

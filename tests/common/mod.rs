@@ -5,6 +5,7 @@
 pub mod gguf_file;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod serve;
 pub mod skip;
 
 use std::path::PathBuf;
