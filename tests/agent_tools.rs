@@ -518,7 +518,23 @@ fn landlock_stops_writes_outside_the_workspace_and_the_temp_dir() {
         return;
     }
     let f = Fixture::new();
-    let target = f.outside.join("made-by-shell");
+    // The sandbox lets commands write in the temp dir, so "outside" must be somewhere
+    // else: the fixture's own folder unless the checkout lives under the temp dir (a
+    // clone in /tmp), else a folder made in the home directory.
+    let temp = std::env::temp_dir().canonicalize().unwrap();
+    let outside_root = [
+        Some(f.outside.clone()),
+        std::env::var_os("HOME").map(PathBuf::from),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.canonicalize().is_ok_and(|c| !c.starts_with(&temp)));
+    let Some(outside_root) = outside_root else {
+        common::skip::skip("no writable folder outside the temp dir to test Landlock against");
+        return;
+    };
+    let outside_dir = tempfile::tempdir_in(&outside_root).unwrap();
+    let target = outside_dir.path().join("made-by-shell");
     let tmp_file = std::env::temp_dir().join(format!("nemo-landlock-{}", std::process::id()));
     let command = format!(
         "touch inside.txt && echo inside-ok; touch '{}' && echo tmp-ok; echo x > /dev/null && echo null-ok; touch '{}'; echo outside=$?",
