@@ -707,7 +707,7 @@ fn agent_for_chat(
     cfg: &Config,
     config_file: &std::path::Path,
 ) -> anyhow::Result<(Option<(Agent, Option<String>)>, Option<McpServers>)> {
-    use nemo::agent::policy::{ApprovalMode, Policy, ToolSelection};
+    use nemo::agent::policy::{ApprovalMode, ToolSelection};
     use nemo::agent::Effect;
     flags.check()?;
     let treq = flags.request()?;
@@ -724,62 +724,32 @@ fn agent_for_chat(
         return Ok((None, None));
     }
     let mode = ApprovalMode::for_chat(flags.approval, cfg.approval);
-    let sandbox = flags
-        .sandbox
-        .or(cfg.sandbox)
-        .unwrap_or(nemo::agent::Sandbox::Landlock);
-    let wants_mcp = match &selection {
-        ToolSelection::All => true,
-        ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
-        ToolSelection::None => false,
-    };
-    let (all, servers) = super::tools::registry(cfg, config_file, wants_mcp)?;
-    let registry = match &selection {
-        ToolSelection::Named(names) => {
-            for n in names {
-                if all.get(n).is_err() {
+    let built = super::tools::assemble(
+        flags,
+        cfg,
+        config_file,
+        &selection,
+        mode,
+        Vec::new(),
+        true,
+        |all, _| match &selection {
+            ToolSelection::Named(names) => {
+                if let Some(n) = names.iter().find(|n| all.get(n).is_err()) {
                     let known: Vec<&str> = all.names().collect();
                     return Err(usage(format!(
                         "--tools: no tool `{n}` (known: {})",
                         known.join(", ")
                     )));
                 }
+                Ok(all.filtered(|t| names.iter().any(|n| n == &t.spec().name)))
             }
-            all.filtered(|t| names.iter().any(|n| n == &t.spec().name))
-        }
-        _ if mode == ApprovalMode::ReadOnly => all.filtered(|t| t.effect() == Effect::ReadOnly),
-        _ => all,
-    };
-    if let Some(nemo::protocol::ToolChoice::Named(n)) = &flags.tool_choice {
-        if registry.get(n).is_err() {
-            return Err(usage(format!(
-                "--tool-choice: `{n}` is not among the offered tools"
-            )));
-        }
-    }
-    let notice = if sandbox == nemo::agent::Sandbox::Landlock {
-        nemo::agent::sandbox::notice_once()
-    } else {
-        None
-    };
-    let root = match &flags.workspace {
-        Some(p) => p.clone(),
-        None => std::env::current_dir()?,
-    };
-    let workspace =
-        nemo::agent::Workspace::new(&root).map_err(|e| usage(format!("--workspace: {e}")))?;
-    let mut ctx = nemo::agent::ToolContext::new(workspace);
-    ctx.sandbox = sandbox;
-    let policy = Policy::new(mode, sandbox, nemo::agent::sandbox::support());
-    let agent = Agent {
-        registry,
-        external: Vec::new(),
-        policy,
-        ctx,
-        max_steps: flags.max_steps,
-        interactive: true,
-    };
-    Ok((Some((agent, notice.map(|n| n.to_string()))), servers))
+            _ if mode == ApprovalMode::ReadOnly => {
+                Ok(all.filtered(|t| t.effect() == Effect::ReadOnly))
+            }
+            _ => Ok(all.filtered(|_| true)),
+        },
+    )?;
+    Ok((Some((built.agent, built.notice)), built.servers))
 }
 #[cfg(test)]
 mod tests {

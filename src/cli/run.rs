@@ -702,7 +702,7 @@ fn agent_for_run(
     cfg: &Config,
     config_file: &Path,
 ) -> anyhow::Result<Option<(Agent, Option<McpServers>)>> {
-    use nemo::agent::policy::{offer_for_run, run_mode, Policy, ToolSelection};
+    use nemo::agent::policy::{offer_for_run, run_mode, ToolSelection};
     let flags = &a.tools;
     flags.check()?;
     let treq = flags.request()?;
@@ -719,56 +719,18 @@ fn agent_for_run(
         ));
     }
     let mode = run_mode(flags.approval).map_err(usage)?;
-    let sandbox = flags
-        .sandbox
-        .or(cfg.sandbox)
-        .unwrap_or(nemo::agent::Sandbox::Landlock);
-    let support = nemo::agent::sandbox::support();
-    let policy = Policy::new(mode, sandbox, support);
-    let wants_mcp = match &selection {
-        ToolSelection::All => true,
-        ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
-        ToolSelection::None => false,
-    };
-    let (all, servers) = super::tools::registry(cfg, config_file, wants_mcp)?;
-    let registry = offer_for_run(&all, &selection, &policy).map_err(usage)?;
-    for t in &treq.external {
-        if registry.get(&t.name).is_ok() {
-            return Err(usage(format!(
-                "--tools: `{}` from a schema file has the name of a tool nemo runs",
-                t.name
-            )));
-        }
+    let built = super::tools::assemble(
+        flags,
+        cfg,
+        config_file,
+        &selection,
+        mode,
+        treq.external,
+        false,
+        |all, policy| offer_for_run(all, &selection, policy).map_err(usage),
+    )?;
+    if let Some(notice) = &built.notice {
+        eprintln!("nemo: {notice}");
     }
-    if let Some(nemo::protocol::ToolChoice::Named(n)) = &flags.tool_choice {
-        if registry.get(n).is_err() && !treq.external.iter().any(|t| &t.name == n) {
-            return Err(usage(format!(
-                "--tool-choice: `{n}` is not among the offered tools"
-            )));
-        }
-    }
-    if sandbox == nemo::agent::Sandbox::Landlock && !registry.is_empty() {
-        if let Some(notice) = nemo::agent::sandbox::notice_once() {
-            eprintln!("nemo: {notice}");
-        }
-    }
-    let root = match &flags.workspace {
-        Some(p) => p.clone(),
-        None => std::env::current_dir()?,
-    };
-    let workspace =
-        nemo::agent::Workspace::new(&root).map_err(|e| usage(format!("--workspace: {e}")))?;
-    let mut ctx = nemo::agent::ToolContext::new(workspace);
-    ctx.sandbox = sandbox;
-    Ok(Some((
-        Agent {
-            registry,
-            external: treq.external,
-            policy,
-            ctx,
-            max_steps: flags.max_steps,
-            interactive: false,
-        },
-        servers,
-    )))
+    Ok(Some((built.agent, built.servers)))
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use clap::Args;
 
 use nemo::agent::mcp::McpServers;
-use nemo::agent::policy::ApprovalMode;
+use nemo::agent::policy::{ApprovalMode, Policy, ToolSelection};
 use nemo::agent::registry::Registry;
-use nemo::agent::turn::DEFAULT_MAX_STEPS;
-use nemo::agent::{user_tools, Sandbox};
+use nemo::agent::turn::{Agent, DEFAULT_MAX_STEPS};
+use nemo::agent::{user_tools, Sandbox, ToolContext, Workspace};
 use nemo::config::Config;
 use nemo::protocol::{ToolChoice, ToolFormat, ToolSpec};
 
@@ -179,4 +179,76 @@ pub fn registry(
         registry.add(t)?;
     }
     Ok((registry, Some(servers)))
+}
+
+/// The agent `run` and `chat` build from the same flags once each has chosen its tools:
+/// the sandbox (flag, else config.toml, else Landlock), the policy in `mode`, the registry
+/// (MCP servers started only when `selection` can name their tools) narrowed by `offer`,
+/// the tools without a runner beside it, `--tool-choice` checked against what is offered,
+/// and the workspace. Also gives the Landlock notice to show, when commands are offered
+/// and the kernel lacks it, and the MCP servers (they run until dropped).
+pub struct Assembled {
+    pub agent: Agent,
+    pub notice: Option<String>,
+    pub servers: Option<McpServers>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn assemble(
+    flags: &ToolFlags,
+    cfg: &Config,
+    config_file: &Path,
+    selection: &ToolSelection,
+    mode: ApprovalMode,
+    external: Vec<ToolSpec>,
+    interactive: bool,
+    offer: impl FnOnce(&Registry, &Policy) -> anyhow::Result<Registry>,
+) -> anyhow::Result<Assembled> {
+    let sandbox = flags.sandbox.or(cfg.sandbox).unwrap_or(Sandbox::Landlock);
+    let policy = Policy::new(mode, sandbox, nemo::agent::sandbox::support());
+    let wants_mcp = match selection {
+        ToolSelection::All => true,
+        ToolSelection::Named(n) => n.iter().any(|n| n.contains('.')),
+        ToolSelection::None => false,
+    };
+    let (all, servers) = registry(cfg, config_file, wants_mcp)?;
+    let registry = offer(&all, &policy)?;
+    for t in &external {
+        if registry.get(&t.name).is_ok() {
+            return Err(usage(format!(
+                "--tools: `{}` from a schema file has the name of a tool nemo runs",
+                t.name
+            )));
+        }
+    }
+    if let Some(ToolChoice::Named(n)) = &flags.tool_choice {
+        if registry.get(n).is_err() && !external.iter().any(|t| &t.name == n) {
+            return Err(usage(format!(
+                "--tool-choice: `{n}` is not among the offered tools"
+            )));
+        }
+    }
+    let notice = (sandbox == Sandbox::Landlock && !registry.is_empty())
+        .then(nemo::agent::sandbox::notice_once)
+        .flatten()
+        .map(|n| n.to_string());
+    let root = match &flags.workspace {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()?,
+    };
+    let workspace = Workspace::new(&root).map_err(|e| usage(format!("--workspace: {e}")))?;
+    let mut ctx = ToolContext::new(workspace);
+    ctx.sandbox = sandbox;
+    Ok(Assembled {
+        agent: Agent {
+            registry,
+            external,
+            policy,
+            ctx,
+            max_steps: flags.max_steps,
+            interactive,
+        },
+        notice,
+        servers,
+    })
 }
