@@ -207,6 +207,45 @@ struct Panels {
     q: Vec<u8>,
     e: Vec<f32>,
     o: Vec<f32>,
+    scratch: RowScratch,
+}
+
+/// One stored row unpacked (`unpack_block` for each of its `nb` blocks): quants at
+/// `q[32b..]`, half-block scales at `e[2b..]`, offsets at `o[b]`.
+fn unpack_row_plain(
+    dtype: DType,
+    row: &[u8],
+    nb: usize,
+    q: &mut [u8],
+    e: &mut [f32],
+    o: &mut [f32],
+) {
+    for b in 0..nb {
+        let (e0, e1, ob) = unpack_block(dtype, row, b, &mut q[32 * b..32 * b + 32]);
+        e[2 * b] = e0;
+        e[2 * b + 1] = e1;
+        o[b] = ob;
+    }
+}
+
+/// `unpack_row_plain` with the fastest path this CPU has (identical results).
+fn unpack_row(dtype: DType, row: &[u8], nb: usize, q: &mut [u8], e: &mut [f32], o: &mut [f32]) {
+    assert!(q.len() >= 32 * nb && e.len() >= 2 * nb && o.len() >= nb);
+    assert!(row.len() >= nb * 32 / dtype.block().0 * dtype.block().1);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx2_f16c() {
+        // SAFETY: avx2 and f16c were detected at run time; the lengths are checked above.
+        return unsafe { x86::unpack_row(dtype, row, nb, q, e, o) };
+    }
+    unpack_row_plain(dtype, row, nb, q, e, o)
+}
+
+/// Scratch for one unpacked row.
+#[derive(Default)]
+struct RowScratch {
+    q: Vec<u8>,
+    e: Vec<f32>,
+    o: Vec<f32>,
 }
 
 /// Packs rows `r0..r1` of `w` (a panel's missing rows are zero, so their results are 0).
@@ -217,6 +256,10 @@ fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, sstride: usize, p: &mut
     p.e.resize(np * nbp * PR * 4, 0.0);
     p.o.resize(np * PR * sstride, 0.0);
     let rb = w.row_bytes();
+    let s = &mut p.scratch;
+    s.q.resize(64 * nbp, 0);
+    s.e.resize(4 * nbp, 0.0);
+    s.o.resize(sstride.max(nb), 0.0);
     for pi in 0..np {
         for i in 0..PR {
             let r = r0 + pi * PR + i;
@@ -231,22 +274,17 @@ fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, sstride: usize, p: &mut
                 continue;
             }
             let row = &w.data[r * rb..(r + 1) * rb];
-            #[allow(clippy::needless_range_loop)]
-            for b in 0..2 * nbp {
-                let at = (pi * nbp + b / 2) * PR + i;
-                let h = b % 2;
-                let q = &mut p.q[at * 64 + 32 * h..at * 64 + 32 * h + 32];
-                let e = &mut p.e[at * 4 + 2 * h..at * 4 + 2 * h + 2];
-                if b < nb {
-                    let (e0, e1, o) = unpack_block(w.dtype, row, b, q);
-                    e[0] = e0;
-                    e[1] = e1;
-                    orow[b] = o;
-                } else {
-                    q.fill(0);
-                    e.fill(0.0);
-                }
+            // A missing last block of an odd count is zero.
+            s.q[32 * nb..].fill(0);
+            s.e[2 * nb..].fill(0.0);
+            s.o[nb..].fill(0.0);
+            unpack_row(w.dtype, row, nb, &mut s.q, &mut s.e, &mut s.o);
+            for bp in 0..nbp {
+                let at = (pi * nbp + bp) * PR + i;
+                p.q[at * 64..at * 64 + 64].copy_from_slice(&s.q[64 * bp..64 * bp + 64]);
+                p.e[at * 4..at * 4 + 4].copy_from_slice(&s.e[4 * bp..4 * bp + 4]);
             }
+            orow[..nb].copy_from_slice(&s.o[..nb]);
             orow[nb..].fill(0.0);
         }
     }
@@ -316,58 +354,45 @@ pub(super) fn matmul_many(x: &[f32], n: usize, parts: &[(MatRef<'_>, OutPtr)]) {
     })
 }
 
-/// The tasks of every part over the quantized batch `b`.
+/// The tasks of every part over the quantized batch `b`: a task is a chunk of rows, packed
+/// once, against every token (in blocks of about 128 KiB of quantized activations, a share
+/// of L2).
 fn run(b: &Batch, parts: &[(MatRef<'_>, OutPtr)], path: Path) {
     let (n, nb) = (b.n, b.nb);
     let k = 32 * nb;
     let threads = rayon::current_num_threads().max(1);
-    // Token blocks of about 128 KiB of quantized activations (a share of L2), rows in
-    // chunks so that every thread gets several tasks.
-    let tb = (n.min((128 << 10) / k.max(1)).max(8)).min(n);
-    let tblocks = n.div_ceil(tb);
+    let tb = (n.min((128 << 10) / k.max(1)).max(8)).min(n).max(1);
     let mut starts = Vec::with_capacity(parts.len() + 1);
     let mut chunks = Vec::with_capacity(parts.len());
     let mut total = 0;
     for (w, _) in parts {
-        let want = (8 * threads).div_ceil(tblocks).max(1);
-        let rc = (w.rows.div_ceil(want).div_ceil(PR) * PR).clamp(4 * PR, 64 * PR);
+        // Rows in chunks so that every thread gets several tasks.
+        let rc = (w.rows.div_ceil(8 * threads).div_ceil(PR) * PR).clamp(4 * PR, 64 * PR);
         starts.push(total);
         chunks.push(rc);
-        total += w.rows.div_ceil(rc) * tblocks;
+        total += w.rows.div_ceil(rc);
     }
     starts.push(total);
     team::par_for(total, &|i| {
         let p = starts.partition_point(|&s| s <= i) - 1;
         let (w, out) = (&parts[p].0, parts[p].1);
         let rc = chunks[p];
-        let j = i - starts[p];
-        let (rt, tt) = (j / tblocks, j % tblocks);
+        let rt = i - starts[p];
         let (r0, r1) = (rt * rc, ((rt + 1) * rc).min(w.rows));
-        let (t0, t1) = (tt * tb, ((tt + 1) * tb).min(n));
-        task(b, w, out, r0, r1, t0, t1, path);
+        task(b, w, out, r0, r1, tb, path);
     });
 }
 
-/// Rows `r0..r1` × tokens `t0..t1` of one part.
-#[allow(clippy::too_many_arguments)]
-fn task(
-    b: &Batch,
-    w: &MatRef<'_>,
-    out: OutPtr,
-    r0: usize,
-    r1: usize,
-    t0: usize,
-    t1: usize,
-    path: Path,
-) {
-    let m = w.rows;
+/// Rows `r0..r1` of one part against every token, `tb` tokens at a time.
+fn task(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize, path: Path) {
+    let (m, n) = (w.rows, b.n);
     #[cfg(target_arch = "aarch64")]
     let by_rows = matches!(path, Path::Plain | Path::Neon);
     #[cfg(not(target_arch = "aarch64"))]
     let by_rows = path == Path::Plain;
     if by_rows {
         let rb = w.row_bytes();
-        for t in t0..t1 {
+        for t in 0..n {
             let x = b.view(t);
             for r in r0..r1 {
                 let row = &w.data[r * rb..(r + 1) * rb];
@@ -376,11 +401,15 @@ fn task(
                 } else {
                     quant::dot_row_q8_ref(w.dtype, row, &x)
                 };
-                // SAFETY: (t, r) lies in this task's rows and tokens, which no other task writes.
+                // SAFETY: (t, r) lies in this task's rows, which no other task writes.
                 unsafe { *out.0.add(t * m + r) = v };
             }
         }
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Vnni && w.dtype != DType::Q6_K {
+        return task_rows16(b, w, out, r0, r1, tb);
     }
     PANELS.with(|pb| {
         let mut pb = pb.borrow_mut();
@@ -389,24 +418,170 @@ fn task(
         pack(w, r0, r1, nb, b.sstride, &mut pb);
         let tt = tile_tokens(path);
         let signed = signed(w.dtype);
-        for pi in 0..(r1 - r0).div_ceil(PR) {
-            let q = &pb.q[pi * nbp * PR * 64..(pi + 1) * nbp * PR * 64];
-            let e = &pb.e[pi * nbp * PR * 4..(pi + 1) * nbp * PR * 4];
-            let o = &pb.o[pi * PR * b.sstride..(pi + 1) * PR * b.sstride];
-            let rows = (r1 - r0 - pi * PR).min(PR);
-            let mut t = t0;
-            while t < t1 {
-                let cnt = tt.min(t1 - t);
-                let mut res = [[0f32; 4]; PR];
-                tile(path, signed, q, e, o, b, t, cnt, &mut res);
-                for (i, ri) in res.iter().enumerate().take(rows) {
-                    for (c, v) in ri.iter().enumerate().take(cnt) {
-                        // SAFETY: (t + c, r0 + pi·PR + i) lies in this task's tokens and rows.
-                        unsafe { *out.0.add((t + c) * m + r0 + pi * PR + i) = *v };
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + tb).min(n);
+            for pi in 0..(r1 - r0).div_ceil(PR) {
+                let q = &pb.q[pi * nbp * PR * 64..(pi + 1) * nbp * PR * 64];
+                let e = &pb.e[pi * nbp * PR * 4..(pi + 1) * nbp * PR * 4];
+                let o = &pb.o[pi * PR * b.sstride..(pi + 1) * PR * b.sstride];
+                let rows = (r1 - r0 - pi * PR).min(PR);
+                let mut t = t0;
+                while t < t1 {
+                    let cnt = tt.min(t1 - t);
+                    let mut res = [[0f32; 4]; PR];
+                    tile(path, signed, q, e, o, b, t, cnt, &mut res);
+                    for (i, ri) in res.iter().enumerate().take(rows) {
+                        for (c, v) in ri.iter().enumerate().take(cnt) {
+                            // SAFETY: (t + c, r0 + pi·PR + i) lies in this task's rows.
+                            unsafe { *out.0.add((t + c) * m + r0 + pi * PR + i) = *v };
+                        }
                     }
+                    t += cnt;
                 }
-                t += cnt;
             }
+            t0 = t1;
+        }
+    });
+}
+
+/// Rows per panel of the row-interleaved VNNI kernel: one i32 lane per row.
+#[cfg(target_arch = "x86_64")]
+const PR16: usize = 16;
+
+/// Tokens per call of the row-interleaved VNNI kernel.
+#[cfg(target_arch = "x86_64")]
+const T16: usize = 8;
+
+/// Panels of 16 rows interleaved for `vpdpbusd` against one token's broadcast 4 bytes: for
+/// panel p, block b and group g of 4 columns, row i's 4 quants (unsigned: Q8_0's shifted by
+/// 128, its offset −128·e) as one u32 at `q[((p·nb + b)·8 + g)·16 + i]`; the block's scales
+/// at `e[(p·nb + b)·16 + i]` and offsets at `o[(p·nb + b)·16 + i]`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Panels16 {
+    q: Vec<u32>,
+    e: Vec<f32>,
+    o: Vec<f32>,
+    scratch: RowScratch,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static PANELS16: RefCell<Panels16> = RefCell::new(Panels16::default());
+}
+
+/// Packs rows `r0..r1` of `w` into `Panels16` (missing rows are zero).
+#[cfg(target_arch = "x86_64")]
+fn pack16(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
+    let np = (r1 - r0).div_ceil(PR16);
+    p.q.resize(np * nb * 128, 0);
+    p.e.resize(np * nb * PR16, 0.0);
+    p.o.resize(np * nb * PR16, 0.0);
+    let rb = w.row_bytes();
+    let s = &mut p.scratch;
+    s.q.resize(32 * nb, 0);
+    s.e.resize(2 * nb, 0.0);
+    s.o.resize(nb, 0.0);
+    let shift = if w.dtype == DType::Q8_0 {
+        0x8080_8080u32
+    } else {
+        0
+    };
+    for pi in 0..np {
+        for i in 0..PR16 {
+            let r = r0 + pi * PR16 + i;
+            if r >= r1 {
+                for b in 0..nb {
+                    let at = (pi * nb + b) * 128;
+                    for g in 0..8 {
+                        p.q[at + g * 16 + i] = 0;
+                    }
+                    p.e[(pi * nb + b) * PR16 + i] = 0.0;
+                    p.o[(pi * nb + b) * PR16 + i] = 0.0;
+                }
+                continue;
+            }
+            unpack_row(
+                w.dtype,
+                &w.data[r * rb..(r + 1) * rb],
+                nb,
+                &mut s.q,
+                &mut s.e,
+                &mut s.o,
+            );
+            for b in 0..nb {
+                let at = (pi * nb + b) * 128;
+                for (g, v) in s.q[32 * b..32 * b + 32].chunks_exact(4).enumerate() {
+                    p.q[at + g * 16 + i] = u32::from_le_bytes([v[0], v[1], v[2], v[3]]) ^ shift;
+                }
+                let e = s.e[2 * b];
+                p.e[(pi * nb + b) * PR16 + i] = e;
+                p.o[(pi * nb + b) * PR16 + i] = if shift != 0 { -128.0 * e } else { s.o[b] };
+            }
+        }
+    }
+}
+
+/// `task` on the row-interleaved VNNI kernel (every supported type but Q6_K, whose two
+/// scales per block the kernel does not take).
+#[cfg(target_arch = "x86_64")]
+fn task_rows16(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize) {
+    let (m, n, nb) = (w.rows, b.n, b.nb);
+    assert!(
+        b.qs.len() >= n * b.qstride && b.d.len() >= n * b.sstride && b.ds.len() >= n * b.sstride
+    );
+    assert!(b.qstride >= 32 * nb && b.sstride >= nb);
+    PANELS16.with(|pb| {
+        let mut pb = pb.borrow_mut();
+        pack16(w, r0, r1, nb, &mut pb);
+        let mut t0 = 0;
+        while t0 < n {
+            let t1 = (t0 + tb).min(n);
+            for pi in 0..(r1 - r0).div_ceil(PR16) {
+                let q = &pb.q[pi * nb * 128..(pi + 1) * nb * 128];
+                let e = &pb.e[pi * nb * PR16..(pi + 1) * nb * PR16];
+                let o = &pb.o[pi * nb * PR16..(pi + 1) * nb * PR16];
+                let rows = (r1 - r0 - pi * PR16).min(PR16);
+                let mut t = t0;
+                while t < t1 {
+                    let cnt = T16.min(t1 - t);
+                    let xq: [*const i8; T16] =
+                        std::array::from_fn(|c| b.qs[(t + c.min(cnt - 1)) * b.qstride..].as_ptr());
+                    let xd: [*const f32; T16] =
+                        std::array::from_fn(|c| b.d[(t + c.min(cnt - 1)) * b.sstride..].as_ptr());
+                    let xs: [*const f32; T16] =
+                        std::array::from_fn(|c| b.ds[(t + c.min(cnt - 1)) * b.sstride..].as_ptr());
+                    let mut res = [[0f32; PR16]; T16];
+                    // SAFETY: VNNI was detected (`Path::Vnni`); the panel holds nb blocks of
+                    // 16 rows, each token nb blocks of quants, scales and sums (asserted).
+                    unsafe {
+                        x86::rows16_vnni(
+                            q.as_ptr() as *const u8,
+                            e.as_ptr(),
+                            o.as_ptr(),
+                            nb,
+                            xq,
+                            xd,
+                            xs,
+                            cnt,
+                            &mut res,
+                        )
+                    };
+                    for (c, rc) in res.iter().enumerate().take(cnt) {
+                        // SAFETY: token t + c, rows r0 + pi·16 .. + rows lie in this task's rows.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.0.add((t + c) * m + r0 + pi * PR16),
+                                rows,
+                            )
+                        };
+                        dst.copy_from_slice(&rc[..rows]);
+                    }
+                    t += cnt;
+                }
+            }
+            t0 = t1;
         }
     });
 }
@@ -492,6 +667,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::PR;
+    use crate::backend::DType;
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -499,6 +675,186 @@ mod x86 {
         let s = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// `super::unpack_row_plain` with AVX2 and F16C: the nibbles split 32 bytes at a time,
+    /// the f16 scales converted by the instruction, the K-quants' six-bit scales and mins
+    /// unpacked eight at a time (ggml's `utmp` shuffle).
+    ///
+    /// # Safety
+    /// AVX2 + F16C; `q`, `e`, `o` hold `32·nb`, `2·nb`, `nb` values and `row` `nb` blocks'
+    /// bytes (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn unpack_row(
+        dtype: DType,
+        row: &[u8],
+        nb: usize,
+        q: &mut [u8],
+        e: &mut [f32],
+        o: &mut [f32],
+    ) {
+        let h = |p: *const u8| {
+            let bits = (p as *const u16).read_unaligned();
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        };
+        let (rp, qp) = (row.as_ptr(), q.as_mut_ptr());
+        let low = _mm256_set1_epi8(0x0F);
+        let low128 = _mm_set1_epi8(0x0F);
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => {
+                let (bytes, start) = if dtype == DType::Q4_0 {
+                    (18, 2)
+                } else {
+                    (20, 4)
+                };
+                for b in 0..nb {
+                    let blk = rp.add(bytes * b);
+                    let v = _mm_loadu_si128(blk.add(start) as *const __m128i);
+                    let lo = _mm_and_si128(v, low128);
+                    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), low128);
+                    _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, _mm256_set_m128i(hi, lo));
+                    let d = h(blk);
+                    e[2 * b] = d;
+                    e[2 * b + 1] = d;
+                    o[b] = if dtype == DType::Q4_0 {
+                        -8.0 * d
+                    } else {
+                        h(blk.add(2))
+                    };
+                }
+            }
+            DType::Q8_0 => {
+                for b in 0..nb {
+                    let blk = rp.add(34 * b);
+                    let v = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, v);
+                    let d = h(blk);
+                    e[2 * b] = d;
+                    e[2 * b + 1] = d;
+                    o[b] = 0.0;
+                }
+            }
+            DType::Q4_K | DType::Q5_K => {
+                let five = dtype == DType::Q5_K;
+                let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
+                let sixteen = _mm256_set1_epi8(16);
+                for sb in 0..nb / 8 {
+                    let blk = rp.add(size * sb);
+                    let (d, dmin) = (h(blk), h(blk.add(2)));
+                    let (sc, mn) =
+                        super::super::quant::scales_mins_k4(&row[size * sb + 4..size * sb + 16]);
+                    let qh = if five {
+                        _mm256_loadu_si256(blk.add(16) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for g in 0..4 {
+                        let v = _mm256_loadu_si256(blk.add(qs_at + 32 * g) as *const __m256i);
+                        let halves = [
+                            _mm256_and_si256(v, low),
+                            _mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+                        ];
+                        for (hh, mut w) in halves.into_iter().enumerate() {
+                            let j = 2 * g + hh;
+                            if five {
+                                let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                                let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                                w = _mm256_or_si256(w, _mm256_and_si256(set, sixteen));
+                            }
+                            let b = 8 * sb + j;
+                            _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, w);
+                            let ev = d * sc[j] as f32;
+                            e[2 * b] = ev;
+                            e[2 * b + 1] = ev;
+                            o[b] = -(dmin * mn[j] as f32);
+                        }
+                    }
+                }
+            }
+            DType::Q6_K => {
+                let three = _mm256_set1_epi8(3);
+                let c32 = _mm256_set1_epi8(32);
+                for sb in 0..nb / 8 {
+                    let blk = rp.add(210 * sb);
+                    let d = h(blk.add(208));
+                    for n in 0..2 {
+                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+                        for qt in 0..4 {
+                            let ql = _mm256_loadu_si256(
+                                blk.add(64 * n + 32 * (qt % 2)) as *const __m256i
+                            );
+                            let nib = if qt < 2 {
+                                _mm256_and_si256(ql, low)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                            };
+                            let hi = match qt {
+                                0 => _mm256_and_si256(qh, three),
+                                1 => _mm256_and_si256(_mm256_srli_epi16(qh, 2), three),
+                                2 => _mm256_and_si256(_mm256_srli_epi16(qh, 4), three),
+                                _ => _mm256_and_si256(_mm256_srli_epi16(qh, 6), three),
+                            };
+                            let v = _mm256_sub_epi8(
+                                _mm256_or_si256(nib, _mm256_slli_epi16(hi, 4)),
+                                c32,
+                            );
+                            let b = 8 * sb + 4 * n + qt;
+                            _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, v);
+                            let sc = &row[210 * sb + 192 + 8 * n + 2 * qt..];
+                            e[2 * b] = d * sc[0] as i8 as f32;
+                            e[2 * b + 1] = d * sc[1] as i8 as f32;
+                            o[b] = 0.0;
+                        }
+                    }
+                }
+            }
+            _ => super::unpack_row_plain(dtype, row, nb, q, e, o),
+        }
+    }
+
+    /// 16 rows × up to 8 tokens, row-interleaved (`Panels16`): per block, eight `vpdpbusd`
+    /// of the 16 rows' next 4 quants against each token's next 4 bytes broadcast, summed
+    /// in i32 over the block; then per token one conversion, one FMA with `e · d_x` and one
+    /// with the offsets `o · (d_x · Σq_x)`. Tokens past `cnt` repeat the last (dropped).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI; `q`, `e`, `o` hold `nb` blocks of a 16-row panel; each token's
+    /// `xq` holds `nb` blocks of quants, `xd` and `xs` `nb` values.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub unsafe fn rows16_vnni(
+        q: *const u8,
+        e: *const f32,
+        o: *const f32,
+        nb: usize,
+        xq: [*const i8; super::T16],
+        xd: [*const f32; super::T16],
+        xs: [*const f32; super::T16],
+        cnt: usize,
+        res: &mut [[f32; super::PR16]; super::T16],
+    ) {
+        const T: usize = super::T16;
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let mut ia = [_mm512_setzero_si512(); T];
+            for g in 0..8 {
+                let w = _mm512_loadu_si512(q.add((b * 8 + g) * 64) as *const __m512i);
+                for c in 0..T {
+                    let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
+                    ia[c] = _mm512_dpbusd_epi32(ia[c], w, _mm512_set1_epi32(xv));
+                }
+            }
+            let ev = _mm512_loadu_ps(e.add(16 * b));
+            let ov = _mm512_loadu_ps(o.add(16 * b));
+            for c in 0..T {
+                let s = _mm512_mul_ps(ev, _mm512_set1_ps(*xd[c].add(b)));
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[c]), s, acc[c]);
+                acc[c] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*xs[c].add(b)), acc[c]);
+            }
+        }
+        for c in 0..cnt.min(T) {
+            _mm512_storeu_ps(res[c].as_mut_ptr(), acc[c]);
+        }
     }
 
     /// `PR` rows × T tokens, one 32-block at a time: `maddubs` (|w| against x with w's sign
@@ -804,6 +1160,34 @@ mod tests {
             return crate::backend::cpu::skip_test("this CPU has no NEON");
         }
         paths_match_the_plain_path(Path::Neon);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_row_unpacking_equals_the_plain_unpacking() {
+        if !crate::backend::cpu::simd::avx2_f16c() {
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
+        }
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            let k = if dt.block().0 == 256 { 768 } else { 288 };
+            let nb = k / 32;
+            let data = random_rows(dt, 1, k, 11);
+            let (mut q0, mut e0, mut o0) = (vec![0u8; k], vec![0f32; 2 * nb], vec![0f32; nb]);
+            let (mut q1, mut e1, mut o1) = (vec![1u8; k], vec![1f32; 2 * nb], vec![1f32; nb]);
+            unpack_row_plain(dt, &data, nb, &mut q0, &mut e0, &mut o0);
+            // SAFETY: the features were checked above; the buffers hold nb blocks.
+            unsafe { x86::unpack_row(dt, &data, nb, &mut q1, &mut e1, &mut o1) };
+            assert_eq!(q0, q1, "{dt} quants");
+            assert_eq!(e0, e1, "{dt} scales");
+            assert_eq!(o0, o1, "{dt} offsets");
+        }
     }
 
     #[test]

@@ -73,6 +73,27 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All eight (scale, min) pairs of a K-quant super-block's 12 scale bytes at once (ggml's
+/// `utmp` shuffle): the same values as `scale_min_k4` for j = 0..8.
+pub(super) fn scales_mins_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const M1: u32 = 0x3f3f_3f3f;
+    const M2: u32 = 0x0f0f_0f0f;
+    const M3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_lo = u0 & M1;
+    let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+    let mn_lo = u1 & M1;
+    let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    sc[..4].copy_from_slice(&sc_lo.to_le_bytes());
+    sc[4..].copy_from_slice(&sc_hi.to_le_bytes());
+    mn[..4].copy_from_slice(&mn_lo.to_le_bytes());
+    mn[4..].copy_from_slice(&mn_hi.to_le_bytes());
+    (sc, mn)
+}
+
 /// Q4_K (`high` None: `b` is the whole block) or Q5_K (`b` its first 16 bytes, `high` its
 /// (qh, qs)): eight sub-blocks of 32, x = d·sc·q − dmin·m.
 fn dequant_q4k_q5k(b: &[u8], high: Option<(&[u8], &[u8])>, y: &mut [f32]) {
@@ -1023,6 +1044,24 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_scales_and_mins_at_once_equal_the_one_at_a_time_rule() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..2000 {
+            let mut q = [0u8; 12];
+            for b in q.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = (x >> 32) as u8;
+            }
+            let (sc, mn) = scales_mins_k4(&q);
+            for j in 0..8 {
+                assert_eq!((sc[j], mn[j]), scale_min_k4(j, &q), "{q:?} j={j}");
+            }
+        }
+    }
 
     fn h(v: f32) -> [u8; 2] {
         f16::from_f32(v).to_bits().to_le_bytes()

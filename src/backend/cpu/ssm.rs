@@ -24,7 +24,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{ops, simd};
+use super::{ops, simd, team};
 
 /// Shape of one Mamba2 layer's scan (the config's `mamba_num_heads`, `mamba_head_dim`,
 /// `ssm_state_size`, `n_groups`).
@@ -133,7 +133,52 @@ pub fn causal_conv1d(
     need(OP, "weight", w.len(), cd * k);
     need(OP, "bias", b.len(), cd);
     need(OP, "out", out.len(), n * cd);
-    // Input `s` (negative: from the window) of channel `c`.
+    // The taps transposed (`[k, cd]`) so each tap is one elementwise multiply-add per row.
+    let mut wt = vec![0f32; k * cd];
+    for c in 0..cd {
+        for j in 0..k {
+            wt[j * cd + c] = w[c * k + j];
+        }
+    }
+    {
+        let st: &[f32] = conv_state;
+        // Input row `s` (negative: from the window).
+        let row = |s: isize| -> &[f32] {
+            if s < 0 {
+                &st[(past as isize + s) as usize * cd..][..cd]
+            } else {
+                &x[x_offset + s as usize * x_stride..][..cd]
+            }
+        };
+        let level = simd::level();
+        let op = SendPtr(out.as_mut_ptr());
+        // Rows in chunks of about 32k multiply-adds.
+        let per = (32768 / (cd * k).max(1)).max(1);
+        team::par_for(n.div_ceil(per), &|ci| {
+            for t in ci * per..((ci + 1) * per).min(n) {
+                // SAFETY: row t of `out` (checked to hold n rows) belongs to this chunk only.
+                let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * cd), cd) };
+                let taps: [&[f32]; 8] = std::array::from_fn(|j| {
+                    if j < k {
+                        row(t as isize - past as isize + j as isize)
+                    } else {
+                        &[]
+                    }
+                });
+                conv_row(level, o, b, &wt, &taps[..k.min(8)], cd);
+                for j in 8..k {
+                    let r = row(t as isize - past as isize + j as isize);
+                    for ((v, wv), xv) in o.iter_mut().zip(&wt[j * cd..(j + 1) * cd]).zip(r) {
+                        *v += wv * xv;
+                    }
+                }
+                for v in o.iter_mut() {
+                    *v = silu(*v);
+                }
+            }
+        });
+    }
+    // The new window: the last k-1 inputs (some still from the old window when n < k-1).
     let input = |st: &[f32], s: isize, c: usize| -> f32 {
         if s < 0 {
             st[(past as isize + s) as usize * cd + c]
@@ -141,16 +186,6 @@ pub fn causal_conv1d(
             x[x_offset + s as usize * x_stride + c]
         }
     };
-    for t in 0..n {
-        for c in 0..cd {
-            let mut acc = b[c];
-            for j in 0..k {
-                acc += w[c * k + j] * input(conv_state, t as isize - past as isize + j as isize, c);
-            }
-            out[t * cd + c] = ops::silu(acc);
-        }
-    }
-    // The new window: the last k-1 inputs (some still from the old window when n < k-1).
     let mut window = vec![0f32; past * cd];
     for i in 0..past {
         let s = n as isize - past as isize + i as isize;
@@ -159,6 +194,54 @@ pub fn causal_conv1d(
         }
     }
     conv_state[..past * cd].copy_from_slice(&window);
+}
+
+/// SiLU with the vectorisable `ops::exp`.
+#[inline(always)]
+fn silu(v: f32) -> f32 {
+    v / (1.0 + ops::exp(-v))
+}
+
+/// `o = b + Σ_j wt[j]·taps[j]` elementwise over `cd` channels (up to 8 taps), at `level`.
+fn conv_row(level: simd::Level, o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: the features were detected at run time.
+        simd::Level::Avx512 => return unsafe { conv_row_avx512(o, b, wt, taps, cd) },
+        // SAFETY: as above.
+        simd::Level::Avx2 => return unsafe { conv_row_avx2(o, b, wt, taps, cd) },
+        simd::Level::Scalar | simd::Level::Neon => {}
+    }
+    let _ = level;
+    conv_row_body(o, b, wt, taps, cd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_row_avx2(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
+    conv_row_body(o, b, wt, taps, cd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn conv_row_avx512(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
+    conv_row_body(o, b, wt, taps, cd)
+}
+
+/// The body of `conv_row` (separate multiply and add at every level: the sum is the
+/// plain loop's, in the same order).
+#[inline(always)]
+fn conv_row_body(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
+    o[..cd].copy_from_slice(&b[..cd]);
+    for (j, r) in taps.iter().enumerate() {
+        for ((v, wv), xv) in o[..cd]
+            .iter_mut()
+            .zip(&wt[j * cd..(j + 1) * cd])
+            .zip(&r[..cd])
+        {
+            *v += wv * xv;
+        }
+    }
 }
 
 /// One decode token of the selective scan (kernels/ssm.cu `ssm_update_*`): per head,
@@ -212,11 +295,17 @@ pub fn ssm_step<T: StateElem>(
 
 /// `n` prompt tokens of the selective scan in the SSD chunked form (kernels/ssm.cu
 /// `ssd_scan_mma_*`), chunks of `chunk` tokens. Per head, with
-/// `dt_t = max(softplus(dt_raw[dt_offset + t·dt_stride + head] + dt_bias), dt_min)` and
-/// `a_t = A·dt_t`: within a chunk
-/// `y_l = Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s + exp(cum_l) (S·C_l)`, then the
+/// `dt_t = max(softplus(dt_raw[dt_offset + t·dt_stride + head] + dt_bias), dt_min)`,
+/// `a_t = A·dt_t` and `cum_l = Σ_{i≤l} a_i` within a chunk:
+/// `y_l = Σ_{s≤l} (C_l·B_s) exp(cum_l − cum_s) dt_s x_s + exp(cum_l) (S·C_l)`, then the
 /// state passes on: `S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s`;
-/// finally `y += D·x`. `xbc` `[n, cd]`, `y` `[n, d_inner]`. Heads run in parallel.
+/// finally `y += D·x`. `xbc` `[n, cd]`, `y` `[n, d_inner]`.
+///
+/// Each chunk is four small matrix products (as the kernels do them): `G = C·Bᵀ` once per
+/// group (its heads share B and C), then per head `Y = (G ∘ decay ∘ dt)·X`,
+/// `Y += diag(exp(cum))·C·Sᵀ` and `Sᵀ ← exp(cum_last)·Sᵀ + (B ∘ w)ᵀ·X`, with the state held
+/// transposed (`[d_state, head_dim]`) in f32 for the whole call. Groups, then heads, run on
+/// the team.
 #[allow(clippy::too_many_arguments)]
 pub fn ssd_chunked<T: StateElem>(
     s: &ScanShape,
@@ -251,90 +340,533 @@ pub fn ssd_chunked<T: StateElem>(
     need(OP, "D", d.len(), h);
     need(OP, "state", state.len(), h * s.head_state());
     need(OP, "y", y.len(), n * di);
-    let hpg = s.heads_per_group();
-    let row = |t: usize| &xbc[t * cd..(t + 1) * cd];
-    let per_head: Vec<Vec<f32>> = state[..h * s.head_state()]
-        .par_chunks_mut(s.head_state())
-        .enumerate()
-        .map(|(hh, st)| {
-            let g = hh / hpg;
-            let ah = a[hh];
-            let dt: Vec<f32> = (0..n)
-                .map(|t| {
-                    ops::softplus(dt_raw[dt_offset + t * dt_stride + hh] + dt_bias[hh]).max(dt_min)
-                })
-                .collect();
-            let xh = |t: usize| &row(t)[hh * p..(hh + 1) * p];
-            let mut yh = vec![0f32; n * p];
-            T::with_f32(st, |st| {
-                let mut c0 = 0;
-                while c0 < n {
-                    let l = chunk.min(n - c0);
-                    // a_l = A·dt_l and its running sum within the chunk.
-                    let da: Vec<f32> = (0..l).map(|i| ah * dt[c0 + i]).collect();
-                    let mut cum = vec![0f32; l];
-                    let mut sum = 0.0;
-                    for i in 0..l {
-                        sum += da[i];
-                        cum[i] = sum;
-                    }
-                    // Diagonal block: y_l += Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s
-                    for li in 0..l {
-                        let cl = s.bc(row(c0 + li), g, 1);
-                        let yl = &mut yh[(c0 + li) * p..(c0 + li + 1) * p];
-                        let mut seg = 0f32; // Σ_{i=s+1..l} a_i, built from s = l downwards
-                        for si in (0..=li).rev() {
-                            if si < li {
-                                seg += da[si + 1];
-                            }
-                            let w =
-                                simd::dot(cl, s.bc(row(c0 + si), g, 0)) * seg.exp() * dt[c0 + si];
-                            simd::axpy(yl, w, xh(c0 + si));
-                        }
-                        // Off-diagonal: exp(cum_l) · (state_prev · C_l)
-                        let decay = cum[li].exp();
-                        for pi in 0..p {
-                            yl[pi] += decay * simd::dot(&st[pi * ns..(pi + 1) * ns], cl);
-                        }
-                    }
-                    // State passing: S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s
-                    let e = cum[l - 1].exp();
-                    st.iter_mut().for_each(|v| *v *= e);
-                    let mut seg = 0f32; // Σ_{i=s+1..last} a_i
-                    for si in (0..l).rev() {
-                        if si + 1 < l {
-                            seg += da[si + 1];
-                        }
-                        let w = seg.exp() * dt[c0 + si];
-                        let bs = s.bc(row(c0 + si), g, 0);
-                        let xs = xh(c0 + si);
-                        for pi in 0..p {
-                            simd::axpy(&mut st[pi * ns..(pi + 1) * ns], w * xs[pi], bs);
-                        }
-                    }
-                    c0 += l;
-                }
-            });
-            // D skip
-            for t in 0..n {
-                let xs = xh(t);
-                for pi in 0..p {
-                    yh[t * p + pi] += d[hh] * xs[pi];
+    let (hpg, groups, hs) = (s.heads_per_group(), s.n_groups.max(1), s.head_state());
+    let level = simd::level();
+    // dt of every head and token: dts[head·n + t].
+    let mut dts = vec![0f32; h * n];
+    for (hh, dh) in dts.chunks_exact_mut(n).enumerate() {
+        for (t, v) in dh.iter_mut().enumerate() {
+            *v = ops::softplus(dt_raw[dt_offset + t * dt_stride + hh] + dt_bias[hh]).max(dt_min);
+        }
+    }
+    // The states in f32, transposed per head: st[head·hs + n·p + pi].
+    let mut st = vec![0f32; h * hs];
+    for (hh, sh) in state[..h * hs].chunks_mut(hs).enumerate() {
+        let dst = &mut st[hh * hs..(hh + 1) * hs];
+        T::with_f32(sh, |sh| {
+            for pi in 0..p {
+                for nn in 0..ns {
+                    dst[nn * p + pi] = sh[pi * ns + nn];
                 }
             }
-            yh
-        })
-        .collect();
-    for (hh, yh) in per_head.iter().enumerate() {
-        for t in 0..n {
-            y[t * di + hh * p..t * di + (hh + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);
+        });
+    }
+    let chunk = chunk.min(n);
+    // G of every group for the current chunk: gbuf[g·chunk² + li·l + si].
+    let mut gbuf = vec![0f32; groups * chunk * chunk];
+    let (gp, sp, yp) = (
+        SendPtr(gbuf.as_mut_ptr()),
+        SendPtr(st.as_mut_ptr()),
+        SendPtr(y.as_mut_ptr()),
+    );
+    let (b_at, c_at) = (di, di + groups * ns);
+    let mut c0 = 0;
+    while c0 < n {
+        let l = chunk.min(n - c0);
+        let x0 = &xbc[c0 * cd..];
+        team::par_for(groups, &|g| {
+            // SAFETY: group g's l×l slice of gbuf is written by this task only.
+            let gg =
+                unsafe { std::slice::from_raw_parts_mut(gp.get().add(g * chunk * chunk), l * l) };
+            SCRATCH.with(|sc| {
+                let mut sc = sc.borrow_mut();
+                let bt = take(&mut sc.a, ns * l);
+                for si in 0..l {
+                    let b = &x0[si * cd + b_at + g * ns..][..ns];
+                    for (nn, v) in b.iter().enumerate() {
+                        bt[nn * l + si] = *v;
+                    }
+                }
+                gg.fill(0.0);
+                // G[li][si] = C_li · B_si for si ≤ li.
+                gemm_acc(
+                    level,
+                    Tri::C,
+                    l,
+                    l,
+                    ns,
+                    &x0[c_at + g * ns..],
+                    cd,
+                    bt,
+                    l,
+                    gg,
+                    l,
+                );
+            });
+        });
+        team::par_for(h, &|hh| {
+            let g = hh / hpg;
+            let gg = &gbuf[g * chunk * chunk..g * chunk * chunk + l * l];
+            // SAFETY: head hh's state and its y columns are this task's only; gbuf is not
+            // written while the heads run.
+            let sth = unsafe { std::slice::from_raw_parts_mut(sp.get().add(hh * hs), hs) };
+            let dt = &dts[hh * n + c0..hh * n + c0 + l];
+            let xh = &x0[hh * p..];
+            SCRATCH.with(|sc| {
+                let mut sc = sc.borrow_mut();
+                let sc = &mut *sc;
+                let cum = take(&mut sc.cum, l);
+                let mut sum = 0f32;
+                for (c, v) in cum.iter_mut().zip(dt) {
+                    sum += a[hh] * v;
+                    *c = sum;
+                }
+                // M = G ∘ exp(cum_l − cum_s) ∘ dt_s (lower triangle), Y = M·X.
+                let m = take(&mut sc.a, l * l);
+                for li in 0..l {
+                    let row = &mut m[li * l..(li + 1) * l];
+                    for si in 0..=li {
+                        row[si] = gg[li * l + si] * ops::exp(cum[li] - cum[si]) * dt[si];
+                    }
+                    row[li + 1..].fill(0.0);
+                }
+                let yh = take(&mut sc.y, l * p);
+                yh.fill(0.0);
+                gemm_acc(level, Tri::A, l, p, l, m, l, xh, cd, yh, p);
+                // Y += diag(exp(cum))·C·Sᵀ (the state before this chunk).
+                let cs = take(&mut sc.b, l * ns);
+                for li in 0..l {
+                    let e = ops::exp(cum[li]);
+                    let c = &x0[li * cd + c_at + g * ns..][..ns];
+                    for (o, v) in cs[li * ns..(li + 1) * ns].iter_mut().zip(c) {
+                        *o = v * e;
+                    }
+                }
+                gemm_acc(level, Tri::None, l, p, ns, cs, ns, sth, p, yh, p);
+                // Sᵀ ← exp(cum_last)·Sᵀ + (B ∘ w)ᵀ·X, w_s = exp(cum_last − cum_s)·dt_s.
+                let last = cum[l - 1];
+                let e = ops::exp(last);
+                sth.iter_mut().for_each(|v| *v *= e);
+                let bw = take(&mut sc.a, ns * l);
+                for si in 0..l {
+                    let w = ops::exp(last - cum[si]) * dt[si];
+                    let b = &x0[si * cd + b_at + g * ns..][..ns];
+                    for (nn, v) in b.iter().enumerate() {
+                        bw[nn * l + si] = v * w;
+                    }
+                }
+                gemm_acc(level, Tri::None, ns, p, l, bw, l, xh, cd, sth, p);
+                // y = Y + D·x
+                for li in 0..l {
+                    let x = &xh[li * cd..li * cd + p];
+                    // SAFETY: row c0 + li, columns hh·p.. of y belong to this head.
+                    let yr = unsafe {
+                        std::slice::from_raw_parts_mut(yp.get().add((c0 + li) * di + hh * p), p)
+                    };
+                    for ((o, v), xv) in yr.iter_mut().zip(&yh[li * p..(li + 1) * p]).zip(x) {
+                        *o = v + d[hh] * xv;
+                    }
+                }
+            });
+        });
+        c0 += l;
+    }
+    for (hh, sh) in state[..h * hs].chunks_mut(hs).enumerate() {
+        let src = &st[hh * hs..(hh + 1) * hs];
+        T::with_f32(sh, |sh| {
+            for pi in 0..p {
+                for nn in 0..ns {
+                    sh[pi * ns + nn] = src[nn * p + pi];
+                }
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: the tasks above write disjoint parts of the buffers these point to.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so a closure captures the whole `SendPtr`).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// One team thread's scratch for the scan.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    y: Vec<f32>,
+    cum: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The first `len` values of `v` (grown as needed; contents unspecified).
+fn take(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// Which triangle of a product `gemm_acc` may skip.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tri {
+    /// The full product.
+    None,
+    /// A is lower triangular (`A[i][k] = 0` for k > i): row i reads k ≤ i only.
+    A,
+    /// Only C's lower triangle (columns j ≤ i) is wanted; the rest may be left unwritten.
+    C,
+}
+
+/// `C[m×n] += A[m×k]·B[k×n]`, row-major with row strides `lda`, `ldb`, `ldc`, on this
+/// thread, at SIMD `level` (FMA from AVX2 on, so the levels differ by rounding only).
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc(
+    level: simd::Level,
+    tri: Tri,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "gemm_acc: A");
+    assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "gemm_acc: B");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm_acc: C");
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: the features were detected at run time (`level` is at most the CPU's).
+        simd::Level::Avx512 => return unsafe { gemm_avx512(tri, m, n, k, a, lda, b, ldb, c, ldc) },
+        // SAFETY: as above.
+        simd::Level::Avx2 => return unsafe { gemm_avx2(tri, m, n, k, a, lda, b, ldb, c, ldc) },
+        simd::Level::Scalar | simd::Level::Neon => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level == simd::Level::Neon {
+        return gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc);
+    }
+    let _ = level;
+    gemm_body::<false>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_avx2(
+    tri: Tri,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_avx512(
+    tri: Tri,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// The body of `gemm_acc`, inlined into each level's copy: 4 rows × 16 columns of
+/// accumulators, one broadcast of A per row and k, one 16-wide load of B per k.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_body<const FMA: bool>(
+    tri: Tri,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    const R: usize = 4;
+    const W: usize = 16;
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = R.min(m - i0);
+        // Rows past m repeat the last (their results are dropped).
+        let ar: [usize; R] = std::array::from_fn(|i| (i0 + i).min(m - 1) * lda);
+        let kk = if tri == Tri::A { k.min(i0 + R) } else { k };
+        let nn = if tri == Tri::C { n.min(i0 + R) } else { n };
+        let mut j0 = 0;
+        while j0 < nn {
+            let w = W.min(nn - j0);
+            let mut acc = [[0f32; W]; R];
+            if w == W {
+                for q in 0..kk {
+                    let bv: &[f32; W] = b[q * ldb + j0..q * ldb + j0 + W]
+                        .try_into()
+                        .unwrap_or(&[0.0; W]);
+                    for i in 0..R {
+                        let av = a[ar[i] + q];
+                        for (o, bx) in acc[i].iter_mut().zip(bv) {
+                            *o = fmadd::<FMA>(av, *bx, *o);
+                        }
+                    }
+                }
+            } else {
+                for q in 0..kk {
+                    let mut bv = [0f32; W];
+                    bv[..w].copy_from_slice(&b[q * ldb + j0..q * ldb + j0 + w]);
+                    for i in 0..R {
+                        let av = a[ar[i] + q];
+                        for (o, bx) in acc[i].iter_mut().zip(&bv) {
+                            *o = fmadd::<FMA>(av, *bx, *o);
+                        }
+                    }
+                }
+            }
+            for (i, ai) in acc.iter().enumerate().take(rows) {
+                for (o, v) in c[(i0 + i) * ldc + j0..(i0 + i) * ldc + j0 + w]
+                    .iter_mut()
+                    .zip(ai)
+                {
+                    *o += v;
+                }
+            }
+            j0 += W;
         }
+        i0 += R;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The conv as it was written first (one channel of one row at a time, libm's exp):
+    /// the plain form the row-wise form is tested against.
+    /// Depthwise causal conv1d + bias + SiLU over `n` rows `x[x_offset + t·x_stride ..][..cd]`
+    /// (kernels/conv1d.cu `conv1d_prefill_f32` + `conv1d_state_f32`, or `conv1d_update_f32`
+    /// for one row): `out[t, c] = silu(b[c] + Σ_j w[c, j] · input(t − (k−1) + j, c))`, where
+    /// inputs before the first row come from `conv_state` `[k-1, cd]` (oldest first);
+    /// `w` is `[cd, k]`; `out` `[n, cd]`. `conv_state` becomes the last `k - 1` inputs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn causal_conv1d_reference(
+        x: &[f32],
+        x_offset: usize,
+        x_stride: usize,
+        n: usize,
+        conv_state: &mut [f32],
+        w: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        cd: usize,
+        k: usize,
+    ) {
+        const OP: &str = "causal_conv1d";
+        assert!(k >= 1, "{OP}: conv kernel {k}");
+        if n == 0 {
+            return;
+        }
+        let past = k - 1;
+        need(OP, "x", x.len(), x_offset + (n - 1) * x_stride + cd);
+        need(OP, "conv_state", conv_state.len(), past * cd);
+        need(OP, "weight", w.len(), cd * k);
+        need(OP, "bias", b.len(), cd);
+        need(OP, "out", out.len(), n * cd);
+        // Input `s` (negative: from the window) of channel `c`.
+        let input = |st: &[f32], s: isize, c: usize| -> f32 {
+            if s < 0 {
+                st[(past as isize + s) as usize * cd + c]
+            } else {
+                x[x_offset + s as usize * x_stride + c]
+            }
+        };
+        for t in 0..n {
+            for c in 0..cd {
+                let mut acc = b[c];
+                for j in 0..k {
+                    acc += w[c * k + j]
+                        * input(conv_state, t as isize - past as isize + j as isize, c);
+                }
+                out[t * cd + c] = ops::silu(acc);
+            }
+        }
+        // The new window: the last k-1 inputs (some still from the old window when n < k-1).
+        let mut window = vec![0f32; past * cd];
+        for i in 0..past {
+            let s = n as isize - past as isize + i as isize;
+            for c in 0..cd {
+                window[i * cd + c] = input(conv_state, s, c);
+            }
+        }
+        conv_state[..past * cd].copy_from_slice(&window);
+    }
+
+    /// The scan as it was written first (one head at a time, every term a dot or an axpy):
+    /// the plain form the matrix form is tested against.
+    /// `n` prompt tokens of the selective scan in the SSD chunked form (kernels/ssm.cu
+    /// `ssd_scan_mma_*`), chunks of `chunk` tokens. Per head, with
+    /// `dt_t = max(softplus(dt_raw[dt_offset + t·dt_stride + head] + dt_bias), dt_min)` and
+    /// `a_t = A·dt_t`: within a chunk
+    /// `y_l = Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s + exp(cum_l) (S·C_l)`, then the
+    /// state passes on: `S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s`;
+    /// finally `y += D·x`. `xbc` `[n, cd]`, `y` `[n, d_inner]`. Heads run in parallel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ssd_chunked_reference<T: StateElem>(
+        s: &ScanShape,
+        n: usize,
+        chunk: usize,
+        xbc: &[f32],
+        dt_raw: &[f32],
+        dt_offset: usize,
+        dt_stride: usize,
+        dt_bias: &[f32],
+        a: &[f32],
+        d: &[f32],
+        dt_min: f32,
+        state: &mut [T],
+        y: &mut [f32],
+    ) {
+        const OP: &str = "ssd_chunked";
+        assert!(chunk >= 1, "{OP}: chunk {chunk}");
+        if n == 0 {
+            return;
+        }
+        let (h, p, ns, cd, di) = (s.heads, s.head_dim, s.d_state, s.conv_dim(), s.d_inner());
+        need(OP, "xbc", xbc.len(), n * cd);
+        need(
+            OP,
+            "dt_raw",
+            dt_raw.len(),
+            dt_offset + (n - 1) * dt_stride + h,
+        );
+        need(OP, "dt_bias", dt_bias.len(), h);
+        need(OP, "A", a.len(), h);
+        need(OP, "D", d.len(), h);
+        need(OP, "state", state.len(), h * s.head_state());
+        need(OP, "y", y.len(), n * di);
+        let hpg = s.heads_per_group();
+        let row = |t: usize| &xbc[t * cd..(t + 1) * cd];
+        let per_head: Vec<Vec<f32>> = state[..h * s.head_state()]
+            .par_chunks_mut(s.head_state())
+            .enumerate()
+            .map(|(hh, st)| {
+                let g = hh / hpg;
+                let ah = a[hh];
+                let dt: Vec<f32> = (0..n)
+                    .map(|t| {
+                        ops::softplus(dt_raw[dt_offset + t * dt_stride + hh] + dt_bias[hh])
+                            .max(dt_min)
+                    })
+                    .collect();
+                let xh = |t: usize| &row(t)[hh * p..(hh + 1) * p];
+                let mut yh = vec![0f32; n * p];
+                T::with_f32(st, |st| {
+                    let mut c0 = 0;
+                    while c0 < n {
+                        let l = chunk.min(n - c0);
+                        // a_l = A·dt_l and its running sum within the chunk.
+                        let da: Vec<f32> = (0..l).map(|i| ah * dt[c0 + i]).collect();
+                        let mut cum = vec![0f32; l];
+                        let mut sum = 0.0;
+                        for i in 0..l {
+                            sum += da[i];
+                            cum[i] = sum;
+                        }
+                        // Diagonal block: y_l += Σ_{s≤l} (C_l·B_s) exp(Σ_{i=s+1..l} a_i) dt_s x_s
+                        for li in 0..l {
+                            let cl = s.bc(row(c0 + li), g, 1);
+                            let yl = &mut yh[(c0 + li) * p..(c0 + li + 1) * p];
+                            let mut seg = 0f32; // Σ_{i=s+1..l} a_i, built from s = l downwards
+                            for si in (0..=li).rev() {
+                                if si < li {
+                                    seg += da[si + 1];
+                                }
+                                let w = simd::dot(cl, s.bc(row(c0 + si), g, 0))
+                                    * seg.exp()
+                                    * dt[c0 + si];
+                                simd::axpy(yl, w, xh(c0 + si));
+                            }
+                            // Off-diagonal: exp(cum_l) · (state_prev · C_l)
+                            let decay = cum[li].exp();
+                            for pi in 0..p {
+                                yl[pi] += decay * simd::dot(&st[pi * ns..(pi + 1) * ns], cl);
+                            }
+                        }
+                        // State passing: S ← exp(cum_last) S + Σ_s exp(cum_last − cum_s) dt_s x_s ⊗ B_s
+                        let e = cum[l - 1].exp();
+                        st.iter_mut().for_each(|v| *v *= e);
+                        let mut seg = 0f32; // Σ_{i=s+1..last} a_i
+                        for si in (0..l).rev() {
+                            if si + 1 < l {
+                                seg += da[si + 1];
+                            }
+                            let w = seg.exp() * dt[c0 + si];
+                            let bs = s.bc(row(c0 + si), g, 0);
+                            let xs = xh(c0 + si);
+                            for pi in 0..p {
+                                simd::axpy(&mut st[pi * ns..(pi + 1) * ns], w * xs[pi], bs);
+                            }
+                        }
+                        c0 += l;
+                    }
+                });
+                // D skip
+                for t in 0..n {
+                    let xs = xh(t);
+                    for pi in 0..p {
+                        yh[t * p + pi] += d[hh] * xs[pi];
+                    }
+                }
+                yh
+            })
+            .collect();
+        for (hh, yh) in per_head.iter().enumerate() {
+            for t in 0..n {
+                y[t * di + hh * p..t * di + (hh + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);
+            }
+        }
+    }
 
     /// xorshift: reproducible inputs in [-a, a).
     struct Rng(u64);
@@ -603,5 +1135,186 @@ mod tests {
         }
         assert_eq!(all, one);
         assert_eq!(st_all, st_one);
+    }
+
+    #[test]
+    fn the_row_wise_conv_equals_the_channel_by_channel_conv() {
+        // k = 4 (the models'), 9 (past the 8 taps held at once); n below, at and past k − 1.
+        for (cd, k, n, off, stride) in [
+            (37, 4, 1, 0, 37),
+            (37, 4, 2, 5, 50),
+            (160, 4, 70, 3, 170),
+            (33, 9, 20, 0, 33),
+            (33, 9, 3, 0, 33),
+        ] {
+            let mut r = Rng((cd * 100 + k * 10 + n) as u64);
+            let x = r.vec(off + n * stride + cd, 4.0);
+            let (w, b) = (r.vec(cd * k, 0.8), r.vec(cd, 0.5));
+            let start = r.vec((k - 1) * cd, 2.0);
+            let (mut st_new, mut st_ref) = (start.clone(), start);
+            let (mut got, mut want) = (vec![f32::NAN; n * cd], vec![f32::NAN; n * cd]);
+            causal_conv1d(&x, off, stride, n, &mut st_new, &w, &b, &mut got, cd, k);
+            causal_conv1d_reference(&x, off, stride, n, &mut st_ref, &w, &b, &mut want, cd, k);
+            assert_eq!(st_new, st_ref, "cd={cd} k={k} n={n}: window");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // The same sums; only SiLU's exp differs (ops::exp, ≤ 2 ulp, against libm).
+                assert!(
+                    (g - w).abs() <= 4.0 * f32::EPSILON * w.abs().max(1e-30),
+                    "cd={cd} k={k} n={n} at {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_matrix_form_of_the_scan_equals_the_plain_form_at_a_model_shape() {
+        // Nano 9B v2's scan shape scaled down in heads only: 64-wide heads, d_state 128,
+        // chunk 128, two chunks plus a ragged one.
+        let sh = ScanShape {
+            heads: 8,
+            head_dim: 64,
+            d_state: 128,
+            n_groups: 2,
+        };
+        let c = Case::new(sh, 300, 5);
+        let (got_y, got_s) = c.chunked(128, 1e-3);
+        let mut want_s = c.state.clone();
+        let mut want_y = vec![f32::NAN; c.n * sh.d_inner()];
+        ssd_chunked_reference(
+            &sh,
+            c.n,
+            128,
+            &c.xbc,
+            &c.dt_raw,
+            DT_OFFSET,
+            Case::stride(&sh),
+            &c.dt_bias,
+            &c.a,
+            &c.d,
+            1e-3,
+            &mut want_s,
+            &mut want_y,
+        );
+        assert_near("y", &got_y, &want_y, 2e-5);
+        assert_near("state", &got_s, &want_s, 2e-5);
+        // A half-precision state goes the same way.
+        let mut st16: Vec<half::f16> = c.state.iter().map(|v| half::f16::from_f32(*v)).collect();
+        let mut want16 = st16.clone();
+        let (mut y16, mut wy16) = (
+            vec![0f32; c.n * sh.d_inner()],
+            vec![0f32; c.n * sh.d_inner()],
+        );
+        ssd_chunked(
+            &sh,
+            c.n,
+            128,
+            &c.xbc,
+            &c.dt_raw,
+            DT_OFFSET,
+            Case::stride(&sh),
+            &c.dt_bias,
+            &c.a,
+            &c.d,
+            1e-3,
+            &mut st16,
+            &mut y16,
+        );
+        ssd_chunked_reference(
+            &sh,
+            c.n,
+            128,
+            &c.xbc,
+            &c.dt_raw,
+            DT_OFFSET,
+            Case::stride(&sh),
+            &c.dt_bias,
+            &c.a,
+            &c.d,
+            1e-3,
+            &mut want16,
+            &mut wy16,
+        );
+        assert_near("y (f16 state)", &y16, &wy16, 2e-5);
+        let (g16, w16): (Vec<f32>, Vec<f32>) = (
+            st16.iter().map(|v| v.to_f32()).collect(),
+            want16.iter().map(|v| v.to_f32()).collect(),
+        );
+        assert_near("f16 state", &g16, &w16, 2e-3);
+    }
+
+    /// `gemm_acc` at `level` against an f64 product, for every triangle mode and ragged
+    /// shapes (rows not a multiple of 4, columns not of 16, strides wider than the rows).
+    fn gemm_matches_f64(level: simd::Level) {
+        let mut r = Rng(99);
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 17, 3),
+            (8, 16, 8),
+            (13, 40, 29),
+            (64, 64, 128),
+            (7, 3, 0),
+        ] {
+            for tri in [Tri::None, Tri::A, Tri::C] {
+                let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
+                let mut a = r.vec(m * lda, 1.0);
+                if tri == Tri::A {
+                    for i in 0..m {
+                        for q in (i + 1)..k {
+                            a[i * lda + q] = 0.0;
+                        }
+                    }
+                }
+                let b = r.vec(k.max(1) * ldb, 1.0);
+                let c0 = r.vec(m * ldc, 1.0);
+                let mut c = c0.clone();
+                gemm_acc(level, tri, m, n, k, &a, lda, &b, ldb, &mut c, ldc);
+                for i in 0..m {
+                    for j in 0..n {
+                        if tri == Tri::C && j > i {
+                            continue;
+                        }
+                        let want = c0[i * ldc + j] as f64
+                            + (0..k)
+                                .map(|q| a[i * lda + q] as f64 * b[q * ldb + j] as f64)
+                                .sum::<f64>();
+                        let got = c[i * ldc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + k as f64),
+                            "{level:?} {tri:?} m={m} n={n} k={k} ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                    // Columns past n are never written.
+                    for j in n..ldc {
+                        assert_eq!(
+                            c[i * ldc + j],
+                            c0[i * ldc + j],
+                            "{level:?} {tri:?} wrote past n"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_products_match_f64_at_every_simd_level() {
+        gemm_matches_f64(simd::Level::Scalar);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                gemm_matches_f64(simd::Level::Avx2);
+            } else {
+                crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA");
+            }
+            if is_x86_feature_detected!("avx512f") {
+                gemm_matches_f64(simd::Level::Avx512);
+            } else {
+                crate::backend::cpu::skip_test("this CPU has no AVX-512");
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            gemm_matches_f64(simd::Level::Neon);
+        }
     }
 }
