@@ -22,6 +22,8 @@
 //! - Preparing a request costs one render and the tokens after the last shared turn
 //!   marker (`PromptBuilder`), never a pass per earlier message; the template renders in
 //!   its helper process under a step, memory and time budget (`chat::template_sandbox`).
+//!   A caller that rendered the request already (`render`, to choose a conversation)
+//!   hands that plan to `generate_rendered`, and nothing is rendered again.
 //! - A cancel is seen between every step of preparing a request (render, tokenization,
 //!   restore) and while the template renders or a long text is tokenized; what was
 //!   computed is dropped and the request ends with `EngineError::Cancelled`. Once feeding
@@ -511,13 +513,21 @@ impl Session {
         Ok(logits)
     }
 
-    /// Renders `req`, checks it fits, and restores the best reusable state for it;
-    /// returns the prompt and how many of its tokens are reused.
-    fn prepare(&mut self, req: &Request) -> Result<(PromptPlan, usize), EngineError> {
+    /// Renders `req` (unless `rendered` is its plan already), checks it fits, and
+    /// restores the best reusable state for it; returns the prompt and how many of its
+    /// tokens are reused.
+    fn prepare(
+        &mut self,
+        req: &Request,
+        rendered: Option<PromptPlan>,
+    ) -> Result<(PromptPlan, usize), EngineError> {
         if req.controls().is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let plan = self.render(req)?;
+        let plan = match rendered {
+            Some(p) => p,
+            None => self.render(req)?,
+        };
         let ctx = self.context();
         if plan.ids.len() >= ctx {
             return Err(EngineError::ContextOverflow {
@@ -540,7 +550,7 @@ impl Session {
     /// prompt tokens were reused and the logits for the first answer token. For checking
     /// a device against another, or reuse against a fresh session.
     pub fn prefill(&mut self, req: &Request) -> Result<(usize, Vec<f32>), EngineError> {
-        let (plan, reused) = self.prepare(req)?;
+        let (plan, reused) = self.prepare(req, None)?;
         let logits = match self.feed(&plan.ids[reused..], &plan.boundaries, req)? {
             StepLogits::Host(l) => l,
             StepLogits::Device => self.sequence.logits_to_host()?,
@@ -554,10 +564,30 @@ impl Session {
         req: &Request,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Done, EngineError> {
+        self.generate_from(req, None, emit)
+    }
+
+    /// `generate` with `plan`, what `render` gave for this same request just before (a
+    /// server that rendered it to choose the conversation): not rendered a second time.
+    pub fn generate_rendered(
+        &mut self,
+        req: &Request,
+        plan: PromptPlan,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
+        self.generate_from(req, Some(plan), emit)
+    }
+
+    fn generate_from(
+        &mut self,
+        req: &Request,
+        rendered: Option<PromptPlan>,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
         let t0 = Instant::now();
         // Before the prefill: a grammar that does not compile fails the request at once.
         let mut guide = self.guide(req)?;
-        let (plan, reused) = self.prepare(req)?;
+        let (plan, reused) = self.prepare(req, rendered)?;
         let ctx = self.context();
         emit(Event::Started {
             prompt_tokens: plan.ids.len(),
