@@ -810,7 +810,7 @@ fn sigterm_finishes_the_running_request_then_exits() {
 
 #[test]
 fn a_public_address_without_a_key_is_refused_in_one_line() {
-    let out = std::process::Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args(["serve", "--host", "0.0.0.0", "--model"])
         .arg(tiny())
         .env_remove("NEMO_SERVE_API_KEY")
