@@ -721,6 +721,9 @@ pub struct Request {
     pub tool_format: Option<ToolFormat>,
     /// Structured output for the answer.
     pub constraint: Option<Constraint>,
+    /// Log-probabilities: None, none computed; `Some(n)`, each generated token's and its
+    /// step's `n` most likely tokens (at most [`MAX_TOP_LOGPROBS`]), as `Event::Logprobs`.
+    pub logprobs: Option<usize>,
     thinking: ThinkingOptions,
     controls: Controls,
 }
@@ -740,6 +743,7 @@ impl Request {
             tool_choice: ToolChoice::Auto,
             tool_format: None,
             constraint: None,
+            logprobs: None,
             thinking,
             controls,
         }
@@ -852,6 +856,29 @@ pub struct ConstraintStats {
     pub mask_ms_p99: f64,
 }
 
+/// The most alternatives a request may ask for per token (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A token and its log-probability at a step (`engine::sampler` says over which
+/// distribution).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// What the token adds to the text (a special token: its name, e.g. `<think>`); one
+    /// token may hold part of a UTF-8 character.
+    pub bytes: Vec<u8>,
+    /// ln p ≤ 0; `-inf` for a token the distribution excluded.
+    pub logprob: f32,
+}
+
+/// One generated token's log-probability and its step's most likely tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratedLogprob {
+    pub token: TokenLogprob,
+    /// Best first, as many as `Request::logprobs` asked for.
+    pub top: Vec<TokenLogprob>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The prompt is rendered and tokenized; prefill starts.
@@ -861,6 +888,12 @@ pub enum Event {
     },
     Reasoning(String),
     Content(String),
+    /// With `Request::logprobs`: the tokens just generated, in order, sent before the
+    /// text they make (which may come later: held for a stop string, a tag or a call).
+    /// Every token counted in `completion_tokens` is listed once (not an EOS that ended
+    /// the turn); a token nemo forced (the grammar's only continuation, the end of
+    /// thinking a budget closes) has logprob 0 and is its own only alternative.
+    Logprobs(Vec<GeneratedLogprob>),
     /// The model called a tool (parsed whole from its output).
     ToolCall(ToolCall),
     /// One model step of an agent turn ended (its own `Done`); the turn goes on with the

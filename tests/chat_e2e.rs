@@ -6,7 +6,8 @@
 //! screen, and that the interrupted turn is saved. Needs tmux (`.ci/run` installs it);
 //! without it each test says `SKIP`, and fails under CI
 //! (tests/common/skip.rs). Each test runs its own tmux server (`-L`,
-//! no config file), so a developer's tmux setup changes nothing.
+//! no config file), so a developer's tmux setup changes nothing. One more runs the chat
+//! with `--endpoint` against `nemo serve` on the fixture.
 
 // Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
 // covers #[test] functions; this covers the helpers beside them, in every test crate.)
@@ -41,6 +42,13 @@ impl Chat {
 
     /// `start` with `config` as the chat's config.toml.
     fn start_with_config(name: &str, model: &Path, flags: &str, config: &str) -> Option<Chat> {
+        let args = format!("--model {} {flags}", model.display());
+        Chat::start_command(name, "", &args, config)
+    }
+
+    /// `nemo chat ARGS` (shell words after `chat`) with `env` (shell assignments) in its
+    /// environment and `config` as its config.toml.
+    fn start_command(name: &str, env: &str, args: &str, config: &str) -> Option<Chat> {
         if Command::new("tmux").arg("-V").output().is_err() {
             common::skip::require_or_skip("tmux is not installed (apt-get install tmux)");
             return None;
@@ -50,11 +58,10 @@ impl Chat {
         let exit_file = tmp.path().join("exit");
         let data_dir = tmp.path().join("data");
         let cmd = format!(
-            "NEMO_DEVICE=cpu NEMO_CONFIG={cfg} NEMO_DATA_DIR={data} {bin} chat --model {model} {flags}; echo $? > {exit}; sleep 600",
+            "{env} NEMO_DEVICE=cpu NEMO_CONFIG={cfg} NEMO_DATA_DIR={data} {bin} chat {args}; echo $? > {exit}; sleep 600",
             cfg = tmp.path().join("config.toml").display(),
             data = data_dir.display(),
             bin = common::nemo_bin().display(),
-            model = model.display(),
             exit = exit_file.display(),
         );
         let chat = Chat {
@@ -233,6 +240,44 @@ fn chat_in_a_terminal_with_budget_16_answers_and_quits_cleanly() {
     let saved = chat.saved_sessions();
     assert_eq!(saved.len(), 1, "no autosaved session");
     assert!(saved[0].contains("Why is the sky blue?"));
+}
+
+#[test]
+fn chat_with_an_endpoint_shows_the_servers_answer_and_quits_cleanly() {
+    // `nemo serve` on the fixture (stopped when `server` drops, the test failing or not),
+    // and the chat against it. The server holds the answer to one text, which the chat
+    // can only show if it came from there.
+    let server = common::serve::Server::start(&common::fixture("nemotron_h_tiny"), &[]);
+    let answer = "Rayleigh scattering makes it blue";
+    let env = format!(
+        r#"NEMO_ENDPOINT_EXTRA_BODY='{{"structured_outputs": {{"choice": ["{answer}"]}}}}' NEMO_API_KEY= OPENAI_API_KEY="#
+    );
+    let args = format!(
+        "--endpoint {} --no-think --temperature 0 --max-tokens 40 --tools none",
+        server.base
+    );
+    let Some(chat) = Chat::start_command("endpoint", &env, &args, "") else {
+        return;
+    };
+    let screen = chat.wait_for("Type a message", Duration::from_secs(30));
+    assert!(
+        screen.contains("endpoint · 127.0.0.1:"),
+        "the status bar does not name the endpoint:\n{screen}"
+    );
+    chat.keys(&["Why is the sky blue?", "Enter"]);
+    let screen = chat.wait_for(answer, Duration::from_secs(60));
+    assert!(screen.contains("Why is the sky blue?"), "{screen}");
+    chat.wait_for("○ idle", Duration::from_secs(30));
+    chat.keys(&["/quit", "Enter"]);
+    assert_eq!(chat.exit_code(Duration::from_secs(10)), "0", "exit code");
+    assert!(!chat.alternate_screen_on(), "the terminal was not restored");
+    // The server answered it (one chat completion, 200).
+    assert_eq!(
+        server.metric("nemo_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}"),
+        1.0,
+        "{}",
+        server.log()
+    );
 }
 
 #[test]

@@ -517,6 +517,54 @@ mod gpu {
         }
     }
 
+    /// Log-probabilities asked for on the GPU: every token is picked by the host sampler
+    /// on the downloaded logits (none drawn on the device), so the numbers are its own:
+    /// one entry per token, the greedy token its step's best, and the tokens and numbers
+    /// of a session with device sampling off.
+    #[test]
+    fn logprobs_on_the_gpu_take_the_host_path() {
+        let Some(g) = gpu("gpu logprobs") else {
+            return;
+        };
+        let f = fixture("nemotron_h_tiny");
+        let m = upload(&g, &f);
+        let mut req = sampled(SamplingParams::default(), 16);
+        req.logprobs = Some(3);
+        let run = |device_sampling: bool| {
+            let mut s = gpu_session(&g, &m, &f, opts(caches()[0]));
+            s.set_device_sampling(device_sampling);
+            let mut entries = Vec::new();
+            let done = s
+                .generate(&req, &mut |e| {
+                    if let Event::Logprobs(v) = e {
+                        entries.extend(v);
+                    }
+                })
+                .unwrap();
+            assert_eq!(entries.len(), done.usage.completion_tokens);
+            (entries, s.device_draws())
+        };
+        let (got, draws) = run(true);
+        assert_eq!(draws, 0, "drawn on the device with logprobs asked for");
+        assert!(!got.is_empty());
+        for e in &got {
+            assert!(e.token.logprob <= 0.0, "{e:?}");
+            assert_eq!(e.top.len(), 3, "{e:?}");
+            assert_eq!(e.top[0].id, e.token.id, "{e:?}");
+        }
+        let (want, _) = run(false);
+        assert_eq!(
+            got.iter().map(|e| e.token.id).collect::<Vec<_>>(),
+            want.iter().map(|e| e.token.id).collect::<Vec<_>>()
+        );
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a.token.logprob - b.token.logprob).abs() < 1e-4,
+                "{a:?} {b:?}"
+            );
+        }
+    }
+
     /// Temperature 1, top-p 0.9 and a seed: the uniforms come from the seeded host
     /// generator, so two GPU sessions write the same text; another seed another text.
     #[test]

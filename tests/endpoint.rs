@@ -121,7 +121,7 @@ impl Drop for LlamaServer {
 }
 
 fn nemo(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(common::nemo_bin())
+    common::nemo_command()
         .args(args)
         .env_remove("NEMO_MODEL")
         .env_remove("NEMO_API_KEY")
@@ -417,7 +417,7 @@ fn a_dropped_connection_ends_the_turn_with_a_message_and_keeps_the_partial_answe
         &["--context", "200000"],
     );
     let base = server.base.clone();
-    let child = Command::new(common::nemo_bin())
+    let child = common::nemo_command()
         .args([
             "run",
             "--endpoint",

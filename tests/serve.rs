@@ -238,6 +238,232 @@ print(json.dumps({"text": r.choices[0].text, "s": s, "usage": r.usage.model_dump
     assert_eq!(v["usage"]["completion_tokens"], 12);
 }
 
+/// Checks one choice's chat `logprobs.content` against itself and the answer: every entry
+/// ≤ 0 with `top` alternatives, best first, holding at most all of the probability; the
+/// tokens' bytes spell `text`. With `greedy`, each token is its step's most likely one.
+fn check_chat_logprobs(v: &Value, content: &Value, text: &str, top: usize, greedy: bool) {
+    let entries = content.as_array().unwrap();
+    let mut bytes = Vec::new();
+    for e in entries {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let alts = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(alts.len(), top, "{e}");
+        let alt_lps: Vec<f64> = alts
+            .iter()
+            .map(|a| a["logprob"].as_f64().unwrap())
+            .collect();
+        assert!(alt_lps.windows(2).all(|w| w[0] >= w[1]), "not sorted: {e}");
+        let mass: f64 = alt_lps.iter().map(|l| l.exp()).sum();
+        assert!(mass <= 1.0 + 1e-6, "{mass}: {e}");
+        if greedy {
+            assert_eq!(alts[0]["token"], e["token"], "{e}");
+            assert_eq!(alts[0]["bytes"], e["bytes"], "{e}");
+            assert_eq!(alts[0]["logprob"], e["logprob"], "{e}");
+        } else {
+            // Below the best alternative (or it).
+            assert!(lp <= alt_lps[0], "{e}");
+        }
+        for b in e["bytes"].as_array().unwrap() {
+            bytes.push(b.as_u64().unwrap() as u8);
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), text, "{v}");
+}
+
+#[test]
+fn chat_logprobs_are_sorted_greedy_spell_the_answer_and_stream_alike() {
+    let Some(py) = python() else { return };
+    let server = Server::start(&tiny(), &[]);
+    let v = client(
+        &py,
+        &server,
+        "none",
+        r#"
+args = dict(model="nemotron_h_tiny", messages=[{"role": "user", "content": "Hi there"}],
+            max_tokens=16, temperature=0, logprobs=True, top_logprobs=3,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+r = client.chat.completions.create(**args)
+chunks = list(client.chat.completions.create(stream=True, **args))
+s_lp = [t.model_dump() for c in chunks if c.choices and c.choices[0].logprobs
+        for t in (c.choices[0].logprobs.content or [])]
+s_text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+# Structured: the grammar forces the rest of a choice once its first token is drawn.
+choices = ["yes please", "no thanks"]
+g = client.chat.completions.create(model="nemotron_h_tiny",
+    messages=[{"role": "user", "content": "Pick"}], max_tokens=20, temperature=1, seed=4,
+    logprobs=True, top_logprobs=5,
+    extra_body={"structured_outputs": {"choice": choices}, "chat_template_kwargs": {"enable_thinking": False}})
+plain = client.chat.completions.create(model="nemotron_h_tiny",
+    messages=[{"role": "user", "content": "Hi there"}], max_tokens=4)
+print(json.dumps({"content": r.choices[0].message.content,
+  "lp": r.choices[0].logprobs.model_dump()["content"], "usage": r.usage.model_dump(),
+  "s_lp": s_lp, "s_text": s_text,
+  "g_content": g.choices[0].message.content, "g_lp": g.choices[0].logprobs.model_dump()["content"],
+  "g_usage": g.usage.model_dump(), "plain_lp": plain.choices[0].logprobs}))
+"#,
+    );
+    let text = v["content"].as_str().unwrap();
+    check_chat_logprobs(&v, &v["lp"], text, 3, true);
+    // One entry per generated token (an EOS that ends the answer is not one).
+    assert_eq!(
+        v["lp"].as_array().unwrap().len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+    // Streamed: the same tokens with the same numbers, spread over the chunks.
+    assert_eq!(v["s_text"], v["content"], "{v}");
+    assert_eq!(v["s_lp"], v["lp"], "{v}");
+    // Under the grammar: the answer is a choice, spelled by its tokens; a token the
+    // grammar forced has logprob 0 and is its own only alternative, and a drawn one's
+    // alternatives are all tokens the grammar allowed there (each continues a choice).
+    let g = v["g_content"].as_str().unwrap();
+    assert!(g == "yes please" || g == "no thanks", "{v}");
+    let entries = v["g_lp"].as_array().unwrap();
+    assert_eq!(
+        entries.len() as u64,
+        v["g_usage"]["completion_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+    let mut spelled: Vec<u8> = Vec::new();
+    let mut forced = 0;
+    for e in entries {
+        let alts = e["top_logprobs"].as_array().unwrap();
+        if e["logprob"].as_f64().unwrap() == 0.0 && alts.len() == 1 {
+            forced += 1;
+            assert_eq!(alts[0]["token"], e["token"], "{e}");
+        } else {
+            assert!(!alts.is_empty() && alts.len() <= 5, "{e}");
+            for a in alts {
+                let mut next = spelled.clone();
+                next.extend(
+                    a["bytes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|b| b.as_u64().unwrap() as u8),
+                );
+                let next = String::from_utf8_lossy(&next).into_owned();
+                assert!(
+                    ["yes please", "no thanks"]
+                        .iter()
+                        .any(|c| c.starts_with(&next)),
+                    "a masked-out alternative {next:?}: {e}"
+                );
+            }
+        }
+        spelled.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(String::from_utf8_lossy(&spelled), g, "{v}");
+    assert!(forced > 0, "no token was forced: {v}");
+    // Not asked for: none.
+    assert!(v["plain_lp"].is_null(), "{v}");
+}
+
+/// log-softmax of `row` in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let z = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    row.iter().map(|&x| x as f64 - z).collect()
+}
+
+#[test]
+fn completion_logprobs_equal_the_log_softmax_of_the_reference_logits() {
+    let Some(py) = python() else { return };
+    // The fixture's reference (tests/fixtures/make_fixtures.py, transformers): the `long`
+    // prompt's logits and the greedy tokens after it with their logits.
+    let r = common::Reference::load("nemotron_h_tiny");
+    let dec = &r.json["decode"];
+    let prompt = r.prompt(dec["prompt"].as_str().unwrap());
+    let generated: Vec<u32> = dec["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let mut rows = vec![prompt.logits.last().unwrap().clone()];
+    rows.extend(r.matrix(&dec["logits"]));
+    // The prompt as text that nemo's raw completion tokenizes back to the same ids.
+    let folder = nemo::model::ModelFolder::open(&tiny()).unwrap();
+    let text = folder.tokenizer.decode(&prompt.ids, false).unwrap();
+    let back = folder.tokenizer.encode(text.as_str(), false).unwrap();
+    assert_eq!(back.get_ids(), prompt.ids.as_slice(), "{text:?}");
+
+    let server = Server::start(&tiny(), &[]);
+    let v = client(
+        &py,
+        &server,
+        "none",
+        &format!(
+            r#"
+r = client.completions.create(model="nemotron_h_tiny", prompt=json.loads({prompt}),
+    max_tokens={n}, temperature=0, logprobs=3)
+print(json.dumps(r.choices[0].logprobs.model_dump()))
+"#,
+            prompt = serde_json::to_string(&serde_json::to_string(&text).unwrap()).unwrap(),
+            n = generated.len(),
+        ),
+    );
+    let token_lps = v["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_lps.len(), generated.len(), "{v}");
+    let tol = 1e-3;
+    for (k, &id) in generated.iter().enumerate() {
+        let want = log_softmax(&rows[k]);
+        let got = token_lps[k].as_f64().unwrap();
+        assert!(
+            (got - want[id as usize]).abs() < tol,
+            "token {k}: {got} against {}",
+            want[id as usize]
+        );
+        // The dict: the 3 most likely, the greedy token first among them (two tokens
+        // with the same text, e.g. two halves of characters as U+FFFD, share a key).
+        let mut best = want.clone();
+        best.sort_by(|a, b| b.total_cmp(a));
+        let best = &best[..3];
+        let mut alts: Vec<f64> = v["top_logprobs"][k]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        alts.sort_by(|a, b| b.total_cmp(a));
+        assert!((1..=3).contains(&alts.len()), "{v}");
+        assert!(
+            (alts[0] - best[0]).abs() < tol,
+            "token {k}: {alts:?} against {best:?}"
+        );
+        assert!(
+            (got - best[0]).abs() < tol,
+            "token {k} is not the greedy one"
+        );
+        for a in &alts {
+            assert!(
+                best.iter().any(|b| (a - b).abs() < tol),
+                "token {k}: {alts:?} against {best:?}"
+            );
+        }
+    }
+    // Offsets: each token starts where the one before ended.
+    let tokens = v["tokens"].as_array().unwrap();
+    let offsets = v["text_offset"].as_array().unwrap();
+    let mut at = 0;
+    for (t, o) in tokens.iter().zip(offsets) {
+        assert_eq!(o.as_u64().unwrap(), at, "{v}");
+        at += t.as_str().unwrap().chars().count() as u64;
+    }
+}
+
 /// Raw HTTP: status and body of `method path` with `body`.
 fn http(server: &Server, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
     let mut r = ureq::request(method, &format!("{}{path}", server.origin()));
@@ -330,7 +556,16 @@ print(json.dumps(out))
         "POST",
         "/v1/chat/completions",
         k,
-        &format!(r#"{{{msgs}, "logprobs": true}}"#),
+        &format!(r#"{{{msgs}, "logprobs": true, "top_logprobs": 21}}"#),
+    );
+    assert_eq!(s, 400);
+    check_error(&b, Some("top_logprobs"));
+    let (s, b) = http(
+        &server,
+        "POST",
+        "/v1/completions",
+        k,
+        r#"{"prompt": "x", "logprobs": 21}"#,
     );
     assert_eq!(s, 400);
     check_error(&b, Some("logprobs"));
@@ -575,7 +810,7 @@ fn sigterm_finishes_the_running_request_then_exits() {
 
 #[test]
 fn a_public_address_without_a_key_is_refused_in_one_line() {
-    let out = std::process::Command::new(common::nemo_bin())
+    let out = common::nemo_command()
         .args(["serve", "--host", "0.0.0.0", "--model"])
         .arg(tiny())
         .env_remove("NEMO_SERVE_API_KEY")

@@ -688,8 +688,12 @@ fn print_events(
                 }
                 return Err(anyhow::anyhow!(e));
             }
-            // `run` asks no one: a call that would ask is refused by the agent loop.
-            Event::Started { .. } | Event::Progress { .. } | Event::ApprovalNeeded(_) => {}
+            // `run` asks no one: a call that would ask is refused by the agent loop; and it
+            // asks for no log-probabilities.
+            Event::Started { .. }
+            | Event::Progress { .. }
+            | Event::ApprovalNeeded(_)
+            | Event::Logprobs(_) => {}
         }
     }
 }

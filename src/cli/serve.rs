@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub max_queue: usize,
     /// Conversations whose sequence state is kept for reuse (LRU), each its Mamba
-    /// checkpoints and a copy of its KV rows.
+    /// checkpoints and a copy of its KV rows (on the GPU: 1).
     #[arg(long, default_value_t = 4)]
     pub max_sessions: usize,
     /// Context length (default: the model's; on the GPU at most what fits).
@@ -70,12 +70,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = &placed.notice {
         eprintln!("nemo: {n}");
     }
-    if a.max_sessions > 1 && !placed.session.can_park() {
+    // On the GPU one conversation is kept: its caches are allocated once on the device,
+    // and parking others is neither in the GPU memory plan nor written. Said at start.
+    let max_sessions = if a.max_sessions > 1 && !placed.session.can_park() {
         eprintln!(
-            "nemo serve: on {} one conversation's state is kept (--max-sessions applies on the CPU)",
-            placed.device
+            "nemo serve: warning: --max-sessions {}: on the GPU serve keeps one conversation (its caches are allocated once on the device, and kept conversations are not in the GPU memory plan); keeping 1",
+            a.max_sessions
         );
-    }
+        1
+    } else {
+        a.max_sessions
+    };
     let served = a.served_model_name.clone().unwrap_or_else(|| {
         let name = choice.name.clone();
         name.strip_suffix(".gguf")
@@ -88,15 +93,17 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         served_model_name: served.clone(),
         max_queue: a.max_queue,
-        max_sessions: a.max_sessions,
+        max_sessions,
         sampling,
         device: placed.device.clone(),
     };
-    let (max_queue, max_sessions, device) = (a.max_queue, a.max_sessions, placed.device.clone());
+    let (max_queue, device) = (a.max_queue, placed.device.clone());
+    let kept = match max_sessions {
+        1 => "1 conversation kept".to_string(),
+        n => format!("{n} conversations kept"),
+    };
     nemo::serve::run(cfg, placed.session, |addr| {
-        eprintln!(
-            "nemo serve: {served} on {device}, max queue {max_queue}, {max_sessions} conversations kept"
-        );
+        eprintln!("nemo serve: {served} on {device}, max queue {max_queue}, {kept}");
         eprintln!("nemo serve: listening on http://{addr}/v1");
     })?;
     eprintln!("nemo serve: stopped");

@@ -5,6 +5,7 @@
 pub mod detokenizer;
 pub mod engine_thread;
 pub mod grammar;
+pub mod logprobs;
 pub mod prompt;
 pub mod sampler;
 pub mod sequence;

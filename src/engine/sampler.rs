@@ -32,6 +32,21 @@
 //! - With a vocabulary of ~131k, no full sort happens when `top_k` is set
 //!   (`select_nth_unstable`), and top-p sorts only a bounded head of the candidates
 //!   unless that head holds less than `top_p` of the mass.
+//!
+//! Log-probabilities (`sample_with_logprobs`, what `logprobs` / `top_logprobs` of
+//! `nemo serve` report) are the log-softmax of the model's logits with step 0 applied and
+//! nothing after it: vLLM's default (`logprobs_mode = raw_logprobs`, where the structured
+//! output bitmask is applied to the logits before its sampler and the penalties,
+//! temperature and filters after). So they are the model's own numbers, the same at every
+//! temperature (as OpenAI's are), which is what a client computing a perplexity, a
+//! confidence or a classifier score from them expects; the distribution a token was drawn
+//! from is a function of them and of the sampling parameters the client sent. Under a
+//! grammar they are over what the grammar allowed (the chosen token's probability among
+//! the tokens it could have been; a disallowed token is never an alternative). The bans
+//! (`banned`: the end of thinking before its minimum) and the penalties do not change
+//! them, as vLLM's `min_tokens` and penalties do not change its raw ones: with neither,
+//! a greedy token is the most likely alternative. Ln Z is summed in f64; a token outside
+//! the mask has `-inf`. Nothing of this is computed unless asked for.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,6 +64,18 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// Scratch: distinct tokens of the history.
     seen: Vec<u32>,
+    /// Scratch: the masked logits before bans and penalties (`sample_with_logprobs`).
+    raw: Vec<f32>,
+}
+
+/// One step's log-probabilities (see the module doc for the distribution).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLogprobs {
+    /// The chosen token's.
+    pub chosen: f32,
+    /// The most likely tokens, best first (ties → lowest id), as many as asked for (fewer
+    /// when fewer tokens have a finite logit).
+    pub top: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -64,6 +91,7 @@ impl Sampler {
             rng: Xoshiro256StarStar::seed_from_u64(seed),
             candidates: Vec::new(),
             seen: Vec::new(),
+            raw: Vec::new(),
         }
     }
 
@@ -94,6 +122,53 @@ impl Sampler {
         if let Some(mask) = allowed {
             apply_mask(logits, mask);
         }
+        self.draw(logits, history, banned, allowed)
+    }
+
+    /// `sample_masked`, and the step's log-probabilities: the chosen token's and the `top`
+    /// most likely ones' (see the module doc). The same token as `sample_masked` draws
+    /// with the same generator state.
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        banned: &[u32],
+        allowed: Option<&[u32]>,
+        top: usize,
+    ) -> (u32, StepLogprobs) {
+        if let Some(mask) = allowed {
+            apply_mask(logits, mask);
+        }
+        let mut raw = std::mem::take(&mut self.raw);
+        raw.clear();
+        raw.extend_from_slice(logits);
+        let id = self.draw(logits, history, banned, allowed);
+        let ln_z = log_normalizer(&raw);
+        let logprob = |l: f32| match ln_z {
+            Some(z) if l.is_finite() => (f64::from(l) - z) as f32,
+            _ => f32::NEG_INFINITY,
+        };
+        let lp = StepLogprobs {
+            chosen: raw
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+            top: most_likely(&raw, top)
+                .into_iter()
+                .map(|(i, l)| (i, logprob(l)))
+                .collect(),
+        };
+        self.raw = raw;
+        (id, lp)
+    }
+
+    /// Steps 1-5 on logits the mask (if any) has been applied to.
+    fn draw(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        banned: &[u32],
+        allowed: Option<&[u32]>,
+    ) -> u32 {
         let greedy = |logits: &[f32]| greedy(logits, banned, allowed);
         for &id in banned {
             if let Some(l) = logits.get_mut(id as usize) {
@@ -226,6 +301,42 @@ fn prefix_reaching(sorted: &[(u32, f32)], top_p: f32) -> Option<usize> {
         }
     }
     None
+}
+
+/// ln Σ exp(l) over the finite logits (max-shifted, summed in f64); None when none is.
+fn log_normalizer(logits: &[f32]) -> Option<f64> {
+    let max = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    if !max.is_finite() {
+        return None;
+    }
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| (f64::from(l) - f64::from(max)).exp())
+        .sum();
+    Some(f64::from(max) + sum.ln())
+}
+
+/// The `n` largest finite logits with their ids, best first, ties → lowest id; one pass
+/// with a sorted buffer of at most `n` (n is small: OpenAI allows 20).
+fn most_likely(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return top;
+    }
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_finite() || top.len() == n && top.last().is_some_and(|t| l <= t.1) {
+            continue;
+        }
+        // After the equal ones: they have lower ids.
+        let at = top.partition_point(|t| t.1 >= l);
+        top.insert(at, (i as u32, l));
+        top.truncate(n);
+    }
+    top
 }
 
 /// Sets every logit outside `mask` to `-inf` (see the module doc for the layout).
@@ -654,6 +765,107 @@ mod tests {
         assert!((mean - 0.5).abs() < 0.015, "mean {mean}");
         // The largest value the generator can give stays below 1 as an f32.
         assert!(((u64::MAX >> 40) as f32 * (1.0 / (1u64 << 24) as f32)) < 1.0);
+    }
+
+    fn close(got: f32, want: f64) -> bool {
+        (f64::from(got) - want).abs() < 1e-6
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_logits() {
+        // ln(e^1 + e^2 + e^3 + e^0) = 3.4401896985611953 (by hand, and in Python).
+        let base = [1.0f32, 2.0, 3.0, 0.0];
+        let mut s = Sampler::new(params(0.0));
+        let (id, lp) = s.sample_with_logprobs(&mut base.clone(), &[], &[], None, 2);
+        assert_eq!(id, 2);
+        assert!(close(lp.chosen, -0.4401896985611953), "{lp:?}");
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!((lp.top[0].0, lp.top[1].0), (2, 1));
+        assert!(close(lp.top[0].1, -0.4401896985611953), "{lp:?}");
+        assert!(close(lp.top[1].1, -1.4401896985611953), "{lp:?}");
+        // More alternatives than tokens: all of them, best first.
+        let (_, lp) = s.sample_with_logprobs(&mut base.clone(), &[], &[], None, 20);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![2, 1, 0, 3]);
+        assert!(close(lp.top[3].1, -3.4401896985611953), "{lp:?}");
+        // None asked for: none computed.
+        let (_, lp) = s.sample_with_logprobs(&mut base.clone(), &[], &[], None, 0);
+        assert!(lp.top.is_empty());
+        // Ties: the lower id first; ln(e / (2e + 1)) = -0.8619948040582511.
+        let (id, lp) = s.sample_with_logprobs(&mut [1.0, 1.0, 0.0], &[], &[], None, 3);
+        assert_eq!(id, 0);
+        assert_eq!(
+            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(close(lp.chosen, -0.8619948040582511), "{lp:?}");
+        assert!(close(lp.top[2].1, -1.861994804058251), "{lp:?}");
+    }
+
+    #[test]
+    fn logprobs_under_a_mask_are_over_the_allowed_tokens() {
+        // Token 2 is outside the mask: ln(e^1 + e^2 + e^0) = 2.40760596444438.
+        let mask = mask_of(4, &[0, 1, 3]);
+        let mut s = Sampler::new(params(0.0));
+        let (id, lp) = s.sample_with_logprobs(&mut [1.0, 2.0, 3.0, 0.0], &[], &[], Some(&mask), 4);
+        assert_eq!(id, 1);
+        assert!(close(lp.chosen, -0.40760596444438013), "{lp:?}");
+        assert_eq!(
+            lp.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1, 0, 3]
+        );
+        assert!(close(lp.top[2].1, -2.40760596444438), "{lp:?}");
+        // Nothing allowed is finite: the fallback token, with probability 0.
+        let mask = mask_of(3, &[1]);
+        let (id, lp) =
+            s.sample_with_logprobs(&mut [1.0, f32::NEG_INFINITY, 0.0], &[], &[], Some(&mask), 2);
+        assert_eq!(id, 1);
+        assert_eq!(lp.chosen, f32::NEG_INFINITY);
+        assert!(lp.top.is_empty());
+    }
+
+    #[test]
+    fn logprobs_ignore_penalties_bans_and_temperature() {
+        let base = [1.0f32, 2.0, 3.0, 0.0];
+        // The penalty moves greedy to token 1 (3 / 2 < 2); its logprob is the model's.
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(0.0)
+        });
+        let (id, lp) = s.sample_with_logprobs(&mut base.clone(), &[2], &[], None, 1);
+        assert_eq!(id, 1);
+        assert!(close(lp.chosen, -1.4401896985611953), "{lp:?}");
+        assert_eq!(lp.top[0].0, 2);
+        // A ban likewise.
+        let mut g = Sampler::new(params(0.0));
+        let (id, lp) = g.sample_with_logprobs(&mut base.clone(), &[], &[2], None, 1);
+        assert_eq!(id, 1);
+        assert!(close(lp.chosen, -1.4401896985611953), "{lp:?}");
+        // Any temperature: the same numbers, and the same draws as `sample_masked`.
+        let l = logits(5000, 9);
+        let want = {
+            let mut g = Sampler::new(params(0.0));
+            g.sample_with_logprobs(&mut l.clone(), &[], &[], None, 5)
+                .1
+                .top
+        };
+        let p = SamplingParams {
+            temperature: 1.3,
+            top_k: 40,
+            seed: Some(5),
+            ..SamplingParams::default()
+        };
+        let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
+        for _ in 0..50 {
+            let (id, lp) = a.sample_with_logprobs(&mut l.clone(), &[], &[], None, 5);
+            assert_eq!(id, b.sample(&mut l.clone(), &[], &[]));
+            assert_eq!(lp.top, want);
+            let chosen = want.iter().find(|t| t.0 == id).map(|t| t.1);
+            if let Some(c) = chosen {
+                assert_eq!(lp.chosen, c);
+            }
+            assert!(lp.chosen <= 0.0);
+        }
     }
 
     #[test]

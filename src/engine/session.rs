@@ -22,6 +22,12 @@
 //! - Preparing a request costs one render and the tokens after the last shared turn
 //!   marker (`PromptBuilder`), never a pass per earlier message; the template renders in
 //!   its helper process under a step, memory and time budget (`chat::template_sandbox`).
+//!   A caller that rendered the request already (`render`, to choose a conversation)
+//!   hands that plan to `generate_rendered`, and nothing is rendered again.
+//! - With `Request::logprobs` every token is picked by the host `Sampler` (a GPU's logits
+//!   come over: the numbers are the sampler's, `engine::sampler`'s module doc), and each
+//!   generated token's entry goes out as `Event::Logprobs` before its text
+//!   (`engine::logprobs`). Without it nothing of this is computed.
 //! - A cancel is seen between every step of preparing a request (render, tokenization,
 //!   restore) and while the template renders or a long text is tokenized; what was
 //!   computed is dropped and the request ends with `EngineError::Cancelled`. Once feeding
@@ -34,10 +40,11 @@ use tokenizers::Tokenizer;
 
 use super::detokenizer::Detokenizer;
 use super::grammar::{Grammar, Guide, Vocabulary};
+use super::logprobs::Logprobs;
 use super::prompt::{
     PromptBuilder, PromptPlan, PromptStats, PromptTools, ToolSupport, THINK_END, THINK_START,
 };
-use super::sampler::Sampler;
+use super::sampler::{Sampler, StepLogprobs};
 use super::sequence::{Checkpoint, Sequence, StepLogits};
 use super::stop::StopMatcher;
 use super::thinking::{Action, ThinkingController};
@@ -441,22 +448,28 @@ impl Session {
     }
 
     /// Picks the next token from `logits`: on the device when the sequence can draw with
-    /// these parameters and bans and there is no grammar mask, else with the host
-    /// `sampler` (logits brought over), restricted to `allowed` when given.
+    /// these parameters and bans, there is no grammar mask and no log-probabilities are
+    /// asked for, else with the host `sampler` (logits brought over), restricted to
+    /// `allowed` when given. With `logprobs` (alternatives wanted), the step's numbers
+    /// too (`sampler`'s module doc).
     fn pick(
         &mut self,
         logits: StepLogits,
         sampler: &mut Sampler,
         banned: &[u32],
         allowed: Option<&[u32]>,
-    ) -> Result<u32, EngineError> {
+        logprobs: Option<usize>,
+    ) -> Result<(u32, Option<StepLogprobs>), EngineError> {
         let mut host = match logits {
             StepLogits::Host(l) => l,
-            StepLogits::Device if self.sequence.can_draw() && allowed.is_none() => {
+            StepLogits::Device
+                if self.sequence.can_draw() && allowed.is_none() && logprobs.is_none() =>
+            {
                 let u = sampler.next_uniform();
-                return self
+                let id = self
                     .sequence
-                    .draw(sampler.params(), &self.tokens, banned, u);
+                    .draw(sampler.params(), &self.tokens, banned, u)?;
+                return Ok((id, None));
             }
             StepLogits::Device => self.sequence.logits_to_host()?,
         };
@@ -469,7 +482,17 @@ impl Session {
             }
             .into());
         }
-        Ok(sampler.sample_masked(&mut host, &self.tokens, banned, allowed))
+        Ok(match logprobs {
+            None => (
+                sampler.sample_masked(&mut host, &self.tokens, banned, allowed),
+                None,
+            ),
+            Some(top) => {
+                let (id, step) =
+                    sampler.sample_with_logprobs(&mut host, &self.tokens, banned, allowed, top);
+                (id, Some(step))
+            }
+        })
     }
 
     /// Feeds `ids` (after what is in the state), checkpointing at `boundaries` (absolute
@@ -511,13 +534,21 @@ impl Session {
         Ok(logits)
     }
 
-    /// Renders `req`, checks it fits, and restores the best reusable state for it;
-    /// returns the prompt and how many of its tokens are reused.
-    fn prepare(&mut self, req: &Request) -> Result<(PromptPlan, usize), EngineError> {
+    /// Renders `req` (unless `rendered` is its plan already), checks it fits, and
+    /// restores the best reusable state for it; returns the prompt and how many of its
+    /// tokens are reused.
+    fn prepare(
+        &mut self,
+        req: &Request,
+        rendered: Option<PromptPlan>,
+    ) -> Result<(PromptPlan, usize), EngineError> {
         if req.controls().is_cancelled() {
             return Err(EngineError::Cancelled);
         }
-        let plan = self.render(req)?;
+        let plan = match rendered {
+            Some(p) => p,
+            None => self.render(req)?,
+        };
         let ctx = self.context();
         if plan.ids.len() >= ctx {
             return Err(EngineError::ContextOverflow {
@@ -540,7 +571,7 @@ impl Session {
     /// prompt tokens were reused and the logits for the first answer token. For checking
     /// a device against another, or reuse against a fresh session.
     pub fn prefill(&mut self, req: &Request) -> Result<(usize, Vec<f32>), EngineError> {
-        let (plan, reused) = self.prepare(req)?;
+        let (plan, reused) = self.prepare(req, None)?;
         let logits = match self.feed(&plan.ids[reused..], &plan.boundaries, req)? {
             StepLogits::Host(l) => l,
             StepLogits::Device => self.sequence.logits_to_host()?,
@@ -554,10 +585,40 @@ impl Session {
         req: &Request,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Done, EngineError> {
+        self.generate_from(req, None, emit)
+    }
+
+    /// `generate` with `plan`, what `render` gave for this same request just before (a
+    /// server that rendered it to choose the conversation): not rendered a second time.
+    pub fn generate_rendered(
+        &mut self,
+        req: &Request,
+        plan: PromptPlan,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
+        self.generate_from(req, Some(plan), emit)
+    }
+
+    fn generate_from(
+        &mut self,
+        req: &Request,
+        rendered: Option<PromptPlan>,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Done, EngineError> {
         let t0 = Instant::now();
         // Before the prefill: a grammar that does not compile fails the request at once.
         let mut guide = self.guide(req)?;
-        let (plan, reused) = self.prepare(req)?;
+        // The token table they need failing is the model's fault, not the request's.
+        let logprobs = match req.logprobs {
+            Some(top) => {
+                let vocab = self.vocabulary().map_err(|e| {
+                    EngineError::Tokenizer(format!("the tokens' bytes for logprobs: {e}"))
+                })?;
+                Some(Logprobs::new(vocab, top))
+            }
+            None => None,
+        };
+        let (plan, reused) = self.prepare(req, rendered)?;
         let ctx = self.context();
         emit(Event::Started {
             prompt_tokens: plan.ids.len(),
@@ -616,6 +677,9 @@ impl Session {
                     self.fed_total += ids.len();
                     completion += ids.len();
                     ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                    if let Some(lp) = &logprobs {
+                        emit(Event::Logprobs(lp.forced(&ids)));
+                    }
                     let mut piece = String::new();
                     for id in &ids {
                         piece.push_str(&detok.push(*id)?);
@@ -643,6 +707,9 @@ impl Session {
                     self.fed_total += ids.len();
                     thinking.forced_tokens(ids.len());
                     completion += ids.len();
+                    if let Some(lp) = &logprobs {
+                        emit(Event::Logprobs(lp.forced(&ids)));
+                    }
                     let mut piece = String::new();
                     for id in &ids {
                         piece.push_str(&detok.push(*id)?);
@@ -668,7 +735,9 @@ impl Session {
                         }
                     }
                     let allowed = held.as_mut().map(|g| g.mask()).transpose()?;
-                    let id = self.pick(step, &mut sampler, &banned, allowed)?;
+                    let top = logprobs.as_ref().map(Logprobs::top);
+                    let (id, step_logprobs) =
+                        self.pick(step, &mut sampler, &banned, allowed, top)?;
                     sampled += 1;
                     if ttft.is_none() {
                         ttft = Some(t0.elapsed().as_secs_f64());
@@ -681,6 +750,9 @@ impl Session {
                         g.consume(&[id], false)?;
                     }
                     completion += 1;
+                    if let (Some(lp), Some(step)) = (&logprobs, &step_logprobs) {
+                        emit(Event::Logprobs(vec![lp.drawn(id, step)]));
+                    }
                     if thinking.in_reasoning() {
                         thinking.sampled_reasoning_token();
                     }

@@ -30,11 +30,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::turn::{delta_json, usage_json, Delta, Turn};
+use super::turn::{
+    chat_logprobs_json, completion_logprobs_json, delta_json, usage_json, Delta, Turn,
+};
 use super::wire::{self, Defaults, Parsed};
 use super::worker::{Job, Reply, Ticket, Worker};
 use super::{ServeConfig, MAX_BODY_BYTES};
-use crate::protocol::{Controls, Done, Event, ToolChoice, ToolFormat};
+use crate::protocol::{Controls, Done, Event, GeneratedLogprob, ToolChoice, ToolFormat};
 
 pub struct AppState {
     cfg: ServeConfig,
@@ -273,13 +275,33 @@ struct Answer {
     /// `/v1/completions`: the raw text, `<think>` tags kept where the model wrote them.
     raw_in_reasoning: bool,
     raw_text: String,
+    /// With log-probabilities asked for: those not yet written (`turn`'s module doc).
+    logprobs: Option<Vec<GeneratedLogprob>>,
+    /// Completions: characters of the answer before the pending log-probabilities.
+    text_offset: usize,
 }
 
 impl Answer {
     /// The pieces of `ev` as the client sees them: chat deltas, or completion text.
     fn push(&mut self, ev: &Event) -> Vec<Delta> {
+        if let (Event::Logprobs(entries), Some(pending)) = (ev, &mut self.logprobs) {
+            pending.extend(entries.iter().cloned());
+        }
         let deltas = self.turn.push(ev);
         self.rawify(deltas)
+    }
+
+    /// The pending log-probabilities in this endpoint's shape (null when none were asked
+    /// for); written once.
+    fn take_logprobs(&mut self) -> Value {
+        let Some(pending) = &mut self.logprobs else {
+            return Value::Null;
+        };
+        let entries = std::mem::take(pending);
+        match self.kind {
+            Kind::Chat => chat_logprobs_json(&entries),
+            Kind::Completion => completion_logprobs_json(&entries, &mut self.text_offset),
+        }
     }
 
     fn finish(&mut self) -> Vec<Delta> {
@@ -321,15 +343,17 @@ impl Answer {
         }
     }
 
-    /// A streamed chunk with one choice.
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+    /// A streamed chunk with one choice (and the log-probabilities that came since the
+    /// last one).
+    fn chunk(&mut self, delta: Value, finish: Option<&str>) -> Value {
+        let logprobs = self.take_logprobs();
         let choice = match self.kind {
             Kind::Chat => {
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Completion => json!({"index": 0,
                 "text": delta.get("content").cloned().unwrap_or(json!("")),
-                "logprobs": null, "finish_reason": finish}),
+                "logprobs": logprobs, "finish_reason": finish}),
         };
         json!({"id": self.id, "object": self.object(true), "created": self.created,
             "model": self.model, "choices": [choice]})
@@ -341,13 +365,14 @@ impl Answer {
     }
 
     /// The whole response (not streamed).
-    fn response(&self, d: &Done) -> Value {
+    fn response(&mut self, d: &Done) -> Value {
         let finish = self.turn.finish_reason(d);
+        let logprobs = self.take_logprobs();
         let choice = match self.kind {
             Kind::Chat => json!({"index": 0, "message": self.turn.message(),
-                "logprobs": null, "finish_reason": finish}),
+                "logprobs": logprobs, "finish_reason": finish}),
             Kind::Completion => json!({"index": 0, "text": self.raw_text,
-                "logprobs": null, "finish_reason": finish}),
+                "logprobs": logprobs, "finish_reason": finish}),
         };
         json!({"id": self.id, "object": self.object(false), "created": self.created,
             "model": self.model, "choices": [choice], "usage": usage_json(d)})
@@ -396,6 +421,8 @@ async fn generate(
         ),
         raw_in_reasoning,
         raw_text: String::new(),
+        logprobs: req.logprobs.map(|_| Vec::new()),
+        text_offset: 0,
     };
     let guard = CancelGuard(req.controls().clone());
     let mut shutdown = s.shutdown.subscribe();

@@ -10,11 +10,25 @@
 //!   carries the id, type and name, the next one its arguments (JSON text).
 //! - `finish_reason` is `tool_calls` when the answer holds a call, else the engine's
 //!   (`stop` for EOS, a stop string or a completed grammar; `length`).
+//! - Log-probabilities (`Event::Logprobs`) cover every generated token, the reasoning's
+//!   included (as vLLM lists them in `logprobs.content`), in order, each once: streamed,
+//!   a chunk carries those that arrived since the previous chunk (a token whose text is
+//!   held back, for a stop string, a tag or a call, rides with a later chunk, at the
+//!   latest the one with `finish_reason`). Chat's shape is
+//!   `{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}`,
+//!   completions' `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`
+//!   (its dicts hold the chosen token too, so up to N + 1 entries, as OpenAI's legacy
+//!   API; `text_offset` counts characters of the tokens' texts from the answer's start).
+//!   A token's text is its bytes read as UTF-8 (a partial character as U+FFFD; `bytes`
+//!   has the exact ones). JSON has no -inf: a token of probability 0 gets -9999.0, as
+//!   OpenAI writes it.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::chat::tool_parser::{ToolParser, ToolSegment};
-use crate::protocol::{Done, Event, FinishReason, ToolCall, ToolFormat, ToolSpec};
+use crate::protocol::{
+    Done, Event, FinishReason, GeneratedLogprob, TokenLogprob, ToolCall, ToolFormat, ToolSpec,
+};
 
 /// A piece of the answer for the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -169,6 +183,57 @@ pub fn delta_json(d: &Delta) -> Vec<Value> {
     }
 }
 
+/// ln p as JSON (module doc: -9999.0 for a probability of 0).
+fn logprob_json(l: f32) -> Value {
+    if l.is_finite() {
+        json!(l)
+    } else {
+        json!(-9999.0)
+    }
+}
+
+fn token_text(t: &TokenLogprob) -> String {
+    String::from_utf8_lossy(&t.bytes).into_owned()
+}
+
+/// Chat's `logprobs` for `entries` (module doc).
+pub fn chat_logprobs_json(entries: &[GeneratedLogprob]) -> Value {
+    let one = |t: &TokenLogprob| json!({"token": token_text(t), "logprob": logprob_json(t.logprob), "bytes": t.bytes});
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = one(&e.token);
+            v["top_logprobs"] = Value::Array(e.top.iter().map(one).collect());
+            v
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions' `logprobs` for `entries` (module doc); `offset`: characters of the answer
+/// before the first of them, moved past them.
+pub fn completion_logprobs_json(entries: &[GeneratedLogprob], offset: &mut usize) -> Value {
+    let mut tokens = Vec::with_capacity(entries.len());
+    let mut token_logprobs = Vec::with_capacity(entries.len());
+    let mut top_logprobs = Vec::with_capacity(entries.len());
+    let mut text_offset = Vec::with_capacity(entries.len());
+    for e in entries {
+        let text = token_text(&e.token);
+        let mut top = Map::new();
+        for t in e.top.iter().chain([&e.token]) {
+            top.entry(token_text(t))
+                .or_insert_with(|| logprob_json(t.logprob));
+        }
+        text_offset.push(*offset);
+        *offset += text.chars().count();
+        tokens.push(Value::String(text));
+        token_logprobs.push(logprob_json(e.token.logprob));
+        top_logprobs.push(Value::Object(top));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+        "text_offset": text_offset})
+}
+
 /// OpenAI's `usage` with nemo's numbers.
 pub fn usage_json(d: &Done) -> Value {
     json!({
@@ -183,6 +248,51 @@ pub fn usage_json(d: &Done) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: u32, text: &[u8], logprob: f32, top: &[(u32, &[u8], f32)]) -> GeneratedLogprob {
+        let t = |id, b: &[u8], logprob| TokenLogprob {
+            id,
+            bytes: b.to_vec(),
+            logprob,
+        };
+        GeneratedLogprob {
+            token: t(id, text, logprob),
+            top: top.iter().map(|&(i, b, l)| t(i, b, l)).collect(),
+        }
+    }
+
+    #[test]
+    fn logprobs_take_the_chat_and_the_completions_shapes() {
+        let entries = [
+            entry(7, b"He", -0.5, &[(7, b"He", -0.5), (9, b"A", -1.5)]),
+            // Half of "é" (0xC3 0xA9), and a token of probability 0.
+            entry(8, &[0xC3], f32::NEG_INFINITY, &[(3, b"llo", -0.25)]),
+        ];
+        let chat = chat_logprobs_json(&entries);
+        let c = &chat["content"];
+        assert_eq!(c[0]["token"], "He");
+        assert_eq!(c[0]["logprob"], -0.5);
+        assert_eq!(c[0]["bytes"], json!([72, 101]));
+        assert_eq!(
+            c[0]["top_logprobs"][1],
+            json!({"token": "A", "logprob": -1.5, "bytes": [65]})
+        );
+        assert_eq!(c[1]["token"], "\u{fffd}");
+        assert_eq!(c[1]["bytes"], json!([0xC3]));
+        assert_eq!(c[1]["logprob"], -9999.0);
+        let mut offset = 3;
+        let v = completion_logprobs_json(&entries, &mut offset);
+        assert_eq!(v["tokens"], json!(["He", "\u{fffd}"]));
+        assert_eq!(v["token_logprobs"], json!([-0.5, -9999.0]));
+        assert_eq!(v["text_offset"], json!([3, 5]));
+        assert_eq!(offset, 6);
+        // The chosen token is in the dict even when it is not among the best.
+        assert_eq!(v["top_logprobs"][0], json!({"He": -0.5, "A": -1.5}));
+        assert_eq!(
+            v["top_logprobs"][1],
+            json!({"llo": -0.25, "\u{fffd}": -9999.0})
+        );
+    }
 
     #[test]
     fn a_call_in_the_text_becomes_a_call_and_not_content() {

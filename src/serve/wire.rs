@@ -4,10 +4,14 @@
 //! Invariants:
 //! - Every field nemo reads is checked for its type and range; a bad one is a 400 naming
 //!   it (`param`). Sampling ranges are `SamplingParams::validate`'s, the CLI's own.
-//! - A field nemo cannot honour is refused by name, never ignored: `n` > 1, `logprobs`,
+//! - A field nemo cannot honour is refused by name, never ignored: `n` > 1,
 //!   `frequency_penalty` ≠ 0, `echo`, `suffix`, `best_of` > 1, non-text content parts.
 //!   Fields nemo has no use for (`user`, `metadata`, `parallel_tool_calls`, …) are ignored,
 //!   as OpenAI-compatible servers do.
+//! - Log-probabilities: chat's `logprobs: true` with `top_logprobs` 0 to 20 (a
+//!   `top_logprobs` above 0 without `logprobs: true` is refused, as OpenAI does);
+//!   completions' `logprobs` N, 0 to 20 (`false` or null: none). 20 is OpenAI's limit
+//!   (`protocol::MAX_TOP_LOGPROBS`).
 //! - At most one structured-output field: `response_format` (json_object, json_schema),
 //!   `structured_outputs` (vLLM: json, regex, choice, grammar) or `guided_*` (vLLM's older
 //!   names).
@@ -20,7 +24,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use crate::protocol::{
     Budget, Constraint, FunctionCall, Message, Request, SamplingParams, ThinkingOptions, ToolCall,
-    ToolChoice, ToolSpec,
+    ToolChoice, ToolSpec, MAX_TOP_LOGPROBS,
 };
 
 /// What a request starts from: the served model and its defaults.
@@ -127,18 +131,17 @@ pub fn chat(body: &Value, d: &Defaults) -> Result<Parsed, ApiError> {
     common(obj, d, &mut req)?;
     req.constraint = constraint(obj, true)?;
     let (stream, include_usage) = stream(obj)?;
-    if let Some(true) = opt_bool(obj, "logprobs")? {
-        return Err(ApiError::field(
-            "logprobs",
-            "log probabilities are not supported by nemo serve",
-        ));
-    }
-    if opt_i64(obj, "top_logprobs")?.is_some_and(|n| n > 0) {
-        return Err(ApiError::field(
-            "top_logprobs",
-            "log probabilities are not supported by nemo serve",
-        ));
-    }
+    let top = match opt_i64(obj, "top_logprobs")? {
+        None => None,
+        Some(n) => Some(top_count("top_logprobs", n)?),
+    };
+    req.logprobs = match (opt_bool(obj, "logprobs")?, top) {
+        (Some(true), top) => Some(top.unwrap_or(0)),
+        (_, Some(n)) if n > 0 => {
+            return Err(ApiError::field("top_logprobs", "needs `logprobs: true`"))
+        }
+        _ => None,
+    };
     Ok(Parsed {
         req,
         stream,
@@ -176,14 +179,21 @@ pub fn completion(body: &Value, d: &Defaults) -> Result<Parsed, ApiError> {
     if opt_i64(obj, "best_of")?.is_some_and(|n| n != 1) {
         return Err(ApiError::field("best_of", "only 1 is supported"));
     }
-    if get(obj, "logprobs").is_some_and(|v| v != &Value::Bool(false)) {
-        return Err(ApiError::field(
-            "logprobs",
-            "log probabilities are not supported by nemo serve",
-        ));
-    }
+    let logprobs = match get(obj, "logprobs") {
+        None | Some(Value::Bool(false)) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) => Some(top_count("logprobs", n)?),
+            None => {
+                return Err(ApiError::field(
+                    "logprobs",
+                    "must be an integer from 0 to 20",
+                ))
+            }
+        },
+    };
     let thinking = thinking(obj)?;
     let mut req = Request::new(vec![Message::user(prompt)], thinking);
+    req.logprobs = logprobs;
     common(obj, d, &mut req)?;
     req.constraint = constraint(obj, false)?;
     let (stream, include_usage) = stream(obj)?;
@@ -278,6 +288,17 @@ fn common(obj: &Obj, d: &Defaults, req: &mut Request) -> Result<(), ApiError> {
         return Err(ApiError::field("stop", "an empty stop string"));
     }
     Ok(())
+}
+
+/// How many alternatives per token `field` asks for: 0 to `MAX_TOP_LOGPROBS`.
+fn top_count(field: &str, n: i64) -> Result<usize, ApiError> {
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_TOP_LOGPROBS => Ok(n),
+        _ => Err(ApiError::field(
+            field,
+            format!("must be from 0 to {MAX_TOP_LOGPROBS}, not {n}"),
+        )),
+    }
 }
 
 fn stream(obj: &Obj) -> Result<(bool, bool), ApiError> {
@@ -705,7 +726,7 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.param.as_deref(), Some("n"));
-        let e = parse(json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true}))
+        let e = parse(json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": "yes"}))
             .err()
             .unwrap();
         assert_eq!(e.param.as_deref(), Some("logprobs"));
@@ -713,6 +734,58 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.status, 404);
+    }
+
+    #[test]
+    fn logprobs_fields_in_the_chat_and_the_completions_shape() {
+        let hi = || json!({"messages": [{"role": "user", "content": "hi"}]});
+        let with = |fields: Value| {
+            let mut b = hi();
+            for (k, v) in fields.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            parse(b)
+        };
+        assert_eq!(parse(hi()).unwrap().req.logprobs, None);
+        let lp = |v: Value| with(v).map(|p| p.req.logprobs);
+        assert_eq!(lp(json!({"logprobs": true})).unwrap(), Some(0));
+        assert_eq!(
+            lp(json!({"logprobs": true, "top_logprobs": 20})).unwrap(),
+            Some(20)
+        );
+        assert_eq!(
+            lp(json!({"logprobs": false, "top_logprobs": 0})).unwrap(),
+            None
+        );
+        for bad in [
+            json!({"logprobs": true, "top_logprobs": 21}),
+            json!({"logprobs": true, "top_logprobs": -1}),
+            json!({"top_logprobs": 3}),
+            json!({"logprobs": false, "top_logprobs": 3}),
+        ] {
+            let e = with(bad.clone()).err().unwrap();
+            assert_eq!(e.status, 400, "{bad}");
+            assert_eq!(e.param.as_deref(), Some("top_logprobs"), "{bad}");
+        }
+        let (s, served) = defaults();
+        let d = Defaults {
+            served,
+            sampling: &s,
+            context: 100,
+        };
+        let c = |v: Value| {
+            let mut b = json!({"prompt": "Once"});
+            b["logprobs"] = v;
+            completion(&b, &d).map(|p| p.req.logprobs)
+        };
+        assert_eq!(c(json!(5)).unwrap(), Some(5));
+        assert_eq!(c(json!(0)).unwrap(), Some(0));
+        assert_eq!(c(json!(false)).unwrap(), None);
+        assert_eq!(c(Value::Null).unwrap(), None);
+        for bad in [json!(21), json!(-1), json!("5"), json!(true)] {
+            let e = c(bad.clone()).err().unwrap();
+            assert_eq!(e.param.as_deref(), Some("logprobs"), "{bad}");
+        }
     }
 
     #[test]

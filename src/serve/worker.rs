@@ -180,12 +180,15 @@ fn run_one(
     replies: &UnboundedSender<Reply>,
     metrics: &Metrics,
 ) -> Result<(), EngineError> {
-    // The prompt is rendered here to pick the conversation, and again (its tokens
-    // reused) by `generate`: the price of keeping the generation loop as it is.
-    if pool.chooses(session) {
+    // With a conversation to choose, the prompt is rendered here to choose it, and that
+    // plan is the one `generate_rendered` feeds: one render per request either way.
+    let plan = if pool.chooses(session) {
         let plan = session.render(req)?;
         pool.select(session, &plan.ids)?;
-    }
+        Some(plan)
+    } else {
+        None
+    };
     let mut last: Option<Instant> = None;
     let mut emit = |ev: Event| {
         match &ev {
@@ -210,7 +213,11 @@ fn run_one(
             req.controls().cancel();
         }
     };
-    session.generate(req, &mut emit).map(|_| ())
+    match plan {
+        Some(plan) => session.generate_rendered(req, plan, &mut emit),
+        None => session.generate(req, &mut emit),
+    }
+    .map(|_| ())
 }
 
 /// Whose fault an engine error is (module doc).
@@ -223,5 +230,43 @@ fn classify(e: EngineError) -> ApiError {
         }
         EngineError::Grammar(_) | EngineError::Render(_) => ApiError::unserviceable(e.to_string()),
         e => ApiError::engine(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SessionOptions;
+    use crate::protocol::{Message, ThinkingOptions};
+
+    /// Template renders for a two-turn conversation through `run_one`, on a fresh session
+    /// keeping `max_sessions` conversations.
+    fn renders(max_sessions: usize) -> usize {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nemotron_h_tiny");
+        let folder = crate::model::ModelFolder::open(&dir).unwrap();
+        let mut session = Session::new(&folder, SessionOptions::default()).unwrap();
+        let mut pool = Pool::new(max_sessions);
+        let metrics = Metrics::default();
+        // Kept open: a closed channel cancels the request.
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = vec![Message::user("Hi there")];
+        for turn in 0..2 {
+            let mut req = Request::new(messages.clone(), ThinkingOptions::default());
+            req.max_tokens = 3;
+            run_one(&mut session, &mut pool, &req, Instant::now(), &tx, &metrics).unwrap();
+            if turn == 0 {
+                messages.push(Message::assistant("Hello"));
+                messages.push(Message::user("And then?"));
+            }
+        }
+        session.prompt_stats().renders
+    }
+
+    #[test]
+    fn a_request_is_rendered_once_when_the_pool_chooses_its_conversation() {
+        let alone = renders(1);
+        assert!(alone >= 2, "{alone}");
+        assert_eq!(renders(4), alone);
     }
 }

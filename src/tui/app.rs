@@ -946,7 +946,7 @@ impl App {
                 }
                 start_next_card(turn);
             }
-            Event::Warning(_) | Event::ContextFull(_) => {}
+            Event::Warning(_) | Event::ContextFull(_) | Event::Logprobs(_) => {}
             Event::Reasoning(t) => {
                 turn.reasoning.push_str(&t);
             }

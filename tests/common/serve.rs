@@ -23,7 +23,7 @@ pub struct Server {
 impl Server {
     /// Starts `nemo serve --model MODEL --port 0 ARGS…` and waits until it listens.
     pub fn start(model: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(super::nemo_bin())
+        let mut child = super::nemo_command()
             .arg("serve")
             .arg("--model")
             .arg(model)
