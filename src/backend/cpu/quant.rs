@@ -301,7 +301,7 @@ fn quantize_acts_plain(x: &[f32], qs: &mut [i8], d: &mut [f32], sum: &mut [i32])
 pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) {
     let rb = rows.len() / out.len().max(1);
     #[cfg(target_arch = "x86_64")]
-    if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+    if super::simd::vnni() {
         for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
             // SAFETY: the AVX-512 features were detected at run time.
             *o = unsafe { x86::dot_row_q8_vnni(dtype, row, x) };
@@ -340,7 +340,7 @@ pub fn dot_row_q8(dtype: DType, row: &[u8], x: &QuantizedActs) -> f32 {
 /// `dot_row_q8` on a view.
 pub fn dot_row_q8_ref(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::vnni() && matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+    if super::simd::vnni() {
         // SAFETY: the AVX-512 features were detected at run time.
         return unsafe { x86::dot_row_q8_vnni(dtype, row, x) };
     }
@@ -685,17 +685,21 @@ mod x86 {
     }
 
     /// Q4_K (and Q5_K, `five`: its fifth bits from `qh`): per 64 elements one 32-byte load
-    /// gives two sub-blocks (low and high nibbles).
-    #[target_feature(enable = "avx2,fma")]
+    /// gives two sub-blocks (low and high nibbles); the eight scales and the min term per
+    /// super-block as vectors (`k4_scales`), each sub-block's scale taken by a lane permute.
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q4k(row: &[u8], x: &ActsRef<'_>, five: bool) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
         let sixteen = _mm256_set1_epi8(16);
         let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
-        let mut acc = _mm256_setzero_ps();
-        let mut off = 0f32;
+        let nsb = row.len() / size;
+        assert!(x.qs.len() >= 256 * nsb && x.d.len() >= 8 * nsb && x.sum.len() >= 8 * nsb);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut off = _mm256_setzero_ps();
         for (b, blk) in row.chunks_exact(size).enumerate() {
-            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let (sv, mv) = k4_scales(blk, x, b);
+            off = _mm256_add_ps(off, mv);
             let qh = if five {
                 _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i)
             } else {
@@ -715,17 +719,15 @@ mod x86 {
                         let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
                         w = _mm256_or_si256(w, _mm256_and_si256(set, sixteen));
                     }
-                    let (sc, m) = super::scale_min_k4(j, &blk[4..16]);
-                    let ab = 8 * b + j;
-                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
+                    let xv =
+                        _mm256_loadu_si256(x.qs.as_ptr().add(32 * (8 * b + j)) as *const __m256i);
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones);
-                    let scale = d * sc as f32 * x.d[ab];
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc);
-                    off -= dmin * m as f32 * x.d[ab] * x.sum[ab] as f32;
+                    let scale = _mm256_permutevar8x32_ps(sv, _mm256_set1_epi32(j as i32));
+                    acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[h]);
                 }
             }
         }
-        hsum(acc) + off
+        hsum(_mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), off))
     }
 
     /// Q6_K: per 32 elements the 6-bit quants are rebuilt from a nibble and two high bits,
@@ -771,6 +773,166 @@ mod x86 {
         hsum(acc)
     }
 
+    /// The 8 f32 values of `v`'s 8 bytes, unsigned.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn u8x8_ps(v: [u8; 8]) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+            v.as_ptr() as *const __m128i
+        )))
+    }
+
+    /// Per super-block of Q4_K / Q5_K: the eight sub-block scales `d·sc_j·d_x` and the
+    /// min term `Σ_j dmin·m_j·d_x·Σq_x` as 8-lane vectors (scales and mins unpacked at once).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k4_scales(blk: &[u8], x: &ActsRef<'_>, sb: usize) -> (__m256, __m256) {
+        let (d, dmin) = (f16c_at(blk, 0), f16c_at(blk, 2));
+        let (sc, mn) = super::scales_mins_k4(&blk[4..16]);
+        let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * sb));
+        let xs = _mm256_cvtepi32_ps(_mm256_loadu_si256(
+            x.sum.as_ptr().add(8 * sb) as *const __m256i
+        ));
+        let sv = _mm256_mul_ps(_mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(d)), xd);
+        let mv = _mm256_mul_ps(
+            _mm256_mul_ps(u8x8_ps(mn), _mm256_set1_ps(dmin)),
+            _mm256_mul_ps(xd, xs),
+        );
+        (sv, mv)
+    }
+
+    /// Q4_K (and Q5_K, `five`) with AVX-512 VNNI: per 64 values one 32-byte load gives two
+    /// sub-blocks (low nibbles, then high) in one zmm against 64 activation bytes,
+    /// `vpdpbusd`, one FMA with the two sub-blocks' scales spread over their halves; the
+    /// mins once per super-block as a vector.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    unsafe fn dot_q4k_vnni(row: &[u8], x: &ActsRef<'_>, five: bool) -> f32 {
+        let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
+        let nsb = row.len() / size;
+        assert!(x.qs.len() >= 256 * nsb && x.d.len() >= 8 * nsb && x.sum.len() >= 8 * nsb);
+        let low = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut off = _mm256_setzero_ps();
+        for sb in 0..nsb {
+            let blk = &row[size * sb..size * (sb + 1)];
+            let bp = blk.as_ptr();
+            let (sv, mv) = k4_scales(blk, x, sb);
+            off = _mm256_add_ps(off, mv);
+            let sv = _mm512_castps256_ps512(sv);
+            let qh = if five {
+                let h = _mm256_loadu_si256(bp.add(16) as *const __m256i);
+                _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1)
+            } else {
+                zero
+            };
+            for g in 0..4 {
+                let q = _mm256_loadu_si256(bp.add(qs_at + 32 * g) as *const __m256i);
+                let mut w = _mm512_and_si512(
+                    _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1),
+                    low,
+                );
+                if five {
+                    let bits = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << (2 * g)) as i8)),
+                        _mm256_set1_epi8((1u8 << (2 * g + 1)) as i8),
+                        1,
+                    );
+                    w = _mm512_mask_add_epi8(w, _mm512_test_epi8_mask(qh, bits), w, sixteen);
+                }
+                let xv = _mm512_loadu_si512(x.qs.as_ptr().add(256 * sb + 64 * g) as *const __m512i);
+                let p = _mm512_dpbusd_epi32(zero, w, xv);
+                let (j0, j1) = (2 * g as i32, 2 * g as i32 + 1);
+                let idx = _mm512_set_epi32(
+                    j1, j1, j1, j1, j1, j1, j1, j1, j0, j0, j0, j0, j0, j0, j0, j0,
+                );
+                acc[g % 2] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(p),
+                    _mm512_permutexvar_ps(idx, sv),
+                    acc[g % 2],
+                );
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - hsum(off)
+    }
+
+    /// Q6_K with AVX-512 VNNI: per 64 values the 6-bit quants rebuilt unsigned (q + 32,
+    /// 0..63) from 64 nibbles and their high bits, `vpdpbusd` against x minus one against
+    /// 32s (the −32·Σx of each 4 values), then one FMA with the 16-value groups' scales
+    /// `d·sc_h·d_x` spread over their four lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    unsafe fn dot_q6k_vnni(row: &[u8], x: &ActsRef<'_>) -> f32 {
+        let nsb = row.len() / 210;
+        assert!(x.qs.len() >= 256 * nsb && x.d.len() >= 8 * nsb);
+        let low = _mm512_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let c32 = _mm512_set1_epi8(32);
+        let zero = _mm512_setzero_si512();
+        let halves = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for sb in 0..nsb {
+            let blk = &row[210 * sb..210 * (sb + 1)];
+            let bp = blk.as_ptr();
+            let d = f16c_at(blk, 208);
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                bp.add(192) as *const __m128i
+            )));
+            let xd = _mm512_permutexvar_ps(
+                halves,
+                _mm512_castps256_ps512(_mm256_loadu_ps(x.d.as_ptr().add(8 * sb))),
+            );
+            let s16 = _mm512_mul_ps(_mm512_mul_ps(sc, _mm512_set1_ps(d)), xd);
+            for n in 0..2 {
+                let ql = _mm512_loadu_si512(bp.add(64 * n) as *const __m512i);
+                let qh = _mm256_loadu_si256(bp.add(128 + 32 * n) as *const __m256i);
+                let hi = |s0: i32, s1: i32| {
+                    let a = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s0)), three);
+                    let b = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s1)), three);
+                    _mm512_slli_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1), 4)
+                };
+                let us = [
+                    _mm512_or_si512(_mm512_and_si512(ql, low), hi(0, 2)),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low), hi(4, 6)),
+                ];
+                for (h, u) in us.into_iter().enumerate() {
+                    let ci = 2 * n + h;
+                    let xv =
+                        _mm512_loadu_si512(x.qs.as_ptr().add(256 * sb + 64 * ci) as *const __m512i);
+                    let p = _mm512_sub_epi32(
+                        _mm512_dpbusd_epi32(zero, u, xv),
+                        _mm512_dpbusd_epi32(zero, c32, xv),
+                    );
+                    let g = 4 * ci as i32;
+                    let idx = _mm512_setr_epi32(
+                        g,
+                        g,
+                        g,
+                        g,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 2,
+                        g + 2,
+                        g + 2,
+                        g + 2,
+                        g + 3,
+                        g + 3,
+                        g + 3,
+                        g + 3,
+                    );
+                    acc[h] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(p),
+                        _mm512_permutexvar_ps(idx, s16),
+                        acc[h],
+                    );
+                }
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
     /// Q4_0/Q4_1/Q8_0 with AVX-512 VNNI, two blocks (64 values) per step: the weights of
     /// both blocks as unsigned bytes (nibbles; |w| with w's sign moved onto x for Q8_0) in
     /// one zmm against the 64 contiguous activation bytes, `vpdpbusd` into 16 i32 (8 per
@@ -779,6 +941,12 @@ mod x86 {
     /// goes through the plain block dot.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
     pub unsafe fn dot_row_q8_vnni(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
+        match dtype {
+            DType::Q4_K => return dot_q4k_vnni(row, x, false),
+            DType::Q5_K => return dot_q4k_vnni(row, x, true),
+            DType::Q6_K => return dot_q6k_vnni(row, x),
+            _ => {}
+        }
         let bytes = dtype.block().1;
         let nb = row.len() / bytes;
         assert!(x.d.len() >= nb && x.qs.len() >= 32 * nb && x.sum.len() >= nb);
@@ -948,47 +1116,65 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_row_q8_avx2(dtype: DType, row: &[u8], x: &ActsRef<'_>) -> f32 {
         match dtype {
-            DType::Q4_K => return dot_q4k(row, x, false),
-            DType::Q5_K => return dot_q4k(row, x, true),
-            DType::Q6_K => return dot_q6k(row, x),
-            _ => {}
+            DType::Q4_K => dot_q4k(row, x, false),
+            DType::Q5_K => dot_q4k(row, x, true),
+            DType::Q6_K => dot_q6k(row, x),
+            DType::Q4_0 => dot_q4_q8_avx2::<0>(row, x),
+            DType::Q4_1 => dot_q4_q8_avx2::<1>(row, x),
+            _ => dot_q4_q8_avx2::<2>(row, x),
         }
-        let bytes = dtype.block().1;
+    }
+
+    /// Q4_0 (`KIND` 0), Q4_1 (1) or Q8_0 (2) against quantized activations, one block per
+    /// step into two accumulators (so the FMA latency chains interleave): Q8_0's quants and
+    /// Q4_0's nibbles less 8 are signed, so |w| is multiplied with x carrying w's sign
+    /// (no offset term); Q4_1's unsigned nibbles go straight into `maddubs` and its offset
+    /// `m·d_x·Σq_x` into two scalar sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q4_q8_avx2<const KIND: u8>(row: &[u8], x: &ActsRef<'_>) -> f32 {
+        let bytes = match KIND {
+            0 => 18,
+            1 => 20,
+            _ => 34,
+        };
         let nb = row.len() / bytes;
-        debug_assert!(x.d.len() >= nb);
+        assert!(x.qs.len() >= 32 * nb && x.d.len() >= nb && x.sum.len() >= nb);
+        let (rp, xp, dp, sp) = (row.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
         let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
-        let mut off = 0f32;
-        let xp = x.qs.as_ptr();
+        let eight = _mm256_set1_epi8(8);
+        let half = |p: *const u8| {
+            let bits = (p as *const u16).read_unaligned();
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        };
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut off = [0f32; 2];
         for b in 0..nb {
-            let blk = &row[b * bytes..(b + 1) * bytes];
+            let blk = rp.add(b * bytes);
             let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-            let dx = x.d[b];
-            let d = f16c_at(blk, 0) * dx;
-            let prod = match dtype {
-                DType::Q8_0 => {
-                    let w = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+            let dx = *dp.add(b);
+            let prod = if KIND == 2 {
+                let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w))
+            } else {
+                let q = _mm_loadu_si128(blk.add(if KIND == 0 { 2 } else { 4 }) as *const __m128i);
+                let w = _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16(q, 4), low),
+                    _mm_and_si128(q, low),
+                );
+                if KIND == 0 {
+                    let w = _mm256_sub_epi8(w, eight);
                     _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w))
-                }
-                _ => {
-                    let start = if dtype == DType::Q4_0 { 2 } else { 4 };
-                    let q = _mm_loadu_si128(blk.as_ptr().add(start) as *const __m128i);
-                    let lo = _mm_and_si128(q, low);
-                    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-                    let w = _mm256_set_m128i(hi, lo);
-                    if dtype == DType::Q4_0 {
-                        off -= d * (8 * x.sum[b]) as f32;
-                    } else {
-                        off += f16c_at(blk, 2) * dx * x.sum[b] as f32;
-                    }
+                } else {
+                    off[b % 2] += half(blk.add(2)) * dx * *sp.add(b) as f32;
                     _mm256_maddubs_epi16(w, xv)
                 }
             };
             let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc);
+            acc[b % 2] = _mm256_fmadd_ps(s, _mm256_set1_ps(half(blk) * dx), acc[b % 2]);
         }
-        hsum(acc) + off
+        hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
     }
 }
 
@@ -1430,7 +1616,14 @@ mod tests {
                 "this CPU has no AVX-512 F + BW + VL + VNNI + F16C",
             );
         }
-        let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+        let types = [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ];
         // SAFETY: the features were detected above.
         integer_dots_match_the_plain_path("vnni", &types, |dt, q, a| unsafe {
             x86::dot_row_q8_vnni(dt, q, a)
