@@ -1,7 +1,7 @@
 //! `out = x · Wᵀ` with W stored row-major `[rows, cols]` in its own dtype (a PyTorch
 //! `nn.Linear` weight), x `[n, cols]` f32, out `[n, rows]` f32.
 //!
-//! Decode (n == 1, bf16) reads each weight byte once and widens it in registers. Prefill
+//! Decode (n == 1, bf16 or f16) reads each weight byte once and widens it in registers. Prefill
 //! widens a block of weight rows into an f32 tile once and runs the 4×4 micro-kernel over
 //! all tokens, so the weights are read from memory once per call whatever n is.
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
@@ -140,7 +140,9 @@ fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
             let r0 = (i - starts[p]) * br;
             let r1 = (r0 + br).min(w.rows);
             if w.dtype == DType::BF16 {
-                gemv_bf16_block(x, *w, r0, r1, o);
+                gemv_rows4_block(x, *w, r0, r1, o, simd::dot_bf16_rows4);
+            } else if w.dtype == DType::F16 {
+                gemv_rows4_block(x, *w, r0, r1, o, simd::dot_f16_rows4);
             } else if q8(w.dtype) {
                 let rb = w.row_bytes();
                 // SAFETY: rows r0..r1 < rows belong to this chunk only; n == 1.
@@ -159,7 +161,15 @@ fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
     });
 }
 
-fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
+/// Rows `r0..r1` four at a time through `dot4` (the bf16 or f16 decode kernel).
+fn gemv_rows4_block(
+    x: &[f32],
+    w: MatRef<'_>,
+    r0: usize,
+    r1: usize,
+    o: OutPtr,
+    dot4: fn([&[u8]; 4], &[f32]) -> [f32; 4],
+) {
     let mut r = r0;
     while r < r1 {
         // Pad the last group of rows by repeating the last row; extra results are dropped.
@@ -169,7 +179,7 @@ fn gemv_bf16_block(x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
             (r + 2).min(r1 - 1),
             (r + 3).min(r1 - 1),
         ];
-        let d = simd::dot_bf16_rows4(
+        let d = dot4(
             [w.row(idx[0]), w.row(idx[1]), w.row(idx[2]), w.row(idx[3])],
             x,
         );

@@ -61,6 +61,11 @@ struct Batch {
     d: Vec<f32>,
     sum: Vec<i32>,
     ds: Vec<f32>,
+    /// `Σ q` of each block as f32: `sf[t * sstride + b]`, and of each half-block (16
+    /// values): `sf16[t * 2 * sstride + 2b + h]` (the row-interleaved kernels' offsets;
+    /// Q6_K's per half).
+    sf: Vec<f32>,
+    sf16: Vec<f32>,
 }
 
 impl Batch {
@@ -90,6 +95,8 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
     b.d.resize(n * b.sstride, 0.0);
     b.sum.resize(n * b.sstride, 0);
     b.ds.resize(n * b.sstride, 0.0);
+    b.sf.resize(n * b.sstride, 0.0);
+    b.sf16.resize(n * 2 * b.sstride, 0.0);
     let (qstride, sstride) = (b.qstride, b.sstride);
     let (qs, d, sum, ds) = (
         SendPtr(b.qs.as_mut_ptr()),
@@ -97,10 +104,11 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
         SendPtr(b.sum.as_mut_ptr()),
         SendPtr(b.ds.as_mut_ptr()),
     );
+    let (sf, sf16) = (SendPtr(b.sf.as_mut_ptr()), SendPtr(b.sf16.as_mut_ptr()));
     // Tokens in chunks of at least 64 KiB of activations.
     let per = (16384 / k.max(1)).max(1);
     team::par_for(n.div_ceil(per), &|c| {
-        let (qs, d, sum, ds) = (qs, d, sum, ds);
+        let (qs, d, sum, ds, sf, sf16) = (qs, d, sum, ds, sf, sf16);
         for t in c * per..((c + 1) * per).min(n) {
             // SAFETY: token t's rows of the four buffers belong to this chunk only; the
             // buffers hold n rows of their strides.
@@ -118,6 +126,29 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
             s[nb..].fill(0);
             for j in 0..sstride {
                 dsum[j] = dd[j] * s[j] as f32;
+            }
+            // SAFETY: as above (sstride block sums, 2·sstride half-block sums per token).
+            let (f, f16s) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(sf.0.add(t * sstride), sstride),
+                    std::slice::from_raw_parts_mut(sf16.0.add(t * 2 * sstride), 2 * sstride),
+                )
+            };
+            for j in 0..sstride {
+                f[j] = s[j] as f32;
+            }
+            for (j, h) in f16s.chunks_exact_mut(2).enumerate() {
+                let (lo, hi) = if j < nb {
+                    let qb = &q[32 * j..32 * j + 32];
+                    (
+                        qb[..16].iter().map(|&v| v as i32).sum::<i32>(),
+                        qb[16..].iter().map(|&v| v as i32).sum::<i32>(),
+                    )
+                } else {
+                    (0, 0)
+                };
+                h[0] = lo as f32;
+                h[1] = hi as f32;
             }
         }
     });
@@ -367,7 +398,7 @@ fn run(b: &Batch, parts: &[(MatRef<'_>, OutPtr)], path: Path) {
     let mut total = 0;
     for (w, _) in parts {
         // Rows in chunks so that every thread gets several tasks.
-        let rc = (w.rows.div_ceil(8 * threads).div_ceil(PR) * PR).clamp(4 * PR, 64 * PR);
+        let rc = (w.rows.div_ceil(8 * threads).div_ceil(16) * 16).clamp(16, 256);
         starts.push(total);
         chunks.push(rc);
         total += w.rows.div_ceil(rc);
@@ -408,8 +439,8 @@ fn task(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Vnni && w.dtype != DType::Q6_K {
-        return task_rows16(b, w, out, r0, r1, tb);
+    if path == Path::Vnni || (path == Path::Avx2 && w.dtype != DType::Q8_0) {
+        return task_rows(b, w, out, r0, r1, tb, path);
     }
     PANELS.with(|pb| {
         let mut pb = pb.borrow_mut();
@@ -471,34 +502,40 @@ thread_local! {
     static PANELS16: RefCell<Panels16> = RefCell::new(Panels16::default());
 }
 
-/// Packs rows `r0..r1` of `w` into `Panels16` (missing rows are zero).
+/// Packs rows `r0..r1` of `w` into `Panels16` panels of `rr` rows (16 for VNNI, 8 for
+/// AVX2; missing rows are zero).
 #[cfg(target_arch = "x86_64")]
-fn pack16(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
-    let np = (r1 - r0).div_ceil(PR16);
-    p.q.resize(np * nb * 128, 0);
-    p.e.resize(np * nb * PR16, 0.0);
-    p.o.resize(np * nb * PR16, 0.0);
+fn pack_rows(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, rr: usize, p: &mut Panels16) {
+    let np = (r1 - r0).div_ceil(rr);
+    // Q6_K keeps a scale per half-block (two per block), the others one.
+    let hb = if w.dtype == DType::Q6_K { 2 } else { 1 };
+    p.q.resize(np * nb * 8 * rr, 0);
+    p.e.resize(np * nb * hb * rr, 0.0);
+    p.o.resize(np * nb * hb * rr, 0.0);
     let rb = w.row_bytes();
     let s = &mut p.scratch;
     s.q.resize(32 * nb, 0);
     s.e.resize(2 * nb, 0.0);
     s.o.resize(nb, 0.0);
-    let shift = if w.dtype == DType::Q8_0 {
-        0x8080_8080u32
-    } else {
-        0
+    // Signed quants made unsigned: Q8_0 + 128, Q6_K + 32 (their offsets below).
+    let (shift, zero_at) = match w.dtype {
+        DType::Q8_0 => (0x8080_8080u32, 128.0),
+        DType::Q6_K => (0x2020_2020u32, 32.0),
+        _ => (0, 0.0),
     };
     for pi in 0..np {
-        for i in 0..PR16 {
-            let r = r0 + pi * PR16 + i;
+        for i in 0..rr {
+            let r = r0 + pi * rr + i;
             if r >= r1 {
                 for b in 0..nb {
-                    let at = (pi * nb + b) * 128;
+                    let at = (pi * nb + b) * 8 * rr;
                     for g in 0..8 {
-                        p.q[at + g * 16 + i] = 0;
+                        p.q[at + g * rr + i] = 0;
                     }
-                    p.e[(pi * nb + b) * PR16 + i] = 0.0;
-                    p.o[(pi * nb + b) * PR16 + i] = 0.0;
+                    for h in 0..hb {
+                        p.e[((pi * nb + b) * hb + h) * rr + i] = 0.0;
+                        p.o[((pi * nb + b) * hb + h) * rr + i] = 0.0;
+                    }
                 }
                 continue;
             }
@@ -511,68 +548,106 @@ fn pack16(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
                 &mut s.o,
             );
             for b in 0..nb {
-                let at = (pi * nb + b) * 128;
+                let at = (pi * nb + b) * 8 * rr;
                 for (g, v) in s.q[32 * b..32 * b + 32].chunks_exact(4).enumerate() {
-                    p.q[at + g * 16 + i] = u32::from_le_bytes([v[0], v[1], v[2], v[3]]) ^ shift;
+                    let u = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                    // Per byte: +128 is a flip of the top bit; +32 on a value in −32..31
+                    // cannot carry into the next byte.
+                    p.q[at + g * rr + i] = if w.dtype == DType::Q6_K {
+                        u32::from_le_bytes([
+                            v[0].wrapping_add(32),
+                            v[1].wrapping_add(32),
+                            v[2].wrapping_add(32),
+                            v[3].wrapping_add(32),
+                        ])
+                    } else {
+                        u ^ shift
+                    };
                 }
-                let e = s.e[2 * b];
-                p.e[(pi * nb + b) * PR16 + i] = e;
-                p.o[(pi * nb + b) * PR16 + i] = if shift != 0 { -128.0 * e } else { s.o[b] };
+                for h in 0..hb {
+                    let e = s.e[2 * b + h];
+                    p.e[((pi * nb + b) * hb + h) * rr + i] = e;
+                    p.o[((pi * nb + b) * hb + h) * rr + i] =
+                        if shift != 0 { -zero_at * e } else { s.o[b] };
+                }
             }
         }
     }
 }
 
-/// `task` on the row-interleaved VNNI kernel (every supported type but Q6_K, whose two
-/// scales per block the kernel does not take).
+/// `task` on the row-interleaved VNNI kernel (every supported type; Q6_K with a scale and
+/// an offset per half-block).
 #[cfg(target_arch = "x86_64")]
-fn task_rows16(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize) {
+fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize, path: Path) {
+    let (rr, tt) = if path == Path::Vnni {
+        (PR16, T16)
+    } else {
+        (8, 4)
+    };
     let (m, n, nb) = (w.rows, b.n, b.nb);
     assert!(
         b.qs.len() >= n * b.qstride && b.d.len() >= n * b.sstride && b.ds.len() >= n * b.sstride
     );
-    assert!(b.qstride >= 32 * nb && b.sstride >= nb);
+    assert!(
+        b.qstride >= 32 * nb
+            && b.sstride >= nb
+            && b.sf16.len() >= n * 2 * b.sstride
+            && b.sf.len() >= n * b.sstride
+    );
+    let hb = if w.dtype == DType::Q6_K { 2 } else { 1 };
     PANELS16.with(|pb| {
         let mut pb = pb.borrow_mut();
-        pack16(w, r0, r1, nb, &mut pb);
+        pack_rows(w, r0, r1, nb, rr, &mut pb);
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + tb).min(n);
-            for pi in 0..(r1 - r0).div_ceil(PR16) {
-                let q = &pb.q[pi * nb * 128..(pi + 1) * nb * 128];
-                let e = &pb.e[pi * nb * PR16..(pi + 1) * nb * PR16];
-                let o = &pb.o[pi * nb * PR16..(pi + 1) * nb * PR16];
-                let rows = (r1 - r0 - pi * PR16).min(PR16);
+            for pi in 0..(r1 - r0).div_ceil(rr) {
+                let q = &pb.q[pi * nb * 8 * rr..(pi + 1) * nb * 8 * rr];
+                let e = &pb.e[pi * nb * hb * rr..(pi + 1) * nb * hb * rr];
+                let o = &pb.o[pi * nb * hb * rr..(pi + 1) * nb * hb * rr];
+                let rows = (r1 - r0 - pi * rr).min(rr);
                 let mut t = t0;
                 while t < t1 {
-                    let cnt = T16.min(t1 - t);
+                    let cnt = tt.min(t1 - t);
                     let xq: [*const i8; T16] =
                         std::array::from_fn(|c| b.qs[(t + c.min(cnt - 1)) * b.qstride..].as_ptr());
                     let xd: [*const f32; T16] =
                         std::array::from_fn(|c| b.d[(t + c.min(cnt - 1)) * b.sstride..].as_ptr());
-                    let xs: [*const f32; T16] =
-                        std::array::from_fn(|c| b.ds[(t + c.min(cnt - 1)) * b.sstride..].as_ptr());
+                    let xs: [*const f32; T16] = std::array::from_fn(|c| {
+                        let tc = t + c.min(cnt - 1);
+                        if hb == 2 {
+                            b.sf16[tc * 2 * b.sstride..].as_ptr()
+                        } else {
+                            b.sf[tc * b.sstride..].as_ptr()
+                        }
+                    });
                     let mut res = [[0f32; PR16]; T16];
-                    // SAFETY: VNNI was detected (`Path::Vnni`); the panel holds nb blocks of
-                    // 16 rows, each token nb blocks of quants, scales and sums (asserted).
+                    let qp = q.as_ptr() as *const u8;
+                    let (ep, op) = (e.as_ptr(), o.as_ptr());
+                    // SAFETY: the path's features were detected (`path`); the panel holds nb
+                    // blocks of rr rows (hb scales and offsets each), each token nb blocks of
+                    // quants, scales and (half-)block sums (asserted).
                     unsafe {
-                        x86::rows16_vnni(
-                            q.as_ptr() as *const u8,
-                            e.as_ptr(),
-                            o.as_ptr(),
-                            nb,
-                            xq,
-                            xd,
-                            xs,
-                            cnt,
-                            &mut res,
-                        )
+                        match (path == Path::Vnni, hb == 2) {
+                            (true, true) => {
+                                x86::rows16_vnni::<true>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
+                            }
+                            (true, false) => {
+                                x86::rows16_vnni::<false>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
+                            }
+                            (false, true) => {
+                                x86::rows8_avx2::<true>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
+                            }
+                            (false, false) => {
+                                x86::rows8_avx2::<false>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
+                            }
+                        }
                     };
                     for (c, rc) in res.iter().enumerate().take(cnt) {
                         // SAFETY: token t + c, rows r0 + pi·16 .. + rows lie in this task's rows.
                         let dst = unsafe {
                             std::slice::from_raw_parts_mut(
-                                out.0.add((t + c) * m + r0 + pi * PR16),
+                                out.0.add((t + c) * m + r0 + pi * rr),
                                 rows,
                             )
                         };
@@ -648,11 +723,7 @@ fn tile(
         match (path, cnt) {
             (Path::Avx2, 1) => call!(tile_avx2, 1),
             (Path::Avx2, _) => call!(tile_avx2, 2),
-            (Path::Vnni, 1) => call!(tile_vnni, 1),
-            (Path::Vnni, 2) => call!(tile_vnni, 2),
-            (Path::Vnni, 3) => call!(tile_vnni, 3),
-            (Path::Vnni, _) => call!(tile_vnni, 4),
-            (Path::Plain, _) => unreachable!("the plain path does not pack"),
+            _ => unreachable!("only AVX2's Q8_0 takes the 4-row tile"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -814,15 +885,15 @@ mod x86 {
 
     /// 16 rows × up to 8 tokens, row-interleaved (`Panels16`): per block, eight `vpdpbusd`
     /// of the 16 rows' next 4 quants against each token's next 4 bytes broadcast, summed
-    /// in i32 over the block; then per token one conversion, one FMA with `e · d_x` and one
-    /// with the offsets `o · (d_x · Σq_x)`. Tokens past `cnt` repeat the last (dropped).
+    /// in i32 over the block; then per token the block's value `cvt · e + o · Σq_x` (grouped
+    /// as the plain dot groups it) and one FMA with `d_x`. Tokens past `cnt` repeat the last (dropped).
     ///
     /// # Safety
     /// AVX-512 F/BW/VL/VNNI; `q`, `e`, `o` hold `nb` blocks of a 16-row panel; each token's
     /// `xq` holds `nb` blocks of quants, `xd` and `xs` `nb` values.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn rows16_vnni(
+    pub unsafe fn rows16_vnni<const HALVES: bool>(
         q: *const u8,
         e: *const f32,
         o: *const f32,
@@ -834,26 +905,112 @@ mod x86 {
         res: &mut [[f32; super::PR16]; super::T16],
     ) {
         const T: usize = super::T16;
+        let hb = if HALVES { 2 } else { 1 };
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
-            let mut ia = [_mm512_setzero_si512(); T];
+            // Lane sums of the whole block, or of its two halves (groups 0–3, 4–7).
+            let mut ia = [[_mm512_setzero_si512(); T]; 2];
             for g in 0..8 {
+                let h = if HALVES { g / 4 } else { 0 };
                 let w = _mm512_loadu_si512(q.add((b * 8 + g) * 64) as *const __m512i);
                 for c in 0..T {
                     let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
-                    ia[c] = _mm512_dpbusd_epi32(ia[c], w, _mm512_set1_epi32(xv));
+                    ia[h][c] = _mm512_dpbusd_epi32(ia[h][c], w, _mm512_set1_epi32(xv));
                 }
             }
-            let ev = _mm512_loadu_ps(e.add(16 * b));
-            let ov = _mm512_loadu_ps(o.add(16 * b));
-            for c in 0..T {
-                let s = _mm512_mul_ps(ev, _mm512_set1_ps(*xd[c].add(b)));
-                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[c]), s, acc[c]);
-                acc[c] = _mm512_fmadd_ps(ov, _mm512_set1_ps(*xs[c].add(b)), acc[c]);
+            #[allow(clippy::needless_range_loop)]
+            for h in 0..hb {
+                let ev = _mm512_loadu_ps(e.add(16 * (hb * b + h)));
+                let ov = _mm512_loadu_ps(o.add(16 * (hb * b + h)));
+                for c in 0..T {
+                    // The block's value before d_x, as the plain dot groups it (the offset
+                    // cancels against the quants' sum there, not in the running total).
+                    let off = _mm512_mul_ps(ov, _mm512_set1_ps(*xs[c].add(hb * b + h)));
+                    let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[h][c]), ev, off);
+                    acc[c] = _mm512_fmadd_ps(v, _mm512_set1_ps(*xd[c].add(b)), acc[c]);
+                }
             }
         }
         for c in 0..cnt.min(T) {
             _mm512_storeu_ps(res[c].as_mut_ptr(), acc[c]);
+        }
+    }
+
+    /// `rows16_vnni` for AVX2: 8 rows × up to 4 tokens, `maddubs` of the 8 rows' next 4
+    /// quants (unsigned, at most 63) against each token's broadcast 4 bytes, summed in i16
+    /// over four groups (Q4: 4·2·15·127, Q5_K: 4·2·31·127 < 2¹⁵) or two (Q6_K, `HALVES`:
+    /// 2·2·63·127 < 2¹⁵), widened by `madd`, one conversion and FMA per block (per half with
+    /// `HALVES`). Not for Q8_0 (its shifted quants reach 255). Tokens past `cnt` repeat the last (dropped).
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `q`, `e`, `o` hold `nb` blocks of an 8-row panel; each token's `xq` holds
+    /// `nb` blocks of quants, `xd` `nb` scales, `xs` `nb` (or `2·nb` with `HALVES`) sums.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows8_avx2<const HALVES: bool>(
+        q: *const u8,
+        e: *const f32,
+        o: *const f32,
+        nb: usize,
+        xq: [*const i8; super::T16],
+        xd: [*const f32; super::T16],
+        xs: [*const f32; super::T16],
+        cnt: usize,
+        res: &mut [[f32; super::PR16]; super::T16],
+    ) {
+        const T: usize = 4;
+        let hb = if HALVES { 2 } else { 1 };
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let mut whole = [_mm256_setzero_si256(); T];
+            for h in 0..2 {
+                let mut s16 = [_mm256_setzero_si256(); T];
+                let mut half = [_mm256_setzero_si256(); T];
+                for g in 4 * h..4 * h + 4 {
+                    let w = _mm256_loadu_si256(q.add((b * 8 + g) * 32) as *const __m256i);
+                    for c in 0..T {
+                        let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
+                        s16[c] = _mm256_add_epi16(
+                            s16[c],
+                            _mm256_maddubs_epi16(w, _mm256_set1_epi32(xv)),
+                        );
+                    }
+                    if HALVES && g % 2 == 1 {
+                        // Q6_K's quants reach 63: widen every two groups (2·2·63·127 < 2¹⁵).
+                        for c in 0..T {
+                            half[c] = _mm256_add_epi32(half[c], _mm256_madd_epi16(s16[c], ones));
+                            s16[c] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+                if HALVES {
+                    let ev = _mm256_loadu_ps(e.add(8 * (2 * b + h)));
+                    let ov = _mm256_loadu_ps(o.add(8 * (2 * b + h)));
+                    for c in 0..T {
+                        let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(2 * b + h)));
+                        let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[c]), ev, off);
+                        acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
+                    }
+                } else {
+                    for c in 0..T {
+                        whole[c] = _mm256_add_epi32(whole[c], _mm256_madd_epi16(s16[c], ones));
+                    }
+                }
+            }
+            if !HALVES {
+                let ev = _mm256_loadu_ps(e.add(8 * b));
+                let ov = _mm256_loadu_ps(o.add(8 * b));
+                for c in 0..T {
+                    let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(b)));
+                    let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole[c]), ev, off);
+                    acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
+                }
+            }
+        }
+        let _ = hb;
+        for c in 0..cnt.min(T) {
+            _mm256_storeu_ps(res[c].as_mut_ptr(), acc[c]);
         }
     }
 
@@ -936,81 +1093,6 @@ mod x86 {
         }
         out
     }
-
-    /// `PR` rows × T tokens with AVX-512 VNNI, two 32-blocks per zmm: `vpdpbusd` into 16 i32
-    /// (4 per half-block), converted and FMA'd with the spread `e_h · d_x`; the offsets
-    /// every 16 blocks.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL/VNNI; the lengths of `tile_avx2`, `sstride` a multiple of 16.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn tile_vnni<const T: usize, const SIGNED: bool>(
-        q: *const u8,
-        e: *const f32,
-        o: *const f32,
-        nbp: usize,
-        sstride: usize,
-        xq: [*const i8; T],
-        xd: [*const f32; T],
-        xs: [*const f32; T],
-    ) -> [[f32; T]; PR] {
-        let spread_e = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let spread_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let zero = _mm512_setzero_si512();
-        let mut acc = [[_mm512_setzero_ps(); T]; PR];
-        for bp in 0..nbp {
-            let xv: [__m512i; T] =
-                std::array::from_fn(|c| _mm512_loadu_si512(xq[c].add(64 * bp) as *const __m512i));
-            let dv: [__m512; T] = std::array::from_fn(|c| {
-                let two = _mm_castpd_ps(_mm_load_sd(xd[c].add(2 * bp) as *const f64));
-                _mm512_permutexvar_ps(spread_d, _mm512_castps128_ps512(two))
-            });
-            for (i, acc_i) in acc.iter_mut().enumerate() {
-                let at = bp * PR + i;
-                let w = _mm512_loadu_si512(q.add(at * 64) as *const __m512i);
-                let ev = _mm512_permutexvar_ps(
-                    spread_e,
-                    _mm512_castps128_ps512(_mm_loadu_ps(e.add(at * 4))),
-                );
-                let (aw, neg) = if SIGNED {
-                    (_mm512_abs_epi8(w), _mm512_movepi8_mask(w))
-                } else {
-                    (w, 0)
-                };
-                for c in 0..T {
-                    let x = if SIGNED {
-                        _mm512_mask_sub_epi8(xv[c], neg, zero, xv[c])
-                    } else {
-                        xv[c]
-                    };
-                    let p = _mm512_dpbusd_epi32(zero, aw, x);
-                    acc_i[c] =
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ev, dv[c]), acc_i[c]);
-                }
-            }
-        }
-        if !SIGNED {
-            let mut j = 0;
-            while j < sstride {
-                let sv: [__m512; T] = std::array::from_fn(|c| _mm512_loadu_ps(xs[c].add(j)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let ov = _mm512_loadu_ps(o.add(i * sstride + j));
-                    for c in 0..T {
-                        acc_i[c] = _mm512_fmadd_ps(ov, sv[c], acc_i[c]);
-                    }
-                }
-                j += 16;
-            }
-        }
-        let mut out = [[0f32; T]; PR];
-        for i in 0..PR {
-            for c in 0..T {
-                out[i][c] = _mm512_reduce_add_ps(acc[i][c]);
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -1084,10 +1166,18 @@ mod tests {
             let ks: &[usize] = if dt.block().0 == 256 {
                 &[256, 768]
             } else {
-                &[32, 96, 288]
+                &[32, 96, 288, 576, 1536]
             };
             for &k in ks {
-                for (m, n) in [(1, 2), (5, 3), (8, 7), (37, 5), (70, 12)] {
+                for (m, n) in [
+                    (1, 2),
+                    (5, 3),
+                    (8, 7),
+                    (37, 5),
+                    (70, 12),
+                    (300, 33),
+                    (64, 31),
+                ] {
                     let data = random_rows(dt, m, k, (m * 1000 + k + n) as u64);
                     let w = MatRef {
                         dtype: dt,

@@ -251,6 +251,46 @@ pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
     out
 }
 
+/// Dots of four f16 rows (little-endian bytes) against one f32 vector: the decode GEMV
+/// kernel for F16 weights, widening on the fly with F16C where the CPU has it.
+pub fn dot_f16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && avx2_f16c() {
+        // SAFETY: avx512f and f16c were detected at run time; lengths are checked inside.
+        return unsafe { x86::dot_f16_rows4_avx512(rows, x) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2_f16c() && level() != Level::Scalar {
+        // SAFETY: avx2, fma and f16c were detected at run time; lengths are checked inside.
+        return unsafe { x86::dot_f16_rows4_avx2(rows, x) };
+    }
+    dot_f16_rows4_plain(rows, x)
+}
+
+fn dot_f16_rows4_plain(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = [0f32; 8];
+        let row = rows[r];
+        let w = |j: usize| {
+            half::f16::from_bits(u16::from_le_bytes([row[2 * j], row[2 * j + 1]])).to_f32()
+        };
+        let chunks = x.len() / 8;
+        for i in 0..chunks {
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a += w(i * 8 + l) * x[i * 8 + l];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        #[allow(clippy::needless_range_loop)]
+        for j in chunks * 8..x.len() {
+            s += w(j) * x[j];
+        }
+        out[r] = s;
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -481,6 +521,66 @@ mod x86 {
             for t in 0..4 {
                 out[rr][t] = _mm512_reduce_add_ps(acc[rr][t]);
             }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        let k = x.len();
+        for row in rows {
+            assert!(row.len() == 2 * k);
+        }
+        let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
+        let px = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= k {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for rr in 0..4 {
+                let w = _mm256_cvtph_ps(_mm_loadu_si128(r[rr].add(i) as *const __m128i));
+                acc[rr] = _mm256_fmadd_ps(w, xv, acc[rr]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for rr in 0..4 {
+            let mut s = hsum256(acc[rr]);
+            for j in i..k {
+                s += half::f16::from_bits(std::ptr::read_unaligned(r[rr].add(j))).to_f32()
+                    * *px.add(j);
+            }
+            out[rr] = s;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows4_avx512(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        let k = x.len();
+        for row in rows {
+            assert!(row.len() == 2 * k);
+        }
+        let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
+        let px = x.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= k {
+            let xv = _mm512_loadu_ps(px.add(i));
+            for rr in 0..4 {
+                let w = _mm512_cvtph_ps(_mm256_loadu_si256(r[rr].add(i) as *const __m256i));
+                acc[rr] = _mm512_fmadd_ps(w, xv, acc[rr]);
+            }
+            i += 16;
+        }
+        let mut out = [0f32; 4];
+        for rr in 0..4 {
+            let mut s = _mm512_reduce_add_ps(acc[rr]);
+            for j in i..k {
+                s += half::f16::from_bits(std::ptr::read_unaligned(r[rr].add(j))).to_f32()
+                    * *px.add(j);
+            }
+            out[rr] = s;
         }
         out
     }
@@ -718,14 +818,44 @@ mod tests {
                 close(bf_rows[1], dot_plain(&wide, xx[0])),
                 "{name} bf16 k={k}"
             );
+            // f16 rows: against the plain f16 kernel (half's conversion).
+            let hf: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+                        .collect()
+                })
+                .collect();
+            let hh = [&hf[0][..], &hf[1][..], &hf[2][..], &hf[3][..]];
+            let want_h = dot_f16_rows4_plain(hh, xx[0]);
+            // SAFETY: the callers checked this level's features (F16C comes with both).
+            let got_h = unsafe {
+                if avx512 {
+                    x86::dot_f16_rows4_avx512(hh, xx[0])
+                } else {
+                    x86::dot_f16_rows4_avx2(hh, xx[0])
+                }
+            };
+            for r in 0..4 {
+                assert!(
+                    close(got_h[r], want_h[r]),
+                    "{name} f16 row {r} k={k}: {} vs {}",
+                    got_h[r],
+                    want_h[r]
+                );
+            }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_paths_match_the_plain_path() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA");
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
         }
         simd_paths_match_the_plain_path(false);
     }
@@ -733,8 +863,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_paths_match_the_plain_path() {
-        if !is_x86_feature_detected!("avx512f") {
-            return crate::backend::cpu::skip_test("this CPU has no AVX-512F");
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")) {
+            return crate::backend::cpu::skip_test("this CPU has no AVX-512F + F16C");
         }
         simd_paths_match_the_plain_path(true);
     }
