@@ -431,7 +431,7 @@ fn scores_body<const FMA: bool>(
                 for i in 0..4 {
                     let qv = qr[i][d];
                     for c in 0..C {
-                        acc[i][c] = fmadd::<FMA>(qv, k[c], acc[i][c]);
+                        acc[i][c] = simd::fmadd::<FMA>(qv, k[c], acc[i][c]);
                     }
                 }
             }
@@ -520,7 +520,7 @@ fn accumulate_body<const FMA: bool>(
                 for i in 0..4 {
                     let pv = p[(r0 + i.min(nr - 1)) * BK + c];
                     for x in 0..C {
-                        acc[i][x] = fmadd::<FMA>(pv, vv[x], acc[i][x]);
+                        acc[i][x] = simd::fmadd::<FMA>(pv, vv[x], acc[i][x]);
                     }
                 }
             }
@@ -530,15 +530,6 @@ fn accumulate_body<const FMA: bool>(
             d0 += C;
         }
         r0 += 4;
-    }
-}
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
     }
 }
 

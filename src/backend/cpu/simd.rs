@@ -139,6 +139,17 @@ pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// `a·b + c`, fused where `FMA` (the SIMD levels' kernel bodies), else rounded twice as
+/// the plain level does.
+#[inline(always)]
+pub(super) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Plain dot product.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());

@@ -133,13 +133,6 @@ pub fn causal_conv1d(
     need(OP, "weight", w.len(), cd * k);
     need(OP, "bias", b.len(), cd);
     need(OP, "out", out.len(), n * cd);
-    // The taps transposed (`[k, cd]`) so each tap is one elementwise multiply-add per row.
-    let mut wt = vec![0f32; k * cd];
-    for c in 0..cd {
-        for j in 0..k {
-            wt[j * cd + c] = w[c * k + j];
-        }
-    }
     {
         let st: &[f32] = conv_state;
         // Input row `s` (negative: from the window).
@@ -158,18 +151,16 @@ pub fn causal_conv1d(
             for t in ci * per..((ci + 1) * per).min(n) {
                 // SAFETY: row t of `out` (checked to hold n rows) belongs to this chunk only.
                 let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * cd), cd) };
-                let taps: [&[f32]; 8] = std::array::from_fn(|j| {
-                    if j < k {
-                        row(t as isize - past as isize + j as isize)
-                    } else {
-                        &[]
-                    }
-                });
-                conv_row(level, o, b, &wt, &taps[..k.min(8)], cd);
-                for j in 8..k {
-                    let r = row(t as isize - past as isize + j as isize);
-                    for ((v, wv), xv) in o.iter_mut().zip(&wt[j * cd..(j + 1) * cd]).zip(r) {
-                        *v += wv * xv;
+                let tap = |j: usize| row(t as isize - past as isize + j as isize);
+                if k == 4 {
+                    conv_row4(level, o, b, w, [tap(0), tap(1), tap(2), tap(3)]);
+                } else {
+                    let taps: Vec<&[f32]> = (0..k).map(tap).collect();
+                    for (c, v) in o.iter_mut().enumerate() {
+                        *v = b[c];
+                        for (j, r) in taps.iter().enumerate() {
+                            *v += w[c * k + j] * r[c];
+                        }
                     }
                 }
                 for v in o.iter_mut() {
@@ -202,45 +193,43 @@ fn silu(v: f32) -> f32 {
     v / (1.0 + ops::exp(-v))
 }
 
-/// `o = b + Σ_j wt[j]·taps[j]` elementwise over `cd` channels (up to 8 taps), at `level`.
-fn conv_row(level: simd::Level, o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
+/// One output row of the models' 4-tap conv before SiLU: `o[c] = b[c] + Σ_j w[c, j]·x_j[c]`
+/// with `w` in its stored `[cd, 4]` layout (no copy per call; decode calls this every
+/// token), at `level`.
+fn conv_row4(level: simd::Level, o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
     #[cfg(target_arch = "x86_64")]
     match level {
         // SAFETY: the features were detected at run time.
-        simd::Level::Avx512 => return unsafe { conv_row_avx512(o, b, wt, taps, cd) },
+        simd::Level::Avx512 => return unsafe { conv_row4_avx512(o, b, w, x) },
         // SAFETY: as above.
-        simd::Level::Avx2 => return unsafe { conv_row_avx2(o, b, wt, taps, cd) },
+        simd::Level::Avx2 => return unsafe { conv_row4_avx2(o, b, w, x) },
         simd::Level::Scalar | simd::Level::Neon => {}
     }
     let _ = level;
-    conv_row_body(o, b, wt, taps, cd)
+    conv_row4_body(o, b, w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_row_avx2(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
-    conv_row_body(o, b, wt, taps, cd)
+unsafe fn conv_row4_avx2(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
+    conv_row4_body(o, b, w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn conv_row_avx512(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
-    conv_row_body(o, b, wt, taps, cd)
+unsafe fn conv_row4_avx512(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
+    conv_row4_body(o, b, w, x)
 }
 
-/// The body of `conv_row` (separate multiply and add at every level: the sum is the
-/// plain loop's, in the same order).
+/// The body of `conv_row4` (separate multiply and add at every level: the sum is the plain
+/// loop's, in the same order).
 #[inline(always)]
-fn conv_row_body(o: &mut [f32], b: &[f32], wt: &[f32], taps: &[&[f32]], cd: usize) {
-    o[..cd].copy_from_slice(&b[..cd]);
-    for (j, r) in taps.iter().enumerate() {
-        for ((v, wv), xv) in o[..cd]
-            .iter_mut()
-            .zip(&wt[j * cd..(j + 1) * cd])
-            .zip(&r[..cd])
-        {
-            *v += wv * xv;
-        }
+fn conv_row4_body(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
+    let cd = o.len();
+    let (b, w) = (&b[..cd], &w[..4 * cd]);
+    let [x0, x1, x2, x3] = x.map(|r| &r[..cd]);
+    for (c, (v, wc)) in o.iter_mut().zip(w.chunks_exact(4)).enumerate() {
+        *v = b[c] + wc[0] * x0[c] + wc[1] * x1[c] + wc[2] * x2[c] + wc[3] * x3[c];
     }
 }
 
@@ -602,15 +591,6 @@ unsafe fn gemm_avx512(
     gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// The body of `gemm_acc`, inlined into each level's copy: 4 rows × 16 columns of
 /// accumulators, one broadcast of A per row and k, one 16-wide load of B per k.
 #[inline(always)]
@@ -648,7 +628,7 @@ fn gemm_body<const FMA: bool>(
                     for i in 0..R {
                         let av = a[ar[i] + q];
                         for (o, bx) in acc[i].iter_mut().zip(bv) {
-                            *o = fmadd::<FMA>(av, *bx, *o);
+                            *o = simd::fmadd::<FMA>(av, *bx, *o);
                         }
                     }
                 }
@@ -659,7 +639,7 @@ fn gemm_body<const FMA: bool>(
                     for i in 0..R {
                         let av = a[ar[i] + q];
                         for (o, bx) in acc[i].iter_mut().zip(&bv) {
-                            *o = fmadd::<FMA>(av, *bx, *o);
+                            *o = simd::fmadd::<FMA>(av, *bx, *o);
                         }
                     }
                 }
