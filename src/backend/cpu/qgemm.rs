@@ -12,15 +12,17 @@
 //! Σ_j w_j x̂_j = Σ_h e_h · d_x · Σ_{j∈h} q_j q_x,j  +  o · (d_x · Σ_j q_x,j)
 //! ```
 //!
-//! A task (a chunk of rows × a block of tokens, on the team) first *packs* its rows into
-//! panels of `PR` rows: per pair of 32-blocks and row, the 64 quants as bytes (nibbles
-//! unpacked; unsigned, or signed for Q8_0/Q6_K), the four half-block scales, and per row the
-//! block offsets. Packing costs O(rows · k) per task, the kernels O(rows · k · tokens).
-//! The kernels hold a `PR` × T tile of f32 accumulators: per block an integer dot (AVX2
-//! `maddubs` + `madd`; AVX-512 VNNI `vpdpbusd`, two blocks per zmm; the signed types move
-//! the weight's sign onto x), converted and multiplied by `e · d_x`, and every 8 or 16 blocks
-//! the offsets as an f32 dot of `o` against the token's `d_x · sum`. The plain level calls
-//! `quant`'s plain dot per row and token: the oracle of both SIMD paths.
+//! A task (a chunk of rows, on the team) first *packs* its rows, once, then runs them
+//! against every token. On AVX-512 VNNI (16 rows) and AVX2 (8 rows) the rows are
+//! interleaved so one integer lane holds one row: each token's 4 quantized bytes are
+//! broadcast against the next 4 quants of every row (`vpdpbusd`, or `maddubs` + `madd`),
+//! a whole block (Q6_K: a half-block) is summed in integers, and then per token the block's
+//! value `cvt · e + o · Σ_j q_x,j` meets d_x in one FMA (grouped as the plain dot groups
+//! it). Signed quants are made unsigned (Q8_0 + 128, Q6_K + 32) with a matching offset.
+//! AVX2's Q8_0 (shifted quants overflow `maddubs`) keeps panels of `PR` rows with the
+//! weight's sign moved onto x. Packing costs O(rows · k) per task, the kernels
+//! O(rows · k · tokens). The plain level calls `quant`'s plain dot per row and token: the
+//! oracle of every SIMD path.
 //!
 //! Invariant: results equal the decode dots (`quant::dot_row_q8`) of the same row and token
 //! up to f32 summation order.
@@ -32,25 +34,22 @@ use super::quant::{self, ActsRef};
 use super::team;
 use crate::backend::DType;
 
-/// Rows per panel: the kernels' register tile height.
+/// Rows per panel of AVX2's Q8_0 tile.
 const PR: usize = 4;
+
+/// Tokens per call of AVX2's Q8_0 tile.
+const PT: usize = 2;
 
 /// Whether `matmul` multiplies `dtype` this way for n > 1.
 pub fn supports(dtype: DType, cols: usize) -> bool {
     quant::supports_q8_dot(dtype) && cols.is_multiple_of(32)
 }
 
-/// Types whose quants are signed: the kernels move the weight's sign onto x and add no
-/// offset.
-fn signed(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q6_K)
-}
-
 /// n tokens' activations quantized by the decode rule, laid out for the kernels: token t's
 /// quants at `qs[t * qstride..]` (its blocks padded with zero blocks to an even count, for
-/// the two-block steps), its block scales at `d[t * sstride..]`, block sums at
-/// `sum[t * sstride..]` and `d · sum` at `ds[t * sstride..]` (padded with zeros to a
-/// multiple of 16 blocks, for the offset dots).
+/// the two-block steps), its block scales at `d[t * sstride..]` and block sums at
+/// `sum[t * sstride..]` (padded with zeros to a multiple of 16 blocks), half-block sums at
+/// `sum16[t * 2 * sstride + 2b + h]` (Q6_K's offsets, one per half).
 #[derive(Default)]
 struct Batch {
     n: usize,
@@ -60,12 +59,7 @@ struct Batch {
     qs: Vec<i8>,
     d: Vec<f32>,
     sum: Vec<i32>,
-    ds: Vec<f32>,
-    /// `Σ q` of each block as f32: `sf[t * sstride + b]`, and of each half-block (16
-    /// values): `sf16[t * 2 * sstride + 2b + h]` (the row-interleaved kernels' offsets;
-    /// Q6_K's per half).
-    sf: Vec<f32>,
-    sf16: Vec<f32>,
+    sum16: Vec<i32>,
 }
 
 impl Batch {
@@ -94,61 +88,44 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
     b.qs.resize(n * b.qstride, 0);
     b.d.resize(n * b.sstride, 0.0);
     b.sum.resize(n * b.sstride, 0);
-    b.ds.resize(n * b.sstride, 0.0);
-    b.sf.resize(n * b.sstride, 0.0);
-    b.sf16.resize(n * 2 * b.sstride, 0.0);
+    b.sum16.resize(n * 2 * b.sstride, 0);
     let (qstride, sstride) = (b.qstride, b.sstride);
-    let (qs, d, sum, ds) = (
+    let (qs, d, sum, sum16) = (
         SendPtr(b.qs.as_mut_ptr()),
         SendPtr(b.d.as_mut_ptr()),
         SendPtr(b.sum.as_mut_ptr()),
-        SendPtr(b.ds.as_mut_ptr()),
+        SendPtr(b.sum16.as_mut_ptr()),
     );
-    let (sf, sf16) = (SendPtr(b.sf.as_mut_ptr()), SendPtr(b.sf16.as_mut_ptr()));
     // Tokens in chunks of at least 64 KiB of activations.
     let per = (16384 / k.max(1)).max(1);
     team::par_for(n.div_ceil(per), &|c| {
-        let (qs, d, sum, ds, sf, sf16) = (qs, d, sum, ds, sf, sf16);
+        let (qs, d, sum, sum16) = (qs, d, sum, sum16);
         for t in c * per..((c + 1) * per).min(n) {
             // SAFETY: token t's rows of the four buffers belong to this chunk only; the
             // buffers hold n rows of their strides.
-            let (q, dd, s, dsum) = unsafe {
+            let (q, dd, s, s16) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(qs.0.add(t * qstride), qstride),
                     std::slice::from_raw_parts_mut(d.0.add(t * sstride), sstride),
                     std::slice::from_raw_parts_mut(sum.0.add(t * sstride), sstride),
-                    std::slice::from_raw_parts_mut(ds.0.add(t * sstride), sstride),
+                    std::slice::from_raw_parts_mut(sum16.0.add(t * 2 * sstride), 2 * sstride),
                 )
             };
             quant::quantize_blocks(&x[t * k..(t + 1) * k], q, dd, s);
             q[32 * nb..].fill(0);
             dd[nb..].fill(0.0);
             s[nb..].fill(0);
-            for j in 0..sstride {
-                dsum[j] = dd[j] * s[j] as f32;
-            }
-            // SAFETY: as above (sstride block sums, 2·sstride half-block sums per token).
-            let (f, f16s) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(sf.0.add(t * sstride), sstride),
-                    std::slice::from_raw_parts_mut(sf16.0.add(t * 2 * sstride), 2 * sstride),
-                )
-            };
-            for j in 0..sstride {
-                f[j] = s[j] as f32;
-            }
-            for (j, h) in f16s.chunks_exact_mut(2).enumerate() {
-                let (lo, hi) = if j < nb {
-                    let qb = &q[32 * j..32 * j + 32];
-                    (
-                        qb[..16].iter().map(|&v| v as i32).sum::<i32>(),
-                        qb[16..].iter().map(|&v| v as i32).sum::<i32>(),
-                    )
-                } else {
-                    (0, 0)
-                };
-                h[0] = lo as f32;
-                h[1] = hi as f32;
+            for (j, h) in s16.chunks_exact_mut(2).enumerate() {
+                for (half, v) in h.iter_mut().enumerate() {
+                    *v = if j < nb {
+                        q[32 * j + 16 * half..][..16]
+                            .iter()
+                            .map(|&v| v as i32)
+                            .sum()
+                    } else {
+                        0
+                    };
+                }
             }
         }
     });
@@ -237,7 +214,6 @@ fn unpack_block(dtype: DType, row: &[u8], b: usize, q: &mut [u8]) -> (f32, f32, 
 struct Panels {
     q: Vec<u8>,
     e: Vec<f32>,
-    o: Vec<f32>,
     scratch: RowScratch,
 }
 
@@ -280,43 +256,37 @@ struct RowScratch {
 }
 
 /// Packs rows `r0..r1` of `w` (a panel's missing rows are zero, so their results are 0).
-fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, sstride: usize, p: &mut Panels) {
+fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels) {
     let nbp = nb.div_ceil(2);
     let np = (r1 - r0).div_ceil(PR);
     p.q.resize(np * nbp * PR * 64, 0);
     p.e.resize(np * nbp * PR * 4, 0.0);
-    p.o.resize(np * PR * sstride, 0.0);
     let rb = w.row_bytes();
     let s = &mut p.scratch;
     s.q.resize(64 * nbp, 0);
     s.e.resize(4 * nbp, 0.0);
-    s.o.resize(sstride.max(nb), 0.0);
+    s.o.resize(nb, 0.0);
     for pi in 0..np {
         for i in 0..PR {
             let r = r0 + pi * PR + i;
-            let orow = &mut p.o[(pi * PR + i) * sstride..(pi * PR + i + 1) * sstride];
             if r >= r1 {
                 for bp in 0..nbp {
                     let at = (pi * nbp + bp) * PR + i;
                     p.q[at * 64..at * 64 + 64].fill(0);
                     p.e[at * 4..at * 4 + 4].fill(0.0);
                 }
-                orow.fill(0.0);
                 continue;
             }
             let row = &w.data[r * rb..(r + 1) * rb];
             // A missing last block of an odd count is zero.
             s.q[32 * nb..].fill(0);
             s.e[2 * nb..].fill(0.0);
-            s.o[nb..].fill(0.0);
             unpack_row(w.dtype, row, nb, &mut s.q, &mut s.e, &mut s.o);
             for bp in 0..nbp {
                 let at = (pi * nbp + bp) * PR + i;
                 p.q[at * 64..at * 64 + 64].copy_from_slice(&s.q[64 * bp..64 * bp + 64]);
                 p.e[at * 4..at * 4 + 4].copy_from_slice(&s.e[4 * bp..4 * bp + 4]);
             }
-            orow[..nb].copy_from_slice(&s.o[..nb]);
-            orow[nb..].fill(0.0);
         }
     }
 }
@@ -355,19 +325,6 @@ fn path() -> Path {
         return Path::Neon;
     }
     Path::Plain
-}
-
-/// Tokens per kernel call (the register tile's width) on `path`.
-fn tile_tokens(path: Path) -> usize {
-    match path {
-        Path::Plain => 1,
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => 2,
-        #[cfg(target_arch = "x86_64")]
-        Path::Vnni => 4,
-        #[cfg(target_arch = "aarch64")]
-        Path::Neon => 1,
-    }
 }
 
 /// `parts[i].1 = x · parts[i].0ᵀ` for x `[n, k]` (every part `supports`-ed, k its columns),
@@ -446,22 +403,19 @@ fn task(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize,
         let mut pb = pb.borrow_mut();
         let nb = b.nb;
         let nbp = nb.div_ceil(2);
-        pack(w, r0, r1, nb, b.sstride, &mut pb);
-        let tt = tile_tokens(path);
-        let signed = signed(w.dtype);
+        pack(w, r0, r1, nb, &mut pb);
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + tb).min(n);
             for pi in 0..(r1 - r0).div_ceil(PR) {
                 let q = &pb.q[pi * nbp * PR * 64..(pi + 1) * nbp * PR * 64];
                 let e = &pb.e[pi * nbp * PR * 4..(pi + 1) * nbp * PR * 4];
-                let o = &pb.o[pi * PR * b.sstride..(pi + 1) * PR * b.sstride];
                 let rows = (r1 - r0 - pi * PR).min(PR);
                 let mut t = t0;
                 while t < t1 {
-                    let cnt = tt.min(t1 - t);
-                    let mut res = [[0f32; 4]; PR];
-                    tile(path, signed, q, e, o, b, t, cnt, &mut res);
+                    let cnt = PT.min(t1 - t);
+                    let mut res = [[0f32; PT]; PR];
+                    tile(path, q, e, b, t, cnt, &mut res);
                     for (i, ri) in res.iter().enumerate().take(rows) {
                         for (c, v) in ri.iter().enumerate().take(cnt) {
                             // SAFETY: (t + c, r0 + pi·PR + i) lies in this task's rows.
@@ -505,36 +459,35 @@ thread_local! {
 /// Packs rows `r0..r1` of `w` into `Panels16` panels of `rr` rows (16 for VNNI, 8 for
 /// AVX2; missing rows are zero).
 #[cfg(target_arch = "x86_64")]
-fn pack_rows(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, rr: usize, p: &mut Panels16) {
-    let np = (r1 - r0).div_ceil(rr);
+fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
+    let np = (r1 - r0).div_ceil(RR);
     // Q6_K keeps a scale per half-block (two per block), the others one.
     let hb = if w.dtype == DType::Q6_K { 2 } else { 1 };
-    p.q.resize(np * nb * 8 * rr, 0);
-    p.e.resize(np * nb * hb * rr, 0.0);
-    p.o.resize(np * nb * hb * rr, 0.0);
+    p.q.resize(np * nb * 8 * RR, 0);
+    p.e.resize(np * nb * hb * RR, 0.0);
+    p.o.resize(np * nb * hb * RR, 0.0);
     let rb = w.row_bytes();
     let s = &mut p.scratch;
     s.q.resize(32 * nb, 0);
     s.e.resize(2 * nb, 0.0);
     s.o.resize(nb, 0.0);
-    // Signed quants made unsigned: Q8_0 + 128, Q6_K + 32 (their offsets below).
-    let (shift, zero_at) = match w.dtype {
-        DType::Q8_0 => (0x8080_8080u32, 128.0),
-        DType::Q6_K => (0x2020_2020u32, 32.0),
-        _ => (0, 0.0),
+    // Signed quants made unsigned, per byte: Q8_0 + 128, Q6_K + 32; their offset −zero·e.
+    let zero: u8 = match w.dtype {
+        DType::Q8_0 => 128,
+        DType::Q6_K => 32,
+        _ => 0,
     };
     for pi in 0..np {
-        for i in 0..rr {
-            let r = r0 + pi * rr + i;
+        for i in 0..RR {
+            let r = r0 + pi * RR + i;
             if r >= r1 {
                 for b in 0..nb {
-                    let at = (pi * nb + b) * 8 * rr;
                     for g in 0..8 {
-                        p.q[at + g * rr + i] = 0;
+                        p.q[(pi * nb + b) * 8 * RR + g * RR + i] = 0;
                     }
                     for h in 0..hb {
-                        p.e[((pi * nb + b) * hb + h) * rr + i] = 0.0;
-                        p.o[((pi * nb + b) * hb + h) * rr + i] = 0.0;
+                        p.e[((pi * nb + b) * hb + h) * RR + i] = 0.0;
+                        p.o[((pi * nb + b) * hb + h) * RR + i] = 0.0;
                     }
                 }
                 continue;
@@ -547,28 +500,23 @@ fn pack_rows(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, rr: usize, p: &mut
                 &mut s.e,
                 &mut s.o,
             );
+            if zero != 0 {
+                s.q.iter_mut().for_each(|v| *v = v.wrapping_add(zero));
+            }
             for b in 0..nb {
-                let at = (pi * nb + b) * 8 * rr;
+                let at = (pi * nb + b) * 8 * RR + i;
                 for (g, v) in s.q[32 * b..32 * b + 32].chunks_exact(4).enumerate() {
-                    let u = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-                    // Per byte: +128 is a flip of the top bit; +32 on a value in −32..31
-                    // cannot carry into the next byte.
-                    p.q[at + g * rr + i] = if w.dtype == DType::Q6_K {
-                        u32::from_le_bytes([
-                            v[0].wrapping_add(32),
-                            v[1].wrapping_add(32),
-                            v[2].wrapping_add(32),
-                            v[3].wrapping_add(32),
-                        ])
-                    } else {
-                        u ^ shift
-                    };
+                    p.q[at + g * RR] = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
                 }
                 for h in 0..hb {
                     let e = s.e[2 * b + h];
-                    p.e[((pi * nb + b) * hb + h) * rr + i] = e;
-                    p.o[((pi * nb + b) * hb + h) * rr + i] =
-                        if shift != 0 { -zero_at * e } else { s.o[b] };
+                    let at = ((pi * nb + b) * hb + h) * RR + i;
+                    p.e[at] = e;
+                    p.o[at] = if zero != 0 {
+                        -f32::from(zero) * e
+                    } else {
+                        s.o[b]
+                    };
                 }
             }
         }
@@ -585,19 +533,21 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
         (8, 4)
     };
     let (m, n, nb) = (w.rows, b.n, b.nb);
-    assert!(
-        b.qs.len() >= n * b.qstride && b.d.len() >= n * b.sstride && b.ds.len() >= n * b.sstride
-    );
+    assert!(b.qs.len() >= n * b.qstride && b.d.len() >= n * b.sstride);
     assert!(
         b.qstride >= 32 * nb
             && b.sstride >= nb
-            && b.sf16.len() >= n * 2 * b.sstride
-            && b.sf.len() >= n * b.sstride
+            && b.sum16.len() >= n * 2 * b.sstride
+            && b.sum.len() >= n * b.sstride
     );
     let hb = if w.dtype == DType::Q6_K { 2 } else { 1 };
     PANELS16.with(|pb| {
         let mut pb = pb.borrow_mut();
-        pack_rows(w, r0, r1, nb, rr, &mut pb);
+        if rr == PR16 {
+            pack_rows::<PR16>(w, r0, r1, nb, &mut pb);
+        } else {
+            pack_rows::<8>(w, r0, r1, nb, &mut pb);
+        }
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + tb).min(n);
@@ -613,12 +563,12 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
                         std::array::from_fn(|c| b.qs[(t + c.min(cnt - 1)) * b.qstride..].as_ptr());
                     let xd: [*const f32; T16] =
                         std::array::from_fn(|c| b.d[(t + c.min(cnt - 1)) * b.sstride..].as_ptr());
-                    let xs: [*const f32; T16] = std::array::from_fn(|c| {
+                    let xs: [*const i32; T16] = std::array::from_fn(|c| {
                         let tc = t + c.min(cnt - 1);
                         if hb == 2 {
-                            b.sf16[tc * 2 * b.sstride..].as_ptr()
+                            b.sum16[tc * 2 * b.sstride..].as_ptr()
                         } else {
-                            b.sf[tc * b.sstride..].as_ptr()
+                            b.sum[tc * b.sstride..].as_ptr()
                         }
                     });
                     let mut res = [[0f32; PR16]; T16];
@@ -661,74 +611,45 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
     });
 }
 
-/// One panel against tokens `t..t + cnt` (cnt ≤ `tile_tokens`): `res[i][c]`.
-#[allow(clippy::too_many_arguments)]
+/// One panel of Q8_0 rows against tokens `t..t + cnt` (cnt ≤ `PT`), AVX2: `res[i][c]`.
 fn tile(
     path: Path,
-    signed: bool,
     q: &[u8],
     e: &[f32],
-    o: &[f32],
     b: &Batch,
     t: usize,
     cnt: usize,
-    res: &mut [[f32; 4]; PR],
+    res: &mut [[f32; PT]; PR],
 ) {
     let nbp = b.nb.div_ceil(2);
-    assert!(q.len() >= nbp * PR * 64 && e.len() >= nbp * PR * 4 && o.len() >= PR * b.sstride);
+    assert!(q.len() >= nbp * PR * 64 && e.len() >= nbp * PR * 4);
     assert!((t + cnt) * b.qstride <= b.qs.len() && (t + cnt) * b.sstride <= b.d.len());
     #[cfg(target_arch = "x86_64")]
     {
-        let xq = |c: usize| b.qs[(t + c) * b.qstride..].as_ptr();
-        let xd = |c: usize| b.d[(t + c) * b.sstride..].as_ptr();
-        let xs = |c: usize| b.ds[(t + c) * b.sstride..].as_ptr();
+        assert!(path == Path::Avx2, "only AVX2's Q8_0 takes the 4-row tile");
         macro_rules! call {
-            ($f:ident, $T:literal) => {{
-                let xq: [*const i8; $T] = std::array::from_fn(|c| xq(c));
-                let xd: [*const f32; $T] = std::array::from_fn(|c| xd(c));
-                let xs: [*const f32; $T] = std::array::from_fn(|c| xs(c));
-                // SAFETY: the features were detected at run time (`path`); the lengths are
-                // checked above: nbp block pairs of PR rows, sstride offsets, and each
-                // token's padded blocks.
-                let r = unsafe {
-                    if signed {
-                        x86::$f::<$T, true>(
-                            q.as_ptr(),
-                            e.as_ptr(),
-                            o.as_ptr(),
-                            nbp,
-                            b.sstride,
-                            xq,
-                            xd,
-                            xs,
-                        )
-                    } else {
-                        x86::$f::<$T, false>(
-                            q.as_ptr(),
-                            e.as_ptr(),
-                            o.as_ptr(),
-                            nbp,
-                            b.sstride,
-                            xq,
-                            xd,
-                            xs,
-                        )
-                    }
-                };
+            ($T:literal) => {{
+                let xq: [*const i8; $T] =
+                    std::array::from_fn(|c| b.qs[(t + c) * b.qstride..].as_ptr());
+                let xd: [*const f32; $T] =
+                    std::array::from_fn(|c| b.d[(t + c) * b.sstride..].as_ptr());
+                // SAFETY: AVX2 was detected at run time (`path`); the lengths are checked
+                // above: nbp block pairs of PR rows and each token's padded blocks.
+                let r = unsafe { x86::tile_q8_avx2::<$T>(q.as_ptr(), e.as_ptr(), nbp, xq, xd) };
                 for i in 0..PR {
                     res[i][..$T].copy_from_slice(&r[i]);
                 }
             }};
         }
-        match (path, cnt) {
-            (Path::Avx2, 1) => call!(tile_avx2, 1),
-            (Path::Avx2, _) => call!(tile_avx2, 2),
-            _ => unreachable!("only AVX2's Q8_0 takes the 4-row tile"),
+        if cnt == 1 {
+            call!(1)
+        } else {
+            call!(2)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (path, signed, q, e, o, b, t, cnt, res);
+        let _ = (path, q, e, b, t, cnt, res);
         unreachable!("the plain path does not pack");
     }
 }
@@ -900,7 +821,7 @@ mod x86 {
         nb: usize,
         xq: [*const i8; super::T16],
         xd: [*const f32; super::T16],
-        xs: [*const f32; super::T16],
+        xs: [*const i32; super::T16],
         cnt: usize,
         res: &mut [[f32; super::PR16]; super::T16],
     ) {
@@ -925,7 +846,7 @@ mod x86 {
                 for c in 0..T {
                     // The block's value before d_x, as the plain dot groups it (the offset
                     // cancels against the quants' sum there, not in the running total).
-                    let off = _mm512_mul_ps(ov, _mm512_set1_ps(*xs[c].add(hb * b + h)));
+                    let off = _mm512_mul_ps(ov, _mm512_set1_ps(*xs[c].add(hb * b + h) as f32));
                     let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[h][c]), ev, off);
                     acc[c] = _mm512_fmadd_ps(v, _mm512_set1_ps(*xd[c].add(b)), acc[c]);
                 }
@@ -954,7 +875,7 @@ mod x86 {
         nb: usize,
         xq: [*const i8; super::T16],
         xd: [*const f32; super::T16],
-        xs: [*const f32; super::T16],
+        xs: [*const i32; super::T16],
         cnt: usize,
         res: &mut [[f32; super::PR16]; super::T16],
     ) {
@@ -988,7 +909,7 @@ mod x86 {
                     let ev = _mm256_loadu_ps(e.add(8 * (2 * b + h)));
                     let ov = _mm256_loadu_ps(o.add(8 * (2 * b + h)));
                     for c in 0..T {
-                        let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(2 * b + h)));
+                        let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(2 * b + h) as f32));
                         let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[c]), ev, off);
                         acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
                     }
@@ -1002,7 +923,7 @@ mod x86 {
                 let ev = _mm256_loadu_ps(e.add(8 * b));
                 let ov = _mm256_loadu_ps(o.add(8 * b));
                 for c in 0..T {
-                    let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(b)));
+                    let off = _mm256_mul_ps(ov, _mm256_set1_ps(*xs[c].add(b) as f32));
                     let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(whole[c]), ev, off);
                     acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
                 }
@@ -1014,25 +935,20 @@ mod x86 {
         }
     }
 
-    /// `PR` rows × T tokens, one 32-block at a time: `maddubs` (|w| against x with w's sign
-    /// for the signed types) and `madd` into 8 i32 (lanes 0–3 the first 16 values, 4–7 the
-    /// last 16), converted and FMA'd with `e_h · d_x`; the offsets every 8 blocks.
+    /// `PR` Q8_0 rows × T tokens, one 32-block at a time: `maddubs` of |w| against x with
+    /// w's sign and `madd` into 8 i32 (lanes 0–3 the first 16 values, 4–7 the last 16),
+    /// converted and FMA'd with `e_h · d_x`.
     ///
     /// # Safety
-    /// AVX2 + FMA; `q`, `e` hold `nbp` block pairs of `PR` rows, `o` `PR` rows of `sstride`
-    /// offsets (a multiple of 8); each token's `xq` holds `2·nbp` blocks, `xd` and `xs`
-    /// `sstride` values.
-    #[allow(clippy::too_many_arguments)]
+    /// AVX2 + FMA; `q`, `e` hold `nbp` block pairs of `PR` rows; each token's `xq` holds
+    /// `2·nbp` blocks, `xd` `2·nbp` scales.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2<const T: usize, const SIGNED: bool>(
+    pub unsafe fn tile_q8_avx2<const T: usize>(
         q: *const u8,
         e: *const f32,
-        o: *const f32,
         nbp: usize,
-        sstride: usize,
         xq: [*const i8; T],
         xd: [*const f32; T],
-        xs: [*const f32; T],
     ) -> [[f32; T]; PR] {
         let ones = _mm256_set1_epi16(1);
         let spread = [
@@ -1055,13 +971,9 @@ mod x86 {
                         _mm256_castps128_ps256(_mm_loadu_ps(e.add(at * 4))),
                         idx,
                     );
-                    let aw = if SIGNED { _mm256_sign_epi8(w, w) } else { w };
+                    let aw = _mm256_sign_epi8(w, w);
                     for c in 0..T {
-                        let x = if SIGNED {
-                            _mm256_sign_epi8(xv[c], w)
-                        } else {
-                            xv[c]
-                        };
+                        let x = _mm256_sign_epi8(xv[c], w);
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, x), ones);
                         acc_i[c] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(p),
@@ -1070,19 +982,6 @@ mod x86 {
                         );
                     }
                 }
-            }
-        }
-        if !SIGNED {
-            let mut j = 0;
-            while j < sstride {
-                let sv: [__m256; T] = std::array::from_fn(|c| _mm256_loadu_ps(xs[c].add(j)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let ov = _mm256_loadu_ps(o.add(i * sstride + j));
-                    for c in 0..T {
-                        acc_i[c] = _mm256_fmadd_ps(ov, sv[c], acc_i[c]);
-                    }
-                }
-                j += 8;
             }
         }
         let mut out = [[0f32; T]; PR];
@@ -1107,33 +1006,9 @@ mod tests {
         *s
     }
 
-    fn h(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
-    }
-
-    /// `rows` rows of `k` columns of random blocks of `dt`, scales set so values are O(1).
+    /// `rows` rows of `k` columns of random blocks of `dt`.
     fn random_rows(dt: DType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
-        let (e, bytes) = dt.block();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut data: Vec<u8> = (0..rows * k / e * bytes)
-            .map(|_| (xorshift(&mut s) >> 24) as u8)
-            .collect();
-        for (b, blk) in data.chunks_exact_mut(bytes).enumerate() {
-            let f = 1.0 + (b % 3) as f32;
-            match dt {
-                DType::Q4_K | DType::Q5_K => {
-                    blk[..2].copy_from_slice(&h(0.001 * f));
-                    blk[2..4].copy_from_slice(&h(0.002 * f));
-                }
-                DType::Q6_K => blk[208..210].copy_from_slice(&h(0.0005 * f)),
-                DType::Q4_1 => {
-                    blk[..2].copy_from_slice(&h(0.01 * f));
-                    blk[2..4].copy_from_slice(&h(-0.05 * f));
-                }
-                _ => blk[..2].copy_from_slice(&h(0.01 * f)),
-            }
-        }
-        data
+        quant::random_blocks(dt, rows * k / dt.block().0, seed)
     }
 
     fn activations(n: usize, k: usize, seed: u64) -> Vec<f32> {

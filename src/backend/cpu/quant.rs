@@ -1228,6 +1228,39 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// `nb` blocks of `dt` with random quants and scales set so values are O(1) (Q4_1 with a
+/// negative min): the test data of this module's and `qgemm`'s SIMD-vs-plain tests.
+#[cfg(test)]
+pub(super) fn random_blocks(dt: DType, nb: usize, seed: u64) -> Vec<u8> {
+    let h = |v: f32| half::f16::from_f32(v).to_bits().to_le_bytes();
+    let bytes = dt.block().1;
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data: Vec<u8> = (0..nb * bytes)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect();
+    for (b, blk) in data.chunks_exact_mut(bytes).enumerate() {
+        let f = 1.0 + (b % 3) as f32;
+        match dt {
+            DType::Q4_K | DType::Q5_K => {
+                blk[..2].copy_from_slice(&h(0.001 * f));
+                blk[2..4].copy_from_slice(&h(0.002 * f));
+            }
+            DType::Q6_K => blk[208..210].copy_from_slice(&h(0.0005 * f)),
+            DType::Q4_1 => {
+                blk[..2].copy_from_slice(&h(0.01 * f));
+                blk[2..4].copy_from_slice(&h(-0.05 * f));
+            }
+            _ => blk[..2].copy_from_slice(&h(0.01 * f)),
+        }
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1487,31 +1520,6 @@ mod tests {
     /// A row of `nb` random blocks of `dt` (random bytes; the f16 scales set so values are
     /// O(1): quantize_row writes no K-quants).
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn random_row(dt: DType, nb: usize, seed: u64) -> Vec<u8> {
-        let (_, bytes) = dt.block();
-        let mut s = seed | 1;
-        let mut row: Vec<u8> = (0..nb * bytes)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect();
-        for (b, blk) in row.chunks_exact_mut(bytes).enumerate() {
-            let f = 1.0 + (b % 3) as f32;
-            match dt {
-                DType::Q4_K | DType::Q5_K => {
-                    blk[..2].copy_from_slice(&h(0.001 * f));
-                    blk[2..4].copy_from_slice(&h(0.002 * f));
-                }
-                DType::Q6_K => blk[208..210].copy_from_slice(&h(0.0005 * f)),
-                _ => blk[..2].copy_from_slice(&h(0.01 * f)),
-            }
-        }
-        row
-    }
-
     /// Runs `dot` (one SIMD level's integer dot) against `dot_row_q8_plain` on rows of odd
     /// and even block counts (the VNNI path takes blocks in pairs plus a tail).
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -1531,7 +1539,7 @@ mod tests {
                         quantize_row(dt, &pseudo(k, 11 + seed), &mut q);
                         q
                     } else {
-                        random_row(dt, nb, 31 + seed)
+                        random_blocks(dt, nb, 31 + seed)
                     };
                     // The scale of the terms: Σ|w|·|x̂|.
                     let mut w = vec![0f32; k];
