@@ -265,6 +265,9 @@ mod tests {
             (7, 70, 48),
             (1, 300, 64),
             (9, 130, 17),
+            // k = 4099: 15 tokens per pass of the prefill tile, so 37 tokens take three
+            // passes, the last a ragged one.
+            (37, 6, 4099),
         ] {
             let x: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0)

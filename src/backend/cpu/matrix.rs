@@ -108,34 +108,30 @@ pub(super) unsafe fn tile_times_x(
     let nr = tile.len() / k;
     let row = |i: usize| &tile[i * k..(i + 1) * k];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
-    let mut i = 0;
-    while i < nr {
-        let ri = [
-            i,
-            (i + 1).min(nr - 1),
-            (i + 2).min(nr - 1),
-            (i + 3).min(nr - 1),
-        ];
-        let mut t = 0;
-        while t < n {
-            let ti = [
-                t,
-                (t + 1).min(n - 1),
-                (t + 2).min(n - 1),
-                (t + 3).min(n - 1),
-            ];
-            let d = simd::dot4x4(
-                [row(ri[0]), row(ri[1]), row(ri[2]), row(ri[3])],
-                [xr(ti[0]), xr(ti[1]), xr(ti[2]), xr(ti[3])],
-            );
-            for (a, da) in d.iter().enumerate().take(nr - i) {
-                for (b, v) in da.iter().enumerate().take(n - t) {
-                    // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
-                    unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
+    // Tokens per pass: their x rows (at most 256 KiB) stay in L2 while every 4-row group of
+    // the tile runs over them; one pass over all tokens streamed x from L3 once per group
+    // (1.4x faster at k = 1024 and 3584, n = 200).
+    let tb = ((256 << 10) / (4 * k).max(1)).clamp(4, 256) / 4 * 4;
+    let mut t0 = 0;
+    while t0 < n {
+        let t1 = (t0 + tb).min(n);
+        let mut i = 0;
+        while i < nr {
+            let rows: [&[f32]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
+            let mut t = t0;
+            while t < t1 {
+                let xs: [&[f32]; 4] = std::array::from_fn(|b| xr((t + b).min(t1 - 1)));
+                let d = simd::dot4x4(rows, xs);
+                for (a, da) in d.iter().enumerate().take(nr - i) {
+                    for (b, v) in da.iter().enumerate().take(t1 - t) {
+                        // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
+                        unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
+                    }
                 }
+                t += 4;
             }
-            t += 4;
+            i += 4;
         }
-        i += 4;
+        t0 = t1;
     }
 }
