@@ -1144,7 +1144,6 @@ mod x86 {
         let (rp, xp, dp, sp) = (row.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
         let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi8(8);
         let half = |p: *const u8| {
             let bits = (p as *const u16).read_unaligned();
             _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
@@ -1164,13 +1163,14 @@ mod x86 {
                     _mm_and_si128(_mm_srli_epi16(q, 4), low),
                     _mm_and_si128(q, low),
                 );
-                if KIND == 0 {
-                    let w = _mm256_sub_epi8(w, eight);
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w))
+                // The nibbles unsigned against x; Q4_0's −8 and Q4_1's min through Σx.
+                let m = if KIND == 0 {
+                    -8.0 * half(blk)
                 } else {
-                    off[b % 2] += half(blk.add(2)) * dx * *sp.add(b) as f32;
-                    _mm256_maddubs_epi16(w, xv)
-                }
+                    half(blk.add(2))
+                };
+                off[b % 2] += m * dx * *sp.add(b) as f32;
+                _mm256_maddubs_epi16(w, xv)
             };
             let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
             acc[b % 2] = _mm256_fmadd_ps(s, _mm256_set1_ps(half(blk) * dx), acc[b % 2]);
