@@ -1163,16 +1163,18 @@ mod x86 {
                     _mm_and_si128(_mm_srli_epi16(q, 4), low),
                     _mm_and_si128(q, low),
                 );
-                // The nibbles unsigned against x; Q4_0's −8 and Q4_1's min through Σx.
-                let m = if KIND == 0 {
-                    -8.0 * half(blk)
-                } else {
-                    half(blk.add(2))
-                };
-                off[b % 2] += m * dx * *sp.add(b) as f32;
+                // The nibbles unsigned against x; Q4_1's min through Σx.
+                if KIND == 1 {
+                    off[b % 2] += half(blk.add(2)) * dx * *sp.add(b) as f32;
+                }
                 _mm256_maddubs_epi16(w, xv)
             };
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+            let mut i = _mm256_madd_epi16(prod, ones);
+            if KIND == 0 {
+                // Q4_0's −8·Σx in integers: Σx off each of the 8 lanes.
+                i = _mm256_sub_epi32(i, _mm256_set1_epi32(*sp.add(b)));
+            }
+            let s = _mm256_cvtepi32_ps(i);
             acc[b % 2] = _mm256_fmadd_ps(s, _mm256_set1_ps(half(blk) * dx), acc[b % 2]);
         }
         hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
