@@ -18,9 +18,9 @@
 //! broadcast against the next 4 quants of every row (`vpdpbusd`, or `maddubs` + `madd`),
 //! a whole block (Q6_K: a half-block) is summed in integers, and then per token the block's
 //! value `cvt · e + o · Σ_j q_x,j` meets d_x in one FMA (grouped as the plain dot groups
-//! it). Signed quants are made unsigned (Q8_0 + 128, Q6_K + 32) with a matching offset.
-//! AVX2's Q8_0 (shifted quants overflow `maddubs`) keeps panels of `PR` rows with the
-//! weight's sign moved onto x. Packing costs O(rows · k) per task, the kernels
+//! it). Signed quants are made unsigned (Q8_0 + 128 for VNNI, Q6_K + 32) with a matching
+//! offset; AVX2 keeps Q8_0 signed (shifted, it would overflow `maddubs`) and moves the
+//! weight's sign onto x. Packing costs O(rows · k) per task, the kernels
 //! O(rows · k · tokens). The plain level calls `quant`'s plain dot per row and token: the
 //! oracle of every SIMD path.
 //!
@@ -33,12 +33,6 @@ use super::matrix::{MatRef, OutPtr};
 use super::quant::{self, ActsRef};
 use super::team;
 use crate::backend::DType;
-
-/// Rows per panel of AVX2's Q8_0 tile.
-const PR: usize = 4;
-
-/// Tokens per call of AVX2's Q8_0 tile.
-const PT: usize = 2;
 
 /// Whether `matmul` multiplies `dtype` this way for n > 1.
 pub fn supports(dtype: DType, cols: usize) -> bool {
@@ -131,6 +125,7 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
     });
 }
 
+#[cfg(target_arch = "x86_64")]
 /// One 32-block `b` of a stored row as `q` (32 quants, unsigned or signed by `signed`) and
 /// (e for the first 16, e for the last 16, o); see the module docs.
 fn unpack_block(dtype: DType, row: &[u8], b: usize, q: &mut [u8]) -> (f32, f32, f32) {
@@ -207,16 +202,7 @@ fn unpack_block(dtype: DType, row: &[u8], b: usize, q: &mut [u8]) -> (f32, f32, 
     }
 }
 
-/// Packed panels of rows (see the module docs): for panel p, block pair bp and row i of the
-/// panel, 64 quants at `q[((p·nbp + bp)·PR + i)·64..]` and four half-block scales at
-/// `e[((p·nbp + bp)·PR + i)·4..]`; row i's block offsets at `o[(p·PR + i)·sstride..]`.
-#[derive(Default)]
-struct Panels {
-    q: Vec<u8>,
-    e: Vec<f32>,
-    scratch: RowScratch,
-}
-
+#[cfg(target_arch = "x86_64")]
 /// One stored row unpacked (`unpack_block` for each of its `nb` blocks): quants at
 /// `q[32b..]`, half-block scales at `e[2b..]`, offsets at `o[b]`.
 fn unpack_row_plain(
@@ -235,6 +221,7 @@ fn unpack_row_plain(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// `unpack_row_plain` with the fastest path this CPU has (identical results).
 fn unpack_row(dtype: DType, row: &[u8], nb: usize, q: &mut [u8], e: &mut [f32], o: &mut [f32]) {
     assert!(q.len() >= 32 * nb && e.len() >= 2 * nb && o.len() >= nb);
@@ -247,6 +234,7 @@ fn unpack_row(dtype: DType, row: &[u8], nb: usize, q: &mut [u8], e: &mut [f32], 
     unpack_row_plain(dtype, row, nb, q, e, o)
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Scratch for one unpacked row.
 #[derive(Default)]
 struct RowScratch {
@@ -255,45 +243,8 @@ struct RowScratch {
     o: Vec<f32>,
 }
 
-/// Packs rows `r0..r1` of `w` (a panel's missing rows are zero, so their results are 0).
-fn pack(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels) {
-    let nbp = nb.div_ceil(2);
-    let np = (r1 - r0).div_ceil(PR);
-    p.q.resize(np * nbp * PR * 64, 0);
-    p.e.resize(np * nbp * PR * 4, 0.0);
-    let rb = w.row_bytes();
-    let s = &mut p.scratch;
-    s.q.resize(64 * nbp, 0);
-    s.e.resize(4 * nbp, 0.0);
-    s.o.resize(nb, 0.0);
-    for pi in 0..np {
-        for i in 0..PR {
-            let r = r0 + pi * PR + i;
-            if r >= r1 {
-                for bp in 0..nbp {
-                    let at = (pi * nbp + bp) * PR + i;
-                    p.q[at * 64..at * 64 + 64].fill(0);
-                    p.e[at * 4..at * 4 + 4].fill(0.0);
-                }
-                continue;
-            }
-            let row = &w.data[r * rb..(r + 1) * rb];
-            // A missing last block of an odd count is zero.
-            s.q[32 * nb..].fill(0);
-            s.e[2 * nb..].fill(0.0);
-            unpack_row(w.dtype, row, nb, &mut s.q, &mut s.e, &mut s.o);
-            for bp in 0..nbp {
-                let at = (pi * nbp + bp) * PR + i;
-                p.q[at * 64..at * 64 + 64].copy_from_slice(&s.q[64 * bp..64 * bp + 64]);
-                p.e[at * 4..at * 4 + 4].copy_from_slice(&s.e[4 * bp..4 * bp + 4]);
-            }
-        }
-    }
-}
-
 thread_local! {
     static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
-    static PANELS: RefCell<Panels> = RefCell::new(Panels::default());
 }
 
 /// Which kernels this process runs.
@@ -396,38 +347,14 @@ fn task(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Vnni || (path == Path::Avx2 && w.dtype != DType::Q8_0) {
+    if path == Path::Vnni || path == Path::Avx2 {
         return task_rows(b, w, out, r0, r1, tb, path);
     }
-    PANELS.with(|pb| {
-        let mut pb = pb.borrow_mut();
-        let nb = b.nb;
-        let nbp = nb.div_ceil(2);
-        pack(w, r0, r1, nb, &mut pb);
-        let mut t0 = 0;
-        while t0 < n {
-            let t1 = (t0 + tb).min(n);
-            for pi in 0..(r1 - r0).div_ceil(PR) {
-                let q = &pb.q[pi * nbp * PR * 64..(pi + 1) * nbp * PR * 64];
-                let e = &pb.e[pi * nbp * PR * 4..(pi + 1) * nbp * PR * 4];
-                let rows = (r1 - r0 - pi * PR).min(PR);
-                let mut t = t0;
-                while t < t1 {
-                    let cnt = PT.min(t1 - t);
-                    let mut res = [[0f32; PT]; PR];
-                    tile(path, q, e, b, t, cnt, &mut res);
-                    for (i, ri) in res.iter().enumerate().take(rows) {
-                        for (c, v) in ri.iter().enumerate().take(cnt) {
-                            // SAFETY: (t + c, r0 + pi·PR + i) lies in this task's rows.
-                            unsafe { *out.0.add((t + c) * m + r0 + pi * PR + i) = *v };
-                        }
-                    }
-                    t += cnt;
-                }
-            }
-            t0 = t1;
-        }
-    });
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = tb;
+        unreachable!("{path:?} multiplies by rows");
+    }
 }
 
 /// Rows per panel of the row-interleaved VNNI kernel: one i32 lane per row.
@@ -471,9 +398,10 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
     s.q.resize(32 * nb, 0);
     s.e.resize(2 * nb, 0.0);
     s.o.resize(nb, 0.0);
-    // Signed quants made unsigned, per byte: Q8_0 + 128, Q6_K + 32; their offset −zero·e.
+    // Signed quants made unsigned, per byte: Q8_0 + 128 (VNNI; AVX2 keeps Q8_0 signed),
+    // Q6_K + 32; their offset −zero·e.
     let zero: u8 = match w.dtype {
-        DType::Q8_0 => 128,
+        DType::Q8_0 if RR == PR16 => 128,
         DType::Q6_K => 32,
         _ => 0,
     };
@@ -585,12 +513,18 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
                             (true, false) => {
                                 x86::rows16_vnni::<false>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
                             }
-                            (false, true) => {
-                                x86::rows8_avx2::<true>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
-                            }
-                            (false, false) => {
-                                x86::rows8_avx2::<false>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
-                            }
+                            (false, true) => x86::rows8_avx2::<true, false>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (false, false) if w.dtype == DType::Q8_0 => x86::rows8_avx2::<
+                                false,
+                                true,
+                            >(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res
+                            ),
+                            (false, false) => x86::rows8_avx2::<false, false>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
                         }
                     };
                     for (c, rc) in res.iter().enumerate().take(cnt) {
@@ -611,63 +545,11 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
     });
 }
 
-/// One panel of Q8_0 rows against tokens `t..t + cnt` (cnt ≤ `PT`), AVX2: `res[i][c]`.
-fn tile(
-    path: Path,
-    q: &[u8],
-    e: &[f32],
-    b: &Batch,
-    t: usize,
-    cnt: usize,
-    res: &mut [[f32; PT]; PR],
-) {
-    let nbp = b.nb.div_ceil(2);
-    assert!(q.len() >= nbp * PR * 64 && e.len() >= nbp * PR * 4);
-    assert!((t + cnt) * b.qstride <= b.qs.len() && (t + cnt) * b.sstride <= b.d.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        assert!(path == Path::Avx2, "only AVX2's Q8_0 takes the 4-row tile");
-        macro_rules! call {
-            ($T:literal) => {{
-                let xq: [*const i8; $T] =
-                    std::array::from_fn(|c| b.qs[(t + c) * b.qstride..].as_ptr());
-                let xd: [*const f32; $T] =
-                    std::array::from_fn(|c| b.d[(t + c) * b.sstride..].as_ptr());
-                // SAFETY: AVX2 was detected at run time (`path`); the lengths are checked
-                // above: nbp block pairs of PR rows and each token's padded blocks.
-                let r = unsafe { x86::tile_q8_avx2::<$T>(q.as_ptr(), e.as_ptr(), nbp, xq, xd) };
-                for i in 0..PR {
-                    res[i][..$T].copy_from_slice(&r[i]);
-                }
-            }};
-        }
-        if cnt == 1 {
-            call!(1)
-        } else {
-            call!(2)
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (path, q, e, b, t, cnt, res);
-        unreachable!("the plain path does not pack");
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::PR;
     use crate::backend::DType;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(acc: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
 
     /// `super::unpack_row_plain` with AVX2 and F16C: the nibbles split 32 bytes at a time,
     /// the f16 scales converted by the instruction, the K-quants' six-bit scales and mins
@@ -861,14 +743,15 @@ mod x86 {
     /// quants (unsigned, at most 63) against each token's broadcast 4 bytes, summed in i16
     /// over four groups (Q4: 4·2·15·127, Q5_K: 4·2·31·127 < 2¹⁵) or two (Q6_K, `HALVES`:
     /// 2·2·63·127 < 2¹⁵), widened by `madd`, one conversion and FMA per block (per half with
-    /// `HALVES`). Not for Q8_0 (its shifted quants reach 255). Tokens past `cnt` repeat the last (dropped).
+    /// `HALVES`). Q8_0 (`SIGNED`, its quants kept signed in the panel) multiplies |w| against
+    /// x with w's sign and widens every group. Tokens past `cnt` repeat the last (dropped).
     ///
     /// # Safety
     /// AVX2 + FMA; `q`, `e`, `o` hold `nb` blocks of an 8-row panel; each token's `xq` holds
     /// `nb` blocks of quants, `xd` `nb` scales, `xs` `nb` (or `2·nb` with `HALVES`) sums.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows8_avx2<const HALVES: bool>(
+    pub unsafe fn rows8_avx2<const HALVES: bool, const SIGNED: bool>(
         q: *const u8,
         e: *const f32,
         o: *const f32,
@@ -890,6 +773,17 @@ mod x86 {
                 let mut half = [_mm256_setzero_si256(); T];
                 for g in 4 * h..4 * h + 4 {
                     let w = _mm256_loadu_si256(q.add((b * 8 + g) * 32) as *const __m256i);
+                    if SIGNED {
+                        // Q8_0: |w| against x with w's sign, each pair at most 2·128·127,
+                        // widened at once.
+                        let aw = _mm256_abs_epi8(w);
+                        for c in 0..T {
+                            let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
+                            let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(xv), w));
+                            whole[c] = _mm256_add_epi32(whole[c], _mm256_madd_epi16(p, ones));
+                        }
+                        continue;
+                    }
                     for c in 0..T {
                         let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
                         s16[c] = _mm256_add_epi16(
@@ -913,7 +807,7 @@ mod x86 {
                         let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[c]), ev, off);
                         acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
                     }
-                } else {
+                } else if !SIGNED {
                     for c in 0..T {
                         whole[c] = _mm256_add_epi32(whole[c], _mm256_madd_epi16(s16[c], ones));
                     }
@@ -935,63 +829,6 @@ mod x86 {
         }
     }
 
-    /// `PR` Q8_0 rows × T tokens, one 32-block at a time: `maddubs` of |w| against x with
-    /// w's sign and `madd` into 8 i32 (lanes 0–3 the first 16 values, 4–7 the last 16),
-    /// converted and FMA'd with `e_h · d_x`.
-    ///
-    /// # Safety
-    /// AVX2 + FMA; `q`, `e` hold `nbp` block pairs of `PR` rows; each token's `xq` holds
-    /// `2·nbp` blocks, `xd` `2·nbp` scales.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_q8_avx2<const T: usize>(
-        q: *const u8,
-        e: *const f32,
-        nbp: usize,
-        xq: [*const i8; T],
-        xd: [*const f32; T],
-    ) -> [[f32; T]; PR] {
-        let ones = _mm256_set1_epi16(1);
-        let spread = [
-            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-            _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-        ];
-        let mut acc = [[_mm256_setzero_ps(); T]; PR];
-        for bp in 0..nbp {
-            for (h, &idx) in spread.iter().enumerate() {
-                let blk = 2 * bp + h;
-                let xv: [__m256i; T] = std::array::from_fn(|c| {
-                    _mm256_loadu_si256(xq[c].add(32 * blk) as *const __m256i)
-                });
-                let dv: [__m256; T] =
-                    std::array::from_fn(|c| _mm256_broadcast_ss(&*xd[c].add(blk)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let at = bp * PR + i;
-                    let w = _mm256_loadu_si256(q.add(at * 64 + 32 * h) as *const __m256i);
-                    let ev = _mm256_permutevar8x32_ps(
-                        _mm256_castps128_ps256(_mm_loadu_ps(e.add(at * 4))),
-                        idx,
-                    );
-                    let aw = _mm256_sign_epi8(w, w);
-                    for c in 0..T {
-                        let x = _mm256_sign_epi8(xv[c], w);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, x), ones);
-                        acc_i[c] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(p),
-                            _mm256_mul_ps(ev, dv[c]),
-                            acc_i[c],
-                        );
-                    }
-                }
-            }
-        }
-        let mut out = [[0f32; T]; PR];
-        for i in 0..PR {
-            for c in 0..T {
-                out[i][c] = hsum(acc[i][c]);
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
