@@ -346,10 +346,9 @@ fn task(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: usize,
         }
         return;
     }
+    // What is left on x86 is VNNI or AVX2.
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Vnni || path == Path::Avx2 {
-        return task_rows(b, w, out, r0, r1, tb, path);
-    }
+    task_rows(b, w, out, r0, r1, tb, path);
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = tb;
