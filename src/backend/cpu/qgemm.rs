@@ -125,9 +125,9 @@ fn quantize_batch(x: &[f32], n: usize, k: usize, b: &mut Batch) {
     });
 }
 
-#[cfg(target_arch = "x86_64")]
 /// One 32-block `b` of a stored row as `q` (32 quants, unsigned or signed by `signed`) and
 /// (e for the first 16, e for the last 16, o); see the module docs.
+#[cfg(target_arch = "x86_64")]
 fn unpack_block(dtype: DType, row: &[u8], b: usize, q: &mut [u8]) -> (f32, f32, f32) {
     let f16 = quant::f16_at;
     match dtype {
@@ -202,9 +202,9 @@ fn unpack_block(dtype: DType, row: &[u8], b: usize, q: &mut [u8]) -> (f32, f32, 
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 /// One stored row unpacked (`unpack_block` for each of its `nb` blocks): quants at
 /// `q[32b..]`, half-block scales at `e[2b..]`, offsets at `o[b]`.
+#[cfg(target_arch = "x86_64")]
 fn unpack_row_plain(
     dtype: DType,
     row: &[u8],
@@ -221,12 +221,11 @@ fn unpack_row_plain(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 /// `unpack_row_plain` with the fastest path this CPU has (identical results).
+#[cfg(target_arch = "x86_64")]
 fn unpack_row(dtype: DType, row: &[u8], nb: usize, q: &mut [u8], e: &mut [f32], o: &mut [f32]) {
     assert!(q.len() >= 32 * nb && e.len() >= 2 * nb && o.len() >= nb);
     assert!(row.len() >= nb * 32 / dtype.block().0 * dtype.block().1);
-    #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_f16c() {
         // SAFETY: avx2 and f16c were detected at run time; the lengths are checked above.
         return unsafe { x86::unpack_row(dtype, row, nb, q, e, o) };
@@ -234,8 +233,8 @@ fn unpack_row(dtype: DType, row: &[u8], nb: usize, q: &mut [u8], e: &mut [f32], 
     unpack_row_plain(dtype, row, nb, q, e, o)
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Scratch for one unpacked row.
+#[cfg(target_arch = "x86_64")]
 #[derive(Default)]
 struct RowScratch {
     q: Vec<u8>,
@@ -515,12 +514,11 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
                             (false, true) => x86::rows8_avx2::<true, false>(
                                 qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
                             ),
-                            (false, false) if w.dtype == DType::Q8_0 => x86::rows8_avx2::<
-                                false,
-                                true,
-                            >(
-                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res
-                            ),
+                            (false, false) if w.dtype == DType::Q8_0 => {
+                                x86::rows8_avx2::<false, true>(
+                                    qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                                )
+                            }
                             (false, false) => x86::rows8_avx2::<false, false>(
                                 qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
                             ),
@@ -778,7 +776,10 @@ mod x86 {
                         let aw = _mm256_abs_epi8(w);
                         for c in 0..T {
                             let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
-                            let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(xv), w));
+                            let p = _mm256_maddubs_epi16(
+                                aw,
+                                _mm256_sign_epi8(_mm256_set1_epi32(xv), w),
+                            );
                             whole[c] = _mm256_add_epi32(whole[c], _mm256_madd_epi16(p, ones));
                         }
                         continue;
@@ -827,7 +828,6 @@ mod x86 {
             _mm256_storeu_ps(res[c].as_mut_ptr(), acc[c]);
         }
     }
-
 }
 
 #[cfg(test)]

@@ -407,63 +407,6 @@ mod x86 {
         out
     }
 
-    /// One bf16 row's dot with x, two accumulators of 8 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_bf16_row_avx2(row: *const u16, px: *const f32, k: usize) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= k {
-            acc[0] = _mm256_fmadd_ps(load_bf16x8(row.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(
-                load_bf16x8(row.add(i + 8)),
-                _mm256_loadu_ps(px.add(i + 8)),
-                acc[1],
-            );
-            i += 16;
-        }
-        if i + 8 <= k {
-            acc[0] = _mm256_fmadd_ps(load_bf16x8(row.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(acc[0], acc[1]));
-        for j in i..k {
-            s += f32::from_bits((std::ptr::read_unaligned(row.add(j)) as u32) << 16) * *px.add(j);
-        }
-        s
-    }
-
-    /// Four bf16 rows, short ones one after another, long ones side by side (as at AVX-512).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-        let k = x.len();
-        for row in rows {
-            assert!(row.len() == 2 * k);
-        }
-        let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
-        let px = x.as_ptr();
-        let mut out = [0f32; 4];
-        let mut i = 0;
-        if k >= INTERLEAVE_K {
-            // Long rows: the four side by side (each stream long enough for the prefetcher).
-            let mut acc = [_mm256_setzero_ps(); 4];
-            while i + 8 <= k {
-                let xv = _mm256_loadu_ps(px.add(i));
-                for rr in 0..4 {
-                    acc[rr] = _mm256_fmadd_ps(load_bf16x8(r[rr].add(i)), xv, acc[rr]);
-                }
-                i += 8;
-            }
-            for rr in 0..4 {
-                out[rr] = hsum256(acc[rr]);
-            }
-        }
-        for rr in 0..4 {
-            out[rr] += dot_bf16_row_avx2(r[rr].add(i), px.add(i), k - i);
-        }
-        out
-    }
-
     #[target_feature(enable = "avx512f")]
     pub unsafe fn bf16_to_f32_avx512(src: &[u8], dst: &mut [f32]) {
         let n = dst.len();
@@ -565,32 +508,29 @@ mod x86 {
         out
     }
 
-    /// One f16 row's dot with x (F16C), two accumulators of 8 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_f16_row_avx2(row: *const u16, px: *const f32, k: usize) -> f32 {
-        let w = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= k {
-            acc[0] = _mm256_fmadd_ps(w(i), _mm256_loadu_ps(px.add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(w(i + 8), _mm256_loadu_ps(px.add(i + 8)), acc[1]);
-            i += 16;
-        }
-        if i + 8 <= k {
-            acc[0] = _mm256_fmadd_ps(w(i), _mm256_loadu_ps(px.add(i)), acc[0]);
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(acc[0], acc[1]));
-        for j in i..k {
-            s += half::f16::from_bits(std::ptr::read_unaligned(row.add(j))).to_f32() * *px.add(j);
-        }
-        s
+    /// bf16 → f32, one value (the kernels' tails).
+    fn bf16_value(v: u16) -> f32 {
+        f32::from_bits((v as u32) << 16)
     }
 
-    /// Four f16 rows, short ones one after another, long ones side by side (as bf16).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    /// f16 → f32, one value (the kernels' tails).
+    fn f16_value(v: u16) -> f32 {
+        half::f16::from_bits(v).to_f32()
+    }
+
+    /// Four rows of 2-byte values (bf16 or f16: `w` widens 8 of them at a pointer, `one`
+    /// a single one) against f32 x, AVX2. Short rows are read one after another (one
+    /// sequential stream each, which the hardware prefetcher follows: four 2 KiB rows read
+    /// side by side reached a third of the memory bandwidth on Zen 4), each with two
+    /// accumulators; rows of `INTERLEAVE_K` or more side by side, sharing the x loads.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows4_avx2(
+        rows: [&[u8]; 4],
+        x: &[f32],
+        w: impl Fn(*const u16) -> __m256,
+        one: impl Fn(u16) -> f32,
+    ) -> [f32; 4] {
         let k = x.len();
         for row in rows {
             assert!(row.len() == 2 * k);
@@ -598,53 +538,49 @@ mod x86 {
         let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
         let px = x.as_ptr();
         let mut out = [0f32; 4];
-        let mut i = 0;
+        let mut i0 = 0;
         if k >= INTERLEAVE_K {
-            // Long rows: the four side by side (each stream long enough for the prefetcher).
             let mut acc = [_mm256_setzero_ps(); 4];
-            while i + 8 <= k {
-                let xv = _mm256_loadu_ps(px.add(i));
+            while i0 + 8 <= k {
+                let xv = _mm256_loadu_ps(px.add(i0));
                 for rr in 0..4 {
-                    acc[rr] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(r[rr].add(i) as *const __m128i)), xv, acc[rr]);
+                    acc[rr] = _mm256_fmadd_ps(w(r[rr].add(i0)), xv, acc[rr]);
                 }
-                i += 8;
+                i0 += 8;
             }
             for rr in 0..4 {
                 out[rr] = hsum256(acc[rr]);
             }
         }
-        for rr in 0..4 {
-            out[rr] += dot_f16_row_avx2(r[rr].add(i), px.add(i), k - i);
+        for (o, row) in out.iter_mut().zip(r) {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut i = i0;
+            while i + 16 <= k {
+                acc[0] = _mm256_fmadd_ps(w(row.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
+                acc[1] = _mm256_fmadd_ps(w(row.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), acc[1]);
+                i += 16;
+            }
+            if i + 8 <= k {
+                acc[0] = _mm256_fmadd_ps(w(row.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
+                i += 8;
+            }
+            *o += hsum256(_mm256_add_ps(acc[0], acc[1]));
+            for j in i..k {
+                *o += one(std::ptr::read_unaligned(row.add(j))) * *px.add(j);
+            }
         }
         out
     }
 
-    /// One f16 row's dot with x (F16C), two accumulators of 16 lanes.
+    /// `rows4_avx2` with 16 lanes (`w` widens 16 values).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn dot_f16_row_avx512(row: *const u16, px: *const f32, k: usize) -> f32 {
-        let w = |i: usize| _mm512_cvtph_ps(_mm256_loadu_si256(row.add(i) as *const __m256i));
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 32 <= k {
-            acc[0] = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(px.add(i)), acc[0]);
-            acc[1] = _mm512_fmadd_ps(w(i + 16), _mm512_loadu_ps(px.add(i + 16)), acc[1]);
-            i += 32;
-        }
-        if i + 16 <= k {
-            acc[0] = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(px.add(i)), acc[0]);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        for j in i..k {
-            s += half::f16::from_bits(std::ptr::read_unaligned(row.add(j))).to_f32() * *px.add(j);
-        }
-        s
-    }
-
-    /// Four f16 rows, short ones one after another, long ones side by side (as bf16).
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot_f16_rows4_avx512(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows4_avx512(
+        rows: [&[u8]; 4],
+        x: &[f32],
+        w: impl Fn(*const u16) -> __m512,
+        one: impl Fn(u16) -> f32,
+    ) -> [f32; 4] {
         let k = x.len();
         for row in rows {
             assert!(row.len() == 2 * k);
@@ -652,84 +588,73 @@ mod x86 {
         let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
         let px = x.as_ptr();
         let mut out = [0f32; 4];
-        let mut i = 0;
+        let mut i0 = 0;
         if k >= INTERLEAVE_K {
-            // Long rows: the four side by side (each stream long enough for the prefetcher).
             let mut acc = [_mm512_setzero_ps(); 4];
-            while i + 16 <= k {
-                let xv = _mm512_loadu_ps(px.add(i));
+            while i0 + 16 <= k {
+                let xv = _mm512_loadu_ps(px.add(i0));
                 for rr in 0..4 {
-                    acc[rr] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(r[rr].add(i) as *const __m256i)), xv, acc[rr]);
+                    acc[rr] = _mm512_fmadd_ps(w(r[rr].add(i0)), xv, acc[rr]);
                 }
-                i += 16;
+                i0 += 16;
             }
             for rr in 0..4 {
                 out[rr] = _mm512_reduce_add_ps(acc[rr]);
             }
         }
-        for rr in 0..4 {
-            out[rr] += dot_f16_row_avx512(r[rr].add(i), px.add(i), k - i);
+        for (o, row) in out.iter_mut().zip(r) {
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut i = i0;
+            while i + 32 <= k {
+                acc[0] = _mm512_fmadd_ps(w(row.add(i)), _mm512_loadu_ps(px.add(i)), acc[0]);
+                acc[1] =
+                    _mm512_fmadd_ps(w(row.add(i + 16)), _mm512_loadu_ps(px.add(i + 16)), acc[1]);
+                i += 32;
+            }
+            if i + 16 <= k {
+                acc[0] = _mm512_fmadd_ps(w(row.add(i)), _mm512_loadu_ps(px.add(i)), acc[0]);
+                i += 16;
+            }
+            *o += _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+            for j in i..k {
+                *o += one(std::ptr::read_unaligned(row.add(j))) * *px.add(j);
+            }
         }
         out
     }
 
-    /// One bf16 row's dot with x, two accumulators of 16 lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_bf16_row_avx512(row: *const u16, px: *const f32, k: usize) -> f32 {
-        let w = |i: usize| {
-            let h = _mm256_loadu_si256(row.add(i) as *const __m256i);
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-        };
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 32 <= k {
-            acc[0] = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(px.add(i)), acc[0]);
-            acc[1] = _mm512_fmadd_ps(w(i + 16), _mm512_loadu_ps(px.add(i + 16)), acc[1]);
-            i += 32;
-        }
-        if i + 16 <= k {
-            acc[0] = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(px.add(i)), acc[0]);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        for j in i..k {
-            s += f32::from_bits((std::ptr::read_unaligned(row.add(j)) as u32) << 16) * *px.add(j);
-        }
-        s
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        rows4_avx2(rows, x, |p| load_bf16x8(p), bf16_value)
     }
 
-    /// Four bf16 rows: short ones one after another (one sequential stream each, which the
-    /// hardware prefetcher follows: four 2 KiB rows read side by side reached a third of the
-    /// memory bandwidth on Zen 4), long ones (`INTERLEAVE_K`) side by side.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows4_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        rows4_avx2(
+            rows,
+            x,
+            |p| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            f16_value,
+        )
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_bf16_rows4_avx512(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-        let k = x.len();
-        for row in rows {
-            assert!(row.len() == 2 * k);
-        }
-        let r: [*const u16; 4] = std::array::from_fn(|i| rows[i].as_ptr() as *const u16);
-        let px = x.as_ptr();
-        let mut out = [0f32; 4];
-        let mut i = 0;
-        if k >= INTERLEAVE_K {
-            // Long rows: the four side by side (each stream long enough for the prefetcher).
-            let mut acc = [_mm512_setzero_ps(); 4];
-            while i + 16 <= k {
-                let xv = _mm512_loadu_ps(px.add(i));
-                for rr in 0..4 {
-                    acc[rr] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(r[rr].add(i) as *const __m256i)), 16)), xv, acc[rr]);
-                }
-                i += 16;
-            }
-            for rr in 0..4 {
-                out[rr] = _mm512_reduce_add_ps(acc[rr]);
-            }
-        }
-        for rr in 0..4 {
-            out[rr] += dot_bf16_row_avx512(r[rr].add(i), px.add(i), k - i);
-        }
-        out
+        let w = |p: *const u16| {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        };
+        rows4_avx512(rows, x, w, bf16_value)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows4_avx512(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+        rows4_avx512(
+            rows,
+            x,
+            |p| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+            f16_value,
+        )
     }
 }
 
@@ -842,7 +767,8 @@ mod arm {
             }
             let mut s = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
             for j in i..k {
-                let w = f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
+                let w =
+                    f32::from_bits((u16::from_le_bytes([row[2 * j], row[2 * j + 1]]) as u32) << 16);
                 s += w * x[j];
             }
             *o = s;
