@@ -37,6 +37,7 @@ const FP8_MODELS: &[&str] = &[
 
 #[test]
 fn fp8_fixtures_match_transformers_on_dequantized_weights_at_every_position() {
+    f32_math();
     for model in FP8_MODELS {
         let folder = ModelFolder::open(&fixture(model)).unwrap();
         let reference = Reference::load(model);
@@ -70,6 +71,7 @@ fn fp8_fixtures_match_transformers_on_dequantized_weights_at_every_position() {
 
 #[test]
 fn fp8_prefill_then_decode_matches_the_reference_and_its_greedy_generation() {
+    f32_math();
     for model in FP8_MODELS {
         let folder = ModelFolder::open(&fixture(model)).unwrap();
         let reference = Reference::load(model);
@@ -106,6 +108,7 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 
 #[test]
 fn fp8_weights_stay_fp8_bytes_in_memory_with_their_scale_attached() {
+    f32_math();
     for model in FP8_MODELS {
         let dir = fixture(model);
         let file = file_tensors(&dir.join("model.safetensors"));
@@ -192,6 +195,7 @@ fn quantize(dtype: DType, w: &[f32], m: usize, k: usize, per_row: bool) -> (Vec<
 
 #[test]
 fn fp8_matmul_matches_a_plain_matmul_of_the_dequantized_weights_at_every_simd_level() {
+    f32_math();
     let levels = available_levels();
     eprintln!("SIMD levels tested: {levels:?}");
     for dtype in [DType::F8E4M3, DType::F8E5M2] {
@@ -335,6 +339,7 @@ const SCALE: &str = "backbone.layers.0.mixer.in_proj.weight_scale";
 
 #[test]
 fn a_missing_weight_scale_is_named_with_its_file() {
+    f32_math();
     let (_tmp, dir) = broken_copy(
         "nemotron_h_tiny_fp8",
         |t| {
@@ -349,6 +354,7 @@ fn a_missing_weight_scale_is_named_with_its_file() {
 
 #[test]
 fn a_weight_scale_of_the_wrong_shape_is_named_with_its_file() {
+    f32_math();
     let (_tmp, dir) = broken_copy(
         "nemotron_h_tiny_fp8",
         |t| {
@@ -374,6 +380,7 @@ fn a_weight_scale_of_the_wrong_shape_is_named_with_its_file() {
 
 #[test]
 fn an_unknown_quantization_algorithm_is_refused_naming_the_field() {
+    f32_math();
     let (_tmp, dir) = broken_copy(
         "nemotron_h_moe_fp8",
         |_| {},

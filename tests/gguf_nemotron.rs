@@ -62,6 +62,7 @@ fn all_logits(folder: &ModelFolder, ids: &[u32]) -> Vec<f32> {
 
 #[test]
 fn gguf_reads_as_the_fixture_model_with_weights_in_the_file_type() {
+    f32_math();
     for (file, model) in EXACT.iter().chain(Q8_0).chain([&Q8_0_MOE]) {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         let f = ModelFolder::open(&fixture(model)).unwrap();
@@ -87,6 +88,7 @@ fn gguf_reads_as_the_fixture_model_with_weights_in_the_file_type() {
 
 #[test]
 fn gguf_full_prompt_logits_match_transformers_and_the_folder() {
+    f32_math();
     for (file, model) in EXACT {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         let f = ModelFolder::open(&fixture(model)).unwrap();
@@ -128,6 +130,7 @@ fn gguf_full_prompt_logits_match_transformers_and_the_folder() {
 
 #[test]
 fn gguf_prefill_then_decode_matches_transformers() {
+    f32_math();
     for (file, model) in EXACT {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         let reference = Reference::load(model);
@@ -142,6 +145,7 @@ fn gguf_prefill_then_decode_matches_transformers() {
 
 #[test]
 fn gguf_greedy_decode_reproduces_the_reference_generation() {
+    f32_math();
     for (file, model) in EXACT {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         let reference = Reference::load(model);
@@ -162,6 +166,7 @@ fn gguf_greedy_decode_reproduces_the_reference_generation() {
 /// over every position of every reference prompt, against transformers.
 #[test]
 fn q8_0_gguf_stays_within_the_quantization_bound() {
+    f32_math();
     for (file, model) in Q8_0 {
         let g = ModelFolder::open(&gguf(file)).unwrap();
         // Per layer kind: Mamba2 in/out, attention q/k/v/o, MLP up/down; + embedding, LM head.
@@ -209,6 +214,7 @@ fn q8_0_gguf_stays_within_the_quantization_bound() {
 /// `≤ max|w| · (1/254 + 2^-10)` per block.
 #[test]
 fn q8_0_moe_experts_are_the_fixtures_experts_within_q8_0_rounding() {
+    f32_math();
     let (file, model) = Q8_0_MOE;
     let g = GgufFile::open(&gguf(file)).unwrap();
     let gw = g.weights();
@@ -247,6 +253,7 @@ fn q8_0_moe_experts_are_the_fixtures_experts_within_q8_0_rounding() {
 
 #[test]
 fn gguf_tokenizer_and_template_reproduce_the_chat_cases() {
+    f32_math();
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("chat_cases.json")).unwrap())
             .unwrap();
@@ -327,6 +334,7 @@ fn open_err(path: &Path) -> String {
 
 #[test]
 fn broken_nemotron_h_gguf_names_the_file_and_the_tensor() {
+    f32_math();
     let dir = tempfile::tempdir().unwrap();
     let src = std::fs::read(gguf("nemotron_h_bf16.q8_0.gguf")).unwrap();
 
@@ -390,6 +398,7 @@ fn open_bytes_err(b: &[u8], name: &str) -> String {
 
 #[test]
 fn gguf_tensor_count_one_too_low_is_named() {
+    f32_math();
     for file in ["nemotron_h_tiny.q8_0.gguf", "nemotron_h_bf16.bf16.gguf"] {
         let mut b = std::fs::read(gguf(file)).unwrap();
         let l = layout(&b);
@@ -401,6 +410,7 @@ fn gguf_tensor_count_one_too_low_is_named() {
 
 #[test]
 fn gguf_block_count_lower_than_its_blocks_is_named() {
+    f32_math();
     let shape = MambaShape {
         hidden: 8,
         heads: 2,
@@ -426,6 +436,7 @@ fn gguf_block_count_lower_than_its_blocks_is_named() {
 
 #[test]
 fn gguf_epsilon_that_is_not_a_positive_number_is_named() {
+    f32_math();
     let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
     let key = "nemotron_h.attention.layer_norm_epsilon";
     let at = layout(&src).kv_at(key);
@@ -443,6 +454,7 @@ fn gguf_epsilon_that_is_not_a_positive_number_is_named() {
 
 #[test]
 fn gguf_token_ids_past_the_vocabulary_are_named() {
+    f32_math();
     let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id"] {
         let at = layout(&src).kv_at(key);
@@ -456,6 +468,7 @@ fn gguf_token_ids_past_the_vocabulary_are_named() {
 
 #[test]
 fn gguf_shape_errors_name_the_files_metadata_not_config_json() {
+    f32_math();
     let mut b = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
     let at = layout(&b).info_at("blk.0.attn_norm.weight");
     assert_eq!(b[at..at + 4], 1u32.to_le_bytes(), "one dim");
@@ -472,6 +485,7 @@ fn gguf_shape_errors_name_the_files_metadata_not_config_json() {
 
 #[test]
 fn gguf_cut_at_the_data_start_is_truncated() {
+    f32_math();
     // A header small beside its tensors (few tokens, wide matrices), as in real models.
     let shape = MambaShape {
         hidden: 1024,
@@ -503,6 +517,7 @@ fn gguf_cut_at_the_data_start_is_truncated() {
 
 #[test]
 fn gguf_tensors_sharing_bytes_are_refused() {
+    f32_math();
     // Two tensors of the same size over the same bytes: the weights would claim more
     // than the file holds.
     let mut b = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
@@ -520,6 +535,7 @@ fn gguf_tensors_sharing_bytes_are_refused() {
 
 #[test]
 fn gguf_sampling_defaults_that_are_not_usable_numbers_are_named() {
+    f32_math();
     let src = std::fs::read(gguf("nemotron_h_tiny.q8_0.gguf")).unwrap();
     let key = "general.sampling.temp";
     let at = layout(&src).kv_at(key);

@@ -28,6 +28,7 @@ const FULL_TOL: f32 = 2e-4;
 
 #[test]
 fn full_prompt_logits_match_transformers_at_every_position() {
+    f32_math();
     for model in MODELS {
         let folder = ModelFolder::open(&fixture(model)).unwrap();
         let reference = Reference::load(model);
@@ -63,8 +64,80 @@ fn full_prompt_logits_match_transformers_at_every_position() {
     }
 }
 
+const BF16_CHILD: &str = "NEMO_TEST_BF16_PRODUCTS";
+
+/// BF16 prefill in bf16 products (the default where the CPU has AVX-512 BF16: x rounded
+/// to bf16, f32 sums; `bf16_gemm`) against the f32 reference: on every prompt no further
+/// from it than transformers' own bf16 run (`logits_native_dtype`, which rounds far more:
+/// every activation and every output). The mode is process-wide and every other test here
+/// wants f32 math, so this runs in a child of this test binary.
+#[test]
+fn bf16_products_stay_within_transformers_own_bf16_error() {
+    if !nemo::backend::cpu::bf16_gemm::available() {
+        return common::skip::skip("this CPU has no AVX-512 BF16");
+    }
+    if std::env::var(BF16_CHILD).is_err() {
+        let test = std::thread::current().name().unwrap().to_string();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(BF16_CHILD, "1")
+            .env_remove("NEMO_MATMUL")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child:\n{text}"
+        );
+        assert!(
+            text.contains("bf16 products"),
+            "the child checked nothing:\n{text}"
+        );
+        return;
+    }
+    nemo::backend::cpu::bf16_gemm::set_exact(false);
+    assert!(nemo::backend::cpu::bf16_gemm::enabled());
+    // The fixtures whose reference has transformers' bf16 run: the bf16 Nemotron-H and
+    // the bf16 Llama.
+    for model in ["nemotron_h_bf16", "llama_tied"] {
+        let folder = ModelFolder::open(&fixture(model)).unwrap();
+        let reference = Reference::load(model);
+        let vocab = reference.vocab();
+        for (p, spec) in reference
+            .prompts()
+            .iter()
+            .zip(reference.json["prompts"].as_array().unwrap())
+        {
+            let native = reference.matrix(&spec["logits_native_dtype"]);
+            let mut state = folder.model.new_state(CacheConfig::default());
+            let got = folder
+                .model
+                .forward(&p.ids, &mut state, Logits::All)
+                .unwrap();
+            let (mut ours, mut theirs) = (0f32, 0f32);
+            for (pos, want) in p.logits.iter().enumerate() {
+                ours = ours.max(max_abs_diff(&got[pos * vocab..(pos + 1) * vocab], want));
+                theirs = theirs.max(max_abs_diff(&native[pos], want));
+            }
+            eprintln!(
+                "{model}/{}: bf16 products max |Δlogit| {ours:.2e}, transformers bf16 {theirs:.2e}",
+                p.name
+            );
+            // Not the f32 math (that would mean the bf16 path did not run), and within
+            // transformers' own bf16 error.
+            assert!(ours > FULL_TOL, "{model}/{}: {ours}", p.name);
+            assert!(ours <= theirs, "{model}/{}: {ours} > {theirs}", p.name);
+        }
+    }
+}
+
 #[test]
 fn prefill_then_token_by_token_decode_matches_one_prefill() {
+    f32_math();
     for model in MODELS {
         let folder = ModelFolder::open(&fixture(model)).unwrap();
         let reference = Reference::load(model);
@@ -81,6 +154,7 @@ fn prefill_then_token_by_token_decode_matches_one_prefill() {
 
 #[test]
 fn greedy_decode_reproduces_the_reference_generation() {
+    f32_math();
     for model in MODELS {
         let folder = ModelFolder::open(&fixture(model)).unwrap();
         let reference = Reference::load(model);
@@ -95,6 +169,7 @@ fn greedy_decode_reproduces_the_reference_generation() {
 /// of at most u are partly averaged out by the dot products, so the bound holds with room.
 #[test]
 fn cache_dtypes_stay_within_stated_tolerance_of_f32() {
+    f32_math();
     // (ssm dtype, kv dtype, unit roundoff of the coarser format)
     let cases = [
         (DType::BF16, DType::F32, 2f32.powi(-8)),
@@ -154,6 +229,7 @@ fn cache_dtypes_stay_within_stated_tolerance_of_f32() {
 /// engine's prompt for a user message with thinking on / off is the thinking on / off case.
 #[test]
 fn llama_template_and_tokenizer_reproduce_transformers_chat_cases() {
+    f32_math();
     use nemo::engine::{Session, SessionOptions};
     use nemo::protocol::{Budget, Message, Request, ThinkingOptions};
 

@@ -27,6 +27,9 @@
 //!   q = round(x/d_b), x̂ = d_b·q. Exactly rounded, |x − x̂| ≤ d_b/2; with x·(1/d_b) and d_b
 //!   themselves rounded in f32 (|x/d_b| ≤ 127), |x − x̂| ≤ d_b·(1/2 + 256u). Hence
 //!   `R = Σ |w_i|·d_b(i)·(1/2 + 256u)`, and |matmul − Σ w·x| ≤ R + E.
+//! - BF16 prefill in bf16 products (`bf16_gemm`, AVX-512 BF16) rounds x to bf16 instead:
+//!   |x − x̂| ≤ 2^-8·|x|, the same R with d_i = 2^-7·|x_i|; the AVX-512 child checks BF16
+//!   both with f32 x (`set_exact(true)`) and, where the CPU has it, with bf16 x.
 //! - R is a worst case (every rounding error with the sign of its weight), much larger than
 //!   the errors that occur, so it would let a wrong scale in one sub-block through. The
 //!   same decode is therefore also held to the f64 dot with x rounded by ggml's rule itself
@@ -41,7 +44,7 @@ mod common;
 use std::process::Command;
 
 use half::{bf16, f16};
-use nemo::backend::cpu::{matmul, matmul_many, quant, simd, MatRef, WeightScale};
+use nemo::backend::cpu::{bf16_gemm, matmul, matmul_many, quant, simd, MatRef, WeightScale};
 use nemo::backend::DType;
 
 use common::skip::skip;
@@ -352,13 +355,48 @@ fn rounds_activations(dt: DType) -> bool {
     )
 }
 
+/// How a path rounds x before it multiplies.
+#[derive(Clone, Copy, PartialEq)]
+enum Rounding {
+    /// f32 x.
+    None,
+    /// ggml's Q8_0 blocks (the integer-dot types).
+    Q8,
+    /// bf16, nearest even (BF16 prefill in bf16 products, `bf16_gemm`).
+    Bf16,
+}
+
+/// x rounded to bf16 (nearest even, by `half`) and d_i = |x_i|·2^-7, so that R's d_i/2 is
+/// bf16's unit roundoff (8 significant bits: |x − x̂| ≤ 2^-8·|x|).
+fn bf16_rounding(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let xq = x.iter().map(|v| bf16::from_f32(*v).to_f64()).collect();
+    let ds = x.iter().map(|v| v.abs() as f64 / 128.0).collect();
+    (xq, ds)
+}
+
+/// The rounding of a matmul of `dt` over n tokens at this process's settings.
+fn rounding_of(dt: DType, n: usize) -> Rounding {
+    if rounds_activations(dt) {
+        Rounding::Q8
+    } else if dt == DType::BF16 && n > 1 && bf16_gemm::enabled() {
+        Rounding::Bf16
+    } else {
+        Rounding::None
+    }
+}
+
 /// Checks `out` (`[n, rows]`) for `x · Wᵀ` against the references and bounds above.
-/// `rounded`: whether this call's path rounds x (decode with integer dots for every part).
-fn check(label: &str, w: &Weights, x: &[f32], n: usize, out: &[f32], rounded: bool) {
+/// `rounding`: how this call's path rounds x.
+fn check(label: &str, w: &Weights, x: &[f32], n: usize, out: &[f32], rounding: Rounding) {
     let k = w.cols;
+    let rounded = rounding != Rounding::None;
     for t in 0..n {
         let xt = &x[t * k..(t + 1) * k];
-        let (xq, ds) = ggml_q8_rounding(xt);
+        let (xq, ds) = if rounding == Rounding::Bf16 {
+            bf16_rounding(xt)
+        } else {
+            ggml_q8_rounding(xt)
+        };
         for r in 0..w.rows {
             let (wr, or) = (&w.w[r * k..(r + 1) * k], &w.off[r * k..(r + 1) * k]);
             let got = out[t * w.rows + r] as f64;
@@ -382,7 +420,7 @@ fn check(label: &str, w: &Weights, x: &[f32], n: usize, out: &[f32], rounded: bo
                 let err = (got - want).abs();
                 assert!(
                     err <= e,
-                    "{label}: out[{t}][{r}] = {got}, Σw·x̂ (x rounded as ggml's Q8_0) = {want}: |Δ| {err:e} > E = {e:e}"
+                    "{label}: out[{t}][{r}] = {got}, Σw·x̂ (x rounded as the path does) = {want}: |Δ| {err:e} > E = {e:e}"
                 );
             }
         }
@@ -425,7 +463,7 @@ fn check_every_type(level: &str) {
                 let mut out = vec![f32::NAN; n * w.rows];
                 matmul(&x, n, w.mat(), &mut out);
                 let label = format!("{level}: matmul {dt} n={n} k={k}");
-                check(&label, &w, &x, n, &out, rounds_activations(dt));
+                check(&label, &w, &x, n, &out, rounding_of(dt, n));
             }
         }
     }
@@ -460,7 +498,7 @@ fn check_every_type(level: &str) {
             }
             for (w, out) in ws.iter().zip(&outs) {
                 let label = format!("{level}: matmul_many {group:?} n={n} part {}", w.dt);
-                check(&label, w, &x, n, out, rounds_activations(w.dt));
+                check(&label, w, &x, n, out, rounding_of(w.dt, n));
             }
         }
     }
@@ -517,7 +555,14 @@ fn at_level(level: &str) {
             "plain"
         };
         println!("level {level}: integer dots {ints}");
+        // BF16 prefill both ways where the CPU multiplies in bf16: f32 x, then bf16 x.
+        bf16_gemm::set_exact(true);
         check_every_type(level);
+        if bf16_gemm::available() {
+            println!("level {level}: BF16 prefill in bf16 products");
+            bf16_gemm::set_exact(false);
+            check_every_type(&format!("{level} (bf16 products)"));
+        }
         return;
     }
     let test = std::thread::current()

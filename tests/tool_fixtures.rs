@@ -70,6 +70,7 @@ fn messages_of(case: &Value) -> Vec<Message> {
 
 #[test]
 fn tool_chat_cases_render_exactly_as_transformers_renders_them() {
+    f32_math();
     let all = tool_cases();
     for name in TOOL_FIXTURES {
         let entry = &all["fixtures"][*name];
@@ -131,6 +132,7 @@ fn tool_chat_cases_render_exactly_as_transformers_renders_them() {
 
 #[test]
 fn tool_fixture_logits_match_transformers_at_every_position() {
+    f32_math();
     for name in TOOL_FIXTURES {
         let folder = ModelFolder::open(&fixture(name)).unwrap();
         let reference = Reference::load(name);
@@ -174,6 +176,7 @@ fn tool_fixture_logits_match_transformers_at_every_position() {
 
 #[test]
 fn tool_fixtures_decode_like_transformers() {
+    f32_math();
     for name in TOOL_FIXTURES {
         let folder = ModelFolder::open(&fixture(name)).unwrap();
         let reference = Reference::load(name);
@@ -195,6 +198,7 @@ fn tool_fixtures_decode_like_transformers() {
 /// `--no-think` it closes the block and nothing is reasoning).
 #[test]
 fn nemo_run_answers_on_the_nemotron3_fixture_with_thinking_on_and_off() {
+    f32_math();
     let model = fixture("nemotron3_tiny").display().to_string();
     let reasoning_tokens = |extra: &[&str]| -> u64 {
         let mut args = vec!["run", "--model", &model, "--json", "--temperature", "0"];

@@ -26,8 +26,10 @@ impl<G> Deref for GpuGuard<G> {
 }
 
 /// Opens GPU 0 for a test, waiting for its turn; None (after a `SKIP` line) when there is
-/// no usable GPU, unless `require_gpu`, which makes that a failure.
+/// no usable GPU, unless `require_gpu`, which makes that a failure. The CPU the GPU is
+/// held to runs its f32 math (`super::f32_math`).
 pub fn open<G>(test: &str, wrap: impl FnOnce(Gpu) -> G) -> Option<GpuGuard<G>> {
+    super::f32_math();
     // A test that panicked while holding the lock leaves nothing behind to protect.
     let turn = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     match Gpu::new(0) {

@@ -54,6 +54,14 @@ pub fn nemo_command() -> std::process::Command {
     cmd
 }
 
+/// The CPU math the f32 references assume: BF16 prefill multiplies f32 activations
+/// (`bf16_gemm::set_exact(true)`), not bf16-rounded ones as it does by default where the
+/// CPU has AVX-512 BF16. Every test that holds the CPU to an f32 reference calls this
+/// first; tests/parity.rs checks the bf16 products against transformers' own bf16 run.
+pub fn f32_math() {
+    nemo::backend::cpu::bf16_gemm::set_exact(true);
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }

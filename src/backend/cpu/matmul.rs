@@ -6,7 +6,8 @@
 //! all tokens, so the weights are read from memory once per call whatever n is.
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
 //! prefill dequantizes a block of rows into the same f32 tile.
-//! FP8 weights (with their `weight_scale`) go to `fp8_matmul`.
+//! FP8 weights (with their `weight_scale`) go to `fp8_matmul`; BF16 prefill goes to
+//! `bf16_gemm` (bf16 products) where the CPU has them, unless `NEMO_MATMUL=exact`.
 //! Prefill splits work across the rayon pool by blocks of rows; decode (n == 1) runs on the
 //! spinning thread team (`team::par_for`), and `matmul_many` runs several matrices that
 //! share x (q/k/v, gate/up) as one loop with x quantized once. Each task writes only its rows.
@@ -15,8 +16,8 @@ use rayon::prelude::*;
 
 use crate::backend::dtype::{widen_into, DType};
 
-use super::fp8_matmul;
 use super::matrix::{block_rows, tile_times_x, MatRef, OutPtr};
+use super::{bf16_gemm, fp8_matmul};
 use super::{qgemm, quant, simd};
 
 fn check(x: &[f32], n: usize, w: &MatRef<'_>, out: &[f32]) {
@@ -49,6 +50,9 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     }
     if qgemm::supports(w.dtype, w.cols) {
         return qgemm::matmul_many(x, n, &[(w, OutPtr(out.as_mut_ptr()))]);
+    }
+    if w.dtype == DType::BF16 && bf16_gemm::enabled() {
+        return bf16_gemm::matmul(x, n, w, out);
     }
     let m = w.rows;
     let br = block_rows(m, w.row_bytes());
@@ -280,7 +284,16 @@ mod tests {
                 narrow_into(dt, &wf, &mut bytes);
                 let mut wide = vec![0f32; m * k];
                 widen_into(dt, &bytes, &mut wide);
-                let want = naive(&x, n, &wide, m, k);
+                // BF16 prefill multiplies x rounded to bf16 where `bf16_gemm` runs (its own
+                // tests check it against a plain loop); the naive sum takes the same x.
+                let xr: Vec<f32> = if dt == DType::BF16 && n > 1 && bf16_gemm::enabled() {
+                    x.iter()
+                        .map(|v| half::bf16::from_f32(*v).to_f32())
+                        .collect()
+                } else {
+                    x.clone()
+                };
+                let want = naive(&xr, n, &wide, m, k);
                 let mut out = vec![0f32; n * m];
                 matmul(
                     &x,

@@ -3,6 +3,7 @@
 //! Kernels pick their SIMD path at run time (`simd::level()`), never by build flags, so one
 //! shipped binary runs on every x86-64 and aarch64 CPU.
 
+pub mod bf16_gemm;
 pub mod flash;
 pub mod fp8_matmul;
 pub mod matmul;
