@@ -8,5 +8,6 @@ fn main() {
     if let Some(code) = nemo::chat::template_sandbox::serve_if_helper() {
         std::process::exit(code);
     }
+    nemo::backend::cpu::keep_freed_memory();
     std::process::exit(cli::main());
 }

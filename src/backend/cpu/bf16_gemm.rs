@@ -114,6 +114,7 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::simd::x86::reduce4x4;
     use super::MatRef;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -131,48 +132,6 @@ mod x86 {
         for j in i..k {
             dst[j] = half::bf16::from_f32(src[j]).to_bits();
         }
-    }
-
-    /// The 16 sums of a 4×4 tile, `acc[r][t]` reduced: lane `4t + r` holds Σ acc[r][t].
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn reduce4x4(acc: &[[__m512; 4]; 4]) -> __m512 {
-        // Per row: its four token vectors to one vector whose 128-bit lane t holds partial
-        // sums of token t.
-        let mut rows = [_mm512_setzero_ps(); 4];
-        for (r, a) in acc.iter().enumerate() {
-            let s0 = _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0x44>(a[0], a[1]),
-                _mm512_shuffle_f32x4::<0xEE>(a[0], a[1]),
-            );
-            let s1 = _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0x44>(a[2], a[3]),
-                _mm512_shuffle_f32x4::<0xEE>(a[2], a[3]),
-            );
-            rows[r] = _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0x88>(s0, s1),
-                _mm512_shuffle_f32x4::<0xDD>(s0, s1),
-            );
-        }
-        // Within every 128-bit lane: the four rows' partial sums to one sum each.
-        let u01 = _mm512_add_ps(
-            _mm512_unpacklo_ps(rows[0], rows[1]),
-            _mm512_unpackhi_ps(rows[0], rows[1]),
-        );
-        let u23 = _mm512_add_ps(
-            _mm512_unpacklo_ps(rows[2], rows[3]),
-            _mm512_unpackhi_ps(rows[2], rows[3]),
-        );
-        _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(
-                _mm512_castps_pd(u01),
-                _mm512_castps_pd(u23),
-            )),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(
-                _mm512_castps_pd(u01),
-                _mm512_castps_pd(u23),
-            )),
-        )
     }
 
     /// 32 bf16 values from `p` (unaligned).

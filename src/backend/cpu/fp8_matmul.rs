@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matrix::{block_rows, tile_times_x, MatRef, OutPtr, WeightScale};
+use super::matrix::{block_rows, tile_times_x, with_tile, MatRef, OutPtr, WeightScale};
 use super::simd::{self, Level};
 use crate::backend::{fp8, DType};
 
@@ -157,12 +157,13 @@ fn gemv_block(level: Level, x: &[f32], w: MatRef<'_>, r0: usize, r1: usize, o: O
 
 fn tile_block(level: Level, x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
     let k = w.cols;
-    let mut tile = vec![0f32; (r1 - r0) * k];
-    for (i, dst) in tile.chunks_exact_mut(k).enumerate() {
-        widen_row_at(level, w.dtype, row(&w, r0 + i), w.scale.row(r0 + i), dst);
-    }
-    // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
-    unsafe { tile_times_x(&tile, x, n, w.rows, r0, o.0) };
+    with_tile((r1 - r0) * k, |tile| {
+        for (i, dst) in tile.chunks_exact_mut(k).enumerate() {
+            widen_row_at(level, w.dtype, row(&w, r0 + i), w.scale.row(r0 + i), dst);
+        }
+        // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
+        unsafe { tile_times_x(tile, x, n, w.rows, r0, o.0) };
+    });
 }
 
 /// `dst[j] = fp8(src[j]) · scale`: one dequantized row, bit for bit `value × scale` in f32.

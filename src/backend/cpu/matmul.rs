@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::backend::dtype::{widen_into, DType};
 
-use super::matrix::{block_rows, tile_times_x, MatRef, OutPtr};
+use super::matrix::{block_rows, tile_times_x, with_tile, MatRef, OutPtr};
 use super::{bf16_gemm, fp8_matmul};
 use super::{qgemm, quant, simd};
 
@@ -197,10 +197,11 @@ fn gemv_rows4_block(
 
 fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
     let rb = w.row_bytes();
-    let mut tile = vec![0f32; (r1 - r0) * w.cols];
-    widen_into(w.dtype, &w.data[r0 * rb..r1 * rb], &mut tile);
-    // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
-    unsafe { tile_times_x(&tile, x, n, w.rows, r0, o.0) };
+    with_tile((r1 - r0) * w.cols, |tile| {
+        widen_into(w.dtype, &w.data[r0 * rb..r1 * rb], tile);
+        // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
+        unsafe { tile_times_x(tile, x, n, w.rows, r0, o.0) };
+    });
 }
 
 #[cfg(test)]

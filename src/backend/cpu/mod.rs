@@ -19,6 +19,26 @@ pub mod team;
 pub use matmul::{matmul, matmul_many};
 pub use matrix::{MatRef, WeightScale};
 
+/// Tells glibc's malloc to keep freed memory for the next allocation instead of returning
+/// it to the kernel: a prefill allocates activations of megabytes per layer (a 200-token
+/// prompt's Mamba2 input projection alone is 5 MB), which malloc served with fresh mmaps
+/// or trimmed heap, so every call paid page faults and the kernel's zeroing again
+/// (~5-10% of a prefill on a 280M model, measured with perf; 10-20% faster prefill with
+/// these settings, Zen 4, 2 threads). Memory stays at its high-water mark instead of
+/// shrinking between prompts; the weights are file mappings and unaffected. Call once,
+/// before any thread starts. No-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's parameters; called before other threads run.
+    unsafe {
+        // Allocations below 256 MiB come from the heap, not a mapping of their own...
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        // ...and the heap's free top is kept up to 512 MiB before it is returned.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
+
 /// Reports the running unit test as skipped, as tests/common/skip.rs does for the
 /// integration tests: `SKIP <binary>::<test>: <why>` on stderr, appended to the file
 /// `NEMO_SKIP_LOG` names (`.ci/run` counts those apart from passed tests).
