@@ -136,6 +136,22 @@ pub(super) unsafe fn tile_times_x(
         let mut i = 0;
         while i < nr {
             let rows: [&[f32]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
+            if simd::tile_tokens() == 3 {
+                let mut t = t0;
+                while t < t1 {
+                    let xs: [&[f32]; 3] = std::array::from_fn(|b| xr((t + b).min(t1 - 1)));
+                    let d = simd::dot4x3(rows, xs);
+                    for (a, da) in d.iter().enumerate().take(nr - i) {
+                        for (b, v) in da.iter().enumerate().take(t1 - t) {
+                            // SAFETY (caller): as below.
+                            unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
+                        }
+                    }
+                    t += 3;
+                }
+                i += 4;
+                continue;
+            }
             let mut t = t0;
             while t < t1 {
                 let xs: [&[f32]; 4] = std::array::from_fn(|b| xr((t + b).min(t1 - 1)));

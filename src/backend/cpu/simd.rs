@@ -221,6 +221,35 @@ pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
     out
 }
 
+/// `out[r][t] = dot(rows[r], xs[t])` for four f32 rows against three vectors: the prefill
+/// tile's AVX2 micro-kernel (12 accumulators hide the FMA latency that 8 did not, with 7
+/// loads per 12 FMAs); other levels take `dot4x4`'s shape.
+pub fn dot4x3(rows: [&[f32]; 4], xs: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if level() != Level::Scalar {
+        // SAFETY: avx2 and fma were detected at run time (Avx2 and Avx512 both have them);
+        // lengths are checked inside.
+        return unsafe { x86::dot4x3_avx2(rows, xs) };
+    }
+    let mut out = [[0f32; 3]; 4];
+    for r in 0..4 {
+        for t in 0..3 {
+            out[r][t] = dot_plain(rows[r], xs[t]);
+        }
+    }
+    out
+}
+
+/// Tokens per call of the prefill tile's micro-kernel at this level: 3 (`dot4x3`) on AVX2,
+/// else 4 (`dot4x4`).
+pub fn tile_tokens() -> usize {
+    if level() == Level::Avx2 {
+        3
+    } else {
+        4
+    }
+}
+
 /// Dots of four bf16 rows (little-endian bytes) against one f32 vector: the decode GEMV
 /// kernel, widening on the fly so the weights are read once from memory.
 pub fn dot_bf16_rows4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
@@ -402,6 +431,40 @@ pub(super) mod x86 {
                     }
                     out[r][2 * pair + t] = s;
                 }
+            }
+        }
+        out
+    }
+
+    /// 4 rows × 3 vectors in one pass: 12 accumulators + 3 x vectors + 1 row = 16 ymm.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4x3_avx2(rows: [&[f32]; 4], xs: [&[f32]; 3]) -> [[f32; 3]; 4] {
+        let k = rows[0].len();
+        for i in 0..4 {
+            assert!(rows[i].len() == k && xs[i.min(2)].len() == k);
+        }
+        let r: [*const f32; 4] = std::array::from_fn(|i| rows[i].as_ptr());
+        let x: [*const f32; 3] = std::array::from_fn(|i| xs[i].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+        let mut i = 0;
+        while i + 8 <= k {
+            let xv: [__m256; 3] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));
+            for rr in 0..4 {
+                let rv = _mm256_loadu_ps(r[rr].add(i));
+                for t in 0..3 {
+                    acc[rr][t] = _mm256_fmadd_ps(rv, xv[t], acc[rr][t]);
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; 3]; 4];
+        for rr in 0..4 {
+            for t in 0..3 {
+                let mut s = hsum256(acc[rr][t]);
+                for j in i..k {
+                    s += *r[rr].add(j) * *x[t].add(j);
+                }
+                out[rr][t] = s;
             }
         }
         out
@@ -874,6 +937,13 @@ mod tests {
             for r in 0..4 {
                 for t in 0..4 {
                     assert!(close(got4[r][t], want4[r][t]), "{name} dot4x4 k={k}");
+                }
+            }
+            // SAFETY: both x86 levels have avx2 and fma (checked by the callers).
+            let got3 = unsafe { x86::dot4x3_avx2(rr, [xx[1], xx[2], xx[3]]) };
+            for r in 0..4 {
+                for t in 0..3 {
+                    assert!(close(got3[r][t], want4[r][t + 1]), "dot4x3 k={k}");
                 }
             }
             assert_eq!(wide, plain, "{name} bf16 widening k={k}");
