@@ -22,33 +22,28 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// `x` is `[n, heads, head_dim]` for positions `start..start+n`.
+    /// `x` is `[n, heads, head_dim]` for positions `start..start+n`. Each position's
+    /// angles are computed once (in f64, as before) and applied to all its heads: per head
+    /// they were ~5% of a small Llama's prefill in `sincos`.
     pub fn apply(&self, x: &mut [f32], heads: usize, hd: usize, start: usize) {
         let half = hd / 2;
-        if self.interleaved {
-            for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
-                let pos = (start + t) as f64;
-                for head in tok.chunks_exact_mut(hd) {
-                    for i in 0..half {
-                        let theta = pos * self.inv_freq[i] as f64;
-                        let (sin, cos) = (theta.sin() as f32, theta.cos() as f32);
-                        let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = a * cos - b * sin;
-                        head[2 * i + 1] = b * cos + a * sin;
-                    }
-                }
-            }
-            return;
-        }
+        let mut sc = vec![(0f32, 0f32); half];
         for (t, tok) in x.chunks_exact_mut(heads * hd).enumerate() {
             let pos = (start + t) as f64;
+            for (i, v) in sc.iter_mut().enumerate() {
+                let theta = pos * self.inv_freq[i] as f64;
+                *v = (theta.sin() as f32, theta.cos() as f32);
+            }
             for head in tok.chunks_exact_mut(hd) {
-                for i in 0..half {
-                    let theta = pos * self.inv_freq[i] as f64;
-                    let (sin, cos) = (theta.sin() as f32, theta.cos() as f32);
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * cos - b * sin;
-                    head[i + half] = b * cos + a * sin;
+                for (i, &(sin, cos)) in sc.iter().enumerate() {
+                    let (ia, ib) = if self.interleaved {
+                        (2 * i, 2 * i + 1)
+                    } else {
+                        (i, i + half)
+                    };
+                    let (a, b) = (head[ia], head[ib]);
+                    head[ia] = a * cos - b * sin;
+                    head[ib] = b * cos + a * sin;
                 }
             }
         }
