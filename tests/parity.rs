@@ -77,22 +77,8 @@ fn bf16_products_stay_within_transformers_own_bf16_error() {
         return common::skip::skip("this CPU has no AVX-512 BF16");
     }
     if std::env::var(BF16_CHILD).is_err() {
-        let test = std::thread::current().name().unwrap().to_string();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
-            .env(BF16_CHILD, "1")
-            .env_remove("NEMO_MATMUL")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("1 passed"),
-            "child:\n{text}"
-        );
+        let (ok, text) = rerun_in_child(&[(BF16_CHILD, "1")], &["NEMO_MATMUL"]);
+        assert!(ok && text.contains("1 passed"), "child:\n{text}");
         assert!(
             text.contains("bf16 products"),
             "the child checked nothing:\n{text}"

@@ -41,8 +41,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use half::{bf16, f16};
 use nemo::backend::cpu::{bf16_gemm, matmul, matmul_many, quant, simd, MatRef, WeightScale};
 use nemo::backend::DType;
@@ -565,22 +563,8 @@ fn at_level(level: &str) {
         }
         return;
     }
-    let test = std::thread::current()
-        .name()
-        .expect("libtest names the test's thread")
-        .to_string();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
-        .env("NEMO_SIMD", level)
-        .env(CHILD, level)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "NEMO_SIMD={level}:\n{text}");
+    let (ok, text) = common::rerun_in_child(&[("NEMO_SIMD", level), (CHILD, level)], &[]);
+    assert!(ok, "NEMO_SIMD={level}:\n{text}");
     assert!(
         text.contains("1 passed") && text.contains(&format!("level {level}: integer dots")),
         "the child did not run the checks at {level}:\n{text}"

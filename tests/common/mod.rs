@@ -62,6 +62,31 @@ pub fn f32_math() {
     nemo::backend::cpu::bf16_gemm::set_exact(true);
 }
 
+/// Runs the calling test again, alone, in a child of this test binary with `set` added to
+/// and `remove` taken from its environment (for settings chosen once per process, such as
+/// the SIMD level): whether it passed, and its stdout and stderr.
+pub fn rerun_in_child(set: &[(&str, &str)], remove: &[&str]) -> (bool, String) {
+    let test = std::thread::current()
+        .name()
+        .expect("libtest names the test's thread")
+        .to_string();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"]);
+    for (k, v) in set {
+        cmd.env(k, v);
+    }
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }

@@ -136,36 +136,46 @@ pub(super) unsafe fn tile_times_x(
         let mut i = 0;
         while i < nr {
             let rows: [&[f32]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
+            // The row group over the pass's tokens, a kernel's worth at a time; the last
+            // token repeats to fill a call and its extra results are dropped.
+            let tokens = |t: usize| xr(t.min(t1 - 1));
+            let put = |t: usize, a: usize, v: f32| {
+                // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
+                unsafe { *out.add(t * m + r0 + i + a) = v };
+            };
             if simd::tile_tokens() == 3 {
-                let mut t = t0;
-                while t < t1 {
-                    let xs: [&[f32]; 3] = std::array::from_fn(|b| xr((t + b).min(t1 - 1)));
-                    let d = simd::dot4x3(rows, xs);
-                    for (a, da) in d.iter().enumerate().take(nr - i) {
-                        for (b, v) in da.iter().enumerate().take(t1 - t) {
-                            // SAFETY (caller): as below.
-                            unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
-                        }
-                    }
-                    t += 3;
-                }
-                i += 4;
-                continue;
-            }
-            let mut t = t0;
-            while t < t1 {
-                let xs: [&[f32]; 4] = std::array::from_fn(|b| xr((t + b).min(t1 - 1)));
-                let d = simd::dot4x4(rows, xs);
-                for (a, da) in d.iter().enumerate().take(nr - i) {
-                    for (b, v) in da.iter().enumerate().take(t1 - t) {
-                        // SAFETY (caller): (t+b) < n and r0+i+a < r0+nr ≤ m, a column of ours.
-                        unsafe { *out.add((t + b) * m + r0 + i + a) = *v };
-                    }
-                }
-                t += 4;
+                tokens_of::<3, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x3, put);
+            } else {
+                tokens_of::<4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
             }
             i += 4;
         }
         t0 = t1;
+    }
+}
+
+/// Four rows against tokens `t0..t1`, `T` per call of `dot`: `put(t, a, dot)` for every
+/// token and each of the first `nr` rows.
+fn tokens_of<'a, const T: usize, K>(
+    rows: [&[f32]; 4],
+    t0: usize,
+    t1: usize,
+    nr: usize,
+    tokens: &impl Fn(usize) -> &'a [f32],
+    dot: K,
+    mut put: impl FnMut(usize, usize, f32),
+) where
+    // The micro-kernel: `out[r][t] = rows[r] · xs[t]` (a fn item, so it inlines here).
+    K: Fn([&[f32]; 4], [&[f32]; T]) -> [[f32; T]; 4],
+{
+    let mut t = t0;
+    while t < t1 {
+        let d = dot(rows, std::array::from_fn(|b| tokens(t + b)));
+        for (a, da) in d.iter().enumerate().take(nr) {
+            for (b, v) in da.iter().enumerate().take(t1 - t) {
+                put(t + b, a, *v);
+            }
+        }
+        t += T;
     }
 }
