@@ -406,53 +406,43 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
         _ => 0,
     };
     // VNNI panels: the panel's rows unpacked side by side, then every block's 16 rows × 8
-    // dwords transposed in registers (the scalar scatter below was 2.5x the multiply at a
-    // 16-token prefill).
+    // dwords transposed in registers (scattering them one by one, as AVX2 still does, took
+    // 2.5x the multiply at a 16-token prefill).
     let fast = RR == PR16 && super::simd::vnni();
-    if fast && s.panel.len() < RR * 32 * nb {
+    let row_q = 32 * nb;
+    if fast && s.panel.len() < RR * row_q {
         // Grown only: a resize down and up again zero-filled it on every call.
-        s.panel.resize(RR * 32 * nb, 0);
+        s.panel.resize(RR * row_q, 0);
     }
     for pi in 0..np {
         for i in 0..RR {
             let r = r0 + pi * RR + i;
-            if r >= r1 {
-                if fast {
-                    // Zero after the transpose adds `zero` back.
-                    s.panel[i * 32 * nb..(i + 1) * 32 * nb].fill(0u8.wrapping_sub(zero));
-                }
-                for b in 0..nb {
-                    for g in 0..8 {
-                        p.q[(pi * nb + b) * 8 * RR + g * RR + i] = 0;
-                    }
-                    for h in 0..hb {
-                        p.e[((pi * nb + b) * hb + h) * RR + i] = 0.0;
-                        p.o[((pi * nb + b) * hb + h) * RR + i] = 0.0;
-                    }
-                }
-                continue;
-            }
             let q = if fast {
-                &mut s.panel[i * 32 * nb..(i + 1) * 32 * nb]
+                &mut s.panel[i * row_q..(i + 1) * row_q]
             } else {
-                &mut s.q[..]
+                &mut s.q[..row_q]
             };
-            unpack_row(
-                w.dtype,
-                &w.data[r * rb..(r + 1) * rb],
-                nb,
-                q,
-                &mut s.e,
-                &mut s.o,
-            );
-            if !fast && zero != 0 {
-                s.q.iter_mut().for_each(|v| *v = v.wrapping_add(zero));
+            if r < r1 {
+                unpack_row(
+                    w.dtype,
+                    &w.data[r * rb..(r + 1) * rb],
+                    nb,
+                    q,
+                    &mut s.e,
+                    &mut s.o,
+                );
+            } else {
+                // A missing row: quants that are 0 once `zero` is added, no scale or offset.
+                q.fill(0u8.wrapping_sub(zero));
+                s.e.fill(0.0);
+                s.o.fill(0.0);
             }
             for b in 0..nb {
                 if !fast {
                     let at = (pi * nb + b) * 8 * RR + i;
-                    for (g, v) in s.q[32 * b..32 * b + 32].chunks_exact(4).enumerate() {
-                        p.q[at + g * RR] = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                    for (g, v) in q[32 * b..32 * b + 32].chunks_exact(4).enumerate() {
+                        let bytes = std::array::from_fn(|j| v[j].wrapping_add(zero));
+                        p.q[at + g * RR] = u32::from_le_bytes(bytes);
                     }
                 }
                 for h in 0..hb {
@@ -571,6 +561,10 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::backend::DType;
+
     /// A VNNI panel's quants from its 16 unpacked rows (`panel`: `[16][32·nb]` bytes): for
     /// block b and dword g, `out[(b·8 + g)·16 + i]` = row i's bytes 4g..4g+4 of block b, each
     /// byte plus `zero`. Per block the 16×8 dwords are transposed in registers: rows j and
@@ -578,7 +572,6 @@ mod x86 {
     /// shuffles put the 16 rows of a column in order.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn transpose16(panel: &[u8], nb: usize, zero: u8, out: &mut [u32]) {
-        use std::arch::x86_64::*;
         assert!(panel.len() >= 16 * 32 * nb && out.len() >= nb * 8 * 16);
         let (src, dst) = (panel.as_ptr(), out.as_mut_ptr());
         let add = _mm512_set1_epi8(zero as i8);
@@ -629,10 +622,6 @@ mod x86 {
             }
         }
     }
-
-    use std::arch::x86_64::*;
-
-    use crate::backend::DType;
 
     /// `super::unpack_row_plain` with AVX2 and F16C: the nibbles split 32 bytes at a time,
     /// the f16 scales converted by the instruction, the K-quants' six-bit scales and mins

@@ -195,17 +195,13 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 /// `out[r][t] = dot(rows[r], xs[t])` for four f32 rows against four f32 vectors of equal length.
-/// The prefill matmul's micro-kernel: 16 accumulators, 8 loads per 16 FMAs.
+/// The prefill matmul's micro-kernel at AVX-512 and NEON: 16 accumulators, 8 loads per 16
+/// FMAs. AVX2's is `dot4x3` (`tile_tokens`); at that level this is the plain loop.
 pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
         // SAFETY: avx512f was detected at run time; lengths are checked inside.
         return unsafe { x86::dot4x4_avx512(rows, xs) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx2 {
-        // SAFETY: avx2 and fma were detected at run time; lengths are checked inside.
-        return unsafe { x86::dot4x4_avx2(rows, xs) };
     }
     #[cfg(target_arch = "aarch64")]
     if level() == Level::Neon {
@@ -397,43 +393,6 @@ pub(super) mod x86 {
             i += 1;
         }
         s
-    }
-
-    /// 4 rows × 2 vectors per pass (8 accumulators + 6 loads fit the 16 ymm registers).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4x4_avx2(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
-        let k = rows[0].len();
-        for i in 0..4 {
-            assert!(rows[i].len() == k && xs[i].len() == k);
-        }
-        let mut out = [[0f32; 4]; 4];
-        for pair in 0..2 {
-            let x0 = xs[2 * pair].as_ptr();
-            let x1 = xs[2 * pair + 1].as_ptr();
-            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            let mut i = 0;
-            while i + 8 <= k {
-                let xv0 = _mm256_loadu_ps(x0.add(i));
-                let xv1 = _mm256_loadu_ps(x1.add(i));
-                for r in 0..4 {
-                    let rv = _mm256_loadu_ps(rows[r].as_ptr().add(i));
-                    acc[r][0] = _mm256_fmadd_ps(rv, xv0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(rv, xv1, acc[r][1]);
-                }
-                i += 8;
-            }
-            for r in 0..4 {
-                for t in 0..2 {
-                    let mut s = hsum256(acc[r][t]);
-                    let x = if t == 0 { x0 } else { x1 };
-                    for (j, w) in rows[r].iter().enumerate().take(k).skip(i) {
-                        s += w * *x.add(j);
-                    }
-                    out[r][2 * pair + t] = s;
-                }
-            }
-        }
-        out
     }
 
     /// 4 rows × 3 vectors in one pass: 12 accumulators + 3 x vectors + 1 row = 16 ymm.
@@ -916,29 +875,28 @@ mod tests {
             let name = if avx512 { "avx512" } else { "avx2" };
             let mut wide = vec![0f32; k];
             // SAFETY: the callers checked this level's features.
-            let (dot, got4, bf_rows) = unsafe {
+            let (dot, bf_rows) = unsafe {
                 if avx512 {
                     x86::bf16_to_f32_avx512(bb[1], &mut wide);
+                    let got4 = x86::dot4x4_avx512(rr, xx);
+                    for r in 0..4 {
+                        for t in 0..4 {
+                            assert!(close(got4[r][t], want4[r][t]), "dot4x4 k={k}");
+                        }
+                    }
                     (
                         x86::dot_avx512(rr[0], xx[0]),
-                        x86::dot4x4_avx512(rr, xx),
                         x86::dot_bf16_rows4_avx512(bb, xx[0]),
                     )
                 } else {
                     x86::bf16_to_f32_avx2(bb[1], &mut wide);
                     (
                         x86::dot_avx2(rr[0], xx[0]),
-                        x86::dot4x4_avx2(rr, xx),
                         x86::dot_bf16_rows4_avx2(bb, xx[0]),
                     )
                 }
             };
             assert!(close(dot, want4[0][0]), "{name} dot k={k}");
-            for r in 0..4 {
-                for t in 0..4 {
-                    assert!(close(got4[r][t], want4[r][t]), "{name} dot4x4 k={k}");
-                }
-            }
             // SAFETY: both x86 levels have avx2 and fma (checked by the callers).
             let got3 = unsafe { x86::dot4x3_avx2(rr, [xx[1], xx[2], xx[3]]) };
             for r in 0..4 {
