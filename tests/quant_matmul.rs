@@ -466,13 +466,14 @@ fn check_every_type(level: &str) {
         }
     }
     // matmul_many at decode and prefill: q/k/v of a Q4_K_M file (Q4_K, Q4_K, Q6_K), Q4_0
-    // with Q8_0, Q4_K with Q5_K, and a part without an integer dot (BF16: x stays f32 for it)
-    // beside one with.
+    // with Q8_0, Q4_K with Q5_K, a part without an integer dot (BF16: x stays f32 for it)
+    // beside one with, and two BF16 parts (bf16 products round x once for both).
     for (j, group) in [
         &[DType::Q4_K, DType::Q4_K, DType::Q6_K][..],
         &[DType::Q4_0, DType::Q8_0][..],
         &[DType::Q4_K, DType::Q5_K][..],
         &[DType::BF16, DType::Q6_K][..],
+        &[DType::BF16, DType::BF16][..],
     ]
     .iter()
     .enumerate()

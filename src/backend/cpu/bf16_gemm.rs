@@ -83,30 +83,44 @@ pub fn round_rows(x: &[f32], n: usize, kp: usize) -> Vec<u16> {
 
 /// `out = x · Wᵀ` for BF16 `w` and n > 1, in bf16 products. Call only when `enabled()`.
 pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
-    assert!(w.dtype == DType::BF16 && available(), "bf16_gemm::matmul");
-    let (m, k) = (w.rows, w.cols);
+    matmul_many(x, n, &mut [(w, out)]);
+}
+
+/// `matmul` of several BF16 matrices sharing x (q, k and v; gate and up), x rounded once.
+pub fn matmul_many(x: &[f32], n: usize, parts: &mut [(MatRef<'_>, &mut [f32])]) {
+    let Some((w0, _)) = parts.first() else { return };
+    let k = w0.cols;
+    for (w, _) in parts.iter() {
+        assert!(
+            w.dtype == DType::BF16 && w.cols == k && available(),
+            "bf16_gemm::matmul"
+        );
+    }
     let kp = k.div_ceil(32) * 32;
     let xb = round_rows(x, n, kp);
-    let br = block_rows(m, w.row_bytes());
-    let outp = OutPtr(out.as_mut_ptr());
-    let run = |b: usize| {
-        let r0 = b * br;
-        let r1 = (r0 + br).min(m);
-        let o: OutPtr = outp;
-        // SAFETY: `available()` checked the features; rows r0..r1 of the `[n, m]` output
-        // belong to this task; x rows are kp ≥ k elements, zero beyond k.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            x86::block(&xb, kp, n, w, r0, r1, o.0)
+    for (w, out) in parts.iter_mut() {
+        let (w, m) = (*w, w.rows);
+        let br = block_rows(m, w.row_bytes());
+        let outp = OutPtr(out.as_mut_ptr());
+        let run = |b: usize| {
+            let r0 = b * br;
+            let r1 = (r0 + br).min(m);
+            let o: OutPtr = outp;
+            // SAFETY: `available()` checked the features; rows r0..r1 of the `[n, m]` output
+            // belong to this task; x rows are kp ≥ k elements, zero beyond k.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::block(&xb, kp, n, w, r0, r1, o.0)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (&xb, kp, r1, o);
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (&xb, kp, r1, o);
-    };
-    let nblocks = m.div_ceil(br);
-    if nblocks == 1 {
-        run(0);
-    } else {
-        (0..nblocks).into_par_iter().for_each(run);
+        let nblocks = m.div_ceil(br);
+        if nblocks == 1 {
+            run(0);
+        } else {
+            (0..nblocks).into_par_iter().for_each(run);
+        }
     }
 }
 

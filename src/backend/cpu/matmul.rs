@@ -88,6 +88,10 @@ pub fn matmul_many(x: &[f32], n: usize, parts: &mut [(MatRef<'_>, &mut [f32])]) 
             .collect();
         return qgemm::matmul_many(x, n, &ps);
     }
+    // BF16 prefill in bf16 products: x rounded once for all parts.
+    if n > 1 && bf16_gemm::enabled() && parts.iter().all(|(w, _)| w.dtype == DType::BF16) {
+        return bf16_gemm::matmul_many(x, n, parts);
+    }
     // FP8 weights have their own kernels (fp8_matmul): run each part on its own.
     if n != 1 || parts.iter().any(|(w, _)| fp8_matmul::is_fp8(w.dtype)) {
         for (w, out) in parts.iter_mut() {
