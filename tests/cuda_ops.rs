@@ -319,6 +319,7 @@ mod gpu {
                     rows: out_dim,
                     cols: in_dim,
                     scale: nemo::backend::cpu::WeightScale::None,
+                    interleaved: None,
                 },
                 &mut want,
             );

@@ -240,6 +240,7 @@ fn fp8_matmul_matches_a_plain_matmul_of_the_dequantized_weights_at_every_simd_le
                     rows: m,
                     cols: k,
                     scale,
+                    interleaved: None,
                 };
                 // Any order of k f32 products and sums, and one scale multiply, is within
                 // (k + 2)·u·Σ|w·x| of the exact sum (u = 2^-24); a wrong scale or a wrongly

@@ -17,6 +17,8 @@
 //!   or 16: the same function summed in another order. So the remaining differences are
 //!   f32 rounding, the same kind and size as the folder's against transformers.
 //! - Q8_0 GGUF: see `q8_0_gguf_stays_within_the_quantization_bound`.
+//! - Q4_0 GGUF (made here from the Q8_0 file): see
+//!   `q4_0_gguf_matches_its_dequantized_weights_within_activation_rounding`.
 
 // Tests may unwrap: a failed unwrap fails the test. (clippy.toml's allow-unwrap-in-tests
 // covers #[test] functions; this covers the helpers beside them, in every test crate.)
@@ -27,7 +29,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use nemo::model::gguf::GgufFile;
+use nemo::backend::cpu::quant;
+use nemo::backend::dtype::widen_into;
+use nemo::backend::DType;
+use nemo::model::gguf::{GgufFile, Value};
 use nemo::model::weights::WeightStore;
 use nemo::model::{Logits, ModelFolder};
 use nemo::protocol::Message;
@@ -545,5 +550,137 @@ fn gguf_sampling_defaults_that_are_not_usable_numbers_are_named() {
         b[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
         let e = open_bytes_err(&b, "temp.gguf");
         assert!(e.contains(key), "{bad}: {e}");
+    }
+}
+
+/// `src` rewritten twice: every Q8_0 matrix requantized to Q4_0 (ggml's reference rule,
+/// `quant::quantize_row`) in `q4_0`, and the same matrices as the F32 values those Q4_0
+/// blocks hold in `f32`; every other tensor and all metadata copied. The two files hold
+/// the same model, one in Q4_0 blocks.
+fn requantize_q4_0(src: &Path, q4_0: &Path, f32: &Path) {
+    let g = GgufFile::open(src).unwrap();
+    let w = g.weights();
+    let ggml = |d: DType| match d {
+        DType::F32 => 0u32,
+        DType::F16 => 1,
+        DType::Q4_0 => 2,
+        DType::Q8_0 => 8,
+        other => panic!("{}: no ggml id here for {other}", src.display()),
+    };
+    let mut kv: Vec<(&String, &Value)> = g
+        .metadata
+        .iter()
+        .filter(|(k, _)| *k != "general.alignment")
+        .collect();
+    kv.sort_by_key(|(k, _)| k.as_str());
+    let (mut tq, mut tf) = (Vec::new(), Vec::new());
+    for t in &g.tensors {
+        let bytes = w.get(&t.name, &t.shape).unwrap().data().to_vec();
+        if t.dtype != DType::Q8_0 {
+            tq.push((t, ggml(t.dtype), bytes.clone()));
+            tf.push((t, ggml(t.dtype), bytes));
+            continue;
+        }
+        let cols = *t.shape.last().unwrap();
+        let mut wide = vec![0f32; bytes.len() / 34 * 32];
+        widen_into(DType::Q8_0, &bytes, &mut wide);
+        let (mut q, mut back) = (Vec::new(), Vec::new());
+        let mut row_q = vec![0u8; DType::Q4_0.row_bytes(cols)];
+        let mut row_f = vec![0f32; cols];
+        for row in wide.chunks_exact(cols) {
+            quant::quantize_row(DType::Q4_0, row, &mut row_q);
+            quant::dequantize_row(DType::Q4_0, &row_q, &mut row_f);
+            q.extend_from_slice(&row_q);
+            back.extend(row_f.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        tq.push((t, 2, q));
+        tf.push((t, 0, back));
+    }
+    for (path, tensors) in [(q4_0, tq), (f32, tf)] {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((kv.len() as u64 + 1).to_le_bytes());
+        for (k, v) in kv
+            .iter()
+            .copied()
+            .chain([(&"general.alignment".to_string(), &Value::U32(32))])
+        {
+            Value::String(k.clone()).encode(&mut b);
+            b.extend(v.type_id().to_le_bytes());
+            v.encode(&mut b);
+        }
+        let mut offset = 0u64;
+        for (t, id, data) in &tensors {
+            Value::String(t.name.clone()).encode(&mut b);
+            b.extend((t.shape.len() as u32).to_le_bytes());
+            for d in t.shape.iter().rev() {
+                b.extend((*d as u64).to_le_bytes());
+            }
+            b.extend(id.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).next_multiple_of(32);
+        }
+        b.resize(b.len().next_multiple_of(32), 0);
+        for (_, _, data) in &tensors {
+            b.extend(data);
+            b.resize(b.len().next_multiple_of(32), 0);
+        }
+        std::fs::write(path, b).unwrap();
+    }
+}
+
+/// A Q4_0 GGUF (the path llama.cpp's Q4_0 files take: on x86 the loader interleaves the
+/// rows for decode and the prefill packs from that copy) against the same weights stored
+/// as F32. The weights are equal, so what is left is the 8-bit rounding of activations
+/// before each integer matmul, ~6.8e-3 relative per matmul (see
+/// `q8_0_gguf_stays_within_the_quantization_bound`), independent across the M matmuls of
+/// the chain: the same √M · 1e-2 bound on the relative L2 error of the logits, over the
+/// prompt as one batch (prefill) and fed token by token (decode). A row or a scale in the
+/// wrong place is off by the weights' own size, far outside it.
+#[test]
+fn q4_0_gguf_matches_its_dequantized_weights_within_activation_rounding() {
+    f32_math();
+    let dir = tempfile::tempdir().unwrap();
+    let (q, f) = (dir.path().join("q4_0.gguf"), dir.path().join("f32.gguf"));
+    requantize_q4_0(&gguf("nemotron_h_tiny.q8_0.gguf"), &q, &f);
+    let (gq, gf) = (
+        ModelFolder::open(&q).unwrap(),
+        ModelFolder::open(&f).unwrap(),
+    );
+    let m: usize = gq
+        .model
+        .pattern()
+        .chars()
+        .map(|c| if c == '*' { 4 } else { 2 })
+        .sum::<usize>()
+        + 2;
+    let bound = (m as f32).sqrt() * 1e-2;
+    for p in Reference::load("nemotron_h_tiny").prompts() {
+        let want = all_logits(&gf, &p.ids);
+        let batch = all_logits(&gq, &p.ids);
+        let mut state = gq.model.new_state(CacheConfig::default());
+        let mut steps = Vec::new();
+        for id in &p.ids {
+            steps.extend(gq.model.forward(&[*id], &mut state, Logits::All).unwrap());
+        }
+        for (how, got) in [("prefill", &batch), ("decode", &steps)] {
+            let (mut err2, mut norm2) = (0f64, 0f64);
+            for (a, b) in got.iter().zip(&want) {
+                err2 += ((a - b) as f64).powi(2);
+                norm2 += (*b as f64).powi(2);
+            }
+            let rel = (err2 / norm2).sqrt() as f32;
+            eprintln!(
+                "{} {how}: relative L2 error {rel:.2e} (bound {bound:.2e})",
+                p.name
+            );
+            assert_eq!(got.len(), want.len());
+            assert!(
+                rel < bound,
+                "{} {how}: relative logit error {rel} ≥ {bound}",
+                p.name
+            );
+        }
     }
 }

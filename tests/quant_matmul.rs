@@ -42,7 +42,9 @@
 mod common;
 
 use half::{bf16, f16};
-use nemo::backend::cpu::{bf16_gemm, matmul, matmul_many, quant, simd, MatRef, WeightScale};
+use nemo::backend::cpu::{
+    bf16_gemm, interleave, matmul, matmul_many, quant, simd, MatRef, WeightScale,
+};
 use nemo::backend::DType;
 
 use common::skip::skip;
@@ -129,6 +131,9 @@ struct Weights {
     /// FP8's factor per row (a per-tensor scale repeated).
     row_scale: Vec<f32>,
     per_row: bool,
+    /// Q4_0's rows interleaved as the GGUF loader interleaves them on x86
+    /// (`interleave::wanted`): decode and prefill read those then.
+    interleaved: Option<Vec<u8>>,
 }
 
 impl Weights {
@@ -143,6 +148,7 @@ impl Weights {
                 DType::F8E4M3 | DType::F8E5M2 => WeightScale::Tensor(self.row_scale[0]),
                 _ => WeightScale::None,
             },
+            interleaved: self.interleaved.as_deref(),
         }
     }
 }
@@ -289,6 +295,8 @@ fn weights(dt: DType, rows: usize, cols: usize, seed: u64) -> Weights {
         }
     }
     assert_eq!(bytes.len(), rows * dt.row_bytes(cols), "{dt}");
+    let interleaved =
+        interleave::wanted(dt, cols).then(|| interleave::interleave_q4_0(&bytes, rows, cols));
     Weights {
         dt,
         rows,
@@ -298,6 +306,7 @@ fn weights(dt: DType, rows: usize, cols: usize, seed: u64) -> Weights {
         off,
         row_scale,
         per_row,
+        interleaved,
     }
 }
 

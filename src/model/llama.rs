@@ -408,7 +408,8 @@ impl Llama {
     /// Its q/k rows are in interleaved-rope order (see `Rope::interleaved`).
     pub fn load_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let config = LlamaConfig::from_gguf(g)?;
-        let w = g.weights();
+        let mut w = g.weights();
+        w.interleave_for_cpu();
         let c = &config;
         let (hs, is) = (c.hidden_size, c.intermediate_size);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);

@@ -428,7 +428,8 @@ fn moe(cfg: &NemotronHConfig, w: &WeightStore, i: usize) -> Result<Moe, ModelErr
 /// A `nemotron_h` / `nemotron_h_moe` GGUF file's model; tensors stay mapped in their stored types.
 pub fn load(g: &GgufFile) -> Result<NemotronH, ModelError> {
     let cfg = config_from_gguf(g)?;
-    let w = g.weights();
+    let mut w = g.weights();
+    w.interleave_for_cpu();
     let (hs, vocab) = (cfg.hidden_size, cfg.vocab_size);
     let embeddings = w.get("token_embd.weight", &[vocab, hs])?;
     let mut layers = Vec::with_capacity(cfg.layers.len());

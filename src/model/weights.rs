@@ -15,7 +15,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use super::files;
 use super::{shown, ModelError};
-use crate::backend::cpu::{MatRef, WeightScale};
+use crate::backend::cpu::{interleave, MatRef, WeightScale};
 use crate::backend::dtype::widen_into;
 use crate::backend::DType;
 
@@ -49,6 +49,34 @@ impl Blob {
             .map_err(|e| ModelError::io(path, e))?;
         Ok(Arc::new(Blob::Map(map)))
     }
+
+    /// Gives the mapped pages wholly inside bytes `start..start + len` back to the kernel
+    /// (a tensor another copy now serves: `WeightStore::interleave_for_cpu`), so they stop
+    /// counting twice. Whatever still reads them gets them again from the page cache. A
+    /// no-op for bytes in memory and off Linux.
+    fn release(&self, start: usize, len: usize) {
+        #[cfg(target_os = "linux")]
+        if let Blob::Map(map) = self {
+            let page = 4096;
+            let base = map.as_ptr() as usize;
+            let first = (base + start).next_multiple_of(page) - base;
+            let end = (base + start + len) / page * page - base;
+            if end > first && end <= map.len() {
+                // SAFETY: the map is a read-only shared mapping of a regular file
+                // (`map_file`): dropping its pages changes no byte a later read sees, it
+                // only makes that read fault them back in from the page cache.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        end - first,
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, len);
+    }
 }
 
 #[derive(Clone)]
@@ -71,6 +99,9 @@ pub struct Tensor {
     bytes: Bytes,
     /// FP8 weights' `weight_scale`: one value (per tensor) or one per row.
     scale: Option<Arc<[f32]>>,
+    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 on x86), made by
+    /// `interleave_for_cpu`: bytes `start..start + len` of the buffer.
+    interleaved: Option<(Arc<Vec<u8>>, usize, usize)>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -93,6 +124,7 @@ impl Tensor {
             shape,
             bytes: Bytes::Owned(Arc::new(data)),
             scale: None,
+            interleaved: None,
         }
     }
 
@@ -113,6 +145,7 @@ impl Tensor {
             shape,
             bytes: Bytes::Mapped { map, start, len },
             scale: None,
+            interleaved: None,
         }
     }
 
@@ -145,7 +178,37 @@ impl Tensor {
             shape,
             bytes,
             scale: self.scale.clone(),
+            // Each entry's matrix was interleaved on its own (`interleave_for_cpu`).
+            interleaved: self.interleaved.as_ref().map(|(v, start, len)| {
+                let each = len / n.max(1);
+                (v.clone(), start + j * each, each)
+            }),
         }
+    }
+
+    /// Makes the decode copy of this tensor's matrices (each `[rows, cols]` of a 2-D tensor,
+    /// or of every entry of a 3-D stack of experts) where `interleave::wanted` says this CPU
+    /// gains from one: Q4_0 on x86. The stored bytes stay the reference.
+    pub fn interleave_for_cpu(&mut self) {
+        let (mats, rows, cols) = match self.shape[..] {
+            [r, c] => (1, r, c),
+            [e, r, c] => (e, r, c),
+            _ => return,
+        };
+        if !interleave::wanted(self.dtype, cols)
+            || self.interleaved.is_some()
+            || self.data().len() != mats * rows * self.dtype.row_bytes(cols)
+        {
+            return;
+        }
+        let each = self.data().len() / mats.max(1);
+        let mut all = Vec::new();
+        for m in 0..mats {
+            let mat = &self.data()[m * each..(m + 1) * each];
+            all.extend_from_slice(&interleave::interleave_q4_0(mat, rows, cols));
+        }
+        let len = all.len();
+        self.interleaved = Some((Arc::new(all), 0, len));
     }
 
     pub fn numel(&self) -> usize {
@@ -170,6 +233,10 @@ impl Tensor {
             rows,
             cols: self.numel() / rows.max(1),
             scale: self.scale(),
+            interleaved: self
+                .interleaved
+                .as_ref()
+                .map(|(v, start, len)| &v[*start..*start + *len]),
         }
     }
 
@@ -331,6 +398,29 @@ impl WeightStore {
         self.tensors.keys()
     }
 
+    /// Interleaves the matrices decode multiplies (`Tensor::interleave_for_cpu`): every
+    /// tensor but a token embedding with an output matrix of its own (the embedding is
+    /// only looked up by rows then). For the CPU backend's GGUF loaders.
+    pub fn interleave_for_cpu(&mut self) {
+        let untied = ["output.weight", "lm_head.weight"]
+            .iter()
+            .any(|n| self.tensors.contains_key(*n));
+        use rayon::prelude::*;
+        self.tensors.par_iter_mut().for_each(|(name, t)| {
+            let embedding = name == "token_embd.weight" || name == "model.embed_tokens.weight";
+            if !(embedding && untied) {
+                t.interleave_for_cpu();
+                // The stored bytes of an interleaved tensor are read again only by row
+                // lookups (a tied embedding): its resident pages go.
+                if t.interleaved.is_some() {
+                    if let Bytes::Mapped { map, start, len } = &t.bytes {
+                        map.release(*start, *len);
+                    }
+                }
+            }
+        });
+    }
+
     /// The tensor named `name`, checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let t = self.tensors.get(name).ok_or_else(|| self.missing(name))?;
@@ -467,6 +557,7 @@ fn read_safetensors(
                     len: e - s,
                 },
                 scale: None,
+                interleaved: None,
             },
         );
     }
@@ -572,4 +663,29 @@ fn attach_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), ModelE
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stack of Q4_0 experts interleaves each expert on its own, and `index_first` hands
+    /// each expert its own part (what an expert's matmul reads on x86).
+    #[test]
+    fn stacked_experts_interleave_one_by_one() {
+        let (e, rows, cols) = (3, 20, 64);
+        let rb = DType::Q4_0.row_bytes(cols);
+        let data: Vec<u8> = (0..e * rows * rb).map(|i| (i * 31 % 253) as u8).collect();
+        let mut t = Tensor::from_owned("experts", DType::Q4_0, vec![e, rows, cols], data);
+        t.interleave_for_cpu();
+        if !interleave::wanted(DType::Q4_0, cols) {
+            assert!(t.mat().interleaved.is_none());
+            return crate::backend::cpu::skip_test("no interleaved Q4_0 kernel on this CPU");
+        }
+        for j in 0..e {
+            let x = t.index_first(j);
+            let want = interleave::interleave_q4_0(x.data(), rows, cols);
+            assert_eq!(x.mat().interleaved, Some(&want[..]), "expert {j}");
+        }
+    }
 }

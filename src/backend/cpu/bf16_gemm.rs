@@ -254,17 +254,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::test_values as data;
 
     /// The plain oracle: bf16(x) · w in f64.
     fn reference(x: &[f32], n: usize, w: &[u16], m: usize) -> Vec<f64> {
@@ -313,6 +303,7 @@ mod tests {
                 rows: m,
                 cols: k,
                 scale: super::super::WeightScale::None,
+                interleaved: None,
             };
             let mut got = vec![f32::NAN; n * m];
             matmul(&x, n, mat, &mut got);

@@ -18,7 +18,7 @@ use crate::backend::dtype::{widen_into, DType};
 
 use super::matrix::{block_rows, tile_times_x, with_tile, MatRef, OutPtr};
 use super::{bf16_gemm, fp8_matmul};
-use super::{qgemm, quant, simd};
+use super::{interleave, qgemm, quant, simd};
 
 fn check(x: &[f32], n: usize, w: &MatRef<'_>, out: &[f32]) {
     let (m, k) = (w.rows, w.cols);
@@ -136,18 +136,37 @@ fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
         // Chunk i of the loop is chunk i - starts[p] of part p.
         let mut starts = Vec::with_capacity(parts.len() + 1);
         let mut total = 0;
+        // Interleaved rows (whole groups per chunk) where this level has their kernel.
+        let grouped =
+            |w: &MatRef<'_>| w.interleaved.is_some() && q8(w.dtype) && interleave::usable();
+        let chunk = |w: &MatRef<'_>| {
+            let br = gemv_chunk_rows(w.rows, w.row_bytes());
+            if grouped(w) {
+                br.next_multiple_of(interleave::ROWS)
+            } else {
+                br
+            }
+        };
         for (w, _) in parts {
             starts.push(total);
-            total += w.rows.div_ceil(gemv_chunk_rows(w.rows, w.row_bytes()));
+            total += w.rows.div_ceil(chunk(w));
         }
         starts.push(total);
         let run = |i: usize| {
             let p = starts.partition_point(|&s| s <= i) - 1;
             let (w, o) = (&parts[p].0, parts[p].1);
-            let br = gemv_chunk_rows(w.rows, w.row_bytes());
+            let br = chunk(w);
             let r0 = (i - starts[p]) * br;
             let r1 = (r0 + br).min(w.rows);
-            if w.dtype == DType::BF16 {
+            if let Some(groups) = w.interleaved.filter(|_| grouped(w)) {
+                let nb = w.cols / 32;
+                let each = groups.len() / w.rows.div_ceil(interleave::ROWS);
+                let (g0, g1) = (r0 / interleave::ROWS, r1.div_ceil(interleave::ROWS));
+                // SAFETY: rows r0..r1 < rows belong to this chunk only; n == 1.
+                let out = unsafe { std::slice::from_raw_parts_mut(o.0.add(r0), r1 - r0) };
+                debug_assert_eq!(each, nb * interleave::GROUP_BLOCK);
+                interleave::gemv(&groups[g0 * each..g1 * each], nb, &acts.view(), out);
+            } else if w.dtype == DType::BF16 {
                 gemv_rows4_block(x, *w, r0, r1, o, simd::dot_bf16_rows4);
             } else if w.dtype == DType::F16 {
                 gemv_rows4_block(x, *w, r0, r1, o, simd::dot_f16_rows4);
@@ -253,6 +272,7 @@ mod tests {
                     rows: m,
                     cols: k,
                     scale: WeightScale::None,
+                    interleaved: None,
                 };
                 matmul(&x, n, w, &mut out);
                 // Decode and prefill quantize x to 8 bits (ggml's Q8 activations), an error
@@ -260,6 +280,25 @@ mod tests {
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                 for (a, b) in out.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-2 * scale, "{dt} n={n}: {a} vs {b}");
+                }
+                // With the interleaved copy the loader makes for Q4_0 on x86: the same
+                // integer dots, summed in another order.
+                if interleave::wanted(dt, k) {
+                    let groups = interleave::interleave_q4_0(&bytes, m, k);
+                    let wi = MatRef {
+                        interleaved: Some(&groups),
+                        ..w
+                    };
+                    let mut got = vec![f32::NAN; n * m];
+                    matmul(&x, n, wi, &mut got);
+                    for (i, (a, b)) in got.iter().zip(&out).enumerate() {
+                        let (t, r) = (i / m, i % m);
+                        let mag: f32 = (0..k).map(|j| (wide[r * k + j] * x[t * k + j]).abs()).sum();
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + mag),
+                            "interleaved {dt} n={n} row {r}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }
@@ -309,6 +348,7 @@ mod tests {
                         rows: m,
                         cols: k,
                         scale: WeightScale::None,
+                        interleaved: None,
                     },
                     &mut out,
                 );

@@ -48,6 +48,9 @@ pub struct MatRef<'a> {
     pub cols: usize,
     /// FP8 weights' dequantization factor (`weight_scale`); `None` for other dtypes.
     pub scale: WeightScale<'a>,
+    /// Q4_0 rows interleaved 16 at a time for decode (`interleave`), when the loader made
+    /// them; `data` stays the reference and what every other kernel reads.
+    pub interleaved: Option<&'a [u8]>,
 }
 
 impl<'a> MatRef<'a> {
@@ -69,6 +72,8 @@ impl<'a> MatRef<'a> {
             rows: count,
             cols: self.cols,
             scale: self.scale.slice_rows(start, count),
+            // The split reads its stored rows.
+            interleaved: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod bf16_gemm;
 pub mod flash;
 pub mod fp8_matmul;
+pub mod interleave;
 pub mod matmul;
 pub mod matrix;
 pub mod moe;
@@ -37,6 +38,20 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
+}
+
+/// `len` pseudo-random values in [−1, 1) from `seed` (xorshift), for the kernel tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
 }
 
 /// Reports the running unit test as skipped, as tests/common/skip.rs does for the

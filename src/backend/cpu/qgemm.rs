@@ -29,6 +29,7 @@
 
 use std::cell::RefCell;
 
+use super::interleave;
 use super::matrix::{MatRef, OutPtr};
 use super::quant::{self, ActsRef};
 use super::team;
@@ -387,6 +388,11 @@ thread_local! {
 /// AVX2; missing rows are zero).
 #[cfg(target_arch = "x86_64")]
 fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
+    if let Some(groups) = w.interleaved {
+        if w.dtype == DType::Q4_0 && r0.is_multiple_of(interleave::ROWS) {
+            return pack_interleaved::<RR>(groups, r0, r1, nb, p);
+        }
+    }
     let np = (r1 - r0).div_ceil(RR);
     // Q6_K keeps a scale per half-block (two per block), the others one.
     let hb = if w.dtype == DType::Q6_K { 2 } else { 1 };
@@ -462,6 +468,46 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
             // SAFETY: `vnni()` checked avx512f/bw; the panel holds RR rows of 32·nb bytes and
             // the destination nb·8·RR dwords.
             unsafe { x86::transpose16(&s.panel, nb, zero, &mut p.q[at..at + nb * 8 * RR]) };
+        }
+    }
+}
+
+/// `pack_rows` for Q4_0 from its interleaved copy (`interleave`; `r0` on a group's first
+/// row): each panel row's 4-byte words are already side by side, so packing is the nibble
+/// split (low nibbles: columns 4c..4c+4 of word c; high: 16+4c..) and the scales widened.
+/// Rows past the matrix are zero there: no quants, no scale, no offset.
+#[cfg(target_arch = "x86_64")]
+fn pack_interleaved<const RR: usize>(
+    groups: &[u8],
+    r0: usize,
+    r1: usize,
+    nb: usize,
+    p: &mut Panels16,
+) {
+    const GB: usize = interleave::GROUP_BLOCK;
+    let np = (r1 - r0).div_ceil(RR);
+    p.q.resize(np * nb * 8 * RR, 0);
+    p.e.resize(np * nb * RR, 0.0);
+    p.o.resize(np * nb * RR, 0.0);
+    let groups_needed = (r0 + np * RR).div_ceil(interleave::ROWS);
+    assert!(RR.is_multiple_of(8) && groups.len() >= groups_needed * nb * GB);
+    assert!(super::simd::avx2_f16c(), "interleaved weights without AVX2");
+    for pi in 0..np {
+        let row = r0 + pi * RR;
+        let (g, h) = (row / interleave::ROWS, row % interleave::ROWS);
+        for b in 0..nb {
+            let at = pi * nb + b;
+            // SAFETY: avx2 and f16c were checked above; the source block lies in `groups`
+            // (asserted) and the destinations in the panels just sized.
+            unsafe {
+                x86::unpack_interleaved::<RR>(
+                    groups.as_ptr().add((g * nb + b) * GB),
+                    h,
+                    p.q.as_mut_ptr().add(at * 8 * RR),
+                    p.e.as_mut_ptr().add(at * RR),
+                    p.o.as_mut_ptr().add(at * RR),
+                )
+            };
         }
     }
 }
@@ -562,6 +608,37 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// One block of an interleaved Q4_0 group (`interleave`), rows h..h+RR of it, into
+    /// `pack_rows`' panel layout: 8 columns groups of RR u32 at `q` (low nibbles of word
+    /// c are columns 4c.., high nibbles 16+4c..), the scales at `e`, offsets −8·d at `o`.
+    ///
+    /// # Safety
+    /// avx2 and f16c; `src` holds a group block, `q` 8·RR u32, `e` and `o` RR f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn unpack_interleaved<const RR: usize>(
+        src: *const u8,
+        h: usize,
+        q: *mut u32,
+        e: *mut f32,
+        o: *mut f32,
+    ) {
+        let low = _mm256_set1_epi8(0x0F);
+        let eight = _mm256_set1_ps(-8.0);
+        for half in 0..RR / 8 {
+            let r = h + 8 * half;
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(src.add(2 * r) as *const __m128i));
+            _mm256_storeu_ps(e.add(8 * half), d);
+            _mm256_storeu_ps(o.add(8 * half), _mm256_mul_ps(d, eight));
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(src.add(2 * 16 + 64 * c + 4 * r) as *const __m256i);
+                let lo = _mm256_and_si256(v, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                _mm256_storeu_si256(q.add(c * RR + 8 * half) as *mut __m256i, lo);
+                _mm256_storeu_si256(q.add((4 + c) * RR + 8 * half) as *mut __m256i, hi);
+            }
+        }
+    }
 
     use crate::backend::DType;
 
@@ -971,6 +1048,7 @@ mod tests {
                         rows: m,
                         cols: k,
                         scale: WeightScale::None,
+                        interleaved: None,
                     };
                     let x = activations(n, k, (7 * m + n) as u64);
                     let mut b = Batch::default();
@@ -979,6 +1057,19 @@ mod tests {
                     let mut got = vec![f32::NAN; n * m];
                     run(&b, &[(w, OutPtr(want.as_mut_ptr()))], Path::Plain);
                     run(&b, &[(w, OutPtr(got.as_mut_ptr()))], path);
+                    // Q4_0 with its interleaved copy packs from that instead: the same
+                    // panels, so the same results bit for bit.
+                    #[cfg(target_arch = "x86_64")]
+                    if dt == DType::Q4_0 && path != Path::Plain {
+                        let groups = interleave::interleave_q4_0(&data, m, k);
+                        let wi = MatRef {
+                            interleaved: Some(&groups),
+                            ..w
+                        };
+                        let mut from = vec![f32::NAN; n * m];
+                        run(&b, &[(wi, OutPtr(from.as_mut_ptr()))], path);
+                        assert_eq!(from, got, "{path:?} interleaved Q4_0 k={k} m={m} n={n}");
+                    }
                     // The scale of the terms, Σ|w|·|x̂|, for the bound on summation order.
                     let mut wide = vec![0f32; k];
                     for r in 0..m {
@@ -1077,6 +1168,7 @@ mod tests {
                 rows: m,
                 cols: k,
                 scale: WeightScale::None,
+                interleaved: None,
             };
             let x = activations(n, k, 9);
             let mut b = Batch::default();
