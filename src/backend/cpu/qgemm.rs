@@ -29,6 +29,7 @@
 
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
 use super::interleave;
 use super::matrix::{MatRef, OutPtr};
 use super::quant::{self, ActsRef};
@@ -411,10 +412,11 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
         DType::Q6_K => 32,
         _ => 0,
     };
-    // VNNI panels: the panel's rows unpacked side by side, then every block's 16 rows × 8
-    // dwords transposed in registers (scattering them one by one, as AVX2 still does, took
-    // 2.5x the multiply at a 16-token prefill).
-    let fast = RR == PR16 && super::simd::vnni();
+    // SIMD panels: the panel's rows unpacked side by side, then every block's 16 (VNNI) or
+    // 8 (AVX2) rows × 8 dwords transposed in registers (scattering them one by one took
+    // 2.5x the multiply at a 16-token prefill). The plain scatter below stays for a panel
+    // of another size.
+    let fast = (RR == PR16 && super::simd::vnni()) || (RR == 8 && super::simd::avx2_f16c());
     let row_q = 32 * nb;
     if fast && s.panel.len() < RR * row_q {
         // Grown only: a resize down and up again zero-filled it on every call.
@@ -465,9 +467,16 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
         }
         if fast {
             let at = pi * nb * 8 * RR;
-            // SAFETY: `vnni()` checked avx512f/bw; the panel holds RR rows of 32·nb bytes and
-            // the destination nb·8·RR dwords.
-            unsafe { x86::transpose16(&s.panel, nb, zero, &mut p.q[at..at + nb * 8 * RR]) };
+            let dst = &mut p.q[at..at + nb * 8 * RR];
+            // SAFETY: `vnni()` checked avx512f/bw, `avx2_f16c()` avx2; the panel holds RR rows
+            // of 32·nb bytes and the destination nb·8·RR dwords.
+            unsafe {
+                if RR == PR16 {
+                    x86::transpose16(&s.panel, nb, zero, dst)
+                } else {
+                    x86::transpose8(&s.panel, nb, zero, dst)
+                }
+            };
         }
     }
 }
@@ -641,6 +650,59 @@ mod x86 {
     }
 
     use crate::backend::DType;
+
+    /// An AVX2 panel's quants from its 8 unpacked rows (`panel`: `[8][32·nb]` bytes): for
+    /// block b and dword g, `out[(b·8 + g)·8 + i]` = row i's bytes 4g..4g+4 of block b, each
+    /// byte plus `zero`. Per block the 8×8 dwords are transposed in registers: 32-bit and
+    /// 64-bit unpacks transpose 4×4 within each 128-bit lane, one lane shuffle per column
+    /// joins rows 0-3 and 4-7.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose8(panel: &[u8], nb: usize, zero: u8, out: &mut [u32]) {
+        assert!(panel.len() >= 8 * 32 * nb && out.len() >= nb * 8 * 8);
+        let (src, dst) = (panel.as_ptr(), out.as_mut_ptr());
+        let add = _mm256_set1_epi8(zero as i8);
+        let stride = 32 * nb;
+        for b in 0..nb {
+            let r: [__m256i; 8] = std::array::from_fn(|i| {
+                _mm256_loadu_si256(src.add(i * stride + 32 * b) as *const __m256i)
+            });
+            // t[2a]: dwords 0, 1 (and 4, 5) of rows 2a, 2a+1 interleaved; t[2a+1]: 2, 3 (6, 7).
+            let t: [__m256i; 8] = std::array::from_fn(|c| {
+                let a = c / 2;
+                if c % 2 == 0 {
+                    _mm256_unpacklo_epi32(r[2 * a], r[2 * a + 1])
+                } else {
+                    _mm256_unpackhi_epi32(r[2 * a], r[2 * a + 1])
+                }
+            });
+            // u[c] (c < 4): column c (low lane) and c + 4 (high lane) of rows 0-3; u[4 + c]
+            // the same of rows 4-7.
+            let u: [__m256i; 8] = std::array::from_fn(|c| {
+                let base = if c < 4 { 0 } else { 4 };
+                let (x0, x1) = match c % 4 {
+                    0 | 1 => (t[base], t[base + 2]),
+                    _ => (t[base + 1], t[base + 3]),
+                };
+                if c % 2 == 0 {
+                    _mm256_unpacklo_epi64(x0, x1)
+                } else {
+                    _mm256_unpackhi_epi64(x0, x1)
+                }
+            });
+            for c in 0..4 {
+                let lo = _mm256_permute2x128_si256::<0x20>(u[c], u[c + 4]);
+                let hi = _mm256_permute2x128_si256::<0x31>(u[c], u[c + 4]);
+                _mm256_storeu_si256(
+                    dst.add((b * 8 + c) * 8) as *mut __m256i,
+                    _mm256_add_epi8(lo, add),
+                );
+                _mm256_storeu_si256(
+                    dst.add((b * 8 + c + 4) * 8) as *mut __m256i,
+                    _mm256_add_epi8(hi, add),
+                );
+            }
+        }
+    }
 
     /// A VNNI panel's quants from its 16 unpacked rows (`panel`: `[16][32·nb]` bytes): for
     /// block b and dword g, `out[(b·8 + g)·16 + i]` = row i's bytes 4g..4g+4 of block b, each
