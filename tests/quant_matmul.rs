@@ -131,7 +131,7 @@ struct Weights {
     /// FP8's factor per row (a per-tensor scale repeated).
     row_scale: Vec<f32>,
     per_row: bool,
-    /// Q4_0's rows interleaved as the GGUF loader interleaves them on x86
+    /// Q4_0's and Q4_K's rows interleaved as the GGUF loader interleaves them on x86
     /// (`interleave::wanted`): decode and prefill read those then.
     interleaved: Option<Vec<u8>>,
 }
@@ -296,7 +296,7 @@ fn weights(dt: DType, rows: usize, cols: usize, seed: u64) -> Weights {
     }
     assert_eq!(bytes.len(), rows * dt.row_bytes(cols), "{dt}");
     let interleaved =
-        interleave::wanted(dt, cols).then(|| interleave::interleave_q4_0(&bytes, rows, cols));
+        interleave::wanted(dt, cols).then(|| interleave::interleave(dt, &bytes, rows, cols));
     Weights {
         dt,
         rows,

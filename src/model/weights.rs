@@ -99,7 +99,7 @@ pub struct Tensor {
     bytes: Bytes,
     /// FP8 weights' `weight_scale`: one value (per tensor) or one per row.
     scale: Option<Arc<[f32]>>,
-    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 on x86), made by
+    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 and Q4_K on x86), made by
     /// `interleave_for_cpu`: bytes `start..start + len` of the buffer.
     interleaved: Option<(Arc<Vec<u8>>, usize, usize)>,
 }
@@ -205,7 +205,7 @@ impl Tensor {
         let mut all = Vec::new();
         for m in 0..mats {
             let mat = &self.data()[m * each..(m + 1) * each];
-            all.extend_from_slice(&interleave::interleave_q4_0(mat, rows, cols));
+            all.extend_from_slice(&interleave::interleave(self.dtype, mat, rows, cols));
         }
         let len = all.len();
         self.interleaved = Some((Arc::new(all), 0, len));
@@ -684,7 +684,7 @@ mod tests {
         }
         for j in 0..e {
             let x = t.index_first(j);
-            let want = interleave::interleave_q4_0(x.data(), rows, cols);
+            let want = interleave::interleave(DType::Q4_0, x.data(), rows, cols);
             assert_eq!(x.mat().interleaved, Some(&want[..]), "expert {j}");
         }
     }

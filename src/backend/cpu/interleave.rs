@@ -1,21 +1,29 @@
-//! Q4_0 weights interleaved 16 rows at a time, built once when a model loads
-//! (`interleave_q4_0`), for decode on x86 (AVX-512 VNNI and AVX2): the rows of a group
-//! side by side, one 32-bit lane per row, so one token's 4 quantized activation bytes,
-//! broadcast, meet the next 4 quants of all 16 rows in one instruction, the block scales of
-//! the 16 rows convert in one, and the 16 results leave in one store. The stored layout
-//! (one row's blocks after another) takes a cross-lane shuffle per block pair, a scale
-//! gather and a horizontal sum per row: about 3× the work at the same bytes, which made
-//! Q4_0 decode compute-bound at 0.8× llama.cpp (which repacks Q4_0 the same way at load).
+//! Q4_0 and Q4_K weights interleaved 16 rows at a time, built once when a model loads
+//! (`interleave`), for decode on x86 (AVX-512 VNNI and AVX2): the rows of a group side by
+//! side, one 32-bit lane per row, so one token's 4 quantized activation bytes, broadcast,
+//! meet the next 4 quants of all 16 rows in one instruction, the scales of the 16 rows
+//! convert in one, and the 16 results leave in one store. The stored layout (one row's
+//! blocks after another) takes cross-lane shuffles, scale gathers and a horizontal sum per
+//! row: about 3× the work at the same bytes, which made Q4_0 decode compute-bound at 0.8×
+//! llama.cpp (which repacks Q4_0 and Q4_K the same way at load).
 //!
-//! Layout: group g (rows 16g..16g+16; missing rows of the last group are zero), block b at
-//! `(g·nb + b)·288`: the 16 rows' f16 scales (32 bytes), then four chunks of 64 bytes:
+//! Q4_0 layout: group g (rows 16g..16g+16; missing rows of the last group are zero), block
+//! b at `(g·nb + b)·288`: the 16 rows' f16 scales (32 bytes), then four chunks of 64 bytes:
 //! chunk c holds, for each row i, that row's stored quant bytes 4c..4c+4 at `64c + 4i`. A
 //! stored Q4_0 byte j carries quants j (low nibble) and j + 16 (high nibble), so the low
 //! nibbles of chunk c multiply activations 4c..4c+4 and the high ones 16+4c..16+4c+4.
 //!
-//! The stored rows stay where they were (the prefill packer, the embedding lookup and
-//! every other SIMD level read them), so the interleaved copy is only ever an accelerator:
-//! results equal `quant::dot_row_q8` on the stored rows up to f32 summation order.
+//! Q4_K layout: super-block s of group g at `(g·nsb + s)·2368`: the 16 rows' d (f16, 32
+//! bytes), dmin (f16, 32), the 8 sub-block scales unpacked to bytes (`16j + i`, 128) and
+//! mins (128), then 32 chunks of 64 bytes: chunk (p, c) at `320 + 64·(8p + c)` holds row
+//! i's stored quant bytes 32p + 4c..+4 at `4i`: low nibbles are values 4c..4c+4 of
+//! sub-block 2p, high nibbles the same values of sub-block 2p + 1.
+//!
+//! The stored rows stay valid (the embedding lookup and every other SIMD level read them;
+//! the loader hands their pages back, so they are read again from the page cache), so the
+//! interleaved copy is only ever an accelerator: results equal `quant::dot_row_q8` on the
+//! stored rows up to f32 summation order, and the prefill packs from it bit for bit what it
+//! packs from the stored rows (`qgemm`).
 
 use super::quant::ActsRef;
 use crate::backend::DType;
@@ -23,8 +31,18 @@ use crate::backend::DType;
 /// Rows per interleaved group.
 pub const ROWS: usize = 16;
 
-/// Bytes of one block of one group: 16 f16 scales and 16 × 16 quant bytes.
+/// Bytes of one Q4_0 block of one group: 16 f16 scales and 16 × 16 quant bytes.
 pub const GROUP_BLOCK: usize = 2 * ROWS + 16 * ROWS;
+
+/// Bytes of one Q4_K super-block of one group: d and dmin (f16), 8 scales and 8 mins (u8)
+/// and 128 quant bytes per row.
+pub const GROUP_BLOCK_K: usize = ROWS * (2 + 2 + 8 + 8 + 128);
+
+/// Offsets within a Q4_K group block: dmin, scales, mins, quants.
+pub const K_DMIN: usize = 2 * ROWS;
+pub const K_SC: usize = 4 * ROWS;
+pub const K_MIN: usize = 12 * ROWS;
+pub const K_QS: usize = 20 * ROWS;
 
 /// Whether this CPU has a decode kernel for interleaved weights (the SIMD level, with
 /// `NEMO_SIMD`, decides).
@@ -41,26 +59,59 @@ pub fn usable() -> bool {
 
 /// Whether a matrix of `dtype` with `cols` columns is worth an interleaved copy here.
 pub fn wanted(dtype: DType, cols: usize) -> bool {
-    dtype == DType::Q4_0 && cols > 0 && cols.is_multiple_of(32) && usable()
+    cols > 0 && cols.is_multiple_of(dtype.block().0) && kind(dtype).is_some() && usable()
 }
 
-/// The interleaved copy of a Q4_0 matrix of `rows` × `cols` stored in `data`.
-pub fn interleave_q4_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    assert!(cols.is_multiple_of(32), "interleave_q4_0: cols {cols}");
-    let nb = cols / 32;
-    let rb = 18 * nb;
-    assert_eq!(data.len(), rows * rb, "interleave_q4_0: bytes");
-    let groups = rows.div_ceil(ROWS);
-    let mut out = vec![0u8; groups * nb * GROUP_BLOCK];
-    for (g, dst) in out.chunks_exact_mut(nb * GROUP_BLOCK).enumerate() {
+/// The interleaved types: Q4_0 and Q4_K (`true` for Q4_K).
+fn kind(dtype: DType) -> Option<bool> {
+    match dtype {
+        DType::Q4_0 => Some(false),
+        DType::Q4_K => Some(true),
+        _ => None,
+    }
+}
+
+/// Bytes of one group of 16 rows of a `dtype` matrix with `cols` columns.
+pub fn group_bytes(dtype: DType, cols: usize) -> usize {
+    match kind(dtype) {
+        Some(false) => cols / 32 * GROUP_BLOCK,
+        Some(true) => cols / 256 * GROUP_BLOCK_K,
+        None => panic!("interleave: no interleaved layout for {dtype}"),
+    }
+}
+
+/// The interleaved copy of a Q4_0 or Q4_K matrix of `rows` × `cols` stored in `data`.
+pub fn interleave(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let (per, bytes) = dtype.block();
+    assert!(cols.is_multiple_of(per), "interleave: {dtype} cols {cols}");
+    let nb = cols / per;
+    let rb = bytes * nb;
+    assert_eq!(data.len(), rows * rb, "interleave: {dtype} bytes");
+    let gb = group_bytes(dtype, cols) / nb;
+    let mut out = vec![0u8; rows.div_ceil(ROWS) * nb * gb];
+    for (g, dst) in out.chunks_exact_mut(nb * gb).enumerate() {
         for i in 0..ROWS.min(rows - g * ROWS) {
             let row = &data[(g * ROWS + i) * rb..(g * ROWS + i + 1) * rb];
-            for (b, blk) in row.chunks_exact(18).enumerate() {
-                let d = &mut dst[b * GROUP_BLOCK..(b + 1) * GROUP_BLOCK];
+            for (b, blk) in row.chunks_exact(bytes).enumerate() {
+                let d = &mut dst[b * gb..(b + 1) * gb];
+                if dtype == DType::Q4_0 {
+                    d[2 * i..2 * i + 2].copy_from_slice(&blk[..2]);
+                    for c in 0..4 {
+                        let at = 2 * ROWS + 64 * c + 4 * i;
+                        d[at..at + 4].copy_from_slice(&blk[2 + 4 * c..6 + 4 * c]);
+                    }
+                    continue;
+                }
                 d[2 * i..2 * i + 2].copy_from_slice(&blk[..2]);
-                for c in 0..4 {
-                    let at = 2 * ROWS + 64 * c + 4 * i;
-                    d[at..at + 4].copy_from_slice(&blk[2 + 4 * c..6 + 4 * c]);
+                d[K_DMIN + 2 * i..K_DMIN + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                let (sc, mn) = super::quant::scales_mins_k4(&blk[4..16]);
+                for j in 0..8 {
+                    d[K_SC + ROWS * j + i] = sc[j];
+                    d[K_MIN + ROWS * j + i] = mn[j];
+                }
+                for (w, word) in blk[16..].chunks_exact(4).enumerate() {
+                    let at = K_QS + 64 * w + 4 * i;
+                    d[at..at + 4].copy_from_slice(word);
                 }
             }
         }
@@ -68,29 +119,49 @@ pub fn interleave_q4_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-/// `out[r] = Σ row r · x` for the rows of an interleaved Q4_0 matrix whose groups are
-/// `groups` (whole groups, `nb` blocks each) and `out.len()` rows (at most 16 per group:
-/// the last group may be partial). Only when `usable()`.
-pub fn gemv(groups: &[u8], nb: usize, x: &ActsRef<'_>, out: &mut [f32]) {
-    assert_eq!(groups.len(), out.len().div_ceil(ROWS) * nb * GROUP_BLOCK);
+/// `out[r] = Σ row r · x` for the rows of an interleaved `dtype` matrix of `cols` columns
+/// whose groups are `groups` (whole groups) and `out.len()` rows (at most 16 per group: the
+/// last group may be partial). Only when `usable()`.
+pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut [f32]) {
+    let Some(four_k) = kind(dtype) else {
+        unreachable!("interleave::gemv on {dtype}, which has no interleaved layout")
+    };
+    assert_eq!(
+        groups.len(),
+        out.len().div_ceil(ROWS) * group_bytes(dtype, cols)
+    );
+    let nb = cols / 32;
     assert!(x.qs.len() >= 32 * nb && x.d.len() >= nb && x.sum.len() >= nb);
     #[cfg(target_arch = "x86_64")]
     {
         if super::simd::vnni() {
             // SAFETY: the AVX-512 features were detected at run time; lengths checked above.
-            return unsafe { x86::gemv_vnni(groups, nb, x, out) };
+            return unsafe {
+                if four_k {
+                    x86::gemv_q4k_vnni(groups, nb / 8, x, out)
+                } else {
+                    x86::gemv_vnni(groups, nb, x, out)
+                }
+            };
         }
         if super::simd::avx2_f16c() {
             // SAFETY: avx2, fma and f16c were detected at run time; lengths checked above.
-            return unsafe { x86::gemv_avx2(groups, nb, x, out) };
+            return unsafe {
+                if four_k {
+                    x86::gemv_q4k_avx2(groups, nb / 8, x, out)
+                } else {
+                    x86::gemv_avx2(groups, nb, x, out)
+                }
+            };
         }
     }
+    let _ = four_k;
     unreachable!("interleave::gemv without a kernel for this CPU");
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActsRef, GROUP_BLOCK, ROWS};
+    use super::{ActsRef, GROUP_BLOCK, GROUP_BLOCK_K, K_DMIN, K_MIN, K_QS, K_SC, ROWS};
     use std::arch::x86_64::*;
 
     /// One zmm lane per row: per block, 8 `vpdpbusd` of the nibbles (unsigned) against the
@@ -173,21 +244,156 @@ mod x86 {
             o.copy_from_slice(&lanes[..o.len()]);
         }
     }
+
+    /// Q4_K, one zmm lane per row: per pair of sub-blocks, 8 chunks whose low nibbles
+    /// (`vpdpbusd` against the first sub-block's broadcast activation dwords) and high
+    /// nibbles (the second's) sum in two integer chains; per sub-block one FMA with the 16
+    /// rows' `sc · d · d_x` and one with their mins `m · dmin · d_x · Σx`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    pub(super) unsafe fn gemv_q4k_vnni(
+        groups: &[u8],
+        nsb: usize,
+        x: &ActsRef<'_>,
+        out: &mut [f32],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let (xq, xd, xs) = (x.qs.as_ptr() as *const i32, x.d.as_ptr(), x.sum.as_ptr());
+        let bytes = |p: *const u8| {
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
+        };
+        for (g, o) in out.chunks_mut(ROWS).enumerate() {
+            let gp = groups.as_ptr().add(g * nsb * GROUP_BLOCK_K);
+            let (mut acc, mut off) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for s in 0..nsb {
+                let p = gp.add(s * GROUP_BLOCK_K);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                let dm = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(K_DMIN) as *const __m256i));
+                for pr in 0..4 {
+                    let (j0, j1) = (2 * pr, 2 * pr + 1);
+                    let (x0, x1) = (xq.add(8 * (8 * s + j0)), xq.add(8 * (8 * s + j1)));
+                    let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for c in 0..8 {
+                        let q =
+                            _mm512_loadu_si512(p.add(K_QS + 64 * (8 * pr + c)) as *const __m512i);
+                        let ql = _mm512_and_si512(q, low);
+                        let qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
+                        lo = _mm512_dpbusd_epi32(lo, ql, _mm512_set1_epi32(*x0.add(c)));
+                        hi = _mm512_dpbusd_epi32(hi, qh, _mm512_set1_epi32(*x1.add(c)));
+                    }
+                    for (j, isum) in [(j0, lo), (j1, hi)] {
+                        let b = 8 * s + j;
+                        let sc = bytes(p.add(K_SC + ROWS * j));
+                        let mn = bytes(p.add(K_MIN + ROWS * j));
+                        let dx = *xd.add(b);
+                        let e = _mm512_mul_ps(sc, _mm512_mul_ps(d, _mm512_set1_ps(dx)));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), e, acc);
+                        let m = _mm512_mul_ps(dm, _mm512_set1_ps(dx * *xs.add(b) as f32));
+                        off = _mm512_fmadd_ps(mn, m, off);
+                    }
+                }
+            }
+            let r = _mm512_sub_ps(acc, off);
+            if o.len() == ROWS {
+                _mm512_storeu_ps(o.as_mut_ptr(), r);
+            } else {
+                _mm512_mask_storeu_ps(o.as_mut_ptr(), (1u16 << o.len()) - 1, r);
+            }
+        }
+    }
+
+    /// Q4_K, one ymm lane per row, the group's two halves of 8 rows side by side: per
+    /// sub-block and half, 8 `maddubs` summed in i16 (at most 8 · 2 · 15 · 128 = 30720),
+    /// one `madd` to i32, then the FMAs of `gemv_q4k_vnni`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn gemv_q4k_avx2(
+        groups: &[u8],
+        nsb: usize,
+        x: &ActsRef<'_>,
+        out: &mut [f32],
+    ) {
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let (xq, xd, xs) = (x.qs.as_ptr() as *const i32, x.d.as_ptr(), x.sum.as_ptr());
+        let bytes = |p: *const u8| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+        };
+        let half = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        for (g, o) in out.chunks_mut(ROWS).enumerate() {
+            let gp = groups.as_ptr().add(g * nsb * GROUP_BLOCK_K);
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut off = [_mm256_setzero_ps(); 2];
+            for s in 0..nsb {
+                let p = gp.add(s * GROUP_BLOCK_K);
+                let d = [half(p), half(p.add(16))];
+                let dm = [half(p.add(K_DMIN)), half(p.add(K_DMIN + 16))];
+                for pr in 0..4 {
+                    let (j0, j1) = (2 * pr, 2 * pr + 1);
+                    let (x0, x1) = (xq.add(8 * (8 * s + j0)), xq.add(8 * (8 * s + j1)));
+                    // [half][low, high] sums in i16.
+                    let mut sums = [[_mm256_setzero_si256(); 2]; 2];
+                    for c in 0..8 {
+                        let xl = _mm256_set1_epi32(*x0.add(c));
+                        let xh = _mm256_set1_epi32(*x1.add(c));
+                        for (h, sh) in sums.iter_mut().enumerate() {
+                            let q = _mm256_loadu_si256(
+                                p.add(K_QS + 64 * (8 * pr + c) + 32 * h) as *const __m256i
+                            );
+                            let l = _mm256_maddubs_epi16(_mm256_and_si256(q, low), xl);
+                            let u = _mm256_maddubs_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                                xh,
+                            );
+                            sh[0] = _mm256_add_epi16(sh[0], l);
+                            sh[1] = _mm256_add_epi16(sh[1], u);
+                        }
+                    }
+                    for (k, j) in [j0, j1].into_iter().enumerate() {
+                        let b = 8 * s + j;
+                        let dx = *xd.add(b);
+                        let dxs = _mm256_set1_ps(dx * *xs.add(b) as f32);
+                        for h in 0..2 {
+                            let isum = _mm256_madd_epi16(sums[h][k], ones);
+                            let sc = bytes(p.add(K_SC + ROWS * j + 8 * h));
+                            let mn = bytes(p.add(K_MIN + ROWS * j + 8 * h));
+                            let e = _mm256_mul_ps(sc, _mm256_mul_ps(d[h], _mm256_set1_ps(dx)));
+                            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), e, acc[h]);
+                            off[h] = _mm256_fmadd_ps(mn, _mm256_mul_ps(dm[h], dxs), off[h]);
+                        }
+                    }
+                }
+            }
+            let mut lanes = [0f32; ROWS];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc[0], off[0]));
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), _mm256_sub_ps(acc[1], off[1]));
+            o.copy_from_slice(&lanes[..o.len()]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::quant::{self, quantize_acts};
-
+    use crate::backend::cpu::quant::{self, quantize_acts, random_blocks};
     use crate::backend::cpu::test_values as pseudo;
+
+    /// Rows of `dt`: Q4_0 quantized from values by ggml's rule, Q4_K random blocks.
+    fn rows_of(dt: DType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        if dt == DType::Q4_K {
+            return random_blocks(dt, rows * cols / 256, seed);
+        }
+        let mut data = vec![0u8; rows * dt.row_bytes(cols)];
+        for (r, row) in data.chunks_exact_mut(dt.row_bytes(cols)).enumerate() {
+            quant::quantize_row(dt, &pseudo(cols, seed + r as u64), row);
+        }
+        data
+    }
 
     /// The interleaved copy holds each row's scales and quant bytes where the layout says.
     #[test]
-    fn interleaving_places_every_byte() {
+    fn q4_0_interleaving_places_every_byte() {
         let (rows, nb) = (19, 3);
         let data: Vec<u8> = (0..rows * 18 * nb).map(|i| (i * 7 % 251) as u8).collect();
-        let p = interleave_q4_0(&data, rows, 32 * nb);
+        let p = interleave(DType::Q4_0, &data, rows, 32 * nb);
         assert_eq!(p.len(), 2 * nb * GROUP_BLOCK);
         for r in 0..32 {
             let (g, i) = (r / ROWS, r % ROWS);
@@ -207,32 +413,64 @@ mod tests {
         }
     }
 
-    /// `kernel` against the plain decode dot on the stored rows, for whole and partial
-    /// groups and odd block counts.
-    fn matches_the_plain_dot(level: &str, kernel: impl Fn(&[u8], usize, &ActsRef<'_>, &mut [f32])) {
-        for (rows, nb) in [(16, 1), (5, 3), (37, 7), (64, 32)] {
-            let k = 32 * nb;
-            let mut data = vec![0u8; rows * 18 * nb];
-            for (r, row) in data.chunks_exact_mut(18 * nb).enumerate() {
-                quant::quantize_row(DType::Q4_0, &pseudo(k, 100 + r as u64), row);
+    /// Q4_K: d, dmin, the unpacked scales and mins (as `scale_min_k4` reads them) and the
+    /// quant words where the layout says.
+    #[test]
+    fn q4_k_interleaving_places_every_byte() {
+        let (rows, nsb) = (17, 2);
+        let data: Vec<u8> = (0..rows * 144 * nsb)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let p = interleave(DType::Q4_K, &data, rows, 256 * nsb);
+        assert_eq!(p.len(), 2 * nsb * GROUP_BLOCK_K);
+        for r in 0..rows {
+            let (g, i) = (r / ROWS, r % ROWS);
+            for s in 0..nsb {
+                let d = &p[(g * nsb + s) * GROUP_BLOCK_K..][..GROUP_BLOCK_K];
+                let blk = &data[(r * nsb + s) * 144..][..144];
+                assert_eq!(&d[2 * i..2 * i + 2], &blk[..2]);
+                assert_eq!(&d[K_DMIN + 2 * i..K_DMIN + 2 * i + 2], &blk[2..4]);
+                for j in 0..8 {
+                    let (sc, m) = quant::scale_min_k4(j, &blk[4..16]);
+                    assert_eq!((d[K_SC + ROWS * j + i], d[K_MIN + ROWS * j + i]), (sc, m));
+                }
+                for b in 0..128 {
+                    let got = d[K_QS + 64 * (b / 4) + 4 * i + b % 4];
+                    assert_eq!(got, blk[16 + b], "row {r} super-block {s} byte {b}");
+                }
             }
-            let acts = quantize_acts(&pseudo(k, 7));
-            let p = interleave_q4_0(&data, rows, k);
-            let mut got = vec![f32::NAN; rows];
-            kernel(&p, nb, &acts.view(), &mut got);
-            let mut w = vec![0f32; k];
-            for (r, row) in data.chunks_exact(18 * nb).enumerate() {
-                let want = quant::dot_row_q8_plain(DType::Q4_0, row, &acts.view());
-                // The scale of the terms: Σ|w|·|x̂|.
-                quant::dequantize_row(DType::Q4_0, row, &mut w);
-                let mag: f32 = (0..k)
-                    .map(|i| (w[i] * acts.qs[i] as f32 * acts.d[i / 32]).abs())
-                    .sum();
-                assert!(
-                    (got[r] - want).abs() <= 1e-5 * (1.0 + mag),
-                    "{level}: rows {rows} nb {nb} row {r}: {} vs {want}",
-                    got[r]
-                );
+        }
+    }
+
+    /// `kernel` against the plain decode dot on the stored rows, for whole and partial
+    /// groups and several block counts.
+    fn matches_the_plain_dot(
+        level: &str,
+        kernel: impl Fn(DType, &[u8], usize, &ActsRef<'_>, &mut [f32]),
+    ) {
+        for dt in [DType::Q4_0, DType::Q4_K] {
+            let per = dt.block().0;
+            for (rows, nb) in [(16, 1), (5, 3), (37, 2), (64, 4)] {
+                let k = per * nb;
+                let data = rows_of(dt, rows, k, 100 + rows as u64);
+                let acts = quantize_acts(&pseudo(k, 7));
+                let p = interleave(dt, &data, rows, k);
+                let mut got = vec![f32::NAN; rows];
+                kernel(dt, &p, k, &acts.view(), &mut got);
+                let mut w = vec![0f32; k];
+                for (r, row) in data.chunks_exact(dt.row_bytes(k)).enumerate() {
+                    let want = quant::dot_row_q8_plain(dt, row, &acts.view());
+                    // The scale of the terms: Σ|w|·|x̂|.
+                    quant::dequantize_row(dt, row, &mut w);
+                    let mag: f32 = (0..k)
+                        .map(|i| (w[i] * acts.qs[i] as f32 * acts.d[i / 32]).abs())
+                        .sum();
+                    assert!(
+                        (got[r] - want).abs() <= 1e-5 * (1.0 + mag),
+                        "{level} {dt}: rows {rows} k {k} row {r}: {} vs {want}",
+                        got[r]
+                    );
+                }
             }
         }
     }
@@ -246,10 +484,14 @@ mod tests {
         {
             return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
         }
-        // SAFETY: the features were detected above; the kernel's lengths hold by
-        // construction (interleave_q4_0 of these rows, quantize_acts of k values).
-        matches_the_plain_dot("avx2", |p, nb, x, out| unsafe {
-            x86::gemv_avx2(p, nb, x, out)
+        // SAFETY: the features were detected above; the kernels' lengths hold by
+        // construction (`interleave` of these rows, `quantize_acts` of k values).
+        matches_the_plain_dot("avx2", |dt, p, k, x, out| unsafe {
+            if dt == DType::Q4_K {
+                x86::gemv_q4k_avx2(p, k / 256, x, out)
+            } else {
+                x86::gemv_avx2(p, k / 32, x, out)
+            }
         });
     }
 
@@ -265,8 +507,12 @@ mod tests {
             return crate::backend::cpu::skip_test("this CPU has no AVX-512 VNNI");
         }
         // SAFETY: as above.
-        matches_the_plain_dot("vnni", |p, nb, x, out| unsafe {
-            x86::gemv_vnni(p, nb, x, out)
+        matches_the_plain_dot("vnni", |dt, p, k, x, out| unsafe {
+            if dt == DType::Q4_K {
+                x86::gemv_q4k_vnni(p, k / 256, x, out)
+            } else {
+                x86::gemv_vnni(p, k / 32, x, out)
+            }
         });
     }
 
@@ -274,7 +520,7 @@ mod tests {
     #[test]
     fn gemv_at_this_level_matches_the_plain_dot() {
         if !usable() {
-            return crate::backend::cpu::skip_test("no interleaved Q4_0 kernel on this CPU");
+            return crate::backend::cpu::skip_test("no interleaved kernel on this CPU");
         }
         matches_the_plain_dot("dispatch", gemv);
     }

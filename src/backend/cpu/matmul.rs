@@ -159,13 +159,12 @@ fn gemv_many(x: &[f32], parts: &[(MatRef<'_>, OutPtr)]) {
             let r0 = (i - starts[p]) * br;
             let r1 = (r0 + br).min(w.rows);
             if let Some(groups) = w.interleaved.filter(|_| grouped(w)) {
-                let nb = w.cols / 32;
-                let each = groups.len() / w.rows.div_ceil(interleave::ROWS);
+                let each = interleave::group_bytes(w.dtype, w.cols);
                 let (g0, g1) = (r0 / interleave::ROWS, r1.div_ceil(interleave::ROWS));
                 // SAFETY: rows r0..r1 < rows belong to this chunk only; n == 1.
                 let out = unsafe { std::slice::from_raw_parts_mut(o.0.add(r0), r1 - r0) };
-                debug_assert_eq!(each, nb * interleave::GROUP_BLOCK);
-                interleave::gemv(&groups[g0 * each..g1 * each], nb, &acts.view(), out);
+                let groups = &groups[g0 * each..g1 * each];
+                interleave::gemv(w.dtype, groups, w.cols, &acts.view(), out);
             } else if w.dtype == DType::BF16 {
                 gemv_rows4_block(x, *w, r0, r1, o, simd::dot_bf16_rows4);
             } else if w.dtype == DType::F16 {
@@ -281,10 +280,10 @@ mod tests {
                 for (a, b) in out.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-2 * scale, "{dt} n={n}: {a} vs {b}");
                 }
-                // With the interleaved copy the loader makes for Q4_0 on x86: the same
+                // With the interleaved copy the loader makes for Q4_0 (and Q4_K) on x86: the same
                 // integer dots, summed in another order.
                 if interleave::wanted(dt, k) {
-                    let groups = interleave::interleave_q4_0(&bytes, m, k);
+                    let groups = interleave::interleave(dt, &bytes, m, k);
                     let wi = MatRef {
                         interleaved: Some(&groups),
                         ..w

@@ -390,8 +390,8 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p: &mut Panels16) {
     if let Some(groups) = w.interleaved {
-        if w.dtype == DType::Q4_0 && r0.is_multiple_of(interleave::ROWS) {
-            return pack_interleaved::<RR>(groups, r0, r1, nb, p);
+        if r0.is_multiple_of(interleave::ROWS) {
+            return pack_interleaved::<RR>(w.dtype, groups, r0, r1, nb, p);
         }
     }
     let np = (r1 - r0).div_ceil(RR);
@@ -481,41 +481,50 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
     }
 }
 
-/// `pack_rows` for Q4_0 from its interleaved copy (`interleave`; `r0` on a group's first
-/// row): each panel row's 4-byte words are already side by side, so packing is the nibble
-/// split (low nibbles: columns 4c..4c+4 of word c; high: 16+4c..) and the scales widened.
-/// Rows past the matrix are zero there: no quants, no scale, no offset.
+/// `pack_rows` for Q4_0 or Q4_K from the interleaved copy (`interleave`; `r0` on a
+/// group's first row): each panel row's 4-byte words are already side by side, so packing
+/// is the nibble split and the scales widened (Q4_K: `d·sc` and `−dmin·m` per sub-block, as
+/// `unpack_block` computes them). Rows past the matrix are zero there: no quants, no scale,
+/// no offset.
 #[cfg(target_arch = "x86_64")]
 fn pack_interleaved<const RR: usize>(
+    dtype: DType,
     groups: &[u8],
     r0: usize,
     r1: usize,
     nb: usize,
     p: &mut Panels16,
 ) {
-    const GB: usize = interleave::GROUP_BLOCK;
+    let gb = interleave::group_bytes(dtype, 32 * nb);
     let np = (r1 - r0).div_ceil(RR);
     p.q.resize(np * nb * 8 * RR, 0);
     p.e.resize(np * nb * RR, 0.0);
     p.o.resize(np * nb * RR, 0.0);
     let groups_needed = (r0 + np * RR).div_ceil(interleave::ROWS);
-    assert!(RR.is_multiple_of(8) && groups.len() >= groups_needed * nb * GB);
+    assert!(RR.is_multiple_of(8) && groups.len() >= groups_needed * gb);
     assert!(super::simd::avx2_f16c(), "interleaved weights without AVX2");
     for pi in 0..np {
         let row = r0 + pi * RR;
         let (g, h) = (row / interleave::ROWS, row % interleave::ROWS);
         for b in 0..nb {
             let at = pi * nb + b;
+            let (q, e, o) = (
+                p.q[at * 8 * RR..].as_mut_ptr(),
+                p.e[at * RR..].as_mut_ptr(),
+                p.o[at * RR..].as_mut_ptr(),
+            );
             // SAFETY: avx2 and f16c were checked above; the source block lies in `groups`
             // (asserted) and the destinations in the panels just sized.
             unsafe {
-                x86::unpack_interleaved::<RR>(
-                    groups.as_ptr().add((g * nb + b) * GB),
-                    h,
-                    p.q.as_mut_ptr().add(at * 8 * RR),
-                    p.e.as_mut_ptr().add(at * RR),
-                    p.o.as_mut_ptr().add(at * RR),
-                )
+                if dtype == DType::Q4_K {
+                    let src = groups
+                        .as_ptr()
+                        .add(g * gb + (b / 8) * interleave::GROUP_BLOCK_K);
+                    x86::unpack_interleaved_q4k::<RR>(src, h, b % 8, q, e, o)
+                } else {
+                    let src = groups.as_ptr().add(g * gb + b * interleave::GROUP_BLOCK);
+                    x86::unpack_interleaved::<RR>(src, h, q, e, o)
+                }
             };
         }
     }
@@ -645,6 +654,50 @@ mod x86 {
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                 _mm256_storeu_si256(q.add(c * RR + 8 * half) as *mut __m256i, lo);
                 _mm256_storeu_si256(q.add((4 + c) * RR + 8 * half) as *mut __m256i, hi);
+            }
+        }
+    }
+
+    /// Sub-block `j` of an interleaved Q4_K super-block (`interleave`), rows h..h+RR of
+    /// it, into `pack_rows`' panel layout as `unpack_interleaved` does Q4_0: column group c
+    /// from word (j/2, c), low nibbles for even j, high for odd; `e = d·sc_j`,
+    /// `o = −(dmin·m_j)`.
+    ///
+    /// # Safety
+    /// avx2 and f16c; `src` holds a Q4_K group block, `q` 8·RR u32, `e` and `o` RR f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn unpack_interleaved_q4k<const RR: usize>(
+        src: *const u8,
+        h: usize,
+        j: usize,
+        q: *mut u32,
+        e: *mut f32,
+        o: *mut f32,
+    ) {
+        use super::interleave::{K_DMIN, K_MIN, K_QS, K_SC, ROWS};
+        let low = _mm256_set1_epi8(0x0F);
+        let bytes = |p: *const u8| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+        };
+        for half in 0..RR / 8 {
+            let r = h + 8 * half;
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(src.add(2 * r) as *const __m128i));
+            let dm = _mm256_cvtph_ps(_mm_loadu_si128(src.add(K_DMIN + 2 * r) as *const __m128i));
+            let sc = bytes(src.add(K_SC + ROWS * j + r));
+            let mn = bytes(src.add(K_MIN + ROWS * j + r));
+            _mm256_storeu_ps(e.add(8 * half), _mm256_mul_ps(d, sc));
+            // −(dmin·m) exactly as the plain unpacking negates: the sign bit flipped.
+            let neg = _mm256_xor_ps(_mm256_mul_ps(dm, mn), _mm256_set1_ps(-0.0));
+            _mm256_storeu_ps(o.add(8 * half), neg);
+            for c in 0..8 {
+                let at = K_QS + 64 * (8 * (j / 2) + c) + 4 * r;
+                let v = _mm256_loadu_si256(src.add(at) as *const __m256i);
+                let w = if j.is_multiple_of(2) {
+                    _mm256_and_si256(v, low)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(v, 4), low)
+                };
+                _mm256_storeu_si256(q.add(c * RR + 8 * half) as *mut __m256i, w);
             }
         }
     }
@@ -1119,18 +1172,18 @@ mod tests {
                     let mut got = vec![f32::NAN; n * m];
                     run(&b, &[(w, OutPtr(want.as_mut_ptr()))], Path::Plain);
                     run(&b, &[(w, OutPtr(got.as_mut_ptr()))], path);
-                    // Q4_0 with its interleaved copy packs from that instead: the same
+                    // Q4_0 and Q4_K with their interleaved copy pack from that instead: the same
                     // panels, so the same results bit for bit.
                     #[cfg(target_arch = "x86_64")]
-                    if dt == DType::Q4_0 && path != Path::Plain {
-                        let groups = interleave::interleave_q4_0(&data, m, k);
+                    if interleave::wanted(dt, k) && path != Path::Plain {
+                        let groups = interleave::interleave(dt, &data, m, k);
                         let wi = MatRef {
                             interleaved: Some(&groups),
                             ..w
                         };
                         let mut from = vec![f32::NAN; n * m];
                         run(&b, &[(wi, OutPtr(from.as_mut_ptr()))], path);
-                        assert_eq!(from, got, "{path:?} interleaved Q4_0 k={k} m={m} n={n}");
+                        assert_eq!(from, got, "{path:?} interleaved {dt} k={k} m={m} n={n}");
                     }
                     // The scale of the terms, Σ|w|·|x̂|, for the bound on summation order.
                     let mut wide = vec![0f32; k];

@@ -75,7 +75,6 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// All eight (scale, min) pairs of a K-quant super-block's 12 scale bytes at once (ggml's
 /// `utmp` shuffle): the same values as `scale_min_k4` for j = 0..8.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 dots and packing use it
 pub(super) fn scales_mins_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     const M1: u32 = 0x3f3f_3f3f;
     const M2: u32 = 0x0f0f_0f0f;
