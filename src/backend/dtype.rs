@@ -91,18 +91,7 @@ pub fn widen_into(dtype: DType, src: &[u8], dst: &mut [f32]) {
             }
         }
         DType::BF16 => crate::backend::cpu::simd::bf16_to_f32(src, dst),
-        DType::F16 => {
-            // Through a small aligned buffer so half's vectorised (F16C) slice conversion
-            // runs instead of one dispatched call per element.
-            use half::slice::HalfFloatSliceExt;
-            let mut buf = [f16::ZERO; 64];
-            for (d, c) in dst.chunks_mut(64).zip(src.chunks(128)) {
-                for (b, p) in buf.iter_mut().zip(c.chunks_exact(2)) {
-                    *b = f16::from_bits(u16::from_le_bytes([p[0], p[1]]));
-                }
-                buf[..d.len()].convert_to_f32_slice(d);
-            }
-        }
+        DType::F16 => crate::backend::cpu::simd::f16_to_f32(src, dst),
         DType::F8E4M3 | DType::F8E5M2 => {
             for (d, &b) in dst.iter_mut().zip(src) {
                 *d = crate::backend::fp8::decode(dtype, b);

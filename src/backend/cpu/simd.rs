@@ -139,6 +139,27 @@ pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Widens little-endian f16 bytes into f32 (exact): F16C 16 (AVX-512) or 8 (AVX2) at a
+/// time, else one by one. The F16 prefill tile and the f16 KV cache (the GGUF default)
+/// widen through here on every call.
+pub fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len() * 2, "f16_to_f32: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if avx2_f16c() {
+        // SAFETY: f16c (and avx512f, avx2 where used) were detected at run time; the
+        // lengths are checked above.
+        unsafe { x86::f16_to_f32_f16c(level() == Level::Avx512, src, dst) };
+        return;
+    }
+    f16_to_f32_plain(src, dst)
+}
+
+fn f16_to_f32_plain(src: &[u8], dst: &mut [f32]) {
+    for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+    }
+}
+
 /// `a·b + c`, fused where `FMA` (the SIMD levels' kernel bodies), else rounded twice as
 /// the plain level does.
 #[inline(always)]
@@ -367,6 +388,36 @@ pub(super) mod x86 {
         }
         while i < n {
             *d.add(i) = f32::from_bits((std::ptr::read_unaligned(s.add(i)) as u32) << 16);
+            i += 1;
+        }
+    }
+
+    /// `f16_to_f32` with F16C: 16 values per step with AVX-512 (`wide`), else 8.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn f16_to_f32_avx512(src: &[u8], dst: &mut [f32]) -> usize {
+        let (s, d, n) = (src.as_ptr() as *const u16, dst.as_mut_ptr(), dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(s.add(i) as *const __m256i);
+            _mm512_storeu_ps(d.add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        i
+    }
+
+    /// # Safety
+    /// f16c and avx2 (and avx512f when `wide`); `src` holds 2 bytes per `dst` value.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn f16_to_f32_f16c(wide: bool, src: &[u8], dst: &mut [f32]) {
+        let mut i = if wide { f16_to_f32_avx512(src, dst) } else { 0 };
+        let (s, d, n) = (src.as_ptr() as *const u16, dst.as_mut_ptr(), dst.len());
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(s.add(i) as *const __m128i);
+            _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = f16_value(s.add(i).read_unaligned());
             i += 1;
         }
     }
@@ -905,6 +956,17 @@ mod tests {
                 }
             }
             assert_eq!(wide, plain, "{name} bf16 widening k={k}");
+            // f16 widening is exact: every value of the row, bit for bit, NaN and
+            // infinities included.
+            let hb: Vec<u8> = (0..k)
+                .flat_map(|i| ((i as u16).wrapping_mul(40503) ^ 0x7C00).to_le_bytes())
+                .collect();
+            let (mut got_h, mut want_h) = (vec![0f32; k], vec![1f32; k]);
+            // SAFETY: the callers checked avx2 and f16c (and avx512f for `avx512`).
+            unsafe { x86::f16_to_f32_f16c(avx512, &hb, &mut got_h) };
+            f16_to_f32_plain(&hb, &mut want_h);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got_h), bits(&want_h), "{name} f16 widening k={k}");
             assert!(
                 close(bf_rows[1], dot_plain(&wide, xx[0])),
                 "{name} bf16 k={k}"
