@@ -3,6 +3,7 @@
 //! `scale = amax / max_finite`, chosen when the token arrives, so no calibration is needed
 //! and a token's quantisation error is relative to its own magnitude.
 
+use crate::backend::cpu::simd::f16_rows_to_f32;
 use crate::backend::dtype::{narrow_into, widen_into};
 use crate::backend::fp8;
 use crate::backend::DType;
@@ -104,6 +105,15 @@ impl KvCache {
     ) {
         let hd = self.head_dim;
         let sz = self.dtype.size();
+        if self.dtype == DType::F16 && !range.is_empty() {
+            // The head's positions as strided rows, widened in one call each for K and V.
+            let at = (range.start * self.kv_heads + head) * hd * sz;
+            let (stride, rows) = (self.kv_heads * hd * sz, range.len());
+            let (k_out, v_out) = (&mut k_out[..rows * hd], &mut v_out[..rows * hd]);
+            f16_rows_to_f32(&self.k[at..], stride, rows, k_out);
+            f16_rows_to_f32(&self.v[at..], stride, rows, v_out);
+            return;
+        }
         let is_fp8 = matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2);
         let start = range.start;
         for pos in range {
@@ -166,6 +176,33 @@ mod tests {
             assert_eq!(c.len(), 1);
             c.append(&k[..8], &v[..8]);
             assert_eq!(c.len(), 2);
+        }
+    }
+
+    /// The f16 cache reads a head's positions as strided rows in one call: the same values
+    /// as widening each position's stored halves one by one, for every head and a range
+    /// that starts past 0.
+    #[test]
+    fn f16_reads_are_the_stored_halves() {
+        let (heads, hd, n) = (3, 20, 7);
+        let mut c = KvCache::new(DType::F16, heads, hd);
+        let k: Vec<f32> = (0..n * heads * hd)
+            .map(|i| (i as f32 * 0.731).sin() * 9.0)
+            .collect();
+        let v: Vec<f32> = k.iter().map(|x| x * -3.0 + 0.5).collect();
+        c.append(&k, &v);
+        let half = |x: f32| half::f16::from_f32(x).to_f32();
+        for h in 0..heads {
+            let r = 2..n;
+            let (mut ko, mut vo) = (vec![0f32; r.len() * hd], vec![0f32; r.len() * hd]);
+            c.read_head_range(h, r.clone(), &mut ko, &mut vo);
+            for (t, pos) in r.enumerate() {
+                for d in 0..hd {
+                    let at = (pos * heads + h) * hd + d;
+                    assert_eq!(ko[t * hd + d], half(k[at]), "head {h} pos {pos} k[{d}]");
+                    assert_eq!(vo[t * hd + d], half(v[at]), "head {h} pos {pos} v[{d}]");
+                }
+            }
         }
     }
 }
