@@ -57,7 +57,8 @@ impl Blob {
     fn release(&self, start: usize, len: usize) {
         #[cfg(target_os = "linux")]
         if let Blob::Map(map) = self {
-            let page = 4096;
+            // SAFETY: sysconf only reads a constant of the system.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
             let base = map.as_ptr() as usize;
             let first = (base + start).next_multiple_of(page) - base;
             let end = (base + start + len) / page * page - base;
@@ -188,7 +189,7 @@ impl Tensor {
 
     /// Makes the decode copy of this tensor's matrices (each `[rows, cols]` of a 2-D tensor,
     /// or of every entry of a 3-D stack of experts) where `interleave::wanted` says this CPU
-    /// gains from one: Q4_0 on x86. The stored bytes stay the reference.
+    /// gains from one: Q4_0 and Q4_K on x86. The stored bytes stay the reference.
     pub fn interleave_for_cpu(&mut self) {
         let (mats, rows, cols) = match self.shape[..] {
             [r, c] => (1, r, c),
@@ -201,11 +202,14 @@ impl Tensor {
         {
             return;
         }
-        let each = self.data().len() / mats.max(1);
-        let mut all = Vec::new();
-        for m in 0..mats {
+        let (each, out_each) = (
+            self.data().len() / mats.max(1),
+            rows.div_ceil(interleave::ROWS) * interleave::group_bytes(self.dtype, cols),
+        );
+        let mut all = vec![0u8; mats * out_each];
+        for (m, out) in all.chunks_exact_mut(out_each.max(1)).enumerate() {
             let mat = &self.data()[m * each..(m + 1) * each];
-            all.extend_from_slice(&interleave::interleave(self.dtype, mat, rows, cols));
+            interleave::interleave_into(self.dtype, mat, rows, cols, out);
         }
         let len = all.len();
         self.interleaved = Some((Arc::new(all), 0, len));

@@ -59,73 +59,73 @@ pub fn usable() -> bool {
 
 /// Whether a matrix of `dtype` with `cols` columns is worth an interleaved copy here.
 pub fn wanted(dtype: DType, cols: usize) -> bool {
-    cols > 0 && cols.is_multiple_of(dtype.block().0) && kind(dtype).is_some() && usable()
-}
-
-/// The interleaved types: Q4_0 and Q4_K (`true` for Q4_K).
-fn kind(dtype: DType) -> Option<bool> {
-    match dtype {
-        DType::Q4_0 => Some(false),
-        DType::Q4_K => Some(true),
-        _ => None,
-    }
+    let typed = matches!(dtype, DType::Q4_0 | DType::Q4_K);
+    typed && cols > 0 && cols.is_multiple_of(dtype.block().0) && usable()
 }
 
 /// Bytes of one group of 16 rows of a `dtype` matrix with `cols` columns.
 pub fn group_bytes(dtype: DType, cols: usize) -> usize {
-    match kind(dtype) {
-        Some(false) => cols / 32 * GROUP_BLOCK,
-        Some(true) => cols / 256 * GROUP_BLOCK_K,
-        None => panic!("interleave: no interleaved layout for {dtype}"),
+    match dtype {
+        DType::Q4_0 => cols / 32 * GROUP_BLOCK,
+        DType::Q4_K => cols / 256 * GROUP_BLOCK_K,
+        _ => panic!("interleave: no interleaved layout for {dtype}"),
     }
 }
 
 /// The interleaved copy of a Q4_0 or Q4_K matrix of `rows` × `cols` stored in `data`.
 pub fn interleave(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows.div_ceil(ROWS) * group_bytes(dtype, cols)];
+    interleave_into(dtype, data, rows, cols, &mut out);
+    out
+}
+
+/// `interleave` into `out` (zeroed, `rows.div_ceil(16) · group_bytes` long): a stack of
+/// matrices fills one buffer without a copy per matrix.
+pub fn interleave_into(dtype: DType, data: &[u8], rows: usize, cols: usize, out: &mut [u8]) {
     let (per, bytes) = dtype.block();
     assert!(cols.is_multiple_of(per), "interleave: {dtype} cols {cols}");
     let nb = cols / per;
     let rb = bytes * nb;
     assert_eq!(data.len(), rows * rb, "interleave: {dtype} bytes");
     let gb = group_bytes(dtype, cols) / nb;
-    let mut out = vec![0u8; rows.div_ceil(ROWS) * nb * gb];
+    assert_eq!(
+        out.len(),
+        rows.div_ceil(ROWS) * nb * gb,
+        "interleave: output bytes"
+    );
     for (g, dst) in out.chunks_exact_mut(nb * gb).enumerate() {
         for i in 0..ROWS.min(rows - g * ROWS) {
             let row = &data[(g * ROWS + i) * rb..(g * ROWS + i + 1) * rb];
             for (b, blk) in row.chunks_exact(bytes).enumerate() {
                 let d = &mut dst[b * gb..(b + 1) * gb];
-                if dtype == DType::Q4_0 {
-                    d[2 * i..2 * i + 2].copy_from_slice(&blk[..2]);
-                    for c in 0..4 {
-                        let at = 2 * ROWS + 64 * c + 4 * i;
-                        d[at..at + 4].copy_from_slice(&blk[2 + 4 * c..6 + 4 * c]);
-                    }
-                    continue;
-                }
+                // Both start with the 16 rows' d (f16).
                 d[2 * i..2 * i + 2].copy_from_slice(&blk[..2]);
-                d[K_DMIN + 2 * i..K_DMIN + 2 * i + 2].copy_from_slice(&blk[2..4]);
-                let (sc, mn) = super::quant::scales_mins_k4(&blk[4..16]);
-                for j in 0..8 {
-                    d[K_SC + ROWS * j + i] = sc[j];
-                    d[K_MIN + ROWS * j + i] = mn[j];
-                }
-                for (w, word) in blk[16..].chunks_exact(4).enumerate() {
-                    let at = K_QS + 64 * w + 4 * i;
+                // Where row i's 4-byte quant words start, and the words.
+                let (words_at, words) = if dtype == DType::Q4_0 {
+                    (2 * ROWS, &blk[2..])
+                } else {
+                    d[K_DMIN + 2 * i..K_DMIN + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                    let (sc, mn) = super::quant::scales_mins_k4(&blk[4..16]);
+                    for j in 0..8 {
+                        d[K_SC + ROWS * j + i] = sc[j];
+                        d[K_MIN + ROWS * j + i] = mn[j];
+                    }
+                    (K_QS, &blk[16..])
+                };
+                for (w, word) in words.chunks_exact(4).enumerate() {
+                    let at = words_at + 64 * w + 4 * i;
                     d[at..at + 4].copy_from_slice(word);
                 }
             }
         }
     }
-    out
 }
 
 /// `out[r] = Σ row r · x` for the rows of an interleaved `dtype` matrix of `cols` columns
 /// whose groups are `groups` (whole groups) and `out.len()` rows (at most 16 per group: the
 /// last group may be partial). Only when `usable()`.
 pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut [f32]) {
-    let Some(four_k) = kind(dtype) else {
-        unreachable!("interleave::gemv on {dtype}, which has no interleaved layout")
-    };
+    let four_k = dtype == DType::Q4_K;
     assert_eq!(
         groups.len(),
         out.len().div_ceil(ROWS) * group_bytes(dtype, cols)
@@ -156,13 +156,34 @@ pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut
         }
     }
     let _ = four_k;
-    unreachable!("interleave::gemv without a kernel for this CPU");
+    unreachable!("interleave::gemv ({dtype}) without a kernel for this CPU");
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ActsRef, GROUP_BLOCK, GROUP_BLOCK_K, K_DMIN, K_MIN, K_QS, K_SC, ROWS};
     use std::arch::x86_64::*;
+
+    /// Stores a group's 16 results (`o`: the group's rows, 16 or fewer for the last).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16(o: &mut [f32], v: __m512) {
+        if o.len() == ROWS {
+            _mm512_storeu_ps(o.as_mut_ptr(), v);
+        } else {
+            _mm512_mask_storeu_ps(o.as_mut_ptr(), (1u16 << o.len()) - 1, v);
+        }
+    }
+
+    /// Stores a group's two halves of 8 results (`o` as for `store16`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store8x2(o: &mut [f32], lo: __m256, hi: __m256) {
+        let mut lanes = [0f32; ROWS];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+        o.copy_from_slice(&lanes[..o.len()]);
+    }
 
     /// One zmm lane per row: per block, 8 `vpdpbusd` of the nibbles (unsigned) against the
     /// broadcast activation dwords in two chains, the first started at −8·Σx (Q4_0's
@@ -190,12 +211,7 @@ mod x86 {
                 let s = _mm512_mul_ps(d, _mm512_set1_ps(*xd.add(b)));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), s, acc);
             }
-            if o.len() == ROWS {
-                _mm512_storeu_ps(o.as_mut_ptr(), acc);
-            } else {
-                let mask = (1u16 << o.len()) - 1;
-                _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, acc);
-            }
+            store16(o, acc);
         }
     }
 
@@ -238,10 +254,7 @@ mod x86 {
                 acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(d0, dx), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(d1, dx), acc1);
             }
-            let mut lanes = [0f32; ROWS];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc0);
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc1);
-            o.copy_from_slice(&lanes[..o.len()]);
+            store8x2(o, acc0, acc1);
         }
     }
 
@@ -292,12 +305,7 @@ mod x86 {
                     }
                 }
             }
-            let r = _mm512_sub_ps(acc, off);
-            if o.len() == ROWS {
-                _mm512_storeu_ps(o.as_mut_ptr(), r);
-            } else {
-                _mm512_mask_storeu_ps(o.as_mut_ptr(), (1u16 << o.len()) - 1, r);
-            }
+            store16(o, _mm512_sub_ps(acc, off));
         }
     }
 
@@ -362,10 +370,8 @@ mod x86 {
                     }
                 }
             }
-            let mut lanes = [0f32; ROWS];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc[0], off[0]));
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), _mm256_sub_ps(acc[1], off[1]));
-            o.copy_from_slice(&lanes[..o.len()]);
+            let r = |h: usize| _mm256_sub_ps(acc[h], off[h]);
+            store8x2(o, r(0), r(1));
         }
     }
 }

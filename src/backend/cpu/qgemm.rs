@@ -627,6 +627,8 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::backend::DType;
+
     /// One block of an interleaved Q4_0 group (`interleave`), rows h..h+RR of it, into
     /// `pack_rows`' panel layout: 8 columns groups of RR u32 at `q` (low nibbles of word
     /// c are columns 4c.., high nibbles 16+4c..), the scales at `e`, offsets −8·d at `o`.
@@ -641,6 +643,7 @@ mod x86 {
         e: *mut f32,
         o: *mut f32,
     ) {
+        use super::interleave::ROWS;
         let low = _mm256_set1_epi8(0x0F);
         let eight = _mm256_set1_ps(-8.0);
         for half in 0..RR / 8 {
@@ -649,7 +652,7 @@ mod x86 {
             _mm256_storeu_ps(e.add(8 * half), d);
             _mm256_storeu_ps(o.add(8 * half), _mm256_mul_ps(d, eight));
             for c in 0..4 {
-                let v = _mm256_loadu_si256(src.add(2 * 16 + 64 * c + 4 * r) as *const __m256i);
+                let v = _mm256_loadu_si256(src.add(2 * ROWS + 64 * c + 4 * r) as *const __m256i);
                 let lo = _mm256_and_si256(v, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                 _mm256_storeu_si256(q.add(c * RR + 8 * half) as *mut __m256i, lo);
@@ -701,8 +704,6 @@ mod x86 {
             }
         }
     }
-
-    use crate::backend::DType;
 
     /// An AVX2 panel's quants from its 8 unpacked rows (`panel`: `[8][32·nb]` bytes): for
     /// block b and dword g, `out[(b·8 + g)·8 + i]` = row i's bytes 4g..4g+4 of block b, each
