@@ -144,14 +144,7 @@ pub fn bf16_to_f32(src: &[u8], dst: &mut [f32]) {
 /// widen through here on every call.
 pub fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len() * 2, "f16_to_f32: lengths");
-    #[cfg(target_arch = "x86_64")]
-    if avx2_f16c() {
-        // SAFETY: f16c (and avx512f, avx2 where used) were detected at run time; the
-        // lengths are checked above.
-        unsafe { x86::f16_to_f32_f16c(level() == Level::Avx512, src, dst) };
-        return;
-    }
-    f16_to_f32_plain(src, dst)
+    f16_rows_to_f32(src, 0, 1, dst)
 }
 
 /// `f16_to_f32` of `rows` rows of `dst.len() / rows` values each, row r read from
@@ -419,59 +412,55 @@ pub(super) mod x86 {
         }
     }
 
-    /// `f16_to_f32` with F16C: 16 values per step with AVX-512 (`wide`), else 8.
+    /// Values `i..` of one row (`s` its f16 bits, `d` its f32 values): 8 at a time with
+    /// F16C, then one by one. The tail of both levels' row loops.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,f16c")]
-    unsafe fn f16_to_f32_avx512(src: &[u8], dst: &mut [f32]) -> usize {
-        let (s, d, n) = (src.as_ptr() as *const u16, dst.as_mut_ptr(), dst.len());
-        let mut i = 0;
-        while i + 16 <= n {
-            let h = _mm256_loadu_si256(s.add(i) as *const __m256i);
-            _mm512_storeu_ps(d.add(i), _mm512_cvtph_ps(h));
-            i += 16;
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn f16_row_from(s: *const u16, d: &mut [f32], mut i: usize) {
+        let n = d.len();
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(s.add(i) as *const __m128i);
+            _mm256_storeu_ps(d.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
         }
-        i
+        while i < n {
+            d[i] = f16_value(s.add(i).read_unaligned());
+            i += 1;
+        }
     }
 
-    /// `f16_rows_to_f32` with AVX-512 and F16C, the row loop inside.
+    /// `f16_rows_to_f32` with AVX-512 and F16C: 16 values per step, then `f16_row_from`.
     ///
     /// # Safety
-    /// avx512f, avx2, f16c; `src` holds the rows (see the caller).
+    /// avx512f, avx2, f16c; every row's bytes lie in `src` (the caller asserts it).
     #[target_feature(enable = "avx512f,avx2,f16c")]
     pub unsafe fn f16_rows_avx512(src: &[u8], stride: usize, rows: usize, dst: &mut [f32]) {
         let len = dst.len() / rows;
         for (r, d) in dst.chunks_exact_mut(len).enumerate() {
-            f16_to_f32_f16c(true, &src[r * stride..r * stride + 2 * len], d);
+            let s = src[r * stride..r * stride + 2 * len].as_ptr() as *const u16;
+            let mut i = 0;
+            while i + 16 <= len {
+                let h = _mm256_loadu_si256(s.add(i) as *const __m256i);
+                _mm512_storeu_ps(d.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+                i += 16;
+            }
+            f16_row_from(s, d, i);
         }
     }
 
     /// `f16_rows_to_f32` with AVX2 and F16C.
     ///
     /// # Safety
-    /// avx2, f16c; `src` holds the rows (see the caller).
+    /// avx2, f16c; every row's bytes lie in `src` (the caller asserts it).
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn f16_rows_avx2(src: &[u8], stride: usize, rows: usize, dst: &mut [f32]) {
         let len = dst.len() / rows;
         for (r, d) in dst.chunks_exact_mut(len).enumerate() {
-            f16_to_f32_f16c(false, &src[r * stride..r * stride + 2 * len], d);
-        }
-    }
-
-    /// # Safety
-    /// f16c and avx2 (and avx512f when `wide`); `src` holds 2 bytes per `dst` value.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn f16_to_f32_f16c(wide: bool, src: &[u8], dst: &mut [f32]) {
-        let mut i = if wide { f16_to_f32_avx512(src, dst) } else { 0 };
-        let (s, d, n) = (src.as_ptr() as *const u16, dst.as_mut_ptr(), dst.len());
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(s.add(i) as *const __m128i);
-            _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(h));
-            i += 8;
-        }
-        while i < n {
-            *d.add(i) = f16_value(s.add(i).read_unaligned());
-            i += 1;
+            f16_row_from(
+                src[r * stride..r * stride + 2 * len].as_ptr() as *const u16,
+                d,
+                0,
+            );
         }
     }
 
@@ -1015,8 +1004,15 @@ mod tests {
                 .flat_map(|i| ((i as u16).wrapping_mul(40503) ^ 0x7C00).to_le_bytes())
                 .collect();
             let (mut got_h, mut want_h) = (vec![0f32; k], vec![1f32; k]);
-            // SAFETY: the callers checked avx2 and f16c (and avx512f for `avx512`).
-            unsafe { x86::f16_to_f32_f16c(avx512, &hb, &mut got_h) };
+            // SAFETY: the callers checked avx2 and f16c (and avx512f for `avx512`); one row
+            // of k values.
+            unsafe {
+                if avx512 {
+                    x86::f16_rows_avx512(&hb, 0, 1, &mut got_h)
+                } else {
+                    x86::f16_rows_avx2(&hb, 0, 1, &mut got_h)
+                }
+            };
             f16_to_f32_plain(&hb, &mut want_h);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got_h), bits(&want_h), "{name} f16 widening k={k}");
