@@ -597,36 +597,21 @@ fn requantize_q4_0(src: &Path, q4_0: &Path, f32: &Path) {
         tf.push((t, 0, back));
     }
     for (path, tensors) in [(q4_0, tq), (f32, tf)] {
-        let mut b = b"GGUF".to_vec();
-        b.extend(3u32.to_le_bytes());
-        b.extend((tensors.len() as u64).to_le_bytes());
-        b.extend((kv.len() as u64 + 1).to_le_bytes());
-        for (k, v) in kv
-            .iter()
-            .copied()
-            .chain([(&"general.alignment".to_string(), &Value::U32(32))])
-        {
-            Value::String(k.clone()).encode(&mut b);
-            b.extend(v.type_id().to_le_bytes());
-            v.encode(&mut b);
+        // The writer pads to GGUF's default alignment (32); the source's
+        // `general.alignment` is left out above.
+        let mut out = common::gguf_file::Writer::new();
+        for (k, v) in &kv {
+            let mut value = Vec::new();
+            v.encode(&mut value);
+            out.raw(k, v.type_id(), &value);
         }
-        let mut offset = 0u64;
-        for (t, id, data) in &tensors {
-            Value::String(t.name.clone()).encode(&mut b);
-            b.extend((t.shape.len() as u32).to_le_bytes());
-            for d in t.shape.iter().rev() {
-                b.extend((*d as u64).to_le_bytes());
-            }
-            b.extend(id.to_le_bytes());
-            b.extend(offset.to_le_bytes());
-            offset += (data.len() as u64).next_multiple_of(32);
+        let mut data = Vec::new();
+        for (t, id, bytes) in tensors {
+            let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+            out.typed_tensor(&t.name, &shape, id, bytes.len() as u64);
+            data.push(bytes);
         }
-        b.resize(b.len().next_multiple_of(32), 0);
-        for (_, _, data) in &tensors {
-            b.extend(data);
-            b.resize(b.len().next_multiple_of(32), 0);
-        }
-        std::fs::write(path, b).unwrap();
+        std::fs::write(path, out.with_data(&data)).unwrap();
     }
 }
 

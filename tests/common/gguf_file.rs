@@ -78,6 +78,31 @@ impl Writer {
         self
     }
 
+    /// A value already encoded as GGUF stores it after its type id (`ty`): metadata copied
+    /// from another file.
+    pub fn raw(&mut self, key: &str, ty: u32, value: &[u8]) -> &mut Self {
+        self.key(key, ty).extend(value);
+        self
+    }
+
+    /// A tensor of ggml type `ty` and `bytes` bytes of data, `shape` outermost first.
+    pub fn typed_tensor(&mut self, name: &str, shape: &[u64], ty: u32, bytes: u64) -> &mut Self {
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), ty, bytes));
+        self
+    }
+
+    /// The whole file with the tensors' data given, in order (each as long as declared).
+    pub fn with_data(&self, data: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = self.header();
+        for ((name, _, _, bytes), d) in self.tensors.iter().zip(data) {
+            assert_eq!(d.len() as u64, *bytes, "{name}: data length");
+            b.extend(d);
+            b.resize(b.len().div_ceil(ALIGN) * ALIGN, 0);
+        }
+        b
+    }
+
     /// An F32 tensor of `shape` (outermost first, as nemo reports shapes).
     pub fn tensor(&mut self, name: &str, shape: &[u64]) -> &mut Self {
         let n: u64 = shape.iter().product();
