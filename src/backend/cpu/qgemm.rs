@@ -20,7 +20,9 @@
 //! value `cvt · e + o · Σ_j q_x,j` meets d_x in one FMA (grouped as the plain dot groups
 //! it). Signed quants are made unsigned (Q8_0 + 128 for VNNI, Q6_K + 32) with a matching
 //! offset; AVX2 keeps Q8_0 signed (shifted, it would overflow `maddubs`) and moves the
-//! weight's sign onto x. Packing costs O(rows · k) per task, the kernels
+//! weight's sign onto x. Where the offset is a whole multiple of the scale (`o = −Z·e`:
+//! Q4_0's 8, Q6_K's 32, VNNI Q8_0's 128) the integer sums start at `−Z·Σ_j q_x,j` instead
+//! and the block's value is just `cvt · e` (Q6_K prefill: 1.4x at 4096×1024, 200 tokens). Packing costs O(rows · k) per task, the kernels
 //! O(rows · k · tokens). The plain level calls `quant`'s plain dot per row and token: the
 //! oracle of every SIMD path.
 //!
@@ -585,22 +587,29 @@ fn task_rows(b: &Batch, w: &MatRef<'_>, out: OutPtr, r0: usize, r1: usize, tb: u
                     // blocks of rr rows (hb scales and offsets each), each token nb blocks of
                     // quants, scales and (half-)block sums (asserted).
                     unsafe {
-                        match (path == Path::Vnni, hb == 2) {
-                            (true, true) => {
-                                x86::rows16_vnni::<true>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
-                            }
-                            (true, false) => {
-                                x86::rows16_vnni::<false>(qp, ep, op, nb, xq, xd, xs, cnt, &mut res)
-                            }
-                            (false, true) => x86::rows8_avx2::<true, false>(
+                        match (path == Path::Vnni, w.dtype) {
+                            (true, DType::Q6_K) => x86::rows16_vnni::<true, 32>(
                                 qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
                             ),
-                            (false, false) if w.dtype == DType::Q8_0 => {
-                                x86::rows8_avx2::<false, true>(
-                                    qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
-                                )
-                            }
-                            (false, false) => x86::rows8_avx2::<false, false>(
+                            (true, DType::Q8_0) => x86::rows16_vnni::<false, 128>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (true, DType::Q4_0) => x86::rows16_vnni::<false, 8>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (true, _) => x86::rows16_vnni::<false, 0>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (false, DType::Q6_K) => x86::rows8_avx2::<true, false, 32>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (false, DType::Q8_0) => x86::rows8_avx2::<false, true, 0>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (false, DType::Q4_0) => x86::rows8_avx2::<false, false, 8>(
+                                qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
+                            ),
+                            (false, _) => x86::rows8_avx2::<false, false, 0>(
                                 qp, ep, op, nb, xq, xd, xs, cnt, &mut res,
                             ),
                         }
@@ -956,12 +965,17 @@ mod x86 {
     /// in i32 over the block; then per token the block's value `cvt · e + o · Σq_x` (grouped
     /// as the plain dot groups it) and one FMA with `d_x`. Tokens past `cnt` repeat the last (dropped).
     ///
+    /// With `Z` > 0 the offset is `o = −Z·e` (Q4_0: 8, Q6_K: 32, Q8_0 shifted: 128): the
+    /// sums start at `−Z·Σq_x` instead, exact in integers, and the block's value is
+    /// `cvt · e` (Q6_K: `cvt₀·e₀ + cvt₁·e₁`), three float operations per token and block
+    /// where the offset took two more per half.
+    ///
     /// # Safety
     /// AVX-512 F/BW/VL/VNNI; `q`, `e`, `o` hold `nb` blocks of a 16-row panel; each token's
     /// `xq` holds `nb` blocks of quants, `xd` and `xs` `nb` values.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub unsafe fn rows16_vnni<const HALVES: bool>(
+    pub unsafe fn rows16_vnni<const HALVES: bool, const Z: i32>(
         q: *const u8,
         e: *const f32,
         o: *const f32,
@@ -978,6 +992,13 @@ mod x86 {
         for b in 0..nb {
             // Lane sums of the whole block, or of its two halves (groups 0–3, 4–7).
             let mut ia = [[_mm512_setzero_si512(); T]; 2];
+            if Z != 0 {
+                for (h, ih) in ia.iter_mut().enumerate().take(hb) {
+                    for c in 0..T {
+                        ih[c] = _mm512_set1_epi32(-Z * *xs[c].add(hb * b + h));
+                    }
+                }
+            }
             for g in 0..8 {
                 let h = if HALVES { g / 4 } else { 0 };
                 let w = _mm512_loadu_si512(q.add((b * 8 + g) * 64) as *const __m512i);
@@ -985,6 +1006,18 @@ mod x86 {
                     let xv = (xq[c].add(32 * b + 4 * g) as *const i32).read_unaligned();
                     ia[h][c] = _mm512_dpbusd_epi32(ia[h][c], w, _mm512_set1_epi32(xv));
                 }
+            }
+            if Z != 0 {
+                let e0 = _mm512_loadu_ps(e.add(16 * hb * b));
+                for c in 0..T {
+                    let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(ia[0][c]), e0);
+                    if HALVES {
+                        let e1 = _mm512_loadu_ps(e.add(16 * (2 * b + 1)));
+                        v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[1][c]), e1, v);
+                    }
+                    acc[c] = _mm512_fmadd_ps(v, _mm512_set1_ps(*xd[c].add(b)), acc[c]);
+                }
+                continue;
             }
             #[allow(clippy::needless_range_loop)]
             for h in 0..hb {
@@ -1010,13 +1043,14 @@ mod x86 {
     /// 2·2·63·127 < 2¹⁵), widened by `madd`, one conversion and FMA per block (per half with
     /// `HALVES`). Q8_0 (`SIGNED`, its quants kept signed in the panel) multiplies |w| against
     /// x with w's sign and widens every group. Tokens past `cnt` repeat the last (dropped).
+    /// `Z` > 0 folds an offset `−Z·e` into the integer sums as `rows16_vnni` does.
     ///
     /// # Safety
     /// AVX2 + FMA; `q`, `e`, `o` hold `nb` blocks of an 8-row panel; each token's `xq` holds
     /// `nb` blocks of quants, `xd` `nb` scales, `xs` `nb` (or `2·nb` with `HALVES`) sums.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows8_avx2<const HALVES: bool, const SIGNED: bool>(
+    pub unsafe fn rows8_avx2<const HALVES: bool, const SIGNED: bool, const Z: i32>(
         q: *const u8,
         e: *const f32,
         o: *const f32,
@@ -1033,9 +1067,21 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..nb {
             let mut whole = [_mm256_setzero_si256(); T];
+            if Z != 0 && !HALVES {
+                for c in 0..T {
+                    whole[c] = _mm256_set1_epi32(-Z * *xs[c].add(b));
+                }
+            }
+            // With `Z` and `HALVES`: the block's value before d_x, summed over its halves.
+            let mut vsum = [_mm256_setzero_ps(); T];
             for h in 0..2 {
                 let mut s16 = [_mm256_setzero_si256(); T];
                 let mut half = [_mm256_setzero_si256(); T];
+                if Z != 0 && HALVES {
+                    for c in 0..T {
+                        half[c] = _mm256_set1_epi32(-Z * *xs[c].add(2 * b + h));
+                    }
+                }
                 for g in 4 * h..4 * h + 4 {
                     let w = _mm256_loadu_si256(q.add((b * 8 + g) * 32) as *const __m256i);
                     if SIGNED {
@@ -1067,7 +1113,18 @@ mod x86 {
                         }
                     }
                 }
-                if HALVES {
+                if HALVES && Z != 0 {
+                    let ev = _mm256_loadu_ps(e.add(8 * (2 * b + h)));
+                    for c in 0..T {
+                        vsum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(half[c]), ev, vsum[c]);
+                    }
+                    if h == 1 {
+                        for c in 0..T {
+                            acc[c] =
+                                _mm256_fmadd_ps(vsum[c], _mm256_set1_ps(*xd[c].add(b)), acc[c]);
+                        }
+                    }
+                } else if HALVES {
                     let ev = _mm256_loadu_ps(e.add(8 * (2 * b + h)));
                     let ov = _mm256_loadu_ps(o.add(8 * (2 * b + h)));
                     for c in 0..T {
@@ -1081,7 +1138,13 @@ mod x86 {
                     }
                 }
             }
-            if !HALVES {
+            if !HALVES && Z != 0 {
+                let ev = _mm256_loadu_ps(e.add(8 * b));
+                for c in 0..T {
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(whole[c]), ev);
+                    acc[c] = _mm256_fmadd_ps(v, _mm256_set1_ps(*xd[c].add(b)), acc[c]);
+                }
+            } else if !HALVES {
                 let ev = _mm256_loadu_ps(e.add(8 * b));
                 let ov = _mm256_loadu_ps(o.add(8 * b));
                 for c in 0..T {
