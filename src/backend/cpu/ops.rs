@@ -1,24 +1,52 @@
 //! Element-wise and normalisation ops of the Nemotron-H forward pass, in f32.
 //! Formulas follow transformers' `modeling_nemotron_h.py` (cited per function).
+//! Row-wise ops of more than a few rows run on the thread team (`team::par_rows`).
+
+use super::team;
+
+/// Values per team task of a row-wise norm (about a microsecond of work each).
+const NORM_GRAIN: usize = 8192;
 
 /// RMSNorm (`NemotronHRMSNorm`): `w * x / sqrt(mean(x²) + eps)`, in f32, per row of `dim`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
-    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+    assert_eq!(x.len(), out.len(), "rms_norm: x and out lengths");
+    team::par_rows(out, dim, NORM_GRAIN, &|r, or| {
+        let xr = &x[r * dim..(r + 1) * dim];
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
             *o = w * (v * inv);
         }
-    }
+    });
 }
 
 /// Gated RMSNorm (`NemotronHRMSNormGated`, norm_before_gate=False):
 /// `y ← y · silu(z)`, then RMS-normalise each group of `group_size` channels, times weight.
 pub fn gated_rms_norm(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) {
+    assert_eq!(y.len(), z.len(), "gated_rms_norm: y and z lengths");
+    gated_rms_norm_strided(y, z, weight.len(), weight, group_size, eps);
+}
+
+/// `gated_rms_norm` with row r of z at `z[r·z_stride..]` (z read in place from the Mamba2
+/// in_proj output, whose rows hold z first).
+pub fn gated_rms_norm_strided(
+    y: &mut [f32],
+    z: &[f32],
+    z_stride: usize,
+    weight: &[f32],
+    group_size: usize,
+    eps: f32,
+) {
     let dim = weight.len();
-    for (yr, zr) in y.chunks_exact_mut(dim).zip(z.chunks_exact(dim)) {
-        for (v, g) in yr.iter_mut().zip(zr) {
+    let rows = y.len() / dim.max(1);
+    assert!(
+        rows == 0 || z.len() >= (rows - 1) * z_stride + dim,
+        "gated_rms_norm: z holds {} values, want {rows} rows {z_stride} apart",
+        z.len()
+    );
+    team::par_rows(y, dim, NORM_GRAIN, &|r, yr| {
+        for (v, g) in yr.iter_mut().zip(&z[r * z_stride..r * z_stride + dim]) {
             *v *= silu(*g);
         }
         for (grp, wg) in yr
@@ -31,7 +59,7 @@ pub fn gated_rms_norm(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usiz
                 *v = w * (*v * inv);
             }
         }
-    }
+    });
 }
 
 /// e^x for f32, vectorisable (no table, no branch the compiler cannot turn into a
@@ -123,6 +151,35 @@ mod tests {
         for v in y {
             assert!((v - 1.0).abs() < 1e-4, "{v}");
         }
+    }
+
+    #[test]
+    fn gated_norm_reads_z_rows_in_place_at_their_stride() {
+        // 300 rows: enough for several team tasks. z's rows sit 7 values apart inside a
+        // wider buffer (the in_proj output), with junk between them.
+        let (rows, dim, stride) = (300, 4, 7);
+        let y: Vec<f32> = (0..rows * dim).map(|i| (i % 13) as f32 - 6.0).collect();
+        let z: Vec<f32> = (0..rows * dim)
+            .map(|i| (i % 5) as f32 * 0.7 - 1.0)
+            .collect();
+        let mut wide = vec![f32::NAN; rows * stride];
+        for r in 0..rows {
+            wide[r * stride..r * stride + dim].copy_from_slice(&z[r * dim..(r + 1) * dim]);
+        }
+        let w = [0.5, 1.0, 1.5, 2.0];
+        let mut want = y.clone();
+        for r in 0..rows {
+            gated_rms_norm(
+                &mut want[r * dim..(r + 1) * dim],
+                &z[r * dim..(r + 1) * dim],
+                &w,
+                2,
+                1e-5,
+            );
+        }
+        let mut got = y;
+        gated_rms_norm_strided(&mut got, &wide, stride, &w, 2, 1e-5);
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -333,11 +333,12 @@ pub fn ssd_chunked<T: StateElem>(
     let level = simd::level();
     // dt of every head and token: dts[head·n + t].
     let mut dts = vec![0f32; h * n];
-    for (hh, dh) in dts.chunks_exact_mut(n).enumerate() {
+    // softplus is two libm calls: ~1k values per task.
+    team::par_rows(&mut dts, n, 1024, &|hh, dh| {
         for (t, v) in dh.iter_mut().enumerate() {
             *v = ops::softplus(dt_raw[dt_offset + t * dt_stride + hh] + dt_bias[hh]).max(dt_min);
         }
-    }
+    });
     // The states in f32, transposed per head: st[head·hs + n·p + pi].
     let mut st = vec![0f32; h * hs];
     for (hh, sh) in state[..h * hs].chunks_mut(hs).enumerate() {

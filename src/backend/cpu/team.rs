@@ -163,6 +163,40 @@ fn worker(s: &'static Shared) {
     }
 }
 
+/// Runs `f(r, row)` for every `dim`-long row r of `data`, rows in parallel over the team,
+/// a run of rows (at least `grain` values) per task: the row-wise ops of a prefill (norms,
+/// gates, the scan's dt) ran on the calling thread alone while the workers spun.
+pub fn par_rows<T: Send>(
+    data: &mut [T],
+    dim: usize,
+    grain: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    if dim == 0 {
+        return;
+    }
+    let rows = data.len() / dim;
+    let per = grain.div_ceil(dim).max(1);
+    if rows <= per {
+        data.chunks_exact_mut(dim)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
+        return;
+    }
+    struct Ptr<T>(*mut T);
+    // SAFETY: each task gets disjoint rows of `data`, which outlives the call.
+    unsafe impl<T> Sync for Ptr<T> {}
+    let p = Ptr(data.as_mut_ptr());
+    par_for(rows.div_ceil(per), &|c| {
+        let p = &p;
+        for r in c * per..((c + 1) * per).min(rows) {
+            // SAFETY: row r lies in `data` and belongs to this task only.
+            let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * dim), dim) };
+            f(r, row);
+        }
+    });
+}
+
 /// Runs `f(i)` for every `i` in `0..n`, in parallel over the team; returns when all are done.
 pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     if n == 0 {
@@ -218,6 +252,22 @@ pub fn par_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn par_rows_hands_each_row_with_its_index_to_one_task() {
+        // Rows below, at and above the grain (one task, one per run of rows, many).
+        for (rows, dim, grain) in [(0usize, 3usize, 8usize), (1, 5, 8), (7, 4, 8), (100, 3, 8)] {
+            let mut data = vec![0usize; rows * dim];
+            par_rows(&mut data, dim, grain, &|r, row| {
+                for v in row.iter_mut() {
+                    *v += r + 1;
+                }
+            });
+            for (i, v) in data.iter().enumerate() {
+                assert_eq!(*v, i / dim + 1, "rows={rows} dim={dim} element {i}");
+            }
+        }
+    }
 
     #[test]
     fn par_for_runs_every_index_exactly_once_across_many_calls() {
