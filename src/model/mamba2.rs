@@ -25,9 +25,10 @@ use crate::backend::cpu::{matmul, ops};
 use crate::state::mamba_state::SsmStore;
 use crate::state::MambaState;
 
-/// The mixer's intermediates, reused from layer to layer and call to call (fresh zeroed
-/// vectors of a 200-token prefill were ~2% of it in `memset`). Every op writes all of the
-/// part it is sized to, so stale contents are never read.
+/// The mixer's intermediates, reused from layer to layer and call to call instead of fresh
+/// zeroed vectors (their zeroing was part of a 200-token prefill's `memset` share, 1.96% →
+/// 1.59% of its samples with the copy of z gone too). Every op writes all of the part it is
+/// sized to, so stale contents are never read.
 #[derive(Default)]
 struct Buffers {
     zxbcdt: Vec<f32>,
@@ -48,12 +49,6 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     let r = f(&mut b);
     BUFFERS.with(|c| c.set(b));
     r
-}
-
-/// `v` at `len` values; growing zero-fills only the new part.
-fn sized(v: &mut Vec<f32>, len: usize) {
-    v.truncate(len);
-    v.resize(len, 0.0);
 }
 
 pub struct Mamba2 {
@@ -188,9 +183,10 @@ impl Mamba2 {
     fn project(&self, x: &[f32], n: usize, state: &mut MambaState, bufs: &mut Buffers) {
         let pd = self.in_proj.shape[0];
         let (di, cd, k) = (self.d_inner, self.conv_dim, self.kernel);
-        sized(&mut bufs.zxbcdt, n * pd);
-        sized(&mut bufs.xbc, n * cd);
-        sized(&mut bufs.y, n * di);
+        // `resize` zero-fills only what grows; the ops below overwrite the rest.
+        bufs.zxbcdt.resize(n * pd, 0.0);
+        bufs.xbc.resize(n * cd, 0.0);
+        bufs.y.resize(n * di, 0.0);
         let zxbcdt = &mut bufs.zxbcdt;
         matmul(x, n, self.in_proj.mat(), zxbcdt);
         if let Some(b) = &self.in_proj_bias {

@@ -100,8 +100,8 @@ pub struct Tensor {
     bytes: Bytes,
     /// FP8 weights' `weight_scale`: one value (per tensor) or one per row.
     scale: Option<Arc<[f32]>>,
-    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 and Q4_K on x86), made by
-    /// `interleave_for_cpu`: bytes `start..start + len` of the buffer.
+    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 and Q4_K on x86),
+    /// made by `interleave_for_cpu`: bytes `start..start + len` of the buffer.
     interleaved: Option<(Arc<Vec<u8>>, usize, usize)>,
 }
 

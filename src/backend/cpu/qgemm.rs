@@ -22,9 +22,9 @@
 //! offset; AVX2 keeps Q8_0 signed (shifted, it would overflow `maddubs`) and moves the
 //! weight's sign onto x. Where the offset is a whole multiple of the scale (`o = −Z·e`:
 //! Q4_0's 8, Q6_K's 32, VNNI Q8_0's 128) the integer sums start at `−Z·Σ_j q_x,j` instead
-//! and the block's value is just `cvt · e` (Q6_K prefill: 1.4x at 4096×1024, 200 tokens). Packing costs O(rows · k) per task, the kernels
-//! O(rows · k · tokens). The plain level calls `quant`'s plain dot per row and token: the
-//! oracle of every SIMD path.
+//! and the block's value is just `cvt · e` (Q6_K prefill: 1.4x at 4096×1024, 200 tokens).
+//! Packing costs O(rows · k) per task, the kernels O(rows · k · tokens). The plain level
+//! calls `quant`'s plain dot per row and token: the oracle of every SIMD path.
 //!
 //! Invariant: results equal the decode dots (`quant::dot_row_q8`) of the same row and token
 //! up to f32 summation order.
@@ -963,7 +963,8 @@ mod x86 {
     /// 16 rows × up to 8 tokens, row-interleaved (`Panels16`): per block, eight `vpdpbusd`
     /// of the 16 rows' next 4 quants against each token's next 4 bytes broadcast, summed
     /// in i32 over the block; then per token the block's value `cvt · e + o · Σq_x` (grouped
-    /// as the plain dot groups it) and one FMA with `d_x`. Tokens past `cnt` repeat the last (dropped).
+    /// as the plain dot groups it) and one FMA with `d_x`. Tokens past `cnt` repeat the last
+    /// (dropped).
     ///
     /// With `Z` > 0 the offset is `o = −Z·e` (Q4_0: 8, Q6_K: 32, Q8_0 shifted: 128): the
     /// sums start at `−Z·Σq_x` instead, exact in integers, and the block's value is
@@ -1236,8 +1237,8 @@ mod tests {
                     let mut got = vec![f32::NAN; n * m];
                     run(&b, &[(w, OutPtr(want.as_mut_ptr()))], Path::Plain);
                     run(&b, &[(w, OutPtr(got.as_mut_ptr()))], path);
-                    // Q4_0 and Q4_K with their interleaved copy pack from that instead: the same
-                    // panels, so the same results bit for bit.
+                    // Q4_0 and Q4_K with their interleaved copy pack from that instead: the
+                    // same panels, so the same results bit for bit.
                     #[cfg(target_arch = "x86_64")]
                     if interleave::wanted(dt, k) && path != Path::Plain {
                         let groups = interleave::interleave(dt, &data, m, k);
