@@ -503,9 +503,9 @@ fn cache_elem_bytes(dtype: &str) -> usize {
 /// `nemo bench --json` reports the sequence state's bytes after its run (`cache_bytes`):
 /// with every pair of flags it is what `nemotron_h_bf16`'s config and the two dtypes give —
 /// per Mamba layer an f32 conv window and a heads × head_dim × d_state SSM state in the
-/// SSM dtype; per attention layer K and V for every position in the KV dtype (FP8 adds an
-/// f32 scale per position and KV head for each). A flag that was parsed and ignored leaves
-/// the f32 default's size.
+/// SSM dtype; per attention layer V for every position and K in whole blocks of 16
+/// positions (its transposed layout) in the KV dtype (FP8 adds an f32 scale per position
+/// and KV head for each). A flag that was parsed and ignored leaves the f32 default's size.
 #[test]
 fn every_cache_dtype_flag_sets_the_size_of_the_cache_the_engine_allocates() {
     let dir = fixture("nemotron_h_bf16");
@@ -564,7 +564,10 @@ fn every_cache_dtype_flag_sets_the_size_of_the_cache_the_engine_allocates() {
             let want = mamba
                 * (conv_dim * (u("conv_kernel") - 1) * 4 + ssm_elems * cache_elem_bytes(ssm))
                 + attention
-                    * (2 * positions * kv_heads * u("head_dim") * cache_elem_bytes(kv)
+                    * ((positions + positions.next_multiple_of(16))
+                        * kv_heads
+                        * u("head_dim")
+                        * cache_elem_bytes(kv)
                         + fp8_scales);
             assert_eq!(
                 v["cache_bytes"], want,

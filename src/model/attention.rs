@@ -160,13 +160,7 @@ impl Attention {
             head_dim: hd,
             scale: (hd as f32).powf(-0.5),
         };
-        let kv: &KvCache = cache;
-        flash::attention(
-            &q,
-            shape,
-            &|h, range, k, v| kv.read_head_range(h, range, k, v),
-            &mut attn,
-        );
+        flash::attention(&q, shape, &*cache, &mut attn);
         matmul(&attn, n, self.o_proj.mat(), out);
     }
 }

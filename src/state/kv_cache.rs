@@ -1,9 +1,14 @@
-//! Attention KV cache of one layer, `[position, kv_head, head_dim]`, stored as f32, f16,
-//! bf16 or FP8 (E4M3 / E5M2). FP8 rows carry one f32 scale per (position, kv_head):
+//! Attention KV cache of one layer, stored per KV head as f32, f16, bf16 or FP8 (E4M3 /
+//! E5M2). Keys are kept transposed in blocks of `KEY_BLOCK` positions (`[block][head_dim]
+//! [KEY_BLOCK]`, lanes past `len` zero) so that attention's `q·Kᵀ` reads whole rows of
+//! consecutive positions (`flash`'s layout, widened by one contiguous conversion); values
+//! are `[position][head_dim]`. FP8 rows carry one f32 scale per (position, kv_head):
 //! `scale = amax / max_finite`, chosen when the token arrives, so no calibration is needed
 //! and a token's quantisation error is relative to its own magnitude.
 
-use crate::backend::cpu::simd::f16_rows_to_f32;
+use std::ops::Range;
+
+use crate::backend::cpu::flash::{HalfKv, KvSource, KEY_BLOCK};
 use crate::backend::dtype::{narrow_into, widen_into};
 use crate::backend::fp8;
 use crate::backend::DType;
@@ -14,10 +19,13 @@ pub struct KvCache {
     pub kv_heads: usize,
     pub head_dim: usize,
     len: usize,
-    k: Vec<u8>,
-    v: Vec<u8>,
-    k_scale: Vec<f32>,
-    v_scale: Vec<f32>,
+    /// Per KV head: keys, `[block][head_dim][KEY_BLOCK]` raw elements.
+    k: Vec<Vec<u8>>,
+    /// Per KV head: values, `[position][head_dim]` raw elements.
+    v: Vec<Vec<u8>>,
+    /// Per KV head (FP8 only): the scale of each position's key and value row.
+    k_scale: Vec<Vec<f32>>,
+    v_scale: Vec<Vec<f32>>,
 }
 
 impl KvCache {
@@ -27,10 +35,10 @@ impl KvCache {
             kv_heads,
             head_dim,
             len: 0,
-            k: vec![],
-            v: vec![],
-            k_scale: vec![],
-            v_scale: vec![],
+            k: vec![vec![]; kv_heads],
+            v: vec![vec![]; kv_heads],
+            k_scale: vec![vec![]; kv_heads],
+            v_scale: vec![vec![]; kv_heads],
         }
     }
 
@@ -43,50 +51,105 @@ impl KvCache {
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.len() + self.v.len() + 4 * (self.k_scale.len() + self.v_scale.len())
+        let raw = |x: &Vec<Vec<u8>>| x.iter().map(Vec::len).sum::<usize>();
+        let scales = |x: &Vec<Vec<f32>>| x.iter().map(Vec::len).sum::<usize>();
+        raw(&self.k) + raw(&self.v) + 4 * (scales(&self.k_scale) + scales(&self.v_scale))
+    }
+
+    fn is_fp8(&self) -> bool {
+        matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2)
+    }
+
+    /// Bytes of one key block of one head.
+    fn block_bytes(&self) -> usize {
+        KEY_BLOCK * self.head_dim * self.dtype.size()
     }
 
     pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            let row = self.kv_heads * self.head_dim * self.dtype.size();
-            self.k.truncate(len * row);
-            self.v.truncate(len * row);
-            self.k_scale.truncate(len * self.kv_heads);
-            self.v_scale.truncate(len * self.kv_heads);
-            self.len = len;
+        if len >= self.len {
+            return;
         }
+        let (hd, sz) = (self.head_dim, self.dtype.size());
+        let blocks = len.div_ceil(KEY_BLOCK);
+        let lane = len % KEY_BLOCK;
+        let bb = self.block_bytes();
+        for h in 0..self.kv_heads {
+            self.v[h].truncate(len * hd * sz);
+            self.k[h].truncate(blocks * bb);
+            if lane != 0 {
+                // Zero the dropped lanes of the last block, as a fresh block has them.
+                let last = &mut self.k[h][(blocks - 1) * bb..];
+                for row in last.chunks_exact_mut(KEY_BLOCK * sz) {
+                    row[lane * sz..].fill(0);
+                }
+            }
+            self.k_scale[h].truncate(len);
+            self.v_scale[h].truncate(len);
+        }
+        self.len = len;
     }
 
     /// Appends `n` positions; `k` and `v` are `[n, kv_heads, head_dim]` f32.
     pub fn append(&mut self, k: &[f32], v: &[f32]) {
-        let hd = self.head_dim;
-        let n = k.len() / (self.kv_heads * hd);
-        let is_fp8 = matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2);
-        let sz = self.dtype.size();
-        for (src, dst, scales) in [
-            (k, &mut self.k, &mut self.k_scale),
-            (v, &mut self.v, &mut self.v_scale),
-        ] {
-            let start = dst.len();
-            dst.resize(start + src.len() * sz, 0);
-            for (i, vec) in src.chunks_exact(hd).enumerate() {
-                let out = &mut dst[start + i * hd * sz..start + (i + 1) * hd * sz];
-                if is_fp8 {
-                    let amax = vec.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let scale = if amax > 0.0 {
-                        amax / fp8::max_finite(self.dtype)
-                    } else {
-                        1.0
-                    };
-                    let scaled: Vec<f32> = vec.iter().map(|x| x / scale).collect();
-                    narrow_into(self.dtype, &scaled, out);
-                    scales.push(scale);
-                } else {
-                    narrow_into(self.dtype, vec, out);
+        let (hd, nkv, sz) = (self.head_dim, self.kv_heads, self.dtype.size());
+        let n = k.len() / (nkv * hd);
+        assert_eq!(
+            k.len(),
+            n * nkv * hd,
+            "KvCache::append: k is not [n, kv_heads, head_dim]"
+        );
+        assert_eq!(
+            v.len(),
+            k.len(),
+            "KvCache::append: v and k differ in length"
+        );
+        let bb = self.block_bytes();
+        let mut row = vec![0u8; hd * sz];
+        let mut scaled = vec![0f32; hd];
+        for t in 0..n {
+            let pos = self.len + t;
+            let (blk, lane) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
+            for h in 0..nkv {
+                let at = (t * nkv + h) * hd..(t * nkv + h + 1) * hd;
+                self.narrow_row(&k[at.clone()], &mut row, &mut scaled, true, h);
+                let keys = &mut self.k[h];
+                if keys.len() < (blk + 1) * bb {
+                    keys.resize((blk + 1) * bb, 0);
                 }
+                let block = &mut keys[blk * bb..(blk + 1) * bb];
+                for (d, x) in row.chunks_exact(sz).enumerate() {
+                    let o = (d * KEY_BLOCK + lane) * sz;
+                    block[o..o + sz].copy_from_slice(x);
+                }
+                self.narrow_row(&v[at], &mut row, &mut scaled, false, h);
+                self.v[h].extend_from_slice(&row);
             }
         }
         self.len += n;
+    }
+
+    /// One position's row of head `h` into `out` (raw elements of the cache's dtype); for
+    /// FP8, scaled by its amax first and the scale pushed to the key or value scales.
+    fn narrow_row(&mut self, x: &[f32], out: &mut [u8], scaled: &mut [f32], key: bool, h: usize) {
+        if !self.is_fp8() {
+            narrow_into(self.dtype, x, out);
+            return;
+        }
+        let amax = x.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = if amax > 0.0 {
+            amax / fp8::max_finite(self.dtype)
+        } else {
+            1.0
+        };
+        for (s, x) in scaled.iter_mut().zip(x) {
+            *s = x / scale;
+        }
+        narrow_into(self.dtype, scaled, out);
+        if key {
+            self.k_scale[h].push(scale);
+        } else {
+            self.v_scale[h].push(scale);
+        }
     }
 
     /// Widens positions `0..len` of one kv head into `k_out` and `v_out` (`[len, head_dim]`).
@@ -95,45 +158,83 @@ impl KvCache {
     }
 
     /// Widens positions `range` of one kv head into `k_out` and `v_out`
-    /// (`[range.len(), head_dim]`).
+    /// (`[range.len(), head_dim]`, keys untransposed): the oracle layout of tests and the
+    /// CUDA checks. Attention reads through `KvSource::widen`.
     pub fn read_head_range(
         &self,
         head: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
         k_out: &mut [f32],
         v_out: &mut [f32],
     ) {
+        assert!(
+            range.end <= self.len,
+            "KvCache::read_head_range: past the end"
+        );
         let hd = self.head_dim;
-        let sz = self.dtype.size();
-        if self.dtype == DType::F16 && !range.is_empty() {
-            // The head's positions as strided rows, widened in one call each for K and V.
-            let at = (range.start * self.kv_heads + head) * hd * sz;
-            let (stride, rows) = (self.kv_heads * hd * sz, range.len());
-            let (k_out, v_out) = (&mut k_out[..rows * hd], &mut v_out[..rows * hd]);
-            f16_rows_to_f32(&self.k[at..], stride, rows, k_out);
-            f16_rows_to_f32(&self.v[at..], stride, rows, v_out);
-            return;
+        let b0 = range.start / KEY_BLOCK * KEY_BLOCK;
+        let blocks = (range.end - b0).div_ceil(KEY_BLOCK);
+        let mut kt = vec![0f32; blocks * KEY_BLOCK * hd];
+        let mut v = vec![0f32; (range.end - b0) * hd];
+        self.widen(head, b0..range.end, &mut kt, &mut v);
+        for (t, pos) in range.enumerate() {
+            let (blk, lane) = ((pos - b0) / KEY_BLOCK, (pos - b0) % KEY_BLOCK);
+            for d in 0..hd {
+                k_out[t * hd + d] = kt[(blk * hd + d) * KEY_BLOCK + lane];
+            }
+            v_out[t * hd..(t + 1) * hd].copy_from_slice(&v[(pos - b0) * hd..(pos - b0 + 1) * hd]);
         }
-        let is_fp8 = matches!(self.dtype, DType::F8E4M3 | DType::F8E5M2);
-        let start = range.start;
-        for pos in range {
-            let t = pos - start;
-            let idx = pos * self.kv_heads + head;
-            let range = idx * hd * sz..(idx + 1) * hd * sz;
-            widen_into(
-                self.dtype,
-                &self.k[range.clone()],
-                &mut k_out[t * hd..(t + 1) * hd],
-            );
-            widen_into(self.dtype, &self.v[range], &mut v_out[t * hd..(t + 1) * hd]);
-            if is_fp8 {
-                let (ks, vs) = (self.k_scale[idx], self.v_scale[idx]);
-                k_out[t * hd..(t + 1) * hd]
-                    .iter_mut()
-                    .for_each(|x| *x *= ks);
-                v_out[t * hd..(t + 1) * hd]
-                    .iter_mut()
-                    .for_each(|x| *x *= vs);
+    }
+}
+
+impl KvSource for KvCache {
+    fn halves(&self, head: usize) -> Option<HalfKv<'_>> {
+        let bf16 = match self.dtype {
+            DType::F16 => false,
+            DType::BF16 => true,
+            _ => return None,
+        };
+        Some(HalfKv {
+            bf16,
+            kt: &self.k[head],
+            v: &self.v[head],
+        })
+    }
+
+    fn widen(&self, head: usize, range: Range<usize>, kt: &mut [f32], v: &mut [f32]) {
+        let (hd, sz) = (self.head_dim, self.dtype.size());
+        assert!(
+            range.start.is_multiple_of(KEY_BLOCK) && range.end <= self.len,
+            "KvCache::widen: {range:?} of {} positions",
+            self.len
+        );
+        let len = range.len();
+        let b0 = range.start / KEY_BLOCK;
+        let blocks = len.div_ceil(KEY_BLOCK);
+        let kt = &mut kt[..blocks * KEY_BLOCK * hd];
+        let v = &mut v[..len * hd];
+        let bb = self.block_bytes();
+        widen_into(self.dtype, &self.k[head][b0 * bb..(b0 + blocks) * bb], kt);
+        widen_into(
+            self.dtype,
+            &self.v[head][range.start * hd * sz..range.end * hd * sz],
+            v,
+        );
+        if self.is_fp8() {
+            let (ks, vs) = (&self.k_scale[head], &self.v_scale[head]);
+            for (b, block) in kt.chunks_exact_mut(KEY_BLOCK * hd).enumerate() {
+                for row in block.chunks_exact_mut(KEY_BLOCK) {
+                    for (lane, x) in row.iter_mut().enumerate() {
+                        // Lanes past the end are zero in the cache and stay zero.
+                        let pos = range.start + b * KEY_BLOCK + lane;
+                        if pos < range.end {
+                            *x *= ks[pos];
+                        }
+                    }
+                }
+            }
+            for (pos, row) in range.zip(v.chunks_exact_mut(hd)) {
+                row.iter_mut().for_each(|x| *x *= vs[pos]);
             }
         }
     }
@@ -179,12 +280,11 @@ mod tests {
         }
     }
 
-    /// The f16 cache reads a head's positions as strided rows in one call: the same values
-    /// as widening each position's stored halves one by one, for every head and a range
-    /// that starts past 0.
+    /// The f16 cache reads back (through its transposed key blocks) the halves of the
+    /// values appended, for every head and a range that starts past 0 and inside a block.
     #[test]
     fn f16_reads_are_the_stored_halves() {
-        let (heads, hd, n) = (3, 20, 7);
+        let (heads, hd, n) = (3, 20, 40);
         let mut c = KvCache::new(DType::F16, heads, hd);
         let k: Vec<f32> = (0..n * heads * hd)
             .map(|i| (i as f32 * 0.731).sin() * 9.0)
@@ -193,7 +293,7 @@ mod tests {
         c.append(&k, &v);
         let half = |x: f32| half::f16::from_f32(x).to_f32();
         for h in 0..heads {
-            let r = 2..n;
+            let r = 18..n;
             let (mut ko, mut vo) = (vec![0f32; r.len() * hd], vec![0f32; r.len() * hd]);
             c.read_head_range(h, r.clone(), &mut ko, &mut vo);
             for (t, pos) in r.enumerate() {

@@ -15,11 +15,12 @@
 //!
 //! Prefill: one task per KV head and tile of `BQ` positions, over all its visible keys,
 //! largest first. Decode (one position): the keys are split into chunks (flash-decoding),
-//! each task a chunk (a plain softmax of dot products and axpys over its keys, read once),
-//! and the partial (m, l, o) are merged per head at the end. Prefill widens the keys to f32
-//! once per call and stores them transposed (`[head_dim, keys]`), so that `q·Kᵀ` is a
-//! broadcast-FMA over keys and `p·V` one over head_dim: no horizontal sums.
-//! `exp` is `ops::exp`, a vectorisable polynomial (≤ 2 ulp).
+//! each task a chunk of one KV head's keys, with the group's query heads as its rows and
+//! the same tiled kernels, and the partial (m, l, o) are merged per head at the end. Keys are read transposed in blocks of
+//! `KEY_BLOCK` positions (`[block][head_dim][KEY_BLOCK]`, the KV cache's own layout, so
+//! widening is one contiguous conversion), so that `q·Kᵀ` is a broadcast-FMA over keys and
+//! `p·V` one over head_dim: no horizontal sums. Prefill widens every key once per call;
+//! decode widens each task's chunk. `exp` is `ops::exp`, a vectorisable polynomial (≤ 2 ulp).
 //!
 //! Invariant: each task writes only its own rows (prefill) or its own partial slot (decode).
 
@@ -28,13 +29,43 @@ use std::ops::Range;
 
 use super::{ops, simd, team};
 
-/// Keys per block.
+/// Keys per block of the online softmax (a multiple of `KEY_BLOCK`).
 const BK: usize = 64;
 /// Query positions per prefill task.
 const BQ: usize = 16;
+/// Positions per transposed key block: one 16-lane vector of f32 per head_dim row.
+pub const KEY_BLOCK: usize = 16;
 
-/// Widens positions `range` of one KV head into `k` and `v` (`[len, head_dim]`, f32).
-pub type ReadKv<'a> = dyn Fn(usize, Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
+/// Where attention reads one layer's keys and values (the KV cache).
+pub trait KvSource: Sync {
+    /// Widens positions `range` (`range.start` a multiple of `KEY_BLOCK`) of KV head `head`:
+    /// keys into `kt` as `range.len().div_ceil(KEY_BLOCK)` transposed blocks
+    /// (`kt[(b·head_dim + d)·KEY_BLOCK + lane]` is position `range.start + b·KEY_BLOCK +
+    /// lane`; lanes past `range.end` are unspecified), values into `v` (`[range.len(),
+    /// head_dim]`).
+    fn widen(&self, head: usize, range: Range<usize>, kt: &mut [f32], v: &mut [f32]);
+
+    /// KV head `head`'s keys (key blocks) and values as stored, where they are 2-byte
+    /// floats: decode reads them in place, widening in registers, instead of through
+    /// `widen`.
+    fn halves(&self, _head: usize) -> Option<HalfKv<'_>> {
+        None
+    }
+}
+
+/// One KV head's stored f16 or bf16 elements (little-endian bytes), from position 0: keys
+/// as key blocks, values as `[position, head_dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct HalfKv<'a> {
+    pub bf16: bool,
+    pub kt: &'a [u8],
+    pub v: &'a [u8],
+}
+
+/// f32 values of a key-block buffer covering `keys` positions.
+fn kt_len(keys: usize, hd: usize) -> usize {
+    keys.div_ceil(KEY_BLOCK) * KEY_BLOCK * hd
+}
 
 /// The shape of one call.
 #[derive(Clone, Copy, Debug)]
@@ -71,9 +102,9 @@ struct Scratch {
     v: Vec<f32>,
 }
 
-/// Attention of `q` (`[n, heads, head_dim]`) over the `past + n` cached positions that
-/// `read` widens, into `out` (`[n, heads, head_dim]`).
-pub fn attention(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
+/// Attention of `q` (`[n, heads, head_dim]`) over the `past + n` cached positions of
+/// `kv`, into `out` (`[n, heads, head_dim]`).
+pub fn attention(q: &[f32], sh: Shape, kv: &dyn KvSource, out: &mut [f32]) {
     let Shape {
         n,
         heads,
@@ -85,16 +116,18 @@ pub fn attention(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     assert_eq!(q.len(), n * heads * hd);
     assert_eq!(out.len(), n * heads * hd);
     if n == 1 {
-        decode(q, sh, read, out)
+        decode(q, sh, kv, out)
     } else {
-        prefill(q, sh, read, out)
+        prefill(q, sh, kv, out)
     }
 }
 
-/// Widened keys (transposed, `[hd, total]`) and values (`[total, hd]`) of every KV head.
-fn widen_all(sh: Shape, read: &ReadKv<'_>) -> (Vec<f32>, Vec<f32>) {
+/// Widened keys (key blocks, `[kv_head][kt_len(total)]`) and values (`[kv_head][total,
+/// hd]`) of every KV head.
+fn widen_all(sh: Shape, kv: &dyn KvSource) -> (Vec<f32>, Vec<f32>) {
     let (total, hd, nkv) = (sh.past + sh.n, sh.head_dim, sh.kv_heads);
-    let mut kt = vec![0f32; nkv * hd * total];
+    let kth = kt_len(total, hd);
+    let mut kt = vec![0f32; nkv * kth];
     let mut v = vec![0f32; nkv * total * hd];
     let (ktp, vp) = (Ptr(kt.as_mut_ptr()), Ptr(v.as_mut_ptr()));
     // Per KV head and chunk of positions, so two threads share even one head.
@@ -104,30 +137,23 @@ fn widen_all(sh: Shape, read: &ReadKv<'_>) -> (Vec<f32>, Vec<f32>) {
         let (ktp, vp) = (ktp, vp);
         let (h, c) = (i / chunks, i % chunks);
         let r = c * chunk..((c + 1) * chunk).min(total);
-        let len = r.len();
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            s.k.resize(len * hd, 0.0);
-            // SAFETY: rows r of head h's V block belong to this task only.
-            let vh = unsafe {
-                std::slice::from_raw_parts_mut(vp.0.add((h * total + r.start) * hd), len * hd)
-            };
-            read(h, r.clone(), &mut s.k, vh);
-            for d in 0..hd {
-                // SAFETY: columns r of row d of head h's Kᵀ belong to this task only.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(ktp.0.add((h * hd + d) * total + r.start), len)
-                };
-                for (j, dst) in row.iter_mut().enumerate() {
-                    *dst = s.k[j * hd + d];
-                }
-            }
-        });
+        // SAFETY: positions r of head h (whole key blocks, as chunk is a multiple of
+        // KEY_BLOCK, and value rows) belong to this task only.
+        let (kh, vh) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(
+                    ktp.0.add(h * kth + r.start * hd),
+                    kt_len(r.len(), hd),
+                ),
+                std::slice::from_raw_parts_mut(vp.0.add((h * total + r.start) * hd), r.len() * hd),
+            )
+        };
+        kv.widen(h, r, kh, vh);
     });
     (kt, v)
 }
 
-fn prefill(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
+fn prefill(q: &[f32], sh: Shape, kv: &dyn KvSource, out: &mut [f32]) {
     let Shape {
         n,
         past,
@@ -138,7 +164,8 @@ fn prefill(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     } = sh;
     let total = past + n;
     let group = heads / kv_heads;
-    let (kt, v) = widen_all(sh, read);
+    let (kt, v) = widen_all(sh, kv);
+    let kth = kt_len(total, hd);
     let tiles = n.div_ceil(BQ);
     let outp = Ptr(out.as_mut_ptr());
     // Largest tiles (latest positions, most keys) first.
@@ -170,9 +197,10 @@ fn prefill(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
                 s,
                 rows,
                 hd,
-                &kt[kvh * hd * total..(kvh + 1) * hd * total],
-                total,
-                &v[kvh * total * hd..(kvh + 1) * total * hd],
+                Src::F32 {
+                    kt: &kt[kvh * kth..(kvh + 1) * kth],
+                    v: &v[kvh * total * hd..(kvh + 1) * total * hd],
+                },
                 0..past + i1,
                 &limit,
             );
@@ -191,7 +219,7 @@ fn prefill(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     });
 }
 
-fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
+fn decode(q: &[f32], sh: Shape, kv: &dyn KvSource, out: &mut [f32]) {
     let Shape {
         past,
         heads,
@@ -203,11 +231,12 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     let total = past + 1;
     let group = heads / kv_heads;
     let threads = rayon::current_num_threads().max(1);
-    // Enough chunks for every thread, each at least 256 keys (the merge costs one row of
-    // head_dim per chunk and head).
-    let chunk = total
-        .div_ceil((4 * threads).div_ceil(kv_heads).max(1))
-        .max(256)
+    // About 8 tasks per thread (the team hands them out as threads come free, so uneven
+    // chunks even out), each at least 128 keys: the merge costs one row of head_dim per
+    // chunk and head.
+    let chunk = (total * kv_heads)
+        .div_ceil(8 * threads)
+        .max(128)
         .div_ceil(BK)
         * BK;
     let chunks = total.div_ceil(chunk);
@@ -224,30 +253,33 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
         let len = r.len();
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            s.k.resize(len * hd, 0.0);
-            s.v.resize(len * hd, 0.0);
             let (mut k, mut v) = (std::mem::take(&mut s.k), std::mem::take(&mut s.v));
-            read(kvh, r.clone(), &mut k, &mut v);
-            // One query row per head: scores by dot products over the chunk's keys (no
-            // transpose: a decode step reads each key once), then p·V by axpy.
-            s.s.resize(len, 0.0);
-            s.o.resize(hd, 0.0);
+            // The group's query heads are the rows, pre-scaled.
+            s.q.resize(group * hd, 0.0);
+            for (d, x) in
+                s.q.iter_mut()
+                    .zip(&q[kvh * group * hd..(kvh + 1) * group * hd])
+            {
+                *d = x * scale;
+            }
+            let src = match kv.halves(kvh) {
+                Some(h) => {
+                    let (kt, v) = (&h.kt[2 * r.start * hd..], &h.v[2 * r.start * hd..]);
+                    if h.bf16 {
+                        Src::Bf16 { kt, v }
+                    } else {
+                        Src::F16 { kt, v }
+                    }
+                }
+                None => {
+                    k.resize(kt_len(len, hd), 0.0);
+                    v.resize(len * hd, 0.0);
+                    kv.widen(kvh, r.clone(), &mut k, &mut v);
+                    Src::F32 { kt: &k, v: &v }
+                }
+            };
+            run_rows(s, group, hd, src, 0..len, &|_| len);
             for g in 0..group {
-                let h = kvh * group + g;
-                let qh = &q[h * hd..(h + 1) * hd];
-                for (j, sc) in s.s.iter_mut().enumerate() {
-                    *sc = simd::dot(qh, &k[j * hd..(j + 1) * hd]) * scale;
-                }
-                let m = s.s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut l = 0f32;
-                for x in s.s.iter_mut() {
-                    *x = ops::exp(*x - m);
-                    l += *x;
-                }
-                s.o.fill(0.0);
-                for (j, &p) in s.s.iter().enumerate() {
-                    simd::axpy(&mut s.o, p, &v[j * hd..(j + 1) * hd]);
-                }
                 // SAFETY: slot (kvh, c, g) belongs to this task only.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -255,9 +287,9 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
                         slot,
                     )
                 };
-                dst[0] = m;
-                dst[1] = l;
-                dst[2..].copy_from_slice(&s.o);
+                dst[0] = s.m[g];
+                dst[1] = s.l[g];
+                dst[2..].copy_from_slice(&s.o[g * hd..(g + 1) * hd]);
             }
             s.k = k;
             s.v = v;
@@ -285,17 +317,81 @@ fn decode(q: &[f32], sh: Shape, read: &ReadKv<'_>, out: &mut [f32]) {
     }
 }
 
+/// Keys and values as a task reads them: f32 (widened into scratch), or the cache's own
+/// 2-byte elements (f16, bf16), read in place and widened in registers. Keys are key
+/// blocks, values `[·, hd]` rows, both from the task's first key.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32 { kt: &'a [f32], v: &'a [f32] },
+    F16 { kt: &'a [u8], v: &'a [u8] },
+    Bf16 { kt: &'a [u8], v: &'a [u8] },
+}
+
 /// The online softmax of `rows` query rows (`s.q`, `[rows, hd]`, pre-scaled) over keys
-/// `keys` (indices into `kt`'s columns, `[hd, stride]`, and `v`'s rows, `[·, hd]`), row r
-/// seeing keys below `limit(r)`. Leaves each row's m, l and unnormalised o in `s`.
-#[allow(clippy::too_many_arguments)]
+/// `keys` of `src` (`keys.start` a multiple of `KEY_BLOCK`), row r seeing keys below
+/// `limit(r)`. Leaves each row's m, l and unnormalised o in `s`. One dispatch per call: the
+/// whole loop is compiled for each SIMD level and element type, so the softmax between the
+/// kernels is vectorised too.
 fn run_rows(
     s: &mut Scratch,
     rows: usize,
     hd: usize,
-    kt: &[f32],
-    stride: usize,
-    v: &[f32],
+    src: Src<'_>,
+    keys: Range<usize>,
+    limit: &dyn Fn(usize) -> usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::Level;
+        let halves = !matches!(src, Src::F32 { .. });
+        match simd::level() {
+            // SAFETY: the features were detected at run time (f16c where halves are read).
+            Level::Avx512 if !halves || simd::avx2_f16c() => {
+                return unsafe { run_rows_avx512(s, rows, hd, src, keys, limit) }
+            }
+            // SAFETY: as above.
+            Level::Avx2 if !halves || simd::avx2_f16c() => {
+                return unsafe { run_rows_avx2(s, rows, hd, src, keys, limit) }
+            }
+            _ => {}
+        }
+    }
+    run_rows_level::<Plain>(s, rows, hd, src, keys, limit)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_rows_avx2(
+    s: &mut Scratch,
+    rows: usize,
+    hd: usize,
+    src: Src<'_>,
+    keys: Range<usize>,
+    limit: &dyn Fn(usize) -> usize,
+) {
+    run_rows_level::<x86::Avx2>(s, rows, hd, src, keys, limit)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn run_rows_avx512(
+    s: &mut Scratch,
+    rows: usize,
+    hd: usize,
+    src: Src<'_>,
+    keys: Range<usize>,
+    limit: &dyn Fn(usize) -> usize,
+) {
+    run_rows_level::<x86::Avx512>(s, rows, hd, src, keys, limit)
+}
+
+/// `run_rows` at one SIMD level, per element type.
+#[inline(always)]
+fn run_rows_level<L: Level>(
+    s: &mut Scratch,
+    rows: usize,
+    hd: usize,
+    src: Src<'_>,
     keys: Range<usize>,
     limit: &dyn Fn(usize) -> usize,
 ) {
@@ -306,10 +402,50 @@ fn run_rows(
     s.o.clear();
     s.o.resize(rows * hd, 0.0);
     s.s.resize(rows.div_ceil(4) * 4 * BK, 0.0);
+    let (k_len, v_len) = match src {
+        Src::F32 { kt, v } => (kt.len(), v.len()),
+        Src::F16 { kt, v } | Src::Bf16 { kt, v } => (kt.len() / 2, v.len() / 2),
+    };
+    assert!(keys.start.is_multiple_of(KEY_BLOCK) && k_len >= kt_len(keys.end, hd));
+    assert!(v_len >= keys.end * hd && s.q.len() >= rows * hd);
+    match src {
+        Src::F32 { kt, v } => run_rows_body::<L, _>(s, rows, hd, F32s(kt), F32s(v), keys, limit),
+        Src::F16 { kt, v } => run_rows_body::<L, _>(
+            s,
+            rows,
+            hd,
+            Halves::<false>(kt),
+            Halves::<false>(v),
+            keys,
+            limit,
+        ),
+        Src::Bf16 { kt, v } => run_rows_body::<L, _>(
+            s,
+            rows,
+            hd,
+            Halves::<true>(kt),
+            Halves::<true>(v),
+            keys,
+            limit,
+        ),
+    }
+}
+
+/// The body of `run_rows`, inlined into each SIMD level's copy.
+#[inline(always)]
+fn run_rows_body<L: Level, E: Lanes>(
+    s: &mut Scratch,
+    rows: usize,
+    hd: usize,
+    kt: E,
+    v: E,
+    keys: Range<usize>,
+    limit: &dyn Fn(usize) -> usize,
+) {
     let mut j0 = keys.start;
     while j0 < keys.end {
         let bk = BK.min(keys.end - j0);
-        scores(&s.q, rows, hd, kt, stride, j0, bk, &mut s.s);
+        scores_body::<L, E>(&s.q, rows, hd, kt, j0, bk, &mut s.s);
         for r in 0..rows {
             let row = &mut s.s[r * BK..r * BK + bk];
             let lim = limit(r).saturating_sub(j0).min(bk);
@@ -318,16 +454,13 @@ fn run_rows(
                 row.fill(0.0);
                 continue;
             }
-            let mx = row[..lim].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m_new = s.m[r].max(mx);
+            let m_new = s.m[r].max(lanes_max(&row[..lim]));
             let corr = ops::exp(s.m[r] - m_new);
-            let mut sum = 0f32;
             for x in row[..lim].iter_mut() {
                 *x = ops::exp(*x - m_new);
-                sum += *x;
             }
             row[lim..].fill(0.0);
-            s.l[r] = s.l[r] * corr + sum;
+            s.l[r] = s.l[r] * corr + lanes_sum(&row[..lim]);
             s.m[r] = m_new;
             if corr != 1.0 {
                 s.o[r * hd..(r + 1) * hd]
@@ -335,84 +468,196 @@ fn run_rows(
                     .for_each(|x| *x *= corr);
             }
         }
-        accumulate(&s.s, rows, hd, v, j0, bk, &mut s.o);
+        accumulate_body::<L, E>(&s.s, rows, hd, v, j0, bk, &mut s.o);
         j0 += bk;
     }
 }
 
-/// `s[r][c] = q[r] · kt[:, j0 + c]` for c < bk (`s` rows of `BK`).
-#[allow(clippy::too_many_arguments)]
-fn scores(
-    q: &[f32],
-    rows: usize,
-    hd: usize,
-    kt: &[f32],
-    stride: usize,
-    j0: usize,
-    bk: usize,
-    s: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use simd::Level;
-        match simd::level() {
-            // SAFETY: the features were detected at run time.
-            Level::Avx512 => return unsafe { scores_avx512(q, rows, hd, kt, stride, j0, bk, s) },
-            // SAFETY: as above.
-            Level::Avx2 => return unsafe { scores_avx2(q, rows, hd, kt, stride, j0, bk, s) },
-            Level::Scalar | Level::Neon => {}
+/// A SIMD level as the kernel bodies see it: whether `a·b + c` is fused, and how 16
+/// halves are widened (in registers, inside the level's `target_feature` copy).
+trait Level {
+    const FMA: bool;
+    /// 16 f16 (`BF16` false) or bf16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points at 32 readable bytes.
+    unsafe fn widen16<const BF16: bool>(p: *const u8) -> [f32; LANES];
+}
+
+/// The plain level: element by element.
+struct Plain;
+
+impl Level for Plain {
+    const FMA: bool = false;
+    #[inline(always)]
+    unsafe fn widen16<const BF16: bool>(p: *const u8) -> [f32; LANES] {
+        // SAFETY: the caller guarantees 32 readable bytes.
+        let b = unsafe { std::slice::from_raw_parts(p, 2 * LANES) };
+        std::array::from_fn(|i| half_to_f32::<BF16>([b[2 * i], b[2 * i + 1]]))
+    }
+}
+
+/// One f16 or bf16 element's little-endian bytes as f32.
+#[inline(always)]
+fn half_to_f32<const BF16: bool>(b: [u8; 2]) -> f32 {
+    let bits = u16::from_le_bytes(b);
+    if BF16 {
+        f32::from_bits((bits as u32) << 16)
+    } else {
+        half::f16::from_bits(bits).to_f32()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Level, LANES};
+
+    pub struct Avx2;
+    pub struct Avx512;
+
+    impl Level for Avx2 {
+        const FMA: bool = true;
+        #[inline(always)]
+        unsafe fn widen16<const BF16: bool>(p: *const u8) -> [f32; LANES] {
+            // SAFETY: inlined into `run_rows_avx2` (avx2, f16c); 32 bytes at p (caller).
+            unsafe {
+                let lo = _mm_loadu_si128(p as *const __m128i);
+                let hi = _mm_loadu_si128(p.add(16) as *const __m128i);
+                let (a, b) = if BF16 {
+                    (
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(lo))),
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(hi))),
+                    )
+                } else {
+                    (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
+                };
+                std::mem::transmute::<[__m256; 2], [f32; LANES]>([a, b])
+            }
         }
     }
-    scores_body::<false>(q, rows, hd, kt, stride, j0, bk, s)
+
+    impl Level for Avx512 {
+        const FMA: bool = true;
+        #[inline(always)]
+        unsafe fn widen16<const BF16: bool>(p: *const u8) -> [f32; LANES] {
+            // SAFETY: inlined into `run_rows_avx512` (avx512f, f16c); 32 bytes at p (caller).
+            unsafe {
+                let h = _mm256_loadu_si256(p as *const __m256i);
+                let x = if BF16 {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                } else {
+                    _mm512_cvtph_ps(h)
+                };
+                std::mem::transmute::<__m512, [f32; LANES]>(x)
+            }
+        }
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(
-    q: &[f32],
-    rows: usize,
-    hd: usize,
-    kt: &[f32],
-    stride: usize,
-    j0: usize,
-    bk: usize,
-    s: &mut [f32],
-) {
-    scores_body::<true>(q, rows, hd, kt, stride, j0, bk, s)
+/// Keys or values as the kernels read them: `LANES` consecutive elements at a time, as f32.
+trait Lanes: Copy {
+    /// Elements `at..at + w` (`w ≤ LANES`) as f32, zero past `w`.
+    fn get<L: Level>(self, at: usize, w: usize) -> [f32; LANES];
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn scores_avx512(
-    q: &[f32],
-    rows: usize,
-    hd: usize,
-    kt: &[f32],
-    stride: usize,
-    j0: usize,
-    bk: usize,
-    s: &mut [f32],
-) {
-    scores_body::<true>(q, rows, hd, kt, stride, j0, bk, s)
+/// f32 elements.
+#[derive(Clone, Copy)]
+struct F32s<'a>(&'a [f32]);
+
+impl Lanes for F32s<'_> {
+    #[inline(always)]
+    fn get<L: Level>(self, at: usize, w: usize) -> [f32; LANES] {
+        let mut out = [0f32; LANES];
+        if w == LANES {
+            out.copy_from_slice(&self.0[at..at + LANES]);
+        } else {
+            out[..w].copy_from_slice(&self.0[at..at + w]);
+        }
+        out
+    }
 }
 
-/// The body of `scores`, inlined into each SIMD level's copy: 4 rows × 16 keys of
-/// accumulators, one broadcast of q per row and head_dim step.
+/// f16 (`BF16` false) or bf16 elements as little-endian bytes.
+#[derive(Clone, Copy)]
+struct Halves<'a, const BF16: bool>(&'a [u8]);
+
+impl<const BF16: bool> Lanes for Halves<'_, BF16> {
+    #[inline(always)]
+    fn get<L: Level>(self, at: usize, w: usize) -> [f32; LANES] {
+        let b = &self.0[2 * at..2 * (at + w)];
+        if w == LANES {
+            // SAFETY: b holds the 32 bytes (sliced, so bounds-checked, above).
+            unsafe { L::widen16::<BF16>(b.as_ptr()) }
+        } else {
+            let mut out = [0f32; LANES];
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = half_to_f32::<BF16>([c[0], c[1]]);
+            }
+            out
+        }
+    }
+}
+
+/// Lanes of the vectorised reductions below.
+const LANES: usize = 16;
+
+/// The largest of `x` (−∞ if empty), over 16 lanes so that it vectorises.
+#[inline(always)]
+fn lanes_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(*v);
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(it.remainder()) {
+        *a = a.max(*v);
+    }
+    acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum of `x`, in 16 lane sums added pairwise at the end (a float sum in order would
+/// not vectorise).
+#[inline(always)]
+fn lanes_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(it.remainder()) {
+        *a += v;
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
+}
+
+/// `s[r][c] = q[r] · k[j0 + c]` for c < bk (`s` rows of `BK`, `kt` key blocks, `j0` a
+/// multiple of `KEY_BLOCK`): 4 rows × 16 keys of accumulators, one broadcast of q per row
+/// and head_dim step.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn scores_body<const FMA: bool>(
+fn scores_body<L: Level, E: Lanes>(
     q: &[f32],
     rows: usize,
     hd: usize,
-    kt: &[f32],
-    stride: usize,
+    kt: E,
     j0: usize,
     bk: usize,
     s: &mut [f32],
 ) {
-    const C: usize = 16;
+    const C: usize = KEY_BLOCK;
     let mut r0 = 0;
     while r0 < rows {
         let qr: [&[f32]; 4] = std::array::from_fn(|i| {
@@ -423,15 +668,15 @@ fn scores_body<const FMA: bool>(
         while c0 < bk {
             let w = C.min(bk - c0);
             let mut acc = [[0f32; C]; 4];
+            // Row d of the key block of positions j0 + c0.. is C keys' element d.
+            let block = (j0 + c0) * hd;
             #[allow(clippy::needless_range_loop)]
             for d in 0..hd {
-                let base = d * stride + j0 + c0;
-                let mut k = [0f32; C];
-                k[..w].copy_from_slice(&kt[base..base + w]);
+                let k = kt.get::<L>(block + d * C, C);
                 for i in 0..4 {
                     let qv = qr[i][d];
                     for c in 0..C {
-                        acc[i][c] = simd::fmadd::<FMA>(qv, k[c], acc[i][c]);
+                        acc[i][c] = fmadd::<L>(qv, k[c], acc[i][c]);
                     }
                 }
             }
@@ -446,63 +691,29 @@ fn scores_body<const FMA: bool>(
     }
 }
 
-/// `o[r] += Σ_c p[r][c] · v[j0 + c]` for every row (`p` rows of `BK`).
-fn accumulate(p: &[f32], rows: usize, hd: usize, v: &[f32], j0: usize, bk: usize, o: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use simd::Level;
-        match simd::level() {
-            // SAFETY: the features were detected at run time.
-            Level::Avx512 => return unsafe { accumulate_avx512(p, rows, hd, v, j0, bk, o) },
-            // SAFETY: as above.
-            Level::Avx2 => return unsafe { accumulate_avx2(p, rows, hd, v, j0, bk, o) },
-            Level::Scalar | Level::Neon => {}
-        }
-    }
-    accumulate_body::<false>(p, rows, hd, v, j0, bk, o)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_avx2(
-    p: &[f32],
-    rows: usize,
-    hd: usize,
-    v: &[f32],
-    j0: usize,
-    bk: usize,
-    o: &mut [f32],
-) {
-    accumulate_body::<true>(p, rows, hd, v, j0, bk, o)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn accumulate_avx512(
-    p: &[f32],
-    rows: usize,
-    hd: usize,
-    v: &[f32],
-    j0: usize,
-    bk: usize,
-    o: &mut [f32],
-) {
-    accumulate_body::<true>(p, rows, hd, v, j0, bk, o)
-}
-
-/// The body of `accumulate`: 4 rows × 16 of head_dim in accumulators, one broadcast of p
-/// per row and key.
+/// `a·b + c`, fused at the SIMD levels, rounded twice at the plain one.
 #[inline(always)]
-fn accumulate_body<const FMA: bool>(
+fn fmadd<L: Level>(a: f32, b: f32, c: f32) -> f32 {
+    if L::FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `o[r] += Σ_c p[r][c] · v[j0 + c]` for every row (`p` rows of `BK`): 4 rows × 16 of
+/// head_dim in accumulators, one broadcast of p per row and key.
+#[inline(always)]
+fn accumulate_body<L: Level, E: Lanes>(
     p: &[f32],
     rows: usize,
     hd: usize,
-    v: &[f32],
+    v: E,
     j0: usize,
     bk: usize,
     o: &mut [f32],
 ) {
-    const C: usize = 16;
+    const C: usize = LANES;
     let mut r0 = 0;
     while r0 < rows {
         let nr = 4.min(rows - r0);
@@ -511,21 +722,24 @@ fn accumulate_body<const FMA: bool>(
             let w = C.min(hd - d0);
             let mut acc = [[0f32; C]; 4];
             for (i, a) in acc.iter_mut().enumerate().take(nr) {
-                a[..w].copy_from_slice(&o[(r0 + i) * hd + d0..(r0 + i) * hd + d0 + w]);
+                *a = F32s(o).get::<L>((r0 + i) * hd + d0, w);
             }
             for c in 0..bk {
-                let base = (j0 + c) * hd + d0;
-                let mut vv = [0f32; C];
-                vv[..w].copy_from_slice(&v[base..base + w]);
+                let vv = v.get::<L>((j0 + c) * hd + d0, w);
                 for i in 0..4 {
                     let pv = p[(r0 + i.min(nr - 1)) * BK + c];
                     for x in 0..C {
-                        acc[i][x] = simd::fmadd::<FMA>(pv, vv[x], acc[i][x]);
+                        acc[i][x] = fmadd::<L>(pv, vv[x], acc[i][x]);
                     }
                 }
             }
             for (i, a) in acc.iter().enumerate().take(nr) {
-                o[(r0 + i) * hd + d0..(r0 + i) * hd + d0 + w].copy_from_slice(&a[..w]);
+                let at = (r0 + i) * hd + d0;
+                if w == C {
+                    o[at..at + C].copy_from_slice(a);
+                } else {
+                    o[at..at + w].copy_from_slice(&a[..w]);
+                }
             }
             d0 += C;
         }
@@ -583,6 +797,30 @@ mod tests {
         out
     }
 
+    /// Keys and values as `[position, kv_head, head_dim]` f32, widened the way the KV
+    /// cache is (key blocks), written out element by element.
+    struct Natural<'a> {
+        k: &'a [f32],
+        v: &'a [f32],
+        nkv: usize,
+        hd: usize,
+    }
+
+    impl KvSource for Natural<'_> {
+        fn widen(&self, h: usize, r: Range<usize>, kt: &mut [f32], vo: &mut [f32]) {
+            let (nkv, hd) = (self.nkv, self.hd);
+            assert!(r.start.is_multiple_of(KEY_BLOCK));
+            kt[..kt_len(r.len(), hd)].fill(f32::NAN);
+            for (i, j) in r.enumerate() {
+                let at = (j * nkv + h) * hd;
+                for d in 0..hd {
+                    kt[(i / KEY_BLOCK * hd + d) * KEY_BLOCK + i % KEY_BLOCK] = self.k[at + d];
+                }
+                vo[i * hd..(i + 1) * hd].copy_from_slice(&self.v[at..at + hd]);
+            }
+        }
+    }
+
     fn check(sh: Shape) {
         let total = sh.past + sh.n;
         let (hd, nkv) = (sh.head_dim, sh.kv_heads);
@@ -593,16 +831,14 @@ mod tests {
             .collect();
         let k = data(total * nkv * hd, 5);
         let v = data(total * nkv * hd, 7);
-        let read = |h: usize, r: Range<usize>, ko: &mut [f32], vo: &mut [f32]| {
-            for (i, j) in r.enumerate() {
-                ko[i * hd..(i + 1) * hd]
-                    .copy_from_slice(&k[(j * nkv + h) * hd..(j * nkv + h + 1) * hd]);
-                vo[i * hd..(i + 1) * hd]
-                    .copy_from_slice(&v[(j * nkv + h) * hd..(j * nkv + h + 1) * hd]);
-            }
+        let kv = Natural {
+            k: &k,
+            v: &v,
+            nkv,
+            hd,
         };
         let mut out = vec![f32::NAN; sh.n * sh.heads * hd];
-        attention(&q, sh, &read, &mut out);
+        attention(&q, sh, &kv, &mut out);
         let want = naive(&q, &k, &v, sh);
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
             assert!(
@@ -634,6 +870,175 @@ mod tests {
                     head_dim: hd,
                     scale: (hd as f32).powf(-0.5),
                 });
+            }
+        }
+    }
+
+    /// `run_rows` at every SIMD level this CPU has, by name.
+    type RunRows = fn(&mut Scratch, usize, usize, Src<'_>, Range<usize>, &dyn Fn(usize) -> usize);
+
+    fn levels() -> Vec<(&'static str, RunRows)> {
+        let mut out: Vec<(&'static str, RunRows)> = vec![("plain", |s, r, hd, src, k, l| {
+            run_rows_level::<Plain>(s, r, hd, src, k, l)
+        })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use simd::Level;
+            let f16c = simd::avx2_f16c();
+            if f16c && matches!(simd::level(), Level::Avx2 | Level::Avx512) {
+                out.push(("avx2", |s, r, hd, src, k, l| {
+                    // SAFETY: avx2, fma and f16c were detected above.
+                    unsafe { run_rows_avx2(s, r, hd, src, k, l) }
+                }));
+            }
+            if f16c && simd::level() == Level::Avx512 {
+                out.push(("avx512", |s, r, hd, src, k, l| {
+                    // SAFETY: avx512f and f16c were detected above.
+                    unsafe { run_rows_avx512(s, r, hd, src, k, l) }
+                }));
+            }
+        }
+        out
+    }
+
+    /// A decode task's softmax over a chunk of a real KV cache, read in place (f16, bf16)
+    /// or widened (f32, FP8), at every SIMD level: the plain softmax in f64 of the values
+    /// the cache stores, for chunks that start past 0 and end inside a key block, and a
+    /// head_dim with a partial lane group.
+    #[test]
+    fn decode_chunks_read_every_cache_dtype_at_every_simd_level() {
+        use crate::backend::DType;
+        use crate::state::KvCache;
+        for dt in [DType::F16, DType::BF16, DType::F32, DType::F8E4M3] {
+            for (nkv, group, hd, total, chunk) in [
+                (2, 3, 64, 300, 64..300),
+                (1, 4, 20, 45, 16..37),
+                (3, 1, 16, 1, 0..1),
+            ] {
+                let mut cache = KvCache::new(dt, nkv, hd);
+                cache.append(&data(total * nkv * hd, 5), &data(total * nkv * hd, 7));
+                for h in 0..nkv {
+                    let (mut ks, mut vs) = (vec![0f32; total * hd], vec![0f32; total * hd]);
+                    cache.read_head(h, total, &mut ks, &mut vs);
+                    let q: Vec<f32> = data(group * hd, 11 + h as u64)
+                        .iter()
+                        .map(|x| x * 3.0 / (hd as f32).sqrt())
+                        .collect();
+                    let len = chunk.len();
+                    // The plain softmax of each row over the chunk's stored keys.
+                    let want: Vec<f64> = (0..group)
+                        .flat_map(|g| {
+                            let qg = &q[g * hd..(g + 1) * hd];
+                            let sc: Vec<f64> = chunk
+                                .clone()
+                                .map(|j| {
+                                    (0..hd)
+                                        .map(|d| qg[d] as f64 * ks[j * hd + d] as f64)
+                                        .sum::<f64>()
+                                })
+                                .collect();
+                            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                            let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                            let sum: f64 = e.iter().sum();
+                            (0..hd)
+                                .map(|d| {
+                                    chunk
+                                        .clone()
+                                        .zip(&e)
+                                        .map(|(j, ej)| ej / sum * vs[j * hd + d] as f64)
+                                        .sum::<f64>()
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    let mut kt = vec![f32::NAN; kt_len(len, hd)];
+                    let mut vw = vec![f32::NAN; len * hd];
+                    let src = match cache.halves(h) {
+                        Some(hk) => {
+                            let at = 2 * chunk.start * hd;
+                            let (kt, v) = (&hk.kt[at..], &hk.v[at..]);
+                            assert_eq!(hk.bf16, dt == DType::BF16);
+                            if hk.bf16 {
+                                Src::Bf16 { kt, v }
+                            } else {
+                                Src::F16 { kt, v }
+                            }
+                        }
+                        None => {
+                            assert!(!matches!(dt, DType::F16 | DType::BF16));
+                            cache.widen(h, chunk.clone(), &mut kt, &mut vw);
+                            Src::F32 { kt: &kt, v: &vw }
+                        }
+                    };
+                    for (name, run) in levels() {
+                        let mut s = Scratch {
+                            q: q.clone(),
+                            ..Scratch::default()
+                        };
+                        run(&mut s, group, hd, src, 0..len, &|_| len);
+                        for (i, b) in want.iter().enumerate() {
+                            let a = s.o[i] / s.l[i / hd];
+                            assert!(
+                                (a as f64 - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                                "{dt} {name} head {h} chunk {chunk:?} [{i}]: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attention over a real KV cache of every dtype, prefill and decode, and again after
+    /// the cache is cut back into a key block and refilled: the plain softmax of the values
+    /// the cache stores (read back through `read_head`).
+    #[test]
+    fn attention_over_a_kv_cache_matches_the_plain_softmax_after_truncation() {
+        use crate::backend::DType;
+        use crate::state::KvCache;
+        let (heads, nkv, hd) = (6, 2, 32);
+        for dt in [DType::F16, DType::BF16, DType::F32, DType::F8E5M2] {
+            let mut cache = KvCache::new(dt, nkv, hd);
+            let mut past = 0;
+            // Prefill 70, decode one, cut back to 50 (inside a key block), prefill 20, decode.
+            for (n, cut) in [(70, None), (1, Some(50)), (20, None), (1, None)] {
+                if let Some(c) = cut {
+                    cache.truncate(c);
+                    past = c;
+                }
+                let seed = (past * 7 + n) as u64;
+                let q = data(n * heads * hd, seed);
+                let (k, v) = (data(n * nkv * hd, seed + 1), data(n * nkv * hd, seed + 2));
+                cache.append(&k, &v);
+                let total = past + n;
+                let (mut ks, mut vs) = (vec![0f32; total * nkv * hd], vec![0f32; total * nkv * hd]);
+                for h in 0..nkv {
+                    let (mut kh, mut vh) = (vec![0f32; total * hd], vec![0f32; total * hd]);
+                    cache.read_head(h, total, &mut kh, &mut vh);
+                    for j in 0..total {
+                        let at = (j * nkv + h) * hd;
+                        ks[at..at + hd].copy_from_slice(&kh[j * hd..(j + 1) * hd]);
+                        vs[at..at + hd].copy_from_slice(&vh[j * hd..(j + 1) * hd]);
+                    }
+                }
+                let sh = Shape {
+                    n,
+                    past,
+                    heads,
+                    kv_heads: nkv,
+                    head_dim: hd,
+                    scale: (hd as f32).powf(-0.5),
+                };
+                let mut out = vec![f32::NAN; n * heads * hd];
+                attention(&q, sh, &cache, &mut out);
+                let want = naive(&q, &ks, &vs, sh);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                        "{dt} {sh:?} [{i}]: {a} vs {b}"
+                    );
+                }
+                past = total;
             }
         }
     }
