@@ -22,7 +22,6 @@
 //! config) and panics, as `matmul` does.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::{ops, simd, team};
 
@@ -259,27 +258,143 @@ pub fn ssm_step<T: StateElem>(
     need(OP, "state", state.len(), h * s.head_state());
     need(OP, "y", y.len(), s.d_inner());
     let hpg = s.heads_per_group();
-    state[..h * s.head_state()]
-        .par_chunks_mut(s.head_state())
-        .zip(y[..s.d_inner()].par_chunks_mut(p))
-        .enumerate()
-        .for_each(|(hh, (st, yh))| {
-            let g = hh / hpg;
-            let (b, c) = (s.bc(xbc, g, 0), s.bc(xbc, g, 1));
-            let xs = &xbc[hh * p..(hh + 1) * p];
-            let dth = ops::softplus(dt_raw[dt_offset + hh] + dt_bias[hh]);
-            let da = (dth * a[hh]).exp();
-            T::with_f32(st, |st| {
-                for pi in 0..p {
-                    let row = &mut st[pi * ns..(pi + 1) * ns];
-                    let coef = dth * xs[pi];
-                    for (sv, bv) in row.iter_mut().zip(b) {
-                        *sv = *sv * da + coef * bv;
-                    }
-                    yh[pi] = simd::dot(row, c) + d[hh] * xs[pi];
-                }
-            });
+    let hs = s.head_state();
+    let level = simd::level();
+    let (sp, yp) = (SendPtr(state.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
+    // Heads on the team (spinning through decode), not rayon: a decode step is too short
+    // for rayon's wake-ups.
+    team::par_for(h, &|hh| {
+        // SAFETY: head hh's state and its rows of y belong to this task only; both lie in
+        // the buffers (checked above).
+        let (st, yh) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(sp.get().add(hh * hs), hs),
+                std::slice::from_raw_parts_mut(yp.get().add(hh * p), p),
+            )
+        };
+        let g = hh / hpg;
+        let (b, c) = (s.bc(xbc, g, 0), s.bc(xbc, g, 1));
+        let xs = &xbc[hh * p..(hh + 1) * p];
+        let dth = ops::softplus(dt_raw[dt_offset + hh] + dt_bias[hh]);
+        let da = (dth * a[hh]).exp();
+        T::with_f32(st, |st| {
+            step_head(level, st, ns, b, c, xs, dth, da, d[hh], yh)
         });
+    });
+}
+
+/// One head of `ssm_step` on its f32 state (`[head_dim, d_state]`): per channel,
+/// `S ← da·S + (dt·x)·B` and `y = S·C + D·x` in one pass over the row, at `level` (one
+/// this CPU has).
+#[allow(clippy::too_many_arguments)]
+fn step_head(
+    level: simd::Level,
+    st: &mut [f32],
+    ns: usize,
+    b: &[f32],
+    c: &[f32],
+    xs: &[f32],
+    dth: f32,
+    da: f32,
+    dh: f32,
+    yh: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use simd::Level;
+        match level {
+            // SAFETY: the caller passes a level this CPU has.
+            Level::Avx512 => return unsafe { step_head_avx512(st, ns, b, c, xs, dth, da, dh, yh) },
+            // SAFETY: as above.
+            Level::Avx2 => return unsafe { step_head_avx2(st, ns, b, c, xs, dth, da, dh, yh) },
+            Level::Scalar | Level::Neon => {}
+        }
+    }
+    step_head_body::<false>(st, ns, b, c, xs, dth, da, dh, yh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn step_head_avx2(
+    st: &mut [f32],
+    ns: usize,
+    b: &[f32],
+    c: &[f32],
+    xs: &[f32],
+    dth: f32,
+    da: f32,
+    dh: f32,
+    yh: &mut [f32],
+) {
+    step_head_body::<true>(st, ns, b, c, xs, dth, da, dh, yh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn step_head_avx512(
+    st: &mut [f32],
+    ns: usize,
+    b: &[f32],
+    c: &[f32],
+    xs: &[f32],
+    dth: f32,
+    da: f32,
+    dh: f32,
+    yh: &mut [f32],
+) {
+    step_head_body::<true>(st, ns, b, c, xs, dth, da, dh, yh)
+}
+
+/// The body of `step_head`, inlined into each SIMD level's copy: 16 lanes of the dot, summed
+/// pairwise at the end of each row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn step_head_body<const FMA: bool>(
+    st: &mut [f32],
+    ns: usize,
+    b: &[f32],
+    c: &[f32],
+    xs: &[f32],
+    dth: f32,
+    da: f32,
+    dh: f32,
+    yh: &mut [f32],
+) {
+    const L: usize = 16;
+    let (b, c) = (&b[..ns], &c[..ns]);
+    for ((row, y), &x) in st.chunks_exact_mut(ns).zip(yh.iter_mut()).zip(xs) {
+        let coef = dth * x;
+        let mut acc = [0f32; L];
+        let mut rows = row.chunks_exact_mut(L);
+        let (mut bs, mut cs) = (b.chunks_exact(L), c.chunks_exact(L));
+        for ((sv, bv), cv) in (&mut rows).zip(&mut bs).zip(&mut cs) {
+            for l in 0..L {
+                let v = simd::fmadd::<FMA>(sv[l], da, coef * bv[l]);
+                sv[l] = v;
+                acc[l] = simd::fmadd::<FMA>(v, cv[l], acc[l]);
+            }
+        }
+        let mut tail = 0f32;
+        for ((sv, bv), cv) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(bs.remainder())
+            .zip(cs.remainder())
+        {
+            *sv = simd::fmadd::<FMA>(*sv, da, coef * bv);
+            tail = simd::fmadd::<FMA>(*sv, *cv, tail);
+        }
+        let mut w = L;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                acc[l] += acc[l + w];
+            }
+        }
+        *y = acc[0] + tail + dh * x;
+    }
 }
 
 /// `n` prompt tokens of the selective scan in the SSD chunked form (kernels/ssm.cu
@@ -662,6 +777,7 @@ fn gemm_body<const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rayon::prelude::*;
 
     /// The conv as it was written first (one channel of one row at a time, libm's exp):
     /// the plain form the row-wise form is tested against.
@@ -1273,6 +1389,56 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// `step_head` at `level` against the recurrence in f64, with a d_state that is and one
+    /// that is not a multiple of 16.
+    fn step_head_matches_f64(level: simd::Level) {
+        let mut r = Rng(7);
+        for (p, ns) in [(5, 128), (3, 40), (2, 7)] {
+            let st0 = r.vec(p * ns, 1.0);
+            let (b, c, xs) = (r.vec(ns, 1.0), r.vec(ns, 1.0), r.vec(p, 1.0));
+            let (dth, da, dh) = (0.7f32, 0.9f32, 0.3f32);
+            let mut st = st0.clone();
+            let mut y = vec![0f32; p];
+            step_head(level, &mut st, ns, &b, &c, &xs, dth, da, dh, &mut y);
+            for pi in 0..p {
+                let mut yw = dh as f64 * xs[pi] as f64;
+                for k in 0..ns {
+                    let sw = da as f64 * st0[pi * ns + k] as f64
+                        + dth as f64 * xs[pi] as f64 * b[k] as f64;
+                    let got = st[pi * ns + k] as f64;
+                    assert!(
+                        (got - sw).abs() <= 1e-6 * (1.0 + sw.abs()),
+                        "{level:?} S: {got} vs {sw}"
+                    );
+                    yw += sw * c[k] as f64;
+                }
+                let got = y[pi] as f64;
+                assert!(
+                    (got - yw).abs() <= 1e-5 * (1.0 + ns as f64),
+                    "{level:?} y: {got} vs {yw}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_decode_step_of_a_head_matches_f64_at_every_simd_level() {
+        step_head_matches_f64(simd::Level::Scalar);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                step_head_matches_f64(simd::Level::Avx2);
+            } else {
+                crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA");
+            }
+            if is_x86_feature_detected!("avx512f") {
+                step_head_matches_f64(simd::Level::Avx512);
+            } else {
+                crate::backend::cpu::skip_test("this CPU has no AVX-512");
             }
         }
     }
