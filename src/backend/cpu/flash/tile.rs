@@ -357,6 +357,8 @@ fn scores_body<L: Level, E: Lanes>(
             let r = (r0 + i).min(rows - 1);
             &q[r * hd..(r + 1) * hd]
         });
+        // Lets the compiler drop the bounds checks of qr[i][d] below.
+        assert!(qr.iter().all(|r| r.len() == hd));
         let mut c0 = 0;
         while c0 < bk {
             let w = C.min(bk - c0);
@@ -417,13 +419,16 @@ fn accumulate_body<L: Level, E: Lanes>(
             for (i, a) in acc.iter_mut().enumerate().take(nr) {
                 *a = F32s(o).get::<L>((r0 + i) * hd + d0, w);
             }
-            for c in 0..bk {
-                let vv = v.get::<L>((j0 + c) * hd + d0, w);
-                for i in 0..4 {
-                    let pv = p[(r0 + i.min(nr - 1)) * BK + c];
-                    for x in 0..C {
-                        acc[i][x] = fmadd::<L>(pv, vv[x], acc[i][x]);
-                    }
+            // Each row's probabilities, sliced once (no bounds check per key).
+            let pr: [&[f32]; 4] = std::array::from_fn(|i| &p[(r0 + i.min(nr - 1)) * BK..][..bk]);
+            if w == C {
+                // Whole lanes: a fixed-size load, no partial-copy path in the loop.
+                for c in 0..bk {
+                    axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, C));
+                }
+            } else {
+                for c in 0..bk {
+                    axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, w));
                 }
             }
             for (i, a) in acc.iter().enumerate().take(nr) {
@@ -437,5 +442,17 @@ fn accumulate_body<L: Level, E: Lanes>(
             d0 += C;
         }
         r0 += 4;
+    }
+}
+
+/// `acc[i] += p[i][c] · v` for the 4 rows (a function, not a closure: closures do not
+/// inherit the caller's target features, and `mul_add` without FMA is a libm call).
+#[inline(always)]
+fn axpy4<L: Level>(acc: &mut [[f32; LANES]; 4], p: &[&[f32]; 4], c: usize, v: [f32; LANES]) {
+    for i in 0..4 {
+        let pv = p[i][c];
+        for x in 0..LANES {
+            acc[i][x] = fmadd::<L>(pv, v[x], acc[i][x]);
+        }
     }
 }
