@@ -253,6 +253,9 @@ mod x86 {
 pub(super) trait Lanes: Copy {
     /// Elements `at..at + w` (`w ≤ LANES`) as f32, zero past `w`.
     fn get<L: Level>(self, at: usize, w: usize) -> [f32; LANES];
+    /// A hint that element `at` will be read soon (any `at`).
+    #[inline(always)]
+    fn prefetch(self, _at: usize) {}
 }
 
 /// f32 elements.
@@ -277,6 +280,18 @@ impl Lanes for F32s<'_> {
 struct Halves<'a, const BF16: bool>(&'a [u8]);
 
 impl<const BF16: bool> Lanes for Halves<'_, BF16> {
+    #[inline(always)]
+    fn prefetch(self, at: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(self.0.as_ptr().wrapping_add(2 * at) as *const i8);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (self, at);
+    }
+
     #[inline(always)]
     fn get<L: Level>(self, at: usize, w: usize) -> [f32; LANES] {
         let b = &self.0[2 * at..2 * (at + w)];
@@ -367,6 +382,9 @@ fn scores_body<L: Level, E: Lanes>(
             let block = (j0 + c0) * hd;
             #[allow(clippy::needless_range_loop)]
             for d in 0..hd {
+                if d % 2 == 0 {
+                    kt.prefetch(block + (4 * C + d) * C);
+                }
                 let k = kt.get::<L>(block + d * C, C);
                 for i in 0..4 {
                     let qv = qr[i][d];
@@ -424,6 +442,11 @@ fn accumulate_body<L: Level, E: Lanes>(
             if w == C {
                 // Whole lanes: a fixed-size load, no partial-copy path in the loop.
                 for c in 0..bk {
+                    if d0 == 0 {
+                        for x in (0..hd).step_by(32) {
+                            v.prefetch((j0 + c + 16) * hd + x);
+                        }
+                    }
                     axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, C));
                 }
             } else {
