@@ -308,6 +308,12 @@ impl<const BF16: bool> Lanes for Halves<'_, BF16> {
     }
 }
 
+/// Software prefetch distances of the kernels reading the cache in place (measured: 2000
+/// positions, SmolLM2's shape, ~105 → ~89 µs per layer): keys this many elements ahead of
+/// the row being read (2 KiB of halves), values this many rows ahead.
+const K_AHEAD: usize = 1024;
+const V_AHEAD: usize = 16;
+
 /// Lanes of the vectorised reductions below.
 const LANES: usize = 16;
 
@@ -383,7 +389,9 @@ fn scores_body<L: Level, E: Lanes>(
             #[allow(clippy::needless_range_loop)]
             for d in 0..hd {
                 if d % 2 == 0 {
-                    kt.prefetch(block + (4 * C + d) * C);
+                    // One 64-byte line of halves per two rows, `K_AHEAD` elements past the
+                    // row being read (the next key block at head_dim 64).
+                    kt.prefetch(block + K_AHEAD + d * C);
                 }
                 let k = kt.get::<L>(block + d * C, C);
                 for i in 0..4 {
@@ -443,8 +451,9 @@ fn accumulate_body<L: Level, E: Lanes>(
                 // Whole lanes: a fixed-size load, no partial-copy path in the loop.
                 for c in 0..bk {
                     if d0 == 0 {
+                        // The row `V_AHEAD` keys on, one 64-byte line of halves at a time.
                         for x in (0..hd).step_by(32) {
-                            v.prefetch((j0 + c + 16) * hd + x);
+                            v.prefetch((j0 + c + V_AHEAD) * hd + x);
                         }
                     }
                     axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, C));
