@@ -111,7 +111,9 @@ impl KvCache {
             let (blk, lane) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
             for h in 0..nkv {
                 let at = (t * nkv + h) * hd..(t * nkv + h + 1) * hd;
-                self.narrow_row(&k[at.clone()], &mut row, &mut scaled, true, h);
+                if let Some(sc) = self.narrow_row(&k[at.clone()], &mut row, &mut scaled) {
+                    self.k_scale[h].push(sc);
+                }
                 let keys = &mut self.k[h];
                 if keys.len() < (blk + 1) * bb {
                     keys.resize((blk + 1) * bb, 0);
@@ -121,19 +123,21 @@ impl KvCache {
                     let o = (d * KEY_BLOCK + lane) * sz;
                     block[o..o + sz].copy_from_slice(x);
                 }
-                self.narrow_row(&v[at], &mut row, &mut scaled, false, h);
+                if let Some(sc) = self.narrow_row(&v[at], &mut row, &mut scaled) {
+                    self.v_scale[h].push(sc);
+                }
                 self.v[h].extend_from_slice(&row);
             }
         }
         self.len += n;
     }
 
-    /// One position's row of head `h` into `out` (raw elements of the cache's dtype); for
-    /// FP8, scaled by its amax first and the scale pushed to the key or value scales.
-    fn narrow_row(&mut self, x: &[f32], out: &mut [u8], scaled: &mut [f32], key: bool, h: usize) {
+    /// One position's row into `out` (raw elements of the cache's dtype); for FP8, divided
+    /// by its scale first (in `scaled`), which it returns.
+    fn narrow_row(&self, x: &[f32], out: &mut [u8], scaled: &mut [f32]) -> Option<f32> {
         if !self.is_fp8() {
             narrow_into(self.dtype, x, out);
-            return;
+            return None;
         }
         let amax = x.iter().fold(0f32, |m, x| m.max(x.abs()));
         let scale = if amax > 0.0 {
@@ -145,11 +149,7 @@ impl KvCache {
             *s = x / scale;
         }
         narrow_into(self.dtype, scaled, out);
-        if key {
-            self.k_scale[h].push(scale);
-        } else {
-            self.v_scale[h].push(scale);
-        }
+        Some(scale)
     }
 
     /// Widens positions `0..len` of one kv head into `k_out` and `v_out` (`[len, head_dim]`).

@@ -191,6 +191,21 @@ pub(super) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The sum of `acc`'s lanes (`N` a power of two), added pairwise: half onto half until
+/// one is left. The end of the kernel bodies that keep 16 lane sums so their loops
+/// vectorise (an in-order float sum would not).
+#[inline(always)]
+pub(super) fn sum_lanes<const N: usize>(mut acc: [f32; N]) -> f32 {
+    let mut w = N;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
+}
+
 /// Plain dot product.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());

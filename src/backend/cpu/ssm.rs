@@ -390,14 +390,7 @@ fn step_head_body<const FMA: bool>(
             *sv = simd::fmadd::<FMA>(*sv, da, coef * bv);
             tail = simd::fmadd::<FMA>(*sv, *cv, tail);
         }
-        let mut w = L;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                acc[l] += acc[l + w];
-            }
-        }
-        *y = acc[0] + tail + dh * x;
+        *y = simd::sum_lanes(acc) + tail + dh * x;
     }
 }
 

@@ -94,7 +94,7 @@ pub(super) fn run_rows_level<L: Level>(
     s.l.resize(rows, 0.0);
     s.o.clear();
     s.o.resize(rows * hd, 0.0);
-    s.s.resize(rows.div_ceil(4) * 4 * BK, 0.0);
+    s.s.resize(rows * BK, 0.0);
     let (k_len, v_len) = match src {
         Src::F32 { kt, v } => (kt.len(), v.len()),
         Src::F16 { kt, v } | Src::Bf16 { kt, v } => (kt.len() / 2, v.len() / 2),
@@ -347,14 +347,7 @@ fn lanes_sum(x: &[f32]) -> f32 {
     for (a, v) in acc.iter_mut().zip(it.remainder()) {
         *a += v;
     }
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
+    simd::sum_lanes(acc)
 }
 
 /// `s[r][c] = q[r] · k[j0 + c]` for c < bk (`s` rows of `BK`, `kt` key blocks, `j0` a
@@ -412,13 +405,13 @@ fn scores_body<L: Level, E: Lanes>(
     }
 }
 
-/// `a·b + c`, fused at the SIMD levels, rounded twice at the plain one.
+/// `simd::fmadd` at level `L` (fused at the SIMD levels, rounded twice at the plain one).
 #[inline(always)]
 fn fmadd<L: Level>(a: f32, b: f32, c: f32) -> f32 {
     if L::FMA {
-        a.mul_add(b, c)
+        simd::fmadd::<true>(a, b, c)
     } else {
-        a * b + c
+        simd::fmadd::<false>(a, b, c)
     }
 }
 
