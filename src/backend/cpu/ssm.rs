@@ -662,10 +662,10 @@ fn gemm_acc(
     }
     #[cfg(target_arch = "aarch64")]
     if level == simd::Level::Neon {
-        return gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc);
+        return gemm_body::<true, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc);
     }
     let _ = level;
-    gemm_body::<false>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    gemm_body::<false, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -683,7 +683,7 @@ unsafe fn gemm_avx2(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    gemm_body::<true, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -701,14 +701,18 @@ unsafe fn gemm_avx512(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_body::<true>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    gemm_body::<true, 8, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
-/// The body of `gemm_acc`, inlined into each level's copy: 4 rows × 16 columns of
-/// accumulators, one broadcast of A per row and k, one 16-wide load of B per k.
+/// The body of `gemm_acc`, inlined into each level's copy: `R` rows × `W` columns of
+/// accumulators, one broadcast of A per row and k, one `W`-wide load of B per k. AVX-512
+/// takes 8 × 16 (8 zmm accumulators, enough independent FMAs to cover their latency; 4 × 16
+/// left half of them waiting: the scan's 128 × 64 × 128 products 26–48 → 17–31 µs on one
+/// Zen 4 core, while 4 × 32, 6 × 32 and 12 × 16 spilled and ran 2× slower); AVX2 and the
+/// plain level 4 × 16 (8 ymm; 6 × 16 spilled).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_body<const FMA: bool>(
+fn gemm_body<const FMA: bool, const R: usize, const W: usize>(
     tri: Tri,
     m: usize,
     n: usize,
@@ -720,8 +724,6 @@ fn gemm_body<const FMA: bool>(
     c: &mut [f32],
     ldc: usize,
 ) {
-    const R: usize = 4;
-    const W: usize = 16;
     let mut i0 = 0;
     while i0 < m {
         let rows = R.min(m - i0);
