@@ -3,7 +3,9 @@
 //!
 //! Decode (n == 1, bf16 or f16) reads each weight byte once and widens it in registers. Prefill
 //! widens a block of weight rows into an f32 tile once and runs the 4×4 micro-kernel over
-//! all tokens, so the weights are read from memory once per call whatever n is.
+//! all tokens, so the weights are read from memory once per call whatever n is; at the AVX2
+//! level, from `panel::MIN_TOKENS` tokens, into 16-row panels for `panel`'s broadcast
+//! kernel instead.
 //! Block-quantized weights (GGUF) decode through `quant::dot_row`, one stored row at a time;
 //! prefill dequantizes a block of rows into the same f32 tile.
 //! FP8 weights (with their `weight_scale`) go to `fp8_matmul`; BF16 prefill goes to
@@ -18,7 +20,7 @@ use crate::backend::dtype::{widen_into, DType};
 
 use super::matrix::{block_rows, tile_times_x, with_tile, MatRef, OutPtr};
 use super::{bf16_gemm, fp8_matmul};
-use super::{interleave, qgemm, quant, simd};
+use super::{interleave, panel, qgemm, quant, simd};
 
 fn check(x: &[f32], n: usize, w: &MatRef<'_>, out: &[f32]) {
     let (m, k) = (w.rows, w.cols);
@@ -55,7 +57,11 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
         return bf16_gemm::matmul(x, n, w, out);
     }
     let m = w.rows;
-    let br = block_rows(m, w.row_bytes());
+    let mut br = block_rows(m, w.row_bytes());
+    if panel::usable() && n >= panel::MIN_TOKENS {
+        // Whole panels per task: a part-filled one multiplies its zero rows too.
+        br = br.div_ceil(panel::W) * panel::W;
+    }
     let nblocks = m.div_ceil(br);
     let outp = OutPtr(out.as_mut_ptr());
     let run = |b: usize| {
@@ -219,6 +225,17 @@ fn gemv_rows4_block(
 
 fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
     let rb = w.row_bytes();
+    if panel::usable() && n >= panel::MIN_TOKENS {
+        let (k, nr) = (w.cols, r1 - r0);
+        let len = panel::panels_len(nr, k);
+        return with_tile(len + 8 * k, |buf| {
+            let (panels, scratch) = buf.split_at_mut(len);
+            panel::widen_panels(w.dtype, &w.data[r0 * rb..r1 * rb], nr, k, panels, scratch);
+            // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task; the panel
+            // kernels' features are there (`usable`).
+            unsafe { panel::panels_times_x(panels, nr, x, n, w.rows, r0, o.0) };
+        });
+    }
     with_tile((r1 - r0) * w.cols, |tile| {
         widen_into(w.dtype, &w.data[r0 * rb..r1 * rb], tile);
         // SAFETY: rows r0..r1 of the `[n, rows]` output belong to this task.
@@ -315,6 +332,9 @@ mod tests {
             // k = 4099: 15 tokens per pass of the prefill tile, so 37 tokens take three
             // passes, the last a ragged one.
             (37, 6, 4099),
+            // 60 tokens: the AVX2 level's panels (`panel::MIN_TOKENS`), rows not a multiple
+            // of 16, k not of 8.
+            (60, 21, 1029),
         ] {
             let x: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919) % 97) as f32 / 48.0 - 1.0)

@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod matrix;
 pub mod moe;
 pub mod ops;
+mod panel;
 pub mod qgemm;
 pub mod quant;
 pub mod simd;
