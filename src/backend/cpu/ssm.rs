@@ -668,6 +668,11 @@ fn gemm_acc(
     gemm_body::<false, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
+/// `gemm_acc` at AVX2: blocks of 6 rows × 16 columns in 12 ymm accumulators with explicit
+/// intrinsics (`gemm_body`'s arrays spilled at 6 rows, and 4 rows left the FMAs waiting);
+/// the rows and columns past the last whole block go through `gemm_body` as full
+/// products (A's zeros above the diagonal make that exact for `Tri::A`, and `Tri::C` lets
+/// the upper triangle be written).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
@@ -683,7 +688,94 @@ unsafe fn gemm_avx2(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_body::<true, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    const R: usize = 6;
+    let full = m / R * R;
+    let mut i0 = 0;
+    while i0 < full {
+        let kk = if tri == Tri::A { k.min(i0 + R) } else { k };
+        let nn = if tri == Tri::C { n.min(i0 + R) } else { n };
+        let mut j0 = 0;
+        while j0 + 16 <= nn {
+            // SAFETY: rows i0..i0+6 of A (kk ≤ k columns), rows 0..kk of B from column j0
+            // (16 wide, j0 + 16 ≤ n) and the 6 × 16 block of C lie in the slices
+            // (`gemm_acc` asserted their lengths).
+            unsafe {
+                gemm6x16_avx2(
+                    a.as_ptr().add(i0 * lda),
+                    lda,
+                    b.as_ptr().add(j0),
+                    ldb,
+                    kk,
+                    c.as_mut_ptr().add(i0 * ldc + j0),
+                    ldc,
+                )
+            };
+            j0 += 16;
+        }
+        if j0 < nn {
+            gemm_body::<true, 4, 16>(
+                Tri::None,
+                R,
+                nn - j0,
+                kk,
+                &a[i0 * lda..],
+                lda,
+                &b[j0..],
+                ldb,
+                &mut c[i0 * ldc + j0..],
+                ldc,
+            );
+        }
+        i0 += R;
+    }
+    if full < m {
+        gemm_body::<true, 4, 16>(
+            Tri::None,
+            m - full,
+            n,
+            k,
+            &a[full * lda..],
+            lda,
+            b,
+            ldb,
+            &mut c[full * ldc..],
+            ldc,
+        );
+    }
+}
+
+/// `C[6×16] += A[6×k]·B[k×16]` (row strides `lda`, `ldb`, `ldc`).
+///
+/// # Safety
+/// AVX2 and FMA; the 6 rows of A (k values each), k rows of B (16 each) and 6 rows of C
+/// (16 each) are readable (C writable) at those strides.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm6x16_avx2(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for q in 0..k {
+        let b0 = _mm256_loadu_ps(b.add(q * ldb));
+        let b1 = _mm256_loadu_ps(b.add(q * ldb + 8));
+        for (i, ai) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(i * lda + q));
+            ai[0] = _mm256_fmadd_ps(av, b0, ai[0]);
+            ai[1] = _mm256_fmadd_ps(av, b1, ai[1]);
+        }
+    }
+    for (i, ai) in acc.iter().enumerate() {
+        let p = c.add(i * ldc);
+        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), ai[0]));
+        _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), ai[1]));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -708,8 +800,8 @@ unsafe fn gemm_avx512(
 /// accumulators, one broadcast of A per row and k, one `W`-wide load of B per k. AVX-512
 /// takes 8 × 16 (8 zmm accumulators, enough independent FMAs to cover their latency; 4 × 16
 /// left half of them waiting: the scan's 128 × 64 × 128 products 26–48 → 17–31 µs on one
-/// Zen 4 core, while 4 × 32, 6 × 32 and 12 × 16 spilled and ran 2× slower); AVX2 and the
-/// plain level 4 × 16 (8 ymm; 6 × 16 spilled).
+/// Zen 4 core, while 4 × 32, 6 × 32 and 12 × 16 spilled and ran 2× slower); the plain level
+/// 4 × 16 (AVX2 has its own 6 × 16 kernel, `gemm_avx2`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_body<const FMA: bool, const R: usize, const W: usize>(
