@@ -106,7 +106,7 @@ fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], w: usize, j: usize) {
 ///
 /// # Safety
 /// `out` is an `[n, m]` buffer whose columns `r0..r0 + nr` no other thread touches during
-/// the call, `r0 + nr ≤ m`; `usable()`.
+/// the call, `r0 + nr ≤ m`. (Below the AVX2 level the kernel runs its plain loop.)
 pub(super) unsafe fn panels_times_x(
     panels: &[f32],
     nr: usize,
