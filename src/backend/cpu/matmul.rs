@@ -58,7 +58,7 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
     }
     let m = w.rows;
     let mut br = block_rows(m, w.row_bytes());
-    if panel::usable() && n >= panel::MIN_TOKENS {
+    if panel::wanted(n) {
         // Whole panels per task: a part-filled one multiplies its zero rows too.
         br = br.div_ceil(panel::W) * panel::W;
     }
@@ -225,7 +225,7 @@ fn gemv_rows4_block(
 
 fn tile_block(x: &[f32], n: usize, w: MatRef<'_>, r0: usize, r1: usize, o: OutPtr) {
     let rb = w.row_bytes();
-    if panel::usable() && n >= panel::MIN_TOKENS {
+    if panel::wanted(n) {
         let (k, nr) = (w.cols, r1 - r0);
         let len = panel::panels_len(nr, k);
         return with_tile(len + 8 * k, |buf| {
@@ -329,8 +329,8 @@ mod tests {
             (7, 70, 48),
             (1, 300, 64),
             (9, 130, 17),
-            // k = 4099: 15 tokens per pass of the prefill tile, so 37 tokens take three
-            // passes, the last a ragged one.
+            // k = 4099: 12 tokens per pass of the prefill tile (`token_pass`), so 37 tokens
+            // take four passes, the last a ragged one.
             (37, 6, 4099),
             // 60 tokens: the AVX2 level's panels (`panel::MIN_TOKENS`), rows not a multiple
             // of 16, k not of 8.

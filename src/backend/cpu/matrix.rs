@@ -113,6 +113,14 @@ pub(super) fn with_tile<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Tokens per pass of a prefill kernel over a block of widened rows (a multiple of `step`,
+/// the kernel's tokens per call, from `step` to 256): their f32 x rows (at most 256 KiB)
+/// stay in L2 while every row group of the block runs over them; one pass over all tokens
+/// streamed x from L3 once per group (1.4x slower at k = 1024 and 3584, n = 200).
+pub(super) fn token_pass(k: usize, step: usize) -> usize {
+    ((256 << 10) / (4 * k).max(1)).clamp(step, 256) / step * step
+}
+
 /// The 4×4 micro-kernel over an f32 tile of weight rows `r0..r0 + tile.len() / k`:
 /// `out[t][r0 + i] = tile[i] · x[t]` for every token t < n (k = `x.len() / n`).
 ///
@@ -131,10 +139,7 @@ pub(super) unsafe fn tile_times_x(
     let nr = tile.len() / k;
     let row = |i: usize| &tile[i * k..(i + 1) * k];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
-    // Tokens per pass: their x rows (at most 256 KiB) stay in L2 while every 4-row group of
-    // the tile runs over them; one pass over all tokens streamed x from L3 once per group
-    // (1.4x faster at k = 1024 and 3584, n = 200).
-    let tb = ((256 << 10) / (4 * k).max(1)).clamp(4, 256) / 4 * 4;
+    let tb = token_pass(k, 4);
     let mut t0 = 0;
     while t0 < n {
         let t1 = (t0 + tb).min(n);

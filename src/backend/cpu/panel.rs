@@ -18,6 +18,7 @@
 
 use crate::backend::dtype::{widen_into, DType};
 
+use super::matrix::token_pass;
 use super::simd::{self, Level};
 
 /// Tokens per kernel call (12 ymm accumulators of the 16).
@@ -32,6 +33,12 @@ pub(super) const MIN_TOKENS: usize = 48;
 /// Whether this CPU, at the chosen level, runs the panel kernel: AVX2 (and FMA).
 pub(super) fn usable() -> bool {
     cfg!(target_arch = "x86_64") && simd::level() == Level::Avx2
+}
+
+/// Whether a prefill of `n` tokens takes the panels here (`matmul`'s task sizes and its
+/// blocks ask the same question).
+pub(super) fn wanted(n: usize) -> bool {
+    usable() && n >= MIN_TOKENS
 }
 
 /// f32s the panels of `rows` rows of `k` take (rows rounded up to whole panels).
@@ -50,30 +57,29 @@ pub(super) fn widen_panels(
     panels: &mut [f32],
     scratch: &mut [f32],
 ) {
-    let w = W;
     let rb = dtype.row_bytes(k);
     assert!(src.len() >= rows * rb && panels.len() >= panels_len(rows, k));
     assert!(scratch.len() >= 8 * k);
-    let np = rows.div_ceil(w);
+    let np = rows.div_ceil(W);
     for p in 0..np {
-        let panel = &mut panels[p * w * k..(p + 1) * w * k];
+        let panel = &mut panels[p * W * k..(p + 1) * W * k];
         // Eight rows at a time: widened into scratch, then transposed into lanes
         // `j..j + 8` of the panel.
-        for j in (0..w).step_by(8) {
-            let r0 = p * w + j;
+        for j in (0..W).step_by(8) {
+            let r0 = p * W + j;
             let g = 8.min(rows.saturating_sub(r0));
             if g > 0 {
                 widen_into(dtype, &src[r0 * rb..(r0 + g) * rb], &mut scratch[..g * k]);
             }
             scratch[g * k..8 * k].fill(0.0);
-            transpose8(&scratch[..8 * k], k, panel, w, j);
+            transpose8(&scratch[..8 * k], k, panel, j);
         }
     }
 }
 
-/// `panel[kk·w + j + i] = rows[i·k + kk]` for the 8 rows of `rows` (8 × k).
-fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], w: usize, j: usize) {
-    assert!(rows.len() == 8 * k && panel.len() >= w * k && j + 8 <= w);
+/// `panel[kk·16 + j + i] = rows[i·k + kk]` for the 8 rows of `rows` (8 × k).
+fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], j: usize) {
+    assert!(rows.len() == 8 * k && panel.len() >= W * k && j + 8 <= W);
     // Whole blocks of 8 columns by the AVX2 transpose, the rest one by one.
     let simd_cols = if cfg!(target_arch = "x86_64") && usable() {
         k / 8 * 8
@@ -88,15 +94,14 @@ fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], w: usize, j: usize) {
             x86::transpose8x8(
                 rows.as_ptr().add(kk),
                 k,
-                panel.as_mut_ptr().add(kk * w + j),
-                w,
+                panel.as_mut_ptr().add(kk * W + j),
+                W,
             )
         };
     }
-    let kk = simd_cols;
-    for c in kk..k {
+    for c in simd_cols..k {
         for i in 0..8 {
-            panel[c * w + j + i] = rows[i * k + c];
+            panel[c * W + j + i] = rows[i * k + c];
         }
     }
 }
@@ -117,19 +122,16 @@ pub(super) unsafe fn panels_times_x(
     out: *mut f32,
 ) {
     let k = x.len() / n;
-    let w = W;
     assert!(panels.len() >= panels_len(nr, k) && x.len() == n * k);
-    // Tokens per pass: their x rows (at most 256 KiB) stay in L2 while every panel runs
-    // over them.
-    let tb = ((256 << 10) / (4 * k).max(1)).clamp(T, 240) / T * T;
-    let np = nr.div_ceil(w);
+    let tb = token_pass(k, T);
+    let np = nr.div_ceil(W);
     let mut res = [[0f32; W]; T];
     let mut t0 = 0;
     while t0 < n {
         let t1 = (t0 + tb).min(n);
         for p in 0..np {
-            let panel = &panels[p * w * k..(p + 1) * w * k];
-            let rows = w.min(nr - p * w);
+            let panel = &panels[p * W * k..(p + 1) * W * k];
+            let rows = W.min(nr - p * W);
             let mut t = t0;
             while t < t1 {
                 let xs: [&[f32]; T] = std::array::from_fn(|b| {
@@ -138,8 +140,8 @@ pub(super) unsafe fn panels_times_x(
                 });
                 kernel(panel, k, xs, &mut res);
                 for (b, rb) in res.iter().enumerate().take(t1 - t) {
-                    // SAFETY (caller): token t + b < n, columns r0 + p·w.. + rows are ours.
-                    let o = unsafe { out.add((t + b) * m + r0 + p * w) };
+                    // SAFETY (caller): token t + b < n, columns r0 + p·16.. + rows are ours.
+                    let o = unsafe { out.add((t + b) * m + r0 + p * W) };
                     for (i, v) in rb.iter().enumerate().take(rows) {
                         // SAFETY: as above.
                         unsafe { *o.add(i) = *v };
