@@ -106,6 +106,41 @@ fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], j: usize) {
     }
 }
 
+/// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed, 8 × 8 blocks in
+/// registers where the CPU has AVX2 (the scan's states move between their stored and their
+/// working layout with this at every prefill), the rest one value at a time.
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    let (r8, c8) =
+        if cfg!(target_arch = "x86_64") && matches!(simd::level(), Level::Avx2 | Level::Avx512) {
+            (rows / 8 * 8, cols / 8 * 8)
+        } else {
+            (0, 0)
+        };
+    #[cfg(target_arch = "x86_64")]
+    for r in (0..r8).step_by(8) {
+        for c in (0..c8).step_by(8) {
+            // SAFETY: avx2 was detected at run time (else r8 is 0); the 8 × 8 block read
+            // (rows r..r+8, columns c..c+8) and the one written (rows c..c+8, columns
+            // r..r+8 of dst) lie in the slices (asserted).
+            unsafe {
+                x86::transpose8x8(
+                    src.as_ptr().add(r * cols + c),
+                    cols,
+                    dst.as_mut_ptr().add(c * rows + r),
+                    rows,
+                )
+            };
+        }
+    }
+    for r in 0..rows {
+        let c_from = if r < r8 { c8 } else { 0 };
+        for c in c_from..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
 /// `out[t][r0 + i] = panel row i · x[t]` for the `nr` rows of `panels` (as `widen_panels`
 /// left them) and every token t < n of x (`[n, k]`).
 ///
@@ -240,6 +275,41 @@ mod tests {
     use super::*;
     use crate::backend::cpu::test_values;
     use crate::backend::dtype::narrow_into;
+
+    /// `transpose` moves every value to its place, at shapes with whole 8 × 8 blocks, ragged
+    /// edges on either side and none (the blocks run at AVX2 and AVX-512; run the suite
+    /// with `NEMO_SIMD=scalar` for the plain loop).
+    #[test]
+    fn transpose_puts_every_value_at_its_mirrored_place() {
+        for (rows, cols) in [
+            (8, 8),
+            (64, 128),
+            (128, 64),
+            (13, 21),
+            (16, 5),
+            (3, 24),
+            (1, 1),
+        ] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 + 0.5).collect();
+            // Room past the end, which must stay untouched.
+            let mut dst = vec![-1f32; rows * cols + 3];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}×{cols} at {r},{c}"
+                    );
+                }
+            }
+            assert_eq!(
+                &dst[rows * cols..],
+                &[-1.0; 3],
+                "{rows}×{cols}: past the end"
+            );
+        }
+    }
 
     /// The panels of every dtype they take, at ragged shapes (rows not a multiple of 16,
     /// k not of 8, tokens not of 6, several passes at k = 1029), against an f64 sum of the

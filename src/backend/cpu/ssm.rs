@@ -23,7 +23,7 @@
 
 use half::{bf16, f16};
 
-use super::{ops, simd, team};
+use super::{ops, panel, simd, team};
 
 /// Shape of one Mamba2 layer's scan (the config's `mamba_num_heads`, `mamba_head_dim`,
 /// `ssm_state_size`, `n_groups`).
@@ -161,9 +161,9 @@ pub fn causal_conv1d(
                             *v += w[c * k + j] * r[c];
                         }
                     }
-                }
-                for v in o.iter_mut() {
-                    *v = silu(*v);
+                    for v in o.iter_mut() {
+                        *v = silu(*v);
+                    }
                 }
             }
         });
@@ -192,7 +192,7 @@ fn silu(v: f32) -> f32 {
     v / (1.0 + ops::exp(-v))
 }
 
-/// One output row of the models' 4-tap conv before SiLU: `o[c] = b[c] + Σ_j w[c, j]·x_j[c]`
+/// One output row of the models' 4-tap conv: `o[c] = silu(b[c] + Σ_j w[c, j]·x_j[c])`
 /// with `w` in its stored `[cd, 4]` layout (no copy per call; decode calls this every
 /// token), at `level`.
 fn conv_row4(level: simd::Level, o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
@@ -221,7 +221,7 @@ unsafe fn conv_row4_avx512(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) 
 }
 
 /// The body of `conv_row4` (separate multiply and add at every level: the sum is the plain
-/// loop's, in the same order).
+/// loop's, in the same order; the SiLU here too, so that its exp vectorises at the level).
 #[inline(always)]
 fn conv_row4_body(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
     let cd = o.len();
@@ -229,6 +229,9 @@ fn conv_row4_body(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
     let [x0, x1, x2, x3] = x.map(|r| &r[..cd]);
     for (c, (v, wc)) in o.iter_mut().zip(w.chunks_exact(4)).enumerate() {
         *v = b[c] + wc[0] * x0[c] + wc[1] * x1[c] + wc[2] * x2[c] + wc[3] * x3[c];
+    }
+    for v in o.iter_mut() {
+        *v = silu(*v);
     }
 }
 
@@ -451,25 +454,24 @@ pub fn ssd_chunked<T: StateElem>(
             *v = ops::softplus(dt_raw[dt_offset + t * dt_stride + hh] + dt_bias[hh]).max(dt_min);
         }
     });
-    // The states in f32, transposed per head: st[head·hs + n·p + pi].
-    let mut st = vec![0f32; h * hs];
-    for (hh, sh) in state[..h * hs].chunks_mut(hs).enumerate() {
-        let dst = &mut st[hh * hs..(hh + 1) * hs];
-        T::with_f32(sh, |sh| {
-            for pi in 0..p {
-                for nn in 0..ns {
-                    dst[nn * p + pi] = sh[pi * ns + nn];
-                }
-            }
-        });
-    }
+    // The states in f32, transposed per head: st[head·hs + n·p + pi]. Each head's task
+    // transposes its state in at the first chunk and back after the last (on the calling
+    // thread alone the transposes were a fixed cost of every prefill while the team
+    // waited). The buffers are this thread's, reused from call to call: every value read
+    // is written first.
+    let mut bufs = SCAN_BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let st = take(&mut bufs.st, h * hs);
     let chunk = chunk.min(n);
-    // G of every group for the current chunk: gbuf[g·chunk² + li·l + si].
-    let mut gbuf = vec![0f32; groups * chunk * chunk];
-    let (gp, sp, yp) = (
+    // G of every group for the current chunk: gbuf[g·chunk² + li·l + si]; the group's B
+    // transposed: btbuf[g·ns·chunk + nn·l + si] (its heads scale it by their weights).
+    let gbuf = take(&mut bufs.g, groups * chunk * chunk);
+    let btbuf = take(&mut bufs.bt, groups * ns * chunk);
+    let (gp, bp, sp, yp, stp) = (
         SendPtr(gbuf.as_mut_ptr()),
+        SendPtr(btbuf.as_mut_ptr()),
         SendPtr(st.as_mut_ptr()),
         SendPtr(y.as_mut_ptr()),
+        SendPtr(state.as_mut_ptr()),
     );
     let (b_at, c_at) = (di, di + groups * ns);
     let mut c0 = 0;
@@ -477,112 +479,79 @@ pub fn ssd_chunked<T: StateElem>(
         let l = chunk.min(n - c0);
         let x0 = &xbc[c0 * cd..];
         team::par_for(groups, &|g| {
-            // SAFETY: group g's l×l slice of gbuf is written by this task only.
+            // SAFETY: group g's l×l slice of gbuf and its ns×l slice of btbuf are written
+            // by this task only.
             let gg =
                 unsafe { std::slice::from_raw_parts_mut(gp.get().add(g * chunk * chunk), l * l) };
-            SCRATCH.with(|sc| {
-                let mut sc = sc.borrow_mut();
-                let bt = take(&mut sc.a, ns * l);
-                for si in 0..l {
-                    let b = &x0[si * cd + b_at + g * ns..][..ns];
-                    for (nn, v) in b.iter().enumerate() {
-                        bt[nn * l + si] = *v;
-                    }
+            let bt =
+                unsafe { std::slice::from_raw_parts_mut(bp.get().add(g * ns * chunk), ns * l) };
+            for si in 0..l {
+                let b = &x0[si * cd + b_at + g * ns..][..ns];
+                for (nn, v) in b.iter().enumerate() {
+                    bt[nn * l + si] = *v;
                 }
-                gg.fill(0.0);
-                // G[li][si] = C_li · B_si for si ≤ li.
-                gemm_acc(
-                    level,
-                    Tri::C,
-                    l,
-                    l,
-                    ns,
-                    &x0[c_at + g * ns..],
-                    cd,
-                    bt,
-                    l,
-                    gg,
-                    l,
-                );
-            });
+            }
+            gg.fill(0.0);
+            // G[li][si] = C_li · B_si for si ≤ li.
+            gemm_acc(
+                level,
+                Tri::C,
+                l,
+                l,
+                ns,
+                &x0[c_at + g * ns..],
+                cd,
+                bt,
+                l,
+                gg,
+                l,
+            );
         });
         team::par_for(h, &|hh| {
             let g = hh / hpg;
-            let gg = &gbuf[g * chunk * chunk..g * chunk * chunk + l * l];
-            // SAFETY: head hh's state and its y columns are this task's only; gbuf is not
-            // written while the heads run.
+            let head = HeadChunk {
+                l,
+                p,
+                ns,
+                cd,
+                a: a[hh],
+                d: d[hh],
+                g: &gbuf[g * chunk * chunk..g * chunk * chunk + l * l],
+                bt: &btbuf[g * ns * chunk..g * ns * chunk + ns * l],
+                dt: &dts[hh * n + c0..hh * n + c0 + l],
+                x: &x0[hh * p..],
+                c: &x0[c_at + g * ns..],
+            };
+            // SAFETY: head hh's state (stored and transposed) and its y columns are this
+            // task's only; gbuf and btbuf are not written while the heads run.
             let sth = unsafe { std::slice::from_raw_parts_mut(sp.get().add(hh * hs), hs) };
-            let dt = &dts[hh * n + c0..hh * n + c0 + l];
-            let xh = &x0[hh * p..];
+            // SAFETY: as above (`state` holds h·hs values, checked above).
+            let stored = unsafe { std::slice::from_raw_parts_mut(stp.get().add(hh * hs), hs) };
+            if c0 == 0 {
+                T::with_f32(stored, |sh| panel::transpose(sh, p, ns, sth));
+            }
             SCRATCH.with(|sc| {
                 let mut sc = sc.borrow_mut();
-                let sc = &mut *sc;
-                let cum = take(&mut sc.cum, l);
-                let mut sum = 0f32;
-                for (c, v) in cum.iter_mut().zip(dt) {
-                    sum += a[hh] * v;
-                    *c = sum;
-                }
-                // M = G ∘ exp(cum_l − cum_s) ∘ dt_s (lower triangle), Y = M·X.
-                let m = take(&mut sc.a, l * l);
-                for li in 0..l {
-                    let row = &mut m[li * l..(li + 1) * l];
-                    for si in 0..=li {
-                        row[si] = gg[li * l + si] * ops::exp(cum[li] - cum[si]) * dt[si];
-                    }
-                    row[li + 1..].fill(0.0);
-                }
-                let yh = take(&mut sc.y, l * p);
-                yh.fill(0.0);
-                gemm_acc(level, Tri::A, l, p, l, m, l, xh, cd, yh, p);
-                // Y += diag(exp(cum))·C·Sᵀ (the state before this chunk).
-                let cs = take(&mut sc.b, l * ns);
-                for li in 0..l {
-                    let e = ops::exp(cum[li]);
-                    let c = &x0[li * cd + c_at + g * ns..][..ns];
-                    for (o, v) in cs[li * ns..(li + 1) * ns].iter_mut().zip(c) {
-                        *o = v * e;
-                    }
-                }
-                gemm_acc(level, Tri::None, l, p, ns, cs, ns, sth, p, yh, p);
-                // Sᵀ ← exp(cum_last)·Sᵀ + (B ∘ w)ᵀ·X, w_s = exp(cum_last − cum_s)·dt_s.
-                let last = cum[l - 1];
-                let e = ops::exp(last);
-                sth.iter_mut().for_each(|v| *v *= e);
-                let bw = take(&mut sc.a, ns * l);
-                for si in 0..l {
-                    let w = ops::exp(last - cum[si]) * dt[si];
-                    let b = &x0[si * cd + b_at + g * ns..][..ns];
-                    for (nn, v) in b.iter().enumerate() {
-                        bw[nn * l + si] = v * w;
-                    }
-                }
-                gemm_acc(level, Tri::None, ns, p, l, bw, l, xh, cd, sth, p);
-                // y = Y + D·x
-                for li in 0..l {
-                    let x = &xh[li * cd..li * cd + p];
-                    // SAFETY: row c0 + li, columns hh·p.. of y belong to this head.
-                    let yr = unsafe {
-                        std::slice::from_raw_parts_mut(yp.get().add((c0 + li) * di + hh * p), p)
-                    };
-                    for ((o, v), xv) in yr.iter_mut().zip(&yh[li * p..(li + 1) * p]).zip(x) {
-                        *o = v + d[hh] * xv;
-                    }
-                }
+                // SAFETY: rows c0..c0+l, columns hh·p..(hh+1)·p of y (`[n, di]`, checked
+                // above) belong to this head.
+                unsafe {
+                    head_chunk(
+                        level,
+                        &head,
+                        sth,
+                        &mut sc,
+                        yp.get().add(c0 * di + hh * p),
+                        di,
+                    )
+                };
             });
+            if c0 + l == n {
+                T::with_f32(stored, |sh| panel::transpose(sth, ns, p, sh));
+            }
         });
         c0 += l;
     }
-    for (hh, sh) in state[..h * hs].chunks_mut(hs).enumerate() {
-        let src = &st[hh * hs..(hh + 1) * hs];
-        T::with_f32(sh, |sh| {
-            for pi in 0..p {
-                for nn in 0..ns {
-                    sh[pi * ns + nn] = src[nn * p + pi];
-                }
-            }
-        });
-    }
+    SCAN_BUFS.with(|b| *b.borrow_mut() = bufs);
 }
 
 #[derive(Clone, Copy)]
@@ -605,10 +574,21 @@ struct Scratch {
     b: Vec<f32>,
     y: Vec<f32>,
     cum: Vec<f32>,
+    w: Vec<f32>,
+}
+
+/// The calling thread's buffers for `ssd_chunked`: the transposed states, and every
+/// group's G and Bᵀ of a chunk.
+#[derive(Default)]
+struct ScanBufs {
+    st: Vec<f32>,
+    g: Vec<f32>,
+    bt: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    static SCAN_BUFS: std::cell::RefCell<ScanBufs> = std::cell::RefCell::new(ScanBufs::default());
 }
 
 /// The first `len` values of `v` (grown as needed; contents unspecified).
@@ -617,6 +597,158 @@ fn take(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
         v.resize(len, 0.0);
     }
     &mut v[..len]
+}
+
+/// One head's inputs for one chunk of `ssd_chunked` (rows of `x` and `c` are `cd` apart).
+struct HeadChunk<'a> {
+    l: usize,
+    p: usize,
+    ns: usize,
+    cd: usize,
+    /// A and D of the head.
+    a: f32,
+    d: f32,
+    /// The group's `G = C·Bᵀ` (`[l, l]`, lower triangle) and `Bᵀ` (`[ns, l]`).
+    g: &'a [f32],
+    bt: &'a [f32],
+    /// dt of the chunk's tokens; the head's x (`[l, p]`) and the group's C (`[l, ns]`).
+    dt: &'a [f32],
+    x: &'a [f32],
+    c: &'a [f32],
+}
+
+/// One head's chunk of `ssd_chunked` at `level`: its state `sth` (`[ns, p]`) passes on and
+/// its outputs go to `y` (rows `ldy` apart).
+///
+/// # Safety
+/// `y` points at `l` rows of `p` writable values, `ldy` apart, that no other thread touches.
+unsafe fn head_chunk(
+    level: simd::Level,
+    hc: &HeadChunk<'_>,
+    sth: &mut [f32],
+    sc: &mut Scratch,
+    y: *mut f32,
+    ldy: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: the features were detected at run time; the caller keeps `y`'s promise.
+        simd::Level::Avx512 => return unsafe { head_chunk_avx512(hc, sth, sc, y, ldy) },
+        // SAFETY: as above.
+        simd::Level::Avx2 => return unsafe { head_chunk_avx2(hc, sth, sc, y, ldy) },
+        simd::Level::Scalar | simd::Level::Neon => {}
+    }
+    // SAFETY: the caller keeps `y`'s promise.
+    unsafe { head_chunk_body(level, hc, sth, sc, y, ldy) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_chunk_avx2(
+    hc: &HeadChunk<'_>,
+    sth: &mut [f32],
+    sc: &mut Scratch,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: the caller keeps `y`'s promise.
+    unsafe { head_chunk_body(simd::Level::Avx2, hc, sth, sc, y, ldy) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn head_chunk_avx512(
+    hc: &HeadChunk<'_>,
+    sth: &mut [f32],
+    sc: &mut Scratch,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: the caller keeps `y`'s promise.
+    unsafe { head_chunk_body(simd::Level::Avx512, hc, sth, sc, y, ldy) }
+}
+
+/// The body of `head_chunk`, inlined into each level's copy so that its exps and scalings
+/// vectorise under the level's features (plain loops, no closures: a closure would be
+/// compiled for the baseline).
+#[inline(always)]
+unsafe fn head_chunk_body(
+    level: simd::Level,
+    hc: &HeadChunk<'_>,
+    sth: &mut [f32],
+    sc: &mut Scratch,
+    y: *mut f32,
+    ldy: usize,
+) {
+    let (l, p, ns, cd) = (hc.l, hc.p, hc.ns, hc.cd);
+    let dt = &hc.dt[..l];
+    let cum = take(&mut sc.cum, l);
+    let mut sum = 0f32;
+    for (c, v) in cum.iter_mut().zip(dt) {
+        sum += hc.a * v;
+        *c = sum;
+    }
+    let cum = &*cum;
+    // M = G ∘ exp(cum_l − cum_s) ∘ dt_s (lower triangle), Y = M·X.
+    let m = take(&mut sc.a, l * l);
+    for li in 0..l {
+        let row = &mut m[li * l..(li + 1) * l];
+        let cl = cum[li];
+        let (lower, upper) = row.split_at_mut(li + 1);
+        for (((o, gv), cs), dv) in lower
+            .iter_mut()
+            .zip(&hc.g[li * l..li * l + li + 1])
+            .zip(&cum[..=li])
+            .zip(&dt[..=li])
+        {
+            *o = gv * ops::exp(cl - cs) * dv;
+        }
+        upper.fill(0.0);
+    }
+    let yh = take(&mut sc.y, l * p);
+    yh.fill(0.0);
+    gemm_acc(level, Tri::A, l, p, l, m, l, hc.x, cd, yh, p);
+    // Y += diag(exp(cum))·C·Sᵀ (the state before this chunk).
+    let cs = take(&mut sc.b, l * ns);
+    for li in 0..l {
+        let e = ops::exp(cum[li]);
+        for (o, v) in cs[li * ns..(li + 1) * ns]
+            .iter_mut()
+            .zip(&hc.c[li * cd..li * cd + ns])
+        {
+            *o = v * e;
+        }
+    }
+    gemm_acc(level, Tri::None, l, p, ns, cs, ns, sth, p, yh, p);
+    // Sᵀ ← exp(cum_last)·Sᵀ + (B ∘ w)ᵀ·X, w_s = exp(cum_last − cum_s)·dt_s.
+    let last = cum[l - 1];
+    let e = ops::exp(last);
+    for v in sth.iter_mut() {
+        *v *= e;
+    }
+    let w = take(&mut sc.w, l);
+    for ((o, cs), dv) in w.iter_mut().zip(cum).zip(dt) {
+        *o = ops::exp(last - cs) * dv;
+    }
+    let bw = take(&mut sc.a, ns * l);
+    for (brow, trow) in bw.chunks_exact_mut(l).zip(hc.bt.chunks_exact(l)) {
+        for ((o, b), wv) in brow.iter_mut().zip(trow).zip(&*w) {
+            *o = b * wv;
+        }
+    }
+    gemm_acc(level, Tri::None, ns, p, l, bw, l, hc.x, cd, sth, p);
+    // y = Y + D·x
+    for li in 0..l {
+        // SAFETY: row li of the head's y block (the caller's promise).
+        let yr = unsafe { std::slice::from_raw_parts_mut(y.add(li * ldy), p) };
+        for ((o, v), xv) in yr
+            .iter_mut()
+            .zip(&yh[li * p..(li + 1) * p])
+            .zip(&hc.x[li * cd..li * cd + p])
+        {
+            *o = v + hc.d * xv;
+        }
+    }
 }
 
 /// Which triangle of a product `gemm_acc` may skip.
