@@ -2,7 +2,7 @@
 //! Formulas follow transformers' `modeling_nemotron_h.py` (cited per function).
 //! Row-wise ops of more than a few rows run on the thread team (`team::par_rows`).
 
-use super::team;
+use super::{simd, team};
 
 /// Values per team task of a row-wise norm (about a microsecond of work each).
 const NORM_GRAIN: usize = 8192;
@@ -13,12 +13,31 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "rms_norm: x and out lengths");
     team::par_rows(out, dim, NORM_GRAIN, &|r, or| {
         let xr = &x[r * dim..(r + 1) * dim];
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let ms = sum_squares(xr) / dim as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
             *o = w * (v * inv);
         }
     });
+}
+
+/// `Σ v²` in eight interleaved partial sums (lane `i mod 8`), added pairwise at the end: the
+/// same order at every SIMD level, and one the compiler vectorises (a single running sum
+/// waited on the add's latency for every value).
+#[inline(always)]
+fn sum_squares(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * x;
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += x * x;
+    }
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+    ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))
 }
 
 /// Gated RMSNorm (`NemotronHRMSNormGated`, norm_before_gate=False):
@@ -45,21 +64,53 @@ pub fn gated_rms_norm_strided(
         "gated_rms_norm: z holds {} values, want {rows} rows {z_stride} apart",
         z.len()
     );
+    let level = simd::level();
     team::par_rows(y, dim, NORM_GRAIN, &|r, yr| {
-        for (v, g) in yr.iter_mut().zip(&z[r * z_stride..r * z_stride + dim]) {
-            *v *= silu(*g);
-        }
-        for (grp, wg) in yr
-            .chunks_exact_mut(group_size)
-            .zip(weight.chunks_exact(group_size))
-        {
-            let ms = grp.iter().map(|v| v * v).sum::<f32>() / group_size as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            for (v, w) in grp.iter_mut().zip(wg) {
-                *v = w * (*v * inv);
+        let zr = &z[r * z_stride..r * z_stride + dim];
+        #[cfg(target_arch = "x86_64")]
+        match level {
+            // SAFETY: the features were detected at run time.
+            simd::Level::Avx512 => {
+                return unsafe { gated_row_avx512(yr, zr, weight, group_size, eps) }
             }
+            // SAFETY: as above.
+            simd::Level::Avx2 => return unsafe { gated_row_avx2(yr, zr, weight, group_size, eps) },
+            simd::Level::Scalar | simd::Level::Neon => {}
         }
+        let _ = level;
+        gated_row(yr, zr, weight, group_size, eps)
     });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gated_row_avx2(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) {
+    gated_row(y, z, weight, group_size, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gated_row_avx512(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) {
+    gated_row(y, z, weight, group_size, eps)
+}
+
+/// One row of `gated_rms_norm_strided`, inlined into each level's copy (the same operations
+/// in the same order at every level; FMA is never contracted).
+#[inline(always)]
+fn gated_row(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) {
+    for (v, g) in y.iter_mut().zip(z) {
+        *v *= silu(*g);
+    }
+    for (grp, wg) in y
+        .chunks_exact_mut(group_size)
+        .zip(weight.chunks_exact(group_size))
+    {
+        let ms = sum_squares(grp) / group_size as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, w) in grp.iter_mut().zip(wg) {
+            *v = w * (*v * inv);
+        }
+    }
 }
 
 /// e^x for f32, vectorisable (no table, no branch the compiler cannot turn into a
@@ -92,9 +143,11 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-#[inline]
+/// SiLU, `x·sigmoid(x)`, with the vectorisable `exp` (libm's `expf` kept the gated norm's
+/// and the MLPs' loops scalar).
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp(-x))
 }
 
 /// softplus as torch computes it (threshold 20: linear above).
@@ -180,6 +233,58 @@ mod tests {
         let mut got = y;
         gated_rms_norm_strided(&mut got, &wide, stride, &w, 2, 1e-5);
         assert_eq!(got, want);
+    }
+
+    /// The gated row at every SIMD level this CPU has gives the plain loop's values bit for
+    /// bit, and both are within f32 rounding of an f64 evaluation of the formula (with
+    /// libm's exp), at a model's group size and a ragged one.
+    #[test]
+    fn the_gated_row_is_the_same_at_every_simd_level_and_near_f64() {
+        for (dim, group) in [(2048usize, 256usize), (45, 15)] {
+            let y: Vec<f32> = (0..dim)
+                .map(|i| ((i * 37) % 101) as f32 / 13.0 - 3.8)
+                .collect();
+            let z: Vec<f32> = (0..dim)
+                .map(|i| ((i * 53) % 89) as f32 / 7.0 - 6.1)
+                .collect();
+            let w: Vec<f32> = (0..dim).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+            let mut plain = y.clone();
+            gated_row(&mut plain, &z, &w, group, 1e-5);
+            for (gi, (got, wg)) in plain.chunks(group).zip(w.chunks(group)).enumerate() {
+                let gated: Vec<f64> = (0..group)
+                    .map(|j| {
+                        let (yv, zv) = (y[gi * group + j] as f64, z[gi * group + j] as f64);
+                        yv * zv / (1.0 + (-zv).exp())
+                    })
+                    .collect();
+                let ms = gated.iter().map(|v| v * v).sum::<f64>() / group as f64;
+                let inv = 1.0 / (ms + 1e-5).sqrt();
+                for j in 0..group {
+                    let want = wg[j] as f64 * gated[j] * inv;
+                    let d = (got[j] as f64 - want).abs();
+                    assert!(
+                        d <= 1e-5 * want.abs().max(1.0),
+                        "{dim}/{group} [{gi}][{j}]: {} vs {want}",
+                        got[j]
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if simd::level() != simd::Level::Scalar {
+                    let mut v = y.clone();
+                    // SAFETY: avx2 and fma are there at these levels.
+                    unsafe { gated_row_avx2(&mut v, &z, &w, group, 1e-5) };
+                    assert_eq!(v, plain, "avx2, {dim}/{group}");
+                }
+                if simd::level() == simd::Level::Avx512 {
+                    let mut v = y.clone();
+                    // SAFETY: avx512f is there at this level.
+                    unsafe { gated_row_avx512(&mut v, &z, &w, group, 1e-5) };
+                    assert_eq!(v, plain, "avx512, {dim}/{group}");
+                }
+            }
+        }
     }
 
     #[test]

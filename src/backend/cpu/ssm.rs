@@ -162,7 +162,7 @@ pub fn causal_conv1d(
                         }
                     }
                     for v in o.iter_mut() {
-                        *v = silu(*v);
+                        *v = ops::silu(*v);
                     }
                 }
             }
@@ -184,12 +184,6 @@ pub fn causal_conv1d(
         }
     }
     conv_state[..past * cd].copy_from_slice(&window);
-}
-
-/// SiLU with the vectorisable `ops::exp`.
-#[inline(always)]
-fn silu(v: f32) -> f32 {
-    v / (1.0 + ops::exp(-v))
 }
 
 /// One output row of the models' 4-tap conv: `o[c] = silu(b[c] + Σ_j w[c, j]·x_j[c])`
@@ -231,7 +225,7 @@ fn conv_row4_body(o: &mut [f32], b: &[f32], w: &[f32], x: [&[f32]; 4]) {
         *v = b[c] + wc[0] * x0[c] + wc[1] * x1[c] + wc[2] * x2[c] + wc[3] * x3[c];
     }
     for v in o.iter_mut() {
-        *v = silu(*v);
+        *v = ops::silu(*v);
     }
 }
 
@@ -1049,7 +1043,7 @@ mod tests {
                     acc += w[c * k + j]
                         * input(conv_state, t as isize - past as isize + j as isize, c);
                 }
-                out[t * cd + c] = ops::silu(acc);
+                out[t * cd + c] = acc / (1.0 + (-acc).exp());
             }
         }
         // The new window: the last k-1 inputs (some still from the old window when n < k-1).
