@@ -124,8 +124,12 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.0, 88.0);
-    // Round to nearest with the 1.5·2^23 trick (|xc·log2 e| < 2^22).
-    let n = (xc * LOG2E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest with the 1.5·2^23 trick (|xc·log2 e| < 2^22): t's low mantissa bits
+    // hold n, so the integer comes from t's bits (`n as i32`, a saturating cast, kept every
+    // loop that calls this scalar: no compiler vectorises it).
+    let t = xc * LOG2E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    let ni = t.to_bits() as i32 - 12_582_912f32.to_bits() as i32;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -133,7 +137,7 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = (p * r2 + r) + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scaled = y * f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.0 {
         0.0
     } else if x > 88.0 {
@@ -303,6 +307,7 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
