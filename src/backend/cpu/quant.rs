@@ -1062,8 +1062,10 @@ mod x86 {
                 let t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
                 let frac = _mm512_abs_ps(_mm512_sub_ps(y, t));
                 let away = _mm512_cmp_ps_mask(frac, half, _CMP_GE_OQ);
-                // Step |t| + 1 with y's sign: t + copysign(1, y).
-                let step = _mm512_or_ps(one, _mm512_and_ps(y, _mm512_set1_ps(-0.0)));
+                // Step |t| + 1 with y's sign: t + copysign(1, y). (In integer ops: the
+                // float `and`/`or` are AVX-512 DQ, not enabled here, and were calls.)
+                let sign = _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32(i32::MIN));
+                let step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(one), sign));
                 let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, away, t, step));
                 bsum = _mm512_add_epi32(bsum, r);
                 _mm_storeu_si128(
