@@ -72,45 +72,20 @@ pub(super) fn widen_panels(
                 widen_into(dtype, &src[r0 * rb..(r0 + g) * rb], &mut scratch[..g * k]);
             }
             scratch[g * k..8 * k].fill(0.0);
-            transpose8(&scratch[..8 * k], k, panel, j);
+            transpose(&scratch[..8 * k], 8, k, &mut panel[j..], W);
         }
     }
 }
 
-/// `panel[kk·16 + j + i] = rows[i·k + kk]` for the 8 rows of `rows` (8 × k).
-fn transpose8(rows: &[f32], k: usize, panel: &mut [f32], j: usize) {
-    assert!(rows.len() == 8 * k && panel.len() >= W * k && j + 8 <= W);
-    // Whole blocks of 8 columns by the AVX2 transpose, the rest one by one.
-    let simd_cols = if cfg!(target_arch = "x86_64") && usable() {
-        k / 8 * 8
-    } else {
-        0
-    };
-    #[cfg(target_arch = "x86_64")]
-    for kk in (0..simd_cols).step_by(8) {
-        // SAFETY: avx2 was detected at run time (`usable`, else simd_cols is 0); the 8 × 8
-        // block read and the one written lie in `rows` and `panel` (asserted, kk + 8 ≤ k).
-        unsafe {
-            x86::transpose8x8(
-                rows.as_ptr().add(kk),
-                k,
-                panel.as_mut_ptr().add(kk * W + j),
-                W,
-            )
-        };
+/// `dst[c·ld + r] = src[r·cols + c]`: a `rows × cols` matrix transposed into rows `ld ≥
+/// rows` apart (the widening's 8 rows into a panel's lanes; the scan's states between
+/// their stored and their working layout), 8 × 8 blocks in registers where the CPU has
+/// AVX2, the rest one value at a time. Values of `dst` between its rows stay untouched.
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
+    if rows == 0 || cols == 0 {
+        return;
     }
-    for c in simd_cols..k {
-        for i in 0..8 {
-            panel[c * W + j + i] = rows[i * k + c];
-        }
-    }
-}
-
-/// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed, 8 × 8 blocks in
-/// registers where the CPU has AVX2 (the scan's states move between their stored and their
-/// working layout with this at every prefill), the rest one value at a time.
-pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    assert!(ld >= rows && src.len() >= rows * cols && dst.len() >= (cols - 1) * ld + rows);
     let (r8, c8) =
         if cfg!(target_arch = "x86_64") && matches!(simd::level(), Level::Avx2 | Level::Avx512) {
             (rows / 8 * 8, cols / 8 * 8)
@@ -127,8 +102,8 @@ pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
                 x86::transpose8x8(
                     src.as_ptr().add(r * cols + c),
                     cols,
-                    dst.as_mut_ptr().add(c * rows + r),
-                    rows,
+                    dst.as_mut_ptr().add(c * ld + r),
+                    ld,
                 )
             };
         }
@@ -136,7 +111,7 @@ pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
     for r in 0..rows {
         let c_from = if r < r8 { c8 } else { 0 };
         for c in c_from..cols {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * ld + r] = src[r * cols + c];
         }
     }
 }
@@ -277,10 +252,22 @@ mod tests {
     use crate::backend::dtype::narrow_into;
 
     /// `transpose` moves every value to its place, at shapes with whole 8 × 8 blocks, ragged
-    /// edges on either side and none (the blocks run at AVX2 and AVX-512; run the suite
-    /// with `NEMO_SIMD=scalar` for the plain loop).
+    /// edges on either side and none, into rows as far apart as the matrix's (`ld` =
+    /// rows) and farther (the gaps untouched); the blocks run at AVX2 and AVX-512 (run the
+    /// suite with `NEMO_SIMD=scalar` for the plain loop).
     #[test]
     fn transpose_puts_every_value_at_its_mirrored_place() {
+        for (rows, cols, ld) in [(8, 24, 16), (13, 21, 20), (8, 5, 9)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 + 0.5).collect();
+            let mut dst = vec![-1f32; cols * ld];
+            transpose(&src, rows, cols, &mut dst, ld);
+            for c in 0..cols {
+                for r in 0..ld {
+                    let want = if r < rows { src[r * cols + c] } else { -1.0 };
+                    assert_eq!(dst[c * ld + r], want, "{rows}×{cols} ld {ld} at {r},{c}");
+                }
+            }
+        }
         for (rows, cols) in [
             (8, 8),
             (64, 128),
@@ -293,7 +280,7 @@ mod tests {
             let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 + 0.5).collect();
             // Room past the end, which must stay untouched.
             let mut dst = vec![-1f32; rows * cols + 3];
-            transpose(&src, rows, cols, &mut dst);
+            transpose(&src, rows, cols, &mut dst, rows);
             for r in 0..rows {
                 for c in 0..cols {
                     assert_eq!(

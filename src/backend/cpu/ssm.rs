@@ -522,7 +522,7 @@ pub fn ssd_chunked<T: StateElem>(
             // SAFETY: as above (`state` holds h·hs values, checked above).
             let stored = unsafe { std::slice::from_raw_parts_mut(stp.get().add(hh * hs), hs) };
             if c0 == 0 {
-                T::with_f32(stored, |sh| panel::transpose(sh, p, ns, sth));
+                T::with_f32(stored, |sh| panel::transpose(sh, p, ns, sth, p));
             }
             SCRATCH.with(|sc| {
                 let mut sc = sc.borrow_mut();
@@ -540,7 +540,7 @@ pub fn ssd_chunked<T: StateElem>(
                 };
             });
             if c0 + l == n {
-                T::with_f32(stored, |sh| panel::transpose(sth, ns, p, sh));
+                T::with_f32(stored, |sh| panel::transpose(sth, ns, p, sh, ns));
             }
         });
         c0 += l;
@@ -788,10 +788,10 @@ fn gemm_acc(
     }
     #[cfg(target_arch = "aarch64")]
     if level == simd::Level::Neon {
-        return gemm_body::<true, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc);
+        return gemm_body::<true, 4>(tri, m, n, k, a, lda, b, ldb, c, ldc);
     }
     let _ = level;
-    gemm_body::<false, 4, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    gemm_body::<false, 4>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
 /// `gemm_acc` at AVX2: blocks of 6 rows × 16 columns in 12 ymm accumulators with explicit
@@ -840,7 +840,7 @@ unsafe fn gemm_avx2(
             j0 += 16;
         }
         if j0 < nn {
-            gemm_body::<true, 4, 16>(
+            gemm_body::<true, 4>(
                 Tri::None,
                 R,
                 nn - j0,
@@ -856,7 +856,7 @@ unsafe fn gemm_avx2(
         i0 += R;
     }
     if full < m {
-        gemm_body::<true, 4, 16>(
+        gemm_body::<true, 4>(
             Tri::None,
             m - full,
             n,
@@ -920,18 +920,18 @@ unsafe fn gemm_avx512(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_body::<true, 8, 16>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    gemm_body::<true, 8>(tri, m, n, k, a, lda, b, ldb, c, ldc)
 }
 
-/// The body of `gemm_acc`, inlined into each level's copy: `R` rows × `W` columns of
-/// accumulators, one broadcast of A per row and k, one `W`-wide load of B per k. AVX-512
+/// The body of `gemm_acc`, inlined into each level's copy: `R` rows × 16 columns of
+/// accumulators, one broadcast of A per row and k, one 16-wide load of B per k. AVX-512
 /// takes 8 × 16 (8 zmm accumulators, enough independent FMAs to cover their latency; 4 × 16
 /// left half of them waiting: the scan's 128 × 64 × 128 products 26–48 → 17–31 µs on one
 /// Zen 4 core, while 4 × 32, 6 × 32 and 12 × 16 spilled and ran 2× slower); the plain level
 /// 4 × 16 (AVX2 has its own 6 × 16 kernel, `gemm_avx2`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_body<const FMA: bool, const R: usize, const W: usize>(
+fn gemm_body<const FMA: bool, const R: usize>(
     tri: Tri,
     m: usize,
     n: usize,
@@ -943,6 +943,7 @@ fn gemm_body<const FMA: bool, const R: usize, const W: usize>(
     c: &mut [f32],
     ldc: usize,
 ) {
+    const W: usize = 16;
     let mut i0 = 0;
     while i0 < m {
         let rows = R.min(m - i0);
