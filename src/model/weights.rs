@@ -100,7 +100,7 @@ pub struct Tensor {
     bytes: Bytes,
     /// FP8 weights' `weight_scale`: one value (per tensor) or one per row.
     scale: Option<Arc<[f32]>>,
-    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0 and Q4_K on x86),
+    /// The rows interleaved for decode (`backend::cpu::interleave`; Q4_0, Q4_1 and Q4_K on x86),
     /// made by `interleave_for_cpu`: bytes `start..start + len` of the buffer.
     interleaved: Option<(Arc<Vec<u8>>, usize, usize)>,
 }
@@ -189,7 +189,7 @@ impl Tensor {
 
     /// Makes the decode copy of this tensor's matrices (each `[rows, cols]` of a 2-D tensor,
     /// or of every entry of a 3-D stack of experts) where `interleave::wanted` says this CPU
-    /// gains from one: Q4_0 and Q4_K on x86. The stored bytes stay the reference.
+    /// gains from one: Q4_0, Q4_1 and Q4_K on x86. The stored bytes stay the reference.
     pub fn interleave_for_cpu(&mut self) {
         let (mats, rows, cols) = match self.shape[..] {
             [r, c] => (1, r, c),

@@ -1,4 +1,4 @@
-//! Q4_0 and Q4_K weights interleaved 16 rows at a time, built once when a model loads
+//! Q4_0, Q4_1 and Q4_K weights interleaved 16 rows at a time, built once when a model loads
 //! (`interleave`), for decode on x86 (AVX-512 VNNI and AVX2): the rows of a group side by
 //! side, one 32-bit lane per row, so one token's 4 quantized activation bytes, broadcast,
 //! meet the next 4 quants of all 16 rows in one instruction, the scales of the 16 rows
@@ -12,6 +12,9 @@
 //! chunk c holds, for each row i, that row's stored quant bytes 4c..4c+4 at `64c + 4i`. A
 //! stored Q4_0 byte j carries quants j (low nibble) and j + 16 (high nibble), so the low
 //! nibbles of chunk c multiply activations 4c..4c+4 and the high ones 16+4c..16+4c+4.
+//!
+//! Q4_1 layout: as Q4_0's with the 16 rows' f16 mins (32 bytes) between the scales and the
+//! chunks (`Q1_MIN`, quants at `Q1_QS`): block b of group g at `(g·nb + b)·320`.
 //!
 //! Q4_K layout: super-block s of group g at `(g·nsb + s)·2368`: the 16 rows' d (f16, 32
 //! bytes), dmin (f16, 32), the 8 sub-block scales unpacked to bytes (`16j + i`, 128) and
@@ -33,6 +36,14 @@ pub const ROWS: usize = 16;
 
 /// Bytes of one Q4_0 block of one group: 16 f16 scales and 16 × 16 quant bytes.
 pub const GROUP_BLOCK: usize = 2 * ROWS + 16 * ROWS;
+
+/// Bytes of one Q4_1 block of one group: 16 f16 scales, 16 f16 mins and 16 × 16 quant
+/// bytes.
+pub const GROUP_BLOCK_1: usize = 4 * ROWS + 16 * ROWS;
+
+/// Offsets within a Q4_1 group block: mins, quants.
+pub const Q1_MIN: usize = 2 * ROWS;
+pub const Q1_QS: usize = 4 * ROWS;
 
 /// Bytes of one Q4_K super-block of one group: d and dmin (f16), 8 scales and 8 mins (u8)
 /// and 128 quant bytes per row.
@@ -59,7 +70,7 @@ pub fn usable() -> bool {
 
 /// Whether a matrix of `dtype` with `cols` columns is worth an interleaved copy here.
 pub fn wanted(dtype: DType, cols: usize) -> bool {
-    let typed = matches!(dtype, DType::Q4_0 | DType::Q4_K);
+    let typed = matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q4_K);
     typed && cols > 0 && cols.is_multiple_of(dtype.block().0) && usable()
 }
 
@@ -67,12 +78,13 @@ pub fn wanted(dtype: DType, cols: usize) -> bool {
 pub fn group_bytes(dtype: DType, cols: usize) -> usize {
     match dtype {
         DType::Q4_0 => cols / 32 * GROUP_BLOCK,
+        DType::Q4_1 => cols / 32 * GROUP_BLOCK_1,
         DType::Q4_K => cols / 256 * GROUP_BLOCK_K,
         _ => panic!("interleave: no interleaved layout for {dtype}"),
     }
 }
 
-/// The interleaved copy of a Q4_0 or Q4_K matrix of `rows` × `cols` stored in `data`.
+/// The interleaved copy of a Q4_0, Q4_1 or Q4_K matrix of `rows` × `cols` stored in `data`.
 pub fn interleave(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let mut out = vec![0u8; rows.div_ceil(ROWS) * group_bytes(dtype, cols)];
     interleave_into(dtype, data, rows, cols, &mut out);
@@ -103,6 +115,9 @@ pub fn interleave_into(dtype: DType, data: &[u8], rows: usize, cols: usize, out:
                 // Where row i's 4-byte quant words start, and the words.
                 let (words_at, words) = if dtype == DType::Q4_0 {
                     (2 * ROWS, &blk[2..])
+                } else if dtype == DType::Q4_1 {
+                    d[Q1_MIN + 2 * i..Q1_MIN + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                    (Q1_QS, &blk[4..])
                 } else {
                     d[K_DMIN + 2 * i..K_DMIN + 2 * i + 2].copy_from_slice(&blk[2..4]);
                     let (sc, mn) = super::quant::scales_mins_k4(&blk[4..16]);
@@ -125,7 +140,7 @@ pub fn interleave_into(dtype: DType, data: &[u8], rows: usize, cols: usize, out:
 /// whose groups are `groups` (whole groups) and `out.len()` rows (at most 16 per group: the
 /// last group may be partial). Only when `usable()`.
 pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut [f32]) {
-    let four_k = dtype == DType::Q4_K;
+    let (four_k, min) = (dtype == DType::Q4_K, dtype == DType::Q4_1);
     assert_eq!(
         groups.len(),
         out.len().div_ceil(ROWS) * group_bytes(dtype, cols)
@@ -139,8 +154,10 @@ pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut
             return unsafe {
                 if four_k {
                     x86::gemv_q4k_vnni(groups, nb / 8, x, out)
+                } else if min {
+                    x86::gemv_vnni::<true>(groups, nb, x, out)
                 } else {
-                    x86::gemv_vnni(groups, nb, x, out)
+                    x86::gemv_vnni::<false>(groups, nb, x, out)
                 }
             };
         }
@@ -149,20 +166,34 @@ pub fn gemv(dtype: DType, groups: &[u8], cols: usize, x: &ActsRef<'_>, out: &mut
             return unsafe {
                 if four_k {
                     x86::gemv_q4k_avx2(groups, nb / 8, x, out)
+                } else if min {
+                    x86::gemv_avx2::<true>(groups, nb, x, out)
                 } else {
-                    x86::gemv_avx2(groups, nb, x, out)
+                    x86::gemv_avx2::<false>(groups, nb, x, out)
                 }
             };
         }
     }
-    let _ = four_k;
+    let _ = (four_k, min);
     unreachable!("interleave::gemv ({dtype}) without a kernel for this CPU");
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActsRef, GROUP_BLOCK, GROUP_BLOCK_K, K_DMIN, K_MIN, K_QS, K_SC, ROWS};
+    use super::{
+        ActsRef, GROUP_BLOCK, GROUP_BLOCK_1, GROUP_BLOCK_K, K_DMIN, K_MIN, K_QS, K_SC, Q1_MIN,
+        Q1_QS, ROWS,
+    };
     use std::arch::x86_64::*;
+
+    /// A Q4_0 (Q4_1 with `min`) group block's bytes and where its quant chunks start.
+    const fn q4_layout(min: bool) -> (usize, usize) {
+        if min {
+            (GROUP_BLOCK_1, Q1_QS)
+        } else {
+            (GROUP_BLOCK, 2 * ROWS)
+        }
+    }
 
     /// Stores a group's 16 results (`o`: the group's rows, 16 or fewer for the last).
     #[inline]
@@ -187,29 +218,45 @@ mod x86 {
 
     /// One zmm lane per row: per block, 8 `vpdpbusd` of the nibbles (unsigned) against the
     /// broadcast activation dwords in two chains, the first started at −8·Σx (Q4_0's
-    /// offset, in integers), then one FMA with the 16 rows' scales times d_x.
+    /// offset, in integers), then one FMA with the 16 rows' scales times d_x. Q4_1 (`MIN`)
+    /// starts both chains at 0 and adds its mins times `d_x·Σx` in a second FMA.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub(super) unsafe fn gemv_vnni(groups: &[u8], nb: usize, x: &ActsRef<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn gemv_vnni<const MIN: bool>(
+        groups: &[u8],
+        nb: usize,
+        x: &ActsRef<'_>,
+        out: &mut [f32],
+    ) {
+        let (gb, qs_at) = q4_layout(MIN);
         let low = _mm512_set1_epi8(0x0F);
         let (xq, xd, xs) = (x.qs.as_ptr() as *const i32, x.d.as_ptr(), x.sum.as_ptr());
         for (g, o) in out.chunks_mut(ROWS).enumerate() {
-            let gp = groups.as_ptr().add(g * nb * GROUP_BLOCK);
+            let gp = groups.as_ptr().add(g * nb * gb);
             let mut acc = _mm512_setzero_ps();
             for b in 0..nb {
-                let p = gp.add(b * GROUP_BLOCK);
+                let p = gp.add(b * gb);
                 let xb = xq.add(8 * b);
-                let mut lo = _mm512_set1_epi32(-8 * *xs.add(b));
+                let mut lo = if MIN {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_set1_epi32(-8 * *xs.add(b))
+                };
                 let mut hi = _mm512_setzero_si512();
                 for c in 0..4 {
-                    let q = _mm512_loadu_si512(p.add(2 * ROWS + 64 * c) as *const __m512i);
+                    let q = _mm512_loadu_si512(p.add(qs_at + 64 * c) as *const __m512i);
                     let ql = _mm512_and_si512(q, low);
                     let qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
                     lo = _mm512_dpbusd_epi32(lo, ql, _mm512_set1_epi32(*xb.add(c)));
                     hi = _mm512_dpbusd_epi32(hi, qh, _mm512_set1_epi32(*xb.add(4 + c)));
                 }
+                let dx = *xd.add(b);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-                let s = _mm512_mul_ps(d, _mm512_set1_ps(*xd.add(b)));
+                let s = _mm512_mul_ps(d, _mm512_set1_ps(dx));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), s, acc);
+                if MIN {
+                    let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q1_MIN) as *const __m256i));
+                    acc = _mm512_fmadd_ps(m, _mm512_set1_ps(dx * *xs.add(b) as f32), acc);
+                }
             }
             store16(o, acc);
         }
@@ -218,24 +265,32 @@ mod x86 {
     /// One ymm lane per row, the group's two halves of 8 rows side by side: per block and
     /// half, 8 `maddubs` (nibble × activation byte pairs) summed in i16 (at most
     /// 8 · 2 · 15 · 128 = 30720, no overflow), one `madd` to i32, −8·Σx, then one FMA with
-    /// the 8 rows' scales times d_x.
+    /// the 8 rows' scales times d_x. Q4_1 (`MIN`): no −8·Σx, a second FMA with its mins
+    /// times `d_x·Σx`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn gemv_avx2(groups: &[u8], nb: usize, x: &ActsRef<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn gemv_avx2<const MIN: bool>(
+        groups: &[u8],
+        nb: usize,
+        x: &ActsRef<'_>,
+        out: &mut [f32],
+    ) {
+        let (gb, qs_at) = q4_layout(MIN);
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let (xq, xd, xs) = (x.qs.as_ptr() as *const i32, x.d.as_ptr(), x.sum.as_ptr());
+        let half = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
         for (g, o) in out.chunks_mut(ROWS).enumerate() {
-            let gp = groups.as_ptr().add(g * nb * GROUP_BLOCK);
+            let gp = groups.as_ptr().add(g * nb * gb);
             let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for b in 0..nb {
-                let p = gp.add(b * GROUP_BLOCK);
+                let p = gp.add(b * gb);
                 let xb = xq.add(8 * b);
                 let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for c in 0..4 {
                     let xl = _mm256_set1_epi32(*xb.add(c));
                     let xh = _mm256_set1_epi32(*xb.add(4 + c));
-                    let q0 = _mm256_loadu_si256(p.add(2 * ROWS + 64 * c) as *const __m256i);
-                    let q1 = _mm256_loadu_si256(p.add(2 * ROWS + 64 * c + 32) as *const __m256i);
+                    let q0 = _mm256_loadu_si256(p.add(qs_at + 64 * c) as *const __m256i);
+                    let q1 = _mm256_loadu_si256(p.add(qs_at + 64 * c + 32) as *const __m256i);
                     let l0 = _mm256_maddubs_epi16(_mm256_and_si256(q0, low), xl);
                     let h0 =
                         _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low), xh);
@@ -245,14 +300,21 @@ mod x86 {
                     s0 = _mm256_add_epi16(s0, _mm256_add_epi16(l0, h0));
                     s1 = _mm256_add_epi16(s1, _mm256_add_epi16(l1, h1));
                 }
-                let off = _mm256_set1_epi32(8 * *xs.add(b));
-                let i0 = _mm256_sub_epi32(_mm256_madd_epi16(s0, ones), off);
-                let i1 = _mm256_sub_epi32(_mm256_madd_epi16(s1, ones), off);
+                let (mut i0, mut i1) = (_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
+                if !MIN {
+                    let off = _mm256_set1_epi32(8 * *xs.add(b));
+                    i0 = _mm256_sub_epi32(i0, off);
+                    i1 = _mm256_sub_epi32(i1, off);
+                }
                 let dx = _mm256_set1_ps(*xd.add(b));
-                let d0 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let d1 = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+                let (d0, d1) = (half(p), half(p.add(16)));
                 acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(d0, dx), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(d1, dx), acc1);
+                if MIN {
+                    let dxs = _mm256_set1_ps(*xd.add(b) * *xs.add(b) as f32);
+                    acc0 = _mm256_fmadd_ps(half(p.add(Q1_MIN)), dxs, acc0);
+                    acc1 = _mm256_fmadd_ps(half(p.add(Q1_MIN + 16)), dxs, acc1);
+                }
             }
             store8x2(o, acc0, acc1);
         }
@@ -382,7 +444,7 @@ mod tests {
     use crate::backend::cpu::quant::{self, quantize_acts, random_blocks};
     use crate::backend::cpu::test_values as pseudo;
 
-    /// Rows of `dt`: Q4_0 quantized from values by ggml's rule, Q4_K random blocks.
+    /// Rows of `dt`: Q4_0 and Q4_1 quantized from values by ggml's rule, Q4_K random blocks.
     fn rows_of(dt: DType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         if dt == DType::Q4_K {
             return random_blocks(dt, rows * cols / 256, seed);
@@ -394,26 +456,40 @@ mod tests {
         data
     }
 
-    /// The interleaved copy holds each row's scales and quant bytes where the layout says.
+    /// The interleaved copy holds each row's scales (Q4_1: and mins) and quant bytes where
+    /// the layout says.
     #[test]
-    fn q4_0_interleaving_places_every_byte() {
-        let (rows, nb) = (19, 3);
-        let data: Vec<u8> = (0..rows * 18 * nb).map(|i| (i * 7 % 251) as u8).collect();
-        let p = interleave(DType::Q4_0, &data, rows, 32 * nb);
-        assert_eq!(p.len(), 2 * nb * GROUP_BLOCK);
-        for r in 0..32 {
-            let (g, i) = (r / ROWS, r % ROWS);
-            for b in 0..nb {
-                let d = &p[(g * nb + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-                let blk = (r < rows).then(|| &data[(r * nb + b) * 18..][..18]);
-                assert_eq!(&d[2 * i..2 * i + 2], blk.map_or(&[0u8, 0][..], |k| &k[..2]));
-                for j in 0..16 {
-                    let got = d[2 * ROWS + 64 * (j / 4) + 4 * i + j % 4];
-                    assert_eq!(
-                        got,
-                        blk.map_or(0, |k| k[2 + j]),
-                        "row {r} block {b} byte {j}"
-                    );
+    fn q4_0_and_q4_1_interleaving_places_every_byte() {
+        for (dt, gbk, qs_at) in [
+            (DType::Q4_0, GROUP_BLOCK, 2 * ROWS),
+            (DType::Q4_1, GROUP_BLOCK_1, Q1_QS),
+        ] {
+            let (rows, nb) = (19, 3);
+            let bytes = dt.block().1;
+            let head = bytes - 16;
+            let data: Vec<u8> = (0..rows * bytes * nb)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            let p = interleave(dt, &data, rows, 32 * nb);
+            assert_eq!(p.len(), 2 * nb * gbk);
+            for r in 0..32 {
+                let (g, i) = (r / ROWS, r % ROWS);
+                for b in 0..nb {
+                    let d = &p[(g * nb + b) * gbk..][..gbk];
+                    let blk = (r < rows).then(|| &data[(r * nb + b) * bytes..][..bytes]);
+                    assert_eq!(&d[2 * i..2 * i + 2], blk.map_or(&[0u8, 0][..], |k| &k[..2]));
+                    if dt == DType::Q4_1 {
+                        let m = &d[Q1_MIN + 2 * i..Q1_MIN + 2 * i + 2];
+                        assert_eq!(m, blk.map_or(&[0u8, 0][..], |k| &k[2..4]), "{dt} row {r}");
+                    }
+                    for j in 0..16 {
+                        let got = d[qs_at + 64 * (j / 4) + 4 * i + j % 4];
+                        assert_eq!(
+                            got,
+                            blk.map_or(0, |k| k[head + j]),
+                            "{dt} row {r} block {b} byte {j}"
+                        );
+                    }
                 }
             }
         }
@@ -454,7 +530,7 @@ mod tests {
         level: &str,
         kernel: impl Fn(DType, &[u8], usize, &ActsRef<'_>, &mut [f32]),
     ) {
-        for dt in [DType::Q4_0, DType::Q4_K] {
+        for dt in [DType::Q4_0, DType::Q4_1, DType::Q4_K] {
             let per = dt.block().0;
             for (rows, nb) in [(16, 1), (5, 3), (37, 2), (64, 4)] {
                 let k = per * nb;
@@ -493,10 +569,10 @@ mod tests {
         // SAFETY: the features were detected above; the kernels' lengths hold by
         // construction (`interleave` of these rows, `quantize_acts` of k values).
         matches_the_plain_dot("avx2", |dt, p, k, x, out| unsafe {
-            if dt == DType::Q4_K {
-                x86::gemv_q4k_avx2(p, k / 256, x, out)
-            } else {
-                x86::gemv_avx2(p, k / 32, x, out)
+            match dt {
+                DType::Q4_K => x86::gemv_q4k_avx2(p, k / 256, x, out),
+                DType::Q4_1 => x86::gemv_avx2::<true>(p, k / 32, x, out),
+                _ => x86::gemv_avx2::<false>(p, k / 32, x, out),
             }
         });
     }
@@ -514,10 +590,10 @@ mod tests {
         }
         // SAFETY: as above.
         matches_the_plain_dot("vnni", |dt, p, k, x, out| unsafe {
-            if dt == DType::Q4_K {
-                x86::gemv_q4k_vnni(p, k / 256, x, out)
-            } else {
-                x86::gemv_vnni(p, k / 32, x, out)
+            match dt {
+                DType::Q4_K => x86::gemv_q4k_vnni(p, k / 256, x, out),
+                DType::Q4_1 => x86::gemv_vnni::<true>(p, k / 32, x, out),
+                _ => x86::gemv_vnni::<false>(p, k / 32, x, out),
             }
         });
     }

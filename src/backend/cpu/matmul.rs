@@ -297,7 +297,7 @@ mod tests {
                 for (a, b) in out.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-2 * scale, "{dt} n={n}: {a} vs {b}");
                 }
-                // With the interleaved copy the loader makes for Q4_0 (and Q4_K) on x86: the
+                // With the interleaved copy the loader makes for Q4_0 (Q4_1, Q4_K) on x86: the
                 // same integer dots, summed in another order.
                 if interleave::wanted(dt, k) {
                     let groups = interleave::interleave(dt, &bytes, m, k);

@@ -48,8 +48,8 @@ pub struct MatRef<'a> {
     pub cols: usize,
     /// FP8 weights' dequantization factor (`weight_scale`); `None` for other dtypes.
     pub scale: WeightScale<'a>,
-    /// Q4_0 rows interleaved 16 at a time for decode (`interleave`), when the loader made
-    /// them; `data` stays the reference and what every other kernel reads.
+    /// Q4_0, Q4_1 or Q4_K rows interleaved 16 at a time for decode (`interleave`), when the
+    /// loader made them; `data` stays the reference and what every other kernel reads.
     pub interleaved: Option<&'a [u8]>,
 }
 

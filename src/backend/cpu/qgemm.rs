@@ -483,7 +483,7 @@ fn pack_rows<const RR: usize>(w: &MatRef<'_>, r0: usize, r1: usize, nb: usize, p
     }
 }
 
-/// `pack_rows` for Q4_0 or Q4_K from the interleaved copy (`interleave`; `r0` on a
+/// `pack_rows` for Q4_0, Q4_1 or Q4_K from the interleaved copy (`interleave`; `r0` on a
 /// group's first row): each panel row's 4-byte words are already side by side, so packing
 /// is the nibble split and the scales widened (Q4_K: `d·sc` and `−dmin·m` per sub-block, as
 /// `unpack_block` computes them). Rows past the matrix are zero there: no quants, no scale,
@@ -523,9 +523,12 @@ fn pack_interleaved<const RR: usize>(
                         .as_ptr()
                         .add(g * gb + (b / 8) * interleave::GROUP_BLOCK_K);
                     x86::unpack_interleaved_q4k::<RR>(src, h, b % 8, q, e, o)
+                } else if dtype == DType::Q4_1 {
+                    let src = groups.as_ptr().add(g * gb + b * interleave::GROUP_BLOCK_1);
+                    x86::unpack_interleaved::<RR, true>(src, h, q, e, o)
                 } else {
                     let src = groups.as_ptr().add(g * gb + b * interleave::GROUP_BLOCK);
-                    x86::unpack_interleaved::<RR>(src, h, q, e, o)
+                    x86::unpack_interleaved::<RR, false>(src, h, q, e, o)
                 }
             };
         }
@@ -640,28 +643,35 @@ mod x86 {
 
     /// One block of an interleaved Q4_0 group (`interleave`), rows h..h+RR of it, into
     /// `pack_rows`' panel layout: 8 columns groups of RR u32 at `q` (low nibbles of word
-    /// c are columns 4c.., high nibbles 16+4c..), the scales at `e`, offsets −8·d at `o`.
+    /// c are columns 4c.., high nibbles 16+4c..), the scales at `e`, offsets −8·d at `o`
+    /// (Q4_1, `MIN`: its mins).
     ///
     /// # Safety
     /// avx2 and f16c; `src` holds a group block, `q` 8·RR u32, `e` and `o` RR f32.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn unpack_interleaved<const RR: usize>(
+    pub(super) unsafe fn unpack_interleaved<const RR: usize, const MIN: bool>(
         src: *const u8,
         h: usize,
         q: *mut u32,
         e: *mut f32,
         o: *mut f32,
     ) {
-        use super::interleave::ROWS;
+        use super::interleave::{Q1_MIN, Q1_QS, ROWS};
         let low = _mm256_set1_epi8(0x0F);
         let eight = _mm256_set1_ps(-8.0);
+        let qs_at = if MIN { Q1_QS } else { 2 * ROWS };
         for half in 0..RR / 8 {
             let r = h + 8 * half;
             let d = _mm256_cvtph_ps(_mm_loadu_si128(src.add(2 * r) as *const __m128i));
             _mm256_storeu_ps(e.add(8 * half), d);
-            _mm256_storeu_ps(o.add(8 * half), _mm256_mul_ps(d, eight));
+            let off = if MIN {
+                _mm256_cvtph_ps(_mm_loadu_si128(src.add(Q1_MIN + 2 * r) as *const __m128i))
+            } else {
+                _mm256_mul_ps(d, eight)
+            };
+            _mm256_storeu_ps(o.add(8 * half), off);
             for c in 0..4 {
-                let v = _mm256_loadu_si256(src.add(2 * ROWS + 64 * c + 4 * r) as *const __m256i);
+                let v = _mm256_loadu_si256(src.add(qs_at + 64 * c + 4 * r) as *const __m256i);
                 let lo = _mm256_and_si256(v, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                 _mm256_storeu_si256(q.add(c * RR + 8 * half) as *mut __m256i, lo);
@@ -1237,7 +1247,7 @@ mod tests {
                     let mut got = vec![f32::NAN; n * m];
                     run(&b, &[(w, OutPtr(want.as_mut_ptr()))], Path::Plain);
                     run(&b, &[(w, OutPtr(got.as_mut_ptr()))], path);
-                    // Q4_0 and Q4_K with their interleaved copy pack from that instead: the
+                    // Q4_0, Q4_1 and Q4_K with their interleaved copy pack from that instead: the
                     // same panels, so the same results bit for bit.
                     #[cfg(target_arch = "x86_64")]
                     if interleave::wanted(dt, k) && path != Path::Plain {
