@@ -312,6 +312,15 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) 
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::avx2_f16c() {
+        if dtype == DType::Q6_K {
+            // The activations' half-block sums once for all these rows.
+            let s16 = half_sums(x.qs);
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
+                // SAFETY: avx2, fma and f16c were detected at run time.
+                *o = unsafe { x86::dot_q6k(row, x, &s16) };
+            }
+            return;
+        }
         for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
             // SAFETY: avx2, fma and f16c were detected at run time.
             *o = unsafe { x86::dot_row_q8_avx2(dtype, row, x) };
@@ -330,6 +339,14 @@ pub fn dot_rows_q8(dtype: DType, rows: &[u8], x: &ActsRef<'_>, out: &mut [f32]) 
     for (o, row) in out.iter_mut().zip(rows.chunks_exact(rb)) {
         *o = dot_row_q8_plain(dtype, row, x);
     }
+}
+
+/// The sums of each 16 quantized activations (Q6_K's scales are per 16 values).
+#[cfg(target_arch = "x86_64")]
+fn half_sums(qs: &[i8]) -> Vec<i16> {
+    qs.chunks_exact(16)
+        .map(|h| h.iter().map(|&v| v as i16).sum())
+        .collect()
 }
 
 /// Σ row·x for a row of a `supports_q8_dot` type against quantized activations. The
@@ -669,7 +686,7 @@ mod arm {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{f16_at, ActsRef};
+    use super::ActsRef;
     use crate::backend::DType;
 
     /// Per block: the 32 weight quants as unsigned bytes (nibbles) or |w| with the sign
@@ -742,35 +759,79 @@ mod x86 {
         hsum(_mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), off))
     }
 
-    /// Q6_K: per 32 elements the 6-bit quants are rebuilt from a nibble and two high bits,
-    /// centred (−32..31), and multiplied with |q| / sign-moved x; `madd` with the two
-    /// 16-element scales as i16 gives scaled i32 sums. The super-block's 16 scales widen
-    /// to i16 once and each pair is spread over its halves by two shuffles, and `d·d_x`
-    /// of its 8 activation blocks is one vector (a scalar broadcast per 32 values and a
-    /// four-instruction scale pair were a third of the work).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q6k(row: &[u8], x: &ActsRef<'_>) -> f32 {
+    /// Q6_K: per 32 elements the 6-bit quants are rebuilt unsigned (q + 32, 0..63) from a
+    /// nibble and two high bits (moved to bits 4-5 by one shift and one mask) and go straight
+    /// into `maddubs` against x; `madd` with the two 16-element scales as i16 gives scaled
+    /// i32 sums, one FMA with `d·d_x` of the activation block. The −32 of every quant is
+    /// taken off once per super-block: `madd` of the 16 scales with the activations' 16
+    /// half-block sums `s16` (`half_sums`) gives each activation block's `Σ sc·Σx` in its
+    /// lane. The scales for block j come from a vector holding 8 of them in both 128-bit
+    /// lanes by one byte shuffle.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6k(row: &[u8], x: &ActsRef<'_>, s16: &[i16]) -> f32 {
         let low = _mm256_set1_epi8(0x0F);
-        let three = _mm256_set1_epi8(3);
-        let c32 = _mm256_set1_epi8(32);
-        // Bytes 0,1 (the pair's first scale) over the low half, 2,3 over the high one.
-        let spread = _mm256_setr_epi8(
-            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
-            3, 2, 3,
-        );
+        let m30 = _mm256_set1_epi8(0x30);
+        // Block j of a half (j mod 4): the i16 scale 2j over the low lane, 2j + 1 over the
+        // high one, from a vector of 8 scales per lane.
+        let spread = |j: i8| {
+            let (a, b) = (4 * j, 4 * j + 2);
+            _mm256_setr_epi8(
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+            )
+        };
+        let spreads = [spread(0), spread(1), spread(2), spread(3)];
         let nsb = row.len() / 210;
-        assert!(x.qs.len() >= 256 * nsb && x.d.len() >= 8 * nsb);
-        // One accumulator per quarter (the unrolled qt loop keeps them in registers): one
-        // for all was a chain of dependent FMAs, 8 per super-block.
+        assert!(x.qs.len() >= 256 * nsb && x.d.len() >= 8 * nsb && s16.len() >= 16 * nsb);
+        // One accumulator per quarter (the unrolled qt loop keeps them in registers).
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut off = _mm256_setzero_ps();
         for (b, blk) in row.chunks_exact(210).enumerate() {
             let p = blk.as_ptr();
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
             let dd = _mm256_mul_ps(
-                _mm256_set1_ps(f16_at(blk, 208)),
+                _mm256_set1_ps(f16c_at(blk, 208)),
                 _mm256_loadu_ps(x.d.as_ptr().add(8 * b)),
             );
+            let bs = _mm256_loadu_si256(s16.as_ptr().add(16 * b) as *const __m256i);
+            off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, bs)), dd, off);
             for n in 0..2 {
+                // The 8 scales of this half of the super-block in both lanes.
+                let sc = if n == 0 {
+                    _mm256_permute2x128_si256(sc16, sc16, 0x00)
+                } else {
+                    _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                };
                 let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
                 for (qt, a) in acc.iter_mut().enumerate() {
                     let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (qt % 2)) as *const __m256i);
@@ -779,29 +840,27 @@ mod x86 {
                     } else {
                         _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
                     };
+                    // Bits 2qt, 2qt + 1 of each qh byte to bits 4, 5 (a 16-bit shift by at
+                    // most 4 keeps bits 4-5 of each byte from the same byte).
                     let hi = match qt {
-                        0 => _mm256_and_si256(qh, three),
-                        1 => _mm256_and_si256(_mm256_srli_epi16(qh, 2), three),
-                        2 => _mm256_and_si256(_mm256_srli_epi16(qh, 4), three),
-                        _ => _mm256_and_si256(_mm256_srli_epi16(qh, 6), three),
+                        0 => _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                        1 => _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                        2 => _mm256_and_si256(qh, m30),
+                        _ => _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
                     };
-                    let q = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hi, 4)), c32);
                     let j = 4 * n + qt;
-                    let ab = 8 * b + j;
-                    let xv = _mm256_loadu_si256(x.qs.as_ptr().add(32 * ab) as *const __m256i);
-                    let prod =
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+                    let xv =
+                        _mm256_loadu_si256(x.qs.as_ptr().add(32 * (8 * b + j)) as *const __m256i);
+                    let prod = _mm256_maddubs_epi16(_mm256_or_si256(nib, hi), xv);
+                    let scj = _mm256_shuffle_epi8(sc, spreads[qt]);
+                    let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, scj));
                     let jv = _mm256_set1_epi32(j as i32);
-                    let sc = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(sc16, jv), spread);
-                    let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, sc));
                     *a = _mm256_fmadd_ps(s, _mm256_permutevar8x32_ps(dd, jv), *a);
                 }
             }
         }
-        hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        let all = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(_mm256_fnmadd_ps(_mm256_set1_ps(32.0), off, all))
     }
 
     /// The 8 f32 values of `v`'s 8 bytes, unsigned.
@@ -1151,7 +1210,7 @@ mod x86 {
         match dtype {
             DType::Q4_K => dot_q4k(row, x, false),
             DType::Q5_K => dot_q4k(row, x, true),
-            DType::Q6_K => dot_q6k(row, x),
+            DType::Q6_K => dot_q6k(row, x, &super::half_sums(x.qs)),
             DType::Q4_0 => dot_q4_q8_avx2::<0>(row, x),
             DType::Q4_1 => dot_q4_q8_avx2::<1>(row, x),
             _ => dot_q4_q8_avx2::<2>(row, x),
