@@ -17,8 +17,6 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use super::matrix::{block_rows, MatRef, OutPtr};
 use super::simd;
 use crate::backend::dtype::DType;
@@ -116,11 +114,7 @@ pub fn matmul_many(x: &[f32], n: usize, parts: &mut [(MatRef<'_>, &mut [f32])]) 
             let _ = (&xb, kp, r1, o);
         };
         let nblocks = m.div_ceil(br);
-        if nblocks == 1 {
-            run(0);
-        } else {
-            (0..nblocks).into_par_iter().for_each(run);
-        }
+        super::team::par_for(nblocks, &run);
     }
 }
 
@@ -281,7 +275,7 @@ mod tests {
         }
         // Ragged k (tails of 1..31 elements, shorter than one step), rows and tokens not
         // multiples of 4, more tokens than one pass (k = 4100: 32 tokens per pass), and
-        // a row count that splits into several rayon blocks.
+        // a row count that splits into several blocks on the team.
         for (k, m, n) in [
             (1, 3, 2),
             (31, 5, 7),

@@ -29,8 +29,6 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use super::matrix::{block_rows, tile_times_x, with_tile, MatRef, OutPtr, WeightScale};
 use super::simd::{self, Level};
 use crate::backend::{fp8, DType};
@@ -119,11 +117,7 @@ pub fn matmul_fp8_at(level: Level, x: &[f32], n: usize, w: MatRef<'_>, out: &mut
             tile_block(level, x, n, w, r0, r1, outp);
         }
     };
-    if nblocks == 1 {
-        run(0);
-    } else {
-        (0..nblocks).into_par_iter().for_each(run);
-    }
+    super::team::par_for(nblocks, &run);
 }
 
 fn row<'a>(w: &MatRef<'a>, r: usize) -> &'a [u8] {

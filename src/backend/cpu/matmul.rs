@@ -10,11 +10,12 @@
 //! prefill dequantizes a block of rows into the same f32 tile.
 //! FP8 weights (with their `weight_scale`) go to `fp8_matmul`; BF16 prefill goes to
 //! `bf16_gemm` (bf16 products) where the CPU has them, unless `NEMO_MATMUL=exact`.
-//! Prefill splits work across the rayon pool by blocks of rows; decode (n == 1) runs on the
-//! spinning thread team (`team::par_for`), and `matmul_many` runs several matrices that
-//! share x (q/k/v, gate/up) as one loop with x quantized once. Each task writes only its rows.
-
-use rayon::prelude::*;
+//! Prefill splits work by blocks of rows and decode (n == 1) by chunks of rows, both on the
+//! spinning thread team (`team::par_for`: rayon's sleeping workers took a wake-up per
+//! matmul, and the team's worker, spinning between its calls, competed with them for the
+//! cores: a 16-token F16 prefill at AVX2 74 → 59 ms), and `matmul_many` runs several
+//! matrices that share x (q/k/v, gate/up) as one loop with x quantized once. Each task
+//! writes only its rows.
 
 use crate::backend::dtype::{widen_into, DType};
 
@@ -69,11 +70,7 @@ pub fn matmul(x: &[f32], n: usize, w: MatRef<'_>, out: &mut [f32]) {
         let r1 = (r0 + br).min(m);
         tile_block(x, n, w, r0, r1, outp);
     };
-    if nblocks == 1 {
-        run(0);
-    } else {
-        (0..nblocks).into_par_iter().for_each(run);
-    }
+    super::team::par_for(nblocks, &run);
 }
 
 /// Several matmuls of the same `x` (q, k and v; gate and up): `parts[i].1 = x · parts[i].0ᵀ`.
