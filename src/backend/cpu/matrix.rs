@@ -146,15 +146,22 @@ pub(super) unsafe fn tile_times_x(
         let mut i = 0;
         while i < nr {
             let rows: [&[f32]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
-            // The row group over the pass's tokens, a kernel's worth at a time; the last
-            // token repeats to fill a call and its extra results are dropped.
+            // The row group over the pass's tokens, a kernel's worth at a time; at 4 per
+            // call the last token repeats to fill a call and its extra results are dropped.
             let tokens = |t: usize| xr(t.min(t1 - 1));
             let put = |t: usize, a: usize, v: f32| {
                 // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
                 unsafe { *out.add(t * m + r0 + i + a) = v };
             };
             if simd::tile_tokens() == 3 {
-                tokens_of::<3, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x3, put);
+                // Whole calls of three, then the one or two left with their own kernel.
+                let t2 = t1 - (t1 - t0) % 3;
+                tokens_of::<3, _>(rows, t0, t2, nr - i, &tokens, simd::dot4x3, &put);
+                match t1 - t2 {
+                    1 => tokens_of::<1, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                    2 => tokens_of::<2, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                    _ => {}
+                }
             } else {
                 tokens_of::<4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
             }

@@ -277,15 +277,22 @@ pub fn dot4x4(rows: [&[f32]; 4], xs: [&[f32]; 4]) -> [[f32; 4]; 4] {
 /// tile's AVX2 micro-kernel (12 accumulators hide the FMA latency that 8 did not, with 7
 /// loads per 12 FMAs); other levels take `dot4x4`'s shape.
 pub fn dot4x3(rows: [&[f32]; 4], xs: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    dot4xt(rows, xs)
+}
+
+/// `dot4x3` for the last one or two tokens of a pass (`T` < 3), the same sums bit for bit:
+/// a 16-token prefill was five full calls and one that multiplied two copies of the last
+/// token for nothing.
+pub fn dot4xt<const T: usize>(rows: [&[f32]; 4], xs: [&[f32]; T]) -> [[f32; T]; 4] {
     #[cfg(target_arch = "x86_64")]
     if level() != Level::Scalar {
         // SAFETY: avx2 and fma were detected at run time (Avx2 and Avx512 both have them);
         // lengths are checked inside.
-        return unsafe { x86::dot4x3_avx2(rows, xs) };
+        return unsafe { x86::dot4xt_avx2(rows, xs) };
     }
-    let mut out = [[0f32; 3]; 4];
+    let mut out = [[0f32; T]; 4];
     for r in 0..4 {
-        for t in 0..3 {
+        for t in 0..T {
             out[r][t] = dot_plain(rows[r], xs[t]);
         }
     }
@@ -503,30 +510,34 @@ pub(super) mod x86 {
         s
     }
 
-    /// 4 rows × 3 vectors in one pass: 12 accumulators + 3 x vectors + 1 row = 16 ymm.
+    /// 4 rows × `T` ≤ 3 vectors in one pass: at 3, 12 accumulators + 3 x vectors + 1 row =
+    /// 16 ymm. Each sum is 8 lanes over k then `hsum256` then the tail, whatever `T`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4x3_avx2(rows: [&[f32]; 4], xs: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    pub unsafe fn dot4xt_avx2<const T: usize>(rows: [&[f32]; 4], xs: [&[f32]; T]) -> [[f32; T]; 4] {
         let k = rows[0].len();
-        for i in 0..4 {
-            assert!(rows[i].len() == k && xs[i.min(2)].len() == k);
+        for rr in rows {
+            assert!(rr.len() == k);
+        }
+        for xx in xs {
+            assert!(xx.len() == k);
         }
         let r: [*const f32; 4] = std::array::from_fn(|i| rows[i].as_ptr());
-        let x: [*const f32; 3] = std::array::from_fn(|i| xs[i].as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+        let x: [*const f32; T] = std::array::from_fn(|i| xs[i].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); T]; 4];
         let mut i = 0;
         while i + 8 <= k {
-            let xv: [__m256; 3] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));
+            let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(x[t].add(i)));
             for rr in 0..4 {
                 let rv = _mm256_loadu_ps(r[rr].add(i));
-                for t in 0..3 {
+                for t in 0..T {
                     acc[rr][t] = _mm256_fmadd_ps(rv, xv[t], acc[rr][t]);
                 }
             }
             i += 8;
         }
-        let mut out = [[0f32; 3]; 4];
+        let mut out = [[0f32; T]; 4];
         for rr in 0..4 {
-            for t in 0..3 {
+            for t in 0..T {
                 let mut s = hsum256(acc[rr][t]);
                 for j in i..k {
                     s += *r[rr].add(j) * *x[t].add(j);
@@ -1006,10 +1017,24 @@ mod tests {
             };
             assert!(close(dot, want4[0][0]), "{name} dot k={k}");
             // SAFETY: both x86 levels have avx2 and fma (checked by the callers).
-            let got3 = unsafe { x86::dot4x3_avx2(rr, [xx[1], xx[2], xx[3]]) };
+            let got3 = unsafe { x86::dot4xt_avx2(rr, [xx[1], xx[2], xx[3]]) };
             for r in 0..4 {
                 for t in 0..3 {
                     assert!(close(got3[r][t], want4[r][t + 1]), "dot4x3 k={k}");
+                }
+            }
+            // The one- and two-token tails give the full call's sums bit for bit.
+            // SAFETY: as above.
+            let (got1, got2) = unsafe {
+                (
+                    x86::dot4xt_avx2(rr, [xx[3]]),
+                    x86::dot4xt_avx2(rr, [xx[1], xx[2]]),
+                )
+            };
+            for r in 0..4 {
+                assert_eq!(got1[r][0].to_bits(), got3[r][2].to_bits(), "dot4x1 k={k}");
+                for t in 0..2 {
+                    assert_eq!(got2[r][t].to_bits(), got3[r][t].to_bits(), "dot4x2 k={k}");
                 }
             }
             assert_eq!(wide, plain, "{name} bf16 widening k={k}");
