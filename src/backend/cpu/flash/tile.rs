@@ -352,7 +352,8 @@ fn lanes_sum(x: &[f32]) -> f32 {
 
 /// `s[r][c] = q[r] · k[j0 + c]` for c < bk (`s` rows of `BK`, `kt` key blocks, `j0` a
 /// multiple of `KEY_BLOCK`): 4 rows × 16 keys of accumulators, one broadcast of q per row
-/// and head_dim step.
+/// and head_dim step; the last 1-3 rows in a kernel of their own size (GQA groups of 3
+/// query heads per KV head multiplied a copy of the third row for nothing).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn scores_body<L: Level, E: Lanes>(
@@ -364,44 +365,60 @@ fn scores_body<L: Level, E: Lanes>(
     bk: usize,
     s: &mut [f32],
 ) {
-    const C: usize = KEY_BLOCK;
     let mut r0 = 0;
-    while r0 < rows {
-        let qr: [&[f32]; 4] = std::array::from_fn(|i| {
-            let r = (r0 + i).min(rows - 1);
-            &q[r * hd..(r + 1) * hd]
-        });
-        // Lets the compiler drop the bounds checks of qr[i][d] below.
-        assert!(qr.iter().all(|r| r.len() == hd));
-        let mut c0 = 0;
-        while c0 < bk {
-            let w = C.min(bk - c0);
-            let mut acc = [[0f32; C]; 4];
-            // Row d of the key block of positions j0 + c0.. is C keys' element d.
-            let block = (j0 + c0) * hd;
-            #[allow(clippy::needless_range_loop)]
-            for d in 0..hd {
-                if d % 2 == 0 {
-                    // One 64-byte line of halves per two rows, `K_AHEAD` elements past the
-                    // row being read (the next key block at head_dim 64).
-                    kt.prefetch(block + K_AHEAD + d * C);
-                }
-                let k = kt.get::<L>(block + d * C, C);
-                for i in 0..4 {
-                    let qv = qr[i][d];
-                    for c in 0..C {
-                        acc[i][c] = fmadd::<L>(qv, k[c], acc[i][c]);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                if r0 + i < rows {
-                    s[(r0 + i) * BK + c0..(r0 + i) * BK + c0 + w].copy_from_slice(&a[..w]);
-                }
-            }
-            c0 += C;
-        }
+    while r0 + 4 <= rows {
+        scores_rows::<L, E, 4>(q, r0, hd, kt, j0, bk, s);
         r0 += 4;
+    }
+    match rows - r0 {
+        1 => scores_rows::<L, E, 1>(q, r0, hd, kt, j0, bk, s),
+        2 => scores_rows::<L, E, 2>(q, r0, hd, kt, j0, bk, s),
+        3 => scores_rows::<L, E, 3>(q, r0, hd, kt, j0, bk, s),
+        _ => {}
+    }
+}
+
+/// `scores_body` for rows `r0..r0 + R`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scores_rows<L: Level, E: Lanes, const R: usize>(
+    q: &[f32],
+    r0: usize,
+    hd: usize,
+    kt: E,
+    j0: usize,
+    bk: usize,
+    s: &mut [f32],
+) {
+    const C: usize = KEY_BLOCK;
+    let qr: [&[f32]; R] = std::array::from_fn(|i| &q[(r0 + i) * hd..(r0 + i + 1) * hd]);
+    // Lets the compiler drop the bounds checks of qr[i][d] below.
+    assert!(qr.iter().all(|r| r.len() == hd));
+    let mut c0 = 0;
+    while c0 < bk {
+        let w = C.min(bk - c0);
+        let mut acc = [[0f32; C]; R];
+        // Row d of the key block of positions j0 + c0.. is C keys' element d.
+        let block = (j0 + c0) * hd;
+        #[allow(clippy::needless_range_loop)]
+        for d in 0..hd {
+            if d % 2 == 0 {
+                // One 64-byte line of halves per two rows, `K_AHEAD` elements past the
+                // row being read (the next key block at head_dim 64).
+                kt.prefetch(block + K_AHEAD + d * C);
+            }
+            let k = kt.get::<L>(block + d * C, C);
+            for i in 0..R {
+                let qv = qr[i][d];
+                for c in 0..C {
+                    acc[i][c] = fmadd::<L>(qv, k[c], acc[i][c]);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            s[(r0 + i) * BK + c0..(r0 + i) * BK + c0 + w].copy_from_slice(&a[..w]);
+        }
+        c0 += C;
     }
 }
 
@@ -416,7 +433,8 @@ fn fmadd<L: Level>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 /// `o[r] += Σ_c p[r][c] · v[j0 + c]` for every row (`p` rows of `BK`): 4 rows × 16 of
-/// head_dim in accumulators, one broadcast of p per row and key.
+/// head_dim in accumulators, one broadcast of p per row and key; the last 1-3 rows in a
+/// kernel of their own size, as `scores_body`.
 #[inline(always)]
 fn accumulate_body<L: Level, E: Lanes>(
     p: &[f32],
@@ -427,54 +445,78 @@ fn accumulate_body<L: Level, E: Lanes>(
     bk: usize,
     o: &mut [f32],
 ) {
-    const C: usize = LANES;
     let mut r0 = 0;
-    while r0 < rows {
-        let nr = 4.min(rows - r0);
-        let mut d0 = 0;
-        while d0 < hd {
-            let w = C.min(hd - d0);
-            let mut acc = [[0f32; C]; 4];
-            for (i, a) in acc.iter_mut().enumerate().take(nr) {
-                *a = F32s(o).get::<L>((r0 + i) * hd + d0, w);
-            }
-            // Each row's probabilities, sliced once (no bounds check per key).
-            let pr: [&[f32]; 4] = std::array::from_fn(|i| &p[(r0 + i.min(nr - 1)) * BK..][..bk]);
-            if w == C {
-                // Whole lanes: a fixed-size load, no partial-copy path in the loop.
-                for c in 0..bk {
-                    if d0 == 0 {
-                        // The row `V_AHEAD` keys on, one 64-byte line of halves at a time.
-                        for x in (0..hd).step_by(32) {
-                            v.prefetch((j0 + c + V_AHEAD) * hd + x);
-                        }
-                    }
-                    axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, C));
-                }
-            } else {
-                for c in 0..bk {
-                    axpy4::<L>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, w));
-                }
-            }
-            for (i, a) in acc.iter().enumerate().take(nr) {
-                let at = (r0 + i) * hd + d0;
-                if w == C {
-                    o[at..at + C].copy_from_slice(a);
-                } else {
-                    o[at..at + w].copy_from_slice(&a[..w]);
-                }
-            }
-            d0 += C;
-        }
+    while r0 + 4 <= rows {
+        accumulate_rows::<L, E, 4>(p, r0, hd, v, j0, bk, o);
         r0 += 4;
+    }
+    match rows - r0 {
+        1 => accumulate_rows::<L, E, 1>(p, r0, hd, v, j0, bk, o),
+        2 => accumulate_rows::<L, E, 2>(p, r0, hd, v, j0, bk, o),
+        3 => accumulate_rows::<L, E, 3>(p, r0, hd, v, j0, bk, o),
+        _ => {}
     }
 }
 
-/// `acc[i] += p[i][c] · v` for the 4 rows (a function, not a closure: closures do not
+/// `accumulate_body` for rows `r0..r0 + R`.
+#[inline(always)]
+fn accumulate_rows<L: Level, E: Lanes, const R: usize>(
+    p: &[f32],
+    r0: usize,
+    hd: usize,
+    v: E,
+    j0: usize,
+    bk: usize,
+    o: &mut [f32],
+) {
+    const C: usize = LANES;
+    // Each row's probabilities, sliced once (no bounds check per key).
+    let pr: [&[f32]; R] = std::array::from_fn(|i| &p[(r0 + i) * BK..][..bk]);
+    let mut d0 = 0;
+    while d0 < hd {
+        let w = C.min(hd - d0);
+        let mut acc = [[0f32; C]; R];
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = F32s(o).get::<L>((r0 + i) * hd + d0, w);
+        }
+        if w == C {
+            // Whole lanes: a fixed-size load, no partial-copy path in the loop.
+            for c in 0..bk {
+                if d0 == 0 {
+                    // The row `V_AHEAD` keys on, one 64-byte line of halves at a time.
+                    for x in (0..hd).step_by(32) {
+                        v.prefetch((j0 + c + V_AHEAD) * hd + x);
+                    }
+                }
+                axpy_rows::<L, R>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, C));
+            }
+        } else {
+            for c in 0..bk {
+                axpy_rows::<L, R>(&mut acc, &pr, c, v.get::<L>((j0 + c) * hd + d0, w));
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let at = (r0 + i) * hd + d0;
+            if w == C {
+                o[at..at + C].copy_from_slice(a);
+            } else {
+                o[at..at + w].copy_from_slice(&a[..w]);
+            }
+        }
+        d0 += C;
+    }
+}
+
+/// `acc[i] += p[i][c] · v` for the R rows (a function, not a closure: closures do not
 /// inherit the caller's target features, and `mul_add` without FMA is a libm call).
 #[inline(always)]
-fn axpy4<L: Level>(acc: &mut [[f32; LANES]; 4], p: &[&[f32]; 4], c: usize, v: [f32; LANES]) {
-    for i in 0..4 {
+fn axpy_rows<L: Level, const R: usize>(
+    acc: &mut [[f32; LANES]; R],
+    p: &[&[f32]; R],
+    c: usize,
+    v: [f32; LANES],
+) {
+    for i in 0..R {
         let pv = p[i][c];
         for x in 0..LANES {
             acc[i][x] = fmadd::<L>(pv, v[x], acc[i][x]);
