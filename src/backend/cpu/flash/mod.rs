@@ -440,7 +440,9 @@ mod tests {
             (33, 70),
             (130, 200),
         ] {
-            for (heads, kv_heads, hd) in [(4, 2, 16), (3, 1, 20), (2, 2, 64)] {
+            // Groups of 1-5 query rows per KV head; head_dim 64 and 128 take the AVX-512
+            // `p·V` kernel over 64 of head_dim at once.
+            for (heads, kv_heads, hd) in [(4, 2, 16), (3, 1, 20), (2, 2, 64), (10, 2, 128)] {
                 check(Shape {
                     n,
                     past,
@@ -493,6 +495,7 @@ mod tests {
         for dt in [DType::F16, DType::BF16, DType::F32, DType::F8E4M3] {
             for (nkv, group, hd, total, chunk) in [
                 (2, 3, 64, 300, 64..300),
+                (1, 5, 128, 90, 16..90),
                 (1, 4, 20, 45, 16..37),
                 (3, 1, 16, 1, 0..1),
             ] {
