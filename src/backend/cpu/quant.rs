@@ -774,41 +774,11 @@ mod x86 {
         // Block j of a half (j mod 4): the i16 scale 2j over the low lane, 2j + 1 over the
         // high one, from a vector of 8 scales per lane.
         let spread = |j: i8| {
-            let (a, b) = (4 * j, 4 * j + 2);
-            _mm256_setr_epi8(
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                a,
-                a + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-                b,
-                b + 1,
-            )
+            let bytes: [i8; 32] = std::array::from_fn(|i| {
+                let first = if i < 16 { 4 * j } else { 4 * j + 2 };
+                first + (i % 2) as i8
+            });
+            _mm256_loadu_si256(bytes.as_ptr() as *const __m256i)
         };
         let spreads = [spread(0), spread(1), spread(2), spread(3)];
         let nsb = row.len() / 210;
