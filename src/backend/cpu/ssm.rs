@@ -905,6 +905,13 @@ unsafe fn gemm6x16_avx2(
     }
 }
 
+/// `gemm_acc` at AVX-512: blocks of 8 rows × 32 columns in 16 zmm accumulators with
+/// explicit intrinsics (per k, two loads of B and 8 broadcasts of A for 16 FMAs), a
+/// block's columns past n masked, the rows past the last whole 8 repeating the last row
+/// (their results dropped). `gemm_body`'s 8 × 16 arrays at this level kept their row
+/// offsets and some accumulators on the stack and checked every index: 6% of an F16
+/// Nemotron-H prefill at 200 tokens. Each output is the same FMA chain over k as there, so
+/// the results are unchanged.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -920,15 +927,92 @@ unsafe fn gemm_avx512(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_body::<true, 8>(tri, m, n, k, a, lda, b, ldb, c, ldc)
+    const R: usize = 8;
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = R.min(m - i0);
+        let kk = if tri == Tri::A { k.min(i0 + R) } else { k };
+        let nn = if tri == Tri::C { n.min(i0 + R) } else { n };
+        let ar: [*const f32; R] = std::array::from_fn(|i| a[(i0 + i).min(m - 1) * lda..].as_ptr());
+        let mut j0 = 0;
+        while j0 < nn {
+            // SAFETY: rows of A (kk ≤ k values each from `ar`), rows 0..kk of B from column
+            // j0 (the columns below nn ≤ n read, the rest masked) and rows i0..i0+rows of C
+            // (the same columns) lie in the slices (`gemm_acc` asserted their lengths).
+            unsafe {
+                gemm8_avx512(
+                    ar,
+                    b.as_ptr().add(j0),
+                    ldb,
+                    kk,
+                    c.as_mut_ptr().add(i0 * ldc + j0),
+                    ldc,
+                    rows,
+                    (nn - j0).min(32),
+                )
+            };
+            j0 += 32;
+        }
+        i0 += R;
+    }
+}
+
+/// `C[rows × w] += A[8 × k]·B[k × w]` for w ≤ 32 columns: A's rows at `a`, B and C rows
+/// `ldb` and `ldc` apart; only C's first `rows` rows are written.
+///
+/// # Safety
+/// AVX-512F; the 8 rows of A (k values each), k rows of B (w values each) and `rows` rows
+/// of C (w values each) are readable (C writable) there.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm8_avx512(
+    a: [*const f32; 8],
+    b: *const f32,
+    ldb: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    w: usize,
+) {
+    use std::arch::x86_64::*;
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let (m0, m1) = (mask(w), mask(w.saturating_sub(16)));
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    if w > 16 {
+        for q in 0..k {
+            let b0 = _mm512_maskz_loadu_ps(m0, b.add(q * ldb));
+            let b1 = _mm512_maskz_loadu_ps(m1, b.add(q * ldb + 16));
+            for (ai, acc) in a.iter().zip(acc.iter_mut()) {
+                let av = _mm512_set1_ps(*ai.add(q));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    } else {
+        for q in 0..k {
+            let b0 = _mm512_maskz_loadu_ps(m0, b.add(q * ldb));
+            for (ai, acc) in a.iter().zip(acc.iter_mut()) {
+                acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ai.add(q)), b0, acc[0]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate().take(rows) {
+        let p = c.add(i * ldc);
+        let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p), acc[0]);
+        _mm512_mask_storeu_ps(p, m0, v);
+        if w > 16 {
+            let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p.add(16)), acc[1]);
+            _mm512_mask_storeu_ps(p.add(16), m1, v);
+        }
+    }
 }
 
 /// The body of `gemm_acc`, inlined into each level's copy: `R` rows × 16 columns of
-/// accumulators, one broadcast of A per row and k, one 16-wide load of B per k. AVX-512
-/// takes 8 × 16 (8 zmm accumulators, enough independent FMAs to cover their latency; 4 × 16
-/// left half of them waiting: the scan's 128 × 64 × 128 products 26–48 → 17–31 µs on one
-/// Zen 4 core, while 4 × 32, 6 × 32 and 12 × 16 spilled and ran 2× slower); the plain level
-/// 4 × 16 (AVX2 has its own 6 × 16 kernel, `gemm_avx2`).
+/// accumulators, one broadcast of A per row and k, one 16-wide load of B per k: 4 × 16 at
+/// the plain level and NEON (AVX2 and AVX-512 have their own kernels, `gemm_avx2` and
+/// `gemm_avx512`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_body<const FMA: bool, const R: usize>(
@@ -1558,6 +1642,26 @@ mod tests {
         assert_near("f16 state", &g16, &w16, 2e-3);
     }
 
+    /// A, B, C and their row strides.
+    type GemmInputs = (Vec<f32>, Vec<f32>, Vec<f32>, (usize, usize, usize));
+
+    /// A, B and C of an `m × n × k` product with row strides wider than the rows (A lower
+    /// triangular for `Tri::A`).
+    fn gemm_inputs(r: &mut Rng, tri: Tri, m: usize, n: usize, k: usize) -> GemmInputs {
+        let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
+        let mut a = r.vec(m * lda, 1.0);
+        if tri == Tri::A {
+            for i in 0..m {
+                for q in (i + 1)..k {
+                    a[i * lda + q] = 0.0;
+                }
+            }
+        }
+        let b = r.vec(k.max(1) * ldb, 1.0);
+        let c0 = r.vec(m * ldc, 1.0);
+        (a, b, c0, (lda, ldb, ldc))
+    }
+
     /// `gemm_acc` at `level` against an f64 product, for every triangle mode and ragged
     /// shapes (rows not a multiple of 4, columns not of 16, strides wider than the rows).
     fn gemm_matches_f64(level: simd::Level) {
@@ -1571,17 +1675,7 @@ mod tests {
             (7, 3, 0),
         ] {
             for tri in [Tri::None, Tri::A, Tri::C] {
-                let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-                let mut a = r.vec(m * lda, 1.0);
-                if tri == Tri::A {
-                    for i in 0..m {
-                        for q in (i + 1)..k {
-                            a[i * lda + q] = 0.0;
-                        }
-                    }
-                }
-                let b = r.vec(k.max(1) * ldb, 1.0);
-                let c0 = r.vec(m * ldc, 1.0);
+                let (a, b, c0, (lda, ldb, ldc)) = gemm_inputs(&mut r, tri, m, n, k);
                 let mut c = c0.clone();
                 gemm_acc(level, tri, m, n, k, &a, lda, &b, ldb, &mut c, ldc);
                 for i in 0..m {
@@ -1681,6 +1775,33 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
             gemm_matches_f64(simd::Level::Neon);
+        }
+    }
+
+    /// The AVX-512 kernel's outputs are bit for bit those of `gemm_body`'s 8 × 16 FMA
+    /// chains (what the level ran before it had its own kernel): same shapes as above, C's
+    /// lower triangle for `Tri::C`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_scan_product_sums_as_the_generic_body() {
+        if !is_x86_feature_detected!("avx512f") {
+            return crate::backend::cpu::skip_test("this CPU has no AVX-512");
+        }
+        let mut r = Rng(5);
+        for (m, n, k) in [(5, 17, 3), (13, 40, 29), (64, 64, 128), (72, 72, 128)] {
+            for tri in [Tri::None, Tri::A, Tri::C] {
+                let (a, b, c0, (lda, ldb, ldc)) = gemm_inputs(&mut r, tri, m, n, k);
+                let (mut got, mut want) = (c0.clone(), c0.clone());
+                // SAFETY: avx512f checked; the slices hold the shapes (as gemm_acc asserts).
+                unsafe { gemm_avx512(tri, m, n, k, &a, lda, &b, ldb, &mut got, ldc) };
+                gemm_body::<true, 8>(tri, m, n, k, &a, lda, &b, ldb, &mut want, ldc);
+                for i in 0..m {
+                    for j in 0..if tri == Tri::C { n.min(i + 1) } else { n } {
+                        let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+                        assert_eq!(g.to_bits(), w.to_bits(), "{tri:?} {m}×{n}×{k} ({i},{j})");
+                    }
+                }
+            }
         }
     }
 }
