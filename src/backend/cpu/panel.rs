@@ -7,11 +7,15 @@
 //! panel's rows at one k are two ymm), and the kernel keeps 6 tokens × 16 rows of outputs
 //! in 12 accumulators: per k, two loads of the panel and six broadcasts of x meet in 12
 //! FMAs, and the results leave as whole vectors with no horizontal sum (the layout of BLAS
-//! sgemm kernels). One F16 matmul of 200 tokens at AVX2 (2 threads, Zen 4, weights
-//! streamed from memory): 6176 × 1024 33 → 26 ms, 1024 × 3584 19 → 15 ms. Below
-//! `MIN_TOKENS` the transposing widening costs more than it saves (16 tokens: 3.3 → 4.2
-//! ms), and at AVX-512 the tile's 4×4 kernel was as fast within the noise (a 32-row,
-//! 12-token panel kernel: −7% to +25%), so both keep the tile.
+//! sgemm kernels). F16, BF16 and F32 rows go into the panels widened and transposed in
+//! registers, 8 × 8 at a time (through an f32 copy of the rows, the widening and the
+//! transpose took 7.3% of an F16 prefill at 200 tokens; in one pass 5.7%). One F16 matmul
+//! of 200 tokens at AVX2 (2 threads, Zen 4, weights streamed from memory): 6176 × 1024
+//! 33 → 26 ms, 1024 × 3584 19 → 15 ms. Below `MIN_TOKENS` the transposing widening costs
+//! more than it saves (16 tokens: 3.3 → 4.2 ms), and at AVX-512 the tile's 4×4 kernel was
+//! as fast within the noise (a 32-row, 12-token panel kernel: −7% to +25%; later, with the
+//! one-pass widening, 421 → 428 tok/s over 7 rounds, both kernels at the FMA issue rate),
+//! so both keep the tile.
 //!
 //! Summation order: one f32 sum over k in order per output, as the plain loop
 //! (`matmul`'s tests compare against it).
@@ -61,13 +65,22 @@ pub(super) fn widen_panels(
     assert!(src.len() >= rows * rb && panels.len() >= panels_len(rows, k));
     assert!(scratch.len() >= 8 * k);
     let np = rows.div_ceil(W);
+    let fused = fused_widening(dtype, k);
     for p in 0..np {
         let panel = &mut panels[p * W * k..(p + 1) * W * k];
         // Eight rows at a time: widened into scratch, then transposed into lanes
-        // `j..j + 8` of the panel.
+        // `j..j + 8` of the panel (or both at once in registers).
         for j in (0..W).step_by(8) {
             let r0 = p * W + j;
             let g = 8.min(rows.saturating_sub(r0));
+            #[cfg(target_arch = "x86_64")]
+            if fused && g == 8 {
+                let src = &src[r0 * rb..(r0 + 8) * rb];
+                // SAFETY: `fused_widening` checked the features and k % 8 == 0; the 8 rows
+                // of `rb` bytes lie in `src`, and columns 0..k of lanes j..j+8 in `panel`.
+                unsafe { x86::widen8_panel(dtype, src.as_ptr(), rb, k, panel[j..].as_mut_ptr()) };
+                continue;
+            }
             if g > 0 {
                 widen_into(dtype, &src[r0 * rb..(r0 + g) * rb], &mut scratch[..g * k]);
             }
@@ -75,6 +88,15 @@ pub(super) fn widen_panels(
             transpose(&scratch[..8 * k], 8, k, &mut panel[j..], W);
         }
     }
+}
+
+/// Whether `widen_panels` widens and transposes 8 rows of `dtype` at once in registers:
+/// F32, BF16 and F16 at the AVX2 level (with F16C), k a multiple of 8.
+fn fused_widening(dtype: DType, k: usize) -> bool {
+    usable()
+        && simd::avx2_f16c()
+        && k.is_multiple_of(8)
+        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// `dst[c·ld + r] = src[r·cols + c]`: a `rows × cols` matrix transposed into rows `ld ≥
@@ -182,13 +204,57 @@ fn kernel(panel: &[f32], k: usize, xs: [&[f32]; T], res: &mut [[f32; W]; T]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{T, W};
+    use crate::backend::dtype::DType;
     use std::arch::x86_64::*;
+
+    /// 8 rows of `dtype` (F32, BF16 or F16; `rb` bytes apart from `src`) widened and
+    /// transposed into a panel's lanes: column c of row i to `dst[c·16 + i]`, c < k (k a
+    /// multiple of 8), 8 × 8 at a time in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen8_panel(dtype: DType, src: *const u8, rb: usize, k: usize, dst: *mut f32) {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for c in (0..k).step_by(8) {
+            match dtype {
+                DType::F16 => {
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        let h = _mm_loadu_si128(src.add(i * rb + 2 * c) as *const __m128i);
+                        *ri = _mm256_cvtph_ps(h);
+                    }
+                }
+                DType::BF16 => {
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        let h = _mm_loadu_si128(src.add(i * rb + 2 * c) as *const __m128i);
+                        *ri =
+                            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+                    }
+                }
+                _ => {
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        *ri = _mm256_loadu_ps(src.add(i * rb + 4 * c) as *const f32);
+                    }
+                }
+            }
+            for (j, v) in transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((c + j) * W), v);
+            }
+        }
+    }
 
     /// 8 rows × 8 columns at `src` (row stride `k`) to 8 columns × 8 rows at `dst` (row
     /// stride `w`).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn transpose8x8(src: *const f32, k: usize, dst: *mut f32, w: usize) {
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k)));
+        for (c, v) in transpose8(r).into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(c * w), v);
+        }
+    }
+
+    /// The 8 × 8 transpose of 8 rows in registers: element j of result i is element i of
+    /// row j.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -205,7 +271,7 @@ mod x86 {
         let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
         let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
         let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let out = [
+        [
             _mm256_permute2f128_ps::<0x20>(s0, s4),
             _mm256_permute2f128_ps::<0x20>(s1, s5),
             _mm256_permute2f128_ps::<0x20>(s2, s6),
@@ -214,10 +280,7 @@ mod x86 {
             _mm256_permute2f128_ps::<0x31>(s1, s5),
             _mm256_permute2f128_ps::<0x31>(s2, s6),
             _mm256_permute2f128_ps::<0x31>(s3, s7),
-        ];
-        for (c, v) in out.into_iter().enumerate() {
-            _mm256_storeu_ps(dst.add(c * w), v);
-        }
+        ]
     }
 
     /// 16 rows (two ymm per k) × 6 tokens in 12 accumulators.
@@ -298,6 +361,16 @@ mod tests {
         }
     }
 
+    /// `wf` (`m × k`) stored as `dt` (the bytes) and those bytes widened back (the values
+    /// the kernels multiply).
+    fn stored(dt: DType, wf: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut bytes = vec![0u8; m * dt.row_bytes(k)];
+        narrow_into(dt, wf, &mut bytes);
+        let mut wide = vec![0f32; m * k];
+        widen_into(dt, &bytes, &mut wide);
+        (bytes, wide)
+    }
+
     /// The panels of every dtype they take, at ragged shapes (rows not a multiple of 16,
     /// k not of 8, tokens not of 6, several passes at k = 1029), against an f64 sum of the
     /// widened rows. At the AVX2 level the kernels run; elsewhere the plain loops (the SIMD
@@ -308,10 +381,7 @@ mod tests {
             let x = test_values(n * k, 3);
             let wf = test_values(m * k, 4);
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let mut bytes = vec![0u8; m * dt.row_bytes(k)];
-                narrow_into(dt, &wf, &mut bytes);
-                let mut wide = vec![0f32; m * k];
-                widen_into(dt, &bytes, &mut wide);
+                let (bytes, wide) = stored(dt, &wf, m, k);
                 let mut panels = vec![f32::NAN; panels_len(m, k)];
                 let mut scratch = vec![0f32; 8 * k];
                 widen_panels(dt, &bytes, m, k, &mut panels, &mut scratch);
@@ -337,12 +407,40 @@ mod tests {
         }
     }
 
-    /// The AVX2 transpose and kernel, called directly, against the plain loops.
+    /// `widen_panels` puts row `p·16 + i`, column c at `p·16·k + c·16 + i` and zeros past the
+    /// last row, bit for bit the widened value: whole groups of 8 rows (widened and
+    /// transposed in registers at the AVX2 level), a ragged last group and panel, k a
+    /// multiple of 8 and not (the copy-then-transpose path), every dtype it takes.
+    #[test]
+    fn widen_panels_places_every_row() {
+        for (m, k) in [(37, 64), (16, 8), (9, 24), (20, 13)] {
+            let wf = test_values(m * k, 8);
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let (bytes, wide) = stored(dt, &wf, m, k);
+                let mut panels = vec![f32::NAN; panels_len(m, k)];
+                let mut scratch = vec![f32::NAN; 8 * k];
+                widen_panels(dt, &bytes, m, k, &mut panels, &mut scratch);
+                for r in 0..m.div_ceil(W) * W {
+                    for c in 0..k {
+                        let got = panels[r / W * W * k + c * W + r % W];
+                        let want = if r < m { wide[r * k + c] } else { 0.0 };
+                        assert_eq!(got.to_bits(), want.to_bits(), "{dt} {m}×{k} at {r},{c}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 transpose, one-pass widening and kernel, called directly, against the plain
+    /// loops.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_panel_kernel_and_transpose_match_the_plain_loops() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA");
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return crate::backend::cpu::skip_test("this CPU has no AVX2 + FMA + F16C");
         }
         for k in [8usize, 16, 64, 1024] {
             let rows = test_values(8 * k, 5);
@@ -362,6 +460,28 @@ mod tests {
             for c in 0..k {
                 for i in 0..8 {
                     assert_eq!(got[c * W + 8 + i], rows[i * k + c], "transpose k={k}");
+                }
+            }
+            // The one-pass widening of 8 rows of each dtype into lanes 8..16.
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let (bytes, wide) = stored(dt, &rows, 8, k);
+                let mut got = vec![f32::NAN; W * k];
+                // SAFETY: avx2, fma and f16c checked; 8 rows of row_bytes(k) in `bytes`,
+                // columns 0..k of lanes 8..16 in `got`.
+                unsafe {
+                    x86::widen8_panel(
+                        dt,
+                        bytes.as_ptr(),
+                        dt.row_bytes(k),
+                        k,
+                        got.as_mut_ptr().add(8),
+                    )
+                };
+                for c in 0..k {
+                    for i in 0..8 {
+                        assert_eq!(got[c * W + 8 + i], wide[i * k + c], "{dt} widen k={k}");
+                        assert!(got[c * W + i].is_nan(), "{dt} widen k={k}: lanes 0..8");
+                    }
                 }
             }
             let panel = test_values(W * k, 6);
