@@ -156,14 +156,14 @@ pub(super) unsafe fn tile_times_x(
             if simd::tile_tokens() == 3 {
                 // Whole calls of three, then the one or two left with their own kernel.
                 let t2 = t1 - (t1 - t0) % 3;
-                tokens_of::<3, _>(rows, t0, t2, nr - i, &tokens, simd::dot4x3, &put);
+                tokens_of::<_, 4, 3, _>(rows, t0, t2, nr - i, &tokens, simd::dot4x3, &put);
                 match t1 - t2 {
-                    1 => tokens_of::<1, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
-                    2 => tokens_of::<2, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                    1 => tokens_of::<_, 4, 1, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                    2 => tokens_of::<_, 4, 2, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
                     _ => {}
                 }
             } else {
-                tokens_of::<4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
+                tokens_of::<_, 4, 4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
             }
             i += 4;
         }
@@ -171,10 +171,76 @@ pub(super) unsafe fn tile_times_x(
     }
 }
 
-/// Four rows against tokens `t0..t1`, `T` per call of `dot`: `put(t, a, dot)` for every
+/// F16 or BF16 rows (`BF`) read where they are stored (`rows`: `2·k` bytes each) times every
+/// token of x at the AVX-512 level: `out[t][r0 + i] = row i · x[t]`, bit for bit the tile's
+/// sums there (`tile_times_x` over the widened rows, `dot4x4`), without widening the block
+/// first. Four rows × six tokens per call (24 zmm accumulators), the pass's last 1–5 tokens
+/// in a call of their size.
+///
+/// # Safety
+/// AVX-512F, AVX2, FMA and F16C are there; `out` as for `tile_times_x`.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn half_rows_times_x<const BF: bool>(
+    rows: &[u8],
+    x: &[f32],
+    n: usize,
+    m: usize,
+    r0: usize,
+    out: *mut f32,
+) {
+    use simd::x86::dot_half4xt_avx512 as dot;
+    let k = x.len() / n;
+    let rb = 2 * k;
+    let nr = rows.len() / rb;
+    let row = |i: usize| &rows[i * rb..(i + 1) * rb];
+    let xr = |t: usize| &x[t * k..(t + 1) * k];
+    let tb = token_pass(k, 6);
+    let mut t0 = 0;
+    while t0 < n {
+        let t1 = (t0 + tb).min(n);
+        let mut i = 0;
+        while i < nr {
+            // The last group repeats its last row; the extra results are dropped.
+            let rs: [&[u8]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
+            let put = |t: usize, a: usize, v: f32| {
+                // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
+                unsafe { *out.add(t * m + r0 + i + a) = v };
+            };
+            let t2 = t1 - (t1 - t0) % 6;
+            // SAFETY (every call): the caller's features; rows 2·k bytes and tokens k values
+            // (asserted inside).
+            macro_rules! calls {
+                ($t:literal, $from:expr, $to:expr) => {
+                    tokens_of::<_, 4, $t, _>(
+                        rs,
+                        $from,
+                        $to,
+                        nr - i,
+                        &xr,
+                        |r, x| unsafe { dot::<BF, $t>(r, x) },
+                        put,
+                    )
+                };
+            }
+            calls!(6, t0, t2);
+            match t1 - t2 {
+                1 => calls!(1, t2, t1),
+                2 => calls!(2, t2, t1),
+                3 => calls!(3, t2, t1),
+                4 => calls!(4, t2, t1),
+                5 => calls!(5, t2, t1),
+                _ => {}
+            }
+            i += 4;
+        }
+        t0 = t1;
+    }
+}
+
+/// `R` rows against tokens `t0..t1`, `T` per call of `dot`: `put(t, a, dot)` for every
 /// token and each of the first `nr` rows.
-fn tokens_of<'a, const T: usize, K>(
-    rows: [&[f32]; 4],
+fn tokens_of<'a, Row: Copy, const R: usize, const T: usize, K>(
+    rows: [Row; R],
     t0: usize,
     t1: usize,
     nr: usize,
@@ -183,7 +249,7 @@ fn tokens_of<'a, const T: usize, K>(
     mut put: impl FnMut(usize, usize, f32),
 ) where
     // The micro-kernel: `out[r][t] = rows[r] · xs[t]` (a fn item, so it inlines here).
-    K: Fn([&[f32]; 4], [&[f32]; T]) -> [[f32; T]; 4],
+    K: Fn([Row; R], [&'a [f32]; T]) -> [[f32; T]; R],
 {
     let mut t = t0;
     while t < t1 {
