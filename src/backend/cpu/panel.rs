@@ -65,6 +65,7 @@ pub(super) fn widen_panels(
     assert!(src.len() >= rows * rb && panels.len() >= panels_len(rows, k));
     assert!(scratch.len() >= 8 * k);
     let np = rows.div_ceil(W);
+    #[cfg(target_arch = "x86_64")]
     let fused = fused_widening(dtype, k);
     for p in 0..np {
         let panel = &mut panels[p * W * k..(p + 1) * W * k];
@@ -92,6 +93,7 @@ pub(super) fn widen_panels(
 
 /// Whether `widen_panels` widens and transposes 8 rows of `dtype` at once in registers:
 /// F32, BF16 and F16 at the AVX2 level (with F16C), k a multiple of 8.
+#[cfg(target_arch = "x86_64")]
 fn fused_widening(dtype: DType, k: usize) -> bool {
     usable()
         && simd::avx2_f16c()
