@@ -137,34 +137,49 @@ pub(super) unsafe fn tile_times_x(
 ) {
     let k = x.len() / n;
     let nr = tile.len() / k;
-    let row = |i: usize| &tile[i * k..(i + 1) * k];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
-    let tb = token_pass(k, 4);
+    let row = |i: usize| &tile[i * k..(i + 1) * k];
+    row_groups(n, nr, token_pass(k, 4), row, |rows, t0, t1, i| {
+        // The row group over the pass's tokens, a kernel's worth at a time; at 4 per call
+        // the last token repeats to fill a call and its extra results are dropped.
+        let tokens = |t: usize| xr(t.min(t1 - 1));
+        let put = |t: usize, a: usize, v: f32| {
+            // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
+            unsafe { *out.add(t * m + r0 + i + a) = v };
+        };
+        if simd::tile_tokens() == 3 {
+            // Whole calls of three, then the one or two left with their own kernel.
+            let t2 = t1 - (t1 - t0) % 3;
+            tokens_of::<_, 4, 3, _>(rows, t0, t2, nr - i, &tokens, simd::dot4x3, &put);
+            match t1 - t2 {
+                1 => tokens_of::<_, 4, 1, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                2 => tokens_of::<_, 4, 2, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
+                _ => {}
+            }
+        } else {
+            tokens_of::<_, 4, 4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
+        }
+    });
+}
+
+/// The loops the prefill drivers over a block of rows share: for every pass of `tb` tokens
+/// (their x rows stay in L2, `token_pass`) and every group of 4 of the block's `nr` rows
+/// (the last group repeating its last row; the callers drop those results),
+/// `group(rows, t0, t1, i)` for tokens `t0..t1` and rows `i..i + 4`.
+#[inline(always)]
+fn row_groups<Row: Copy>(
+    n: usize,
+    nr: usize,
+    tb: usize,
+    row: impl Fn(usize) -> Row,
+    mut group: impl FnMut([Row; 4], usize, usize, usize),
+) {
     let mut t0 = 0;
     while t0 < n {
         let t1 = (t0 + tb).min(n);
         let mut i = 0;
         while i < nr {
-            let rows: [&[f32]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
-            // The row group over the pass's tokens, a kernel's worth at a time; at 4 per
-            // call the last token repeats to fill a call and its extra results are dropped.
-            let tokens = |t: usize| xr(t.min(t1 - 1));
-            let put = |t: usize, a: usize, v: f32| {
-                // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
-                unsafe { *out.add(t * m + r0 + i + a) = v };
-            };
-            if simd::tile_tokens() == 3 {
-                // Whole calls of three, then the one or two left with their own kernel.
-                let t2 = t1 - (t1 - t0) % 3;
-                tokens_of::<_, 4, 3, _>(rows, t0, t2, nr - i, &tokens, simd::dot4x3, &put);
-                match t1 - t2 {
-                    1 => tokens_of::<_, 4, 1, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
-                    2 => tokens_of::<_, 4, 2, _>(rows, t2, t1, nr - i, &tokens, simd::dot4xt, &put),
-                    _ => {}
-                }
-            } else {
-                tokens_of::<_, 4, 4, _>(rows, t0, t1, nr - i, &tokens, simd::dot4x4, put);
-            }
+            group(std::array::from_fn(|a| row((i + a).min(nr - 1))), t0, t1, i);
             i += 4;
         }
         t0 = t1;
@@ -192,49 +207,39 @@ pub(super) unsafe fn half_rows_times_x<const BF: bool>(
     let k = x.len() / n;
     let rb = 2 * k;
     let nr = rows.len() / rb;
-    let row = |i: usize| &rows[i * rb..(i + 1) * rb];
     let xr = |t: usize| &x[t * k..(t + 1) * k];
-    let tb = token_pass(k, 6);
-    let mut t0 = 0;
-    while t0 < n {
-        let t1 = (t0 + tb).min(n);
-        let mut i = 0;
-        while i < nr {
-            // The last group repeats its last row; the extra results are dropped.
-            let rs: [&[u8]; 4] = std::array::from_fn(|a| row((i + a).min(nr - 1)));
-            let put = |t: usize, a: usize, v: f32| {
-                // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
-                unsafe { *out.add(t * m + r0 + i + a) = v };
+    let row = |i: usize| &rows[i * rb..(i + 1) * rb];
+    row_groups(n, nr, token_pass(k, 6), row, |rs, t0, t1, i| {
+        let put = |t: usize, a: usize, v: f32| {
+            // SAFETY (caller): t < n and r0+i+a < r0+nr ≤ m, a column of ours.
+            unsafe { *out.add(t * m + r0 + i + a) = v };
+        };
+        let t2 = t1 - (t1 - t0) % 6;
+        // SAFETY (every call): the caller's features; rows 2·k bytes and tokens k values
+        // (asserted inside).
+        macro_rules! calls {
+            ($t:literal, $from:expr, $to:expr) => {
+                tokens_of::<_, 4, $t, _>(
+                    rs,
+                    $from,
+                    $to,
+                    nr - i,
+                    &xr,
+                    |r, x| unsafe { dot::<BF, $t>(r, x) },
+                    put,
+                )
             };
-            let t2 = t1 - (t1 - t0) % 6;
-            // SAFETY (every call): the caller's features; rows 2·k bytes and tokens k values
-            // (asserted inside).
-            macro_rules! calls {
-                ($t:literal, $from:expr, $to:expr) => {
-                    tokens_of::<_, 4, $t, _>(
-                        rs,
-                        $from,
-                        $to,
-                        nr - i,
-                        &xr,
-                        |r, x| unsafe { dot::<BF, $t>(r, x) },
-                        put,
-                    )
-                };
-            }
-            calls!(6, t0, t2);
-            match t1 - t2 {
-                1 => calls!(1, t2, t1),
-                2 => calls!(2, t2, t1),
-                3 => calls!(3, t2, t1),
-                4 => calls!(4, t2, t1),
-                5 => calls!(5, t2, t1),
-                _ => {}
-            }
-            i += 4;
         }
-        t0 = t1;
-    }
+        calls!(6, t0, t2);
+        match t1 - t2 {
+            1 => calls!(1, t2, t1),
+            2 => calls!(2, t2, t1),
+            3 => calls!(3, t2, t1),
+            4 => calls!(4, t2, t1),
+            5 => calls!(5, t2, t1),
+            _ => {}
+        }
+    });
 }
 
 /// `R` rows against tokens `t0..t1`, `T` per call of `dot`: `put(t, a, dot)` for every
