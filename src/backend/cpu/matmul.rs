@@ -368,10 +368,7 @@ mod tests {
                 .map(|i| ((i * 104729) % 89) as f32 / 44.0 - 1.0)
                 .collect();
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let mut bytes = vec![0u8; m * dt.row_bytes(k)];
-                narrow_into(dt, &wf, &mut bytes);
-                let mut wide = vec![0f32; m * k];
-                widen_into(dt, &bytes, &mut wide);
+                let (bytes, wide) = crate::backend::cpu::test_stored(dt, &wf, m, k);
                 // BF16 prefill multiplies x rounded to bf16 where `bf16_gemm` runs (its own
                 // tests check it against a plain loop); the naive sum takes the same x.
                 let xr: Vec<f32> = if dt == DType::BF16 && n > 1 && bf16_gemm::enabled() {

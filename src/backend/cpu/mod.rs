@@ -55,6 +55,22 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `wf` (`rows × k`) stored as `dt` (the bytes) and those bytes widened back to f32 (the
+/// values a kernel multiplies), for the kernel tests.
+#[cfg(test)]
+pub(crate) fn test_stored(
+    dt: crate::backend::dtype::DType,
+    wf: &[f32],
+    rows: usize,
+    k: usize,
+) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = vec![0u8; rows * dt.row_bytes(k)];
+    crate::backend::dtype::narrow_into(dt, wf, &mut bytes);
+    let mut wide = vec![0f32; rows * k];
+    crate::backend::dtype::widen_into(dt, &bytes, &mut wide);
+    (bytes, wide)
+}
+
 /// Reports the running unit test as skipped, as tests/common/skip.rs does for the
 /// integration tests: `SKIP <binary>::<test>: <why>` on stderr, appended to the file
 /// `NEMO_SKIP_LOG` names (`.ci/run` counts those apart from passed tests).

@@ -313,8 +313,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::test_values;
-    use crate::backend::dtype::narrow_into;
+    use crate::backend::cpu::{test_stored, test_values};
 
     /// `transpose` moves every value to its place, at shapes with whole 8 × 8 blocks, ragged
     /// edges on either side and none, into rows as far apart as the matrix's (`ld` =
@@ -363,16 +362,6 @@ mod tests {
         }
     }
 
-    /// `wf` (`m × k`) stored as `dt` (the bytes) and those bytes widened back (the values
-    /// the kernels multiply).
-    fn stored(dt: DType, wf: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
-        let mut bytes = vec![0u8; m * dt.row_bytes(k)];
-        narrow_into(dt, wf, &mut bytes);
-        let mut wide = vec![0f32; m * k];
-        widen_into(dt, &bytes, &mut wide);
-        (bytes, wide)
-    }
-
     /// The panels of every dtype they take, at ragged shapes (rows not a multiple of 16,
     /// k not of 8, tokens not of 6, several passes at k = 1029), against an f64 sum of the
     /// widened rows. At the AVX2 level the kernels run; elsewhere the plain loops (the SIMD
@@ -383,7 +372,7 @@ mod tests {
             let x = test_values(n * k, 3);
             let wf = test_values(m * k, 4);
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let (bytes, wide) = stored(dt, &wf, m, k);
+                let (bytes, wide) = test_stored(dt, &wf, m, k);
                 let mut panels = vec![f32::NAN; panels_len(m, k)];
                 let mut scratch = vec![0f32; 8 * k];
                 widen_panels(dt, &bytes, m, k, &mut panels, &mut scratch);
@@ -418,7 +407,7 @@ mod tests {
         for (m, k) in [(37, 64), (16, 8), (9, 24), (20, 13)] {
             let wf = test_values(m * k, 8);
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let (bytes, wide) = stored(dt, &wf, m, k);
+                let (bytes, wide) = test_stored(dt, &wf, m, k);
                 let mut panels = vec![f32::NAN; panels_len(m, k)];
                 let mut scratch = vec![f32::NAN; 8 * k];
                 widen_panels(dt, &bytes, m, k, &mut panels, &mut scratch);
@@ -466,7 +455,7 @@ mod tests {
             }
             // The one-pass widening of 8 rows of each dtype into lanes 8..16.
             for dt in [DType::F32, DType::BF16, DType::F16] {
-                let (bytes, wide) = stored(dt, &rows, 8, k);
+                let (bytes, wide) = test_stored(dt, &rows, 8, k);
                 let mut got = vec![f32::NAN; W * k];
                 // SAFETY: avx2, fma and f16c checked; 8 rows of row_bytes(k) in `bytes`,
                 // columns 0..k of lanes 8..16 in `got`.

@@ -1035,17 +1035,14 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn half_rows_in_place_sum_as_the_widened_tile() {
-        use crate::backend::dtype::{narrow_into, widen_into, DType};
+        use crate::backend::dtype::DType;
         if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")) {
             return crate::backend::cpu::skip_test("this CPU has no AVX-512 + F16C");
         }
         fn check<const BF: bool, const T: usize>(k: usize) {
             let dt = if BF { DType::BF16 } else { DType::F16 };
             let wf = crate::backend::cpu::test_values(4 * k, 21);
-            let mut bytes = vec![0u8; 4 * dt.row_bytes(k)];
-            narrow_into(dt, &wf, &mut bytes);
-            let mut wide = vec![0f32; 4 * k];
-            widen_into(dt, &bytes, &mut wide);
+            let (bytes, wide) = crate::backend::cpu::test_stored(dt, &wf, 4, k);
             let xv: Vec<Vec<f32>> = (0..T)
                 .map(|t| crate::backend::cpu::test_values(k, 30 + t as u64))
                 .collect();
