@@ -15,7 +15,8 @@
 //! more than it saves (16 tokens: 3.3 → 4.2 ms), and at AVX-512 the tile's 4×4 kernel was
 //! as fast within the noise (a 32-row, 12-token panel kernel: −7% to +25%; later, with the
 //! one-pass widening, 421 → 428 tok/s over 7 rounds, both kernels at the FMA issue rate),
-//! so both keep the tile.
+//! so short prompts keep the tile, and at AVX-512 F32 keeps the tile while F16 and BF16
+//! read their rows in place (`matrix::half_rows_times_x`).
 //!
 //! Summation order: one f32 sum over k in order per output, as the plain loop
 //! (`matmul`'s tests compare against it).
